@@ -1,0 +1,41 @@
+# sbxd build.  `make` builds the daemon and the init agent into build/.
+CC ?= gcc
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -fno-strict-aliasing -pthread
+SPEC_DIR ?= $(CURDIR)/templates
+DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"'
+
+B = build
+COMMON = src/common/error.c src/common/util.c src/common/proto.c
+CORE = src/core/sandbox.c src/core/isolate.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c
+DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c
+INIT = src/init/init.c src/init/files.c src/init/users.c
+
+LIBS = -ljansson -lseccomp -lmicrohttpd -lcrypto -lpthread
+
+all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench
+
+$(B):
+	mkdir -p $(B)
+
+$(B)/libsbx.a: $(COMMON) $(CORE) $(wildcard src/*/*.h) | $(B)
+	rm -f $@ $(B)/obj-*.o
+	for f in $(COMMON) $(CORE); do \
+	  $(CC) $(CFLAGS) $(DEFS) -c $$f -o $(B)/obj-$$(basename $$f .c).o || exit 1; done
+	ar rcs $@ $(B)/obj-*.o
+
+$(B)/sbxd: $(DAEMON) $(B)/libsbx.a
+	$(CC) $(CFLAGS) $(DEFS) -o $@ $(DAEMON) $(B)/libsbx.a $(LIBS)
+
+# The init agent runs inside sandboxes whose root is a template, so it is
+# linked statically: it must not load anything from the sandbox's disk.
+$(B)/sbx-init: $(INIT) $(COMMON) $(wildcard src/*/*.h) | $(B)
+	$(CC) $(CFLAGS) -static -o $@ $(INIT) $(COMMON)
+
+$(B)/sbxd-bench: bench/bench.c $(B)/libsbx.a
+	$(CC) $(CFLAGS) $(DEFS) -o $@ bench/bench.c $(B)/libsbx.a $(LIBS)
+
+clean:
+	rm -rf $(B)
+
+.PHONY: all clean

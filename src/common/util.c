@@ -1,0 +1,191 @@
+/*
+ * util.c - see util.h.
+ */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void
+sbx_cleanup_freep (void *p)
+{
+  void **pp = (void **) p;
+  free (*pp);
+}
+
+void
+sbx_cleanup_closep (int *fd)
+{
+  if (*fd >= 0)
+    {
+      int saved = errno;
+      close (*fd);
+      errno = saved;
+    }
+}
+
+ssize_t
+sbx_write_full (int fd, const void *buf, size_t len)
+{
+  const char *p = buf;
+  size_t done = 0;
+  while (done < len)
+    {
+      ssize_t n = write (fd, p + done, len - done);
+      if (n < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          return -1;
+        }
+      done += (size_t) n;
+    }
+  return (ssize_t) done;
+}
+
+ssize_t
+sbx_read_full (int fd, void *buf, size_t len)
+{
+  char *p = buf;
+  size_t done = 0;
+  while (done < len)
+    {
+      ssize_t n = read (fd, p + done, len - done);
+      if (n < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          return -1;
+        }
+      if (n == 0)
+        break;
+      done += (size_t) n;
+    }
+  return (ssize_t) done;
+}
+
+int
+sbx_write_file_at (int dirfd, const char *path, const char *data, struct sbx_err *err)
+{
+  cleanup_close int fd = openat (dirfd, path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    return sbx_fail (err, errno, "open %s", path);
+  if (sbx_write_full (fd, data, strlen (data)) < 0)
+    return sbx_fail (err, errno, "write %s", path);
+  return 0;
+}
+
+int
+sbx_read_file_at (int dirfd, const char *path, char **out, size_t max, struct sbx_err *err)
+{
+  cleanup_close int fd = openat (dirfd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return sbx_fail (err, errno, "open %s", path);
+  cleanup_free char *buf = malloc (max + 1);
+  if (buf == NULL)
+    return sbx_fail (err, ENOMEM, "read %s", path);
+  ssize_t n = sbx_read_full (fd, buf, max);
+  if (n < 0)
+    return sbx_fail (err, errno, "read %s", path);
+  buf[n] = '\0';
+  *out = steal_pointer (&buf);
+  return 0;
+}
+
+int
+sbx_mkdir_p (const char *path, mode_t mode, struct sbx_err *err)
+{
+  char buf[4096];
+  if (snprintf (buf, sizeof buf, "%s", path) >= (int) sizeof buf)
+    return sbx_failx (err, ENAMETOOLONG, "path too long: %s", path);
+  for (char *p = buf + 1; *p; p++)
+    {
+      if (*p != '/')
+        continue;
+      *p = '\0';
+      if (mkdir (buf, mode) < 0 && errno != EEXIST)
+        return sbx_fail (err, errno, "mkdir %s", buf);
+      *p = '/';
+    }
+  if (mkdir (buf, mode) < 0 && errno != EEXIST)
+    return sbx_fail (err, errno, "mkdir %s", buf);
+  return 0;
+}
+
+static int
+rm_one (const char *fpath, const struct stat *sb, int typeflag, struct FTW *ftw)
+{
+  (void) sb;
+  (void) ftw;
+  int r = typeflag == FTW_DP ? rmdir (fpath) : unlink (fpath);
+  if (r < 0 && errno != ENOENT)
+    return -1;
+  return 0;
+}
+
+int
+sbx_rm_rf (const char *path, struct sbx_err *err)
+{
+  if (nftw (path, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+    return sbx_fail (err, errno, "remove %s", path);
+  return 0;
+}
+
+uint64_t
+sbx_now_ns (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
+int64_t
+sbx_wall_ms (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_REALTIME, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int
+sbx_random_bytes (void *buf, size_t n)
+{
+  char *p = buf;
+  while (n > 0)
+    {
+      ssize_t r = getrandom (p, n, 0);
+      if (r < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          return -1;
+        }
+      p += r;
+      n -= (size_t) r;
+    }
+  return 0;
+}
+
+int
+sbx_path (char *buf, size_t n, const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  int r = vsnprintf (buf, n, fmt, ap);
+  va_end (ap);
+  if (r < 0 || (size_t) r >= n)
+    {
+      errno = ENAMETOOLONG;
+      return -1;
+    }
+  return 0;
+}

@@ -1,0 +1,50 @@
+/*
+ * util.h - small helpers shared by the daemon, the core and the init agent:
+ * cleanup attributes (one way to free), full reads and writes, file
+ * helpers and a monotonic clock.
+ */
+#ifndef SBX_UTIL_H
+#define SBX_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+void sbx_cleanup_freep (void *p);
+void sbx_cleanup_closep (int *fd);
+
+#define cleanup_free __attribute__ ((cleanup (sbx_cleanup_freep)))
+#define cleanup_close __attribute__ ((cleanup (sbx_cleanup_closep)))
+
+/* Move ownership out of a cleanup variable. */
+#define steal_pointer(pp) __extension__ ({ __typeof__ (*(pp)) _p = *(pp); *(pp) = NULL; _p; })
+#define steal_fd(fdp) __extension__ ({ int _fd = *(fdp); *(fdp) = -1; _fd; })
+
+/* write(2)/read(2) until done; EINTR is retried.  read_full returns the
+   number of bytes read (short only at EOF) or -1. */
+ssize_t sbx_write_full (int fd, const void *buf, size_t len);
+ssize_t sbx_read_full (int fd, void *buf, size_t len);
+
+/* Write a whole string to a file at PATH (relative to DIRFD), O_WRONLY. */
+int sbx_write_file_at (int dirfd, const char *path, const char *data, struct sbx_err *err);
+/* Read a small file (at most MAX bytes) into a NUL-terminated buffer. */
+int sbx_read_file_at (int dirfd, const char *path, char **out, size_t max, struct sbx_err *err);
+
+/* mkdir -p of an absolute host path, mode for every created level. */
+int sbx_mkdir_p (const char *path, mode_t mode, struct sbx_err *err);
+/* rm -rf below a host path; does not follow symlinks or cross mounts. */
+int sbx_rm_rf (const char *path, struct sbx_err *err);
+
+uint64_t sbx_now_ns (void);       /* CLOCK_MONOTONIC */
+int64_t sbx_wall_ms (void);       /* CLOCK_REALTIME in ms */
+
+/* Fill BUF with N random bytes from getrandom(2). */
+int sbx_random_bytes (void *buf, size_t n);
+
+
+
+/* snprintf into BUF for paths; returns -1 (ENAMETOOLONG) on truncation. */
+int sbx_path (char *buf, size_t n, const char *fmt, ...) __attribute__ ((format (printf, 3, 4)));
+#endif

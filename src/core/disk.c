@@ -1,0 +1,108 @@
+/*
+ * disk.c - per-sandbox disks (see disk.h).
+ *
+ * Why a loop device per sandbox: this machine kind's kernel has no XFS or
+ * ext4 quota support (CONFIG_XFS_QUOTA and CONFIG_QFMT_V2 are off), so the
+ * only kernel-enforced size limit for a writable layer is the size of the
+ * file system it lives on.  A sparse image costs no disk until written.
+ */
+#include "disk.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <linux/mount.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+
+int
+sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
+{
+  cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return sbx_fail (err, errno, "create disk image %s", image);
+  if (ftruncate (fd, (off_t) size_mb << 20) < 0)
+    return sbx_fail (err, errno, "size disk image %s", image);
+  /* no journal: the disk lives no longer than the sandbox's processes, so
+     there is nothing to recover after a host crash */
+  pid_t pid = fork ();
+  if (pid < 0)
+    return sbx_fail (err, errno, "fork mkfs");
+  if (pid == 0)
+    {
+      int null = open ("/dev/null", O_RDWR);
+      dup2 (null, 0);
+      dup2 (null, 1);
+      execlp ("mkfs.ext4", "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E",
+              "lazy_itable_init=1,nodiscard", image, (char *) NULL);
+      _exit (127);
+    }
+  int status;
+  while (waitpid (pid, &status, 0) < 0)
+    if (errno != EINTR)
+      return sbx_fail (err, errno, "wait mkfs");
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+    return sbx_failx (err, EIO, "mkfs.ext4 %s failed (status %d)", image, status);
+  return 0;
+}
+
+static int
+loop_attach (int image_fd, char *dev, size_t n, struct sbx_err *err)
+{
+  cleanup_close int ctl = open ("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0)
+    return sbx_fail (err, errno, "open /dev/loop-control");
+  for (int tries = 0; tries < 64; tries++)
+    {
+      int nr = ioctl (ctl, LOOP_CTL_GET_FREE);
+      if (nr < 0)
+        return sbx_fail (err, errno, "find a free loop device");
+      snprintf (dev, n, "/dev/loop%d", nr);
+      int lfd = open (dev, O_RDWR | O_CLOEXEC);
+      if (lfd < 0)
+        {
+          if (errno == ENOENT)
+            continue;
+          return sbx_fail (err, errno, "open %s", dev);
+        }
+      struct loop_config cfg;
+      memset (&cfg, 0, sizeof cfg);
+      cfg.fd = (uint32_t) image_fd;
+      cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+      if (ioctl (lfd, LOOP_CONFIGURE, &cfg) == 0)
+        return lfd;
+      int e = errno;
+      close (lfd);
+      if (e != EBUSY) /* another process took it first: try the next */
+        return sbx_fail (err, e, "configure %s", dev);
+    }
+  return sbx_failx (err, EBUSY, "no free loop device");
+}
+
+int
+sbx_disk_mount (const char *image, struct sbx_err *err)
+{
+  cleanup_close int ifd = open (image, O_RDWR | O_CLOEXEC);
+  if (ifd < 0)
+    return sbx_fail (err, errno, "open disk image %s", image);
+  char dev[64];
+  cleanup_close int lfd = loop_attach (ifd, dev, sizeof dev, err);
+  if (lfd < 0)
+    return -1;
+  cleanup_close int fs = (int) syscall (SYS_fsopen, "ext4", FSOPEN_CLOEXEC);
+  if (fs < 0)
+    return sbx_fail (err, errno, "fsopen ext4");
+  if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0
+      || syscall (SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+    return sbx_fail (err, errno, "mount %s on %s", image, dev);
+  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+  if (mfd < 0)
+    return sbx_fail (err, errno, "fsmount %s", dev);
+  return mfd;
+}

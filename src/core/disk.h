@@ -1,0 +1,23 @@
+/*
+ * disk.h - the per-sandbox disk: a sparse ext4 image on a loop device that
+ * holds the overlay's writable layer, so the kernel enforces the disk quota
+ * (a full disk is ENOSPC inside the sandbox).  The file system is mounted
+ * detached (fsmount) and never appears in the host's mount table; it lives
+ * exactly as long as the sandbox's mount namespace uses it, and the loop
+ * device clears itself (LO_FLAGS_AUTOCLEAR) after that.
+ */
+#ifndef SBX_DISK_H
+#define SBX_DISK_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../common/error.h"
+
+/* Create IMAGE as a sparse file of SIZE_MB and format it (mkfs.ext4). */
+int sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err);
+/* Attach IMAGE to a free loop device and mount it detached.  Returns the
+   mount fd (O_CLOEXEC) or -1. */
+int sbx_disk_mount (const char *image, struct sbx_err *err);
+
+#endif

@@ -1,0 +1,410 @@
+/*
+ * isolate.c - the privileged steps that turn a child process into a
+ * sandbox, in one place and in a fixed order (after bubblewrap):
+ *
+ *   parent                                 child
+ *   clone(NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS)
+ *   write uid_map / gid_map                 (waits)
+ *   put the child in its cgroups
+ *   idmapped template tree (open_tree +
+ *     mount_setattr MOUNT_ATTR_IDMAP)
+ *   overlay: lower = that tree, upper and
+ *     work on the sandbox disk; fsmount
+ *   send the overlay fd  ---------------->  become root of the new userns
+ *                                           unshare(NEWCGROUP)
+ *                                           / made private, overlay moved in
+ *                                           /proc, minimal /dev, ro /sys,
+ *                                           masked /proc paths, hostname
+ *                                           pivot_root, detach the old root
+ *                                           rlimits, capability bounding set,
+ *                                           no_new_privs, seccomp (last)
+ *   sees EOF on the sync socket  <-------   execveat(sbx-init)
+ *
+ * The overlay is mounted by the daemon, in the initial user namespace,
+ * because overlayfs inside a user namespace cannot copy up lower files
+ * owned by ids the namespace does not map; the idmapped lower layer makes
+ * the root-owned template look owned by the sandbox's root, so copy-up
+ * works and the sandbox's root can change any file.  The overlay is never
+ * attached in the host's mount namespace: it goes straight from fsmount to
+ * the child, so nothing can leak there.
+ *
+ * The child runs in a copy of a multi-threaded daemon, so it calls no
+ * malloc: everything it needs is prepared before clone.
+ */
+#include "isolate.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/mount.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "cgroup.h"
+#include "seccomp.h"
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+
+/* Capabilities root inside a sandbox keeps: Docker's default set without
+   NET_RAW and MKNOD. */
+static const int kept_caps[] = {
+  CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FSETID, CAP_FOWNER,           CAP_SETGID, CAP_SETUID,
+  CAP_SETFCAP, CAP_SETPCAP,     CAP_KILL,   CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_AUDIT_WRITE,
+};
+
+static int
+send_fd (int sock, int fd)
+{
+  char byte = 'F';
+  struct iovec iov = { &byte, 1 };
+  union {
+    char buf[CMSG_SPACE (sizeof (int))];
+    struct cmsghdr align;
+  } u;
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+  struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN (sizeof (int));
+  memcpy (CMSG_DATA (c), &fd, sizeof fd);
+  return sendmsg (sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+static int
+recv_fd (int sock)
+{
+  char byte;
+  struct iovec iov = { &byte, 1 };
+  union {
+    char buf[CMSG_SPACE (sizeof (int))];
+    struct cmsghdr align;
+  } u;
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+  if (recvmsg (sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+    return -1;
+  struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
+  if (c == NULL || c->cmsg_type != SCM_RIGHTS)
+    return -1;
+  int fd;
+  memcpy (&fd, CMSG_DATA (c), sizeof fd);
+  return fd;
+}
+
+/* ---- the child ---- */
+
+static int child_sync = -1;
+
+static void __attribute__ ((noreturn, format (printf, 1, 2)))
+child_fail (const char *fmt, ...)
+{
+  int e = errno;
+  char buf[512];
+  va_list ap;
+  va_start (ap, fmt);
+  int n = vsnprintf (buf, sizeof buf, fmt, ap);
+  va_end (ap);
+  if (n >= 0 && (size_t) n < sizeof buf)
+    snprintf (buf + n, sizeof buf - (size_t) n, ": %s", strerror (e));
+  if (child_sync >= 0 && write (child_sync, buf, strlen (buf)) < 0)
+    {
+    }
+  _exit (1);
+}
+
+static void
+bind_dev (const char *name)
+{
+  char host[64], inside[64];
+  snprintf (host, sizeof host, "/dev/%s", name);
+  snprintf (inside, sizeof inside, "dev/%s", name);
+  int fd = open (inside, O_CREAT | O_WRONLY | O_CLOEXEC, 0666);
+  if (fd < 0)
+    child_fail ("create %s", inside);
+  close (fd);
+  if (mount (host, inside, NULL, MS_BIND, NULL) < 0)
+    child_fail ("bind %s", host);
+}
+
+static void
+ensure_dir (const char *path, mode_t mode)
+{
+  if (mkdir (path, mode) < 0 && errno != EEXIST)
+    child_fail ("mkdir %s", path);
+}
+
+/* Remount an existing mount read-only, keeping the flags the kernel locked
+   on it (a user namespace may not clear them). */
+static void
+remount_ro (const char *path)
+{
+  if (mount (path, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+    {
+      if (errno == ENOENT)
+        return;
+      child_fail ("bind %s", path);
+    }
+  if (mount (NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    child_fail ("remount %s read-only", path);
+}
+
+static void
+mask_path (const char *path)
+{
+  struct stat st;
+  if (lstat (path, &st) < 0)
+    return;
+  if (S_ISDIR (st.st_mode))
+    {
+      if (mount ("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0,mode=0555") < 0)
+        child_fail ("mask %s", path);
+    }
+  else if (mount ("/dev/null", path, NULL, MS_BIND, NULL) < 0)
+    child_fail ("mask %s", path);
+}
+
+static void
+drop_capabilities (void)
+{
+  uint64_t keep = 0;
+  for (size_t i = 0; i < sizeof kept_caps / sizeof kept_caps[0]; i++)
+    keep |= 1ull << kept_caps[i];
+  for (int cap = 0; cap <= 63; cap++)
+    if (!(keep & (1ull << cap)) && prctl (PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+      child_fail ("drop capability %d", cap);
+  prctl (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+  struct __user_cap_data_struct data[2];
+  memset (data, 0, sizeof data);
+  for (int i = 0; i < 2; i++)
+    {
+      data[i].effective = (uint32_t) (keep >> (32 * i));
+      data[i].permitted = (uint32_t) (keep >> (32 * i));
+      data[i].inheritable = 0;
+    }
+  if (syscall (SYS_capset, &hdr, data) < 0)
+    child_fail ("capset");
+}
+
+static void __attribute__ ((noreturn))
+child_main (const struct sbx_isolate_spec *s, int sync)
+{
+  child_sync = sync;
+  int ovl = recv_fd (sync);
+  if (ovl < 0)
+    child_fail ("receive the root file system");
+  if (mount (NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+    child_fail ("make / private");
+  /* still the daemon's host uid here, so the root-only state directory can
+     be traversed; fds opened before clone would name the old namespace */
+  if (syscall (SYS_move_mount, ovl, "", AT_FDCWD, s->mountpoint, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    child_fail ("attach the root file system");
+  if (setresgid (0, 0, 0) < 0 || setresuid (0, 0, 0) < 0)
+    child_fail ("become root of the user namespace");
+  if (unshare (CLONE_NEWCGROUP) < 0)
+    child_fail ("unshare cgroup namespace");
+  if (fchdir (ovl) < 0)
+    child_fail ("enter the root file system");
+
+  ensure_dir ("proc", 0555);
+  ensure_dir ("dev", 0755);
+  ensure_dir ("sys", 0555);
+  ensure_dir ("tmp", 01777);
+  if (mount ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    child_fail ("mount /proc");
+  if (mount ("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=65536k,nr_inodes=64k") < 0)
+    child_fail ("mount /dev");
+  static const char *const devs[] = { "null", "zero", "full", "random", "urandom", "tty" };
+  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
+    bind_dev (devs[i]);
+  ensure_dir ("dev/pts", 0755);
+  if (mount ("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
+    child_fail ("mount /dev/pts");
+  ensure_dir ("dev/shm", 01777);
+  if (mount ("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=65536k") < 0)
+    child_fail ("mount /dev/shm");
+  static const char *const links[][2] = { { "pts/ptmx", "dev/ptmx" },       { "/proc/self/fd", "dev/fd" },
+                                          { "/proc/self/fd/0", "dev/stdin" }, { "/proc/self/fd/1", "dev/stdout" },
+                                          { "/proc/self/fd/2", "dev/stderr" }, { "/proc/kcore", "dev/core" } };
+  for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+    if (symlink (links[i][0], links[i][1]) < 0)
+      child_fail ("symlink %s", links[i][1]);
+  if (mount ("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    child_fail ("mount /sys");
+
+  /* the paths Docker masks or makes read-only */
+  static const char *const masked[]
+      = { "proc/asound", "proc/acpi",       "proc/kcore",       "proc/keys",   "proc/latency_stats",
+          "proc/timer_list", "proc/timer_stats", "proc/sched_debug", "proc/scsi", "proc/kallsyms",
+          "sys/firmware", "sys/devices/virtual/powercap", "sys/kernel/debug", "sys/kernel/security" };
+  for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++)
+    mask_path (masked[i]);
+  static const char *const readonly[] = { "proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger" };
+  for (size_t i = 0; i < sizeof readonly / sizeof readonly[0]; i++)
+    remount_ro (readonly[i]);
+
+  if (sethostname (s->hostname, strlen (s->hostname)) < 0)
+    child_fail ("sethostname");
+  if (syscall (SYS_pivot_root, ".", ".") < 0)
+    child_fail ("pivot_root");
+  if (umount2 (".", MNT_DETACH) < 0)
+    child_fail ("detach the old root");
+  if (chdir ("/") < 0)
+    child_fail ("chdir /");
+
+  struct rlimit nofile = { s->nofile, s->nofile };
+  if (setrlimit (RLIMIT_NOFILE, &nofile) < 0)
+    child_fail ("limit open files");
+  struct rlimit core = { 0, 0 };
+  setrlimit (RLIMIT_CORE, &core);
+
+  /* fd 0-2: /dev/null, fd 3: the agent socket, the rest closed */
+  int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0 || dup2 (null, 0) < 0 || dup2 (null, 1) < 0 || dup2 (null, 2) < 0)
+    child_fail ("open /dev/null");
+  if (dup2 (s->agent_fd, 3) < 0)
+    child_fail ("pass the agent socket");
+  int init_fd = fcntl (s->init_fd, F_DUPFD_CLOEXEC, 10);
+  int sync2 = fcntl (sync, F_DUPFD_CLOEXEC, 11);
+  if (init_fd < 0 || sync2 < 0)
+    child_fail ("dup");
+  child_sync = sync2;
+  /* keep 0-3, the init binary and the sync socket */
+  for (int fd = 4; fd < 1024; fd++)
+    if (fd != init_fd && fd != sync2)
+      close (fd);
+  close_range (1024, ~0u, 0);
+
+  drop_capabilities ();
+  if (prctl (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    child_fail ("no_new_privs");
+  struct sbx_err err;
+  if (sbx_seccomp_load (&err) < 0)
+    {
+      errno = err.code;
+      child_fail ("%s", err.msg);
+    }
+  static char *const argv[] = { "sbx-init", NULL };
+  syscall (SYS_execveat, init_fd, "", argv, s->init_env, AT_EMPTY_PATH);
+  child_fail ("exec sbx-init");
+}
+
+/* ---- the parent ---- */
+
+static int
+write_map (pid_t pid, const char *file, uid_t base, uint32_t count, struct sbx_err *err)
+{
+  char path[64], map[64];
+  snprintf (path, sizeof path, "/proc/%d/%s", (int) pid, file);
+  snprintf (map, sizeof map, "0 %u %u\n", (unsigned) base, count);
+  return sbx_write_file_at (AT_FDCWD, path, map, err);
+}
+
+/* The sandbox's root file system as a detached overlay mount. */
+static int
+make_rootfs (const struct sbx_isolate_spec *s, pid_t pid, struct sbx_err *err)
+{
+  char path[64];
+  snprintf (path, sizeof path, "/proc/%d/ns/user", (int) pid);
+  cleanup_close int userns = open (path, O_RDONLY | O_CLOEXEC);
+  if (userns < 0)
+    return sbx_fail (err, errno, "open %s", path);
+  cleanup_close int tree
+      = (int) syscall (SYS_open_tree, AT_FDCWD, s->template_rootfs, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (tree < 0)
+    return sbx_fail (err, errno, "open_tree %s", s->template_rootfs);
+  struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, .userns_fd = (uint64_t) userns };
+  if (syscall (SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+    return sbx_fail (err, errno, "idmap %s", s->template_rootfs);
+
+  cleanup_close int fs = (int) syscall (SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+  if (fs < 0)
+    return sbx_fail (err, errno, "fsopen overlay");
+  char lower[64], upper[64], work[64];
+  snprintf (lower, sizeof lower, "/proc/self/fd/%d", tree);
+  snprintf (upper, sizeof upper, "/proc/self/fd/%d/upper", s->disk_fd);
+  snprintf (work, sizeof work, "/proc/self/fd/%d/work", s->disk_fd);
+  if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "lowerdir+", lower, 0) < 0)
+    return sbx_fail (err, errno, "overlay lower layer");
+  if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0)
+    return sbx_fail (err, errno, "overlay upper layer");
+  if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0)
+    return sbx_fail (err, errno, "overlay work dir");
+  if (syscall (SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+    return sbx_fail (err, errno, "create overlay");
+  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+  if (mfd < 0)
+    return sbx_fail (err, errno, "fsmount overlay");
+  return mfd;
+}
+
+int
+sbx_isolate_start (const struct sbx_isolate_spec *s, pid_t *out, struct sbx_err *err)
+{
+  int sv[2];
+  if (socketpair (AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return sbx_fail (err, errno, "socketpair");
+  cleanup_close int parent_end = sv[0];
+  cleanup_close int child_end = sv[1];
+
+  /* fork-like clone: the child continues on a copy of this stack */
+  pid_t pid = (pid_t) syscall (SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
+                                              | CLONE_NEWUTS | SIGCHLD,
+                               NULL, NULL, NULL, 0);
+  if (pid < 0)
+    return sbx_fail (err, errno, "clone");
+  if (pid == 0)
+    {
+      close (parent_end);
+      child_main (s, child_end);
+    }
+  close (steal_fd (&child_end));
+
+  cleanup_close int ovl = -1;
+  if (write_map (pid, "uid_map", s->uid_base, s->uid_count, err) < 0
+      || write_map (pid, "gid_map", s->uid_base, s->uid_count, err) < 0)
+    goto fail;
+  if (sbx_cgroup_enter (s->cgroup_name, pid, err) < 0)
+    goto fail;
+  ovl = make_rootfs (s, pid, err);
+  if (ovl < 0)
+    goto fail;
+  if (send_fd (parent_end, ovl) < 0)
+    {
+      sbx_fail (err, errno, "pass the root file system");
+      goto fail;
+    }
+  /* EOF: the child reached execve; a message: it failed on the way */
+  char msg[512];
+  ssize_t n;
+  do
+    n = read (parent_end, msg, sizeof msg - 1);
+  while (n < 0 && errno == EINTR);
+  if (n > 0)
+    {
+      msg[n] = '\0';
+      sbx_failx (err, EIO, "sandbox setup: %s", msg);
+      goto fail;
+    }
+  *out = pid;
+  return 0;
+
+fail:
+  kill (pid, SIGKILL);
+  while (waitpid (pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+  return -1;
+}

@@ -1,0 +1,1745 @@
+/*
+ * sandbox.c - the sandbox engine (see sandbox.h): bookkeeping of sandboxes,
+ * their life cycle (create, timeout, pause, resume, destroy, re-attach after
+ * a daemon restart) and the client side of the init agent protocol.
+ *
+ * Isolation itself is isolate.c's job, limits are cgroup.c's and disk.c's;
+ * this file only decides what to ask of them and remembers the answers.
+ *
+ * Locking: one engine mutex guards the table and every sandbox's fields.
+ * Sandboxes are reference counted so that a request in flight (a streaming
+ * exec, say) keeps its sandbox's memory alive while it is destroyed; the
+ * destroy kills the agent, which ends the request.
+ */
+#include "sandbox.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "cgroup.h"
+#include "disk.h"
+#include "isolate.h"
+#include "template.h"
+
+#define UID_SLOT_DIR "/run/sbxd/idmap"
+#define UID_RANGE 65536u
+#define UID_FIRST 100000u
+#define UID_SLOTS 30000u
+#define STOPPED_KEEP 256 /* stopped sandboxes remembered for status queries */
+
+struct sandbox {
+  char id[SBX_ID_MAX];
+  char template_name[64];
+  char default_user[32];
+  enum sbx_state state;
+  int64_t created_ms, end_ms;
+  uint32_t timeout_s;
+  struct sbx_limits limits;
+  char *metadata_json;
+  char *reason;
+  pid_t init_pid;
+  unsigned long long init_start; /* start time of init, guards pid reuse */
+  int pidfd;
+  int dirfd;                     /* O_PATH fd of STATE/sandboxes/ID */
+  uint32_t uid_slot;
+  bool our_child;                /* created by this process: we reap it */
+  uint64_t cpu_sample_ns, cpu_sample_at;
+  int refs;
+  bool busy;                     /* a state change is in progress */
+  struct sandbox *next;
+};
+
+struct sbx_engine {
+  char state_dir[PATH_MAX];
+  char sandboxes_dir[PATH_MAX];
+  char template_dir[PATH_MAX];
+  int init_fd;
+  sbx_event_fn on_event;
+  void *event_ud;
+  uint32_t max_timeout_s;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct sandbox *list;
+  int n_stopped;
+  pthread_t reaper;
+  bool stop;
+};
+
+const char *
+sbx_state_name (enum sbx_state s)
+{
+  switch (s)
+    {
+    case SBX_CREATING:
+      return "creating";
+    case SBX_RUNNING:
+      return "running";
+    case SBX_PAUSED:
+      return "paused";
+    case SBX_STOPPED:
+      return "stopped";
+    default:
+      return "error";
+    }
+}
+
+static void
+emit (struct sbx_engine *e, const char *id, enum sbx_event_kind k, const char *reason)
+{
+  if (e->on_event)
+    e->on_event (e->event_ud, id, k, reason);
+}
+
+/* ---- references ---- */
+
+static void
+sandbox_free (struct sandbox *s)
+{
+  if (s->pidfd >= 0)
+    close (s->pidfd);
+  if (s->dirfd >= 0)
+    close (s->dirfd);
+  free (s->metadata_json);
+  free (s->reason);
+  free (s);
+}
+
+/* Find and reference a sandbox; caller holds e->lock. */
+static struct sandbox *
+find_locked (struct sbx_engine *e, const char *id)
+{
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (strcmp (s->id, id) == 0)
+      return s;
+  return NULL;
+}
+
+static struct sandbox *
+get (struct sbx_engine *e, const char *id, struct sbx_err *err)
+{
+  pthread_mutex_lock (&e->lock);
+  struct sandbox *s = find_locked (e, id);
+  if (s)
+    s->refs++;
+  pthread_mutex_unlock (&e->lock);
+  if (s == NULL)
+    sbx_failx (err, ENOENT, "sandbox not found");
+  return s;
+}
+
+static void
+put (struct sbx_engine *e, struct sandbox *s)
+{
+  pthread_mutex_lock (&e->lock);
+  bool last = --s->refs == 0;
+  pthread_mutex_unlock (&e->lock);
+  if (last)
+    sandbox_free (s);
+}
+
+/* ---- persistence: STATE/sandboxes/ID/sandbox.json ---- */
+
+static int
+save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
+{
+  (void) e;
+  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s:{s:i, s:i, s:i, s:i, s:i}}", "id",
+                         s->id, "template", s->template_name, "user", s->default_user, "state",
+                         sbx_state_name (s->state), "created_ms", (json_int_t) s->created_ms, "end_ms",
+                         (json_int_t) s->end_ms, "timeout_s", (int) s->timeout_s, "init_pid", (int) s->init_pid,
+                         "init_start", (json_int_t) s->init_start, "uid_slot", (int) s->uid_slot, "limits", "cpu_millis",
+                         (int) s->limits.cpu_millis, "memory_mb", (int) s->limits.memory_mb, "disk_mb",
+                         (int) s->limits.disk_mb, "pids_max", (int) s->limits.pids_max, "nofile", (int) s->limits.nofile);
+  if (j == NULL)
+    return sbx_failx (err, ENOMEM, "encode sandbox record");
+  if (s->metadata_json)
+    json_object_set_new (j, "metadata", json_string (s->metadata_json));
+  cleanup_free char *text = json_dumps (j, JSON_COMPACT);
+  json_decref (j);
+  if (text == NULL)
+    return sbx_failx (err, ENOMEM, "encode sandbox record");
+  cleanup_close int fd = openat (s->dirfd, "sandbox.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return sbx_fail (err, errno, "write record of %s", s->id);
+  if (sbx_write_full (fd, text, strlen (text)) < 0 || fsync (fd) < 0)
+    return sbx_fail (err, errno, "write record of %s", s->id);
+  if (renameat (s->dirfd, "sandbox.json.tmp", s->dirfd, "sandbox.json") < 0)
+    return sbx_fail (err, errno, "write record of %s", s->id);
+  return 0;
+}
+
+/* ---- machine-wide uid ranges: one 65536-id range per sandbox, claimed
+   with an O_EXCL file so that instances sharing the machine never hand
+   the same host ids to two sandboxes ---- */
+
+static int
+uid_slot_claim (uint32_t *slot, struct sbx_err *err)
+{
+  if (sbx_mkdir_p (UID_SLOT_DIR, 0700, err) < 0)
+    return -1;
+  uint32_t start;
+  sbx_random_bytes (&start, sizeof start);
+  for (uint32_t i = 0; i < UID_SLOTS; i++)
+    {
+      uint32_t k = (start + i) % UID_SLOTS;
+      char path[64];
+      snprintf (path, sizeof path, UID_SLOT_DIR "/%u", k);
+      int fd = open (path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+      if (fd >= 0)
+        {
+          close (fd);
+          *slot = k;
+          return 0;
+        }
+      if (errno != EEXIST)
+        return sbx_fail (err, errno, "claim uid range");
+    }
+  return sbx_failx (err, EAGAIN, "no free uid range");
+}
+
+static void
+uid_slot_release (uint32_t slot)
+{
+  char path[64];
+  snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
+  unlink (path);
+}
+
+static uid_t
+uid_base (uint32_t slot)
+{
+  return UID_FIRST + slot * UID_RANGE;
+}
+
+/* ---- process identity ---- */
+
+static unsigned long long
+proc_start_time (pid_t pid)
+{
+  char path[64], buf[1024];
+  snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  char *p = strrchr (buf, ')'); /* the command name may hold spaces */
+  if (p == NULL)
+    return 0;
+  unsigned long long start = 0;
+  /* field 22 is starttime; after ')' come fields 3.. */
+  int field = 2;
+  for (char *tok = strtok (p + 1, " "); tok; tok = strtok (NULL, " "))
+    if (++field == 22)
+      {
+        start = strtoull (tok, NULL, 10);
+        break;
+      }
+  return start;
+}
+
+static void
+cgroup_name (const char *id, char *buf, size_t n)
+{
+  snprintf (buf, n, "sbxd/%s", id);
+}
+
+/* ---- teardown ---- */
+
+/* Kill everything and remove every trace; called without the lock, with
+   s->busy set by the caller. */
+static void
+teardown (struct sbx_engine *e, struct sandbox *s)
+{
+  char cg[128];
+  struct sbx_err err;
+  cgroup_name (s->id, cg, sizeof cg);
+  if (s->init_pid > 0 && s->pidfd >= 0)
+    syscall (SYS_pidfd_send_signal, s->pidfd, SIGKILL, NULL, 0);
+  if (sbx_cgroup_destroy (cg, 10000, &err) < 0)
+    fprintf (stderr, "sbxd: %s: %s\n", s->id, err.msg);
+  if (s->our_child && s->init_pid > 0)
+    waitpid (s->init_pid, NULL, 0);
+  uid_slot_release (s->uid_slot);
+  char dir[PATH_MAX];
+  sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
+  if (sbx_rm_rf (dir, &err) < 0)
+    fprintf (stderr, "sbxd: %s: %s\n", s->id, err.msg);
+}
+
+/* Mark S stopped and forget the oldest stopped ones; lock held. */
+static void
+mark_stopped_locked (struct sbx_engine *e, struct sandbox *s, const char *reason)
+{
+  s->state = SBX_STOPPED;
+  free (s->reason);
+  s->reason = strdup (reason);
+  s->end_ms = sbx_wall_ms ();
+  if (++e->n_stopped <= STOPPED_KEEP)
+    return;
+  /* drop the oldest stopped sandbox (the list is newest first) */
+  struct sandbox **last = NULL;
+  for (struct sandbox **pp = &e->list; *pp; pp = &(*pp)->next)
+    if ((*pp)->state == SBX_STOPPED)
+      last = pp;
+  if (last)
+    {
+      struct sandbox *old = *last;
+      *last = old->next;
+      e->n_stopped--;
+      if (--old->refs == 0)
+        sandbox_free (old);
+    }
+}
+
+/* Stop S for REASON; false if it was already stopping or stopped. */
+static bool
+stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
+{
+  pthread_mutex_lock (&e->lock);
+  while (s->busy)
+    pthread_cond_wait (&e->cond, &e->lock);
+  if (s->state == SBX_STOPPED)
+    {
+      pthread_mutex_unlock (&e->lock);
+      return false;
+    }
+  s->busy = true;
+  pthread_mutex_unlock (&e->lock);
+  teardown (e, s);
+  pthread_mutex_lock (&e->lock);
+  mark_stopped_locked (e, s, reason);
+  s->busy = false;
+  pthread_cond_broadcast (&e->cond);
+  pthread_mutex_unlock (&e->lock);
+  emit (e, s->id, SBX_EVENT_KILLED, reason);
+  return true;
+}
+
+/* ---- the reaper: timeouts and sandboxes whose init died ---- */
+
+static void *
+reaper_main (void *arg)
+{
+  struct sbx_engine *e = arg;
+  pthread_mutex_lock (&e->lock);
+  while (!e->stop)
+    {
+      struct timespec ts;
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 100 * 1000000L;
+      if (ts.tv_nsec >= 1000000000L)
+        {
+          ts.tv_sec++;
+          ts.tv_nsec -= 1000000000L;
+        }
+      pthread_cond_timedwait (&e->cond, &e->lock, &ts);
+      if (e->stop)
+        break;
+      int64_t now = sbx_wall_ms ();
+      struct sandbox *victim = NULL;
+      const char *why = NULL;
+      for (struct sandbox *s = e->list; s && !victim; s = s->next)
+        {
+          if (s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING)
+            continue;
+          struct pollfd pf = { s->pidfd, POLLIN, 0 };
+          if (s->pidfd >= 0 && poll (&pf, 1, 0) == 1)
+            victim = s, why = "died";
+          else if (s->state == SBX_RUNNING && s->end_ms <= now)
+            victim = s, why = "timeout";
+        }
+      if (victim)
+        {
+          victim->refs++;
+          pthread_mutex_unlock (&e->lock);
+          stop_sandbox (e, victim, why);
+          put (e, victim);
+          pthread_mutex_lock (&e->lock);
+        }
+    }
+  pthread_mutex_unlock (&e->lock);
+  return NULL;
+}
+
+/* ---- engine ---- */
+
+static int
+load_init (struct sbx_engine *e, const char *path, struct sbx_err *err)
+{
+  char self[PATH_MAX];
+  if (path == NULL)
+    {
+      ssize_t n = readlink ("/proc/self/exe", self, sizeof self - 16);
+      if (n < 0)
+        return sbx_fail (err, errno, "readlink /proc/self/exe");
+      self[n] = '\0';
+      char *slash = strrchr (self, '/');
+      strcpy (slash + 1, "sbx-init");
+      path = self;
+    }
+  cleanup_close int src = open (path, O_RDONLY | O_CLOEXEC);
+  if (src < 0)
+    return sbx_fail (err, errno, "open %s", path);
+  /* a sealed private copy: the sandbox can read /proc/1/exe, but neither it
+     nor anyone else can change what future sandboxes run */
+  int fd = (int) syscall (SYS_memfd_create, "sbx-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0)
+    return sbx_fail (err, errno, "memfd_create");
+  char buf[65536];
+  ssize_t n;
+  while ((n = read (src, buf, sizeof buf)) > 0)
+    if (sbx_write_full (fd, buf, (size_t) n) < 0)
+      break;
+  if (n != 0 || fchmod (fd, 0555) < 0
+      || fcntl (fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+    {
+      close (fd);
+      return sbx_fail (err, errno, "copy %s", path);
+    }
+  e->init_fd = fd;
+  return 0;
+}
+
+/* Re-attach to (or clean up after) the sandbox recorded in DIR/ID. */
+static void
+reattach (struct sbx_engine *e, const char *id)
+{
+  struct sbx_err err;
+  char path[PATH_MAX];
+  sbx_path (path, sizeof path, "%s/%s/sandbox.json", e->sandboxes_dir, id);
+  json_error_t jerr;
+  json_t *j = json_load_file (path, 0, &jerr);
+  struct sandbox *s = calloc (1, sizeof *s);
+  if (s == NULL)
+    {
+      json_decref (j);
+      return;
+    }
+  s->pidfd = s->dirfd = -1;
+  s->refs = 1;
+  sbx_path (s->id, sizeof s->id, "%s", id);
+  const char *tmpl = NULL, *user = NULL, *state = NULL, *meta = NULL;
+  json_int_t created = 0, end = 0, start = 0;
+  int pid = 0, slot = -1, timeout = 0, cpu = 0, mem = 0, disk = 0, pids = 0, nofile = 0;
+  if (j == NULL
+      || json_unpack (j, "{s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s?s, s:{s:i, s:i, s:i, s:i, s:i}}", "template",
+                      &tmpl, "user", &user, "state", &state, "created_ms", &created, "end_ms", &end, "timeout_s",
+                      &timeout, "init_pid", &pid, "init_start", &start, "uid_slot", &slot, "metadata", &meta,
+                      "limits", "cpu_millis", &cpu, "memory_mb", &mem, "disk_mb", &disk, "pids_max", &pids, "nofile",
+                      &nofile)
+             < 0)
+    {
+      fprintf (stderr, "sbxd: %s: unreadable record, removing it\n", id);
+      char dir[PATH_MAX];
+      sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, id);
+      char cg[128];
+      cgroup_name (id, cg, sizeof cg);
+      sbx_cgroup_destroy (cg, 5000, &err);
+      sbx_rm_rf (dir, &err);
+      json_decref (j);
+      free (s);
+      return;
+    }
+  sbx_path (s->template_name, sizeof s->template_name, "%s", tmpl);
+  sbx_path (s->default_user, sizeof s->default_user, "%s", user);
+  s->created_ms = created;
+  s->end_ms = end;
+  s->timeout_s = (uint32_t) timeout;
+  s->init_pid = pid;
+  s->init_start = (unsigned long long) start;
+  s->uid_slot = (uint32_t) slot;
+  s->metadata_json = meta ? strdup (meta) : NULL;
+  s->limits = (struct sbx_limits) { (uint32_t) cpu, (uint32_t) mem, (uint32_t) disk, (uint32_t) pids, (uint32_t) nofile };
+  s->state = strcmp (state, "paused") == 0 ? SBX_PAUSED : SBX_RUNNING;
+  json_decref (j);
+
+  sbx_path (path, sizeof path, "%s/%s", e->sandboxes_dir, id);
+  s->dirfd = open (path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  s->pidfd = (int) syscall (SYS_pidfd_open, pid, 0);
+  /* the pid must still be the same process: check after pidfd_open */
+  bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start;
+  if (!alive)
+    {
+      fprintf (stderr, "sbxd: %s: its init is gone, cleaning up\n", id);
+      if (s->pidfd >= 0)
+        close (s->pidfd);
+      s->pidfd = -1;
+      s->init_pid = 0;
+      teardown (e, s);
+      s->state = SBX_STOPPED;
+      s->reason = strdup ("died");
+      e->n_stopped++;
+    }
+  else
+    {
+      char cg[128];
+      struct sbx_cgroup_stats st;
+      cgroup_name (id, cg, sizeof cg);
+      if (sbx_cgroup_stats (cg, &st, &err) == 0)
+        s->state = st.frozen ? SBX_PAUSED : SBX_RUNNING;
+    }
+  /* keep the list newest first */
+  struct sandbox **pp = &e->list;
+  while (*pp && (*pp)->created_ms > s->created_ms)
+    pp = &(*pp)->next;
+  s->next = *pp;
+  *pp = s;
+}
+
+int
+sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, struct sbx_err *err)
+{
+  if (sbx_cgroup_detect (err) < 0)
+    return -1;
+  struct sbx_engine *e = calloc (1, sizeof *e);
+  if (e == NULL)
+    return sbx_fail (err, ENOMEM, "engine");
+  e->init_fd = -1;
+  pthread_mutex_init (&e->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init (&ca);
+  pthread_cond_init (&e->cond, &ca);
+  e->on_event = cfg->on_event;
+  e->event_ud = cfg->event_ud;
+  e->max_timeout_s = cfg->max_timeout_s ? cfg->max_timeout_s : 3600;
+  if (realpath (cfg->state_dir, e->state_dir) == NULL)
+    {
+      if (sbx_mkdir_p (cfg->state_dir, 0700, err) < 0 || realpath (cfg->state_dir, e->state_dir) == NULL)
+        {
+          sbx_fail (err, errno, "state directory %s", cfg->state_dir);
+          goto fail;
+        }
+    }
+  if (sbx_path (e->sandboxes_dir, sizeof e->sandboxes_dir, "%s/sandboxes", e->state_dir) < 0)
+    {
+      sbx_fail (err, errno, "state directory %s", e->state_dir);
+      goto fail;
+    }
+  if (sbx_mkdir_p (e->sandboxes_dir, 0700, err) < 0)
+    goto fail;
+  if (cfg->template_dir)
+    sbx_path (e->template_dir, sizeof e->template_dir, "%s", cfg->template_dir);
+  else
+    sbx_template_dir (e->template_dir, sizeof e->template_dir);
+  if (load_init (e, cfg->init_path, err) < 0)
+    goto fail;
+
+  DIR *d = opendir (e->sandboxes_dir);
+  if (d == NULL)
+    {
+      sbx_fail (err, errno, "open %s", e->sandboxes_dir);
+      goto fail;
+    }
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL)
+    if (strncmp (de->d_name, "sbx_", 4) == 0)
+      reattach (e, de->d_name);
+  closedir (d);
+
+  if (pthread_create (&e->reaper, NULL, reaper_main, e) != 0)
+    {
+      sbx_failx (err, EAGAIN, "start reaper thread");
+      goto fail;
+    }
+  *out = e;
+  return 0;
+fail:
+  if (e->init_fd >= 0)
+    close (e->init_fd);
+  free (e);
+  return -1;
+}
+
+void
+sbx_engine_close (struct sbx_engine *e)
+{
+  pthread_mutex_lock (&e->lock);
+  e->stop = true;
+  pthread_cond_broadcast (&e->cond);
+  pthread_mutex_unlock (&e->lock);
+  pthread_join (e->reaper, NULL);
+  while (e->list)
+    {
+      struct sandbox *s = e->list;
+      e->list = s->next;
+      sandbox_free (s);
+    }
+  close (e->init_fd);
+  free (e);
+}
+
+/* ---- create ---- */
+
+static void
+make_id (char id[SBX_ID_MAX])
+{
+  static const char alphabet[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+  unsigned char rnd[20];
+  sbx_random_bytes (rnd, sizeof rnd);
+  memcpy (id, "sbx_", 4);
+  for (int i = 0; i < 20; i++)
+    id[4 + i] = alphabet[rnd[i] % 36];
+  id[24] = '\0';
+}
+
+/* The environment of init: the template's, a default PATH, the caller's. */
+static char **
+init_env (const struct sbx_template *t, const char *const *extra)
+{
+  size_t n = 0, m = 0;
+  while (t->env && t->env[n])
+    n++;
+  while (extra && extra[m])
+    m++;
+  char **env = calloc (n + m + 2, sizeof *env);
+  if (env == NULL)
+    return NULL;
+  size_t k = 0;
+  bool has_path = false;
+  for (size_t i = 0; i < n; i++)
+    {
+      env[k++] = t->env[i];
+      has_path |= strncmp (t->env[i], "PATH=", 5) == 0;
+    }
+  if (!has_path)
+    env[k++] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  for (size_t i = 0; i < m; i++)
+    {
+      const char *eq = strchr (extra[i], '=');
+      size_t klen = eq ? (size_t) (eq - extra[i]) : strlen (extra[i]);
+      size_t j;
+      for (j = 0; j < k; j++)
+        if (strncmp (env[j], extra[i], klen) == 0 && env[j][klen] == '=')
+          break;
+      env[j] = (char *) extra[i];
+      if (j == k)
+        k++;
+    }
+  env[k] = NULL;
+  return env;
+}
+
+static int
+bind_agent_socket (int dirfd, struct sbx_err *err)
+{
+  int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return sbx_fail (err, errno, "agent socket");
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  /* through the directory fd: state paths can be longer than sun_path */
+  snprintf (sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/agent.sock", dirfd);
+  if (bind (fd, (struct sockaddr *) &sa, sizeof sa) < 0 || listen (fd, 128) < 0)
+    {
+      int e = errno;
+      close (fd);
+      return sbx_fail (err, e, "bind agent socket");
+    }
+  return fd;
+}
+
+int
+sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
+{
+  struct sbx_template t;
+  memset (&t, 0, sizeof t);
+  if (o->template_name == NULL || *o->template_name == '\0')
+    return sbx_failx (err, EINVAL, "templateID is required");
+  if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
+    return -1;
+  uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
+  if (timeout > e->max_timeout_s)
+    {
+      sbx_template_free (&t);
+      return sbx_failx (err, EINVAL, "timeout must be at most %u seconds", e->max_timeout_s);
+    }
+
+  struct sandbox *s = calloc (1, sizeof *s);
+  if (s == NULL)
+    {
+      sbx_template_free (&t);
+      return sbx_fail (err, ENOMEM, "create sandbox");
+    }
+  s->pidfd = s->dirfd = -1;
+  s->refs = 1;
+  s->state = SBX_CREATING;
+  s->uid_slot = UINT32_MAX;
+  make_id (s->id);
+  sbx_path (s->template_name, sizeof s->template_name, "%s", t.name);
+  sbx_path (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
+  s->limits = o->limits;
+  if (!s->limits.cpu_millis)
+    s->limits.cpu_millis = (t.cpu_count ? t.cpu_count : 2) * 1000;
+  if (!s->limits.memory_mb)
+    s->limits.memory_mb = t.memory_mb ? t.memory_mb : 2048;
+  if (!s->limits.disk_mb)
+    s->limits.disk_mb = t.disk_mb ? t.disk_mb : 10240;
+  if (!s->limits.pids_max)
+    s->limits.pids_max = 1024;
+  if (!s->limits.nofile)
+    s->limits.nofile = 4096;
+  s->metadata_json = o->metadata_json ? strdup (o->metadata_json) : NULL;
+  s->timeout_s = timeout;
+  s->created_ms = sbx_wall_ms ();
+  s->end_ms = s->created_ms + (int64_t) timeout * 1000;
+  s->our_child = true;
+
+  char dir[PATH_MAX], image[PATH_MAX], root[PATH_MAX], cg[128];
+  sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
+  sbx_path (image, sizeof image, "%s/disk.img", dir);
+  sbx_path (root, sizeof root, "%s/root", dir);
+  cgroup_name (s->id, cg, sizeof cg);
+  cleanup_close int disk = -1;
+  cleanup_close int agent = -1;
+  char **env = NULL;
+  bool cg_made = false;
+
+  if (mkdir (dir, 0700) < 0 || mkdir (root, 0700) < 0)
+    {
+      sbx_fail (err, errno, "create %s", dir);
+      goto fail;
+    }
+  s->dirfd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (s->dirfd < 0)
+    {
+      sbx_fail (err, errno, "open %s", dir);
+      goto fail;
+    }
+  if (uid_slot_claim (&s->uid_slot, err) < 0)
+    goto fail;
+  if (sbx_disk_format (image, s->limits.disk_mb, err) < 0)
+    goto fail;
+  disk = sbx_disk_mount (image, err);
+  if (disk < 0)
+    goto fail;
+  uid_t base = uid_base (s->uid_slot);
+  if ((mkdirat (disk, "upper", 0755) < 0 && errno != EEXIST) || (mkdirat (disk, "work", 0700) < 0 && errno != EEXIST)
+      || fchownat (disk, "upper", base, base, 0) < 0)
+    {
+      sbx_fail (err, errno, "prepare the disk of %s", s->id);
+      goto fail;
+    }
+  agent = bind_agent_socket (s->dirfd, err);
+  if (agent < 0)
+    goto fail;
+  struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
+  if (sbx_cgroup_create (cg, &cl, err) < 0)
+    goto fail;
+  cg_made = true;
+  env = init_env (&t, o->env);
+  if (env == NULL)
+    {
+      sbx_fail (err, ENOMEM, "environment");
+      goto fail;
+    }
+  struct sbx_isolate_spec spec = {
+    .template_rootfs = t.rootfs,
+    .disk_fd = disk,
+    .mountpoint = root,
+    .agent_fd = agent,
+    .init_fd = e->init_fd,
+    .uid_base = base,
+    .uid_count = UID_RANGE,
+    .hostname = s->id,
+    .cgroup_name = cg,
+    .init_env = env,
+    .nofile = s->limits.nofile,
+  };
+  if (sbx_isolate_start (&spec, &s->init_pid, err) < 0)
+    goto fail;
+  s->init_start = proc_start_time (s->init_pid);
+  s->pidfd = (int) syscall (SYS_pidfd_open, s->init_pid, 0);
+  s->state = SBX_RUNNING;
+  free (env);
+  env = NULL;
+
+  pthread_mutex_lock (&e->lock);
+  if (save_locked (e, s, err) < 0)
+    {
+      pthread_mutex_unlock (&e->lock);
+      goto fail;
+    }
+  s->next = e->list;
+  e->list = s;
+  pthread_mutex_unlock (&e->lock);
+  memcpy (id_out, s->id, SBX_ID_MAX);
+  sbx_template_free (&t);
+  emit (e, id_out, SBX_EVENT_CREATED, "request");
+  return 0;
+
+fail:
+  if (s->init_pid > 0)
+    {
+      kill (s->init_pid, SIGKILL);
+      waitpid (s->init_pid, NULL, 0);
+    }
+  if (cg_made)
+    {
+      struct sbx_err e2;
+      sbx_cgroup_destroy (cg, 5000, &e2);
+    }
+  if (s->uid_slot != UINT32_MAX)
+    uid_slot_release (s->uid_slot);
+  {
+    struct sbx_err e2;
+    sbx_rm_rf (dir, &e2);
+  }
+  free (env);
+  sbx_template_free (&t);
+  sandbox_free (s);
+  return -1;
+}
+
+/* ---- life cycle ---- */
+
+int
+sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  bool stopped = stop_sandbox (e, s, "request");
+  put (e, s);
+  if (!stopped)
+    return sbx_failx (err, ESRCH, "sandbox is not running");
+  return 0;
+}
+
+/* Take S for a state change; fails unless it is in one of the states in
+   MASK (bit per enum sbx_state). */
+static int
+begin_change (struct sbx_engine *e, struct sandbox *s, unsigned mask, struct sbx_err *err)
+{
+  pthread_mutex_lock (&e->lock);
+  while (s->busy)
+    pthread_cond_wait (&e->cond, &e->lock);
+  if (!(mask & (1u << s->state)))
+    {
+      enum sbx_state st = s->state;
+      pthread_mutex_unlock (&e->lock);
+      if (st == SBX_STOPPED)
+        return sbx_failx (err, ESRCH, "sandbox is not running");
+      if (st == SBX_PAUSED)
+        return sbx_failx (err, EAGAIN, "sandbox is paused");
+      return sbx_failx (err, EALREADY, "sandbox is %s", sbx_state_name (st));
+    }
+  s->busy = true;
+  pthread_mutex_unlock (&e->lock);
+  return 0;
+}
+
+static void
+end_change (struct sbx_engine *e, struct sandbox *s)
+{
+  pthread_mutex_lock (&e->lock);
+  s->busy = false;
+  pthread_cond_broadcast (&e->cond);
+  pthread_mutex_unlock (&e->lock);
+}
+
+int
+sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err)
+{
+  if (timeout_s > e->max_timeout_s)
+    return sbx_failx (err, EINVAL, "timeout must be at most %u seconds", e->max_timeout_s);
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = begin_change (e, s, 1u << SBX_RUNNING | 1u << SBX_PAUSED, err);
+  if (r == 0)
+    {
+      pthread_mutex_lock (&e->lock);
+      s->timeout_s = timeout_s;
+      s->end_ms = sbx_wall_ms () + (int64_t) timeout_s * 1000;
+      r = save_locked (e, s, err);
+      pthread_mutex_unlock (&e->lock);
+      end_change (e, s);
+      if (r == 0)
+        emit (e, id, SBX_EVENT_UPDATED, "timeout");
+    }
+  put (e, s);
+  return r;
+}
+
+static int
+set_frozen (struct sbx_engine *e, const char *id, bool frozen, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = begin_change (e, s, 1u << (frozen ? SBX_RUNNING : SBX_PAUSED), err);
+  if (r < 0)
+    {
+      put (e, s);
+      return -1;
+    }
+  char cg[128];
+  cgroup_name (s->id, cg, sizeof cg);
+  r = sbx_cgroup_freeze (cg, frozen, err);
+  if (r == 0)
+    {
+      pthread_mutex_lock (&e->lock);
+      s->state = frozen ? SBX_PAUSED : SBX_RUNNING;
+      if (!frozen)
+        s->end_ms = sbx_wall_ms () + (int64_t) s->timeout_s * 1000;
+      r = save_locked (e, s, err);
+      pthread_mutex_unlock (&e->lock);
+    }
+  end_change (e, s);
+  if (r == 0)
+    emit (e, id, frozen ? SBX_EVENT_PAUSED : SBX_EVENT_RESUMED, "request");
+  put (e, s);
+  return r;
+}
+
+int
+sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err)
+{
+  return set_frozen (e, id, true, err);
+}
+
+int
+sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err)
+{
+  return set_frozen (e, id, false, err);
+}
+
+static void
+fill_info (const struct sandbox *s, struct sbx_info *info)
+{
+  memset (info, 0, sizeof *info);
+  memcpy (info->id, s->id, sizeof info->id);
+  memcpy (info->template_name, s->template_name, sizeof info->template_name);
+  info->state = s->state;
+  info->created_ms = s->created_ms;
+  info->end_ms = s->end_ms;
+  info->limits = s->limits;
+  info->metadata_json = s->metadata_json ? strdup (s->metadata_json) : NULL;
+  info->reason = s->reason ? strdup (s->reason) : NULL;
+}
+
+void
+sbx_info_free (struct sbx_info *info)
+{
+  free (info->metadata_json);
+  free (info->reason);
+  info->metadata_json = info->reason = NULL;
+}
+
+int
+sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err)
+{
+  pthread_mutex_lock (&e->lock);
+  struct sandbox *s = find_locked (e, id);
+  if (s)
+    fill_info (s, info);
+  pthread_mutex_unlock (&e->lock);
+  if (s == NULL)
+    return sbx_failx (err, ENOENT, "sandbox not found");
+  return 0;
+}
+
+int
+sbx_list (struct sbx_engine *e, struct sbx_info **infos, size_t *n, struct sbx_err *err)
+{
+  pthread_mutex_lock (&e->lock);
+  size_t count = 0;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    count++;
+  struct sbx_info *arr = calloc (count ? count : 1, sizeof *arr);
+  if (arr == NULL)
+    {
+      pthread_mutex_unlock (&e->lock);
+      return sbx_fail (err, ENOMEM, "list");
+    }
+  size_t i = 0;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    fill_info (s, &arr[i++]);
+  pthread_mutex_unlock (&e->lock);
+  *infos = arr;
+  *n = count;
+  return 0;
+}
+
+void
+sbx_list_free (struct sbx_info *infos, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    sbx_info_free (&infos[i]);
+  free (infos);
+}
+
+int
+sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  memset (m, 0, sizeof *m);
+  char cg[128];
+  cgroup_name (s->id, cg, sizeof cg);
+  struct sbx_cgroup_stats st;
+  int r = -1;
+  pthread_mutex_lock (&e->lock);
+  enum sbx_state state = s->state;
+  pthread_mutex_unlock (&e->lock);
+  if (state == SBX_STOPPED)
+    {
+      sbx_failx (err, ESRCH, "sandbox is not running");
+      goto out;
+    }
+  if (sbx_cgroup_stats (cg, &st, err) < 0)
+    goto out;
+  uint64_t now = sbx_now_ns ();
+  pthread_mutex_lock (&e->lock);
+  uint64_t since = s->cpu_sample_at ? now - s->cpu_sample_at
+                                    : (uint64_t) (sbx_wall_ms () - s->created_ms) * 1000000ull;
+  uint64_t used = st.cpu_usage_ns - (s->cpu_sample_at ? s->cpu_sample_ns : 0);
+  s->cpu_sample_ns = st.cpu_usage_ns;
+  s->cpu_sample_at = now;
+  pthread_mutex_unlock (&e->lock);
+  m->cpu_count = (s->limits.cpu_millis + 999) / 1000;
+  if (since > 0)
+    m->cpu_used_pct = 100.0 * (double) used / (double) since / (s->limits.cpu_millis / 1000.0);
+  if (m->cpu_used_pct > 100.0)
+    m->cpu_used_pct = 100.0;
+  m->mem_used = st.memory_current;
+  m->mem_total = st.memory_max ? st.memory_max : (uint64_t) s->limits.memory_mb << 20;
+  m->mem_cache = st.memory_cache;
+  m->oom_kills = st.oom_kills;
+  m->pids = st.pids_current;
+  char root[64];
+  snprintf (root, sizeof root, "/proc/%d/root", (int) s->init_pid);
+  struct statfs sf;
+  /* an overlay reports the statistics of its upper layer: the sandbox disk */
+  if (statfs (root, &sf) == 0)
+    {
+      m->disk_total = (uint64_t) sf.f_blocks * (uint64_t) sf.f_bsize;
+      m->disk_used = (uint64_t) (sf.f_blocks - sf.f_bfree) * (uint64_t) sf.f_bsize;
+    }
+  r = 0;
+out:
+  put (e, s);
+  return r;
+}
+
+/* ---- the agent protocol, client side ---- */
+
+/* Connect to the agent of a running sandbox. */
+static int
+agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
+{
+  pthread_mutex_lock (&e->lock);
+  enum sbx_state st = s->state;
+  pthread_mutex_unlock (&e->lock);
+  if (st == SBX_PAUSED)
+    return sbx_failx (err, EAGAIN, "sandbox is paused");
+  if (st != SBX_RUNNING)
+    return sbx_failx (err, ESRCH, "sandbox is not running");
+  int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return sbx_fail (err, errno, "socket");
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  snprintf (sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/agent.sock", s->dirfd);
+  if (connect (fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+    {
+      int e2 = errno;
+      close (fd);
+      return sbx_fail (err, e2, "connect to the agent of %s", s->id);
+    }
+  return fd;
+}
+
+/* Turn an EV_ERROR frame into ERR. */
+static int
+agent_error (const struct sbx_msg *m, struct sbx_err *err)
+{
+  cleanup_free char *msg = sbx_msg_strdup (m, SBX_T_MSG);
+  return sbx_failx (err, (int) sbx_msg_u32 (m, SBX_T_ERRNO, EIO), "%s", msg ? msg : "agent error");
+}
+
+static int
+recv_or_fail (int fd, struct sbx_msg *m, struct sbx_err *err)
+{
+  int r = sbx_msg_recv (fd, m);
+  if (r == 1)
+    return 0;
+  if (r == 0)
+    return sbx_failx (err, ESRCH, "sandbox agent closed the connection");
+  return sbx_fail (err, errno, "read from sandbox agent");
+}
+
+/* Send REQ and wait for OK; frames before it go to FN. */
+typedef int (*frame_fn) (const struct sbx_msg *m, void *ud);
+
+static int
+agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req, frame_fn fn, void *ud, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = -1;
+  cleanup_close int fd = agent_connect (e, s, err);
+  if (fd < 0)
+    goto out;
+  if (sbx_msg_send (fd, req) < 0)
+    {
+      sbx_fail (err, errno, "send to sandbox agent");
+      goto out;
+    }
+  struct sbx_msg m;
+  sbx_msg_init (&m, 0);
+  for (;;)
+    {
+      if (recv_or_fail (fd, &m, err) < 0)
+        break;
+      if (m.type == SBX_EV_OK)
+        {
+          r = 0;
+          break;
+        }
+      if (m.type == SBX_EV_ERROR)
+        {
+          agent_error (&m, err);
+          break;
+        }
+      if (fn && fn (&m, ud) < 0)
+        {
+          sbx_failx (err, ECANCELED, "cancelled");
+          break;
+        }
+    }
+  sbx_msg_free (&m);
+out:
+  put (e, s);
+  return r;
+}
+
+static const char *
+user_or_default (struct sbx_engine *e, const char *id, const char *user, char buf[32])
+{
+  if (user && *user)
+    return user;
+  pthread_mutex_lock (&e->lock);
+  struct sandbox *s = find_locked (e, id);
+  snprintf (buf, 32, "%s", s ? s->default_user : "root");
+  pthread_mutex_unlock (&e->lock);
+  return buf;
+}
+
+/* Stream process events of an EXEC or ATTACH connection to FN. */
+static int
+stream_events (int fd, sbx_proc_fn fn, void *ud, struct sbx_err *err)
+{
+  struct sbx_msg m;
+  sbx_msg_init (&m, 0);
+  int r = -1;
+  uint32_t pid = 0;
+  for (;;)
+    {
+      if (recv_or_fail (fd, &m, err) < 0)
+        break;
+      struct sbx_proc_event ev = { .pid = pid };
+      const uint8_t *d;
+      uint32_t l;
+      switch (m.type)
+        {
+        case SBX_EV_ERROR:
+          agent_error (&m, err);
+          goto done;
+        case SBX_EV_START:
+          pid = ev.pid = sbx_msg_u32 (&m, SBX_T_PID, 0);
+          ev.kind = SBX_PROC_START;
+          break;
+        case SBX_EV_STDOUT:
+        case SBX_EV_STDERR:
+        case SBX_EV_PTY:
+          ev.kind = m.type == SBX_EV_STDOUT ? SBX_PROC_STDOUT : m.type == SBX_EV_STDERR ? SBX_PROC_STDERR : SBX_PROC_PTY;
+          if (!sbx_msg_get (&m, SBX_T_DATA, &d, &l))
+            continue;
+          ev.data = d;
+          ev.len = l;
+          break;
+        case SBX_EV_END:
+          ev.kind = SBX_PROC_END;
+          ev.exit_code = (int) sbx_msg_u32 (&m, SBX_T_EXIT, (uint32_t) -1);
+          ev.signal = (int) sbx_msg_u32 (&m, SBX_T_TERMSIG, 0);
+          ev.timed_out = sbx_msg_u32 (&m, SBX_T_TIMEDOUT, 0) != 0;
+          break;
+        default:
+          continue;
+        }
+      if (fn (&ev, ud) < 0 || ev.kind == SBX_PROC_END)
+        {
+          r = 0;
+          break;
+        }
+    }
+done:
+  sbx_msg_free (&m);
+  return r;
+}
+
+int
+sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, sbx_proc_fn fn, void *ud,
+          struct sbx_err *err)
+{
+  if (o->argv == NULL || o->argv[0] == NULL || *o->argv[0] == '\0')
+    return sbx_failx (err, EINVAL, "cmd is required");
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  char ubuf[32];
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_EXEC);
+  for (const char *const *a = o->argv; *a; a++)
+    sbx_msg_put_str (&req, SBX_T_ARG, *a);
+  for (const char *const *v = o->env; v && *v; v++)
+    sbx_msg_put_str (&req, SBX_T_ENV, *v);
+  if (o->cwd && *o->cwd)
+    sbx_msg_put_str (&req, SBX_T_CWD, o->cwd);
+  sbx_msg_put_str (&req, SBX_T_USER, user_or_default (e, id, o->user, ubuf));
+  if (o->tag)
+    sbx_msg_put_str (&req, SBX_T_TAG, o->tag);
+  if (o->pty)
+    {
+      uint32_t rc[2] = { o->rows ? o->rows : 24, o->cols ? o->cols : 80 };
+      sbx_msg_put (&req, SBX_T_PTY, rc, sizeof rc);
+    }
+  if (o->stdin_open)
+    sbx_msg_put_u32 (&req, SBX_T_STDIN, 1);
+  if (o->timeout_ms)
+    sbx_msg_put_u32 (&req, SBX_T_TIMEOUT, o->timeout_ms);
+  int r = -1;
+  cleanup_close int fd = agent_connect (e, s, err);
+  if (fd >= 0)
+    {
+      if (sbx_msg_send (fd, &req) < 0)
+        sbx_fail (err, errno, "send to sandbox agent");
+      else
+        r = stream_events (fd, fn, ud, err);
+    }
+  sbx_msg_free (&req);
+  put (e, s);
+  return r;
+}
+
+int
+sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, sbx_proc_fn fn, void *ud, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_ATTACH);
+  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+  int r = -1;
+  cleanup_close int fd = agent_connect (e, s, err);
+  if (fd >= 0)
+    {
+      if (sbx_msg_send (fd, &req) < 0)
+        sbx_fail (err, errno, "send to sandbox agent");
+      else
+        r = stream_events (fd, fn, ud, err);
+    }
+  sbx_msg_free (&req);
+  put (e, s);
+  return r;
+}
+
+static int
+simple_proc_call (struct sbx_engine *e, const char *id, struct sbx_msg *req, struct sbx_err *err)
+{
+  int r = agent_call (e, id, req, NULL, NULL, err);
+  sbx_msg_free (req);
+  return r;
+}
+
+int
+sbx_proc_input (struct sbx_engine *e, const char *id, uint32_t pid, const void *data, size_t len, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_INPUT);
+  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+  sbx_msg_put (&req, SBX_T_DATA, data, len);
+  return simple_proc_call (e, id, &req, err);
+}
+
+int
+sbx_proc_close_stdin (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_CLOSE_STDIN);
+  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+  return simple_proc_call (e, id, &req, err);
+}
+
+int
+sbx_proc_signal (struct sbx_engine *e, const char *id, uint32_t pid, int sig, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_SIGNAL);
+  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+  sbx_msg_put_u32 (&req, SBX_T_SIGNAL, (uint32_t) sig);
+  return simple_proc_call (e, id, &req, err);
+}
+
+int
+sbx_proc_resize (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t rows, uint32_t cols, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_RESIZE);
+  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+  sbx_msg_put_u32 (&req, SBX_T_ROWS, rows);
+  sbx_msg_put_u32 (&req, SBX_T_COLS, cols);
+  return simple_proc_call (e, id, &req, err);
+}
+
+struct proc_acc {
+  struct sbx_proc_info *v;
+  size_t n, cap;
+};
+
+static int
+collect_proc (const struct sbx_msg *m, void *ud)
+{
+  struct proc_acc *a = ud;
+  if (m->type != SBX_EV_PROC)
+    return 0;
+  if (a->n == a->cap)
+    {
+      size_t cap = a->cap ? a->cap * 2 : 8;
+      struct sbx_proc_info *nv = realloc (a->v, cap * sizeof *nv);
+      if (nv == NULL)
+        return -1;
+      a->v = nv;
+      a->cap = cap;
+    }
+  struct sbx_proc_info *p = &a->v[a->n++];
+  memset (p, 0, sizeof *p);
+  p->pid = sbx_msg_u32 (m, SBX_T_PID, 0);
+  p->tag = sbx_msg_strdup (m, SBX_T_TAG);
+  p->cwd = sbx_msg_strdup (m, SBX_T_CWD);
+  p->pty = sbx_msg_u32 (m, SBX_T_PTY, 0) != 0;
+  size_t pos = 0, argc = 0;
+  uint8_t t;
+  const uint8_t *d;
+  uint32_t l;
+  while (sbx_msg_next (m, &pos, &t, &d, &l) == 1)
+    argc += t == SBX_T_ARG;
+  p->argv = calloc (argc + 1, sizeof *p->argv);
+  if (p->argv == NULL)
+    return -1;
+  pos = argc = 0;
+  while (sbx_msg_next (m, &pos, &t, &d, &l) == 1)
+    if (t == SBX_T_ARG)
+      p->argv[argc++] = strndup ((const char *) d, l);
+  return 0;
+}
+
+int
+sbx_proc_list (struct sbx_engine *e, const char *id, struct sbx_proc_info **procs, size_t *n, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_LIST);
+  struct proc_acc a = { 0 };
+  int r = agent_call (e, id, &req, collect_proc, &a, err);
+  sbx_msg_free (&req);
+  if (r < 0)
+    {
+      sbx_proc_list_free (a.v, a.n);
+      return -1;
+    }
+  *procs = a.v;
+  *n = a.n;
+  return 0;
+}
+
+void
+sbx_proc_list_free (struct sbx_proc_info *procs, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    {
+      free (procs[i].tag);
+      free (procs[i].cwd);
+      for (char **a = procs[i].argv; a && *a; a++)
+        free (*a);
+      free (procs[i].argv);
+    }
+  free (procs);
+}
+
+/* ---- files ---- */
+
+void
+sbx_entry_free (struct sbx_entry *en)
+{
+  free (en->name);
+  free (en->path);
+  free (en->owner);
+  free (en->group);
+  free (en->link);
+  memset (en, 0, sizeof *en);
+}
+
+void
+sbx_entries_free (struct sbx_entry *en, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    sbx_entry_free (&en[i]);
+  free (en);
+}
+
+static void
+parse_entry (const struct sbx_msg *m, struct sbx_entry *en)
+{
+  memset (en, 0, sizeof *en);
+  en->name = sbx_msg_strdup (m, SBX_T_NAME);
+  en->path = sbx_msg_strdup (m, SBX_T_PATH);
+  en->owner = sbx_msg_strdup (m, SBX_T_OWNER);
+  en->group = sbx_msg_strdup (m, SBX_T_GROUP);
+  en->link = sbx_msg_strdup (m, SBX_T_LINK);
+  en->type = (enum sbx_file_type) sbx_msg_u32 (m, SBX_T_TYPE, SBX_FT_OTHER);
+  en->size = sbx_msg_u64 (m, SBX_T_SIZE, 0);
+  en->mode = sbx_msg_u32 (m, SBX_T_MODE, 0);
+  en->uid = sbx_msg_u32 (m, SBX_T_UID, 0);
+  en->gid = sbx_msg_u32 (m, SBX_T_GID, 0);
+  en->mtime_ns = sbx_msg_u64 (m, SBX_T_MTIME, 0);
+}
+
+static void
+file_req (struct sbx_engine *e, const char *id, struct sbx_msg *req, uint32_t op, const char *path, const char *user)
+{
+  char ubuf[32];
+  sbx_msg_init (req, SBX_REQ_FILE);
+  sbx_msg_put_u32 (req, SBX_T_OP, op);
+  sbx_msg_put_str (req, SBX_T_PATH, path ? path : "");
+  sbx_msg_put_str (req, SBX_T_USER, user_or_default (e, id, user, ubuf));
+}
+
+static int
+one_entry (const struct sbx_msg *m, void *ud)
+{
+  struct sbx_entry *out = ud;
+  if (m->type == SBX_EV_ENTRY && out && out->path == NULL)
+    parse_entry (m, out);
+  return 0;
+}
+
+static int
+entry_call (struct sbx_engine *e, const char *id, struct sbx_msg *req, struct sbx_entry *out, struct sbx_err *err)
+{
+  struct sbx_entry tmp;
+  memset (&tmp, 0, sizeof tmp);
+  int r = agent_call (e, id, req, one_entry, &tmp, err);
+  sbx_msg_free (req);
+  if (r == 0 && out)
+    *out = tmp;
+  else
+    sbx_entry_free (&tmp);
+  return r;
+}
+
+int
+sbx_file_stat (struct sbx_engine *e, const char *id, const char *path, const char *user, struct sbx_entry *out,
+               struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_STAT, path, user);
+  return entry_call (e, id, &req, out, err);
+}
+
+int
+sbx_file_mkdir (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+                struct sbx_entry *out, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_MKDIR, path, user);
+  sbx_msg_put_u32 (&req, SBX_T_FLAGS, flags);
+  return entry_call (e, id, &req, out, err);
+}
+
+int
+sbx_file_move (struct sbx_engine *e, const char *id, const char *from, const char *to, const char *user,
+               struct sbx_entry *out, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_MOVE, from, user);
+  sbx_msg_put_str (&req, SBX_T_PATH2, to ? to : "");
+  return entry_call (e, id, &req, out, err);
+}
+
+int
+sbx_file_remove (struct sbx_engine *e, const char *id, const char *path, const char *user, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_REMOVE, path, user);
+  return entry_call (e, id, &req, NULL, err);
+}
+
+struct entry_acc {
+  struct sbx_entry *v;
+  size_t n, cap;
+};
+
+static int
+collect_entry (const struct sbx_msg *m, void *ud)
+{
+  struct entry_acc *a = ud;
+  if (m->type != SBX_EV_ENTRY)
+    return 0;
+  if (a->n == a->cap)
+    {
+      size_t cap = a->cap ? a->cap * 2 : 16;
+      struct sbx_entry *nv = realloc (a->v, cap * sizeof *nv);
+      if (nv == NULL)
+        return -1;
+      a->v = nv;
+      a->cap = cap;
+    }
+  parse_entry (m, &a->v[a->n++]);
+  return 0;
+}
+
+int
+sbx_file_list (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t depth,
+               struct sbx_entry **out, size_t *n, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_LIST, path, user);
+  sbx_msg_put_u32 (&req, SBX_T_DEPTH, depth ? depth : 1);
+  struct entry_acc a = { 0 };
+  int r = agent_call (e, id, &req, collect_entry, &a, err);
+  sbx_msg_free (&req);
+  if (r < 0)
+    {
+      sbx_entries_free (a.v, a.n);
+      return -1;
+    }
+  *out = a.v;
+  *n = a.n;
+  return 0;
+}
+
+struct read_ctx {
+  uint64_t max;
+  struct sbx_entry *st;
+  bool have_entry;
+  sbx_data_fn fn;
+  void *ud;
+  bool too_big;
+};
+
+static int
+read_frame (const struct sbx_msg *m, void *ud)
+{
+  struct read_ctx *c = ud;
+  if (m->type == SBX_EV_ENTRY && !c->have_entry)
+    {
+      c->have_entry = true;
+      struct sbx_entry en;
+      parse_entry (m, &en);
+      if (c->max && en.size > c->max)
+        c->too_big = true;
+      if (c->st)
+        *c->st = en;
+      else
+        sbx_entry_free (&en);
+      return c->too_big ? -1 : 0;
+    }
+  const uint8_t *d;
+  uint32_t l;
+  if (m->type == SBX_EV_DATA && sbx_msg_get (m, SBX_T_DATA, &d, &l))
+    return c->fn (d, l, c->ud);
+  return 0;
+}
+
+int
+sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
+               struct sbx_entry *st, sbx_data_fn fn, void *ud, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_READ, path, user);
+  struct read_ctx c = { max_size, st, false, fn, ud, false };
+  if (st)
+    memset (st, 0, sizeof *st);
+  int r = agent_call (e, id, &req, read_frame, &c, err);
+  sbx_msg_free (&req);
+  if (c.too_big)
+    return sbx_failx (err, EFBIG, "file is larger than %llu bytes", (unsigned long long) max_size);
+  return r;
+}
+
+struct sbx_file_writer {
+  struct sbx_engine *e;
+  struct sandbox *s;
+  int fd;
+};
+
+int
+sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+                      uint32_t mode, struct sbx_file_writer **out, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int fd = agent_connect (e, s, err);
+  if (fd < 0)
+    {
+      put (e, s);
+      return -1;
+    }
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_WRITE, path, user);
+  sbx_msg_put_u32 (&req, SBX_T_FLAGS, flags);
+  if (mode)
+    sbx_msg_put_u32 (&req, SBX_T_MODE, mode);
+  int r = sbx_msg_send (fd, &req);
+  sbx_msg_free (&req);
+  struct sbx_file_writer *w = calloc (1, sizeof *w);
+  if (r < 0 || w == NULL)
+    {
+      sbx_fail (err, r < 0 ? errno : ENOMEM, "send to sandbox agent");
+      free (w);
+      close (fd);
+      put (e, s);
+      return -1;
+    }
+  *w = (struct sbx_file_writer) { e, s, fd };
+  *out = w;
+  return 0;
+}
+
+/* When the agent refused the write early, its error frame is waiting. */
+static int
+writer_error (struct sbx_file_writer *w, struct sbx_err *err)
+{
+  struct pollfd pf = { w->fd, POLLIN, 0 };
+  if (poll (&pf, 1, 0) == 1)
+    {
+      struct sbx_msg m;
+      sbx_msg_init (&m, 0);
+      if (sbx_msg_recv (w->fd, &m) == 1 && m.type == SBX_EV_ERROR)
+        {
+          agent_error (&m, err);
+          sbx_msg_free (&m);
+          return -1;
+        }
+      sbx_msg_free (&m);
+    }
+  return sbx_fail (err, errno ? errno : EPIPE, "write to sandbox agent");
+}
+
+int
+sbx_file_writer_push (struct sbx_file_writer *w, const void *data, size_t len, struct sbx_err *err)
+{
+  const uint8_t *p = data;
+  while (len > 0)
+    {
+      size_t n = len < SBX_PROTO_CHUNK ? len : SBX_PROTO_CHUNK;
+      struct sbx_msg m;
+      sbx_msg_init (&m, SBX_REQ_DATA);
+      sbx_msg_put (&m, SBX_T_DATA, p, n);
+      int r = sbx_msg_send (w->fd, &m);
+      sbx_msg_free (&m);
+      if (r < 0)
+        return writer_error (w, err);
+      p += n;
+      len -= n;
+    }
+  return 0;
+}
+
+static void
+writer_close (struct sbx_file_writer *w)
+{
+  close (w->fd);
+  put (w->e, w->s);
+  free (w);
+}
+
+int
+sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct sbx_err *err)
+{
+  struct sbx_msg m;
+  sbx_msg_init (&m, SBX_REQ_EOF);
+  int r = sbx_msg_send (w->fd, &m);
+  sbx_msg_free (&m);
+  if (r < 0)
+    {
+      r = writer_error (w, err);
+      writer_close (w);
+      return r;
+    }
+  struct sbx_entry tmp;
+  memset (&tmp, 0, sizeof tmp);
+  r = -1;
+  for (;;)
+    {
+      if (recv_or_fail (w->fd, &m, err) < 0)
+        break;
+      if (m.type == SBX_EV_ENTRY && tmp.path == NULL)
+        parse_entry (&m, &tmp);
+      else if (m.type == SBX_EV_OK)
+        {
+          r = 0;
+          break;
+        }
+      else if (m.type == SBX_EV_ERROR)
+        {
+          agent_error (&m, err);
+          break;
+        }
+    }
+  sbx_msg_free (&m);
+  if (r == 0 && out)
+    *out = tmp;
+  else
+    sbx_entry_free (&tmp);
+  writer_close (w);
+  return r;
+}
+
+void
+sbx_file_writer_abort (struct sbx_file_writer *w)
+{
+  /* closing without EOF makes the agent drop the temporary file */
+  writer_close (w);
+}
+
+int
+sbx_file_write (struct sbx_engine *e, const char *id, const char *path, const char *user, const void *data,
+                size_t len, struct sbx_entry *out, struct sbx_err *err)
+{
+  struct sbx_file_writer *w;
+  if (sbx_file_writer_open (e, id, path, user, SBX_FILE_F_PARENTS, 0, &w, err) < 0)
+    return -1;
+  if (sbx_file_writer_push (w, data, len, err) < 0)
+    {
+      sbx_file_writer_abort (w);
+      return -1;
+    }
+  return sbx_file_writer_finish (w, out, err);
+}

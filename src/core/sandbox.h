@@ -1,0 +1,198 @@
+/*
+ * sandbox.h - the sandbox core of sbxd: create, control and destroy
+ * isolated Linux sandboxes, run processes in them and move files in and
+ * out.  The daemon's HTTP layers only call this interface; nothing here
+ * knows about HTTP.
+ *
+ * An engine owns one state directory.  Each sandbox lives in
+ * STATE/sandboxes/ID/ (its record, its disk image and the socket of its
+ * init agent); the engine re-attaches to every live sandbox found there
+ * when it opens, so the daemon can stop or crash without losing any.
+ *
+ * Every function is thread safe.  Functions that name a sandbox fail with
+ * err->code ENOENT when there is no such sandbox, EAGAIN when the sandbox
+ * is paused and the operation needs it running, and ESRCH when it has
+ * stopped.
+ */
+#ifndef SBX_SANDBOX_H
+#define SBX_SANDBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../common/error.h"
+#include "../common/proto.h"
+
+#define SBX_ID_MAX 40
+
+enum sbx_state { SBX_CREATING, SBX_RUNNING, SBX_PAUSED, SBX_STOPPED, SBX_ERROR };
+
+const char *sbx_state_name (enum sbx_state s);
+
+enum sbx_event_kind { SBX_EVENT_CREATED, SBX_EVENT_UPDATED, SBX_EVENT_PAUSED, SBX_EVENT_RESUMED, SBX_EVENT_KILLED };
+
+/* Called (from any thread, no engine lock held) when a sandbox changes;
+   REASON is e.g. "request", "timeout" or "died". */
+typedef void (*sbx_event_fn) (void *ud, const char *id, enum sbx_event_kind kind, const char *reason);
+
+struct sbx_engine_config {
+  const char *state_dir;    /* required */
+  const char *template_dir; /* NULL: sbx_template_dir () */
+  const char *init_path;    /* the sbx-init binary; NULL: next to the running program */
+  sbx_event_fn on_event;
+  void *event_ud;
+  uint32_t max_timeout_s;   /* 0: 3600 */
+};
+
+struct sbx_engine;
+
+int sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, struct sbx_err *err);
+/* Stops the engine's threads; sandboxes keep running. */
+void sbx_engine_close (struct sbx_engine *e);
+
+struct sbx_limits {
+  uint32_t cpu_millis;  /* 1000 per vCPU */
+  uint32_t memory_mb;
+  uint32_t disk_mb;
+  uint32_t pids_max;
+  uint32_t nofile;      /* RLIMIT_NOFILE of every process */
+};
+
+struct sbx_create_opts {
+  const char *template_name;
+  uint32_t timeout_s;         /* 0: 300 */
+  const char *const *env;     /* NULL-terminated "KEY=VALUE", may be NULL */
+  const char *metadata_json;  /* stored as given, may be NULL */
+  struct sbx_limits limits;   /* 0 fields take the template's defaults */
+};
+
+struct sbx_info {
+  char id[SBX_ID_MAX];
+  char template_name[64];
+  enum sbx_state state;
+  int64_t created_ms, end_ms; /* wall clock, ms since the epoch */
+  struct sbx_limits limits;
+  char *metadata_json;        /* owned: free with sbx_info_free */
+  char *reason;               /* why it stopped, when it has */
+};
+
+void sbx_info_free (struct sbx_info *info);
+
+int sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id[SBX_ID_MAX], struct sbx_err *err);
+int sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err);
+int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);
+int sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err);
+int sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err);
+int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err);
+/* All sandboxes the engine knows (stopped ones included until forgotten),
+   newest first. */
+int sbx_list (struct sbx_engine *e, struct sbx_info **infos, size_t *n, struct sbx_err *err);
+void sbx_list_free (struct sbx_info *infos, size_t n);
+
+struct sbx_metrics {
+  double cpu_used_pct;      /* of the sandbox's CPU allowance, over the last interval */
+  uint32_t cpu_count;
+  uint64_t mem_used, mem_total, mem_cache;
+  uint64_t disk_used, disk_total;
+  uint64_t oom_kills;
+  uint64_t pids;
+};
+
+int sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, struct sbx_err *err);
+
+/* ---- processes ---- */
+
+struct sbx_exec_opts {
+  const char *const *argv;  /* argv[0] is looked up in PATH */
+  const char *const *env;   /* extra "KEY=VALUE", may be NULL */
+  const char *cwd;          /* NULL: the user's home */
+  const char *user;         /* NULL: the template's default user */
+  const char *tag;
+  bool pty;
+  uint32_t rows, cols;
+  bool stdin_open;
+  uint32_t timeout_ms;      /* 0: no timeout */
+};
+
+enum sbx_proc_event_kind { SBX_PROC_START, SBX_PROC_STDOUT, SBX_PROC_STDERR, SBX_PROC_PTY, SBX_PROC_END };
+
+struct sbx_proc_event {
+  enum sbx_proc_event_kind kind;
+  uint32_t pid;
+  const uint8_t *data;
+  size_t len;
+  int exit_code;   /* END: exit status, -1 when killed by a signal */
+  int signal;      /* END: the signal that ended it, 0 if none */
+  bool timed_out;  /* END: killed because its timeout expired */
+};
+
+/* Return a negative value to stop listening; the process goes on. */
+typedef int (*sbx_proc_fn) (const struct sbx_proc_event *ev, void *ud);
+
+/* Start a process and stream its events to FN until it ends (or FN stops).
+   Returns 0 once END was seen or FN stopped, -1 on failure. */
+int sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, sbx_proc_fn fn, void *ud,
+              struct sbx_err *err);
+/* Re-attach to a running process by pid. */
+int sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, sbx_proc_fn fn, void *ud, struct sbx_err *err);
+int sbx_proc_input (struct sbx_engine *e, const char *id, uint32_t pid, const void *data, size_t len,
+                    struct sbx_err *err);
+int sbx_proc_close_stdin (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err);
+int sbx_proc_signal (struct sbx_engine *e, const char *id, uint32_t pid, int sig, struct sbx_err *err);
+int sbx_proc_resize (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t rows, uint32_t cols,
+                     struct sbx_err *err);
+
+struct sbx_proc_info {
+  uint32_t pid;
+  char *tag, *cwd;
+  char **argv; /* NULL-terminated */
+  bool pty;
+};
+int sbx_proc_list (struct sbx_engine *e, const char *id, struct sbx_proc_info **procs, size_t *n, struct sbx_err *err);
+void sbx_proc_list_free (struct sbx_proc_info *procs, size_t n);
+
+/* ---- files (paths are inside the sandbox; relative ones start at the
+   user's home) ---- */
+
+struct sbx_entry {
+  char *name, *path, *owner, *group, *link;
+  enum sbx_file_type type;
+  uint64_t size;
+  uint32_t mode, uid, gid;
+  uint64_t mtime_ns;
+};
+void sbx_entry_free (struct sbx_entry *en);
+void sbx_entries_free (struct sbx_entry *en, size_t n);
+
+int sbx_file_stat (struct sbx_engine *e, const char *id, const char *path, const char *user, struct sbx_entry *out,
+                   struct sbx_err *err);
+int sbx_file_list (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t depth,
+                   struct sbx_entry **out, size_t *n, struct sbx_err *err);
+/* flags: SBX_FILE_F_PARENTS, SBX_FILE_F_EXIST_OK */
+int sbx_file_mkdir (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+                    struct sbx_entry *out, struct sbx_err *err);
+int sbx_file_move (struct sbx_engine *e, const char *id, const char *from, const char *to, const char *user,
+                   struct sbx_entry *out, struct sbx_err *err);
+int sbx_file_remove (struct sbx_engine *e, const char *id, const char *path, const char *user, struct sbx_err *err);
+
+/* Read: FN gets the content in chunks; return <0 from it to abort.  If
+   MAX_SIZE is non-zero a larger file fails with EFBIG before any data. */
+typedef int (*sbx_data_fn) (const void *data, size_t len, void *ud);
+int sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
+                   struct sbx_entry *st, sbx_data_fn fn, void *ud, struct sbx_err *err);
+
+/* Write (atomic replace): open, push chunks, finish.  Abandoning a writer
+   (sbx_file_writer_abort) leaves the old file as it was. */
+struct sbx_file_writer;
+int sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+                          uint32_t mode, struct sbx_file_writer **w, struct sbx_err *err);
+int sbx_file_writer_push (struct sbx_file_writer *w, const void *data, size_t len, struct sbx_err *err);
+int sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct sbx_err *err);
+void sbx_file_writer_abort (struct sbx_file_writer *w);
+/* Convenience: write a whole buffer. */
+int sbx_file_write (struct sbx_engine *e, const char *id, const char *path, const char *user, const void *data,
+                    size_t len, struct sbx_entry *out, struct sbx_err *err);
+
+#endif

@@ -1,0 +1,1311 @@
+/*
+ * http.c - the HTTP API of sbxd, served with libmicrohttpd.
+ *
+ * This layer only translates: it parses and validates requests, calls the
+ * sandbox core (src/core/sandbox.h) and turns results and errors into
+ * responses.  Shapes follow seed 001 (the SandBase / E2B-compatible sandbox
+ * API); every error is {"code": <status>, "message": "..."}.
+ * docs/api.md describes every endpoint.
+ *
+ * libmicrohttpd runs one thread per connection, so a handler may block on
+ * the core (a synchronous exec, a large read).  Streaming answers (NDJSON
+ * process events) are produced by a worker thread into a pipe that
+ * libmicrohttpd sends as a chunked body; when the client goes away the pipe
+ * breaks and the worker stops listening, while the process goes on.
+ */
+#include "http.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "json.h"
+
+#define MAX_JSON_BODY (64u << 20)     /* base64 writes of files up to ~48 MB */
+#define MAX_READ_BYTES (1u << 20)     /* seed 001: reads larger than 1 MB are refused */
+#define MAX_CAPTURE (16u << 20)       /* stdout/stderr kept by a synchronous exec */
+#define DEFAULT_EXEC_TIMEOUT_S 60     /* seed 001 */
+#define MAX_EXEC_TIMEOUT_S 3600
+
+struct http_server {
+  struct MHD_Daemon *mhd;
+  struct sbx_engine *engine;
+};
+
+struct request {
+  char *body;
+  size_t len;
+  bool too_big;
+};
+
+/* ---- responses ---- */
+
+static enum MHD_Result
+send_json (struct MHD_Connection *c, unsigned status, json_t *j)
+{
+  char *text = json_dumps (j, JSON_COMPACT);
+  json_decref (j);
+  if (text == NULL)
+    return MHD_NO;
+  struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header (r, "Content-Type", "application/json");
+  enum MHD_Result ret = MHD_queue_response (c, status, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+static enum MHD_Result
+send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...) __attribute__ ((format (printf, 3, 4)));
+
+static enum MHD_Result
+send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+{
+  char msg[600];
+  va_list ap;
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  return send_json (c, status, json_pack ("{s:i, s:s}", "code", (int) status, "message", msg));
+}
+
+static enum MHD_Result
+send_empty (struct MHD_Connection *c, unsigned status)
+{
+  struct MHD_Response *r = MHD_create_response_from_buffer (0, NULL, MHD_RESPMEM_PERSISTENT);
+  enum MHD_Result ret = MHD_queue_response (c, status, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+/* Map a core error to a status: sandbox-level codes. */
+static enum MHD_Result
+send_core_error (struct MHD_Connection *c, const struct sbx_err *err)
+{
+  switch (err->code)
+    {
+    case ENOENT:
+      return send_error (c, 404, "%s", err->msg);
+    case EINVAL:
+    case E2BIG:
+    case ENAMETOOLONG:
+    case EFBIG:
+      return send_error (c, 400, "%s", err->msg);
+    case EAGAIN:
+    case EALREADY:
+    case ESRCH:
+      return send_error (c, 409, "%s", err->msg);
+    default:
+      return send_error (c, 500, "%s", err->msg);
+    }
+}
+
+/* Map an error from a file operation inside the sandbox. */
+static enum MHD_Result
+send_file_error (struct MHD_Connection *c, const struct sbx_err *err)
+{
+  switch (err->code)
+    {
+    case ENOENT:
+      return send_error (c, 404, "%s", err->msg);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return send_error (c, 403, "%s", err->msg);
+    case EEXIST:
+    case ENOTEMPTY:
+      return send_error (c, 409, "%s", err->msg);
+    case ENOSPC:
+    case EDQUOT:
+      return send_error (c, 507, "%s", err->msg);
+    case EISDIR:
+    case ENOTDIR:
+    case ELOOP:
+    case EXDEV:
+    case EFBIG:
+    case EINVAL:
+    case ENAMETOOLONG:
+      return send_error (c, 400, "%s", err->msg);
+    default:
+      return send_core_error (c, err);
+    }
+}
+
+/* ---- sandbox objects ---- */
+
+static json_t *
+sandbox_json (const struct sbx_info *in)
+{
+  char started[40], end[40];
+  sbx_rfc3339 (in->created_ms, started, sizeof started);
+  sbx_rfc3339 (in->end_ms, end, sizeof end);
+  json_t *meta = NULL;
+  if (in->metadata_json)
+    meta = json_loads (in->metadata_json, 0, NULL);
+  if (meta == NULL)
+    meta = json_object ();
+  const char *status = sbx_state_name (in->state);
+  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s}", "sandboxID", in->id,
+                         "templateID", in->template_name, "alias", in->template_name, "clientID", "sbxd", "metadata",
+                         meta, "startedAt", started, "endAt", end, "status", status, "state", status, "cpuCount",
+                         (int) ((in->limits.cpu_millis + 999) / 1000), "memoryMB", (int) in->limits.memory_mb,
+                         "diskSizeMB", (int) in->limits.disk_mb, "envdVersion", "0.6.13");
+  if (j && in->reason && in->state == SBX_STOPPED)
+    json_object_set_new (j, "stopReason", json_string (in->reason));
+  return j;
+}
+
+/* ---- request parsing ---- */
+
+static bool
+valid_id (const char *id)
+{
+  size_t n = strlen (id);
+  if (n < 5 || n >= SBX_ID_MAX || strncmp (id, "sbx_", 4) != 0)
+    return false;
+  for (size_t i = 4; i < n; i++)
+    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9')))
+      return false;
+  return true;
+}
+
+/* Parse the body as a JSON object; an empty body is an empty object. */
+static json_t *
+body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
+{
+  if (rq->too_big)
+    {
+      *ret = send_error (c, 413, "request body too large (max %u bytes)", MAX_JSON_BODY);
+      return NULL;
+    }
+  if (rq->len == 0)
+    return json_object ();
+  json_error_t jerr;
+  json_t *j = json_loadb (rq->body, rq->len, JSON_REJECT_DUPLICATES, &jerr);
+  if (j == NULL)
+    {
+      *ret = send_error (c, 400, "malformed JSON body: %s", jerr.text);
+      return NULL;
+    }
+  if (!json_is_object (j))
+    {
+      json_decref (j);
+      *ret = send_error (c, 400, "request body must be a JSON object");
+      return NULL;
+    }
+  return j;
+}
+
+/* Optional integer field in [lo, hi]; returns 0, or -1 after sending 400. */
+static int
+opt_int (struct MHD_Connection *c, json_t *o, const char *key, long long lo, long long hi, long long *out,
+         enum MHD_Result *ret)
+{
+  json_t *v = json_object_get (o, key);
+  if (v == NULL || json_is_null (v))
+    return 0;
+  if (!json_is_integer (v))
+    {
+      *ret = send_error (c, 400, "%s must be an integer", key);
+      return -1;
+    }
+  long long x = json_integer_value (v);
+  if (x < lo || x > hi)
+    {
+      *ret = send_error (c, 400, "%s must be between %lld and %lld", key, lo, hi);
+      return -1;
+    }
+  *out = x;
+  return 0;
+}
+
+static int
+opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **out, enum MHD_Result *ret)
+{
+  json_t *v = json_object_get (o, key);
+  if (v == NULL || json_is_null (v))
+    return 0;
+  if (!json_is_string (v) || strlen (json_string_value (v)) != json_string_length (v))
+    {
+      *ret = send_error (c, 400, "%s must be a string", key);
+      return -1;
+    }
+  *out = json_string_value (v);
+  return 0;
+}
+
+/* An object of string values as a NULL-terminated "K=V" list. */
+static int
+env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enum MHD_Result *ret)
+{
+  json_t *v = json_object_get (o, key);
+  *out = NULL;
+  if (v == NULL || json_is_null (v))
+    return 0;
+  if (!json_is_object (v))
+    {
+      *ret = send_error (c, 400, "%s must be an object of strings", key);
+      return -1;
+    }
+  char **env = calloc (json_object_size (v) + 1, sizeof *env);
+  size_t n = 0;
+  const char *k;
+  json_t *val;
+  json_object_foreach (v, k, val)
+  {
+    if (!json_is_string (val) || *k == '\0' || strchr (k, '=') || strlen (json_string_value (val)) != json_string_length (val))
+      {
+        for (size_t i = 0; i < n; i++)
+          free (env[i]);
+        free (env);
+        *ret = send_error (c, 400, "%s: invalid variable %s", key, k);
+        return -1;
+      }
+    if (asprintf (&env[n], "%s=%s", k, json_string_value (val)) < 0)
+      break;
+    n++;
+  }
+  *out = env;
+  return 0;
+}
+
+static void
+free_strv (char **v)
+{
+  for (char **p = v; p && *p; p++)
+    free (*p);
+  free (v);
+}
+
+static const char *
+query (struct MHD_Connection *c, const char *key)
+{
+  return MHD_lookup_connection_value (c, MHD_GET_ARGUMENT_KIND, key);
+}
+
+/* ---- sandbox endpoints ---- */
+
+static enum MHD_Result
+create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq)
+{
+  enum MHD_Result ret;
+  json_t *b = body_object (c, rq, &ret);
+  if (b == NULL)
+    return ret;
+  const char *tmpl = NULL;
+  long long timeout = 300, cpu = 0, mem = 0, disk = 0;
+  char **env = NULL;
+  ret = MHD_NO;
+  if (opt_string (c, b, "templateID", &tmpl, &ret) < 0 || opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0
+      || opt_int (c, b, "cpuCount", 1, 64, &cpu, &ret) < 0 || opt_int (c, b, "memoryMB", 64, 4096, &mem, &ret) < 0
+      || opt_int (c, b, "diskSizeMB", 64, 102400, &disk, &ret) < 0 || env_list (c, b, "envVars", &env, &ret) < 0)
+    goto out;
+  if (tmpl == NULL || *tmpl == '\0')
+    {
+      ret = send_error (c, 400, "templateID is required");
+      goto out;
+    }
+  json_t *meta = json_object_get (b, "metadata");
+  cleanup_free char *meta_text = NULL;
+  if (meta && !json_is_null (meta))
+    {
+      if (!json_is_object (meta))
+        {
+          ret = send_error (c, 400, "metadata must be an object");
+          goto out;
+        }
+      meta_text = json_dumps (meta, JSON_COMPACT);
+    }
+  struct sbx_create_opts o = { .template_name = tmpl,
+                               .timeout_s = (uint32_t) timeout,
+                               .env = (const char *const *) env,
+                               .metadata_json = meta_text,
+                               .limits = { .cpu_millis = (uint32_t) cpu * 1000,
+                                           .memory_mb = (uint32_t) mem,
+                                           .disk_mb = (uint32_t) disk } };
+  char id[SBX_ID_MAX];
+  struct sbx_err err;
+  if (sbx_create (h->engine, &o, id, &err) < 0)
+    {
+      /* an unknown template is the caller's mistake, not a missing sandbox */
+      ret = err.code == ENOENT || err.code == EINVAL ? send_error (c, 400, "%s", err.msg) : send_core_error (c, &err);
+      goto out;
+    }
+  struct sbx_info info;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0)
+    ret = send_core_error (c, &err);
+  else
+    {
+      ret = send_json (c, 201, sandbox_json (&info));
+      sbx_info_free (&info);
+    }
+out:
+  free_strv (env);
+  json_decref (b);
+  return ret;
+}
+
+static enum MHD_Result
+list_sandboxes (struct http_server *h, struct MHD_Connection *c)
+{
+  const char *status = query (c, "status");
+  if (status && strcmp (status, "running") && strcmp (status, "paused") && strcmp (status, "stopped")
+      && strcmp (status, "creating") && strcmp (status, "error"))
+    return send_error (c, 400, "invalid status: %s", status);
+  struct sbx_info *infos;
+  size_t n;
+  struct sbx_err err;
+  if (sbx_list (h->engine, &infos, &n, &err) < 0)
+    return send_core_error (c, &err);
+  json_t *arr = json_array ();
+  for (size_t i = 0; i < n; i++)
+    if (status == NULL || strcmp (status, sbx_state_name (infos[i].state)) == 0)
+      json_array_append_new (arr, sandbox_json (&infos[i]));
+  sbx_list_free (infos, n);
+  return send_json (c, 200, arr);
+}
+
+static enum MHD_Result
+get_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, unsigned status)
+{
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0)
+    return send_core_error (c, &err);
+  enum MHD_Result r = send_json (c, status, sandbox_json (&info));
+  sbx_info_free (&info);
+  return r;
+}
+
+static enum MHD_Result
+timeout_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
+{
+  enum MHD_Result ret;
+  json_t *b = body_object (c, rq, &ret);
+  if (b == NULL)
+    return ret;
+  long long timeout = -1;
+  if (opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0)
+    {
+      json_decref (b);
+      return ret;
+    }
+  json_decref (b);
+  if (timeout < 0)
+    return send_error (c, 400, "timeout is required");
+  struct sbx_err err;
+  if (sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
+    return send_core_error (c, &err);
+  return send_empty (c, 204);
+}
+
+static enum MHD_Result
+connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
+{
+  enum MHD_Result ret;
+  json_t *b = body_object (c, rq, &ret);
+  if (b == NULL)
+    return ret;
+  long long timeout = -1;
+  if (opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0)
+    {
+      json_decref (b);
+      return ret;
+    }
+  json_decref (b);
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0)
+    return send_core_error (c, &err);
+  enum sbx_state st = info.state;
+  sbx_info_free (&info);
+  if (st == SBX_STOPPED || st == SBX_ERROR)
+    return send_error (c, 409, "sandbox is not running");
+  if (st == SBX_PAUSED && sbx_resume (h->engine, id, &err) < 0 && err.code != EALREADY)
+    return send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
+  if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
+    return send_core_error (c, &err);
+  return get_sandbox (h, c, id, 200);
+}
+
+static enum MHD_Result
+metrics_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id)
+{
+  struct sbx_metrics m;
+  struct sbx_err err;
+  if (sbx_get_metrics (h->engine, id, &m, &err) < 0)
+    return send_core_error (c, &err);
+  char now[40];
+  sbx_rfc3339 (sbx_wall_ms (), now, sizeof now);
+  json_t *one = json_pack ("{s:s, s:f, s:i, s:I, s:I, s:I, s:I, s:I}", "timestamp", now, "cpuUsedPct", m.cpu_used_pct,
+                           "cpuCount", (int) m.cpu_count, "memUsed", (json_int_t) m.mem_used, "memTotal",
+                           (json_int_t) m.mem_total, "memCache", (json_int_t) m.mem_cache, "diskUsed",
+                           (json_int_t) m.disk_used, "diskTotal", (json_int_t) m.disk_total);
+  json_object_set_new (one, "oomKills", json_integer ((json_int_t) m.oom_kills));
+  json_object_set_new (one, "pids", json_integer ((json_int_t) m.pids));
+  json_t *arr = json_array ();
+  json_array_append_new (arr, one);
+  return send_json (c, 200, arr);
+}
+
+/* ---- processes ---- */
+
+struct exec_params {
+  char **argv;
+  char **env;
+  const char *cwd, *user;
+  uint32_t timeout_ms;
+  bool background;
+  json_t *body; /* owns the strings above */
+};
+
+static void
+exec_params_free (struct exec_params *p)
+{
+  free_strv (p->argv);
+  free_strv (p->env);
+  json_decref (p->body);
+}
+
+static int
+parse_exec (struct MHD_Connection *c, struct request *rq, struct exec_params *p, enum MHD_Result *ret)
+{
+  memset (p, 0, sizeof *p);
+  p->body = body_object (c, rq, ret);
+  if (p->body == NULL)
+    return -1;
+  const char *cmd = NULL;
+  long long timeout = DEFAULT_EXEC_TIMEOUT_S;
+  if (opt_string (c, p->body, "cmd", &cmd, ret) < 0 || opt_int (c, p->body, "timeout", 0, MAX_EXEC_TIMEOUT_S, &timeout, ret) < 0
+      || opt_string (c, p->body, "cwd", &p->cwd, ret) < 0 || opt_string (c, p->body, "user", &p->user, ret) < 0
+      || env_list (c, p->body, "envs", &p->env, ret) < 0)
+    return -1;
+  if (cmd == NULL || *cmd == '\0')
+    {
+      *ret = send_error (c, 400, "cmd is required");
+      return -1;
+    }
+  json_t *bg = json_object_get (p->body, "background");
+  if (bg && !json_is_null (bg))
+    {
+      if (!json_is_boolean (bg))
+        {
+          *ret = send_error (c, 400, "background must be a boolean");
+          return -1;
+        }
+      p->background = json_is_true (bg);
+    }
+  json_t *args = json_object_get (p->body, "args");
+  if (args && !json_is_null (args) && !json_is_array (args))
+    {
+      *ret = send_error (c, 400, "args must be an array of strings");
+      return -1;
+    }
+  size_t n = args ? json_array_size (args) : 0;
+  if (n > 4096)
+    {
+      *ret = send_error (c, 400, "too many args (max 4096)");
+      return -1;
+    }
+  p->argv = calloc (n + 2, sizeof *p->argv);
+  p->argv[0] = strdup (cmd);
+  for (size_t i = 0; i < n; i++)
+    {
+      json_t *a = json_array_get (args, i);
+      if (!json_is_string (a) || strlen (json_string_value (a)) != json_string_length (a))
+        {
+          *ret = send_error (c, 400, "args must be an array of strings");
+          return -1;
+        }
+      p->argv[i + 1] = strdup (json_string_value (a));
+    }
+  p->timeout_ms = (uint32_t) timeout * 1000;
+  return 0;
+}
+
+struct capture {
+  char *out, *err;
+  size_t out_len, err_len;
+  bool truncated;
+  uint32_t pid;
+  int exit_code, signal;
+  bool timed_out, ended, stop_after_start;
+};
+
+static void
+append (char **buf, size_t *len, const uint8_t *d, size_t n, bool *truncated)
+{
+  if (*len + n > MAX_CAPTURE)
+    {
+      *truncated = true;
+      n = MAX_CAPTURE - *len;
+    }
+  char *nb = realloc (*buf, *len + n + 1);
+  if (nb == NULL)
+    return;
+  memcpy (nb + *len, d, n);
+  *len += n;
+  nb[*len] = '\0';
+  *buf = nb;
+}
+
+static int
+capture_event (const struct sbx_proc_event *ev, void *ud)
+{
+  struct capture *cp = ud;
+  switch (ev->kind)
+    {
+    case SBX_PROC_START:
+      cp->pid = ev->pid;
+      return cp->stop_after_start ? -1 : 0;
+    case SBX_PROC_STDOUT:
+    case SBX_PROC_PTY:
+      append (&cp->out, &cp->out_len, ev->data, ev->len, &cp->truncated);
+      return 0;
+    case SBX_PROC_STDERR:
+      append (&cp->err, &cp->err_len, ev->data, ev->len, &cp->truncated);
+      return 0;
+    case SBX_PROC_END:
+      cp->ended = true;
+      cp->exit_code = ev->exit_code;
+      cp->signal = ev->signal;
+      cp->timed_out = ev->timed_out;
+      return 0;
+    }
+  return 0;
+}
+
+/* JSON strings must be UTF-8: invalid bytes become U+FFFD. */
+static json_t *
+text_json (const char *s, size_t n)
+{
+  json_t *j = json_stringn (s ? s : "", s ? n : 0);
+  if (j)
+    return j;
+  char *clean = malloc (n * 3 + 1);
+  size_t o = 0;
+  for (size_t i = 0; i < n;)
+    {
+      unsigned char ch = (unsigned char) s[i];
+      size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
+      json_t *probe = len && i + len <= n ? json_stringn (s + i, len) : NULL;
+      if (probe)
+        {
+          memcpy (clean + o, s + i, len);
+          o += len;
+          i += len;
+          json_decref (probe);
+        }
+      else
+        {
+          memcpy (clean + o, "\xef\xbf\xbd", 3);
+          o += 3;
+          i++;
+        }
+    }
+  j = json_stringn (clean, o);
+  free (clean);
+  return j;
+}
+
+static enum MHD_Result
+exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
+{
+  struct exec_params p;
+  enum MHD_Result ret;
+  if (parse_exec (c, rq, &p, &ret) < 0)
+    {
+      exec_params_free (&p);
+      return ret;
+    }
+  struct sbx_exec_opts o = { .argv = (const char *const *) p.argv,
+                             .env = (const char *const *) p.env,
+                             .cwd = p.cwd,
+                             .user = p.user,
+                             .timeout_ms = p.background ? 0 : p.timeout_ms };
+  struct capture cp = { .stop_after_start = p.background };
+  struct sbx_err err;
+  int r = sbx_exec (h->engine, id, &o, capture_event, &cp, &err);
+  exec_params_free (&p);
+  if (r < 0)
+    {
+      free (cp.out);
+      free (cp.err);
+      return send_core_error (c, &err);
+    }
+  json_t *j;
+  if (p.background)
+    j = json_pack ("{s:i}", "pid", (int) cp.pid);
+  else if (!cp.ended)
+    {
+      free (cp.out);
+      free (cp.err);
+      return send_error (c, 500, "process %u ended without a status", cp.pid);
+    }
+  else
+    {
+      int code = cp.signal ? 128 + cp.signal : cp.exit_code;
+      j = json_pack ("{s:o, s:o, s:i, s:i, s:b}", "stdout", text_json (cp.out, cp.out_len), "stderr",
+                     text_json (cp.err, cp.err_len), "exitCode", code, "pid", (int) cp.pid, "timedOut", cp.timed_out);
+      if (cp.signal)
+        json_object_set_new (j, "signal", json_integer (cp.signal));
+      if (cp.truncated)
+        json_object_set_new (j, "truncated", json_true ());
+    }
+  free (cp.out);
+  free (cp.err);
+  return send_json (c, 200, j);
+}
+
+/* Streaming: a worker writes NDJSON lines to a pipe that MHD sends. */
+struct stream_job {
+  struct sbx_engine *engine;
+  char id[SBX_ID_MAX];
+  struct exec_params p; /* exec; p.argv NULL for an attach */
+  uint32_t pid;
+  int fd;
+};
+
+static int
+stream_event (const struct sbx_proc_event *ev, void *ud)
+{
+  struct stream_job *job = ud;
+  json_t *j = NULL;
+  switch (ev->kind)
+    {
+    case SBX_PROC_START:
+      j = json_pack ("{s:s, s:i}", "type", "start", "pid", (int) ev->pid);
+      break;
+    case SBX_PROC_STDOUT:
+    case SBX_PROC_STDERR:
+    case SBX_PROC_PTY:
+      {
+        char *b64 = sbx_b64_encode (ev->data, ev->len);
+        j = json_pack ("{s:s, s:s}", "type",
+                       ev->kind == SBX_PROC_STDOUT ? "stdout" : ev->kind == SBX_PROC_STDERR ? "stderr" : "pty", "data",
+                       b64 ? b64 : "");
+        free (b64);
+        break;
+      }
+    case SBX_PROC_END:
+      j = json_pack ("{s:s, s:i, s:i, s:b}", "type", "end", "exitCode",
+                     ev->signal ? 128 + ev->signal : ev->exit_code, "signal", ev->signal, "timedOut", ev->timed_out);
+      break;
+    }
+  if (j == NULL)
+    return 0;
+  char *line = json_dumps (j, JSON_COMPACT);
+  json_decref (j);
+  if (line == NULL)
+    return -1;
+  size_t n = strlen (line);
+  line[n] = '\n';
+  ssize_t w = sbx_write_full (job->fd, line, n + 1);
+  free (line);
+  return w < 0 ? -1 : 0; /* the client went away: stop listening */
+}
+
+static void *
+stream_main (void *arg)
+{
+  struct stream_job *job = arg;
+  struct sbx_err err;
+  int r;
+  if (job->p.argv)
+    {
+      struct sbx_exec_opts o = { .argv = (const char *const *) job->p.argv,
+                                 .env = (const char *const *) job->p.env,
+                                 .cwd = job->p.cwd,
+                                 .user = job->p.user,
+                                 .timeout_ms = job->p.timeout_ms };
+      r = sbx_exec (job->engine, job->id, &o, stream_event, job, &err);
+    }
+  else
+    r = sbx_attach (job->engine, job->id, job->pid, stream_event, job, &err);
+  if (r < 0)
+    {
+      json_t *j = json_pack ("{s:s, s:s}", "type", "error", "message", err.msg);
+      char *line = json_dumps (j, JSON_COMPACT);
+      json_decref (j);
+      if (line)
+        {
+          dprintf (job->fd, "%s\n", line);
+          free (line);
+        }
+    }
+  close (job->fd);
+  exec_params_free (&job->p);
+  free (job);
+  return NULL;
+}
+
+static enum MHD_Result
+start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, struct stream_job *job)
+{
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0)
+    {
+      exec_params_free (&job->p);
+      free (job);
+      return send_core_error (c, &err);
+    }
+  bool running = info.state == SBX_RUNNING;
+  sbx_info_free (&info);
+  if (!running)
+    {
+      exec_params_free (&job->p);
+      free (job);
+      return send_error (c, 409, "sandbox is not running");
+    }
+  int fds[2];
+  if (pipe2 (fds, O_CLOEXEC) < 0)
+    {
+      exec_params_free (&job->p);
+      free (job);
+      return send_error (c, 500, "pipe: %s", strerror (errno));
+    }
+  job->engine = h->engine;
+  snprintf (job->id, sizeof job->id, "%s", id);
+  job->fd = fds[1];
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create (&t, &attr, stream_main, job) != 0)
+    {
+      close (fds[0]);
+      close (fds[1]);
+      exec_params_free (&job->p);
+      free (job);
+      return send_error (c, 500, "cannot start stream");
+    }
+  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
+  MHD_add_response_header (r, "Content-Type", "application/x-ndjson");
+  enum MHD_Result ret = MHD_queue_response (c, 200, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+static enum MHD_Result
+exec_stream (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
+{
+  struct stream_job *job = calloc (1, sizeof *job);
+  enum MHD_Result ret;
+  if (parse_exec (c, rq, &job->p, &ret) < 0)
+    {
+      exec_params_free (&job->p);
+      free (job);
+      return ret;
+    }
+  return start_stream (h, c, id, job);
+}
+
+static int
+parse_pid (const char *s, uint32_t *pid)
+{
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul (s, &end, 10);
+  if (errno || *end || *s == '\0' || v == 0 || v > 4194304)
+    return -1;
+  *pid = (uint32_t) v;
+  return 0;
+}
+
+static enum MHD_Result
+list_processes (struct http_server *h, struct MHD_Connection *c, const char *id)
+{
+  struct sbx_proc_info *ps;
+  size_t n;
+  struct sbx_err err;
+  if (sbx_proc_list (h->engine, id, &ps, &n, &err) < 0)
+    return send_core_error (c, &err);
+  json_t *arr = json_array ();
+  for (size_t i = 0; i < n; i++)
+    {
+      json_t *args = json_array ();
+      for (char **a = ps[i].argv + (ps[i].argv[0] ? 1 : 0); *a; a++)
+        json_array_append_new (args, text_json (*a, strlen (*a)));
+      json_t *j = json_pack ("{s:i, s:s?, s:o, s:s?, s:b}", "pid", (int) ps[i].pid, "cmd", ps[i].argv[0], "args", args,
+                             "cwd", ps[i].cwd, "pty", ps[i].pty);
+      if (ps[i].tag)
+        json_object_set_new (j, "tag", json_string (ps[i].tag));
+      json_array_append_new (arr, j);
+    }
+  sbx_proc_list_free (ps, n);
+  return send_json (c, 200, arr);
+}
+
+static const struct
+{
+  const char *name;
+  int sig;
+} signals[] = { { "SIGKILL", SIGKILL }, { "SIGTERM", SIGTERM }, { "SIGINT", SIGINT },   { "SIGHUP", SIGHUP },
+                { "SIGQUIT", SIGQUIT }, { "SIGUSR1", SIGUSR1 }, { "SIGUSR2", SIGUSR2 }, { "SIGSTOP", SIGSTOP },
+                { "SIGCONT", SIGCONT } };
+
+static enum MHD_Result
+process_action (struct http_server *h, struct MHD_Connection *c, const char *id, uint32_t pid, const char *action,
+                struct request *rq)
+{
+  enum MHD_Result ret;
+  json_t *b = body_object (c, rq, &ret);
+  if (b == NULL)
+    return ret;
+  struct sbx_err err;
+  int r = -1;
+  ret = MHD_NO;
+  if (strcmp (action, "signal") == 0)
+    {
+      const char *name = "SIGKILL";
+      if (opt_string (c, b, "signal", &name, &ret) < 0)
+        goto out;
+      int sig = 0;
+      for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
+        if (strcmp (signals[i].name, name) == 0)
+          sig = signals[i].sig;
+      if (sig == 0)
+        {
+          ret = send_error (c, 400, "unknown signal: %s", name);
+          goto out;
+        }
+      r = sbx_proc_signal (h->engine, id, pid, sig, &err);
+    }
+  else if (strcmp (action, "stdin") == 0)
+    {
+      const char *data = NULL;
+      if (opt_string (c, b, "data", &data, &ret) < 0)
+        goto out;
+      json_t *close_v = json_object_get (b, "close");
+      size_t len = 0;
+      cleanup_free uint8_t *bytes = NULL;
+      if (data)
+        {
+          bytes = sbx_b64_decode (data, &len);
+          if (bytes == NULL)
+            {
+              ret = send_error (c, 400, "data must be base64");
+              goto out;
+            }
+        }
+      r = 0;
+      if (len)
+        r = sbx_proc_input (h->engine, id, pid, bytes, len, &err);
+      if (r == 0 && json_is_true (close_v))
+        r = sbx_proc_close_stdin (h->engine, id, pid, &err);
+    }
+  else
+    {
+      ret = send_error (c, 404, "not found");
+      goto out;
+    }
+  if (r < 0)
+    ret = err.code == ESRCH && strstr (err.msg, "process") ? send_error (c, 404, "%s", err.msg)
+                                                            : send_core_error (c, &err);
+  else
+    ret = send_empty (c, 204);
+out:
+  json_decref (b);
+  return ret;
+}
+
+/* ---- files ---- */
+
+static const char *
+type_name (enum sbx_file_type t)
+{
+  return t == SBX_FT_FILE ? "file" : t == SBX_FT_DIR ? "dir" : t == SBX_FT_SYMLINK ? "symlink" : "other";
+}
+
+static json_t *
+entry_json (const struct sbx_entry *en)
+{
+  char mtime[40];
+  sbx_rfc3339 ((int64_t) (en->mtime_ns / 1000000ull), mtime, sizeof mtime);
+  char perm[8];
+  snprintf (perm, sizeof perm, "%04o", en->mode & 07777);
+  json_t *j = json_pack ("{s:o, s:s, s:o, s:I, s:s, s:s?, s:s?, s:s}", "name", text_json (en->name, strlen (en->name ? en->name : "")),
+                         "type", type_name (en->type), "path", text_json (en->path, strlen (en->path ? en->path : "")),
+                         "size", (json_int_t) en->size, "mode", perm, "owner", en->owner, "group", en->group,
+                         "modifiedTime", mtime);
+  if (en->link)
+    json_object_set_new (j, "symlinkTarget", text_json (en->link, strlen (en->link)));
+  return j;
+}
+
+/* The sandbox must exist before file errors can mean "file not found". */
+static bool
+sandbox_exists (struct http_server *h, struct MHD_Connection *c, const char *id, enum MHD_Result *ret)
+{
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0)
+    {
+      *ret = send_core_error (c, &err);
+      return false;
+    }
+  enum sbx_state st = info.state;
+  sbx_info_free (&info);
+  if (st != SBX_RUNNING)
+    {
+      *ret = send_error (c, 409, st == SBX_PAUSED ? "sandbox is paused" : "sandbox is not running");
+      return false;
+    }
+  return true;
+}
+
+static const char *
+require_path (struct MHD_Connection *c, const char *path, enum MHD_Result *ret)
+{
+  if (path == NULL || *path == '\0')
+    {
+      *ret = send_error (c, 400, "path is required");
+      return NULL;
+    }
+  if (strlen (path) >= 4096)
+    {
+      *ret = send_error (c, 400, "path too long");
+      return NULL;
+    }
+  return path;
+}
+
+struct read_buf {
+  char *data;
+  size_t len;
+};
+
+static int
+read_into (const void *d, size_t n, void *ud)
+{
+  struct read_buf *b = ud;
+  char *nb = realloc (b->data, b->len + n + 1);
+  if (nb == NULL)
+    return -1;
+  memcpy (nb + b->len, d, n);
+  b->len += n;
+  b->data = nb;
+  return 0;
+}
+
+static enum MHD_Result
+files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id, const char *method, const char *sub,
+                struct request *rq)
+{
+  enum MHD_Result ret;
+  if (!sandbox_exists (h, c, id, &ret))
+    return ret;
+  struct sbx_err err;
+  const char *user = query (c, "user");
+  if (strcmp (method, "GET") == 0 && strcmp (sub, "list") == 0)
+    {
+      const char *path = require_path (c, query (c, "path"), &ret);
+      if (path == NULL)
+        return ret;
+      const char *ds = query (c, "depth");
+      uint32_t depth = 1;
+      if (ds && (parse_pid (ds, &depth) < 0 || depth > 64))
+        return send_error (c, 400, "depth must be between 1 and 64");
+      struct sbx_entry *en;
+      size_t n;
+      if (sbx_file_list (h->engine, id, path, user, depth, &en, &n, &err) < 0)
+        return send_file_error (c, &err);
+      json_t *arr = json_array ();
+      for (size_t i = 0; i < n; i++)
+        json_array_append_new (arr, entry_json (&en[i]));
+      sbx_entries_free (en, n);
+      return send_json (c, 200, arr);
+    }
+  if (strcmp (method, "GET") == 0 && strcmp (sub, "stat") == 0)
+    {
+      const char *path = require_path (c, query (c, "path"), &ret);
+      if (path == NULL)
+        return ret;
+      struct sbx_entry en;
+      if (sbx_file_stat (h->engine, id, path, user, &en, &err) < 0)
+        return send_file_error (c, &err);
+      json_t *j = entry_json (&en);
+      sbx_entry_free (&en);
+      return send_json (c, 200, j);
+    }
+  if (strcmp (method, "GET") == 0 && *sub == '\0')
+    {
+      const char *path = require_path (c, query (c, "path"), &ret);
+      if (path == NULL)
+        return ret;
+      struct read_buf b = { 0 };
+      struct sbx_entry en;
+      if (sbx_file_read (h->engine, id, path, user, MAX_READ_BYTES, &en, read_into, &b, &err) < 0)
+        {
+          free (b.data);
+          if (err.code == EFBIG)
+            return send_error (c, 400, "file too large: %s is larger than 1 MB (download it with GET /sandboxes/%s/files)",
+                               path, id);
+          return send_file_error (c, &err);
+        }
+      char *b64 = sbx_b64_encode (b.data ? b.data : "", b.len);
+      free (b.data);
+      json_t *j = json_pack ("{s:s, s:o}", "content", b64 ? b64 : "", "path", text_json (en.path, strlen (en.path ? en.path : "")));
+      free (b64);
+      sbx_entry_free (&en);
+      return send_json (c, 200, j);
+    }
+  if (strcmp (method, "POST") == 0 && *sub == '\0')
+    {
+      json_t *b = body_object (c, rq, &ret);
+      if (b == NULL)
+        return ret;
+      const char *path = NULL, *content = NULL;
+      if (opt_string (c, b, "path", &path, &ret) < 0 || opt_string (c, b, "content", &content, &ret) < 0
+          || opt_string (c, b, "user", &user, &ret) < 0 || require_path (c, path, &ret) == NULL)
+        {
+          json_decref (b);
+          return ret;
+        }
+      size_t len = 0;
+      cleanup_free uint8_t *data = sbx_b64_decode (content ? content : "", &len);
+      if (data == NULL)
+        {
+          json_decref (b);
+          return send_error (c, 400, "content must be base64");
+        }
+      struct sbx_entry en;
+      int r = sbx_file_write (h->engine, id, path, user, data, len, &en, &err);
+      json_decref (b);
+      if (r < 0)
+        return send_file_error (c, &err);
+      json_t *j = entry_json (&en);
+      sbx_entry_free (&en);
+      return send_json (c, 200, j);
+    }
+  if (strcmp (method, "DELETE") == 0 && *sub == '\0')
+    {
+      const char *path = require_path (c, query (c, "path"), &ret);
+      if (path == NULL)
+        return ret;
+      if (sbx_file_remove (h->engine, id, path, user, &err) < 0)
+        return send_file_error (c, &err);
+      return send_empty (c, 204);
+    }
+  if (strcmp (method, "POST") == 0 && (strcmp (sub, "mkdir") == 0 || strcmp (sub, "move") == 0))
+    {
+      json_t *b = body_object (c, rq, &ret);
+      if (b == NULL)
+        return ret;
+      const char *path = NULL, *from = NULL, *to = NULL;
+      struct sbx_entry en;
+      int r;
+      if (opt_string (c, b, "path", &path, &ret) < 0 || opt_string (c, b, "from", &from, &ret) < 0
+          || opt_string (c, b, "to", &to, &ret) < 0 || opt_string (c, b, "user", &user, &ret) < 0)
+        {
+          json_decref (b);
+          return ret;
+        }
+      if (strcmp (sub, "mkdir") == 0)
+        {
+          if (require_path (c, path, &ret) == NULL)
+            {
+              json_decref (b);
+              return ret;
+            }
+          r = sbx_file_mkdir (h->engine, id, path, user, SBX_FILE_F_PARENTS | SBX_FILE_F_EXIST_OK, &en, &err);
+        }
+      else
+        {
+          if (require_path (c, from, &ret) == NULL || require_path (c, to, &ret) == NULL)
+            {
+              json_decref (b);
+              return ret;
+            }
+          r = sbx_file_move (h->engine, id, from, to, user, &en, &err);
+        }
+      json_decref (b);
+      if (r < 0)
+        return send_file_error (c, &err);
+      json_t *j = entry_json (&en);
+      sbx_entry_free (&en);
+      return send_json (c, 200, j);
+    }
+  return send_error (c, 405, "method not allowed");
+}
+
+/* ---- routing ---- */
+
+static enum MHD_Result
+route (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url, struct request *rq)
+{
+  char path[1024];
+  if (snprintf (path, sizeof path, "%s", url) >= (int) sizeof path)
+    return send_error (c, 414, "URL too long");
+  char *seg[8];
+  int n = 0;
+  for (char *tok = strtok (path, "/"); tok && n < 8; tok = strtok (NULL, "/"))
+    seg[n++] = tok;
+  bool get = strcmp (method, "GET") == 0, post = strcmp (method, "POST") == 0, del = strcmp (method, "DELETE") == 0;
+
+  if (n == 1 && strcmp (seg[0], "health") == 0)
+    return send_json (c, 200, json_pack ("{s:s}", "status", "ok"));
+  if (n == 0 || strcmp (seg[0], "sandboxes") != 0)
+    return send_error (c, 404, "not found");
+  if (n == 1)
+    {
+      if (post)
+        return create_sandbox (h, c, rq);
+      if (get)
+        return list_sandboxes (h, c);
+      return send_error (c, 405, "method not allowed");
+    }
+  const char *id = seg[1];
+  if (!valid_id (id))
+    return send_error (c, 400, "invalid sandbox id");
+  if (n == 2)
+    {
+      if (get)
+        return get_sandbox (h, c, id, 200);
+      if (del)
+        {
+          struct sbx_err err;
+          if (sbx_destroy (h->engine, id, &err) < 0)
+            return err.code == ESRCH ? send_error (c, 404, "sandbox not found") : send_core_error (c, &err);
+          return send_empty (c, 204);
+        }
+      return send_error (c, 405, "method not allowed");
+    }
+  const char *what = seg[2];
+  struct sbx_err err;
+  if (n == 3 && post && strcmp (what, "pause") == 0)
+    {
+      if (sbx_pause (h->engine, id, &err) < 0)
+        {
+          if (err.code == ENOENT)
+            return send_error (c, 404, "sandbox not found");
+          if (err.code == EAGAIN || err.code == EALREADY)
+            return send_error (c, 409, "sandbox is already paused");
+          if (err.code == ESRCH)
+            return send_error (c, 409, "sandbox is not running");
+          return send_error (c, 502, "failed to pause sandbox in provider");
+        }
+      return send_empty (c, 204);
+    }
+  if (n == 3 && post && (strcmp (what, "connect") == 0 || strcmp (what, "resume") == 0))
+    return connect_sandbox (h, c, id, rq);
+  if (n == 3 && post && strcmp (what, "timeout") == 0)
+    return timeout_sandbox (h, c, id, rq);
+  if (n == 3 && get && strcmp (what, "metrics") == 0)
+    return metrics_sandbox (h, c, id);
+  if (strcmp (what, "processes") == 0)
+    {
+      if (n == 3 && post)
+        return exec_sync (h, c, id, rq);
+      if (n == 3 && get)
+        return list_processes (h, c, id);
+      if (n == 4 && post && strcmp (seg[3], "stream") == 0)
+        return exec_stream (h, c, id, rq);
+      uint32_t pid;
+      if (n >= 4 && parse_pid (seg[3], &pid) < 0)
+        return send_error (c, 400, "invalid pid");
+      if (n == 5 && get && strcmp (seg[4], "stream") == 0)
+        {
+          struct stream_job *job = calloc (1, sizeof *job);
+          job->pid = pid;
+          return start_stream (h, c, id, job);
+        }
+      if (n == 5 && post)
+        return process_action (h, c, id, pid, seg[4], rq);
+      return send_error (c, 404, "not found");
+    }
+  if (strcmp (what, "filesystem") == 0 && n <= 4)
+    return files_endpoint (h, c, id, method, n == 4 ? seg[3] : "", rq);
+  return send_error (c, 404, "not found");
+}
+
+static enum MHD_Result
+on_request (void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
+            const char *upload_data, size_t *upload_size, void **con_cls)
+{
+  (void) version;
+  struct http_server *h = cls;
+  struct request *rq = *con_cls;
+  if (rq == NULL)
+    {
+      rq = calloc (1, sizeof *rq);
+      if (rq == NULL)
+        return MHD_NO;
+      *con_cls = rq;
+      return MHD_YES;
+    }
+  if (*upload_size)
+    {
+      if (!rq->too_big && rq->len + *upload_size <= MAX_JSON_BODY)
+        {
+          char *nb = realloc (rq->body, rq->len + *upload_size + 1);
+          if (nb == NULL)
+            rq->too_big = true;
+          else
+            {
+              memcpy (nb + rq->len, upload_data, *upload_size);
+              rq->body = nb;
+              rq->len += *upload_size;
+            }
+        }
+      else
+        rq->too_big = true;
+      *upload_size = 0;
+      return MHD_YES;
+    }
+  return route (h, c, method, url, rq);
+}
+
+static void
+on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+  (void) cls;
+  (void) c;
+  (void) toe;
+  struct request *rq = *con_cls;
+  if (rq)
+    {
+      free (rq->body);
+      free (rq);
+    }
+  *con_cls = NULL;
+}
+
+struct http_server *
+sbx_http_start (struct sbx_engine *engine, const struct sockaddr *addr, struct sbx_err *err)
+{
+  struct http_server *h = calloc (1, sizeof *h);
+  if (h == NULL)
+    {
+      sbx_fail (err, ENOMEM, "http server");
+      return NULL;
+    }
+  h->engine = engine;
+  h->mhd = MHD_start_daemon (MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+                             0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_NOTIFY_COMPLETED,
+                             on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 0,
+                             MHD_OPTION_CONNECTION_LIMIT, (unsigned) 1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+                             (unsigned) 1, MHD_OPTION_END);
+  if (h->mhd == NULL)
+    {
+      sbx_failx (err, EADDRINUSE, "cannot listen (address in use or not available)");
+      free (h);
+      return NULL;
+    }
+  return h;
+}
+
+void
+sbx_http_stop (struct http_server *h)
+{
+  MHD_stop_daemon (h->mhd);
+  free (h);
+}

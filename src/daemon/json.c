@@ -1,0 +1,80 @@
+/*
+ * json.c - see json.h.
+ */
+#include "json.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+char *
+sbx_b64_encode (const void *data, size_t len)
+{
+  char *out = malloc (4 * ((len + 2) / 3) + 1);
+  if (out == NULL)
+    return NULL;
+  /* EVP_EncodeBlock takes an int length: go in 3 KiB-aligned steps */
+  size_t in = 0, o = 0;
+  const unsigned char *p = data;
+  while (in < len)
+    {
+      size_t n = len - in > (1u << 30) ? (1u << 30) : len - in;
+      o += (size_t) EVP_EncodeBlock ((unsigned char *) out + o, p + in, (int) n);
+      in += n;
+    }
+  out[o] = '\0';
+  return out;
+}
+
+static int
+b64_char (unsigned char c)
+{
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+}
+
+uint8_t *
+sbx_b64_decode (const char *text, size_t *len)
+{
+  size_t n = strlen (text);
+  /* strict: only the alphabet, '=' padding at the end, length a multiple
+     of 4; EVP_DecodeBlock alone would accept surrounding white space */
+  if (n % 4 != 0 || n > (size_t) 1 << 31)
+    return NULL;
+  size_t pad = 0;
+  for (size_t i = 0; i < n; i++)
+    {
+      unsigned char c = (unsigned char) text[i];
+      if (c == '=')
+        {
+          if (i < n - 2)
+            return NULL;
+          pad++;
+        }
+      else if (!b64_char (c) || pad)
+        return NULL;
+    }
+  uint8_t *out = malloc (n / 4 * 3 + 1);
+  if (out == NULL)
+    return NULL;
+  int r = n ? EVP_DecodeBlock (out, (const unsigned char *) text, (int) n) : 0;
+  if (r < 0)
+    {
+      free (out);
+      return NULL;
+    }
+  *len = (size_t) r - pad;
+  return out;
+}
+
+void
+sbx_rfc3339 (int64_t ms, char *buf, size_t n)
+{
+  time_t t = (time_t) (ms / 1000);
+  struct tm tm;
+  gmtime_r (&t, &tm);
+  char base[32];
+  strftime (base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf (buf, n, "%s.%03dZ", base, (int) (ms % 1000));
+}

@@ -1,0 +1,19 @@
+/*
+ * json.h - helpers the HTTP layer shares: base64 (OpenSSL's codec) and
+ * RFC 3339 time formatting.
+ */
+#ifndef SBX_DAEMON_JSON_H
+#define SBX_DAEMON_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Newly allocated base64 text of DATA. */
+char *sbx_b64_encode (const void *data, size_t len);
+/* Decode base64 TEXT; returns a new buffer and its length in *LEN, or NULL
+   when TEXT is not valid base64. */
+uint8_t *sbx_b64_decode (const char *text, size_t *len);
+/* "2026-07-01T10:00:00.123Z" into BUF (at least 32 bytes). */
+void sbx_rfc3339 (int64_t ms, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,533 @@
+/*
+ * files.c - file operations of the agent, run in a worker forked per
+ * request (so a large transfer never stalls process I/O in PID 1).
+ *
+ * The worker first becomes the requested user, so permissions inside the
+ * sandbox apply as they would to that user's own programs.  Every path is
+ * resolved with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) against the
+ * sandbox root: "..", absolute symlinks and symlinks swapped in the middle
+ * of an operation all stay inside the root.  Operations that name an entry
+ * (create, rename, remove) first resolve the parent directory that way and
+ * then act on a single final component relative to that directory fd, with
+ * AT_SYMLINK_NOFOLLOW semantics, so no path is ever joined as a string.
+ */
+#include "files.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "users.h"
+
+#define MAX_DEPTH 64
+
+static int root_fd = -1;
+static const char *home = "/";
+
+static int
+open_in_root (const char *path, int flags, mode_t mode)
+{
+  struct open_how how = { .flags = (uint64_t) flags | O_CLOEXEC,
+                          .mode = (flags & O_CREAT) ? mode : 0,
+                          .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+  for (;;)
+    {
+      long r = syscall (SYS_openat2, root_fd, path, &how, sizeof how);
+      if (r < 0 && errno == EAGAIN)
+        continue; /* a rename raced with the lookup: try again */
+      return (int) r;
+    }
+}
+
+/* Make PATH absolute against the user's home and split it into the parent
+   directory and the last component.  "/" has no parent: returns -1. */
+static int
+split_path (const char *path, char *abs, size_t n, char **parent, char **base)
+{
+  if (path == NULL || *path == '\0')
+    {
+      errno = EINVAL;
+      return -1;
+    }
+  int w = path[0] == '/' ? snprintf (abs, n, "%s", path) : snprintf (abs, n, "%s/%s", home, path);
+  if (w < 0 || (size_t) w >= n)
+    {
+      errno = ENAMETOOLONG;
+      return -1;
+    }
+  /* drop trailing slashes */
+  size_t len = strlen (abs);
+  while (len > 1 && abs[len - 1] == '/')
+    abs[--len] = '\0';
+  char *slash = strrchr (abs, '/');
+  if (slash == NULL || slash[1] == '\0')
+    {
+      errno = EINVAL;
+      return -1;
+    }
+  *base = slash + 1;
+  if (strcmp (*base, ".") == 0 || strcmp (*base, "..") == 0)
+    {
+      errno = EINVAL;
+      return -1;
+    }
+  *slash = '\0';
+  *parent = slash == abs ? "/" : abs;
+  return 0;
+}
+
+static const char *
+resolve_abs (const char *path, char *abs, size_t n)
+{
+  int w = path[0] == '/' ? snprintf (abs, n, "%s", path) : snprintf (abs, n, "%s/%s", home, path);
+  if (w < 0 || (size_t) w >= n)
+    return NULL;
+  return abs;
+}
+
+/* mkdir -p inside the root: each level is created relative to the fd of
+   the level above it, itself opened with RESOLVE_IN_ROOT. */
+static int
+mkdir_parents (const char *dir, mode_t mode)
+{
+  char buf[4096];
+  if (snprintf (buf, sizeof buf, "%s", dir) >= (int) sizeof buf)
+    {
+      errno = ENAMETOOLONG;
+      return -1;
+    }
+  for (char *p = buf + 1;; p++)
+    {
+      if (*p != '/' && *p != '\0')
+        continue;
+      char saved = *p;
+      *p = '\0';
+      char *slash = strrchr (buf, '/');
+      *slash = '\0';
+      int pfd = open_in_root (slash == buf ? "/" : buf, O_PATH | O_DIRECTORY, 0);
+      *slash = '/';
+      if (pfd < 0)
+        return -1;
+      int r = mkdirat (pfd, slash + 1, mode);
+      int e = errno;
+      close (pfd);
+      if (r < 0 && e != EEXIST)
+        {
+          errno = e;
+          return -1;
+        }
+      *p = saved;
+      if (saved == '\0')
+        return 0;
+    }
+}
+
+static void
+send_entry (int conn, int dirfd, const char *name, const char *path)
+{
+  struct stat st;
+  if (fstatat (dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (*name ? 0 : AT_EMPTY_PATH)) < 0)
+    return;
+  struct sbx_msg m;
+  sbx_msg_init (&m, SBX_EV_ENTRY);
+  const char *slash = strrchr (path, '/');
+  sbx_msg_put_str (&m, SBX_T_NAME, slash && slash[1] ? slash + 1 : path);
+  sbx_msg_put_str (&m, SBX_T_PATH, path);
+  uint32_t type = S_ISREG (st.st_mode)   ? SBX_FT_FILE
+                  : S_ISDIR (st.st_mode) ? SBX_FT_DIR
+                  : S_ISLNK (st.st_mode) ? SBX_FT_SYMLINK
+                                         : SBX_FT_OTHER;
+  sbx_msg_put_u32 (&m, SBX_T_TYPE, type);
+  sbx_msg_put_u64 (&m, SBX_T_SIZE, (uint64_t) st.st_size);
+  sbx_msg_put_u32 (&m, SBX_T_MODE, st.st_mode);
+  sbx_msg_put_u32 (&m, SBX_T_UID, st.st_uid);
+  sbx_msg_put_u32 (&m, SBX_T_GID, st.st_gid);
+  char nm[64];
+  sbx_uid_name (st.st_uid, nm, sizeof nm);
+  sbx_msg_put_str (&m, SBX_T_OWNER, nm);
+  sbx_gid_name (st.st_gid, nm, sizeof nm);
+  sbx_msg_put_str (&m, SBX_T_GROUP, nm);
+  sbx_msg_put_u64 (&m, SBX_T_MTIME, (uint64_t) st.st_mtim.tv_sec * 1000000000ull + (uint64_t) st.st_mtim.tv_nsec);
+  if (S_ISLNK (st.st_mode))
+    {
+      char target[4096];
+      ssize_t n = readlinkat (dirfd, name, target, sizeof target - 1);
+      if (n >= 0)
+        {
+          target[n] = '\0';
+          sbx_msg_put_str (&m, SBX_T_LINK, target);
+        }
+    }
+  sbx_msg_send (conn, &m);
+  sbx_msg_free (&m);
+}
+
+static int
+op_stat (int conn, const char *path)
+{
+  char abs[4096];
+  if (resolve_abs (path, abs, sizeof abs) == NULL)
+    return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
+  char *parent, *base;
+  char tmp[4096];
+  if (strcmp (abs, "/") == 0)
+    {
+      send_entry (conn, root_fd, "", "/");
+      return sbx_msg_send_ok (conn);
+    }
+  if (split_path (abs, tmp, sizeof tmp, &parent, &base) < 0)
+    return sbx_msg_send_error (conn, errno, "invalid path %s", path);
+  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  struct stat st;
+  if (pfd < 0 || fstatat (pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  send_entry (conn, pfd, base, abs);
+  return sbx_msg_send_ok (conn);
+}
+
+static void
+list_dir (int conn, int dfd, const char *path, unsigned depth)
+{
+  int fd = dup (dfd);
+  if (fd < 0)
+    return;
+  DIR *d = fdopendir (fd);
+  if (d == NULL)
+    {
+      close (fd);
+      return;
+    }
+  struct dirent *e;
+  while ((e = readdir (d)) != NULL)
+    {
+      if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
+        continue;
+      char child[4096];
+      if (snprintf (child, sizeof child, "%s/%s", strcmp (path, "/") ? path : "", e->d_name) >= (int) sizeof child)
+        continue;
+      send_entry (conn, dfd, e->d_name, child);
+      if (depth > 1)
+        {
+          /* descend without following symlinks */
+          int cfd = openat (dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+          if (cfd >= 0)
+            {
+              list_dir (conn, cfd, child, depth - 1);
+              close (cfd);
+            }
+        }
+    }
+  closedir (d);
+}
+
+static int
+op_list (int conn, const char *path, unsigned depth)
+{
+  char abs[4096];
+  if (resolve_abs (path, abs, sizeof abs) == NULL)
+    return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
+  cleanup_close int fd = open_in_root (abs, O_RDONLY | O_DIRECTORY, 0);
+  if (fd < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  list_dir (conn, fd, abs, depth ? (depth > MAX_DEPTH ? MAX_DEPTH : depth) : 1);
+  return sbx_msg_send_ok (conn);
+}
+
+static int
+op_read (int conn, const char *path)
+{
+  char abs[4096];
+  if (resolve_abs (path, abs, sizeof abs) == NULL)
+    return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
+  cleanup_close int fd = open_in_root (abs, O_RDONLY, 0);
+  if (fd < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  struct stat st;
+  if (fstat (fd, &st) < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  if (S_ISDIR (st.st_mode))
+    return sbx_msg_send_error (conn, EISDIR, "%s: %s", path, strerror (EISDIR));
+  if (!S_ISREG (st.st_mode))
+    return sbx_msg_send_error (conn, EINVAL, "%s: not a regular file", path);
+  /* first an entry, so the caller knows the size before the data */
+  send_entry (conn, fd, "", abs);
+  static char buf[SBX_PROTO_CHUNK];
+  for (;;)
+    {
+      ssize_t n = read (fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        return sbx_msg_send_error (conn, errno, "read %s: %s", path, strerror (errno));
+      if (n == 0)
+        break;
+      struct sbx_msg m;
+      sbx_msg_init (&m, SBX_EV_DATA);
+      sbx_msg_put (&m, SBX_T_DATA, buf, (size_t) n);
+      int r = sbx_msg_send (conn, &m);
+      sbx_msg_free (&m);
+      if (r < 0)
+        return -1;
+    }
+  return sbx_msg_send_ok (conn);
+}
+
+/* Write: data arrives in REQ_DATA frames up to REQ_EOF; it goes to a new
+   file next to the target that replaces the target only when complete. */
+static int
+op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
+{
+  char abs[4096], tmpname[64];
+  char *parent, *base;
+  char orig[4096];
+  if (resolve_abs (path, orig, sizeof orig) == NULL || split_path (orig, abs, sizeof abs, &parent, &base) < 0)
+    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
+  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (parent, 0755) < 0)
+    return sbx_msg_send_error (conn, errno, "create parents of %s: %s", path, strerror (errno));
+  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  if (pfd < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", parent, strerror (errno));
+  struct stat old;
+  int have_old = fstatat (pfd, base, &old, AT_SYMLINK_NOFOLLOW) == 0;
+  if (have_old && S_ISDIR (old.st_mode))
+    return sbx_msg_send_error (conn, EISDIR, "%s: %s", path, strerror (EISDIR));
+  int fd = -1;
+  for (int tries = 0; tries < 16 && fd < 0; tries++)
+    {
+      unsigned char rnd[6];
+      sbx_random_bytes (rnd, sizeof rnd);
+      snprintf (tmpname, sizeof tmpname, ".sbxd-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
+                rnd[5]);
+      fd = openat (pfd, tmpname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+      if (fd < 0 && errno != EEXIST)
+        break;
+    }
+  if (fd < 0)
+    return sbx_msg_send_error (conn, errno, "create %s: %s", path, strerror (errno));
+  mode_t final_mode = have_old && S_ISREG (old.st_mode) ? (old.st_mode & 07777) : (mode ? mode & 07777 : 0644);
+
+  struct sbx_msg m;
+  sbx_msg_init (&m, 0);
+  int err = 0;
+  for (;;)
+    {
+      int r = sbx_msg_recv (conn, &m);
+      if (r != 1)
+        {
+          err = r == 0 ? EPIPE : errno;
+          break;
+        }
+      if (m.type == SBX_REQ_EOF)
+        break;
+      const uint8_t *d;
+      uint32_t l;
+      if (m.type != SBX_REQ_DATA || !sbx_msg_get (&m, SBX_T_DATA, &d, &l))
+        {
+          err = EPROTO;
+          break;
+        }
+      if (sbx_write_full (fd, d, l) < 0)
+        {
+          err = errno;
+          break;
+        }
+    }
+  sbx_msg_free (&m);
+  if (err == 0 && fchmod (fd, final_mode) < 0)
+    err = errno;
+  if (err == 0 && have_old && S_ISREG (old.st_mode) && (old.st_uid != getuid () || old.st_gid != getgid ()))
+    {
+      /* keep the owner of a replaced file when we are allowed to */
+      if (fchown (fd, old.st_uid, old.st_gid) < 0 && errno != EPERM)
+        err = errno;
+    }
+  if (close (fd) < 0 && err == 0)
+    err = errno;
+  if (err == 0 && renameat (pfd, tmpname, pfd, base) < 0)
+    err = errno;
+  if (err)
+    {
+      unlinkat (pfd, tmpname, 0);
+      return sbx_msg_send_error (conn, err, "write %s: %s", path, strerror (err));
+    }
+  send_entry (conn, pfd, base, orig);
+  return sbx_msg_send_ok (conn);
+}
+
+static int
+op_mkdir (int conn, const char *path, uint32_t flags, uint32_t mode)
+{
+  char abs[4096], orig[4096];
+  char *parent, *base;
+  if (resolve_abs (path, orig, sizeof orig) == NULL || split_path (orig, abs, sizeof abs, &parent, &base) < 0)
+    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
+  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (parent, 0755) < 0)
+    return sbx_msg_send_error (conn, errno, "create parents of %s: %s", path, strerror (errno));
+  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  if (pfd < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", parent, strerror (errno));
+  if (mkdirat (pfd, base, mode ? mode & 07777 : 0755) < 0)
+    {
+      int e = errno;
+      struct stat st;
+      if (!(e == EEXIST && (flags & SBX_FILE_F_EXIST_OK) && fstatat (pfd, base, &st, 0) == 0 && S_ISDIR (st.st_mode)))
+        return sbx_msg_send_error (conn, e, "mkdir %s: %s", path, strerror (e));
+    }
+  send_entry (conn, pfd, base, orig);
+  return sbx_msg_send_ok (conn);
+}
+
+static int
+op_move (int conn, const char *from, const char *to, uint32_t flags)
+{
+  char a1[4096], o1[4096], a2[4096], o2[4096];
+  char *p1, *b1, *p2, *b2;
+  if (resolve_abs (from, o1, sizeof o1) == NULL || split_path (o1, a1, sizeof a1, &p1, &b1) < 0)
+    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", from);
+  if (resolve_abs (to, o2, sizeof o2) == NULL || split_path (o2, a2, sizeof a2, &p2, &b2) < 0)
+    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", to);
+  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (p2, 0755) < 0)
+    return sbx_msg_send_error (conn, errno, "create parents of %s: %s", to, strerror (errno));
+  cleanup_close int f1 = open_in_root (p1, O_PATH | O_DIRECTORY, 0);
+  if (f1 < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", from, strerror (errno));
+  cleanup_close int f2 = open_in_root (p2, O_PATH | O_DIRECTORY, 0);
+  if (f2 < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", to, strerror (errno));
+  if (renameat (f1, b1, f2, b2) < 0)
+    return sbx_msg_send_error (conn, errno, "move %s to %s: %s", from, to, strerror (errno));
+  send_entry (conn, f2, b2, o2);
+  return sbx_msg_send_ok (conn);
+}
+
+/* rm -rf of NAME inside directory DFD; never follows symlinks and never
+   leaves the file system it started on. */
+static int
+remove_at (int dfd, const char *name, dev_t dev, int level)
+{
+  if (unlinkat (dfd, name, 0) == 0)
+    return 0;
+  if (errno != EISDIR && errno != EPERM)
+    return -1;
+  if (level > 256)
+    {
+      errno = ELOOP;
+      return -1;
+    }
+  int fd = openat (dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  struct stat st;
+  if (fstat (fd, &st) < 0 || st.st_dev != dev)
+    {
+      close (fd);
+      errno = EXDEV;
+      return -1;
+    }
+  DIR *d = fdopendir (fd);
+  if (d == NULL)
+    {
+      close (fd);
+      return -1;
+    }
+  struct dirent *e;
+  int rc = 0;
+  while ((e = readdir (d)) != NULL)
+    {
+      if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
+        continue;
+      if (remove_at (dirfd (d), e->d_name, dev, level + 1) < 0)
+        rc = -1;
+    }
+  int saved = errno;
+  closedir (d);
+  if (rc < 0)
+    {
+      errno = saved;
+      return -1;
+    }
+  return unlinkat (dfd, name, AT_REMOVEDIR);
+}
+
+static int
+op_remove (int conn, const char *path)
+{
+  char abs[4096], orig[4096];
+  char *parent, *base;
+  if (resolve_abs (path, orig, sizeof orig) == NULL || split_path (orig, abs, sizeof abs, &parent, &base) < 0)
+    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
+  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  struct stat st;
+  if (pfd < 0 || fstatat (pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  if (remove_at (pfd, base, st.st_dev, 0) < 0)
+    return sbx_msg_send_error (conn, errno, "remove %s: %s", path, strerror (errno));
+  return sbx_msg_send_ok (conn);
+}
+
+void
+sbx_files_serve (int conn, struct sbx_msg *req)
+{
+  char *user = sbx_msg_strdup (req, SBX_T_USER);
+  struct sbx_user u;
+  if (sbx_user_lookup (user ? user : "root", &u) < 0)
+    {
+      sbx_msg_send_error (conn, EINVAL, "unknown user %s", user ? user : "root");
+      return;
+    }
+  if (sbx_user_become (&u) < 0)
+    {
+      sbx_msg_send_error (conn, errno, "cannot switch to user %s: %s", u.name, strerror (errno));
+      return;
+    }
+  umask (022);
+  home = u.home;
+  root_fd = open ("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  char *path = sbx_msg_strdup (req, SBX_T_PATH);
+  char *path2 = sbx_msg_strdup (req, SBX_T_PATH2);
+  uint32_t op = sbx_msg_u32 (req, SBX_T_OP, 0);
+  uint32_t flags = sbx_msg_u32 (req, SBX_T_FLAGS, 0);
+  uint32_t mode = sbx_msg_u32 (req, SBX_T_MODE, 0);
+  if (path == NULL || *path == '\0' || strlen (path) >= 4096)
+    {
+      sbx_msg_send_error (conn, EINVAL, "a path is required");
+      return;
+    }
+  switch (op)
+    {
+    case SBX_FILE_READ:
+      op_read (conn, path);
+      break;
+    case SBX_FILE_WRITE:
+      op_write (conn, path, flags, mode);
+      break;
+    case SBX_FILE_STAT:
+      op_stat (conn, path);
+      break;
+    case SBX_FILE_LIST:
+      op_list (conn, path, sbx_msg_u32 (req, SBX_T_DEPTH, 1));
+      break;
+    case SBX_FILE_MKDIR:
+      op_mkdir (conn, path, flags, mode);
+      break;
+    case SBX_FILE_MOVE:
+      if (path2 == NULL || *path2 == '\0')
+        sbx_msg_send_error (conn, EINVAL, "a destination is required");
+      else
+        op_move (conn, path, path2, flags);
+      break;
+    case SBX_FILE_REMOVE:
+      op_remove (conn, path);
+      break;
+    default:
+      sbx_msg_send_error (conn, EINVAL, "unknown file operation %u", op);
+    }
+}
