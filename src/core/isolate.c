@@ -49,6 +49,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -66,11 +67,17 @@ static const int kept_caps[] = {
   CAP_SETFCAP, CAP_SETPCAP,     CAP_KILL,   CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_AUDIT_WRITE,
 };
 
+struct boot_header {
+  uint32_t nofile;
+  uint32_t env_len;
+};
+
+/* Send the root file system fd with the boot header, then the
+   environment as NUL-separated strings. */
 static int
-send_fd (int sock, int fd)
+send_boot (int sock, int fd, const struct boot_header *h, const char *env, size_t env_len)
 {
-  char byte = 'F';
-  struct iovec iov = { &byte, 1 };
+  struct iovec iov = { (void *) h, sizeof *h };
   union {
     char buf[CMSG_SPACE (sizeof (int))];
     struct cmsghdr align;
@@ -81,20 +88,25 @@ send_fd (int sock, int fd)
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN (sizeof (int));
   memcpy (CMSG_DATA (c), &fd, sizeof fd);
-  return sendmsg (sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+  if (sendmsg (sock, &msg, MSG_NOSIGNAL) != (ssize_t) sizeof *h)
+    return -1;
+  return sbx_write_full (sock, env, env_len) < 0 ? -1 : 0;
 }
 
 static int
-recv_fd (int sock)
+recv_boot (int sock, struct boot_header *h)
 {
-  char byte;
-  struct iovec iov = { &byte, 1 };
+  struct iovec iov = { h, sizeof *h };
   union {
     char buf[CMSG_SPACE (sizeof (int))];
     struct cmsghdr align;
   } u;
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
-  if (recvmsg (sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+  ssize_t n;
+  do
+    n = recvmsg (sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t) sizeof *h)
     return -1;
   struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
   if (c == NULL || c->cmsg_type != SCM_RIGHTS)
@@ -199,13 +211,24 @@ drop_capabilities (void)
     child_fail ("capset");
 }
 
+/* The boot message, read into static memory: the child may not malloc. */
+static char boot_env_buf[SBX_ISOLATE_ENV_MAX];
+static char *boot_env[SBX_ISOLATE_ENV_COUNT + 1];
+
 static void __attribute__ ((noreturn))
 child_main (const struct sbx_isolate_spec *s, int sync)
 {
   child_sync = sync;
-  int ovl = recv_fd (sync);
+  struct boot_header h;
+  int ovl = recv_boot (sync, &h);
   if (ovl < 0)
-    child_fail ("receive the root file system");
+    _exit (0); /* the daemon abandoned this spare */
+  if (h.env_len > sizeof boot_env_buf || sbx_read_full (sync, boot_env_buf, h.env_len) != (ssize_t) h.env_len)
+    child_fail ("receive the environment");
+  size_t k = 0;
+  for (size_t i = 0; i < h.env_len && k < SBX_ISOLATE_ENV_COUNT; i += strlen (boot_env_buf + i) + 1)
+    boot_env[k++] = boot_env_buf + i;
+  boot_env[k] = NULL;
   if (mount (NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
     child_fail ("make / private");
   /* still the daemon's host uid here, so the root-only state directory can
@@ -265,7 +288,7 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   if (chdir ("/") < 0)
     child_fail ("chdir /");
 
-  struct rlimit nofile = { s->nofile, s->nofile };
+  struct rlimit nofile = { h.nofile, h.nofile };
   if (setrlimit (RLIMIT_NOFILE, &nofile) < 0)
     child_fail ("limit open files");
   struct rlimit core = { 0, 0 };
@@ -298,7 +321,7 @@ child_main (const struct sbx_isolate_spec *s, int sync)
       child_fail ("%s", err.msg);
     }
   static char *const argv[] = { "sbx-init", NULL };
-  syscall (SYS_execveat, init_fd, "", argv, s->init_env, AT_EMPTY_PATH);
+  syscall (SYS_execveat, init_fd, "", argv, boot_env, AT_EMPTY_PATH);
   child_fail ("exec sbx-init");
 }
 
@@ -315,7 +338,7 @@ write_map (pid_t pid, const char *file, uid_t base, uint32_t count, struct sbx_e
 
 /* The sandbox's root file system as a detached overlay mount. */
 static int
-make_rootfs (const struct sbx_isolate_spec *s, pid_t pid, struct sbx_err *err)
+make_rootfs (const char *template_rootfs, int disk_fd, pid_t pid, struct sbx_err *err)
 {
   char path[64];
   snprintf (path, sizeof path, "/proc/%d/ns/user", (int) pid);
@@ -323,20 +346,20 @@ make_rootfs (const struct sbx_isolate_spec *s, pid_t pid, struct sbx_err *err)
   if (userns < 0)
     return sbx_fail (err, errno, "open %s", path);
   cleanup_close int tree
-      = (int) syscall (SYS_open_tree, AT_FDCWD, s->template_rootfs, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+      = (int) syscall (SYS_open_tree, AT_FDCWD, template_rootfs, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
   if (tree < 0)
-    return sbx_fail (err, errno, "open_tree %s", s->template_rootfs);
+    return sbx_fail (err, errno, "open_tree %s", template_rootfs);
   struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, .userns_fd = (uint64_t) userns };
   if (syscall (SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-    return sbx_fail (err, errno, "idmap %s", s->template_rootfs);
+    return sbx_fail (err, errno, "idmap %s", template_rootfs);
 
   cleanup_close int fs = (int) syscall (SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
   if (fs < 0)
     return sbx_fail (err, errno, "fsopen overlay");
   char lower[64], upper[64], work[64];
   snprintf (lower, sizeof lower, "/proc/self/fd/%d", tree);
-  snprintf (upper, sizeof upper, "/proc/self/fd/%d/upper", s->disk_fd);
-  snprintf (work, sizeof work, "/proc/self/fd/%d/work", s->disk_fd);
+  snprintf (upper, sizeof upper, "/proc/self/fd/%d/upper", disk_fd);
+  snprintf (work, sizeof work, "/proc/self/fd/%d/work", disk_fd);
   if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "lowerdir+", lower, 0) < 0)
     return sbx_fail (err, errno, "overlay lower layer");
   if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0)
@@ -352,10 +375,10 @@ make_rootfs (const struct sbx_isolate_spec *s, pid_t pid, struct sbx_err *err)
 }
 
 int
-sbx_isolate_start (const struct sbx_isolate_spec *s, pid_t *out, struct sbx_err *err)
+sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p, struct sbx_err *err)
 {
   int sv[2];
-  if (socketpair (AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+  if (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
     return sbx_fail (err, errno, "socketpair");
   cleanup_close int parent_end = sv[0];
   cleanup_close int child_end = sv[1];
@@ -372,39 +395,72 @@ sbx_isolate_start (const struct sbx_isolate_spec *s, pid_t *out, struct sbx_err 
       child_main (s, child_end);
     }
   close (steal_fd (&child_end));
-
-  cleanup_close int ovl = -1;
+  p->pid = pid;
+  p->sock = parent_end;
   if (write_map (pid, "uid_map", s->uid_base, s->uid_count, err) < 0
-      || write_map (pid, "gid_map", s->uid_base, s->uid_count, err) < 0)
-    goto fail;
-  if (sbx_cgroup_enter (s->cgroup_name, pid, err) < 0)
-    goto fail;
-  ovl = make_rootfs (s, pid, err);
-  if (ovl < 0)
-    goto fail;
-  if (send_fd (parent_end, ovl) < 0)
+      || write_map (pid, "gid_map", s->uid_base, s->uid_count, err) < 0
+      || sbx_cgroup_enter (s->cgroup_name, pid, err) < 0)
     {
-      sbx_fail (err, errno, "pass the root file system");
-      goto fail;
+      sbx_isolate_abort (p);
+      return -1;
     }
+  p->sock = steal_fd (&parent_end);
+  return 0;
+}
+
+int
+sbx_isolate_boot (struct sbx_isolate_proc *p, const char *template_rootfs, int disk_fd, char *const *env,
+                  uint32_t nofile, struct sbx_err *err)
+{
+  /* the environment, flattened */
+  size_t len = 0, count = 0;
+  for (char *const *v = env; v && *v; v++, count++)
+    len += strlen (*v) + 1;
+  if (len > SBX_ISOLATE_ENV_MAX || count > SBX_ISOLATE_ENV_COUNT)
+    return sbx_failx (err, E2BIG, "environment too large");
+  cleanup_free char *flat = malloc (len + 1);
+  if (flat == NULL)
+    return sbx_fail (err, ENOMEM, "environment");
+  size_t off = 0;
+  for (char *const *v = env; v && *v; v++)
+    {
+      size_t n = strlen (*v) + 1;
+      memcpy (flat + off, *v, n);
+      off += n;
+    }
+  cleanup_close int ovl = make_rootfs (template_rootfs, disk_fd, p->pid, err);
+  if (ovl < 0)
+    return -1;
+  struct boot_header h = { nofile, (uint32_t) len };
+  if (send_boot (p->sock, ovl, &h, flat, len) < 0)
+    return sbx_fail (err, errno, "pass the root file system");
   /* EOF: the child reached execve; a message: it failed on the way */
   char msg[512];
   ssize_t n;
   do
-    n = read (parent_end, msg, sizeof msg - 1);
+    n = read (p->sock, msg, sizeof msg - 1);
   while (n < 0 && errno == EINTR);
   if (n > 0)
     {
       msg[n] = '\0';
-      sbx_failx (err, EIO, "sandbox setup: %s", msg);
-      goto fail;
+      return sbx_failx (err, EIO, "sandbox setup: %s", msg);
     }
-  *out = pid;
+  close (p->sock);
+  p->sock = -1;
   return 0;
+}
 
-fail:
-  kill (pid, SIGKILL);
-  while (waitpid (pid, NULL, 0) < 0 && errno == EINTR)
-    ;
-  return -1;
+void
+sbx_isolate_abort (struct sbx_isolate_proc *p)
+{
+  if (p->pid > 0)
+    {
+      kill (p->pid, SIGKILL);
+      while (waitpid (p->pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+      p->pid = 0;
+    }
+  if (p->sock >= 0)
+    close (p->sock);
+  p->sock = -1;
 }

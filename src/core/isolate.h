@@ -9,9 +9,11 @@
 
 #include "../common/error.h"
 
+#define SBX_ISOLATE_ENV_MAX (256u << 10) /* bytes of environment */
+#define SBX_ISOLATE_ENV_COUNT 4096
+
+/* What a sandbox needs before its template is known. */
 struct sbx_isolate_spec {
-  const char *template_rootfs; /* lower layer (root-owned tree) */
-  int disk_fd;                 /* detached mount of the sandbox disk, with upper/ and work/ */
   const char *mountpoint;      /* empty host directory the root is attached on, privately */
   int agent_fd;                /* listening agent socket: fd 3 of init */
   int init_fd;                 /* sbx-init executable (sealed memfd) */
@@ -19,12 +21,23 @@ struct sbx_isolate_spec {
   uint32_t uid_count;
   const char *hostname;
   const char *cgroup_name;
-  char *const *init_env;       /* environment of init = base of every command */
-  uint32_t nofile;
 };
 
-/* Start the sandbox; on success *PID is the host pid of its init, which is
-   a child of the caller. */
-int sbx_isolate_start (const struct sbx_isolate_spec *s, pid_t *pid, struct sbx_err *err);
+/* A spawned child that waits for its root file system. */
+struct sbx_isolate_proc {
+  pid_t pid; /* host pid; the child of the caller */
+  int sock;
+};
+
+/* Phase one: clone into new namespaces, map ids, enter the cgroup.  The
+   child then waits, so that this costly part can be done ahead of time. */
+int sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p, struct sbx_err *err);
+/* Phase two: build the root file system from the template and the disk
+   (which must hold upper/ and work/), hand it over with the environment
+   of init and the open files limit; returns once sbx-init runs. */
+int sbx_isolate_boot (struct sbx_isolate_proc *p, const char *template_rootfs, int disk_fd, char *const *env,
+                      uint32_t nofile, struct sbx_err *err);
+/* Kill a spawned child that will not be booted (or failed to boot). */
+void sbx_isolate_abort (struct sbx_isolate_proc *p);
 
 #endif

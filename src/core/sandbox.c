@@ -45,6 +45,11 @@
 #define UID_FIRST 100000u
 #define UID_SLOTS 30000u
 #define STOPPED_KEEP 256 /* stopped sandboxes remembered for status queries */
+#define SPARES_MAX 16
+#define DEFAULT_MEMORY_MB 2048
+#define DEFAULT_CPU_MILLIS 2000
+#define DEFAULT_PIDS 1024
+#define DEFAULT_NOFILE 4096
 
 struct sandbox {
   char id[SBX_ID_MAX];
@@ -66,6 +71,9 @@ struct sandbox {
   int refs;
   bool busy;                     /* a state change is in progress */
   struct sandbox *next;
+  /* until it boots: its disk, agent socket and waiting child */
+  int disk_fd, agent_fd;
+  struct sbx_isolate_proc proc;
 };
 
 struct sbx_engine {
@@ -82,6 +90,11 @@ struct sbx_engine {
   int n_stopped;
   pthread_t reaper;
   bool stop;
+  /* spares: sandboxes prepared up to the point where the template matters */
+  struct sandbox *spares[SPARES_MAX];
+  int n_spares, spares_target;
+  pthread_cond_t spare_cond;
+  pthread_t spare_thread;
 };
 
 const char *
@@ -114,6 +127,12 @@ emit (struct sbx_engine *e, const char *id, enum sbx_event_kind k, const char *r
 static void
 sandbox_free (struct sandbox *s)
 {
+  if (s->disk_fd >= 0)
+    close (s->disk_fd);
+  if (s->agent_fd >= 0)
+    close (s->agent_fd);
+  if (s->proc.sock >= 0)
+    close (s->proc.sock);
   if (s->pidfd >= 0)
     close (s->pidfd);
   if (s->dirfd >= 0)
@@ -180,7 +199,9 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   cleanup_close int fd = openat (s->dirfd, "sandbox.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
-  if (sbx_write_full (fd, text, strlen (text)) < 0 || fsync (fd) < 0)
+  /* no fsync: a host crash ends the sandbox's processes anyway, and the
+     rename keeps the record whole */
+  if (sbx_write_full (fd, text, strlen (text)) < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
   if (renameat (s->dirfd, "sandbox.json.tmp", s->dirfd, "sandbox.json") < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
@@ -263,7 +284,7 @@ proc_start_time (pid_t pid)
 static void
 cgroup_name (const char *id, char *buf, size_t n)
 {
-  snprintf (buf, n, "sbxd/%s", id);
+  sbx_path (buf, n, "sbxd/%s", id);
 }
 
 /* ---- teardown ---- */
@@ -386,6 +407,9 @@ reaper_main (void *arg)
 
 /* ---- engine ---- */
 
+static void *spare_main (void *arg);
+static void discard (struct sbx_engine *e, struct sandbox *s);
+
 static int
 load_init (struct sbx_engine *e, const char *path, struct sbx_err *err)
 {
@@ -438,7 +462,7 @@ reattach (struct sbx_engine *e, const char *id)
       json_decref (j);
       return;
     }
-  s->pidfd = s->dirfd = -1;
+  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
   s->refs = 1;
   sbx_path (s->id, sizeof s->id, "%s", id);
   const char *tmpl = NULL, *user = NULL, *state = NULL, *meta = NULL;
@@ -473,6 +497,7 @@ reattach (struct sbx_engine *e, const char *id)
   s->uid_slot = (uint32_t) slot;
   s->metadata_json = meta ? strdup (meta) : NULL;
   s->limits = (struct sbx_limits) { (uint32_t) cpu, (uint32_t) mem, (uint32_t) disk, (uint32_t) pids, (uint32_t) nofile };
+  bool was_spare = strcmp (state, "creating") == 0;
   s->state = strcmp (state, "paused") == 0 ? SBX_PAUSED : SBX_RUNNING;
   json_decref (j);
 
@@ -480,7 +505,14 @@ reattach (struct sbx_engine *e, const char *id)
   s->dirfd = open (path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   s->pidfd = (int) syscall (SYS_pidfd_open, pid, 0);
   /* the pid must still be the same process: check after pidfd_open */
-  bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start;
+  /* a spare (state creating) never outlives the daemon that made it */
+  bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare;
+  if (!alive && was_spare)
+    {
+      teardown (e, s);
+      sandbox_free (s);
+      return;
+    }
   if (!alive)
     {
       fprintf (stderr, "sbxd: %s: its init is gone, cleaning up\n", id);
@@ -555,10 +587,17 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     }
   struct dirent *de;
   while ((de = readdir (d)) != NULL)
-    if (strncmp (de->d_name, "sbx_", 4) == 0)
+    if (strncmp (de->d_name, "sbx_", 4) == 0 && strlen (de->d_name) < SBX_ID_MAX)
       reattach (e, de->d_name);
   closedir (d);
 
+  e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
+  pthread_cond_init (&e->spare_cond, NULL);
+  if (pthread_create (&e->spare_thread, NULL, spare_main, e) != 0)
+    {
+      sbx_failx (err, EAGAIN, "start spare thread");
+      goto fail;
+    }
   if (pthread_create (&e->reaper, NULL, reaper_main, e) != 0)
     {
       sbx_failx (err, EAGAIN, "start reaper thread");
@@ -580,7 +619,11 @@ sbx_engine_close (struct sbx_engine *e)
   e->stop = true;
   pthread_cond_broadcast (&e->cond);
   pthread_mutex_unlock (&e->lock);
+  pthread_cond_broadcast (&e->spare_cond);
   pthread_join (e->reaper, NULL);
+  pthread_join (e->spare_thread, NULL);
+  for (int i = 0; i < e->n_spares; i++)
+    discard (e, e->spares[i]);
   while (e->list)
     {
       struct sandbox *s = e->list;
@@ -660,62 +703,77 @@ bind_agent_socket (int dirfd, struct sbx_err *err)
   return fd;
 }
 
-int
-sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
+/* Format and mount a disk of SIZE_MB at DIR/disk.img with upper/ (owned
+   by the sandbox's root) and work/. */
+static int
+make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err *err)
 {
-  struct sbx_template t;
-  memset (&t, 0, sizeof t);
-  if (o->template_name == NULL || *o->template_name == '\0')
-    return sbx_failx (err, EINVAL, "templateID is required");
-  if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
-    return -1;
-  uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
-  if (timeout > e->max_timeout_s)
+  char image[PATH_MAX];
+  if (sbx_path (image, sizeof image, "%s/disk.img", dir) < 0)
+    return sbx_fail (err, errno, "disk image path");
+  if (s->disk_fd >= 0)
     {
-      sbx_template_free (&t);
-      return sbx_failx (err, EINVAL, "timeout must be at most %u seconds", e->max_timeout_s);
+      close (s->disk_fd);
+      s->disk_fd = -1;
+      unlink (image);
     }
+  if (sbx_disk_format (image, size_mb, err) < 0)
+    return -1;
+  s->disk_fd = sbx_disk_mount (image, err);
+  if (s->disk_fd < 0)
+    return -1;
+  uid_t base = uid_base (s->uid_slot);
+  if (mkdirat (s->disk_fd, "upper", 0755) < 0 || mkdirat (s->disk_fd, "work", 0700) < 0
+      || fchownat (s->disk_fd, "upper", base, base, 0) < 0)
+    return sbx_fail (err, errno, "prepare the disk of %s", s->id);
+  return 0;
+}
 
+/* Undo a sandbox that never booted; lock not held, S not in the list. */
+static void
+discard (struct sbx_engine *e, struct sandbox *s)
+{
+  sbx_isolate_abort (&s->proc);
+  s->init_pid = 0;
+  if (s->pidfd >= 0)
+    close (s->pidfd);
+  s->pidfd = -1;
+  s->our_child = false;
+  teardown (e, s);
+  sandbox_free (s);
+}
+
+/* Everything that does not depend on the template: directory, uid range,
+   disk, agent socket, cgroup, and a child waiting in fresh namespaces. */
+static struct sandbox *
+prepare (struct sbx_engine *e, struct sbx_err *err)
+{
   struct sandbox *s = calloc (1, sizeof *s);
   if (s == NULL)
     {
-      sbx_template_free (&t);
-      return sbx_fail (err, ENOMEM, "create sandbox");
+      sbx_fail (err, ENOMEM, "create sandbox");
+      return NULL;
     }
-  s->pidfd = s->dirfd = -1;
+  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
   s->refs = 1;
   s->state = SBX_CREATING;
   s->uid_slot = UINT32_MAX;
   make_id (s->id);
-  sbx_path (s->template_name, sizeof s->template_name, "%s", t.name);
-  sbx_path (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
-  s->limits = o->limits;
-  if (!s->limits.cpu_millis)
-    s->limits.cpu_millis = (t.cpu_count ? t.cpu_count : 2) * 1000;
-  if (!s->limits.memory_mb)
-    s->limits.memory_mb = t.memory_mb ? t.memory_mb : 2048;
-  if (!s->limits.disk_mb)
-    s->limits.disk_mb = t.disk_mb ? t.disk_mb : 10240;
-  if (!s->limits.pids_max)
-    s->limits.pids_max = 1024;
-  if (!s->limits.nofile)
-    s->limits.nofile = 4096;
-  s->metadata_json = o->metadata_json ? strdup (o->metadata_json) : NULL;
-  s->timeout_s = timeout;
-  s->created_ms = sbx_wall_ms ();
-  s->end_ms = s->created_ms + (int64_t) timeout * 1000;
-  s->our_child = true;
+  s->limits = (struct sbx_limits) { DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MB, SBX_DEFAULT_DISK_MB, DEFAULT_PIDS,
+                                    DEFAULT_NOFILE };
+  snprintf (s->template_name, sizeof s->template_name, "-");
+  snprintf (s->default_user, sizeof s->default_user, "root");
+  s->created_ms = s->end_ms = sbx_wall_ms ();
 
-  char dir[PATH_MAX], image[PATH_MAX], root[PATH_MAX], cg[128];
-  sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
-  sbx_path (image, sizeof image, "%s/disk.img", dir);
-  sbx_path (root, sizeof root, "%s/root", dir);
+  char dir[PATH_MAX], root[PATH_MAX], cg[128];
+  if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0
+      || sbx_path (root, sizeof root, "%s/root", dir) < 0)
+    {
+      sbx_fail (err, errno, "sandbox path");
+      free (s);
+      return NULL;
+    }
   cgroup_name (s->id, cg, sizeof cg);
-  cleanup_close int disk = -1;
-  cleanup_close int agent = -1;
-  char **env = NULL;
-  bool cg_made = false;
-
   if (mkdir (dir, 0700) < 0 || mkdir (root, 0700) < 0)
     {
       sbx_fail (err, errno, "create %s", dir);
@@ -727,53 +785,144 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       sbx_fail (err, errno, "open %s", dir);
       goto fail;
     }
-  if (uid_slot_claim (&s->uid_slot, err) < 0)
+  if (uid_slot_claim (&s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
-  if (sbx_disk_format (image, s->limits.disk_mb, err) < 0)
-    goto fail;
-  disk = sbx_disk_mount (image, err);
-  if (disk < 0)
-    goto fail;
-  uid_t base = uid_base (s->uid_slot);
-  if ((mkdirat (disk, "upper", 0755) < 0 && errno != EEXIST) || (mkdirat (disk, "work", 0700) < 0 && errno != EEXIST)
-      || fchownat (disk, "upper", base, base, 0) < 0)
-    {
-      sbx_fail (err, errno, "prepare the disk of %s", s->id);
-      goto fail;
-    }
-  agent = bind_agent_socket (s->dirfd, err);
-  if (agent < 0)
+  s->agent_fd = bind_agent_socket (s->dirfd, err);
+  if (s->agent_fd < 0)
     goto fail;
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
   if (sbx_cgroup_create (cg, &cl, err) < 0)
     goto fail;
-  cg_made = true;
+  struct sbx_isolate_spec spec = {
+    .mountpoint = root,
+    .agent_fd = s->agent_fd,
+    .init_fd = e->init_fd,
+    .uid_base = uid_base (s->uid_slot),
+    .uid_count = UID_RANGE,
+    .hostname = s->id,
+    .cgroup_name = cg,
+  };
+  if (sbx_isolate_spawn (&spec, &s->proc, err) < 0)
+    goto fail;
+  s->init_pid = s->proc.pid;
+  s->our_child = true;
+  s->init_start = proc_start_time (s->init_pid);
+  s->pidfd = (int) syscall (SYS_pidfd_open, s->init_pid, 0);
+  pthread_mutex_lock (&e->lock);
+  int r = save_locked (e, s, err); /* so a crash leaves nothing unknown behind */
+  pthread_mutex_unlock (&e->lock);
+  if (r < 0)
+    goto fail;
+  return s;
+fail:
+  discard (e, s);
+  return NULL;
+}
+
+static void *
+spare_main (void *arg)
+{
+  struct sbx_engine *e = arg;
+  pthread_mutex_lock (&e->lock);
+  while (!e->stop)
+    {
+      if (e->n_spares >= e->spares_target)
+        {
+          pthread_cond_wait (&e->spare_cond, &e->lock);
+          continue;
+        }
+      pthread_mutex_unlock (&e->lock);
+      struct sbx_err err;
+      struct sandbox *s = prepare (e, &err);
+      if (s == NULL)
+        {
+          fprintf (stderr, "sbxd: preparing a spare sandbox: %s\n", err.msg);
+          sleep (1); /* do not spin on a broken host */
+        }
+      pthread_mutex_lock (&e->lock);
+      if (s && e->stop)
+        {
+          pthread_mutex_unlock (&e->lock);
+          discard (e, s);
+          pthread_mutex_lock (&e->lock);
+        }
+      else if (s)
+        e->spares[e->n_spares++] = s;
+    }
+  pthread_mutex_unlock (&e->lock);
+  return NULL;
+}
+
+int
+sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
+{
+  if (o->template_name == NULL || *o->template_name == '\0')
+    return sbx_failx (err, EINVAL, "templateID is required");
+  uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
+  if (timeout > e->max_timeout_s)
+    return sbx_failx (err, EINVAL, "timeout must be at most %u seconds", e->max_timeout_s);
+  struct sbx_template t;
+  memset (&t, 0, sizeof t);
+  if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
+    return -1;
+
+  /* a spare if one is ready, else prepare one now */
+  pthread_mutex_lock (&e->lock);
+  struct sandbox *s = e->n_spares ? e->spares[--e->n_spares] : NULL;
+  pthread_cond_signal (&e->spare_cond);
+  pthread_mutex_unlock (&e->lock);
+  if (s == NULL && (s = prepare (e, err)) == NULL)
+    {
+      sbx_template_free (&t);
+      return -1;
+    }
+
+  snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
+  snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
+  s->limits = o->limits;
+  if (!s->limits.cpu_millis)
+    s->limits.cpu_millis = t.cpu_count ? t.cpu_count * 1000 : DEFAULT_CPU_MILLIS;
+  if (!s->limits.memory_mb)
+    s->limits.memory_mb = t.memory_mb ? t.memory_mb : DEFAULT_MEMORY_MB;
+  if (!s->limits.disk_mb)
+    s->limits.disk_mb = t.disk_mb ? t.disk_mb : SBX_DEFAULT_DISK_MB;
+  if (!s->limits.pids_max)
+    s->limits.pids_max = DEFAULT_PIDS;
+  if (!s->limits.nofile)
+    s->limits.nofile = DEFAULT_NOFILE;
+  s->metadata_json = o->metadata_json ? strdup (o->metadata_json) : NULL;
+  s->timeout_s = timeout;
+  s->created_ms = sbx_wall_ms ();
+  s->end_ms = s->created_ms + (int64_t) timeout * 1000;
+
+  char dir[PATH_MAX], cg[128];
+  char **env = NULL;
+  cgroup_name (s->id, cg, sizeof cg);
+  if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0)
+    {
+      sbx_fail (err, errno, "sandbox path");
+      goto fail;
+    }
+  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
+    goto fail;
+  struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
+  if (sbx_cgroup_create (cg, &cl, err) < 0)
+    goto fail;
   env = init_env (&t, o->env);
   if (env == NULL)
     {
       sbx_fail (err, ENOMEM, "environment");
       goto fail;
     }
-  struct sbx_isolate_spec spec = {
-    .template_rootfs = t.rootfs,
-    .disk_fd = disk,
-    .mountpoint = root,
-    .agent_fd = agent,
-    .init_fd = e->init_fd,
-    .uid_base = base,
-    .uid_count = UID_RANGE,
-    .hostname = s->id,
-    .cgroup_name = cg,
-    .init_env = env,
-    .nofile = s->limits.nofile,
-  };
-  if (sbx_isolate_start (&spec, &s->init_pid, err) < 0)
+  if (sbx_isolate_boot (&s->proc, t.rootfs, s->disk_fd, env, s->limits.nofile, err) < 0)
     goto fail;
-  s->init_start = proc_start_time (s->init_pid);
-  s->pidfd = (int) syscall (SYS_pidfd_open, s->init_pid, 0);
-  s->state = SBX_RUNNING;
   free (env);
   env = NULL;
+  /* the sandbox holds its disk and socket now */
+  close (s->disk_fd);
+  close (s->agent_fd);
+  s->disk_fd = s->agent_fd = -1;
+  s->state = SBX_RUNNING;
 
   pthread_mutex_lock (&e->lock);
   if (save_locked (e, s, err) < 0)
@@ -790,25 +939,9 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   return 0;
 
 fail:
-  if (s->init_pid > 0)
-    {
-      kill (s->init_pid, SIGKILL);
-      waitpid (s->init_pid, NULL, 0);
-    }
-  if (cg_made)
-    {
-      struct sbx_err e2;
-      sbx_cgroup_destroy (cg, 5000, &e2);
-    }
-  if (s->uid_slot != UINT32_MAX)
-    uid_slot_release (s->uid_slot);
-  {
-    struct sbx_err e2;
-    sbx_rm_rf (dir, &e2);
-  }
   free (env);
   sbx_template_free (&t);
-  sandbox_free (s);
+  discard (e, s);
   return -1;
 }
 

@@ -44,7 +44,10 @@ struct sbx_engine_config {
   sbx_event_fn on_event;
   void *event_ud;
   uint32_t max_timeout_s;   /* 0: 3600 */
+  int spares;               /* sandboxes prepared ahead of requests; 0: 4, <0: none */
 };
+
+#define SBX_DEFAULT_DISK_MB 10240 /* seed 000: 10 GB */
 
 struct sbx_engine;
 

@@ -280,31 +280,33 @@ cmp_len_desc (const void *a, const void *b)
 /* rm -rf PATH, but first detach anything mounted below it.  A build that
    was killed can leave mmdebstrap's /proc, /sys or /dev mounts behind in
    the rootfs, and deleting through a bind mount would delete host files.
-   If something stays mounted we refuse rather than guess. */
+   Detaching a mount can uncover one it was hiding, hence the rounds; if
+   something stays mounted we refuse rather than guess. */
 static int
 safe_remove (const char *path, struct sbx_err *err)
 {
   struct strv m = { 0 };
-  if (mounts_below (path, &m, err) < 0)
-    goto fail;
-  if (m.n > 0)
+  for (int round = 0;; round++)
     {
-      qsort (m.v, m.n, sizeof *m.v, cmp_len_desc);
-      for (size_t i = 0; i < m.n; i++)
-        /* EINVAL: already gone with a detached parent. */
-        if (umount2 (m.v[i], MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
-          {
-            sbx_fail (err, errno, "unmount %s", m.v[i]);
-            goto fail;
-          }
       strv_free (&m);
       if (mounts_below (path, &m, err) < 0)
         goto fail;
-      if (m.n > 0)
+      if (m.n == 0)
+        break;
+      if (round == 8)
         {
           sbx_failx (err, EBUSY, "refusing to remove %s: %s is still mounted", path, m.v[0]);
           goto fail;
         }
+      qsort (m.v, m.n, sizeof *m.v, cmp_len_desc);
+      for (size_t i = 0; i < m.n; i++)
+        /* EINVAL/ENOENT: gone with a detached parent, or hidden by a mount
+           above it (then the next round gets it). */
+        if (umount2 (m.v[i], MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL && errno != ENOENT)
+          {
+            sbx_fail (err, errno, "unmount %s", m.v[i]);
+            goto fail;
+          }
     }
   strv_free (&m);
   return sbx_rm_rf (path, err);

@@ -1,0 +1,201 @@
+/*
+ * bench.c - sbxd-bench: latency of the sandbox core on this machine, as
+ * JSON on stdout.  It measures, over N rounds:
+ *   create     sbx_create until the sandbox runs (its init answers)
+ *   exec       a round trip of `true` in a running sandbox
+ *   cycle      create + exec `true` + destroy
+ *   destroy    sbx_destroy until every trace is gone
+ * and, in the same run, the one-shot floor that bubblewrap gives for
+ * `bwrap --unshare-all ... true` on the same template, for comparison.
+ *
+ * usage: sbxd-bench [--rounds N] [--template NAME] [--state-dir DIR]
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../src/common/util.h"
+#include "../src/core/sandbox.h"
+#include "../src/core/template.h"
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+static void
+print_stats (const char *name, uint64_t *v, int n, int last)
+{
+  qsort (v, (size_t) n, sizeof *v, cmp_u64);
+  double sum = 0;
+  for (int i = 0; i < n; i++)
+    sum += (double) v[i];
+  int p99 = (int) ((n - 1) * 0.99 + 0.5);
+  printf ("    \"%s\": {\"n\": %d, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f}%s\n", name, n,
+          (double) v[n / 2] / 1e6, (double) v[p99] / 1e6, sum / n / 1e6, (double) v[0] / 1e6, last ? "" : ",");
+}
+
+static int
+on_event (const struct sbx_proc_event *ev, void *ud)
+{
+  (void) ev;
+  (void) ud;
+  return 0;
+}
+
+static int
+run_true (struct sbx_engine *e, const char *id)
+{
+  static const char *const argv[] = { "true", NULL };
+  struct sbx_exec_opts o = { .argv = argv, .user = "root" };
+  struct sbx_err err;
+  if (sbx_exec (e, id, &o, on_event, NULL, &err) < 0)
+    {
+      fprintf (stderr, "exec: %s\n", err.msg);
+      return -1;
+    }
+  return 0;
+}
+
+static uint64_t
+run_bwrap (const char *rootfs)
+{
+  uint64_t t0 = sbx_now_ns ();
+  pid_t pid = fork ();
+  if (pid == 0)
+    {
+      execlp ("bwrap", "bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", rootfs, "/", "--proc", "/proc", "--dev",
+              "/dev", "--tmpfs", "/tmp", "true", (char *) NULL);
+      _exit (127);
+    }
+  int st;
+  waitpid (pid, &st, 0);
+  if (!WIFEXITED (st) || WEXITSTATUS (st) != 0)
+    return 0;
+  return sbx_now_ns () - t0;
+}
+
+int
+main (int argc, char **argv)
+{
+  int rounds = 50;
+  const char *tmpl = "base";
+  char state[PATH_MAX] = "";
+  static const struct option opts[] = { { "rounds", required_argument, NULL, 'n' },
+                                        { "template", required_argument, NULL, 't' },
+                                        { "state-dir", required_argument, NULL, 's' },
+                                        { NULL, 0, NULL, 0 } };
+  int c;
+  while ((c = getopt_long (argc, argv, "n:t:s:", opts, NULL)) != -1)
+    switch (c)
+      {
+      case 'n':
+        rounds = atoi (optarg);
+        break;
+      case 't':
+        tmpl = optarg;
+        break;
+      case 's':
+        snprintf (state, sizeof state, "%s", optarg);
+        break;
+      default:
+        fprintf (stderr, "usage: sbxd-bench [--rounds N] [--template NAME] [--state-dir DIR]\n");
+        return 2;
+      }
+  if (rounds < 2)
+    rounds = 2;
+  bool own_state = *state == '\0';
+  if (own_state && mkdtemp (strcpy (state, "/tmp/sbxd-bench-XXXXXX")) == NULL)
+    return 1;
+
+  struct sbx_engine_config cfg = { .state_dir = state, .spares = 8 };
+  struct sbx_engine *e;
+  struct sbx_err err;
+  if (sbx_engine_open (&cfg, &e, &err) < 0)
+    {
+      fprintf (stderr, "sbxd-bench: %s\n", err.msg);
+      return 1;
+    }
+  sleep (2); /* let the disk pool fill, as it is on a running daemon */
+
+  uint64_t *create = calloc ((size_t) rounds, sizeof (uint64_t));
+  uint64_t *exec = calloc ((size_t) rounds * 10, sizeof (uint64_t));
+  uint64_t *destroy = calloc ((size_t) rounds, sizeof (uint64_t));
+  uint64_t *cycle = calloc ((size_t) rounds, sizeof (uint64_t));
+  uint64_t *bwrap = calloc ((size_t) rounds, sizeof (uint64_t));
+  int n_exec = 0, n_bwrap = 0;
+  struct sbx_create_opts co = { .template_name = tmpl, .timeout_s = 600 };
+  char id[SBX_ID_MAX];
+
+  for (int i = 0; i < rounds; i++)
+    {
+      /* create, then ten `true` round trips, then destroy */
+      uint64_t t0 = sbx_now_ns ();
+      if (sbx_create (e, &co, id, &err) < 0)
+        {
+          fprintf (stderr, "sbxd-bench: create: %s\n", err.msg);
+          return 1;
+        }
+      uint64_t t1 = sbx_now_ns ();
+      if (run_true (e, id) < 0)
+        return 1;
+      uint64_t t2 = sbx_now_ns ();
+      exec[n_exec++] = t2 - t1;
+      for (int k = 0; k < 9; k++)
+        {
+          uint64_t a = sbx_now_ns ();
+          if (run_true (e, id) < 0)
+            return 1;
+          exec[n_exec++] = sbx_now_ns () - a;
+        }
+      uint64_t t3 = sbx_now_ns ();
+      if (sbx_destroy (e, id, &err) < 0)
+        {
+          fprintf (stderr, "sbxd-bench: destroy: %s\n", err.msg);
+          return 1;
+        }
+      uint64_t t4 = sbx_now_ns ();
+      create[i] = t1 - t0;
+      destroy[i] = t4 - t3;
+      cycle[i] = (t2 - t0) + (t4 - t3);
+      /* give the disk pool the time a real client's think time would */
+      usleep (20000);
+    }
+
+  struct sbx_template t;
+  char tdir[PATH_MAX];
+  sbx_template_dir (tdir, sizeof tdir);
+  if (sbx_template_load (tdir, tmpl, &t, &err) == 0)
+    {
+      for (int i = 0; i < rounds; i++)
+        {
+          uint64_t d = run_bwrap (t.rootfs);
+          if (d)
+            bwrap[n_bwrap++] = d;
+        }
+      sbx_template_free (&t);
+    }
+
+  printf ("{\n  \"machine\": {\"cpus\": %ld},\n  \"template\": \"%s\",\n  \"core\": {\n", sysconf (_SC_NPROCESSORS_ONLN),
+          tmpl);
+  print_stats ("create_to_ready", create, rounds, 0);
+  print_stats ("exec_true_round_trip", exec, n_exec, 0);
+  print_stats ("destroy", destroy, rounds, 0);
+  print_stats ("create_exec_destroy", cycle, rounds, 1);
+  printf ("  },\n  \"bwrap_one_shot\": {\n");
+  if (n_bwrap)
+    print_stats ("bwrap_unshare_all_true", bwrap, n_bwrap, 1);
+  printf ("  }\n}\n");
+
+  sbx_engine_close (e);
+  if (own_state)
+    sbx_rm_rf (state, &err);
+  return 0;
+}
