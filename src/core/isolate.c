@@ -40,6 +40,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -215,9 +216,28 @@ drop_capabilities (void)
 static char boot_env_buf[SBX_ISOLATE_ENV_MAX];
 static char *boot_env[SBX_ISOLATE_ENV_COUNT + 1];
 
+/* Close every inherited fd but KEEP[]: the daemon's other descriptors
+   (the disks and sockets of other sandboxes) must not be pinned by this
+   child while it waits to boot. */
+static void
+close_inherited (const int *keep, size_t n)
+{
+  for (int fd = 3; fd < 1024; fd++)
+    {
+      bool kept = false;
+      for (size_t i = 0; i < n; i++)
+        kept |= keep[i] == fd;
+      if (!kept)
+        close (fd);
+    }
+  close_range (1024, ~0u, 0);
+}
+
 static void __attribute__ ((noreturn))
 child_main (const struct sbx_isolate_spec *s, int sync)
 {
+  int keep[] = { sync, s->agent_fd, s->init_fd };
+  close_inherited (keep, sizeof keep / sizeof keep[0]);
   child_sync = sync;
   struct boot_header h;
   int ovl = recv_boot (sync, &h);
@@ -306,10 +326,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
     child_fail ("dup");
   child_sync = sync2;
   /* keep 0-3, the init binary and the sync socket */
-  for (int fd = 4; fd < 1024; fd++)
-    if (fd != init_fd && fd != sync2)
-      close (fd);
-  close_range (1024, ~0u, 0);
+  int keep2[] = { 3, init_fd, sync2 };
+  close_inherited (keep2, sizeof keep2 / sizeof keep2[0]);
 
   drop_capabilities ();
   if (prctl (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)

@@ -241,6 +241,21 @@ opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **o
   return 0;
 }
 
+static int
+opt_bool (struct MHD_Connection *c, json_t *o, const char *key, bool *out, enum MHD_Result *ret)
+{
+  json_t *v = json_object_get (o, key);
+  if (v == NULL || json_is_null (v))
+    return 0;
+  if (!json_is_boolean (v))
+    {
+      *ret = send_error (c, 400, "%s must be a boolean", key);
+      return -1;
+    }
+  *out = json_is_true (v);
+  return 0;
+}
+
 /* An object of string values as a NULL-terminated "K=V" list. */
 static int
 env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enum MHD_Result *ret)
@@ -462,7 +477,7 @@ struct exec_params {
   char **env;
   const char *cwd, *user;
   uint32_t timeout_ms;
-  bool background;
+  bool background, stdin_open;
   json_t *body; /* owns the strings above */
 };
 
@@ -492,16 +507,9 @@ parse_exec (struct MHD_Connection *c, struct request *rq, struct exec_params *p,
       *ret = send_error (c, 400, "cmd is required");
       return -1;
     }
-  json_t *bg = json_object_get (p->body, "background");
-  if (bg && !json_is_null (bg))
-    {
-      if (!json_is_boolean (bg))
-        {
-          *ret = send_error (c, 400, "background must be a boolean");
-          return -1;
-        }
-      p->background = json_is_true (bg);
-    }
+  if (opt_bool (c, p->body, "background", &p->background, ret) < 0
+      || opt_bool (c, p->body, "stdin", &p->stdin_open, ret) < 0)
+    return -1;
   json_t *args = json_object_get (p->body, "args");
   if (args && !json_is_null (args) && !json_is_array (args))
     {
@@ -724,6 +732,7 @@ stream_main (void *arg)
                                  .env = (const char *const *) job->p.env,
                                  .cwd = job->p.cwd,
                                  .user = job->p.user,
+                                 .stdin_open = job->p.stdin_open,
                                  .timeout_ms = job->p.timeout_ms };
       r = sbx_exec (job->engine, job->id, &o, stream_event, job, &err);
     }

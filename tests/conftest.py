@@ -1,0 +1,168 @@
+"""Shared fixtures: a real sbxd on a free loopback port with a fresh state
+directory, and a small client for its HTTP API.
+
+The daemon under test is build/sbxd (the test command builds it first); the
+templates come from the machine's template directory (SBXD_TEMPLATE_DIR or
+/var/lib/sbxd/templates), where the test command builds `base`.
+"""
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SBXD = os.path.join(ROOT, "build", "sbxd")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sbxd:
+    """One sbxd process and a client for its API."""
+
+    def __init__(self, state_dir, port=None):
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.log_path = os.path.join(state_dir + "-logs", f"sbxd-{self.port}.log")
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        self.http = requests.Session()
+
+    # -- process control --
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir],
+            stdout=self.log, stderr=self.log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sbxd exited: {open(self.log_path).read()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("sbxd did not start")
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+
+    def logs(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    # -- API --
+    def req(self, method, path, **kw):
+        kw.setdefault("timeout", 120)
+        return self.http.request(method, self.url + path, **kw)
+
+    def create(self, template="base", timeout=300, expect=201, **fields):
+        body = {"templateID": template, "timeout": timeout}
+        body.update(fields)
+        r = self.req("POST", "/sandboxes", json=body)
+        assert r.status_code == expect, r.text
+        return r.json()["sandboxID"] if expect == 201 else r
+
+    def get(self, sid):
+        return self.req("GET", f"/sandboxes/{sid}")
+
+    def delete(self, sid):
+        return self.req("DELETE", f"/sandboxes/{sid}")
+
+    def run(self, sid, cmd, *args, expect=200, **fields):
+        body = {"cmd": cmd, "args": list(args)}
+        body.update(fields)
+        r = self.req("POST", f"/sandboxes/{sid}/processes", json=body)
+        assert r.status_code == expect, r.text
+        return r.json()
+
+    def sh(self, sid, script, **fields):
+        """Run a bash script; returns the result object."""
+        return self.run(sid, "bash", "-c", script, **fields)
+
+    def py(self, sid, code, **fields):
+        """Run python3 code; returns the result object."""
+        return self.run(sid, "python3", "-c", code, **fields)
+
+    def write(self, sid, path, data, expect=200, **fields):
+        if isinstance(data, str):
+            data = data.encode()
+        body = {"path": path, "content": base64.b64encode(data).decode()}
+        body.update(fields)
+        r = self.req("POST", f"/sandboxes/{sid}/filesystem", json=body)
+        assert r.status_code == expect, r.text
+        return r.json()
+
+    def read(self, sid, path, expect=200, **params):
+        params["path"] = path
+        r = self.req("GET", f"/sandboxes/{sid}/filesystem", params=params)
+        assert r.status_code == expect, r.text
+        return base64.b64decode(r.json()["content"]) if expect == 200 else r.json()
+
+    def sandbox_ids(self):
+        return [s["sandboxID"] for s in self.req("GET", "/sandboxes").json()]
+
+    def cleanup(self):
+        for s in self.req("GET", "/sandboxes?status=running").json() + \
+                self.req("GET", "/sandboxes?status=paused").json():
+            self.delete(s["sandboxID"])
+
+
+def host_traces(sid):
+    """What a sandbox could leave on the host: cgroup dirs, processes whose
+    cgroup names it, and mounts or loop devices naming it."""
+    traces = []
+    for root, _, _ in os.walk("/sys/fs/cgroup"):
+        if sid in root:
+            traces.append(root)
+    mounts = open("/proc/self/mountinfo").read()
+    if sid in mounts:
+        traces.append("mount")
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    for line in loops.splitlines():
+        if sid in line:
+            traces.append(line)
+    return traces
+
+
+@pytest.fixture(scope="module")
+def sbxd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sbxd")
+    server = Sbxd(str(d / "state")).start()
+    yield server
+    try:
+        server.cleanup()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sandbox(sbxd):
+    sid = sbxd.create()
+    yield sid
+    sbxd.delete(sid)
