@@ -324,3 +324,29 @@ def test_two_instances_do_not_touch_each_other(sbxd, tmp_path):
     finally:
         other.cleanup()
         other.stop()
+
+
+def test_pty_process(sbxd, sandbox):
+    import base64
+    r = sbxd.req("POST", f"/sandboxes/{sandbox}/processes/stream", stream=True,
+                 json={"cmd": "bash", "args": ["-c", "tty; stty size; read line; echo got:$line"],
+                       "pty": {"rows": 30, "cols": 100}})
+    lines = r.iter_lines()
+    pid = json.loads(next(lines))["pid"]
+    out = b""
+    resized = False
+    for line in lines:
+        ev = json.loads(line)
+        if ev["type"] == "pty":
+            out += base64.b64decode(ev["data"])
+            if b"30 100" in out and not resized:
+                resized = True
+                rr = sbxd.req("POST", f"/sandboxes/{sandbox}/processes/{pid}/resize",
+                              json={"rows": 40, "cols": 120})
+                assert rr.status_code == 204, rr.text
+                sbxd.req("POST", f"/sandboxes/{sandbox}/processes/{pid}/stdin",
+                         json={"data": base64.b64encode(b"hello\n").decode()})
+        if ev["type"] == "end":
+            assert ev["exitCode"] == 0
+            break
+    assert b"/dev/pts/0" in out and b"30 100" in out and b"got:hello" in out

@@ -32,7 +32,6 @@
 #include "cgroup.h"
 #include "../common/util.h"
 
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

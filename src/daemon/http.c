@@ -477,7 +477,8 @@ struct exec_params {
   char **env;
   const char *cwd, *user;
   uint32_t timeout_ms;
-  bool background, stdin_open;
+  bool background, stdin_open, pty;
+  uint32_t rows, cols;
   json_t *body; /* owns the strings above */
 };
 
@@ -510,6 +511,21 @@ parse_exec (struct MHD_Connection *c, struct request *rq, struct exec_params *p,
   if (opt_bool (c, p->body, "background", &p->background, ret) < 0
       || opt_bool (c, p->body, "stdin", &p->stdin_open, ret) < 0)
     return -1;
+  json_t *pty = json_object_get (p->body, "pty");
+  if (pty && !json_is_null (pty))
+    {
+      long long rows = 24, cols = 80;
+      if (!json_is_object (pty))
+        {
+          *ret = send_error (c, 400, "pty must be an object {rows, cols}");
+          return -1;
+        }
+      if (opt_int (c, pty, "rows", 1, 1000, &rows, ret) < 0 || opt_int (c, pty, "cols", 1, 1000, &cols, ret) < 0)
+        return -1;
+      p->pty = true;
+      p->rows = (uint32_t) rows;
+      p->cols = (uint32_t) cols;
+    }
   json_t *args = json_object_get (p->body, "args");
   if (args && !json_is_null (args) && !json_is_array (args))
     {
@@ -637,6 +653,9 @@ exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, stru
                              .env = (const char *const *) p.env,
                              .cwd = p.cwd,
                              .user = p.user,
+                             .pty = p.pty,
+                             .rows = p.rows,
+                             .cols = p.cols,
                              .timeout_ms = p.background ? 0 : p.timeout_ms };
   struct capture cp = { .stop_after_start = p.background };
   struct sbx_err err;
@@ -733,6 +752,9 @@ stream_main (void *arg)
                                  .cwd = job->p.cwd,
                                  .user = job->p.user,
                                  .stdin_open = job->p.stdin_open,
+                                 .pty = job->p.pty,
+                                 .rows = job->p.rows,
+                                 .cols = job->p.cols,
                                  .timeout_ms = job->p.timeout_ms };
       r = sbx_exec (job->engine, job->id, &o, stream_event, job, &err);
     }
@@ -911,6 +933,18 @@ process_action (struct http_server *h, struct MHD_Connection *c, const char *id,
       if (r == 0 && json_is_true (close_v))
         r = sbx_proc_close_stdin (h->engine, id, pid, &err);
     }
+  else if (strcmp (action, "resize") == 0)
+    {
+      long long rows = 0, cols = 0;
+      if (opt_int (c, b, "rows", 1, 1000, &rows, &ret) < 0 || opt_int (c, b, "cols", 1, 1000, &cols, &ret) < 0)
+        goto out;
+      if (!rows || !cols)
+        {
+          ret = send_error (c, 400, "rows and cols are required");
+          goto out;
+        }
+      r = sbx_proc_resize (h->engine, id, pid, (uint32_t) rows, (uint32_t) cols, &err);
+    }
   else
     {
       ret = send_error (c, 404, "not found");
@@ -918,7 +952,8 @@ process_action (struct http_server *h, struct MHD_Connection *c, const char *id,
     }
   if (r < 0)
     ret = err.code == ESRCH && strstr (err.msg, "process") ? send_error (c, 404, "%s", err.msg)
-                                                            : send_core_error (c, &err);
+          : err.code == ENOTTY                               ? send_error (c, 400, "%s", err.msg)
+                                                             : send_core_error (c, &err);
   else
     ret = send_empty (c, 204);
 out:

@@ -964,7 +964,11 @@ main (int argc, char **argv)
             case W_OUT:
             case W_ERR:
               if (!pump (w->p, w))
-                watch_del (w);
+                {
+                  if (w->p->pty && w->kind == W_OUT)
+                    w->p->in_fd = -1; /* the master is the pty's only fd */
+                  watch_del (w);
+                }
               break;
             case W_SUB:
               for (int k = 0; k < MAX_SUBS; k++)

@@ -651,6 +651,8 @@ main (void)
       _exit (0);
     }
   close (res[1]);
+  /* The runner's children inherit the write end; never wait for them. */
+  fcntl (res[0], F_SETFL, O_NONBLOCK);
 
   int status = 0;
   if (wait_timeout (runner, &status, RUNNER_TIMEOUT_S * 1000) < 0)
