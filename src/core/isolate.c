@@ -220,17 +220,25 @@ static char *boot_env[SBX_ISOLATE_ENV_COUNT + 1];
    (the disks and sockets of other sandboxes) must not be pinned by this
    child while it waits to boot. */
 static void
-close_inherited (const int *keep, size_t n)
+close_inherited (int *keep, size_t n)
 {
-  for (int fd = 3; fd < 1024; fd++)
+  /* sort the few fds to keep, then close the gaps between them */
+  for (size_t i = 1; i < n; i++)
+    for (size_t j = i; j > 0 && keep[j - 1] > keep[j]; j--)
+      {
+        int t = keep[j];
+        keep[j] = keep[j - 1];
+        keep[j - 1] = t;
+      }
+  unsigned from = 3;
+  for (size_t i = 0; i < n; i++)
     {
-      bool kept = false;
-      for (size_t i = 0; i < n; i++)
-        kept |= keep[i] == fd;
-      if (!kept)
-        close (fd);
+      if ((unsigned) keep[i] > from)
+        close_range (from, (unsigned) keep[i] - 1, 0);
+      if ((unsigned) keep[i] + 1 > from)
+        from = (unsigned) keep[i] + 1;
     }
-  close_range (1024, ~0u, 0);
+  close_range (from, ~0u, 0);
 }
 
 static void __attribute__ ((noreturn))
@@ -333,7 +341,7 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   if (prctl (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
     child_fail ("no_new_privs");
   struct sbx_err err;
-  if (sbx_seccomp_load (&err) < 0)
+  if (sbx_seccomp_apply (&err) < 0)
     {
       errno = err.code;
       child_fail ("%s", err.msg);

@@ -38,6 +38,7 @@
 #include "cgroup.h"
 #include "disk.h"
 #include "isolate.h"
+#include "seccomp.h"
 #include "template.h"
 
 #define UID_SLOT_DIR "/run/sbxd/idmap"
@@ -544,7 +545,7 @@ reattach (struct sbx_engine *e, const char *id)
 int
 sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, struct sbx_err *err)
 {
-  if (sbx_cgroup_detect (err) < 0)
+  if (sbx_cgroup_detect (err) < 0 || sbx_seccomp_prepare (err) < 0)
     return -1;
   struct sbx_engine *e = calloc (1, sizeof *e);
   if (e == NULL)

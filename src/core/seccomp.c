@@ -81,6 +81,12 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <seccomp.h>
 
 /* Mask selecting the part of a 64-bit argument register that the kernel
@@ -417,33 +423,83 @@ load_hint (int errnum)
   return "";
 }
 
-int
-sbx_seccomp_load (struct sbx_err *err)
+/* The compiled programs, built once in the daemon.  A sandbox's first
+   process is a fork-like clone of a multi-threaded daemon and may not call
+   malloc, which libseccomp does: it only loads these. */
+static struct sock_filter allow_prog[8192], except_prog[2048];
+static unsigned short allow_len, except_len;
+static pthread_once_t prepare_once = PTHREAD_ONCE_INIT;
+static struct sbx_err prepare_err;
+static int prepare_ret;
+
+/* Export CTX's BPF program into BUF via a memfd. */
+static int
+export_bpf (scmp_filter_ctx ctx, struct sock_filter *buf, size_t max, unsigned short *len, const char *what,
+            struct sbx_err *err)
+{
+  cleanup_close int fd = memfd_create ("sbxd-seccomp", MFD_CLOEXEC);
+  if (fd < 0)
+    return sbx_fail (err, errno, "seccomp: memfd for the %s filter", what);
+  int ret = seccomp_export_bpf (ctx, fd);
+  if (ret < 0)
+    return sbx_fail (err, -ret, "seccomp: export the %s filter", what);
+  off_t size = lseek (fd, 0, SEEK_END);
+  if (size <= 0 || (size_t) size > max * sizeof *buf || size % sizeof *buf)
+    return sbx_failx (err, E2BIG, "seccomp: the %s filter has an unexpected size (%lld)", what, (long long) size);
+  if (pread (fd, buf, (size_t) size, 0) != size)
+    return sbx_fail (err, errno, "seccomp: read back the %s filter", what);
+  *len = (unsigned short) (size / sizeof *buf);
+  return 0;
+}
+
+static void
+prepare_once_fn (void)
 {
   cleanup_scmp scmp_filter_ctx allow = NULL;
   cleanup_scmp scmp_filter_ctx except = NULL;
-  int ret;
+  struct sbx_err *err = &prepare_err;
+  prepare_ret = -1;
+  if (new_filter (&allow, SCMP_ACT_ERRNO (EPERM), "allow-list", err) < 0 || build_allow_filter (allow, err) < 0)
+    return;
+  if (new_filter (&except, SCMP_ACT_ALLOW, "exception", err) < 0 || build_exception_filter (except, err) < 0)
+    return;
+  if (export_bpf (allow, allow_prog, sizeof allow_prog / sizeof allow_prog[0], &allow_len, "allow-list", err) < 0
+      || export_bpf (except, except_prog, sizeof except_prog / sizeof except_prog[0], &except_len, "exception", err)
+             < 0)
+    return;
+  prepare_ret = 0;
+}
 
-  /* Build both filters before loading either, so that a rule libseccomp
-     rejects never leaves the process half filtered. */
-  if (new_filter (&allow, SCMP_ACT_ERRNO (EPERM), "allow-list", err) < 0
-      || build_allow_filter (allow, err) < 0)
-    return -1;
-  if (new_filter (&except, SCMP_ACT_ALLOW, "exception", err) < 0
-      || build_exception_filter (except, err) < 0)
-    return -1;
+int
+sbx_seccomp_prepare (struct sbx_err *err)
+{
+  pthread_once (&prepare_once, prepare_once_fn);
+  if (prepare_ret < 0 && err)
+    *err = prepare_err;
+  return prepare_ret;
+}
 
+int
+sbx_seccomp_apply (struct sbx_err *err)
+{
+  if (allow_len == 0 || except_len == 0)
+    return sbx_failx (err, EINVAL, "seccomp: filters not prepared");
   /* The allow-list goes first: should the second load fail, the stricter
      filter is already in place (the caller must still give up).  The
      order does not change any verdict: the exception filter only errors
      calls the allow-list allows, so the two never both answer ERRNO. */
-  ret = seccomp_load (allow);
-  if (UNLIKELY (ret < 0))
-    return sbx_fail (err, -ret, "seccomp: load allow-list filter%s",
-                     load_hint (-ret));
-  ret = seccomp_load (except);
-  if (UNLIKELY (ret < 0))
-    return sbx_fail (err, -ret, "seccomp: load exception filter%s",
-                     load_hint (-ret));
+  struct sock_fprog a = { allow_len, allow_prog }, x = { except_len, except_prog };
+  if (syscall (SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &a) < 0)
+    return sbx_fail (err, errno, "seccomp: load allow-list filter%s", load_hint (errno));
+  if (syscall (SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &x) < 0)
+    return sbx_fail (err, errno, "seccomp: load exception filter%s", load_hint (errno));
   return 0;
+}
+
+int
+sbx_seccomp_load (struct sbx_err *err)
+{
+  if (sbx_seccomp_prepare (err) < 0)
+    return -1;
+  return sbx_seccomp_apply (err);
 }
