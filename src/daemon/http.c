@@ -953,6 +953,7 @@ process_action (struct http_server *h, struct MHD_Connection *c, const char *id,
   if (r < 0)
     ret = err.code == ESRCH && strstr (err.msg, "process") ? send_error (c, 404, "%s", err.msg)
           : err.code == ENOTTY                               ? send_error (c, 400, "%s", err.msg)
+          : err.code == EPIPE || err.code == EAGAIN          ? send_error (c, 409, "%s", err.msg)
                                                              : send_core_error (c, &err);
   else
     ret = send_empty (c, 204);
