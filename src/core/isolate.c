@@ -76,30 +76,30 @@ struct boot_header {
 /* Send the root file system fd with the boot header, then the
    environment as NUL-separated strings. */
 static int
-send_boot (int sock, int fd, const struct boot_header *h, const char *env, size_t env_len)
+send_boot (int sock, const int fds[2], const struct boot_header *h, const char *env, size_t env_len)
 {
   struct iovec iov = { (void *) h, sizeof *h };
   union {
-    char buf[CMSG_SPACE (sizeof (int))];
+    char buf[CMSG_SPACE (2 * sizeof (int))];
     struct cmsghdr align;
   } u;
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
   struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN (sizeof (int));
-  memcpy (CMSG_DATA (c), &fd, sizeof fd);
+  c->cmsg_len = CMSG_LEN (2 * sizeof (int));
+  memcpy (CMSG_DATA (c), fds, 2 * sizeof (int));
   if (sendmsg (sock, &msg, MSG_NOSIGNAL) != (ssize_t) sizeof *h)
     return -1;
   return sbx_write_full (sock, env, env_len) < 0 ? -1 : 0;
 }
 
 static int
-recv_boot (int sock, struct boot_header *h)
+recv_boot (int sock, struct boot_header *h, int *lock_fd)
 {
   struct iovec iov = { h, sizeof *h };
   union {
-    char buf[CMSG_SPACE (sizeof (int))];
+    char buf[CMSG_SPACE (2 * sizeof (int))];
     struct cmsghdr align;
   } u;
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
@@ -110,11 +110,12 @@ recv_boot (int sock, struct boot_header *h)
   if (n != (ssize_t) sizeof *h)
     return -1;
   struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
-  if (c == NULL || c->cmsg_type != SCM_RIGHTS)
+  if (c == NULL || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN (2 * sizeof (int)))
     return -1;
-  int fd;
-  memcpy (&fd, CMSG_DATA (c), sizeof fd);
-  return fd;
+  int fds[2];
+  memcpy (fds, CMSG_DATA (c), sizeof fds);
+  *lock_fd = fds[1];
+  return fds[0];
 }
 
 /* ---- the child ---- */
@@ -248,7 +249,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   close_inherited (keep, sizeof keep / sizeof keep[0]);
   child_sync = sync;
   struct boot_header h;
-  int ovl = recv_boot (sync, &h);
+  int lock_fd = -1;
+  int ovl = recv_boot (sync, &h, &lock_fd);
   if (ovl < 0)
     _exit (0); /* the daemon abandoned this spare */
   if (h.env_len > sizeof boot_env_buf || sbx_read_full (sync, boot_env_buf, h.env_len) != (ssize_t) h.env_len)
@@ -322,19 +324,22 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   struct rlimit core = { 0, 0 };
   setrlimit (RLIMIT_CORE, &core);
 
-  /* fd 0-2: /dev/null, fd 3: the agent socket, the rest closed */
+  /* fd 0-2: /dev/null, fd 3: the agent socket, fd 4: the template lock
+     (held by init for the sandbox's life).  Everything is first moved out
+     of the way so that no dup2 below overwrites a descriptor still needed. */
+  int agent_hi = fcntl (s->agent_fd, F_DUPFD_CLOEXEC, 100);
+  int lock_hi = fcntl (lock_fd, F_DUPFD_CLOEXEC, 100);
+  int init_fd = fcntl (s->init_fd, F_DUPFD_CLOEXEC, 100);
+  int sync2 = fcntl (sync, F_DUPFD_CLOEXEC, 100);
+  if (agent_hi < 0 || lock_hi < 0 || init_fd < 0 || sync2 < 0)
+    child_fail ("dup");
+  child_sync = sync2;
   int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
   if (null < 0 || dup2 (null, 0) < 0 || dup2 (null, 1) < 0 || dup2 (null, 2) < 0)
     child_fail ("open /dev/null");
-  if (dup2 (s->agent_fd, 3) < 0)
-    child_fail ("pass the agent socket");
-  int init_fd = fcntl (s->init_fd, F_DUPFD_CLOEXEC, 10);
-  int sync2 = fcntl (sync, F_DUPFD_CLOEXEC, 11);
-  if (init_fd < 0 || sync2 < 0)
-    child_fail ("dup");
-  child_sync = sync2;
-  /* keep 0-3, the init binary and the sync socket */
-  int keep2[] = { 3, init_fd, sync2 };
+  if (dup2 (agent_hi, 3) < 0 || dup2 (lock_hi, 4) < 0)
+    child_fail ("pass the agent socket and the template lock");
+  int keep2[] = { 3, 4, init_fd, sync2 };
   close_inherited (keep2, sizeof keep2 / sizeof keep2[0]);
 
   drop_capabilities ();
@@ -364,7 +369,7 @@ write_map (pid_t pid, const char *file, uid_t base, uint32_t count, struct sbx_e
 
 /* The sandbox's root file system as a detached overlay mount. */
 static int
-make_rootfs (const char *template_rootfs, int disk_fd, pid_t pid, struct sbx_err *err)
+make_rootfs (int tree_fd, int disk_fd, pid_t pid, struct sbx_err *err)
 {
   char path[64];
   snprintf (path, sizeof path, "/proc/%d/ns/user", (int) pid);
@@ -372,12 +377,12 @@ make_rootfs (const char *template_rootfs, int disk_fd, pid_t pid, struct sbx_err
   if (userns < 0)
     return sbx_fail (err, errno, "open %s", path);
   cleanup_close int tree
-      = (int) syscall (SYS_open_tree, AT_FDCWD, template_rootfs, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+      = (int) syscall (SYS_open_tree, tree_fd, "rootfs", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
   if (tree < 0)
-    return sbx_fail (err, errno, "open_tree %s", template_rootfs);
+    return sbx_fail (err, errno, "open_tree of the template");
   struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, .userns_fd = (uint64_t) userns };
   if (syscall (SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-    return sbx_fail (err, errno, "idmap %s", template_rootfs);
+    return sbx_fail (err, errno, "idmap the template");
 
   cleanup_close int fs = (int) syscall (SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
   if (fs < 0)
@@ -435,7 +440,7 @@ sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p,
 }
 
 int
-sbx_isolate_boot (struct sbx_isolate_proc *p, const char *template_rootfs, int disk_fd, char *const *env,
+sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
                   uint32_t nofile, struct sbx_err *err)
 {
   /* the environment, flattened */
@@ -454,11 +459,12 @@ sbx_isolate_boot (struct sbx_isolate_proc *p, const char *template_rootfs, int d
       memcpy (flat + off, *v, n);
       off += n;
     }
-  cleanup_close int ovl = make_rootfs (template_rootfs, disk_fd, p->pid, err);
+  cleanup_close int ovl = make_rootfs (tree_fd, disk_fd, p->pid, err);
   if (ovl < 0)
     return -1;
   struct boot_header h = { nofile, (uint32_t) len };
-  if (send_boot (p->sock, ovl, &h, flat, len) < 0)
+  int fds[2] = { ovl, lock_fd };
+  if (send_boot (p->sock, fds, &h, flat, len) < 0)
     return sbx_fail (err, errno, "pass the root file system");
   /* EOF: the child reached execve; a message: it failed on the way */
   char msg[512];

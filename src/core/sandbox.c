@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -898,6 +899,8 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
 
   char dir[PATH_MAX], cg[128];
   char **env = NULL;
+  cleanup_close int tree_fd = -1;
+  cleanup_close int lock_fd = -1;
   cgroup_name (s->id, cg, sizeof cg);
   if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0)
     {
@@ -915,7 +918,24 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       sbx_fail (err, ENOMEM, "environment");
       goto fail;
     }
-  if (sbx_isolate_boot (&s->proc, t.rootfs, s->disk_fd, env, s->limits.nofile, err) < 0)
+  /* lock the tree first, then use it through the same directory fd: a
+     rebuild that retires it meanwhile cannot pull it from under us */
+  char tree[PATH_MAX];
+  if (sbx_path (tree, sizeof tree, "%s", t.rootfs) < 0 || strrchr (tree, '/') == NULL)
+    {
+      sbx_fail (err, EINVAL, "template path %s", t.rootfs);
+      goto fail;
+    }
+  *strrchr (tree, '/') = '\0';
+  tree_fd = open (tree, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (tree_fd >= 0)
+    lock_fd = openat (tree_fd, ".inuse", O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (tree_fd < 0 || lock_fd < 0 || flock (lock_fd, LOCK_SH) < 0)
+    {
+      sbx_fail (err, errno, "lock template %s", t.name);
+      goto fail;
+    }
+  if (sbx_isolate_boot (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, err) < 0)
     goto fail;
   free (env);
   env = NULL;

@@ -887,6 +887,54 @@ remove_stale (const char *tdir, const char *name, FILE *progress, struct sbx_err
   return ret;
 }
 
+/* A replaced or removed tree is not deleted at once: sandboxes may still
+   run on it (it is their overlay's lower layer).  It moves to
+   TDIR/.retired/, and every sandbox holds a shared flock on its tree's
+   ".inuse" file for as long as it lives; a retired tree whose lock can be
+   taken exclusively is used by nobody and is deleted. */
+static int
+retire_tree (const char *tdir, const char *path, const char *name, struct sbx_err *err)
+{
+  char dir[PATH_MAX], dest[PATH_MAX];
+  if (path_fmt (dir, sizeof dir, err, "%s/.retired", tdir) < 0
+      || path_fmt (dest, sizeof dest, err, "%s/%s-%lld-%d", dir, name, (long long) time (NULL), (int) getpid ()) < 0)
+    return -1;
+  if (mkdir (dir, 0700) < 0 && errno != EEXIST)
+    return sbx_fail (err, errno, "mkdir %s", dir);
+  if (rename (path, dest) < 0)
+    return sbx_fail (err, errno, "rename %s to %s", path, dest);
+  return sbx_template_gc (tdir, err);
+}
+
+int
+sbx_template_gc (const char *tdir, struct sbx_err *err)
+{
+  char dir[PATH_MAX];
+  if (path_fmt (dir, sizeof dir, err, "%s/.retired", tdir) < 0)
+    return -1;
+  DIR *d = opendir (dir);
+  if (d == NULL)
+    return errno == ENOENT ? 0 : sbx_fail (err, errno, "open %s", dir);
+  int ret = 0;
+  struct dirent *e;
+  while ((e = readdir (d)) != NULL)
+    {
+      if (e->d_name[0] == '.')
+        continue;
+      char tree[PATH_MAX], lock[PATH_MAX];
+      if (path_fmt (tree, sizeof tree, err, "%s/%s", dir, e->d_name) < 0
+          || path_fmt (lock, sizeof lock, err, "%s/.inuse", tree) < 0)
+        continue;
+      cleanup_close int fd = open (lock, O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+      if (fd < 0 || flock (fd, LOCK_EX | LOCK_NB) < 0)
+        continue; /* a sandbox still runs on it */
+      if (safe_remove (tree, err) < 0)
+        ret = -1;
+    }
+  closedir (d);
+  return ret;
+}
+
 /* Publish BUILDDIR as TDIR/NAME.  With RENAME_EXCHANGE the switch is a
    single atomic step and BUILDDIR is left holding the previous tree. */
 static int
@@ -898,7 +946,7 @@ install_tree (const char *tdir, const char *name, const char *builddir, struct s
     return -1;
 
   if (renameat2 (AT_FDCWD, builddir, AT_FDCWD, final, RENAME_EXCHANGE) == 0)
-    return safe_remove (builddir, err);
+    return retire_tree (tdir, builddir, name, err);
   if (errno == ENOENT)
     {
       if (rename (builddir, final) < 0)
@@ -918,7 +966,7 @@ install_tree (const char *tdir, const char *name, const char *builddir, struct s
       rename (old, final);
       return sbx_fail (err, saved, "rename %s to %s", builddir, final);
     }
-  return safe_remove (old, err);
+  return retire_tree (tdir, old, name, err);
 }
 
 /* Read the target of symlink NAME in DFD into BUF; -1 if not a symlink. */
@@ -1426,7 +1474,7 @@ sbx_template_remove (const char *tmpl_dir, const char *name, struct sbx_err *err
   spec_init (&none);
   int ret = install_aliases (dfd, target, &none, NULL, err);
   spec_free (&none);
-  if (safe_remove (old, ret < 0 ? &dummy : err) < 0)
+  if (retire_tree (tdir, old, target, ret < 0 ? &dummy : err) < 0)
     ret = -1;
   return ret;
 }

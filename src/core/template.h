@@ -47,7 +47,12 @@ int sbx_template_build (const char *spec_dir, const char *tmpl_dir, const char *
 /* Print one line per built template ("NAME\tSIZE_MB\tALIASES") to OUT. */
 int sbx_template_list (const char *tmpl_dir, FILE *out, struct sbx_err *err);
 
-/* Remove a built template and its aliases. */
+/* Delete the retired trees (replaced by a rebuild or removed) that no
+   sandbox uses any more.  Sandboxes hold a shared flock on TREE/.inuse
+   (TREE being the directory holding rootfs/) while they run. */
+int sbx_template_gc (const char *tmpl_dir, struct sbx_err *err);
+
+/* Remove a built template and its aliases (its tree is retired). */
 int sbx_template_remove (const char *tmpl_dir, const char *name, struct sbx_err *err);
 
 #endif

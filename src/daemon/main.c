@@ -27,7 +27,8 @@ usage (FILE *f)
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
-         "  sbxd template rm NAME [--template-dir DIR]\n",
+         "  sbxd template rm NAME [--template-dir DIR]\n"
+         "  sbxd template gc [--template-dir DIR]\n",
          f);
 }
 
@@ -163,6 +164,8 @@ cmd_template (int argc, char **argv)
   int r;
   if (strcmp (sub, "list") == 0)
     r = sbx_template_list (tdir, stdout, &err);
+  else if (strcmp (sub, "gc") == 0)
+    r = sbx_template_gc (tdir, &err);
   else if ((strcmp (sub, "build") == 0 || strcmp (sub, "rm") == 0) && optind < argc)
     r = strcmp (sub, "build") == 0 ? sbx_template_build (spec_dir, tdir, argv[optind], stderr, &err)
                                    : sbx_template_remove (tdir, argv[optind], &err);

@@ -914,6 +914,7 @@ main (int argc, char **argv)
   prctl (PR_SET_DUMPABLE, 0);
   prctl (PR_SET_NAME, "sbx-init");
   fcntl (LISTEN_FD, F_SETFD, FD_CLOEXEC);
+  fcntl (4, F_SETFD, FD_CLOEXEC); /* the template lock: held, never used */
   set_nonblock (LISTEN_FD);
   signal (SIGPIPE, SIG_IGN);
 
