@@ -350,3 +350,15 @@ def test_pty_process(sbxd, sandbox):
             assert ev["exitCode"] == 0
             break
     assert b"/dev/pts/0" in out and b"30 100" in out and b"got:hello" in out
+
+
+def test_network_is_loopback_only(sbxd, sandbox):
+    code = ("import socket, threading\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 8080)); s.listen()\n"
+            "threading.Thread(target=lambda: s.accept()[0].sendall(b'pong'), daemon=True).start()\n"
+            "c = socket.create_connection(('127.0.0.1', 8080)); print(c.recv(4).decode())\n"
+            "import os; print(sorted(os.listdir('/sys/class/net')))\n"
+            "print(len(open('/proc/net/route').read().splitlines()))\n")
+    r = sbxd.py(sandbox, code)
+    # no interface but lo, and no route anywhere (only the header line)
+    assert r["stdout"] == "pong\n['lo']\n1\n", r

@@ -37,6 +37,8 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/mount.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -311,6 +313,17 @@ child_main (const struct sbx_isolate_spec *s, int sync)
 
   if (sethostname (s->hostname, strlen (s->hostname)) < 0)
     child_fail ("sethostname");
+  /* a new network namespace starts with its loopback down */
+  int sock = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr;
+  memset (&ifr, 0, sizeof ifr);
+  snprintf (ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+  if (sock < 0 || ioctl (sock, SIOCGIFFLAGS, &ifr) < 0)
+    child_fail ("loopback flags");
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl (sock, SIOCSIFFLAGS, &ifr) < 0)
+    child_fail ("bring loopback up");
+  close (sock);
   if (syscall (SYS_pivot_root, ".", ".") < 0)
     child_fail ("pivot_root");
   if (umount2 (".", MNT_DETACH) < 0)
