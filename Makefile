@@ -2,10 +2,13 @@
 CC ?= gcc
 CFLAGS ?= -O2 -g
 CFLAGS += -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -fno-strict-aliasing -pthread
+ifeq ($(WERROR),1)
+CFLAGS += -Werror
+endif
 SPEC_DIR ?= $(CURDIR)/templates
 DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"'
 
-B = build
+B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c
 CORE = src/core/sandbox.c src/core/isolate.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c
 DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c

@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
+static int vfill (struct sbx_err *err, int code, int with_errno, const char *fmt, va_list ap)
+    __attribute__ ((format (printf, 4, 0)));
+
 static int
 vfill (struct sbx_err *err, int code, int with_errno, const char *fmt, va_list ap)
 {

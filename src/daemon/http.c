@@ -317,9 +317,10 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   const char *tmpl = NULL;
   long long timeout = 300, cpu = 0, mem = 0, disk = 0;
   char **env = NULL;
+  cleanup_free char *meta_text = NULL;
   ret = MHD_NO;
   if (opt_string (c, b, "templateID", &tmpl, &ret) < 0 || opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0
-      || opt_int (c, b, "cpuCount", 1, 64, &cpu, &ret) < 0 || opt_int (c, b, "memoryMB", 64, 4096, &mem, &ret) < 0
+      || opt_int (c, b, "cpuCount", 1, 8, &cpu, &ret) < 0 || opt_int (c, b, "memoryMB", 64, 4096, &mem, &ret) < 0
       || opt_int (c, b, "diskSizeMB", 64, 102400, &disk, &ret) < 0 || env_list (c, b, "envVars", &env, &ret) < 0)
     goto out;
   if (tmpl == NULL || *tmpl == '\0')
@@ -328,7 +329,6 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
       goto out;
     }
   json_t *meta = json_object_get (b, "metadata");
-  cleanup_free char *meta_text = NULL;
   if (meta && !json_is_null (meta))
     {
       if (!json_is_object (meta))
