@@ -189,3 +189,38 @@ sbx_path (char *buf, size_t n, const char *fmt, ...)
     }
   return 0;
 }
+
+void
+sbx_unescape_octal (char *s)
+{
+  char *w = s;
+  for (char *r = s; *r; r++)
+    {
+      if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0' && r[3] <= '7')
+        {
+          *w++ = (char) (((r[1] - '0') << 6) | ((r[2] - '0') << 3) | (r[3] - '0'));
+          r += 3;
+        }
+      else
+        *w++ = *r;
+    }
+  *w = '\0';
+}
+
+void *
+sbx_grow (void *v, size_t *n, size_t *cap, size_t elem)
+{
+  void **vp = v;
+  if (*n == *cap)
+    {
+      size_t ncap = *cap ? *cap * 2 : 16;
+      void *nv = realloc (*vp, ncap * elem);
+      if (nv == NULL)
+        return NULL;
+      *vp = nv;
+      *cap = ncap;
+    }
+  void *slot = (char *) *vp + (*n)++ * elem;
+  memset (slot, 0, elem);
+  return slot;
+}

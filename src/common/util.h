@@ -47,4 +47,12 @@ int sbx_random_bytes (void *buf, size_t n);
 
 /* snprintf into BUF for paths; returns -1 (ENAMETOOLONG) on truncation. */
 int sbx_path (char *buf, size_t n, const char *fmt, ...) __attribute__ ((format (printf, 3, 4)));
+/* mountinfo escapes blanks, tabs, newlines and backslashes as \ooo; decode
+   in place. */
+void sbx_unescape_octal (char *s);
+
+/* Make room for one more element of ELEM bytes in *V (holding *N of *CAP);
+   returns the new element (zeroed) or NULL when out of memory. */
+void *sbx_grow (void *v, size_t *n, size_t *cap, size_t elem);
+
 #endif

@@ -252,25 +252,6 @@ read_keyed (const char *path, const char *key, uint64_t *out, struct sbx_err *er
 /* ------------------------------------------------------------------ */
 /* detection                                                           */
 
-/* mountinfo escapes blanks as \040 etc.; decode in place. */
-static void
-unescape_octal (char *s)
-{
-  char *w = s;
-  for (char *r = s; *r; r++)
-    {
-      if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0'
-          && r[3] <= '7')
-        {
-          *w++ = (char) (((r[1] - '0') << 6) | ((r[2] - '0') << 3) | (r[3] - '0'));
-          r += 3;
-        }
-      else
-        *w++ = *r;
-    }
-  *w = '\0';
-}
-
 static bool
 has_option (const char *opts, const char *want)
 {
@@ -324,7 +305,7 @@ scan_mountinfo (struct layout *l, struct sbx_err *err)
         }
       if (mnt == NULL || fstype == NULL || superopts == NULL || strcmp (fstype, "cgroup") != 0)
         continue;
-      unescape_octal (mnt);
+      sbx_unescape_octal (mnt);
       for (int c = 0; c < CTL_N; c++)
         {
           if (!has_option (superopts, ctl_names[c]))

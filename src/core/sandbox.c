@@ -1482,17 +1482,9 @@ collect_proc (const struct sbx_msg *m, void *ud)
   struct proc_acc *a = ud;
   if (m->type != SBX_EV_PROC)
     return 0;
-  if (a->n == a->cap)
-    {
-      size_t cap = a->cap ? a->cap * 2 : 8;
-      struct sbx_proc_info *nv = realloc (a->v, cap * sizeof *nv);
-      if (nv == NULL)
-        return -1;
-      a->v = nv;
-      a->cap = cap;
-    }
-  struct sbx_proc_info *p = &a->v[a->n++];
-  memset (p, 0, sizeof *p);
+  struct sbx_proc_info *p = sbx_grow (&a->v, &a->n, &a->cap, sizeof *a->v);
+  if (p == NULL)
+    return -1;
   p->pid = sbx_msg_u32 (m, SBX_T_PID, 0);
   p->tag = sbx_msg_strdup (m, SBX_T_TAG);
   p->cwd = sbx_msg_strdup (m, SBX_T_CWD);
@@ -1664,16 +1656,10 @@ collect_entry (const struct sbx_msg *m, void *ud)
   struct entry_acc *a = ud;
   if (m->type != SBX_EV_ENTRY)
     return 0;
-  if (a->n == a->cap)
-    {
-      size_t cap = a->cap ? a->cap * 2 : 16;
-      struct sbx_entry *nv = realloc (a->v, cap * sizeof *nv);
-      if (nv == NULL)
-        return -1;
-      a->v = nv;
-      a->cap = cap;
-    }
-  parse_entry (m, &a->v[a->n++]);
+  struct sbx_entry *en = sbx_grow (&a->v, &a->n, &a->cap, sizeof *a->v);
+  if (en == NULL)
+    return -1;
+  parse_entry (m, en);
   return 0;
 }
 

@@ -220,25 +220,6 @@ canonical_dir (const char *tmpl_dir, char **out, struct sbx_err *err)
 
 /* ------------------------------------------------------------ safe removal */
 
-/* Mount points in mountinfo escape space, tab, newline and backslash as
-   \ooo; undo that in place. */
-static void
-unescape_mountinfo (char *s)
-{
-  char *w = s;
-  for (char *r = s; *r; r++)
-    {
-      if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0'
-          && r[3] <= '7')
-        {
-          *w++ = (char) ((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-          r += 3;
-        }
-      else
-        *w++ = *r;
-    }
-  *w = '\0';
-}
 
 static int
 mounts_below (const char *path, struct strv *out, struct sbx_err *err)
@@ -258,7 +239,7 @@ mounts_below (const char *path, struct strv *out, struct sbx_err *err)
         field = strtok_r (NULL, " ", &save);
       if (field == NULL)
         continue;
-      unescape_mountinfo (field);
+      sbx_unescape_octal (field);
       if (strncmp (field, path, plen) == 0 && (field[plen] == '/' || field[plen] == '\0')
           && strv_push (out, field) < 0)
         {

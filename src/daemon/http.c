@@ -399,20 +399,26 @@ get_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, un
   return r;
 }
 
+/* The optional "timeout" (1..3600) of a body; *TIMEOUT stays -1 when absent. */
+static int
+body_timeout (struct MHD_Connection *c, struct request *rq, long long *timeout, enum MHD_Result *ret)
+{
+  json_t *b = body_object (c, rq, ret);
+  if (b == NULL)
+    return -1;
+  *timeout = -1;
+  int r = opt_int (c, b, "timeout", 1, 3600, timeout, ret);
+  json_decref (b);
+  return r;
+}
+
 static enum MHD_Result
 timeout_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
 {
   enum MHD_Result ret;
-  json_t *b = body_object (c, rq, &ret);
-  if (b == NULL)
+  long long timeout;
+  if (body_timeout (c, rq, &timeout, &ret) < 0)
     return ret;
-  long long timeout = -1;
-  if (opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0)
-    {
-      json_decref (b);
-      return ret;
-    }
-  json_decref (b);
   if (timeout < 0)
     return send_error (c, 400, "timeout is required");
   struct sbx_err err;
@@ -425,16 +431,9 @@ static enum MHD_Result
 connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
 {
   enum MHD_Result ret;
-  json_t *b = body_object (c, rq, &ret);
-  if (b == NULL)
+  long long timeout;
+  if (body_timeout (c, rq, &timeout, &ret) < 0)
     return ret;
-  long long timeout = -1;
-  if (opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0)
-    {
-      json_decref (b);
-      return ret;
-    }
-  json_decref (b);
   struct sbx_info info;
   struct sbx_err err;
   if (sbx_get_info (h->engine, id, &info, &err) < 0)

@@ -130,6 +130,31 @@ mkdir_parents (const char *dir, mode_t mode)
     }
 }
 
+/* Resolve PATH's parent directory inside the root, creating it first when
+   FLAGS has SBX_FILE_F_PARENTS.  ORIG gets the absolute path and *BASE its
+   last component (pointing into ABS).  On failure the error has been sent
+   to CONN and -1 is returned. */
+static int
+open_parent (int conn, const char *path, uint32_t flags, char orig[4096], char abs[4096], char **base)
+{
+  char *parent;
+  errno = 0;
+  if (resolve_abs (path, orig, 4096) == NULL || split_path (orig, abs, 4096, &parent, base) < 0)
+    {
+      sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
+      return -1;
+    }
+  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (parent, 0755) < 0)
+    {
+      sbx_msg_send_error (conn, errno, "create parents of %s: %s", path, strerror (errno));
+      return -1;
+    }
+  int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  if (pfd < 0)
+    sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  return pfd;
+}
+
 static void
 send_entry (int conn, int dirfd, const char *name, const char *path)
 {
@@ -173,23 +198,22 @@ send_entry (int conn, int dirfd, const char *name, const char *path)
 static int
 op_stat (int conn, const char *path)
 {
-  char abs[4096];
-  if (resolve_abs (path, abs, sizeof abs) == NULL)
+  char abs[4096], orig[4096];
+  char *base;
+  if (resolve_abs (path, orig, sizeof orig) == NULL)
     return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
-  char *parent, *base;
-  char tmp[4096];
-  if (strcmp (abs, "/") == 0)
+  if (strcmp (orig, "/") == 0)
     {
       send_entry (conn, root_fd, "", "/");
       return sbx_msg_send_ok (conn);
     }
-  if (split_path (abs, tmp, sizeof tmp, &parent, &base) < 0)
-    return sbx_msg_send_error (conn, errno, "invalid path %s", path);
-  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  cleanup_close int pfd = open_parent (conn, path, 0, orig, abs, &base);
+  if (pfd < 0)
+    return -1;
   struct stat st;
-  if (pfd < 0 || fstatat (pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
+  if (fstatat (pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
     return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
-  send_entry (conn, pfd, base, abs);
+  send_entry (conn, pfd, base, orig);
   return sbx_msg_send_ok (conn);
 }
 
@@ -285,16 +309,11 @@ op_read (int conn, const char *path)
 static int
 op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
 {
-  char abs[4096], tmpname[64];
-  char *parent, *base;
-  char orig[4096];
-  if (resolve_abs (path, orig, sizeof orig) == NULL || split_path (orig, abs, sizeof abs, &parent, &base) < 0)
-    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
-  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (parent, 0755) < 0)
-    return sbx_msg_send_error (conn, errno, "create parents of %s: %s", path, strerror (errno));
-  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  char abs[4096], orig[4096], tmpname[64];
+  char *base;
+  cleanup_close int pfd = open_parent (conn, path, flags, orig, abs, &base);
   if (pfd < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", parent, strerror (errno));
+    return -1;
   struct stat old;
   int have_old = fstatat (pfd, base, &old, AT_SYMLINK_NOFOLLOW) == 0;
   if (have_old && S_ISDIR (old.st_mode))
@@ -366,14 +385,10 @@ static int
 op_mkdir (int conn, const char *path, uint32_t flags, uint32_t mode)
 {
   char abs[4096], orig[4096];
-  char *parent, *base;
-  if (resolve_abs (path, orig, sizeof orig) == NULL || split_path (orig, abs, sizeof abs, &parent, &base) < 0)
-    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
-  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (parent, 0755) < 0)
-    return sbx_msg_send_error (conn, errno, "create parents of %s: %s", path, strerror (errno));
-  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  char *base;
+  cleanup_close int pfd = open_parent (conn, path, flags, orig, abs, &base);
   if (pfd < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", parent, strerror (errno));
+    return -1;
   if (mkdirat (pfd, base, mode ? mode & 07777 : 0755) < 0)
     {
       int e = errno;
@@ -389,19 +404,13 @@ static int
 op_move (int conn, const char *from, const char *to, uint32_t flags)
 {
   char a1[4096], o1[4096], a2[4096], o2[4096];
-  char *p1, *b1, *p2, *b2;
-  if (resolve_abs (from, o1, sizeof o1) == NULL || split_path (o1, a1, sizeof a1, &p1, &b1) < 0)
-    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", from);
-  if (resolve_abs (to, o2, sizeof o2) == NULL || split_path (o2, a2, sizeof a2, &p2, &b2) < 0)
-    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", to);
-  if ((flags & SBX_FILE_F_PARENTS) && mkdir_parents (p2, 0755) < 0)
-    return sbx_msg_send_error (conn, errno, "create parents of %s: %s", to, strerror (errno));
-  cleanup_close int f1 = open_in_root (p1, O_PATH | O_DIRECTORY, 0);
+  char *b1, *b2;
+  cleanup_close int f1 = open_parent (conn, from, 0, o1, a1, &b1);
   if (f1 < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", from, strerror (errno));
-  cleanup_close int f2 = open_in_root (p2, O_PATH | O_DIRECTORY, 0);
+    return -1;
+  cleanup_close int f2 = open_parent (conn, to, flags, o2, a2, &b2);
   if (f2 < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", to, strerror (errno));
+    return -1;
   if (renameat (f1, b1, f2, b2) < 0)
     return sbx_msg_send_error (conn, errno, "move %s to %s: %s", from, to, strerror (errno));
   send_entry (conn, f2, b2, o2);
@@ -461,12 +470,12 @@ static int
 op_remove (int conn, const char *path)
 {
   char abs[4096], orig[4096];
-  char *parent, *base;
-  if (resolve_abs (path, orig, sizeof orig) == NULL || split_path (orig, abs, sizeof abs, &parent, &base) < 0)
-    return sbx_msg_send_error (conn, errno ? errno : EINVAL, "invalid path %s", path);
-  cleanup_close int pfd = open_in_root (parent, O_PATH | O_DIRECTORY, 0);
+  char *base;
+  cleanup_close int pfd = open_parent (conn, path, 0, orig, abs, &base);
+  if (pfd < 0)
+    return -1;
   struct stat st;
-  if (pfd < 0 || fstatat (pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
+  if (fstatat (pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
     return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
   if (remove_at (pfd, base, st.st_dev, 0) < 0)
     return sbx_msg_send_error (conn, errno, "remove %s: %s", path, strerror (errno));

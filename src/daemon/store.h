@@ -1,0 +1,184 @@
+/*
+ * store.h - the daemon's embedded store: one SQLite database (WAL) in the
+ * state directory holding organisations, API keys, sandbox records and
+ * their history, lifecycle events, webhooks and webhook deliveries.
+ *
+ * Everything survives a restart, kill -9 included.  The functions are
+ * thread safe (one connection, serialised by a mutex; SQLite's WAL keeps
+ * readers of other processes, such as `sbxd keys`, working meanwhile).
+ * Strings returned in structs are owned by the struct and freed by the
+ * matching *_free function.
+ */
+#ifndef SBX_DAEMON_STORE_H
+#define SBX_DAEMON_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/error.h"
+
+#define SBX_STORE_ID_MAX 48
+
+struct sbx_store;
+
+int sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err);
+void sbx_store_close (struct sbx_store *st);
+
+/* ---- organisations ---- */
+
+struct sbx_org {
+  char id[SBX_STORE_ID_MAX];   /* "org_" + random */
+  char name[128];
+  uint32_t max_sandboxes;      /* concurrent (running + paused); default 10 */
+  uint32_t max_timeout_s;      /* default 3600 */
+  uint64_t max_upload_bytes;   /* default 100 MB */
+};
+
+/* The organisation called NAME, created with the defaults if missing. */
+int sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
+/* Change an organisation's limits (0 leaves a field as it is). */
+int sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_sandboxes, uint32_t max_timeout_s,
+                              uint64_t max_upload_bytes, struct sbx_err *err);
+
+/* ---- API keys: stored as SHA-256 hashes, never in clear ---- */
+
+struct sbx_key_info {
+  char id[SBX_STORE_ID_MAX];   /* "key_" + random: how keys are named for revoke */
+  char org_name[128];
+  char hint[24];               /* the first characters of the key, e.g. "sk-sb-1a2b" */
+  int64_t created_ms;
+  int64_t revoked_ms;          /* 0 while valid */
+};
+
+/* Create a key for organisation ORG_NAME (created if missing).  STYLE is
+   "sk-sb-" or "e2b_"; the key is STYLE + 40 hex characters and is written
+   to KEY (at least 64 bytes).  Only its hash is stored. */
+int sbx_store_key_create (struct sbx_store *st, const char *org_name, const char *style, char *key, size_t key_size,
+                          struct sbx_key_info *info, struct sbx_err *err);
+/* The organisation of a valid key.  err->code: ENOENT unknown key,
+   EKEYREVOKED revoked key. */
+int sbx_store_key_lookup (struct sbx_store *st, const char *key, struct sbx_org *org, struct sbx_err *err);
+int sbx_store_key_list (struct sbx_store *st, struct sbx_key_info **keys, size_t *n, struct sbx_err *err);
+/* Revoke by key id (or by the full key); ENOENT when none matches. */
+int sbx_store_key_revoke (struct sbx_store *st, const char *id_or_key, struct sbx_err *err);
+/* Number of keys ever created (the first `serve` creates one when 0). */
+int sbx_store_key_count (struct sbx_store *st, int *n, struct sbx_err *err);
+
+/* ---- sandbox records ---- */
+
+struct sbx_sandbox_rec {
+  char id[SBX_STORE_ID_MAX];
+  char org_id[SBX_STORE_ID_MAX];
+  char template_id[64];
+  char status[16];             /* creating, running, paused, stopped, error */
+  char *metadata_json;         /* JSON object text, or NULL */
+  int64_t started_ms, end_ms, stopped_ms;
+  char stop_reason[32];        /* request, timeout, died, ... */
+  uint32_t cpu_count, memory_mb, disk_mb;
+};
+
+void sbx_sandbox_rec_free (struct sbx_sandbox_rec *r);
+void sbx_sandbox_recs_free (struct sbx_sandbox_rec *v, size_t n);
+
+/* Insert or replace the record R->id. */
+int sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err);
+/* ENOENT when unknown. */
+int sbx_store_sandbox_get (struct sbx_store *st, const char *id, struct sbx_sandbox_rec *r, struct sbx_err *err);
+/* ORG's records, newest first; STATUS NULL for all. */
+int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
+                            size_t *n, struct sbx_err *err);
+/* Running and paused sandboxes of ORG. */
+int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
+
+/* ---- lifecycle events ---- */
+
+struct sbx_event {
+  int64_t seq;                 /* increasing, assigned by the store */
+  char id[SBX_STORE_ID_MAX];   /* uuid-like, assigned by the store */
+  char org_id[SBX_STORE_ID_MAX];
+  char sandbox_id[SBX_STORE_ID_MAX];
+  char template_id[64];
+  char type[48];               /* sandbox.lifecycle.created|updated|paused|resumed|killed */
+  int64_t timestamp_ms;
+  char *data_json;             /* eventData: JSON object text */
+};
+
+void sbx_event_free (struct sbx_event *e);
+void sbx_events_free (struct sbx_event *v, size_t n);
+
+/* Record EV (seq, id and, when 0, timestamp are filled in) and, in the
+   same transaction, queue one delivery for every enabled webhook of the
+   organisation that subscribed to EV->type. */
+int sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err *err);
+/* Events of ORG (of one sandbox when SANDBOX_ID is not NULL), newest first
+   unless ASC; TYPES (NULL-terminated, may be NULL) filters by type. */
+int sbx_store_event_list (struct sbx_store *st, const char *org_id, const char *sandbox_id, uint32_t offset,
+                          uint32_t limit, bool asc, const char *const *types, struct sbx_event **v, size_t *n,
+                          struct sbx_err *err);
+
+/* ---- webhooks ---- */
+
+struct sbx_webhook {
+  char id[SBX_STORE_ID_MAX];   /* "wh_" + random */
+  char org_id[SBX_STORE_ID_MAX];
+  char *name;
+  char *url;
+  bool enabled;
+  char **events;               /* NULL-terminated event types */
+  char *secret;                /* signature secret; never returned by the API */
+  int64_t created_ms;
+};
+
+void sbx_webhook_free (struct sbx_webhook *w);
+void sbx_webhooks_free (struct sbx_webhook *v, size_t n);
+
+/* W->id and created_ms are filled in. */
+int sbx_store_webhook_create (struct sbx_store *st, struct sbx_webhook *w, struct sbx_err *err);
+/* ENOENT unless ID exists and belongs to ORG_ID. */
+int sbx_store_webhook_get (struct sbx_store *st, const char *org_id, const char *id, struct sbx_webhook *w,
+                           struct sbx_err *err);
+int sbx_store_webhook_list (struct sbx_store *st, const char *org_id, struct sbx_webhook **v, size_t *n,
+                            struct sbx_err *err);
+/* Replace name, url, enabled, events and secret of W (same id and org);
+   a NULL string or events list keeps the stored value. */
+int sbx_store_webhook_update (struct sbx_store *st, const struct sbx_webhook *w, struct sbx_err *err);
+/* Deletes the webhook and its pending deliveries. */
+int sbx_store_webhook_delete (struct sbx_store *st, const char *org_id, const char *id, struct sbx_err *err);
+
+/* ---- deliveries ---- */
+
+enum sbx_delivery_state { SBX_DELIVERY_PENDING, SBX_DELIVERY_DELIVERED, SBX_DELIVERY_FAILED };
+
+struct sbx_delivery {
+  int64_t id;
+  char webhook_id[SBX_STORE_ID_MAX];
+  char event_id[SBX_STORE_ID_MAX];
+  enum sbx_delivery_state state;
+  uint32_t attempts;           /* attempts made so far */
+  int64_t next_ms;             /* when the next attempt is due */
+  int last_status;             /* HTTP status of the last attempt, 0 if none */
+  char *last_error;
+  int64_t created_ms, updated_ms;
+};
+
+void sbx_delivery_free (struct sbx_delivery *d);
+void sbx_deliveries_free (struct sbx_delivery *v, size_t n);
+
+/* The next delivery to attempt at NOW_MS: a pending delivery that is due
+   and is the oldest pending one of its webhook (a webhook receives its
+   events in order: a later event waits while an earlier one is retried).
+   Returns 1 and fills D, W and EV, or 0 when nothing is due.  *NEXT_DUE_MS
+   (may be NULL) gets the earliest future due time, or 0 if none. */
+int sbx_store_delivery_next (struct sbx_store *st, int64_t now_ms, struct sbx_delivery *d, struct sbx_webhook *w,
+                             struct sbx_event *ev, int64_t *next_due_ms, struct sbx_err *err);
+/* Record an attempt: STATUS the HTTP status (0 when there was no answer),
+   ERROR a short text or NULL.  NEXT_MS > 0 keeps it pending for a retry at
+   that time; NEXT_MS == 0 ends it (delivered when DELIVERED, else failed). */
+int sbx_store_delivery_record (struct sbx_store *st, int64_t id, int status, const char *error, bool delivered,
+                               int64_t next_ms, struct sbx_err *err);
+/* Deliveries of one webhook of ORG, oldest first. */
+int sbx_store_delivery_list (struct sbx_store *st, const char *org_id, const char *webhook_id,
+                             struct sbx_delivery **v, size_t *n, struct sbx_err *err);
+
+#endif
