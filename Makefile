@@ -6,15 +6,17 @@ ifeq ($(WERROR),1)
 CFLAGS += -Werror
 endif
 SPEC_DIR ?= $(CURDIR)/templates
-DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"'
+DOCS_DIR ?= $(CURDIR)/docs
+DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"' -DSBXD_DOCS_DIR='"$(DOCS_DIR)"'
 
 B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c
 CORE = src/core/sandbox.c src/core/isolate.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c
-DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c
+DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c src/daemon/store.c src/daemon/events.c \
+	src/daemon/webhook.c src/daemon/api_events.c src/daemon/api_files.c
 INIT = src/init/init.c src/init/files.c src/init/users.c
 
-LIBS = -ljansson -lseccomp -lmicrohttpd -lcrypto -lpthread
+LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lpthread
 
 all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench
 
@@ -27,7 +29,7 @@ $(B)/libsbx.a: $(COMMON) $(CORE) $(wildcard src/*/*.h) | $(B)
 	  $(CC) $(CFLAGS) $(DEFS) -c $$f -o $(B)/obj-$$(basename $$f .c).o || exit 1; done
 	ar rcs $@ $(B)/obj-*.o
 
-$(B)/sbxd: $(DAEMON) $(B)/libsbx.a
+$(B)/sbxd: $(DAEMON) $(wildcard src/daemon/*.h) $(B)/libsbx.a
 	$(CC) $(CFLAGS) $(DEFS) -o $@ $(DAEMON) $(B)/libsbx.a $(LIBS)
 
 # The init agent runs inside sandboxes whose root is a template, so it is

@@ -37,21 +37,30 @@ class Sbxd:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
         self.log_path = os.path.join(state_dir + "-logs", f"sbxd-{self.port}.log")
+        self.out_path = os.path.join(state_dir + "-logs", f"sbxd-{self.port}.out")
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         self.http = requests.Session()
+        self.key = None
 
     # -- process control --
-    def start(self):
+    def start(self, env=None):
         self.log = open(self.log_path, "ab")
+        out = open(self.out_path, "wb")
         self.proc = subprocess.Popen(
             [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir],
-            stdout=self.log, stderr=self.log)
+            stdout=out, stderr=self.log, env=env)
+        out.close()
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sbxd exited: {open(self.log_path).read()}")
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    # the first start on a fresh state directory prints a key
+                    printed = open(self.out_path).read().split()
+                    if printed:
+                        self.key = printed[0]
+                        self.http.headers["Authorization"] = "Bearer " + self.key
                     return self
             except requests.ConnectionError:
                 time.sleep(0.05)
@@ -61,6 +70,11 @@ class Sbxd:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.log.close()
+
+    def new_key(self, org="default", e2b=False):
+        """A new API key from the command line (`sbxd keys create`)."""
+        cmd = [SBXD, "keys", "create", "--state-dir", self.state_dir, "--org", org] + (["--e2b"] if e2b else [])
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

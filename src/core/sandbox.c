@@ -57,6 +57,7 @@ struct sandbox {
   char id[SBX_ID_MAX];
   char template_name[64];
   char default_user[32];
+  char owner[48];
   enum sbx_state state;
   int64_t created_ms, end_ms;
   uint32_t timeout_s;
@@ -121,7 +122,7 @@ static void
 emit (struct sbx_engine *e, const char *id, enum sbx_event_kind k, const char *reason)
 {
   if (e->on_event)
-    e->on_event (e->event_ud, id, k, reason);
+    e->on_event (e->event_ud, e, id, k, reason);
 }
 
 /* ---- references ---- */
@@ -194,6 +195,7 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
     return sbx_failx (err, ENOMEM, "encode sandbox record");
   if (s->metadata_json)
     json_object_set_new (j, "metadata", json_string (s->metadata_json));
+  json_object_set_new (j, "owner", json_string (s->owner));
   cleanup_free char *text = json_dumps (j, JSON_COMPACT);
   json_decref (j);
   if (text == NULL)
@@ -467,13 +469,14 @@ reattach (struct sbx_engine *e, const char *id)
   s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
   s->refs = 1;
   sbx_path (s->id, sizeof s->id, "%s", id);
-  const char *tmpl = NULL, *user = NULL, *state = NULL, *meta = NULL;
+  const char *tmpl = NULL, *user = NULL, *state = NULL, *meta = NULL, *owner = NULL;
   json_int_t created = 0, end = 0, start = 0;
   int pid = 0, slot = -1, timeout = 0, cpu = 0, mem = 0, disk = 0, pids = 0, nofile = 0;
   if (j == NULL
-      || json_unpack (j, "{s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s?s, s:{s:i, s:i, s:i, s:i, s:i}}", "template",
-                      &tmpl, "user", &user, "state", &state, "created_ms", &created, "end_ms", &end, "timeout_s",
-                      &timeout, "init_pid", &pid, "init_start", &start, "uid_slot", &slot, "metadata", &meta,
+      || json_unpack (j, "{s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s?s, s?s, s:{s:i, s:i, s:i, s:i, s:i}}",
+                      "template", &tmpl, "user", &user, "state", &state, "created_ms", &created, "end_ms", &end,
+                      "timeout_s", &timeout, "init_pid", &pid, "init_start", &start, "uid_slot", &slot, "metadata",
+                      &meta, "owner", &owner,
                       "limits", "cpu_millis", &cpu, "memory_mb", &mem, "disk_mb", &disk, "pids_max", &pids, "nofile",
                       &nofile)
              < 0)
@@ -491,6 +494,7 @@ reattach (struct sbx_engine *e, const char *id)
     }
   sbx_path (s->template_name, sizeof s->template_name, "%s", tmpl);
   sbx_path (s->default_user, sizeof s->default_user, "%s", user);
+  sbx_path (s->owner, sizeof s->owner, "%s", owner ? owner : "");
   s->created_ms = created;
   s->end_ms = end;
   s->timeout_s = (uint32_t) timeout;
@@ -893,6 +897,7 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   if (!s->limits.nofile)
     s->limits.nofile = DEFAULT_NOFILE;
   s->metadata_json = o->metadata_json ? strdup (o->metadata_json) : NULL;
+  sbx_path (s->owner, sizeof s->owner, "%s", o->owner ? o->owner : "");
   s->timeout_s = timeout;
   s->created_ms = sbx_wall_ms ();
   s->end_ms = s->created_ms + (int64_t) timeout * 1000;
@@ -1092,6 +1097,8 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   info->limits = s->limits;
   info->metadata_json = s->metadata_json ? strdup (s->metadata_json) : NULL;
   info->reason = s->reason ? strdup (s->reason) : NULL;
+  memcpy (info->owner, s->owner, sizeof info->owner);
+  info->timeout_s = s->timeout_s;
 }
 
 void

@@ -33,9 +33,12 @@ const char *sbx_state_name (enum sbx_state s);
 
 enum sbx_event_kind { SBX_EVENT_CREATED, SBX_EVENT_UPDATED, SBX_EVENT_PAUSED, SBX_EVENT_RESUMED, SBX_EVENT_KILLED };
 
+struct sbx_engine;
+
 /* Called (from any thread, no engine lock held) when a sandbox changes;
    REASON is e.g. "request", "timeout" or "died". */
-typedef void (*sbx_event_fn) (void *ud, const char *id, enum sbx_event_kind kind, const char *reason);
+typedef void (*sbx_event_fn) (void *ud, struct sbx_engine *e, const char *id, enum sbx_event_kind kind,
+                              const char *reason);
 
 struct sbx_engine_config {
   const char *state_dir;    /* required */
@@ -68,6 +71,7 @@ struct sbx_create_opts {
   uint32_t timeout_s;         /* 0: 300 */
   const char *const *env;     /* NULL-terminated "KEY=VALUE", may be NULL */
   const char *metadata_json;  /* stored as given, may be NULL */
+  const char *owner;          /* opaque owner tag (an organisation), may be NULL */
   struct sbx_limits limits;   /* 0 fields take the template's defaults */
 };
 
@@ -79,6 +83,8 @@ struct sbx_info {
   struct sbx_limits limits;
   char *metadata_json;        /* owned: free with sbx_info_free */
   char *reason;               /* why it stopped, when it has */
+  char owner[48];
+  uint32_t timeout_s;         /* the lifetime last asked for */
 };
 
 void sbx_info_free (struct sbx_info *info);

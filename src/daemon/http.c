@@ -13,7 +13,7 @@
  * libmicrohttpd sends as a chunked body; when the client goes away the pipe
  * breaks and the worker stops listening, while the process goes on.
  */
-#include "http.h"
+#include "http_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,9 +24,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "events.h"
 #include "json.h"
 
 #define MAX_JSON_BODY (64u << 20)     /* base64 writes of files up to ~48 MB */
@@ -35,20 +37,9 @@
 #define DEFAULT_EXEC_TIMEOUT_S 60     /* seed 001 */
 #define MAX_EXEC_TIMEOUT_S 3600
 
-struct http_server {
-  struct MHD_Daemon *mhd;
-  struct sbx_engine *engine;
-};
-
-struct request {
-  char *body;
-  size_t len;
-  bool too_big;
-};
-
 /* ---- responses ---- */
 
-static enum MHD_Result
+enum MHD_Result
 send_json (struct MHD_Connection *c, unsigned status, json_t *j)
 {
   char *text = json_dumps (j, JSON_COMPACT);
@@ -62,10 +53,8 @@ send_json (struct MHD_Connection *c, unsigned status, json_t *j)
   return ret;
 }
 
-static enum MHD_Result
-send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...) __attribute__ ((format (printf, 3, 4)));
 
-static enum MHD_Result
+enum MHD_Result
 send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
 {
   char msg[600];
@@ -76,7 +65,7 @@ send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
   return send_json (c, status, json_pack ("{s:i, s:s}", "code", (int) status, "message", msg));
 }
 
-static enum MHD_Result
+enum MHD_Result
 send_empty (struct MHD_Connection *c, unsigned status)
 {
   struct MHD_Response *r = MHD_create_response_from_buffer (0, NULL, MHD_RESPMEM_PERSISTENT);
@@ -86,7 +75,7 @@ send_empty (struct MHD_Connection *c, unsigned status)
 }
 
 /* Map a core error to a status: sandbox-level codes. */
-static enum MHD_Result
+enum MHD_Result
 send_core_error (struct MHD_Connection *c, const struct sbx_err *err)
 {
   switch (err->code)
@@ -108,7 +97,7 @@ send_core_error (struct MHD_Connection *c, const struct sbx_err *err)
 }
 
 /* Map an error from a file operation inside the sandbox. */
-static enum MHD_Result
+enum MHD_Result
 send_file_error (struct MHD_Connection *c, const struct sbx_err *err)
 {
   switch (err->code)
@@ -141,30 +130,60 @@ send_file_error (struct MHD_Connection *c, const struct sbx_err *err)
 /* ---- sandbox objects ---- */
 
 static json_t *
-sandbox_json (const struct sbx_info *in)
+sandbox_json (const struct sbx_sandbox_rec *r)
 {
   char started[40], end[40];
-  sbx_rfc3339 (in->created_ms, started, sizeof started);
-  sbx_rfc3339 (in->end_ms, end, sizeof end);
-  json_t *meta = NULL;
-  if (in->metadata_json)
-    meta = json_loads (in->metadata_json, 0, NULL);
+  sbx_rfc3339 (r->started_ms, started, sizeof started);
+  sbx_rfc3339 (r->end_ms, end, sizeof end);
+  json_t *meta = r->metadata_json ? json_loads (r->metadata_json, 0, NULL) : NULL;
   if (meta == NULL)
     meta = json_object ();
-  const char *status = sbx_state_name (in->state);
-  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s}", "sandboxID", in->id,
-                         "templateID", in->template_name, "alias", in->template_name, "clientID", "sbxd", "metadata",
-                         meta, "startedAt", started, "endAt", end, "status", status, "state", status, "cpuCount",
-                         (int) ((in->limits.cpu_millis + 999) / 1000), "memoryMB", (int) in->limits.memory_mb,
-                         "diskSizeMB", (int) in->limits.disk_mb, "envdVersion", "0.6.13");
-  if (j && in->reason && in->state == SBX_STOPPED)
-    json_object_set_new (j, "stopReason", json_string (in->reason));
+  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s}", "sandboxID", r->id,
+                         "templateID", r->template_id, "alias", r->template_id, "clientID", "sbxd", "metadata", meta,
+                         "startedAt", started, "endAt", end, "status", r->status, "state", r->status, "cpuCount",
+                         (int) r->cpu_count, "memoryMB", (int) r->memory_mb, "diskSizeMB", (int) r->disk_mb,
+                         "envdVersion", "0.6.13");
+  if (j && strcmp (r->status, "stopped") == 0 && r->stop_reason[0])
+    json_object_set_new (j, "stopReason", json_string (r->stop_reason));
   return j;
+}
+
+bool
+own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
+             struct sbx_sandbox_rec *rec, enum MHD_Result *ret)
+{
+  struct sbx_err err;
+  if (sbx_store_sandbox_get (h->store, id, rec, &err) < 0)
+    {
+      *ret = err.code == ENOENT ? send_error (c, 404, "sandbox not found") : send_error (c, 500, "%s", err.msg);
+      return false;
+    }
+  if (strcmp (rec->org_id, rq->org.id) != 0)
+    {
+      /* another organisation's sandbox does not exist for this caller */
+      sbx_sandbox_rec_free (rec);
+      *ret = send_error (c, 404, "sandbox not found");
+      return false;
+    }
+  return true;
+}
+
+/* Answer with the current record of ID. */
+static enum MHD_Result
+send_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, unsigned status)
+{
+  struct sbx_sandbox_rec rec;
+  struct sbx_err err;
+  if (sbx_store_sandbox_get (h->store, id, &rec, &err) < 0)
+    return send_core_error (c, &err);
+  enum MHD_Result r = send_json (c, status, sandbox_json (&rec));
+  sbx_sandbox_rec_free (&rec);
+  return r;
 }
 
 /* ---- request parsing ---- */
 
-static bool
+bool
 valid_id (const char *id)
 {
   size_t n = strlen (id);
@@ -177,7 +196,7 @@ valid_id (const char *id)
 }
 
 /* Parse the body as a JSON object; an empty body is an empty object. */
-static json_t *
+json_t *
 body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
 {
   if (rq->too_big)
@@ -204,7 +223,7 @@ body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
 }
 
 /* Optional integer field in [lo, hi]; returns 0, or -1 after sending 400. */
-static int
+int
 opt_int (struct MHD_Connection *c, json_t *o, const char *key, long long lo, long long hi, long long *out,
          enum MHD_Result *ret)
 {
@@ -226,7 +245,7 @@ opt_int (struct MHD_Connection *c, json_t *o, const char *key, long long lo, lon
   return 0;
 }
 
-static int
+int
 opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **out, enum MHD_Result *ret)
 {
   json_t *v = json_object_get (o, key);
@@ -241,7 +260,7 @@ opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **o
   return 0;
 }
 
-static int
+int
 opt_bool (struct MHD_Connection *c, json_t *o, const char *key, bool *out, enum MHD_Result *ret)
 {
   json_t *v = json_object_get (o, key);
@@ -291,7 +310,7 @@ env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enu
   return 0;
 }
 
-static void
+void
 free_strv (char **v)
 {
   for (char **p = v; p && *p; p++)
@@ -299,7 +318,7 @@ free_strv (char **v)
   free (v);
 }
 
-static const char *
+const char *
 query (struct MHD_Connection *c, const char *key)
 {
   return MHD_lookup_connection_value (c, MHD_GET_ARGUMENT_KIND, key);
@@ -319,7 +338,8 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   char **env = NULL;
   cleanup_free char *meta_text = NULL;
   ret = MHD_NO;
-  if (opt_string (c, b, "templateID", &tmpl, &ret) < 0 || opt_int (c, b, "timeout", 1, 3600, &timeout, &ret) < 0
+  if (opt_string (c, b, "templateID", &tmpl, &ret) < 0
+      || opt_int (c, b, "timeout", 1, rq->org.max_timeout_s, &timeout, &ret) < 0
       || opt_int (c, b, "cpuCount", 1, 8, &cpu, &ret) < 0 || opt_int (c, b, "memoryMB", 64, 4096, &mem, &ret) < 0
       || opt_int (c, b, "diskSizeMB", 64, 102400, &disk, &ret) < 0 || env_list (c, b, "envVars", &env, &ret) < 0)
     goto out;
@@ -342,25 +362,33 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
                                .timeout_s = (uint32_t) timeout,
                                .env = (const char *const *) env,
                                .metadata_json = meta_text,
+                               .owner = rq->org.id,
                                .limits = { .cpu_millis = (uint32_t) cpu * 1000,
                                            .memory_mb = (uint32_t) mem,
                                            .disk_mb = (uint32_t) disk } };
   char id[SBX_ID_MAX];
   struct sbx_err err;
-  if (sbx_create (h->engine, &o, id, &err) < 0)
+  /* the count and the create are one step, so that concurrent requests
+     cannot go past the organisation's limit together */
+  pthread_mutex_lock (&h->create_lock);
+  uint32_t live = 0;
+  int r = sbx_store_sandbox_count_live (h->store, rq->org.id, &live, &err);
+  if (r == 0 && live >= rq->org.max_sandboxes)
+    {
+      pthread_mutex_unlock (&h->create_lock);
+      ret = send_error (c, 429, "concurrent sandbox limit reached");
+      goto out;
+    }
+  if (r == 0)
+    r = sbx_create (h->engine, &o, id, &err);
+  pthread_mutex_unlock (&h->create_lock);
+  if (r < 0)
     {
       /* an unknown template is the caller's mistake, not a missing sandbox */
       ret = err.code == ENOENT || err.code == EINVAL ? send_error (c, 400, "%s", err.msg) : send_core_error (c, &err);
       goto out;
     }
-  struct sbx_info info;
-  if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    ret = send_core_error (c, &err);
-  else
-    {
-      ret = send_json (c, 201, sandbox_json (&info));
-      sbx_info_free (&info);
-    }
+  ret = send_sandbox (h, c, id, 201);
 out:
   free_strv (env);
   json_decref (b);
@@ -368,38 +396,26 @@ out:
 }
 
 static enum MHD_Result
-list_sandboxes (struct http_server *h, struct MHD_Connection *c)
+list_sandboxes (struct http_server *h, struct MHD_Connection *c, struct request *rq)
 {
   const char *status = query (c, "status");
   if (status && strcmp (status, "running") && strcmp (status, "paused") && strcmp (status, "stopped")
       && strcmp (status, "creating") && strcmp (status, "error"))
     return send_error (c, 400, "invalid status: %s", status);
-  struct sbx_info *infos;
+  struct sbx_sandbox_rec *v;
   size_t n;
   struct sbx_err err;
-  if (sbx_list (h->engine, &infos, &n, &err) < 0)
+  if (sbx_store_sandbox_list (h->store, rq->org.id, status, &v, &n, &err) < 0)
     return send_core_error (c, &err);
   json_t *arr = json_array ();
   for (size_t i = 0; i < n; i++)
-    if (status == NULL || strcmp (status, sbx_state_name (infos[i].state)) == 0)
-      json_array_append_new (arr, sandbox_json (&infos[i]));
-  sbx_list_free (infos, n);
+    json_array_append_new (arr, sandbox_json (&v[i]));
+  sbx_sandbox_recs_free (v, n);
   return send_json (c, 200, arr);
 }
 
-static enum MHD_Result
-get_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, unsigned status)
-{
-  struct sbx_info info;
-  struct sbx_err err;
-  if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    return send_core_error (c, &err);
-  enum MHD_Result r = send_json (c, status, sandbox_json (&info));
-  sbx_info_free (&info);
-  return r;
-}
-
-/* The optional "timeout" (1..3600) of a body; *TIMEOUT stays -1 when absent. */
+/* The optional "timeout" of a body, at most the organisation's limit;
+   *TIMEOUT stays -1 when absent. */
 static int
 body_timeout (struct MHD_Connection *c, struct request *rq, long long *timeout, enum MHD_Result *ret)
 {
@@ -407,7 +423,7 @@ body_timeout (struct MHD_Connection *c, struct request *rq, long long *timeout, 
   if (b == NULL)
     return -1;
   *timeout = -1;
-  int r = opt_int (c, b, "timeout", 1, 3600, timeout, ret);
+  int r = opt_int (c, b, "timeout", 1, rq->org.max_timeout_s, timeout, ret);
   json_decref (b);
   return r;
 }
@@ -437,7 +453,7 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   struct sbx_info info;
   struct sbx_err err;
   if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    return send_core_error (c, &err);
+    return send_error (c, 409, "sandbox is not running");
   enum sbx_state st = info.state;
   sbx_info_free (&info);
   if (st == SBX_STOPPED || st == SBX_ERROR)
@@ -446,7 +462,7 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
     return send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
   if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
     return send_core_error (c, &err);
-  return get_sandbox (h, c, id, 200);
+  return send_sandbox (h, c, id, 200);
 }
 
 static enum MHD_Result
@@ -606,7 +622,7 @@ capture_event (const struct sbx_proc_event *ev, void *ud)
 }
 
 /* JSON strings must be UTF-8: invalid bytes become U+FFFD. */
-static json_t *
+json_t *
 text_json (const char *s, size_t n)
 {
   json_t *j = json_stringn (s ? s : "", s ? n : 0);
@@ -969,7 +985,7 @@ type_name (enum sbx_file_type t)
   return t == SBX_FT_FILE ? "file" : t == SBX_FT_DIR ? "dir" : t == SBX_FT_SYMLINK ? "symlink" : "other";
 }
 
-static json_t *
+json_t *
 entry_json (const struct sbx_entry *en)
 {
   char mtime[40];
@@ -1183,20 +1199,85 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
 
 /* ---- routing ---- */
 
+/* The caller's organisation from its API key (Authorization: Bearer or
+   X-API-Key); false after answering 401. */
+static bool
+authenticate (struct http_server *h, struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
+{
+  if (rq->authed)
+    return true;
+  const char *key = NULL;
+  const char *auth = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "Authorization");
+  if (auth && strncasecmp (auth, "Bearer ", 7) == 0)
+    for (key = auth + 7; *key == ' '; key++)
+      ;
+  if (key == NULL || *key == '\0')
+    key = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "X-API-Key");
+  if (key == NULL || *key == '\0')
+    {
+      *ret = send_error (c, 401, "missing API key");
+      return false;
+    }
+  struct sbx_err err;
+  if (sbx_store_key_lookup (h->store, key, &rq->org, &err) < 0)
+    {
+      *ret = err.code == ENOENT        ? send_error (c, 401, "invalid API key")
+             : err.code == EKEYREVOKED ? send_error (c, 401, "API key revoked")
+                                       : send_error (c, 500, "%s", err.msg);
+      return false;
+    }
+  rq->authed = true;
+  return true;
+}
+
+static enum MHD_Result
+send_openapi (struct http_server *h, struct MHD_Connection *c)
+{
+  char path[4200];
+  snprintf (path, sizeof path, "%s/openapi.yaml", h->docs_dir);
+  char *text = NULL;
+  struct sbx_err err;
+  if (sbx_read_file_at (AT_FDCWD, path, &text, 4u << 20, &err) < 0)
+    return send_error (c, 404, "openapi.yaml not found");
+  struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header (r, "Content-Type", "application/yaml");
+  enum MHD_Result ret = MHD_queue_response (c, 200, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+/* Split URL into at most MAX segments in BUF. */
+static int
+split_url (const char *url, char *buf, size_t size, char **seg, int max)
+{
+  if (snprintf (buf, size, "%s", url) >= (int) size)
+    return -1;
+  int n = 0;
+  char *save = NULL;
+  for (char *tok = strtok_r (buf, "/", &save); tok && n < max; tok = strtok_r (NULL, "/", &save))
+    seg[n++] = tok;
+  return n;
+}
+
 static enum MHD_Result
 route (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url, struct request *rq)
 {
   char path[1024];
-  if (snprintf (path, sizeof path, "%s", url) >= (int) sizeof path)
-    return send_error (c, 414, "URL too long");
   char *seg[8];
-  int n = 0;
-  for (char *tok = strtok (path, "/"); tok && n < 8; tok = strtok (NULL, "/"))
-    seg[n++] = tok;
+  int n = split_url (url, path, sizeof path, seg, 8);
+  if (n < 0)
+    return send_error (c, 414, "URL too long");
   bool get = strcmp (method, "GET") == 0, post = strcmp (method, "POST") == 0, del = strcmp (method, "DELETE") == 0;
 
   if (n == 1 && strcmp (seg[0], "health") == 0)
     return send_json (c, 200, json_pack ("{s:s}", "status", "ok"));
+  if (n == 1 && strcmp (seg[0], "openapi.yaml") == 0 && get)
+    return send_openapi (h, c);
+  enum MHD_Result ret;
+  if (!authenticate (h, c, rq, &ret))
+    return ret;
+  if (n >= 1 && strcmp (seg[0], "events") == 0)
+    return api_events (h, c, rq, method, seg, n);
   if (n == 0 || strcmp (seg[0], "sandboxes") != 0)
     return send_error (c, 404, "not found");
   if (n == 1)
@@ -1204,21 +1285,27 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
       if (post)
         return create_sandbox (h, c, rq);
       if (get)
-        return list_sandboxes (h, c);
+        return list_sandboxes (h, c, rq);
       return send_error (c, 405, "method not allowed");
     }
   const char *id = seg[1];
   if (!valid_id (id))
     return send_error (c, 400, "invalid sandbox id");
+  struct sbx_sandbox_rec rec;
+  if (!own_sandbox (h, c, rq, id, &rec, &ret))
+    return ret;
+  bool stopped = strcmp (rec.status, "stopped") == 0;
+  sbx_sandbox_rec_free (&rec);
   if (n == 2)
     {
       if (get)
-        return get_sandbox (h, c, id, 200);
+        return send_sandbox (h, c, id, 200);
       if (del)
         {
           struct sbx_err err;
-          if (sbx_destroy (h->engine, id, &err) < 0)
-            return err.code == ESRCH ? send_error (c, 404, "sandbox not found") : send_core_error (c, &err);
+          if (stopped || sbx_destroy (h->engine, id, &err) < 0)
+            return stopped || err.code == ESRCH || err.code == ENOENT ? send_error (c, 404, "sandbox not found")
+                                                                       : send_core_error (c, &err);
           return send_empty (c, 204);
         }
       return send_error (c, 405, "method not allowed");
@@ -1229,11 +1316,9 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     {
       if (sbx_pause (h->engine, id, &err) < 0)
         {
-          if (err.code == ENOENT)
-            return send_error (c, 404, "sandbox not found");
           if (err.code == EAGAIN || err.code == EALREADY)
             return send_error (c, 409, "sandbox is already paused");
-          if (err.code == ESRCH)
+          if (err.code == ESRCH || err.code == ENOENT)
             return send_error (c, 409, "sandbox is not running");
           return send_error (c, 502, "failed to pause sandbox in provider");
         }
@@ -1245,6 +1330,8 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     return timeout_sandbox (h, c, id, rq);
   if (n == 3 && get && strcmp (what, "metrics") == 0)
     return metrics_sandbox (h, c, id);
+  if (n == 3 && get && strcmp (what, "files") == 0)
+    return download_file (h, c, rq, id);
   if (strcmp (what, "processes") == 0)
     {
       if (n == 3 && post)
@@ -1271,6 +1358,30 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
   return send_error (c, 404, "not found");
 }
 
+/* A multipart upload is streamed into the sandbox as it arrives instead of
+   being collected: it starts on the first call, once headers are in. */
+static enum MHD_Result
+begin_upload (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
+              struct request *rq, bool *handled)
+{
+  char path[1024];
+  char *seg[8];
+  int n = split_url (url, path, sizeof path, seg, 8);
+  *handled = n > 0 && upload_wanted (method, seg, n);
+  if (!*handled)
+    return MHD_YES;
+  enum MHD_Result ret;
+  if (!authenticate (h, c, rq, &ret))
+    return ret;
+  if (!valid_id (seg[1]))
+    return send_error (c, 400, "invalid sandbox id");
+  struct sbx_sandbox_rec rec;
+  if (!own_sandbox (h, c, rq, seg[1], &rec, &ret))
+    return ret;
+  sbx_sandbox_rec_free (&rec);
+  return upload_begin (h, c, rq, seg[1]);
+}
+
 static enum MHD_Result
 on_request (void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
             const char *upload_data, size_t *upload_size, void **con_cls)
@@ -1284,7 +1395,20 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
       if (rq == NULL)
         return MHD_NO;
       *con_cls = rq;
-      return MHD_YES;
+      bool handled;
+      enum MHD_Result r = begin_upload (h, c, method, url, rq, &handled);
+      (void) handled;
+      return r;
+    }
+  if (rq->upload)
+    {
+      if (*upload_size)
+        {
+          enum MHD_Result r = upload_feed (rq, upload_data, *upload_size);
+          *upload_size = 0;
+          return r;
+        }
+      return upload_end (h, c, rq);
     }
   if (*upload_size)
     {
@@ -1317,6 +1441,7 @@ on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_Requ
   struct request *rq = *con_cls;
   if (rq)
     {
+      upload_free (rq);
       free (rq->body);
       free (rq);
     }
@@ -1324,7 +1449,7 @@ on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_Requ
 }
 
 struct http_server *
-sbx_http_start (struct sbx_engine *engine, const struct sockaddr *addr, struct sbx_err *err)
+sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
 {
   struct http_server *h = calloc (1, sizeof *h);
   if (h == NULL)
@@ -1332,9 +1457,14 @@ sbx_http_start (struct sbx_engine *engine, const struct sockaddr *addr, struct s
       sbx_fail (err, ENOMEM, "http server");
       return NULL;
     }
-  h->engine = engine;
+  h->engine = cfg->engine;
+  h->store = cfg->store;
+  h->webhooks = cfg->webhooks;
+  snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
+  snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
+  pthread_mutex_init (&h->create_lock, NULL);
   h->mhd = MHD_start_daemon (MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-                             0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_NOTIFY_COMPLETED,
+                             0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_NOTIFY_COMPLETED,
                              on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 0,
                              MHD_OPTION_CONNECTION_LIMIT, (unsigned) 1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
                              (unsigned) 1, MHD_OPTION_END);

@@ -10,8 +10,19 @@
 #include "../core/sandbox.h"
 
 struct http_server;
+struct sbx_store;
+struct sbx_webhooks;
 
-struct http_server *sbx_http_start (struct sbx_engine *engine, const struct sockaddr *addr, struct sbx_err *err);
+struct sbx_http_config {
+  struct sbx_engine *engine;
+  struct sbx_store *store;
+  struct sbx_webhooks *webhooks;
+  const struct sockaddr *addr;
+  const char *docs_dir;  /* where openapi.yaml is */
+  const char *state_dir; /* for spooling uploads */
+};
+
+struct http_server *sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err);
 void sbx_http_stop (struct http_server *h);
 
 #endif

@@ -12,13 +12,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/util.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
+#include "events.h"
 #include "http.h"
+#include "store.h"
+#include "webhook.h"
 
 #ifndef SBXD_SPEC_DIR
 #define SBXD_SPEC_DIR "templates"
 #endif
+#ifndef SBXD_DOCS_DIR
+#define SBXD_DOCS_DIR "docs"
+#endif
+#define DEFAULT_STATE_DIR "/var/lib/sbxd/state"
 
 static void
 usage (FILE *f)
@@ -28,7 +36,10 @@ usage (FILE *f)
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
-         "  sbxd template gc [--template-dir DIR]\n",
+         "  sbxd template gc [--template-dir DIR]\n"
+         "  sbxd keys create [--state-dir DIR] [--org NAME] [--e2b]\n"
+         "  sbxd keys list [--state-dir DIR]\n"
+         "  sbxd keys revoke KEY-ID [--state-dir DIR]\n",
          f);
 }
 
@@ -51,12 +62,17 @@ parse_listen (const char *s, struct sockaddr_in *sa)
   return inet_pton (AF_INET, *host ? host : "127.0.0.1", &sa->sin_addr) == 1 ? 0 : -1;
 }
 
-static void
-log_event (void *ud, const char *id, enum sbx_event_kind kind, const char *reason)
+/* The store of a state directory (created with it). */
+static struct sbx_store *
+open_store (const char *state, struct sbx_err *err)
 {
-  (void) ud;
-  static const char *const names[] = { "created", "updated", "paused", "resumed", "killed" };
-  fprintf (stderr, "sbxd: sandbox %s %s (%s)\n", id, names[kind], reason);
+  char path[4096];
+  if (sbx_mkdir_p (state, 0700, err) < 0 || sbx_path (path, sizeof path, "%s/sbxd.db", state) < 0)
+    return NULL;
+  struct sbx_store *st;
+  if (sbx_store_open (path, &st, err) < 0)
+    return NULL;
+  return st;
 }
 
 static volatile sig_atomic_t stop_requested;
@@ -71,7 +87,7 @@ on_signal (int sig)
 static int
 cmd_serve (int argc, char **argv)
 {
-  const char *listen = "127.0.0.1:49982", *state = "/var/lib/sbxd/state", *tmpl = NULL;
+  const char *listen = "127.0.0.1:49982", *state = DEFAULT_STATE_DIR, *tmpl = NULL;
   static const struct option opts[] = { { "listen", required_argument, NULL, 'l' },
                                         { "state-dir", required_argument, NULL, 's' },
                                         { "template-dir", required_argument, NULL, 't' },
@@ -100,15 +116,50 @@ cmd_serve (int argc, char **argv)
       return 2;
     }
   signal (SIGPIPE, SIG_IGN);
-  struct sbx_engine_config cfg = { .state_dir = state, .template_dir = tmpl, .on_event = log_event };
-  struct sbx_engine *engine;
   struct sbx_err err;
-  if (sbx_engine_open (&cfg, &engine, &err) < 0)
+  struct sbx_store *store = open_store (state, &err);
+  if (store == NULL)
     {
       fprintf (stderr, "sbxd: %s\n", err.msg);
       return 1;
     }
-  struct http_server *h = sbx_http_start (engine, (struct sockaddr *) &sa, &err);
+  /* the first start on an empty state directory makes a key to use */
+  int nkeys = 0;
+  if (sbx_store_key_count (store, &nkeys, &err) == 0 && nkeys == 0)
+    {
+      char key[96];
+      struct sbx_key_info info;
+      if (sbx_store_key_create (store, "default", "sk-sb-", key, sizeof key, &info, &err) == 0)
+        {
+          printf ("%s\n", key);
+          fflush (stdout);
+          fprintf (stderr, "sbxd: created API key %s for organisation default (shown once)\n", info.id);
+        }
+    }
+  const char *scale_env = getenv ("SBXD_WEBHOOK_RETRY_SCALE");
+  double scale = scale_env ? strtod (scale_env, NULL) : 1.0;
+  struct sbx_events events = { .store = store };
+  struct sbx_engine_config cfg
+      = { .state_dir = state, .template_dir = tmpl, .on_event = sbx_events_on_change, .event_ud = &events };
+  struct sbx_engine *engine;
+  if (sbx_engine_open (&cfg, &engine, &err) < 0)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_store_close (store);
+      return 1;
+    }
+  if (sbx_webhooks_start (store, scale, &events.webhooks, &err) < 0)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      return 1;
+    }
+  struct sbx_http_config hc = { .engine = engine,
+                                .store = store,
+                                .webhooks = events.webhooks,
+                                .addr = (struct sockaddr *) &sa,
+                                .docs_dir = SBXD_DOCS_DIR,
+                                .state_dir = state };
+  struct http_server *h = sbx_http_start (&hc, &err);
   if (h == NULL)
     {
       fprintf (stderr, "sbxd: listen on %s: %s\n", listen, err.msg);
@@ -124,6 +175,9 @@ cmd_serve (int argc, char **argv)
   fprintf (stderr, "sbxd: stopping; sandboxes keep running\n");
   sbx_http_stop (h);
   sbx_engine_close (engine);
+  sbx_webhooks_stop (events.webhooks);
+  events.webhooks = NULL;
+  sbx_store_close (store);
   return 0;
 }
 
@@ -182,6 +236,84 @@ cmd_template (int argc, char **argv)
   return 0;
 }
 
+static int
+cmd_keys (int argc, char **argv)
+{
+  if (argc < 2)
+    {
+      usage (stderr);
+      return 2;
+    }
+  const char *sub = argv[1], *state = DEFAULT_STATE_DIR, *org = "default", *style = "sk-sb-";
+  static const struct option opts[] = { { "state-dir", required_argument, NULL, 's' },
+                                        { "org", required_argument, NULL, 'o' },
+                                        { "e2b", no_argument, NULL, 'e' },
+                                        { NULL, 0, NULL, 0 } };
+  int c;
+  optind = 2;
+  while ((c = getopt_long (argc, argv, "s:o:e", opts, NULL)) != -1)
+    switch (c)
+      {
+      case 's':
+        state = optarg;
+        break;
+      case 'o':
+        org = optarg;
+        break;
+      case 'e':
+        style = "e2b_";
+        break;
+      default:
+        usage (stderr);
+        return 2;
+      }
+  struct sbx_err err;
+  struct sbx_store *st = open_store (state, &err);
+  if (st == NULL)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      return 1;
+    }
+  int r = 0;
+  if (strcmp (sub, "create") == 0 && optind == argc)
+    {
+      char key[96];
+      struct sbx_key_info info;
+      r = sbx_store_key_create (st, org, style, key, sizeof key, &info, &err);
+      if (r == 0)
+        {
+          printf ("%s\n", key);
+          fprintf (stderr, "sbxd: key %s for organisation %s\n", info.id, info.org_name);
+        }
+    }
+  else if (strcmp (sub, "list") == 0 && optind == argc)
+    {
+      struct sbx_key_info *keys;
+      size_t n;
+      r = sbx_store_key_list (st, &keys, &n, &err);
+      for (size_t i = 0; r == 0 && i < n; i++)
+        printf ("%s\t%s\t%s...\t%s\n", keys[i].id, keys[i].org_name, keys[i].hint,
+                keys[i].revoked_ms ? "revoked" : "valid");
+      if (r == 0)
+        free (keys);
+    }
+  else if (strcmp (sub, "revoke") == 0 && optind == argc - 1)
+    r = sbx_store_key_revoke (st, argv[optind], &err);
+  else
+    {
+      usage (stderr);
+      sbx_store_close (st);
+      return 2;
+    }
+  sbx_store_close (st);
+  if (r < 0)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      return 1;
+    }
+  return 0;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -194,6 +326,8 @@ main (int argc, char **argv)
     return cmd_serve (argc - 1, argv + 1);
   if (strcmp (argv[1], "template") == 0)
     return cmd_template (argc - 1, argv + 1);
+  if (strcmp (argv[1], "keys") == 0)
+    return cmd_keys (argc - 1, argv + 1);
   if (strcmp (argv[1], "help") == 0 || strcmp (argv[1], "--help") == 0)
     {
       usage (stdout);

@@ -1,0 +1,77 @@
+/*
+ * http_internal.h - what the files of the HTTP layer share: the server,
+ * the request being read, the caller's organisation, and the helpers that
+ * parse bodies and write answers in the API's shapes.
+ */
+#ifndef SBX_DAEMON_HTTP_INTERNAL_H
+#define SBX_DAEMON_HTTP_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "../core/sandbox.h"
+#include "http.h"
+#include "store.h"
+#include "webhook.h"
+
+struct upload;
+
+struct http_server {
+  struct MHD_Daemon *mhd;
+  struct sbx_engine *engine;
+  struct sbx_store *store;
+  struct sbx_webhooks *webhooks;
+  pthread_mutex_t create_lock; /* the concurrent-sandbox check and create */
+  char docs_dir[4096];
+  char state_dir[4096];
+};
+
+struct request {
+  char *body;
+  size_t len;
+  bool too_big;
+  bool authed;
+  struct sbx_org org;
+  struct upload *upload; /* a multipart upload being streamed */
+};
+
+/* answers */
+enum MHD_Result send_json (struct MHD_Connection *c, unsigned status, json_t *j);
+enum MHD_Result send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+    __attribute__ ((format (printf, 3, 4)));
+enum MHD_Result send_empty (struct MHD_Connection *c, unsigned status);
+enum MHD_Result send_core_error (struct MHD_Connection *c, const struct sbx_err *err);
+enum MHD_Result send_file_error (struct MHD_Connection *c, const struct sbx_err *err);
+
+/* bodies and parameters */
+json_t *body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret);
+int opt_int (struct MHD_Connection *c, json_t *o, const char *key, long long lo, long long hi, long long *out,
+             enum MHD_Result *ret);
+int opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **out, enum MHD_Result *ret);
+int opt_bool (struct MHD_Connection *c, json_t *o, const char *key, bool *out, enum MHD_Result *ret);
+const char *query (struct MHD_Connection *c, const char *key);
+json_t *text_json (const char *s, size_t n);
+json_t *entry_json (const struct sbx_entry *en);
+bool valid_id (const char *id);
+void free_strv (char **v);
+
+/* The record of sandbox ID if it belongs to the caller's organisation;
+   otherwise answers 404 and returns false. */
+bool own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
+                  struct sbx_sandbox_rec *rec, enum MHD_Result *ret);
+
+/* events and webhooks (api_events.c) */
+enum MHD_Result api_events (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
+                            char **seg, int n);
+
+/* uploads and downloads (api_files.c) */
+bool upload_wanted (const char *method, char **seg, int n);
+enum MHD_Result upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
+enum MHD_Result upload_feed (struct request *rq, const char *data, size_t size);
+enum MHD_Result upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq);
+void upload_free (struct request *rq);
+enum MHD_Result download_file (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
+
+#endif

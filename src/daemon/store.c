@@ -1,0 +1,1629 @@
+/*
+ * store.c - the daemon's embedded store (see store.h).
+ *
+ * One SQLite database file in WAL mode, one connection per process,
+ * serialised by a mutex in struct sbx_store.  The daemon opens it at start;
+ * `sbxd keys` may open the same file at the same time from another process
+ * (WAL lets its reads run beside the daemon's writes; busy_timeout covers
+ * the short moments when both want to write).
+ *
+ * Tables:
+ *
+ *   orgs        organisations and their limits
+ *   api_keys    SHA-256 of each key (never the key), its hint and its org
+ *   sandboxes   one record per sandbox, replaced whole on every change
+ *   events      lifecycle events; seq (AUTOINCREMENT) orders them
+ *   webhooks    subscriptions; events is a JSON array of event types
+ *   deliveries  one row per (webhook, event): the outbox of the webhook
+ *               sender, which polls sbx_store_delivery_next()
+ *
+ * An event and the deliveries it causes are written in one transaction,
+ * so a crash never loses a notification nor sends one for an event that
+ * was not recorded.
+ *
+ * Every statement is prepared once at open (SQLITE_PREPARE_PERSISTENT),
+ * with bound parameters only, and reset after each use; the API key lookup
+ * runs on every HTTP request, so it must not parse SQL.  A statement in
+ * use is reset by a cleanup attribute before the mutex is released, so an
+ * early return can never leave one half-stepped.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+
+#define SCHEMA_VERSION 1
+#define ID_RANDOM_CHARS 20
+#define KEY_RANDOM_BYTES 20       /* 40 hex characters */
+#define KEY_HINT_CHARS 10
+#define MAX_KEY_LEN 256           /* longer "keys" are refused unhashed */
+#define MAX_DELIVERY_ERROR 1000   /* bytes of last_error kept */
+
+#define DEFAULT_MAX_SANDBOXES 10
+#define DEFAULT_MAX_TIMEOUT_S 3600
+#define DEFAULT_MAX_UPLOAD_BYTES (100ull * 1024 * 1024)
+
+/* ---------------------------------------------------------------- schema */
+
+static const char schema_sql[]
+    = "CREATE TABLE IF NOT EXISTS orgs ("
+      "  id TEXT PRIMARY KEY,"
+      "  name TEXT NOT NULL UNIQUE,"
+      "  max_sandboxes INTEGER NOT NULL,"
+      "  max_timeout_s INTEGER NOT NULL,"
+      "  max_upload_bytes INTEGER NOT NULL,"
+      "  created_ms INTEGER NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS api_keys ("
+      "  id TEXT PRIMARY KEY,"
+      "  org_id TEXT NOT NULL REFERENCES orgs (id),"
+      "  hash TEXT NOT NULL,"
+      "  hint TEXT NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  revoked_ms INTEGER NOT NULL DEFAULT 0);"
+      "CREATE UNIQUE INDEX IF NOT EXISTS api_keys_hash ON api_keys (hash);"
+      /* No foreign key to orgs for sandboxes, events and webhooks: their
+         org ids come from key lookups, and records must never be refused
+         (or cascaded away) over bookkeeping. */
+      "CREATE TABLE IF NOT EXISTS sandboxes ("
+      "  id TEXT PRIMARY KEY,"
+      "  org_id TEXT NOT NULL,"
+      "  template_id TEXT NOT NULL,"
+      "  status TEXT NOT NULL,"
+      "  metadata TEXT,"
+      "  started_ms INTEGER NOT NULL,"
+      "  end_ms INTEGER NOT NULL,"
+      "  stopped_ms INTEGER NOT NULL,"
+      "  stop_reason TEXT NOT NULL,"
+      "  cpu_count INTEGER NOT NULL,"
+      "  memory_mb INTEGER NOT NULL,"
+      "  disk_mb INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS sandboxes_org_started ON sandboxes (org_id, started_ms);"
+      "CREATE TABLE IF NOT EXISTS events ("
+      "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+      "  id TEXT NOT NULL UNIQUE,"
+      "  org_id TEXT NOT NULL,"
+      "  sandbox_id TEXT NOT NULL,"
+      "  template_id TEXT NOT NULL,"
+      "  type TEXT NOT NULL,"
+      "  timestamp_ms INTEGER NOT NULL,"
+      "  data TEXT);"
+      "CREATE INDEX IF NOT EXISTS events_org_seq ON events (org_id, seq);"
+      "CREATE INDEX IF NOT EXISTS events_sandbox_seq ON events (sandbox_id, seq);"
+      "CREATE TABLE IF NOT EXISTS webhooks ("
+      "  id TEXT PRIMARY KEY,"
+      "  org_id TEXT NOT NULL,"
+      "  name TEXT NOT NULL,"
+      "  url TEXT NOT NULL,"
+      "  enabled INTEGER NOT NULL,"
+      "  events TEXT NOT NULL,"
+      "  secret TEXT NOT NULL,"
+      "  created_ms INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS webhooks_org ON webhooks (org_id, created_ms);"
+      "CREATE TABLE IF NOT EXISTS deliveries ("
+      "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+      "  webhook_id TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,"
+      "  event_id TEXT NOT NULL REFERENCES events (id),"
+      "  state TEXT NOT NULL,"            /* pending, delivered, failed */
+      "  attempts INTEGER NOT NULL,"
+      "  next_ms INTEGER NOT NULL,"
+      "  last_status INTEGER NOT NULL,"
+      "  last_error TEXT,"
+      "  created_ms INTEGER NOT NULL,"
+      "  updated_ms INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS deliveries_state_next ON deliveries (state, next_ms);"
+      "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);"
+      /* The head of each webhook's queue, found without reading its
+         delivered history. */
+      "CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (webhook_id, id) WHERE state = 'pending';";
+
+/* ------------------------------------------------------------ statements */
+
+#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes"
+#define SB_COLS                                                                                        \
+  "id, org_id, template_id, status, metadata, started_ms, end_ms, stopped_ms, stop_reason, cpu_count, " \
+  "memory_mb, disk_mb"
+#define EV_COLS "seq, id, org_id, sandbox_id, template_id, type, timestamp_ms, data"
+#define WH_COLS "w.id, w.org_id, w.name, w.url, w.enabled, w.events, w.secret, w.created_ms"
+#define DL_COLS                                                                                        \
+  "d.id, d.webhook_id, d.event_id, d.state, d.attempts, d.next_ms, d.last_status, d.last_error, "       \
+  "d.created_ms, d.updated_ms"
+
+/* The oldest pending delivery of every enabled webhook: only these may be
+   sent, so that a webhook sees its events in order.  A disabled webhook's
+   queue is paused, not dropped. */
+#define DL_HEADS                                                                                       \
+  " FROM (SELECT MIN(id) AS id FROM deliveries WHERE state = 'pending' GROUP BY webhook_id) AS h"      \
+  " JOIN deliveries AS d ON d.id = h.id JOIN webhooks AS w ON w.id = d.webhook_id"                     \
+  " WHERE w.enabled = 1"
+
+/* Event list: ?1 org, ?2 JSON array of types or NULL, ?3 limit, ?4 offset,
+   ?5 sandbox.  The unary + keeps SQLite on the (sandbox_id, seq) index
+   when a sandbox is given. */
+#define EV_LIST_TYPES " AND (?2 IS NULL OR type IN (SELECT value FROM json_each(?2)))"
+#define EV_LIST_ORG "SELECT " EV_COLS " FROM events WHERE org_id = ?1" EV_LIST_TYPES
+#define EV_LIST_SB "SELECT " EV_COLS " FROM events WHERE +org_id = ?1 AND sandbox_id = ?5" EV_LIST_TYPES
+
+enum stmt_id
+{
+  S_BEGIN,
+  S_COMMIT,
+  S_ROLLBACK,
+  S_ORG_BY_NAME,
+  S_ORG_INSERT,
+  S_ORG_LIMITS,
+  S_KEY_INSERT,
+  S_KEY_LOOKUP,
+  S_KEY_LIST,
+  S_KEY_REVOKE,
+  S_KEY_COUNT,
+  S_SB_PUT,
+  S_SB_GET,
+  S_SB_LIST,
+  S_SB_LIVE,
+  S_EV_INSERT,
+  S_EV_QUEUE,
+  S_EV_BY_ID,
+  S_EV_LIST_ORG_DESC,
+  S_EV_LIST_ORG_ASC,
+  S_EV_LIST_SB_DESC,
+  S_EV_LIST_SB_ASC,
+  S_WH_INSERT,
+  S_WH_GET,
+  S_WH_BY_ID,
+  S_WH_LIST,
+  S_WH_UPDATE,
+  S_WH_DELETE,
+  S_WH_DELETE_DELIVERIES,
+  S_WH_EXISTS,
+  S_DL_NEXT,
+  S_DL_NEXT_DUE,
+  S_DL_RECORD,
+  S_DL_LIST,
+  S_COUNT
+};
+
+static const char *const stmt_sql[S_COUNT] = {
+  [S_BEGIN] = "BEGIN IMMEDIATE",
+  [S_COMMIT] = "COMMIT",
+  [S_ROLLBACK] = "ROLLBACK",
+
+  [S_ORG_BY_NAME] = "SELECT " ORG_COLS " FROM orgs AS o WHERE o.name = ?1",
+  [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+  [S_ORG_LIMITS] = "UPDATE orgs SET"
+                   " max_sandboxes = CASE WHEN ?2 > 0 THEN ?2 ELSE max_sandboxes END,"
+                   " max_timeout_s = CASE WHEN ?3 > 0 THEN ?3 ELSE max_timeout_s END,"
+                   " max_upload_bytes = CASE WHEN ?4 > 0 THEN ?4 ELSE max_upload_bytes END"
+                   " WHERE name = ?1",
+
+  [S_KEY_INSERT] = "INSERT INTO api_keys (id, org_id, hash, hint, created_ms, revoked_ms)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+  [S_KEY_LOOKUP] = "SELECT " ORG_COLS ", k.revoked_ms FROM api_keys AS k JOIN orgs AS o ON o.id = k.org_id"
+                   " WHERE k.hash = ?1",
+  [S_KEY_LIST] = "SELECT k.id, o.name, k.hint, k.created_ms, k.revoked_ms"
+                 " FROM api_keys AS k JOIN orgs AS o ON o.id = k.org_id ORDER BY k.created_ms, k.rowid",
+  /* Revoking twice keeps the first revocation time. */
+  [S_KEY_REVOKE] = "UPDATE api_keys SET revoked_ms = CASE WHEN revoked_ms = 0 THEN ?3 ELSE revoked_ms END"
+                   " WHERE id = ?1 OR hash = ?2",
+  [S_KEY_COUNT] = "SELECT COUNT(*) FROM api_keys",
+
+  [S_SB_PUT] = "INSERT OR REPLACE INTO sandboxes (" SB_COLS ")"
+               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+  [S_SB_GET] = "SELECT " SB_COLS " FROM sandboxes WHERE id = ?1",
+  [S_SB_LIST] = "SELECT " SB_COLS " FROM sandboxes WHERE org_id = ?1 AND (?2 IS NULL OR status = ?2)"
+                " ORDER BY started_ms DESC, id",
+  [S_SB_LIVE] = "SELECT COUNT(*) FROM sandboxes WHERE org_id = ?1 AND status IN ('running', 'paused', 'creating')",
+
+  [S_EV_INSERT] = "INSERT INTO events (id, org_id, sandbox_id, template_id, type, timestamp_ms, data)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+  [S_EV_QUEUE] = "INSERT INTO deliveries (webhook_id, event_id, state, attempts, next_ms, last_status, last_error,"
+                 " created_ms, updated_ms)"
+                 " SELECT w.id, ?1, 'pending', 0, ?2, 0, NULL, ?2, ?2 FROM webhooks AS w"
+                 " WHERE w.org_id = ?3 AND w.enabled = 1"
+                 " AND EXISTS (SELECT 1 FROM json_each (w.events) AS e WHERE e.value = ?4)"
+                 " ORDER BY w.created_ms, w.rowid",
+  [S_EV_BY_ID] = "SELECT " EV_COLS " FROM events WHERE id = ?1",
+  [S_EV_LIST_ORG_DESC] = EV_LIST_ORG " ORDER BY seq DESC LIMIT ?3 OFFSET ?4",
+  [S_EV_LIST_ORG_ASC] = EV_LIST_ORG " ORDER BY seq ASC LIMIT ?3 OFFSET ?4",
+  [S_EV_LIST_SB_DESC] = EV_LIST_SB " ORDER BY seq DESC LIMIT ?3 OFFSET ?4",
+  [S_EV_LIST_SB_ASC] = EV_LIST_SB " ORDER BY seq ASC LIMIT ?3 OFFSET ?4",
+
+  [S_WH_INSERT] = "INSERT INTO webhooks (id, org_id, name, url, enabled, events, secret, created_ms)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+  [S_WH_GET] = "SELECT " WH_COLS " FROM webhooks AS w WHERE w.id = ?1 AND w.org_id = ?2",
+  [S_WH_BY_ID] = "SELECT " WH_COLS " FROM webhooks AS w WHERE w.id = ?1",
+  [S_WH_LIST] = "SELECT " WH_COLS " FROM webhooks AS w WHERE w.org_id = ?1 ORDER BY w.created_ms, w.rowid",
+  [S_WH_UPDATE] = "UPDATE webhooks SET name = COALESCE (?3, name), url = COALESCE (?4, url), enabled = ?5,"
+                  " events = COALESCE (?6, events), secret = COALESCE (?7, secret)"
+                  " WHERE id = ?1 AND org_id = ?2",
+  [S_WH_DELETE] = "DELETE FROM webhooks WHERE id = ?1 AND org_id = ?2",
+  [S_WH_DELETE_DELIVERIES] = "DELETE FROM deliveries WHERE webhook_id = ?1",
+  [S_WH_EXISTS] = "SELECT 1 FROM webhooks WHERE id = ?1 AND org_id = ?2",
+
+  [S_DL_NEXT] = "SELECT " DL_COLS DL_HEADS " AND d.next_ms <= ?1 ORDER BY d.next_ms, d.id LIMIT 1",
+  [S_DL_NEXT_DUE] = "SELECT MIN (d.next_ms)" DL_HEADS " AND d.next_ms > ?1",
+  [S_DL_RECORD] = "UPDATE deliveries SET attempts = attempts + 1, last_status = ?2, last_error = ?3, updated_ms = ?4,"
+                  " next_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE next_ms END,"
+                  " state = CASE WHEN ?5 > 0 THEN 'pending' WHEN ?6 THEN 'delivered' ELSE 'failed' END"
+                  " WHERE id = ?1",
+  [S_DL_LIST] = "SELECT " DL_COLS " FROM deliveries AS d WHERE d.webhook_id = ?1 ORDER BY d.id",
+};
+
+struct sbx_store {
+  pthread_mutex_t lock;         /* held around every use of db and stmt[] */
+  sqlite3 *db;
+  sqlite3_stmt *stmt[S_COUNT];
+};
+
+/* --------------------------------------------------------------- helpers */
+
+static void
+store_unlockp (struct sbx_store **st)
+{
+  if (*st)
+    pthread_mutex_unlock (&(*st)->lock);
+}
+
+/* "unused": the guard does its work in its cleanup only. */
+#define cleanup_unlock __attribute__ ((cleanup (store_unlockp), unused))
+
+static struct sbx_store *
+store_lock (struct sbx_store *st)
+{
+  pthread_mutex_lock (&st->lock);
+  return st;
+}
+
+/* Reset a cached statement (and drop its bindings) when it goes out of
+   scope. */
+static void
+stmt_resetp (sqlite3_stmt **s)
+{
+  if (*s)
+    {
+      sqlite3_reset (*s);
+      sqlite3_clear_bindings (*s);
+    }
+}
+
+#define cleanup_reset __attribute__ ((cleanup (stmt_resetp)))
+
+/* Roll back an open transaction when the guard goes out of scope still
+   set; declared before the statements of a function, so that these are
+   reset first. */
+static void
+tx_rollbackp (struct sbx_store **st)
+{
+  if (*st && !sqlite3_get_autocommit ((*st)->db))
+    {
+      sqlite3_stmt *s = (*st)->stmt[S_ROLLBACK];
+      sqlite3_step (s);
+      sqlite3_reset (s);
+    }
+}
+
+#define cleanup_rollback __attribute__ ((cleanup (tx_rollbackp)))
+
+static int
+db_code (int rc)
+{
+  switch (rc & 0xff)
+    {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return EBUSY;
+    case SQLITE_NOMEM:
+      return ENOMEM;
+    case SQLITE_FULL:
+      return ENOSPC;
+    case SQLITE_READONLY:
+      return EROFS;
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+      return EACCES;
+    case SQLITE_CONSTRAINT:
+      return EEXIST;
+    case SQLITE_CANTOPEN:
+      return ENOENT;
+    default:
+      return EIO;
+    }
+}
+
+/* Fill ERR from the connection's last error; RC the failing result. */
+static int
+db_fail (sqlite3 *db, int rc, struct sbx_err *err, const char *what)
+{
+  return sbx_failx (err, db_code (rc), "database: %s: %s", what,
+                    db ? sqlite3_errmsg (db) : sqlite3_errstr (rc));
+}
+
+/* Step S, expecting no row. */
+static int
+step_done (struct sbx_store *st, sqlite3_stmt *s, struct sbx_err *err, const char *what)
+{
+  int rc = sqlite3_step (s);
+  if (rc != SQLITE_DONE)
+    return db_fail (st->db, rc == SQLITE_ROW ? SQLITE_MISUSE : rc, err, what);
+  return 0;
+}
+
+/* Step S: 1 with a row, 0 at the end, -1 on error. */
+static int
+step_row (struct sbx_store *st, sqlite3_stmt *s, struct sbx_err *err, const char *what)
+{
+  int rc = sqlite3_step (s);
+  if (rc == SQLITE_ROW)
+    return 1;
+  if (rc == SQLITE_DONE)
+    return 0;
+  return db_fail (st->db, rc, err, what);
+}
+
+static int
+run (struct sbx_store *st, enum stmt_id id, struct sbx_err *err, const char *what)
+{
+  cleanup_reset sqlite3_stmt *s = st->stmt[id];
+  return step_done (st, s, err, what);
+}
+
+/* Bind helpers: a failed bind surfaces as SQLITE_RANGE or SQLITE_NOMEM,
+   which the following step reports again; binds are therefore chained
+   with | and checked once. */
+static int
+bind_text (sqlite3_stmt *s, int i, const char *text)
+{
+  if (text == NULL)
+    return sqlite3_bind_null (s, i);
+  return sqlite3_bind_text (s, i, text, -1, SQLITE_TRANSIENT);
+}
+
+/* A fixed char array of a struct, which may lack its terminator. */
+static int
+bind_fixed (sqlite3_stmt *s, int i, const char *buf, size_t size)
+{
+  return sqlite3_bind_text (s, i, buf, (int) strnlen (buf, size), SQLITE_TRANSIENT);
+}
+
+#define BIND_FIXED(s, i, arr) bind_fixed ((s), (i), (arr), sizeof (arr))
+
+static int
+bind_check (struct sbx_store *st, int rc, struct sbx_err *err, const char *what)
+{
+  if (rc != SQLITE_OK)
+    return db_fail (st->db, SQLITE_MISUSE, err, what);
+  return 0;
+}
+
+static void
+copy_str (char *dst, size_t size, const char *src)
+{
+  size_t len = src ? strnlen (src, size - 1) : 0;
+  if (len)
+    memcpy (dst, src, len);
+  dst[len] = '\0';
+}
+
+static void
+col_copy (sqlite3_stmt *s, int i, char *dst, size_t size)
+{
+  copy_str (dst, size, (const char *) sqlite3_column_text (s, i));
+}
+
+#define COL_COPY(s, i, arr) col_copy ((s), (i), (arr), sizeof (arr))
+
+/* A new copy of column I in *OUT (NULL for SQL NULL); -1 when out of
+   memory. */
+static int
+col_dup (sqlite3_stmt *s, int i, char **out)
+{
+  const char *t = (const char *) sqlite3_column_text (s, i);
+  *out = NULL;
+  if (t == NULL)
+    return sqlite3_errcode (sqlite3_db_handle (s)) == SQLITE_NOMEM ? -1 : 0;
+  *out = strdup (t);
+  return *out ? 0 : -1;
+}
+
+/* V with room for element N (of SIZE bytes; *CAP allocated), or NULL when
+   out of memory (V is then unchanged). */
+static void *
+grow (void *v, size_t *cap, size_t n, size_t size)
+{
+  if (n < *cap)
+    return v;
+  size_t ncap = *cap ? *cap * 2 : 8;
+  void *p = realloc (v, ncap * size);
+  if (p)
+    *cap = ncap;
+  return p;
+}
+
+static int
+fail_nomem (struct sbx_err *err)
+{
+  return sbx_fail (err, ENOMEM, "database");
+}
+
+/* PREFIX + 20 characters of [a-z0-9], unbiased. */
+static int
+random_id (char *buf, size_t size, const char *prefix, struct sbx_err *err)
+{
+  static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  size_t plen = strlen (prefix), got = 0;
+  if (plen + ID_RANDOM_CHARS + 1 > size)
+    return sbx_failx (err, EINVAL, "id buffer too small");
+  memcpy (buf, prefix, plen);
+  while (got < ID_RANDOM_CHARS)
+    {
+      unsigned char rnd[32];
+      if (sbx_random_bytes (rnd, sizeof rnd) < 0)
+        return sbx_fail (err, errno, "getrandom");
+      for (size_t i = 0; i < sizeof rnd && got < ID_RANDOM_CHARS; i++)
+        if (rnd[i] < 252)       /* 7 * 36: larger bytes would favour a..d */
+          buf[plen + got++] = alphabet[rnd[i] % 36];
+    }
+  buf[plen + got] = '\0';
+  return 0;
+}
+
+static void
+hex (const unsigned char *in, size_t n, char *out)
+{
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++)
+    {
+      out[2 * i] = digits[in[i] >> 4];
+      out[2 * i + 1] = digits[in[i] & 0xf];
+    }
+  out[2 * n] = '\0';
+}
+
+/* A random UUID, version 4: xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx. */
+static int
+random_uuid (char *buf, size_t size, struct sbx_err *err)
+{
+  unsigned char b[16];
+  char h[33];
+  if (size < 37)
+    return sbx_failx (err, EINVAL, "id buffer too small");
+  if (sbx_random_bytes (b, sizeof b) < 0)
+    return sbx_fail (err, errno, "getrandom");
+  b[6] = (unsigned char) ((b[6] & 0x0f) | 0x40);
+  b[8] = (unsigned char) ((b[8] & 0x3f) | 0x80);
+  hex (b, sizeof b, h);
+  snprintf (buf, size, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+  return 0;
+}
+
+static int
+sha256_hex (const char *s, char out[65], struct sbx_err *err)
+{
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest (s, strlen (s), md, &len, EVP_sha256 (), NULL) != 1 || len != 32)
+    return sbx_failx (err, EIO, "SHA-256 failed");
+  hex (md, len, out);
+  return 0;
+}
+
+/* A JSON array of the strings of V (NULL-terminated) in *OUT. */
+static int
+strv_to_json (char *const *v, char **out, struct sbx_err *err)
+{
+  json_t *arr = json_array ();
+  *out = NULL;
+  if (arr == NULL)
+    return fail_nomem (err);
+  for (size_t i = 0; v && v[i]; i++)
+    if (json_array_append_new (arr, json_string (v[i])) < 0)
+      {
+        json_decref (arr);
+        return sbx_failx (err, EINVAL, "event type is not valid UTF-8");
+      }
+  *out = json_dumps (arr, JSON_COMPACT);
+  json_decref (arr);
+  return *out ? 0 : fail_nomem (err);
+}
+
+static void
+strv_free (char **v)
+{
+  for (size_t i = 0; v && v[i]; i++)
+    free (v[i]);
+  free (v);
+}
+
+/* The strings of the JSON array TEXT, NULL-terminated; anything else in
+   the column reads as an empty list. */
+static char **
+strv_from_json (const char *text)
+{
+  json_t *arr = text ? json_loads (text, 0, NULL) : NULL;
+  size_t n = json_is_array (arr) ? json_array_size (arr) : 0, k = 0;
+  char **v = calloc (n + 1, sizeof *v);
+  if (v == NULL)
+    {
+      json_decref (arr);
+      return NULL;
+    }
+  for (size_t i = 0; i < n; i++)
+    {
+      const char *t = json_string_value (json_array_get (arr, i));
+      if (t == NULL)
+        continue;
+      if ((v[k] = strdup (t)) == NULL)
+        {
+          strv_free (v);
+          json_decref (arr);
+          return NULL;
+        }
+      k++;
+    }
+  json_decref (arr);
+  return v;
+}
+
+/* ------------------------------------------------------------ open/close */
+
+static int
+journal_mode_cb (void *data, int ncol, char **vals, char **names)
+{
+  (void) names;
+  if (ncol > 0 && vals[0])
+    copy_str (data, 16, vals[0]);
+  return 0;
+}
+
+static int
+user_version_cb (void *data, int ncol, char **vals, char **names)
+{
+  (void) names;
+  if (ncol > 0 && vals[0])
+    *(int *) data = atoi (vals[0]);
+  return 0;
+}
+
+static int
+exec (struct sbx_store *st, const char *sql, int (*cb) (void *, int, char **, char **), void *data,
+      struct sbx_err *err, const char *what)
+{
+  char *msg = NULL;
+  int rc = sqlite3_exec (st->db, sql, cb, data, &msg);
+  if (rc != SQLITE_OK)
+    {
+      sbx_failx (err, db_code (rc), "database: %s: %s", what, msg ? msg : sqlite3_errstr (rc));
+      sqlite3_free (msg);
+      return -1;
+    }
+  return 0;
+}
+
+static int
+create_schema (struct sbx_store *st, struct sbx_err *err)
+{
+  int version = 0;
+  if (exec (st, "BEGIN IMMEDIATE", NULL, NULL, err, "begin") < 0)
+    return -1;
+  if (exec (st, "PRAGMA user_version", user_version_cb, &version, err, "schema version") < 0)
+    goto fail;
+  if (version > SCHEMA_VERSION)
+    {
+      sbx_failx (err, EPROTO, "database: schema version %d is newer than this sbxd's (%d)", version,
+                 SCHEMA_VERSION);
+      goto fail;
+    }
+  if (exec (st, schema_sql, NULL, NULL, err, "create schema") < 0)
+    goto fail;
+  /* A constant: PRAGMA takes no bound parameters. */
+  if (version < SCHEMA_VERSION && exec (st, "PRAGMA user_version = 1", NULL, NULL, err, "schema version") < 0)
+    goto fail;
+  if (exec (st, "COMMIT", NULL, NULL, err, "commit") < 0)
+    goto fail;
+  return 0;
+
+fail:
+  if (!sqlite3_get_autocommit (st->db))
+    sqlite3_exec (st->db, "ROLLBACK", NULL, NULL, NULL);
+  return -1;
+}
+
+void
+sbx_store_close (struct sbx_store *st)
+{
+  if (st == NULL)
+    return;
+  for (int i = 0; i < S_COUNT; i++)
+    sqlite3_finalize (st->stmt[i]);
+  /* The last connection to close checkpoints and removes the -wal file. */
+  sqlite3_close (st->db);
+  pthread_mutex_destroy (&st->lock);
+  free (st);
+}
+
+int
+sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
+{
+  *out = NULL;
+  if (path == NULL || *path == '\0')
+    return sbx_failx (err, EINVAL, "database: no path");
+
+  /* Create the file ourselves, 0600: it holds key hashes and webhook
+     secrets, SQLite would make it 0644, and gives the -wal and -shm files
+     the mode of the database. */
+  if (strcmp (path, ":memory:") != 0)
+    {
+      cleanup_close int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+      if (fd < 0)
+        return sbx_fail (err, errno, "open %s", path);
+    }
+
+  struct sbx_store *st = calloc (1, sizeof *st);
+  if (st == NULL)
+    return fail_nomem (err);
+  pthread_mutex_init (&st->lock, NULL);
+
+  /* NOMUTEX: the connection is only used under st->lock. */
+  int rc = sqlite3_open_v2 (path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK)
+    {
+      sbx_failx (err, db_code (rc), "database: open %s: %s", path,
+                 st->db ? sqlite3_errmsg (st->db) : sqlite3_errstr (rc));
+      sbx_store_close (st);
+      return -1;
+    }
+
+  char mode[16] = "";
+  /* busy_timeout first: switching to WAL needs a lock another process may
+     hold.  synchronous=NORMAL in WAL mode cannot corrupt the database; a
+     power cut may lose the last commits, a crashed process loses none. */
+  if (exec (st, "PRAGMA busy_timeout = 5000", NULL, NULL, err, "busy_timeout") < 0
+      || exec (st, "PRAGMA journal_mode = WAL", journal_mode_cb, mode, err, "journal_mode") < 0
+      || exec (st, "PRAGMA synchronous = NORMAL", NULL, NULL, err, "synchronous") < 0
+      || exec (st, "PRAGMA foreign_keys = ON", NULL, NULL, err, "foreign_keys") < 0)
+    goto fail;
+  if (strcmp (mode, "wal") != 0 && strcmp (path, ":memory:") != 0)
+    {
+      sbx_failx (err, EIO, "database: cannot use WAL mode (journal mode is %s)", mode);
+      goto fail;
+    }
+  if (create_schema (st, err) < 0)
+    goto fail;
+
+  for (int i = 0; i < S_COUNT; i++)
+    {
+      rc = sqlite3_prepare_v3 (st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL);
+      if (rc != SQLITE_OK)
+        {
+          db_fail (st->db, rc, err, "prepare");
+          goto fail;
+        }
+    }
+  *out = st;
+  return 0;
+
+fail:
+  sbx_err_wrap (err, "%s", path);
+  sbx_store_close (st);
+  return -1;
+}
+
+/* --------------------------------------------------------- organisations */
+
+static void
+org_from_row (sqlite3_stmt *s, struct sbx_org *o)
+{
+  memset (o, 0, sizeof *o);
+  COL_COPY (s, 0, o->id);
+  COL_COPY (s, 1, o->name);
+  o->max_sandboxes = (uint32_t) sqlite3_column_int64 (s, 2);
+  o->max_timeout_s = (uint32_t) sqlite3_column_int64 (s, 3);
+  o->max_upload_bytes = (uint64_t) sqlite3_column_int64 (s, 4);
+}
+
+static int
+check_org_name (const char *name, struct sbx_err *err)
+{
+  if (name == NULL || *name == '\0')
+    return sbx_failx (err, EINVAL, "organisation name is empty");
+  if (strlen (name) >= sizeof ((struct sbx_org *) 0)->name)
+    return sbx_failx (err, EINVAL, "organisation name is too long");
+  return 0;
+}
+
+/* 1 and *OUT when the organisation exists, else 0. */
+static int
+org_find (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err)
+{
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_BY_NAME];
+  if (bind_check (st, bind_text (s, 1, name), err, "find organisation") < 0)
+    return -1;
+  int r = step_row (st, s, err, "find organisation");
+  if (r > 0)
+    org_from_row (s, out);
+  return r;
+}
+
+static int
+org_ensure_locked (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err)
+{
+  int r = org_find (st, name, out, err);
+  if (r != 0)
+    return r < 0 ? -1 : 0;
+
+  char id[SBX_STORE_ID_MAX];
+  if (random_id (id, sizeof id, "org_", err) < 0)
+    return -1;
+  {
+    /* OR IGNORE: another process may have created it meanwhile. */
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_INSERT];
+    int rc = bind_text (s, 1, id) | bind_text (s, 2, name) | sqlite3_bind_int64 (s, 3, DEFAULT_MAX_SANDBOXES)
+             | sqlite3_bind_int64 (s, 4, DEFAULT_MAX_TIMEOUT_S)
+             | sqlite3_bind_int64 (s, 5, (sqlite3_int64) DEFAULT_MAX_UPLOAD_BYTES)
+             | sqlite3_bind_int64 (s, 6, sbx_wall_ms ());
+    if (bind_check (st, rc, err, "create organisation") < 0 || step_done (st, s, err, "create organisation") < 0)
+      return -1;
+  }
+  r = org_find (st, name, out, err);
+  if (r == 0)
+    return sbx_failx (err, EIO, "database: organisation %s vanished", name);
+  return r < 0 ? -1 : 0;
+}
+
+int
+sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err)
+{
+  struct sbx_org tmp;
+  if (check_org_name (name, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  return org_ensure_locked (st, name, out ? out : &tmp, err);
+}
+
+int
+sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_sandboxes, uint32_t max_timeout_s,
+                          uint64_t max_upload_bytes, struct sbx_err *err)
+{
+  if (check_org_name (name, err) < 0)
+    return -1;
+  if (max_upload_bytes > INT64_MAX)
+    return sbx_failx (err, EINVAL, "upload limit too large");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_LIMITS];
+  int rc = bind_text (s, 1, name) | sqlite3_bind_int64 (s, 2, max_sandboxes) | sqlite3_bind_int64 (s, 3, max_timeout_s)
+           | sqlite3_bind_int64 (s, 4, (sqlite3_int64) max_upload_bytes);
+  if (bind_check (st, rc, err, "set limits") < 0 || step_done (st, s, err, "set limits") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "organisation %s not found", name);
+  return 0;
+}
+
+/* -------------------------------------------------------------- API keys */
+
+int
+sbx_store_key_create (struct sbx_store *st, const char *org_name, const char *style, char *key, size_t key_size,
+                      struct sbx_key_info *info, struct sbx_err *err)
+{
+  if (style == NULL || (strcmp (style, "sk-sb-") != 0 && strcmp (style, "e2b_") != 0))
+    return sbx_failx (err, EINVAL, "unknown API key style %s (sk-sb- or e2b_)", style ? style : "(null)");
+  if (check_org_name (org_name, err) < 0)
+    return -1;
+  size_t slen = strlen (style);
+  if (key == NULL || key_size < slen + 2 * KEY_RANDOM_BYTES + 1)
+    return sbx_failx (err, EINVAL, "API key buffer too small");
+
+  unsigned char rnd[KEY_RANDOM_BYTES];
+  char plain[64], hash[65], hint[KEY_HINT_CHARS + 1], id[SBX_STORE_ID_MAX];
+  if (sbx_random_bytes (rnd, sizeof rnd) < 0)
+    return sbx_fail (err, errno, "getrandom");
+  memcpy (plain, style, slen);
+  hex (rnd, sizeof rnd, plain + slen);
+  explicit_bzero (rnd, sizeof rnd);
+  copy_str (hint, sizeof hint, plain);
+  int64_t now = sbx_wall_ms ();
+  if (sha256_hex (plain, hash, err) < 0 || random_id (id, sizeof id, "key_", err) < 0)
+    goto fail;
+
+  {
+    cleanup_unlock struct sbx_store *locked = store_lock (st);
+    cleanup_rollback struct sbx_store *tx = NULL;
+    struct sbx_org org;
+    if (run (st, S_BEGIN, err, "begin") < 0)
+      goto fail;
+    tx = st;
+    if (org_ensure_locked (st, org_name, &org, err) < 0)
+      goto fail;
+    {
+      cleanup_reset sqlite3_stmt *s = st->stmt[S_KEY_INSERT];
+      int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, org.id) | bind_text (s, 3, hash) | bind_text (s, 4, hint)
+               | sqlite3_bind_int64 (s, 5, now);
+      if (bind_check (st, rc, err, "create API key") < 0 || step_done (st, s, err, "create API key") < 0)
+        goto fail;
+    }
+    if (run (st, S_COMMIT, err, "commit") < 0)
+      goto fail;
+    tx = NULL;
+    if (info)
+      {
+        memset (info, 0, sizeof *info);
+        copy_str (info->id, sizeof info->id, id);
+        copy_str (info->org_name, sizeof info->org_name, org.name);
+        copy_str (info->hint, sizeof info->hint, hint);
+        info->created_ms = now;
+      }
+  }
+  memcpy (key, plain, strlen (plain) + 1);
+  explicit_bzero (plain, sizeof plain);
+  return 0;
+
+fail:
+  explicit_bzero (plain, sizeof plain);
+  return -1;
+}
+
+int
+sbx_store_key_lookup (struct sbx_store *st, const char *key, struct sbx_org *org, struct sbx_err *err)
+{
+  char hash[65];
+  if (key == NULL || *key == '\0' || strnlen (key, MAX_KEY_LEN + 1) > MAX_KEY_LEN)
+    return sbx_failx (err, ENOENT, "invalid API key");
+  /* Hashing needs no lock. */
+  if (sha256_hex (key, hash, err) < 0)
+    return -1;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_KEY_LOOKUP];
+  if (bind_check (st, bind_text (s, 1, hash), err, "look up API key") < 0)
+    return -1;
+  int r = step_row (st, s, err, "look up API key");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "invalid API key");
+  if (sqlite3_column_int64 (s, 5) != 0)
+    return sbx_failx (err, EKEYREVOKED, "API key revoked");
+  if (org)
+    org_from_row (s, org);
+  return 0;
+}
+
+int
+sbx_store_key_list (struct sbx_store *st, struct sbx_key_info **keys, size_t *n, struct sbx_err *err)
+{
+  struct sbx_key_info *v = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *keys = NULL;
+  *n = 0;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_KEY_LIST];
+  while ((r = step_row (st, s, err, "list API keys")) > 0)
+    {
+      struct sbx_key_info *p = grow (v, &cap, count, sizeof *v);
+      if (p == NULL)
+        {
+          free (v);
+          return fail_nomem (err);
+        }
+      v = p;
+      struct sbx_key_info *k = &v[count++];
+      memset (k, 0, sizeof *k);
+      COL_COPY (s, 0, k->id);
+      COL_COPY (s, 1, k->org_name);
+      COL_COPY (s, 2, k->hint);
+      k->created_ms = sqlite3_column_int64 (s, 3);
+      k->revoked_ms = sqlite3_column_int64 (s, 4);
+    }
+  if (r < 0)
+    {
+      free (v);
+      return -1;
+    }
+  *keys = v;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_key_revoke (struct sbx_store *st, const char *id_or_key, struct sbx_err *err)
+{
+  char hash[65];
+  if (id_or_key == NULL || *id_or_key == '\0' || strnlen (id_or_key, MAX_KEY_LEN + 1) > MAX_KEY_LEN)
+    return sbx_failx (err, ENOENT, "no such API key");
+  /* Key ids ("key_...") and keys ("sk-sb-...", "e2b_...") never look
+     alike, so one statement matches either. */
+  if (sha256_hex (id_or_key, hash, err) < 0)
+    return -1;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_KEY_REVOKE];
+  int rc = bind_text (s, 1, id_or_key) | bind_text (s, 2, hash) | sqlite3_bind_int64 (s, 3, sbx_wall_ms ());
+  if (bind_check (st, rc, err, "revoke API key") < 0 || step_done (st, s, err, "revoke API key") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "no such API key");
+  return 0;
+}
+
+int
+sbx_store_key_count (struct sbx_store *st, int *n, struct sbx_err *err)
+{
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_KEY_COUNT];
+  int r = step_row (st, s, err, "count API keys");
+  if (r < 0)
+    return -1;
+  *n = r ? (int) sqlite3_column_int64 (s, 0) : 0;
+  return 0;
+}
+
+/* ------------------------------------------------------- sandbox records */
+
+void
+sbx_sandbox_rec_free (struct sbx_sandbox_rec *r)
+{
+  if (r == NULL)
+    return;
+  free (r->metadata_json);
+  r->metadata_json = NULL;
+}
+
+void
+sbx_sandbox_recs_free (struct sbx_sandbox_rec *v, size_t n)
+{
+  for (size_t i = 0; v && i < n; i++)
+    sbx_sandbox_rec_free (&v[i]);
+  free (v);
+}
+
+static int
+sandbox_from_row (sqlite3_stmt *s, struct sbx_sandbox_rec *r)
+{
+  memset (r, 0, sizeof *r);
+  COL_COPY (s, 0, r->id);
+  COL_COPY (s, 1, r->org_id);
+  COL_COPY (s, 2, r->template_id);
+  COL_COPY (s, 3, r->status);
+  r->started_ms = sqlite3_column_int64 (s, 5);
+  r->end_ms = sqlite3_column_int64 (s, 6);
+  r->stopped_ms = sqlite3_column_int64 (s, 7);
+  COL_COPY (s, 8, r->stop_reason);
+  r->cpu_count = (uint32_t) sqlite3_column_int64 (s, 9);
+  r->memory_mb = (uint32_t) sqlite3_column_int64 (s, 10);
+  r->disk_mb = (uint32_t) sqlite3_column_int64 (s, 11);
+  return col_dup (s, 4, &r->metadata_json);
+}
+
+int
+sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
+{
+  if (r == NULL || r->id[0] == '\0')
+    return sbx_failx (err, EINVAL, "sandbox record without id");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_PUT];
+  int rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | BIND_FIXED (s, 3, r->template_id)
+           | BIND_FIXED (s, 4, r->status) | bind_text (s, 5, r->metadata_json)
+           | sqlite3_bind_int64 (s, 6, r->started_ms) | sqlite3_bind_int64 (s, 7, r->end_ms)
+           | sqlite3_bind_int64 (s, 8, r->stopped_ms) | BIND_FIXED (s, 9, r->stop_reason)
+           | sqlite3_bind_int64 (s, 10, r->cpu_count) | sqlite3_bind_int64 (s, 11, r->memory_mb)
+           | sqlite3_bind_int64 (s, 12, r->disk_mb);
+  if (bind_check (st, rc, err, "save sandbox") < 0 || step_done (st, s, err, "save sandbox") < 0)
+    return -1;
+  return 0;
+}
+
+int
+sbx_store_sandbox_get (struct sbx_store *st, const char *id, struct sbx_sandbox_rec *r, struct sbx_err *err)
+{
+  memset (r, 0, sizeof *r);
+  if (id == NULL)
+    return sbx_failx (err, ENOENT, "sandbox not found");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_GET];
+  if (bind_check (st, bind_text (s, 1, id), err, "get sandbox") < 0)
+    return -1;
+  int rr = step_row (st, s, err, "get sandbox");
+  if (rr < 0)
+    return -1;
+  if (rr == 0)
+    return sbx_failx (err, ENOENT, "sandbox not found");
+  if (sandbox_from_row (s, r) < 0)
+    return fail_nomem (err);
+  return 0;
+}
+
+int
+sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
+                        size_t *n, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec *recs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  if (org_id == NULL)
+    return 0;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIST];
+  if (bind_check (st, bind_text (s, 1, org_id) | bind_text (s, 2, status), err, "list sandboxes") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list sandboxes")) > 0)
+    {
+      struct sbx_sandbox_rec *p = grow (recs, &cap, count, sizeof *recs);
+      if (p == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      recs = p;
+      if (sandbox_from_row (s, &recs[count++]) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_sandbox_recs_free (recs, count);
+      return -1;
+    }
+  *v = recs;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err)
+{
+  *n = 0;
+  if (org_id == NULL)
+    return 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE];
+  if (bind_check (st, bind_text (s, 1, org_id), err, "count sandboxes") < 0)
+    return -1;
+  int r = step_row (st, s, err, "count sandboxes");
+  if (r < 0)
+    return -1;
+  *n = r ? (uint32_t) sqlite3_column_int64 (s, 0) : 0;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- events */
+
+void
+sbx_event_free (struct sbx_event *e)
+{
+  if (e == NULL)
+    return;
+  free (e->data_json);
+  e->data_json = NULL;
+}
+
+void
+sbx_events_free (struct sbx_event *v, size_t n)
+{
+  for (size_t i = 0; v && i < n; i++)
+    sbx_event_free (&v[i]);
+  free (v);
+}
+
+static int
+event_from_row (sqlite3_stmt *s, struct sbx_event *e)
+{
+  memset (e, 0, sizeof *e);
+  e->seq = sqlite3_column_int64 (s, 0);
+  COL_COPY (s, 1, e->id);
+  COL_COPY (s, 2, e->org_id);
+  COL_COPY (s, 3, e->sandbox_id);
+  COL_COPY (s, 4, e->template_id);
+  COL_COPY (s, 5, e->type);
+  e->timestamp_ms = sqlite3_column_int64 (s, 6);
+  return col_dup (s, 7, &e->data_json);
+}
+
+int
+sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err *err)
+{
+  if (ev == NULL || ev->type[0] == '\0' || ev->org_id[0] == '\0')
+    return sbx_failx (err, EINVAL, "event without type or organisation");
+  char id[SBX_STORE_ID_MAX];
+  if (random_uuid (id, sizeof id, err) < 0)
+    return -1;
+  int64_t now = sbx_wall_ms ();
+  int64_t ts = ev->timestamp_ms ? ev->timestamp_ms : now;
+  int64_t seq;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_INSERT];
+    int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, ev->org_id) | BIND_FIXED (s, 3, ev->sandbox_id)
+             | BIND_FIXED (s, 4, ev->template_id) | BIND_FIXED (s, 5, ev->type) | sqlite3_bind_int64 (s, 6, ts)
+             | bind_text (s, 7, ev->data_json);
+    if (bind_check (st, rc, err, "add event") < 0 || step_done (st, s, err, "add event") < 0)
+      return -1;
+    seq = sqlite3_last_insert_rowid (st->db);
+  }
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_QUEUE];
+    int rc = bind_text (s, 1, id) | sqlite3_bind_int64 (s, 2, now) | BIND_FIXED (s, 3, ev->org_id)
+             | BIND_FIXED (s, 4, ev->type);
+    if (bind_check (st, rc, err, "queue deliveries") < 0 || step_done (st, s, err, "queue deliveries") < 0)
+      return -1;
+  }
+  if (run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+
+  /* Only a committed event gets its identity. */
+  ev->seq = seq;
+  copy_str (ev->id, sizeof ev->id, id);
+  ev->timestamp_ms = ts;
+  return 0;
+}
+
+int
+sbx_store_event_list (struct sbx_store *st, const char *org_id, const char *sandbox_id, uint32_t offset,
+                      uint32_t limit, bool asc, const char *const *types, struct sbx_event **v, size_t *n,
+                      struct sbx_err *err)
+{
+  cleanup_free char *types_json = NULL;
+  struct sbx_event *evs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  if (org_id == NULL)
+    return 0;
+  if (types && types[0] && strv_to_json ((char *const *) types, &types_json, err) < 0)
+    return -1;
+
+  enum stmt_id id = sandbox_id ? (asc ? S_EV_LIST_SB_ASC : S_EV_LIST_SB_DESC)
+                               : (asc ? S_EV_LIST_ORG_ASC : S_EV_LIST_ORG_DESC);
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[id];
+  /* LIMIT -1: no limit. */
+  int rc = bind_text (s, 1, org_id) | bind_text (s, 2, types_json)
+           | sqlite3_bind_int64 (s, 3, limit ? (sqlite3_int64) limit : -1) | sqlite3_bind_int64 (s, 4, offset);
+  if (sandbox_id)
+    rc |= bind_text (s, 5, sandbox_id);
+  if (bind_check (st, rc, err, "list events") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list events")) > 0)
+    {
+      struct sbx_event *p = grow (evs, &cap, count, sizeof *evs);
+      if (p == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      evs = p;
+      if (event_from_row (s, &evs[count++]) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_events_free (evs, count);
+      return -1;
+    }
+  *v = evs;
+  *n = count;
+  return 0;
+}
+
+/* -------------------------------------------------------------- webhooks */
+
+void
+sbx_webhook_free (struct sbx_webhook *w)
+{
+  if (w == NULL)
+    return;
+  free (w->name);
+  free (w->url);
+  strv_free (w->events);
+  if (w->secret)
+    explicit_bzero (w->secret, strlen (w->secret));
+  free (w->secret);
+  w->name = w->url = w->secret = NULL;
+  w->events = NULL;
+}
+
+void
+sbx_webhooks_free (struct sbx_webhook *v, size_t n)
+{
+  for (size_t i = 0; v && i < n; i++)
+    sbx_webhook_free (&v[i]);
+  free (v);
+}
+
+static int
+webhook_from_row (sqlite3_stmt *s, struct sbx_webhook *w)
+{
+  memset (w, 0, sizeof *w);
+  COL_COPY (s, 0, w->id);
+  COL_COPY (s, 1, w->org_id);
+  w->enabled = sqlite3_column_int (s, 4) != 0;
+  w->created_ms = sqlite3_column_int64 (s, 7);
+  if (col_dup (s, 2, &w->name) < 0 || col_dup (s, 3, &w->url) < 0 || col_dup (s, 6, &w->secret) < 0
+      || (w->events = strv_from_json ((const char *) sqlite3_column_text (s, 5))) == NULL)
+    {
+      sbx_webhook_free (w);
+      return -1;
+    }
+  return 0;
+}
+
+/* 1 and *W for webhook ID (of ORG_ID unless NULL), 0 when there is none. */
+static int
+webhook_load (struct sbx_store *st, const char *org_id, const char *id, struct sbx_webhook *w, struct sbx_err *err)
+{
+  cleanup_reset sqlite3_stmt *s = st->stmt[org_id ? S_WH_GET : S_WH_BY_ID];
+  int rc = bind_text (s, 1, id);
+  if (org_id)
+    rc |= bind_text (s, 2, org_id);
+  if (bind_check (st, rc, err, "get webhook") < 0)
+    return -1;
+  int r = step_row (st, s, err, "get webhook");
+  if (r > 0 && webhook_from_row (s, w) < 0)
+    return fail_nomem (err);
+  return r;
+}
+
+int
+sbx_store_webhook_create (struct sbx_store *st, struct sbx_webhook *w, struct sbx_err *err)
+{
+  if (w == NULL || w->org_id[0] == '\0' || w->url == NULL)
+    return sbx_failx (err, EINVAL, "webhook without organisation or url");
+  cleanup_free char *events = NULL;
+  char id[SBX_STORE_ID_MAX];
+  if (strv_to_json (w->events, &events, err) < 0 || random_id (id, sizeof id, "wh_", err) < 0)
+    return -1;
+  int64_t now = sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_WH_INSERT];
+  int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, w->org_id) | bind_text (s, 3, w->name ? w->name : "")
+           | bind_text (s, 4, w->url) | sqlite3_bind_int (s, 5, w->enabled ? 1 : 0) | bind_text (s, 6, events)
+           | bind_text (s, 7, w->secret ? w->secret : "") | sqlite3_bind_int64 (s, 8, now);
+  if (bind_check (st, rc, err, "create webhook") < 0 || step_done (st, s, err, "create webhook") < 0)
+    return -1;
+  copy_str (w->id, sizeof w->id, id);
+  w->created_ms = now;
+  return 0;
+}
+
+int
+sbx_store_webhook_get (struct sbx_store *st, const char *org_id, const char *id, struct sbx_webhook *w,
+                       struct sbx_err *err)
+{
+  memset (w, 0, sizeof *w);
+  if (org_id == NULL || id == NULL)
+    return sbx_failx (err, ENOENT, "webhook not found");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  int r = webhook_load (st, org_id, id, w, err);
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "webhook not found");
+  return 0;
+}
+
+int
+sbx_store_webhook_list (struct sbx_store *st, const char *org_id, struct sbx_webhook **v, size_t *n,
+                        struct sbx_err *err)
+{
+  struct sbx_webhook *hooks = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  if (org_id == NULL)
+    return 0;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_WH_LIST];
+  if (bind_check (st, bind_text (s, 1, org_id), err, "list webhooks") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list webhooks")) > 0)
+    {
+      struct sbx_webhook *p = grow (hooks, &cap, count, sizeof *hooks);
+      if (p == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      hooks = p;
+      if (webhook_from_row (s, &hooks[count]) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      count++;
+    }
+  if (r < 0)
+    {
+      sbx_webhooks_free (hooks, count);
+      return -1;
+    }
+  *v = hooks;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_webhook_update (struct sbx_store *st, const struct sbx_webhook *w, struct sbx_err *err)
+{
+  if (w == NULL)
+    return sbx_failx (err, EINVAL, "no webhook");
+  cleanup_free char *events = NULL;
+  if (w->events && strv_to_json (w->events, &events, err) < 0)
+    return -1;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_WH_UPDATE];
+  int rc = BIND_FIXED (s, 1, w->id) | BIND_FIXED (s, 2, w->org_id) | bind_text (s, 3, w->name)
+           | bind_text (s, 4, w->url) | sqlite3_bind_int (s, 5, w->enabled ? 1 : 0) | bind_text (s, 6, events)
+           | bind_text (s, 7, w->secret);
+  if (bind_check (st, rc, err, "update webhook") < 0 || step_done (st, s, err, "update webhook") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "webhook not found");
+  return 0;
+}
+
+int
+sbx_store_webhook_delete (struct sbx_store *st, const char *org_id, const char *id, struct sbx_err *err)
+{
+  if (org_id == NULL || id == NULL)
+    return sbx_failx (err, ENOENT, "webhook not found");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_WH_DELETE];
+    int rc = bind_text (s, 1, id) | bind_text (s, 2, org_id);
+    if (bind_check (st, rc, err, "delete webhook") < 0 || step_done (st, s, err, "delete webhook") < 0)
+      return -1;
+    if (sqlite3_changes (st->db) == 0)
+      return sbx_failx (err, ENOENT, "webhook not found");
+  }
+  {
+    /* The foreign key cascades too; this keeps the promise should the
+       file ever be used with foreign keys off. */
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_WH_DELETE_DELIVERIES];
+    if (bind_check (st, bind_text (s, 1, id), err, "delete deliveries") < 0
+        || step_done (st, s, err, "delete deliveries") < 0)
+      return -1;
+  }
+  if (run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
+}
+
+/* ------------------------------------------------------------ deliveries */
+
+void
+sbx_delivery_free (struct sbx_delivery *d)
+{
+  if (d == NULL)
+    return;
+  free (d->last_error);
+  d->last_error = NULL;
+}
+
+void
+sbx_deliveries_free (struct sbx_delivery *v, size_t n)
+{
+  for (size_t i = 0; v && i < n; i++)
+    sbx_delivery_free (&v[i]);
+  free (v);
+}
+
+static int
+delivery_from_row (sqlite3_stmt *s, struct sbx_delivery *d)
+{
+  memset (d, 0, sizeof *d);
+  d->id = sqlite3_column_int64 (s, 0);
+  COL_COPY (s, 1, d->webhook_id);
+  COL_COPY (s, 2, d->event_id);
+  const char *state = (const char *) sqlite3_column_text (s, 3);
+  if (state && strcmp (state, "delivered") == 0)
+    d->state = SBX_DELIVERY_DELIVERED;
+  else if (state && strcmp (state, "failed") == 0)
+    d->state = SBX_DELIVERY_FAILED;
+  else
+    d->state = SBX_DELIVERY_PENDING;
+  d->attempts = (uint32_t) sqlite3_column_int64 (s, 4);
+  d->next_ms = sqlite3_column_int64 (s, 5);
+  d->last_status = sqlite3_column_int (s, 6);
+  d->created_ms = sqlite3_column_int64 (s, 8);
+  d->updated_ms = sqlite3_column_int64 (s, 9);
+  return col_dup (s, 7, &d->last_error);
+}
+
+/* 1 and *EV for event ID, 0 when there is none. */
+static int
+event_load (struct sbx_store *st, const char *id, struct sbx_event *ev, struct sbx_err *err)
+{
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_BY_ID];
+  if (bind_check (st, bind_text (s, 1, id), err, "get event") < 0)
+    return -1;
+  int r = step_row (st, s, err, "get event");
+  if (r > 0 && event_from_row (s, ev) < 0)
+    return fail_nomem (err);
+  return r;
+}
+
+int
+sbx_store_delivery_next (struct sbx_store *st, int64_t now_ms, struct sbx_delivery *d, struct sbx_webhook *w,
+                         struct sbx_event *ev, int64_t *next_due_ms, struct sbx_err *err)
+{
+  struct sbx_delivery dl = { 0 };
+  struct sbx_webhook wh = { 0 };
+  struct sbx_event e = { 0 };
+  int found, r;
+  if (d)
+    memset (d, 0, sizeof *d);
+  if (w)
+    memset (w, 0, sizeof *w);
+  if (ev)
+    memset (ev, 0, sizeof *ev);
+  if (next_due_ms)
+    *next_due_ms = 0;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_DL_NEXT];
+    if (bind_check (st, sqlite3_bind_int64 (s, 1, now_ms), err, "next delivery") < 0)
+      return -1;
+    found = step_row (st, s, err, "next delivery");
+    if (found < 0)
+      return -1;
+    if (found && delivery_from_row (s, &dl) < 0)
+      return fail_nomem (err);
+  }
+  if (found)
+    {
+      /* Both exist: deliveries cascade with their webhook, events are
+         never deleted. */
+      if ((r = webhook_load (st, NULL, dl.webhook_id, &wh, err)) <= 0
+          || (r = event_load (st, dl.event_id, &e, err)) <= 0)
+        {
+          if (r == 0)
+            sbx_failx (err, EIO, "database: delivery %lld has lost its webhook or event", (long long) dl.id);
+          goto fail;
+        }
+    }
+  if (next_due_ms)
+    {
+      cleanup_reset sqlite3_stmt *s = st->stmt[S_DL_NEXT_DUE];
+      if (bind_check (st, sqlite3_bind_int64 (s, 1, now_ms), err, "next delivery") < 0)
+        goto fail;
+      if ((r = step_row (st, s, err, "next delivery")) < 0)
+        goto fail;
+      *next_due_ms = r ? sqlite3_column_int64 (s, 0) : 0;   /* NULL reads as 0 */
+    }
+
+  if (d)
+    *d = dl;
+  else
+    sbx_delivery_free (&dl);
+  if (w)
+    *w = wh;
+  else
+    sbx_webhook_free (&wh);
+  if (ev)
+    *ev = e;
+  else
+    sbx_event_free (&e);
+  return found;
+
+fail:
+  sbx_delivery_free (&dl);
+  sbx_webhook_free (&wh);
+  sbx_event_free (&e);
+  return -1;
+}
+
+int
+sbx_store_delivery_record (struct sbx_store *st, int64_t id, int status, const char *error, bool delivered,
+                           int64_t next_ms, struct sbx_err *err)
+{
+  int len = 0;
+  if (error)
+    {
+      /* Keep it short, cut on a UTF-8 character boundary. */
+      size_t l = strnlen (error, MAX_DELIVERY_ERROR + 1);
+      if (l > MAX_DELIVERY_ERROR)
+        for (l = MAX_DELIVERY_ERROR; l > 0 && ((unsigned char) error[l] & 0xc0) == 0x80; l--)
+          ;
+      len = (int) l;
+    }
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_DL_RECORD];
+  int rc = sqlite3_bind_int64 (s, 1, id) | sqlite3_bind_int (s, 2, status)
+           | (error ? sqlite3_bind_text (s, 3, error, len, SQLITE_TRANSIENT) : sqlite3_bind_null (s, 3))
+           | sqlite3_bind_int64 (s, 4, sbx_wall_ms ()) | sqlite3_bind_int64 (s, 5, next_ms > 0 ? next_ms : 0)
+           | sqlite3_bind_int (s, 6, delivered ? 1 : 0);
+  if (bind_check (st, rc, err, "record delivery") < 0 || step_done (st, s, err, "record delivery") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "delivery %lld not found", (long long) id);
+  return 0;
+}
+
+int
+sbx_store_delivery_list (struct sbx_store *st, const char *org_id, const char *webhook_id,
+                         struct sbx_delivery **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_delivery *dls = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  if (org_id == NULL || webhook_id == NULL)
+    return sbx_failx (err, ENOENT, "webhook not found");
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_WH_EXISTS];
+    if (bind_check (st, bind_text (s, 1, webhook_id) | bind_text (s, 2, org_id), err, "list deliveries") < 0)
+      return -1;
+    r = step_row (st, s, err, "list deliveries");
+    if (r < 0)
+      return -1;
+    if (r == 0)
+      return sbx_failx (err, ENOENT, "webhook not found");
+  }
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_DL_LIST];
+  if (bind_check (st, bind_text (s, 1, webhook_id), err, "list deliveries") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list deliveries")) > 0)
+    {
+      struct sbx_delivery *p = grow (dls, &cap, count, sizeof *dls);
+      if (p == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      dls = p;
+      if (delivery_from_row (s, &dls[count++]) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_deliveries_free (dls, count);
+      return -1;
+    }
+  *v = dls;
+  *n = count;
+  return 0;
+}
