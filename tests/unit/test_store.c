@@ -1,0 +1,964 @@
+/*
+ * test_store.c - tests of src/daemon/store.c on a real SQLite file.
+ *
+ * Everything runs in a temporary directory: organisations and limits, API
+ * keys (formats, lookup, revocation, and that no key is ever written in
+ * clear, WAL file included), sandbox records, events and their filters,
+ * webhooks, the delivery queue (per-webhook order, retries, final states),
+ * persistence across close and reopen, a second connection on the same
+ * file, and a small concurrency run.  No root, no network; a second or so.
+ *
+ *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
+ *     tests/unit/test_store.c src/daemon/store.c src/common/error.c src/common/util.c \
+ *     -lsqlite3 -ljansson -lcrypto -lpthread && /tmp/test_store
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "daemon/store.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                                    \
+  do                                                                                                   \
+    {                                                                                                  \
+      if (cond)                                                                                        \
+        passed++;                                                                                      \
+      else                                                                                             \
+        {                                                                                              \
+          failed++;                                                                                    \
+          fprintf (stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
+        }                                                                                              \
+    }                                                                                                  \
+  while (0)
+
+/* A call that must succeed; prints the store's message otherwise. */
+#define CHECK_OK(call)                                                                                 \
+  do                                                                                                   \
+    {                                                                                                  \
+      struct sbx_err e_ = { 0 };                                                                       \
+      struct sbx_err *err = &e_;                                                                       \
+      (void) err;                                                                                      \
+      if ((call) >= 0)                                                                                 \
+        passed++;                                                                                      \
+      else                                                                                             \
+        {                                                                                              \
+          failed++;                                                                                    \
+          fprintf (stderr, "FAIL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, e_.msg);                 \
+        }                                                                                              \
+    }                                                                                                  \
+  while (0)
+
+/* A call that must fail with errno CODE. */
+#define CHECK_ERR(call, want)                                                                          \
+  do                                                                                                   \
+    {                                                                                                  \
+      struct sbx_err e_ = { 0 };                                                                       \
+      struct sbx_err *err = &e_;                                                                       \
+      (void) err;                                                                                      \
+      if ((call) < 0 && e_.code == (want))                                                             \
+        passed++;                                                                                      \
+      else                                                                                             \
+        {                                                                                              \
+          failed++;                                                                                    \
+          fprintf (stderr, "FAIL %s:%d: %s: expected %s, got code %d (%s)\n", __FILE__, __LINE__,      \
+                   #call, #want, e_.code, e_.msg);                                                     \
+        }                                                                                              \
+    }                                                                                                  \
+  while (0)
+
+static char dir[64], db_path[PATH_MAX];
+static struct sbx_store *st;
+
+/* What later sections (and the reopen) check again. */
+static char key_live[64], key_by_id[64], key_e2b[64];
+static struct sbx_org org_a;
+static char wh_keep[SBX_STORE_ID_MAX];
+static int64_t dl_pending_id;
+
+static void
+die (const char *what)
+{
+  perror (what);
+  exit (2);
+}
+
+static bool
+all_of (const char *s, size_t n, const char *alphabet)
+{
+  if (strlen (s) != n)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (strchr (alphabet, s[i]) == NULL)
+      return false;
+  return true;
+}
+
+static bool
+good_id (const char *id, const char *prefix)
+{
+  size_t p = strlen (prefix);
+  return strncmp (id, prefix, p) == 0 && all_of (id + p, 20, "abcdefghijklmnopqrstuvwxyz0123456789");
+}
+
+static bool
+good_uuid (const char *id)
+{
+  if (strlen (id) != 36)
+    return false;
+  for (int i = 0; i < 36; i++)
+    {
+      bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+      if (dash ? id[i] != '-' : !(isdigit ((unsigned char) id[i]) || (id[i] >= 'a' && id[i] <= 'f')))
+        return false;
+    }
+  return id[14] == '4' && strchr ("89ab", id[19]) != NULL;
+}
+
+static struct sbx_store *
+open_store (void)
+{
+  struct sbx_store *s = NULL;
+  struct sbx_err err = { 0 };
+  if (sbx_store_open (db_path, &s, &err) < 0)
+    {
+      fprintf (stderr, "open: %s\n", err.msg);
+      exit (2);
+    }
+  return s;
+}
+
+/* ------------------------------------------------------------------ orgs */
+
+static void
+test_orgs (void)
+{
+  struct sbx_org o, o2;
+  CHECK_OK (sbx_store_org_ensure (st, "acme", &o, err));
+  CHECK (good_id (o.id, "org_"));
+  CHECK (strcmp (o.name, "acme") == 0);
+  CHECK (o.max_sandboxes == 10 && o.max_timeout_s == 3600 && o.max_upload_bytes == 100ull * 1024 * 1024);
+  CHECK_OK (sbx_store_org_ensure (st, "acme", &o2, err));
+  CHECK (strcmp (o.id, o2.id) == 0);
+
+  CHECK_OK (sbx_store_org_set_limits (st, "acme", 5, 0, 0, err));
+  CHECK_OK (sbx_store_org_ensure (st, "acme", &o2, err));
+  CHECK (o2.max_sandboxes == 5 && o2.max_timeout_s == 3600 && o2.max_upload_bytes == 100ull * 1024 * 1024);
+  CHECK_OK (sbx_store_org_set_limits (st, "acme", 0, 600, 1234, err));
+  CHECK_OK (sbx_store_org_ensure (st, "acme", &o2, err));
+  CHECK (o2.max_sandboxes == 5 && o2.max_timeout_s == 600 && o2.max_upload_bytes == 1234);
+  CHECK_ERR (sbx_store_org_set_limits (st, "nobody", 1, 1, 1, err), ENOENT);
+  CHECK_ERR (sbx_store_org_ensure (st, "", &o2, err), EINVAL);
+  org_a = o2;
+}
+
+/* ------------------------------------------------------------------ keys */
+
+static void
+test_keys (void)
+{
+  struct sbx_key_info ki, ki2, ki3;
+  struct sbx_org o;
+  char small[20];
+  int n = -1;
+
+  CHECK_OK (sbx_store_key_count (st, &n, err));
+  CHECK (n == 0);
+
+  CHECK_OK (sbx_store_key_create (st, "acme", "sk-sb-", key_live, sizeof key_live, &ki, err));
+  CHECK (strncmp (key_live, "sk-sb-", 6) == 0 && all_of (key_live + 6, 40, "0123456789abcdef"));
+  CHECK (good_id (ki.id, "key_"));
+  CHECK (strcmp (ki.org_name, "acme") == 0);
+  CHECK (strlen (ki.hint) == 10 && strncmp (ki.hint, key_live, 10) == 0);
+  CHECK (ki.created_ms > 0 && ki.revoked_ms == 0);
+
+  CHECK_OK (sbx_store_key_create (st, "acme", "sk-sb-", key_by_id, sizeof key_by_id, &ki2, err));
+  CHECK (strcmp (key_by_id, key_live) != 0 && strcmp (ki.id, ki2.id) != 0);
+  /* A new organisation comes with the key. */
+  CHECK_OK (sbx_store_key_create (st, "beta", "e2b_", key_e2b, sizeof key_e2b, &ki3, err));
+  CHECK (strncmp (key_e2b, "e2b_", 4) == 0 && all_of (key_e2b + 4, 40, "0123456789abcdef"));
+  CHECK (strcmp (ki3.org_name, "beta") == 0 && strncmp (ki3.hint, "e2b_", 4) == 0);
+
+  CHECK_ERR (sbx_store_key_create (st, "acme", "pk-", small, sizeof small, NULL, err), EINVAL);
+  CHECK_ERR (sbx_store_key_create (st, "acme", "sk-sb-", small, sizeof small, NULL, err), EINVAL);
+
+  CHECK_OK (sbx_store_key_lookup (st, key_live, &o, err));
+  CHECK (strcmp (o.name, "acme") == 0 && strcmp (o.id, org_a.id) == 0 && o.max_sandboxes == 5);
+  CHECK_OK (sbx_store_key_lookup (st, key_e2b, &o, err));
+  CHECK (strcmp (o.name, "beta") == 0 && o.max_sandboxes == 10);
+
+  char wrong[64];
+  snprintf (wrong, sizeof wrong, "%s", key_live);
+  wrong[20] = wrong[20] == 'a' ? 'b' : 'a';
+  CHECK_ERR (sbx_store_key_lookup (st, wrong, &o, err), ENOENT);
+  CHECK_ERR (sbx_store_key_lookup (st, "", &o, err), ENOENT);
+  CHECK_ERR (sbx_store_key_lookup (st, NULL, &o, err), ENOENT);
+
+  CHECK_OK (sbx_store_key_revoke (st, ki2.id, err));
+  CHECK_ERR (sbx_store_key_lookup (st, key_by_id, &o, err), EKEYREVOKED);
+  CHECK_OK (sbx_store_key_revoke (st, key_e2b, err));
+  CHECK_ERR (sbx_store_key_lookup (st, key_e2b, &o, err), EKEYREVOKED);
+  CHECK_OK (sbx_store_key_revoke (st, ki2.id, err));    /* again: still fine */
+  CHECK_ERR (sbx_store_key_revoke (st, "key_doesnotexist0000000", err), ENOENT);
+  CHECK_ERR (sbx_store_key_revoke (st, wrong, err), ENOENT);
+  CHECK_OK (sbx_store_key_lookup (st, key_live, &o, err));
+
+  struct sbx_key_info *v = NULL;
+  size_t nv = 0;
+  CHECK_OK (sbx_store_key_list (st, &v, &nv, err));
+  CHECK (nv == 3);
+  if (nv == 3)
+    {
+      CHECK (strcmp (v[0].id, ki.id) == 0 && strcmp (v[0].hint, ki.hint) == 0 && v[0].revoked_ms == 0);
+      CHECK (strcmp (v[1].id, ki2.id) == 0 && v[1].revoked_ms > 0);
+      CHECK (strcmp (v[2].id, ki3.id) == 0 && strcmp (v[2].org_name, "beta") == 0 && v[2].revoked_ms > 0);
+      CHECK (strcmp (v[2].hint, ki3.hint) == 0 && v[0].created_ms > 0);
+    }
+  free (v);
+
+  CHECK_OK (sbx_store_key_count (st, &n, err));
+  CHECK (n == 3);
+}
+
+/* Is NEEDLE anywhere in the file at PATH? (A missing file has nothing.) */
+static bool
+file_contains (const char *path, const char *needle)
+{
+  FILE *f = fopen (path, "rb");
+  if (f == NULL)
+    return false;
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc (cap);
+  size_t r;
+  while (buf && (r = fread (buf + len, 1, cap - len, f)) > 0)
+    {
+      len += r;
+      if (len == cap)
+        {
+          char *p = realloc (buf, cap *= 2);
+          if (p == NULL)
+            free (buf);
+          buf = p;
+        }
+    }
+  fclose (f);
+  if (buf == NULL)
+    die ("realloc");
+  bool found = memmem (buf, len, needle, strlen (needle)) != NULL;
+  free (buf);
+  return found;
+}
+
+static void
+check_no_plain_keys (const char *when)
+{
+  const char *keys[] = { key_live, key_by_id, key_e2b };
+  const char *suffix[] = { "", "-wal", "-shm", "-journal" };
+  int leaks = 0;
+  for (size_t k = 0; k < 3; k++)
+    for (size_t s = 0; s < 4; s++)
+      {
+        char path[PATH_MAX + 16];
+        snprintf (path, sizeof path, "%s%s", db_path, suffix[s]);
+        /* The whole key, and its secret part alone. */
+        const char *secret = keys[k] + (keys[k][0] == 'e' ? 4 : 6);
+        if (file_contains (path, keys[k]) || file_contains (path, secret))
+          {
+            fprintf (stderr, "key %zu found in %s (%s)\n", k, path, when);
+            leaks++;
+          }
+      }
+  CHECK (leaks == 0);
+  struct stat sb;
+  CHECK (stat (db_path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+}
+
+/* ------------------------------------------------------------- sandboxes */
+
+static struct sbx_sandbox_rec
+rec (const char *id, const char *org, const char *status, int64_t started, const char *meta)
+{
+  struct sbx_sandbox_rec r;
+  memset (&r, 0, sizeof r);
+  snprintf (r.id, sizeof r.id, "%s", id);
+  snprintf (r.org_id, sizeof r.org_id, "%s", org);
+  snprintf (r.template_id, sizeof r.template_id, "base");
+  snprintf (r.status, sizeof r.status, "%s", status);
+  r.metadata_json = (char *) meta;
+  r.started_ms = started;
+  r.end_ms = started + 300000;
+  r.cpu_count = 2;
+  r.memory_mb = 512;
+  r.disk_mb = 1024;
+  return r;
+}
+
+static void
+test_sandboxes (void)
+{
+  struct sbx_sandbox_rec r1 = rec ("sb1", org_a.id, "running", 1000, "{\"user\":\"x\"}");
+  struct sbx_sandbox_rec r2 = rec ("sb2", org_a.id, "paused", 3000, NULL);
+  struct sbx_sandbox_rec r3 = rec ("sb3", org_a.id, "stopped", 2000, NULL);
+  struct sbx_sandbox_rec r4 = rec ("sb4", org_a.id, "creating", 3000, NULL);
+  struct sbx_sandbox_rec r5 = rec ("sb5", "org_other", "running", 9000, NULL);
+  snprintf (r3.stop_reason, sizeof r3.stop_reason, "timeout");
+  r3.stopped_ms = 2500;
+  CHECK_OK (sbx_store_sandbox_put (st, &r1, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &r2, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &r3, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &r4, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &r5, err));
+
+  struct sbx_sandbox_rec g;
+  CHECK_OK (sbx_store_sandbox_get (st, "sb1", &g, err));
+  CHECK (strcmp (g.org_id, org_a.id) == 0 && strcmp (g.status, "running") == 0);
+  CHECK (g.metadata_json && strcmp (g.metadata_json, "{\"user\":\"x\"}") == 0);
+  CHECK (g.started_ms == 1000 && g.end_ms == 301000 && g.cpu_count == 2 && g.memory_mb == 512 && g.disk_mb == 1024);
+  CHECK (strcmp (g.template_id, "base") == 0);
+  sbx_sandbox_rec_free (&g);
+  CHECK (g.metadata_json == NULL);
+  CHECK_OK (sbx_store_sandbox_get (st, "sb3", &g, err));
+  CHECK (g.metadata_json == NULL && strcmp (g.stop_reason, "timeout") == 0 && g.stopped_ms == 2500);
+  sbx_sandbox_rec_free (&g);
+  CHECK_ERR (sbx_store_sandbox_get (st, "nope", &g, err), ENOENT);
+
+  struct sbx_sandbox_rec *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_sandbox_list (st, org_a.id, NULL, &v, &n, err));
+  CHECK (n == 4);
+  if (n == 4)   /* newest first, ties by id */
+    CHECK (strcmp (v[0].id, "sb2") == 0 && strcmp (v[1].id, "sb4") == 0 && strcmp (v[2].id, "sb3") == 0
+           && strcmp (v[3].id, "sb1") == 0);
+  if (n == 4)
+    CHECK (v[3].metadata_json && strcmp (v[3].metadata_json, "{\"user\":\"x\"}") == 0);
+  sbx_sandbox_recs_free (v, n);
+  CHECK_OK (sbx_store_sandbox_list (st, org_a.id, "running", &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].id, "sb1") == 0);
+  sbx_sandbox_recs_free (v, n);
+  CHECK_OK (sbx_store_sandbox_list (st, "org_none", NULL, &v, &n, err));
+  CHECK (n == 0 && v == NULL);
+
+  uint32_t live = 99;
+  CHECK_OK (sbx_store_sandbox_count_live (st, org_a.id, &live, err));
+  CHECK (live == 3);
+  /* Replace: sb1 stops. */
+  r1.metadata_json = NULL;
+  snprintf (r1.status, sizeof r1.status, "stopped");
+  snprintf (r1.stop_reason, sizeof r1.stop_reason, "request");
+  CHECK_OK (sbx_store_sandbox_put (st, &r1, err));
+  CHECK_OK (sbx_store_sandbox_count_live (st, org_a.id, &live, err));
+  CHECK (live == 2);
+  CHECK_OK (sbx_store_sandbox_get (st, "sb1", &g, err));
+  CHECK (strcmp (g.status, "stopped") == 0 && g.metadata_json == NULL && strcmp (g.stop_reason, "request") == 0);
+  sbx_sandbox_rec_free (&g);
+  CHECK_OK (sbx_store_sandbox_count_live (st, "org_other", &live, err));
+  CHECK (live == 1);
+}
+
+/* ---------------------------------------------------------------- events */
+
+static int
+add_event (const char *org, const char *sandbox, const char *type, int64_t ts, const char *data, struct sbx_event *out)
+{
+  struct sbx_event ev;
+  struct sbx_err err = { 0 };
+  memset (&ev, 0, sizeof ev);
+  snprintf (ev.org_id, sizeof ev.org_id, "%s", org);
+  snprintf (ev.sandbox_id, sizeof ev.sandbox_id, "%s", sandbox);
+  snprintf (ev.template_id, sizeof ev.template_id, "base");
+  snprintf (ev.type, sizeof ev.type, "sandbox.lifecycle.%s", type);
+  ev.timestamp_ms = ts;
+  ev.data_json = (char *) data;
+  int r = sbx_store_event_add (st, &ev, &err);
+  if (r < 0)
+    fprintf (stderr, "event_add: %s\n", err.msg);
+  if (out)
+    *out = ev;
+  return r;
+}
+
+static void
+test_events (void)
+{
+  struct sbx_event e[6];
+  int64_t before = sbx_wall_ms ();
+  CHECK_OK (add_event (org_a.id, "sb1", "created", 0, "{\"n\":1}", &e[0]));
+  CHECK_OK (add_event (org_a.id, "sb2", "created", 0, NULL, &e[1]));
+  CHECK_OK (add_event (org_a.id, "sb1", "paused", 0, NULL, &e[2]));
+  CHECK_OK (add_event (org_a.id, "sb1", "resumed", 0, NULL, &e[3]));
+  CHECK_OK (add_event (org_a.id, "sb1", "killed", 12345, NULL, &e[4]));
+  CHECK_OK (add_event ("org_other", "sb5", "created", 0, NULL, &e[5]));
+  for (int i = 0; i < 6; i++)
+    CHECK (good_uuid (e[i].id));
+  for (int i = 1; i < 6; i++)
+    CHECK (e[i].seq > e[i - 1].seq && strcmp (e[i].id, e[i - 1].id) != 0);
+  CHECK (e[0].timestamp_ms >= before && e[0].timestamp_ms <= sbx_wall_ms ());
+  CHECK (e[4].timestamp_ms == 12345);
+
+  struct sbx_event *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 0, 0, false, NULL, &v, &n, err));
+  CHECK (n == 5);
+  if (n == 5)
+    {
+      CHECK (v[0].seq == e[4].seq && v[4].seq == e[0].seq);
+      CHECK (strcmp (v[4].id, e[0].id) == 0 && strcmp (v[4].type, "sandbox.lifecycle.created") == 0);
+      CHECK (v[4].data_json && strcmp (v[4].data_json, "{\"n\":1}") == 0 && v[3].data_json == NULL);
+      CHECK (strcmp (v[4].sandbox_id, "sb1") == 0 && strcmp (v[4].template_id, "base") == 0);
+      CHECK (strcmp (v[4].org_id, org_a.id) == 0 && v[4].timestamp_ms == e[0].timestamp_ms);
+    }
+  sbx_events_free (v, n);
+
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 1, 2, false, NULL, &v, &n, err));
+  CHECK (n == 2 && v[0].seq == e[3].seq && v[1].seq == e[2].seq);
+  sbx_events_free (v, n);
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 1, 2, true, NULL, &v, &n, err));
+  CHECK (n == 2 && v[0].seq == e[1].seq && v[1].seq == e[2].seq);
+  sbx_events_free (v, n);
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 10, 2, true, NULL, &v, &n, err));
+  CHECK (n == 0 && v == NULL);
+  sbx_events_free (v, n);
+
+  const char *types[] = { "sandbox.lifecycle.created", "sandbox.lifecycle.killed", NULL };
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 0, 0, true, types, &v, &n, err));
+  CHECK (n == 3 && v[0].seq == e[0].seq && v[1].seq == e[1].seq && v[2].seq == e[4].seq);
+  sbx_events_free (v, n);
+  const char *no_types[] = { NULL };
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 0, 0, true, no_types, &v, &n, err));
+  CHECK (n == 5);
+  sbx_events_free (v, n);
+
+  CHECK_OK (sbx_store_event_list (st, org_a.id, "sb1", 0, 0, false, NULL, &v, &n, err));
+  CHECK (n == 4 && v[0].seq == e[4].seq && v[3].seq == e[0].seq);
+  sbx_events_free (v, n);
+  CHECK_OK (sbx_store_event_list (st, org_a.id, "sb1", 0, 1, true, types, &v, &n, err));
+  CHECK (n == 1 && v[0].seq == e[0].seq);
+  sbx_events_free (v, n);
+  /* Another organisation's sandbox is invisible. */
+  CHECK_OK (sbx_store_event_list (st, org_a.id, "sb5", 0, 0, false, NULL, &v, &n, err));
+  CHECK (n == 0);
+  sbx_events_free (v, n);
+  CHECK_OK (sbx_store_event_list (st, "org_other", NULL, 0, 0, false, NULL, &v, &n, err));
+  CHECK (n == 1 && v[0].seq == e[5].seq);
+  sbx_events_free (v, n);
+
+  struct sbx_event bad;
+  memset (&bad, 0, sizeof bad);
+  CHECK_ERR (sbx_store_event_add (st, &bad, err), EINVAL);
+}
+
+/* -------------------------------------------------------------- webhooks */
+
+static void
+test_webhooks (void)
+{
+  char *ev1[] = { "sandbox.lifecycle.created", NULL };
+  char *ev2[] = { "sandbox.lifecycle.killed", "sandbox.lifecycle.paused", NULL };
+  struct sbx_webhook w1 = { .name = "one", .url = "http://127.0.0.1:1/a", .enabled = true, .events = ev1,
+                            .secret = "s3cret" };
+  struct sbx_webhook w2 = { .name = "two", .url = "http://127.0.0.1:1/b", .enabled = false, .events = ev2,
+                            .secret = "other" };
+  snprintf (w1.org_id, sizeof w1.org_id, "%s", org_a.id);
+  snprintf (w2.org_id, sizeof w2.org_id, "%s", org_a.id);
+  CHECK_OK (sbx_store_webhook_create (st, &w1, err));
+  CHECK_OK (sbx_store_webhook_create (st, &w2, err));
+  CHECK (good_id (w1.id, "wh_") && good_id (w2.id, "wh_") && strcmp (w1.id, w2.id) != 0);
+  CHECK (w1.created_ms > 0);
+
+  struct sbx_webhook g;
+  CHECK_OK (sbx_store_webhook_get (st, org_a.id, w1.id, &g, err));
+  CHECK (strcmp (g.id, w1.id) == 0 && strcmp (g.org_id, org_a.id) == 0 && strcmp (g.name, "one") == 0);
+  CHECK (strcmp (g.url, w1.url) == 0 && g.enabled && strcmp (g.secret, "s3cret") == 0);
+  CHECK (g.events && g.events[0] && strcmp (g.events[0], ev1[0]) == 0 && g.events[1] == NULL);
+  CHECK (g.created_ms == w1.created_ms);
+  sbx_webhook_free (&g);
+  CHECK_ERR (sbx_store_webhook_get (st, "org_other", w1.id, &g, err), ENOENT);
+  CHECK_ERR (sbx_store_webhook_get (st, org_a.id, "wh_nope", &g, err), ENOENT);
+
+  struct sbx_webhook *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_webhook_list (st, org_a.id, &v, &n, err));
+  CHECK (n == 2 && strcmp (v[0].id, w1.id) == 0 && strcmp (v[1].id, w2.id) == 0);
+  if (n == 2)
+    CHECK (!v[1].enabled && v[1].events[0] && v[1].events[1] && v[1].events[2] == NULL
+           && strcmp (v[1].events[1], "sandbox.lifecycle.paused") == 0);
+  sbx_webhooks_free (v, n);
+  CHECK_OK (sbx_store_webhook_list (st, "org_other", &v, &n, err));
+  CHECK (n == 0);
+  sbx_webhooks_free (v, n);
+
+  /* Update: NULLs keep, enabled always replaced. */
+  struct sbx_webhook u = { .name = "two-renamed", .enabled = true };
+  snprintf (u.id, sizeof u.id, "%s", w2.id);
+  snprintf (u.org_id, sizeof u.org_id, "%s", org_a.id);
+  CHECK_OK (sbx_store_webhook_update (st, &u, err));
+  CHECK_OK (sbx_store_webhook_get (st, org_a.id, w2.id, &g, err));
+  CHECK (strcmp (g.name, "two-renamed") == 0 && strcmp (g.url, w2.url) == 0 && g.enabled);
+  CHECK (strcmp (g.secret, "other") == 0 && g.events[0] && strcmp (g.events[0], ev2[0]) == 0 && g.events[2] == NULL);
+  sbx_webhook_free (&g);
+  char *ev3[] = { NULL };
+  u.name = NULL;
+  u.url = "http://127.0.0.1:1/c";
+  u.events = ev3;
+  u.secret = "new";
+  u.enabled = false;
+  CHECK_OK (sbx_store_webhook_update (st, &u, err));
+  CHECK_OK (sbx_store_webhook_get (st, org_a.id, w2.id, &g, err));
+  CHECK (strcmp (g.name, "two-renamed") == 0 && strcmp (g.url, "http://127.0.0.1:1/c") == 0 && !g.enabled);
+  CHECK (strcmp (g.secret, "new") == 0 && g.events && g.events[0] == NULL);
+  sbx_webhook_free (&g);
+  snprintf (u.org_id, sizeof u.org_id, "org_other");
+  CHECK_ERR (sbx_store_webhook_update (st, &u, err), ENOENT);
+
+  CHECK_ERR (sbx_store_webhook_delete (st, "org_other", w1.id, err), ENOENT);
+  CHECK_OK (sbx_store_webhook_delete (st, org_a.id, w2.id, err));
+  CHECK_ERR (sbx_store_webhook_get (st, org_a.id, w2.id, &g, err), ENOENT);
+  CHECK_ERR (sbx_store_webhook_delete (st, org_a.id, w2.id, err), ENOENT);
+  CHECK_OK (sbx_store_webhook_list (st, org_a.id, &v, &n, err));
+  CHECK (n == 1);
+  sbx_webhooks_free (v, n);
+  CHECK_OK (sbx_store_webhook_delete (st, org_a.id, w1.id, err));
+}
+
+/* ------------------------------------------------------------ deliveries */
+
+static void
+expect_next (int64_t now, int want, const char *webhook_id, const char *event_id, int64_t want_due, int line)
+{
+  struct sbx_delivery d;
+  struct sbx_webhook w;
+  struct sbx_event ev;
+  struct sbx_err err = { 0 };
+  int64_t due = -1;
+  int r = sbx_store_delivery_next (st, now, &d, &w, &ev, &due, &err);
+  bool ok = r == want && due == want_due;
+  if (ok && want)
+    ok = strcmp (d.webhook_id, webhook_id) == 0 && strcmp (d.event_id, event_id) == 0
+         && strcmp (w.id, webhook_id) == 0 && strcmp (ev.id, event_id) == 0 && w.secret && w.url
+         && d.state == SBX_DELIVERY_PENDING;
+  if (ok)
+    passed++;
+  else
+    {
+      failed++;
+      fprintf (stderr, "FAIL %s:%d: delivery_next: r=%d (want %d) due=%lld (want %lld) wh=%s ev=%s %s\n", __FILE__,
+               line, r, want, (long long) due, (long long) want_due, r > 0 ? d.webhook_id : "-",
+               r > 0 ? d.event_id : "-", err.msg);
+    }
+  sbx_delivery_free (&d);
+  sbx_webhook_free (&w);
+  sbx_event_free (&ev);
+}
+
+#define EXPECT_NEXT(now, want, wh, ev, due) expect_next ((now), (want), (wh), (ev), (due), __LINE__)
+
+static int64_t
+delivery_id (const char *org, const char *wh, size_t index)
+{
+  struct sbx_delivery *v = NULL;
+  size_t n = 0;
+  struct sbx_err err = { 0 };
+  int64_t id = -1;
+  if (sbx_store_delivery_list (st, org, wh, &v, &n, &err) == 0 && index < n)
+    id = v[index].id;
+  sbx_deliveries_free (v, n);
+  return id;
+}
+
+static void
+test_deliveries (void)
+{
+  struct sbx_org o;
+  CHECK_OK (sbx_store_org_ensure (st, "hooks", &o, err));
+  char *all[] = { "sandbox.lifecycle.created", "sandbox.lifecycle.killed", NULL };
+  char *created[] = { "sandbox.lifecycle.created", NULL };
+  char *updated[] = { "sandbox.lifecycle.updated", NULL };
+  struct sbx_webhook w1 = { .name = "all", .url = "http://x/1", .enabled = true, .events = all, .secret = "k1" };
+  struct sbx_webhook w2 = { .name = "created", .url = "http://x/2", .enabled = true, .events = created,
+                            .secret = "k2" };
+  struct sbx_webhook w3 = { .name = "off", .url = "http://x/3", .enabled = false, .events = all, .secret = "k3" };
+  struct sbx_webhook w4 = { .name = "upd", .url = "http://x/4", .enabled = true, .events = updated,
+                            .secret = "k4" };
+  struct sbx_webhook *ws[] = { &w1, &w2, &w3, &w4 };
+  for (int i = 0; i < 4; i++)
+    {
+      snprintf (ws[i]->org_id, sizeof ws[i]->org_id, "%s", o.id);
+      CHECK_OK (sbx_store_webhook_create (st, ws[i], err));
+    }
+
+  /* Nothing queued yet. */
+  EXPECT_NEXT (INT64_MAX / 2, 0, NULL, NULL, 0);
+
+  int64_t t0 = sbx_wall_ms ();
+  struct sbx_event e1, e2;
+  CHECK_OK (add_event (o.id, "sbx", "created", 0, "{}", &e1));
+  CHECK_OK (add_event (o.id, "sbx", "killed", 0, NULL, &e2));
+  int64_t t1 = sbx_wall_ms ();
+
+  struct sbx_delivery *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w1.id, &v, &n, err));
+  CHECK (n == 2 && strcmp (v[0].event_id, e1.id) == 0 && strcmp (v[1].event_id, e2.id) == 0);
+  if (n == 2)
+    CHECK (v[0].state == SBX_DELIVERY_PENDING && v[0].attempts == 0 && v[0].next_ms >= t0 && v[0].next_ms <= t1
+           && v[0].created_ms == v[0].next_ms && v[0].last_status == 0 && v[0].last_error == NULL
+           && v[0].id < v[1].id);
+  sbx_deliveries_free (v, n);
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w2.id, &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].event_id, e1.id) == 0);
+  sbx_deliveries_free (v, n);
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w3.id, &v, &n, err));
+  CHECK (n == 0);
+  sbx_deliveries_free (v, n);
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w4.id, &v, &n, err));
+  CHECK (n == 0);
+  sbx_deliveries_free (v, n);
+  CHECK_ERR (sbx_store_delivery_list (st, org_a.id, w1.id, &v, &n, err), ENOENT);
+
+  int64_t d1 = delivery_id (o.id, w1.id, 0), d3 = delivery_id (o.id, w1.id, 1), d2 = delivery_id (o.id, w2.id, 0);
+  CHECK (d1 > 0 && d2 > d1 && d3 > d2);
+
+  /* Before they were queued nothing is due; the earliest is w1's first
+     (w1's second is not eligible). */
+  int64_t first_ms = 0;
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w1.id, &v, &n, err));
+  if (n > 0)
+    first_ms = v[0].next_ms;
+  sbx_deliveries_free (v, n);
+  EXPECT_NEXT (t0 - 1, 0, NULL, NULL, first_ms);
+
+  int64_t now = t1 + 1000, retry = t1 + 60000;
+  EXPECT_NEXT (now, 1, w1.id, e1.id, 0);
+  {
+    struct sbx_delivery d;
+    struct sbx_webhook w;
+    struct sbx_event ev;
+    CHECK_OK (sbx_store_delivery_next (st, now, &d, &w, &ev, NULL, err));
+    CHECK (d.id == d1 && strcmp (w.secret, "k1") == 0 && strcmp (w.url, "http://x/1") == 0);
+    CHECK (w.events && w.events[1] && strcmp (w.events[1], "sandbox.lifecycle.killed") == 0);
+    CHECK (strcmp (ev.type, "sandbox.lifecycle.created") == 0 && ev.data_json && strcmp (ev.data_json, "{}") == 0);
+    CHECK (ev.seq == e1.seq && strcmp (ev.sandbox_id, "sbx") == 0);
+    sbx_delivery_free (&d);
+    sbx_webhook_free (&w);
+    sbx_event_free (&ev);
+  }
+  /* W, EV and next_due may be left out. */
+  {
+    struct sbx_delivery d;
+    int r = sbx_store_delivery_next (st, now, &d, NULL, NULL, NULL, NULL);
+    CHECK (r == 1 && d.id == d1);
+    sbx_delivery_free (&d);
+  }
+
+  /* d1 fails and is retried later: w1's killed delivery waits behind it,
+     w2's delivery does not. */
+  CHECK_OK (sbx_store_delivery_record (st, d1, 500, "HTTP 500", false, retry, err));
+  EXPECT_NEXT (now, 1, w2.id, e1.id, retry);
+  CHECK_OK (sbx_store_delivery_record (st, d2, 200, NULL, true, 0, err));
+  EXPECT_NEXT (now, 0, NULL, NULL, retry);
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w1.id, &v, &n, err));
+  CHECK (n == 2 && v[0].state == SBX_DELIVERY_PENDING && v[0].attempts == 1 && v[0].last_status == 500
+         && v[0].last_error && strcmp (v[0].last_error, "HTTP 500") == 0 && v[0].next_ms == retry
+         && v[0].updated_ms >= t0);
+  sbx_deliveries_free (v, n);
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w2.id, &v, &n, err));
+  CHECK (n == 1 && v[0].state == SBX_DELIVERY_DELIVERED && v[0].attempts == 1 && v[0].last_status == 200
+         && v[0].last_error == NULL);
+  sbx_deliveries_free (v, n);
+
+  /* At the retry time: d1 again, then (delivered) d3. */
+  EXPECT_NEXT (retry, 1, w1.id, e1.id, 0);
+  CHECK_OK (sbx_store_delivery_record (st, d1, 204, NULL, true, 0, err));
+  EXPECT_NEXT (retry, 1, w1.id, e2.id, 0);
+  CHECK_OK (sbx_store_delivery_record (st, d3, 0, "connection refused", false, 0, err));
+  EXPECT_NEXT (retry, 0, NULL, NULL, 0);
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w1.id, &v, &n, err));
+  CHECK (n == 2 && v[0].state == SBX_DELIVERY_DELIVERED && v[0].attempts == 2 && v[0].last_status == 204);
+  if (n == 2)
+    CHECK (v[1].state == SBX_DELIVERY_FAILED && v[1].attempts == 1 && v[1].last_status == 0 && v[1].last_error
+           && strcmp (v[1].last_error, "connection refused") == 0);
+  sbx_deliveries_free (v, n);
+  CHECK_ERR (sbx_store_delivery_record (st, 987654321, 200, NULL, true, 0, err), ENOENT);
+
+  /* A long error is kept short. */
+  char longerr[3000];
+  memset (longerr, 'x', sizeof longerr - 1);
+  longerr[sizeof longerr - 1] = '\0';
+
+  /* A disabled webhook's queue pauses and resumes. */
+  struct sbx_event e3;
+  CHECK_OK (add_event (o.id, "sbx", "updated", 0, NULL, &e3));
+  int64_t later = sbx_wall_ms () + 1000;
+  EXPECT_NEXT (later, 1, w4.id, e3.id, 0);
+  CHECK_ERR (sbx_store_webhook_update (st, &(struct sbx_webhook){ .enabled = false }, err), ENOENT);
+  {
+    struct sbx_webhook u = { .enabled = false };
+    snprintf (u.id, sizeof u.id, "%s", w4.id);
+    snprintf (u.org_id, sizeof u.org_id, "%s", o.id);
+    CHECK_OK (sbx_store_webhook_update (st, &u, err));
+    EXPECT_NEXT (later, 0, NULL, NULL, 0);
+    /* No new deliveries for a disabled webhook either. */
+    CHECK_OK (add_event (o.id, "sbx", "updated", 0, NULL, NULL));
+    u.enabled = true;
+    CHECK_OK (sbx_store_webhook_update (st, &u, err));
+    EXPECT_NEXT (later, 1, w4.id, e3.id, 0);
+  }
+  dl_pending_id = delivery_id (o.id, w4.id, 0);
+  CHECK (delivery_id (o.id, w4.id, 1) == -1);
+  CHECK_OK (sbx_store_delivery_record (st, dl_pending_id, 503, longerr, false, later + 5000, err));
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w4.id, &v, &n, err));
+  CHECK (n == 1 && v[0].last_error && strlen (v[0].last_error) <= 1000 && strlen (v[0].last_error) >= 900);
+  sbx_deliveries_free (v, n);
+  EXPECT_NEXT (later, 0, NULL, NULL, later + 5000);
+  snprintf (wh_keep, sizeof wh_keep, "%s", w4.id);
+
+  /* Deleting a webhook deletes its deliveries. */
+  struct sbx_event e4;
+  CHECK_OK (add_event (o.id, "sbx", "created", 0, NULL, &e4));
+  EXPECT_NEXT (later, 1, w1.id, e4.id, later + 5000);
+  CHECK_OK (sbx_store_webhook_delete (st, o.id, w1.id, err));
+  EXPECT_NEXT (later, 1, w2.id, e4.id, later + 5000);
+  CHECK_OK (sbx_store_webhook_delete (st, o.id, w2.id, err));
+  EXPECT_NEXT (later, 0, NULL, NULL, later + 5000);
+  CHECK_ERR (sbx_store_delivery_list (st, o.id, w1.id, &v, &n, err), ENOENT);
+  CHECK_ERR (sbx_store_delivery_record (st, d1, 200, NULL, true, 0, err), ENOENT);
+}
+
+/* ------------------------------------------------------------- reopening */
+
+static void
+test_reopen (void)
+{
+  sbx_store_close (st);
+  st = open_store ();
+
+  struct sbx_org o;
+  CHECK_OK (sbx_store_key_lookup (st, key_live, &o, err));
+  CHECK (strcmp (o.id, org_a.id) == 0 && o.max_sandboxes == 5 && o.max_timeout_s == 600
+         && o.max_upload_bytes == 1234);
+  CHECK_ERR (sbx_store_key_lookup (st, key_by_id, &o, err), EKEYREVOKED);
+  CHECK_ERR (sbx_store_key_lookup (st, key_e2b, &o, err), EKEYREVOKED);
+  int n = 0;
+  CHECK_OK (sbx_store_key_count (st, &n, err));
+  CHECK (n == 3);
+
+  struct sbx_sandbox_rec g;
+  CHECK_OK (sbx_store_sandbox_get (st, "sb3", &g, err));
+  CHECK (strcmp (g.status, "stopped") == 0 && g.started_ms == 2000);
+  sbx_sandbox_rec_free (&g);
+  uint32_t live = 0;
+  CHECK_OK (sbx_store_sandbox_count_live (st, org_a.id, &live, err));
+  CHECK (live == 2);
+
+  struct sbx_event *v = NULL;
+  size_t nv = 0;
+  CHECK_OK (sbx_store_event_list (st, org_a.id, NULL, 0, 0, false, NULL, &v, &nv, err));
+  CHECK (nv == 5);
+  int64_t last_seq = nv ? v[0].seq : 0;
+  sbx_events_free (v, nv);
+
+  struct sbx_org h;
+  CHECK_OK (sbx_store_org_ensure (st, "hooks", &h, err));
+  struct sbx_webhook w;
+  CHECK_OK (sbx_store_webhook_get (st, h.id, wh_keep, &w, err));
+  CHECK (w.secret && strcmp (w.secret, "k4") == 0 && w.enabled);
+  sbx_webhook_free (&w);
+
+  /* The pending, retried delivery survived with its schedule. */
+  struct sbx_delivery d;
+  struct sbx_event ev;
+  int64_t due = 0;
+  CHECK (sbx_store_delivery_next (st, 0, &d, NULL, NULL, &due, NULL) == 0 && due > 0);
+  CHECK (sbx_store_delivery_next (st, due, &d, &w, &ev, NULL, NULL) == 1);
+  CHECK (d.id == dl_pending_id && d.attempts == 1 && d.last_status == 503 && strcmp (w.id, wh_keep) == 0
+         && strcmp (ev.type, "sandbox.lifecycle.updated") == 0);
+  sbx_delivery_free (&d);
+  sbx_webhook_free (&w);
+  sbx_event_free (&ev);
+
+  /* Sequence numbers keep growing. */
+  struct sbx_event e;
+  CHECK_OK (add_event (org_a.id, "sb1", "updated", 0, NULL, &e));
+  CHECK (e.seq > last_seq);
+
+  /* The schema is versioned and indexed. */
+  sqlite3 *db = NULL;
+  CHECK (sqlite3_open_v2 (db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+  sqlite3_stmt *s = NULL;
+  CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 1);
+  sqlite3_finalize (s);
+  CHECK (sqlite3_prepare_v2 (db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN"
+                                 " ('api_keys_hash', 'sandboxes_org_started', 'events_org_seq',"
+                                 " 'events_sandbox_seq', 'deliveries_state_next', 'deliveries_webhook')",
+                             -1, &s, NULL)
+         == SQLITE_OK);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 6);
+  sqlite3_finalize (s);
+  CHECK (sqlite3_prepare_v2 (db, "PRAGMA journal_mode", -1, &s, NULL) == SQLITE_OK);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && strcmp ((const char *) sqlite3_column_text (s, 0), "wal") == 0);
+  sqlite3_finalize (s);
+  sqlite3_close (db);
+}
+
+/* A second process (here: connection), as `sbxd keys` would be. */
+static void
+test_second_connection (void)
+{
+  struct sbx_store *other = open_store ();
+  char key[64];
+  struct sbx_key_info ki;
+  struct sbx_org o;
+  CHECK_OK (sbx_store_key_create (other, "acme", "sk-sb-", key, sizeof key, &ki, err));
+  CHECK_OK (sbx_store_key_lookup (st, key, &o, err));
+  CHECK (strcmp (o.id, org_a.id) == 0);
+  CHECK_OK (sbx_store_key_revoke (st, ki.id, err));
+  CHECK_ERR (sbx_store_key_lookup (other, key, &o, err), EKEYREVOKED);
+  sbx_store_close (other);
+}
+
+static void
+test_newer_schema (void)
+{
+  char path[PATH_MAX + 16];
+  snprintf (path, sizeof path, "%s/newer.db", dir);
+  sqlite3 *db = NULL;
+  CHECK (sqlite3_open (path, &db) == SQLITE_OK
+         && sqlite3_exec (db, "PRAGMA user_version = 2", NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close (db);
+  struct sbx_store *s = NULL;
+  CHECK_ERR (sbx_store_open (path, &s, err), EPROTO);
+  CHECK (s == NULL);
+}
+
+/* ----------------------------------------------------------- concurrency */
+
+#define THREADS 4
+#define PER_THREAD 200
+
+static volatile int adders_done;
+static char conc_org[SBX_STORE_ID_MAX];
+
+static void *
+adder (void *arg)
+{
+  long t = (long) arg;
+  char sandbox[32];
+  snprintf (sandbox, sizeof sandbox, "conc%ld", t);
+  for (int i = 0; i < PER_THREAD; i++)
+    if (add_event (conc_org, sandbox, i % 2 ? "paused" : "resumed", 0, NULL, NULL) < 0)
+      return (void *) 1;
+  return NULL;
+}
+
+static void *
+lister (void *arg)
+{
+  (void) arg;
+  long bad = 0, rounds = 0;
+  while (!__atomic_load_n (&adders_done, __ATOMIC_SEQ_CST) || rounds == 0)
+    {
+      struct sbx_event *v = NULL;
+      size_t n = 0;
+      struct sbx_err err = { 0 };
+      if (sbx_store_event_list (st, conc_org, NULL, 0, 50, false, NULL, &v, &n, &err) < 0)
+        bad++;
+      for (size_t i = 1; i < n; i++)
+        if (v[i].seq >= v[i - 1].seq)
+          bad++;
+      sbx_events_free (v, n);
+      rounds++;
+    }
+  return (void *) bad;
+}
+
+static void
+test_concurrency (void)
+{
+  struct sbx_org o;
+  CHECK_OK (sbx_store_org_ensure (st, "concurrent", &o, err));
+  snprintf (conc_org, sizeof conc_org, "%s", o.id);
+  /* Deliveries are queued inside the adders' transactions. */
+  char *types[] = { "sandbox.lifecycle.paused", NULL };
+  struct sbx_webhook w = { .name = "c", .url = "http://x/c", .enabled = true, .events = types, .secret = "c" };
+  snprintf (w.org_id, sizeof w.org_id, "%s", o.id);
+  CHECK_OK (sbx_store_webhook_create (st, &w, err));
+
+  pthread_t add[THREADS], list;
+  if (pthread_create (&list, NULL, lister, NULL) != 0)
+    die ("pthread_create");
+  for (long t = 0; t < THREADS; t++)
+    if (pthread_create (&add[t], NULL, adder, (void *) t) != 0)
+      die ("pthread_create");
+  int add_failures = 0;
+  for (int t = 0; t < THREADS; t++)
+    {
+      void *r;
+      pthread_join (add[t], &r);
+      add_failures += r != NULL;
+    }
+  __atomic_store_n (&adders_done, 1, __ATOMIC_SEQ_CST);
+  void *lr;
+  pthread_join (list, &lr);
+  CHECK (add_failures == 0);
+  CHECK (lr == NULL);
+
+  struct sbx_event *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_event_list (st, conc_org, NULL, 0, 0, true, NULL, &v, &n, err));
+  CHECK (n == THREADS * PER_THREAD);
+  int order = 0;
+  for (size_t i = 1; i < n; i++)
+    order += v[i].seq <= v[i - 1].seq;
+  CHECK (order == 0);
+  sbx_events_free (v, n);
+  CHECK_OK (sbx_store_event_list (st, conc_org, "conc2", 0, 0, true, NULL, &v, &n, err));
+  CHECK (n == PER_THREAD);
+  sbx_events_free (v, n);
+
+  struct sbx_delivery *d = NULL;
+  CHECK_OK (sbx_store_delivery_list (st, o.id, w.id, &d, &n, err));
+  CHECK (n == THREADS * PER_THREAD / 2);
+  sbx_deliveries_free (d, n);
+}
+
+int
+main (void)
+{
+  snprintf (dir, sizeof dir, "/tmp/sbx-store-test-XXXXXX");
+  if (mkdtemp (dir) == NULL)
+    die ("mkdtemp");
+  snprintf (db_path, sizeof db_path, "%s/sbxd.db", dir);
+  st = open_store ();
+
+  test_orgs ();
+  test_keys ();
+  check_no_plain_keys ("open");
+  test_sandboxes ();
+  test_events ();
+  test_webhooks ();
+  test_deliveries ();
+  test_reopen ();
+  test_second_connection ();
+  test_newer_schema ();
+  test_concurrency ();
+  check_no_plain_keys ("end");
+  sbx_store_close (st);
+  check_no_plain_keys ("closed");
+
+  struct sbx_err err = { 0 };
+  if (sbx_rm_rf (dir, &err) < 0)
+    fprintf (stderr, "cleanup: %s\n", err.msg);
+  printf ("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
