@@ -8,10 +8,18 @@
  * and, in the same run, the one-shot floor that bubblewrap gives for
  * `bwrap --unshare-all ... true` on the same template, for comparison.
  *
+ * With --api URL --key KEY it also measures a running daemon over HTTP on
+ * loopback: create latency (POST /sandboxes), the exec round trip of
+ * `true` (POST /sandboxes/:id/processes), and the throughput of
+ * GET /sandboxes/:id with wrk (2 threads, 32 connections, 5 s).
+ *
  * usage: sbxd-bench [--rounds N] [--template NAME] [--state-dir DIR]
+ *                   [--api URL --key KEY]
  */
+#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,18 +90,139 @@ run_bwrap (const char *rootfs)
   return sbx_now_ns () - t0;
 }
 
+struct buf {
+  char *p;
+  size_t n;
+};
+
+static size_t
+collect (char *ptr, size_t size, size_t nmemb, void *ud)
+{
+  struct buf *b = ud;
+  size_t len = size * nmemb;
+  char *np = realloc (b->p, b->n + len + 1);
+  if (np == NULL)
+    return 0;
+  memcpy (np + b->n, ptr, len);
+  b->n += len;
+  np[b->n] = '\0';
+  b->p = np;
+  return len;
+}
+
+/* One request on a kept-alive handle; returns the status, body in B. */
+static long
+api_call (CURL *c, const char *method, const char *url, const char *body, struct curl_slist *hdrs, struct buf *b)
+{
+  b->n = 0;
+  curl_easy_setopt (c, CURLOPT_URL, url);
+  curl_easy_setopt (c, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt (c, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt (c, CURLOPT_POSTFIELDS, body);
+  curl_easy_setopt (c, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt (c, CURLOPT_WRITEDATA, b);
+  if (curl_easy_perform (c) != CURLE_OK)
+    return 0;
+  long status = 0;
+  curl_easy_getinfo (c, CURLINFO_RESPONSE_CODE, &status);
+  return status;
+}
+
+static double
+run_wrk (const char *url, const char *key)
+{
+  char hdr[256], cmd[1536];
+  snprintf (hdr, sizeof hdr, "Authorization: Bearer %s", key);
+  snprintf (cmd, sizeof cmd, "wrk -t2 -c32 -d5s -H '%s' '%s' 2>&1", hdr, url);
+  FILE *f = popen (cmd, "r");
+  if (f == NULL)
+    return -1;
+  char line[512];
+  double rps = -1;
+  while (fgets (line, sizeof line, f))
+    if (sscanf (line, "Requests/sec: %lf", &rps) == 1)
+      break;
+  while (fgets (line, sizeof line, f))
+    ;
+  pclose (f);
+  return rps;
+}
+
+static int
+bench_api (const char *api, const char *key, const char *tmpl, int rounds)
+{
+  CURL *c = curl_easy_init ();
+  char auth[256], url[1024], body[256];
+  snprintf (auth, sizeof auth, "Authorization: Bearer %s", key);
+  struct curl_slist *hdrs = curl_slist_append (NULL, auth);
+  hdrs = curl_slist_append (hdrs, "Content-Type: application/json");
+  struct buf b = { 0 };
+  uint64_t *create = calloc ((size_t) rounds, sizeof (uint64_t));
+  uint64_t *exec = calloc ((size_t) rounds * 10, sizeof (uint64_t));
+  int n_exec = 0;
+  char id[64] = "";
+  snprintf (body, sizeof body, "{\"templateID\": \"%s\", \"timeout\": 600}", tmpl);
+  for (int i = 0; i < rounds; i++)
+    {
+      snprintf (url, sizeof url, "%s/sandboxes", api);
+      uint64_t t0 = sbx_now_ns ();
+      long st = api_call (c, "POST", url, body, hdrs, &b);
+      create[i] = sbx_now_ns () - t0;
+      json_t *j = st == 201 ? json_loads (b.p, 0, NULL) : NULL;
+      const char *sid = j ? json_string_value (json_object_get (j, "sandboxID")) : NULL;
+      if (sid == NULL)
+        {
+          fprintf (stderr, "sbxd-bench: create over HTTP: %ld %s\n", st, b.p ? b.p : "");
+          return -1;
+        }
+      snprintf (id, sizeof id, "%s", sid);
+      json_decref (j);
+      snprintf (url, sizeof url, "%s/sandboxes/%s/processes", api, id);
+      for (int k = 0; k < 10; k++)
+        {
+          uint64_t a = sbx_now_ns ();
+          if (api_call (c, "POST", url, "{\"cmd\": \"true\", \"user\": \"root\"}", hdrs, &b) != 200)
+            {
+              fprintf (stderr, "sbxd-bench: exec over HTTP: %s\n", b.p ? b.p : "");
+              return -1;
+            }
+          exec[n_exec++] = sbx_now_ns () - a;
+        }
+      if (i < rounds - 1)
+        {
+          snprintf (url, sizeof url, "%s/sandboxes/%s", api, id);
+          api_call (c, "DELETE", url, NULL, hdrs, &b);
+          usleep (20000);
+        }
+    }
+  snprintf (url, sizeof url, "%s/sandboxes/%s", api, id);
+  double rps = run_wrk (url, key);
+  api_call (c, "DELETE", url, NULL, hdrs, &b);
+  printf ("  \"api\": {\n");
+  print_stats ("create", create, rounds, 0);
+  print_stats ("exec_true_round_trip", exec, n_exec, 0);
+  printf ("    \"get_sandbox_requests_per_s\": %.0f\n  },\n", rps);
+  curl_slist_free_all (hdrs);
+  curl_easy_cleanup (c);
+  free (b.p);
+  return 0;
+}
+
 int
 main (int argc, char **argv)
 {
   int rounds = 50;
   const char *tmpl = "base";
   char state[PATH_MAX] = "";
+  const char *api = NULL, *key = NULL;
   static const struct option opts[] = { { "rounds", required_argument, NULL, 'n' },
                                         { "template", required_argument, NULL, 't' },
                                         { "state-dir", required_argument, NULL, 's' },
+                                        { "api", required_argument, NULL, 'a' },
+                                        { "key", required_argument, NULL, 'k' },
                                         { NULL, 0, NULL, 0 } };
   int c;
-  while ((c = getopt_long (argc, argv, "n:t:s:", opts, NULL)) != -1)
+  while ((c = getopt_long (argc, argv, "n:t:s:a:k:", opts, NULL)) != -1)
     switch (c)
       {
       case 'n':
@@ -105,8 +234,14 @@ main (int argc, char **argv)
       case 's':
         snprintf (state, sizeof state, "%s", optarg);
         break;
+      case 'a':
+        api = optarg;
+        break;
+      case 'k':
+        key = optarg;
+        break;
       default:
-        fprintf (stderr, "usage: sbxd-bench [--rounds N] [--template NAME] [--state-dir DIR]\n");
+        fprintf (stderr, "usage: sbxd-bench [--rounds N] [--template NAME] [--state-dir DIR] [--api URL --key KEY]\n");
         return 2;
       }
   if (rounds < 2)
@@ -189,7 +324,10 @@ main (int argc, char **argv)
   print_stats ("exec_true_round_trip", exec, n_exec, 0);
   print_stats ("destroy", destroy, rounds, 0);
   print_stats ("create_exec_destroy", cycle, rounds, 1);
-  printf ("  },\n  \"bwrap_one_shot\": {\n");
+  printf ("  },\n");
+  if (api && key && bench_api (api, key, tmpl, rounds) < 0)
+    return 1;
+  printf ("  \"bwrap_one_shot\": {\n");
   if (n_bwrap)
     print_stats ("bwrap_unshare_all_true", bwrap, n_bwrap, 1);
   printf ("  }\n}\n");

@@ -121,10 +121,7 @@ static const char schema_sql[]
       "  created_ms INTEGER NOT NULL,"
       "  updated_ms INTEGER NOT NULL);"
       "CREATE INDEX IF NOT EXISTS deliveries_state_next ON deliveries (state, next_ms);"
-      "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);"
-      /* The head of each webhook's queue, found without reading its
-         delivered history. */
-      "CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (webhook_id, id) WHERE state = 'pending';";
+      "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);";
 
 /* ------------------------------------------------------------ statements */
 
@@ -140,7 +137,8 @@ static const char schema_sql[]
 
 /* The oldest pending delivery of every enabled webhook: only these may be
    sent, so that a webhook sees its events in order.  A disabled webhook's
-   queue is paused, not dropped. */
+   queue is paused, not dropped.  Found through deliveries_state_next, so
+   the delivered history is never read. */
 #define DL_HEADS                                                                                       \
   " FROM (SELECT MIN(id) AS id FROM deliveries WHERE state = 'pending' GROUP BY webhook_id) AS h"      \
   " JOIN deliveries AS d ON d.id = h.id JOIN webhooks AS w ON w.id = d.webhook_id"                     \
@@ -427,10 +425,12 @@ col_copy (sqlite3_stmt *s, int i, char *dst, size_t size)
 static int
 col_dup (sqlite3_stmt *s, int i, char **out)
 {
-  const char *t = (const char *) sqlite3_column_text (s, i);
   *out = NULL;
+  if (sqlite3_column_type (s, i) == SQLITE_NULL)
+    return 0;
+  const char *t = (const char *) sqlite3_column_text (s, i);
   if (t == NULL)
-    return sqlite3_errcode (sqlite3_db_handle (s)) == SQLITE_NOMEM ? -1 : 0;
+    return -1;
   *out = strdup (t);
   return *out ? 0 : -1;
 }
@@ -663,7 +663,7 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
      the mode of the database. */
   if (strcmp (path, ":memory:") != 0)
     {
-      cleanup_close int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+      cleanup_close int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
       if (fd < 0)
         return sbx_fail (err, errno, "open %s", path);
     }
@@ -705,7 +705,9 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
       rc = sqlite3_prepare_v3 (st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL);
       if (rc != SQLITE_OK)
         {
-          db_fail (st->db, rc, err, "prepare");
+          char what[32];
+          snprintf (what, sizeof what, "prepare statement %d", i);
+          db_fail (st->db, rc, err, what);
           goto fail;
         }
     }
