@@ -1312,7 +1312,7 @@ user_or_default (struct sbx_engine *e, const char *id, const char *user, char bu
 
 /* Stream process events of an EXEC or ATTACH connection to FN. */
 static int
-stream_events (int fd, sbx_proc_fn fn, void *ud, struct sbx_err *err)
+stream_events (int fd, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud, struct sbx_err *err)
 {
   struct sbx_msg m;
   sbx_msg_init (&m, 0);
@@ -1320,6 +1320,21 @@ stream_events (int fd, sbx_proc_fn fn, void *ud, struct sbx_err *err)
   uint32_t pid = 0;
   for (;;)
     {
+      if (keepalive_ms)
+        {
+          struct pollfd pf = { fd, POLLIN, 0 };
+          int pr = poll (&pf, 1, (int) keepalive_ms);
+          if (pr == 0)
+            {
+              struct sbx_proc_event ka = { .kind = SBX_PROC_KEEPALIVE, .pid = pid };
+              if (fn (&ka, ud) < 0)
+                {
+                  r = 0;
+                  break;
+                }
+              continue;
+            }
+        }
       if (recv_or_fail (fd, &m, err) < 0)
         break;
       struct sbx_proc_event ev = { .pid = pid };
@@ -1400,7 +1415,7 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
       if (sbx_msg_send (fd, &req) < 0)
         sbx_fail (err, errno, "send to sandbox agent");
       else
-        r = stream_events (fd, fn, ud, err);
+        r = stream_events (fd, o->keepalive_ms, fn, ud, err);
     }
   sbx_msg_free (&req);
   put (e, s);
@@ -1408,7 +1423,8 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
 }
 
 int
-sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, sbx_proc_fn fn, void *ud, struct sbx_err *err)
+sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud,
+            struct sbx_err *err)
 {
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
@@ -1423,7 +1439,7 @@ sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, sbx_proc_fn fn, 
       if (sbx_msg_send (fd, &req) < 0)
         sbx_fail (err, errno, "send to sandbox agent");
       else
-        r = stream_events (fd, fn, ud, err);
+        r = stream_events (fd, keepalive_ms, fn, ud, err);
     }
   sbx_msg_free (&req);
   put (e, s);

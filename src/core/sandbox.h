@@ -123,9 +123,11 @@ struct sbx_exec_opts {
   uint32_t rows, cols;
   bool stdin_open;
   uint32_t timeout_ms;      /* 0: no timeout */
+  uint32_t keepalive_ms;    /* 0: none; else a KEEPALIVE event after this much silence */
 };
 
-enum sbx_proc_event_kind { SBX_PROC_START, SBX_PROC_STDOUT, SBX_PROC_STDERR, SBX_PROC_PTY, SBX_PROC_END };
+enum sbx_proc_event_kind { SBX_PROC_START, SBX_PROC_STDOUT, SBX_PROC_STDERR, SBX_PROC_PTY, SBX_PROC_END,
+                           SBX_PROC_KEEPALIVE };
 
 struct sbx_proc_event {
   enum sbx_proc_event_kind kind;
@@ -144,8 +146,9 @@ typedef int (*sbx_proc_fn) (const struct sbx_proc_event *ev, void *ud);
    Returns 0 once END was seen or FN stopped, -1 on failure. */
 int sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, sbx_proc_fn fn, void *ud,
               struct sbx_err *err);
-/* Re-attach to a running process by pid. */
-int sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, sbx_proc_fn fn, void *ud, struct sbx_err *err);
+/* Re-attach to a running process by pid (KEEPALIVE_MS as in exec). */
+int sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud,
+                struct sbx_err *err);
 int sbx_proc_input (struct sbx_engine *e, const char *id, uint32_t pid, const void *data, size_t len,
                     struct sbx_err *err);
 int sbx_proc_close_stdin (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err);

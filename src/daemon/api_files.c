@@ -39,9 +39,17 @@ struct upload {
   struct sbx_file_writer *w;
   int spool;                /* temporary file when the path came late */
   uint64_t bytes, max;
+  bool raw;                 /* an application/octet-stream body */
   unsigned status;          /* an error to answer at the end, or 0 */
   char msg[600];
 };
+
+bool
+envd_upload_wanted (struct MHD_Connection *c, const char *method, const char *url)
+{
+  (void) c;
+  return strcmp (method, "POST") == 0 && strcmp (url, "/files") == 0;
+}
 
 bool
 upload_wanted (const char *method, char **seg, int n)
@@ -149,7 +157,8 @@ enum MHD_Result
 upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id)
 {
   const char *ct = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "Content-Type");
-  if (ct == NULL || strncasecmp (ct, "multipart/form-data", 19) != 0)
+  bool raw = ct && strncasecmp (ct, "application/octet-stream", 24) == 0;
+  if (!raw && (ct == NULL || strncasecmp (ct, "multipart/form-data", 19) != 0))
     return send_error (c, 400, "expected multipart/form-data with a file field");
   const char *cl = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "Content-Length");
   /* a body larger than the limit plus room for the form's framing */
@@ -166,15 +175,31 @@ upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *r
   if (qpath && *qpath && strlen (qpath) < sizeof u->path)
     u->path_len = (size_t) snprintf (u->path, sizeof u->path, "%s", qpath);
   const char *quser = query (c, "user");
+  if (quser == NULL)
+    quser = query (c, "username"); /* E2B's envd */
   if (quser)
     snprintf (u->user, sizeof u->user, "%s", quser);
+  rq->upload = u;
+  if (raw)
+    {
+      /* the whole body is the file (E2B's octet-stream upload) */
+      u->raw = true;
+      if (open_writer (u) < 0)
+        {
+          rq->upload = NULL;
+          enum MHD_Result r = send_error (c, u->status, "%s", u->msg);
+          free (u);
+          return r;
+        }
+      return MHD_YES;
+    }
   u->pp = MHD_create_post_processor (c, 64 * 1024, on_field, u);
   if (u->pp == NULL)
     {
+      rq->upload = NULL;
       free (u);
       return send_error (c, 400, "malformed multipart body");
     }
-  rq->upload = u;
   return MHD_YES;
 }
 
@@ -182,6 +207,12 @@ enum MHD_Result
 upload_feed (struct request *rq, const char *data, size_t size)
 {
   struct upload *u = rq->upload;
+  if (u->raw)
+    {
+      if (u->status == 0)
+        push (u, data, size);
+      return MHD_YES;
+    }
   if (u->status == 0 && MHD_post_process (u->pp, data, size) != MHD_YES && u->status == 0)
     fail (u, 400, "malformed multipart body");
   return MHD_YES; /* keep reading; the error is answered at the end */
@@ -277,6 +308,8 @@ download_file (struct http_server *h, struct MHD_Connection *c, struct request *
   (void) rq;
   const char *path = query (c, "path");
   const char *user = query (c, "user");
+  if (user == NULL)
+    user = query (c, "username"); /* E2B's envd */
   if (path == NULL || *path == '\0')
     return send_error (c, 400, "path is required");
   if (strlen (path) >= 4096)

@@ -36,6 +36,7 @@
 #define MAX_CAPTURE (16u << 20)       /* stdout/stderr kept by a synchronous exec */
 #define DEFAULT_EXEC_TIMEOUT_S 60     /* seed 001 */
 #define MAX_EXEC_TIMEOUT_S 3600
+#define DEFAULT_UPLOAD_MAX (100ull << 20) /* seed 000 */
 
 /* ---- responses ---- */
 
@@ -129,8 +130,8 @@ send_file_error (struct MHD_Connection *c, const struct sbx_err *err)
 
 /* ---- sandbox objects ---- */
 
-static json_t *
-sandbox_json (const struct sbx_sandbox_rec *r)
+json_t *
+sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token)
 {
   char started[40], end[40];
   sbx_rfc3339 (r->started_ms, started, sizeof started);
@@ -138,13 +139,19 @@ sandbox_json (const struct sbx_sandbox_rec *r)
   json_t *meta = r->metadata_json ? json_loads (r->metadata_json, 0, NULL) : NULL;
   if (meta == NULL)
     meta = json_object ();
-  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s}", "sandboxID", r->id,
+  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s, s:n}", "sandboxID", r->id,
                          "templateID", r->template_id, "alias", r->template_id, "clientID", "sbxd", "metadata", meta,
                          "startedAt", started, "endAt", end, "status", r->status, "state", r->status, "cpuCount",
                          (int) r->cpu_count, "memoryMB", (int) r->memory_mb, "diskSizeMB", (int) r->disk_mb,
-                         "envdVersion", "0.6.13");
+                         "envdVersion", "0.6.13", "domain");
   if (j && strcmp (r->status, "stopped") == 0 && r->stop_reason[0])
     json_object_set_new (j, "stopReason", json_string (r->stop_reason));
+  if (j && with_token)
+    {
+      char token[65];
+      e2b_access_token (h, r->id, token);
+      json_object_set_new (j, "envdAccessToken", json_string (token));
+    }
   return j;
 }
 
@@ -176,7 +183,9 @@ send_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, u
   struct sbx_err err;
   if (sbx_store_sandbox_get (h->store, id, &rec, &err) < 0)
     return send_core_error (c, &err);
-  enum MHD_Result r = send_json (c, status, sandbox_json (&rec));
+  /* create and connect answers carry the envd access token */
+  bool token = status == 201 || status == 200;
+  enum MHD_Result r = send_json (c, status, sandbox_object (h, &rec, token));
   sbx_sandbox_rec_free (&rec);
   return r;
 }
@@ -409,7 +418,7 @@ list_sandboxes (struct http_server *h, struct MHD_Connection *c, struct request 
     return send_core_error (c, &err);
   json_t *arr = json_array ();
   for (size_t i = 0; i < n; i++)
-    json_array_append_new (arr, sandbox_json (&v[i]));
+    json_array_append_new (arr, sandbox_object (h, &v[i], false));
   sbx_sandbox_recs_free (v, n);
   return send_json (c, 200, arr);
 }
@@ -429,14 +438,30 @@ body_timeout (struct MHD_Connection *c, struct request *rq, long long *timeout, 
 }
 
 static enum MHD_Result
-timeout_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
+timeout_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq, bool refresh)
 {
   enum MHD_Result ret;
-  long long timeout;
-  if (body_timeout (c, rq, &timeout, &ret) < 0)
-    return ret;
-  if (timeout < 0)
-    return send_error (c, 400, "timeout is required");
+  long long timeout = -1;
+  if (refresh)
+    {
+      /* E2B's refresh: {"duration": seconds}, optional */
+      json_t *b = body_object (c, rq, &ret);
+      if (b == NULL)
+        return ret;
+      int r = opt_int (c, b, "duration", 0, rq->org.max_timeout_s, &timeout, &ret);
+      json_decref (b);
+      if (r < 0)
+        return ret;
+      if (timeout <= 0)
+        timeout = 60;
+    }
+  else
+    {
+      if (body_timeout (c, rq, &timeout, &ret) < 0)
+        return ret;
+      if (timeout < 0)
+        return send_error (c, 400, "timeout is required");
+    }
   struct sbx_err err;
   if (sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
     return send_core_error (c, &err);
@@ -611,6 +636,8 @@ capture_event (const struct sbx_proc_event *ev, void *ud)
     case SBX_PROC_STDERR:
       append (&cp->err, &cp->err_len, ev->data, ev->len, &cp->truncated);
       return 0;
+    case SBX_PROC_KEEPALIVE:
+      return 0;
     case SBX_PROC_END:
       cp->ended = true;
       cp->exit_code = ev->exit_code;
@@ -736,6 +763,8 @@ stream_event (const struct sbx_proc_event *ev, void *ud)
         free (b64);
         break;
       }
+    case SBX_PROC_KEEPALIVE:
+      break;
     case SBX_PROC_END:
       j = json_pack ("{s:s, s:i, s:i, s:b}", "type", "end", "exitCode",
                      ev->signal ? 128 + ev->signal : ev->exit_code, "signal", ev->signal, "timedOut", ev->timed_out);
@@ -774,7 +803,7 @@ stream_main (void *arg)
       r = sbx_exec (job->engine, job->id, &o, stream_event, job, &err);
     }
   else
-    r = sbx_attach (job->engine, job->id, job->pid, stream_event, job, &err);
+    r = sbx_attach (job->engine, job->id, job->pid, 0, stream_event, job, &err);
   if (r < 0)
     {
       json_t *j = json_pack ("{s:s, s:s}", "type", "error", "message", err.msg);
@@ -1278,6 +1307,14 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     return ret;
   if (n >= 1 && strcmp (seg[0], "events") == 0)
     return api_events (h, c, rq, method, seg, n);
+  if (n >= 2 && strcmp (seg[0], "v2") == 0 && strcmp (seg[1], "sandboxes") == 0)
+    {
+      /* E2B's v2 control plane: the same sandboxes, other list paging */
+      if (n == 2 && get)
+        return e2b_list_v2 (h, c, rq);
+      memmove (seg, seg + 1, (size_t) (n - 1) * sizeof seg[0]);
+      n--;
+    }
   if (n == 0 || strcmp (seg[0], "sandboxes") != 0)
     return send_error (c, 404, "not found");
   if (n == 1)
@@ -1326,8 +1363,8 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     }
   if (n == 3 && post && (strcmp (what, "connect") == 0 || strcmp (what, "resume") == 0))
     return connect_sandbox (h, c, id, rq);
-  if (n == 3 && post && strcmp (what, "timeout") == 0)
-    return timeout_sandbox (h, c, id, rq);
+  if (n == 3 && post && (strcmp (what, "timeout") == 0 || strcmp (what, "refreshes") == 0))
+    return timeout_sandbox (h, c, id, rq, strcmp (what, "refreshes") == 0);
   if (n == 3 && get && strcmp (what, "metrics") == 0)
     return metrics_sandbox (h, c, id);
   if (n == 3 && get && strcmp (what, "files") == 0)
@@ -1395,6 +1432,21 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
       if (rq == NULL)
         return MHD_NO;
       *con_cls = rq;
+      if (e2b_is_envd (c))
+        {
+          rq->envd = true;
+          if (envd_upload_wanted (c, method, url))
+            {
+              char id[SBX_ID_MAX];
+              enum MHD_Result r;
+              if (!e2b_envd_check (h, c, id, &r))
+                return r;
+              /* envd calls carry no API key: the seed's upload limit */
+              rq->org.max_upload_bytes = DEFAULT_UPLOAD_MAX;
+              return upload_begin (h, c, rq, id);
+            }
+          return MHD_YES;
+        }
       bool handled;
       enum MHD_Result r = begin_upload (h, c, method, url, rq, &handled);
       (void) handled;
@@ -1429,6 +1481,8 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
       *upload_size = 0;
       return MHD_YES;
     }
+  if (rq->envd)
+    return e2b_envd (h, c, rq, method, url);
   return route (h, c, method, url, rq);
 }
 
@@ -1463,6 +1517,11 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
   snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
   pthread_mutex_init (&h->create_lock, NULL);
+  if (e2b_load_secret (h, err) < 0)
+    {
+      free (h);
+      return NULL;
+    }
   h->mhd = MHD_start_daemon (MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
                              0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_NOTIFY_COMPLETED,
                              on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 0,

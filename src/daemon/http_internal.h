@@ -26,6 +26,7 @@ struct http_server {
   pthread_mutex_t create_lock; /* the concurrent-sandbox check and create */
   char docs_dir[4096];
   char state_dir[4096];
+  unsigned char envd_secret[32]; /* keys the sandboxes' envd access tokens */
 };
 
 struct request {
@@ -33,6 +34,7 @@ struct request {
   size_t len;
   bool too_big;
   bool authed;
+  bool envd;             /* an E2B envd call (E2b-Sandbox-Id header) */
   struct sbx_org org;
   struct upload *upload; /* a multipart upload being streamed */
 };
@@ -62,12 +64,27 @@ void free_strv (char **v);
 bool own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
                   struct sbx_sandbox_rec *rec, enum MHD_Result *ret);
 
+/* A sandbox object: the seed's fields and E2B's; WITH_TOKEN adds the
+   envd access token (create and connect answers). */
+json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token);
+
+/* the E2B dialect (api_e2b.c) */
+int e2b_load_secret (struct http_server *h, struct sbx_err *err);
+void e2b_access_token (struct http_server *h, const char *id, char out[65]);
+enum MHD_Result e2b_list_v2 (struct http_server *h, struct MHD_Connection *c, struct request *rq);
+bool e2b_is_envd (struct MHD_Connection *c);
+/* Check an envd call's sandbox and access token; fills ID or answers. */
+bool e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_MAX], enum MHD_Result *ret);
+enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
+                          const char *url);
+
 /* events and webhooks (api_events.c) */
 enum MHD_Result api_events (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
                             char **seg, int n);
 
 /* uploads and downloads (api_files.c) */
 bool upload_wanted (const char *method, char **seg, int n);
+bool envd_upload_wanted (struct MHD_Connection *c, const char *method, const char *url);
 enum MHD_Result upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
 enum MHD_Result upload_feed (struct request *rq, const char *data, size_t size);
 enum MHD_Result upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq);

@@ -5,8 +5,8 @@
  * keys (formats, lookup, revocation, and that no key is ever written in
  * clear, WAL file included), sandbox records, events and their filters,
  * webhooks, the delivery queue (per-webhook order, retries, final states),
- * persistence across close and reopen, a second connection on the same
- * file, and a small concurrency run.  No root, no network; a second or so.
+ * persistence across close and reopen and across kill -9, a second
+ * connection on the same file, and a small concurrency run.  No root, no network; a second or so.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
  *     tests/unit/test_store.c src/daemon/store.c src/common/error.c src/common/util.c \
@@ -21,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -932,6 +934,55 @@ test_concurrency (void)
   sbx_deliveries_free (d, n);
 }
 
+/* A daemon killed with SIGKILL right after its writes loses none of
+   them.  The store is closed around the fork: an SQLite connection must
+   not cross one. */
+static void
+test_kill9 (void)
+{
+  int fds[2];
+  char key[64] = "";
+  sbx_store_close (st);
+  st = NULL;
+  if (pipe (fds) < 0)
+    die ("pipe");
+  pid_t pid = fork ();
+  if (pid < 0)
+    die ("fork");
+  if (pid == 0)
+    {
+      struct sbx_store *s = open_store ();
+      struct sbx_err err = { 0 };
+      struct sbx_event ev;
+      memset (&ev, 0, sizeof ev);
+      snprintf (ev.org_id, sizeof ev.org_id, "org_crash");
+      snprintf (ev.type, sizeof ev.type, "sandbox.lifecycle.killed");
+      if (sbx_store_key_create (s, "crash", "sk-sb-", key, sizeof key, NULL, &err) < 0
+          || sbx_store_event_add (s, &ev, &err) < 0)
+        _exit (1);
+      if (write (fds[1], key, sizeof key) != (ssize_t) sizeof key)
+        _exit (1);
+      raise (SIGKILL);
+      _exit (1);
+    }
+  close (fds[1]);
+  ssize_t r = read (fds[0], key, sizeof key);
+  close (fds[0]);
+  int status = 0;
+  waitpid (pid, &status, 0);
+  CHECK (r == (ssize_t) sizeof key && WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL);
+
+  st = open_store ();
+  struct sbx_org o;
+  CHECK_OK (sbx_store_key_lookup (st, key, &o, err));
+  CHECK (strcmp (o.name, "crash") == 0);
+  struct sbx_event *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_event_list (st, "org_crash", NULL, 0, 0, false, NULL, &v, &n, err));
+  CHECK (n == 1);
+  sbx_events_free (v, n);
+}
+
 int
 main (void)
 {
@@ -952,6 +1003,7 @@ main (void)
   test_second_connection ();
   test_newer_schema ();
   test_concurrency ();
+  test_kill9 ();
   check_no_plain_keys ("end");
   sbx_store_close (st);
   check_no_plain_keys ("closed");

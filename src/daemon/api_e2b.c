@@ -1,0 +1,773 @@
+/*
+ * api_e2b.c - the E2B dialect: what the unmodified E2B SDKs send, as
+ * described in shared/E2B-WIRE.md.
+ *
+ * Control plane (API key): POST /v2/sandboxes, POST /v2/sandboxes/:id/connect,
+ * GET /v2/sandboxes (metadata and state filters, cursor paging with the
+ * x-next-token header) and POST /sandboxes/:id/refreshes; the v1 routes
+ * are shared with the seed API (http.c), whose answers carry the fields
+ * the SDK needs (envdVersion, envdAccessToken, domain).
+ *
+ * envd (requests with an E2b-Sandbox-Id header, checked against the
+ * sandbox's X-Access-Token): the Connect protocol with JSON for
+ * process.Process and filesystem.Filesystem, GET/POST /files and
+ * GET /health.  A sandbox's access token is an HMAC of its id under a
+ * secret kept in the state directory, so it needs no storage and survives
+ * restarts.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "http_internal.h"
+#include "json.h"
+
+#define CONNECT_MAX_MESSAGE (4u << 20)
+
+/* ---- access tokens ---- */
+
+int
+e2b_load_secret (struct http_server *h, struct sbx_err *err)
+{
+  char path[4200];
+  if (sbx_path (path, sizeof path, "%s/envd.secret", h->state_dir) < 0)
+    return sbx_fail (err, errno, "envd secret path");
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0)
+    {
+      ssize_t n = sbx_read_full (fd, h->envd_secret, sizeof h->envd_secret);
+      close (fd);
+      if (n == (ssize_t) sizeof h->envd_secret)
+        return 0;
+    }
+  if (sbx_random_bytes (h->envd_secret, sizeof h->envd_secret) < 0)
+    return sbx_fail (err, errno, "random");
+  char tmp[4300];
+  snprintf (tmp, sizeof tmp, "%s.tmp", path);
+  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || sbx_write_full (fd, h->envd_secret, sizeof h->envd_secret) < 0 || close (fd) < 0
+      || rename (tmp, path) < 0)
+    return sbx_fail (err, errno, "write %s", path);
+  return 0;
+}
+
+void
+e2b_access_token (struct http_server *h, const char *id, char out[65])
+{
+  unsigned char md[32];
+  unsigned int len = 0;
+  HMAC (EVP_sha256 (), h->envd_secret, sizeof h->envd_secret, (const unsigned char *) id, strlen (id), md, &len);
+  for (unsigned i = 0; i < 32; i++)
+    snprintf (out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* ---- control plane ---- */
+
+/* A metadata filter "k1=v1&k2=v2" (already URL-decoded once by MHD): does
+   META (JSON object text) hold every pair? */
+static bool
+metadata_matches (const char *filter, const char *meta_text)
+{
+  if (filter == NULL || *filter == '\0')
+    return true;
+  json_t *meta = meta_text ? json_loads (meta_text, 0, NULL) : NULL;
+  char buf[2048];
+  snprintf (buf, sizeof buf, "%s", filter);
+  bool ok = true;
+  char *save = NULL;
+  for (char *pair = strtok_r (buf, "&", &save); pair && ok; pair = strtok_r (NULL, "&", &save))
+    {
+      char *eq = strchr (pair, '=');
+      if (eq == NULL)
+        continue;
+      *eq = '\0';
+      MHD_http_unescape (pair);
+      MHD_http_unescape (eq + 1);
+      json_t *v = meta ? json_object_get (meta, pair) : NULL;
+      ok = v && json_is_string (v) && strcmp (json_string_value (v), eq + 1) == 0;
+    }
+  json_decref (meta);
+  return ok;
+}
+
+struct state_acc {
+  bool running, paused, any;
+};
+
+static enum MHD_Result
+collect_states (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  (void) kind;
+  struct state_acc *a = cls;
+  if (strcmp (key, "state") != 0 || value == NULL)
+    return MHD_YES;
+  char buf[128];
+  snprintf (buf, sizeof buf, "%s", value);
+  char *save = NULL;
+  for (char *t = strtok_r (buf, ",", &save); t; t = strtok_r (NULL, ",", &save))
+    {
+      a->any = true;
+      if (strcmp (t, "running") == 0)
+        a->running = true;
+      else if (strcmp (t, "paused") == 0)
+        a->paused = true;
+    }
+  return MHD_YES;
+}
+
+/* GET /v2/sandboxes: newest first; the cursor is the id of the last
+   sandbox of the previous page. */
+enum MHD_Result
+e2b_list_v2 (struct http_server *h, struct MHD_Connection *c, struct request *rq)
+{
+  const char *ls = query (c, "limit"), *next = query (c, "nextToken"), *meta = query (c, "metadata");
+  long limit = 100;
+  if (ls)
+    {
+      char *end;
+      limit = strtol (ls, &end, 10);
+      if (*end || limit < 1 || limit > 100)
+        return send_error (c, 400, "limit must be between 1 and 100");
+    }
+  struct state_acc st = { false, false, false };
+  MHD_get_connection_values (c, MHD_GET_ARGUMENT_KIND, collect_states, &st);
+  if (!st.any)
+    st.running = st.paused = true;
+  struct sbx_sandbox_rec *v;
+  size_t n;
+  struct sbx_err err;
+  if (sbx_store_sandbox_list (h->store, rq->org.id, NULL, &v, &n, &err) < 0)
+    return send_core_error (c, &err);
+  json_t *arr = json_array ();
+  size_t i = 0;
+  if (next && *next)
+    {
+      while (i < n && strcmp (v[i].id, next) != 0)
+        i++;
+      if (i == n)
+        {
+          sbx_sandbox_recs_free (v, n);
+          json_decref (arr);
+          return send_error (c, 400, "invalid nextToken");
+        }
+      i++;
+    }
+  const char *last = NULL;
+  bool more = false;
+  for (; i < n; i++)
+    {
+      bool want = (st.running && strcmp (v[i].status, "running") == 0) || (st.paused && strcmp (v[i].status, "paused") == 0);
+      if (!want || !metadata_matches (meta, v[i].metadata_json))
+        continue;
+      if ((long) json_array_size (arr) == limit)
+        {
+          more = true;
+          break;
+        }
+      json_array_append_new (arr, sandbox_object (h, &v[i], false));
+      last = v[i].id;
+    }
+  char token[SBX_STORE_ID_MAX];
+  snprintf (token, sizeof token, "%s", more && last ? last : "");
+  sbx_sandbox_recs_free (v, n);
+  char *text = json_dumps (arr, JSON_COMPACT);
+  json_decref (arr);
+  struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header (r, "Content-Type", "application/json");
+  if (*token)
+    MHD_add_response_header (r, "x-next-token", token);
+  enum MHD_Result ret = MHD_queue_response (c, 200, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+/* ---- envd: Connect protocol ---- */
+
+static const char *
+connect_code (int status)
+{
+  switch (status)
+    {
+    case 400:
+      return "invalid_argument";
+    case 401:
+      return "unauthenticated";
+    case 403:
+      return "permission_denied";
+    case 404:
+      return "not_found";
+    case 409:
+      return "already_exists";
+    case 412:
+      return "failed_precondition";
+    case 429:
+      return "resource_exhausted";
+    case 501:
+      return "unimplemented";
+    case 503:
+      return "unavailable";
+    case 504:
+      return "deadline_exceeded";
+    default:
+      return "internal";
+    }
+}
+
+static enum MHD_Result
+connect_error (struct MHD_Connection *c, unsigned status, const char *msg)
+{
+  return send_json (c, status, json_pack ("{s:s, s:s}", "code", connect_code (status), "message", msg));
+}
+
+/* The HTTP status of a core error, for envd answers. */
+static unsigned
+status_of (const struct sbx_err *err)
+{
+  switch (err->code)
+    {
+    case ENOENT:
+    case ESRCH:
+      return 404;
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return 403;
+    case EEXIST:
+    case ENOTEMPTY:
+      return 409;
+    case EINVAL:
+    case EISDIR:
+    case ENOTDIR:
+    case ENAMETOOLONG:
+    case ELOOP:
+      return 400;
+    case ENOSPC:
+      return 507;
+    case EAGAIN:
+      return 503;
+    default:
+      return 500;
+    }
+}
+
+/* The user of an envd call: "Authorization: Basic base64(user:)", else the
+   template's default. */
+static void
+envd_user (struct MHD_Connection *c, char *out, size_t n)
+{
+  out[0] = '\0';
+  const char *auth = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "Authorization");
+  if (auth == NULL || strncasecmp (auth, "Basic ", 6) != 0)
+    return;
+  size_t len;
+  uint8_t *dec = sbx_b64_decode (auth + 6, &len);
+  if (dec == NULL)
+    return;
+  size_t k = 0;
+  while (k < len && dec[k] != ':' && k + 1 < n)
+    k++;
+  memcpy (out, dec, k);
+  out[k] = '\0';
+  free (dec);
+}
+
+static json_t *
+envd_entry (const struct sbx_entry *en)
+{
+  static const char *const types[] = { "FILE_TYPE_UNSPECIFIED", "FILE_TYPE_FILE", "FILE_TYPE_DIRECTORY",
+                                       "FILE_TYPE_SYMLINK", "FILE_TYPE_UNSPECIFIED" };
+  char perms[11] = "----------";
+  uint32_t m = en->mode;
+  perms[0] = en->type == SBX_FT_DIR ? 'd' : en->type == SBX_FT_SYMLINK ? 'l' : '-';
+  static const char rwx[] = "rwxrwxrwx";
+  for (int i = 0; i < 9; i++)
+    if (m & (1u << (8 - i)))
+      perms[1 + i] = rwx[i];
+  char mtime[40], size[32];
+  sbx_rfc3339 ((int64_t) (en->mtime_ns / 1000000ull), mtime, sizeof mtime);
+  snprintf (size, sizeof size, "%llu", (unsigned long long) en->size);
+  json_t *j = json_pack ("{s:o, s:s, s:o, s:s, s:i, s:s, s:s?, s:s?, s:s}", "name",
+                         text_json (en->name, en->name ? strlen (en->name) : 0), "type",
+                         types[en->type <= SBX_FT_OTHER ? en->type : 0], "path",
+                         text_json (en->path, en->path ? strlen (en->path) : 0), "size", size, "mode",
+                         (int) (m & 07777), "permissions", perms, "owner", en->owner, "group", en->group,
+                         "modifiedTime", mtime);
+  if (en->link)
+    json_object_set_new (j, "symlinkTarget", text_json (en->link, strlen (en->link)));
+  return j;
+}
+
+static const char *
+json_str (json_t *o, const char *key)
+{
+  json_t *v = json_object_get (o, key);
+  return json_is_string (v) ? json_string_value (v) : NULL;
+}
+
+static enum MHD_Result
+send_entry_message (struct MHD_Connection *c, const char *key, const struct sbx_entry *en)
+{
+  return send_json (c, 200, json_pack ("{s:o}", key, envd_entry (en)));
+}
+
+static enum MHD_Result
+filesystem_unary (struct http_server *h, struct MHD_Connection *c, const char *id, const char *method, json_t *b,
+                  const char *user)
+{
+  struct sbx_err err;
+  struct sbx_entry en;
+  const char *path = json_str (b, "path");
+  if (strcmp (method, "Move") == 0)
+    {
+      const char *from = json_str (b, "source"), *to = json_str (b, "destination");
+      if (from == NULL || to == NULL)
+        return connect_error (c, 400, "source and destination are required");
+      if (sbx_file_move (h->engine, id, from, to, user, &en, &err) < 0)
+        return connect_error (c, status_of (&err), err.msg);
+      enum MHD_Result r = send_entry_message (c, "entry", &en);
+      sbx_entry_free (&en);
+      return r;
+    }
+  if (path == NULL)
+    return connect_error (c, 400, "path is required");
+  if (strcmp (method, "Stat") == 0 || strcmp (method, "MakeDir") == 0)
+    {
+      int r = strcmp (method, "Stat") == 0 ? sbx_file_stat (h->engine, id, path, user, &en, &err)
+                                            : sbx_file_mkdir (h->engine, id, path, user, SBX_FILE_F_PARENTS, &en, &err);
+      if (r < 0)
+        return connect_error (c, status_of (&err), err.msg);
+      enum MHD_Result ret = send_entry_message (c, "entry", &en);
+      sbx_entry_free (&en);
+      return ret;
+    }
+  if (strcmp (method, "Remove") == 0)
+    {
+      if (sbx_file_remove (h->engine, id, path, user, &err) < 0)
+        return connect_error (c, status_of (&err), err.msg);
+      return send_json (c, 200, json_object ());
+    }
+  if (strcmp (method, "ListDir") == 0)
+    {
+      json_int_t depth = json_integer_value (json_object_get (b, "depth"));
+      struct sbx_entry st;
+      if (sbx_file_stat (h->engine, id, path, user, &st, &err) < 0)
+        return connect_error (c, status_of (&err), err.msg);
+      bool dir = st.type == SBX_FT_DIR;
+      sbx_entry_free (&st);
+      if (!dir)
+        return connect_error (c, 400, "path is not a directory");
+      struct sbx_entry *v;
+      size_t n;
+      if (sbx_file_list (h->engine, id, path, user, depth > 0 ? (uint32_t) depth : 1, &v, &n, &err) < 0)
+        return connect_error (c, status_of (&err), err.msg);
+      json_t *arr = json_array ();
+      for (size_t i = 0; i < n; i++)
+        json_array_append_new (arr, envd_entry (&v[i]));
+      sbx_entries_free (v, n);
+      return send_json (c, 200, json_pack ("{s:o}", "entries", arr));
+    }
+  return connect_error (c, 501, "method not implemented");
+}
+
+static const struct
+{
+  const char *name;
+  int sig;
+} signal_names[] = { { "SIGNAL_SIGKILL", SIGKILL }, { "SIGNAL_SIGTERM", SIGTERM }, { "SIGNAL_SIGINT", SIGINT },
+                     { "SIGNAL_SIGHUP", SIGHUP } };
+
+/* The pid in {"process": {"pid": N}} (or {"process": {"selector": ...}}). */
+static uint32_t
+selector_pid (json_t *b)
+{
+  json_t *p = json_object_get (b, "process");
+  json_t *pid = json_object_get (p, "pid");
+  if (pid == NULL)
+    pid = json_object_get (json_object_get (p, "selector"), "pid");
+  if (json_is_string (pid))
+    return (uint32_t) strtoul (json_string_value (pid), NULL, 10);
+  return (uint32_t) json_integer_value (pid);
+}
+
+/* The tag in {"process": {"tag": T}}: the pid of the process with it. */
+static uint32_t
+selector_pid_or_tag (struct http_server *h, const char *id, json_t *b)
+{
+  uint32_t pid = selector_pid (b);
+  const char *tag = json_str (json_object_get (b, "process"), "tag");
+  if (pid || tag == NULL)
+    return pid;
+  struct sbx_proc_info *ps;
+  size_t n;
+  struct sbx_err err;
+  if (sbx_proc_list (h->engine, id, &ps, &n, &err) < 0)
+    return 0;
+  for (size_t i = 0; i < n && !pid; i++)
+    if (ps[i].tag && strcmp (ps[i].tag, tag) == 0)
+      pid = ps[i].pid;
+  sbx_proc_list_free (ps, n);
+  return pid;
+}
+
+static enum MHD_Result
+process_unary (struct http_server *h, struct MHD_Connection *c, const char *id, const char *method, json_t *b)
+{
+  struct sbx_err err;
+  if (strcmp (method, "List") == 0)
+    {
+      struct sbx_proc_info *ps;
+      size_t n;
+      if (sbx_proc_list (h->engine, id, &ps, &n, &err) < 0)
+        return connect_error (c, status_of (&err), err.msg);
+      json_t *arr = json_array ();
+      for (size_t i = 0; i < n; i++)
+        {
+          json_t *args = json_array ();
+          for (char **a = ps[i].argv + (ps[i].argv[0] ? 1 : 0); *a; a++)
+            json_array_append_new (args, text_json (*a, strlen (*a)));
+          json_t *cfg = json_pack ("{s:s, s:o, s:o}", "cmd", ps[i].argv[0] ? ps[i].argv[0] : "", "args", args, "envs",
+                                   json_object ());
+          if (ps[i].cwd)
+            json_object_set_new (cfg, "cwd", json_string (ps[i].cwd));
+          json_t *p = json_pack ("{s:o, s:i}", "config", cfg, "pid", (int) ps[i].pid);
+          if (ps[i].tag)
+            json_object_set_new (p, "tag", json_string (ps[i].tag));
+          json_array_append_new (arr, p);
+        }
+      sbx_proc_list_free (ps, n);
+      return send_json (c, 200, json_pack ("{s:o}", "processes", arr));
+    }
+  uint32_t pid = selector_pid_or_tag (h, id, b);
+  if (pid == 0)
+    return connect_error (c, 400, "a process pid is required");
+  int r;
+  if (strcmp (method, "SendInput") == 0)
+    {
+      json_t *in = json_object_get (b, "input");
+      const char *data = json_str (in, "stdin");
+      if (data == NULL)
+        data = json_str (in, "pty");
+      size_t len = 0;
+      uint8_t *bytes = sbx_b64_decode (data ? data : "", &len);
+      if (bytes == NULL)
+        return connect_error (c, 400, "input must be base64");
+      r = len ? sbx_proc_input (h->engine, id, pid, bytes, len, &err) : 0;
+      free (bytes);
+    }
+  else if (strcmp (method, "SendSignal") == 0)
+    {
+      const char *name = json_str (b, "signal");
+      int sig = 0;
+      for (size_t i = 0; name && i < sizeof signal_names / sizeof signal_names[0]; i++)
+        if (strcmp (name, signal_names[i].name) == 0)
+          sig = signal_names[i].sig;
+      if (sig == 0)
+        return connect_error (c, 400, "unknown signal");
+      r = sbx_proc_signal (h->engine, id, pid, sig, &err);
+    }
+  else if (strcmp (method, "CloseStdin") == 0)
+    r = sbx_proc_close_stdin (h->engine, id, pid, &err);
+  else if (strcmp (method, "Update") == 0)
+    {
+      json_t *size = json_object_get (json_object_get (b, "pty"), "size");
+      r = sbx_proc_resize (h->engine, id, pid, (uint32_t) json_integer_value (json_object_get (size, "rows")),
+                           (uint32_t) json_integer_value (json_object_get (size, "cols")), &err);
+    }
+  else
+    return connect_error (c, 501, "method not implemented");
+  if (r < 0)
+    return connect_error (c, status_of (&err), err.msg);
+  return send_json (c, 200, json_object ());
+}
+
+/* ---- streaming: Process.Start and Process.Connect ---- */
+
+struct envd_stream {
+  struct sbx_engine *engine;
+  char id[SBX_ID_MAX];
+  char user[64];
+  json_t *req; /* the request message */
+  bool start;  /* Start (else Connect) */
+  uint32_t pid;
+  uint32_t timeout_ms, keepalive_ms;
+  int fd;
+};
+
+/* One Connect envelope: flags, big-endian length, JSON. */
+static int
+write_envelope (int fd, uint8_t flags, json_t *j)
+{
+  char *text = json_dumps (j, JSON_COMPACT);
+  json_decref (j);
+  if (text == NULL)
+    return -1;
+  size_t n = strlen (text);
+  uint8_t hdr[5] = { flags, (uint8_t) (n >> 24), (uint8_t) (n >> 16), (uint8_t) (n >> 8), (uint8_t) n };
+  int r = sbx_write_full (fd, hdr, 5) < 0 || sbx_write_full (fd, text, n) < 0 ? -1 : 0;
+  free (text);
+  return r;
+}
+
+static int
+envd_event (const struct sbx_proc_event *ev, void *ud)
+{
+  struct envd_stream *s = ud;
+  json_t *e = NULL;
+  switch (ev->kind)
+    {
+    case SBX_PROC_START:
+      e = json_pack ("{s:{s:i}}", "start", "pid", (int) ev->pid);
+      break;
+    case SBX_PROC_STDOUT:
+    case SBX_PROC_STDERR:
+    case SBX_PROC_PTY:
+      {
+        char *b64 = sbx_b64_encode (ev->data, ev->len);
+        e = json_pack ("{s:{s:s}}", "data",
+                       ev->kind == SBX_PROC_STDOUT ? "stdout" : ev->kind == SBX_PROC_STDERR ? "stderr" : "pty",
+                       b64 ? b64 : "");
+        free (b64);
+        break;
+      }
+    case SBX_PROC_KEEPALIVE:
+      e = json_pack ("{s:{}}", "keepalive");
+      break;
+    case SBX_PROC_END:
+      {
+        char status[64];
+        int code = ev->signal ? -1 : ev->exit_code;
+        if (ev->signal)
+          snprintf (status, sizeof status, "signal: %s", strsignal (ev->signal));
+        else
+          snprintf (status, sizeof status, "exit status %d", ev->exit_code);
+        e = json_pack ("{s:{s:i, s:b, s:s}}", "end", "exitCode", code, "exited", ev->signal == 0, "status", status);
+        if (ev->timed_out)
+          json_object_set_new (json_object_get (e, "end"), "error", json_string ("process timed out"));
+        break;
+      }
+    }
+  if (e == NULL)
+    return 0;
+  return write_envelope (s->fd, 0, json_pack ("{s:o}", "event", e));
+}
+
+static void *
+envd_stream_main (void *arg)
+{
+  struct envd_stream *s = arg;
+  struct sbx_err err;
+  int r;
+  if (s->start)
+    {
+      json_t *p = json_object_get (s->req, "process");
+      json_t *args = json_object_get (p, "args");
+      json_t *envs = json_object_get (p, "envs");
+      size_t na = json_is_array (args) ? json_array_size (args) : 0;
+      char **argv = calloc (na + 2, sizeof *argv);
+      char **env = calloc (json_object_size (envs) + 1, sizeof *env);
+      argv[0] = (char *) json_str (p, "cmd");
+      for (size_t i = 0; i < na; i++)
+        argv[i + 1] = (char *) json_string_value (json_array_get (args, i));
+      size_t k = 0;
+      const char *key;
+      json_t *val;
+      json_object_foreach (envs, key, val)
+      {
+        if (json_is_string (val) && *key && !strchr (key, '=') && asprintf (&env[k], "%s=%s", key, json_string_value (val)) >= 0)
+          k++;
+      }
+      json_t *size = json_object_get (json_object_get (s->req, "pty"), "size");
+      struct sbx_exec_opts o = { .argv = (const char *const *) argv,
+                                 .env = (const char *const *) env,
+                                 .cwd = json_str (p, "cwd"),
+                                 .user = *s->user ? s->user : NULL,
+                                 .tag = json_str (s->req, "tag"),
+                                 .pty = size != NULL,
+                                 .rows = (uint32_t) json_integer_value (json_object_get (size, "rows")),
+                                 .cols = (uint32_t) json_integer_value (json_object_get (size, "cols")),
+                                 .stdin_open = json_is_true (json_object_get (s->req, "stdin")),
+                                 .timeout_ms = s->timeout_ms,
+                                 .keepalive_ms = s->keepalive_ms };
+      r = argv[0] ? sbx_exec (s->engine, s->id, &o, envd_event, s, &err) : sbx_failx (&err, EINVAL, "cmd is required");
+      for (size_t i = 0; i < k; i++)
+        free (env[i]);
+      free (env);
+      free (argv);
+    }
+  else
+    r = sbx_attach (s->engine, s->id, s->pid, s->keepalive_ms, envd_event, s, &err);
+  /* the end of the stream: {} or an error */
+  if (r < 0)
+    write_envelope (s->fd, 2,
+                    json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status_of (&err)), "message", err.msg));
+  else
+    write_envelope (s->fd, 2, json_object ());
+  close (s->fd);
+  json_decref (s->req);
+  free (s);
+  return NULL;
+}
+
+/* Parse a Connect streaming request body: one enveloped JSON message. */
+static json_t *
+unwrap_envelope (const char *body, size_t len)
+{
+  if (len < 5)
+    return NULL;
+  const uint8_t *b = (const uint8_t *) body;
+  uint32_t n = (uint32_t) b[1] << 24 | (uint32_t) b[2] << 16 | (uint32_t) b[3] << 8 | b[4];
+  if (b[0] != 0 || n > len - 5)
+    return NULL; /* compressed or truncated */
+  return json_loadb (body + 5, n, 0, NULL);
+}
+
+static enum MHD_Result
+process_stream (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id, bool start,
+                const char *user)
+{
+  json_t *b = unwrap_envelope (rq->body, rq->len);
+  if (b == NULL || !json_is_object (b))
+    {
+      json_decref (b);
+      return connect_error (c, 400, "malformed Connect envelope");
+    }
+  uint32_t pid = start ? 0 : selector_pid_or_tag (h, id, b);
+  if (!start && pid == 0)
+    {
+      json_decref (b);
+      return connect_error (c, 400, "a process pid is required");
+    }
+  int fds[2];
+  struct envd_stream *s = calloc (1, sizeof *s);
+  if (s == NULL || pipe2 (fds, O_CLOEXEC) < 0)
+    {
+      free (s);
+      json_decref (b);
+      return connect_error (c, 500, "cannot start stream");
+    }
+  s->engine = h->engine;
+  snprintf (s->id, sizeof s->id, "%s", id);
+  snprintf (s->user, sizeof s->user, "%s", user);
+  s->req = b;
+  s->start = start;
+  s->pid = pid;
+  const char *t = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "Connect-Timeout-Ms");
+  s->timeout_ms = start && t ? (uint32_t) strtoul (t, NULL, 10) : 0;
+  /* keepalives every few seconds keep proxies and the SDK's idle timers happy */
+  s->keepalive_ms = 5000;
+  s->fd = fds[1];
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create (&th, &attr, envd_stream_main, s) != 0)
+    {
+      close (fds[0]);
+      close (fds[1]);
+      json_decref (b);
+      free (s);
+      return connect_error (c, 500, "cannot start stream");
+    }
+  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
+  MHD_add_response_header (r, "Content-Type", "application/connect+json");
+  enum MHD_Result ret = MHD_queue_response (c, 200, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+bool
+e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_MAX], enum MHD_Result *ret)
+{
+  const char *sid = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2b-Sandbox-Id");
+  if (sid == NULL || !valid_id (sid))
+    {
+      *ret = send_error (c, 400, "invalid sandbox id");
+      return false;
+    }
+  snprintf (id, SBX_ID_MAX, "%s", sid);
+  char want[65];
+  e2b_access_token (h, id, want);
+  const char *tok = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "X-Access-Token");
+  if (tok == NULL || strlen (tok) != 64 || CRYPTO_memcmp (tok, want, 64) != 0)
+    {
+      *ret = send_error (c, 401, "invalid access token");
+      return false;
+    }
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0 || info.state == SBX_STOPPED)
+    {
+      if (err.code == 0)
+        sbx_info_free (&info);
+      *ret = send_error (c, 502, "sandbox %s is not running", id);
+      return false;
+    }
+  bool paused = info.state == SBX_PAUSED;
+  sbx_info_free (&info);
+  if (paused)
+    {
+      *ret = send_error (c, 502, "sandbox %s is paused", id);
+      return false;
+    }
+  return true;
+}
+
+bool
+e2b_is_envd (struct MHD_Connection *c)
+{
+  return MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2b-Sandbox-Id") != NULL;
+}
+
+enum MHD_Result
+e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method, const char *url)
+{
+  char id[SBX_ID_MAX];
+  enum MHD_Result ret;
+  if (strcmp (url, "/health") == 0)
+    {
+      if (!e2b_envd_check (h, c, id, &ret))
+        return ret;
+      return send_empty (c, 204);
+    }
+  if (!e2b_envd_check (h, c, id, &ret))
+    return ret;
+  char user[64];
+  envd_user (c, user, sizeof user);
+  if (strcmp (url, "/files") == 0 && strcmp (method, "GET") == 0)
+    return download_file (h, c, rq, id);
+  if (strcmp (method, "POST") != 0)
+    return send_error (c, 405, "method not allowed");
+  if (strncmp (url, "/process.Process/", 17) == 0)
+    {
+      const char *m = url + 17;
+      if (strcmp (m, "Start") == 0 || strcmp (m, "Connect") == 0)
+        return process_stream (h, c, rq, id, strcmp (m, "Start") == 0, user);
+      json_t *b = rq->len ? json_loadb (rq->body, rq->len, 0, NULL) : json_object ();
+      if (b == NULL)
+        return connect_error (c, 400, "malformed JSON body");
+      ret = process_unary (h, c, id, m, b);
+      json_decref (b);
+      return ret;
+    }
+  if (strncmp (url, "/filesystem.Filesystem/", 23) == 0)
+    {
+      const char *m = url + 23;
+      json_t *b = rq->len ? json_loadb (rq->body, rq->len, 0, NULL) : json_object ();
+      if (b == NULL)
+        return connect_error (c, 400, "malformed JSON body");
+      ret = filesystem_unary (h, c, id, m, b, *user ? user : NULL);
+      json_decref (b);
+      return ret;
+    }
+  return send_error (c, 404, "not found");
+}
