@@ -13,7 +13,7 @@ B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c
 CORE = src/core/sandbox.c src/core/isolate.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c
 DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c src/daemon/store.c src/daemon/events.c \
-	src/daemon/webhook.c src/daemon/api_events.c src/daemon/api_files.c src/daemon/api_e2b.c
+	src/daemon/webhook.c src/daemon/api_events.c src/daemon/api_files.c src/daemon/api_e2b.c src/daemon/api_interp.c
 INIT = src/init/init.c src/init/files.c src/init/users.c
 
 LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lpthread

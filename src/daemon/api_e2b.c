@@ -741,6 +741,9 @@ e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
     }
   if (!e2b_envd_check (h, c, id, &ret))
     return ret;
+  const char *port = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2b-Sandbox-Port");
+  if (port && strcmp (port, "49999") == 0)
+    return interp_request (h, c, rq, method, url, id);
   char user[64];
   envd_user (c, user, sizeof user);
   if (strcmp (url, "/files") == 0 && strcmp (method, "GET") == 0)

@@ -78,6 +78,11 @@ bool e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SB
 enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
                           const char *url);
 
+/* the code interpreter (api_interp.c): envd calls to port 49999 of
+   sandbox ID, already authenticated */
+enum MHD_Result interp_request (struct http_server *h, struct MHD_Connection *c, struct request *rq,
+                                const char *method, const char *url, const char *id);
+
 /* events and webhooks (api_events.c) */
 enum MHD_Result api_events (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
                             char **seg, int n);
