@@ -8,6 +8,10 @@ sbxd_install_deps() {
   for p in $SBXD_DEBS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
   done
+  # node and npm run the E2B SDK compatibility suite; any install will do
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    missing="$missing nodejs npm"
+  fi
   if [ -n "$missing" ]; then
     echo "sbxd: installing Debian packages:$missing" >&2
     if [ "$(id -u)" != 0 ]; then echo "sbxd: run as root to install packages" >&2; return 1; fi
