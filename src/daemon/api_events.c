@@ -69,7 +69,8 @@ collect_types (void *cls, enum MHD_ValueKind kind, const char *key, const char *
 }
 
 static int
-uint_param (struct MHD_Connection *c, const char *key, uint32_t def, uint32_t max, uint32_t *out, enum MHD_Result *ret)
+uint_param (struct MHD_Connection *c, const char *key, uint32_t def, uint32_t min, uint32_t max, uint32_t *out,
+            enum MHD_Result *ret)
 {
   const char *v = query (c, key);
   *out = def;
@@ -78,9 +79,9 @@ uint_param (struct MHD_Connection *c, const char *key, uint32_t def, uint32_t ma
   char *end;
   errno = 0;
   unsigned long x = strtoul (v, &end, 10);
-  if (*v == '\0' || *end || errno || x > max || *v == '-')
+  if (*v == '\0' || *end || errno || x > max || x < min || *v == '-')
     {
-      *ret = send_error (c, 400, "%s must be an integer between 0 and %u", key, max);
+      *ret = send_error (c, 400, "%s must be an integer between %u and %u", key, min, max);
       return -1;
     }
   *out = (uint32_t) x;
@@ -92,7 +93,8 @@ list_events (struct http_server *h, struct MHD_Connection *c, struct request *rq
 {
   enum MHD_Result ret;
   uint32_t offset, limit;
-  if (uint_param (c, "offset", 0, 1u << 30, &offset, &ret) < 0 || uint_param (c, "limit", 10, 100, &limit, &ret) < 0)
+  if (uint_param (c, "offset", 0, 0, 1u << 30, &offset, &ret) < 0
+      || uint_param (c, "limit", 10, 1, 100, &limit, &ret) < 0)
     return ret;
   const char *asc = query (c, "orderAsc");
   if (asc && strcmp (asc, "true") && strcmp (asc, "false"))

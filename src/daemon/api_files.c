@@ -118,7 +118,9 @@ on_field (void *cls, enum MHD_ValueKind kind, const char *key, const char *filen
     return MHD_NO;
   if (strcmp (key, "path") == 0 && filename == NULL)
     {
-      if (u->path_done || u->path_len + size >= sizeof u->path)
+      /* a path after the file is fine while the file is spooled; once
+         bytes went to a destination, another path cannot change it */
+      if ((u->path_done && u->w != NULL) || u->path_len + size >= sizeof u->path)
         return fail (u, 400, "invalid path field"), MHD_NO;
       memcpy (u->path + u->path_len, data, size);
       u->path_len += size;

@@ -832,13 +832,13 @@ start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, s
       free (job);
       return send_core_error (c, &err);
     }
-  bool running = info.state == SBX_RUNNING;
+  enum sbx_state st = info.state;
   sbx_info_free (&info);
-  if (!running)
+  if (st != SBX_RUNNING)
     {
       exec_params_free (&job->p);
       free (job);
-      return send_error (c, 409, "sandbox is not running");
+      return send_error (c, 409, st == SBX_PAUSED ? "sandbox is paused" : "sandbox is not running");
     }
   int fds[2];
   if (pipe2 (fds, O_CLOEXEC) < 0)
