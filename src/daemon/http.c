@@ -1030,6 +1030,15 @@ entry_json (const struct sbx_entry *en)
   return j;
 }
 
+/* 200 with the entry EN, which is freed. */
+static enum MHD_Result
+send_entry_answer (struct MHD_Connection *c, struct sbx_entry *en)
+{
+  json_t *j = entry_json (en);
+  sbx_entry_free (en);
+  return send_json (c, 200, j);
+}
+
 /* The sandbox must exist before file errors can mean "file not found". */
 static bool
 sandbox_exists (struct http_server *h, struct MHD_Connection *c, const char *id, enum MHD_Result *ret)
@@ -1121,9 +1130,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       struct sbx_entry en;
       if (sbx_file_stat (h->engine, id, path, user, &en, &err) < 0)
         return send_file_error (c, &err);
-      json_t *j = entry_json (&en);
-      sbx_entry_free (&en);
-      return send_json (c, 200, j);
+      return send_entry_answer (c, &en);
     }
   if (strcmp (method, "GET") == 0 && *sub == '\0')
     {
@@ -1171,9 +1178,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       json_decref (b);
       if (r < 0)
         return send_file_error (c, &err);
-      json_t *j = entry_json (&en);
-      sbx_entry_free (&en);
-      return send_json (c, 200, j);
+      return send_entry_answer (c, &en);
     }
   if (strcmp (method, "DELETE") == 0 && *sub == '\0')
     {
@@ -1219,9 +1224,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       json_decref (b);
       if (r < 0)
         return send_file_error (c, &err);
-      json_t *j = entry_json (&en);
-      sbx_entry_free (&en);
-      return send_json (c, 200, j);
+      return send_entry_answer (c, &en);
     }
   return send_error (c, 405, "method not allowed");
 }

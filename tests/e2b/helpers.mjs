@@ -15,7 +15,7 @@ export function uniqueTag(prefix = 't') {
 }
 
 /** A valid-looking sandbox id that no sandbox has. */
-export const MISSING_ID = 'sbx_' + 'nosuchsandbox0000000'.slice(0, 20)
+export const MISSING_ID = 'sbx_nosuchsandbox0000000'
 
 /** Kill sandboxes, ignoring errors (cleanup after a failure). */
 export async function killAll(SandboxClass, sandboxes) {
