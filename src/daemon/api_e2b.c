@@ -698,6 +698,10 @@ e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_
   char want[65];
   e2b_access_token (h, id, want);
   const char *tok = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "X-Access-Token");
+  /* the code interpreter SDK sends the token this way on its contexts calls */
+  const char *port = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2b-Sandbox-Port");
+  if (tok == NULL && port && strcmp (port, "49999") == 0)
+    tok = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2B-Traffic-Access-Token");
   if (tok == NULL || strlen (tok) != 64 || CRYPTO_memcmp (tok, want, 64) != 0)
     {
       *ret = send_error (c, 401, "invalid access token");

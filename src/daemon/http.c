@@ -151,6 +151,7 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
       char token[65];
       e2b_access_token (h, r->id, token);
       json_object_set_new (j, "envdAccessToken", json_string (token));
+      json_object_set_new (j, "trafficAccessToken", json_string (token));
     }
   return j;
 }
