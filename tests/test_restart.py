@@ -92,3 +92,24 @@ def test_spares_of_a_killed_daemon_leave_nothing(tmp_path):
     for sid in spares:
         assert host_traces(sid) == [] or time.sleep(1) or host_traces(sid) == []
         assert not os.path.exists(os.path.join(d.state_dir, "sandboxes", sid))
+
+
+def test_sandbox_that_died_while_the_daemon_was_down_is_recorded(tmp_path):
+    import signal
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = d.create(timeout=600)
+        with open(os.path.join(d.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+            init = json.load(f)["init_pid"]
+        d.kill9()
+        os.kill(init, signal.SIGKILL)  # the sandbox dies with no daemon to see it
+        time.sleep(0.5)
+        d.start()
+        s = d.get(sid).json()
+        assert s["status"] == "stopped" and s["stopReason"] == "died"
+        killed = d.req("GET", f"/events/sandboxes/{sid}", params={"types": "sandbox.lifecycle.killed"}).json()
+        assert len(killed) == 1 and killed[0]["eventData"]["reason"] == "died"
+        assert host_traces(sid) == [] or time.sleep(1) or host_traces(sid) == []
+    finally:
+        d.cleanup()
+        d.stop()

@@ -512,7 +512,10 @@ reattach (struct sbx_engine *e, const char *id)
   s->pidfd = (int) syscall (SYS_pidfd_open, pid, 0);
   /* the pid must still be the same process: check after pidfd_open */
   /* a spare (state creating) never outlives the daemon that made it */
-  bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare;
+  /* a zombie (nobody reaped it while we were away) has exited too */
+  struct pollfd pf = { s->pidfd, POLLIN, 0 };
+  bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare
+               && poll (&pf, 1, 0) == 0;
   if (!alive && was_spare)
     {
       teardown (e, s);
@@ -545,6 +548,12 @@ reattach (struct sbx_engine *e, const char *id)
     pp = &(*pp)->next;
   s->next = *pp;
   *pp = s;
+  /* it ended while nobody watched: say so now, as the reaper would have */
+  if (!alive)
+    {
+      s->end_ms = sbx_wall_ms ();
+      emit (e, s->id, SBX_EVENT_KILLED, "died");
+    }
 }
 
 int
