@@ -247,7 +247,9 @@ describe('with one shared sandbox', () => {
 
 test('Sandbox.list: paging with limit 2 and a metadata filter', { timeout: 180_000 }, async () => {
   const tag = uniqueTag('page')
-  const sbxs = await Promise.all([0, 1, 2].map((i) => create({ metadata: { pagetag: tag, idx: String(i) } })))
+  // one after the other: this test is about paging, not concurrent creates
+  const sbxs = []
+  for (const i of [0, 1, 2]) sbxs.push(await create({ metadata: { pagetag: tag, idx: String(i) } }))
   const ids = sbxs.map((s) => s.sandboxId).sort()
 
   const paginator = Sandbox.list({ query: { metadata: { pagetag: tag } }, limit: 2 })

@@ -1,0 +1,83 @@
+"""The unmodified E2B JavaScript SDKs against sbxd.
+
+The tests themselves are Node scripts under tests/e2b (node:test): the `e2b`
+(2.51.0) and `@e2b/code-interpreter` (2.8.0) packages in tests/e2b, and the
+older `e2b` 2.50 line, which creates through POST /sandboxes, in
+tests/e2b/old. Each script runs as one pytest test against a fresh daemon,
+with E2B_API_KEY (an e2b_ key), E2B_API_URL and E2B_SANDBOX_URL pointing at
+it. The npm packages come from the lock files (`npm ci`) when node_modules
+is missing.
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+E2B_DIR = os.path.join(HERE, "e2b")
+OLD_DIR = os.path.join(E2B_DIR, "old")
+NODE_TIMEOUT = 300
+
+TEST_FILES = [
+    ("sdk", E2B_DIR, "sdk.test.mjs"),
+    ("interpreter", E2B_DIR, "interpreter.test.mjs"),
+    ("old_sdk", OLD_DIR, "sdk-old.test.mjs"),
+]
+
+
+def _tool(name):
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not installed: the E2B SDK tests need Node.js 20+ and npm", pytrace=False)
+    return path
+
+
+def _npm_ci(directory):
+    if os.path.isdir(os.path.join(directory, "node_modules")):
+        return
+    r = subprocess.run([_tool("npm"), "ci", "--no-audit", "--no-fund"], cwd=directory,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"npm ci in {directory} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def e2b_env(sbxd):
+    _tool("node")
+    for d in (E2B_DIR, OLD_DIR):
+        _npm_ci(d)
+    env = dict(os.environ)
+    env.update({
+        "E2B_API_KEY": sbxd.new_key(e2b=True),
+        "E2B_API_URL": sbxd.url,
+        "E2B_SANDBOX_URL": sbxd.url,
+        "NO_COLOR": "1",
+    })
+    # the SDKs must not wander off to e2b.app or through a proxy
+    for k in ("E2B_DOMAIN", "E2B_ACCESS_TOKEN", "E2B_DEBUG", "HTTP_PROXY", "HTTPS_PROXY",
+              "http_proxy", "https_proxy"):
+        env.pop(k, None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def _tail(text, limit=40000):
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+@pytest.mark.parametrize("directory,script", [(d, s) for _, d, s in TEST_FILES],
+                         ids=[name for name, _, _ in TEST_FILES])
+def test_e2b_sdk(sbxd, e2b_env, directory, script):
+    cmd = [_tool("node"), "--test", "--test-reporter=spec", script]
+    try:
+        r = subprocess.run(cmd, cwd=directory, env=e2b_env, capture_output=True, text=True,
+                           timeout=NODE_TIMEOUT)
+        out, code = r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        def s(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        out, code = s(e.stdout) + s(e.stderr), f"timeout after {NODE_TIMEOUT} s"
+    if code != 0:
+        pytest.fail(f"`node --test {script}` in {os.path.relpath(directory, HERE)} failed ({code}):\n"
+                    f"{_tail(out)}\n--- sbxd log (tail) ---\n{_tail(sbxd.logs(), 8000)}", pytrace=False)
