@@ -1243,7 +1243,7 @@ def test_create_does_not_hang_while_clients_connect(tmp_path):
             pass
         d.stop()
         # a sandbox process stuck before its exec outlives the daemon
-        stuck = subprocess.run(["pgrep", "-f", f"--state-dir {d.state_dir}$"], capture_output=True,
+        stuck = subprocess.run(["pgrep", "-f", f"state-dir {d.state_dir}$"], capture_output=True,
                                text=True).stdout.split()
         for pid in stuck:
             os.kill(int(pid), 9)

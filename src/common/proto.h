@@ -41,6 +41,7 @@ enum sbx_msg_type {
   SBX_REQ_PING = 9,
   SBX_REQ_DATA = 10, /* file content that follows a FILE write */
   SBX_REQ_EOF = 11,  /* end of file content */
+  SBX_REQ_WATCH = 12, /* watch a directory: EV_OK, then EV_FSEVENT until hang-up */
   /* events and answers */
   SBX_EV_START = 64,
   SBX_EV_STDOUT = 65,
@@ -52,7 +53,10 @@ enum sbx_msg_type {
   SBX_EV_PROC = 71,
   SBX_EV_ENTRY = 72,
   SBX_EV_DATA = 73,
+  SBX_EV_FSEVENT = 74, /* NAME (relative to the watched directory), TYPE (enum sbx_fs_event) */
 };
+
+enum sbx_fs_event { SBX_FS_CREATE = 1, SBX_FS_WRITE = 2, SBX_FS_REMOVE = 3, SBX_FS_RENAME = 4, SBX_FS_CHMOD = 5 };
 
 enum sbx_tag {
   SBX_T_ARG = 1,       /* string, repeated: argv */
@@ -103,6 +107,7 @@ enum sbx_file_op {
 /* SBX_T_FLAGS bits of a FILE request */
 #define SBX_FILE_F_PARENTS 1u   /* write/mkdir: create missing parents */
 #define SBX_FILE_F_EXIST_OK 2u  /* mkdir: an existing directory is fine */
+#define SBX_FILE_F_RECURSIVE 4u /* watch: subdirectories too */
 
 enum sbx_file_type { SBX_FT_FILE = 1, SBX_FT_DIR = 2, SBX_FT_SYMLINK = 3, SBX_FT_OTHER = 4 };
 

@@ -267,7 +267,10 @@ child_main (const struct sbx_isolate_spec *s, int sync)
      be traversed; fds opened before clone would name the old namespace */
   if (syscall (SYS_move_mount, ovl, "", AT_FDCWD, s->mountpoint, MOVE_MOUNT_F_EMPTY_PATH) < 0)
     child_fail ("attach the root file system");
-  if (setresgid (0, 0, 0) < 0 || setresuid (0, 0, 0) < 0)
+  /* raw system calls: glibc's wrappers would try to change the ids of
+     every thread the daemon had, which this clone of it does not have,
+     and wait for them forever */
+  if (syscall (SYS_setresgid, 0, 0, 0) < 0 || syscall (SYS_setresuid, 0, 0, 0) < 0)
     child_fail ("become root of the user namespace");
   if (unshare (CLONE_NEWCGROUP) < 0)
     child_fail ("unshare cgroup namespace");
@@ -479,12 +482,17 @@ sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk
   int fds[2] = { ovl, lock_fd };
   if (send_boot (p->sock, fds, &h, flat, len) < 0)
     return sbx_fail (err, errno, "pass the root file system");
-  /* EOF: the child reached execve; a message: it failed on the way */
+  /* EOF: the child reached execve; a message: it failed on the way.  A
+     child that does neither within 30 s is given up on. */
+  struct timeval tv = { 30, 0 };
+  setsockopt (p->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   char msg[512];
   ssize_t n;
   do
     n = read (p->sock, msg, sizeof msg - 1);
   while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return sbx_fail (err, errno, "sandbox setup did not finish");
   if (n > 0)
     {
       msg[n] = '\0';

@@ -1915,3 +1915,63 @@ sbx_file_write (struct sbx_engine *e, const char *id, const char *path, const ch
     }
   return sbx_file_writer_finish (w, out, err);
 }
+
+int
+sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
+           uint32_t keepalive_ms, sbx_watch_fn fn, void *ud, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  struct sbx_msg req;
+  file_req (e, id, &req, 0, path, user);
+  req.type = SBX_REQ_WATCH;
+  sbx_msg_put_u32 (&req, SBX_T_FLAGS, recursive ? SBX_FILE_F_RECURSIVE : 0);
+  int r = -1;
+  cleanup_close int fd = agent_connect (e, s, err);
+  struct sbx_msg m;
+  sbx_msg_init (&m, 0);
+  if (fd < 0)
+    goto out;
+  if (sbx_msg_send (fd, &req) < 0)
+    {
+      sbx_fail (err, errno, "send to sandbox agent");
+      goto out;
+    }
+  if (recv_or_fail (fd, &m, err) < 0)
+    goto out;
+  if (m.type == SBX_EV_ERROR)
+    {
+      agent_error (&m, err);
+      goto out;
+    }
+  for (;;)
+    {
+      struct pollfd pf = { fd, POLLIN, 0 };
+      int pr = poll (&pf, 1, keepalive_ms ? (int) keepalive_ms : -1);
+      if (pr == 0)
+        {
+          if (fn (0, "", ud) < 0)
+            {
+              r = 0;
+              break;
+            }
+          continue;
+        }
+      if (recv_or_fail (fd, &m, err) < 0)
+        break;
+      if (m.type != SBX_EV_FSEVENT)
+        continue;
+      cleanup_free char *name = sbx_msg_strdup (&m, SBX_T_NAME);
+      if (fn ((int) sbx_msg_u32 (&m, SBX_T_TYPE, 0), name ? name : "", ud) < 0)
+        {
+          r = 0;
+          break;
+        }
+    }
+out:
+  sbx_msg_free (&m);
+  sbx_msg_free (&req);
+  put (e, s);
+  return r;
+}

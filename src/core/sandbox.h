@@ -195,6 +195,14 @@ typedef int (*sbx_data_fn) (const void *data, size_t len, void *ud);
 int sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
                    struct sbx_entry *st, sbx_data_fn fn, void *ud, struct sbx_err *err);
 
+/* Watch a directory: FN gets each change (TYPE an enum sbx_fs_event, NAME
+   relative to PATH), and a call with TYPE 0 after KEEPALIVE_MS of quiet;
+   the watch ends when FN returns a negative value (0 is returned) or the
+   sandbox goes away (-1). */
+typedef int (*sbx_watch_fn) (int type, const char *name, void *ud);
+int sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
+               uint32_t keepalive_ms, sbx_watch_fn fn, void *ud, struct sbx_err *err);
+
 /* Write (atomic replace): open, push chunks, finish.  Abandoning a writer
    (sbx_file_writer_abort) leaves the old file as it was. */
 struct sbx_file_writer;

@@ -685,6 +685,337 @@ process_stream (struct http_server *h, struct MHD_Connection *c, struct request 
   return ret;
 }
 
+/* ---- filesystem watching ---- */
+
+static const char *const fs_event_names[]
+    = { "EVENT_TYPE_UNSPECIFIED", "EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE", "EVENT_TYPE_REMOVE",
+        "EVENT_TYPE_RENAME",      "EVENT_TYPE_CHMOD" };
+
+static json_t *
+fs_event_json (int type, const char *name)
+{
+  return json_pack ("{s:o, s:s}", "name", text_json (name, strlen (name)), "type",
+                    fs_event_names[type >= 1 && type <= 5 ? type : 0]);
+}
+
+/* WatchDir: a stream of envelopes fed by sbx_watch from a worker thread. */
+struct watch_stream {
+  struct sbx_engine *engine;
+  char id[SBX_ID_MAX];
+  char user[64];
+  char *path;
+  bool recursive;
+  int fd;
+};
+
+static int
+watch_stream_event (int type, const char *name, void *ud)
+{
+  struct watch_stream *w = ud;
+  /* WatchDirResponse's oneof has no wrapper field in JSON */
+  json_t *e = type == 0 ? json_pack ("{s:{}}", "keepalive")
+                        : json_pack ("{s:o}", "filesystem", fs_event_json (type, name));
+  return write_envelope (w->fd, 0, e);
+}
+
+static void *
+watch_stream_main (void *arg)
+{
+  struct watch_stream *w = arg;
+  struct sbx_err err;
+  int r = sbx_watch (w->engine, w->id, w->path, *w->user ? w->user : NULL, w->recursive, 5000, watch_stream_event, w,
+                     &err);
+  if (r < 0)
+    write_envelope (w->fd, 2,
+                    json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status_of (&err)), "message", err.msg));
+  else
+    write_envelope (w->fd, 2, json_object ());
+  close (w->fd);
+  free (w->path);
+  free (w);
+  return NULL;
+}
+
+/* Stat PATH and answer unless it is a directory. */
+static bool
+is_dir_or_answer (struct http_server *h, struct MHD_Connection *c, const char *id, const char *path, const char *user,
+                  enum MHD_Result *ret)
+{
+  struct sbx_entry st;
+  struct sbx_err err;
+  if (sbx_file_stat (h->engine, id, path, *user ? user : NULL, &st, &err) < 0)
+    {
+      *ret = connect_error (c, status_of (&err), err.msg);
+      return false;
+    }
+  bool dir = st.type == SBX_FT_DIR;
+  sbx_entry_free (&st);
+  if (!dir)
+    *ret = connect_error (c, 400, "path is not a directory");
+  return dir;
+}
+
+static void
+start_detached (void *(*fn) (void *), void *arg, bool *ok)
+{
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  *ok = pthread_create (&th, &attr, fn, arg) == 0;
+  pthread_attr_destroy (&attr);
+}
+
+static enum MHD_Result
+watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
+                  const char *user)
+{
+  json_t *b = unwrap_envelope (rq->body, rq->len);
+  const char *path = b ? json_str (b, "path") : NULL;
+  enum MHD_Result ret;
+  if (path == NULL)
+    {
+      json_decref (b);
+      return connect_error (c, 400, "path is required");
+    }
+  if (!is_dir_or_answer (h, c, id, path, user, &ret))
+    {
+      json_decref (b);
+      return ret;
+    }
+  int fds[2];
+  struct watch_stream *w = calloc (1, sizeof *w);
+  if (w == NULL || pipe2 (fds, O_CLOEXEC) < 0)
+    {
+      free (w);
+      json_decref (b);
+      return connect_error (c, 500, "cannot start watch");
+    }
+  w->engine = h->engine;
+  snprintf (w->id, sizeof w->id, "%s", id);
+  snprintf (w->user, sizeof w->user, "%s", user);
+  w->path = strdup (path);
+  w->recursive = json_is_true (json_object_get (b, "recursive"));
+  w->fd = fds[1];
+  json_decref (b);
+  /* the SDK waits for the start event before it returns the handle */
+  write_envelope (w->fd, 0, json_pack ("{s:{}}", "start"));
+  bool ok;
+  start_detached (watch_stream_main, w, &ok);
+  if (!ok)
+    {
+      close (fds[0]);
+      close (fds[1]);
+      free (w->path);
+      free (w);
+      return connect_error (c, 500, "cannot start watch");
+    }
+  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
+  MHD_add_response_header (r, "Content-Type", "application/connect+json");
+  ret = MHD_queue_response (c, 200, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+/* CreateWatcher / GetWatcherEvents / RemoveWatcher: a watch kept by the
+   daemon, whose events are collected until fetched (at most 10000). */
+#define WATCHER_EVENTS_MAX 10000
+
+struct watcher {
+  char wid[32];
+  char sandbox[SBX_ID_MAX];
+  json_t *events;
+  bool stop, done;
+  struct watcher *next;
+};
+
+static pthread_mutex_t watchers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct watcher *watchers;
+
+struct watcher_job {
+  struct sbx_engine *engine;
+  struct watcher *w;
+  char user[64];
+  char *path;
+  bool recursive;
+};
+
+static int
+watcher_event (int type, const char *name, void *ud)
+{
+  struct watcher_job *j = ud;
+  pthread_mutex_lock (&watchers_lock);
+  bool stop = j->w->stop;
+  if (!stop && type && json_array_size (j->w->events) < WATCHER_EVENTS_MAX)
+    json_array_append_new (j->w->events, fs_event_json (type, name));
+  pthread_mutex_unlock (&watchers_lock);
+  return stop ? -1 : 0;
+}
+
+static void *
+watcher_main (void *arg)
+{
+  struct watcher_job *j = arg;
+  struct sbx_err err;
+  sbx_watch (j->engine, j->w->sandbox, j->path, *j->user ? j->user : NULL, j->recursive, 200, watcher_event, j, &err);
+  pthread_mutex_lock (&watchers_lock);
+  j->w->done = true;
+  if (j->w->stop)
+    {
+      /* removed meanwhile: nobody else holds it */
+      json_decref (j->w->events);
+      free (j->w);
+    }
+  pthread_mutex_unlock (&watchers_lock);
+  free (j->path);
+  free (j);
+  return NULL;
+}
+
+static enum MHD_Result
+watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, const char *method, json_t *b,
+              const char *user)
+{
+  enum MHD_Result ret;
+  if (strcmp (method, "CreateWatcher") == 0)
+    {
+      const char *path = json_str (b, "path");
+      if (path == NULL)
+        return connect_error (c, 400, "path is required");
+      if (!is_dir_or_answer (h, c, id, path, user, &ret))
+        return ret;
+      struct watcher *w = calloc (1, sizeof *w);
+      struct watcher_job *j = calloc (1, sizeof *j);
+      if (w == NULL || j == NULL)
+        {
+          free (w);
+          free (j);
+          return connect_error (c, 500, "out of memory");
+        }
+      unsigned char rnd[8];
+      sbx_random_bytes (rnd, sizeof rnd);
+      snprintf (w->wid, sizeof w->wid, "w_%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
+                rnd[5], rnd[6], rnd[7]);
+      snprintf (w->sandbox, sizeof w->sandbox, "%s", id);
+      w->events = json_array ();
+      j->engine = h->engine;
+      j->w = w;
+      snprintf (j->user, sizeof j->user, "%s", user);
+      j->path = strdup (path);
+      j->recursive = json_is_true (json_object_get (b, "recursive"));
+      pthread_mutex_lock (&watchers_lock);
+      w->next = watchers;
+      watchers = w;
+      pthread_mutex_unlock (&watchers_lock);
+      bool ok;
+      start_detached (watcher_main, j, &ok);
+      if (!ok)
+        {
+          pthread_mutex_lock (&watchers_lock);
+          w->done = true;
+          pthread_mutex_unlock (&watchers_lock);
+          free (j->path);
+          free (j);
+        }
+      /* give the watch a moment to be in place before the caller acts */
+      usleep (20000);
+      return send_json (c, 200, json_pack ("{s:s}", "watcherId", w->wid));
+    }
+  const char *wid = json_str (b, "watcherId");
+  if (wid == NULL)
+    return connect_error (c, 400, "watcherId is required");
+  pthread_mutex_lock (&watchers_lock);
+  struct watcher **pp = &watchers;
+  while (*pp && (strcmp ((*pp)->wid, wid) != 0 || strcmp ((*pp)->sandbox, id) != 0))
+    pp = &(*pp)->next;
+  struct watcher *w = *pp;
+  if (w == NULL)
+    {
+      pthread_mutex_unlock (&watchers_lock);
+      return connect_error (c, 404, "watcher not found");
+    }
+  json_t *answer;
+  if (strcmp (method, "GetWatcherEvents") == 0)
+    {
+      answer = json_pack ("{s:o}", "events", w->events);
+      w->events = json_array ();
+    }
+  else
+    {
+      *pp = w->next;
+      w->stop = true;
+      if (w->done)
+        {
+          json_decref (w->events);
+          free (w);
+        }
+      answer = json_object ();
+    }
+  pthread_mutex_unlock (&watchers_lock);
+  return send_json (c, 200, answer);
+}
+
+
+/* ---- signed file URLs ---- */
+
+/* E2B's signature: "v1_" + base64(sha256("path:op:user:token[:exp]"))
+   without padding. */
+static void
+file_signature (const char *path, const char *op, const char *user, const char *token, const char *exp, char *out,
+                size_t n)
+{
+  char raw[8400];
+  if (exp && *exp)
+    snprintf (raw, sizeof raw, "%s:%s:%s:%s:%s", path, op, user ? user : "", token, exp);
+  else
+    snprintf (raw, sizeof raw, "%s:%s:%s:%s", path, op, user ? user : "", token);
+  unsigned char md[32];
+  unsigned int len = 0;
+  EVP_Digest (raw, strlen (raw), md, &len, EVP_sha256 (), NULL);
+  char *b64 = sbx_b64_encode (md, len);
+  size_t l = b64 ? strlen (b64) : 0;
+  while (l > 0 && b64[l - 1] == '=')
+    l--;
+  snprintf (out, n, "v1_%.*s", (int) l, b64 ? b64 : "");
+  free (b64);
+}
+
+bool
+e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
+                 char id[SBX_ID_MAX])
+{
+  const char *sig = query (c, "signature");
+  const char *path = query (c, "path");
+  if (sig == NULL || path == NULL || strcmp (url, "/files") != 0)
+    return false;
+  const char *op = strcmp (method, "GET") == 0 ? "read" : strcmp (method, "POST") == 0 ? "write" : NULL;
+  const char *exp = query (c, "signature_expiration");
+  if (op == NULL || (exp && strtoll (exp, NULL, 10) < sbx_wall_ms () / 1000))
+    return false;
+  /* the URL names no sandbox: find the one whose token signed it */
+  struct sbx_info *infos;
+  size_t n;
+  struct sbx_err err;
+  if (sbx_list (h->engine, &infos, &n, &err) < 0)
+    return false;
+  bool found = false;
+  for (size_t i = 0; i < n && !found; i++)
+    {
+      if (infos[i].state != SBX_RUNNING)
+        continue;
+      char token[65], want[64];
+      e2b_access_token (h, infos[i].id, token);
+      file_signature (path, op, query (c, "username"), token, exp, want, sizeof want);
+      if (strcmp (want, sig) == 0)
+        {
+          snprintf (id, SBX_ID_MAX, "%s", infos[i].id);
+          found = true;
+        }
+    }
+  sbx_list_free (infos, n);
+  return found;
+}
+
 bool
 e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_MAX], enum MHD_Result *ret)
 {
@@ -769,10 +1100,15 @@ e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
   if (strncmp (url, "/filesystem.Filesystem/", 23) == 0)
     {
       const char *m = url + 23;
+      if (strcmp (m, "WatchDir") == 0)
+        return watch_dir_stream (h, c, rq, id, user);
       json_t *b = rq->len ? json_loadb (rq->body, rq->len, 0, NULL) : json_object ();
       if (b == NULL)
         return connect_error (c, 400, "malformed JSON body");
-      ret = filesystem_unary (h, c, id, m, b, *user ? user : NULL);
+      if (strcmp (m, "CreateWatcher") == 0 || strcmp (m, "GetWatcherEvents") == 0 || strcmp (m, "RemoveWatcher") == 0)
+        ret = watcher_call (h, c, id, m, b, user);
+      else
+        ret = filesystem_unary (h, c, id, m, b, *user ? user : NULL);
       json_decref (b);
       return ret;
     }

@@ -1436,6 +1436,16 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
       if (rq == NULL)
         return MHD_NO;
       *con_cls = rq;
+      char sid[SBX_ID_MAX];
+      if (!e2b_is_envd (c) && e2b_signed_file (h, c, method, url, sid))
+        {
+          /* a signed URL stands for the access token of its sandbox */
+          rq->org.max_upload_bytes = DEFAULT_UPLOAD_MAX;
+          if (strcmp (method, "POST") == 0)
+            return upload_begin (h, c, rq, sid);
+          snprintf (rq->signed_id, sizeof rq->signed_id, "%s", sid);
+          return MHD_YES;
+        }
       if (e2b_is_envd (c))
         {
           rq->envd = true;
@@ -1487,6 +1497,8 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
     }
   if (rq->envd)
     return e2b_envd (h, c, rq, method, url);
+  if (rq->signed_id[0])
+    return download_file (h, c, rq, rq->signed_id);
   return route (h, c, method, url, rq);
 }
 

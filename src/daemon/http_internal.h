@@ -35,6 +35,7 @@ struct request {
   bool too_big;
   bool authed;
   bool envd;             /* an E2B envd call (E2b-Sandbox-Id header) */
+  char signed_id[SBX_ID_MAX]; /* the sandbox of a signed download URL */
   struct sbx_org org;
   struct upload *upload; /* a multipart upload being streamed */
 };
@@ -73,6 +74,10 @@ int e2b_load_secret (struct http_server *h, struct sbx_err *err);
 void e2b_access_token (struct http_server *h, const char *id, char out[65]);
 enum MHD_Result e2b_list_v2 (struct http_server *h, struct MHD_Connection *c, struct request *rq);
 bool e2b_is_envd (struct MHD_Connection *c);
+/* A GET or POST /files with a valid E2B signature (signed URL): fills ID
+   with the sandbox whose access token signed it. */
+bool e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
+                      char id[SBX_ID_MAX]);
 /* Check an envd call's sandbox and access token; fills ID or answers. */
 bool e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_MAX], enum MHD_Result *ret);
 enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,

@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -482,6 +485,145 @@ op_remove (int conn, const char *path)
   return sbx_msg_send_ok (conn);
 }
 
+
+/* ---- watching a directory ---- */
+
+#define WATCH_MAX 8192
+
+struct watch_dir {
+  int wd;
+  char rel[1024]; /* relative to the watched directory, "" for itself */
+};
+
+static struct watch_dir *watches;
+static int n_watches;
+
+/* Watch DFD (a directory known as REL); with RECURSIVE, its
+   subdirectories too.  The watch is added through /proc/self/fd so that
+   the directory is the one already resolved inside the root. */
+static void
+watch_add (int ifd, int dfd, const char *rel, bool recursive, int level)
+{
+  if (n_watches >= WATCH_MAX || level > 32)
+    return;
+  char path[64];
+  snprintf (path, sizeof path, "/proc/self/fd/%d", dfd);
+  int wd = inotify_add_watch (ifd, path,
+                              IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB
+                                  | IN_DELETE_SELF | IN_ONLYDIR);
+  if (wd < 0)
+    return;
+  watches[n_watches].wd = wd;
+  snprintf (watches[n_watches].rel, sizeof watches[n_watches].rel, "%s", rel);
+  n_watches++;
+  if (!recursive)
+    return;
+  int fd = dup (dfd);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
+  if (d == NULL)
+    {
+      if (fd >= 0)
+        close (fd);
+      return;
+    }
+  struct dirent *e;
+  while ((e = readdir (d)) != NULL)
+    {
+      if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
+        continue;
+      int cfd = openat (dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (cfd < 0)
+        continue;
+      char crel[1024];
+      snprintf (crel, sizeof crel, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
+      watch_add (ifd, cfd, crel, true, level + 1);
+      close (cfd);
+    }
+  closedir (d);
+}
+
+static const char *
+watch_rel (int wd)
+{
+  for (int i = 0; i < n_watches; i++)
+    if (watches[i].wd == wd)
+      return watches[i].rel;
+  return NULL;
+}
+
+static int
+op_watch (int conn, const char *path, bool recursive)
+{
+  char abs[4096];
+  if (resolve_abs (path, abs, sizeof abs) == NULL)
+    return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
+  cleanup_close int dfd = open_in_root (abs, O_RDONLY | O_DIRECTORY, 0);
+  if (dfd < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  cleanup_close int ifd = inotify_init1 (IN_CLOEXEC);
+  watches = calloc (WATCH_MAX, sizeof *watches);
+  if (ifd < 0 || watches == NULL)
+    return sbx_msg_send_error (conn, errno, "watch %s: %s", path, strerror (errno));
+  watch_add (ifd, dfd, "", recursive, 0);
+  if (n_watches == 0)
+    return sbx_msg_send_error (conn, errno, "watch %s: %s", path, strerror (errno));
+  if (sbx_msg_send_ok (conn) < 0)
+    return -1;
+  static char buf[65536] __attribute__ ((aligned (__alignof__ (struct inotify_event))));
+  for (;;)
+    {
+      struct pollfd pf[2] = { { ifd, POLLIN, 0 }, { conn, POLLIN | POLLRDHUP, 0 } };
+      if (poll (pf, 2, -1) < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          return -1;
+        }
+      if (pf[1].revents)
+        return 0; /* the daemon hung up: the watch is over */
+      ssize_t n = read (ifd, buf, sizeof buf);
+      if (n <= 0)
+        continue;
+      for (char *p = buf; p < buf + n;)
+        {
+          struct inotify_event *ev = (struct inotify_event *) p;
+          p += sizeof *ev + ev->len;
+          const char *rel = watch_rel (ev->wd);
+          if (rel == NULL || ev->len == 0)
+            continue;
+          uint32_t type = ev->mask & (IN_CREATE | IN_MOVED_TO)  ? SBX_FS_CREATE
+                          : ev->mask & IN_MODIFY                ? SBX_FS_WRITE
+                          : ev->mask & IN_DELETE                ? SBX_FS_REMOVE
+                          : ev->mask & IN_MOVED_FROM            ? SBX_FS_RENAME
+                          : ev->mask & IN_ATTRIB                ? SBX_FS_CHMOD
+                                                                : 0;
+          /* our own temporary files of atomic writes are not news */
+          if (type == 0 || strncmp (ev->name, ".sbxd-", 6) == 0)
+            continue;
+          char name[2048];
+          snprintf (name, sizeof name, "%s%s%s", rel, *rel ? "/" : "", ev->name);
+          if (recursive && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)))
+            {
+              /* a new directory: watch it too */
+              int cfd = openat (dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+              if (cfd >= 0)
+                {
+                  watch_add (ifd, cfd, name, true, 1);
+                  close (cfd);
+                }
+            }
+          struct sbx_msg m;
+          sbx_msg_init (&m, SBX_EV_FSEVENT);
+          sbx_msg_put_str (&m, SBX_T_NAME, name);
+          sbx_msg_put_u32 (&m, SBX_T_TYPE, type);
+          int r = sbx_msg_send (conn, &m);
+          sbx_msg_free (&m);
+          if (r < 0)
+            return 0;
+        }
+    }
+}
+
 void
 sbx_files_serve (int conn, struct sbx_msg *req)
 {
@@ -508,6 +650,11 @@ sbx_files_serve (int conn, struct sbx_msg *req)
   if (path == NULL || *path == '\0' || strlen (path) >= 4096)
     {
       sbx_msg_send_error (conn, EINVAL, "a path is required");
+      return;
+    }
+  if (req->type == SBX_REQ_WATCH)
+    {
+      op_watch (conn, path, (flags & SBX_FILE_F_RECURSIVE) != 0);
       return;
     }
   switch (op)

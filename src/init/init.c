@@ -834,6 +834,7 @@ handle_conn (int conn)
       close (conn);
       break;
     case SBX_REQ_FILE:
+    case SBX_REQ_WATCH:
       handle_file (conn, &req);
       break;
     case SBX_REQ_PING:
