@@ -969,15 +969,9 @@ file_signature (const char *path, const char *op, const char *user, const char *
     snprintf (raw, sizeof raw, "%s:%s:%s:%s:%s", path, op, user ? user : "", token, exp);
   else
     snprintf (raw, sizeof raw, "%s:%s:%s:%s", path, op, user ? user : "", token);
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest (raw, strlen (raw), md, &len, EVP_sha256 (), NULL);
-  char *b64 = sbx_b64_encode (md, len);
-  size_t l = b64 ? strlen (b64) : 0;
-  while (l > 0 && b64[l - 1] == '=')
-    l--;
-  snprintf (out, n, "v1_%.*s", (int) l, b64 ? b64 : "");
-  free (b64);
+  char b64[48]; /* 43 characters for 32 bytes */
+  sbx_sha256_b64 (raw, strlen (raw), "", 0, b64, sizeof b64);
+  snprintf (out, n, "v1_%s", b64);
 }
 
 bool

@@ -69,6 +69,25 @@ sbx_b64_decode (const char *text, size_t *len)
 }
 
 void
+sbx_sha256_b64 (const void *a, size_t alen, const void *b, size_t blen, char *out, size_t n)
+{
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new ();
+  EVP_DigestInit_ex (ctx, EVP_sha256 (), NULL);
+  EVP_DigestUpdate (ctx, a, alen);
+  EVP_DigestUpdate (ctx, b, blen);
+  EVP_DigestFinal_ex (ctx, md, &mdlen);
+  EVP_MD_CTX_free (ctx);
+  char *b64 = sbx_b64_encode (md, mdlen);
+  size_t l = b64 ? strlen (b64) : 0;
+  while (l > 0 && b64[l - 1] == '=')
+    l--;
+  snprintf (out, n, "%.*s", (int) l, b64 ? b64 : "");
+  free (b64);
+}
+
+void
 sbx_rfc3339 (int64_t ms, char *buf, size_t n)
 {
   time_t t = (time_t) (ms / 1000);

@@ -13,6 +13,9 @@ char *sbx_b64_encode (const void *data, size_t len);
 /* Decode base64 TEXT; returns a new buffer and its length in *LEN, or NULL
    when TEXT is not valid base64. */
 uint8_t *sbx_b64_decode (const char *text, size_t *len);
+/* base64 of SHA-256(A || B), without '=' padding, into OUT (E2B's
+   webhook and file URL signatures). */
+void sbx_sha256_b64 (const void *a, size_t alen, const void *b, size_t blen, char *out, size_t n);
 /* "2026-07-01T10:00:00.123Z" into BUF (at least 32 bytes). */
 void sbx_rfc3339 (int64_t ms, char *buf, size_t n);
 

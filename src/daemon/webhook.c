@@ -65,20 +65,7 @@ sbx_event_json (const struct sbx_event *ev)
 void
 sbx_webhook_signature (const char *secret, const char *body, size_t len, char *out, size_t n)
 {
-  unsigned char md[32];
-  unsigned int mdlen = 0;
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new ();
-  EVP_DigestInit_ex (ctx, EVP_sha256 (), NULL);
-  EVP_DigestUpdate (ctx, secret, strlen (secret));
-  EVP_DigestUpdate (ctx, body, len);
-  EVP_DigestFinal_ex (ctx, md, &mdlen);
-  EVP_MD_CTX_free (ctx);
-  char *b64 = sbx_b64_encode (md, mdlen);
-  size_t l = b64 ? strlen (b64) : 0;
-  while (l > 0 && b64[l - 1] == '=')
-    l--;
-  snprintf (out, n, "%.*s", (int) l, b64 ? b64 : "");
-  free (b64);
+  sbx_sha256_b64 (secret, strlen (secret), body, len, out, n);
 }
 
 static size_t

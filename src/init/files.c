@@ -255,15 +255,29 @@ list_dir (int conn, int dfd, const char *path, unsigned depth)
   closedir (d);
 }
 
+/* Open directory PATH inside the root; ABS gets its absolute form.  On
+   failure the error has been sent and -1 is returned. */
+static int
+open_dir (int conn, const char *path, char abs[4096])
+{
+  if (resolve_abs (path, abs, 4096) == NULL)
+    {
+      sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
+      return -1;
+    }
+  int fd = open_in_root (abs, O_RDONLY | O_DIRECTORY, 0);
+  if (fd < 0)
+    sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  return fd;
+}
+
 static int
 op_list (int conn, const char *path, unsigned depth)
 {
   char abs[4096];
-  if (resolve_abs (path, abs, sizeof abs) == NULL)
-    return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
-  cleanup_close int fd = open_in_root (abs, O_RDONLY | O_DIRECTORY, 0);
+  cleanup_close int fd = open_dir (conn, path, abs);
   if (fd < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+    return -1;
   list_dir (conn, fd, abs, depth ? (depth > MAX_DEPTH ? MAX_DEPTH : depth) : 1);
   return sbx_msg_send_ok (conn);
 }
@@ -555,11 +569,9 @@ static int
 op_watch (int conn, const char *path, bool recursive)
 {
   char abs[4096];
-  if (resolve_abs (path, abs, sizeof abs) == NULL)
-    return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
-  cleanup_close int dfd = open_in_root (abs, O_RDONLY | O_DIRECTORY, 0);
+  cleanup_close int dfd = open_dir (conn, path, abs);
   if (dfd < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+    return -1;
   cleanup_close int ifd = inotify_init1 (IN_CLOEXEC);
   watches = calloc (WATCH_MAX, sizeof *watches);
   if (ifd < 0 || watches == NULL)
