@@ -250,11 +250,20 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   int keep[] = { sync, s->agent_fd, s->init_fd };
   close_inherited (keep, sizeof keep / sizeof keep[0]);
   child_sync = sync;
+  /* the daemon's signal handlers make no sense here; and until it boots,
+     a spare dies with the daemon thread that made it (its socket closing
+     covers the moment before this takes effect) */
+  signal (SIGTERM, SIG_DFL);
+  signal (SIGINT, SIG_DFL);
+  signal (SIGPIPE, SIG_DFL);
+  prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   struct boot_header h;
   int lock_fd = -1;
   int ovl = recv_boot (sync, &h, &lock_fd);
   if (ovl < 0)
     _exit (0); /* the daemon abandoned this spare */
+  /* booting: from now on the sandbox outlives the daemon */
+  prctl (PR_SET_PDEATHSIG, 0, 0, 0, 0);
   if (h.env_len > sizeof boot_env_buf || sbx_read_full (sync, boot_env_buf, h.env_len) != (ssize_t) h.env_len)
     child_fail ("receive the environment");
   size_t k = 0;
