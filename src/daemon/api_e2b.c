@@ -666,11 +666,7 @@ process_stream (struct http_server *h, struct MHD_Connection *c, struct request 
   /* keepalives every few seconds keep proxies and the SDK's idle timers happy */
   s->keepalive_ms = 5000;
   s->fd = fds[1];
-  pthread_t th;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create (&th, &attr, envd_stream_main, s) != 0)
+  if (!start_detached (envd_stream_main, s))
     {
       close (fds[0]);
       close (fds[1]);
@@ -678,11 +674,7 @@ process_stream (struct http_server *h, struct MHD_Connection *c, struct request 
       free (s);
       return connect_error (c, 500, "cannot start stream");
     }
-  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
-  MHD_add_response_header (r, "Content-Type", "application/connect+json");
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
+  return send_pipe (c, fds[0], "application/connect+json", NULL);
 }
 
 /* ---- filesystem watching ---- */
@@ -755,17 +747,6 @@ is_dir_or_answer (struct http_server *h, struct MHD_Connection *c, const char *i
   return dir;
 }
 
-static void
-start_detached (void *(*fn) (void *), void *arg, bool *ok)
-{
-  pthread_t th;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  *ok = pthread_create (&th, &attr, fn, arg) == 0;
-  pthread_attr_destroy (&attr);
-}
-
 static enum MHD_Result
 watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
                   const char *user)
@@ -800,9 +781,7 @@ watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct reques
   json_decref (b);
   /* the SDK waits for the start event before it returns the handle */
   write_envelope (w->fd, 0, json_pack ("{s:{}}", "start"));
-  bool ok;
-  start_detached (watch_stream_main, w, &ok);
-  if (!ok)
+  if (!start_detached (watch_stream_main, w))
     {
       close (fds[0]);
       close (fds[1]);
@@ -810,11 +789,7 @@ watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct reques
       free (w);
       return connect_error (c, 500, "cannot start watch");
     }
-  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
-  MHD_add_response_header (r, "Content-Type", "application/connect+json");
-  ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
+  return send_pipe (c, fds[0], "application/connect+json", NULL);
 }
 
 /* CreateWatcher / GetWatcherEvents / RemoveWatcher: a watch kept by the
@@ -907,9 +882,7 @@ watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, c
       w->next = watchers;
       watchers = w;
       pthread_mutex_unlock (&watchers_lock);
-      bool ok;
-      start_detached (watcher_main, j, &ok);
-      if (!ok)
+      if (!start_detached (watcher_main, j))
         {
           pthread_mutex_lock (&watchers_lock);
           w->done = true;

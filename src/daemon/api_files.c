@@ -339,28 +339,18 @@ download_file (struct http_server *h, struct MHD_Connection *c, struct request *
   snprintf (d->path, sizeof d->path, "%s", path);
   snprintf (d->user, sizeof d->user, "%s", user ? user : "");
   d->fd = fds[1];
-  pthread_t t;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create (&t, &attr, download_main, d) != 0)
+  if (!start_detached (download_main, d))
     {
       close (fds[0]);
       close (fds[1]);
       free (d);
       return send_error (c, 500, "cannot start download");
     }
-  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
-  MHD_add_response_header (r, "Content-Type", "application/octet-stream");
   char disp[320], len[32];
   for (char *p = name; *p; p++)
     if (*p == '"' || *p == '\\' || (unsigned char) *p < 0x20)
       *p = '_';
   snprintf (disp, sizeof disp, "attachment; filename=\"%s\"", name);
-  MHD_add_response_header (r, "Content-Disposition", disp);
   snprintf (len, sizeof len, "%llu", (unsigned long long) size);
-  MHD_add_response_header (r, "X-File-Size", len);
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
+  return send_pipe (c, fds[0], "application/octet-stream", "Content-Disposition", disp, "X-File-Size", len, NULL);
 }

@@ -1066,24 +1066,13 @@ execute (struct http_server *h, struct MHD_Connection *c, struct request *rq, co
     }
   fcntl (fds[1], F_SETPIPE_SZ, 1 << 20); /* best effort: room for a chart */
   job->fd = fds[1];
-  pthread_t t;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create (&t, &attr, exec_main, job) != 0)
+  if (!start_detached (exec_main, job))
     {
-      pthread_attr_destroy (&attr);
       close (fds[0]);
       exec_job_free (job);
       return send_error (c, 500, "cannot start the execution");
     }
-  pthread_attr_destroy (&attr);
-  struct MHD_Response *resp = MHD_create_response_from_pipe (fds[0]);
-  MHD_add_response_header (resp, "Content-Type", "application/x-ndjson");
-  MHD_add_response_header (resp, "Cache-Control", "no-cache");
-  ret = MHD_queue_response (c, 200, resp);
-  MHD_destroy_response (resp);
-  return ret;
+  return send_pipe (c, fds[0], "application/x-ndjson", "Cache-Control", "no-cache", NULL);
 }
 
 static enum MHD_Result

@@ -21,6 +21,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,33 @@ send_empty (struct MHD_Connection *c, unsigned status)
 {
   struct MHD_Response *r = MHD_create_response_from_buffer (0, NULL, MHD_RESPMEM_PERSISTENT);
   enum MHD_Result ret = MHD_queue_response (c, status, r);
+  MHD_destroy_response (r);
+  return ret;
+}
+
+bool
+start_detached (void *(*fn) (void *), void *arg)
+{
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  bool ok = pthread_create (&th, &attr, fn, arg) == 0;
+  pthread_attr_destroy (&attr);
+  return ok;
+}
+
+enum MHD_Result
+send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...)
+{
+  struct MHD_Response *r = MHD_create_response_from_pipe (fd);
+  MHD_add_response_header (r, "Content-Type", content_type);
+  va_list ap;
+  va_start (ap, content_type);
+  for (const char *name; (name = va_arg (ap, const char *)) != NULL;)
+    MHD_add_response_header (r, name, va_arg (ap, const char *));
+  va_end (ap);
+  enum MHD_Result ret = MHD_queue_response (c, 200, r);
   MHD_destroy_response (r);
   return ret;
 }
@@ -851,11 +879,7 @@ start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, s
   job->engine = h->engine;
   snprintf (job->id, sizeof job->id, "%s", id);
   job->fd = fds[1];
-  pthread_t t;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create (&t, &attr, stream_main, job) != 0)
+  if (!start_detached (stream_main, job))
     {
       close (fds[0]);
       close (fds[1]);
@@ -863,11 +887,7 @@ start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, s
       free (job);
       return send_error (c, 500, "cannot start stream");
     }
-  struct MHD_Response *r = MHD_create_response_from_pipe (fds[0]);
-  MHD_add_response_header (r, "Content-Type", "application/x-ndjson");
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
+  return send_pipe (c, fds[0], "application/x-ndjson", NULL);
 }
 
 static enum MHD_Result

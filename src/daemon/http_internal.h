@@ -47,6 +47,12 @@ enum MHD_Result send_error (struct MHD_Connection *c, unsigned status, const cha
 enum MHD_Result send_empty (struct MHD_Connection *c, unsigned status);
 enum MHD_Result send_core_error (struct MHD_Connection *c, const struct sbx_err *err);
 enum MHD_Result send_file_error (struct MHD_Connection *c, const struct sbx_err *err);
+/* 200 with a body streamed from the read end FD of a pipe (chunked); the
+   arguments after CONTENT_TYPE are extra header name, value pairs ending
+   with NULL. */
+enum MHD_Result send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...);
+/* Run FN (ARG) in a detached thread; false when it cannot start. */
+bool start_detached (void *(*fn) (void *), void *arg);
 
 /* bodies and parameters */
 json_t *body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret);
