@@ -5,7 +5,11 @@
  *   exec       a round trip of `true` in a running sandbox
  *   cycle      create + exec `true` + destroy
  *   destroy    sbx_destroy until every trace is gone
- * and, in the same run, the one-shot floor that bubblewrap gives for
+ * create is measured three times, each with its own engine: networking
+ * off, networking on (internet, no rules), and networking on with egress
+ * rules (an allowed CIDR, an allowed domain, everything else denied);
+ * the other numbers come from the second.
+ * And, in the same run, the one-shot floor that bubblewrap gives for
  * `bwrap --unshare-all ... true` on the same template, for comparison.
  *
  * With --api URL --key KEY it also measures a running daemon over HTTP on
@@ -28,6 +32,7 @@
 #include <unistd.h>
 
 #include "../src/common/util.h"
+#include "../src/core/netlink.h"
 #include "../src/core/sandbox.h"
 #include "../src/core/template.h"
 
@@ -208,6 +213,72 @@ bench_api (const char *api, const char *key, const char *tmpl, int rounds)
   return 0;
 }
 
+/* One engine's create / exec / destroy rounds. */
+struct run {
+  const char *name;
+  const char *state;
+  const struct sbx_net_config *net;
+  const struct sbx_net_policy *policy;
+  uint64_t *create, *exec, *destroy, *cycle;
+  int n_exec;
+};
+
+static int
+run_core (struct run *r, const char *tmpl, int rounds)
+{
+  struct sbx_engine_config cfg = { .state_dir = r->state, .spares = 8, .net = r->net };
+  struct sbx_engine *e;
+  struct sbx_err err;
+  if (sbx_engine_open (&cfg, &e, &err) < 0)
+    {
+      fprintf (stderr, "sbxd-bench: %s\n", err.msg);
+      return -1;
+    }
+  sleep (2); /* let the spare pool fill, as it is on a running daemon */
+  r->create = calloc ((size_t) rounds, sizeof (uint64_t));
+  r->exec = calloc ((size_t) rounds * 10, sizeof (uint64_t));
+  r->destroy = calloc ((size_t) rounds, sizeof (uint64_t));
+  r->cycle = calloc ((size_t) rounds, sizeof (uint64_t));
+  struct sbx_create_opts co = { .template_name = tmpl, .timeout_s = 600, .net = r->policy };
+  char id[SBX_ID_MAX];
+  for (int i = 0; i < rounds; i++)
+    {
+      /* create, then ten `true` round trips, then destroy */
+      uint64_t t0 = sbx_now_ns ();
+      if (sbx_create (e, &co, id, &err) < 0)
+        {
+          fprintf (stderr, "sbxd-bench: create: %s\n", err.msg);
+          return -1;
+        }
+      uint64_t t1 = sbx_now_ns ();
+      if (run_true (e, id) < 0)
+        return -1;
+      uint64_t t2 = sbx_now_ns ();
+      r->exec[r->n_exec++] = t2 - t1;
+      for (int k = 0; k < 9; k++)
+        {
+          uint64_t a = sbx_now_ns ();
+          if (run_true (e, id) < 0)
+            return -1;
+          r->exec[r->n_exec++] = sbx_now_ns () - a;
+        }
+      uint64_t t3 = sbx_now_ns ();
+      if (sbx_destroy (e, id, &err) < 0)
+        {
+          fprintf (stderr, "sbxd-bench: destroy: %s\n", err.msg);
+          return -1;
+        }
+      uint64_t t4 = sbx_now_ns ();
+      r->create[i] = t1 - t0;
+      r->destroy[i] = t4 - t3;
+      r->cycle[i] = (t2 - t0) + (t4 - t3);
+      /* give the spare pool the time a real client's think time would */
+      usleep (20000);
+    }
+  sbx_engine_close (e);
+  return 0;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -250,60 +321,29 @@ main (int argc, char **argv)
   if (own_state && mkdtemp (strcpy (state, "/tmp/sbxd-bench-XXXXXX")) == NULL)
     return 1;
 
-  struct sbx_engine_config cfg = { .state_dir = state, .spares = 8 };
-  struct sbx_engine *e;
-  struct sbx_err err;
-  if (sbx_engine_open (&cfg, &e, &err) < 0)
-    {
-      fprintf (stderr, "sbxd-bench: %s\n", err.msg);
+  /* three engines, one after the other: networking off, networking on
+     (internet, no rules), and networking on with egress rules */
+  char state_net[PATH_MAX + 8], state_rules[PATH_MAX + 8];
+  snprintf (state_net, sizeof state_net, "%s/net", state);
+  snprintf (state_rules, sizeof state_rules, "%s/rules", state);
+  struct sbx_net_config netcfg = { 0 };
+  struct sbx_cidr allow = { 0xc6336400, 24 }; /* 198.51.100.0/24 */
+  struct sbx_cidr deny = { 0, 0 };
+  char *domain = "example.com";
+  struct sbx_net_policy rules = { .enabled = true, .allow = &allow, .n_allow = 1, .deny = &deny, .n_deny = 1,
+                                  .domains = &domain, .n_domains = 1 };
+  struct run runs[3] = {
+    { .name = "create_to_ready_no_network", .state = state },
+    { .name = "create_to_ready", .state = state_net, .net = &netcfg },
+    { .name = "create_to_ready_egress_rules", .state = state_rules, .net = &netcfg, .policy = &rules },
+  };
+  for (int r = 0; r < 3; r++)
+    if (run_core (&runs[r], tmpl, rounds) < 0)
       return 1;
-    }
-  sleep (2); /* let the disk pool fill, as it is on a running daemon */
-
-  uint64_t *create = calloc ((size_t) rounds, sizeof (uint64_t));
-  uint64_t *exec = calloc ((size_t) rounds * 10, sizeof (uint64_t));
-  uint64_t *destroy = calloc ((size_t) rounds, sizeof (uint64_t));
-  uint64_t *cycle = calloc ((size_t) rounds, sizeof (uint64_t));
+  struct run *main_run = &runs[1];
   uint64_t *bwrap = calloc ((size_t) rounds, sizeof (uint64_t));
-  int n_exec = 0, n_bwrap = 0;
-  struct sbx_create_opts co = { .template_name = tmpl, .timeout_s = 600 };
-  char id[SBX_ID_MAX];
-
-  for (int i = 0; i < rounds; i++)
-    {
-      /* create, then ten `true` round trips, then destroy */
-      uint64_t t0 = sbx_now_ns ();
-      if (sbx_create (e, &co, id, &err) < 0)
-        {
-          fprintf (stderr, "sbxd-bench: create: %s\n", err.msg);
-          return 1;
-        }
-      uint64_t t1 = sbx_now_ns ();
-      if (run_true (e, id) < 0)
-        return 1;
-      uint64_t t2 = sbx_now_ns ();
-      exec[n_exec++] = t2 - t1;
-      for (int k = 0; k < 9; k++)
-        {
-          uint64_t a = sbx_now_ns ();
-          if (run_true (e, id) < 0)
-            return 1;
-          exec[n_exec++] = sbx_now_ns () - a;
-        }
-      uint64_t t3 = sbx_now_ns ();
-      if (sbx_destroy (e, id, &err) < 0)
-        {
-          fprintf (stderr, "sbxd-bench: destroy: %s\n", err.msg);
-          return 1;
-        }
-      uint64_t t4 = sbx_now_ns ();
-      create[i] = t1 - t0;
-      destroy[i] = t4 - t3;
-      cycle[i] = (t2 - t0) + (t4 - t3);
-      /* give the disk pool the time a real client's think time would */
-      usleep (20000);
-    }
-
+  int n_bwrap = 0;
+  struct sbx_err err;
   struct sbx_template t;
   char tdir[PATH_MAX];
   sbx_template_dir (tdir, sizeof tdir);
@@ -320,10 +360,11 @@ main (int argc, char **argv)
 
   printf ("{\n  \"machine\": {\"cpus\": %ld},\n  \"template\": \"%s\",\n  \"core\": {\n", sysconf (_SC_NPROCESSORS_ONLN),
           tmpl);
-  print_stats ("create_to_ready", create, rounds, 0);
-  print_stats ("exec_true_round_trip", exec, n_exec, 0);
-  print_stats ("destroy", destroy, rounds, 0);
-  print_stats ("create_exec_destroy", cycle, rounds, 1);
+  for (int r = 0; r < 3; r++)
+    print_stats (runs[r].name, runs[r].create, rounds, 0);
+  print_stats ("exec_true_round_trip", main_run->exec, main_run->n_exec, 0);
+  print_stats ("destroy", main_run->destroy, rounds, 0);
+  print_stats ("create_exec_destroy", main_run->cycle, rounds, 1);
   printf ("  },\n");
   if (api && key && bench_api (api, key, tmpl, rounds) < 0)
     return 1;
@@ -332,7 +373,7 @@ main (int argc, char **argv)
     print_stats ("bwrap_unshare_all_true", bwrap, n_bwrap, 1);
   printf ("  }\n}\n");
 
-  sbx_engine_close (e);
+
   if (own_state)
     sbx_rm_rf (state, &err);
   return 0;

@@ -37,7 +37,9 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/mount.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
 #include <sys/ioctl.h>
 #include <sched.h>
 #include <signal.h>
@@ -73,6 +75,7 @@ static const int kept_caps[] = {
 struct boot_header {
   uint32_t nofile;
   uint32_t env_len;
+  uint32_t net_addr, net_gw; /* host byte order; 0: leave eth0 alone */
 };
 
 /* Send the root file system fd with the boot header, then the
@@ -244,6 +247,88 @@ close_inherited (int *keep, size_t n)
   close_range (from, ~0u, 0);
 }
 
+static void
+set_inet (int sock, unsigned long req, struct ifreq *ifr, uint32_t ip, const char *what)
+{
+  struct sockaddr_in *sin = (struct sockaddr_in *) &ifr->ifr_addr;
+  memset (sin, 0, sizeof *sin);
+  sin->sin_family = AF_INET;
+  sin->sin_addr.s_addr = htonl (ip);
+  if (ioctl (sock, req, ifr) < 0)
+    child_fail ("%s", what);
+}
+
+/* Loopback up; eth0 (moved in by the daemon) addressed, up, with the
+   default route through the host side, and without IPv6: sandboxes are
+   IPv4-only, so no address family escapes the host's IPv4 rules.  Called
+   with proc/ mounted and writable. */
+static void
+setup_network (const struct boot_header *h)
+{
+  int sock = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr;
+  memset (&ifr, 0, sizeof ifr);
+  snprintf (ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+  if (sock < 0 || ioctl (sock, SIOCGIFFLAGS, &ifr) < 0)
+    child_fail ("loopback flags");
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl (sock, SIOCSIFFLAGS, &ifr) < 0)
+    child_fail ("bring loopback up");
+  if (h->net_addr)
+    {
+      static const char *const v6[] = { "proc/sys/net/ipv6/conf/all/disable_ipv6",
+                                        "proc/sys/net/ipv6/conf/default/disable_ipv6",
+                                        "proc/sys/net/ipv6/conf/eth0/disable_ipv6" };
+      for (size_t i = 0; i < sizeof v6 / sizeof v6[0]; i++)
+        {
+          int fd = open (v6[i], O_WRONLY | O_CLOEXEC);
+          if (fd >= 0 && write (fd, "1", 1) != 1)
+            child_fail ("disable IPv6");
+          if (fd >= 0)
+            close (fd);
+        }
+      memset (&ifr, 0, sizeof ifr);
+      snprintf (ifr.ifr_name, sizeof ifr.ifr_name, "eth0");
+      set_inet (sock, SIOCSIFADDR, &ifr, h->net_addr, "address eth0");
+      set_inet (sock, SIOCSIFNETMASK, &ifr, 0xfffffffcu, "netmask of eth0");
+      if (ioctl (sock, SIOCGIFFLAGS, &ifr) < 0)
+        child_fail ("eth0 flags");
+      ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+      if (ioctl (sock, SIOCSIFFLAGS, &ifr) < 0)
+        child_fail ("bring eth0 up");
+      struct rtentry rt;
+      memset (&rt, 0, sizeof rt);
+      ((struct sockaddr_in *) &rt.rt_dst)->sin_family = AF_INET;
+      ((struct sockaddr_in *) &rt.rt_genmask)->sin_family = AF_INET;
+      struct sockaddr_in *gw = (struct sockaddr_in *) &rt.rt_gateway;
+      gw->sin_family = AF_INET;
+      gw->sin_addr.s_addr = htonl (h->net_gw);
+      rt.rt_flags = RTF_UP | RTF_GATEWAY;
+      if (ioctl (sock, SIOCADDRT, &rt) < 0)
+        child_fail ("default route");
+    }
+  close (sock);
+}
+
+/* /etc/resolv.conf naming the gateway, where the DNS filter answers;
+   called after pivot_root, so a symlink can only point inside. */
+static void
+write_resolv_conf (const struct boot_header *h)
+{
+  if (h->net_gw == 0)
+    return;
+  char text[128];
+  struct in_addr a = { htonl (h->net_gw) };
+  char ip[INET_ADDRSTRLEN];
+  inet_ntop (AF_INET, &a, ip, sizeof ip);
+  int n = snprintf (text, sizeof text, "nameserver %s\noptions timeout:2 attempts:2\n", ip);
+  unlink ("/etc/resolv.conf");
+  int fd = open ("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0 || write (fd, text, (size_t) n) != n)
+    child_fail ("write /etc/resolv.conf");
+  close (fd);
+}
+
 static void __attribute__ ((noreturn))
 child_main (const struct sbx_isolate_spec *s, int sync)
 {
@@ -312,6 +397,9 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   if (mount ("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
     child_fail ("mount /sys");
 
+  /* a new network namespace starts with its loopback down */
+  setup_network (&h);
+
   /* the paths Docker masks or makes read-only */
   static const char *const masked[]
       = { "proc/asound", "proc/acpi",       "proc/kcore",       "proc/keys",   "proc/latency_stats",
@@ -325,23 +413,13 @@ child_main (const struct sbx_isolate_spec *s, int sync)
 
   if (sethostname (s->hostname, strlen (s->hostname)) < 0)
     child_fail ("sethostname");
-  /* a new network namespace starts with its loopback down */
-  int sock = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  struct ifreq ifr;
-  memset (&ifr, 0, sizeof ifr);
-  snprintf (ifr.ifr_name, sizeof ifr.ifr_name, "lo");
-  if (sock < 0 || ioctl (sock, SIOCGIFFLAGS, &ifr) < 0)
-    child_fail ("loopback flags");
-  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-  if (ioctl (sock, SIOCSIFFLAGS, &ifr) < 0)
-    child_fail ("bring loopback up");
-  close (sock);
   if (syscall (SYS_pivot_root, ".", ".") < 0)
     child_fail ("pivot_root");
   if (umount2 (".", MNT_DETACH) < 0)
     child_fail ("detach the old root");
   if (chdir ("/") < 0)
     child_fail ("chdir /");
+  write_resolv_conf (&h);
 
   struct rlimit nofile = { h.nofile, h.nofile };
   if (setrlimit (RLIMIT_NOFILE, &nofile) < 0)
@@ -466,7 +544,7 @@ sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p,
 
 int
 sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                  uint32_t nofile, struct sbx_err *err)
+                  uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err)
 {
   /* the environment, flattened */
   size_t len = 0, count = 0;
@@ -487,7 +565,7 @@ sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk
   cleanup_close int ovl = make_rootfs (tree_fd, disk_fd, p->pid, err);
   if (ovl < 0)
     return -1;
-  struct boot_header h = { nofile, (uint32_t) len };
+  struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw };
   int fds[2] = { ovl, lock_fd };
   if (send_boot (p->sock, fds, &h, flat, len) < 0)
     return sbx_fail (err, errno, "pass the root file system");

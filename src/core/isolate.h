@@ -35,10 +35,11 @@ int sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc
 /* Phase two: build the root file system from the template tree (TREE_FD
    is the directory holding rootfs/) and the disk (which must hold upper/
    and work/), hand it over with the template's in-use lock (kept by init
-   as fd 4), the environment of init and the open files limit; returns
-   once sbx-init runs. */
+   as fd 4), the environment of init, the open files limit, and the
+   address of eth0 with its gateway (0: no eth0 set up); returns once
+   sbx-init runs. */
 int sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                      uint32_t nofile, struct sbx_err *err);
+                      uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err);
 /* Kill a spawned child that will not be booted (or failed to boot). */
 void sbx_isolate_abort (struct sbx_isolate_proc *p);
 

@@ -14,6 +14,7 @@
 #include "sandbox.h"
 
 #include <dirent.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -39,6 +40,7 @@
 #include "cgroup.h"
 #include "disk.h"
 #include "isolate.h"
+#include "netlink.h"
 #include "seccomp.h"
 #include "template.h"
 
@@ -70,6 +72,9 @@ struct sandbox {
   int dirfd;                     /* O_PATH fd of STATE/sandboxes/ID */
   uint32_t uid_slot;
   bool our_child;                /* created by this process: we reap it */
+  bool has_net;                  /* a veth and rules exist for its slot */
+  bool net_allow_internet_set, net_allow_internet; /* E2B's allowInternetAccess as asked */
+  struct sbx_net_policy net;
   uint64_t cpu_sample_ns, cpu_sample_at;
   int refs;
   bool busy;                     /* a state change is in progress */
@@ -98,6 +103,7 @@ struct sbx_engine {
   int n_spares, spares_target;
   pthread_cond_t spare_cond;
   pthread_t spare_thread;
+  struct sbx_net *net; /* NULL: sandboxes have loopback only */
 };
 
 const char *
@@ -142,6 +148,7 @@ sandbox_free (struct sandbox *s)
     close (s->dirfd);
   free (s->metadata_json);
   free (s->reason);
+  sbx_net_policy_free (&s->net);
   free (s);
 }
 
@@ -196,6 +203,13 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   if (s->metadata_json)
     json_object_set_new (j, "metadata", json_string (s->metadata_json));
   json_object_set_new (j, "owner", json_string (s->owner));
+  if (s->has_net)
+    {
+      json_t *net = sbx_net_policy_to_json (&s->net);
+      if (net && s->net_allow_internet_set)
+        json_object_set_new (net, "allowInternetAccess", json_boolean (s->net_allow_internet));
+      json_object_set_new (j, "network", net);
+    }
   cleanup_free char *text = json_dumps (j, JSON_COMPACT);
   json_decref (j);
   if (text == NULL)
@@ -307,6 +321,9 @@ teardown (struct sbx_engine *e, struct sandbox *s)
     fprintf (stderr, "sbxd: %s: %s\n", s->id, err.msg);
   if (s->our_child && s->init_pid > 0)
     waitpid (s->init_pid, NULL, 0);
+  if (e->net && s->has_net)
+    sbx_net_forget (e->net, s->uid_slot);
+  s->has_net = false;
   uid_slot_release (s->uid_slot);
   char dir[PATH_MAX];
   sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
@@ -503,6 +520,14 @@ reattach (struct sbx_engine *e, const char *id)
   s->uid_slot = (uint32_t) slot;
   s->metadata_json = meta ? strdup (meta) : NULL;
   s->limits = (struct sbx_limits) { (uint32_t) cpu, (uint32_t) mem, (uint32_t) disk, (uint32_t) pids, (uint32_t) nofile };
+  json_t *net = json_object_get (j, "network");
+  if (net && sbx_net_policy_load (net, &s->net, &err) == 0)
+    {
+      s->has_net = true;
+      json_t *ai = json_object_get (net, "allowInternetAccess");
+      s->net_allow_internet_set = json_is_boolean (ai);
+      s->net_allow_internet = json_is_true (ai);
+    }
   bool was_spare = strcmp (state, "creating") == 0;
   s->state = strcmp (state, "paused") == 0 ? SBX_PAUSED : SBX_RUNNING;
   json_decref (j);
@@ -593,6 +618,8 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     sbx_template_dir (e->template_dir, sizeof e->template_dir);
   if (load_init (e, cfg->init_path, err) < 0)
     goto fail;
+  if (cfg->net && sbx_net_open (cfg->net, &e->net, err) < 0)
+    goto fail;
 
   DIR *d = opendir (e->sandboxes_dir);
   if (d == NULL)
@@ -605,6 +632,10 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     if (strncmp (de->d_name, "sbx_", 4) == 0 && strlen (de->d_name) < SBX_ID_MAX)
       reattach (e, de->d_name);
   closedir (d);
+  /* the rules name this process's filter ports: renew them */
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
+      fprintf (stderr, "sbxd: %s: network rules: %s\n", s->id, err->msg);
 
   e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
   pthread_cond_init (&e->spare_cond, NULL);
@@ -623,6 +654,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
 fail:
   if (e->init_fd >= 0)
     close (e->init_fd);
+  sbx_net_close (e->net);
   free (e);
   return -1;
 }
@@ -646,6 +678,7 @@ sbx_engine_close (struct sbx_engine *e)
       sandbox_free (s);
     }
   close (e->init_fd);
+  sbx_net_close (e->net);
   free (e);
 }
 
@@ -823,6 +856,14 @@ prepare (struct sbx_engine *e, struct sbx_err *err)
   s->our_child = true;
   s->init_start = proc_start_time (s->init_pid);
   s->pidfd = (int) syscall (SYS_pidfd_open, s->init_pid, 0);
+  if (e->net)
+    {
+      /* the link and the default rules (internet, no rules) */
+      if (sbx_net_link_create (e->net, s->uid_slot, s->init_pid, err) < 0)
+        goto fail;
+      s->has_net = true;
+      s->net.enabled = true;
+    }
   pthread_mutex_lock (&e->lock);
   int r = save_locked (e, s, err); /* so a crash leaves nothing unknown behind */
   pthread_mutex_unlock (&e->lock);
@@ -921,6 +962,20 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       sbx_fail (err, errno, "sandbox path");
       goto fail;
     }
+  if (s->has_net)
+    {
+      struct sbx_net_policy want = { .enabled = t.internet };
+      sbx_net_policy_free (&s->net);
+      s->net_allow_internet_set = o->allow_internet_access != 0;
+      s->net_allow_internet = o->allow_internet_access > 0;
+      /* the link was made with the plain internet rules: change them
+         only when asked for something else, before anything runs */
+      const struct sbx_net_policy *p = o->net ? o->net : &want;
+      if (sbx_net_policy_copy (&s->net, p, err) < 0)
+        goto fail;
+      if ((!p->enabled || p->n_allow || p->n_deny || p->n_domains) && sbx_net_apply (e->net, s->uid_slot, p, err) < 0)
+        goto fail;
+    }
   if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
@@ -949,7 +1004,10 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       sbx_fail (err, errno, "lock template %s", t.name);
       goto fail;
     }
-  if (sbx_isolate_boot (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, err) < 0)
+  uint32_t net_addr = 0, net_gw = 0;
+  if (s->has_net)
+    sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
+  if (sbx_isolate_boot (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, net_addr, net_gw, err) < 0)
     goto fail;
   free (env);
   env = NULL;
@@ -1051,6 +1109,43 @@ sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struc
   return r;
 }
 
+int
+sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy, int allow_internet_access,
+                 struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = begin_change (e, s, 1u << SBX_RUNNING | 1u << SBX_PAUSED, err);
+  if (r == 0)
+    {
+      struct sbx_net_policy copy;
+      if (!s->has_net)
+        r = sbx_failx (err, EOPNOTSUPP, "this sandbox has no network");
+      else if ((r = sbx_net_policy_copy (&copy, policy, err)) == 0)
+        {
+          r = sbx_net_apply (e->net, s->uid_slot, policy, err);
+          if (r == 0)
+            {
+              pthread_mutex_lock (&e->lock);
+              sbx_net_policy_free (&s->net);
+              s->net = copy;
+              s->net_allow_internet_set = allow_internet_access != 0;
+              s->net_allow_internet = allow_internet_access > 0;
+              r = save_locked (e, s, err);
+              pthread_mutex_unlock (&e->lock);
+            }
+          else
+            sbx_net_policy_free (&copy);
+        }
+      end_change (e, s);
+      if (r == 0)
+        emit (e, id, SBX_EVENT_UPDATED, "network");
+    }
+  put (e, s);
+  return r;
+}
+
 static int
 set_frozen (struct sbx_engine *e, const char *id, bool frozen, struct sbx_err *err)
 {
@@ -1108,6 +1203,26 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   info->reason = s->reason ? strdup (s->reason) : NULL;
   memcpy (info->owner, s->owner, sizeof info->owner);
   info->timeout_s = s->timeout_s;
+  if (s->has_net)
+    {
+      json_t *j = sbx_net_policy_to_json (&s->net);
+      uint32_t addr, gw;
+      sbx_net_addresses (s->uid_slot, &addr, &gw);
+      char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
+      struct in_addr ia = { htonl (addr) }, ig = { htonl (gw) };
+      inet_ntop (AF_INET, &ia, a, sizeof a);
+      inet_ntop (AF_INET, &ig, g, sizeof g);
+      if (j && s->state != SBX_STOPPED)
+        {
+          json_object_set_new (j, "address", json_string (a));
+          json_object_set_new (j, "gateway", json_string (g));
+        }
+      if (j)
+        json_object_set_new (j, "allowInternetAccess",
+                             s->net_allow_internet_set ? json_boolean (s->net_allow_internet) : json_null ());
+      info->network_json = j ? json_dumps (j, JSON_COMPACT) : NULL;
+      json_decref (j);
+    }
 }
 
 void
@@ -1115,7 +1230,8 @@ sbx_info_free (struct sbx_info *info)
 {
   free (info->metadata_json);
   free (info->reason);
-  info->metadata_json = info->reason = NULL;
+  free (info->network_json);
+  info->metadata_json = info->reason = info->network_json = NULL;
 }
 
 int

@@ -24,6 +24,9 @@
 
 #include "../common/error.h"
 #include "../common/proto.h"
+#include "net.h"
+
+struct sbx_net_config;
 
 #define SBX_ID_MAX 40
 
@@ -48,6 +51,7 @@ struct sbx_engine_config {
   void *event_ud;
   uint32_t max_timeout_s;   /* 0: 3600 */
   int spares;               /* sandboxes prepared ahead of requests; 0: 4, <0: none */
+  const struct sbx_net_config *net; /* NULL: sandboxes get loopback only (netlink.h) */
 };
 
 #define SBX_DEFAULT_DISK_MB 10240 /* seed 000: 10 GB */
@@ -73,6 +77,8 @@ struct sbx_create_opts {
   const char *metadata_json;  /* stored as given, may be NULL */
   const char *owner;          /* opaque owner tag (an organisation), may be NULL */
   struct sbx_limits limits;   /* 0 fields take the template's defaults */
+  const struct sbx_net_policy *net; /* NULL: the template's default (net.h) */
+  int allow_internet_access;  /* as the client said it, shown back: 0 not said, >0 true, <0 false */
 };
 
 struct sbx_info {
@@ -85,6 +91,7 @@ struct sbx_info {
   char *reason;               /* why it stopped, when it has */
   char owner[48];
   uint32_t timeout_s;         /* the lifetime last asked for */
+  char *network_json;         /* {"mode", "allowOut", "denyOut", "address", "gateway", "allowInternetAccess"}, or NULL */
 };
 
 void sbx_info_free (struct sbx_info *info);
@@ -92,6 +99,10 @@ void sbx_info_free (struct sbx_info *info);
 int sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id[SBX_ID_MAX], struct sbx_err *err);
 int sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);
+/* Replace the egress policy of a running or paused sandbox; takes effect
+   at once.  ALLOW_INTERNET_ACCESS as in sbx_create_opts. */
+int sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy,
+                     int allow_internet_access, struct sbx_err *err);
 int sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err);

@@ -369,6 +369,7 @@ struct spec {
   char user[32];
   char workdir[256];
   uint32_t cpu_count, memory_mb, disk_mb;
+  bool no_internet;
   struct strv aliases, packages, env, setup;
 };
 
@@ -612,6 +613,12 @@ parse_spec (const char *spec_dir, const char *name, struct spec *s, const char *
           if (parse_u32 (value, dst) < 0)
             return sbx_failx (err, EINVAL, "%s:%d: %s must be a positive integer", path, lineno, key);
         }
+      else if (strcmp (key, "internet") == 0)
+        {
+          if (strcmp (value, "yes") != 0 && strcmp (value, "no") != 0)
+            return sbx_failx (err, EINVAL, "%s:%d: internet must be yes or no", path, lineno);
+          s->no_internet = strcmp (value, "no") == 0;
+        }
       else if (strcmp (key, "setup") == 0)
         {
           if (value[0] == '\0')
@@ -801,6 +808,7 @@ write_template_json (const char *dir, const char *name, const struct spec *s, st
   ok = ok && json_object_set_new (root, "cpu_count", json_integer (s->cpu_count)) == 0;
   ok = ok && json_object_set_new (root, "memory_mb", json_integer (s->memory_mb)) == 0;
   ok = ok && json_object_set_new (root, "disk_mb", json_integer (s->disk_mb)) == 0;
+  ok = ok && json_object_set_new (root, "internet", json_boolean (!s->no_internet)) == 0;
   ok = ok && json_object_set_new (root, "built_at", json_string (built_at)) == 0;
   ok = ok && json_object_set_new (root, "packages", json_strv (&s->packages)) == 0;
   cleanup_free char *text = ok ? json_dumps (root, JSON_INDENT (2)) : NULL;
@@ -1249,12 +1257,16 @@ load_json (int dfd, const char *name, const char *target, struct sbx_template *t
     bad = "disk_mb";
   else if (env != NULL && ! json_is_array (env))
     bad = "env";
+  else if (json_object_get (root, "internet") && ! json_is_boolean (json_object_get (root, "internet")))
+    bad = "internet";
   if (bad != NULL)
     {
       sbx_failx (err, EINVAL, "template %s: template.json: bad %s", target, bad);
       goto out;
     }
 
+  /* templates built before the key existed had internet access */
+  t->internet = ! json_is_false (json_object_get (root, "internet"));
   size_t n = env ? json_array_size (env) : 0;
   t->env = calloc (n + 1, sizeof *t->env);
   if (t->env == NULL)

@@ -15,6 +15,7 @@
 #ifndef SBX_TEMPLATE_H
 #define SBX_TEMPLATE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -29,6 +30,7 @@ struct sbx_template {
   uint32_t cpu_count;  /* default vCPUs */
   uint32_t memory_mb;  /* default memory limit */
   uint32_t disk_mb;    /* default disk quota */
+  bool internet;       /* sandboxes have outbound internet unless asked otherwise */
 };
 
 /* Resolve the template directory into OUT. */

@@ -1,0 +1,557 @@
+/*
+ * net.c - each sandbox's veth link (rtnetlink through libmnl) and the
+ * nftables rules that enforce its egress policy (libnftables).
+ *
+ * The table "inet sbxd" is shared by every sbxd on the machine.  Its base
+ * chains send what crosses a host-side veth ("sbxh*") to the chains of
+ * that sandbox's slot through three verdict maps, and drop what belongs to
+ * no known sandbox:
+ *
+ *   forward:  replies into a sandbox pass, nothing else enters one; IPv6
+ *             from a sandbox is dropped; the rest goes to o<slot>:
+ *             platform-denied ranges (minus operator ranges) rejected,
+ *             then allowOut accepted, then denyOut rejected, then accepted.
+ *   input:    nothing from a sandbox reaches the host except what was
+ *             redirected to the DNS or HTTP/TLS filter (i<slot>).
+ *   prerouting (nat): n<slot> redirects DNS sent to the gateway to the
+ *             DNS filter and, for policies with domains, TCP 80 and 443 to
+ *             the HTTP/TLS filter.
+ *   postrouting (nat): sandbox traffic leaving the host is masqueraded.
+ *
+ * Every change is one nftables transaction, so a sandbox never runs with
+ * half its rules.  Rules are re-evaluated for every packet a sandbox
+ * sends, established connections included, so a tightened policy also
+ * cuts connections that are open.
+ */
+#include "netlink.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libmnl/libmnl.h>
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <net/if.h>
+#include <nftables/libnftables.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "netproxy.h"
+
+#define POOL_BASE 0x0ac80000u /* 10.200.0.0/15: a /30 per slot */
+#define POOL_SLOTS 32768u
+#define RUN_DIR "/run/sbxd"
+
+struct sbx_net {
+  pthread_mutex_t lock; /* the nft context */
+  struct nft_ctx *nft;
+  struct sbx_netproxy *proxy;
+  struct sbx_cidr *ops;
+  size_t n_ops;
+};
+
+void
+sbx_net_addresses (uint32_t slot, uint32_t *addr, uint32_t *gateway)
+{
+  uint32_t base = POOL_BASE + (slot % POOL_SLOTS) * 4;
+  *gateway = base + 1;
+  *addr = base + 2;
+}
+
+static void
+ip_str (uint32_t ip, char *buf, size_t n)
+{
+  struct in_addr a = { htonl (ip) };
+  inet_ntop (AF_INET, &a, buf, (socklen_t) n);
+}
+
+/* ---- nftables ---- */
+
+/* A growing text buffer for one transaction. */
+struct cmd {
+  char *buf;
+  size_t len, cap;
+  bool oom;
+};
+
+static void __attribute__ ((format (printf, 2, 3)))
+cmd_add (struct cmd *c, const char *fmt, ...)
+{
+  va_list ap;
+  for (;;)
+    {
+      va_start (ap, fmt);
+      int n = vsnprintf (c->buf ? c->buf + c->len : NULL, c->buf ? c->cap - c->len : 0, fmt, ap);
+      va_end (ap);
+      if (n < 0)
+        {
+          c->oom = true;
+          return;
+        }
+      if (c->buf && c->len + (size_t) n < c->cap)
+        {
+          c->len += (size_t) n;
+          return;
+        }
+      size_t cap = (c->cap ? c->cap * 2 : 4096) + (size_t) n;
+      char *b = realloc (c->buf, cap);
+      if (b == NULL)
+        {
+          c->oom = true;
+          return;
+        }
+      c->buf = b;
+      c->cap = cap;
+    }
+}
+
+static int
+nft_run (struct sbx_net *n, struct cmd *c, struct sbx_err *err)
+{
+  if (c->oom || c->buf == NULL)
+    {
+      free (c->buf);
+      return sbx_failx (err, ENOMEM, "nftables rules");
+    }
+  pthread_mutex_lock (&n->lock);
+  int r = nft_run_cmd_from_buffer (n->nft, c->buf);
+  if (r != 0)
+    {
+      const char *msg = nft_ctx_get_error_buffer (n->nft);
+      const char *nl = msg ? strchr (msg, '\n') : NULL;
+      sbx_failx (err, EIO, "nftables: %.*s", nl ? (int) (nl - msg) : 200, msg ? msg : "failed");
+    }
+  pthread_mutex_unlock (&n->lock);
+  free (c->buf);
+  return r != 0 ? -1 : 0;
+}
+
+/* "{ a, b/n, ... }" of LIST, without entries inside another entry (an
+   interval set refuses overlaps; CIDR blocks either nest or are apart). */
+static void
+cmd_set (struct cmd *c, const struct sbx_cidr *list, size_t n)
+{
+  cmd_add (c, "{ ");
+  bool first = true;
+  for (size_t i = 0; i < n; i++)
+    {
+      bool covered = false;
+      for (size_t j = 0; j < n && !covered; j++)
+        covered = j != i && list[j].prefix <= list[i].prefix && sbx_cidr_contains (&list[j], list[i].addr)
+                  && (list[j].prefix < list[i].prefix || j < i);
+      if (covered)
+        continue;
+      char buf[32];
+      sbx_cidr_format (&list[i], buf, sizeof buf);
+      cmd_add (c, "%s%s", first ? "" : ", ", buf);
+      first = false;
+    }
+  cmd_add (c, " }");
+}
+
+static const char base_rules[]
+    = "add table inet sbxd\n"
+      "add map inet sbxd out_map { type ifname : verdict; }\n"
+      "add map inet sbxd in_map { type ifname : verdict; }\n"
+      "add map inet sbxd nat_map { type ifname : verdict; }\n"
+      "add chain inet sbxd forward { type filter hook forward priority filter; policy accept; }\n"
+      "add chain inet sbxd input { type filter hook input priority filter; policy accept; }\n"
+      "add chain inet sbxd prerouting { type nat hook prerouting priority dstnat; policy accept; }\n"
+      "add chain inet sbxd postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
+      "flush chain inet sbxd forward\n"
+      "flush chain inet sbxd input\n"
+      "flush chain inet sbxd prerouting\n"
+      "flush chain inet sbxd postrouting\n"
+      "add rule inet sbxd forward oifname \"sbxh*\" ct state established,related accept\n"
+      "add rule inet sbxd forward oifname \"sbxh*\" drop\n"
+      "add rule inet sbxd forward iifname \"sbxh*\" meta nfproto ipv6 drop\n"
+      "add rule inet sbxd forward iifname \"sbxh*\" iifname vmap @out_map\n"
+      "add rule inet sbxd forward iifname \"sbxh*\" drop\n"
+      "add rule inet sbxd input iifname \"sbxh*\" meta nfproto ipv6 drop\n"
+      "add rule inet sbxd input iifname \"sbxh*\" ct state established,related accept\n"
+      "add rule inet sbxd input iifname \"sbxh*\" iifname vmap @in_map\n"
+      "add rule inet sbxd input iifname \"sbxh*\" drop\n"
+      "add rule inet sbxd prerouting iifname \"sbxh*\" iifname vmap @nat_map\n"
+      "add rule inet sbxd postrouting iifname \"sbxh*\" oifname != \"sbxh*\" masquerade\n";
+
+/* Turn on IPv4 forwarding.  If it was off, remember that (machine-wide,
+   for every sbxd) and forward nothing but sandbox traffic, so the host
+   does not become a router for anything else. */
+static int
+enable_forwarding (bool *guard, struct sbx_err *err)
+{
+  char cur[8] = "";
+  int fd = open ("/proc/sys/net/ipv4/ip_forward", O_RDWR | O_CLOEXEC);
+  if (fd < 0 || read (fd, cur, sizeof cur - 1) < 0)
+    {
+      int e = errno;
+      if (fd >= 0)
+        close (fd);
+      return sbx_fail (err, e, "read net.ipv4.ip_forward");
+    }
+  if (cur[0] == '0')
+    {
+      if (sbx_mkdir_p (RUN_DIR, 0700, err) < 0)
+        {
+          close (fd);
+          return -1;
+        }
+      int o = open (RUN_DIR "/ip_forward.off", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+      if (o >= 0)
+        close (o);
+      if (pwrite (fd, "1\n", 2, 0) != 2)
+        {
+          int e = errno;
+          close (fd);
+          return sbx_fail (err, e, "turn on net.ipv4.ip_forward");
+        }
+    }
+  close (fd);
+  *guard = access (RUN_DIR "/ip_forward.off", F_OK) == 0;
+  return 0;
+}
+
+static uint32_t
+resolv_conf_nameserver (void)
+{
+  FILE *f = fopen ("/etc/resolv.conf", "re");
+  if (f == NULL)
+    return 0;
+  char line[256];
+  uint32_t ip = 0;
+  while (ip == 0 && fgets (line, sizeof line, f))
+    {
+      char addr[64];
+      struct in_addr a;
+      if (sscanf (line, " nameserver %63s", addr) == 1 && inet_pton (AF_INET, addr, &a) == 1)
+        ip = ntohl (a.s_addr);
+    }
+  fclose (f);
+  return ip;
+}
+
+int
+sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx_err *err)
+{
+  struct sbx_net *n = calloc (1, sizeof *n);
+  if (n == NULL)
+    return sbx_fail (err, ENOMEM, "network");
+  pthread_mutex_init (&n->lock, NULL);
+  if (cfg->n_operator_allow)
+    {
+      n->ops = calloc (cfg->n_operator_allow, sizeof *n->ops);
+      if (n->ops == NULL)
+        {
+          sbx_fail (err, ENOMEM, "network");
+          goto fail;
+        }
+      memcpy (n->ops, cfg->operator_allow, cfg->n_operator_allow * sizeof *n->ops);
+      n->n_ops = cfg->n_operator_allow;
+    }
+  n->nft = nft_ctx_new (NFT_CTX_DEFAULT);
+  if (n->nft == NULL || nft_ctx_buffer_output (n->nft) < 0 || nft_ctx_buffer_error (n->nft) < 0)
+    {
+      sbx_failx (err, ENOMEM, "nftables context");
+      goto fail;
+    }
+  bool guard = false;
+  if (enable_forwarding (&guard, err) < 0)
+    goto fail;
+  struct cmd c = { 0 };
+  cmd_add (&c, "%s", base_rules);
+  if (guard)
+    cmd_add (&c, "add rule inet sbxd forward iifname != \"sbxh*\" oifname != \"sbxh*\" drop\n");
+  if (nft_run (n, &c, err) < 0)
+    goto fail;
+  struct sbx_netproxy_config pc = {
+    .upstream_ip = cfg->dns_upstream_ip ? cfg->dns_upstream_ip : resolv_conf_nameserver (),
+    .upstream_port = cfg->dns_upstream_port,
+    .operator_allow = n->ops,
+    .n_operator_allow = n->n_ops,
+  };
+  if (pc.upstream_ip == 0)
+    pc.upstream_ip = 0x7f000001; /* resolv.conf's own default */
+  if (sbx_netproxy_start (&pc, &n->proxy, err) < 0)
+    goto fail;
+  *out = n;
+  return 0;
+fail:
+  sbx_net_close (n);
+  return -1;
+}
+
+void
+sbx_net_close (struct sbx_net *n)
+{
+  if (n == NULL)
+    return;
+  if (n->proxy)
+    sbx_netproxy_stop (n->proxy);
+  if (n->nft)
+    nft_ctx_free (n->nft);
+  pthread_mutex_destroy (&n->lock);
+  free (n->ops);
+  free (n);
+}
+
+/* The slot's three chains, emptied, and its map entries (ensured). */
+static void
+cmd_slot_chains (struct cmd *c, uint32_t slot)
+{
+  static const char kinds[] = "oin";
+  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "add chain inet sbxd %c%u\nflush chain inet sbxd %c%u\n", kinds[k], slot, kinds[k], slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "add element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" : jump %c%u }\n", maps[k], slot, kinds[k],
+             slot);
+}
+
+int
+sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
+{
+  uint32_t addr, gw;
+  sbx_net_addresses (slot, &addr, &gw);
+  if (sbx_netproxy_set (n->proxy, addr, p, err) < 0)
+    return -1;
+  char gws[INET_ADDRSTRLEN];
+  ip_str (gw, gws, sizeof gws);
+  uint16_t dns = sbx_netproxy_dns_port (n->proxy), tcp = sbx_netproxy_tcp_port (n->proxy);
+  const char *reject = "reject with icmpx type admin-prohibited";
+  struct cmd c = { 0 };
+  cmd_slot_chains (&c, slot);
+  if (!p->enabled)
+    {
+      cmd_add (&c, "add rule inet sbxd o%u %s\n", slot, reject);
+      cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
+      return nft_run (n, &c, err);
+    }
+  /* out: the platform's denials first, unless an operator range allows */
+  cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+  cmd_set (&c, sbx_net_platform_deny, sbx_net_platform_deny_count);
+  if (n->n_ops)
+    {
+      cmd_add (&c, " ip daddr != ");
+      cmd_set (&c, n->ops, n->n_ops);
+    }
+  cmd_add (&c, " %s\n", reject);
+  if (p->n_allow)
+    {
+      cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+      cmd_set (&c, p->allow, p->n_allow);
+      cmd_add (&c, " accept\n");
+    }
+  if (p->n_deny)
+    {
+      cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+      cmd_set (&c, p->deny, p->n_deny);
+      cmd_add (&c, " %s\n", reject);
+    }
+  cmd_add (&c, "add rule inet sbxd o%u accept\n", slot);
+  /* in: only what was redirected to the filters */
+  cmd_add (&c, "add rule inet sbxd i%u meta l4proto { tcp, udp } th dport %u ct status dnat accept\n", slot, dns);
+  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
+  cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
+  /* nat: DNS to the gateway, and web traffic when names decide */
+  cmd_add (&c, "add rule inet sbxd n%u ip daddr %s meta l4proto { tcp, udp } th dport 53 redirect to :%u\n", slot, gws,
+           dns);
+  if (p->n_domains && p->n_deny)
+    {
+      cmd_add (&c, "add rule inet sbxd n%u ", slot);
+      if (p->n_allow)
+        {
+          cmd_add (&c, "ip daddr != ");
+          cmd_set (&c, p->allow, p->n_allow);
+        }
+      cmd_add (&c, " tcp dport { 80, 443 } redirect to :%u\n", tcp);
+    }
+  return nft_run (n, &c, err);
+}
+
+/* ---- rtnetlink ---- */
+
+static int
+nl_talk (struct mnl_socket *nl, struct nlmsghdr *nlh, struct sbx_err *err, const char *what)
+{
+  char buf[MNL_SOCKET_BUFFER_SIZE];
+  nlh->nlmsg_flags |= NLM_F_ACK;
+  nlh->nlmsg_seq = (uint32_t) time (NULL);
+  if (mnl_socket_sendto (nl, nlh, nlh->nlmsg_len) < 0)
+    return sbx_fail (err, errno, "%s", what);
+  ssize_t r = mnl_socket_recvfrom (nl, buf, sizeof buf);
+  if (r < 0)
+    return sbx_fail (err, errno, "%s", what);
+  if (mnl_cb_run (buf, (size_t) r, nlh->nlmsg_seq, mnl_socket_get_portid (nl), NULL, NULL) < 0)
+    return sbx_fail (err, errno, "%s", what);
+  return 0;
+}
+
+static struct mnl_socket *
+nl_open (struct sbx_err *err)
+{
+  struct mnl_socket *nl = mnl_socket_open2 (NETLINK_ROUTE, SOCK_CLOEXEC);
+  if (nl == NULL || mnl_socket_bind (nl, 0, MNL_SOCKET_AUTOPID) < 0)
+    {
+      sbx_fail (err, errno, "rtnetlink socket");
+      if (nl)
+        mnl_socket_close (nl);
+      return NULL;
+    }
+  return nl;
+}
+
+static int
+link_delete (struct mnl_socket *nl, const char *name, struct sbx_err *err)
+{
+  char buf[512];
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header (buf);
+  nlh->nlmsg_type = RTM_DELLINK;
+  nlh->nlmsg_flags = NLM_F_REQUEST;
+  struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof *ifi);
+  ifi->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz (nlh, IFLA_IFNAME, name);
+  return nl_talk (nl, nlh, err, "delete link");
+}
+
+static int
+veth_create (struct mnl_socket *nl, const char *name, pid_t pid, struct sbx_err *err)
+{
+  char buf[1024];
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header (buf);
+  nlh->nlmsg_type = RTM_NEWLINK;
+  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+  struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof *ifi);
+  ifi->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz (nlh, IFLA_IFNAME, name);
+  struct nlattr *linkinfo = mnl_attr_nest_start (nlh, IFLA_LINKINFO);
+  mnl_attr_put_strz (nlh, IFLA_INFO_KIND, "veth");
+  struct nlattr *data = mnl_attr_nest_start (nlh, IFLA_INFO_DATA);
+  struct nlattr *peer = mnl_attr_nest_start (nlh, VETH_INFO_PEER);
+  struct ifinfomsg *pifi = mnl_nlmsg_put_extra_header (nlh, sizeof *pifi);
+  pifi->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz (nlh, IFLA_IFNAME, "eth0");
+  mnl_attr_put_u32 (nlh, IFLA_NET_NS_PID, (uint32_t) pid);
+  mnl_attr_nest_end (nlh, peer);
+  mnl_attr_nest_end (nlh, data);
+  mnl_attr_nest_end (nlh, linkinfo);
+  return nl_talk (nl, nlh, err, "create veth");
+}
+
+static int
+addr_add_up (struct mnl_socket *nl, const char *name, uint32_t ip, struct sbx_err *err)
+{
+  unsigned idx = if_nametoindex (name);
+  if (idx == 0)
+    return sbx_fail (err, errno, "find %s", name);
+  char buf[512];
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header (buf);
+  nlh->nlmsg_type = RTM_NEWADDR;
+  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE;
+  struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header (nlh, sizeof *ifa);
+  ifa->ifa_family = AF_INET;
+  ifa->ifa_prefixlen = 30;
+  ifa->ifa_index = idx;
+  uint32_t be = htonl (ip);
+  mnl_attr_put_u32 (nlh, IFA_LOCAL, be);
+  mnl_attr_put_u32 (nlh, IFA_ADDRESS, be);
+  if (nl_talk (nl, nlh, err, "address the host side") < 0)
+    return -1;
+  nlh = mnl_nlmsg_put_header (buf);
+  nlh->nlmsg_type = RTM_NEWLINK;
+  nlh->nlmsg_flags = NLM_F_REQUEST;
+  struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof *ifi);
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = (int) idx;
+  ifi->ifi_flags = IFF_UP;
+  ifi->ifi_change = IFF_UP;
+  return nl_talk (nl, nlh, err, "bring the host side up");
+}
+
+static void
+disable_ipv6 (const char *name)
+{
+  char path[128];
+  snprintf (path, sizeof path, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", name);
+  int fd = open (path, O_WRONLY | O_CLOEXEC);
+  if (fd >= 0)
+    {
+      if (write (fd, "1", 1) < 0)
+        { /* no IPv6 on this host: nothing to disable */
+        }
+      close (fd);
+    }
+}
+
+int
+sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err *err)
+{
+  char name[IFNAMSIZ];
+  snprintf (name, sizeof name, SBX_NET_IFPREFIX "%u", slot);
+  uint32_t addr, gw;
+  sbx_net_addresses (slot, &addr, &gw);
+  struct mnl_socket *nl = nl_open (err);
+  if (nl == NULL)
+    return -1;
+  struct sbx_err ignored;
+  int r = veth_create (nl, name, pid, err);
+  if (r < 0 && err->code == EEXIST)
+    {
+      /* left by an earlier sandbox of this slot whose namespace the
+         kernel has not yet torn down, or by a crash */
+      link_delete (nl, name, &ignored);
+      r = veth_create (nl, name, pid, err);
+    }
+  if (r == 0)
+    {
+      disable_ipv6 (name);
+      r = addr_add_up (nl, name, gw, err);
+      if (r < 0)
+        link_delete (nl, name, &ignored);
+    }
+  mnl_socket_close (nl);
+  if (r < 0)
+    return -1;
+  struct sbx_net_policy internet = { .enabled = true };
+  if (sbx_net_apply (n, slot, &internet, err) < 0)
+    {
+      sbx_net_forget (n, slot);
+      return -1;
+    }
+  return 0;
+}
+
+void
+sbx_net_forget (struct sbx_net *n, uint32_t slot)
+{
+  uint32_t addr, gw;
+  sbx_net_addresses (slot, &addr, &gw);
+  sbx_netproxy_remove (n->proxy, addr);
+  struct sbx_err err;
+  struct cmd c = { 0 };
+  static const char kinds[] = "oin";
+  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
+  /* ensured first, so that the deletions cannot fail on what is gone */
+  cmd_slot_chains (&c, slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (&c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (&c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
+  if (nft_run (n, &c, &err) < 0)
+    fprintf (stderr, "sbxd: slot %u: %s\n", slot, err.msg);
+  char name[IFNAMSIZ];
+  snprintf (name, sizeof name, SBX_NET_IFPREFIX "%u", slot);
+  struct mnl_socket *nl = nl_open (&err);
+  if (nl)
+    {
+      if (link_delete (nl, name, &err) < 0 && err.code != ENODEV)
+        fprintf (stderr, "sbxd: %s: %s\n", name, err.msg);
+      mnl_socket_close (nl);
+    }
+}

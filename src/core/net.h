@@ -1,0 +1,69 @@
+/*
+ * net.h - sandbox networking: egress policies (this file's first half),
+ * the veth link of each sandbox and the nftables rules that enforce the
+ * policies (net.c), and the DNS and HTTP/TLS filter (netproxy.c).
+ *
+ * Addresses are IPv4 in host byte order unless a name says otherwise.
+ */
+#ifndef SBX_NET_H
+#define SBX_NET_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/error.h"
+
+struct sbx_cidr {
+  uint32_t addr; /* host byte order, host bits cleared */
+  uint8_t prefix;
+};
+
+/* What a sandbox may reach, besides what no sandbox ever reaches (the
+   host, private, link-local and other special ranges; sbx_net_platform_denied).
+   E2B's rules: an address allowed by ALLOW or by a domain in DOMAINS is
+   reachable even when DENY covers it; otherwise DENY decides. */
+struct sbx_net_policy {
+  bool enabled;           /* false: mode "none", loopback only */
+  struct sbx_cidr *allow; /* allowOut addresses and CIDRs */
+  size_t n_allow;
+  struct sbx_cidr *deny;  /* denyOut */
+  size_t n_deny;
+  char **domains;         /* allowOut names: lower case, no final dot; "*.x.y" matches below x.y only */
+  size_t n_domains;
+};
+
+void sbx_net_policy_free (struct sbx_net_policy *p);
+int sbx_net_policy_copy (struct sbx_net_policy *dst, const struct sbx_net_policy *src, struct sbx_err *err);
+
+/* Build a policy from E2B's lists (each may be NULL: empty).  ENABLED
+   false gives mode none when ALLOW_OUT is empty, else denyOut 0.0.0.0/0
+   added to the rules, as E2B's allow_internet_access: false does.
+   Fails with EINVAL and a message naming the bad entry. */
+int sbx_net_policy_from_json (bool enabled, const json_t *allow_out, const json_t *deny_out,
+                              struct sbx_net_policy *p, struct sbx_err *err);
+/* {"mode", "allowOut", "denyOut"} as given back to clients and stored. */
+json_t *sbx_net_policy_to_json (const struct sbx_net_policy *p);
+/* The inverse, for stored policies. */
+int sbx_net_policy_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err);
+
+int sbx_cidr_parse (const char *s, struct sbx_cidr *out);
+bool sbx_cidr_contains (const struct sbx_cidr *c, uint32_t ip);
+void sbx_cidr_format (const struct sbx_cidr *c, char *buf, size_t n);
+
+/* Addresses no sandbox reaches unless the operator allows them: this
+   host's loopback, private ranges, CGNAT, link-local, multicast, ... */
+bool sbx_net_platform_denied (uint32_t ip);
+extern const struct sbx_cidr sbx_net_platform_deny[];
+extern const size_t sbx_net_platform_deny_count;
+
+/* Does the policy deny every address not allowed (a 0.0.0.0/0 deny)? */
+bool sbx_net_policy_deny_all (const struct sbx_net_policy *p);
+/* Is NAME (any case, final dot or not) allowed by one of p->domains? */
+bool sbx_net_domain_allowed (const struct sbx_net_policy *p, const char *name);
+/* The verdict for a connection to IP by address rules alone, operator
+   ranges (OPS, N_OPS) included. */
+bool sbx_net_ip_allowed (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops, uint32_t ip);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * netlink.h - the veth link of each sandbox and the nftables rules that
+ * enforce its egress policy (net.c).
+ *
+ * Sandbox N (its machine-wide uid slot) gets a veth pair: "sbxh<N>" on the
+ * host, "eth0" in the sandbox's network namespace, addressed from
+ * 10.200.0.0/15 in a /30 per slot.  All rules live in the nftables table
+ * "inet sbxd", shared by every sbxd on the machine; each sandbox has its
+ * own chains, named after its slot.
+ */
+#ifndef SBX_NETLINK_H
+#define SBX_NETLINK_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "net.h"
+
+#define SBX_NET_IFPREFIX "sbxh"
+
+struct sbx_net;
+
+struct sbx_net_config {
+  uint32_t dns_upstream_ip;  /* host byte order; 0: the first nameserver of /etc/resolv.conf */
+  uint16_t dns_upstream_port;
+  const struct sbx_cidr *operator_allow; /* ranges sandboxes may reach despite the platform's denials */
+  size_t n_operator_allow;
+};
+
+/* Set up the host side: forwarding, the base table, the DNS and HTTP/TLS
+   filter.  Sandboxes of an earlier run are re-applied with sbx_net_apply. */
+int sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx_err *err);
+void sbx_net_close (struct sbx_net *n);
+
+/* The sandbox's address and its gateway (the host side) for SLOT. */
+void sbx_net_addresses (uint32_t slot, uint32_t *addr, uint32_t *gateway);
+
+/* Create the veth pair of SLOT with its inner end in the network
+   namespace of PID, and the slot's chains with the default policy
+   (internet, no rules). */
+int sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err *err);
+/* Enforce POLICY for SLOT (a single nftables transaction). */
+int sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
+/* Remove SLOT's rules, filter state and link; quiet if already gone. */
+void sbx_net_forget (struct sbx_net *n, uint32_t slot);
+
+#endif

@@ -1,0 +1,351 @@
+/*
+ * netpolicy.c - sandbox egress policies: parsing E2B's allowOut/denyOut
+ * lists, and the verdicts that nftables (net.c) and the DNS and HTTP/TLS
+ * filter (netproxy.c) both enforce.
+ */
+#include "net.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Never reachable from a sandbox unless an operator range allows it.
+   The host's own addresses are not listed: traffic to them is local and
+   the input rules drop it whatever its address. */
+const struct sbx_cidr sbx_net_platform_deny[] = {
+  { 0x00000000, 8 },  /* 0.0.0.0/8 "this network" */
+  { 0x0a000000, 8 },  /* 10/8 private */
+  { 0x64400000, 10 }, /* 100.64/10 carrier-grade NAT */
+  { 0x7f000000, 8 },  /* 127/8 loopback */
+  { 0xa9fe0000, 16 }, /* 169.254/16 link-local, cloud metadata */
+  { 0xac100000, 12 }, /* 172.16/12 private */
+  { 0xc0000000, 24 }, /* 192.0.0.0/24 IETF protocol assignments */
+  { 0xc0a80000, 16 }, /* 192.168/16 private */
+  { 0xc6120000, 15 }, /* 198.18/15 benchmarking */
+  { 0xe0000000, 3 },  /* 224/4 multicast, 240/4 reserved, broadcast */
+};
+const size_t sbx_net_platform_deny_count = sizeof sbx_net_platform_deny / sizeof sbx_net_platform_deny[0];
+
+static uint32_t
+prefix_mask (uint8_t prefix)
+{
+  return prefix == 0 ? 0 : 0xffffffffu << (32 - prefix);
+}
+
+bool
+sbx_cidr_contains (const struct sbx_cidr *c, uint32_t ip)
+{
+  return (ip & prefix_mask (c->prefix)) == c->addr;
+}
+
+static bool
+in_list (const struct sbx_cidr *list, size_t n, uint32_t ip)
+{
+  for (size_t i = 0; i < n; i++)
+    if (sbx_cidr_contains (&list[i], ip))
+      return true;
+  return false;
+}
+
+bool
+sbx_net_platform_denied (uint32_t ip)
+{
+  return in_list (sbx_net_platform_deny, sbx_net_platform_deny_count, ip);
+}
+
+/* "a.b.c.d" or "a.b.c.d/n"; strict dotted quad (inet_pton). */
+int
+sbx_cidr_parse (const char *s, struct sbx_cidr *out)
+{
+  char buf[32];
+  if (s == NULL || strlen (s) >= sizeof buf)
+    return -1;
+  strcpy (buf, s);
+  int prefix = 32;
+  char *slash = strchr (buf, '/');
+  if (slash)
+    {
+      *slash++ = '\0';
+      if (*slash == '\0' || strlen (slash) > 2)
+        return -1;
+      for (const char *d = slash; *d; d++)
+        if (!isdigit ((unsigned char) *d))
+          return -1;
+      prefix = atoi (slash);
+      if (prefix > 32)
+        return -1;
+    }
+  struct in_addr a;
+  if (inet_pton (AF_INET, buf, &a) != 1)
+    return -1;
+  out->prefix = (uint8_t) prefix;
+  out->addr = ntohl (a.s_addr) & prefix_mask (out->prefix);
+  return 0;
+}
+
+void
+sbx_cidr_format (const struct sbx_cidr *c, char *buf, size_t n)
+{
+  struct in_addr a = { htonl (c->addr) };
+  char ip[INET_ADDRSTRLEN];
+  inet_ntop (AF_INET, &a, ip, sizeof ip);
+  if (c->prefix == 32)
+    snprintf (buf, n, "%s", ip);
+  else
+    snprintf (buf, n, "%s/%u", ip, c->prefix);
+}
+
+/* A domain name or a "*." wildcard: letters, digits, '-' and '_', labels
+   of 1..63, 253 in all; stored lower case without a final dot. */
+static int
+domain_normalise (const char *s, char **out)
+{
+  size_t len = strlen (s);
+  if (len && s[len - 1] == '.')
+    len--;
+  const char *p = s;
+  if (len > 2 && p[0] == '*' && p[1] == '.')
+    p += 2;
+  size_t body = len - (size_t) (p - s);
+  if (body == 0 || body > 253)
+    return -1;
+  size_t label = 0;
+  bool alpha = false;
+  for (size_t i = 0; i < body; i++)
+    {
+      unsigned char ch = (unsigned char) p[i];
+      if (ch == '.')
+        {
+          if (label == 0 || p[i - 1] == '-')
+            return -1;
+          label = 0;
+          continue;
+        }
+      if (!(isalnum (ch) || ch == '-' || ch == '_') || ++label > 63 || (label == 1 && ch == '-'))
+        return -1;
+      if (isalpha (ch))
+        alpha = true;
+    }
+  if (label == 0 || !alpha)
+    return -1; /* empty last label, or something like an address */
+  char *d = strndup (s, len);
+  if (d == NULL)
+    return -1;
+  for (char *c = d; *c; c++)
+    *c = (char) tolower ((unsigned char) *c);
+  *out = d;
+  return 0;
+}
+
+void
+sbx_net_policy_free (struct sbx_net_policy *p)
+{
+  free (p->allow);
+  free (p->deny);
+  for (size_t i = 0; i < p->n_domains; i++)
+    free (p->domains[i]);
+  free (p->domains);
+  memset (p, 0, sizeof *p);
+}
+
+int
+sbx_net_policy_copy (struct sbx_net_policy *dst, const struct sbx_net_policy *src, struct sbx_err *err)
+{
+  memset (dst, 0, sizeof *dst);
+  dst->enabled = src->enabled;
+  dst->allow = calloc (src->n_allow + 1, sizeof *dst->allow);
+  dst->deny = calloc (src->n_deny + 1, sizeof *dst->deny);
+  dst->domains = calloc (src->n_domains + 1, sizeof *dst->domains);
+  if (dst->allow == NULL || dst->deny == NULL || dst->domains == NULL)
+    goto nomem;
+  if (src->n_allow)
+    memcpy (dst->allow, src->allow, src->n_allow * sizeof *dst->allow);
+  dst->n_allow = src->n_allow;
+  if (src->n_deny)
+    memcpy (dst->deny, src->deny, src->n_deny * sizeof *dst->deny);
+  dst->n_deny = src->n_deny;
+  for (size_t i = 0; i < src->n_domains; i++)
+    {
+      if ((dst->domains[i] = strdup (src->domains[i])) == NULL)
+        goto nomem;
+      dst->n_domains = i + 1;
+    }
+  return 0;
+nomem:
+  sbx_net_policy_free (dst);
+  return sbx_fail (err, ENOMEM, "copy network policy");
+}
+
+#define MAX_RULES 1024
+
+static int
+add_cidr (struct sbx_cidr **list, size_t *n, const struct sbx_cidr *c, struct sbx_err *err)
+{
+  for (size_t i = 0; i < *n; i++)
+    if ((*list)[i].addr == c->addr && (*list)[i].prefix == c->prefix)
+      return 0;
+  struct sbx_cidr *l = realloc (*list, (*n + 1) * sizeof *l);
+  if (l == NULL)
+    return sbx_fail (err, ENOMEM, "network rules");
+  l[(*n)++] = *c;
+  *list = l;
+  return 0;
+}
+
+static int
+parse_list (const json_t *arr, const char *field, bool domains_ok, struct sbx_net_policy *p, bool deny,
+            struct sbx_err *err)
+{
+  if (arr == NULL || json_is_null (arr))
+    return 0;
+  if (!json_is_array (arr))
+    return sbx_failx (err, EINVAL, "%s must be a list of strings", field);
+  if (json_array_size (arr) > MAX_RULES)
+    return sbx_failx (err, EINVAL, "%s has more than %d entries", field, MAX_RULES);
+  size_t i;
+  const json_t *v;
+  json_array_foreach (arr, i, v)
+  {
+    const char *s = json_string_value (v);
+    if (s == NULL)
+      return sbx_failx (err, EINVAL, "%s must be a list of strings", field);
+    struct sbx_cidr c;
+    if (sbx_cidr_parse (s, &c) == 0)
+      {
+        if (add_cidr (deny ? &p->deny : &p->allow, deny ? &p->n_deny : &p->n_allow, &c, err) < 0)
+          return -1;
+        continue;
+      }
+    char *d = NULL;
+    if (!domains_ok || strchr (s, '/') || domain_normalise (s, &d) < 0)
+      return sbx_failx (err, EINVAL, "%s: \"%.64s\" is not %s", field, s,
+                        domains_ok ? "an IPv4 address, a CIDR block or a domain name" : "an IPv4 address or CIDR block");
+    char **l = realloc (p->domains, (p->n_domains + 1) * sizeof *l);
+    if (l == NULL)
+      {
+        free (d);
+        return sbx_fail (err, ENOMEM, "network rules");
+      }
+    l[p->n_domains++] = d;
+    p->domains = l;
+  }
+  return 0;
+}
+
+int
+sbx_net_policy_from_json (bool enabled, const json_t *allow_out, const json_t *deny_out, struct sbx_net_policy *p,
+                          struct sbx_err *err)
+{
+  memset (p, 0, sizeof *p);
+  p->enabled = true;
+  if (parse_list (allow_out, "allowOut", true, p, false, err) < 0
+      || parse_list (deny_out, "denyOut", false, p, true, err) < 0)
+    {
+      sbx_net_policy_free (p);
+      return -1;
+    }
+  if (!enabled)
+    {
+      if (p->n_allow == 0 && p->n_domains == 0)
+        {
+          sbx_net_policy_free (p);
+          p->enabled = false;
+          return 0;
+        }
+      struct sbx_cidr all = { 0, 0 };
+      if (add_cidr (&p->deny, &p->n_deny, &all, err) < 0)
+        {
+          sbx_net_policy_free (p);
+          return -1;
+        }
+    }
+  return 0;
+}
+
+json_t *
+sbx_net_policy_to_json (const struct sbx_net_policy *p)
+{
+  json_t *allow = json_array (), *deny = json_array ();
+  char buf[32];
+  for (size_t i = 0; i < p->n_allow; i++)
+    {
+      sbx_cidr_format (&p->allow[i], buf, sizeof buf);
+      json_array_append_new (allow, json_string (buf));
+    }
+  for (size_t i = 0; i < p->n_domains; i++)
+    json_array_append_new (allow, json_string (p->domains[i]));
+  for (size_t i = 0; i < p->n_deny; i++)
+    {
+      sbx_cidr_format (&p->deny[i], buf, sizeof buf);
+      json_array_append_new (deny, json_string (buf));
+    }
+  return json_pack ("{s:s, s:o, s:o}", "mode", p->enabled ? "internet" : "none", "allowOut", allow, "denyOut", deny);
+}
+
+int
+sbx_net_policy_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err)
+{
+  const char *mode = json_string_value (json_object_get (j, "mode"));
+  if (mode == NULL)
+    return sbx_failx (err, EINVAL, "network policy without a mode");
+  if (sbx_net_policy_from_json (true, json_object_get (j, "allowOut"), json_object_get (j, "denyOut"), p, err) < 0)
+    return -1;
+  p->enabled = strcmp (mode, "none") != 0;
+  return 0;
+}
+
+bool
+sbx_net_policy_deny_all (const struct sbx_net_policy *p)
+{
+  if (!p->enabled)
+    return true;
+  for (size_t i = 0; i < p->n_deny; i++)
+    if (p->deny[i].prefix == 0)
+      return true;
+  return false;
+}
+
+bool
+sbx_net_domain_allowed (const struct sbx_net_policy *p, const char *name)
+{
+  if (!p->enabled || name == NULL)
+    return false;
+  char n[256];
+  size_t len = strlen (name);
+  if (len && name[len - 1] == '.')
+    len--;
+  if (len == 0 || len >= sizeof n)
+    return false;
+  for (size_t i = 0; i < len; i++)
+    n[i] = (char) tolower ((unsigned char) name[i]);
+  n[len] = '\0';
+  for (size_t i = 0; i < p->n_domains; i++)
+    {
+      const char *d = p->domains[i];
+      if (d[0] == '*' && d[1] == '.')
+        {
+          /* "*.example.com": strictly below example.com */
+          size_t dl = strlen (d + 1); /* ".example.com" */
+          if (len > dl && strcmp (n + len - dl, d + 1) == 0)
+            return true;
+        }
+      else if (strcmp (n, d) == 0)
+        return true;
+    }
+  return false;
+}
+
+bool
+sbx_net_ip_allowed (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops, uint32_t ip)
+{
+  if (!p->enabled)
+    return false;
+  if (sbx_net_platform_denied (ip) && !in_list (ops, n_ops, ip))
+    return false;
+  if (in_list (p->allow, p->n_allow, ip))
+    return true;
+  return !in_list (p->deny, p->n_deny, ip);
+}

@@ -1,0 +1,58 @@
+/*
+ * netproxy.h - the DNS filter and the HTTP/TLS name filter that enforce
+ * the domain rules of sandbox egress policies (netproxy.c).
+ *
+ * nftables (net.c) redirects to these listeners, on the host side of each
+ * sandbox's veth:
+ *   - UDP and TCP port 53 sent to the sandbox's gateway -> the DNS port;
+ *   - for sandboxes whose policy has domains, TCP ports 80 and 443 to any
+ *     address not allowed by address rules -> the TCP port.
+ * A sandbox is known by its own address (the source of what it sends).
+ *
+ * DNS: a query from an unknown source is dropped.  AAAA queries are
+ * answered with no records (sandboxes are IPv4-only).  When the policy
+ * denies all (sbx_net_policy_deny_all) and the name is not allowed
+ * (sbx_net_domain_allowed), the answer is REFUSED.  Otherwise the query
+ * goes to the upstream resolver and its answer back to the sandbox; the A
+ * records of an answer to an allowed name are remembered for that sandbox
+ * (name asked -> address, until the TTL, at least 60 s, at most 1 h).
+ *
+ * TCP: the first bytes (up to 16 KiB, 5 s) give the name: the Host header
+ * of an HTTP request or the server_name of a TLS ClientHello.  The
+ * connection goes on to its original destination (SO_ORIGINAL_DST) only
+ * if that address is not platform-denied (unless an operator range allows
+ * it) and either the name is allowed and the address was remembered for
+ * that same name, or the address alone is allowed (sbx_net_ip_allowed).
+ * Otherwise it is closed.
+ */
+#ifndef SBX_NETPROXY_H
+#define SBX_NETPROXY_H
+
+#include <stdint.h>
+
+#include "net.h"
+
+struct sbx_netproxy;
+
+struct sbx_netproxy_config {
+  uint32_t upstream_ip;   /* upstream resolver, host byte order */
+  uint16_t upstream_port; /* 0: 53 */
+  const struct sbx_cidr *operator_allow; /* copied */
+  size_t n_operator_allow;
+};
+
+/* Binds UDP+TCP on 0.0.0.0:<ephemeral> for DNS and TCP on another
+   ephemeral port for HTTP/TLS, starts the threads. */
+int sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy **out, struct sbx_err *err);
+uint16_t sbx_netproxy_dns_port (const struct sbx_netproxy *p);
+uint16_t sbx_netproxy_tcp_port (const struct sbx_netproxy *p);
+/* Set (copy) or replace the policy of the sandbox at SANDBOX_IP.  A
+   replaced policy applies to new queries and connections; connections
+   it no longer allows are closed. */
+int sbx_netproxy_set (struct sbx_netproxy *p, uint32_t sandbox_ip, const struct sbx_net_policy *policy,
+                      struct sbx_err *err);
+/* Forget a sandbox: its remembered addresses go, its connections close. */
+void sbx_netproxy_remove (struct sbx_netproxy *p, uint32_t sandbox_ip);
+void sbx_netproxy_stop (struct sbx_netproxy *p);
+
+#endif

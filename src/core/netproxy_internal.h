@@ -1,0 +1,64 @@
+/*
+ * netproxy_internal.h - the pure parts of netproxy.c, exposed for its unit
+ * test (tests/unit/test_netproxy.c): the TLS server_name and HTTP Host
+ * parsers, the per-sandbox table of remembered addresses and the verdict
+ * on a relayed connection.  Nothing else should call these.
+ */
+#ifndef SBX_NETPROXY_INTERNAL_H
+#define SBX_NETPROXY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net.h"
+
+/* Longest name the parsers give (RFC 1035: 253 characters without the
+   final dot); NAME buffers should hold SBX_NETPROXY_NAME_MAX + 1 bytes. */
+#define SBX_NETPROXY_NAME_MAX 253
+
+/* The first bytes of a connection (BUF, LEN: everything read so far).
+   Return 1 with the name, lower case, without a final dot, in NAME (of N
+   bytes); 0 when more bytes are needed; -1 when no name will come
+   (malformed, not this protocol, or no name in it).
+   sbx_sni_parse reads one TLS record holding a ClientHello and answers
+   only once that record is complete (every proper prefix of a valid one
+   gives 0).  sbx_http_host_parse reads an HTTP/1.x request's head and
+   answers once the head (up to the empty line) is complete. */
+int sbx_sni_parse (const uint8_t *buf, size_t len, char *name, size_t n);
+int sbx_http_host_parse (const uint8_t *buf, size_t len, char *name, size_t n);
+
+/* Remembered addresses of one sandbox: name asked -> address, until an
+   expiry (CLOCK_MONOTONIC ns).  At most MAX entries (0: the default,
+   4096); when full, an expired entry or else the least recently stored
+   one makes room. */
+struct sbx_memo_entry {
+  char *name;
+  uint32_t hash;
+  uint32_t addr;
+  uint64_t expires;
+  uint64_t seq;
+};
+
+struct sbx_memo {
+  struct sbx_memo_entry *e;
+  size_t n, cap, max;
+  uint64_t seq;
+};
+
+/* 0, or -1 when out of memory (the table is unchanged). */
+int sbx_memo_put (struct sbx_memo *m, const char *name, uint32_t addr, uint64_t expires, uint64_t now);
+bool sbx_memo_has (const struct sbx_memo *m, const char *name, uint32_t addr, uint64_t now);
+void sbx_memo_free (struct sbx_memo *m);
+
+/* Was ADDR remembered for NAME (lower case, no final dot)? */
+typedef bool (*sbx_netproxy_remembered_fn) (void *ctx, const char *name, uint32_t addr);
+
+/* The verdict on a connection to DST carrying NAME (NULL: none found):
+   DST must not be platform-denied unless an operator range (OPS, N_OPS)
+   covers it, and either NAME is allowed by a domain of P and DST was
+   remembered for NAME, or DST is allowed by address rules alone. */
+bool sbx_netproxy_decide (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
+                          sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst);
+
+#endif

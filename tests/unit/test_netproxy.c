@@ -1,0 +1,747 @@
+/*
+ * test_netproxy.c - tests of src/core/netproxy.c.
+ *
+ * The TLS server_name and HTTP Host parsers on real ClientHellos (made by
+ * OpenSSL on a memory BIO pair), on every prefix of them and on random
+ * corruptions; the table of remembered addresses; the verdict on relayed
+ * connections; then the DNS filter end to end on loopback, against a fake
+ * upstream resolver in a thread: unknown sources get no answer, allowed
+ * names are answered, other names REFUSED under deny-all, AAAA empty, a
+ * truncated UDP answer passed on and the TCP retry served over TCP.  The
+ * TCP relay itself needs an nftables redirect (SO_ORIGINAL_DST), so here
+ * only its refusals are checked.  No root, no network; a few seconds.
+ *
+ *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_netproxy \
+ *     tests/unit/test_netproxy.c src/core/netproxy.c src/core/netpolicy.c src/common/error.c \
+ *     src/common/util.c -lldns -lssl -lcrypto -ljansson -lpthread && /tmp/test_netproxy
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "core/netproxy.h"
+#include "core/netproxy_internal.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                                    \
+  do                                                                                                   \
+    {                                                                                                  \
+      if (cond)                                                                                        \
+        passed++;                                                                                      \
+      else                                                                                             \
+        {                                                                                              \
+          failed++;                                                                                    \
+          fprintf (stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
+        }                                                                                              \
+    }                                                                                                  \
+  while (0)
+
+#define HELLO_BUF 16384
+
+static int ok_n, failed_before;
+
+/* One line per group of checks: "ok N ..." or "not ok N ...". */
+static void
+ok (const char *what)
+{
+  printf ("%sok %d %s\n", failed > failed_before ? "not " : "", ++ok_n, what);
+  failed_before = failed;
+}
+
+/* ------------------------------------------------------------ parsers */
+
+/* The first flight of a TLS client for HOST (NULL: no server_name). */
+static size_t
+client_hello (const char *host, int max_version, uint8_t *out, size_t cap)
+{
+  SSL_CTX *ctx = SSL_CTX_new (TLS_client_method ());
+  SSL *ssl = SSL_new (ctx);
+  BIO *inner, *outer;
+  BIO_new_bio_pair (&inner, 0, &outer, 0);
+  SSL_set_bio (ssl, inner, inner);
+  if (max_version)
+    SSL_set_max_proto_version (ssl, max_version);
+  if (host)
+    SSL_set_tlsext_host_name (ssl, host);
+  SSL_set_connect_state (ssl);
+  SSL_do_handshake (ssl); /* wants to read: the hello is written */
+  int n = BIO_read (outer, out, (int) cap);
+  SSL_free (ssl);
+  BIO_free (outer);
+  SSL_CTX_free (ctx);
+  return n > 0 ? (size_t) n : 0;
+}
+
+static bool
+valid_name (const char *s)
+{
+  size_t len = strlen (s);
+  if (len == 0 || len > SBX_NETPROXY_NAME_MAX || s[len - 1] == '.' || s[0] == '.')
+    return false;
+  for (size_t i = 0; i < len; i++)
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_'
+          || s[i] == '.'))
+      return false;
+  return strstr (s, "..") == NULL;
+}
+
+static void
+test_sni (void)
+{
+  uint8_t hello[HELLO_BUF];
+  char name[SBX_NETPROXY_NAME_MAX + 1];
+  const int versions[] = { 0, TLS1_2_VERSION };
+  for (size_t v = 0; v < 2; v++)
+    {
+      size_t len = client_hello ("Api.Example.COM", versions[v], hello, sizeof hello);
+      CHECK (len > 100 && len == 5 + (size_t) (hello[3] << 8 | hello[4]));
+      CHECK (sbx_sni_parse (hello, len, name, sizeof name) == 1 && strcmp (name, "api.example.com") == 0);
+      bool prefixes = true;
+      for (size_t i = 0; i < len; i++)
+        if (sbx_sni_parse (hello, i, name, sizeof name) != 0)
+          {
+            fprintf (stderr, "prefix %zu of %zu\n", i, len);
+            prefixes = false;
+          }
+      CHECK (prefixes);
+      /* bytes after the record (the next flight) change nothing */
+      uint8_t more[HELLO_BUF + 16];
+      memcpy (more, hello, len);
+      memset (more + len, 0x17, 16);
+      CHECK (sbx_sni_parse (more, len + 16, name, sizeof name) == 1 && strcmp (name, "api.example.com") == 0);
+    }
+  ok ("sni: real ClientHellos (TLS 1.3 and 1.2), every prefix needs more");
+
+  size_t len = client_hello ("example.com.", 0, hello, sizeof hello);
+  CHECK (sbx_sni_parse (hello, len, name, sizeof name) == 1 && strcmp (name, "example.com") == 0);
+  len = client_hello (NULL, 0, hello, sizeof hello);
+  CHECK (len > 0 && sbx_sni_parse (hello, len, name, sizeof name) == -1);
+  /* a name that does not fit the caller's buffer */
+  len = client_hello ("example.com", 0, hello, sizeof hello);
+  CHECK (sbx_sni_parse (hello, len, name, 5) == -1);
+  ok ("sni: final dot, no server_name, small buffer");
+
+  /* not TLS, not a handshake, not a ClientHello, bad record lengths */
+  CHECK (sbx_sni_parse ((const uint8_t *) "GET / HTTP/1.1\r\n", 16, name, sizeof name) == -1);
+  CHECK (sbx_sni_parse ((const uint8_t *) "\x16\x02", 2, name, sizeof name) == -1);
+  CHECK (sbx_sni_parse ((const uint8_t *) "\x16\x03\x01\x00\x10\x02", 6, name, sizeof name) == -1);
+  CHECK (sbx_sni_parse ((const uint8_t *) "\x16\x03\x01\x40\x01", 5, name, sizeof name) == -1);
+  CHECK (sbx_sni_parse ((const uint8_t *) "\x16\x03\x01\x00\x00", 5, name, sizeof name) == -1);
+  CHECK (sbx_sni_parse ((const uint8_t *) "\x16\x03\x01\x00\x04\x01\x00\x00\x00", 9, name, sizeof name) == -1);
+  /* a handshake longer than its record (fragmented): not read */
+  uint8_t frag[HELLO_BUF];
+  len = client_hello ("example.com", 0, frag, sizeof frag);
+  frag[7]++;
+  CHECK (sbx_sni_parse (frag, len, name, sizeof name) == -1);
+  /* extensions' length one byte too long or too short */
+  len = client_hello ("example.com", 0, hello, sizeof hello);
+  size_t sid = hello[5 + 4 + 34];
+  size_t cs_off = 5 + 4 + 35 + sid;
+  size_t cs = (size_t) hello[cs_off] << 8 | hello[cs_off + 1];
+  size_t comp_off = cs_off + 2 + cs;
+  size_t ext_off = comp_off + 1 + hello[comp_off];
+  memcpy (frag, hello, len);
+  frag[ext_off + 1]++;
+  CHECK (sbx_sni_parse (frag, len, name, sizeof name) == -1);
+  memcpy (frag, hello, len);
+  frag[ext_off + 1]--;
+  CHECK (sbx_sni_parse (frag, len, name, sizeof name) == -1);
+  ok ("sni: malformed records and handshakes");
+
+  /* random corruption never crashes and never gives a bad name */
+  srand (1234);
+  bool sane = true;
+  int found = 0;
+  for (int round = 0; round < 20000; round++)
+    {
+      memcpy (frag, hello, len);
+      int flips = 1 + rand () % 4;
+      for (int f = 0; f < flips; f++)
+        {
+          size_t at = (size_t) rand () % len;
+          frag[at] ^= (uint8_t) (1u << (rand () % 8));
+        }
+      size_t l = round % 4 == 0 ? (size_t) rand () % (len + 1) : len;
+      name[0] = '\0';
+      int r = sbx_sni_parse (frag, l, name, sizeof name);
+      if (r < -1 || r > 1 || (r == 1 && !valid_name (name)))
+        sane = false;
+      found += r == 1;
+    }
+  /* random bytes too */
+  for (int round = 0; round < 2000; round++)
+    {
+      uint8_t junk[600];
+      for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t) rand ();
+      junk[0] = 0x16;
+      junk[1] = 3;
+      junk[5] = 1;
+      int r = sbx_sni_parse (junk, (size_t) rand () % sizeof junk, name, sizeof name);
+      if (r < -1 || r > 1 || (r == 1 && !valid_name (name)))
+        sane = false;
+    }
+  CHECK (sane);
+  CHECK (found > 0); /* flips outside the structure keep the name */
+  ok ("sni: 20000 corrupted hellos and 2000 random records");
+}
+
+static int
+host (const char *req, char *name)
+{
+  return sbx_http_host_parse ((const uint8_t *) req, strlen (req), name, SBX_NETPROXY_NAME_MAX + 1);
+}
+
+static void
+test_http (void)
+{
+  char name[SBX_NETPROXY_NAME_MAX + 1];
+  CHECK (host ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", name) == 1 && strcmp (name, "example.com") == 0);
+  CHECK (host ("GET /x?y HTTP/1.1\r\nUser-Agent: t\r\nhOsT:Api.Example.COM:8080\r\nAccept: */*\r\n\r\nbody", name)
+             == 1
+         && strcmp (name, "api.example.com") == 0);
+  CHECK (host ("POST / HTTP/1.0\nHOST: \t example.com. \t\n\n", name) == 1 && strcmp (name, "example.com") == 0);
+  CHECK (host ("GET / HTTP/1.1\r\nX-Host: evil.com\r\nHost: ok.example.com:80\r\n\r\n", name) == 1
+         && strcmp (name, "ok.example.com") == 0);
+  ok ("http: Host in various cases, with a port, a final dot, LF-only lines");
+
+  CHECK (host ("GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", name) == -1);             /* no Host */
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a.com\r\nHost: b.com\r\n\r\n", name) == -1); /* two */
+  CHECK (host ("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a.com:\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a.com:80x\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a b.com\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a..com\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost:\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost : a.com\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a.com\r\n folded\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/1.1\r\nHost: a\r.com\r\n\r\n", name) == -1);
+  CHECK (host ("GET / HTTP/2.0\r\nHost: a.com\r\n\r\n", name) == -1);
+  CHECK (host ("GET /\r\nHost: a.com\r\n\r\n", name) == -1);
+  CHECK (host ("\x01\x02\x03\x04", name) == -1);
+  CHECK (host ("SSH-2.0-OpenSSH_9.2\r\n", name) == -1);
+  CHECK (host ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", name) == -1);
+  ok ("http: no Host, two Hosts, IP literal, bad ports and names, folding, not HTTP/1");
+
+  const char *req = "GET /index.html HTTP/1.1\r\nHost: www.Example.com:443\r\nConnection: close\r\n\r\n";
+  bool prefixes = true;
+  for (size_t i = 0; i < strlen (req); i++)
+    if (sbx_http_host_parse ((const uint8_t *) req, i, name, sizeof name) != 0)
+      {
+        fprintf (stderr, "http prefix %zu\n", i);
+        prefixes = false;
+      }
+  CHECK (prefixes);
+  CHECK (host (req, name) == 1 && strcmp (name, "www.example.com") == 0);
+  /* random corruption */
+  bool sane = true;
+  size_t len = strlen (req);
+  for (int round = 0; round < 20000; round++)
+    {
+      char buf[128];
+      memcpy (buf, req, len);
+      buf[(size_t) rand () % len] ^= (char) (1u << (rand () % 8));
+      int r = sbx_http_host_parse ((const uint8_t *) buf, (size_t) rand () % (len + 1), name, sizeof name);
+      if (r < -1 || r > 1 || (r == 1 && !valid_name (name)))
+        sane = false;
+    }
+  CHECK (sane);
+  ok ("http: every prefix needs more, corrupted requests");
+}
+
+/* ------------------------------------------------ memo and verdict */
+
+static void
+test_memo (void)
+{
+  struct sbx_memo m = { .max = 4 };
+  CHECK (sbx_memo_put (&m, "a.com", 1, 100, 0) == 0);
+  CHECK (sbx_memo_has (&m, "a.com", 1, 50));
+  CHECK (!sbx_memo_has (&m, "a.com", 1, 100)); /* expired */
+  CHECK (!sbx_memo_has (&m, "a.com", 2, 50));
+  CHECK (!sbx_memo_has (&m, "b.com", 1, 50));
+  sbx_memo_put (&m, "a.com", 2, 100, 0);
+  sbx_memo_put (&m, "b.com", 3, 100, 0);
+  sbx_memo_put (&m, "c.com", 4, 100, 0);
+  sbx_memo_put (&m, "a.com", 1, 200, 10); /* refreshed: now the newest */
+  CHECK (m.n == 4);
+  sbx_memo_put (&m, "d.com", 5, 100, 10); /* full: a.com/2 is the oldest */
+  CHECK (m.n == 4);
+  CHECK (!sbx_memo_has (&m, "a.com", 2, 20));
+  CHECK (sbx_memo_has (&m, "a.com", 1, 150));
+  CHECK (sbx_memo_has (&m, "d.com", 5, 20));
+  /* an expired entry makes room before the oldest live one */
+  sbx_memo_put (&m, "e.com", 6, 300, 150);
+  CHECK (sbx_memo_has (&m, "a.com", 1, 160) && sbx_memo_has (&m, "e.com", 6, 160) && m.n == 4);
+  sbx_memo_free (&m);
+  struct sbx_memo big = { 0 };
+  char nm[32];
+  for (int i = 0; i < 5000; i++)
+    {
+      snprintf (nm, sizeof nm, "h%d.example.com", i);
+      sbx_memo_put (&big, nm, (uint32_t) i, 1000, 0);
+    }
+  CHECK (big.n == 4096);
+  CHECK (!sbx_memo_has (&big, "h0.example.com", 0, 1) && sbx_memo_has (&big, "h4999.example.com", 4999, 1));
+  sbx_memo_free (&big);
+  ok ("memo: expiry, refresh, eviction of the oldest, cap 4096");
+}
+
+struct fake_memo {
+  const char *name;
+  uint32_t addr;
+};
+
+static bool
+fake_remembered (void *ctx, const char *name, uint32_t addr)
+{
+  const struct fake_memo *m = ctx;
+  for (; m->name; m++)
+    if (strcmp (m->name, name) == 0 && m->addr == addr)
+      return true;
+  return false;
+}
+
+#define IP(a, b, c, d) ((uint32_t) (a) << 24 | (uint32_t) (b) << 16 | (uint32_t) (c) << 8 | (uint32_t) (d))
+
+static void
+test_decide (void)
+{
+  char *domains[] = { "example.com", "*.cdn.net" };
+  struct sbx_cidr deny_all = { 0, 0 };
+  struct sbx_cidr allow[] = { { IP (1, 2, 3, 4), 32 }, { IP (10, 1, 0, 0), 16 } };
+  struct sbx_net_policy pol = { .enabled = true,
+                                .allow = allow,
+                                .n_allow = 2,
+                                .deny = &deny_all,
+                                .n_deny = 1,
+                                .domains = domains,
+                                .n_domains = 2 };
+  const struct fake_memo memo[] = { { "example.com", IP (198, 51, 100, 10) },
+                                    { "a.cdn.net", IP (198, 51, 100, 20) },
+                                    { "evil.com", IP (198, 51, 100, 30) },
+                                    { "example.com", IP (10, 0, 0, 5) },
+                                    { NULL, 0 } };
+  void *ctx = (void *) memo;
+  sbx_netproxy_remembered_fn rem = fake_remembered;
+  CHECK (sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "example.com", IP (198, 51, 100, 10)));
+  CHECK (sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "a.cdn.net", IP (198, 51, 100, 20)));
+  /* allowed name, address remembered for another name */
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "example.com", IP (198, 51, 100, 20)));
+  /* allowed name, address never remembered */
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "example.com", IP (203, 0, 113, 1)));
+  /* remembered but not allowed */
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "evil.com", IP (198, 51, 100, 30)));
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "cdn.net", IP (198, 51, 100, 20)));
+  /* no name, or no memory */
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, NULL, IP (198, 51, 100, 10)));
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, NULL, NULL, "example.com", IP (198, 51, 100, 10)));
+  /* the address alone */
+  CHECK (sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, NULL, IP (1, 2, 3, 4)));
+  CHECK (sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "evil.com", IP (1, 2, 3, 4)));
+  /* platform-denied, even allowed and remembered, unless an operator range says so */
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, "example.com", IP (10, 0, 0, 5)));
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, NULL, IP (10, 1, 2, 3)));
+  struct sbx_cidr ops = { IP (10, 0, 0, 0), 8 };
+  CHECK (sbx_netproxy_decide (&pol, &ops, 1, rem, ctx, "example.com", IP (10, 0, 0, 5)));
+  CHECK (!sbx_netproxy_decide (&pol, &ops, 1, rem, ctx, "example.com", IP (10, 0, 0, 6)));
+  CHECK (!sbx_netproxy_decide (&pol, NULL, 0, rem, ctx, NULL, IP (127, 0, 0, 1)));
+  /* a policy without deny-all: any public address */
+  struct sbx_net_policy open = { .enabled = true, .domains = domains, .n_domains = 2 };
+  CHECK (sbx_netproxy_decide (&open, NULL, 0, rem, ctx, NULL, IP (203, 0, 113, 1)));
+  CHECK (sbx_netproxy_decide (&open, NULL, 0, rem, ctx, "evil.com", IP (203, 0, 113, 1)));
+  CHECK (!sbx_netproxy_decide (&open, NULL, 0, rem, ctx, NULL, IP (192, 168, 1, 1)));
+  /* mode none */
+  struct sbx_net_policy none = { .enabled = false };
+  CHECK (!sbx_netproxy_decide (&none, NULL, 0, rem, ctx, "example.com", IP (198, 51, 100, 10)));
+  CHECK (!sbx_netproxy_decide (NULL, NULL, 0, rem, ctx, "example.com", IP (198, 51, 100, 10)));
+  ok ("decide: name and remembered address, address rules, platform and operator ranges, mode none");
+}
+
+/* ------------------------------------------------ DNS end to end */
+
+struct upstream {
+  int udp, tcp, stop[2];
+  uint16_t port;
+  int queries; /* atomic enough: read after join or under the test's timing */
+  pthread_mutex_t lock;
+  pthread_t th;
+};
+
+/* Answer an A query: 198.51.100.10, TTL 30 (the name by a pointer to the
+   question).  "big.*" over UDP: TC and no records.  Other types: no
+   records. */
+static size_t
+fake_answer (const uint8_t *q, size_t len, bool tcp, uint8_t *out)
+{
+  if (len < 17 || len > 400)
+    return 0;
+  size_t off = 12;
+  while (off < len && q[off])
+    off += 1u + q[off];
+  if (off + 5 > len)
+    return 0;
+  off++;
+  uint16_t qtype = (uint16_t) (q[off] << 8 | q[off + 1]);
+  size_t qend = off + 4;
+  memcpy (out, q, qend);
+  out[2] = (uint8_t) (0x80 | (q[2] & 0x01));
+  out[3] = 0x80;
+  memset (out + 6, 0, 6);
+  bool big = q[12] == 3 && memcmp (q + 13, "big", 3) == 0;
+  if (big && !tcp)
+    {
+      out[2] |= 0x02;
+      return qend;
+    }
+  if (qtype != 1)
+    return qend;
+  static const uint8_t rr[] = { 0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 198, 51, 100, 10 };
+  memcpy (out + qend, rr, sizeof rr);
+  out[7] = 1;
+  return qend + sizeof rr;
+}
+
+static void *
+upstream_main (void *arg)
+{
+  struct upstream *u = arg;
+  for (;;)
+    {
+      struct pollfd pfd[3] = { { u->udp, POLLIN, 0 }, { u->tcp, POLLIN, 0 }, { u->stop[0], POLLIN, 0 } };
+      if (poll (pfd, 3, -1) < 0 || pfd[2].revents)
+        break;
+      uint8_t q[512], a[600];
+      if (pfd[0].revents)
+        {
+          struct sockaddr_in from;
+          socklen_t fl = sizeof from;
+          ssize_t n = recvfrom (u->udp, q, sizeof q, 0, (struct sockaddr *) &from, &fl);
+          size_t al = n > 0 ? fake_answer (q, (size_t) n, false, a) : 0;
+          pthread_mutex_lock (&u->lock);
+          u->queries++;
+          pthread_mutex_unlock (&u->lock);
+          if (al)
+            sendto (u->udp, a, al, 0, (struct sockaddr *) &from, fl);
+        }
+      if (pfd[1].revents)
+        {
+          int c = accept (u->tcp, NULL, NULL);
+          if (c < 0)
+            continue;
+          uint8_t hdr[2];
+          if (sbx_read_full (c, hdr, 2) == 2)
+            {
+              size_t n = (size_t) (hdr[0] << 8 | hdr[1]);
+              if (n <= sizeof q && sbx_read_full (c, q, n) == (ssize_t) n)
+                {
+                  pthread_mutex_lock (&u->lock);
+                  u->queries++;
+                  pthread_mutex_unlock (&u->lock);
+                  size_t al = fake_answer (q, n, true, a + 2);
+                  a[0] = (uint8_t) (al >> 8);
+                  a[1] = (uint8_t) al;
+                  sbx_write_full (c, a, al + 2);
+                }
+            }
+          close (c);
+        }
+    }
+  return NULL;
+}
+
+static int
+upstream_queries (struct upstream *u)
+{
+  pthread_mutex_lock (&u->lock);
+  int n = u->queries;
+  pthread_mutex_unlock (&u->lock);
+  return n;
+}
+
+static int
+loopback_socket (int type, uint16_t port, uint16_t *got)
+{
+  int fd = socket (AF_INET, type | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  if (fd < 0 || bind (fd, (struct sockaddr *) &a, sizeof a) < 0)
+    return -1;
+  socklen_t al = sizeof a;
+  getsockname (fd, (struct sockaddr *) &a, &al);
+  if (type == SOCK_STREAM)
+    listen (fd, 16);
+  *got = ntohs (a.sin_port);
+  return fd;
+}
+
+static size_t
+make_query (const char *name, uint16_t type, uint16_t id, uint8_t *q)
+{
+  memset (q, 0, 12);
+  q[0] = (uint8_t) (id >> 8);
+  q[1] = (uint8_t) id;
+  q[2] = 0x01; /* RD */
+  q[5] = 1;
+  size_t off = 12;
+  while (*name)
+    {
+      const char *dot = strchr (name, '.');
+      size_t l = dot ? (size_t) (dot - name) : strlen (name);
+      q[off++] = (uint8_t) l;
+      memcpy (q + off, name, l);
+      off += l;
+      name += l + (dot ? 1 : 0);
+    }
+  q[off++] = 0;
+  q[off++] = (uint8_t) (type >> 8);
+  q[off++] = (uint8_t) type;
+  q[off++] = 0;
+  q[off++] = 1;
+  return off;
+}
+
+struct reply {
+  int got; /* 0: no answer within the wait */
+  uint16_t id;
+  int rcode, tc, qd, an;
+  uint32_t a; /* the last 4 bytes, when an > 0 */
+};
+
+static void
+read_reply (const uint8_t *r, ssize_t n, struct reply *out)
+{
+  memset (out, 0, sizeof *out);
+  if (n < 12)
+    return;
+  out->got = 1;
+  out->id = (uint16_t) (r[0] << 8 | r[1]);
+  out->rcode = r[3] & 0x0f;
+  out->tc = (r[2] & 0x02) != 0;
+  out->qd = r[4] << 8 | r[5];
+  out->an = r[6] << 8 | r[7];
+  if (out->an)
+    out->a = (uint32_t) r[n - 4] << 24 | (uint32_t) r[n - 3] << 16 | (uint32_t) r[n - 2] << 8 | r[n - 1];
+}
+
+static void
+ask_udp (uint16_t port, const char *name, uint16_t type, int wait_ms, struct reply *out)
+{
+  static uint16_t id = 100;
+  uint8_t q[300], r[1500];
+  size_t ql = make_query (name, type, ++id, q);
+  int fd = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  memset (out, 0, sizeof *out);
+  if (connect (fd, (struct sockaddr *) &a, sizeof a) == 0 && send (fd, q, ql, 0) == (ssize_t) ql)
+    {
+      struct pollfd pfd = { fd, POLLIN, 0 };
+      if (poll (&pfd, 1, wait_ms) == 1)
+        read_reply (r, recv (fd, r, sizeof r, 0), out);
+    }
+  close (fd);
+  if (out->got && out->id != id)
+    out->got = -1;
+}
+
+static void
+ask_tcp (uint16_t port, const char *name, uint16_t type, struct reply *out)
+{
+  uint8_t q[302], r[1500];
+  size_t ql = make_query (name, type, 4242, q + 2);
+  q[0] = 0;
+  q[1] = (uint8_t) ql;
+  int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  memset (out, 0, sizeof *out);
+  struct timeval tv = { 5, 0 };
+  setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect (fd, (struct sockaddr *) &a, sizeof a) == 0 && sbx_write_full (fd, q, ql + 2) == (ssize_t) ql + 2)
+    {
+      uint8_t hdr[2];
+      if (sbx_read_full (fd, hdr, 2) == 2)
+        {
+          size_t n = (size_t) (hdr[0] << 8 | hdr[1]);
+          if (n <= sizeof r && sbx_read_full (fd, r, n) == (ssize_t) n)
+            read_reply (r, (ssize_t) n, out);
+        }
+    }
+  close (fd);
+}
+
+/* Connect to PORT on loopback and see whether the other side closes at
+   once (within 2 s) without a byte. */
+static bool
+closed_at_once (uint16_t port, const char *send_first)
+{
+  int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  bool closed = false;
+  if (connect (fd, (struct sockaddr *) &a, sizeof a) == 0)
+    {
+      if (send_first)
+        send (fd, send_first, strlen (send_first), MSG_NOSIGNAL);
+      struct pollfd pfd = { fd, POLLIN, 0 };
+      char c;
+      closed = poll (&pfd, 1, 2000) == 1 && recv (fd, &c, 1, 0) <= 0;
+    }
+  close (fd);
+  return closed;
+}
+
+static int
+count_fds (void)
+{
+  int n = 0;
+  DIR *d = opendir ("/proc/self/fd");
+  if (d == NULL)
+    return -1;
+  while (readdir (d))
+    n++;
+  closedir (d);
+  return n;
+}
+
+static void
+test_dns (void)
+{
+  int fds_before = count_fds ();
+  struct upstream u = { 0 };
+  pthread_mutex_init (&u.lock, NULL);
+  u.udp = loopback_socket (SOCK_DGRAM, 0, &u.port);
+  uint16_t same;
+  u.tcp = loopback_socket (SOCK_STREAM, u.port, &same);
+  CHECK (u.udp >= 0 && u.tcp >= 0 && pipe (u.stop) == 0);
+  pthread_create (&u.th, NULL, upstream_main, &u);
+
+  struct sbx_cidr ops = { IP (100, 64, 0, 0), 10 };
+  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = u.port,
+                                     .operator_allow = &ops, .n_operator_allow = 1 };
+  struct sbx_netproxy *p = NULL;
+  struct sbx_err err = { 0 };
+  CHECK (sbx_netproxy_start (&cfg, &p, &err) == 0);
+  if (p == NULL)
+    {
+      fprintf (stderr, "start: %s\n", err.msg);
+      return;
+    }
+  uint16_t dport = sbx_netproxy_dns_port (p), tport = sbx_netproxy_tcp_port (p);
+  CHECK (dport != 0 && tport != 0 && dport != tport);
+  ok ("dns: proxy started");
+
+  struct reply r;
+  ask_udp (dport, "example.com", 1, 500, &r);
+  CHECK (r.got == 0);
+  ask_tcp (dport, "example.com", 1, &r);
+  CHECK (r.got == 0);
+  CHECK (closed_at_once (tport, NULL));
+  CHECK (upstream_queries (&u) == 0);
+  ok ("dns: an unknown source gets no answer, its connections are closed");
+
+  char *domains[] = { "example.com", "*.example.org" };
+  struct sbx_cidr deny_all = { 0, 0 };
+  struct sbx_net_policy pol = { .enabled = true, .deny = &deny_all, .n_deny = 1, .domains = domains, .n_domains = 2 };
+  CHECK (sbx_netproxy_set (p, IP (127, 0, 0, 1), &pol, &err) == 0);
+
+  ask_udp (dport, "Example.COM", 1, 5000, &r);
+  CHECK (r.got == 1 && r.rcode == 0 && r.an == 1 && r.a == IP (198, 51, 100, 10));
+  CHECK (upstream_queries (&u) == 1);
+  ask_udp (dport, "www.example.org", 1, 5000, &r);
+  CHECK (r.got == 1 && r.rcode == 0 && r.an == 1 && r.a == IP (198, 51, 100, 10));
+  ok ("dns: allowed names answered from the upstream");
+
+  int before = upstream_queries (&u);
+  ask_udp (dport, "evil.com", 1, 5000, &r);
+  CHECK (r.got == 1 && r.rcode == 5 && r.qd == 1 && r.an == 0);
+  ask_udp (dport, "example.org", 1, 5000, &r); /* "*.example.org" is below it only */
+  CHECK (r.got == 1 && r.rcode == 5);
+  ask_tcp (dport, "evil.com", 1, &r);
+  CHECK (r.got == 1 && r.rcode == 5);
+  CHECK (upstream_queries (&u) == before);
+  ok ("dns: other names REFUSED under deny-all, over UDP and TCP, upstream not asked");
+
+  ask_udp (dport, "example.com", 28, 5000, &r);
+  CHECK (r.got == 1 && r.rcode == 0 && r.an == 0 && r.qd == 1);
+  ask_udp (dport, "evil.com", 28, 5000, &r);
+  CHECK (r.got == 1 && r.rcode == 0 && r.an == 0);
+  CHECK (upstream_queries (&u) == before);
+  ok ("dns: AAAA answered with no records");
+
+  ask_udp (dport, "big.example.org", 1, 5000, &r);
+  CHECK (r.got == 1 && r.tc == 1 && r.an == 0);
+  ask_tcp (dport, "big.example.org", 1, &r);
+  CHECK (r.got == 1 && r.tc == 0 && r.an == 1 && r.a == IP (198, 51, 100, 10));
+  ok ("dns: a truncated answer passed on over UDP, the TCP retry served over TCP");
+
+  /* the relay refuses what it cannot judge: no redirect here, so no
+     original destination (or the proxy's own) */
+  CHECK (closed_at_once (tport, "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"));
+  ok ("tcp: a connection without an original destination is closed");
+
+  /* a policy without deny-all: every name goes upstream */
+  struct sbx_net_policy open = { .enabled = true };
+  CHECK (sbx_netproxy_set (p, IP (127, 0, 0, 1), &open, &err) == 0);
+  ask_udp (dport, "evil.com", 1, 5000, &r);
+  CHECK (r.got == 1 && r.rcode == 0 && r.an == 1);
+  ok ("dns: a replaced policy applies to new queries");
+
+  /* an idle TCP DNS connection ends when the sandbox is removed */
+  int idle = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (dport), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  CHECK (connect (idle, (struct sockaddr *) &a, sizeof a) == 0);
+  usleep (100 * 1000);
+  sbx_netproxy_remove (p, IP (127, 0, 0, 1));
+  struct pollfd pfd = { idle, POLLIN, 0 };
+  char c;
+  CHECK (poll (&pfd, 1, 2000) == 1 && recv (idle, &c, 1, 0) <= 0);
+  close (idle);
+  ask_udp (dport, "example.com", 1, 500, &r);
+  CHECK (r.got == 0);
+  ok ("dns: a removed sandbox's connections close and its queries get no answer");
+
+  /* stop with a TCP DNS connection open: its worker must leave at once */
+  CHECK (sbx_netproxy_set (p, IP (127, 0, 0, 1), &pol, &err) == 0);
+  idle = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK (connect (idle, (struct sockaddr *) &a, sizeof a) == 0);
+  usleep (100 * 1000);
+  uint64_t t0 = sbx_now_ns ();
+  sbx_netproxy_stop (p);
+  uint64_t took_ms = (sbx_now_ns () - t0) / 1000000;
+  CHECK (took_ms < 1000);
+  close (idle);
+  ok ("stop: prompt with a connection open");
+
+  write (u.stop[1], "x", 1);
+  pthread_join (u.th, NULL);
+  close (u.udp);
+  close (u.tcp);
+  close (u.stop[0]);
+  close (u.stop[1]);
+  pthread_mutex_destroy (&u.lock);
+  CHECK (count_fds () == fds_before);
+  ok ("no descriptor left open");
+}
+
+int
+main (void)
+{
+  setvbuf (stdout, NULL, _IOLBF, 0);
+  test_sni ();
+  test_http ();
+  test_memo ();
+  test_decide ();
+  test_dns ();
+  printf ("%d checks passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
