@@ -174,6 +174,8 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
                          "envdVersion", "0.6.13", "domain");
   if (j && strcmp (r->status, "stopped") == 0 && r->stop_reason[0])
     json_object_set_new (j, "stopReason", json_string (r->stop_reason));
+  if (j && (strcmp (r->status, "running") == 0 || strcmp (r->status, "paused") == 0))
+    network_object (h, r->id, j);
   if (j && with_token)
     {
       char token[65];
@@ -375,6 +377,9 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   long long timeout = 300, cpu = 0, mem = 0, disk = 0;
   char **env = NULL;
   cleanup_free char *meta_text = NULL;
+  struct sbx_net_policy net = { 0 };
+  int allow_internet = 0;
+  bool net_given = false;
   ret = MHD_NO;
   if (opt_string (c, b, "templateID", &tmpl, &ret) < 0
       || opt_int (c, b, "timeout", 1, rq->org.max_timeout_s, &timeout, &ret) < 0
@@ -396,6 +401,8 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
         }
       meta_text = json_dumps (meta, JSON_COMPACT);
     }
+  if (body_network (c, b, false, &net, &allow_internet, &net_given, &ret) < 0)
+    goto out;
   struct sbx_create_opts o = { .template_name = tmpl,
                                .timeout_s = (uint32_t) timeout,
                                .env = (const char *const *) env,
@@ -403,7 +410,9 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
                                .owner = rq->org.id,
                                .limits = { .cpu_millis = (uint32_t) cpu * 1000,
                                            .memory_mb = (uint32_t) mem,
-                                           .disk_mb = (uint32_t) disk } };
+                                           .disk_mb = (uint32_t) disk },
+                               .net = net_given ? &net : NULL,
+                               .allow_internet_access = allow_internet };
   char id[SBX_ID_MAX];
   struct sbx_err err;
   /* the count and the create are one step, so that concurrent requests
@@ -428,6 +437,7 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
     }
   ret = send_sandbox (h, c, id, 201);
 out:
+  sbx_net_policy_free (&net);
   free_strv (env);
   json_decref (b);
   return ret;
@@ -1391,6 +1401,8 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     return timeout_sandbox (h, c, id, rq, strcmp (what, "refreshes") == 0);
   if (n == 3 && get && strcmp (what, "metrics") == 0)
     return metrics_sandbox (h, c, id);
+  if (n == 3 && strcmp (what, "network") == 0)
+    return strcmp (method, "PUT") == 0 ? network_sandbox (h, c, id, rq) : send_error (c, 405, "method not allowed");
   if (n == 3 && get && strcmp (what, "files") == 0)
     return download_file (h, c, rq, id);
   if (strcmp (what, "processes") == 0)

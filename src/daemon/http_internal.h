@@ -107,4 +107,15 @@ enum MHD_Result upload_end (struct http_server *h, struct MHD_Connection *c, str
 void upload_free (struct request *rq);
 enum MHD_Result download_file (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
 
+/* api_network.c */
+struct sbx_net_policy;
+/* The egress policy a body asks for (create, or PUT .../network when
+   ALWAYS).  *GIVEN false: nothing asked, the template decides.
+   *ALLOW_INTERNET: 0 not said, >0 true, <0 false. */
+int body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_policy *p, int *allow_internet,
+                  bool *given, enum MHD_Result *ret);
+/* Add "network" and "allowInternetAccess" of live sandbox ID to OBJ. */
+void network_object (struct http_server *h, const char *id, json_t *obj);
+enum MHD_Result network_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq);
+
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
 #include "events.h"
@@ -33,6 +34,7 @@ usage (FILE *f)
 {
   fputs ("usage:\n"
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
+         "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -84,6 +86,33 @@ on_signal (int sig)
   stop_requested = 1;
 }
 
+/* "IPv4" or "IPv4:PORT" */
+static int
+parse_upstream (const char *s, struct sbx_net_config *net)
+{
+  char host[32];
+  const char *colon = strchr (s, ':');
+  size_t n = colon ? (size_t) (colon - s) : strlen (s);
+  if (n >= sizeof host)
+    return -1;
+  memcpy (host, s, n);
+  host[n] = '\0';
+  struct in_addr a;
+  if (inet_pton (AF_INET, host, &a) != 1)
+    return -1;
+  long port = 53;
+  if (colon)
+    {
+      char *end;
+      port = strtol (colon + 1, &end, 10);
+      if (*end || port < 1 || port > 65535)
+        return -1;
+    }
+  net->dns_upstream_ip = ntohl (a.s_addr);
+  net->dns_upstream_port = (uint16_t) port;
+  return 0;
+}
+
 static int
 cmd_serve (int argc, char **argv)
 {
@@ -91,11 +120,35 @@ cmd_serve (int argc, char **argv)
   static const struct option opts[] = { { "listen", required_argument, NULL, 'l' },
                                         { "state-dir", required_argument, NULL, 's' },
                                         { "template-dir", required_argument, NULL, 't' },
+                                        { "dns-upstream", required_argument, NULL, 'd' },
+                                        { "net-allow", required_argument, NULL, 'a' },
+                                        { "no-network", no_argument, NULL, 'N' },
                                         { NULL, 0, NULL, 0 } };
+  struct sbx_net_config net = { 0 };
+  struct sbx_cidr ops[64];
+  bool network = true;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
       {
+      case 'd':
+        if (parse_upstream (optarg, &net) < 0)
+          {
+            fprintf (stderr, "sbxd: invalid --dns-upstream %s (want IPv4[:PORT])\n", optarg);
+            return 2;
+          }
+        break;
+      case 'a':
+        if (net.n_operator_allow == sizeof ops / sizeof ops[0] || sbx_cidr_parse (optarg, &ops[net.n_operator_allow]) < 0)
+          {
+            fprintf (stderr, "sbxd: invalid --net-allow %s (want an IPv4 CIDR block; at most 64)\n", optarg);
+            return 2;
+          }
+        net.n_operator_allow++;
+        break;
+      case 'N':
+        network = false;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -139,8 +192,12 @@ cmd_serve (int argc, char **argv)
   const char *scale_env = getenv ("SBXD_WEBHOOK_RETRY_SCALE");
   double scale = scale_env ? strtod (scale_env, NULL) : 1.0;
   struct sbx_events events = { .store = store };
-  struct sbx_engine_config cfg
-      = { .state_dir = state, .template_dir = tmpl, .on_event = sbx_events_on_change, .event_ud = &events };
+  net.operator_allow = ops;
+  struct sbx_engine_config cfg = { .state_dir = state,
+                                   .template_dir = tmpl,
+                                   .on_event = sbx_events_on_change,
+                                   .event_ud = &events,
+                                   .net = network ? &net : NULL };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
     {
