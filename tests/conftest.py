@@ -43,11 +43,18 @@ class Sbxd:
         self.key = None
 
     # -- process control --
-    def start(self, env=None):
+    def start(self, env=None, args=None):
+        """Start `sbxd serve`; ARGS are added to its command line.  Unless
+        ARGS name one, the sandboxes' DNS goes to a closed port on the
+        host's loopback, so that no test sends anything off this machine."""
         self.log = open(self.log_path, "ab")
         out = open(self.out_path, "wb")
+        args = list(args or [])
+        if "--dns-upstream" not in args:
+            args += ["--dns-upstream", "127.0.0.1:9"]
+        self.args = args
         self.proc = subprocess.Popen(
-            [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir],
+            [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir] + args,
             stdout=out, stderr=self.log, env=env)
         out.close()
         deadline = time.time() + 20

@@ -738,20 +738,32 @@ def conn(name, addr):
     finally:
         s.close()
 conn("sbxd_api", ("127.0.0.1", int(os.environ["SBXD_PORT"])))
-conn("outside", ("1.1.1.1", 53))
-conn("gateway", ("10.0.2.2", 80))
+# a documentation address: in mode none nothing leaves the host anyway
+conn("outside", ("203.0.113.99", 53))
+conn("gateway", (os.environ["GATEWAY"], int(os.environ["SBXD_PORT"])))
 '''
 
 
-def test_network_namespace_has_only_loopback(sbxd, box):
-    r = pyc(sbxd, box, NETWORK, user="user", envs={"SBXD_PORT": str(sbxd.port)})
-    assert r["exitCode"] == 0, r
-    res = results(r["stdout"])
-    assert res["IFACES"] == "lo", r["stdout"]
-    # the daemon's API on the host loopback is not the sandbox's loopback
-    assert res["sbxd_api"] in ("ECONNREFUSED", "ENETUNREACH"), r["stdout"]
-    assert res["outside"] == "ENETUNREACH", r["stdout"]
-    assert res["gateway"] == "ENETUNREACH", r["stdout"]
+def test_network_mode_none_reaches_nothing(sbxd):
+    """Mode none: the link to the host exists (so the rules can change
+    while the sandbox runs) but nothing passes it; tests/test_network.py
+    covers the other modes against real peers."""
+    sid = sbxd.create(allow_internet_access=False)
+    try:
+        net = sbxd.get(sid).json()["network"]
+        assert net["mode"] == "none"
+        r = pyc(sbxd, sid, NETWORK, user="user",
+                envs={"SBXD_PORT": str(sbxd.port), "GATEWAY": net["gateway"]})
+        assert r["exitCode"] == 0, r
+        res = results(r["stdout"])
+        assert res["IFACES"] == "eth0,lo", r["stdout"]
+        # the daemon's API on the host loopback is not the sandbox's loopback
+        assert res["sbxd_api"] == "ECONNREFUSED", r["stdout"]
+        # refused by the host's rules, at once (admin-prohibited)
+        assert res["outside"] == "EHOSTUNREACH", r["stdout"]
+        assert res["gateway"] == "EHOSTUNREACH", r["stdout"]
+    finally:
+        sbxd.delete(sid)
 
 
 # ============================================================ 13. setuid / caps / NNP

@@ -352,13 +352,21 @@ def test_pty_process(sbxd, sandbox):
     assert b"/dev/pts/0" in out and b"30 100" in out and b"got:hello" in out
 
 
-def test_network_is_loopback_only(sbxd, sandbox):
+def test_network_loopback_and_link(sbxd, sandbox):
     code = ("import socket, threading\n"
             "s = socket.socket(); s.bind(('127.0.0.1', 8080)); s.listen()\n"
             "threading.Thread(target=lambda: s.accept()[0].sendall(b'pong'), daemon=True).start()\n"
             "c = socket.create_connection(('127.0.0.1', 8080)); print(c.recv(4).decode())\n"
             "import os; print(sorted(os.listdir('/sys/class/net')))\n"
-            "print(len(open('/proc/net/route').read().splitlines()))\n")
+            "print([l.split()[:3] for l in open('/proc/net/route').read().splitlines()[1:]])\n"
+            "print(open('/proc/sys/net/ipv6/conf/eth0/disable_ipv6').read().strip())\n"
+            "print(open('/etc/resolv.conf').read().split()[:2])\n")
     r = sbxd.py(sandbox, code)
-    # no interface but lo, and no route anywhere (only the header line)
-    assert r["stdout"] == "pong\n['lo']\n1\n", r
+    net = sbxd.get(sandbox).json()["network"]
+    gw = "%08X" % int.from_bytes(bytes(int(x) for x in net["gateway"].split(".")), "little")
+    lines = r["stdout"].splitlines()
+    assert lines[:2] == ["pong", "['eth0', 'lo']"], r
+    # a default route through the host side of the link, and the /30
+    assert ["eth0", "00000000", gw] in eval(lines[2]), r
+    assert lines[3] == "1", r  # IPv6 off
+    assert eval(lines[4]) == ["nameserver", net["gateway"]], r

@@ -634,6 +634,21 @@ write_all (struct sbx_netproxy *p, int fd, const uint8_t *buf, size_t len, uint6
   return 0;
 }
 
+/* Is ADDR one of this host's own addresses?  The kernel answers: a bind
+   to an address that is not local fails.  Asked at each connection, as
+   the host's addresses change (any public one may be among them). */
+static bool
+host_address (const struct sockaddr_in *addr)
+{
+  int fd = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return true; /* cannot tell: refuse */
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr = addr->sin_addr };
+  bool local = bind (fd, (const struct sockaddr *) &a, sizeof a) == 0 || errno != EADDRNOTAVAIL;
+  close (fd);
+  return local;
+}
+
 /* A non-blocking TCP connection to ADDR, or -1. */
 static int
 connect_to (struct sbx_netproxy *p, const struct sockaddr_in *addr, uint64_t deadline)
@@ -1171,7 +1186,9 @@ relay_main (void *arg)
   pthread_mutex_unlock (&p->lock);
   if (!ok)
     goto out;
-  ufd = connect_to (p, &dst, sbx_now_ns () + CONNECT_TIMEOUT_MS * MS);
+  /* never to the host itself: the filter runs on the host, where the
+     host's rules for sandboxes (the input chain) do not see it */
+  ufd = host_address (&dst) ? -1 : connect_to (p, &dst, sbx_now_ns () + CONNECT_TIMEOUT_MS * MS);
   if (ufd < 0)
     goto out;
   /* judged again: the policy may have changed while connecting */
