@@ -260,8 +260,9 @@ set_inet (int sock, unsigned long req, struct ifreq *ifr, uint32_t ip, const cha
 
 /* Loopback up; eth0 (moved in by the daemon) addressed, up, with the
    default route through the host side, and without IPv6: sandboxes are
-   IPv4-only, so no address family escapes the host's IPv4 rules.  Called
-   with proc/ mounted and writable. */
+   IPv4-only beyond their loopback, so no address family escapes the
+   host's IPv4 rules (which drop IPv6 from sandboxes anyway).  Called with
+   proc/ mounted and writable. */
 static void
 setup_network (const struct boot_header *h)
 {
@@ -274,19 +275,21 @@ setup_network (const struct boot_header *h)
   ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
   if (ioctl (sock, SIOCSIFFLAGS, &ifr) < 0)
     child_fail ("bring loopback up");
+  /* no IPv6 but on the loopback, and no forwarding (a new namespace
+     copies the host's, which sbxd turns on) */
+  static const char *const knobs[][2] = { { "proc/sys/net/ipv6/conf/default/disable_ipv6", "1" },
+                                          { "proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1" },
+                                          { "proc/sys/net/ipv4/ip_forward", "0" } };
+  for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
+    {
+      int fd = open (knobs[i][0], O_WRONLY | O_CLOEXEC);
+      if (fd >= 0 && write (fd, knobs[i][1], 1) != 1)
+        child_fail ("set %s", knobs[i][0]);
+      if (fd >= 0)
+        close (fd);
+    }
   if (h->net_addr)
     {
-      static const char *const v6[] = { "proc/sys/net/ipv6/conf/all/disable_ipv6",
-                                        "proc/sys/net/ipv6/conf/default/disable_ipv6",
-                                        "proc/sys/net/ipv6/conf/eth0/disable_ipv6" };
-      for (size_t i = 0; i < sizeof v6 / sizeof v6[0]; i++)
-        {
-          int fd = open (v6[i], O_WRONLY | O_CLOEXEC);
-          if (fd >= 0 && write (fd, "1", 1) != 1)
-            child_fail ("disable IPv6");
-          if (fd >= 0)
-            close (fd);
-        }
       memset (&ifr, 0, sizeof ifr);
       snprintf (ifr.ifr_name, sizeof ifr.ifr_name, "eth0");
       set_inet (sock, SIOCSIFADDR, &ifr, h->net_addr, "address eth0");
@@ -546,6 +549,15 @@ int
 sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
                   uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err)
 {
+  if (sbx_isolate_boot_start (p, tree_fd, lock_fd, disk_fd, env, nofile, net_addr, net_gw, err) < 0)
+    return -1;
+  return sbx_isolate_boot_wait (p, err);
+}
+
+int
+sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
+                        uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err)
+{
   /* the environment, flattened */
   size_t len = 0, count = 0;
   for (char *const *v = env; v && *v; v++, count++)
@@ -569,6 +581,12 @@ sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk
   int fds[2] = { ovl, lock_fd };
   if (send_boot (p->sock, fds, &h, flat, len) < 0)
     return sbx_fail (err, errno, "pass the root file system");
+  return 0;
+}
+
+int
+sbx_isolate_boot_wait (struct sbx_isolate_proc *p, struct sbx_err *err)
+{
   /* EOF: the child reached execve; a message: it failed on the way.  A
      child that does neither within 30 s is given up on. */
   struct timeval tv = { 30, 0 };

@@ -42,5 +42,10 @@ int sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int 
                       uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err);
 /* Kill a spawned child that will not be booted (or failed to boot). */
 void sbx_isolate_abort (struct sbx_isolate_proc *p);
+/* sbx_isolate_boot in two halves, so that the caller can work while the
+   child sets itself up: hand over, then wait for sbx-init to run. */
+int sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
+                            uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err);
+int sbx_isolate_boot_wait (struct sbx_isolate_proc *p, struct sbx_err *err);
 
 #endif

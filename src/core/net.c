@@ -161,6 +161,8 @@ static const char base_rules[]
       "add map inet sbxd out_map { type ifname : verdict; }\n"
       "add map inet sbxd in_map { type ifname : verdict; }\n"
       "add map inet sbxd nat_map { type ifname : verdict; }\n"
+      "add set inet sbxd platform { type ipv4_addr; flags interval; }\n"
+      "flush set inet sbxd platform\n"
       "add chain inet sbxd forward { type filter hook forward priority filter; policy accept; }\n"
       "add chain inet sbxd input { type filter hook input priority filter; policy accept; }\n"
       "add chain inet sbxd prerouting { type nat hook prerouting priority dstnat; policy accept; }\n"
@@ -266,6 +268,9 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
     goto fail;
   struct cmd c = { 0 };
   cmd_add (&c, "%s", base_rules);
+  cmd_add (&c, "add element inet sbxd platform ");
+  cmd_set (&c, sbx_net_platform_deny, sbx_net_platform_deny_count);
+  cmd_add (&c, "\n");
   if (guard)
     cmd_add (&c, "add rule inet sbxd forward iifname != \"sbxh*\" oifname != \"sbxh*\" drop\n");
   if (nft_run (n, &c, err) < 0)
@@ -301,21 +306,45 @@ sbx_net_close (struct sbx_net *n)
   free (n);
 }
 
-/* The slot's three chains, emptied, and its map entries (ensured). */
+/* The slot's three chains and its map entries, ensured.  (Commands that
+   name objects make libnftables read them all from the kernel first,
+   which costs more the more sandboxes there are: the create path, where
+   they exist already, leaves this out.) */
 static void
-cmd_slot_chains (struct cmd *c, uint32_t slot)
+cmd_slot_ensure (struct cmd *c, uint32_t slot)
 {
   static const char kinds[] = "oin";
   static const char *const maps[] = { "out_map", "in_map", "nat_map" };
   for (int k = 0; k < 3; k++)
-    cmd_add (c, "add chain inet sbxd %c%u\nflush chain inet sbxd %c%u\n", kinds[k], slot, kinds[k], slot);
+    cmd_add (c, "add chain inet sbxd %c%u\n", kinds[k], slot);
   for (int k = 0; k < 3; k++)
     cmd_add (c, "add element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" : jump %c%u }\n", maps[k], slot, kinds[k],
              slot);
 }
 
+static void
+cmd_slot_flush (struct cmd *c, uint32_t slot)
+{
+  cmd_add (c, "flush chain inet sbxd o%u\nflush chain inet sbxd i%u\nflush chain inet sbxd n%u\n", slot, slot, slot);
+}
+
+static int apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure,
+                  struct sbx_err *err);
+
 int
 sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
+{
+  return apply (n, slot, p, false, err);
+}
+
+int
+sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
+{
+  return apply (n, slot, p, true, err);
+}
+
+static int
+apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct sbx_err *err)
 {
   uint32_t addr, gw;
   sbx_net_addresses (slot, &addr, &gw);
@@ -326,7 +355,9 @@ sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p,
   uint16_t dns = sbx_netproxy_dns_port (n->proxy), tcp = sbx_netproxy_tcp_port (n->proxy);
   const char *reject = "reject with icmpx type admin-prohibited";
   struct cmd c = { 0 };
-  cmd_slot_chains (&c, slot);
+  if (ensure)
+    cmd_slot_ensure (&c, slot);
+  cmd_slot_flush (&c, slot);
   if (!p->enabled)
     {
       cmd_add (&c, "add rule inet sbxd o%u %s\n", slot, reject);
@@ -334,8 +365,7 @@ sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p,
       return nft_run (n, &c, err);
     }
   /* out: the platform's denials first, unless an operator range allows */
-  cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
-  cmd_set (&c, sbx_net_platform_deny, sbx_net_platform_deny_count);
+  cmd_add (&c, "add rule inet sbxd o%u ip daddr @platform", slot);
   if (n->n_ops)
     {
       cmd_add (&c, " ip daddr != ");
@@ -356,21 +386,26 @@ sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p,
     }
   cmd_add (&c, "add rule inet sbxd o%u accept\n", slot);
   /* in: only what was redirected to the filters */
-  cmd_add (&c, "add rule inet sbxd i%u meta l4proto { tcp, udp } th dport %u ct status dnat accept\n", slot, dns);
+  /* (single values rather than sets: anonymous sets are kernel objects
+     of their own, made and freed with every change) */
+  cmd_add (&c, "add rule inet sbxd i%u udp dport %u ct status dnat accept\n", slot, dns);
+  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, dns);
   cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
   cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
   /* nat: DNS to the gateway, and web traffic when names decide */
-  cmd_add (&c, "add rule inet sbxd n%u ip daddr %s meta l4proto { tcp, udp } th dport 53 redirect to :%u\n", slot, gws,
-           dns);
+  cmd_add (&c, "add rule inet sbxd n%u ip daddr %s udp dport 53 redirect to :%u\n", slot, gws, dns);
+  cmd_add (&c, "add rule inet sbxd n%u ip daddr %s tcp dport 53 redirect to :%u\n", slot, gws, dns);
   if (p->n_domains && p->n_deny)
     {
-      cmd_add (&c, "add rule inet sbxd n%u ", slot);
+      /* addresses allowed by address rules go straight out */
       if (p->n_allow)
         {
-          cmd_add (&c, "ip daddr != ");
+          cmd_add (&c, "add rule inet sbxd n%u ip daddr ", slot);
           cmd_set (&c, p->allow, p->n_allow);
+          cmd_add (&c, " return\n");
         }
-      cmd_add (&c, " tcp dport { 80, 443 } redirect to :%u\n", tcp);
+      cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+      cmd_add (&c, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
     }
   return nft_run (n, &c, err);
 }
@@ -519,7 +554,7 @@ sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err
   if (r < 0)
     return -1;
   struct sbx_net_policy internet = { .enabled = true };
-  if (sbx_net_apply (n, slot, &internet, err) < 0)
+  if (sbx_net_reapply (n, slot, &internet, err) < 0)
     {
       sbx_net_forget (n, slot);
       return -1;
@@ -538,7 +573,8 @@ sbx_net_forget (struct sbx_net *n, uint32_t slot)
   static const char kinds[] = "oin";
   static const char *const maps[] = { "out_map", "in_map", "nat_map" };
   /* ensured first, so that the deletions cannot fail on what is gone */
-  cmd_slot_chains (&c, slot);
+  cmd_slot_ensure (&c, slot);
+  cmd_slot_flush (&c, slot);
   for (int k = 0; k < 3; k++)
     cmd_add (&c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
   for (int k = 0; k < 3; k++)

@@ -39,8 +39,11 @@ void sbx_net_addresses (uint32_t slot, uint32_t *addr, uint32_t *gateway);
    namespace of PID, and the slot's chains with the default policy
    (internet, no rules). */
 int sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err *err);
-/* Enforce POLICY for SLOT (a single nftables transaction). */
+/* Enforce POLICY for SLOT (a single nftables transaction) whose link
+   this process made; sbx_net_reapply also for one made by an earlier
+   run, whose chains may be gone. */
 int sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
+int sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
 /* Remove SLOT's rules, filter state and link; quiet if already gone. */
 void sbx_net_forget (struct sbx_net *n, uint32_t slot);
 

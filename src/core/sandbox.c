@@ -619,7 +619,10 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   if (load_init (e, cfg->init_path, err) < 0)
     goto fail;
   if (cfg->net && sbx_net_open (cfg->net, &e->net, err) < 0)
-    goto fail;
+    {
+      sbx_err_wrap (err, "sandbox networking (--no-network runs without it)");
+      goto fail;
+    }
 
   DIR *d = opendir (e->sandboxes_dir);
   if (d == NULL)
@@ -634,7 +637,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   closedir (d);
   /* the rules name this process's filter ports: renew them */
   for (struct sandbox *s = e->list; s; s = s->next)
-    if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
+    if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
       fprintf (stderr, "sbxd: %s: network rules: %s\n", s->id, err->msg);
 
   e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
@@ -968,12 +971,7 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       sbx_net_policy_free (&s->net);
       s->net_allow_internet_set = o->allow_internet_access != 0;
       s->net_allow_internet = o->allow_internet_access > 0;
-      /* the link was made with the plain internet rules: change them
-         only when asked for something else, before anything runs */
-      const struct sbx_net_policy *p = o->net ? o->net : &want;
-      if (sbx_net_policy_copy (&s->net, p, err) < 0)
-        goto fail;
-      if ((!p->enabled || p->n_allow || p->n_deny || p->n_domains) && sbx_net_apply (e->net, s->uid_slot, p, err) < 0)
+      if (sbx_net_policy_copy (&s->net, o->net ? o->net : &want, err) < 0)
         goto fail;
     }
   if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
@@ -1007,7 +1005,17 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   uint32_t net_addr = 0, net_gw = 0;
   if (s->has_net)
     sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
-  if (sbx_isolate_boot (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, net_addr, net_gw, err) < 0)
+  if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, net_addr, net_gw,
+                              err)
+      < 0)
+    goto fail;
+  /* The link was made with the plain internet rules; other rules are put
+     in place while the sandbox sets itself up.  Nothing of the caller's
+     runs in it before this function returns. */
+  if (s->has_net && (!s->net.enabled || s->net.n_allow || s->net.n_deny || s->net.n_domains)
+      && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
+    goto fail;
+  if (sbx_isolate_boot_wait (&s->proc, err) < 0)
     goto fail;
   free (env);
   env = NULL;
@@ -1120,7 +1128,7 @@ sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_poli
   if (r == 0)
     {
       struct sbx_net_policy copy;
-      if (!s->has_net)
+      if (!s->has_net || e->net == NULL)
         r = sbx_failx (err, EOPNOTSUPP, "this sandbox has no network");
       else if ((r = sbx_net_policy_copy (&copy, policy, err)) == 0)
         {
