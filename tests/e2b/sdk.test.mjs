@@ -314,3 +314,32 @@ test('kill: true, then Sandbox.kill of a killed or missing id: false', T, async 
   const running = await Sandbox.list().nextItems()
   assert.ok(!running.some((s) => s.sandboxId === sbx.sandboxId), 'a killed sandbox is not listed')
 })
+
+// Egress rules through the SDK's own options.  No name is looked up and no
+// address outside the machine is contacted: tests/test_network.py checks
+// what the rules let through against peers of its own.
+test('network: allowInternetAccess, network rules, updateNetwork and getInfo', T, async () => {
+  const off = await create({ allowInternetAccess: false })
+  let info = await off.getInfo()
+  assert.equal(info.allowInternetAccess, false)
+  assert.deepEqual(info.network, { allowOut: [], denyOut: [], rules: undefined, egressProxy: undefined,
+    allowPublicTraffic: undefined, maskRequestHost: undefined, httpsPorts: undefined })
+  // loopback only: even the sandbox's own DNS server (its gateway) refuses at once
+  const t0 = Date.now()
+  await assert.rejects(off.commands.run('getent hosts example.com'), CommandExitError)
+  assert.ok(Date.now() - t0 < 5000, 'refused, not timed out')
+
+  await off.updateNetwork({ allowOut: ['api.example.com', '198.51.100.0/24'], denyOut: ['0.0.0.0/0'] })
+  info = await off.getInfo()
+  assert.deepEqual([...info.network.allowOut].sort(), ['198.51.100.0/24', 'api.example.com'])
+  assert.deepEqual(info.network.denyOut, ['0.0.0.0/0'])
+
+  const ruled = await create({ network: { allowOut: ['*.example.org'], denyOut: ['0.0.0.0/0'] } })
+  info = await ruled.getInfo()
+  assert.deepEqual(info.network.allowOut, ['*.example.org'])
+  assert.deepEqual(info.network.denyOut, ['0.0.0.0/0'])
+
+  // an invalid entry is the caller's error, and changes nothing
+  await assert.rejects(ruled.updateNetwork({ denyOut: ['example.org'] }))
+  assert.deepEqual((await ruled.getInfo()).network.denyOut, ['0.0.0.0/0'])
+})
