@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import Sbxd
+from conftest import ROOT, SBXD, Sbxd
 from netpeers import DNS_CODE, peers  # noqa: F401  (peers is a fixture)
 
 UPSTREAM = "198.51.100.53"
@@ -682,3 +682,41 @@ def test_rules_survive_a_daemon_restart(peers, tmp_path):
         d.cleanup()
     finally:
         d.stop()
+
+
+def test_a_rule_never_opens_a_private_range(netd, peers):
+    """allowOut of a private range or of the host is accepted but changes
+    nothing: the platform's denials come first."""
+    sid = create(netd, network={"allowOut": ["10.77.0.0/24", "192.168.77.10", "169.254.169.254"],
+                                "denyOut": DENY_ALL})["sandboxID"]
+    try:
+        for addr in ("10.77.0.10", "192.168.77.10", "169.254.169.254"):
+            fetch_fails(netd, sid, f"http://{addr}/", "private ok")
+        fetch_fails(netd, sid, f"http://{HOST_PRIV}:{peers.host_port}/", "host ok")
+    finally:
+        netd.delete(sid)
+
+
+def test_operator_range_opens_only_that_range(peers, tmp_path):
+    """sbxd serve --net-allow CIDR: sandboxes reach that private range,
+    and still neither other private ranges nor the host inside it."""
+    d = Sbxd(str(tmp_path / "state")).start(args=["--dns-upstream", UPSTREAM, "--net-allow", "10.77.0.0/24"])
+    try:
+        sid = create(d)["sandboxID"]
+        fetch_ok(d, sid, "http://10.77.0.10/", "private ok\n")
+        fetch_fails(d, sid, "http://192.168.77.10/", "private ok")
+        fetch_fails(d, sid, "http://169.254.169.254/", "private ok")
+        fetch_fails(d, sid, f"http://{HOST_PRIV}:{peers.host_port}/", "host ok")
+        # a sandbox's own rules still apply inside the operator's range
+        ruled = create(d, network={"denyOut": ["10.77.0.10"]})["sandboxID"]
+        fetch_fails(d, ruled, "http://10.77.0.10/", "private ok")
+        d.cleanup()
+    finally:
+        d.stop()
+
+
+def test_invalid_operator_range_is_refused(tmp_path):
+    r = subprocess.run([SBXD, "serve",
+                        "--state-dir", str(tmp_path / "s"), "--net-allow", "10.0.0.0/33"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2 and "invalid --net-allow 10.0.0.0/33" in r.stderr, r

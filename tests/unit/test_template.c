@@ -151,6 +151,11 @@ test_spec_errors (void)
   CHECK (err.code == EINVAL && strstr (err.msg, "badkey.spec:3: unknown key 'colour'") != NULL);
   free (steal_pointer (&out));
 
+  write_spec ("badnet", "name: badnet\nsuite: bookworm\ninternet: maybe\n");
+  CHECK (build ("badnet", &out, &err) < 0);
+  CHECK (err.code == EINVAL && strstr (err.msg, "badnet.spec:3: internet must be yes or no") != NULL);
+  free (steal_pointer (&out));
+
   write_spec ("cyc1", "include: cyc2\n");
   write_spec ("cyc2", "include: cyc1\n");
   CHECK (build ("cyc1", &out, &err) < 0);
@@ -228,6 +233,7 @@ test_first_build (void)
                       "user: user\n"
                       "workdir: /srv\n"
                       "memory_mb: 300\n"
+                      "internet: no\n"
                       "setup: test -f /marker-base && echo 'it'\"'\"'s tiny' > /marker\n");
 
   int r = build ("tiny", &out, &err);
@@ -252,6 +258,7 @@ test_first_build (void)
   CHECK (t.cpu_count == 3);
   CHECK (t.memory_mb == 300);
   CHECK (t.disk_mb == 4096);
+  CHECK (!t.internet);
   sbx_template_free (&t);
   CHECK (t.env == NULL);
 
@@ -279,6 +286,14 @@ test_first_build (void)
          && strcmp (json_string_value (json_array_get (pk, 0)), "netbase") == 0);
   CHECK (json_is_string (json_object_get (j, "built_at")));
   CHECK (json_integer_value (json_object_get (j, "cpu_count")) == 3);
+  CHECK (json_is_false (json_object_get (j, "internet")));
+  /* a template.json from before the key existed means internet access */
+  char tj[PATH_MAX + 64];
+  snprintf (tj, sizeof tj, "%s/tiny/template.json", tdir);
+  json_object_del (j, "internet");
+  CHECK (json_dump_file (j, tj, 0) == 0);
+  CHECK (sbx_template_load (tdir, "tiny", &t, &err) == 0 && t.internet);
+  sbx_template_free (&t);
   json_decref (j);
 
   CHECK (count_prefixed (".build-") == 0);
