@@ -442,15 +442,24 @@ nl_open (struct sbx_err *err)
   return nl;
 }
 
+/* A link message in BUF: its header, and its ifinfomsg in *IFI. */
+static struct nlmsghdr *
+link_msg (char *buf, uint16_t type, uint16_t flags, struct ifinfomsg **ifi)
+{
+  struct nlmsghdr *nlh = mnl_nlmsg_put_header (buf);
+  nlh->nlmsg_type = type;
+  nlh->nlmsg_flags = NLM_F_REQUEST | flags;
+  *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof **ifi);
+  (*ifi)->ifi_family = AF_UNSPEC;
+  return nlh;
+}
+
 static int
 link_delete (struct mnl_socket *nl, const char *name, struct sbx_err *err)
 {
   char buf[512];
-  struct nlmsghdr *nlh = mnl_nlmsg_put_header (buf);
-  nlh->nlmsg_type = RTM_DELLINK;
-  nlh->nlmsg_flags = NLM_F_REQUEST;
-  struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof *ifi);
-  ifi->ifi_family = AF_UNSPEC;
+  struct ifinfomsg *ifi;
+  struct nlmsghdr *nlh = link_msg (buf, RTM_DELLINK, 0, &ifi);
   mnl_attr_put_strz (nlh, IFLA_IFNAME, name);
   return nl_talk (nl, nlh, err, "delete link");
 }
@@ -459,11 +468,8 @@ static int
 veth_create (struct mnl_socket *nl, const char *name, pid_t pid, struct sbx_err *err)
 {
   char buf[1024];
-  struct nlmsghdr *nlh = mnl_nlmsg_put_header (buf);
-  nlh->nlmsg_type = RTM_NEWLINK;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
-  struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof *ifi);
-  ifi->ifi_family = AF_UNSPEC;
+  struct ifinfomsg *ifi;
+  struct nlmsghdr *nlh = link_msg (buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifi);
   mnl_attr_put_strz (nlh, IFLA_IFNAME, name);
   struct nlattr *linkinfo = mnl_attr_nest_start (nlh, IFLA_LINKINFO);
   mnl_attr_put_strz (nlh, IFLA_INFO_KIND, "veth");
@@ -498,11 +504,8 @@ addr_add_up (struct mnl_socket *nl, const char *name, uint32_t ip, struct sbx_er
   mnl_attr_put_u32 (nlh, IFA_ADDRESS, be);
   if (nl_talk (nl, nlh, err, "address the host side") < 0)
     return -1;
-  nlh = mnl_nlmsg_put_header (buf);
-  nlh->nlmsg_type = RTM_NEWLINK;
-  nlh->nlmsg_flags = NLM_F_REQUEST;
-  struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header (nlh, sizeof *ifi);
-  ifi->ifi_family = AF_UNSPEC;
+  struct ifinfomsg *ifi;
+  nlh = link_msg (buf, RTM_NEWLINK, 0, &ifi);
   ifi->ifi_index = (int) idx;
   ifi->ifi_flags = IFF_UP;
   ifi->ifi_change = IFF_UP;

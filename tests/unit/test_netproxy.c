@@ -33,20 +33,7 @@
 #include "core/netproxy.h"
 #include "core/netproxy_internal.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                                    \
-  do                                                                                                   \
-    {                                                                                                  \
-      if (cond)                                                                                        \
-        passed++;                                                                                      \
-      else                                                                                             \
-        {                                                                                              \
-          failed++;                                                                                    \
-          fprintf (stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
-        }                                                                                              \
-    }                                                                                                  \
-  while (0)
+#include "check.h"
 
 #define HELLO_BUF 16384
 

@@ -29,20 +29,7 @@
 #include "common/util.h"
 #include "daemon/store.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                                    \
-  do                                                                                                   \
-    {                                                                                                  \
-      if (cond)                                                                                        \
-        passed++;                                                                                      \
-      else                                                                                             \
-        {                                                                                              \
-          failed++;                                                                                    \
-          fprintf (stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
-        }                                                                                              \
-    }                                                                                                  \
-  while (0)
+#include "check.h"
 
 /* A call that must succeed; prints the store's message otherwise. */
 #define CHECK_OK(call)                                                                                 \

@@ -27,20 +27,7 @@
 #include "common/util.h"
 #include "core/template.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                                    \
-  do                                                                                                   \
-    {                                                                                                  \
-      if (cond)                                                                                        \
-        passed++;                                                                                      \
-      else                                                                                             \
-        {                                                                                              \
-          failed++;                                                                                    \
-          fprintf (stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
-        }                                                                                              \
-    }                                                                                                  \
-  while (0)
+#include "check.h"
 
 static char base[64], specs[PATH_MAX], tdir[PATH_MAX];
 
