@@ -720,3 +720,35 @@ def test_invalid_operator_range_is_refused(tmp_path):
                         "--state-dir", str(tmp_path / "s"), "--net-allow", "10.0.0.0/33"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2 and "invalid --net-allow 10.0.0.0/33" in r.stderr, r
+
+
+def test_spoofed_source_addresses_are_dropped(netd, peers, boxes, target_box):
+    """A sandbox cannot send as another address: the kernel refuses a
+    source that is not local without CAP_NET_ADMIN (which IP_TRANSPARENT
+    needs; IP_FREEBIND alone does not let it through), and the host drops
+    whatever comes from a sandbox's link with an address not its own
+    (another sandbox's included), so nothing can come back to it either."""
+    sid = boxes("internet")
+    _, other = target_box
+    payloads = {addr: peers.token("spoof") for addr in (other, "198.51.100.77")}
+    code = ("import socket, sys\n"
+            "for src, payload in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "    s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND\n"
+            "    s.bind((src, 0))\n"
+            "    try:\n"
+            "        for _ in range(3):\n"
+            "            s.sendto(payload.encode(), ('%s', 9999))\n"
+            "        print(src, 'sent')\n"
+            "    except OSError as e:\n"
+            "        print(src, 'refused', e.errno)\n" % WEB1)
+    args = [x for kv in payloads.items() for x in kv]
+    r = netd.run(sid, "python3", "-c", code, *args)
+    assert r["exitCode"] == 0, r
+    # the same sandbox, from its own address: arrives (the check can fail)
+    mine = peers.token("own")
+    assert answered(reach_udp(netd, sid, WEB1, 9999, mine), "udp ok")
+    time.sleep(0.5)
+    assert peers.udp_seen(mine)
+    for src, payload in payloads.items():
+        assert not peers.udp_seen(payload), src

@@ -350,14 +350,19 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
   sbx_net_addresses (slot, &addr, &gw);
   if (sbx_netproxy_set (n->proxy, addr, p, err) < 0)
     return -1;
-  char gws[INET_ADDRSTRLEN];
+  char gws[INET_ADDRSTRLEN], addrs[INET_ADDRSTRLEN];
   ip_str (gw, gws, sizeof gws);
+  ip_str (addr, addrs, sizeof addrs);
   uint16_t dns = sbx_netproxy_dns_port (n->proxy), tcp = sbx_netproxy_tcp_port (n->proxy);
   const char *reject = "reject with icmpx type admin-prohibited";
   struct cmd c = { 0 };
   if (ensure)
     cmd_slot_ensure (&c, slot);
   cmd_slot_flush (&c, slot);
+  /* only the sandbox's own address: never another's (the kernel already
+     refuses a foreign source without CAP_NET_ADMIN; this does not rely on it) */
+  cmd_add (&c, "add rule inet sbxd o%u ip saddr != %s drop\n", slot, addrs);
+  cmd_add (&c, "add rule inet sbxd i%u ip saddr != %s drop\n", slot, addrs);
   if (!p->enabled)
     {
       cmd_add (&c, "add rule inet sbxd o%u %s\n", slot, reject);
@@ -512,17 +517,17 @@ addr_add_up (struct mnl_socket *nl, const char *name, uint32_t ip, struct sbx_er
   return nl_talk (nl, nlh, err, "bring the host side up");
 }
 
+/* Set a per-link sysctl; quiet when the host lacks it (no IPv6). */
 static void
-disable_ipv6 (const char *name)
+link_sysctl (const char *family, const char *name, const char *knob, const char *value)
 {
   char path[128];
-  snprintf (path, sizeof path, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", name);
+  snprintf (path, sizeof path, "/proc/sys/net/%s/conf/%s/%s", family, name, knob);
   int fd = open (path, O_WRONLY | O_CLOEXEC);
   if (fd >= 0)
     {
-      if (write (fd, "1", 1) < 0)
-        { /* no IPv6 on this host: nothing to disable */
-        }
+      if (write (fd, value, strlen (value)) < 0)
+        fprintf (stderr, "sbxd: %s: %m\n", path);
       close (fd);
     }
 }
@@ -548,7 +553,9 @@ sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err
     }
   if (r == 0)
     {
-      disable_ipv6 (name);
+      /* the host side: no IPv6, and strict reverse-path filtering */
+      link_sysctl ("ipv6", name, "disable_ipv6", "1");
+      link_sysctl ("ipv4", name, "rp_filter", "1");
       r = addr_add_up (nl, name, gw, err);
       if (r < 0)
         link_delete (nl, name, &ignored);
