@@ -752,3 +752,22 @@ def test_spoofed_source_addresses_are_dropped(netd, peers, boxes, target_box):
     assert peers.udp_seen(mine)
     for src, payload in payloads.items():
         assert not peers.udp_seen(payload), src
+
+
+def test_no_network_daemon(tmp_path):
+    """sbxd serve --no-network: sandboxes have their loopback only, no
+    link and no network fields, and their rules cannot be set."""
+    d = Sbxd(str(tmp_path / "state")).start(args=["--no-network"])
+    try:
+        before = sbxh_links()
+        sb = create(d)
+        sid = sb["sandboxID"]
+        assert "network" not in sb and "network" not in d.get(sid).json(), sb
+        r = d.py(sid, "import os; print(sorted(os.listdir('/sys/class/net')))")
+        assert r["stdout"] == "['lo']\n", r
+        assert sbxh_links() == before
+        r = d.req("PUT", f"/sandboxes/{sid}/network", json={"denyOut": DENY_ALL})
+        assert r.status_code == 409, r.text
+        d.cleanup()
+    finally:
+        d.stop()
