@@ -108,7 +108,8 @@ class Server6(Server):
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
+    # keep-alive, like a real server: a connection can carry more requests
+    protocol_version = "HTTP/1.1"
     timeout = 10
 
     def setup(self):
@@ -129,7 +130,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

@@ -771,3 +771,61 @@ def test_no_network_daemon(tmp_path):
         d.cleanup()
     finally:
         d.stop()
+
+
+KEEPALIVE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+def ask(host, close):
+    s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (host, "Connection: close\r\n" if close else "")).encode())
+ask("allowed.test", False)
+got = b""
+while b"\n" not in got.split(b"\r\n\r\n", 1)[-1]:   # the first answer's body line
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+try:
+    ask(sys.argv[2], True)
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+except OSError as e:
+    got += b" error " + str(e).encode()
+print(got.decode(errors="replace"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["domain", "domains"])
+def test_trick_second_request_on_a_kept_alive_connection(netd, boxes, mode):
+    """One connection to an allowed name's server, a first request with its
+    name, then a second with another: the filter checks every request of
+    a plain HTTP connection, not the first alone."""
+    sid = boxes(mode)
+    r = netd.run(sid, "python3", "-c", KEEPALIVE, "allowed.test", "allowed.test")
+    assert r["stdout"].count("host=allowed.test addr=198.51.100.10") == 2, r  # keep-alive passes
+    r = netd.run(sid, "python3", "-c", KEEPALIVE, "allowed.test", "other.test")
+    assert "host=allowed.test addr=198.51.100.10" in r["stdout"], r
+    assert "host=other.test" not in r["stdout"], r
+
+
+def test_trick_absolute_form_target(netd, boxes):
+    """GET http://other.test/ with Host: allowed.test: a server takes the
+    target's name over the Host header, so the filter refuses it."""
+    sid = boxes("domain")
+    code = ("import socket\n"
+            "s = socket.create_connection(('allowed.test', 80), timeout=5)\n"
+            "s.sendall(b'GET http://other.test/ HTTP/1.1\\r\\nHost: allowed.test\\r\\nConnection: close\\r\\n\\r\\n')\n"
+            "got = b''\n"
+            "try:\n"
+            "    while True:\n"
+            "        c = s.recv(4096)\n"
+            "        if not c: break\n"
+            "        got += c\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print(repr(got))\n")
+    r = netd.run(sid, "python3", "-c", code)
+    assert r["stdout"].strip() == "b''", r

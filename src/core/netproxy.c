@@ -295,11 +295,16 @@ request_line_ok (const uint8_t *s, size_t len, bool complete)
   if (s[i] != ' ')
     return false;
   size_t t = ++i;
+  /* origin form ("/path") or "*" only: a server takes the name of an
+     absolute-form target ("http://other/") over the Host header, and an
+     authority-form target is CONNECT's */
+  if (t < len && s[t] != '/' && s[t] != '*')
+    return false;
   while (i < len && s[i] > ' ' && s[i] < 0x7f)
     i++;
   if (i == len)
     return !complete;
-  if (i == t || s[i] != ' ')
+  if (i == t || s[i] != ' ' || (s[t] == '*' && i != t + 1))
     return false;
   i++;
   static const char version[] = "HTTP/1.";
@@ -370,6 +375,245 @@ sbx_http_host_parse (const uint8_t *buf, size_t len, char *name, size_t n)
         return 0;
       off = end + 1;
     }
+}
+
+/* ------------------------------------------- requests after the first */
+
+enum { HS_HEAD, HS_BODY, HS_CHUNK_LINE, HS_CHUNK_DATA, HS_CHUNK_END, HS_TRAILER, HS_WAIT, HS_OPAQUE };
+
+void
+sbx_http_stream_init (struct sbx_http_stream *hs, const char *name)
+{
+  memset (hs, 0, sizeof *hs);
+  snprintf (hs->name, sizeof hs->name, "%s", name);
+  hs->state = HS_HEAD;
+}
+
+bool
+sbx_http_stream_waiting (const struct sbx_http_stream *hs)
+{
+  return hs->state == HS_WAIT;
+}
+
+/* Is the header line S (L bytes, no line end) "NAME: ..."?  Then its
+   value, trimmed, in *V, *VL. */
+static bool
+header_is (const uint8_t *s, size_t l, const char *name, const uint8_t **v, size_t *vl)
+{
+  size_t k = strlen (name);
+  if (l <= k || s[k] != ':' || strncasecmp ((const char *) s, name, k) != 0)
+    return false;
+  size_t a = k + 1, b = l;
+  while (a < b && (s[a] == ' ' || s[a] == '\t'))
+    a++;
+  while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t'))
+    b--;
+  *v = s + a;
+  *vl = b - a;
+  return true;
+}
+
+/* A complete request head in hs->buf: same host, and its body's framing.
+   0, or -1 when the connection must end. */
+static int
+head_done (struct sbx_http_stream *hs)
+{
+  char name[SBX_NETPROXY_NAME_MAX + 1];
+  if (sbx_http_host_parse (hs->buf, hs->len, name, sizeof name) != 1 || strcmp (name, hs->name) != 0)
+    return -1;
+  bool has_length = false, chunked = false, has_te = false;
+  uint64_t length = 0;
+  hs->upgrade = false;
+  size_t off = 0;
+  for (bool first = true;; first = false)
+    {
+      const uint8_t *nl = memchr (hs->buf + off, '\n', hs->len - off);
+      if (nl == NULL)
+        break;
+      const uint8_t *s = hs->buf + off;
+      size_t l = (size_t) (nl - s);
+      if (l > 0 && s[l - 1] == '\r')
+        l--;
+      off = (size_t) (nl - hs->buf) + 1;
+      if (first)
+        continue; /* the request line */
+      const uint8_t *v;
+      size_t vl;
+      if (header_is (s, l, "content-length", &v, &vl))
+        {
+          if (has_length || vl == 0 || vl > 15)
+            return -1;
+          for (size_t i = 0; i < vl; i++)
+            {
+              if (v[i] < '0' || v[i] > '9')
+                return -1;
+              length = length * 10 + (uint64_t) (v[i] - '0');
+            }
+          has_length = true;
+        }
+      else if (header_is (s, l, "transfer-encoding", &v, &vl))
+        {
+          /* the last coding must be chunked, or the end is unknowable */
+          if (has_te)
+            return -1;
+          has_te = true;
+          chunked = vl >= 7 && strncasecmp ((const char *) v + vl - 7, "chunked", 7) == 0
+                    && (vl == 7 || v[vl - 8] == ',' || v[vl - 8] == ' ');
+          if (!chunked)
+            return -1;
+        }
+      else if (header_is (s, l, "upgrade", &v, &vl))
+        hs->upgrade = true;
+    }
+  if (has_length && has_te)
+    return -1; /* the classic request smuggling ambiguity */
+  hs->len = 0;
+  if (chunked)
+    hs->state = HS_CHUNK_LINE;
+  else if (length > 0)
+    {
+      hs->state = HS_BODY;
+      hs->left = length;
+    }
+  else
+    hs->state = hs->upgrade ? HS_WAIT : HS_HEAD;
+  return 0;
+}
+
+/* Append byte C to hs->buf; false when the line or head is too long. */
+static bool
+take (struct sbx_http_stream *hs, uint8_t c)
+{
+  if (hs->len == sizeof hs->buf)
+    return false;
+  hs->buf[hs->len++] = c;
+  return true;
+}
+
+/* The line in hs->buf (ending in '\n') without its line end: length. */
+static size_t
+line_len (const struct sbx_http_stream *hs)
+{
+  size_t l = hs->len - 1;
+  if (l > 0 && hs->buf[l - 1] == '\r')
+    l--;
+  return l;
+}
+
+static void
+request_end (struct sbx_http_stream *hs)
+{
+  hs->len = 0;
+  hs->state = hs->upgrade ? HS_WAIT : HS_HEAD;
+}
+
+ssize_t
+sbx_http_stream_client (struct sbx_http_stream *hs, const uint8_t *b, size_t n)
+{
+  size_t i = 0;
+  while (i < n)
+    switch (hs->state)
+      {
+      case HS_OPAQUE:
+        return (ssize_t) n;
+      case HS_WAIT:
+        return (ssize_t) i;
+      case HS_BODY:
+      case HS_CHUNK_DATA:
+        {
+          uint64_t k = n - i < hs->left ? n - i : hs->left;
+          i += (size_t) k;
+          hs->left -= k;
+          if (hs->left == 0)
+            {
+              if (hs->state == HS_BODY)
+                request_end (hs);
+              else
+                hs->state = HS_CHUNK_END;
+            }
+          break;
+        }
+      default:
+        {
+          /* a head, or a line of chunked framing */
+          uint8_t c = b[i++];
+          if (hs->state == HS_HEAD && hs->len == 0 && (c == '\r' || c == '\n'))
+            break; /* blank lines between requests are allowed */
+          if (!take (hs, c) || (hs->state != HS_HEAD && hs->len > 1024))
+            return -1;
+          if (c != '\n')
+            break;
+          if (hs->state == HS_HEAD)
+            {
+              /* the head ends at an empty line: "\n\n" or "\n\r\n" */
+              size_t e = hs->len - 1;
+              bool empty = (e >= 1 && hs->buf[e - 1] == '\n')
+                           || (e >= 2 && hs->buf[e - 1] == '\r' && hs->buf[e - 2] == '\n');
+              if (empty && head_done (hs) < 0)
+                return -1;
+              break;
+            }
+          size_t l = line_len (hs);
+          if (hs->state == HS_CHUNK_LINE)
+            {
+              uint64_t size = 0;
+              size_t d = 0;
+              while (d < l && d < 16)
+                {
+                  uint8_t x = hs->buf[d];
+                  int v = x >= '0' && x <= '9' ? x - '0' : x >= 'a' && x <= 'f' ? x - 'a' + 10
+                                                        : x >= 'A' && x <= 'F' ? x - 'A' + 10 : -1;
+                  if (v < 0)
+                    break;
+                  size = size * 16 + (uint64_t) v;
+                  d++;
+                }
+              if (d == 0 || (d < l && hs->buf[d] != ';' && hs->buf[d] != ' ' && hs->buf[d] != '\t'))
+                return -1;
+              hs->len = 0;
+              if (size == 0)
+                hs->state = HS_TRAILER;
+              else
+                {
+                  hs->state = HS_CHUNK_DATA;
+                  hs->left = size;
+                }
+            }
+          else if (hs->state == HS_CHUNK_END)
+            {
+              if (l != 0)
+                return -1;
+              hs->len = 0;
+              hs->state = HS_CHUNK_LINE;
+            }
+          else /* HS_TRAILER: header lines up to an empty one */
+            {
+              if (l == 0)
+                request_end (hs);
+              else
+                hs->len = 0;
+            }
+          break;
+        }
+      }
+  return (ssize_t) i;
+}
+
+void
+sbx_http_stream_server (struct sbx_http_stream *hs, const uint8_t *b, size_t n)
+{
+  if (hs->state != HS_WAIT)
+    return;
+  /* "HTTP/1.x 101": switched, the rest is not HTTP; anything else: the
+     server goes on with HTTP, and so does the check */
+  static const char want[] = "HTTP/1.x 101";
+  for (size_t i = 0; i < n && hs->len < sizeof want - 1; i++)
+    hs->buf[hs->len++] = b[i];
+  if (hs->len < sizeof want - 1)
+    return;
+  bool switched = memcmp (hs->buf, "HTTP/1.", 7) == 0 && memcmp (hs->buf + 8, " 101", 4) == 0;
+  hs->len = 0;
+  hs->state = switched ? HS_OPAQUE : HS_HEAD;
 }
 
 /* ------------------------------------------------ remembered addresses */
@@ -1056,7 +1300,25 @@ struct half {
   uint8_t *buf;
   size_t off, len;
   bool eof;
+  size_t ok;                  /* buf[off..ok) may be sent (client to server) */
+  struct sbx_http_stream *hs; /* client to server: the requests' check, or NULL */
 };
+
+/* Let the check see the client's bytes not yet judged; false: end. */
+static bool
+judge (struct half *x)
+{
+  if (x->hs == NULL)
+    {
+      x->ok = x->len;
+      return true;
+    }
+  ssize_t k = sbx_http_stream_client (x->hs, x->buf + x->ok, x->len - x->ok);
+  if (k < 0)
+    return false;
+  x->ok += (size_t) k;
+  return true;
+}
 
 /* Copy both ways until both sides reached end of file (each passed on
    with shutdown(SHUT_WR)), an error, or the proxy stops.  H[0] is client
@@ -1073,7 +1335,10 @@ relay (struct sbx_netproxy *p, struct half h[2])
       for (int i = 0; i < 2; i++)
         {
           if (h[i].len > 0)
-            pfd[1 - i].events |= POLLOUT;
+            {
+              if (h[i].off < h[i].ok)
+                pfd[1 - i].events |= POLLOUT;
+            }
           else if (!h[i].eof)
             pfd[i].events |= POLLIN;
         }
@@ -1092,16 +1357,16 @@ relay (struct sbx_netproxy *p, struct half h[2])
         {
           struct half *x = &h[i];
           short from_ev = pfd[i].revents, to_ev = pfd[1 - i].revents;
-          if (x->len > 0 && (to_ev & (POLLOUT | POLLERR | POLLHUP)))
+          if (x->len > 0 && x->off < x->ok && (to_ev & (POLLOUT | POLLERR | POLLHUP)))
             {
-              ssize_t k = send (x->to, x->buf + x->off, x->len - x->off, MSG_NOSIGNAL);
+              ssize_t k = send (x->to, x->buf + x->off, x->ok - x->off, MSG_NOSIGNAL);
               if (k < 0 && errno != EAGAIN && errno != EINTR)
                 return;
               if (k > 0)
                 {
                   x->off += (size_t) k;
                   if (x->off == x->len)
-                    x->off = x->len = 0;
+                    x->off = x->len = x->ok = 0;
                 }
             }
           else if (x->len == 0 && !x->eof && (from_ev & (POLLIN | POLLERR | POLLHUP)))
@@ -1115,7 +1380,18 @@ relay (struct sbx_netproxy *p, struct half h[2])
                   shutdown (x->to, SHUT_WR);
                 }
               else if (k > 0)
-                x->len = (size_t) k;
+                {
+                  x->len = (size_t) k;
+                  if (!judge (x))
+                    return;
+                  if (i == 1 && h[0].hs && sbx_http_stream_waiting (h[0].hs))
+                    {
+                      /* the answer to an Upgrade: the held bytes again */
+                      sbx_http_stream_server (h[0].hs, x->buf, x->len);
+                      if (!judge (&h[0]))
+                        return;
+                    }
+                }
             }
         }
     }
@@ -1194,6 +1470,7 @@ relay_main (void *arg)
   /* judged again: the policy may have changed while connecting */
   pthread_mutex_lock (&p->lock);
   ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered);
+  bool ip_ok = ok && sbx_net_ip_allowed (&c->sb->policy, p->ops, p->n_ops, dst_ip);
   if (ok)
     {
       c->ufd = ufd;
@@ -1208,8 +1485,21 @@ relay_main (void *arg)
       close (ufd);
       goto out;
     }
-  struct half h[2] = { { c->cfd, c->ufd, cbuf, 0, (size_t) len, false }, { c->ufd, c->cfd, ubuf, 0, 0, false } };
-  relay (p, h);
+  /* a plain HTTP connection let through by its Host (and not by an
+     address rule): every later request must name the same host */
+  struct sbx_http_stream *hs = NULL;
+  if (found && len > 0 && cbuf[0] != 0x16 && !ip_ok)
+    {
+      hs = malloc (sizeof *hs);
+      if (hs == NULL)
+        goto out;
+      sbx_http_stream_init (hs, name);
+    }
+  struct half h[2] = { { c->cfd, c->ufd, cbuf, 0, (size_t) len, false, 0, hs },
+                       { c->ufd, c->cfd, ubuf, 0, 0, false, 0, NULL } };
+  if (judge (&h[0]))
+    relay (p, h);
+  free (hs);
 out:
   free (cbuf);
   free (ubuf);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "net.h"
 
@@ -60,5 +61,31 @@ typedef bool (*sbx_netproxy_remembered_fn) (void *ctx, const char *name, uint32_
    remembered for NAME, or DST is allowed by address rules alone. */
 bool sbx_netproxy_decide (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
                           sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst);
+
+/* The requests that follow the first on a plain HTTP connection let
+   through by its Host: each must name that same host, or a keep-alive
+   connection to an allowed name could carry requests for another
+   (virtual) host of the same server.  The tracker follows HTTP/1.x
+   framing (Content-Length, chunked bodies); after a request asking for an
+   Upgrade it holds the client's bytes until the server's status line says
+   whether the protocol switched (101: the rest is opaque) or not. */
+struct sbx_http_stream {
+  char name[SBX_NETPROXY_NAME_MAX + 1]; /* the host every request must name */
+  int state;
+  bool upgrade;                         /* the current request asks for one */
+  uint64_t left;                        /* bytes left in a body or chunk */
+  size_t len;                           /* bytes in buf */
+  uint8_t buf[16384 + 5];               /* a head, a chunk line or a status line */
+};
+
+void sbx_http_stream_init (struct sbx_http_stream *hs, const char *name);
+/* Take client bytes B[0..N): how many of them may go to the server now
+   (the rest, if any, must be offered again later, after the server
+   answered), or -1 when the connection must end. */
+ssize_t sbx_http_stream_client (struct sbx_http_stream *hs, const uint8_t *b, size_t n);
+/* Server bytes: they matter only while an Upgrade waits for its answer. */
+void sbx_http_stream_server (struct sbx_http_stream *hs, const uint8_t *b, size_t n);
+/* Waiting for the server's answer to an Upgrade? */
+bool sbx_http_stream_waiting (const struct sbx_http_stream *hs);
 
 #endif

@@ -220,7 +220,12 @@ test_http (void)
   CHECK (host ("\x01\x02\x03\x04", name) == -1);
   CHECK (host ("SSH-2.0-OpenSSH_9.2\r\n", name) == -1);
   CHECK (host ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", name) == -1);
-  ok ("http: no Host, two Hosts, IP literal, bad ports and names, folding, not HTTP/1");
+  /* a server takes an absolute-form target's name over the Host header */
+  CHECK (host ("GET http://evil.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", name) == -1);
+  CHECK (host ("CONNECT evil.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", name) == -1);
+  CHECK (host ("OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n", name) == 1);
+  CHECK (host ("OPTIONS *x HTTP/1.1\r\nHost: example.com\r\n\r\n", name) == -1);
+  ok ("http: no Host, two Hosts, IP literal, bad ports and names, folding, not HTTP/1, absolute targets");
 
   const char *req = "GET /index.html HTTP/1.1\r\nHost: www.Example.com:443\r\nConnection: close\r\n\r\n";
   bool prefixes = true;
@@ -246,6 +251,94 @@ test_http (void)
     }
   CHECK (sane);
   ok ("http: every prefix needs more, corrupted requests");
+}
+
+/* Feed S to a fresh stream for HOST in pieces of STEP bytes (0: whole);
+   the bytes let through, or -1. */
+static long
+stream (const char *host, const char *s, size_t step)
+{
+  static struct sbx_http_stream hs;
+  sbx_http_stream_init (&hs, host);
+  size_t len = strlen (s), done = 0;
+  while (done < len)
+    {
+      size_t n = step && len - done > step ? step : len - done;
+      ssize_t k = sbx_http_stream_client (&hs, (const uint8_t *) s + done, n);
+      if (k < 0)
+        return -1;
+      done += (size_t) k;
+      if ((size_t) k < n)
+        break; /* held: waiting for the server */
+    }
+  return (long) done;
+}
+
+static void
+test_http_stream (void)
+{
+  const char *two = "GET / HTTP/1.1\r\nHost: a.com\r\n\r\nGET /2 HTTP/1.1\r\nHost: A.com:80\r\n\r\n";
+  const char *other = "GET / HTTP/1.1\r\nHost: a.com\r\n\r\nGET /2 HTTP/1.1\r\nHost: b.com\r\n\r\n";
+  const char *body = "POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 33\r\n\r\n"
+                     "\r\nHost: b.com\r\n\r\nGET / HTTP/1.1\r\n"
+                     "GET / HTTP/1.1\r\nHost: a.com\r\n\r\n";
+  const char *chunked = "POST / HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "1f;ext=1\r\nGET / HTTP/1.1\r\nHost: b.com\r\n\r\n\r\n0\r\nX-T: 1\r\n\r\n"
+                        "GET / HTTP/1.1\r\nHost: a.com\r\n\r\n";
+  bool all = true;
+  for (size_t step = 0; step < 40; step++)
+    {
+      all &= stream ("a.com", two, step) == (long) strlen (two);
+      all &= stream ("a.com", other, step) == -1;
+      all &= stream ("a.com", body, step) == (long) strlen (body);
+      all &= stream ("a.com", chunked, step) == (long) strlen (chunked);
+    }
+  CHECK (all);
+  ok ("http stream: keep-alive requests must name the same host, bodies and chunks skipped, any split");
+
+  const char *smuggle = "POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+  CHECK (stream ("a.com", smuggle, 0) == -1);
+  CHECK (stream ("a.com", "POST / HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: gzip\r\n\r\n", 0) == -1);
+  CHECK (stream ("a.com", "POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 0)
+         == -1);
+  CHECK (stream ("a.com", "GET http://b.com/ HTTP/1.1\r\nHost: a.com\r\n\r\n", 0) == -1);
+  CHECK (stream ("a.com", "POST / HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0) == -1);
+  ok ("http stream: ambiguous framing, unknown codings, absolute targets end the connection");
+
+  /* an Upgrade: held until the server says whether it switched */
+  static struct sbx_http_stream hs;
+  const char *up = "GET /ws HTTP/1.1\r\nHost: a.com\r\nUpgrade: websocket\r\n\r\n";
+  const char *next = "GET / HTTP/1.1\r\nHost: b.com\r\n\r\n";
+  sbx_http_stream_init (&hs, "a.com");
+  CHECK (sbx_http_stream_client (&hs, (const uint8_t *) up, strlen (up)) == (ssize_t) strlen (up));
+  CHECK (sbx_http_stream_waiting (&hs));
+  CHECK (sbx_http_stream_client (&hs, (const uint8_t *) next, strlen (next)) == 0);
+  sbx_http_stream_server (&hs, (const uint8_t *) "HTTP/1.1 2", 10);
+  CHECK (sbx_http_stream_waiting (&hs));
+  sbx_http_stream_server (&hs, (const uint8_t *) "00 OK\r\n", 7);
+  CHECK (!sbx_http_stream_waiting (&hs));
+  CHECK (sbx_http_stream_client (&hs, (const uint8_t *) next, strlen (next)) == -1);
+
+  sbx_http_stream_init (&hs, "a.com");
+  CHECK (sbx_http_stream_client (&hs, (const uint8_t *) up, strlen (up)) == (ssize_t) strlen (up));
+  sbx_http_stream_server (&hs, (const uint8_t *) "HTTP/1.1 101 Switching Protocols\r\n", 34);
+  CHECK (!sbx_http_stream_waiting (&hs));
+  CHECK (sbx_http_stream_client (&hs, (const uint8_t *) next, strlen (next)) == (ssize_t) strlen (next));
+  ok ("http stream: after an Upgrade, opaque only if the server answered 101");
+
+  /* random bytes never crash it */
+  bool sane = true;
+  for (int round = 0; round < 2000; round++)
+    {
+      uint8_t buf[512];
+      for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t) "GET / HTTP/1.1\r\nHost: a.comContent-Length: 9chunked\r\n0123456789abcdef;:"[rand () % 72];
+      sbx_http_stream_init (&hs, "a.com");
+      ssize_t k = sbx_http_stream_client (&hs, buf, sizeof buf);
+      sane &= k >= -1 && k <= (ssize_t) sizeof buf;
+    }
+  CHECK (sane);
+  ok ("http stream: random input");
 }
 
 /* ------------------------------------------------ memo and verdict */
@@ -726,6 +819,7 @@ main (void)
   setvbuf (stdout, NULL, _IOLBF, 0);
   test_sni ();
   test_http ();
+  test_http_stream ();
   test_memo ();
   test_decide ();
   test_dns ();
