@@ -33,19 +33,11 @@ sbx_msg_free (struct sbx_msg *m)
 static int
 reserve (struct sbx_msg *m, size_t extra)
 {
-  if (m->len + extra <= m->cap)
-    return 0;
-  size_t cap = m->cap ? m->cap : 256;
-  while (cap < m->len + extra)
-    cap *= 2;
-  uint8_t *nb = realloc (m->buf, cap);
-  if (nb == NULL)
+  if (sbx_reserve (&m->buf, &m->cap, m->len + extra, 256) < 0)
     {
       m->oom = 1;
       return -1;
     }
-  m->buf = nb;
-  m->cap = cap;
   return 0;
 }
 

@@ -207,6 +207,23 @@ sbx_unescape_octal (char *s)
   *w = '\0';
 }
 
+int
+sbx_reserve (void *bufp, size_t *cap, size_t need, size_t min)
+{
+  if (need <= *cap)
+    return 0;
+  size_t ncap = *cap ? *cap : min;
+  while (ncap < need)
+    ncap *= 2;
+  void **bp = bufp;
+  void *nb = realloc (*bp, ncap);
+  if (nb == NULL)
+    return -1;
+  *bp = nb;
+  *cap = ncap;
+  return 0;
+}
+
 void *
 sbx_grow (void *v, size_t *n, size_t *cap, size_t elem)
 {

@@ -55,4 +55,9 @@ void sbx_unescape_octal (char *s);
    returns the new element (zeroed) or NULL when out of memory. */
 void *sbx_grow (void *v, size_t *n, size_t *cap, size_t elem);
 
+/* Make the byte buffer *BUFP (of *CAP bytes) hold at least NEED bytes,
+   doubling from MIN; 0, or -1 when out of memory (the buffer is then
+   unchanged). */
+int sbx_reserve (void *bufp, size_t *cap, size_t need, size_t min);
+
 #endif

@@ -496,16 +496,10 @@ struct pidset
 static int
 pidset_add (struct pidset *s, pid_t pid)
 {
-  if (s->n == s->cap)
-    {
-      size_t cap = s->cap ? s->cap * 2 : 64;
-      pid_t *nv = realloc (s->v, cap * sizeof *nv);
-      if (nv == NULL)
-        return -1;
-      s->v = nv;
-      s->cap = cap;
-    }
-  s->v[s->n++] = pid;
+  pid_t *slot = sbx_grow (&s->v, &s->n, &s->cap, sizeof *s->v);
+  if (slot == NULL)
+    return -1;
+  *slot = pid;
   return 0;
 }
 

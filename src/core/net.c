@@ -85,31 +85,18 @@ static void __attribute__ ((format (printf, 2, 3)))
 cmd_add (struct cmd *c, const char *fmt, ...)
 {
   va_list ap;
-  for (;;)
+  va_start (ap, fmt);
+  int n = vsnprintf (NULL, 0, fmt, ap);
+  va_end (ap);
+  if (c->oom || n < 0 || sbx_reserve (&c->buf, &c->cap, c->len + (size_t) n + 1, 4096) < 0)
     {
-      va_start (ap, fmt);
-      int n = vsnprintf (c->buf ? c->buf + c->len : NULL, c->buf ? c->cap - c->len : 0, fmt, ap);
-      va_end (ap);
-      if (n < 0)
-        {
-          c->oom = true;
-          return;
-        }
-      if (c->buf && c->len + (size_t) n < c->cap)
-        {
-          c->len += (size_t) n;
-          return;
-        }
-      size_t cap = (c->cap ? c->cap * 2 : 4096) + (size_t) n;
-      char *b = realloc (c->buf, cap);
-      if (b == NULL)
-        {
-          c->oom = true;
-          return;
-        }
-      c->buf = b;
-      c->cap = cap;
+      c->oom = true;
+      return;
     }
+  va_start (ap, fmt);
+  vsnprintf (c->buf + c->len, c->cap - c->len, fmt, ap);
+  va_end (ap);
+  c->len += (size_t) n;
 }
 
 static int

@@ -659,21 +659,12 @@ sbx_memo_put (struct sbx_memo *m, const char *name, uint32_t addr, uint64_t expi
     return -1;
   if (!victim_expired && m->n < max)
     {
-      if (m->n == m->cap)
+      victim = sbx_grow (&m->e, &m->n, &m->cap, sizeof *m->e);
+      if (victim == NULL)
         {
-          size_t cap = m->cap ? m->cap * 2 : 16;
-          if (cap > max)
-            cap = max;
-          struct sbx_memo_entry *e = realloc (m->e, cap * sizeof *e);
-          if (e == NULL)
-            {
-              free (copy);
-              return -1;
-            }
-          m->e = e;
-          m->cap = cap;
+          free (copy);
+          return -1;
         }
-      victim = &m->e[m->n++];
     }
   else
     free (victim->name);

@@ -409,22 +409,13 @@ lines_feed (struct lines *l, const uint8_t *data, size_t n, line_fn fn, void *ud
         }
       else
         {
-          if (l->len + seg > l->cap)
+          if (sbx_reserve (&l->buf, &l->cap, l->len + seg, 4096) < 0)
             {
-              size_t cap = l->cap ? l->cap : 4096;
-              while (cap < l->len + seg)
-                cap *= 2;
-              char *nb = realloc (l->buf, cap);
-              if (nb == NULL)
-                {
-                  l->len = 0;
-                  l->dropped = true;
-                  l->skipping = nl == NULL;
-                  p += seg + (nl != NULL);
-                  continue;
-                }
-              l->buf = nb;
-              l->cap = cap;
+              l->len = 0;
+              l->dropped = true;
+              l->skipping = nl == NULL;
+              p += seg + (nl != NULL);
+              continue;
             }
           memcpy (l->buf + l->len, p, seg);
           l->len += seg;

@@ -435,20 +435,6 @@ col_dup (sqlite3_stmt *s, int i, char **out)
   return *out ? 0 : -1;
 }
 
-/* V with room for element N (of SIZE bytes; *CAP allocated), or NULL when
-   out of memory (V is then unchanged). */
-static void *
-grow (void *v, size_t *cap, size_t n, size_t size)
-{
-  if (n < *cap)
-    return v;
-  size_t ncap = *cap ? *cap * 2 : 8;
-  void *p = realloc (v, ncap * size);
-  if (p)
-    *cap = ncap;
-  return p;
-}
-
 static int
 fail_nomem (struct sbx_err *err)
 {
@@ -913,15 +899,12 @@ sbx_store_key_list (struct sbx_store *st, struct sbx_key_info **keys, size_t *n,
   cleanup_reset sqlite3_stmt *s = st->stmt[S_KEY_LIST];
   while ((r = step_row (st, s, err, "list API keys")) > 0)
     {
-      struct sbx_key_info *p = grow (v, &cap, count, sizeof *v);
-      if (p == NULL)
+      struct sbx_key_info *k = sbx_grow (&v, &count, &cap, sizeof *v);
+      if (k == NULL)
         {
           free (v);
           return fail_nomem (err);
         }
-      v = p;
-      struct sbx_key_info *k = &v[count++];
-      memset (k, 0, sizeof *k);
       COL_COPY (s, 0, k->id);
       COL_COPY (s, 1, k->org_name);
       COL_COPY (s, 2, k->hint);
@@ -1065,14 +1048,8 @@ sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *st
     return -1;
   while ((r = step_row (st, s, err, "list sandboxes")) > 0)
     {
-      struct sbx_sandbox_rec *p = grow (recs, &cap, count, sizeof *recs);
-      if (p == NULL)
-        {
-          r = fail_nomem (err);
-          break;
-        }
-      recs = p;
-      if (sandbox_from_row (s, &recs[count++]) < 0)
+      struct sbx_sandbox_rec *one = sbx_grow (&recs, &count, &cap, sizeof *recs);
+      if (one == NULL || sandbox_from_row (s, one) < 0)
         {
           r = fail_nomem (err);
           break;
@@ -1211,14 +1188,8 @@ sbx_store_event_list (struct sbx_store *st, const char *org_id, const char *sand
     return -1;
   while ((r = step_row (st, s, err, "list events")) > 0)
     {
-      struct sbx_event *p = grow (evs, &cap, count, sizeof *evs);
-      if (p == NULL)
-        {
-          r = fail_nomem (err);
-          break;
-        }
-      evs = p;
-      if (event_from_row (s, &evs[count++]) < 0)
+      struct sbx_event *one = sbx_grow (&evs, &count, &cap, sizeof *evs);
+      if (one == NULL || event_from_row (s, one) < 0)
         {
           r = fail_nomem (err);
           break;
@@ -1349,19 +1320,12 @@ sbx_store_webhook_list (struct sbx_store *st, const char *org_id, struct sbx_web
     return -1;
   while ((r = step_row (st, s, err, "list webhooks")) > 0)
     {
-      struct sbx_webhook *p = grow (hooks, &cap, count, sizeof *hooks);
-      if (p == NULL)
+      struct sbx_webhook *one = sbx_grow (&hooks, &count, &cap, sizeof *hooks);
+      if (one == NULL || webhook_from_row (s, one) < 0)
         {
           r = fail_nomem (err);
           break;
         }
-      hooks = p;
-      if (webhook_from_row (s, &hooks[count]) < 0)
-        {
-          r = fail_nomem (err);
-          break;
-        }
-      count++;
     }
   if (r < 0)
     {
@@ -1607,14 +1571,8 @@ sbx_store_delivery_list (struct sbx_store *st, const char *org_id, const char *w
     return -1;
   while ((r = step_row (st, s, err, "list deliveries")) > 0)
     {
-      struct sbx_delivery *p = grow (dls, &cap, count, sizeof *dls);
-      if (p == NULL)
-        {
-          r = fail_nomem (err);
-          break;
-        }
-      dls = p;
-      if (delivery_from_row (s, &dls[count++]) < 0)
+      struct sbx_delivery *one = sbx_grow (&dls, &count, &cap, sizeof *dls);
+      if (one == NULL || delivery_from_row (s, one) < 0)
         {
           r = fail_nomem (err);
           break;
