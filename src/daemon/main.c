@@ -16,10 +16,10 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
-#include "events.h"
-#include "http.h"
-#include "store.h"
-#include "webhook.h"
+#include "../service/events.h"
+#include "../api/server.h"
+#include "../service/store.h"
+#include "../service/webhook.h"
 
 #ifndef SBXD_SPEC_DIR
 #define SBXD_SPEC_DIR "templates"

@@ -1,5 +1,5 @@
 /*
- * test_store.c - tests of src/daemon/store.c on a real SQLite file.
+ * test_store.c - tests of src/service/store.c on a real SQLite file.
  *
  * Everything runs in a temporary directory: organisations and limits, API
  * keys (formats, lookup, revocation, and that no key is ever written in
@@ -9,7 +9,7 @@
  * connection on the same file, and a small concurrency run.  No root, no network; a second or so.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
- *     tests/unit/test_store.c src/daemon/store.c src/common/error.c src/common/util.c \
+ *     tests/unit/test_store.c src/service/store.c src/common/error.c src/common/util.c \
  *     -lsqlite3 -ljansson -lcrypto -lpthread && /tmp/test_store
  */
 #include <ctype.h>
@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "daemon/store.h"
+#include "service/store.h"
 
 #include "check.h"
 

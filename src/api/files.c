@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
+#include "api.h"
 
 struct upload {
   struct http_server *h;

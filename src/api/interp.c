@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
+#include "api.h"
 
 #define CTX_ID_MAX 40
 #define LANG_MAX 16

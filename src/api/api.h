@@ -12,9 +12,9 @@
 #include <stdbool.h>
 
 #include "../core/sandbox.h"
-#include "http.h"
-#include "store.h"
-#include "webhook.h"
+#include "server.h"
+#include "../service/store.h"
+#include "../service/webhook.h"
 
 struct upload;
 

@@ -13,7 +13,7 @@
  * libmicrohttpd sends as a chunked body; when the client goes away the pipe
  * breaks and the worker stops listening, while the process goes on.
  */
-#include "http_internal.h"
+#include "api.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "events.h"
-#include "json.h"
+#include "../service/events.h"
+#include "../service/encode.h"
 
 #define MAX_JSON_BODY (64u << 20)     /* base64 writes of files up to ~48 MB */
 #define MAX_READ_BYTES (1u << 20)     /* seed 001: reads larger than 1 MB are refused */

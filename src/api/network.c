@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "../core/net.h"
-#include "http_internal.h"
+#include "api.h"
 
 /* Append the strings of FROM (an array, or absent) to TO. */
 static int

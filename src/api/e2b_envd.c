@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
-#include "json.h"
+#include "api.h"
+#include "../service/encode.h"
 
 #define CONNECT_MAX_MESSAGE (4u << 20)
 

@@ -19,8 +19,8 @@
 #include <string.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
-#include "json.h"
+#include "api.h"
+#include "../service/encode.h"
 
 static const char *const event_types[] = { "sandbox.lifecycle.created", "sandbox.lifecycle.updated",
                                            "sandbox.lifecycle.paused",  "sandbox.lifecycle.resumed",
