@@ -1,10 +1,18 @@
 /*
- * http_internal.h - what the files of the HTTP layer share: the server,
- * the request being read, the caller's organisation, and the helpers that
- * parse bodies and write answers in the API's shapes.
+ * api.h - what the files of the HTTP layer share: the server, the request
+ * being read, the caller's organisation, the route table's types, the
+ * dialects' error shapes, and the helpers that parse bodies and write
+ * answers.
+ *
+ * One file per dialect translates requests into service and core calls
+ * and results into its own shapes: sandbase.c (seed 001, E2B-compatible
+ * /sandboxes), e2b.c (E2B's control-plane extras), e2b_envd.c (E2B's
+ * in-sandbox agent protocol), interp.c (the code interpreter), seed002.c
+ * (/api/sandbox), events.c (events and webhooks), files.c (uploads and
+ * downloads), network.c (egress rules).  routes.c is the one route table.
  */
-#ifndef SBX_DAEMON_HTTP_INTERNAL_H
-#define SBX_DAEMON_HTTP_INTERNAL_H
+#ifndef SBX_API_H
+#define SBX_API_H
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -12,9 +20,10 @@
 #include <stdbool.h>
 
 #include "../core/sandbox.h"
-#include "server.h"
+#include "../service/service.h"
 #include "../service/store.h"
 #include "../service/webhook.h"
+#include "server.h"
 
 struct upload;
 
@@ -23,7 +32,8 @@ struct http_server {
   struct sbx_engine *engine;
   struct sbx_store *store;
   struct sbx_webhooks *webhooks;
-  pthread_mutex_t create_lock; /* the concurrent-sandbox check and create */
+  struct sbx_service *svc;
+  const char *const *images;  /* seed 002's approved images, "ALIAS=TEMPLATE"; NULL: the defaults */
   char docs_dir[4096];
   char state_dir[4096];
   unsigned char envd_secret[32]; /* keys the sandboxes' envd access tokens */
@@ -38,21 +48,81 @@ struct request {
   char signed_id[SBX_ID_MAX]; /* the sandbox of a signed download URL */
   struct sbx_org org;
   struct upload *upload; /* a multipart upload being streamed */
+  int64_t start_ns;      /* when its headers were in, for the request log */
+  char method[12], url[160];
+  const char *route;     /* the pattern it matched, for the request log */
+  char sandbox_id[SBX_ID_MAX]; /* the sandbox it named, for the request log */
 };
+
+/* ---- dialects and routes ---- */
+
+/* An API dialect: its table from error kind to HTTP status and its error
+   body.  Every error answer of a request goes through its dialect. */
+struct dialect {
+  const char *name;
+  unsigned status[SBX_E_INTERNAL + 1];
+  unsigned bad_sandbox_id;  /* the status for a malformed sandbox id */
+  json_t *(*error_body) (unsigned status, const char *msg);
+};
+
+extern const struct dialect dialect_sandbase; /* seed 001 and E2B: {code, message} */
+extern const struct dialect dialect_seed002;  /* seed 002: {error: {code, message}} */
+
+#define CALL_MAX_SEGS 8
+
+/* One routed request. */
+struct call {
+  struct http_server *h;
+  struct MHD_Connection *c;
+  struct request *rq;
+  const char *method;
+  const char *arg[4];           /* the values of the pattern's ":name" segments, in order */
+  char *seg[CALL_MAX_SEGS];     /* the path's segments */
+  int n;
+  bool have_rec;
+  struct sbx_sandbox_rec rec;   /* with ROUTE_SANDBOX: the caller's sandbox arg[0] */
+};
+
+typedef enum MHD_Result (*route_fn) (struct call *k);
+
+enum route_flags {
+  ROUTE_PUBLIC = 1u << 0,  /* no API key */
+  ROUTE_SANDBOX = 1u << 1, /* arg[0] is a sandbox id the caller must own (else 404) */
+};
+
+/* METHOD ("*" for any) and PATTERN: literal segments, ":name" for one
+   segment, and a final "*" for any rest. */
+struct route {
+  const char *method;
+  const char *pattern;
+  route_fn fn;
+  unsigned flags;
+  const struct dialect *dialect;
+};
+
+extern const struct route api_routes[];
+extern const size_t api_n_routes;
+
+/* The dialect of the request this thread is answering.  libmicrohttpd
+   gives every connection its own thread and handlers answer on it, so the
+   router sets it once per request and the answer helpers read it. */
+const struct dialect *current_dialect (void);
+
+/* An error answer in the current dialect: STATUS and a message. */
+enum MHD_Result send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+    __attribute__ ((format (printf, 3, 4)));
+/* A failure ERR in the current dialect: its kind decides the status. */
+enum MHD_Result send_fail (struct MHD_Connection *c, const struct sbx_err *err);
 
 /* answers */
 enum MHD_Result send_json (struct MHD_Connection *c, unsigned status, json_t *j);
-enum MHD_Result send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
-    __attribute__ ((format (printf, 3, 4)));
 enum MHD_Result send_empty (struct MHD_Connection *c, unsigned status);
-enum MHD_Result send_core_error (struct MHD_Connection *c, const struct sbx_err *err);
-enum MHD_Result send_file_error (struct MHD_Connection *c, const struct sbx_err *err);
+/* Queue R with STATUS, remembering STATUS for the request log. */
+enum MHD_Result queue_response (struct MHD_Connection *c, unsigned status, struct MHD_Response *r);
 /* 200 with a body streamed from the read end FD of a pipe (chunked); the
    arguments after CONTENT_TYPE are extra header name, value pairs ending
    with NULL. */
 enum MHD_Result send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...);
-/* Run FN (ARG) in a detached thread; false when it cannot start. */
-bool start_detached (void *(*fn) (void *), void *arg);
 
 /* bodies and parameters */
 json_t *body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret);
@@ -70,6 +140,46 @@ void free_strv (char **v);
    otherwise answers 404 and returns false. */
 bool own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
                   struct sbx_sandbox_rec *rec, enum MHD_Result *ret);
+/* The caller's organisation from its API key (Authorization: Bearer or
+   X-API-Key); false after answering 401. */
+bool authenticate (struct http_server *h, struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret);
+/* The value of "KEY" in an object of string values as a NULL-terminated
+   "K=V" list in *OUT (NULL when absent); -1 after answering 400. */
+int env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enum MHD_Result *ret);
+
+/* ---- route handlers (routes.c lists them) ---- */
+
+/* sandbase.c */
+enum MHD_Result sandbase_create (struct call *k);
+enum MHD_Result sandbase_list (struct call *k);
+enum MHD_Result sandbase_get (struct call *k);
+enum MHD_Result sandbase_kill (struct call *k);
+enum MHD_Result sandbase_pause (struct call *k);
+enum MHD_Result sandbase_connect (struct call *k);
+enum MHD_Result sandbase_timeout (struct call *k);
+enum MHD_Result sandbase_refresh (struct call *k);
+enum MHD_Result sandbase_metrics (struct call *k);
+enum MHD_Result sandbase_exec (struct call *k);
+enum MHD_Result sandbase_exec_stream (struct call *k);
+enum MHD_Result sandbase_processes (struct call *k);
+enum MHD_Result sandbase_attach (struct call *k);
+enum MHD_Result sandbase_process_action (struct call *k);
+enum MHD_Result sandbase_filesystem (struct call *k);
+enum MHD_Result sandbase_download (struct call *k);
+enum MHD_Result sandbase_network (struct call *k);
+/* e2b.c */
+enum MHD_Result e2b_list_v2 (struct call *k);
+/* events.c */
+enum MHD_Result events_route (struct call *k);
+/* seed002.c */
+enum MHD_Result seed002_create (struct call *k);
+enum MHD_Result seed002_list (struct call *k);
+enum MHD_Result seed002_get (struct call *k);
+enum MHD_Result seed002_destroy (struct call *k);
+enum MHD_Result seed002_run (struct call *k);
+enum MHD_Result seed002_run_get (struct call *k);
+enum MHD_Result seed002_runs (struct call *k);
+enum MHD_Result seed002_network_log (struct call *k);
 
 /* A sandbox object: the seed's fields and E2B's; WITH_TOKEN adds the
    envd access token (create and connect answers). */
@@ -78,7 +188,6 @@ json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, 
 /* the E2B dialect (api_e2b.c) */
 int e2b_load_secret (struct http_server *h, struct sbx_err *err);
 void e2b_access_token (struct http_server *h, const char *id, char out[65]);
-enum MHD_Result e2b_list_v2 (struct http_server *h, struct MHD_Connection *c, struct request *rq);
 bool e2b_is_envd (struct MHD_Connection *c);
 /* A GET or POST /files with a valid E2B signature (signed URL): fills ID
    with the sandbox whose access token signed it. */
@@ -94,9 +203,6 @@ enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struc
 enum MHD_Result interp_request (struct http_server *h, struct MHD_Connection *c, struct request *rq,
                                 const char *method, const char *url, const char *id);
 
-/* events and webhooks (api_events.c) */
-enum MHD_Result api_events (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
-                            char **seg, int n);
 
 /* uploads and downloads (api_files.c) */
 bool upload_wanted (const char *method, char **seg, int n);

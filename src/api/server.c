@@ -1,17 +1,12 @@
 /*
- * http.c - the HTTP API of sbxd, served with libmicrohttpd.
- *
- * This layer only translates: it parses and validates requests, calls the
- * sandbox core (src/core/sandbox.h) and turns results and errors into
- * responses.  Shapes follow seed 001 (the SandBase / E2B-compatible sandbox
- * API); every error is {"code": <status>, "message": "..."}.
- * docs/api.md describes every endpoint.
+ * server.c - the HTTP server of sbxd (libmicrohttpd): reads requests,
+ * authenticates them, routes them through the route table (routes.c) to
+ * the dialects' handlers, and logs one line per request.  It also holds
+ * the helpers every dialect shares: JSON answers, error answers in the
+ * request's dialect, and body parsing.
  *
  * libmicrohttpd runs one thread per connection, so a handler may block on
- * the core (a synchronous exec, a large read).  Streaming answers (NDJSON
- * process events) are produced by a worker thread into a pipe that
- * libmicrohttpd sends as a chunked body; when the client goes away the pipe
- * breaks and the worker stops listening, while the process goes on.
+ * the core (a synchronous exec, a large read).
  */
 #include "api.h"
 
@@ -28,16 +23,39 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
-#include "../service/events.h"
 #include "../service/encode.h"
 
 #define MAX_JSON_BODY (64u << 20)     /* base64 writes of files up to ~48 MB */
-#define MAX_READ_BYTES (1u << 20)     /* seed 001: reads larger than 1 MB are refused */
-#define MAX_CAPTURE (16u << 20)       /* stdout/stderr kept by a synchronous exec */
-#define DEFAULT_EXEC_TIMEOUT_S 60     /* seed 001 */
-#define MAX_EXEC_TIMEOUT_S 3600
 #define DEFAULT_UPLOAD_MAX (100ull << 20) /* seed 000 */
+
+/* ---- dialects ---- */
+
+static json_t *
+sandbase_error_body (unsigned status, const char *msg)
+{
+  return json_pack ("{s:i, s:s}", "code", (int) status, "message", msg);
+}
+
+const struct dialect dialect_sandbase = {
+  .name = "sandbase",
+  .status = { [SBX_E_SYSTEM] = 500,    [SBX_E_INVALID] = 400,   [SBX_E_NOT_FOUND] = 404, [SBX_E_CONFLICT] = 409,
+              [SBX_E_PAUSED] = 409,    [SBX_E_STOPPED] = 409,   [SBX_E_LIMIT] = 429,     [SBX_E_FORBIDDEN] = 403,
+              [SBX_E_TOO_LARGE] = 400, [SBX_E_NO_SPACE] = 507,  [SBX_E_UNAVAILABLE] = 503, [SBX_E_INTERNAL] = 500 },
+  .bad_sandbox_id = 400,
+  .error_body = sandbase_error_body,
+};
+
+/* The request this thread answers, for the answer helpers (api.h). */
+static __thread const struct dialect *tl_dialect;
+static __thread unsigned tl_status;
+
+const struct dialect *
+current_dialect (void)
+{
+  return tl_dialect ? tl_dialect : &dialect_sandbase;
+}
 
 /* ---- responses ---- */
 
@@ -50,9 +68,16 @@ send_json (struct MHD_Connection *c, unsigned status, json_t *j)
     return MHD_NO;
   struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
   MHD_add_response_header (r, "Content-Type", "application/json");
-  enum MHD_Result ret = MHD_queue_response (c, status, r);
+  enum MHD_Result ret = queue_response (c, status, r);
   MHD_destroy_response (r);
   return ret;
+}
+
+enum MHD_Result
+queue_response (struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
+{
+  tl_status = status;
+  return MHD_queue_response (c, status, r);
 }
 
 
@@ -64,29 +89,24 @@ send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
-  return send_json (c, status, json_pack ("{s:i, s:s}", "code", (int) status, "message", msg));
+  return send_json (c, status, current_dialect ()->error_body (status, msg));
+}
+
+enum MHD_Result
+send_fail (struct MHD_Connection *c, const struct sbx_err *err)
+{
+  return send_error (c, current_dialect ()->status[sbx_err_kind (err)], "%s", err->msg);
 }
 
 enum MHD_Result
 send_empty (struct MHD_Connection *c, unsigned status)
 {
   struct MHD_Response *r = MHD_create_response_from_buffer (0, NULL, MHD_RESPMEM_PERSISTENT);
-  enum MHD_Result ret = MHD_queue_response (c, status, r);
+  enum MHD_Result ret = queue_response (c, status, r);
   MHD_destroy_response (r);
   return ret;
 }
 
-bool
-start_detached (void *(*fn) (void *), void *arg)
-{
-  pthread_t th;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  bool ok = pthread_create (&th, &attr, fn, arg) == 0;
-  pthread_attr_destroy (&attr);
-  return ok;
-}
 
 enum MHD_Result
 send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...)
@@ -98,127 +118,9 @@ send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...)
   for (const char *name; (name = va_arg (ap, const char *)) != NULL;)
     MHD_add_response_header (r, name, va_arg (ap, const char *));
   va_end (ap);
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
+  enum MHD_Result ret = queue_response (c, 200, r);
   MHD_destroy_response (r);
   return ret;
-}
-
-/* Map a core error to a status: sandbox-level codes. */
-enum MHD_Result
-send_core_error (struct MHD_Connection *c, const struct sbx_err *err)
-{
-  switch (err->code)
-    {
-    case ENOENT:
-      return send_error (c, 404, "%s", err->msg);
-    case EINVAL:
-    case E2BIG:
-    case ENAMETOOLONG:
-    case EFBIG:
-      return send_error (c, 400, "%s", err->msg);
-    case EAGAIN:
-    case EALREADY:
-    case ESRCH:
-      return send_error (c, 409, "%s", err->msg);
-    default:
-      return send_error (c, 500, "%s", err->msg);
-    }
-}
-
-/* Map an error from a file operation inside the sandbox. */
-enum MHD_Result
-send_file_error (struct MHD_Connection *c, const struct sbx_err *err)
-{
-  switch (err->code)
-    {
-    case ENOENT:
-      return send_error (c, 404, "%s", err->msg);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return send_error (c, 403, "%s", err->msg);
-    case EEXIST:
-    case ENOTEMPTY:
-      return send_error (c, 409, "%s", err->msg);
-    case ENOSPC:
-    case EDQUOT:
-      return send_error (c, 507, "%s", err->msg);
-    case EISDIR:
-    case ENOTDIR:
-    case ELOOP:
-    case EXDEV:
-    case EFBIG:
-    case EINVAL:
-    case ENAMETOOLONG:
-      return send_error (c, 400, "%s", err->msg);
-    default:
-      return send_core_error (c, err);
-    }
-}
-
-/* ---- sandbox objects ---- */
-
-json_t *
-sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token)
-{
-  char started[40], end[40];
-  sbx_rfc3339 (r->started_ms, started, sizeof started);
-  sbx_rfc3339 (r->end_ms, end, sizeof end);
-  json_t *meta = r->metadata_json ? json_loads (r->metadata_json, 0, NULL) : NULL;
-  if (meta == NULL)
-    meta = json_object ();
-  json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s, s:n}", "sandboxID", r->id,
-                         "templateID", r->template_id, "alias", r->template_id, "clientID", "sbxd", "metadata", meta,
-                         "startedAt", started, "endAt", end, "status", r->status, "state", r->status, "cpuCount",
-                         (int) r->cpu_count, "memoryMB", (int) r->memory_mb, "diskSizeMB", (int) r->disk_mb,
-                         "envdVersion", "0.6.13", "domain");
-  if (j && strcmp (r->status, "stopped") == 0 && r->stop_reason[0])
-    json_object_set_new (j, "stopReason", json_string (r->stop_reason));
-  if (j && (strcmp (r->status, "running") == 0 || strcmp (r->status, "paused") == 0))
-    network_object (h, r->id, j);
-  if (j && with_token)
-    {
-      char token[65];
-      e2b_access_token (h, r->id, token);
-      json_object_set_new (j, "envdAccessToken", json_string (token));
-      json_object_set_new (j, "trafficAccessToken", json_string (token));
-    }
-  return j;
-}
-
-bool
-own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
-             struct sbx_sandbox_rec *rec, enum MHD_Result *ret)
-{
-  struct sbx_err err;
-  if (sbx_store_sandbox_get (h->store, id, rec, &err) < 0)
-    {
-      *ret = err.code == ENOENT ? send_error (c, 404, "sandbox not found") : send_error (c, 500, "%s", err.msg);
-      return false;
-    }
-  if (strcmp (rec->org_id, rq->org.id) != 0)
-    {
-      /* another organisation's sandbox does not exist for this caller */
-      sbx_sandbox_rec_free (rec);
-      *ret = send_error (c, 404, "sandbox not found");
-      return false;
-    }
-  return true;
-}
-
-/* Answer with the current record of ID. */
-static enum MHD_Result
-send_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, unsigned status)
-{
-  struct sbx_sandbox_rec rec;
-  struct sbx_err err;
-  if (sbx_store_sandbox_get (h->store, id, &rec, &err) < 0)
-    return send_core_error (c, &err);
-  /* create and connect answers carry the envd access token */
-  bool token = status == 201 || status == 200;
-  enum MHD_Result r = send_json (c, status, sandbox_object (h, &rec, token));
-  sbx_sandbox_rec_free (&rec);
-  return r;
 }
 
 /* ---- request parsing ---- */
@@ -315,8 +217,7 @@ opt_bool (struct MHD_Connection *c, json_t *o, const char *key, bool *out, enum 
   return 0;
 }
 
-/* An object of string values as a NULL-terminated "K=V" list. */
-static int
+int
 env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enum MHD_Result *ret)
 {
   json_t *v = json_object_get (o, key);
@@ -364,907 +265,9 @@ query (struct MHD_Connection *c, const char *key)
   return MHD_lookup_connection_value (c, MHD_GET_ARGUMENT_KIND, key);
 }
 
-/* ---- sandbox endpoints ---- */
-
-static enum MHD_Result
-create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq)
-{
-  enum MHD_Result ret;
-  json_t *b = body_object (c, rq, &ret);
-  if (b == NULL)
-    return ret;
-  const char *tmpl = NULL;
-  long long timeout = 300, cpu = 0, mem = 0, disk = 0;
-  char **env = NULL;
-  cleanup_free char *meta_text = NULL;
-  struct sbx_net_policy net = { 0 };
-  int allow_internet = 0;
-  bool net_given = false;
-  ret = MHD_NO;
-  if (opt_string (c, b, "templateID", &tmpl, &ret) < 0
-      || opt_int (c, b, "timeout", 1, rq->org.max_timeout_s, &timeout, &ret) < 0
-      || opt_int (c, b, "cpuCount", 1, 8, &cpu, &ret) < 0 || opt_int (c, b, "memoryMB", 64, 4096, &mem, &ret) < 0
-      || opt_int (c, b, "diskSizeMB", 64, 102400, &disk, &ret) < 0 || env_list (c, b, "envVars", &env, &ret) < 0)
-    goto out;
-  if (tmpl == NULL || *tmpl == '\0')
-    {
-      ret = send_error (c, 400, "templateID is required");
-      goto out;
-    }
-  json_t *meta = json_object_get (b, "metadata");
-  if (meta && !json_is_null (meta))
-    {
-      if (!json_is_object (meta))
-        {
-          ret = send_error (c, 400, "metadata must be an object");
-          goto out;
-        }
-      meta_text = json_dumps (meta, JSON_COMPACT);
-    }
-  if (body_network (c, b, false, &net, &allow_internet, &net_given, &ret) < 0)
-    goto out;
-  struct sbx_create_opts o = { .template_name = tmpl,
-                               .timeout_s = (uint32_t) timeout,
-                               .env = (const char *const *) env,
-                               .metadata_json = meta_text,
-                               .owner = rq->org.id,
-                               .limits = { .cpu_millis = (uint32_t) cpu * 1000,
-                                           .memory_mb = (uint32_t) mem,
-                                           .disk_mb = (uint32_t) disk },
-                               .net = net_given ? &net : NULL,
-                               .allow_internet_access = allow_internet };
-  char id[SBX_ID_MAX];
-  struct sbx_err err;
-  /* the count and the create are one step, so that concurrent requests
-     cannot go past the organisation's limit together */
-  pthread_mutex_lock (&h->create_lock);
-  uint32_t live = 0;
-  int r = sbx_store_sandbox_count_live (h->store, rq->org.id, &live, &err);
-  if (r == 0 && live >= rq->org.max_sandboxes)
-    {
-      pthread_mutex_unlock (&h->create_lock);
-      ret = send_error (c, 429, "concurrent sandbox limit reached");
-      goto out;
-    }
-  if (r == 0)
-    r = sbx_create (h->engine, &o, id, &err);
-  pthread_mutex_unlock (&h->create_lock);
-  if (r < 0)
-    {
-      /* an unknown template is the caller's mistake, not a missing sandbox */
-      ret = err.code == ENOENT || err.code == EINVAL ? send_error (c, 400, "%s", err.msg) : send_core_error (c, &err);
-      goto out;
-    }
-  ret = send_sandbox (h, c, id, 201);
-out:
-  sbx_net_policy_free (&net);
-  free_strv (env);
-  json_decref (b);
-  return ret;
-}
-
-static enum MHD_Result
-list_sandboxes (struct http_server *h, struct MHD_Connection *c, struct request *rq)
-{
-  const char *status = query (c, "status");
-  if (status && strcmp (status, "running") && strcmp (status, "paused") && strcmp (status, "stopped")
-      && strcmp (status, "creating") && strcmp (status, "error"))
-    return send_error (c, 400, "invalid status: %s", status);
-  struct sbx_sandbox_rec *v;
-  size_t n;
-  struct sbx_err err;
-  if (sbx_store_sandbox_list (h->store, rq->org.id, status, &v, &n, &err) < 0)
-    return send_core_error (c, &err);
-  json_t *arr = json_array ();
-  for (size_t i = 0; i < n; i++)
-    json_array_append_new (arr, sandbox_object (h, &v[i], false));
-  sbx_sandbox_recs_free (v, n);
-  return send_json (c, 200, arr);
-}
-
-/* The optional "timeout" of a body, at most the organisation's limit;
-   *TIMEOUT stays -1 when absent. */
-static int
-body_timeout (struct MHD_Connection *c, struct request *rq, long long *timeout, enum MHD_Result *ret)
-{
-  json_t *b = body_object (c, rq, ret);
-  if (b == NULL)
-    return -1;
-  *timeout = -1;
-  int r = opt_int (c, b, "timeout", 1, rq->org.max_timeout_s, timeout, ret);
-  json_decref (b);
-  return r;
-}
-
-static enum MHD_Result
-timeout_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq, bool refresh)
-{
-  enum MHD_Result ret;
-  long long timeout = -1;
-  if (refresh)
-    {
-      /* E2B's refresh: {"duration": seconds}, optional */
-      json_t *b = body_object (c, rq, &ret);
-      if (b == NULL)
-        return ret;
-      int r = opt_int (c, b, "duration", 0, rq->org.max_timeout_s, &timeout, &ret);
-      json_decref (b);
-      if (r < 0)
-        return ret;
-      if (timeout <= 0)
-        timeout = 60;
-    }
-  else
-    {
-      if (body_timeout (c, rq, &timeout, &ret) < 0)
-        return ret;
-      if (timeout < 0)
-        return send_error (c, 400, "timeout is required");
-    }
-  struct sbx_err err;
-  if (sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
-    return send_core_error (c, &err);
-  return send_empty (c, 204);
-}
-
-static enum MHD_Result
-connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
-{
-  enum MHD_Result ret;
-  long long timeout;
-  if (body_timeout (c, rq, &timeout, &ret) < 0)
-    return ret;
-  struct sbx_info info;
-  struct sbx_err err;
-  if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    return send_error (c, 409, "sandbox is not running");
-  enum sbx_state st = info.state;
-  sbx_info_free (&info);
-  if (st == SBX_STOPPED || st == SBX_ERROR)
-    return send_error (c, 409, "sandbox is not running");
-  if (st == SBX_PAUSED && sbx_resume (h->engine, id, &err) < 0 && err.code != EALREADY)
-    return send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
-  if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
-    return send_core_error (c, &err);
-  return send_sandbox (h, c, id, 200);
-}
-
-static enum MHD_Result
-metrics_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id)
-{
-  struct sbx_metrics m;
-  struct sbx_err err;
-  if (sbx_get_metrics (h->engine, id, &m, &err) < 0)
-    return send_core_error (c, &err);
-  char now[40];
-  sbx_rfc3339 (sbx_wall_ms (), now, sizeof now);
-  json_t *one = json_pack ("{s:s, s:f, s:i, s:I, s:I, s:I, s:I, s:I}", "timestamp", now, "cpuUsedPct", m.cpu_used_pct,
-                           "cpuCount", (int) m.cpu_count, "memUsed", (json_int_t) m.mem_used, "memTotal",
-                           (json_int_t) m.mem_total, "memCache", (json_int_t) m.mem_cache, "diskUsed",
-                           (json_int_t) m.disk_used, "diskTotal", (json_int_t) m.disk_total);
-  json_object_set_new (one, "oomKills", json_integer ((json_int_t) m.oom_kills));
-  json_object_set_new (one, "pids", json_integer ((json_int_t) m.pids));
-  json_t *arr = json_array ();
-  json_array_append_new (arr, one);
-  return send_json (c, 200, arr);
-}
-
-/* ---- processes ---- */
-
-struct exec_params {
-  char **argv;
-  char **env;
-  const char *cwd, *user;
-  uint32_t timeout_ms;
-  bool background, stdin_open, pty;
-  uint32_t rows, cols;
-  json_t *body; /* owns the strings above */
-};
-
-static void
-exec_params_free (struct exec_params *p)
-{
-  free_strv (p->argv);
-  free_strv (p->env);
-  json_decref (p->body);
-}
-
-static int
-parse_exec (struct MHD_Connection *c, struct request *rq, struct exec_params *p, enum MHD_Result *ret)
-{
-  memset (p, 0, sizeof *p);
-  p->body = body_object (c, rq, ret);
-  if (p->body == NULL)
-    return -1;
-  const char *cmd = NULL;
-  long long timeout = DEFAULT_EXEC_TIMEOUT_S;
-  if (opt_string (c, p->body, "cmd", &cmd, ret) < 0 || opt_int (c, p->body, "timeout", 0, MAX_EXEC_TIMEOUT_S, &timeout, ret) < 0
-      || opt_string (c, p->body, "cwd", &p->cwd, ret) < 0 || opt_string (c, p->body, "user", &p->user, ret) < 0
-      || env_list (c, p->body, "envs", &p->env, ret) < 0)
-    return -1;
-  if (cmd == NULL || *cmd == '\0')
-    {
-      *ret = send_error (c, 400, "cmd is required");
-      return -1;
-    }
-  if (opt_bool (c, p->body, "background", &p->background, ret) < 0
-      || opt_bool (c, p->body, "stdin", &p->stdin_open, ret) < 0)
-    return -1;
-  json_t *pty = json_object_get (p->body, "pty");
-  if (pty && !json_is_null (pty))
-    {
-      long long rows = 24, cols = 80;
-      if (!json_is_object (pty))
-        {
-          *ret = send_error (c, 400, "pty must be an object {rows, cols}");
-          return -1;
-        }
-      if (opt_int (c, pty, "rows", 1, 1000, &rows, ret) < 0 || opt_int (c, pty, "cols", 1, 1000, &cols, ret) < 0)
-        return -1;
-      p->pty = true;
-      p->rows = (uint32_t) rows;
-      p->cols = (uint32_t) cols;
-    }
-  json_t *args = json_object_get (p->body, "args");
-  if (args && !json_is_null (args) && !json_is_array (args))
-    {
-      *ret = send_error (c, 400, "args must be an array of strings");
-      return -1;
-    }
-  size_t n = args ? json_array_size (args) : 0;
-  if (n > 4096)
-    {
-      *ret = send_error (c, 400, "too many args (max 4096)");
-      return -1;
-    }
-  p->argv = calloc (n + 2, sizeof *p->argv);
-  p->argv[0] = strdup (cmd);
-  for (size_t i = 0; i < n; i++)
-    {
-      json_t *a = json_array_get (args, i);
-      if (!json_is_string (a) || strlen (json_string_value (a)) != json_string_length (a))
-        {
-          *ret = send_error (c, 400, "args must be an array of strings");
-          return -1;
-        }
-      p->argv[i + 1] = strdup (json_string_value (a));
-    }
-  p->timeout_ms = (uint32_t) timeout * 1000;
-  return 0;
-}
-
-struct capture {
-  char *out, *err;
-  size_t out_len, err_len;
-  bool truncated;
-  uint32_t pid;
-  int exit_code, signal;
-  bool timed_out, ended, stop_after_start;
-};
-
-static void
-append (char **buf, size_t *len, const uint8_t *d, size_t n, bool *truncated)
-{
-  if (*len + n > MAX_CAPTURE)
-    {
-      *truncated = true;
-      n = MAX_CAPTURE - *len;
-    }
-  char *nb = realloc (*buf, *len + n + 1);
-  if (nb == NULL)
-    return;
-  memcpy (nb + *len, d, n);
-  *len += n;
-  nb[*len] = '\0';
-  *buf = nb;
-}
-
-static int
-capture_event (const struct sbx_proc_event *ev, void *ud)
-{
-  struct capture *cp = ud;
-  switch (ev->kind)
-    {
-    case SBX_PROC_START:
-      cp->pid = ev->pid;
-      return cp->stop_after_start ? -1 : 0;
-    case SBX_PROC_STDOUT:
-    case SBX_PROC_PTY:
-      append (&cp->out, &cp->out_len, ev->data, ev->len, &cp->truncated);
-      return 0;
-    case SBX_PROC_STDERR:
-      append (&cp->err, &cp->err_len, ev->data, ev->len, &cp->truncated);
-      return 0;
-    case SBX_PROC_KEEPALIVE:
-      return 0;
-    case SBX_PROC_END:
-      cp->ended = true;
-      cp->exit_code = ev->exit_code;
-      cp->signal = ev->signal;
-      cp->timed_out = ev->timed_out;
-      return 0;
-    }
-  return 0;
-}
-
-/* JSON strings must be UTF-8: invalid bytes become U+FFFD. */
-json_t *
-text_json (const char *s, size_t n)
-{
-  json_t *j = json_stringn (s ? s : "", s ? n : 0);
-  if (j)
-    return j;
-  char *clean = malloc (n * 3 + 1);
-  size_t o = 0;
-  for (size_t i = 0; i < n;)
-    {
-      unsigned char ch = (unsigned char) s[i];
-      size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
-      json_t *probe = len && i + len <= n ? json_stringn (s + i, len) : NULL;
-      if (probe)
-        {
-          memcpy (clean + o, s + i, len);
-          o += len;
-          i += len;
-          json_decref (probe);
-        }
-      else
-        {
-          memcpy (clean + o, "\xef\xbf\xbd", 3);
-          o += 3;
-          i++;
-        }
-    }
-  j = json_stringn (clean, o);
-  free (clean);
-  return j;
-}
-
-static enum MHD_Result
-exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
-{
-  struct exec_params p;
-  enum MHD_Result ret;
-  if (parse_exec (c, rq, &p, &ret) < 0)
-    {
-      exec_params_free (&p);
-      return ret;
-    }
-  struct sbx_exec_opts o = { .argv = (const char *const *) p.argv,
-                             .env = (const char *const *) p.env,
-                             .cwd = p.cwd,
-                             .user = p.user,
-                             .pty = p.pty,
-                             .rows = p.rows,
-                             .cols = p.cols,
-                             .timeout_ms = p.background ? 0 : p.timeout_ms };
-  struct capture cp = { .stop_after_start = p.background };
-  struct sbx_err err;
-  int r = sbx_exec (h->engine, id, &o, capture_event, &cp, &err);
-  exec_params_free (&p);
-  if (r < 0)
-    {
-      free (cp.out);
-      free (cp.err);
-      return send_core_error (c, &err);
-    }
-  json_t *j;
-  if (p.background)
-    j = json_pack ("{s:i}", "pid", (int) cp.pid);
-  else if (!cp.ended)
-    {
-      free (cp.out);
-      free (cp.err);
-      return send_error (c, 500, "process %u ended without a status", cp.pid);
-    }
-  else
-    {
-      int code = cp.signal ? 128 + cp.signal : cp.exit_code;
-      j = json_pack ("{s:o, s:o, s:i, s:i, s:b}", "stdout", text_json (cp.out, cp.out_len), "stderr",
-                     text_json (cp.err, cp.err_len), "exitCode", code, "pid", (int) cp.pid, "timedOut", cp.timed_out);
-      if (cp.signal)
-        json_object_set_new (j, "signal", json_integer (cp.signal));
-      if (cp.truncated)
-        json_object_set_new (j, "truncated", json_true ());
-    }
-  free (cp.out);
-  free (cp.err);
-  return send_json (c, 200, j);
-}
-
-/* Streaming: a worker writes NDJSON lines to a pipe that MHD sends. */
-struct stream_job {
-  struct sbx_engine *engine;
-  char id[SBX_ID_MAX];
-  struct exec_params p; /* exec; p.argv NULL for an attach */
-  uint32_t pid;
-  int fd;
-};
-
-static int
-stream_event (const struct sbx_proc_event *ev, void *ud)
-{
-  struct stream_job *job = ud;
-  json_t *j = NULL;
-  switch (ev->kind)
-    {
-    case SBX_PROC_START:
-      j = json_pack ("{s:s, s:i}", "type", "start", "pid", (int) ev->pid);
-      break;
-    case SBX_PROC_STDOUT:
-    case SBX_PROC_STDERR:
-    case SBX_PROC_PTY:
-      {
-        char *b64 = sbx_b64_encode (ev->data, ev->len);
-        j = json_pack ("{s:s, s:s}", "type",
-                       ev->kind == SBX_PROC_STDOUT ? "stdout" : ev->kind == SBX_PROC_STDERR ? "stderr" : "pty", "data",
-                       b64 ? b64 : "");
-        free (b64);
-        break;
-      }
-    case SBX_PROC_KEEPALIVE:
-      break;
-    case SBX_PROC_END:
-      j = json_pack ("{s:s, s:i, s:i, s:b}", "type", "end", "exitCode",
-                     ev->signal ? 128 + ev->signal : ev->exit_code, "signal", ev->signal, "timedOut", ev->timed_out);
-      break;
-    }
-  if (j == NULL)
-    return 0;
-  char *line = json_dumps (j, JSON_COMPACT);
-  json_decref (j);
-  if (line == NULL)
-    return -1;
-  size_t n = strlen (line);
-  line[n] = '\n';
-  ssize_t w = sbx_write_full (job->fd, line, n + 1);
-  free (line);
-  return w < 0 ? -1 : 0; /* the client went away: stop listening */
-}
-
-static void *
-stream_main (void *arg)
-{
-  struct stream_job *job = arg;
-  struct sbx_err err;
-  int r;
-  if (job->p.argv)
-    {
-      struct sbx_exec_opts o = { .argv = (const char *const *) job->p.argv,
-                                 .env = (const char *const *) job->p.env,
-                                 .cwd = job->p.cwd,
-                                 .user = job->p.user,
-                                 .stdin_open = job->p.stdin_open,
-                                 .pty = job->p.pty,
-                                 .rows = job->p.rows,
-                                 .cols = job->p.cols,
-                                 .timeout_ms = job->p.timeout_ms };
-      r = sbx_exec (job->engine, job->id, &o, stream_event, job, &err);
-    }
-  else
-    r = sbx_attach (job->engine, job->id, job->pid, 0, stream_event, job, &err);
-  if (r < 0)
-    {
-      json_t *j = json_pack ("{s:s, s:s}", "type", "error", "message", err.msg);
-      char *line = json_dumps (j, JSON_COMPACT);
-      json_decref (j);
-      if (line)
-        {
-          dprintf (job->fd, "%s\n", line);
-          free (line);
-        }
-    }
-  close (job->fd);
-  exec_params_free (&job->p);
-  free (job);
-  return NULL;
-}
-
-static enum MHD_Result
-start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, struct stream_job *job)
-{
-  struct sbx_info info;
-  struct sbx_err err;
-  if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    {
-      exec_params_free (&job->p);
-      free (job);
-      return send_core_error (c, &err);
-    }
-  enum sbx_state st = info.state;
-  sbx_info_free (&info);
-  if (st != SBX_RUNNING)
-    {
-      exec_params_free (&job->p);
-      free (job);
-      return send_error (c, 409, st == SBX_PAUSED ? "sandbox is paused" : "sandbox is not running");
-    }
-  int fds[2];
-  if (pipe2 (fds, O_CLOEXEC) < 0)
-    {
-      exec_params_free (&job->p);
-      free (job);
-      return send_error (c, 500, "pipe: %s", strerror (errno));
-    }
-  job->engine = h->engine;
-  snprintf (job->id, sizeof job->id, "%s", id);
-  job->fd = fds[1];
-  if (!start_detached (stream_main, job))
-    {
-      close (fds[0]);
-      close (fds[1]);
-      exec_params_free (&job->p);
-      free (job);
-      return send_error (c, 500, "cannot start stream");
-    }
-  return send_pipe (c, fds[0], "application/x-ndjson", NULL);
-}
-
-static enum MHD_Result
-exec_stream (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
-{
-  struct stream_job *job = calloc (1, sizeof *job);
-  enum MHD_Result ret;
-  if (parse_exec (c, rq, &job->p, &ret) < 0)
-    {
-      exec_params_free (&job->p);
-      free (job);
-      return ret;
-    }
-  return start_stream (h, c, id, job);
-}
-
-static int
-parse_pid (const char *s, uint32_t *pid)
-{
-  char *end;
-  errno = 0;
-  unsigned long v = strtoul (s, &end, 10);
-  if (errno || *end || *s == '\0' || v == 0 || v > 4194304)
-    return -1;
-  *pid = (uint32_t) v;
-  return 0;
-}
-
-static enum MHD_Result
-list_processes (struct http_server *h, struct MHD_Connection *c, const char *id)
-{
-  struct sbx_proc_info *ps;
-  size_t n;
-  struct sbx_err err;
-  if (sbx_proc_list (h->engine, id, &ps, &n, &err) < 0)
-    return send_core_error (c, &err);
-  json_t *arr = json_array ();
-  for (size_t i = 0; i < n; i++)
-    {
-      json_t *args = json_array ();
-      for (char **a = ps[i].argv + (ps[i].argv[0] ? 1 : 0); *a; a++)
-        json_array_append_new (args, text_json (*a, strlen (*a)));
-      json_t *j = json_pack ("{s:i, s:s?, s:o, s:s?, s:b}", "pid", (int) ps[i].pid, "cmd", ps[i].argv[0], "args", args,
-                             "cwd", ps[i].cwd, "pty", ps[i].pty);
-      if (ps[i].tag)
-        json_object_set_new (j, "tag", json_string (ps[i].tag));
-      json_array_append_new (arr, j);
-    }
-  sbx_proc_list_free (ps, n);
-  return send_json (c, 200, arr);
-}
-
-static const struct
-{
-  const char *name;
-  int sig;
-} signals[] = { { "SIGKILL", SIGKILL }, { "SIGTERM", SIGTERM }, { "SIGINT", SIGINT },   { "SIGHUP", SIGHUP },
-                { "SIGQUIT", SIGQUIT }, { "SIGUSR1", SIGUSR1 }, { "SIGUSR2", SIGUSR2 }, { "SIGSTOP", SIGSTOP },
-                { "SIGCONT", SIGCONT } };
-
-static enum MHD_Result
-process_action (struct http_server *h, struct MHD_Connection *c, const char *id, uint32_t pid, const char *action,
-                struct request *rq)
-{
-  enum MHD_Result ret;
-  json_t *b = body_object (c, rq, &ret);
-  if (b == NULL)
-    return ret;
-  struct sbx_err err;
-  int r = -1;
-  ret = MHD_NO;
-  if (strcmp (action, "signal") == 0)
-    {
-      const char *name = "SIGKILL";
-      if (opt_string (c, b, "signal", &name, &ret) < 0)
-        goto out;
-      int sig = 0;
-      for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
-        if (strcmp (signals[i].name, name) == 0)
-          sig = signals[i].sig;
-      if (sig == 0)
-        {
-          ret = send_error (c, 400, "unknown signal: %s", name);
-          goto out;
-        }
-      r = sbx_proc_signal (h->engine, id, pid, sig, &err);
-    }
-  else if (strcmp (action, "stdin") == 0)
-    {
-      const char *data = NULL;
-      if (opt_string (c, b, "data", &data, &ret) < 0)
-        goto out;
-      json_t *close_v = json_object_get (b, "close");
-      size_t len = 0;
-      cleanup_free uint8_t *bytes = NULL;
-      if (data)
-        {
-          bytes = sbx_b64_decode (data, &len);
-          if (bytes == NULL)
-            {
-              ret = send_error (c, 400, "data must be base64");
-              goto out;
-            }
-        }
-      r = 0;
-      if (len)
-        r = sbx_proc_input (h->engine, id, pid, bytes, len, &err);
-      if (r == 0 && json_is_true (close_v))
-        r = sbx_proc_close_stdin (h->engine, id, pid, &err);
-    }
-  else if (strcmp (action, "resize") == 0)
-    {
-      long long rows = 0, cols = 0;
-      if (opt_int (c, b, "rows", 1, 1000, &rows, &ret) < 0 || opt_int (c, b, "cols", 1, 1000, &cols, &ret) < 0)
-        goto out;
-      if (!rows || !cols)
-        {
-          ret = send_error (c, 400, "rows and cols are required");
-          goto out;
-        }
-      r = sbx_proc_resize (h->engine, id, pid, (uint32_t) rows, (uint32_t) cols, &err);
-    }
-  else
-    {
-      ret = send_error (c, 404, "not found");
-      goto out;
-    }
-  if (r < 0)
-    ret = err.code == ESRCH && strstr (err.msg, "process") ? send_error (c, 404, "%s", err.msg)
-          : err.code == ENOTTY                               ? send_error (c, 400, "%s", err.msg)
-          : err.code == EPIPE || err.code == EAGAIN          ? send_error (c, 409, "%s", err.msg)
-                                                             : send_core_error (c, &err);
-  else
-    ret = send_empty (c, 204);
-out:
-  json_decref (b);
-  return ret;
-}
-
-/* ---- files ---- */
-
-static const char *
-type_name (enum sbx_file_type t)
-{
-  return t == SBX_FT_FILE ? "file" : t == SBX_FT_DIR ? "dir" : t == SBX_FT_SYMLINK ? "symlink" : "other";
-}
-
-json_t *
-entry_json (const struct sbx_entry *en)
-{
-  char mtime[40];
-  sbx_rfc3339 ((int64_t) (en->mtime_ns / 1000000ull), mtime, sizeof mtime);
-  char perm[8];
-  snprintf (perm, sizeof perm, "%04o", en->mode & 07777);
-  json_t *j = json_pack ("{s:o, s:s, s:o, s:I, s:s, s:s?, s:s?, s:s}", "name", text_json (en->name, strlen (en->name ? en->name : "")),
-                         "type", type_name (en->type), "path", text_json (en->path, strlen (en->path ? en->path : "")),
-                         "size", (json_int_t) en->size, "mode", perm, "owner", en->owner, "group", en->group,
-                         "modifiedTime", mtime);
-  if (en->link)
-    json_object_set_new (j, "symlinkTarget", text_json (en->link, strlen (en->link)));
-  return j;
-}
-
-/* 200 with the entry EN, which is freed. */
-static enum MHD_Result
-send_entry_answer (struct MHD_Connection *c, struct sbx_entry *en)
-{
-  json_t *j = entry_json (en);
-  sbx_entry_free (en);
-  return send_json (c, 200, j);
-}
-
-/* The sandbox must exist before file errors can mean "file not found". */
-static bool
-sandbox_exists (struct http_server *h, struct MHD_Connection *c, const char *id, enum MHD_Result *ret)
-{
-  struct sbx_info info;
-  struct sbx_err err;
-  if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    {
-      *ret = send_core_error (c, &err);
-      return false;
-    }
-  enum sbx_state st = info.state;
-  sbx_info_free (&info);
-  if (st != SBX_RUNNING)
-    {
-      *ret = send_error (c, 409, st == SBX_PAUSED ? "sandbox is paused" : "sandbox is not running");
-      return false;
-    }
-  return true;
-}
-
-static const char *
-require_path (struct MHD_Connection *c, const char *path, enum MHD_Result *ret)
-{
-  if (path == NULL || *path == '\0')
-    {
-      *ret = send_error (c, 400, "path is required");
-      return NULL;
-    }
-  if (strlen (path) >= 4096)
-    {
-      *ret = send_error (c, 400, "path too long");
-      return NULL;
-    }
-  return path;
-}
-
-struct read_buf {
-  char *data;
-  size_t len;
-};
-
-static int
-read_into (const void *d, size_t n, void *ud)
-{
-  struct read_buf *b = ud;
-  char *nb = realloc (b->data, b->len + n + 1);
-  if (nb == NULL)
-    return -1;
-  memcpy (nb + b->len, d, n);
-  b->len += n;
-  b->data = nb;
-  return 0;
-}
-
-static enum MHD_Result
-files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id, const char *method, const char *sub,
-                struct request *rq)
-{
-  enum MHD_Result ret;
-  if (!sandbox_exists (h, c, id, &ret))
-    return ret;
-  struct sbx_err err;
-  const char *user = query (c, "user");
-  if (strcmp (method, "GET") == 0 && strcmp (sub, "list") == 0)
-    {
-      const char *path = require_path (c, query (c, "path"), &ret);
-      if (path == NULL)
-        return ret;
-      const char *ds = query (c, "depth");
-      uint32_t depth = 1;
-      if (ds && (parse_pid (ds, &depth) < 0 || depth > 64))
-        return send_error (c, 400, "depth must be between 1 and 64");
-      struct sbx_entry *en;
-      size_t n;
-      if (sbx_file_list (h->engine, id, path, user, depth, &en, &n, &err) < 0)
-        return send_file_error (c, &err);
-      json_t *arr = json_array ();
-      for (size_t i = 0; i < n; i++)
-        json_array_append_new (arr, entry_json (&en[i]));
-      sbx_entries_free (en, n);
-      return send_json (c, 200, arr);
-    }
-  if (strcmp (method, "GET") == 0 && strcmp (sub, "stat") == 0)
-    {
-      const char *path = require_path (c, query (c, "path"), &ret);
-      if (path == NULL)
-        return ret;
-      struct sbx_entry en;
-      if (sbx_file_stat (h->engine, id, path, user, &en, &err) < 0)
-        return send_file_error (c, &err);
-      return send_entry_answer (c, &en);
-    }
-  if (strcmp (method, "GET") == 0 && *sub == '\0')
-    {
-      const char *path = require_path (c, query (c, "path"), &ret);
-      if (path == NULL)
-        return ret;
-      struct read_buf b = { 0 };
-      struct sbx_entry en;
-      if (sbx_file_read (h->engine, id, path, user, MAX_READ_BYTES, &en, read_into, &b, &err) < 0)
-        {
-          free (b.data);
-          if (err.code == EFBIG)
-            return send_error (c, 400, "file too large: %s is larger than 1 MB (download it with GET /sandboxes/%s/files)",
-                               path, id);
-          return send_file_error (c, &err);
-        }
-      char *b64 = sbx_b64_encode (b.data ? b.data : "", b.len);
-      free (b.data);
-      json_t *j = json_pack ("{s:s, s:o}", "content", b64 ? b64 : "", "path", text_json (en.path, strlen (en.path ? en.path : "")));
-      free (b64);
-      sbx_entry_free (&en);
-      return send_json (c, 200, j);
-    }
-  if (strcmp (method, "POST") == 0 && *sub == '\0')
-    {
-      json_t *b = body_object (c, rq, &ret);
-      if (b == NULL)
-        return ret;
-      const char *path = NULL, *content = NULL;
-      if (opt_string (c, b, "path", &path, &ret) < 0 || opt_string (c, b, "content", &content, &ret) < 0
-          || opt_string (c, b, "user", &user, &ret) < 0 || require_path (c, path, &ret) == NULL)
-        {
-          json_decref (b);
-          return ret;
-        }
-      size_t len = 0;
-      cleanup_free uint8_t *data = sbx_b64_decode (content ? content : "", &len);
-      if (data == NULL)
-        {
-          json_decref (b);
-          return send_error (c, 400, "content must be base64");
-        }
-      struct sbx_entry en;
-      int r = sbx_file_write (h->engine, id, path, user, data, len, &en, &err);
-      json_decref (b);
-      if (r < 0)
-        return send_file_error (c, &err);
-      return send_entry_answer (c, &en);
-    }
-  if (strcmp (method, "DELETE") == 0 && *sub == '\0')
-    {
-      const char *path = require_path (c, query (c, "path"), &ret);
-      if (path == NULL)
-        return ret;
-      if (sbx_file_remove (h->engine, id, path, user, &err) < 0)
-        return send_file_error (c, &err);
-      return send_empty (c, 204);
-    }
-  if (strcmp (method, "POST") == 0 && (strcmp (sub, "mkdir") == 0 || strcmp (sub, "move") == 0))
-    {
-      json_t *b = body_object (c, rq, &ret);
-      if (b == NULL)
-        return ret;
-      const char *path = NULL, *from = NULL, *to = NULL;
-      struct sbx_entry en;
-      int r;
-      if (opt_string (c, b, "path", &path, &ret) < 0 || opt_string (c, b, "from", &from, &ret) < 0
-          || opt_string (c, b, "to", &to, &ret) < 0 || opt_string (c, b, "user", &user, &ret) < 0)
-        {
-          json_decref (b);
-          return ret;
-        }
-      if (strcmp (sub, "mkdir") == 0)
-        {
-          if (require_path (c, path, &ret) == NULL)
-            {
-              json_decref (b);
-              return ret;
-            }
-          r = sbx_file_mkdir (h->engine, id, path, user, SBX_FILE_F_PARENTS | SBX_FILE_F_EXIST_OK, &en, &err);
-        }
-      else
-        {
-          if (require_path (c, from, &ret) == NULL || require_path (c, to, &ret) == NULL)
-            {
-              json_decref (b);
-              return ret;
-            }
-          r = sbx_file_move (h->engine, id, from, to, user, &en, &err);
-        }
-      json_decref (b);
-      if (r < 0)
-        return send_file_error (c, &err);
-      return send_entry_answer (c, &en);
-    }
-  return send_error (c, 405, "method not allowed");
-}
-
 /* ---- routing ---- */
 
-/* The caller's organisation from its API key (Authorization: Bearer or
-   X-API-Key); false after answering 401. */
-static bool
+bool
 authenticate (struct http_server *h, struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
 {
   if (rq->authed)
@@ -1276,37 +279,36 @@ authenticate (struct http_server *h, struct MHD_Connection *c, struct request *r
       ;
   if (key == NULL || *key == '\0')
     key = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "X-API-Key");
-  if (key == NULL || *key == '\0')
-    {
-      *ret = send_error (c, 401, "missing API key");
-      return false;
-    }
   struct sbx_err err;
-  if (sbx_store_key_lookup (h->store, key, &rq->org, &err) < 0)
+  if (sbx_service_authenticate (h->svc, key, &rq->org, &err) < 0)
     {
-      *ret = err.code == ENOENT        ? send_error (c, 401, "invalid API key")
-             : err.code == EKEYREVOKED ? send_error (c, 401, "API key revoked")
-                                       : send_error (c, 500, "%s", err.msg);
+      *ret = sbx_err_kind (&err) == SBX_E_INVALID ? send_error (c, 401, "%s", err.msg) : send_fail (c, &err);
       return false;
     }
   rq->authed = true;
   return true;
 }
 
-static enum MHD_Result
-send_openapi (struct http_server *h, struct MHD_Connection *c)
+enum MHD_Result
+send_openapi (struct call *k)
 {
   char path[4200];
-  snprintf (path, sizeof path, "%s/openapi.yaml", h->docs_dir);
+  snprintf (path, sizeof path, "%s/openapi.yaml", k->h->docs_dir);
   char *text = NULL;
   struct sbx_err err;
   if (sbx_read_file_at (AT_FDCWD, path, &text, 4u << 20, &err) < 0)
-    return send_error (c, 404, "openapi.yaml not found");
+    return send_error (k->c, 404, "openapi.yaml not found");
   struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
   MHD_add_response_header (r, "Content-Type", "application/yaml");
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
+  enum MHD_Result ret = queue_response (k->c, 200, r);
   MHD_destroy_response (r);
   return ret;
+}
+
+enum MHD_Result
+send_health (struct call *k)
+{
+  return send_json (k->c, 200, json_pack ("{s:s}", "status", "ok"));
 }
 
 /* Split URL into at most MAX segments in BUF. */
@@ -1322,113 +324,109 @@ split_url (const char *url, char *buf, size_t size, char **seg, int max)
   return n;
 }
 
+/* Does PATTERN match the N segments SEG?  Fills ARG with the ":name"
+   segments. */
+static bool
+pattern_match (const char *pattern, char *const *seg, int n, const char **arg)
+{
+  int i = 0, a = 0;
+  const char *p = pattern;
+  while (*p == '/')
+    p++;
+  while (*p)
+    {
+      const char *end = strchr (p, '/');
+      size_t len = end ? (size_t) (end - p) : strlen (p);
+      if (len == 1 && *p == '*')
+        return true;
+      if (i >= n)
+        return false;
+      if (*p == ':')
+        {
+          if (a < 4)
+            arg[a++] = seg[i];
+        }
+      else if (strlen (seg[i]) != len || strncmp (seg[i], p, len) != 0)
+        return false;
+      i++;
+      p += len;
+      while (*p == '/')
+        p++;
+    }
+  return i == n;
+}
+
+/* The route for METHOD and the segments; *PATH_KNOWN tells a wrong method
+   (405) from an unknown path (404). */
+static const struct route *
+find_route (const char *method, char *const *seg, int n, const char **arg, bool *path_known)
+{
+  *path_known = false;
+  for (size_t i = 0; i < api_n_routes; i++)
+    {
+      const struct route *r = &api_routes[i];
+      const char *a[4] = { NULL, NULL, NULL, NULL };
+      if (!pattern_match (r->pattern, seg, n, a))
+        continue;
+      *path_known = true;
+      if (strcmp (r->method, "*") != 0 && strcmp (r->method, method) != 0)
+        continue;
+      memcpy (arg, a, sizeof a);
+      return r;
+    }
+  return NULL;
+}
+
+/* The dialect that answers a path no route takes. */
+static const struct dialect *
+dialect_of_path (char *const *seg, int n)
+{
+  return n >= 1 && strcmp (seg[0], "api") == 0 ? &dialect_seed002 : &dialect_sandbase;
+}
+
 static enum MHD_Result
 route (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url, struct request *rq)
 {
   char path[1024];
-  char *seg[8];
-  int n = split_url (url, path, sizeof path, seg, 8);
-  if (n < 0)
+  struct call k = { .h = h, .c = c, .rq = rq, .method = method };
+  tl_dialect = &dialect_sandbase;
+  k.n = split_url (url, path, sizeof path, k.seg, CALL_MAX_SEGS);
+  if (k.n < 0)
     return send_error (c, 414, "URL too long");
-  bool get = strcmp (method, "GET") == 0, post = strcmp (method, "POST") == 0, del = strcmp (method, "DELETE") == 0;
-
-  if (n == 1 && strcmp (seg[0], "health") == 0)
-    return send_json (c, 200, json_pack ("{s:s}", "status", "ok"));
-  if (n == 1 && strcmp (seg[0], "openapi.yaml") == 0 && get)
-    return send_openapi (h, c);
+  bool known;
+  const struct route *r = find_route (method, k.seg, k.n, k.arg, &known);
+  if (r == NULL && !known && k.n >= 2 && strcmp (k.seg[0], "v2") == 0 && strcmp (k.seg[1], "sandboxes") == 0)
+    {
+      /* E2B's v2 control plane: the same sandboxes as v1 where it has no
+         route of its own */
+      r = find_route (method, k.seg + 1, k.n - 1, k.arg, &known);
+    }
+  if (r == NULL)
+    {
+      tl_dialect = dialect_of_path (k.seg, k.n);
+      return known ? send_error (c, 405, "method not allowed") : send_error (c, 404, "not found");
+    }
+  tl_dialect = r->dialect;
+  rq->route = r->pattern;
   enum MHD_Result ret;
-  if (!authenticate (h, c, rq, &ret))
+  if (!(r->flags & ROUTE_PUBLIC) && !authenticate (h, c, rq, &ret))
     return ret;
-  if (n >= 1 && strcmp (seg[0], "events") == 0)
-    return api_events (h, c, rq, method, seg, n);
-  if (n >= 2 && strcmp (seg[0], "v2") == 0 && strcmp (seg[1], "sandboxes") == 0)
+  if (r->flags & ROUTE_SANDBOX)
     {
-      /* E2B's v2 control plane: the same sandboxes, other list paging */
-      if (n == 2 && get)
-        return e2b_list_v2 (h, c, rq);
-      memmove (seg, seg + 1, (size_t) (n - 1) * sizeof seg[0]);
-      n--;
+      const char *id = k.arg[0];
+      snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, id);
+      if (!valid_id (id))
+        return r->dialect->bad_sandbox_id == 404 ? send_error (c, 404, "sandbox not found")
+                                                 : send_error (c, r->dialect->bad_sandbox_id, "invalid sandbox id");
+      struct sbx_err err;
+      if (sbx_service_sandbox_get (h->svc, &rq->org, id, &k.rec, &err) < 0)
+        return send_fail (c, &err);
+      k.have_rec = true;
     }
-  if (n == 0 || strcmp (seg[0], "sandboxes") != 0)
-    return send_error (c, 404, "not found");
-  if (n == 1)
-    {
-      if (post)
-        return create_sandbox (h, c, rq);
-      if (get)
-        return list_sandboxes (h, c, rq);
-      return send_error (c, 405, "method not allowed");
-    }
-  const char *id = seg[1];
-  if (!valid_id (id))
-    return send_error (c, 400, "invalid sandbox id");
-  struct sbx_sandbox_rec rec;
-  if (!own_sandbox (h, c, rq, id, &rec, &ret))
-    return ret;
-  bool stopped = strcmp (rec.status, "stopped") == 0;
-  sbx_sandbox_rec_free (&rec);
-  if (n == 2)
-    {
-      if (get)
-        return send_sandbox (h, c, id, 200);
-      if (del)
-        {
-          struct sbx_err err;
-          if (stopped || sbx_destroy (h->engine, id, &err) < 0)
-            return stopped || err.code == ESRCH || err.code == ENOENT ? send_error (c, 404, "sandbox not found")
-                                                                       : send_core_error (c, &err);
-          return send_empty (c, 204);
-        }
-      return send_error (c, 405, "method not allowed");
-    }
-  const char *what = seg[2];
-  struct sbx_err err;
-  if (n == 3 && post && strcmp (what, "pause") == 0)
-    {
-      if (sbx_pause (h->engine, id, &err) < 0)
-        {
-          if (err.code == EAGAIN || err.code == EALREADY)
-            return send_error (c, 409, "sandbox is already paused");
-          if (err.code == ESRCH || err.code == ENOENT)
-            return send_error (c, 409, "sandbox is not running");
-          return send_error (c, 502, "failed to pause sandbox in provider");
-        }
-      return send_empty (c, 204);
-    }
-  if (n == 3 && post && (strcmp (what, "connect") == 0 || strcmp (what, "resume") == 0))
-    return connect_sandbox (h, c, id, rq);
-  if (n == 3 && post && (strcmp (what, "timeout") == 0 || strcmp (what, "refreshes") == 0))
-    return timeout_sandbox (h, c, id, rq, strcmp (what, "refreshes") == 0);
-  if (n == 3 && get && strcmp (what, "metrics") == 0)
-    return metrics_sandbox (h, c, id);
-  if (n == 3 && strcmp (what, "network") == 0)
-    return strcmp (method, "PUT") == 0 ? network_sandbox (h, c, id, rq) : send_error (c, 405, "method not allowed");
-  if (n == 3 && get && strcmp (what, "files") == 0)
-    return download_file (h, c, rq, id);
-  if (strcmp (what, "processes") == 0)
-    {
-      if (n == 3 && post)
-        return exec_sync (h, c, id, rq);
-      if (n == 3 && get)
-        return list_processes (h, c, id);
-      if (n == 4 && post && strcmp (seg[3], "stream") == 0)
-        return exec_stream (h, c, id, rq);
-      uint32_t pid;
-      if (n >= 4 && parse_pid (seg[3], &pid) < 0)
-        return send_error (c, 400, "invalid pid");
-      if (n == 5 && get && strcmp (seg[4], "stream") == 0)
-        {
-          struct stream_job *job = calloc (1, sizeof *job);
-          job->pid = pid;
-          return start_stream (h, c, id, job);
-        }
-      if (n == 5 && post)
-        return process_action (h, c, id, pid, seg[4], rq);
-      return send_error (c, 404, "not found");
-    }
-  if (strcmp (what, "filesystem") == 0 && n <= 4)
-    return files_endpoint (h, c, id, method, n == 4 ? seg[3] : "", rq);
-  return send_error (c, 404, "not found");
+  ret = r->fn (&k);
+  if (k.have_rec)
+    sbx_sandbox_rec_free (&k.rec);
+  return ret;
 }
 
 /* A multipart upload is streamed into the sandbox as it arrives instead of
@@ -1455,6 +453,20 @@ begin_upload (struct http_server *h, struct MHD_Connection *c, const char *metho
   return upload_begin (h, c, rq, seg[1]);
 }
 
+/* One line per request: method, route, status, duration, organisation,
+   sandbox. */
+static void
+log_request (struct request *rq, unsigned status)
+{
+  const char *method = rq->method, *url = rq->url;
+  char st[16], ms[32];
+  snprintf (st, sizeof st, "%u", status);
+  snprintf (ms, sizeof ms, "%.3f", (double) ((int64_t) sbx_now_ns () - rq->start_ns) / 1e6);
+  sbx_log_fields (status >= 500 ? SBX_LOG_WARN : SBX_LOG_INFO, "request", "method", method, "route",
+                  rq->route ? rq->route : url, "status", st, "ms", ms, "org", rq->authed ? rq->org.name : "-",
+                  "sandbox", rq->sandbox_id[0] ? rq->sandbox_id : "-", NULL);
+}
+
 static enum MHD_Result
 on_request (void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
             const char *upload_data, size_t *upload_size, void **con_cls)
@@ -1468,6 +480,11 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
       if (rq == NULL)
         return MHD_NO;
       *con_cls = rq;
+      rq->start_ns = (int64_t) sbx_now_ns ();
+      snprintf (rq->method, sizeof rq->method, "%s", method);
+      snprintf (rq->url, sizeof rq->url, "%s", url);
+      tl_status = 0;
+      tl_dialect = NULL;
       char sid[SBX_ID_MAX];
       if (!e2b_is_envd (c) && e2b_signed_file (h, c, method, url, sid))
         {
@@ -1543,6 +560,7 @@ on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_Requ
   struct request *rq = *con_cls;
   if (rq)
     {
+      log_request (rq, tl_status);
       upload_free (rq);
       free (rq->body);
       free (rq);
@@ -1562,9 +580,10 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   h->engine = cfg->engine;
   h->store = cfg->store;
   h->webhooks = cfg->webhooks;
+  h->svc = cfg->svc;
+  h->images = cfg->images;
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
   snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
-  pthread_mutex_init (&h->create_lock, NULL);
   if (e2b_load_secret (h, err) < 0)
     {
       free (h);

@@ -16,7 +16,7 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
-#include "../service/events.h"
+#include "../service/service.h"
 #include "../api/server.h"
 #include "../service/store.h"
 #include "../service/webhook.h"
@@ -191,12 +191,18 @@ cmd_serve (int argc, char **argv)
     }
   const char *scale_env = getenv ("SBXD_WEBHOOK_RETRY_SCALE");
   double scale = scale_env ? strtod (scale_env, NULL) : 1.0;
-  struct sbx_events events = { .store = store };
+  struct sbx_service *svc;
+  if (sbx_service_open (store, &svc, &err) < 0)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_store_close (store);
+      return 1;
+    }
   net.operator_allow = ops;
   struct sbx_engine_config cfg = { .state_dir = state,
                                    .template_dir = tmpl,
-                                   .on_event = sbx_events_on_change,
-                                   .event_ud = &events,
+                                   .on_event = sbx_service_on_change,
+                                   .event_ud = svc,
                                    .net = network ? &net : NULL };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
@@ -205,14 +211,21 @@ cmd_serve (int argc, char **argv)
       sbx_store_close (store);
       return 1;
     }
-  if (sbx_webhooks_start (store, scale, &events.webhooks, &err) < 0)
+  sbx_service_set_engine (svc, engine);
+  struct sbx_webhooks *webhooks;
+  if (sbx_webhooks_start (store, scale, &webhooks, &err) < 0)
     {
       fprintf (stderr, "sbxd: %s\n", err.msg);
       return 1;
     }
+  sbx_service_set_webhooks (svc, webhooks);
+  int changes = sbx_service_reconcile (svc, &err);
+  if (changes < 0)
+    fprintf (stderr, "sbxd: reconcile records with sandboxes: %s\n", err.msg);
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
-                                .webhooks = events.webhooks,
+                                .svc = svc,
+                                .webhooks = webhooks,
                                 .addr = (struct sockaddr *) &sa,
                                 .docs_dir = SBXD_DOCS_DIR,
                                 .state_dir = state };
@@ -232,8 +245,9 @@ cmd_serve (int argc, char **argv)
   fprintf (stderr, "sbxd: stopping; sandboxes keep running\n");
   sbx_http_stop (h);
   sbx_engine_close (engine);
-  sbx_webhooks_stop (events.webhooks);
-  events.webhooks = NULL;
+  sbx_service_set_webhooks (svc, NULL);
+  sbx_webhooks_stop (webhooks);
+  sbx_service_close (svc);
   sbx_store_close (store);
   return 0;
 }

@@ -168,6 +168,8 @@ enum stmt_id
   S_SB_GET,
   S_SB_LIST,
   S_SB_LIVE,
+  S_SB_DELETE,
+  S_SB_LIVE_ALL,
   S_EV_INSERT,
   S_EV_QUEUE,
   S_EV_BY_ID,
@@ -218,9 +220,13 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_SB_PUT] = "INSERT OR REPLACE INTO sandboxes (" SB_COLS ")"
                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
   [S_SB_GET] = "SELECT " SB_COLS " FROM sandboxes WHERE id = ?1",
+  /* placeholders of creates in progress ("rsv_...") are not listed */
   [S_SB_LIST] = "SELECT " SB_COLS " FROM sandboxes WHERE org_id = ?1 AND (?2 IS NULL OR status = ?2)"
-                " ORDER BY started_ms DESC, id",
+                " AND id NOT LIKE 'rsv!_%' ESCAPE '!' ORDER BY started_ms DESC, id",
   [S_SB_LIVE] = "SELECT COUNT(*) FROM sandboxes WHERE org_id = ?1 AND status IN ('running', 'paused', 'creating')",
+  [S_SB_DELETE] = "DELETE FROM sandboxes WHERE id = ?1",
+  [S_SB_LIVE_ALL] = "SELECT " SB_COLS " FROM sandboxes WHERE status IN ('running', 'paused', 'creating')"
+                    " ORDER BY started_ms, id",
 
   [S_EV_INSERT] = "INSERT INTO events (id, org_id, sandbox_id, template_id, type, timestamp_ms, data)"
                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -992,12 +998,9 @@ sandbox_from_row (sqlite3_stmt *s, struct sbx_sandbox_rec *r)
   return col_dup (s, 4, &r->metadata_json);
 }
 
-int
-sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
+static int
+sandbox_put_locked (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
 {
-  if (r == NULL || r->id[0] == '\0')
-    return sbx_failx (err, EINVAL, "sandbox record without id");
-  cleanup_unlock struct sbx_store *locked = store_lock (st);
   cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_PUT];
   int rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | BIND_FIXED (s, 3, r->template_id)
            | BIND_FIXED (s, 4, r->status) | bind_text (s, 5, r->metadata_json)
@@ -1008,6 +1011,15 @@ sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, st
   if (bind_check (st, rc, err, "save sandbox") < 0 || step_done (st, s, err, "save sandbox") < 0)
     return -1;
   return 0;
+}
+
+int
+sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
+{
+  if (r == NULL || r->id[0] == '\0')
+    return sbx_failx (err, EINVAL, "sandbox record without id");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  return sandbox_put_locked (st, r, err);
 }
 
 int
@@ -1115,23 +1127,13 @@ event_from_row (sqlite3_stmt *s, struct sbx_event *e)
   return col_dup (s, 7, &e->data_json);
 }
 
-int
-sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err *err)
+/* Insert EV and queue its deliveries; the caller holds the lock and an open
+   transaction.  Fills EV's identity only in *SEQ and ID, which the caller
+   copies once the transaction commits. */
+static int
+event_add_tx (struct sbx_store *st, const struct sbx_event *ev, const char *id, int64_t now, int64_t ts, int64_t *seq,
+              struct sbx_err *err)
 {
-  if (ev == NULL || ev->type[0] == '\0' || ev->org_id[0] == '\0')
-    return sbx_failx (err, EINVAL, "event without type or organisation");
-  char id[SBX_STORE_ID_MAX];
-  if (random_uuid (id, sizeof id, err) < 0)
-    return -1;
-  int64_t now = sbx_wall_ms ();
-  int64_t ts = ev->timestamp_ms ? ev->timestamp_ms : now;
-  int64_t seq;
-
-  cleanup_unlock struct sbx_store *locked = store_lock (st);
-  cleanup_rollback struct sbx_store *tx = NULL;
-  if (run (st, S_BEGIN, err, "begin") < 0)
-    return -1;
-  tx = st;
   {
     cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_INSERT];
     int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, ev->org_id) | BIND_FIXED (s, 3, ev->sandbox_id)
@@ -1139,23 +1141,139 @@ sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err 
              | bind_text (s, 7, ev->data_json);
     if (bind_check (st, rc, err, "add event") < 0 || step_done (st, s, err, "add event") < 0)
       return -1;
-    seq = sqlite3_last_insert_rowid (st->db);
+    *seq = sqlite3_last_insert_rowid (st->db);
   }
-  {
-    cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_QUEUE];
-    int rc = bind_text (s, 1, id) | sqlite3_bind_int64 (s, 2, now) | BIND_FIXED (s, 3, ev->org_id)
-             | BIND_FIXED (s, 4, ev->type);
-    if (bind_check (st, rc, err, "queue deliveries") < 0 || step_done (st, s, err, "queue deliveries") < 0)
-      return -1;
-  }
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_QUEUE];
+  int rc = bind_text (s, 1, id) | sqlite3_bind_int64 (s, 2, now) | BIND_FIXED (s, 3, ev->org_id)
+           | BIND_FIXED (s, 4, ev->type);
+  if (bind_check (st, rc, err, "queue deliveries") < 0 || step_done (st, s, err, "queue deliveries") < 0)
+    return -1;
+  return 0;
+}
+
+/* One transaction: delete record DROP_ID (may be NULL), save record R (may
+   be NULL), and add event EV (may be NULL) with its deliveries. */
+static int
+record_tx (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_rec *r, struct sbx_event *ev,
+           struct sbx_err *err)
+{
+  if (ev && (ev->type[0] == '\0' || ev->org_id[0] == '\0'))
+    return sbx_failx (err, EINVAL, "event without type or organisation");
+  if (r && r->id[0] == '\0')
+    return sbx_failx (err, EINVAL, "sandbox record without id");
+  char id[SBX_STORE_ID_MAX];
+  if (ev && random_uuid (id, sizeof id, err) < 0)
+    return -1;
+  int64_t now = sbx_wall_ms ();
+  int64_t ts = ev && ev->timestamp_ms ? ev->timestamp_ms : now;
+  int64_t seq = 0;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  if (drop_id)
+    {
+      cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_DELETE];
+      if (bind_check (st, bind_text (s, 1, drop_id), err, "delete sandbox") < 0
+          || step_done (st, s, err, "delete sandbox") < 0)
+        return -1;
+    }
+  if (r && sandbox_put_locked (st, r, err) < 0)
+    return -1;
+  if (ev && event_add_tx (st, ev, id, now, ts, &seq, err) < 0)
+    return -1;
   if (run (st, S_COMMIT, err, "commit") < 0)
     return -1;
   tx = NULL;
 
   /* Only a committed event gets its identity. */
-  ev->seq = seq;
-  copy_str (ev->id, sizeof ev->id, id);
-  ev->timestamp_ms = ts;
+  if (ev)
+    {
+      ev->seq = seq;
+      copy_str (ev->id, sizeof ev->id, id);
+      ev->timestamp_ms = ts;
+    }
+  return 0;
+}
+
+int
+sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err *err)
+{
+  if (ev == NULL)
+    return sbx_failx (err, EINVAL, "event without type or organisation");
+  return record_tx (st, NULL, NULL, ev, err);
+}
+
+int
+sbx_store_sandbox_record (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_rec *r,
+                          struct sbx_event *ev, struct sbx_err *err)
+{
+  return record_tx (st, drop_id, r, ev, err);
+}
+
+int
+sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                           char id[SBX_STORE_ID_MAX], struct sbx_err *err)
+{
+  if (random_id (id, SBX_STORE_ID_MAX, "rsv_", err) < 0)
+    return -1;
+  struct sbx_sandbox_rec r;
+  memset (&r, 0, sizeof r);
+  copy_str (r.id, sizeof r.id, id);
+  copy_str (r.org_id, sizeof r.org_id, org_id);
+  copy_str (r.template_id, sizeof r.template_id, template_id ? template_id : "");
+  copy_str (r.status, sizeof r.status, "creating");
+  r.started_ms = sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE];
+    if (bind_check (st, bind_text (s, 1, org_id), err, "count sandboxes") < 0)
+      return -1;
+    int rr = step_row (st, s, err, "count sandboxes");
+    if (rr < 0)
+      return -1;
+    if (rr && (uint64_t) sqlite3_column_int64 (s, 0) >= max)
+      return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
+  }
+  if (sandbox_put_locked (st, &r, err) < 0 || run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
+}
+
+int
+sbx_store_sandbox_list_live (struct sbx_store *st, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec *recs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE_ALL];
+  while ((r = step_row (st, s, err, "list live sandboxes")) > 0)
+    {
+      struct sbx_sandbox_rec *one = sbx_grow (&recs, &count, &cap, sizeof *recs);
+      if (one == NULL || sandbox_from_row (s, one) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_sandbox_recs_free (recs, count);
+      return -1;
+    }
+  *v = recs;
+  *n = count;
   return 0;
 }
 

@@ -21,6 +21,7 @@
 #define SBX_STORE_ID_MAX 48
 
 struct sbx_store;
+struct sbx_event;
 
 int sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err);
 void sbx_store_close (struct sbx_store *st);
@@ -88,6 +89,21 @@ int sbx_store_sandbox_get (struct sbx_store *st, const char *id, struct sbx_sand
 /* ORG's records, newest first; STATUS NULL for all. */
 int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
                             size_t *n, struct sbx_err *err);
+/* Take one of ORG's MAX concurrent sandboxes: in one transaction, count
+   its live records (creating, running, paused) and, below MAX, insert a
+   "creating" placeholder whose id ("rsv_...") is written to ID.  At MAX it
+   fails with kind SBX_E_LIMIT.  The placeholder is replaced by the real
+   record (sbx_store_sandbox_record) or dropped when the create fails. */
+int sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                               char id[SBX_STORE_ID_MAX], struct sbx_err *err);
+/* One transaction: delete record DROP_ID (may be NULL), save R (may be
+   NULL) and add EV (may be NULL; filled as by sbx_store_event_add) with
+   its webhook deliveries. */
+int sbx_store_sandbox_record (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_rec *r,
+                              struct sbx_event *ev, struct sbx_err *err);
+/* Live records (creating, running, paused) of every organisation, oldest
+   first: what start-up reconciles with the engine. */
+int sbx_store_sandbox_list_live (struct sbx_store *st, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
 /* Running and paused sandboxes of ORG. */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
 
