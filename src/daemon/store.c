@@ -9,7 +9,7 @@
  *
  * Tables:
  *
- *   orgs        organisations and their limits
+ *   orgs        organisations, their plan and limits (plans.h)
  *   api_keys    SHA-256 of each key (never the key), its hint and its org
  *   sandboxes   one record per sandbox, replaced whole on every change
  *   events      lifecycle events; seq (AUTOINCREMENT) orders them
@@ -20,6 +20,10 @@
  * An event and the deliveries it causes are written in one transaction,
  * so a crash never loses a notification nor sends one for an event that
  * was not recorded.
+ *
+ * The schema is versioned (PRAGMA user_version); columns added since
+ * version 1 are listed in added_columns[] and added to older files at
+ * open, so that existing state directories keep working.
  *
  * Every statement is prepared once at open (SQLITE_PREPARE_PERSISTENT),
  * with bound parameters only, and reset after each use; the API key lookup
@@ -41,16 +45,15 @@
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "plans.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define ID_RANDOM_CHARS 20
 #define KEY_RANDOM_BYTES 20       /* 40 hex characters */
 #define KEY_HINT_CHARS 10
 #define MAX_KEY_LEN 256           /* longer "keys" are refused unhashed */
 #define MAX_DELIVERY_ERROR 1000   /* bytes of last_error kept */
 
-#define DEFAULT_MAX_SANDBOXES 10
-#define DEFAULT_MAX_TIMEOUT_S 3600
 #define DEFAULT_MAX_UPLOAD_BYTES (100ull * 1024 * 1024)
 
 /* ---------------------------------------------------------------- schema */
@@ -62,7 +65,9 @@ static const char schema_sql[]
       "  max_sandboxes INTEGER NOT NULL,"
       "  max_timeout_s INTEGER NOT NULL,"
       "  max_upload_bytes INTEGER NOT NULL,"
-      "  created_ms INTEGER NOT NULL);"
+      "  created_ms INTEGER NOT NULL,"
+      "  plan TEXT NOT NULL DEFAULT 'default',"
+      "  monthly_hours INTEGER NOT NULL DEFAULT 0);"
       "CREATE TABLE IF NOT EXISTS api_keys ("
       "  id TEXT PRIMARY KEY,"
       "  org_id TEXT NOT NULL REFERENCES orgs (id),"
@@ -123,9 +128,16 @@ static const char schema_sql[]
       "CREATE INDEX IF NOT EXISTS deliveries_state_next ON deliveries (state, next_ms);"
       "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);";
 
+/* Indexes on columns added_columns[] (below) may have had to add first. */
+static const char schema_indexes_sql[] = "";
+
+#define SBX_STRINGIFY_(x) #x
+#define SBX_STRINGIFY(x) SBX_STRINGIFY_ (x)
+
 /* ------------------------------------------------------------ statements */
 
-#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes"
+#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes, o.plan, o.monthly_hours"
+#define ORG_NCOLS 7
 #define SB_COLS                                                                                        \
   "id, org_id, template_id, status, metadata, started_ms, end_ms, stopped_ms, stop_reason, cpu_count, " \
   "memory_mb, disk_mb"
@@ -159,6 +171,8 @@ enum stmt_id
   S_ORG_BY_NAME,
   S_ORG_INSERT,
   S_ORG_LIMITS,
+  S_ORG_UPDATE,
+  S_ORG_LIST,
   S_KEY_INSERT,
   S_KEY_LOOKUP,
   S_KEY_LIST,
@@ -196,13 +210,16 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_ROLLBACK] = "ROLLBACK",
 
   [S_ORG_BY_NAME] = "SELECT " ORG_COLS " FROM orgs AS o WHERE o.name = ?1",
-  [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms)"
-                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+  [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms,"
+                   " plan, monthly_hours) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
   [S_ORG_LIMITS] = "UPDATE orgs SET"
                    " max_sandboxes = CASE WHEN ?2 > 0 THEN ?2 ELSE max_sandboxes END,"
                    " max_timeout_s = CASE WHEN ?3 > 0 THEN ?3 ELSE max_timeout_s END,"
                    " max_upload_bytes = CASE WHEN ?4 > 0 THEN ?4 ELSE max_upload_bytes END"
                    " WHERE name = ?1",
+  [S_ORG_UPDATE] = "UPDATE orgs SET plan = ?2, max_sandboxes = ?3, max_timeout_s = ?4, monthly_hours = ?5"
+                   " WHERE name = ?1",
+  [S_ORG_LIST] = "SELECT " ORG_COLS " FROM orgs AS o ORDER BY o.created_ms, o.rowid",
 
   [S_KEY_INSERT] = "INSERT INTO api_keys (id, org_id, hash, hint, created_ms, revoked_ms)"
                    " VALUES (?1, ?2, ?3, ?4, ?5, 0)",
@@ -595,6 +612,54 @@ exec (struct sbx_store *st, const char *sql, int (*cb) (void *, int, char **, ch
   return 0;
 }
 
+/* Columns added since schema version 1.  A file written by an older sbxd
+   gets them on open, with these defaults; CREATE TABLE above already has
+   them for a new file.  Only ever append to this list. */
+static const struct
+{
+  const char *table, *column, *decl;
+} added_columns[] = {
+  { "orgs", "plan", "TEXT NOT NULL DEFAULT 'default'" },
+  { "orgs", "monthly_hours", "INTEGER NOT NULL DEFAULT 0" },
+};
+
+/* 1 when TABLE has COLUMN, 0 when not. */
+static int
+has_column (struct sbx_store *st, const char *table, const char *column, struct sbx_err *err)
+{
+  sqlite3_stmt *s = NULL;
+  int rc = sqlite3_prepare_v2 (st->db, "SELECT 1 FROM pragma_table_info (?1) WHERE name = ?2", -1, &s, NULL);
+  if (rc != SQLITE_OK)
+    return db_fail (st->db, rc, err, "schema");
+  rc = bind_text (s, 1, table) | bind_text (s, 2, column);
+  int r = bind_check (st, rc, err, "schema");
+  if (r == 0)
+    r = step_row (st, s, err, "schema");
+  sqlite3_finalize (s);
+  return r;
+}
+
+static int
+migrate_columns (struct sbx_store *st, struct sbx_err *err)
+{
+  for (size_t i = 0; i < sizeof added_columns / sizeof added_columns[0]; i++)
+    {
+      char sql[256];
+      int r = has_column (st, added_columns[i].table, added_columns[i].column, err);
+      if (r < 0)
+        return -1;
+      if (r > 0)
+        continue;
+      /* Names from the table above, never from input: ALTER TABLE takes
+         no bound parameters. */
+      snprintf (sql, sizeof sql, "ALTER TABLE %s ADD COLUMN %s %s", added_columns[i].table, added_columns[i].column,
+                added_columns[i].decl);
+      if (exec (st, sql, NULL, NULL, err, "add column") < 0)
+        return -1;
+    }
+  return 0;
+}
+
 static int
 create_schema (struct sbx_store *st, struct sbx_err *err)
 {
@@ -609,10 +674,12 @@ create_schema (struct sbx_store *st, struct sbx_err *err)
                  SCHEMA_VERSION);
       goto fail;
     }
-  if (exec (st, schema_sql, NULL, NULL, err, "create schema") < 0)
+  if (exec (st, schema_sql, NULL, NULL, err, "create schema") < 0 || migrate_columns (st, err) < 0
+      || exec (st, schema_indexes_sql, NULL, NULL, err, "create indexes") < 0)
     goto fail;
   /* A constant: PRAGMA takes no bound parameters. */
-  if (version < SCHEMA_VERSION && exec (st, "PRAGMA user_version = 1", NULL, NULL, err, "schema version") < 0)
+  if (version < SCHEMA_VERSION
+      && exec (st, "PRAGMA user_version = " SBX_STRINGIFY (SCHEMA_VERSION), NULL, NULL, err, "schema version") < 0)
     goto fail;
   if (exec (st, "COMMIT", NULL, NULL, err, "commit") < 0)
     goto fail;
@@ -717,6 +784,8 @@ org_from_row (sqlite3_stmt *s, struct sbx_org *o)
   o->max_sandboxes = (uint32_t) sqlite3_column_int64 (s, 2);
   o->max_timeout_s = (uint32_t) sqlite3_column_int64 (s, 3);
   o->max_upload_bytes = (uint64_t) sqlite3_column_int64 (s, 4);
+  COL_COPY (s, 5, o->plan);
+  o->monthly_hours = (uint32_t) sqlite3_column_int64 (s, 6);
 }
 
 static int
@@ -726,7 +795,46 @@ check_org_name (const char *name, struct sbx_err *err)
     return sbx_failx (err, EINVAL, "organisation name is empty");
   if (strlen (name) >= sizeof ((struct sbx_org *) 0)->name)
     return sbx_failx (err, EINVAL, "organisation name is too long");
+  for (const char *c = name; *c; c++)
+    if ((unsigned char) *c < 0x20 || *c == 0x7f)
+      return sbx_failx (err, EINVAL, "organisation name contains a control character");
   return 0;
+}
+
+/* The plan and limits of O are ones an organisation may have. */
+static int
+check_org_limits (const struct sbx_org *o, struct sbx_err *err)
+{
+  if (sbx_plan_find (o->plan) == NULL)
+    return sbx_failx (err, EINVAL, "unknown plan %.*s (%s)", (int) strnlen (o->plan, sizeof o->plan), o->plan,
+                      sbx_plan_names ());
+  if (o->max_sandboxes < 1 || o->max_sandboxes > SBX_PLAN_MAX_SANDBOXES_CAP)
+    return sbx_failx (err, EINVAL, "max sandboxes must be between 1 and %u", SBX_PLAN_MAX_SANDBOXES_CAP);
+  if (o->max_timeout_s < 1 || o->max_timeout_s > SBX_PLAN_TIMEOUT_CAP)
+    return sbx_failx (err, EINVAL, "max timeout must be between 1 and %u seconds", SBX_PLAN_TIMEOUT_CAP);
+  if (o->monthly_hours > SBX_PLAN_MONTHLY_HOURS_CAP)
+    return sbx_failx (err, EINVAL, "monthly hours must be at most %u (0: unlimited)", SBX_PLAN_MONTHLY_HOURS_CAP);
+  if (o->max_upload_bytes > INT64_MAX)
+    return sbx_failx (err, EINVAL, "upload limit too large");
+  return 0;
+}
+
+/* Insert O (id assigned into ID); 1 when inserted, 0 when the name exists. */
+static int
+org_insert (struct sbx_store *st, const struct sbx_org *o, char id[SBX_STORE_ID_MAX], struct sbx_err *err)
+{
+  if (random_id (id, SBX_STORE_ID_MAX, "org_", err) < 0)
+    return -1;
+  /* OR IGNORE: another process may have created it meanwhile. */
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_INSERT];
+  uint64_t upload = o->max_upload_bytes ? o->max_upload_bytes : DEFAULT_MAX_UPLOAD_BYTES;
+  int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, o->name) | sqlite3_bind_int64 (s, 3, o->max_sandboxes)
+           | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, (sqlite3_int64) upload)
+           | sqlite3_bind_int64 (s, 6, sbx_wall_ms ()) | BIND_FIXED (s, 7, o->plan)
+           | sqlite3_bind_int64 (s, 8, o->monthly_hours);
+  if (bind_check (st, rc, err, "create organisation") < 0 || step_done (st, s, err, "create organisation") < 0)
+    return -1;
+  return sqlite3_changes (st->db) > 0;
 }
 
 /* 1 and *OUT when the organisation exists, else 0. */
@@ -749,19 +857,14 @@ org_ensure_locked (struct sbx_store *st, const char *name, struct sbx_org *out, 
   if (r != 0)
     return r < 0 ? -1 : 0;
 
+  const struct sbx_plan *p = sbx_plan_default ();
+  struct sbx_org o = { .max_sandboxes = p->max_sandboxes, .max_timeout_s = p->max_timeout_s,
+                       .monthly_hours = p->monthly_hours };
   char id[SBX_STORE_ID_MAX];
-  if (random_id (id, sizeof id, "org_", err) < 0)
+  copy_str (o.name, sizeof o.name, name);
+  copy_str (o.plan, sizeof o.plan, p->name);
+  if (org_insert (st, &o, id, err) < 0)
     return -1;
-  {
-    /* OR IGNORE: another process may have created it meanwhile. */
-    cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_INSERT];
-    int rc = bind_text (s, 1, id) | bind_text (s, 2, name) | sqlite3_bind_int64 (s, 3, DEFAULT_MAX_SANDBOXES)
-             | sqlite3_bind_int64 (s, 4, DEFAULT_MAX_TIMEOUT_S)
-             | sqlite3_bind_int64 (s, 5, (sqlite3_int64) DEFAULT_MAX_UPLOAD_BYTES)
-             | sqlite3_bind_int64 (s, 6, sbx_wall_ms ());
-    if (bind_check (st, rc, err, "create organisation") < 0 || step_done (st, s, err, "create organisation") < 0)
-      return -1;
-  }
   r = org_find (st, name, out, err);
   if (r == 0)
     return sbx_failx (err, EIO, "database: organisation %s vanished", name);
@@ -779,6 +882,92 @@ sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *ou
 }
 
 int
+sbx_store_org_get (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err)
+{
+  memset (out, 0, sizeof *out);
+  if (check_org_name (name, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  int r = org_find (st, name, out, err);
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "organisation %s not found", name);
+  return 0;
+}
+
+int
+sbx_store_org_list (struct sbx_store *st, struct sbx_org **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_org *orgs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_LIST];
+  while ((r = step_row (st, s, err, "list organisations")) > 0)
+    {
+      struct sbx_org *one = sbx_grow (&orgs, &count, &cap, sizeof *orgs);
+      if (one == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      org_from_row (s, one);
+    }
+  if (r < 0)
+    {
+      free (orgs);
+      return -1;
+    }
+  *v = orgs;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_org_create (struct sbx_store *st, struct sbx_org *o, struct sbx_err *err)
+{
+  char id[SBX_STORE_ID_MAX];
+  if (o == NULL)
+    return sbx_failx (err, EINVAL, "no organisation");
+  o->name[sizeof o->name - 1] = '\0';
+  if (check_org_name (o->name, err) < 0 || check_org_limits (o, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  int r = org_insert (st, o, id, err);
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, EEXIST, "organisation %s already exists", o->name);
+  copy_str (o->id, sizeof o->id, id);
+  if (o->max_upload_bytes == 0)
+    o->max_upload_bytes = DEFAULT_MAX_UPLOAD_BYTES;
+  return 0;
+}
+
+int
+sbx_store_org_update (struct sbx_store *st, const struct sbx_org *o, struct sbx_err *err)
+{
+  if (o == NULL)
+    return sbx_failx (err, EINVAL, "no organisation");
+  if (strnlen (o->name, sizeof o->name) == sizeof o->name)
+    return sbx_failx (err, EINVAL, "organisation name is too long");
+  if (check_org_name (o->name, err) < 0 || check_org_limits (o, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_UPDATE];
+  int rc = bind_text (s, 1, o->name) | BIND_FIXED (s, 2, o->plan) | sqlite3_bind_int64 (s, 3, o->max_sandboxes)
+           | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, o->monthly_hours);
+  if (bind_check (st, rc, err, "update organisation") < 0 || step_done (st, s, err, "update organisation") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "organisation %s not found", o->name);
+  return 0;
+}
+
+int
 sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_sandboxes, uint32_t max_timeout_s,
                           uint64_t max_upload_bytes, struct sbx_err *err)
 {
@@ -786,6 +975,8 @@ sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_s
     return -1;
   if (max_upload_bytes > INT64_MAX)
     return sbx_failx (err, EINVAL, "upload limit too large");
+  if (max_timeout_s > SBX_PLAN_TIMEOUT_CAP || max_sandboxes > SBX_PLAN_MAX_SANDBOXES_CAP)
+    return sbx_failx (err, EINVAL, "limit out of bounds");
   cleanup_unlock struct sbx_store *locked = store_lock (st);
   cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_LIMITS];
   int rc = bind_text (s, 1, name) | sqlite3_bind_int64 (s, 2, max_sandboxes) | sqlite3_bind_int64 (s, 3, max_timeout_s)
@@ -879,7 +1070,7 @@ sbx_store_key_lookup (struct sbx_store *st, const char *key, struct sbx_org *org
     return -1;
   if (r == 0)
     return sbx_failx (err, ENOENT, "invalid API key");
-  if (sqlite3_column_int64 (s, 5) != 0)
+  if (sqlite3_column_int64 (s, ORG_NCOLS) != 0)
     return sbx_failx (err, EKEYREVOKED, "API key revoked");
   if (org)
     org_from_row (s, org);

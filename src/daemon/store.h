@@ -27,16 +27,33 @@ void sbx_store_close (struct sbx_store *st);
 
 /* ---- organisations ---- */
 
+/* An organisation and its limits.  PLAN (plans.h) names where the limits
+   came from; max_sandboxes, max_timeout_s and monthly_hours start as the
+   plan's and may each be overridden by the operator. */
 struct sbx_org {
   char id[SBX_STORE_ID_MAX];   /* "org_" + random */
   char name[128];
-  uint32_t max_sandboxes;      /* concurrent (running + paused); default 10 */
-  uint32_t max_timeout_s;      /* default 3600 */
+  char plan[16];               /* default, free, builder, pro, scale */
+  uint32_t max_sandboxes;      /* concurrent (running + paused) */
+  uint32_t max_timeout_s;      /* longest sandbox lifetime, at most SBX_PLAN_TIMEOUT_CAP */
+  uint32_t monthly_hours;      /* sandbox hours per month; 0: unlimited */
   uint64_t max_upload_bytes;   /* default 100 MB */
 };
 
-/* The organisation called NAME, created with the defaults if missing. */
+/* The organisation called NAME, created on the default plan if missing. */
 int sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
+/* The organisation called NAME; ENOENT when there is none. */
+int sbx_store_org_get (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
+/* Every organisation, oldest first; free *V with free(). */
+int sbx_store_org_list (struct sbx_store *st, struct sbx_org **v, size_t *n, struct sbx_err *err);
+/* Create organisation O->name with O's plan and limits (max_upload_bytes 0:
+   the default); fills O->id.  EEXIST when the name is taken, EINVAL for an
+   unknown plan or a limit out of bounds (see plans.h). */
+int sbx_store_org_create (struct sbx_store *st, struct sbx_org *o, struct sbx_err *err);
+/* Replace plan, max_sandboxes, max_timeout_s and monthly_hours of the
+   organisation O->name; ENOENT when there is none, EINVAL as above.
+   Running daemons see the change at their next request. */
+int sbx_store_org_update (struct sbx_store *st, const struct sbx_org *o, struct sbx_err *err);
 /* Change an organisation's limits (0 leaves a field as it is). */
 int sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_sandboxes, uint32_t max_timeout_s,
                               uint64_t max_upload_bytes, struct sbx_err *err);

@@ -1,7 +1,8 @@
 /*
  * test_store.c - tests of src/daemon/store.c on a real SQLite file.
  *
- * Everything runs in a temporary directory: organisations and limits, API
+ * Everything runs in a temporary directory: organisations, plans and
+ * limits, the migration of a version 1 file, API
  * keys (formats, lookup, revocation, and that no key is ever written in
  * clear, WAL file included), sandbox records, events and their filters,
  * webhooks, the delivery queue (per-webhook order, retries, final states),
@@ -9,7 +10,7 @@
  * connection on the same file, and a small concurrency run.  No root, no network; a second or so.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
- *     tests/unit/test_store.c src/daemon/store.c src/common/error.c src/common/util.c \
+ *     tests/unit/test_store.c src/daemon/store.c src/daemon/plans.c src/common/error.c src/common/util.c \
  *     -lsqlite3 -ljansson -lcrypto -lpthread && /tmp/test_store
  */
 #include <ctype.h>
@@ -27,6 +28,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/plans.h"
 #include "daemon/store.h"
 
 #include "check.h"
@@ -137,6 +139,7 @@ test_orgs (void)
   CHECK (good_id (o.id, "org_"));
   CHECK (strcmp (o.name, "acme") == 0);
   CHECK (o.max_sandboxes == 10 && o.max_timeout_s == 3600 && o.max_upload_bytes == 100ull * 1024 * 1024);
+  CHECK (strcmp (o.plan, "default") == 0 && o.monthly_hours == 0);
   CHECK_OK (sbx_store_org_ensure (st, "acme", &o2, err));
   CHECK (strcmp (o.id, o2.id) == 0);
 
@@ -148,7 +151,90 @@ test_orgs (void)
   CHECK (o2.max_sandboxes == 5 && o2.max_timeout_s == 600 && o2.max_upload_bytes == 1234);
   CHECK_ERR (sbx_store_org_set_limits (st, "nobody", 1, 1, 1, err), ENOENT);
   CHECK_ERR (sbx_store_org_ensure (st, "", &o2, err), EINVAL);
+  CHECK_ERR (sbx_store_org_ensure (st, "bad\nname", &o2, err), EINVAL);
+  CHECK_ERR (sbx_store_org_set_limits (st, "acme", 0, 7201, 0, err), EINVAL);
   org_a = o2;
+}
+
+/* Plans: the table, creating organisations on a plan, overriding limits,
+   listing, and what is refused. */
+static void
+test_plans (void)
+{
+  const struct sbx_plan *p = sbx_plan_find ("free");
+  CHECK (p && p->max_sandboxes == 3 && p->max_timeout_s == 300 && p->monthly_hours == 5);
+  p = sbx_plan_find ("builder");
+  CHECK (p && p->max_sandboxes == 3 && p->max_timeout_s == 1800 && p->monthly_hours == 50);
+  p = sbx_plan_find ("pro");
+  CHECK (p && p->max_sandboxes == 10 && p->max_timeout_s == 3600 && p->monthly_hours == 500);
+  p = sbx_plan_find ("scale");
+  CHECK (p && p->max_sandboxes == 50 && p->max_timeout_s == 7200 && p->monthly_hours == 5000);
+  CHECK (p && p->max_timeout_s <= SBX_PLAN_TIMEOUT_CAP);
+  p = sbx_plan_default ();
+  CHECK (strcmp (p->name, "default") == 0 && p->max_sandboxes == 10 && p->max_timeout_s == 3600
+         && p->monthly_hours == 0);
+  CHECK (sbx_plan_find ("gold") == NULL && sbx_plan_find (NULL) == NULL && sbx_plan_find ("Free") == NULL);
+  int nplans = 0;
+  for (const struct sbx_plan *const *v = sbx_plans (); *v; v++)
+    nplans++;
+  CHECK (nplans == 5);
+
+  struct sbx_org o = { .name = "startup", .plan = "free", .max_sandboxes = 3, .max_timeout_s = 300,
+                       .monthly_hours = 5 };
+  CHECK_OK (sbx_store_org_create (st, &o, err));
+  CHECK (good_id (o.id, "org_") && o.max_upload_bytes == 100ull * 1024 * 1024);
+  struct sbx_org g;
+  CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
+  CHECK (strcmp (g.id, o.id) == 0 && strcmp (g.plan, "free") == 0 && g.max_sandboxes == 3 && g.max_timeout_s == 300
+         && g.monthly_hours == 5 && g.max_upload_bytes == 100ull * 1024 * 1024);
+  /* ensure finds it as it is, and a key of it carries the plan */
+  CHECK_OK (sbx_store_org_ensure (st, "startup", &g, err));
+  CHECK (strcmp (g.plan, "free") == 0 && g.max_sandboxes == 3);
+  char key[64];
+  CHECK_OK (sbx_store_key_create (st, "startup", "sk-sb-", key, sizeof key, NULL, err));
+  CHECK_OK (sbx_store_key_lookup (st, key, &g, err));
+  CHECK (strcmp (g.plan, "free") == 0 && g.max_timeout_s == 300 && g.monthly_hours == 5);
+
+  struct sbx_org dup = o;
+  CHECK_ERR (sbx_store_org_create (st, &dup, err), EEXIST);
+  struct sbx_org bad = { .name = "b", .plan = "gold", .max_sandboxes = 1, .max_timeout_s = 1 };
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  snprintf (bad.plan, sizeof bad.plan, "pro");
+  bad.max_sandboxes = 0;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.max_sandboxes = 1;
+  bad.max_timeout_s = SBX_PLAN_TIMEOUT_CAP + 1;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.max_timeout_s = 0;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.max_timeout_s = 1;
+  bad.monthly_hours = SBX_PLAN_MONTHLY_HOURS_CAP + 1;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  CHECK_ERR (sbx_store_org_get (st, "b", &g, err), ENOENT);
+
+  /* the operator moves it to scale and overrides one limit */
+  o = (struct sbx_org){ .name = "startup", .plan = "scale", .max_sandboxes = 2, .max_timeout_s = 7200,
+                        .monthly_hours = 0 };
+  CHECK_OK (sbx_store_org_update (st, &o, err));
+  CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
+  CHECK (strcmp (g.plan, "scale") == 0 && g.max_sandboxes == 2 && g.max_timeout_s == 7200 && g.monthly_hours == 0);
+  CHECK_OK (sbx_store_key_lookup (st, key, &g, err));
+  CHECK (g.max_sandboxes == 2);
+  o.max_sandboxes = 0;
+  CHECK_ERR (sbx_store_org_update (st, &o, err), EINVAL);
+  snprintf (o.name, sizeof o.name, "nobody");
+  o.max_sandboxes = 1;
+  CHECK_ERR (sbx_store_org_update (st, &o, err), ENOENT);
+  CHECK_ERR (sbx_store_org_get (st, "nobody", &g, err), ENOENT);
+
+  struct sbx_org *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_org_list (st, &v, &n, err));
+  CHECK (n == 3);
+  if (n == 3)   /* oldest first */
+    CHECK (strcmp (v[0].name, "acme") == 0 && strcmp (v[1].name, "beta") == 0 && strcmp (v[2].name, "startup") == 0
+           && strcmp (v[2].plan, "scale") == 0 && v[2].max_sandboxes == 2);
+  free (v);
 }
 
 /* ------------------------------------------------------------------ keys */
@@ -739,7 +825,9 @@ test_reopen (void)
   CHECK_ERR (sbx_store_key_lookup (st, key_e2b, &o, err), EKEYREVOKED);
   int n = 0;
   CHECK_OK (sbx_store_key_count (st, &n, err));
-  CHECK (n == 3);
+  CHECK (n == 4);
+  CHECK_OK (sbx_store_org_get (st, "startup", &o, err));
+  CHECK (strcmp (o.plan, "scale") == 0 && o.max_sandboxes == 2 && o.max_timeout_s == 7200);
 
   struct sbx_sandbox_rec g;
   CHECK_OK (sbx_store_sandbox_get (st, "sb3", &g, err));
@@ -785,7 +873,7 @@ test_reopen (void)
   CHECK (sqlite3_open_v2 (db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
   sqlite3_stmt *s = NULL;
   CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
-  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 1);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 2);
   sqlite3_finalize (s);
   CHECK (sqlite3_prepare_v2 (db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN"
                                  " ('api_keys_hash', 'sandboxes_org_started', 'events_org_seq',"
@@ -823,11 +911,61 @@ test_newer_schema (void)
   snprintf (path, sizeof path, "%s/newer.db", dir);
   sqlite3 *db = NULL;
   CHECK (sqlite3_open (path, &db) == SQLITE_OK
-         && sqlite3_exec (db, "PRAGMA user_version = 2", NULL, NULL, NULL) == SQLITE_OK);
+         && sqlite3_exec (db, "PRAGMA user_version = 99", NULL, NULL, NULL) == SQLITE_OK);
   sqlite3_close (db);
   struct sbx_store *s = NULL;
   CHECK_ERR (sbx_store_open (path, &s, err), EPROTO);
   CHECK (s == NULL);
+}
+
+/* A file written by the first sbxd (schema version 1) opens, keeps its
+   rows and gains the new columns with their defaults. */
+static const char v1_schema[]
+    = "CREATE TABLE orgs (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_sandboxes INTEGER NOT NULL,"
+      " max_timeout_s INTEGER NOT NULL, max_upload_bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL);"
+      "CREATE TABLE sandboxes (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, template_id TEXT NOT NULL,"
+      " status TEXT NOT NULL, metadata TEXT, started_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,"
+      " stopped_ms INTEGER NOT NULL, stop_reason TEXT NOT NULL, cpu_count INTEGER NOT NULL,"
+      " memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL);"
+      "INSERT INTO orgs VALUES ('org_old', 'old', 4, 900, 1000, 1);"
+      "INSERT INTO sandboxes VALUES ('sb_old', 'org_old', 'base', 'running', NULL, 5, 6, 0, '', 1, 256, 512);"
+      "PRAGMA user_version = 1;";
+
+static void
+test_migration (void)
+{
+  char path[PATH_MAX + 16];
+  snprintf (path, sizeof path, "%s/v1.db", dir);
+  sqlite3 *db = NULL;
+  CHECK (sqlite3_open (path, &db) == SQLITE_OK && sqlite3_exec (db, v1_schema, NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close (db);
+
+  for (int round = 0; round < 2; round++)   /* the second open finds nothing to migrate */
+    {
+      struct sbx_store *s = NULL;
+      CHECK_OK (sbx_store_open (path, &s, err));
+      if (s == NULL)
+        return;
+      struct sbx_org o;
+      CHECK_OK (sbx_store_org_get (s, "old", &o, err));
+      /* the first round sets 7 monthly hours, which the second finds */
+      CHECK (strcmp (o.id, "org_old") == 0 && strcmp (o.plan, "default") == 0
+             && o.monthly_hours == (round ? 7u : 0u) && o.max_sandboxes == 4 && o.max_timeout_s == 900);
+      o.monthly_hours = 7;
+      if (round == 0)
+        CHECK_OK (sbx_store_org_update (s, &o, err));
+      struct sbx_sandbox_rec r;
+      CHECK_OK (sbx_store_sandbox_get (s, "sb_old", &r, err));
+      CHECK (strcmp (r.status, "running") == 0 && r.memory_mb == 256);
+      sbx_sandbox_rec_free (&r);
+      sbx_store_close (s);
+    }
+  CHECK (sqlite3_open (path, &db) == SQLITE_OK);
+  sqlite3_stmt *s = NULL;
+  CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 2);
+  sqlite3_finalize (s);
+  sqlite3_close (db);
 }
 
 /* ----------------------------------------------------------- concurrency */
@@ -981,6 +1119,7 @@ main (void)
 
   test_orgs ();
   test_keys ();
+  test_plans ();
   check_no_plain_keys ("open");
   test_sandboxes ();
   test_events ();
@@ -989,6 +1128,7 @@ main (void)
   test_reopen ();
   test_second_connection ();
   test_newer_schema ();
+  test_migration ();
   test_concurrency ();
   test_kill9 ();
   check_no_plain_keys ("end");
