@@ -12,6 +12,7 @@
  *   orgs        organisations, their plan and limits (plans.h)
  *   api_keys    SHA-256 of each key (never the key), its hint and its org
  *   sandboxes   one record per sandbox, replaced whole on every change
+ *   runs        code run in a sandbox and its outcome (seed 002's /run)
  *   events      lifecycle events; seq (AUTOINCREMENT) orders them
  *   webhooks    subscriptions; events is a JSON array of event types
  *   deliveries  one row per (webhook, event): the outbox of the webhook
@@ -91,8 +92,29 @@ static const char schema_sql[]
       "  stop_reason TEXT NOT NULL,"
       "  cpu_count INTEGER NOT NULL,"
       "  memory_mb INTEGER NOT NULL,"
-      "  disk_mb INTEGER NOT NULL);"
+      "  disk_mb INTEGER NOT NULL,"
+      "  agent_id TEXT NOT NULL DEFAULT '',"
+      "  mode TEXT NOT NULL DEFAULT '');"
       "CREATE INDEX IF NOT EXISTS sandboxes_org_started ON sandboxes (org_id, started_ms);"
+      "CREATE TABLE IF NOT EXISTS runs ("
+      "  id TEXT PRIMARY KEY,"
+      "  sandbox_id TEXT NOT NULL,"
+      "  org_id TEXT NOT NULL,"
+      "  status TEXT NOT NULL,"           /* running, completed, failed, timeout */
+      "  code TEXT NOT NULL,"
+      "  stdout TEXT,"
+      "  stderr TEXT,"
+      "  exit_code INTEGER NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  finished_ms INTEGER NOT NULL,"
+      "  timeout_s INTEGER NOT NULL,"
+      "  reason TEXT,"
+      "  stdout_truncated INTEGER NOT NULL,"
+      "  stderr_truncated INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS runs_sandbox_created ON runs (sandbox_id, created_ms);"
+      "CREATE INDEX IF NOT EXISTS runs_org_created ON runs (org_id, created_ms);"
+      /* start-up recovery reads the unfinished ones, a handful among many */
+      "CREATE INDEX IF NOT EXISTS runs_running ON runs (created_ms) WHERE status = 'running';"
       "CREATE TABLE IF NOT EXISTS events ("
       "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
       "  id TEXT NOT NULL UNIQUE,"
@@ -129,7 +151,8 @@ static const char schema_sql[]
       "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);";
 
 /* Indexes on columns added_columns[] (below) may have had to add first. */
-static const char schema_indexes_sql[] = "";
+static const char schema_indexes_sql[]
+    = "CREATE INDEX IF NOT EXISTS sandboxes_org_agent ON sandboxes (org_id, agent_id, started_ms);";
 
 #define SBX_STRINGIFY_(x) #x
 #define SBX_STRINGIFY(x) SBX_STRINGIFY_ (x)
@@ -140,7 +163,10 @@ static const char schema_indexes_sql[] = "";
 #define ORG_NCOLS 7
 #define SB_COLS                                                                                        \
   "id, org_id, template_id, status, metadata, started_ms, end_ms, stopped_ms, stop_reason, cpu_count, " \
-  "memory_mb, disk_mb"
+  "memory_mb, disk_mb, agent_id, mode"
+#define RUN_COLS                                                                                       \
+  "id, sandbox_id, org_id, status, code, stdout, stderr, exit_code, created_ms, finished_ms, timeout_s, " \
+  "reason, stdout_truncated, stderr_truncated"
 #define EV_COLS "seq, id, org_id, sandbox_id, template_id, type, timestamp_ms, data"
 #define WH_COLS "w.id, w.org_id, w.name, w.url, w.enabled, w.events, w.secret, w.created_ms"
 #define DL_COLS                                                                                        \
@@ -182,6 +208,14 @@ enum stmt_id
   S_SB_GET,
   S_SB_LIST,
   S_SB_LIVE,
+  S_SB_AGENT,
+  S_RUN_INSERT,
+  S_RUN_FINISH,
+  S_RUN_STATUS,
+  S_RUN_GET,
+  S_RUN_LIST_ORG,
+  S_RUN_LIST_SB,
+  S_RUN_UNFINISHED,
   S_EV_INSERT,
   S_EV_QUEUE,
   S_EV_BY_ID,
@@ -232,12 +266,35 @@ static const char *const stmt_sql[S_COUNT] = {
                    " WHERE id = ?1 OR hash = ?2",
   [S_KEY_COUNT] = "SELECT COUNT(*) FROM api_keys",
 
-  [S_SB_PUT] = "INSERT OR REPLACE INTO sandboxes (" SB_COLS ")"
-               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+  /* The whole record but agent_id and mode, which the engine's reports
+     (events.c) do not know: an empty one keeps what is stored. */
+  [S_SB_PUT] = "INSERT INTO sandboxes (" SB_COLS ")"
+               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+               " ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, template_id = excluded.template_id,"
+               " status = excluded.status, metadata = excluded.metadata, started_ms = excluded.started_ms,"
+               " end_ms = excluded.end_ms, stopped_ms = excluded.stopped_ms, stop_reason = excluded.stop_reason,"
+               " cpu_count = excluded.cpu_count, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb,"
+               " agent_id = CASE WHEN excluded.agent_id = '' THEN agent_id ELSE excluded.agent_id END,"
+               " mode = CASE WHEN excluded.mode = '' THEN mode ELSE excluded.mode END",
+  [S_SB_AGENT] = "UPDATE sandboxes SET agent_id = ?2, mode = ?3 WHERE id = ?1",
   [S_SB_GET] = "SELECT " SB_COLS " FROM sandboxes WHERE id = ?1",
   [S_SB_LIST] = "SELECT " SB_COLS " FROM sandboxes WHERE org_id = ?1 AND (?2 IS NULL OR status = ?2)"
-                " ORDER BY started_ms DESC, id",
+                " AND (?3 IS NULL OR agent_id = ?3) ORDER BY started_ms DESC, id",
   [S_SB_LIVE] = "SELECT COUNT(*) FROM sandboxes WHERE org_id = ?1 AND status IN ('running', 'paused', 'creating')",
+
+  [S_RUN_INSERT] = "INSERT INTO runs (" RUN_COLS ")"
+                   " VALUES (?1, ?2, ?3, 'running', ?4, NULL, NULL, -1, ?5, 0, ?6, NULL, 0, 0)",
+  /* Only a running run finishes, once. */
+  [S_RUN_FINISH] = "UPDATE runs SET status = ?3, stdout = ?4, stderr = ?5, exit_code = ?6, finished_ms = ?7,"
+                   " reason = ?8, stdout_truncated = ?9, stderr_truncated = ?10"
+                   " WHERE id = ?1 AND org_id = ?2 AND status = 'running'",
+  [S_RUN_STATUS] = "SELECT status FROM runs WHERE id = ?1 AND org_id = ?2",
+  [S_RUN_GET] = "SELECT " RUN_COLS " FROM runs WHERE id = ?1 AND org_id = ?2 AND (?3 IS NULL OR sandbox_id = ?3)",
+  [S_RUN_LIST_ORG] = "SELECT " RUN_COLS " FROM runs WHERE org_id = ?1"
+                     " ORDER BY created_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4",
+  [S_RUN_LIST_SB] = "SELECT " RUN_COLS " FROM runs WHERE sandbox_id = ?2 AND +org_id = ?1"
+                    " ORDER BY created_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4",
+  [S_RUN_UNFINISHED] = "SELECT " RUN_COLS " FROM runs WHERE status = 'running' ORDER BY created_ms, rowid",
 
   [S_EV_INSERT] = "INSERT INTO events (id, org_id, sandbox_id, template_id, type, timestamp_ms, data)"
                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -621,6 +678,8 @@ static const struct
 } added_columns[] = {
   { "orgs", "plan", "TEXT NOT NULL DEFAULT 'default'" },
   { "orgs", "monthly_hours", "INTEGER NOT NULL DEFAULT 0" },
+  { "sandboxes", "agent_id", "TEXT NOT NULL DEFAULT ''" },
+  { "sandboxes", "mode", "TEXT NOT NULL DEFAULT ''" },
 };
 
 /* 1 when TABLE has COLUMN, 0 when not. */
@@ -1180,6 +1239,8 @@ sandbox_from_row (sqlite3_stmt *s, struct sbx_sandbox_rec *r)
   r->cpu_count = (uint32_t) sqlite3_column_int64 (s, 9);
   r->memory_mb = (uint32_t) sqlite3_column_int64 (s, 10);
   r->disk_mb = (uint32_t) sqlite3_column_int64 (s, 11);
+  COL_COPY (s, 12, r->agent_id);
+  COL_COPY (s, 13, r->mode);
   return col_dup (s, 4, &r->metadata_json);
 }
 
@@ -1195,9 +1256,32 @@ sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, st
            | sqlite3_bind_int64 (s, 6, r->started_ms) | sqlite3_bind_int64 (s, 7, r->end_ms)
            | sqlite3_bind_int64 (s, 8, r->stopped_ms) | BIND_FIXED (s, 9, r->stop_reason)
            | sqlite3_bind_int64 (s, 10, r->cpu_count) | sqlite3_bind_int64 (s, 11, r->memory_mb)
-           | sqlite3_bind_int64 (s, 12, r->disk_mb);
+           | sqlite3_bind_int64 (s, 12, r->disk_mb) | BIND_FIXED (s, 13, r->agent_id) | BIND_FIXED (s, 14, r->mode);
   if (bind_check (st, rc, err, "save sandbox") < 0 || step_done (st, s, err, "save sandbox") < 0)
     return -1;
+  return 0;
+}
+
+int
+sbx_store_sandbox_set_agent (struct sbx_store *st, const char *id, const char *agent_id, const char *mode,
+                             struct sbx_err *err)
+{
+  if (id == NULL)
+    return sbx_failx (err, ENOENT, "sandbox not found");
+  agent_id = agent_id ? agent_id : "";
+  mode = mode ? mode : "";
+  if (strlen (agent_id) >= sizeof ((struct sbx_sandbox_rec *) 0)->agent_id)
+    return sbx_failx (err, EINVAL, "agent_id is longer than %zu bytes",
+                      sizeof ((struct sbx_sandbox_rec *) 0)->agent_id - 1);
+  if (strlen (mode) >= sizeof ((struct sbx_sandbox_rec *) 0)->mode)
+    return sbx_failx (err, EINVAL, "mode is too long");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_AGENT];
+  int rc = bind_text (s, 1, id) | bind_text (s, 2, agent_id) | bind_text (s, 3, mode);
+  if (bind_check (st, rc, err, "set sandbox agent") < 0 || step_done (st, s, err, "set sandbox agent") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "sandbox not found");
   return 0;
 }
 
@@ -1225,6 +1309,13 @@ int
 sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
                         size_t *n, struct sbx_err *err)
 {
+  return sbx_store_sandbox_list_by_agent (st, org_id, NULL, status, v, n, err);
+}
+
+int
+sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const char *agent_id, const char *status,
+                                 struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err)
+{
   struct sbx_sandbox_rec *recs = NULL;
   size_t count = 0, cap = 0;
   int r;
@@ -1235,7 +1326,8 @@ sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *st
 
   cleanup_unlock struct sbx_store *locked = store_lock (st);
   cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIST];
-  if (bind_check (st, bind_text (s, 1, org_id) | bind_text (s, 2, status), err, "list sandboxes") < 0)
+  int rc = bind_text (s, 1, org_id) | bind_text (s, 2, status) | bind_text (s, 3, agent_id);
+  if (bind_check (st, rc, err, "list sandboxes") < 0)
     return -1;
   while ((r = step_row (st, s, err, "list sandboxes")) > 0)
     {
@@ -1271,6 +1363,220 @@ sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t
     return -1;
   *n = r ? (uint32_t) sqlite3_column_int64 (s, 0) : 0;
   return 0;
+}
+
+/* ------------------------------------------------------------------ runs */
+
+#define MAX_RUN_REASON 1000
+
+void
+sbx_run_rec_free (struct sbx_run_rec *r)
+{
+  if (r == NULL)
+    return;
+  free (r->code);
+  free (r->stdout_text);
+  free (r->stderr_text);
+  free (r->reason);
+  r->code = r->stdout_text = r->stderr_text = r->reason = NULL;
+}
+
+void
+sbx_run_recs_free (struct sbx_run_rec *v, size_t n)
+{
+  for (size_t i = 0; v && i < n; i++)
+    sbx_run_rec_free (&v[i]);
+  free (v);
+}
+
+/* The length of TEXT cut to at most MAX bytes, on a UTF-8 character
+   boundary; *CUT tells whether it was cut. */
+static int
+utf8_prefix_len (const char *text, size_t max, bool *cut)
+{
+  size_t l = strnlen (text, max + 1);
+  *cut = l > max;
+  if (*cut)
+    for (l = max; l > 0 && ((unsigned char) text[l] & 0xc0) == 0x80; l--)
+      ;
+  return (int) l;
+}
+
+/* Bind TEXT (NULL: SQL NULL) cut to MAX bytes; sets *CUT when it was. */
+static int
+bind_text_max (sqlite3_stmt *s, int i, const char *text, size_t max, bool *cut)
+{
+  *cut = false;
+  if (text == NULL)
+    return sqlite3_bind_null (s, i);
+  return sqlite3_bind_text (s, i, text, utf8_prefix_len (text, max, cut), SQLITE_TRANSIENT);
+}
+
+static int
+run_from_row (sqlite3_stmt *s, struct sbx_run_rec *r)
+{
+  memset (r, 0, sizeof *r);
+  COL_COPY (s, 0, r->id);
+  COL_COPY (s, 1, r->sandbox_id);
+  COL_COPY (s, 2, r->org_id);
+  COL_COPY (s, 3, r->status);
+  r->exit_code = sqlite3_column_int (s, 7);
+  r->created_ms = sqlite3_column_int64 (s, 8);
+  r->finished_ms = sqlite3_column_int64 (s, 9);
+  r->timeout_s = (uint32_t) sqlite3_column_int64 (s, 10);
+  r->stdout_truncated = sqlite3_column_int (s, 12) != 0;
+  r->stderr_truncated = sqlite3_column_int (s, 13) != 0;
+  if (col_dup (s, 4, &r->code) < 0 || col_dup (s, 5, &r->stdout_text) < 0 || col_dup (s, 6, &r->stderr_text) < 0
+      || col_dup (s, 11, &r->reason) < 0)
+    {
+      sbx_run_rec_free (r);
+      return -1;
+    }
+  return 0;
+}
+
+/* Step the bound statement S and collect its rows into *V, *N. */
+static int
+runs_collect (struct sbx_store *st, sqlite3_stmt *s, struct sbx_run_rec **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_run_rec *runs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  while ((r = step_row (st, s, err, "list runs")) > 0)
+    {
+      struct sbx_run_rec *one = sbx_grow (&runs, &count, &cap, sizeof *runs);
+      if (one == NULL || run_from_row (s, one) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_run_recs_free (runs, count);
+      return -1;
+    }
+  *v = runs;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_run_create (struct sbx_store *st, struct sbx_run_rec *r, struct sbx_err *err)
+{
+  if (r == NULL || r->sandbox_id[0] == '\0' || r->org_id[0] == '\0')
+    return sbx_failx (err, EINVAL, "run without sandbox or organisation");
+  const char *code = r->code ? r->code : "";
+  if (strnlen (code, SBX_RUN_CODE_MAX + 1) > SBX_RUN_CODE_MAX)
+    return sbx_failx (err, EINVAL, "code is longer than %d bytes", SBX_RUN_CODE_MAX);
+  char id[SBX_STORE_ID_MAX];
+  if (random_id (id, sizeof id, "run_", err) < 0)
+    return -1;
+  int64_t now = sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_INSERT];
+  int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, r->sandbox_id) | BIND_FIXED (s, 3, r->org_id)
+           | bind_text (s, 4, code) | sqlite3_bind_int64 (s, 5, now) | sqlite3_bind_int64 (s, 6, r->timeout_s);
+  if (bind_check (st, rc, err, "create run") < 0 || step_done (st, s, err, "create run") < 0)
+    return -1;
+  copy_str (r->id, sizeof r->id, id);
+  copy_str (r->status, sizeof r->status, "running");
+  r->created_ms = now;
+  r->finished_ms = 0;
+  r->exit_code = -1;
+  return 0;
+}
+
+int
+sbx_store_run_finish (struct sbx_store *st, const struct sbx_run_rec *r, struct sbx_err *err)
+{
+  if (r == NULL || r->id[0] == '\0')
+    return sbx_failx (err, EINVAL, "run without id");
+  const char *status = r->status;
+  if (strcmp (status, "completed") != 0 && strcmp (status, "failed") != 0 && strcmp (status, "timeout") != 0)
+    return sbx_failx (err, EINVAL, "a run finishes as completed, failed or timeout, not %.*s",
+                      (int) strnlen (status, sizeof r->status), status);
+  bool out_cut, err_cut, reason_cut;
+  int64_t finished = r->finished_ms ? r->finished_ms : sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_FINISH];
+    int rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | BIND_FIXED (s, 3, r->status)
+             | bind_text_max (s, 4, r->stdout_text, SBX_RUN_OUTPUT_MAX, &out_cut)
+             | bind_text_max (s, 5, r->stderr_text, SBX_RUN_OUTPUT_MAX, &err_cut)
+             | sqlite3_bind_int (s, 6, r->exit_code) | sqlite3_bind_int64 (s, 7, finished)
+             | bind_text_max (s, 8, r->reason, MAX_RUN_REASON, &reason_cut);
+    rc |= sqlite3_bind_int (s, 9, r->stdout_truncated || out_cut)
+          | sqlite3_bind_int (s, 10, r->stderr_truncated || err_cut);
+    if (bind_check (st, rc, err, "finish run") < 0 || step_done (st, s, err, "finish run") < 0)
+      return -1;
+    if (sqlite3_changes (st->db) > 0)
+      return 0;
+  }
+  /* Nothing changed: no such run, or one that is already finished. */
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_STATUS];
+  if (bind_check (st, BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id), err, "finish run") < 0)
+    return -1;
+  int found = step_row (st, s, err, "finish run");
+  if (found < 0)
+    return -1;
+  if (found == 0)
+    return sbx_failx (err, ENOENT, "run not found");
+  return sbx_failx (err, EALREADY, "run %s is already %s", r->id, (const char *) sqlite3_column_text (s, 0));
+}
+
+int
+sbx_store_run_get (struct sbx_store *st, const char *org_id, const char *sandbox_id, const char *run_id,
+                   struct sbx_run_rec *r, struct sbx_err *err)
+{
+  memset (r, 0, sizeof *r);
+  if (org_id == NULL || run_id == NULL)
+    return sbx_failx (err, ENOENT, "run not found");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_GET];
+  int rc = bind_text (s, 1, run_id) | bind_text (s, 2, org_id) | bind_text (s, 3, sandbox_id);
+  if (bind_check (st, rc, err, "get run") < 0)
+    return -1;
+  int found = step_row (st, s, err, "get run");
+  if (found < 0)
+    return -1;
+  if (found == 0)
+    return sbx_failx (err, ENOENT, "run not found");
+  if (run_from_row (s, r) < 0)
+    return fail_nomem (err);
+  return 0;
+}
+
+int
+sbx_store_run_list (struct sbx_store *st, const char *org_id, const char *sandbox_id, uint32_t offset,
+                    uint32_t limit, struct sbx_run_rec **v, size_t *n, struct sbx_err *err)
+{
+  *v = NULL;
+  *n = 0;
+  if (org_id == NULL)
+    return 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[sandbox_id ? S_RUN_LIST_SB : S_RUN_LIST_ORG];
+  /* LIMIT -1: no limit. */
+  int rc = bind_text (s, 1, org_id) | sqlite3_bind_int64 (s, 3, limit ? (sqlite3_int64) limit : -1)
+           | sqlite3_bind_int64 (s, 4, offset);
+  if (sandbox_id)
+    rc |= bind_text (s, 2, sandbox_id);
+  if (bind_check (st, rc, err, "list runs") < 0)
+    return -1;
+  return runs_collect (st, s, v, n, err);
+}
+
+int
+sbx_store_run_list_unfinished (struct sbx_store *st, struct sbx_run_rec **v, size_t *n, struct sbx_err *err)
+{
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_UNFINISHED];
+  return runs_collect (st, s, v, n, err);
 }
 
 /* ---------------------------------------------------------------- events */

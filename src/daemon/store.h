@@ -1,7 +1,7 @@
 /*
  * store.h - the daemon's embedded store: one SQLite database (WAL) in the
  * state directory holding organisations, API keys, sandbox records and
- * their history, lifecycle events, webhooks and webhook deliveries.
+ * their history, runs, lifecycle events, webhooks and webhook deliveries.
  *
  * Everything survives a restart, kill -9 included.  The functions are
  * thread safe (one connection, serialised by a mutex; SQLite's WAL keeps
@@ -93,20 +93,78 @@ struct sbx_sandbox_rec {
   int64_t started_ms, end_ms, stopped_ms;
   char stop_reason[32];        /* request, timeout, died, ... */
   uint32_t cpu_count, memory_mb, disk_mb;
+  char agent_id[128];          /* the agent it was created for (seed 002), "" when none */
+  char mode[16];               /* "container", "wasm", or "" when not given */
 };
 
 void sbx_sandbox_rec_free (struct sbx_sandbox_rec *r);
 void sbx_sandbox_recs_free (struct sbx_sandbox_rec *v, size_t n);
 
-/* Insert or replace the record R->id. */
+/* Insert or replace the record R->id; but an empty R->agent_id or R->mode
+   keeps the stored one (the engine's reports, events.c, do not know
+   them). */
 int sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err);
+/* Set agent_id and mode (NULL or "": none) of the existing record ID:
+   for the API to call after sbx_create, whose report wrote the record.
+   ENOENT when there is no record; EINVAL when a value does not fit. */
+int sbx_store_sandbox_set_agent (struct sbx_store *st, const char *id, const char *agent_id, const char *mode,
+                                 struct sbx_err *err);
 /* ENOENT when unknown. */
 int sbx_store_sandbox_get (struct sbx_store *st, const char *id, struct sbx_sandbox_rec *r, struct sbx_err *err);
 /* ORG's records, newest first; STATUS NULL for all. */
 int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
                             size_t *n, struct sbx_err *err);
+/* The same, only those created for AGENT_ID (NULL: any agent, as above;
+   "": those created for none). */
+int sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const char *agent_id,
+                                     const char *status, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
 /* Running and paused sandboxes of ORG. */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
+
+/* ---- runs: code executed in a sandbox (seed 002's /run) ---- */
+
+/* Bounds: code longer than SBX_RUN_CODE_MAX is refused (EINVAL); output
+   past SBX_RUN_OUTPUT_MAX per stream is cut (on a UTF-8 character
+   boundary) and its *_truncated flag set; reason is cut at 1000 bytes. */
+#define SBX_RUN_CODE_MAX (1024 * 1024)
+#define SBX_RUN_OUTPUT_MAX (1024 * 1024)
+
+struct sbx_run_rec {
+  char id[SBX_STORE_ID_MAX];   /* "run_" + random, assigned by the store */
+  char sandbox_id[SBX_STORE_ID_MAX];
+  char org_id[SBX_STORE_ID_MAX];
+  char status[16];             /* running, completed, failed, timeout */
+  char *code;                  /* what was run */
+  char *stdout_text, *stderr_text;   /* NULL while running */
+  int exit_code;               /* -1 until finished */
+  int64_t created_ms, finished_ms;   /* finished_ms 0 while running */
+  uint32_t timeout_s;
+  char *reason;                /* why it failed, e.g. "daemon restarted"; NULL if none */
+  bool stdout_truncated, stderr_truncated;
+};
+
+void sbx_run_rec_free (struct sbx_run_rec *r);
+void sbx_run_recs_free (struct sbx_run_rec *v, size_t n);
+
+/* Record a new run of R->code in R->sandbox_id for R->org_id (both
+   required): fills R->id and R->created_ms, sets status "running" and
+   exit_code -1; outputs and reason are not stored yet. */
+int sbx_store_run_create (struct sbx_store *st, struct sbx_run_rec *r, struct sbx_err *err);
+/* Finish run R->id (of R->org_id): stores R's status (completed, failed
+   or timeout; EINVAL otherwise), outputs, exit_code, reason and
+   finished_ms (now when 0).  ENOENT when there is no such run. */
+int sbx_store_run_finish (struct sbx_store *st, const struct sbx_run_rec *r, struct sbx_err *err);
+/* Run RUN_ID of ORG_ID in SANDBOX_ID (NULL: in any sandbox); ENOENT
+   otherwise. */
+int sbx_store_run_get (struct sbx_store *st, const char *org_id, const char *sandbox_id, const char *run_id,
+                       struct sbx_run_rec *r, struct sbx_err *err);
+/* Runs of ORG_ID in SANDBOX_ID (NULL: all its sandboxes), newest first;
+   LIMIT 0: no limit. */
+int sbx_store_run_list (struct sbx_store *st, const char *org_id, const char *sandbox_id, uint32_t offset,
+                        uint32_t limit, struct sbx_run_rec **v, size_t *n, struct sbx_err *err);
+/* Every run still "running", of all organisations, oldest first: at
+   start-up these are runs a previous daemon did not finish. */
+int sbx_store_run_list_unfinished (struct sbx_store *st, struct sbx_run_rec **v, size_t *n, struct sbx_err *err);
 
 /* ---- lifecycle events ---- */
 
