@@ -1,5 +1,5 @@
 /*
- * seed002.c - seed 002's dialect: /api/sandbox/*, sandboxes with
+ * seed002.c - seed 002's dialect: /api/sandbox routes, sandboxes with
  * filesystem, network and resource policies, synchronous and asynchronous
  * runs of Python code, and a "wasm" mode where the code runs in Pyodide.
  *

@@ -91,8 +91,7 @@ int sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org
 
 /* ---- runs (runs.c) ---- */
 
-#define SBX_RUN_CODE_MAX (1u << 20)    /* bytes of code a run takes */
-#define SBX_RUN_OUTPUT_MAX (1u << 20)  /* bytes kept of each output stream */
+/* SBX_RUN_CODE_MAX and SBX_RUN_OUTPUT_MAX: store.h */
 #define SBX_RUN_ACTIVE_MAX 8u          /* runs executing at once in one sandbox */
 #define SBX_RUN_ASYNC_MAX 64u          /* asynchronous runs executing in the daemon */
 
