@@ -13,6 +13,7 @@
  * libmicrohttpd sends as a chunked body; when the client goes away the pipe
  * breaks and the worker stops listening, while the process goes on.
  */
+#include "api_egress.h"
 #include "http_internal.h"
 
 #include <errno.h>
@@ -1401,6 +1402,8 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     return timeout_sandbox (h, c, id, rq, strcmp (what, "refreshes") == 0);
   if (n == 3 && get && strcmp (what, "metrics") == 0)
     return metrics_sandbox (h, c, id);
+  if (n == 4 && get && strcmp (what, "network") == 0 && strcmp (seg[3], "log") == 0)
+    return egress_log_answer (h, c, id);
   if (n == 3 && strcmp (what, "network") == 0)
     return strcmp (method, "PUT") == 0 ? network_sandbox (h, c, id, rq) : send_error (c, 405, "method not allowed");
   if (n == 3 && get && strcmp (what, "files") == 0)
