@@ -179,7 +179,8 @@ enum MHD_Result seed002_destroy (struct call *k);
 enum MHD_Result seed002_run (struct call *k);
 enum MHD_Result seed002_run_get (struct call *k);
 enum MHD_Result seed002_runs (struct call *k);
-enum MHD_Result seed002_network_log (struct call *k);
+/* egress.c */
+enum MHD_Result egress_log_route (struct call *k);
 
 /* A sandbox object: the seed's fields and E2B's; WITH_TOKEN adds the
    envd access token (create and connect answers). */

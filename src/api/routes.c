@@ -36,6 +36,7 @@ const struct route api_routes[] = {
   { "POST", "/sandboxes/:id/refreshes", sandbase_refresh, SB, D1 },
   { "GET", "/sandboxes/:id/metrics", sandbase_metrics, SB, D1 },
   { "PUT", "/sandboxes/:id/network", sandbase_network, SB, D1 },
+  { "GET", "/sandboxes/:id/network/log", egress_log_route, SB, D1 },
   { "GET", "/sandboxes/:id/files", sandbase_download, SB, D1 },
   { "POST", "/sandboxes/:id/processes", sandbase_exec, SB, D1 },
   { "GET", "/sandboxes/:id/processes", sandbase_processes, SB, D1 },
@@ -56,7 +57,7 @@ const struct route api_routes[] = {
   { "POST", "/api/sandbox/:id/run", seed002_run, SB, D2 },
   { "GET", "/api/sandbox/:id/run/:run", seed002_run_get, SB, D2 },
   { "GET", "/api/sandbox/:id/runs", seed002_runs, SB, D2 },
-  { "GET", "/api/sandbox/:id/network/log", seed002_network_log, SB, D2 },
+  { "GET", "/api/sandbox/:id/network/log", egress_log_route, SB, D2 },
 };
 
 const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];

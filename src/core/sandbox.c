@@ -1148,6 +1148,27 @@ sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_poli
   return r;
 }
 
+int
+sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t limit, struct sbx_egress_record **out,
+                size_t *n, uint64_t *dropped, struct sbx_err *err)
+{
+  *out = NULL;
+  *n = 0;
+  *dropped = 0;
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = 0;
+  /* under the engine's lock: the slot cannot be handed to another
+     sandbox meanwhile (teardown forgets the log before the slot) */
+  pthread_mutex_lock (&e->lock);
+  if (e->net && s->has_net && s->state != SBX_STOPPED)
+    r = sbx_net_egress_log (e->net, s->uid_slot, after, limit, out, n, dropped, err);
+  pthread_mutex_unlock (&e->lock);
+  put (e, s);
+  return r;
+}
+
 static int
 set_frozen (struct sbx_engine *e, const char *id, bool frozen, struct sbx_err *err)
 {

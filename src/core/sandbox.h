@@ -123,6 +123,15 @@ struct sbx_metrics {
 
 int sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, struct sbx_err *err);
 
+/* The egress audit log of sandbox ID (net.h): its records with seq >
+   AFTER, oldest first, at most LIMIT (0 or more than SBX_EGRESS_LOG_MAX:
+   SBX_EGRESS_LOG_MAX), in *OUT (free it; NULL when *N is 0).  *DROPPED
+   gets how many records were lost so far to the ring's size or to the
+   rate limit.  A sandbox without networking, or stopped, has an empty
+   log. */
+int sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t limit,
+                    struct sbx_egress_record **out, size_t *n, uint64_t *dropped, struct sbx_err *err);
+
 /* ---- processes ---- */
 
 struct sbx_exec_opts {
