@@ -11,7 +11,7 @@ DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"' -DSBXD_DOCS_DIR='"$(DOCS_DIR)"'
 
 B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c
-CORE = src/core/sandbox.c src/core/isolate.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c
+CORE = src/core/sandbox.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c
 DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c src/daemon/store.c src/daemon/events.c \
 	src/daemon/webhook.c src/daemon/api_events.c src/daemon/api_files.c src/daemon/api_e2b.c src/daemon/api_interp.c src/daemon/api_network.c
 INIT = src/init/init.c src/init/files.c src/init/users.c

@@ -24,6 +24,7 @@
 
 #include "../common/error.h"
 #include "../common/proto.h"
+#include "fspolicy.h"
 #include "net.h"
 
 struct sbx_net_config;
@@ -79,6 +80,12 @@ struct sbx_create_opts {
   struct sbx_limits limits;   /* 0 fields take the template's defaults */
   const struct sbx_net_policy *net; /* NULL: the template's default (net.h) */
   int allow_internet_access;  /* as the client said it, shown back: 0 not said, >0 true, <0 false */
+  /* filesystem policy (fspolicy.h: enum sbx_fs_access, struct sbx_fs_rule,
+     SBX_FS_RULES_MAX, sbx_fs_rules_check): paths made read-only, writable
+     or blocked for everyone inside, root included, before anything of
+     the sandbox runs; checked by sbx_create (EINVAL) */
+  const struct sbx_fs_rule *fs_rules;
+  size_t n_fs_rules;
 };
 
 struct sbx_info {
