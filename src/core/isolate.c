@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <net/route.h>
@@ -52,6 +53,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <stdlib.h>
@@ -59,7 +61,12 @@
 
 #include "../common/util.h"
 #include "cgroup.h"
+#include "fspolicy.h"
 #include "seccomp.h"
+
+#ifndef OVERLAYFS_SUPER_MAGIC
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+#endif
 
 #ifndef CLONE_NEWTIME
 #define CLONE_NEWTIME 0x00000080
@@ -76,12 +83,14 @@ struct boot_header {
   uint32_t nofile;
   uint32_t env_len;
   uint32_t net_addr, net_gw; /* host byte order; 0: leave eth0 alone */
+  uint32_t fs_len;           /* bytes of filesystem rules (fspolicy.h) */
 };
 
 /* Send the root file system fd with the boot header, then the
-   environment as NUL-separated strings. */
+   environment as NUL-separated strings, then the filesystem rules. */
 static int
-send_boot (int sock, const int fds[2], const struct boot_header *h, const char *env, size_t env_len)
+send_boot (int sock, const int fds[2], const struct boot_header *h, const char *env, size_t env_len,
+           const char *fs, size_t fs_len)
 {
   struct iovec iov = { (void *) h, sizeof *h };
   union {
@@ -96,7 +105,9 @@ send_boot (int sock, const int fds[2], const struct boot_header *h, const char *
   memcpy (CMSG_DATA (c), fds, 2 * sizeof (int));
   if (sendmsg (sock, &msg, MSG_NOSIGNAL) != (ssize_t) sizeof *h)
     return -1;
-  return sbx_write_full (sock, env, env_len) < 0 ? -1 : 0;
+  if (sbx_write_full (sock, env, env_len) < 0)
+    return -1;
+  return fs_len == 0 || sbx_write_full (sock, fs, fs_len) >= 0 ? 0 : -1;
 }
 
 static int
@@ -264,7 +275,7 @@ set_inet (int sock, unsigned long req, struct ifreq *ifr, uint32_t ip, const cha
    host's IPv4 rules (which drop IPv6 from sandboxes anyway).  Called with
    proc/ mounted and writable. */
 static void
-setup_network (const struct boot_header *h)
+setup_network (const struct boot_header *h, bool open_low_ports)
 {
   int sock = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   struct ifreq ifr;
@@ -287,6 +298,14 @@ setup_network (const struct boot_header *h)
         child_fail ("set %s", knobs[i][0]);
       if (fd >= 0)
         close (fd);
+    }
+  /* see lock_mounts */
+  if (open_low_ports)
+    {
+      int fd = open ("proc/sys/net/ipv4/ip_unprivileged_port_start", O_WRONLY | O_CLOEXEC);
+      if (fd < 0 || write (fd, "0", 1) != 1)
+        child_fail ("open the low ports");
+      close (fd);
     }
   if (h->net_addr)
     {
@@ -313,10 +332,21 @@ setup_network (const struct boot_header *h)
   close (sock);
 }
 
+/* Open PATH (absolute) with every step resolved inside ROOT: symlinks and
+   ".." cannot leave it, and /proc's magic links are not followed. */
+static int
+open_in_root (int root, const char *path, int flags)
+{
+  struct open_how how = { .flags = (uint64_t) (flags | O_CLOEXEC), .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+  return (int) syscall (SYS_openat2, root, path, &how, sizeof how);
+}
+
 /* /etc/resolv.conf naming the gateway, where the DNS filter answers;
-   called after pivot_root, so a symlink can only point inside. */
+   written through ROOT, the sandbox's root file system (so a symlink can
+   only point inside), before the filesystem policy may block /etc or make
+   it read-only. */
 static void
-write_resolv_conf (const struct boot_header *h)
+write_resolv_conf (const struct boot_header *h, int root)
 {
   if (h->net_gw == 0)
     return;
@@ -325,11 +355,281 @@ write_resolv_conf (const struct boot_header *h)
   char ip[INET_ADDRSTRLEN];
   inet_ntop (AF_INET, &a, ip, sizeof ip);
   int n = snprintf (text, sizeof text, "nameserver %s\noptions timeout:2 attempts:2\n", ip);
-  unlink ("/etc/resolv.conf");
-  int fd = open ("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  int etc = open_in_root (root, "/etc", O_PATH | O_DIRECTORY);
+  if (etc < 0)
+    child_fail ("open /etc");
+  unlinkat (etc, "resolv.conf", 0);
+  int fd = openat (etc, "resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0 || write (fd, text, (size_t) n) != n)
     child_fail ("write /etc/resolv.conf");
   close (fd);
+  close (etc);
+}
+
+/* ---- the filesystem policy (fspolicy.h) ----
+
+   Each rule is a mount in the sandbox's mount namespace, made before
+   pivot_root, with its path resolved inside the sandbox's root:
+
+   - read-only: a recursive bind of the path onto itself, MOUNT_ATTR_RDONLY;
+   - read-write: the same without MOUNT_ATTR_RDONLY (it opens up a path
+     below a read-only one);
+   - blocked: an empty directory (or, over a file, an empty file) of the
+     host, mode 000 and owned by the host's root, bound read-only over the
+     path.  The host's root is not mapped in the sandbox's user namespace,
+     so no one inside is its owner, and CAP_DAC_OVERRIDE and
+     CAP_DAC_READ_SEARCH do not apply to it either (the kernel grants them
+     only over inodes whose owner and group the namespace maps;
+     capable_wrt_inode_uidgid): with mode 000 nothing can open, list,
+     enter or write it, root included, and chmod needs ownership or
+     CAP_FOWNER, which fails the same way.  A mode 000 tmpfs made inside
+     would not do: it would belong to the sandbox's root, which
+     DAC_OVERRIDE lets through.  What was under the path stays
+     unreachable: the dentry is covered in this namespace, mounts cannot
+     be undone (see lock_mounts), and open_by_handle_at is not allowed.
+
+   Rules come shallowest first, so a deeper rule lands on top of the one
+   above it.  Paths that do not exist are created (directories) first,
+   all of them before any mount, so that a read-only parent does not stop
+   the creation of a child's path. */
+
+static char boot_fs_buf[SBX_FS_ENCODED_MAX];
+static struct {
+  char access; /* 'r', 'w', 'b' */
+  const char *path;
+} boot_fs[SBX_FS_RULES_MAX];
+static size_t boot_fs_n;
+static int block_dir_fd = -1, block_file_fd = -1;
+/* /etc/passwd and /etc/group as they were before the policy, for sbx-init
+   (fds 5 and 6), which resolves users even when /etc is blocked */
+static int passwd_fd = -1, group_fd = -1;
+
+static void
+parse_fs_rules (size_t len)
+{
+  if (len > 0 && boot_fs_buf[len - 1] != '\0')
+    {
+      errno = EINVAL;
+      child_fail ("filesystem rules");
+    }
+  for (size_t i = 0; i < len && boot_fs_n < SBX_FS_RULES_MAX; i += strlen (boot_fs_buf + i) + 1)
+    {
+      boot_fs[boot_fs_n].access = boot_fs_buf[i];
+      boot_fs[boot_fs_n].path = boot_fs_buf + i + 1;
+      boot_fs_n++;
+    }
+}
+
+/* Called while this process still has the daemon's host uid, so the
+   daemon's state directory can be entered; only when a rule blocks. */
+static void
+open_block_sources (const char *dir)
+{
+  bool any = false;
+  for (size_t i = 0; i < boot_fs_n; i++)
+    any |= boot_fs[i].access == 'b';
+  if (!any)
+    return;
+  char path[4096];
+  snprintf (path, sizeof path, "%s/dir", dir);
+  block_dir_fd = open (path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  snprintf (path, sizeof path, "%s/file", dir);
+  block_file_fd = open (path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  struct stat d, f;
+  if (block_dir_fd < 0 || block_file_fd < 0 || fstat (block_dir_fd, &d) < 0 || fstat (block_file_fd, &f) < 0)
+    child_fail ("open %s", path);
+  /* whatever happened to them, never expose anything but mode 000 */
+  if ((d.st_mode & 07777) != 0 || !S_ISREG (f.st_mode) || (f.st_mode & 07777) != 0)
+    {
+      errno = EPERM;
+      child_fail ("%s: the blocking placeholders are not mode 000", dir);
+    }
+}
+
+static int
+open_snapshot (int root, const char *path)
+{
+  int fd = open_in_root (root, path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+  struct stat st;
+  if (fd >= 0 && (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)))
+    {
+      close (fd);
+      fd = -1;
+    }
+  return fd;
+}
+
+/* Create PATH as a directory, and its missing parents, inside ROOT; the
+   last one gets MODE (so a new read-write path is writable by the
+   template's user, like /tmp), parents 0755. */
+static void
+create_path (int root, const char *path, mode_t mode)
+{
+  char buf[SBX_FS_PATH_MAX];
+  snprintf (buf, sizeof buf, "%s", path);
+  char *c = buf + 1;
+  for (;;)
+    {
+      char *slash = strchr (c, '/');
+      if (slash)
+        *slash = '\0';
+      int fd = open_in_root (root, buf, O_PATH);
+      if (fd < 0 && errno != ENOENT)
+        child_fail ("open %s", buf);
+      if (fd < 0)
+        {
+          int parent = root;
+          if (c - 1 > buf)
+            {
+              c[-1] = '\0';
+              parent = open_in_root (root, buf, O_PATH | O_DIRECTORY);
+              c[-1] = '/';
+              if (parent < 0)
+                child_fail ("open the parent of %s", buf);
+            }
+          if (mkdirat (parent, c, 0700) < 0)
+            child_fail ("create %s", buf);
+          fd = openat (parent, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+          if (fd < 0 || fchmod (fd, slash ? 0755 : mode) < 0)
+            child_fail ("set the mode of %s", buf);
+          if (parent != root)
+            close (parent);
+        }
+      close (fd);
+      if (slash == NULL)
+        break;
+      *slash = '/';
+      c = slash + 1;
+    }
+}
+
+static void
+mount_rule (int root, const struct stat *root_st, char access, const char *path)
+{
+  int target = open_in_root (root, path, O_PATH);
+  struct stat st;
+  struct statfs sf;
+  if (target < 0 || fstat (target, &st) < 0 || fstatfs (target, &sf) < 0)
+    child_fail ("open %s", path);
+  /* through a symlink of the image a path could name the root itself or a
+     kernel file system (/proc/sys...): rules are for the sandbox's disk */
+  if (sf.f_type != OVERLAYFS_SUPER_MAGIC || (st.st_dev == root_st->st_dev && st.st_ino == root_st->st_ino))
+    {
+      errno = EXDEV;
+      child_fail ("filesystem rule %s: not a path of the sandbox's own files", path);
+    }
+  int tree;
+  struct mount_attr attr = { 0 };
+  unsigned at = AT_EMPTY_PATH;
+  if (access == 'b')
+    {
+      tree = (int) syscall (SYS_open_tree, S_ISDIR (st.st_mode) ? block_dir_fd : block_file_fd, "",
+                            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+      attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    }
+  else
+    {
+      /* recursive: a rule reached through a symlink may lie below this
+         path yet have been mounted before it, and must stay */
+      tree = (int) syscall (SYS_open_tree, target, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+      if (access == 'r')
+        {
+          attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+          at |= AT_RECURSIVE;
+        }
+      else
+        attr.attr_clr = MOUNT_ATTR_RDONLY;
+    }
+  if (tree < 0)
+    child_fail ("filesystem rule %s: open_tree", path);
+  if (syscall (SYS_mount_setattr, tree, "", at, &attr, sizeof attr) < 0)
+    child_fail ("filesystem rule %s: mount_setattr", path);
+  if (syscall (SYS_move_mount, tree, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+    child_fail ("filesystem rule %s: mount", path);
+  close (tree);
+  close (target);
+}
+
+static void
+apply_fs_policy (int root)
+{
+  struct stat root_st;
+  if (fstat (root, &root_st) < 0)
+    child_fail ("stat the root file system");
+  passwd_fd = open_snapshot (root, "/etc/passwd");
+  group_fd = open_snapshot (root, "/etc/group");
+  for (size_t i = 0; i < boot_fs_n; i++)
+    {
+      int fd = open_in_root (root, boot_fs[i].path, O_PATH);
+      if (fd >= 0)
+        close (fd);
+      else if (errno == ENOENT)
+        create_path (root, boot_fs[i].path, boot_fs[i].access == 'w' ? 01777 : 0755);
+      else
+        child_fail ("open %s", boot_fs[i].path);
+    }
+  for (size_t i = 0; i < boot_fs_n; i++)
+    mount_rule (root, &root_st, boot_fs[i].access, boot_fs[i].path);
+}
+
+/* Move into a user namespace nested in the sandbox's, mapping the same
+   ids, and a mount namespace of its own.  A mount namespace copied into a
+   less privileged user namespace has every mount's flags locked
+   (MNT_LOCK_READONLY, _NOSUID, _NODEV, _NOEXEC, _ATIME) and every mount
+   pinned over what it covers (MNT_LOCKED): from here on no one, not even
+   a root holding CAP_SYS_ADMIN over the sandbox's namespaces, can make a
+   read-only rule writable or unmount a block to see beneath it.  This is
+   on top of what already stops the sandbox (no CAP_SYS_ADMIN, mount calls
+   denied by seccomp).
+
+   The ids of the new namespace must be mapped by a process holding
+   CAP_SETUID in the parent namespace, so a helper forked beforehand
+   writes them.  Done only for sandboxes with rules: the network, UTS and
+   IPC namespaces stay owned by the outer user namespace, so root inside
+   loses CAP_NET_BIND_SERVICE over its network namespace, which
+   setup_network makes up for by opening the low ports to everyone. */
+static void
+lock_mounts (uint32_t count)
+{
+  int p[2];
+  if (pipe2 (p, O_CLOEXEC) < 0)
+    child_fail ("pipe");
+  pid_t helper = (pid_t) syscall (SYS_clone, SIGCHLD, NULL, NULL, NULL, 0);
+  if (helper < 0)
+    child_fail ("fork");
+  if (helper == 0)
+    {
+      close (p[1]);
+      char c;
+      if (read (p[0], &c, 1) != 1)
+        _exit (1);
+      char map[64];
+      int n = snprintf (map, sizeof map, "0 0 %u\n", count);
+      static const char *const files[] = { "/proc/1/uid_map", "/proc/1/gid_map" };
+      for (size_t i = 0; i < 2; i++)
+        {
+          int fd = open (files[i], O_WRONLY | O_CLOEXEC);
+          if (fd < 0 || write (fd, map, (size_t) n) != n)
+            child_fail ("write %s of the inner user namespace", files[i]);
+          close (fd);
+        }
+      _exit (0);
+    }
+  close (p[0]);
+  if (unshare (CLONE_NEWUSER | CLONE_NEWNS) < 0)
+    child_fail ("unshare the inner user and mount namespaces");
+  if (write (p[1], "x", 1) != 1)
+    child_fail ("start the id mapper");
+  close (p[1]);
+  int status;
+  while (waitpid (helper, &status, 0) < 0)
+    if (errno != EINTR)
+      child_fail ("wait for the id mapper");
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+    {
+      errno = EPERM;
+      child_fail ("map the ids of the inner user namespace");
+    }
 }
 
 static void __attribute__ ((noreturn))
@@ -358,12 +658,16 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   for (size_t i = 0; i < h.env_len && k < SBX_ISOLATE_ENV_COUNT; i += strlen (boot_env_buf + i) + 1)
     boot_env[k++] = boot_env_buf + i;
   boot_env[k] = NULL;
+  if (h.fs_len > sizeof boot_fs_buf || sbx_read_full (sync, boot_fs_buf, h.fs_len) != (ssize_t) h.fs_len)
+    child_fail ("receive the filesystem rules");
+  parse_fs_rules (h.fs_len);
   if (mount (NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
     child_fail ("make / private");
   /* still the daemon's host uid here, so the root-only state directory can
      be traversed; fds opened before clone would name the old namespace */
   if (syscall (SYS_move_mount, ovl, "", AT_FDCWD, s->mountpoint, MOVE_MOUNT_F_EMPTY_PATH) < 0)
     child_fail ("attach the root file system");
+  open_block_sources (s->fs_block_dir);
   /* raw system calls: glibc's wrappers would try to change the ids of
      every thread the daemon had, which this clone of it does not have,
      and wait for them forever */
@@ -401,7 +705,7 @@ child_main (const struct sbx_isolate_spec *s, int sync)
     child_fail ("mount /sys");
 
   /* a new network namespace starts with its loopback down */
-  setup_network (&h);
+  setup_network (&h, boot_fs_n > 0);
 
   /* the paths Docker masks or makes read-only */
   static const char *const masked[]
@@ -414,6 +718,10 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   for (size_t i = 0; i < sizeof readonly / sizeof readonly[0]; i++)
     remount_ro (readonly[i]);
 
+  write_resolv_conf (&h, ovl);
+  if (boot_fs_n > 0)
+    apply_fs_policy (ovl);
+
   if (sethostname (s->hostname, strlen (s->hostname)) < 0)
     child_fail ("sethostname");
   if (syscall (SYS_pivot_root, ".", ".") < 0)
@@ -422,7 +730,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
     child_fail ("detach the old root");
   if (chdir ("/") < 0)
     child_fail ("chdir /");
-  write_resolv_conf (&h);
+  if (boot_fs_n > 0)
+    lock_mounts (s->uid_count);
 
   struct rlimit nofile = { h.nofile, h.nofile };
   if (setrlimit (RLIMIT_NOFILE, &nofile) < 0)
@@ -431,13 +740,18 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   setrlimit (RLIMIT_CORE, &core);
 
   /* fd 0-2: /dev/null, fd 3: the agent socket, fd 4: the template lock
-     (held by init for the sandbox's life).  Everything is first moved out
-     of the way so that no dup2 below overwrites a descriptor still needed. */
+     (held by init for the sandbox's life), fds 5 and 6 with a filesystem
+     policy: /etc/passwd and /etc/group as they were before it (read once
+     by init, see users.c).  Everything is first moved out of the way so
+     that no dup2 below overwrites a descriptor still needed. */
   int agent_hi = fcntl (s->agent_fd, F_DUPFD_CLOEXEC, 100);
   int lock_hi = fcntl (lock_fd, F_DUPFD_CLOEXEC, 100);
   int init_fd = fcntl (s->init_fd, F_DUPFD_CLOEXEC, 100);
   int sync2 = fcntl (sync, F_DUPFD_CLOEXEC, 100);
-  if (agent_hi < 0 || lock_hi < 0 || init_fd < 0 || sync2 < 0)
+  int passwd_hi = passwd_fd >= 0 ? fcntl (passwd_fd, F_DUPFD_CLOEXEC, 100) : -1;
+  int group_hi = group_fd >= 0 ? fcntl (group_fd, F_DUPFD_CLOEXEC, 100) : -1;
+  if (agent_hi < 0 || lock_hi < 0 || init_fd < 0 || sync2 < 0 || (passwd_fd >= 0 && passwd_hi < 0)
+      || (group_fd >= 0 && group_hi < 0))
     child_fail ("dup");
   child_sync = sync2;
   int null = open ("/dev/null", O_RDWR | O_CLOEXEC);
@@ -445,7 +759,9 @@ child_main (const struct sbx_isolate_spec *s, int sync)
     child_fail ("open /dev/null");
   if (dup2 (agent_hi, 3) < 0 || dup2 (lock_hi, 4) < 0)
     child_fail ("pass the agent socket and the template lock");
-  int keep2[] = { 3, 4, init_fd, sync2 };
+  if ((passwd_hi >= 0 && dup2 (passwd_hi, 5) < 0) || (group_hi >= 0 && dup2 (group_hi, 6) < 0))
+    child_fail ("pass the user database");
+  int keep2[] = { 3, 4, passwd_hi >= 0 ? 5 : 3, group_hi >= 0 ? 6 : 3, init_fd, sync2 };
   close_inherited (keep2, sizeof keep2 / sizeof keep2[0]);
 
   drop_capabilities ();
@@ -547,17 +863,24 @@ sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p,
 
 int
 sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                  uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err)
+                  uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
+                  size_t n_fs_rules, struct sbx_err *err)
 {
-  if (sbx_isolate_boot_start (p, tree_fd, lock_fd, disk_fd, env, nofile, net_addr, net_gw, err) < 0)
+  if (sbx_isolate_boot_start (p, tree_fd, lock_fd, disk_fd, env, nofile, net_addr, net_gw, fs_rules, n_fs_rules, err)
+      < 0)
     return -1;
   return sbx_isolate_boot_wait (p, err);
 }
 
 int
 sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                        uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err)
+                        uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
+                        size_t n_fs_rules, struct sbx_err *err)
 {
+  cleanup_free char *fs = NULL;
+  size_t fs_len = 0;
+  if (sbx_fs_rules_encode (fs_rules, n_fs_rules, &fs, &fs_len, err) < 0)
+    return -1;
   /* the environment, flattened */
   size_t len = 0, count = 0;
   for (char *const *v = env; v && *v; v++, count++)
@@ -577,9 +900,9 @@ sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, in
   cleanup_close int ovl = make_rootfs (tree_fd, disk_fd, p->pid, err);
   if (ovl < 0)
     return -1;
-  struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw };
+  struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len };
   int fds[2] = { ovl, lock_fd };
-  if (send_boot (p->sock, fds, &h, flat, len) < 0)
+  if (send_boot (p->sock, fds, &h, flat, len, fs, fs_len) < 0)
     return sbx_fail (err, errno, "pass the root file system");
   return 0;
 }
@@ -605,6 +928,31 @@ sbx_isolate_boot_wait (struct sbx_isolate_proc *p, struct sbx_err *err)
     }
   close (p->sock);
   p->sock = -1;
+  return 0;
+}
+
+int
+sbx_isolate_block_dir (const char *dir, struct sbx_err *err)
+{
+  if (mkdir (dir, 0700) < 0 && errno != EEXIST)
+    return sbx_fail (err, errno, "create %s", dir);
+  cleanup_close int d = open (dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (d < 0)
+    return sbx_fail (err, errno, "open %s", dir);
+  if (mkdirat (d, "dir", 0) < 0 && errno != EEXIST)
+    return sbx_fail (err, errno, "create %s/dir", dir);
+  cleanup_close int f = openat (d, "file", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (f < 0)
+    return sbx_fail (err, errno, "create %s/file", dir);
+  /* whatever a previous run or an admin left: mode 000, the host root's
+     (what lies inside could not be reached from a sandbox anyway) */
+  struct stat st;
+  errno = 0;
+  if (fstatat (d, "dir", &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (st.st_mode)
+      || fchownat (d, "dir", 0, 0, AT_SYMLINK_NOFOLLOW) < 0 || fchmodat (d, "dir", 0, 0) < 0)
+    return sbx_fail (err, errno ? errno : ENOTDIR, "prepare %s/dir", dir);
+  if (fchown (f, 0, 0) < 0 || fchmod (f, 0) < 0 || ftruncate (f, 0) < 0 || fstat (f, &st) < 0 || !S_ISREG (st.st_mode))
+    return sbx_fail (err, errno ? errno : EINVAL, "prepare %s/file", dir);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include "../common/error.h"
+#include "fspolicy.h"
 
 #define SBX_ISOLATE_ENV_MAX (256u << 10) /* bytes of environment */
 #define SBX_ISOLATE_ENV_COUNT 4096
@@ -21,6 +22,8 @@ struct sbx_isolate_spec {
   uint32_t uid_count;
   const char *hostname;
   const char *cgroup_name;
+  const char *fs_block_dir;    /* holds "dir" and "file", mode 000, owned by the host's root: what
+                                  blocked paths are covered with (sbx_isolate_block_dir) */
 };
 
 /* A spawned child that waits for its root file system. */
@@ -39,13 +42,19 @@ int sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc
    address of eth0 with its gateway (0: no eth0 set up); returns once
    sbx-init runs. */
 int sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                      uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err);
+                      uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
+                      size_t n_fs_rules, struct sbx_err *err);
+/* Make DIR (in the daemon's root-only state directory) hold what blocked
+   paths are covered with: an empty directory "dir" and an empty file
+   "file", both mode 000 and owned by the host's root. */
+int sbx_isolate_block_dir (const char *dir, struct sbx_err *err);
 /* Kill a spawned child that will not be booted (or failed to boot). */
 void sbx_isolate_abort (struct sbx_isolate_proc *p);
 /* sbx_isolate_boot in two halves, so that the caller can work while the
    child sets itself up: hand over, then wait for sbx-init to run. */
 int sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                            uint32_t nofile, uint32_t net_addr, uint32_t net_gw, struct sbx_err *err);
+                            uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
+                            size_t n_fs_rules, struct sbx_err *err);
 int sbx_isolate_boot_wait (struct sbx_isolate_proc *p, struct sbx_err *err);
 
 #endif

@@ -85,6 +85,7 @@ struct sandbox {
 struct sbx_engine {
   char state_dir[PATH_MAX];
   char sandboxes_dir[PATH_MAX];
+  char fs_block_dir[PATH_MAX];   /* STATE/fsblock: what blocked paths are covered with */
   char template_dir[PATH_MAX];
   int init_fd;
   sbx_event_fn on_event;
@@ -603,6 +604,13 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     }
   if (sbx_mkdir_p (e->sandboxes_dir, 0700, err) < 0)
     goto fail;
+  if (sbx_path (e->fs_block_dir, sizeof e->fs_block_dir, "%s/fsblock", e->state_dir) < 0)
+    {
+      sbx_fail (err, errno, "state directory %s", e->state_dir);
+      goto fail;
+    }
+  if (sbx_isolate_block_dir (e->fs_block_dir, err) < 0)
+    goto fail;
   if (cfg->template_dir)
     sbx_path (e->template_dir, sizeof e->template_dir, "%s", cfg->template_dir);
   else
@@ -843,6 +851,7 @@ prepare (struct sbx_engine *e, struct sbx_err *err)
     .uid_count = UID_RANGE,
     .hostname = s->id,
     .cgroup_name = cg,
+    .fs_block_dir = e->fs_block_dir,
   };
   if (sbx_isolate_spawn (&spec, &s->proc, err) < 0)
     goto fail;
@@ -911,6 +920,8 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
   if (timeout > e->max_timeout_s)
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
+  if (sbx_fs_rules_check (o->fs_rules, o->n_fs_rules, err) < 0)
+    return -1;
   struct sbx_template t;
   memset (&t, 0, sizeof t);
   if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
@@ -1000,7 +1011,7 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   if (s->has_net)
     sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
   if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, net_addr, net_gw,
-                              err)
+                              o->fs_rules, o->n_fs_rules, err)
       < 0)
     goto fail;
   /* The link was made with the plain internet rules; other rules are put

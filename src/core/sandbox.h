@@ -25,6 +25,7 @@
 
 #include "../common/error.h"
 #include "../common/proto.h"
+#include "fspolicy.h"
 #include "net.h"
 
 struct sbx_net_config;
@@ -79,6 +80,12 @@ struct sbx_create_opts {
   const struct sbx_net_policy *net; /* NULL: the template's default (net.h) */
   int internet_asked;         /* whether the client asked for internet access, shown back as it said it:
                                  0 not said, >0 yes, <0 no */
+  /* filesystem policy (fspolicy.h: enum sbx_fs_access, struct sbx_fs_rule,
+     SBX_FS_RULES_MAX, sbx_fs_rules_check): paths made read-only, writable
+     or blocked for everyone inside, root included, before anything of
+     the sandbox runs; checked by sbx_create (EINVAL) */
+  const struct sbx_fs_rule *fs_rules;
+  size_t n_fs_rules;
 };
 
 struct sbx_info {

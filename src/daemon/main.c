@@ -232,6 +232,8 @@ cmd_serve (int argc, char **argv)
   int changes = sbx_service_reconcile (svc, &err);
   if (changes < 0)
     fprintf (stderr, "sbxd: reconcile records with sandboxes: %s\n", err.msg);
+  if (sbx_service_runs_recover (svc, &err) < 0)
+    fprintf (stderr, "sbxd: recover runs: %s\n", err.msg);
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
                                 .svc = svc,

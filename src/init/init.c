@@ -916,6 +916,7 @@ main (int argc, char **argv)
   prctl (PR_SET_NAME, "sbx-init");
   fcntl (LISTEN_FD, F_SETFD, FD_CLOEXEC);
   fcntl (4, F_SETFD, FD_CLOEXEC); /* the template lock: held, never used */
+  sbx_users_snapshot (5, 6);      /* with a filesystem policy (isolate.c) */
   set_nonblock (LISTEN_FD);
   signal (SIGPIPE, SIG_IGN);
 

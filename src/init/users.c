@@ -1,14 +1,76 @@
 /*
  * users.c - /etc/passwd and /etc/group parsing for the agent (users.h).
+ *
+ * The files are read afresh on every lookup, so users added inside the
+ * sandbox are found.  When the sandbox's filesystem policy makes them
+ * unreadable (/etc blocked), the agent falls back to the copies it was
+ * handed at boot (sbx_users_snapshot).
  */
 #include "users.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#define SNAPSHOT_MAX (4u << 20) /* bytes kept of each file */
+
+static struct {
+  const char *path;
+  char *data;
+  size_t len;
+} dbs[] = { { "/etc/passwd", NULL, 0 }, { "/etc/group", NULL, 0 } };
+
+static void
+snapshot_one (int fd, size_t i)
+{
+  if (fcntl (fd, F_GETFD) < 0)
+    return; /* not handed over: no policy */
+  size_t cap = 0, len = 0;
+  char *buf = NULL;
+  for (;;)
+    {
+      if (len == cap)
+        {
+          if (cap >= SNAPSHOT_MAX)
+            break;
+          cap = cap ? cap * 2 : 4096;
+          char *nb = realloc (buf, cap);
+          if (nb == NULL)
+            break;
+          buf = nb;
+        }
+      ssize_t n = read (fd, buf + len, cap - len);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        break;
+      len += (size_t) n;
+    }
+  close (fd);
+  dbs[i].data = buf ? buf : strdup ("");
+  dbs[i].len = buf ? len : 0;
+}
+
+void
+sbx_users_snapshot (int passwd_fd, int group_fd)
+{
+  snapshot_one (passwd_fd, 0);
+  snapshot_one (group_fd, 1);
+}
+
+/* The live file, or the boot copy when the policy denies the file. */
+static FILE *
+db_open (size_t i)
+{
+  FILE *f = fopen (dbs[i].path, "re");
+  if (f == NULL && (errno == EACCES || errno == EPERM) && dbs[i].data)
+    f = dbs[i].len ? fmemopen (dbs[i].data, dbs[i].len, "r") : fopen ("/dev/null", "re");
+  return f;
+}
 
 /* Split a colon-separated line in place into at most N fields. */
 static int
@@ -47,7 +109,7 @@ sbx_user_lookup (const char *name, struct sbx_user *u)
 {
   unsigned long want_uid = 0;
   int by_uid = parse_id (name, &want_uid) == 0;
-  FILE *f = fopen ("/etc/passwd", "re");
+  FILE *f = db_open (0);
   char line[1024];
   while (f && fgets (line, sizeof line, f))
     {
@@ -88,7 +150,7 @@ sbx_user_groups (const struct sbx_user *u, gid_t *groups, int max)
   int n = 0;
   if (max > 0)
     groups[n++] = u->gid;
-  FILE *f = fopen ("/etc/group", "re");
+  FILE *f = db_open (1);
   char line[4096];
   while (f && fgets (line, sizeof line, f) && n < max)
     {
@@ -125,9 +187,9 @@ sbx_user_become (const struct sbx_user *u)
 }
 
 static void
-id_name (const char *file, int field_count, unsigned long id, char *buf, size_t n)
+id_name (size_t db, int field_count, unsigned long id, char *buf, size_t n)
 {
-  FILE *f = fopen (file, "re");
+  FILE *f = db_open (db);
   char line[4096];
   while (f && fgets (line, sizeof line, f))
     {
@@ -150,11 +212,11 @@ id_name (const char *file, int field_count, unsigned long id, char *buf, size_t 
 void
 sbx_uid_name (uid_t uid, char *buf, size_t n)
 {
-  id_name ("/etc/passwd", 7, uid, buf, n);
+  id_name (0, 7, uid, buf, n);
 }
 
 void
 sbx_gid_name (gid_t gid, char *buf, size_t n)
 {
-  id_name ("/etc/group", 4, gid, buf, n);
+  id_name (1, 4, gid, buf, n);
 }

@@ -16,6 +16,11 @@ struct sbx_user {
   char shell[128];
 };
 
+/* Read and close the copies of /etc/passwd and /etc/group sbxd hands
+   init at boot when the sandbox has a filesystem policy (fds that are not
+   open are skipped); lookups use them when the files themselves cannot be
+   read. */
+void sbx_users_snapshot (int passwd_fd, int group_fd);
 /* Look up NAME (a user name or a decimal uid) in /etc/passwd.  A uid that
    has no entry is accepted with home "/" and gid = uid.  Returns 0 or -1
    (errno ENOENT for an unknown name). */

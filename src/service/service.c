@@ -216,7 +216,7 @@ sbx_service_reconcile (struct sbx_service *svc, struct sbx_err *err)
       snprintf (r->stop_reason, sizeof r->stop_reason, "lost");
       r->stopped_ms = sbx_wall_ms ();
       struct sbx_info none = { .created_ms = r->started_ms, .end_ms = r->stopped_ms, .timeout_s = 0 };
-      snprintf (none.id, sizeof none.id, "%s", r->id);
+      snprintf (none.id, sizeof none.id, "%.*s", SBX_ID_MAX - 1, r->id);
       if (record_change (svc, NULL, r, &none, SBX_EVENT_KILLED, "lost", &e2) == 0)
         changes++;
       sbx_log_fields (SBX_LOG_WARN, "sandbox record without a sandbox: recorded as stopped", "sandbox", r->id, NULL);
