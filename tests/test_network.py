@@ -993,3 +993,24 @@ def test_egress_log_rate_limit_and_destroy(netd, peers):
     r = netd.req("GET", f"/sandboxes/{sid}/network/log")
     assert r.status_code == 404 or (r.status_code == 200 and r.json() == {"records": [], "dropped": 0}), r.text
     assert netd.req("GET", f"/sandboxes/{MISSING}/network/log").status_code == 404
+
+
+def test_egress_log_two_daemons(netd, peers, boxes, tmp_path):
+    """Two daemons on one machine share the nftables table: each logs its
+    own sandboxes' direct connections to an NFLOG group of its own, and
+    reads them."""
+    other = Sbxd(str(tmp_path / "state")).start(args=["--dns-upstream", UPSTREAM])
+    try:
+        sid2 = create(other, network={"denyOut": DENY_ALL})["sandboxID"]
+        sid1 = boxes("domain")
+        s1, s2 = last_seq(netd, sid1), last_seq(other, sid2)
+        reach_tcp(netd, sid1, WEB2, 8080)
+        reach_tcp(other, sid2, WEB1, 8080)
+        assert logged(netd, sid1, s1, protocol="tcp", address=WEB2, port=8080, verdict="denied")
+        assert logged(other, sid2, s2, protocol="tcp", address=WEB1, port=8080, verdict="denied")
+        assert not logged(netd, sid1, s1, protocol="tcp", address=WEB1, port=8080)
+        ruleset = subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
+        assert len(set(re.findall(r"log prefix \"sbxd:.\" group (\d+)", ruleset))) >= 2, ruleset
+        other.cleanup()
+    finally:
+        other.stop()

@@ -520,13 +520,21 @@ sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *
   return apply (n, slot, p, true, err);
 }
 
-/* The end of a rule that logs the first packet of a new connection
-   attempt, for the egress log; WHY says which verdict follows. */
+/* A rule of chain KIND<SLOT> that logs the first packet of a new
+   connection attempt, for the egress log: cmd_log_start, the match (if
+   any), cmd_log_end with WHY, the verdict that follows.  The connection
+   state comes first: the packets of established flows, nearly all of
+   them, skip the rest of the rule at once. */
 static void
-cmd_log (struct sbx_net *n, struct cmd *c, char why)
+cmd_log_start (struct cmd *c, char kind, uint32_t slot)
 {
-  cmd_add (c, " ct state new ct status ! confirmed " LOG_LIMIT " log group %d snaplen %d prefix \"sbxd:%c\"\n",
-           n->nflog_group, NFLOG_SNAPLEN, why);
+  cmd_add (c, "add rule inet sbxd %c%u ct state new ct status ! confirmed", kind, slot);
+}
+
+static void
+cmd_log_end (struct sbx_net *n, struct cmd *c, char why)
+{
+  cmd_add (c, " " LOG_LIMIT " log group %d snaplen %d prefix \"sbxd:%c\"\n", n->nflog_group, NFLOG_SNAPLEN, why);
 }
 
 static int
@@ -557,10 +565,10 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
     {
       if (log)
         {
-          cmd_add (&c, "add rule inet sbxd o%u", slot);
-          cmd_log (n, &c, 'N');
-          cmd_add (&c, "add rule inet sbxd i%u", slot);
-          cmd_log (n, &c, 'N');
+          cmd_log_start (&c, 'o', slot);
+          cmd_log_end (n, &c, 'N');
+          cmd_log_start (&c, 'i', slot);
+          cmd_log_end (n, &c, 'N');
         }
       cmd_add (&c, "add rule inet sbxd o%u %s\n", slot, reject);
       cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
@@ -569,39 +577,51 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
   /* out: the platform's denials first, unless an operator range allows */
   for (int pass = log ? 0 : 1; pass < 2; pass++)
     {
-      cmd_add (&c, "add rule inet sbxd o%u ip daddr @platform", slot);
+      if (pass == 0)
+        cmd_log_start (&c, 'o', slot);
+      else
+        cmd_add (&c, "add rule inet sbxd o%u", slot);
+      cmd_add (&c, " ip daddr @platform");
       if (n->n_ops)
         {
           cmd_add (&c, " ip daddr != ");
           cmd_set (&c, n->ops, n->n_ops);
         }
       if (pass == 0)
-        cmd_log (n, &c, 'P');
+        cmd_log_end (n, &c, 'P');
       else
         cmd_add (&c, " %s\n", reject);
     }
   for (int pass = log ? 0 : 1; pass < 2 && p->n_allow; pass++)
     {
-      cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+      if (pass == 0)
+        cmd_log_start (&c, 'o', slot);
+      else
+        cmd_add (&c, "add rule inet sbxd o%u", slot);
+      cmd_add (&c, " ip daddr ");
       cmd_set (&c, p->allow, p->n_allow);
       if (pass == 0)
-        cmd_log (n, &c, 'A');
+        cmd_log_end (n, &c, 'A');
       else
         cmd_add (&c, " accept\n");
     }
   for (int pass = log ? 0 : 1; pass < 2 && p->n_deny; pass++)
     {
-      cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+      if (pass == 0)
+        cmd_log_start (&c, 'o', slot);
+      else
+        cmd_add (&c, "add rule inet sbxd o%u", slot);
+      cmd_add (&c, " ip daddr ");
       cmd_set (&c, p->deny, p->n_deny);
       if (pass == 0)
-        cmd_log (n, &c, 'D');
+        cmd_log_end (n, &c, 'D');
       else
         cmd_add (&c, " %s\n", reject);
     }
   if (log)
     {
-      cmd_add (&c, "add rule inet sbxd o%u", slot);
-      cmd_log (n, &c, 'I');
+      cmd_log_start (&c, 'o', slot);
+      cmd_log_end (n, &c, 'I');
     }
   cmd_add (&c, "add rule inet sbxd o%u accept\n", slot);
   /* in: only what was redirected to the filters */
@@ -612,8 +632,8 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
   cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
   if (log)
     {
-      cmd_add (&c, "add rule inet sbxd i%u", slot);
-      cmd_log (n, &c, 'H');
+      cmd_log_start (&c, 'i', slot);
+      cmd_log_end (n, &c, 'H');
     }
   cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
   /* nat: DNS to the gateway, and web traffic when names decide */

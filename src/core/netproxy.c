@@ -15,8 +15,8 @@
  * against a per-sandbox cap (CONNS_PER_SANDBOX).
  *
  * Locking: one mutex guards the sandbox table (policies, remembered
- * addresses, connection counts), the list of TCP connections and the
- * worker counts.  A connection's descriptors are closed only under the
+ * addresses, connection counts, egress logs), the list of TCP connections
+ * and the worker counts.  A connection's descriptors are closed only under the
  * mutex, after the connection left the list, so a thread that changes a
  * policy can shutdown() the descriptors of the connections it no longer
  * allows without racing with their reuse; the shutdown makes the worker's

@@ -24,6 +24,10 @@
  * it) and either the name is allowed and the address was remembered for
  * that same name, or the address alone is allowed (sbx_net_ip_allowed).
  * Otherwise it is closed.
+ *
+ * Each of these decisions, and those of the kernel that net.c reads, goes
+ * to the sandbox's egress log (net.h, egress.h), kept here with its
+ * policy and freed with it.
  */
 #ifndef SBX_NETPROXY_H
 #define SBX_NETPROXY_H
