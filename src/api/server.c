@@ -401,14 +401,17 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
          route of its own */
       r = find_route (method, k.seg + 1, k.n - 1, k.arg, &known);
     }
+  enum MHD_Result ret;
   if (r == NULL)
     {
+      /* without a key, nothing is told about which paths exist */
       tl_dialect = dialect_of_path (k.seg, k.n);
+      if (!authenticate (h, c, rq, &ret))
+        return ret;
       return known ? send_error (c, 405, "method not allowed") : send_error (c, 404, "not found");
     }
   tl_dialect = r->dialect;
   rq->route = r->pattern;
-  enum MHD_Result ret;
   if (!(r->flags & ROUTE_PUBLIC) && !authenticate (h, c, rq, &ret))
     return ret;
   if (r->flags & ROUTE_SANDBOX)
