@@ -584,7 +584,9 @@ apply_fs_policy (int root)
 
    The ids of the new namespace must be mapped by a process holding
    CAP_SETUID in the parent namespace, so a helper forked beforehand
-   writes them.  Done only for sandboxes with rules: the network, UTS and
+   writes them; for it to open this process's /proc files, this process
+   is dumpable meanwhile (it was made non-dumpable when its ids changed,
+   which hands /proc/1 to the host's root).  Done only for sandboxes with rules: the network, UTS and
    IPC namespaces stay owned by the outer user namespace, so root inside
    loses CAP_NET_BIND_SERVICE over its network namespace, which
    setup_network makes up for by opening the low ports to everyone. */
@@ -594,6 +596,7 @@ lock_mounts (uint32_t count)
   int p[2];
   if (pipe2 (p, O_CLOEXEC) < 0)
     child_fail ("pipe");
+  prctl (PR_SET_DUMPABLE, 1, 0, 0, 0);
   pid_t helper = (pid_t) syscall (SYS_clone, SIGCHLD, NULL, NULL, NULL, 0);
   if (helper < 0)
     child_fail ("fork");
@@ -630,6 +633,7 @@ lock_mounts (uint32_t count)
       errno = EPERM;
       child_fail ("map the ids of the inner user namespace");
     }
+  prctl (PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
 static void __attribute__ ((noreturn))
