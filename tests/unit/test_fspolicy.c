@@ -301,6 +301,8 @@ test_sandboxes (void)
             CHECK ((RUN (id, "root", "cat /proc/self/root/etc/hostname") == 0) == !blocked);
             CHECK ((RUN (id, "root", "cd /proc/self/root/root") == 0) == !blocked);
             CHECK ((RUN (id, "root", "ln /etc/hostname /tmp/hard-%d", s) == 0) == !blocked);
+            CHECK ((RUN (id, "root", "ln /home/user/.bashrc /tmp/hard-rc-%d", s) == 0) == !blocked);
+            CHECK ((RUN (id, "root", "ln -s /etc/hostname /tmp/hn && cp /tmp/hn /tmp/hn-copy") == 0) == !blocked);
             CHECK ((RUN (id, "root", "python3 -c 'open(\"/etc/hostname\").read()'") == 0) == !blocked);
             if (blocked)
               CHECK (has (&o, "PermissionError"));
@@ -321,6 +323,17 @@ test_sandboxes (void)
                    && has (&o, blocked ? "-1 1\n" : "-1 "));
           }
       }
+  /* a command asked to start in a blocked directory does not */
+  const char *argv[] = { "true", NULL };
+  struct sbx_exec_opts in_etc = { .argv = argv, .user = "root", .cwd = "/etc" };
+  memset (&o, 0, sizeof o);
+  CHECK (sbx_exec (eng, pol, &in_etc, on_event, &o, &err) == 0 && o.code == 126 && has (&o, "Permission denied"));
+  memset (&o, 0, sizeof o);
+  CHECK (sbx_exec (eng, ctl, &in_etc, on_event, &o, &err) == 0 && o.code == 0);
+  /* root keeps the low ports (the mounts are locked in a nested user
+     namespace, which the network namespace does not belong to) */
+  for (int u = 0; u < 2; u++)
+    CHECK (RUN (pol, users[u], "python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 80))'") == 0);
   /* a blocked path looks like an empty directory (or file) no one owns,
      mode 000, and stays so */
   CHECK (RUN (pol, "root", "stat -c '%%a %%u %%F' /etc /opt/secret/deep /home/user/.bashrc") == 0
@@ -386,6 +399,10 @@ test_sandboxes (void)
         rc = sbx_file_read (eng, id, "/home/user/.bashrc", users[u], 0, NULL, collect, &o, &err);
         CHECK ((rc == 0) == !blocked);
       }
+  /* the files API through a symlink (made by the probes above) */
+  memset (&o, 0, sizeof o);
+  CHECK (sbx_file_read (eng, pol, "/tmp/hn", "root", 0, NULL, collect, &o, &err) < 0 && err.code == EACCES);
+  CHECK (sbx_file_read (eng, ctl, "/tmp/hn", "root", 0, NULL, collect, &o, &err) == 0 && has (&o, "sandbox"));
   CHECK (sbx_file_write (eng, pol, "/workspace/data/output/api", "user", "api", 3, NULL, &err) == 0);
   memset (&o, 0, sizeof o);
   CHECK (sbx_file_read (eng, pol, "/workspace/data/output/api", "user", 0, NULL, collect, &o, &err) == 0
