@@ -451,7 +451,10 @@ open_snapshot (int root, const char *path)
 {
   int fd = open_in_root (root, path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
   struct stat st;
-  if (fd >= 0 && (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)))
+  struct statfs sf;
+  /* a plain file of the image, not something a symlink leads to in /proc */
+  if (fd >= 0 && (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode) || fstatfs (fd, &sf) < 0
+                  || sf.f_type != OVERLAYFS_SUPER_MAGIC))
     {
       close (fd);
       fd = -1;

@@ -76,6 +76,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
               || strstr (p, "/./") || strstr (p, "/../") || (l >= 2 && strcmp (p + l - 2, "/.") == 0)
               || (l >= 3 && strcmp (p + l - 3, "/..") == 0) || (strncmp (p, "/proc", 5) == 0 && (p[5] == '/' || !p[5])))
             abort ();
+          for (size_t c = 0; c < l; c++)
+            if ((unsigned char) p[c] < 0x20 || p[c] == 0x7f)
+              abort ();
           total += l + 2;
         }
       /* every rule encoded once, shallowest first */

@@ -123,12 +123,12 @@ test_check (void)
   CHECK (sbx_fs_rules_check (good, sizeof good / sizeof good[0], &err) == 0);
   CHECK (sbx_fs_rules_check (NULL, 0, &err) == 0);
 
-  static const char *const bad[] = { "relative/path", "", "/", "/a/", "/a//b", "/a/./b", "/a/../b", "/a/..",
+  static const char *const bad[] = { "relative/path", "", "/", "/a\nb", "/a/", "/a//b", "/a/./b", "/a/../b", "/a/..",
                                      "/a/.", "/./a", "/proc", "/proc/sys", "/sys/fs", "/dev", "/dev/shm" };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     {
       struct sbx_fs_rule r = { bad[i], SBX_FS_READ_ONLY };
-      expect_refused (&r, 1, *bad[i] ? bad[i] : "empty");
+      expect_refused (&r, 1, !*bad[i] ? "empty" : strchr (bad[i], '\n') ? "control character" : bad[i]);
     }
   char longp[SBX_FS_PATH_MAX + 8];
   longp[0] = '/';
@@ -408,6 +408,9 @@ test_sandboxes (void)
   CHECK (sbx_file_read (eng, pol, "/workspace/data/output/api", "user", 0, NULL, collect, &o, &err) == 0
          && strcmp (o.text, "api") == 0);
 
+  /* the daemon still sees the sandbox's disk through init's root */
+  struct sbx_metrics met;
+  CHECK (sbx_get_metrics (eng, pol, &met, &err) == 0 && met.disk_total > 0);
   /* nothing leaked into the host's mount namespace */
   cleanup_free char *mi = NULL;
   CHECK (sbx_read_file_at (AT_FDCWD, "/proc/self/mountinfo", &mi, 16 << 20, &err) == 0 && mi
