@@ -10,12 +10,16 @@
  *     mount_setattr MOUNT_ATTR_IDMAP)
  *   overlay: lower = that tree, upper and
  *     work on the sandbox disk; fsmount
- *   send the overlay fd  ---------------->  become root of the new userns
+ *   send the overlay fd, environment
+ *     and filesystem rules  ------------->  become root of the new userns
  *                                           unshare(NEWCGROUP)
  *                                           / made private, overlay moved in
  *                                           /proc, minimal /dev, ro /sys,
- *                                           masked /proc paths, hostname
+ *                                           masked /proc paths, resolv.conf,
+ *                                           filesystem policy mounts, hostname
  *                                           pivot_root, detach the old root
+ *                                           with a policy: nested user and
+ *                                             mount namespaces (locked mounts)
  *                                           rlimits, capability bounding set,
  *                                           no_new_privs, seccomp (last)
  *   sees EOF on the sync socket  <-------   execveat(sbx-init)
