@@ -256,6 +256,7 @@ test_sandboxes (void)
       failed++;
       return;
     }
+  sleep (1); /* the spare pool refills: this one boots a prepared sandbox */
   if (create (rules, sizeof rules / sizeof rules[0], pol, &err) < 0)
     {
       fprintf (stderr, "FAIL create with rules: %s\n", err.msg);
@@ -420,6 +421,37 @@ test_sandboxes (void)
   CHECK (sbx_destroy (eng, ctl, &err) == 0);
 }
 
+/* The example of the seed's API, as it is. */
+static void
+test_seed_example (void)
+{
+  struct out o;
+  struct sbx_err err;
+  char id[SBX_ID_MAX];
+  struct sbx_fs_rule r[] = { { "/workspace/data", SBX_FS_READ_ONLY },
+                             { "/workspace/output", SBX_FS_READ_WRITE },
+                             { "/etc", SBX_FS_BLOCKED },
+                             { "/root", SBX_FS_BLOCKED } };
+  if (create (r, 4, id, &err) < 0)
+    {
+      fprintf (stderr, "FAIL create: %s\n", err.msg);
+      failed++;
+      return;
+    }
+  for (int u = 0; u < 2; u++)
+    {
+      const char *user = u ? "user" : "root";
+      CHECK (RUN (id, user, "python3 -c 'print(6 * 7)'") == 0 && has (&o, "42"));
+      CHECK (RUN (id, user, "echo r > /workspace/output/r-%d && cat /workspace/output/r-%d", u, u) == 0);
+      CHECK (RUN (id, user, "touch /workspace/data/x") != 0 && has (&o, "Read-only file system"));
+      CHECK (RUN (id, user, "ls /etc") != 0 && has (&o, "Permission denied"));
+      CHECK (RUN (id, user, "ls /root") != 0 && has (&o, "Permission denied"));
+      /* the rest of /workspace is as the image has it: the user's */
+      CHECK ((RUN (id, user, "touch /workspace/w-%d", u) == 0));
+    }
+  sbx_destroy (eng, id, &err);
+}
+
 /* Rule paths follow the image's symlinks, inside the sandbox's root; a
    rule that cannot be put in place fails the creation, and the engine
    goes on. */
@@ -468,7 +500,8 @@ main (void)
   signal (SIGPIPE, SIG_IGN); /* output piped to head must not leave sandboxes behind */
   if (mkdtemp (state_dir) == NULL)
     return 1;
-  struct sbx_engine_config cfg = { .state_dir = state_dir, .spares = -1 };
+  /* one spare: creations take a sandbox prepared before the rules were known */
+  struct sbx_engine_config cfg = { .state_dir = state_dir, .spares = 1 };
   struct sbx_err err;
   if (sbx_engine_open (&cfg, &eng, &err) < 0)
     {
@@ -477,6 +510,7 @@ main (void)
     }
   test_check ();
   test_sandboxes ();
+  test_seed_example ();
   test_symlinks_and_failures ();
   sbx_engine_close (eng);
   sbx_rm_rf (state_dir, &err);
