@@ -54,6 +54,9 @@ check_path (const char *p, struct sbx_err *err)
   if (len >= SBX_FS_PATH_MAX)
     return sbx_failx (err, EINVAL, "filesystem path %.64s... is too long (at most %d bytes)", p,
                       SBX_FS_PATH_MAX - 1);
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char) p[i] < 0x20 || p[i] == 0x7f)
+      return sbx_failx (err, EINVAL, "filesystem path %.*s... has a control character", (int) i, p);
   if (p[0] != '/')
     return sbx_failx (err, EINVAL, "filesystem path %s is not absolute", p);
   if (strcmp (p, "/") == 0)

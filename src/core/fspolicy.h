@@ -24,7 +24,7 @@ struct sbx_fs_rule {
 
 /* Validate rules: at most SBX_FS_RULES_MAX, each path absolute and
    normalised (no "." or ".." component, no "//", no trailing "/"), shorter
-   than SBX_FS_PATH_MAX, not "/" itself, not on the kernel's file systems
+   than SBX_FS_PATH_MAX, without control characters, not "/" itself, not on the kernel's file systems
    (/proc, /sys, /dev and below), listed once, and not below a blocked path
    (nothing there can be reached).  Fails with err->code EINVAL and a
    message naming the offending path. */

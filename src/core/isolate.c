@@ -10,12 +10,16 @@
  *     mount_setattr MOUNT_ATTR_IDMAP)
  *   overlay: lower = that tree, upper and
  *     work on the sandbox disk; fsmount
- *   send the overlay fd  ---------------->  become root of the new userns
+ *   send the overlay fd, environment
+ *     and filesystem rules  ------------->  become root of the new userns
  *                                           unshare(NEWCGROUP)
  *                                           / made private, overlay moved in
  *                                           /proc, minimal /dev, ro /sys,
- *                                           masked /proc paths, hostname
+ *                                           masked /proc paths, resolv.conf,
+ *                                           filesystem policy mounts, hostname
  *                                           pivot_root, detach the old root
+ *                                           with a policy: nested user and
+ *                                             mount namespaces (locked mounts)
  *                                           rlimits, capability bounding set,
  *                                           no_new_privs, seccomp (last)
  *   sees EOF on the sync socket  <-------   execveat(sbx-init)
@@ -451,7 +455,10 @@ open_snapshot (int root, const char *path)
 {
   int fd = open_in_root (root, path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
   struct stat st;
-  if (fd >= 0 && (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)))
+  struct statfs sf;
+  /* a plain file of the image, not something a symlink leads to in /proc */
+  if (fd >= 0 && (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode) || fstatfs (fd, &sf) < 0
+                  || sf.f_type != OVERLAYFS_SUPER_MAGIC))
     {
       close (fd);
       fd = -1;
@@ -584,7 +591,9 @@ apply_fs_policy (int root)
 
    The ids of the new namespace must be mapped by a process holding
    CAP_SETUID in the parent namespace, so a helper forked beforehand
-   writes them.  Done only for sandboxes with rules: the network, UTS and
+   writes them; for it to open this process's /proc files, this process
+   is dumpable meanwhile (it was made non-dumpable when its ids changed,
+   which hands /proc/1 to the host's root).  Done only for sandboxes with rules: the network, UTS and
    IPC namespaces stay owned by the outer user namespace, so root inside
    loses CAP_NET_BIND_SERVICE over its network namespace, which
    setup_network makes up for by opening the low ports to everyone. */
@@ -594,6 +603,7 @@ lock_mounts (uint32_t count)
   int p[2];
   if (pipe2 (p, O_CLOEXEC) < 0)
     child_fail ("pipe");
+  prctl (PR_SET_DUMPABLE, 1, 0, 0, 0);
   pid_t helper = (pid_t) syscall (SYS_clone, SIGCHLD, NULL, NULL, NULL, 0);
   if (helper < 0)
     child_fail ("fork");
@@ -630,6 +640,7 @@ lock_mounts (uint32_t count)
       errno = EPERM;
       child_fail ("map the ids of the inner user namespace");
     }
+  prctl (PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
 static void __attribute__ ((noreturn))

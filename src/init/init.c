@@ -217,7 +217,15 @@ exec_command (const struct spawn_req *r)
       _exit (126);
     }
   const char *cwd = r->cwd && *r->cwd ? r->cwd : u.home;
-  if (chdir (cwd) < 0)
+  /* a home the filesystem policy blocks (/root) is no reason to refuse a
+     command that did not ask for it: start in / instead, as login does */
+  int rc = chdir (cwd);
+  if (rc < 0 && cwd == u.home && errno == EACCES)
+    {
+      cwd = "/";
+      rc = chdir (cwd);
+    }
+  if (rc < 0)
     {
       dprintf (2, "sbxd: cannot enter directory %s: %s\n", cwd, strerror (errno));
       _exit (126);
