@@ -169,6 +169,8 @@ enum MHD_Result sandbase_download (struct call *k);
 enum MHD_Result sandbase_network (struct call *k);
 /* e2b.c */
 enum MHD_Result e2b_list_v2 (struct call *k);
+enum MHD_Result e2b_logs_v2 (struct call *k);
+enum MHD_Result e2b_logs_v1 (struct call *k);
 /* events.c */
 enum MHD_Result events_route (struct call *k);
 /* seed002.c */

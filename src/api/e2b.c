@@ -1,6 +1,7 @@
 /*
  * e2b.c - E2B's control-plane routes that seed 001 does not share with it:
- * GET /v2/sandboxes (state filters, metadata filters and cursor paging).
+ * GET /v2/sandboxes (state filters, metadata filters and cursor paging)
+ * and a sandbox's logs (GET /v2/sandboxes/:id/logs, and v1's).
  * The rest of E2B's control plane is seed 001's /sandboxes (sandbase.c).
  */
 #include "api.h"
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "../common/util.h"
+#include "../service/encode.h"
 /* ---- control plane ---- */
 
 /* A metadata filter "k1=v1&k2=v2" (already URL-decoded once by MHD): does
@@ -132,3 +134,145 @@ e2b_list_v2 (struct call *k)
   return ret;
 }
 
+
+/* ---- GET /v2/sandboxes/:id/logs (and v1's /sandboxes/:id/logs) ----
+
+   A sandbox's structured log: its lifecycle events (from the store) and
+   its egress decisions (the core's audit ring), merged by time.  Egress
+   refusals are "warn", everything else "info".  v2's filters: cursor (ms,
+   where to start), limit (at most 1000), direction (forward from the
+   cursor, or backward to it), level (the lowest to show) and search (a
+   case-sensitive substring of the message). */
+
+#define LOGS_MAX 1000
+
+struct log_entry {
+  int64_t ms;
+  int level;        /* 0 debug, 1 info, 2 warn, 3 error */
+  json_t *fields;   /* owned */
+  char message[800];
+};
+
+static const char *const level_names[] = { "debug", "info", "warn", "error" };
+
+static int
+entry_cmp (const void *a, const void *b)
+{
+  const struct log_entry *x = a, *y = b;
+  return (x->ms > y->ms) - (x->ms < y->ms);
+}
+
+static enum MHD_Result
+sandbox_logs (struct call *k, bool v2)
+{
+  struct MHD_Connection *c = k->c;
+  const char *id = k->arg[0];
+  long long cursor = -1, limit = LOGS_MAX;
+  int min_level = 0;
+  bool backward = false;
+  const char *s, *search = query (c, "search");
+  char *end;
+  if ((s = query (c, v2 ? "cursor" : "start")) && ((cursor = strtoll (s, &end, 10)) < 0 || *end))
+    return send_error (c, 400, "%s must be a timestamp in milliseconds", v2 ? "cursor" : "start");
+  if ((s = query (c, "limit")) && ((limit = strtoll (s, &end, 10)) < 0 || limit > LOGS_MAX || *end))
+    return send_error (c, 400, "limit must be between 0 and %d", LOGS_MAX);
+  if ((s = query (c, "direction")) && !(strcmp (s, "forward") == 0 || (backward = strcmp (s, "backward") == 0)))
+    return send_error (c, 400, "direction must be forward or backward");
+  if ((s = query (c, "level")))
+    {
+      for (min_level = 0; min_level < 4 && strcmp (level_names[min_level], s) != 0; min_level++)
+        ;
+      if (min_level == 4)
+        return send_error (c, 400, "level must be debug, info, warn or error");
+    }
+  if (search && strlen (search) > 256)
+    return send_error (c, 400, "search is longer than 256 characters");
+
+  struct sbx_event *ev = NULL;
+  size_t nev = 0, nrec = 0;
+  struct sbx_egress_record *rec = NULL;
+  uint64_t dropped = 0;
+  struct sbx_err err;
+  if (sbx_store_event_list (k->h->store, k->rq->org.id, id, 0, LOGS_MAX, true, NULL, &ev, &nev, &err) < 0)
+    return send_fail (c, &err);
+  /* a stopped sandbox's egress ring went with it */
+  if (sbx_egress_log (k->h->engine, id, 0, SBX_EGRESS_LOG_MAX, &rec, &nrec, &dropped, &err) < 0)
+    nrec = 0;
+  struct log_entry *all = calloc (nev + nrec + 1, sizeof *all);
+  if (all == NULL)
+    {
+      sbx_events_free (ev, nev);
+      free (rec);
+      return send_error (c, 500, "out of memory");
+    }
+  size_t n = 0;
+  for (size_t i = 0; i < nev; i++)
+    {
+      struct log_entry *e = &all[n++];
+      const char *what = strrchr (ev[i].type, '.') ? strrchr (ev[i].type, '.') + 1 : ev[i].type;
+      json_t *data = ev[i].data_json ? json_loads (ev[i].data_json, 0, NULL) : NULL;
+      const char *reason = json_string_value (json_object_get (data, "reason"));
+      e->ms = ev[i].timestamp_ms;
+      e->level = 1;
+      snprintf (e->message, sizeof e->message, "sandbox %s%s%s%s", what, reason ? " (" : "", reason ? reason : "",
+                reason ? ")" : "");
+      e->fields = json_pack ("{s:s, s:s}", "logger", "lifecycle", "type", ev[i].type);
+      if (reason)
+        json_object_set_new (e->fields, "reason", json_string (reason));
+      json_decref (data);
+    }
+  for (size_t i = 0; i < nrec; i++)
+    {
+      struct log_entry *e = &all[n++];
+      bool denied = rec[i].verdict != SBX_EGRESS_ALLOWED;
+      char port[8];
+      snprintf (port, sizeof port, "%u", (unsigned) rec[i].port);
+      e->ms = rec[i].time_ms;
+      e->level = denied ? 2 : 1;
+      snprintf (e->message, sizeof e->message, "egress %s: %s %s%s%s%s%s (%s)", denied ? "denied" : "allowed",
+                rec[i].proto, rec[i].name, rec[i].name[0] && rec[i].addr[0] ? " " : "", rec[i].addr,
+                rec[i].addr[0] ? ":" : "", rec[i].addr[0] ? port : "", rec[i].rule);
+      e->fields = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "logger", "egress", "protocol", rec[i].proto,
+                             "address", rec[i].addr, "port", port, "name", rec[i].name, "verdict",
+                             denied ? "denied" : "allowed", "rule", rec[i].rule);
+    }
+  sbx_events_free (ev, nev);
+  free (rec);
+  qsort (all, n, sizeof *all, entry_cmp);
+
+  json_t *entries = json_array (), *lines = json_array ();
+  for (size_t j = 0; j < n; j++)
+    {
+      struct log_entry *e = &all[backward ? n - 1 - j : j];
+      bool in_range = cursor < 0 || (backward ? e->ms <= cursor : e->ms >= cursor);
+      if (!in_range || e->level < min_level || (search && strstr (e->message, search) == NULL)
+          || json_array_size (entries) >= (size_t) limit)
+        continue;
+      char ts[40];
+      sbx_rfc3339 (e->ms, ts, sizeof ts);
+      json_array_append_new (entries, json_pack ("{s:s, s:s, s:s, s:O}", "timestamp", ts, "level",
+                                                 level_names[e->level], "message", e->message, "fields", e->fields));
+      json_array_append_new (lines, json_pack ("{s:s, s:s}", "timestamp", ts, "line", e->message));
+    }
+  for (size_t j = 0; j < n; j++)
+    json_decref (all[j].fields);
+  free (all);
+  if (v2)
+    {
+      json_decref (lines);
+      return send_json (c, 200, json_pack ("{s:o}", "logs", entries));
+    }
+  return send_json (c, 200, json_pack ("{s:o, s:o}", "logs", lines, "logEntries", entries));
+}
+
+enum MHD_Result
+e2b_logs_v2 (struct call *k)
+{
+  return sandbox_logs (k, true);
+}
+
+enum MHD_Result
+e2b_logs_v1 (struct call *k)
+{
+  return sandbox_logs (k, false);
+}
