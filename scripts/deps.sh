@@ -22,10 +22,50 @@ sbxd_install_deps() {
   fi
 }
 
+# The templates the README's and the seeds' examples name: `base` first
+# (README's quick start), then `code_interpreter` (the seeds' quick starts
+# create sandboxes with templateID "code_interpreter").  sbxd-up prepares
+# them all, the test command too; add a template here to have both build it.
+SBXD_TEMPLATES="${SBXD_TEMPLATES:-base code_interpreter}"
+
 # Build a template unless it is already built.
 sbxd_ensure_template() {
   local tdir="${SBXD_TEMPLATE_DIR:-/var/lib/sbxd/templates}"
   if [ ! -f "$tdir/$1/template.json" ]; then
     "$SBXD_ROOT/build/sbxd" template build "$1"
   fi
+}
+
+# Build a template unless it is already built, telling how it goes on
+# stderr: its name, the seconds so far (every SBXD_PROGRESS_EVERY, 15 s by
+# default) and the build's last line, then done or failed.  The build's
+# whole output goes to SBXD_LOG_DIR/template-NAME.log (default
+# /var/log/sbxd).  Returns the build's status.
+sbxd_prepare_template() {
+  local name="$1" tdir="${SBXD_TEMPLATE_DIR:-/var/lib/sbxd/templates}"
+  local logdir="${SBXD_LOG_DIR:-/var/log/sbxd}" every="${SBXD_PROGRESS_EVERY:-15}"
+  if [ -f "$tdir/$name/template.json" ]; then
+    echo "sbxd: template $name: ready" >&2
+    return 0
+  fi
+  mkdir -p "$logdir"
+  local log="$logdir/template-$name.log" start=$SECONDS pid rc=0 last
+  echo "sbxd: template $name: building (log: $log)" >&2
+  "$SBXD_ROOT/build/sbxd" template build "$name" ${SBXD_SPEC_DIR:+--spec-dir "$SBXD_SPEC_DIR"} >"$log" 2>&1 &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if kill -0 "$pid" 2>/dev/null && [ $(( (SECONDS - start) % every )) = 0 ]; then
+      last=$(tail -n 1 "$log" 2>/dev/null | tr -d '\r' | cut -c1-100)
+      echo "sbxd: template $name: building, $((SECONDS - start)) s${last:+ ($last)}" >&2
+    fi
+  done
+  wait "$pid" || rc=$?
+  if [ "$rc" = 0 ]; then
+    echo "sbxd: template $name: done in $((SECONDS - start)) s" >&2
+  else
+    echo "sbxd: template $name: FAILED after $((SECONDS - start)) s (exit $rc); the end of $log:" >&2
+    tail -n 5 "$log" | sed 's/^/    /' >&2
+  fi
+  return "$rc"
 }

@@ -2,9 +2,12 @@
 plans and limits, in a temporary state directory; the errors it gives for
 bad input; that it reads a state directory written before plans existed;
 and that a running daemon obeys a change at its next request, with no
-restart.
+restart.  Also `sbxd serve`'s log options: text lines by default, JSON
+lines with --log-format json, and --log-level.
 """
+import json
 import os
+import re
 import sqlite3
 import subprocess
 
@@ -169,3 +172,59 @@ def test_running_daemon_obeys_a_change_without_restart(tmp_path):
     finally:
         d.cleanup()
         d.stop()
+
+
+TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (debug|info|warn|error) \S")
+
+
+def test_serve_logs_text_lines_by_default(tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = d.create(timeout=60)
+        d.delete(sid)
+    finally:
+        d.stop()
+    lines = d.logs().splitlines()
+    assert lines and all(TEXT_LINE.match(l) for l in lines), lines
+    assert any(" info listening url=http://127.0.0.1:" in l for l in lines), lines
+    assert any(f"sandbox changed sandbox={sid} change=killed" in l for l in lines), lines
+    assert any(" info stopping;" in l for l in lines), lines
+
+
+def test_serve_logs_json_lines(tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start(args=["--log-format", "json", "--log-level", "debug"])
+    try:
+        sid = d.create(timeout=60)
+        d.delete(sid)
+    finally:
+        d.stop()
+    records = [json.loads(l) for l in d.logs().splitlines()]   # every line is one JSON object
+    assert records
+    for r in records:
+        assert list(r)[:3] == ["time", "level", "msg"], r
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", r["time"])
+        assert r["level"] in ("debug", "info", "warn", "error")
+    listening = [r for r in records if r["msg"] == "listening"]
+    assert listening and listening[0]["url"] == d.url and listening[0]["state_dir"] == d.state_dir
+    changes = [(r["change"], r["reason"]) for r in records if r["msg"] == "sandbox changed" and r["sandbox"] == sid]
+    assert changes[0][0] == "created" and changes[-1][0] == "killed", changes
+    assert any(r["msg"].startswith("created an API key") and r["key_id"].startswith("key_") for r in records)
+
+
+def test_serve_log_level_filters(tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start(args=["--log-level", "error"])
+    try:
+        d.delete(d.create(timeout=60))
+    finally:
+        d.stop()
+    assert d.logs() == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--log-level", "loud"], "invalid --log-level loud (debug, info, warn or error)"),
+    (["--log-format", "xml"], "invalid --log-format xml (text or json)"),
+])
+def test_serve_refuses_bad_log_options(tmp_path, args, message):
+    r = subprocess.run([SBXD, "serve", "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1:1"] + args,
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and message in r.stderr

@@ -59,6 +59,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 #include "egress.h"
 #include "netproxy.h"
@@ -399,7 +400,8 @@ nflog_start (struct sbx_net *n)
   n->nflog_started = true;
   return;
 fail:
-  fprintf (stderr, "sbxd: NFLOG unavailable (%m): the egress log shows no direct connections\n");
+  sbx_log_fields (SBX_LOG_WARN, "NFLOG unavailable: the egress log shows no direct connections", "error",
+                  strerror (errno), NULL);
   if (nl)
     mnl_socket_close (nl);
 }
@@ -766,7 +768,7 @@ link_sysctl (const char *family, const char *name, const char *knob, const char 
   if (fd >= 0)
     {
       if (write (fd, value, strlen (value)) < 0)
-        fprintf (stderr, "sbxd: %s: %m\n", path);
+        sbx_log_fields (SBX_LOG_WARN, "cannot set a network sysctl", "path", path, "error", strerror (errno), NULL);
       close (fd);
     }
 }
@@ -829,14 +831,18 @@ sbx_net_forget (struct sbx_net *n, uint32_t slot)
   for (int k = 0; k < 3; k++)
     cmd_add (&c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
   if (nft_run (n, &c, &err) < 0)
-    fprintf (stderr, "sbxd: slot %u: %s\n", slot, err.msg);
+    {
+      char s[16];
+      snprintf (s, sizeof s, "%u", slot);
+      sbx_log_fields (SBX_LOG_WARN, "cannot remove a network slot's rules", "slot", s, "error", err.msg, NULL);
+    }
   char name[IFNAMSIZ];
   snprintf (name, sizeof name, SBX_NET_IFPREFIX "%u", slot);
   struct mnl_socket *nl = nl_open (&err);
   if (nl)
     {
       if (link_delete (nl, name, &err) < 0 && err.code != ENODEV)
-        fprintf (stderr, "sbxd: %s: %s\n", name, err.msg);
+        sbx_log_fields (SBX_LOG_WARN, "cannot delete a network link", "link", name, "error", err.msg, NULL);
       mnl_socket_close (nl);
     }
 }

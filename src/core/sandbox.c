@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 #include "cgroup.h"
 #include "disk.h"
@@ -313,7 +314,7 @@ teardown (struct sbx_engine *e, struct sandbox *s)
   if (s->init_pid > 0 && s->pidfd >= 0)
     syscall (SYS_pidfd_send_signal, s->pidfd, SIGKILL, NULL, 0);
   if (sbx_cgroup_destroy (cg, 10000, &err) < 0)
-    fprintf (stderr, "sbxd: %s: %s\n", s->id, err.msg);
+    sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's cgroups", "sandbox", s->id, "error", err.msg, NULL);
   if (s->our_child && s->init_pid > 0)
     waitpid (s->init_pid, NULL, 0);
   if (e->net && s->has_net)
@@ -323,7 +324,7 @@ teardown (struct sbx_engine *e, struct sandbox *s)
   char dir[PATH_MAX];
   sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
   if (sbx_rm_rf (dir, &err) < 0)
-    fprintf (stderr, "sbxd: %s: %s\n", s->id, err.msg);
+    sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's directory", "sandbox", s->id, "error", err.msg, NULL);
 }
 
 /* Mark S stopped and forget the oldest stopped ones; lock held. */
@@ -492,7 +493,7 @@ reattach (struct sbx_engine *e, const char *id)
                       &nofile)
              < 0)
     {
-      fprintf (stderr, "sbxd: %s: unreadable record, removing it\n", id);
+      sbx_log_fields (SBX_LOG_WARN, "unreadable sandbox record, removing it", "sandbox", id, NULL);
       char dir[PATH_MAX];
       sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, id);
       char cg[128];
@@ -541,7 +542,7 @@ reattach (struct sbx_engine *e, const char *id)
     }
   if (!alive)
     {
-      fprintf (stderr, "sbxd: %s: its init is gone, cleaning up\n", id);
+      sbx_log_fields (SBX_LOG_INFO, "sandbox's init is gone, cleaning up", "sandbox", id, NULL);
       if (s->pidfd >= 0)
         close (s->pidfd);
       s->pidfd = -1;
@@ -637,7 +638,8 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   /* the rules name this process's filter ports: renew them */
   for (struct sandbox *s = e->list; s; s = s->next)
     if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
-      fprintf (stderr, "sbxd: %s: network rules: %s\n", s->id, err->msg);
+      sbx_log_fields (SBX_LOG_ERROR, "cannot renew the sandbox's network rules", "sandbox", s->id, "error", err->msg,
+                      NULL);
 
   e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
   pthread_cond_init (&e->spare_cond, NULL);
@@ -895,7 +897,7 @@ spare_main (void *arg)
       struct sandbox *s = prepare (e, &err);
       if (s == NULL)
         {
-          fprintf (stderr, "sbxd: preparing a spare sandbox: %s\n", err.msg);
+          sbx_log_fields (SBX_LOG_WARN, "cannot prepare a spare sandbox", "error", err.msg, NULL);
           sleep (1); /* do not spin on a broken host */
         }
       pthread_mutex_lock (&e->lock);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
@@ -22,6 +23,7 @@
 #include "../service/store.h"
 #include "../service/webhook.h"
 #include "../service/plans.h"
+#include "log_json.h"
 
 #ifndef SBXD_SPEC_DIR
 #define SBXD_SPEC_DIR "templates"
@@ -37,6 +39,7 @@ usage (FILE *f)
   fputs ("usage:\n"
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
+         "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -131,8 +134,12 @@ cmd_serve (int argc, char **argv)
                                         { "dns-upstream", required_argument, NULL, 'd' },
                                         { "net-allow", required_argument, NULL, 'a' },
                                         { "no-network", no_argument, NULL, 'N' },
+                                        { "log-level", required_argument, NULL, 'L' },
+                                        { "log-format", required_argument, NULL, 'F' },
                                         { NULL, 0, NULL, 0 } };
   struct sbx_net_config net = { 0 };
+  enum sbx_log_level log_level = SBX_LOG_INFO;
+  bool log_json = false;
   struct sbx_cidr ops[64];
   bool network = true;
   int c;
@@ -157,6 +164,21 @@ cmd_serve (int argc, char **argv)
       case 'N':
         network = false;
         break;
+      case 'L':
+        if (sbx_log_level_parse (optarg, &log_level) < 0)
+          {
+            fprintf (stderr, "sbxd: invalid --log-level %s (debug, info, warn or error)\n", optarg);
+            return 2;
+          }
+        break;
+      case 'F':
+        if (strcmp (optarg, "json") != 0 && strcmp (optarg, "text") != 0)
+          {
+            fprintf (stderr, "sbxd: invalid --log-format %s (text or json)\n", optarg);
+            return 2;
+          }
+        log_json = strcmp (optarg, "json") == 0;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -176,12 +198,16 @@ cmd_serve (int argc, char **argv)
       fprintf (stderr, "sbxd: invalid --listen %s (want ADDR:PORT)\n", listen);
       return 2;
     }
+  /* From here on the daemon speaks through the logger only. */
+  sbx_log_set_level (log_level);
+  if (log_json)
+    sbx_log_set_sink (sbx_log_json_sink, NULL);
   signal (SIGPIPE, SIG_IGN);
   struct sbx_err err;
   struct sbx_store *store = open_store (state, &err);
   if (store == NULL)
     {
-      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_log_fields (SBX_LOG_ERROR, "cannot open the store", "error", err.msg, NULL);
       return 1;
     }
   /* the first start on an empty state directory makes a key to use */
@@ -194,7 +220,8 @@ cmd_serve (int argc, char **argv)
         {
           printf ("%s\n", key);
           fflush (stdout);
-          fprintf (stderr, "sbxd: created API key %s for organisation default (shown once)\n", info.id);
+          sbx_log_fields (SBX_LOG_INFO, "created an API key (printed once on stdout)", "key_id", info.id, "org",
+                          "default", NULL);
         }
     }
   const char *scale_env = getenv ("SBXD_WEBHOOK_RETRY_SCALE");
@@ -202,7 +229,7 @@ cmd_serve (int argc, char **argv)
   struct sbx_service *svc;
   if (sbx_service_open (store, &svc, &err) < 0)
     {
-      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_log_fields (SBX_LOG_ERROR, "cannot start the service", "error", err.msg, NULL);
       sbx_store_close (store);
       return 1;
     }
@@ -217,7 +244,7 @@ cmd_serve (int argc, char **argv)
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
     {
-      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_log_fields (SBX_LOG_ERROR, "cannot start the sandbox engine", "error", err.msg, NULL);
       sbx_store_close (store);
       return 1;
     }
@@ -225,15 +252,15 @@ cmd_serve (int argc, char **argv)
   struct sbx_webhooks *webhooks;
   if (sbx_webhooks_start (store, scale, &webhooks, &err) < 0)
     {
-      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_log_fields (SBX_LOG_ERROR, "cannot start the webhook sender", "error", err.msg, NULL);
       return 1;
     }
   sbx_service_set_webhooks (svc, webhooks);
   int changes = sbx_service_reconcile (svc, &err);
   if (changes < 0)
-    fprintf (stderr, "sbxd: reconcile records with sandboxes: %s\n", err.msg);
+    sbx_log_fields (SBX_LOG_ERROR, "cannot reconcile records with sandboxes", "error", err.msg, NULL);
   if (sbx_service_runs_recover (svc, &err) < 0)
-    fprintf (stderr, "sbxd: recover runs: %s\n", err.msg);
+    sbx_log_fields (SBX_LOG_ERROR, "cannot recover runs", "error", err.msg, NULL);
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
                                 .svc = svc,
@@ -244,17 +271,19 @@ cmd_serve (int argc, char **argv)
   struct http_server *h = sbx_http_start (&hc, &err);
   if (h == NULL)
     {
-      fprintf (stderr, "sbxd: listen on %s: %s\n", listen, err.msg);
+      sbx_log_fields (SBX_LOG_ERROR, "cannot listen", "addr", listen, "error", err.msg, NULL);
       sbx_engine_close (engine);
       return 1;
     }
-  fprintf (stderr, "sbxd: listening on http://%s (state %s)\n", listen, state);
+  char url[96];
+  snprintf (url, sizeof url, "http://%s", listen);
+  sbx_log_fields (SBX_LOG_INFO, "listening", "url", url, "state_dir", state, NULL);
   struct sigaction act = { .sa_handler = on_signal };
   sigaction (SIGINT, &act, NULL);
   sigaction (SIGTERM, &act, NULL);
   while (!stop_requested)
     pause ();
-  fprintf (stderr, "sbxd: stopping; sandboxes keep running\n");
+  sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
   sbx_http_stop (h);
   sbx_engine_close (engine);
   sbx_service_set_webhooks (svc, NULL);

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 #include "encode.h"
 
@@ -146,10 +147,16 @@ deliver_one (struct sbx_webhooks *wh, struct sbx_delivery *d, struct sbx_webhook
     snprintf (errbuf, sizeof errbuf, "HTTP %ld", status);
   struct sbx_err err;
   if (sbx_store_delivery_record (wh->store, d->id, (int) status, ok ? NULL : errbuf, ok, next, &err) < 0)
-    fprintf (stderr, "sbxd: webhook %s: %s\n", w->id, err.msg);
+    sbx_log_fields (SBX_LOG_ERROR, "cannot record a webhook delivery", "webhook", w->id, "error", err.msg, NULL);
   if (!ok)
-    fprintf (stderr, "sbxd: webhook %s: delivery %lld attempt %u failed (%s)%s\n", w->id, (long long) d->id, made,
-             errbuf, next ? ", will retry" : ", giving up");
+    {
+      char delivery[24], attempt[16];
+      snprintf (delivery, sizeof delivery, "%lld", (long long) d->id);
+      snprintf (attempt, sizeof attempt, "%u", made);
+      sbx_log_fields (next ? SBX_LOG_INFO : SBX_LOG_WARN, next ? "webhook delivery failed, will retry"
+                                                              : "webhook delivery failed, giving up",
+                      "webhook", w->id, "delivery", delivery, "attempt", attempt, "error", errbuf, NULL);
+    }
 }
 
 static void *
@@ -178,7 +185,7 @@ worker_main (void *arg)
           continue;
         }
       if (r < 0)
-        fprintf (stderr, "sbxd: webhooks: %s\n", err.msg);
+        sbx_log_fields (SBX_LOG_ERROR, "webhook sender", "error", err.msg, NULL);
       /* sleep until the next retry is due or a new event is queued */
       int64_t wait_ms = 1000;
       if (next_due > 0)
