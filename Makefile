@@ -11,12 +11,15 @@ DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"' -DSBXD_DOCS_DIR='"$(DOCS_DIR)"'
 
 B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c
-CORE = src/core/sandbox.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c
-DAEMON = src/daemon/main.c src/daemon/http.c src/daemon/json.c src/daemon/store.c src/daemon/events.c \
-	src/daemon/webhook.c src/daemon/api_events.c src/daemon/api_files.c src/daemon/api_e2b.c src/daemon/api_interp.c src/daemon/api_network.c
+CORE = src/core/sandbox.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress.c
+# the service layer: organisations, quotas, records, runs, events, webhooks
+SERVICE = src/service/service.c src/service/runs.c src/service/store.c src/service/plans.c src/service/webhook.c src/service/encode.c
+# the HTTP dialects and the server that routes to them
+API = src/api/server.c src/api/routes.c src/api/sandbase.c src/api/e2b.c src/api/seed002.c src/api/e2b_envd.c src/api/interp.c src/api/events.c src/api/files.c src/api/network.c src/api/egress.c
+DAEMON = src/daemon/main.c $(API) $(SERVICE)
 INIT = src/init/init.c src/init/files.c src/init/users.c
 
-LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lldns -lpthread -lnftables -lmnl
+LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lldns -lpthread -lnftables -lmnl -lnetfilter_log -lm
 
 all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench
 
@@ -29,7 +32,7 @@ $(B)/libsbx.a: $(COMMON) $(CORE) $(wildcard src/*/*.h) | $(B)
 	  $(CC) $(CFLAGS) $(DEFS) -c $$f -o $(B)/obj-$$(basename $$f .c).o || exit 1; done
 	ar rcs $@ $(B)/obj-*.o
 
-$(B)/sbxd: $(DAEMON) $(wildcard src/daemon/*.h) $(B)/libsbx.a
+$(B)/sbxd: $(DAEMON) $(wildcard src/daemon/*.h src/api/*.h src/service/*.h) $(B)/libsbx.a
 	$(CC) $(CFLAGS) $(DEFS) -o $@ $(DAEMON) $(B)/libsbx.a $(LIBS)
 
 # The init agent runs inside sandboxes whose root is a template, so it is

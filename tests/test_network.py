@@ -829,3 +829,188 @@ def test_trick_absolute_form_target(netd, boxes):
             "print(repr(got))\n")
     r = netd.run(sid, "python3", "-c", code)
     assert r["stdout"].strip() == "b''", r
+
+
+# ------------------------------------------------------------ egress log
+
+def egress_log(d, sid, after=0, expect=200):
+    """The sandbox's egress log: {"records": [...], "dropped": N}."""
+    r = d.req("GET", f"/sandboxes/{sid}/network/log", params={"after": after})
+    assert r.status_code == expect, r.text
+    body = r.json()
+    if expect == 200:
+        assert set(body) == {"records", "dropped"}, body
+        seqs = [rec["seq"] for rec in body["records"]]
+        assert seqs == sorted(seqs) and all(s > after for s in seqs), seqs
+        for rec in body["records"]:
+            assert set(rec) == {"seq", "time", "protocol", "address", "port", "name", "verdict", "rule"}, rec
+            assert rec["verdict"] in ("allowed", "denied"), rec
+    return body
+
+
+def last_seq(d, sid):
+    recs = egress_log(d, sid)["records"]
+    return recs[-1]["seq"] if recs else 0
+
+
+def logged(d, sid, after, **want):
+    """The records after AFTER whose fields include WANT, waiting up to 5 s
+    for one (the kernel's come through NFLOG, a moment later)."""
+    deadline = time.time() + 5
+    while True:
+        recs = egress_log(d, sid, after)["records"]
+        found = [r for r in recs if all(r[k] == v for k, v in want.items())]
+        if found or time.time() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_egress_log_dns(netd, peers, boxes):
+    """The DNS filter's decisions: allowed names with the rule that allowed
+    them, refused names with the rule that refused them (no address)."""
+    sid = boxes("domains")
+    gateway = network_of(netd, sid)["gateway"]
+    start = last_seq(netd, sid)
+    refused = peers.token("refused") + ".other.test"
+    assert dns_in_sandbox(netd, sid, gateway, "api.allowed.test") == [0, [WEB1]]
+    assert dns_in_sandbox(netd, sid, gateway, "allowed.test") == [0, [WEB1]]
+    assert dns_in_sandbox(netd, sid, gateway, refused)[0] == 5
+    ok = logged(netd, sid, start, protocol="dns", name="api.allowed.test")
+    assert ok and ok[0]["verdict"] == "allowed" and ok[0]["rule"] == "allowOut *.allowed.test", ok
+    assert (ok[0]["address"], ok[0]["port"]) == (UPSTREAM, 53), ok
+    ok = logged(netd, sid, start, protocol="dns", name="allowed.test")
+    assert ok and ok[0]["verdict"] == "allowed" and ok[0]["rule"] == "allowOut allowed.test", ok
+    no = logged(netd, sid, start, protocol="dns", name=refused)
+    assert no == [{**no[0], "verdict": "denied", "rule": "denyOut 0.0.0.0/0", "address": "", "port": 0}], no
+    # times are the wall clock's, in order
+    recs = egress_log(netd, sid, start)["records"]
+    assert recs[0]["time"] <= recs[-1]["time"] and recs[0]["time"].endswith("Z"), recs
+    # a sandbox without deny-all resolves any name: the default decides
+    other = boxes("internet")
+    start = last_seq(netd, other)
+    name = peers.token("any") + ".other.test"
+    dns_in_sandbox(netd, other, network_of(netd, other)["gateway"], name)
+    got = logged(netd, other, start, protocol="dns", name=name)
+    assert got and got[0]["verdict"] == "allowed" and got[0]["rule"] == "default internet", got
+
+
+def test_egress_log_http_and_tls(netd, boxes):
+    """The HTTP/TLS filter's decisions carry the Host or SNI, the original
+    destination, and the rule."""
+    sid = boxes("domain")
+    start = last_seq(netd, sid)
+    fetch_ok(netd, sid, "http://allowed.test/", HTTP10)
+    fetch_ok(netd, sid, "https://allowed.test/", HTTPS10, "-k")
+    fetch_fails(netd, sid, "http://other.test/", "host=other.test", "--resolve", f"other.test:80:{WEB2}")
+    fetch_fails(netd, sid, "https://other.test/", "sni=other.test", "-k", "--resolve", f"other.test:443:{WEB2}")
+    for proto, port in (("http", 80), ("tls", 443)):
+        ok = logged(netd, sid, start, protocol=proto, name="allowed.test")
+        assert ok and ok[0]["verdict"] == "allowed" and ok[0]["rule"] == "allowOut allowed.test", ok
+        assert (ok[0]["address"], ok[0]["port"]) == (WEB1, port), ok
+        no = logged(netd, sid, start, protocol=proto, name="other.test")
+        assert no and no[0]["verdict"] == "denied" and no[0]["rule"] == "denyOut 0.0.0.0/0", no
+        assert (no[0]["address"], no[0]["port"]) == (WEB2, port), no
+    # an allowed name sent to an address it was not resolved to
+    start = last_seq(netd, sid)
+    fetch_fails(netd, sid, "http://allowed.test/", "host=allowed.test", "--resolve", f"allowed.test:80:{WEB2}")
+    no = logged(netd, sid, start, protocol="http", name="allowed.test")
+    assert no and no[0]["verdict"] == "denied" and no[0]["address"] == WEB2, no
+    assert no[0]["rule"].startswith("denyOut 0.0.0.0/0") and "allowOut allowed.test" in no[0]["rule"], no
+
+
+def test_egress_log_direct_connections(netd, peers, boxes):
+    """The kernel's decisions on connections to bare addresses, read
+    through NFLOG: denied ones (denyOut, the platform's ranges, the host,
+    mode none) and allowed ones, TCP and UDP."""
+    deny_all = boxes("domain")
+    start = last_seq(netd, deny_all)
+    assert not answered(reach_tcp(netd, deny_all, WEB2, 8080), "tcp ok")
+    assert not answered(reach_udp(netd, deny_all, WEB1, 9999, peers.token("u")), "udp ok")
+    got = logged(netd, deny_all, start, protocol="tcp", address=WEB2, port=8080)
+    assert got and got[0]["verdict"] == "denied" and got[0]["rule"] == "denyOut 0.0.0.0/0", got
+    assert got[0]["name"] == "", got
+    got = logged(netd, deny_all, start, protocol="udp", address=WEB1, port=9999)
+    assert got and got[0]["verdict"] == "denied" and got[0]["rule"] == "denyOut 0.0.0.0/0", got
+
+    internet = boxes("internet")
+    gateway = network_of(netd, internet)["gateway"]
+    start = last_seq(netd, internet)
+    assert not answered(reach_tcp(netd, internet, "10.77.0.10", 80, "GET / HTTP/1.0\r\n\r\n"), "private ok")
+    assert not answered(reach_tcp(netd, internet, gateway, peers.host_port), "host ok")
+    assert answered(reach_tcp(netd, internet, WEB1, 8080), "tcp ok")
+    got = logged(netd, internet, start, protocol="tcp", address="10.77.0.10", port=80)
+    assert got and got[0]["verdict"] == "denied" and got[0]["rule"] == "platform 10.0.0.0/8", got
+    got = logged(netd, internet, start, protocol="tcp", address=gateway, port=peers.host_port)
+    assert got and got[0]["verdict"] == "denied" and got[0]["rule"] == "host", got
+    got = logged(netd, internet, start, protocol="tcp", address=WEB1, port=8080)
+    # one record for one connection (its later packets are not new)
+    assert len(got) == 1 and got[0]["verdict"] == "allowed" and got[0]["rule"] == "default internet", got
+
+    allow11 = boxes("allow11")
+    start = last_seq(netd, allow11)
+    reach_tcp(netd, allow11, WEB2, 8080)
+    reach_tcp(netd, allow11, WEB1, 8080)
+    got = logged(netd, allow11, start, protocol="tcp", address=WEB2, port=8080)
+    assert got and got[0]["verdict"] == "allowed" and got[0]["rule"] == "allowOut 198.51.100.11", got
+    got = logged(netd, allow11, start, protocol="tcp", address=WEB1, port=8080)
+    assert got and got[0]["verdict"] == "denied" and got[0]["rule"] == "denyOut 198.51.100.0/24", got
+
+    none = boxes("none")
+    start = last_seq(netd, none)
+    assert not answered(reach_tcp(netd, none, WEB1, 8080), "tcp ok")
+    got = logged(netd, none, start, protocol="tcp", address=WEB1, port=8080)
+    assert got and got[0]["verdict"] == "denied" and got[0]["rule"] == "mode none", got
+
+
+def test_egress_log_rate_limit_and_destroy(netd, peers):
+    """A flood is cut to the log's rate (the rest counted as dropped), and
+    the log goes with the sandbox."""
+    sid = create(netd, network={"denyOut": DENY_ALL})["sandboxID"]
+    try:
+        flood = ("import socket, sys\n"
+                 "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                 "for i in range(3000):\n"
+                 "    s.sendto(b'x', (sys.argv[1], 20000 + i % 1000))\n")
+        t0 = time.time()
+        r = netd.run(sid, "python3", "-c", flood, WEB1, timeout=60)
+        took = time.time() - t0
+        assert r["exitCode"] == 0, r
+        time.sleep(1)
+        body = egress_log(netd, sid)
+        recs = [x for x in body["records"] if x["protocol"] == "udp" and x["address"] == WEB1]
+        # the burst, then the rate; 3000 were sent
+        assert 150 <= len(recs) <= 200 + 50 * (took + 1), (len(recs), took)
+        assert all(x["verdict"] == "denied" for x in recs)
+        assert body["dropped"] > 0, body["dropped"]
+        # after and limit page through it
+        page = netd.req("GET", f"/sandboxes/{sid}/network/log", params={"after": recs[9]["seq"], "limit": 5}).json()
+        assert [x["seq"] for x in page["records"]] == [x["seq"] for x in body["records"]
+                                                        if x["seq"] > recs[9]["seq"]][:5]
+        assert netd.req("GET", f"/sandboxes/{sid}/network/log", params={"limit": 0}).status_code == 400
+        assert netd.req("GET", f"/sandboxes/{sid}/network/log", params={"after": "x"}).status_code == 400
+    finally:
+        assert netd.delete(sid).status_code == 204
+    r = netd.req("GET", f"/sandboxes/{sid}/network/log")
+    assert r.status_code == 404 or (r.status_code == 200 and r.json() == {"records": [], "dropped": 0}), r.text
+    assert netd.req("GET", f"/sandboxes/{MISSING}/network/log").status_code == 404
+
+
+def test_egress_log_two_daemons(netd, peers, boxes, tmp_path):
+    """Two daemons on one machine share the nftables table: each logs its
+    own sandboxes' direct connections to an NFLOG group of its own, and
+    reads them."""
+    other = Sbxd(str(tmp_path / "state")).start(args=["--dns-upstream", UPSTREAM])
+    try:
+        sid2 = create(other, network={"denyOut": DENY_ALL})["sandboxID"]
+        sid1 = boxes("domain")
+        s1, s2 = last_seq(netd, sid1), last_seq(other, sid2)
+        reach_tcp(netd, sid1, WEB2, 8080)
+        reach_tcp(other, sid2, WEB1, 8080)
+        assert logged(netd, sid1, s1, protocol="tcp", address=WEB2, port=8080, verdict="denied")
+        assert logged(other, sid2, s2, protocol="tcp", address=WEB1, port=8080, verdict="denied")
+        assert not logged(netd, sid1, s1, protocol="tcp", address=WEB1, port=8080)
+        ruleset = subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
+        assert len(set(re.findall(r"log prefix \"sbxd:.\" group (\d+)", ruleset))) >= 2, ruleset
+        other.cleanup()
+    finally:
+        other.stop()

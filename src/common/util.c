@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,4 +241,16 @@ sbx_grow (void *v, size_t *n, size_t *cap, size_t elem)
   void *slot = (char *) *vp + (*n)++ * elem;
   memset (slot, 0, elem);
   return slot;
+}
+
+bool
+sbx_start_detached (void *(*fn) (void *), void *arg)
+{
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  bool ok = pthread_create (&th, &attr, fn, arg) == 0;
+  pthread_attr_destroy (&attr);
+  return ok;
 }

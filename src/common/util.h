@@ -6,6 +6,7 @@
 #ifndef SBX_UTIL_H
 #define SBX_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -59,5 +60,8 @@ void *sbx_grow (void *v, size_t *n, size_t *cap, size_t elem);
    doubling from MIN; 0, or -1 when out of memory (the buffer is then
    unchanged). */
 int sbx_reserve (void *bufp, size_t *cap, size_t need, size_t min);
+
+/* Run FN (ARG) in a detached thread; false when it cannot start. */
+bool sbx_start_detached (void *(*fn) (void *), void *arg);
 
 #endif

@@ -22,6 +22,19 @@
  * half its rules.  Rules are re-evaluated for every packet a sandbox
  * sends, established connections included, so a tightened policy also
  * cuts connections that are open.
+ *
+ * The egress audit log (net.h) learns the kernel's decisions on direct
+ * connections through NFLOG: before each verdict of o<slot> and before
+ * the final reject of i<slot>, a rule logs the first packet of a new
+ * connection attempt (ct state new, not yet confirmed: a rejected
+ * attempt is never confirmed, so each one is logged; an accepted flow
+ * only once), at most LOG_RATE a second per rule and sandbox, to this
+ * daemon's NFLOG group with a prefix naming the rule ("sbxd:D": denyOut,
+ * ...).  A thread reads them (libnetfilter_log over libmnl) and hands
+ * them to netproxy.c, which keeps the logs.  Several sbxd may share the
+ * machine: each takes the first free group from NFLOG_GROUP_BASE on (the
+ * kernel lets one socket bind a group) and names it in its own slots'
+ * rules, which are renewed when it restarts.
  */
 #include "netlink.h"
 
@@ -29,25 +42,39 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libmnl/libmnl.h>
+#include <libnetfilter_log/libnetfilter_log.h>
 #include <linux/if_link.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
 #include <net/if.h>
 #include <nftables/libnftables.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "egress.h"
 #include "netproxy.h"
 
 #define POOL_BASE 0x0ac80000u /* 10.200.0.0/15: a /30 per slot */
 #define POOL_SLOTS 32768u
 #define RUN_DIR "/run/sbxd"
+
+/* NFLOG groups tried, in order, until one is free: one per sbxd. */
+#define NFLOG_GROUP_BASE 23504 /* 0x5bd0 */
+#define NFLOG_GROUP_TRIES 64
+#define NFLOG_SNAPLEN 80 /* an IPv4 header with options and the ports */
+/* The kernel's own limit, per logging rule and sandbox: above the log's
+   (SBX_EGRESS_RATE, SBX_EGRESS_BURST), so that what it lets through and
+   the log cannot keep is counted as dropped. */
+#define LOG_LIMIT "limit rate 100/second burst 400 packets"
 
 struct sbx_net {
   pthread_mutex_t lock; /* the nft context */
@@ -55,6 +82,12 @@ struct sbx_net {
   struct sbx_netproxy *proxy;
   struct sbx_cidr *ops;
   size_t n_ops;
+  /* NFLOG: group -1 when the kernel offers none (no kernel log then) */
+  struct mnl_socket *nflog;
+  int nflog_group;
+  int stop_fd;
+  pthread_t nflog_thread;
+  bool nflog_started;
 };
 
 void
@@ -226,6 +259,151 @@ resolv_conf_nameserver (void)
   return ip;
 }
 
+/* ---- NFLOG: the kernel's decisions, for the egress log ---- */
+
+/* Send a configuration message and wait for its acknowledgement; log
+   messages that arrive meanwhile (a group of an earlier run) are
+   skipped.  0, or -1 with errno. */
+static int
+nflog_talk (struct mnl_socket *nl, struct nlmsghdr *nlh)
+{
+  static uint32_t seq;
+  char buf[MNL_SOCKET_BUFFER_SIZE];
+  nlh->nlmsg_flags |= NLM_F_ACK;
+  nlh->nlmsg_seq = ++seq;
+  if (mnl_socket_sendto (nl, nlh, nlh->nlmsg_len) < 0)
+    return -1;
+  for (;;)
+    {
+      ssize_t r = mnl_socket_recvfrom (nl, buf, sizeof buf);
+      if (r < 0)
+        return -1;
+      int cb = mnl_cb_run (buf, (size_t) r, nlh->nlmsg_seq, mnl_socket_get_portid (nl), NULL, NULL);
+      if (cb <= MNL_CB_STOP)
+        return cb < 0 ? -1 : 0;
+    }
+}
+
+/* Which rule logged a packet, from its prefix ("sbxd:X"); -1 if none. */
+static int
+nflog_why (const struct nlattr *prefix)
+{
+  static const char kinds[] = { [SBX_KRULE_PLATFORM] = 'P', [SBX_KRULE_DENY] = 'D', [SBX_KRULE_ALLOW] = 'A',
+                                [SBX_KRULE_INTERNET] = 'I', [SBX_KRULE_NONE] = 'N', [SBX_KRULE_HOST] = 'H' };
+  const char *p = mnl_attr_get_payload (prefix);
+  size_t len = mnl_attr_get_payload_len (prefix);
+  /* "sbxd:X" and its NUL */
+  if (len < 6 || memcmp (p, "sbxd:", 5) != 0 || (len > 6 && p[6] != '\0'))
+    return -1;
+  for (size_t k = 0; k < sizeof kinds; k++)
+    if (kinds[k] == p[5])
+      return (int) k;
+  return -1;
+}
+
+static int
+nflog_packet (const struct nlmsghdr *nlh, void *data)
+{
+  struct sbx_net *n = data;
+  if ((nlh->nlmsg_type & 0xff) != NFULNL_MSG_PACKET)
+    return MNL_CB_OK;
+  struct nlattr *attr[NFULA_MAX + 1] = { 0 };
+  if (nflog_nlmsg_parse (nlh, attr) < 0 || attr[NFULA_PREFIX] == NULL || attr[NFULA_PAYLOAD] == NULL)
+    return MNL_CB_OK;
+  int why = nflog_why (attr[NFULA_PREFIX]);
+  struct sbx_egress_packet pk;
+  if (why < 0
+      || sbx_egress_packet_parse (mnl_attr_get_payload (attr[NFULA_PAYLOAD]),
+                                  mnl_attr_get_payload_len (attr[NFULA_PAYLOAD]), &pk) < 0)
+    return MNL_CB_OK;
+  sbx_netproxy_record_packet (n->proxy, pk.src, (enum sbx_netproxy_kernel_rule) why, sbx_egress_proto_name (pk.proto),
+                              pk.dst, pk.port);
+  return MNL_CB_OK;
+}
+
+static void *
+nflog_main (void *arg)
+{
+  struct sbx_net *n = arg;
+  static const size_t cap = 65536;
+  char *buf = malloc (cap);
+  int fd = mnl_socket_get_fd (n->nflog);
+  while (buf)
+    {
+      struct pollfd pfd[2] = { { fd, POLLIN, 0 }, { n->stop_fd, POLLIN, 0 } };
+      if (poll (pfd, 2, -1) < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          break;
+        }
+      if (pfd[1].revents)
+        break;
+      ssize_t r = recv (fd, buf, cap, MSG_DONTWAIT);
+      if (r < 0)
+        {
+          /* ENOBUFS: the kernel dropped messages (lost, not counted) */
+          if (errno == EAGAIN || errno == EINTR || errno == ENOBUFS)
+            continue;
+          break;
+        }
+      mnl_cb_run (buf, (size_t) r, 0, mnl_socket_get_portid (n->nflog), nflog_packet, n);
+    }
+  free (buf);
+  return NULL;
+}
+
+/* Bind the first free NFLOG group and start reading it.  Without NFLOG
+   (a kernel without nfnetlink_log) the daemon runs on, and the log has
+   only the DNS and HTTP/TLS filters' decisions. */
+static void
+nflog_start (struct sbx_net *n)
+{
+  char buf[MNL_SOCKET_BUFFER_SIZE];
+  struct mnl_socket *nl = mnl_socket_open2 (NETLINK_NETFILTER, SOCK_CLOEXEC);
+  if (nl == NULL || mnl_socket_bind (nl, 0, MNL_SOCKET_AUTOPID) < 0)
+    goto fail;
+  int group = -1;
+  for (int g = NFLOG_GROUP_BASE; g < NFLOG_GROUP_BASE + NFLOG_GROUP_TRIES && group < 0; g++)
+    {
+      struct nlmsghdr *nlh = nflog_nlmsg_put_header (buf, NFULNL_MSG_CONFIG, AF_UNSPEC, (uint16_t) g);
+      nflog_attr_put_cfg_cmd (nlh, NFULNL_CFG_CMD_BIND);
+      if (nflog_talk (nl, nlh) == 0)
+        group = g;
+      else if (errno != EBUSY && errno != EPERM && errno != EEXIST)
+        goto fail; /* not "taken": no NFLOG at all */
+    }
+  if (group < 0)
+    goto fail;
+  struct nlmsghdr *nlh = nflog_nlmsg_put_header (buf, NFULNL_MSG_CONFIG, AF_UNSPEC, (uint16_t) group);
+  nflog_attr_put_cfg_mode (nlh, NFULNL_COPY_PACKET, NFLOG_SNAPLEN);
+  /* each packet at once, not batched for up to a second */
+  mnl_attr_put_u32 (nlh, NFULA_CFG_QTHRESH, htonl (1));
+  if (nflog_talk (nl, nlh) < 0)
+    goto fail;
+  int rcvbuf = 1 << 20;
+  setsockopt (mnl_socket_get_fd (nl), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf);
+  int one = 1;
+  mnl_socket_setsockopt (nl, NETLINK_NO_ENOBUFS, &one, sizeof one);
+  n->stop_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (n->stop_fd < 0)
+    goto fail;
+  n->nflog = nl;
+  n->nflog_group = group;
+  if (pthread_create (&n->nflog_thread, NULL, nflog_main, n) != 0)
+    {
+      n->nflog = NULL;
+      n->nflog_group = -1;
+      goto fail;
+    }
+  n->nflog_started = true;
+  return;
+fail:
+  fprintf (stderr, "sbxd: NFLOG unavailable (%m): the egress log shows no direct connections\n");
+  if (nl)
+    mnl_socket_close (nl);
+}
+
 int
 sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx_err *err)
 {
@@ -233,6 +411,8 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
   if (n == NULL)
     return sbx_fail (err, ENOMEM, "network");
   pthread_mutex_init (&n->lock, NULL);
+  n->nflog_group = -1;
+  n->stop_fd = -1;
   if (cfg->n_operator_allow)
     {
       n->ops = calloc (cfg->n_operator_allow, sizeof *n->ops);
@@ -272,6 +452,7 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
     pc.upstream_ip = 0x7f000001; /* resolv.conf's own default */
   if (sbx_netproxy_start (&pc, &n->proxy, err) < 0)
     goto fail;
+  nflog_start (n);
   *out = n;
   return 0;
 fail:
@@ -284,6 +465,15 @@ sbx_net_close (struct sbx_net *n)
 {
   if (n == NULL)
     return;
+  if (n->nflog_started)
+    {
+      eventfd_write (n->stop_fd, 1);
+      pthread_join (n->nflog_thread, NULL);
+    }
+  if (n->nflog)
+    mnl_socket_close (n->nflog);
+  if (n->stop_fd >= 0)
+    close (n->stop_fd);
   if (n->proxy)
     sbx_netproxy_stop (n->proxy);
   if (n->nft)
@@ -330,6 +520,23 @@ sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *
   return apply (n, slot, p, true, err);
 }
 
+/* A rule of chain KIND<SLOT> that logs the first packet of a new
+   connection attempt, for the egress log: cmd_log_start, the match (if
+   any), cmd_log_end with WHY, the verdict that follows.  The connection
+   state comes first: the packets of established flows, nearly all of
+   them, skip the rest of the rule at once. */
+static void
+cmd_log_start (struct cmd *c, char kind, uint32_t slot)
+{
+  cmd_add (c, "add rule inet sbxd %c%u ct state new ct status ! confirmed", kind, slot);
+}
+
+static void
+cmd_log_end (struct sbx_net *n, struct cmd *c, char why)
+{
+  cmd_add (c, " " LOG_LIMIT " log group %d snaplen %d prefix \"sbxd:%c\"\n", n->nflog_group, NFLOG_SNAPLEN, why);
+}
+
 static int
 apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct sbx_err *err)
 {
@@ -350,31 +557,71 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
      refuses a foreign source without CAP_NET_ADMIN; this does not rely on it) */
   cmd_add (&c, "add rule inet sbxd o%u ip saddr != %s drop\n", slot, addrs);
   cmd_add (&c, "add rule inet sbxd i%u ip saddr != %s drop\n", slot, addrs);
+  /* each verdict below comes twice when logging: a rule that logs (it
+     cannot also decide, as its rate limit would skip the verdict too),
+     then the same match with the verdict */
+  bool log = n->nflog_group >= 0;
   if (!p->enabled)
     {
+      if (log)
+        {
+          cmd_log_start (&c, 'o', slot);
+          cmd_log_end (n, &c, 'N');
+          cmd_log_start (&c, 'i', slot);
+          cmd_log_end (n, &c, 'N');
+        }
       cmd_add (&c, "add rule inet sbxd o%u %s\n", slot, reject);
       cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
       return nft_run (n, &c, err);
     }
   /* out: the platform's denials first, unless an operator range allows */
-  cmd_add (&c, "add rule inet sbxd o%u ip daddr @platform", slot);
-  if (n->n_ops)
+  for (int pass = log ? 0 : 1; pass < 2; pass++)
     {
-      cmd_add (&c, " ip daddr != ");
-      cmd_set (&c, n->ops, n->n_ops);
+      if (pass == 0)
+        cmd_log_start (&c, 'o', slot);
+      else
+        cmd_add (&c, "add rule inet sbxd o%u", slot);
+      cmd_add (&c, " ip daddr @platform");
+      if (n->n_ops)
+        {
+          cmd_add (&c, " ip daddr != ");
+          cmd_set (&c, n->ops, n->n_ops);
+        }
+      if (pass == 0)
+        cmd_log_end (n, &c, 'P');
+      else
+        cmd_add (&c, " %s\n", reject);
     }
-  cmd_add (&c, " %s\n", reject);
-  if (p->n_allow)
+  for (int pass = log ? 0 : 1; pass < 2 && p->n_allow; pass++)
     {
-      cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+      if (pass == 0)
+        cmd_log_start (&c, 'o', slot);
+      else
+        cmd_add (&c, "add rule inet sbxd o%u", slot);
+      cmd_add (&c, " ip daddr ");
       cmd_set (&c, p->allow, p->n_allow);
-      cmd_add (&c, " accept\n");
+      if (pass == 0)
+        cmd_log_end (n, &c, 'A');
+      else
+        cmd_add (&c, " accept\n");
     }
-  if (p->n_deny)
+  for (int pass = log ? 0 : 1; pass < 2 && p->n_deny; pass++)
     {
-      cmd_add (&c, "add rule inet sbxd o%u ip daddr ", slot);
+      if (pass == 0)
+        cmd_log_start (&c, 'o', slot);
+      else
+        cmd_add (&c, "add rule inet sbxd o%u", slot);
+      cmd_add (&c, " ip daddr ");
       cmd_set (&c, p->deny, p->n_deny);
-      cmd_add (&c, " %s\n", reject);
+      if (pass == 0)
+        cmd_log_end (n, &c, 'D');
+      else
+        cmd_add (&c, " %s\n", reject);
+    }
+  if (log)
+    {
+      cmd_log_start (&c, 'o', slot);
+      cmd_log_end (n, &c, 'I');
     }
   cmd_add (&c, "add rule inet sbxd o%u accept\n", slot);
   /* in: only what was redirected to the filters */
@@ -383,6 +630,11 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
   cmd_add (&c, "add rule inet sbxd i%u udp dport %u ct status dnat accept\n", slot, dns);
   cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, dns);
   cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
+  if (log)
+    {
+      cmd_log_start (&c, 'i', slot);
+      cmd_log_end (n, &c, 'H');
+    }
   cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
   /* nat: DNS to the gateway, and web traffic when names decide */
   cmd_add (&c, "add rule inet sbxd n%u ip daddr %s udp dport 53 redirect to :%u\n", slot, gws, dns);
@@ -587,4 +839,13 @@ sbx_net_forget (struct sbx_net *n, uint32_t slot)
         fprintf (stderr, "sbxd: %s: %s\n", name, err.msg);
       mnl_socket_close (nl);
     }
+}
+
+int
+sbx_net_egress_log (struct sbx_net *n, uint32_t slot, uint64_t after, size_t limit, struct sbx_egress_record **out,
+                    size_t *count, uint64_t *dropped, struct sbx_err *err)
+{
+  uint32_t addr, gw;
+  sbx_net_addresses (slot, &addr, &gw);
+  return sbx_netproxy_egress_log (n->proxy, addr, after, limit, out, count, dropped, err);
 }

@@ -65,5 +65,37 @@ bool sbx_net_domain_allowed (const struct sbx_net_policy *p, const char *name);
 /* The verdict for a connection to IP by address rules alone, operator
    ranges (OPS, N_OPS) included. */
 bool sbx_net_ip_allowed (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops, uint32_t ip);
+/* The same verdict, and in RULE (N bytes) the rule that gave it:
+   "mode none", "platform 10.0.0.0/8", "allowOut 1.2.3.0/24",
+   "denyOut 0.0.0.0/0" or "default internet". */
+bool sbx_net_ip_verdict (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops, uint32_t ip,
+                         char *rule, size_t n);
+/* The entry of p->domains that allows NAME, or NULL. */
+const char *sbx_net_domain_rule (const struct sbx_net_policy *p, const char *name);
+
+/* ---- the egress audit log ----
+
+   Every egress decision about a sandbox (the DNS filter's, the HTTP/TLS
+   filter's, and the kernel's on direct connections, read through NFLOG)
+   is recorded in memory, per sandbox: a ring of SBX_EGRESS_LOG_MAX
+   records, filled at most SBX_EGRESS_RATE records a second (bursts of
+   SBX_EGRESS_BURST); what the ring or the rate limit loses is counted.
+   The log goes with the sandbox and with the daemon (it is not stored). */
+enum sbx_egress_verdict { SBX_EGRESS_ALLOWED, SBX_EGRESS_DENIED };
+
+struct sbx_egress_record {
+  uint64_t seq;    /* increasing per sandbox, from 1 */
+  int64_t time_ms; /* wall clock */
+  char proto[8];   /* "dns", "http", "tls", "tcp", "udp", "icmp", "ip" */
+  char addr[46];   /* destination address, "" when none (a refused DNS name) */
+  uint16_t port;
+  char name[256];  /* DNS query name, SNI or Host; "" when none */
+  enum sbx_egress_verdict verdict;
+  char rule[160];  /* what decided it, human readable */
+};
+
+#define SBX_EGRESS_LOG_MAX 1024 /* records kept per sandbox (ring); older ones are dropped */
+#define SBX_EGRESS_RATE 50      /* records a second per sandbox, sustained */
+#define SBX_EGRESS_BURST 200    /* ... and in a burst */
 
 #endif

@@ -44,7 +44,11 @@ int sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx
    run, whose chains may be gone. */
 int sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
 int sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
-/* Remove SLOT's rules, filter state and link; quiet if already gone. */
+/* Remove SLOT's rules, filter state (its egress log too) and link; quiet
+   if already gone. */
 void sbx_net_forget (struct sbx_net *n, uint32_t slot);
+/* The egress log of SLOT's sandbox: as sbx_egress_log (sandbox.h). */
+int sbx_net_egress_log (struct sbx_net *n, uint32_t slot, uint64_t after, size_t limit, struct sbx_egress_record **out,
+                        size_t *count, uint64_t *dropped, struct sbx_err *err);
 
 #endif

@@ -308,17 +308,17 @@ sbx_net_policy_deny_all (const struct sbx_net_policy *p)
   return false;
 }
 
-bool
-sbx_net_domain_allowed (const struct sbx_net_policy *p, const char *name)
+const char *
+sbx_net_domain_rule (const struct sbx_net_policy *p, const char *name)
 {
   if (!p->enabled || name == NULL)
-    return false;
+    return NULL;
   char n[256];
   size_t len = strlen (name);
   if (len && name[len - 1] == '.')
     len--;
   if (len == 0 || len >= sizeof n)
-    return false;
+    return NULL;
   for (size_t i = 0; i < len; i++)
     n[i] = (char) tolower ((unsigned char) name[i]);
   n[len] = '\0';
@@ -330,22 +330,79 @@ sbx_net_domain_allowed (const struct sbx_net_policy *p, const char *name)
           /* "*.example.com": strictly below example.com */
           size_t dl = strlen (d + 1); /* ".example.com" */
           if (len > dl && strcmp (n + len - dl, d + 1) == 0)
-            return true;
+            return d;
         }
       else if (strcmp (n, d) == 0)
-        return true;
+        return d;
     }
-  return false;
+  return NULL;
+}
+
+bool
+sbx_net_domain_allowed (const struct sbx_net_policy *p, const char *name)
+{
+  return sbx_net_domain_rule (p, name) != NULL;
+}
+
+/* The first entry of LIST that holds IP, or NULL. */
+static const struct sbx_cidr *
+find_cidr (const struct sbx_cidr *list, size_t n, uint32_t ip)
+{
+  for (size_t i = 0; i < n; i++)
+    if (sbx_cidr_contains (&list[i], ip))
+      return &list[i];
+  return NULL;
+}
+
+/* "WHAT a.b.c.d/n" into RULE (N bytes; RULE may be NULL). */
+static void
+rule_cidr (char *rule, size_t n, const char *what, const struct sbx_cidr *c)
+{
+  if (rule == NULL || n == 0)
+    return;
+  char buf[32];
+  sbx_cidr_format (c, buf, sizeof buf);
+  snprintf (rule, n, "%s %s", what, buf);
+}
+
+static void
+rule_text (char *rule, size_t n, const char *text)
+{
+  if (rule && n)
+    snprintf (rule, n, "%s", text);
+}
+
+bool
+sbx_net_ip_verdict (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops, uint32_t ip,
+                    char *rule, size_t n)
+{
+  if (!p->enabled)
+    {
+      rule_text (rule, n, "mode none");
+      return false;
+    }
+  const struct sbx_cidr *c = find_cidr (sbx_net_platform_deny, sbx_net_platform_deny_count, ip);
+  if (c && !in_list (ops, n_ops, ip))
+    {
+      rule_cidr (rule, n, "platform", c);
+      return false;
+    }
+  if ((c = find_cidr (p->allow, p->n_allow, ip)) != NULL)
+    {
+      rule_cidr (rule, n, "allowOut", c);
+      return true;
+    }
+  if ((c = find_cidr (p->deny, p->n_deny, ip)) != NULL)
+    {
+      rule_cidr (rule, n, "denyOut", c);
+      return false;
+    }
+  rule_text (rule, n, "default internet");
+  return true;
 }
 
 bool
 sbx_net_ip_allowed (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops, uint32_t ip)
 {
-  if (!p->enabled)
-    return false;
-  if (sbx_net_platform_denied (ip) && !in_list (ops, n_ops, ip))
-    return false;
-  if (in_list (p->allow, p->n_allow, ip))
-    return true;
-  return !in_list (p->deny, p->n_deny, ip);
+  return sbx_net_ip_verdict (p, ops, n_ops, ip, NULL, 0);
 }

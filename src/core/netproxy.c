@@ -15,8 +15,8 @@
  * against a per-sandbox cap (CONNS_PER_SANDBOX).
  *
  * Locking: one mutex guards the sandbox table (policies, remembered
- * addresses, connection counts), the list of TCP connections and the
- * worker counts.  A connection's descriptors are closed only under the
+ * addresses, connection counts, egress logs), the list of TCP connections
+ * and the worker counts.  A connection's descriptors are closed only under the
  * mutex, after the connection left the list, so a thread that changes a
  * policy can shutdown() the descriptors of the connections it no longer
  * allows without racing with their reuse; the shutdown makes the worker's
@@ -42,6 +42,7 @@
  */
 #include "netproxy.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -59,6 +60,7 @@
 #include <linux/netfilter_ipv4.h>
 
 #include "../common/util.h"
+#include "egress.h"
 #include "netproxy_internal.h"
 
 #define UDP_WORKERS_MAX 128
@@ -697,23 +699,43 @@ sbx_memo_free (struct sbx_memo *m)
 /* ------------------------------------------------------------- verdict */
 
 bool
-sbx_netproxy_decide (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
-                     sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst)
+sbx_netproxy_decide_why (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
+                         sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst, char *rule,
+                         size_t n)
 {
+  static const struct sbx_net_policy none = { .enabled = false };
   if (p == NULL || !p->enabled)
-    return false;
+    return sbx_net_ip_verdict (&none, NULL, 0, dst, rule, n);
   if (sbx_net_platform_denied (dst))
     {
       bool op = false;
       for (size_t i = 0; i < n_ops && !op; i++)
         op = sbx_cidr_contains (&ops[i], dst);
       if (!op)
-        return false;
+        return sbx_net_ip_verdict (p, ops, n_ops, dst, rule, n);
     }
-  if (name != NULL && name[0] != '\0' && sbx_net_domain_allowed (p, name) && remembered != NULL
-      && remembered (ctx, name, dst))
-    return true;
-  return sbx_net_ip_allowed (p, ops, n_ops, dst);
+  const char *domain = name != NULL && name[0] != '\0' ? sbx_net_domain_rule (p, name) : NULL;
+  if (domain != NULL && remembered != NULL && remembered (ctx, name, dst))
+    {
+      if (rule && n)
+        snprintf (rule, n, "allowOut %s", domain);
+      return true;
+    }
+  bool ok = sbx_net_ip_verdict (p, ops, n_ops, dst, rule, n);
+  if (!ok && domain != NULL && rule && n)
+    {
+      /* the name is allowed, the address was not given for it */
+      size_t l = strlen (rule);
+      snprintf (rule + l, n - l, " (allowOut %s: not an address resolved for it)", domain);
+    }
+  return ok;
+}
+
+bool
+sbx_netproxy_decide (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
+                     sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst)
+{
+  return sbx_netproxy_decide_why (p, ops, n_ops, remembered, ctx, name, dst, NULL, 0);
 }
 
 /* ---------------------------------------------------------- the proxy */
@@ -723,6 +745,7 @@ struct np_sandbox {
   struct sbx_net_policy policy;
   struct sbx_memo memo;
   unsigned n_conns;
+  struct sbx_egress_ring log; /* its egress audit log */
 };
 
 enum conn_kind { CONN_DNS, CONN_RELAY };
@@ -766,6 +789,26 @@ find_sandbox (struct sbx_netproxy *p, uint32_t ip)
     if (p->sb[i]->ip == ip)
       return p->sb[i];
   return NULL;
+}
+
+/* Under the mutex: add a decision to SB's egress log.  DST 0: no
+   address (a refused name). */
+static void
+record_locked (struct np_sandbox *sb, const char *proto, uint32_t dst, uint16_t port, const char *name, bool allowed,
+               const char *rule)
+{
+  struct sbx_egress_record r = { .time_ms = sbx_wall_ms (),
+                                 .port = port,
+                                 .verdict = allowed ? SBX_EGRESS_ALLOWED : SBX_EGRESS_DENIED };
+  snprintf (r.proto, sizeof r.proto, "%s", proto);
+  if (dst)
+    {
+      struct in_addr a = { htonl (dst) };
+      inet_ntop (AF_INET, &a, r.addr, sizeof r.addr);
+    }
+  snprintf (r.name, sizeof r.name, "%s", name ? name : "");
+  snprintf (r.rule, sizeof r.rule, "%s", rule);
+  sbx_egress_ring_add (&sb->log, &r, sbx_now_ns ());
 }
 
 static bool
@@ -1112,7 +1155,31 @@ answer_query (struct sbx_netproxy *p, uint32_t src, const uint8_t *q, size_t qle
   struct np_sandbox *sb = find_sandbox (p, src);
   bool known = sb != NULL;
   bool deny_all = sb && sbx_net_policy_deny_all (&sb->policy);
-  bool allowed = sb && named && sbx_net_domain_allowed (&sb->policy, name);
+  const char *domain = sb && named ? sbx_net_domain_rule (&sb->policy, name) : NULL;
+  bool allowed = domain != NULL;
+  if (sb)
+    {
+      /* the decision taken below, in the sandbox's log */
+      const char *shown = named ? name : "";
+      char rule[SBX_NETPROXY_NAME_MAX + 16];
+      if (!parsed || !one_question)
+        record_locked (sb, "dns", 0, 0, shown, false, "malformed query");
+      else if (opcode != LDNS_PACKET_QUERY)
+        record_locked (sb, "dns", 0, 0, shown, false, "not a query");
+      else if (qtype == LDNS_RR_TYPE_AAAA)
+        record_locked (sb, "dns", 0, 0, shown, false, "IPv4 only (AAAA)");
+      else if (deny_all && !allowed)
+        record_locked (sb, "dns", 0, 0, shown, false, sb->policy.enabled ? "denyOut 0.0.0.0/0" : "mode none");
+      else
+        {
+          if (domain)
+            snprintf (rule, sizeof rule, "allowOut %s", domain);
+          else
+            snprintf (rule, sizeof rule, "default internet");
+          record_locked (sb, "dns", ntohl (p->upstream.sin_addr.s_addr), ntohs (p->upstream.sin_port), shown, true,
+                         rule);
+        }
+    }
   pthread_mutex_unlock (&p->lock);
   if (!known)
     return 0; /* removed meanwhile: as from any unknown source */
@@ -1274,14 +1341,17 @@ conn_remembered (void *ctx, const char *name, uint32_t addr)
   return c->remembered && addr == c->dst && strcmp (name, c->name) == 0;
 }
 
-/* Under the mutex: may C go on to DST with NAME (NULL: none)? */
+/* Under the mutex: may C go on to DST with NAME (NULL: none)?  RULE (of
+   N bytes) gets what decided. */
 static bool
-conn_allowed_locked (struct sbx_netproxy *p, struct np_conn *c, const char *name, uint32_t dst, bool *remembered)
+conn_allowed_locked (struct sbx_netproxy *p, struct np_conn *c, const char *name, uint32_t dst, bool *remembered,
+                     char *rule, size_t n)
 {
+  snprintf (rule, n, "%s", "sandbox removed");
   if (c->sb == NULL || c->killed || p->stopping)
     return false;
   struct memo_ctx m = { &c->sb->memo, sbx_now_ns (), false };
-  bool ok = sbx_netproxy_decide (&c->sb->policy, p->ops, p->n_ops, memo_remembered, &m, name, dst);
+  bool ok = sbx_netproxy_decide_why (&c->sb->policy, p->ops, p->n_ops, memo_remembered, &m, name, dst, rule, n);
   *remembered = m.hit;
   return ok;
 }
@@ -1448,19 +1518,33 @@ relay_main (void *arg)
   ssize_t len = read_hello (p, c->cfd, cbuf, name, sizeof name, &found);
   if (len < 0)
     goto out;
+  const char *proto = len > 0 && cbuf[0] == 0x16 ? "tls" : "http";
+  uint16_t dst_port = ntohs (dst.sin_port);
+  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
   pthread_mutex_lock (&p->lock);
-  bool ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered);
+  bool ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered, rule, sizeof rule);
+  pthread_mutex_unlock (&p->lock);
+  /* never to the host itself: the filter runs on the host, where the
+     host's rules for sandboxes (the input chain) do not see it */
+  if (ok && host_address (&dst))
+    {
+      ok = false;
+      snprintf (rule, sizeof rule, "host");
+    }
+  pthread_mutex_lock (&p->lock);
+  if (c->sb)
+    record_locked (c->sb, proto, dst_ip, dst_port, found ? name : "", ok, rule);
   pthread_mutex_unlock (&p->lock);
   if (!ok)
     goto out;
-  /* never to the host itself: the filter runs on the host, where the
-     host's rules for sandboxes (the input chain) do not see it */
-  ufd = host_address (&dst) ? -1 : connect_to (p, &dst, sbx_now_ns () + CONNECT_TIMEOUT_MS * MS);
+  ufd = connect_to (p, &dst, sbx_now_ns () + CONNECT_TIMEOUT_MS * MS);
   if (ufd < 0)
     goto out;
   /* judged again: the policy may have changed while connecting */
   pthread_mutex_lock (&p->lock);
-  ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered);
+  ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered, rule, sizeof rule);
+  if (!ok && c->sb)
+    record_locked (c->sb, proto, dst_ip, dst_port, found ? name : "", false, rule);
   bool ip_ok = ok && sbx_net_ip_allowed (&c->sb->policy, p->ops, p->n_ops, dst_ip);
   if (ok)
     {
@@ -1640,6 +1724,7 @@ sandbox_free (struct np_sandbox *sb)
     {
       sbx_net_policy_free (&sb->policy);
       sbx_memo_free (&sb->memo);
+      sbx_egress_ring_free (&sb->log);
       free (sb);
     }
 }
@@ -1836,4 +1921,52 @@ sbx_netproxy_stop (struct sbx_netproxy *p)
     pthread_cond_wait (&p->idle, &p->lock);
   pthread_mutex_unlock (&p->lock);
   proxy_free (p);
+}
+
+void
+sbx_netproxy_record_packet (struct sbx_netproxy *p, uint32_t src, enum sbx_netproxy_kernel_rule why,
+                            const char *proto, uint32_t dst, uint16_t port)
+{
+  if (p == NULL)
+    return;
+  static const char *const kinds[] = { [SBX_KRULE_PLATFORM] = "platform", [SBX_KRULE_DENY] = "denyOut",
+                                       [SBX_KRULE_ALLOW] = "allowOut", [SBX_KRULE_INTERNET] = "default internet",
+                                       [SBX_KRULE_NONE] = "mode none", [SBX_KRULE_HOST] = "host" };
+  if ((unsigned) why >= sizeof kinds / sizeof kinds[0])
+    return;
+  bool allowed = why == SBX_KRULE_ALLOW || why == SBX_KRULE_INTERNET;
+  pthread_mutex_lock (&p->lock);
+  struct np_sandbox *sb = find_sandbox (p, src);
+  if (sb)
+    {
+      /* the kernel says which rule; the policy says which entry of it (if
+         the policy changed since, just the rule) */
+      char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
+      sbx_net_ip_verdict (&sb->policy, p->ops, p->n_ops, dst, rule, sizeof rule);
+      size_t kl = strlen (kinds[why]);
+      if (why == SBX_KRULE_HOST || strncmp (rule, kinds[why], kl) != 0 || (rule[kl] != ' ' && rule[kl] != '\0'))
+        snprintf (rule, sizeof rule, "%s", kinds[why]);
+      record_locked (sb, proto, dst, port, "", allowed, rule);
+    }
+  pthread_mutex_unlock (&p->lock);
+}
+
+int
+sbx_netproxy_egress_log (struct sbx_netproxy *p, uint32_t sandbox_ip, uint64_t after, size_t limit,
+                         struct sbx_egress_record **out, size_t *n, uint64_t *dropped, struct sbx_err *err)
+{
+  *out = NULL;
+  *n = 0;
+  *dropped = 0;
+  if (p == NULL)
+    return 0;
+  pthread_mutex_lock (&p->lock);
+  struct np_sandbox *sb = find_sandbox (p, sandbox_ip);
+  int r = sb ? sbx_egress_ring_read (&sb->log, after, limit, out, n) : 0;
+  if (sb)
+    *dropped = sb->log.dropped;
+  pthread_mutex_unlock (&p->lock);
+  if (r < 0)
+    return sbx_fail (err, ENOMEM, "egress log");
+  return 0;
 }

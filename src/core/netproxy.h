@@ -24,6 +24,10 @@
  * it) and either the name is allowed and the address was remembered for
  * that same name, or the address alone is allowed (sbx_net_ip_allowed).
  * Otherwise it is closed.
+ *
+ * Each of these decisions, and those of the kernel that net.c reads, goes
+ * to the sandbox's egress log (net.h, egress.h), kept here with its
+ * policy and freed with it.
  */
 #ifndef SBX_NETPROXY_H
 #define SBX_NETPROXY_H
@@ -51,8 +55,30 @@ uint16_t sbx_netproxy_tcp_port (const struct sbx_netproxy *p);
    it no longer allows are closed. */
 int sbx_netproxy_set (struct sbx_netproxy *p, uint32_t sandbox_ip, const struct sbx_net_policy *policy,
                       struct sbx_err *err);
-/* Forget a sandbox: its remembered addresses go, its connections close. */
+/* Forget a sandbox: its remembered addresses go, its connections close,
+   its egress log goes. */
 void sbx_netproxy_remove (struct sbx_netproxy *p, uint32_t sandbox_ip);
 void sbx_netproxy_stop (struct sbx_netproxy *p);
+
+/* The egress audit log (net.h) lives here, with each sandbox's policy:
+   the DNS and HTTP/TLS filters add their own decisions, and net.c adds
+   the kernel's, which it reads through NFLOG.  WHY is the kind of rule
+   that logged the packet (each logging rule of net.c says which). */
+enum sbx_netproxy_kernel_rule {
+  SBX_KRULE_PLATFORM, /* rejected: a platform-denied range */
+  SBX_KRULE_DENY,     /* rejected: denyOut */
+  SBX_KRULE_ALLOW,    /* accepted: allowOut */
+  SBX_KRULE_INTERNET, /* accepted: no rule denies it */
+  SBX_KRULE_NONE,     /* rejected: mode none */
+  SBX_KRULE_HOST,     /* rejected: to the host itself */
+};
+/* Record a new connection attempt of the sandbox at SRC to DST:PORT
+   (PROTO "tcp", "udp", ...); nothing when SRC is no sandbox. */
+void sbx_netproxy_record_packet (struct sbx_netproxy *p, uint32_t src, enum sbx_netproxy_kernel_rule why,
+                                 const char *proto, uint32_t dst, uint16_t port);
+/* As sbx_egress_log (sandbox.h), for the sandbox at SANDBOX_IP; an
+   unknown one has an empty log. */
+int sbx_netproxy_egress_log (struct sbx_netproxy *p, uint32_t sandbox_ip, uint64_t after, size_t limit,
+                             struct sbx_egress_record **out, size_t *n, uint64_t *dropped, struct sbx_err *err);
 
 #endif

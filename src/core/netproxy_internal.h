@@ -61,6 +61,12 @@ typedef bool (*sbx_netproxy_remembered_fn) (void *ctx, const char *name, uint32_
    remembered for NAME, or DST is allowed by address rules alone. */
 bool sbx_netproxy_decide (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
                           sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst);
+/* The same verdict, and in RULE (N bytes, may be NULL) what gave it, for
+   the egress log: "allowOut example.com", "platform 10.0.0.0/8",
+   "denyOut 0.0.0.0/0", ... (sbx_net_ip_verdict). */
+bool sbx_netproxy_decide_why (const struct sbx_net_policy *p, const struct sbx_cidr *ops, size_t n_ops,
+                              sbx_netproxy_remembered_fn remembered, void *ctx, const char *name, uint32_t dst,
+                              char *rule, size_t n);
 
 /* The requests that follow the first on a plain HTTP connection let
    through by its Host: each must name that same host, or a keep-alive

@@ -59,12 +59,10 @@ struct sandbox {
   char id[SBX_ID_MAX];
   char template_name[64];
   char default_user[32];
-  char owner[48];
   enum sbx_state state;
   int64_t created_ms, end_ms;
   uint32_t timeout_s;
   struct sbx_limits limits;
-  char *metadata_json;
   char *reason;
   pid_t init_pid;
   unsigned long long init_start; /* start time of init, guards pid reuse */
@@ -73,7 +71,7 @@ struct sandbox {
   uint32_t uid_slot;
   bool our_child;                /* created by this process: we reap it */
   bool has_net;                  /* a veth and rules exist for its slot */
-  bool net_allow_internet_set, net_allow_internet; /* E2B's allowInternetAccess as asked */
+  bool net_asked_set, net_asked; /* whether the client asked for internet access, as it said it */
   struct sbx_net_policy net;
   uint64_t cpu_sample_ns, cpu_sample_at;
   int refs;
@@ -147,7 +145,6 @@ sandbox_free (struct sandbox *s)
     close (s->pidfd);
   if (s->dirfd >= 0)
     close (s->dirfd);
-  free (s->metadata_json);
   free (s->reason);
   sbx_net_policy_free (&s->net);
   free (s);
@@ -172,7 +169,7 @@ get (struct sbx_engine *e, const char *id, struct sbx_err *err)
     s->refs++;
   pthread_mutex_unlock (&e->lock);
   if (s == NULL)
-    sbx_failx (err, ENOENT, "sandbox not found");
+    sbx_failk (err, SBX_E_NOT_FOUND, "sandbox not found");
   return s;
 }
 
@@ -201,14 +198,11 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
                          (int) s->limits.disk_mb, "pids_max", (int) s->limits.pids_max, "nofile", (int) s->limits.nofile);
   if (j == NULL)
     return sbx_failx (err, ENOMEM, "encode sandbox record");
-  if (s->metadata_json)
-    json_object_set_new (j, "metadata", json_string (s->metadata_json));
-  json_object_set_new (j, "owner", json_string (s->owner));
   if (s->has_net)
     {
       json_t *net = sbx_net_policy_to_json (&s->net);
-      if (net && s->net_allow_internet_set)
-        json_object_set_new (net, "allowInternetAccess", json_boolean (s->net_allow_internet));
+      if (net && s->net_asked_set)
+        json_object_set_new (net, "internet_asked", json_boolean (s->net_asked));
       json_object_set_new (j, "network", net);
     }
   cleanup_free char *text = json_dumps (j, JSON_COMPACT);
@@ -253,7 +247,7 @@ uid_slot_claim (uint32_t *slot, struct sbx_err *err)
       if (errno != EEXIST)
         return sbx_fail (err, errno, "claim uid range");
     }
-  return sbx_failx (err, EAGAIN, "no free uid range");
+  return sbx_failk (err, SBX_E_UNAVAILABLE, "no free uid range");
 }
 
 static void
@@ -487,14 +481,13 @@ reattach (struct sbx_engine *e, const char *id)
   s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
   s->refs = 1;
   sbx_path (s->id, sizeof s->id, "%s", id);
-  const char *tmpl = NULL, *user = NULL, *state = NULL, *meta = NULL, *owner = NULL;
+  const char *tmpl = NULL, *user = NULL, *state = NULL;
   json_int_t created = 0, end = 0, start = 0;
   int pid = 0, slot = -1, timeout = 0, cpu = 0, mem = 0, disk = 0, pids = 0, nofile = 0;
   if (j == NULL
-      || json_unpack (j, "{s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s?s, s?s, s:{s:i, s:i, s:i, s:i, s:i}}",
+      || json_unpack (j, "{s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s:{s:i, s:i, s:i, s:i, s:i}}",
                       "template", &tmpl, "user", &user, "state", &state, "created_ms", &created, "end_ms", &end,
-                      "timeout_s", &timeout, "init_pid", &pid, "init_start", &start, "uid_slot", &slot, "metadata",
-                      &meta, "owner", &owner,
+                      "timeout_s", &timeout, "init_pid", &pid, "init_start", &start, "uid_slot", &slot,
                       "limits", "cpu_millis", &cpu, "memory_mb", &mem, "disk_mb", &disk, "pids_max", &pids, "nofile",
                       &nofile)
              < 0)
@@ -512,22 +505,20 @@ reattach (struct sbx_engine *e, const char *id)
     }
   sbx_path (s->template_name, sizeof s->template_name, "%s", tmpl);
   sbx_path (s->default_user, sizeof s->default_user, "%s", user);
-  sbx_path (s->owner, sizeof s->owner, "%s", owner ? owner : "");
   s->created_ms = created;
   s->end_ms = end;
   s->timeout_s = (uint32_t) timeout;
   s->init_pid = pid;
   s->init_start = (unsigned long long) start;
   s->uid_slot = (uint32_t) slot;
-  s->metadata_json = meta ? strdup (meta) : NULL;
   s->limits = (struct sbx_limits) { (uint32_t) cpu, (uint32_t) mem, (uint32_t) disk, (uint32_t) pids, (uint32_t) nofile };
   json_t *net = json_object_get (j, "network");
   if (net && sbx_net_policy_load (net, &s->net, &err) == 0)
     {
       s->has_net = true;
-      json_t *ai = json_object_get (net, "allowInternetAccess");
-      s->net_allow_internet_set = json_is_boolean (ai);
-      s->net_allow_internet = json_is_true (ai);
+      json_t *ai = json_object_get (net, "internet_asked");
+      s->net_asked_set = json_is_boolean (ai);
+      s->net_asked = json_is_true (ai);
     }
   bool was_spare = strcmp (state, "creating") == 0;
   s->state = strcmp (state, "paused") == 0 ? SBX_PAUSED : SBX_RUNNING;
@@ -925,16 +916,21 @@ int
 sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
   if (o->template_name == NULL || *o->template_name == '\0')
-    return sbx_failx (err, EINVAL, "templateID is required");
+    return sbx_failk (err, SBX_E_INVALID, "a template is required");
   uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
   if (timeout > e->max_timeout_s)
-    return sbx_failx (err, EINVAL, "timeout must be at most %u seconds", e->max_timeout_s);
+    return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
   if (sbx_fs_rules_check (o->fs_rules, o->n_fs_rules, err) < 0)
     return -1;
   struct sbx_template t;
   memset (&t, 0, sizeof t);
   if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
-    return -1;
+    {
+      /* naming a template that is not there is the caller's mistake */
+      if (err && err->code == ENOENT)
+        err->kind = SBX_E_INVALID;
+      return -1;
+    }
 
   /* a spare if one is ready, else prepare one now */
   pthread_mutex_lock (&e->lock);
@@ -960,8 +956,6 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     s->limits.pids_max = DEFAULT_PIDS;
   if (!s->limits.nofile)
     s->limits.nofile = DEFAULT_NOFILE;
-  s->metadata_json = o->metadata_json ? strdup (o->metadata_json) : NULL;
-  sbx_path (s->owner, sizeof s->owner, "%s", o->owner ? o->owner : "");
   s->timeout_s = timeout;
   s->created_ms = sbx_wall_ms ();
   s->end_ms = s->created_ms + (int64_t) timeout * 1000;
@@ -980,8 +974,8 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     {
       struct sbx_net_policy want = { .enabled = t.internet };
       sbx_net_policy_free (&s->net);
-      s->net_allow_internet_set = o->allow_internet_access != 0;
-      s->net_allow_internet = o->allow_internet_access > 0;
+      s->net_asked_set = o->internet_asked != 0;
+      s->net_asked = o->internet_asked > 0;
       if (sbx_net_policy_copy (&s->net, o->net ? o->net : &want, err) < 0)
         goto fail;
     }
@@ -1068,7 +1062,7 @@ sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err)
   bool stopped = stop_sandbox (e, s, "request");
   put (e, s);
   if (!stopped)
-    return sbx_failx (err, ESRCH, "sandbox is not running");
+    return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
   return 0;
 }
 
@@ -1085,10 +1079,10 @@ begin_change (struct sbx_engine *e, struct sandbox *s, unsigned mask, struct sbx
       enum sbx_state st = s->state;
       pthread_mutex_unlock (&e->lock);
       if (st == SBX_STOPPED)
-        return sbx_failx (err, ESRCH, "sandbox is not running");
+        return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
       if (st == SBX_PAUSED)
-        return sbx_failx (err, EAGAIN, "sandbox is paused");
-      return sbx_failx (err, EALREADY, "sandbox is %s", sbx_state_name (st));
+        return sbx_failk (err, SBX_E_PAUSED, "sandbox is paused");
+      return sbx_failk (err, SBX_E_CONFLICT, "sandbox is %s", sbx_state_name (st));
     }
   s->busy = true;
   pthread_mutex_unlock (&e->lock);
@@ -1108,7 +1102,7 @@ int
 sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err)
 {
   if (timeout_s > e->max_timeout_s)
-    return sbx_failx (err, EINVAL, "timeout must be at most %u seconds", e->max_timeout_s);
+    return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
@@ -1129,7 +1123,7 @@ sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struc
 }
 
 int
-sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy, int allow_internet_access,
+sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy, int internet_asked,
                  struct sbx_err *err)
 {
   struct sandbox *s = get (e, id, err);
@@ -1140,7 +1134,7 @@ sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_poli
     {
       struct sbx_net_policy copy;
       if (!s->has_net || e->net == NULL)
-        r = sbx_failx (err, EOPNOTSUPP, "this sandbox has no network");
+        r = sbx_failk (err, SBX_E_CONFLICT, "this sandbox has no network");
       else if ((r = sbx_net_policy_copy (&copy, policy, err)) == 0)
         {
           r = sbx_net_apply (e->net, s->uid_slot, policy, err);
@@ -1149,8 +1143,8 @@ sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_poli
               pthread_mutex_lock (&e->lock);
               sbx_net_policy_free (&s->net);
               s->net = copy;
-              s->net_allow_internet_set = allow_internet_access != 0;
-              s->net_allow_internet = allow_internet_access > 0;
+              s->net_asked_set = internet_asked != 0;
+              s->net_asked = internet_asked > 0;
               r = save_locked (e, s, err);
               pthread_mutex_unlock (&e->lock);
             }
@@ -1161,6 +1155,27 @@ sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_poli
       if (r == 0)
         emit (e, id, SBX_EVENT_UPDATED, "network");
     }
+  put (e, s);
+  return r;
+}
+
+int
+sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t limit, struct sbx_egress_record **out,
+                size_t *n, uint64_t *dropped, struct sbx_err *err)
+{
+  *out = NULL;
+  *n = 0;
+  *dropped = 0;
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = 0;
+  /* under the engine's lock: the slot cannot be handed to another
+     sandbox meanwhile (teardown forgets the log before the slot) */
+  pthread_mutex_lock (&e->lock);
+  if (e->net && s->has_net && s->state != SBX_STOPPED)
+    r = sbx_net_egress_log (e->net, s->uid_slot, after, limit, out, n, dropped, err);
+  pthread_mutex_unlock (&e->lock);
   put (e, s);
   return r;
 }
@@ -1218,39 +1233,32 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   info->created_ms = s->created_ms;
   info->end_ms = s->end_ms;
   info->limits = s->limits;
-  info->metadata_json = s->metadata_json ? strdup (s->metadata_json) : NULL;
   info->reason = s->reason ? strdup (s->reason) : NULL;
-  memcpy (info->owner, s->owner, sizeof info->owner);
   info->timeout_s = s->timeout_s;
   if (s->has_net)
     {
-      json_t *j = sbx_net_policy_to_json (&s->net);
+      struct sbx_err err;
+      info->has_network = sbx_net_policy_copy (&info->network, &s->net, &err) == 0;
       uint32_t addr, gw;
       sbx_net_addresses (s->uid_slot, &addr, &gw);
-      char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
       struct in_addr ia = { htonl (addr) }, ig = { htonl (gw) };
-      inet_ntop (AF_INET, &ia, a, sizeof a);
-      inet_ntop (AF_INET, &ig, g, sizeof g);
-      if (j && s->state != SBX_STOPPED)
+      if (info->has_network && s->state != SBX_STOPPED)
         {
-          json_object_set_new (j, "address", json_string (a));
-          json_object_set_new (j, "gateway", json_string (g));
+          inet_ntop (AF_INET, &ia, info->net_address, sizeof info->net_address);
+          inet_ntop (AF_INET, &ig, info->net_gateway, sizeof info->net_gateway);
         }
-      if (j)
-        json_object_set_new (j, "allowInternetAccess",
-                             s->net_allow_internet_set ? json_boolean (s->net_allow_internet) : json_null ());
-      info->network_json = j ? json_dumps (j, JSON_COMPACT) : NULL;
-      json_decref (j);
+      info->internet_asked = s->net_asked_set ? (s->net_asked ? 1 : -1) : 0;
     }
 }
 
 void
 sbx_info_free (struct sbx_info *info)
 {
-  free (info->metadata_json);
   free (info->reason);
-  free (info->network_json);
-  info->metadata_json = info->reason = info->network_json = NULL;
+  info->reason = NULL;
+  if (info->has_network)
+    sbx_net_policy_free (&info->network);
+  info->has_network = false;
 }
 
 int
@@ -1262,7 +1270,7 @@ sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struc
     fill_info (s, info);
   pthread_mutex_unlock (&e->lock);
   if (s == NULL)
-    return sbx_failx (err, ENOENT, "sandbox not found");
+    return sbx_failk (err, SBX_E_NOT_FOUND, "sandbox not found");
   return 0;
 }
 
@@ -1312,7 +1320,7 @@ sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, st
   pthread_mutex_unlock (&e->lock);
   if (state == SBX_STOPPED)
     {
-      sbx_failx (err, ESRCH, "sandbox is not running");
+      sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
       goto out;
     }
   if (sbx_cgroup_stats (cg, &st, err) < 0)
@@ -1360,9 +1368,9 @@ agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   enum sbx_state st = s->state;
   pthread_mutex_unlock (&e->lock);
   if (st == SBX_PAUSED)
-    return sbx_failx (err, EAGAIN, "sandbox is paused");
+    return sbx_failk (err, SBX_E_PAUSED, "sandbox is paused");
   if (st != SBX_RUNNING)
-    return sbx_failx (err, ESRCH, "sandbox is not running");
+    return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
   int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return sbx_fail (err, errno, "socket");
@@ -1392,7 +1400,7 @@ recv_or_fail (int fd, struct sbx_msg *m, struct sbx_err *err)
   if (r == 1)
     return 0;
   if (r == 0)
-    return sbx_failx (err, ESRCH, "sandbox agent closed the connection");
+    return sbx_failk (err, SBX_E_STOPPED, "sandbox agent closed the connection");
   return sbx_fail (err, errno, "read from sandbox agent");
 }
 
@@ -1527,7 +1535,7 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
           struct sbx_err *err)
 {
   if (o->argv == NULL || o->argv[0] == NULL || *o->argv[0] == '\0')
-    return sbx_failx (err, EINVAL, "cmd is required");
+    return sbx_failk (err, SBX_E_INVALID, "cmd is required");
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
@@ -1895,7 +1903,7 @@ sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const cha
   int r = agent_call (e, id, &req, read_frame, &c, err);
   sbx_msg_free (&req);
   if (c.too_big)
-    return sbx_failx (err, EFBIG, "file is larger than %llu bytes", (unsigned long long) max_size);
+    return sbx_failk (err, SBX_E_TOO_LARGE, "file is larger than %llu bytes", (unsigned long long) max_size);
   return r;
 }
 

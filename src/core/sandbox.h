@@ -10,9 +10,10 @@
  * when it opens, so the daemon can stop or crash without losing any.
  *
  * Every function is thread safe.  Functions that name a sandbox fail with
- * err->code ENOENT when there is no such sandbox, EAGAIN when the sandbox
- * is paused and the operation needs it running, and ESRCH when it has
- * stopped.
+ * err->kind SBX_E_NOT_FOUND when there is no such sandbox, SBX_E_PAUSED
+ * when the sandbox is paused and the operation needs it running, and
+ * SBX_E_STOPPED when it has stopped.  The engine keeps no bookkeeping of
+ * its callers (owners, metadata, quotas): that is the service layer's.
  */
 #ifndef SBX_SANDBOX_H
 #define SBX_SANDBOX_H
@@ -75,11 +76,10 @@ struct sbx_create_opts {
   const char *template_name;
   uint32_t timeout_s;         /* 0: 300 */
   const char *const *env;     /* NULL-terminated "KEY=VALUE", may be NULL */
-  const char *metadata_json;  /* stored as given, may be NULL */
-  const char *owner;          /* opaque owner tag (an organisation), may be NULL */
   struct sbx_limits limits;   /* 0 fields take the template's defaults */
   const struct sbx_net_policy *net; /* NULL: the template's default (net.h) */
-  int allow_internet_access;  /* as the client said it, shown back: 0 not said, >0 true, <0 false */
+  int internet_asked;         /* whether the client asked for internet access, shown back as it said it:
+                                 0 not said, >0 yes, <0 no */
   /* filesystem policy (fspolicy.h: enum sbx_fs_access, struct sbx_fs_rule,
      SBX_FS_RULES_MAX, sbx_fs_rules_check): paths made read-only, writable
      or blocked for everyone inside, root included, before anything of
@@ -94,11 +94,12 @@ struct sbx_info {
   enum sbx_state state;
   int64_t created_ms, end_ms; /* wall clock, ms since the epoch */
   struct sbx_limits limits;
-  char *metadata_json;        /* owned: free with sbx_info_free */
-  char *reason;               /* why it stopped, when it has */
-  char owner[48];
+  char *reason;               /* why it stopped, when it has; owned: free with sbx_info_free */
   uint32_t timeout_s;         /* the lifetime last asked for */
-  char *network_json;         /* {"mode", "allowOut", "denyOut", "address", "gateway", "allowInternetAccess"}, or NULL */
+  bool has_network;           /* false: loopback only */
+  struct sbx_net_policy network; /* its egress policy (owned) when has_network */
+  char net_address[16], net_gateway[16]; /* its link, "" once stopped */
+  int internet_asked;         /* as in sbx_create_opts, as last set */
 };
 
 void sbx_info_free (struct sbx_info *info);
@@ -107,9 +108,9 @@ int sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id[S
 int sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);
 /* Replace the egress policy of a running or paused sandbox; takes effect
-   at once.  ALLOW_INTERNET_ACCESS as in sbx_create_opts. */
-int sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy,
-                     int allow_internet_access, struct sbx_err *err);
+   at once.  INTERNET_ASKED as in sbx_create_opts. */
+int sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy, int internet_asked,
+                     struct sbx_err *err);
 int sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err);
@@ -128,6 +129,15 @@ struct sbx_metrics {
 };
 
 int sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, struct sbx_err *err);
+
+/* The egress audit log of sandbox ID (net.h): its records with seq >
+   AFTER, oldest first, at most LIMIT (0 or more than SBX_EGRESS_LOG_MAX:
+   SBX_EGRESS_LOG_MAX), in *OUT (free it; NULL when *N is 0).  *DROPPED
+   gets how many records were lost so far to the ring's size or to the
+   rate limit.  A sandbox without networking, or stopped, has an empty
+   log. */
+int sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t limit,
+                    struct sbx_egress_record **out, size_t *n, uint64_t *dropped, struct sbx_err *err);
 
 /* ---- processes ---- */
 

@@ -1,6 +1,7 @@
 /*
  * main.c - the sbxd command line: `serve` runs the daemon, `template`
- * manages templates.  It only parses arguments and calls the library.
+ * manages templates, `keys` API keys and `orgs` organisations and their
+ * plans.  It only parses arguments and calls the library.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -16,10 +17,11 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
-#include "events.h"
-#include "http.h"
-#include "store.h"
-#include "webhook.h"
+#include "../service/service.h"
+#include "../api/server.h"
+#include "../service/store.h"
+#include "../service/webhook.h"
+#include "../service/plans.h"
 
 #ifndef SBXD_SPEC_DIR
 #define SBXD_SPEC_DIR "templates"
@@ -41,7 +43,13 @@ usage (FILE *f)
          "  sbxd template gc [--template-dir DIR]\n"
          "  sbxd keys create [--state-dir DIR] [--org NAME] [--e2b]\n"
          "  sbxd keys list [--state-dir DIR]\n"
-         "  sbxd keys revoke KEY-ID [--state-dir DIR]\n",
+         "  sbxd keys revoke KEY-ID [--state-dir DIR]\n"
+         "  sbxd orgs list [--state-dir DIR]\n"
+         "  sbxd orgs create NAME [--state-dir DIR] [--plan PLAN] [--max-sandboxes N]\n"
+         "             [--max-timeout SECONDS] [--monthly-hours HOURS]\n"
+         "  sbxd orgs set NAME [--state-dir DIR] [--plan PLAN] [--max-sandboxes N]\n"
+         "             [--max-timeout SECONDS] [--monthly-hours HOURS]\n"
+         "  (PLAN: default, free, builder, pro, scale; --monthly-hours 0: unlimited)\n",
          f);
 }
 
@@ -191,12 +199,20 @@ cmd_serve (int argc, char **argv)
     }
   const char *scale_env = getenv ("SBXD_WEBHOOK_RETRY_SCALE");
   double scale = scale_env ? strtod (scale_env, NULL) : 1.0;
-  struct sbx_events events = { .store = store };
+  struct sbx_service *svc;
+  if (sbx_service_open (store, &svc, &err) < 0)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      sbx_store_close (store);
+      return 1;
+    }
   net.operator_allow = ops;
   struct sbx_engine_config cfg = { .state_dir = state,
                                    .template_dir = tmpl,
-                                   .on_event = sbx_events_on_change,
-                                   .event_ud = &events,
+                                   .on_event = sbx_service_on_change,
+                                   .event_ud = svc,
+                                   /* per-organisation limits are the real cap */
+                                   .max_timeout_s = SBX_PLAN_TIMEOUT_CAP,
                                    .net = network ? &net : NULL };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
@@ -205,14 +221,23 @@ cmd_serve (int argc, char **argv)
       sbx_store_close (store);
       return 1;
     }
-  if (sbx_webhooks_start (store, scale, &events.webhooks, &err) < 0)
+  sbx_service_set_engine (svc, engine);
+  struct sbx_webhooks *webhooks;
+  if (sbx_webhooks_start (store, scale, &webhooks, &err) < 0)
     {
       fprintf (stderr, "sbxd: %s\n", err.msg);
       return 1;
     }
+  sbx_service_set_webhooks (svc, webhooks);
+  int changes = sbx_service_reconcile (svc, &err);
+  if (changes < 0)
+    fprintf (stderr, "sbxd: reconcile records with sandboxes: %s\n", err.msg);
+  if (sbx_service_runs_recover (svc, &err) < 0)
+    fprintf (stderr, "sbxd: recover runs: %s\n", err.msg);
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
-                                .webhooks = events.webhooks,
+                                .svc = svc,
+                                .webhooks = webhooks,
                                 .addr = (struct sockaddr *) &sa,
                                 .docs_dir = SBXD_DOCS_DIR,
                                 .state_dir = state };
@@ -232,8 +257,9 @@ cmd_serve (int argc, char **argv)
   fprintf (stderr, "sbxd: stopping; sandboxes keep running\n");
   sbx_http_stop (h);
   sbx_engine_close (engine);
-  sbx_webhooks_stop (events.webhooks);
-  events.webhooks = NULL;
+  sbx_service_set_webhooks (svc, NULL);
+  sbx_webhooks_stop (webhooks);
+  sbx_service_close (svc);
   sbx_store_close (store);
   return 0;
 }
@@ -371,6 +397,180 @@ cmd_keys (int argc, char **argv)
   return 0;
 }
 
+/* An unsigned decimal number in [MIN, MAX] into *OUT. */
+static int
+parse_u32 (const char *opt, const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull (s, &end, 10);
+  if (*s < '0' || *s > '9' || *end || errno || v < min || v > max)
+    {
+      fprintf (stderr, "sbxd: invalid %s %s (want a whole number from %u to %u)\n", opt, s, min, max);
+      return -1;
+    }
+  *out = (uint32_t) v;
+  return 0;
+}
+
+static void
+print_orgs (const struct sbx_org *v, size_t n)
+{
+  int wname = 4, wid = 2;
+  for (size_t i = 0; i < n; i++)
+    {
+      int l = (int) strlen (v[i].name);
+      wname = l > wname ? l : wname;
+      l = (int) strlen (v[i].id);
+      wid = l > wid ? l : wid;
+    }
+  printf ("%-*s  %-*s  %-8s  %13s  %13s  %13s\n", wname, "NAME", wid, "ID", "PLAN", "MAX_SANDBOXES", "MAX_TIMEOUT_S",
+          "MONTHLY_HOURS");
+  for (size_t i = 0; i < n; i++)
+    {
+      char hours[16] = "unlimited";
+      if (v[i].monthly_hours)
+        snprintf (hours, sizeof hours, "%u", v[i].monthly_hours);
+      printf ("%-*s  %-*s  %-8s  %13u  %13u  %13s\n", wname, v[i].name, wid, v[i].id, v[i].plan, v[i].max_sandboxes,
+              v[i].max_timeout_s, hours);
+    }
+}
+
+/* `sbxd orgs`: list, create and change organisations.  For create and
+   set, --plan gives the plan's three limits, and the other flags then
+   override single ones. */
+static int
+cmd_orgs (int argc, char **argv)
+{
+  if (argc < 2)
+    {
+      usage (stderr);
+      return 2;
+    }
+  const char *sub = argv[1], *state = DEFAULT_STATE_DIR;
+  const struct sbx_plan *plan = NULL;
+  uint32_t max_sandboxes = 0, max_timeout = 0, monthly_hours = 0;
+  bool set_sandboxes = false, set_timeout = false, set_hours = false;
+  static const struct option opts[] = { { "state-dir", required_argument, NULL, 's' },
+                                        { "plan", required_argument, NULL, 'p' },
+                                        { "max-sandboxes", required_argument, NULL, 'm' },
+                                        { "max-timeout", required_argument, NULL, 't' },
+                                        { "monthly-hours", required_argument, NULL, 'H' },
+                                        { NULL, 0, NULL, 0 } };
+  int c;
+  optind = 2;
+  while ((c = getopt_long (argc, argv, "s:", opts, NULL)) != -1)
+    switch (c)
+      {
+      case 's':
+        state = optarg;
+        break;
+      case 'p':
+        if ((plan = sbx_plan_find (optarg)) == NULL)
+          {
+            fprintf (stderr, "sbxd: unknown plan %s (one of: %s)\n", optarg, sbx_plan_names ());
+            return 2;
+          }
+        break;
+      case 'm':
+        if (parse_u32 ("--max-sandboxes", optarg, 1, SBX_PLAN_MAX_SANDBOXES_CAP, &max_sandboxes) < 0)
+          return 2;
+        set_sandboxes = true;
+        break;
+      case 't':
+        if (parse_u32 ("--max-timeout", optarg, 1, SBX_PLAN_TIMEOUT_CAP, &max_timeout) < 0)
+          return 2;
+        set_timeout = true;
+        break;
+      case 'H':
+        if (parse_u32 ("--monthly-hours", optarg, 0, SBX_PLAN_MONTHLY_HOURS_CAP, &monthly_hours) < 0)
+          return 2;
+        set_hours = true;
+        break;
+      default:
+        usage (stderr);
+        return 2;
+      }
+  bool list = strcmp (sub, "list") == 0, create = strcmp (sub, "create") == 0, set = strcmp (sub, "set") == 0;
+  bool changes = plan || set_sandboxes || set_timeout || set_hours;
+  if (!(list && optind == argc && !changes) && !((create || set) && optind == argc - 1))
+    {
+      usage (stderr);
+      return 2;
+    }
+  if (set && !changes)
+    {
+      fprintf (stderr, "sbxd: orgs set: nothing to change (give --plan, --max-sandboxes, --max-timeout or "
+                       "--monthly-hours)\n");
+      return 2;
+    }
+
+  struct sbx_err err;
+  struct sbx_store *st = open_store (state, &err);
+  if (st == NULL)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      return 1;
+    }
+  int r;
+  struct sbx_org o = { 0 };
+  if (list)
+    {
+      struct sbx_org *v;
+      size_t n;
+      r = sbx_store_org_list (st, &v, &n, &err);
+      if (r == 0)
+        {
+          print_orgs (v, n);
+          free (v);
+        }
+    }
+  else
+    {
+      const char *name = argv[optind];
+      if (create)
+        {
+          if (strlen (name) >= sizeof o.name)
+            r = sbx_failx (&err, EINVAL, "organisation name is too long");
+          else
+            {
+              snprintf (o.name, sizeof o.name, "%s", name);
+              r = 0;
+            }
+          if (plan == NULL)
+            plan = sbx_plan_default ();
+        }
+      else
+        r = sbx_store_org_get (st, name, &o, &err);
+      if (r == 0)
+        {
+          if (plan)
+            {
+              snprintf (o.plan, sizeof o.plan, "%s", plan->name);
+              o.max_sandboxes = plan->max_sandboxes;
+              o.max_timeout_s = plan->max_timeout_s;
+              o.monthly_hours = plan->monthly_hours;
+            }
+          if (set_sandboxes)
+            o.max_sandboxes = max_sandboxes;
+          if (set_timeout)
+            o.max_timeout_s = max_timeout;
+          if (set_hours)
+            o.monthly_hours = monthly_hours;
+          r = create ? sbx_store_org_create (st, &o, &err) : sbx_store_org_update (st, &o, &err);
+        }
+      if (r == 0 && (r = sbx_store_org_get (st, name, &o, &err)) == 0)
+        print_orgs (&o, 1);
+    }
+  sbx_store_close (st);
+  if (r < 0)
+    {
+      fprintf (stderr, "sbxd: %s\n", err.msg);
+      return 1;
+    }
+  return 0;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -385,6 +585,8 @@ main (int argc, char **argv)
     return cmd_template (argc - 1, argv + 1);
   if (strcmp (argv[1], "keys") == 0)
     return cmd_keys (argc - 1, argv + 1);
+  if (strcmp (argv[1], "orgs") == 0)
+    return cmd_orgs (argc - 1, argv + 1);
   if (strcmp (argv[1], "help") == 0 || strcmp (argv[1], "--help") == 0)
     {
       usage (stdout);

@@ -9,11 +9,14 @@
  * names are answered, other names REFUSED under deny-all, AAAA empty, a
  * truncated UDP answer passed on and the TCP retry served over TCP.  The
  * TCP relay itself needs an nftables redirect (SO_ORIGINAL_DST), so here
- * only its refusals are checked.  No root, no network; a few seconds.
+ * only its refusals are checked.  The egress log: its ring (order, seq,
+ * paging, the cap), its rate limit on a simulated clock, the packet
+ * header reader, the rule each verdict names, and the DNS filter's
+ * decisions as recorded.  No root, no network; a few seconds.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_netproxy \
- *     tests/unit/test_netproxy.c src/core/netproxy.c src/core/netpolicy.c src/common/error.c \
- *     src/common/util.c -lldns -lssl -lcrypto -ljansson -lpthread && /tmp/test_netproxy
+ *     tests/unit/test_netproxy.c src/core/netproxy.c src/core/netpolicy.c src/core/egress.c \
+ *     src/common/error.c src/common/util.c -lldns -lssl -lcrypto -ljansson -lpthread && /tmp/test_netproxy
  */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -30,6 +33,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "core/egress.h"
 #include "core/netproxy.h"
 #include "core/netproxy_internal.h"
 
@@ -450,6 +454,261 @@ test_decide (void)
   ok ("decide: name and remembered address, address rules, platform and operator ranges, mode none");
 }
 
+/* ----------------------------------------------------- egress log */
+
+static struct sbx_egress_record
+rec_named (const char *name)
+{
+  struct sbx_egress_record r = { .time_ms = 1, .port = 80, .verdict = SBX_EGRESS_DENIED };
+  snprintf (r.proto, sizeof r.proto, "tcp");
+  snprintf (r.name, sizeof r.name, "%s", name);
+  snprintf (r.rule, sizeof r.rule, "denyOut 0.0.0.0/0");
+  return r;
+}
+
+static void
+test_egress_ring (void)
+{
+  /* no rate limit to speak of: a huge bucket */
+  struct sbx_egress_ring g = { .max = 8, .rate = 1000000, .burst = 1000000 };
+  struct sbx_egress_record *out = NULL;
+  size_t n = 99;
+  CHECK (sbx_egress_ring_read (&g, 0, 0, &out, &n) == 0 && n == 0 && out == NULL);
+  char name[32];
+  for (int i = 1; i <= 5; i++)
+    {
+      snprintf (name, sizeof name, "n%d", i);
+      struct sbx_egress_record r = rec_named (name);
+      r.seq = 777; /* the ring gives the seq */
+      CHECK (sbx_egress_ring_add (&g, &r, (uint64_t) i * 1000) == 1);
+    }
+  CHECK (sbx_egress_ring_read (&g, 0, 0, &out, &n) == 0 && n == 5);
+  for (size_t i = 0; out && i < n; i++)
+    {
+      snprintf (name, sizeof name, "n%zu", i + 1);
+      CHECK (out[i].seq == i + 1 && strcmp (out[i].name, name) == 0 && strcmp (out[i].rule, "denyOut 0.0.0.0/0") == 0);
+    }
+  free (out);
+  CHECK (sbx_egress_ring_read (&g, 3, 0, &out, &n) == 0 && n == 2 && out[0].seq == 4 && out[1].seq == 5);
+  free (out);
+  CHECK (sbx_egress_ring_read (&g, 1, 2, &out, &n) == 0 && n == 2 && out[0].seq == 2 && out[1].seq == 3);
+  free (out);
+  CHECK (sbx_egress_ring_read (&g, 5, 0, &out, &n) == 0 && n == 0 && out == NULL);
+  CHECK (sbx_egress_ring_read (&g, 500, 0, &out, &n) == 0 && n == 0);
+  CHECK (g.dropped == 0);
+  ok ("egress ring: seqs from 1 in order, after and limit page through it");
+
+  /* past the cap: the oldest go, and are counted */
+  for (int i = 6; i <= 20; i++)
+    {
+      snprintf (name, sizeof name, "n%d", i);
+      struct sbx_egress_record r = rec_named (name);
+      sbx_egress_ring_add (&g, &r, (uint64_t) i * 1000);
+    }
+  CHECK (g.n == 8 && g.cap == 8 && g.dropped == 12);
+  CHECK (sbx_egress_ring_read (&g, 0, 0, &out, &n) == 0 && n == 8);
+  for (size_t i = 0; out && i < n; i++)
+    {
+      snprintf (name, sizeof name, "n%zu", i + 13);
+      CHECK (out[i].seq == i + 13 && strcmp (out[i].name, name) == 0);
+    }
+  free (out);
+  CHECK (sbx_egress_ring_read (&g, 15, 3, &out, &n) == 0 && n == 3 && out[0].seq == 16 && out[2].seq == 18);
+  free (out);
+  CHECK (sbx_egress_ring_read (&g, 2, 100, &out, &n) == 0 && n == 8 && out[0].seq == 13);
+  free (out);
+  sbx_egress_ring_free (&g);
+  CHECK (g.rec == NULL && g.n == 0 && g.seq == 0);
+  ok ("egress ring: capped, the oldest dropped and counted, paging across the wrap");
+
+  /* the default cap, and strings that do not end are cut */
+  struct sbx_egress_ring d = { .rate = 1000000, .burst = 1000000 };
+  struct sbx_egress_record big;
+  memset (&big, 'x', sizeof big);
+  for (int i = 0; i < SBX_EGRESS_LOG_MAX + 10; i++)
+    sbx_egress_ring_add (&d, &big, (uint64_t) (i + 1));
+  CHECK (d.n == SBX_EGRESS_LOG_MAX && d.cap == SBX_EGRESS_LOG_MAX && d.dropped == 10 && d.seq == SBX_EGRESS_LOG_MAX + 10);
+  CHECK (sbx_egress_ring_read (&d, 0, 0, &out, &n) == 0 && n == SBX_EGRESS_LOG_MAX && out[0].seq == 11);
+  CHECK (out && strlen (out[0].name) == sizeof big.name - 1 && strlen (out[0].rule) == sizeof big.rule - 1
+         && strlen (out[0].addr) == sizeof big.addr - 1 && strlen (out[0].proto) == sizeof big.proto - 1);
+  free (out);
+  CHECK (sbx_egress_ring_read (&d, 0, SBX_EGRESS_LOG_MAX * 4, &out, &n) == 0 && n == SBX_EGRESS_LOG_MAX);
+  free (out);
+  sbx_egress_ring_free (&d);
+  ok ("egress ring: SBX_EGRESS_LOG_MAX records at most, strings always end");
+}
+
+static void
+test_egress_rate (void)
+{
+  /* the defaults: a burst of SBX_EGRESS_BURST, then SBX_EGRESS_RATE a second */
+  struct sbx_egress_ring g = { 0 };
+  struct sbx_egress_record r = rec_named ("flood.test");
+  uint64_t t = 5000000000ull;
+  int kept = 0;
+  for (int i = 0; i < 1000; i++)
+    kept += sbx_egress_ring_add (&g, &r, t);
+  CHECK (kept == SBX_EGRESS_BURST && g.dropped == 1000 - SBX_EGRESS_BURST && g.seq == SBX_EGRESS_BURST);
+  /* one second later: RATE more, not one more */
+  t += 1000000000ull;
+  kept = 0;
+  for (int i = 0; i < 1000; i++)
+    kept += sbx_egress_ring_add (&g, &r, t);
+  CHECK (kept == SBX_EGRESS_RATE);
+  /* 10 s of a steady flood, 1000 a second: RATE a second kept */
+  kept = 0;
+  for (int i = 0; i < 10000; i++)
+    kept += sbx_egress_ring_add (&g, &r, t + (uint64_t) (i + 1) * 1000000ull);
+  CHECK (kept >= 10 * SBX_EGRESS_RATE - 1 && kept <= 10 * SBX_EGRESS_RATE + 1);
+  /* quiet for a long time: the bucket refills to the burst, no more */
+  t += 3600 * 1000000000ull;
+  kept = 0;
+  for (int i = 0; i < 1000; i++)
+    kept += sbx_egress_ring_add (&g, &r, t);
+  CHECK (kept == SBX_EGRESS_BURST);
+  /* everything not kept was counted (the ring is not full yet) */
+  CHECK (g.seq < SBX_EGRESS_LOG_MAX && g.n == g.seq && g.dropped == 1000 * 3 + 10000 - g.seq);
+  /* a clock that does not move (or goes back) gives nothing back */
+  struct sbx_egress_ring h = { .rate = 10, .burst = 2 };
+  CHECK (sbx_egress_ring_add (&h, &r, 100) == 1 && sbx_egress_ring_add (&h, &r, 100) == 1);
+  CHECK (sbx_egress_ring_add (&h, &r, 50) == 0 && sbx_egress_ring_add (&h, &r, 100) == 0);
+  CHECK (sbx_egress_ring_add (&h, &r, 100 + 100000000ull) == 1); /* 0.1 s at 10/s: one */
+  CHECK (h.dropped == 2 && h.seq == 3);
+  sbx_egress_ring_free (&g);
+  sbx_egress_ring_free (&h);
+  ok ("egress rate limit: the burst, then the rate; refilled up to the burst only; excess counted");
+}
+
+static void
+test_egress_packet (void)
+{
+  /* IPv4 TCP 10.200.0.2 -> 198.51.100.10:8080 */
+  uint8_t tcp[40] = { 0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 200, 0, 2, 198, 51, 100, 10,
+                      0xc3, 0x50, 0x1f, 0x90 };
+  struct sbx_egress_packet pk;
+  CHECK (sbx_egress_packet_parse (tcp, sizeof tcp, &pk) == 0 && pk.proto == 6 && pk.src == IP (10, 200, 0, 2)
+         && pk.dst == IP (198, 51, 100, 10) && pk.port == 8080);
+  CHECK (strcmp (sbx_egress_proto_name (pk.proto), "tcp") == 0);
+  /* cut after the header: no port */
+  CHECK (sbx_egress_packet_parse (tcp, 22, &pk) == 0 && pk.port == 0 && pk.dst == IP (198, 51, 100, 10));
+  /* UDP with options (IHL 6) */
+  uint8_t udp[32] = { 0x46, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 10, 200, 0, 6, 203, 0, 113, 1, 1, 1, 1, 1,
+                      0x30, 0x39, 0x00, 0x35 };
+  CHECK (sbx_egress_packet_parse (udp, sizeof udp, &pk) == 0 && pk.proto == 17 && pk.port == 53
+         && pk.src == IP (10, 200, 0, 6));
+  CHECK (strcmp (sbx_egress_proto_name (17), "udp") == 0 && strcmp (sbx_egress_proto_name (1), "icmp") == 0
+         && strcmp (sbx_egress_proto_name (47), "ip") == 0);
+  /* a later fragment carries no ports */
+  udp[6] = 0x00;
+  udp[7] = 0x10;
+  CHECK (sbx_egress_packet_parse (udp, sizeof udp, &pk) == 0 && pk.port == 0);
+  /* not IPv4, too short, a header longer than the bytes */
+  uint8_t v6[40] = { 0x60 };
+  CHECK (sbx_egress_packet_parse (v6, sizeof v6, &pk) < 0);
+  CHECK (sbx_egress_packet_parse (tcp, 19, &pk) < 0);
+  CHECK (sbx_egress_packet_parse (tcp, 0, &pk) < 0);
+  uint8_t bad = tcp[0];
+  tcp[0] = 0x4f; /* 60 bytes of header in 40 */
+  CHECK (sbx_egress_packet_parse (tcp, sizeof tcp, &pk) < 0);
+  tcp[0] = 0x44; /* shorter than 20 */
+  CHECK (sbx_egress_packet_parse (tcp, sizeof tcp, &pk) < 0);
+  tcp[0] = bad;
+  /* every length and random bytes: never a read past the end (ASan, valgrind) */
+  uint8_t junk[64];
+  for (int round = 0; round < 2000; round++)
+    {
+      for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t) rand ();
+      junk[0] = (uint8_t) (0x40 | (junk[0] & 0x0f));
+      size_t len = (size_t) rand () % (sizeof junk + 1);
+      uint8_t *copy = malloc (len ? len : 1);
+      memcpy (copy, junk, len);
+      if (sbx_egress_packet_parse (copy, len, &pk) == 0)
+        CHECK (len >= 20 && (size_t) (copy[0] & 0x0f) * 4 <= len);
+      free (copy);
+    }
+  ok ("egress packets: addresses, protocol and port from IPv4 headers; bad ones refused");
+}
+
+static void
+test_egress_rules (void)
+{
+  char *domains[] = { "example.com", "*.cdn.net" };
+  struct sbx_cidr deny[] = { { IP (198, 51, 100, 0), 24 }, { 0, 0 } };
+  struct sbx_cidr allow[] = { { IP (198, 51, 100, 11), 32 }, { IP (10, 1, 0, 0), 16 } };
+  struct sbx_net_policy pol = { .enabled = true,
+                                .allow = allow,
+                                .n_allow = 2,
+                                .deny = deny,
+                                .n_deny = 2,
+                                .domains = domains,
+                                .n_domains = 2 };
+  char rule[160];
+  CHECK (!sbx_net_ip_verdict (&pol, NULL, 0, IP (198, 51, 100, 10), rule, sizeof rule)
+         && strcmp (rule, "denyOut 198.51.100.0/24") == 0);
+  CHECK (!sbx_net_ip_verdict (&pol, NULL, 0, IP (203, 0, 113, 1), rule, sizeof rule)
+         && strcmp (rule, "denyOut 0.0.0.0/0") == 0);
+  CHECK (sbx_net_ip_verdict (&pol, NULL, 0, IP (198, 51, 100, 11), rule, sizeof rule)
+         && strcmp (rule, "allowOut 198.51.100.11") == 0);
+  CHECK (!sbx_net_ip_verdict (&pol, NULL, 0, IP (10, 1, 2, 3), rule, sizeof rule)
+         && strcmp (rule, "platform 10.0.0.0/8") == 0);
+  struct sbx_cidr ops = { IP (10, 1, 0, 0), 16 };
+  CHECK (sbx_net_ip_verdict (&pol, &ops, 1, IP (10, 1, 2, 3), rule, sizeof rule)
+         && strcmp (rule, "allowOut 10.1.0.0/16") == 0);
+  CHECK (!sbx_net_ip_verdict (&pol, NULL, 0, IP (169, 254, 169, 254), rule, sizeof rule)
+         && strcmp (rule, "platform 169.254.0.0/16") == 0);
+  struct sbx_net_policy open = { .enabled = true };
+  CHECK (sbx_net_ip_verdict (&open, NULL, 0, IP (203, 0, 113, 1), rule, sizeof rule)
+         && strcmp (rule, "default internet") == 0);
+  struct sbx_net_policy none = { .enabled = false };
+  CHECK (!sbx_net_ip_verdict (&none, NULL, 0, IP (203, 0, 113, 1), rule, sizeof rule)
+         && strcmp (rule, "mode none") == 0);
+  /* the verdicts are sbx_net_ip_allowed's */
+  for (uint32_t ip = IP (198, 51, 99, 250); ip < IP (198, 51, 101, 5); ip++)
+    CHECK (sbx_net_ip_verdict (&pol, NULL, 0, ip, rule, sizeof rule) == sbx_net_ip_allowed (&pol, NULL, 0, ip));
+  CHECK (sbx_net_domain_rule (&pol, "Example.COM.") == domains[0]);
+  CHECK (sbx_net_domain_rule (&pol, "a.b.cdn.net") == domains[1]);
+  CHECK (sbx_net_domain_rule (&pol, "cdn.net") == NULL && sbx_net_domain_rule (&none, "example.com") == NULL);
+
+  const struct fake_memo memo[] = { { "example.com", IP (203, 0, 113, 10) }, { NULL, 0 } };
+  void *ctx = (void *) memo;
+  CHECK (sbx_netproxy_decide_why (&pol, NULL, 0, fake_remembered, ctx, "example.com", IP (203, 0, 113, 10), rule,
+                                  sizeof rule)
+         && strcmp (rule, "allowOut example.com") == 0);
+  CHECK (!sbx_netproxy_decide_why (&pol, NULL, 0, fake_remembered, ctx, "example.com", IP (203, 0, 113, 20), rule,
+                                   sizeof rule)
+         && strncmp (rule, "denyOut 0.0.0.0/0 (allowOut example.com:", 40) == 0);
+  CHECK (!sbx_netproxy_decide_why (&pol, NULL, 0, fake_remembered, ctx, "evil.com", IP (203, 0, 113, 10), rule,
+                                   sizeof rule)
+         && strcmp (rule, "denyOut 0.0.0.0/0") == 0);
+  CHECK (!sbx_netproxy_decide_why (&pol, NULL, 0, fake_remembered, ctx, "example.com", IP (127, 0, 0, 1), rule,
+                                   sizeof rule)
+         && strcmp (rule, "platform 127.0.0.0/8") == 0);
+  CHECK (sbx_netproxy_decide_why (&pol, NULL, 0, fake_remembered, ctx, NULL, IP (198, 51, 100, 11), rule,
+                                  sizeof rule)
+         && strcmp (rule, "allowOut 198.51.100.11") == 0);
+  CHECK (!sbx_netproxy_decide_why (NULL, NULL, 0, fake_remembered, ctx, "example.com", IP (203, 0, 113, 10), rule,
+                                   sizeof rule)
+         && strcmp (rule, "mode none") == 0);
+  /* a tiny buffer is not overrun */
+  char small[8];
+  sbx_netproxy_decide_why (&pol, NULL, 0, fake_remembered, ctx, "example.com", IP (203, 0, 113, 20), small,
+                           sizeof small);
+  CHECK (strlen (small) == sizeof small - 1);
+  ok ("egress rules: each verdict names the rule (and entry) that gave it");
+}
+
+/* The egress log of the sandbox at IP, newer than AFTER. */
+static size_t
+log_of (struct sbx_netproxy *p, uint32_t ip, uint64_t after, struct sbx_egress_record **out, uint64_t *dropped)
+{
+  size_t n = 0;
+  struct sbx_err err;
+  if (sbx_netproxy_egress_log (p, ip, after, 0, out, &n, dropped, &err) < 0)
+    return 0;
+  return n;
+}
+
 /* ------------------------------------------------ DNS end to end */
 
 struct upstream {
@@ -758,6 +1017,59 @@ test_dns (void)
   CHECK (upstream_queries (&u) == before);
   ok ("dns: AAAA answered with no records");
 
+  /* the decisions so far, as recorded */
+  struct sbx_egress_record *rec = NULL;
+  uint64_t dropped = 99;
+  size_t nrec = log_of (p, IP (127, 0, 0, 1), 0, &rec, &dropped);
+  CHECK (nrec == 7 && dropped == 0);
+  static const struct
+  {
+    const char *name, *verdict_rule, *addr;
+    enum sbx_egress_verdict verdict;
+  } want[] = { { "example.com", "allowOut example.com", "127.0.0.1", SBX_EGRESS_ALLOWED },
+               { "www.example.org", "allowOut *.example.org", "127.0.0.1", SBX_EGRESS_ALLOWED },
+               { "evil.com", "denyOut 0.0.0.0/0", "", SBX_EGRESS_DENIED },
+               { "example.org", "denyOut 0.0.0.0/0", "", SBX_EGRESS_DENIED },
+               { "evil.com", "denyOut 0.0.0.0/0", "", SBX_EGRESS_DENIED },
+               { "example.com", "IPv4 only (AAAA)", "", SBX_EGRESS_DENIED },
+               { "evil.com", "IPv4 only (AAAA)", "", SBX_EGRESS_DENIED } };
+  for (size_t i = 0; rec && i < nrec && i < 7; i++)
+    {
+      CHECK (rec[i].seq == i + 1 && strcmp (rec[i].proto, "dns") == 0 && strcmp (rec[i].name, want[i].name) == 0);
+      CHECK (rec[i].verdict == want[i].verdict && strcmp (rec[i].rule, want[i].verdict_rule) == 0);
+      CHECK (strcmp (rec[i].addr, want[i].addr) == 0 && rec[i].port == (want[i].addr[0] ? u.port : 0));
+      CHECK (rec[i].time_ms > 1700000000000ll && (i == 0 || rec[i].time_ms >= rec[i - 1].time_ms));
+    }
+  free (rec);
+  ok ("egress log: the DNS filter's decisions, names, rules and upstream, in order");
+
+  /* the kernel's decisions, as net.c hands them over */
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 1), SBX_KRULE_DENY, "tcp", IP (203, 0, 113, 5), 8080);
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 1), SBX_KRULE_PLATFORM, "udp", IP (10, 9, 8, 7), 53);
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 1), SBX_KRULE_HOST, "tcp", IP (127, 0, 0, 2), 22);
+  /* a rule the policy no longer has: the kind of rule only */
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 1), SBX_KRULE_ALLOW, "icmp", IP (203, 0, 113, 5), 0);
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 1), SBX_KRULE_INTERNET, "tcp", IP (203, 0, 113, 5), 443);
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 9), SBX_KRULE_DENY, "tcp", IP (203, 0, 113, 5), 8080); /* no sandbox */
+  sbx_netproxy_record_packet (p, IP (127, 0, 0, 1), (enum sbx_netproxy_kernel_rule) 42, "tcp", IP (203, 0, 113, 5),
+                              1);
+  nrec = log_of (p, IP (127, 0, 0, 1), 7, &rec, &dropped);
+  CHECK (nrec == 5);
+  if (nrec == 5)
+    {
+      CHECK (rec[0].seq == 8 && strcmp (rec[0].proto, "tcp") == 0 && strcmp (rec[0].addr, "203.0.113.5") == 0
+             && rec[0].port == 8080 && rec[0].verdict == SBX_EGRESS_DENIED && rec[0].name[0] == '\0'
+             && strcmp (rec[0].rule, "denyOut 0.0.0.0/0") == 0);
+      CHECK (strcmp (rec[1].rule, "platform 10.0.0.0/8") == 0 && strcmp (rec[1].proto, "udp") == 0
+             && rec[1].verdict == SBX_EGRESS_DENIED);
+      CHECK (strcmp (rec[2].rule, "host") == 0 && rec[2].verdict == SBX_EGRESS_DENIED);
+      CHECK (strcmp (rec[3].rule, "allowOut") == 0 && rec[3].verdict == SBX_EGRESS_ALLOWED && rec[3].port == 0);
+      CHECK (strcmp (rec[4].rule, "default internet") == 0 && rec[4].verdict == SBX_EGRESS_ALLOWED);
+    }
+  free (rec);
+  CHECK (log_of (p, IP (127, 0, 0, 9), 0, &rec, &dropped) == 0 && rec == NULL && dropped == 0);
+  ok ("egress log: the kernel's decisions get the policy's entry; unknown sources none");
+
   ask_udp (dport, "big.example.org", 1, 5000, &r);
   CHECK (r.got == 1 && r.tc == 1 && r.an == 0);
   ask_tcp (dport, "big.example.org", 1, &r);
@@ -788,7 +1100,8 @@ test_dns (void)
   close (idle);
   ask_udp (dport, "example.com", 1, 500, &r);
   CHECK (r.got == 0);
-  ok ("dns: a removed sandbox's connections close and its queries get no answer");
+  CHECK (log_of (p, IP (127, 0, 0, 1), 0, &rec, &dropped) == 0 && rec == NULL);
+  ok ("dns: a removed sandbox's connections close, its queries get no answer, its log is gone");
 
   /* stop with a TCP DNS connection open: its worker must leave at once */
   CHECK (sbx_netproxy_set (p, IP (127, 0, 0, 1), &pol, &err) == 0);
@@ -822,6 +1135,10 @@ main (void)
   test_http_stream ();
   test_memo ();
   test_decide ();
+  test_egress_ring ();
+  test_egress_rate ();
+  test_egress_packet ();
+  test_egress_rules ();
   test_dns ();
   printf ("%d checks passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

@@ -1,15 +1,17 @@
 /*
- * test_store.c - tests of src/daemon/store.c on a real SQLite file.
+ * test_store.c - tests of src/service/store.c on a real SQLite file.
  *
- * Everything runs in a temporary directory: organisations and limits, API
+ * Everything runs in a temporary directory: organisations, plans and
+ * limits, the migration of a version 1 file, API
  * keys (formats, lookup, revocation, and that no key is ever written in
- * clear, WAL file included), sandbox records, events and their filters,
+ * clear, WAL file included), sandbox records (by agent too), runs and
+ * their bounds, events and their filters,
  * webhooks, the delivery queue (per-webhook order, retries, final states),
  * persistence across close and reopen and across kill -9, a second
  * connection on the same file, and a small concurrency run.  No root, no network; a second or so.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
- *     tests/unit/test_store.c src/daemon/store.c src/common/error.c src/common/util.c \
+ *     tests/unit/test_store.c src/service/store.c src/service/plans.c src/common/error.c src/common/util.c \
  *     -lsqlite3 -ljansson -lcrypto -lpthread && /tmp/test_store
  */
 #include <ctype.h>
@@ -27,7 +29,8 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "daemon/store.h"
+#include "service/plans.h"
+#include "service/store.h"
 
 #include "check.h"
 
@@ -137,6 +140,7 @@ test_orgs (void)
   CHECK (good_id (o.id, "org_"));
   CHECK (strcmp (o.name, "acme") == 0);
   CHECK (o.max_sandboxes == 10 && o.max_timeout_s == 3600 && o.max_upload_bytes == 100ull * 1024 * 1024);
+  CHECK (strcmp (o.plan, "default") == 0 && o.monthly_hours == 0);
   CHECK_OK (sbx_store_org_ensure (st, "acme", &o2, err));
   CHECK (strcmp (o.id, o2.id) == 0);
 
@@ -148,7 +152,90 @@ test_orgs (void)
   CHECK (o2.max_sandboxes == 5 && o2.max_timeout_s == 600 && o2.max_upload_bytes == 1234);
   CHECK_ERR (sbx_store_org_set_limits (st, "nobody", 1, 1, 1, err), ENOENT);
   CHECK_ERR (sbx_store_org_ensure (st, "", &o2, err), EINVAL);
+  CHECK_ERR (sbx_store_org_ensure (st, "bad\nname", &o2, err), EINVAL);
+  CHECK_ERR (sbx_store_org_set_limits (st, "acme", 0, 7201, 0, err), EINVAL);
   org_a = o2;
+}
+
+/* Plans: the table, creating organisations on a plan, overriding limits,
+   listing, and what is refused. */
+static void
+test_plans (void)
+{
+  const struct sbx_plan *p = sbx_plan_find ("free");
+  CHECK (p && p->max_sandboxes == 3 && p->max_timeout_s == 300 && p->monthly_hours == 5);
+  p = sbx_plan_find ("builder");
+  CHECK (p && p->max_sandboxes == 3 && p->max_timeout_s == 1800 && p->monthly_hours == 50);
+  p = sbx_plan_find ("pro");
+  CHECK (p && p->max_sandboxes == 10 && p->max_timeout_s == 3600 && p->monthly_hours == 500);
+  p = sbx_plan_find ("scale");
+  CHECK (p && p->max_sandboxes == 50 && p->max_timeout_s == 7200 && p->monthly_hours == 5000);
+  CHECK (p && p->max_timeout_s <= SBX_PLAN_TIMEOUT_CAP);
+  p = sbx_plan_default ();
+  CHECK (strcmp (p->name, "default") == 0 && p->max_sandboxes == 10 && p->max_timeout_s == 3600
+         && p->monthly_hours == 0);
+  CHECK (sbx_plan_find ("gold") == NULL && sbx_plan_find (NULL) == NULL && sbx_plan_find ("Free") == NULL);
+  int nplans = 0;
+  for (const struct sbx_plan *const *v = sbx_plans (); *v; v++)
+    nplans++;
+  CHECK (nplans == 5);
+
+  struct sbx_org o = { .name = "startup", .plan = "free", .max_sandboxes = 3, .max_timeout_s = 300,
+                       .monthly_hours = 5 };
+  CHECK_OK (sbx_store_org_create (st, &o, err));
+  CHECK (good_id (o.id, "org_") && o.max_upload_bytes == 100ull * 1024 * 1024);
+  struct sbx_org g;
+  CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
+  CHECK (strcmp (g.id, o.id) == 0 && strcmp (g.plan, "free") == 0 && g.max_sandboxes == 3 && g.max_timeout_s == 300
+         && g.monthly_hours == 5 && g.max_upload_bytes == 100ull * 1024 * 1024);
+  /* ensure finds it as it is, and a key of it carries the plan */
+  CHECK_OK (sbx_store_org_ensure (st, "startup", &g, err));
+  CHECK (strcmp (g.plan, "free") == 0 && g.max_sandboxes == 3);
+  char key[64];
+  CHECK_OK (sbx_store_key_create (st, "startup", "sk-sb-", key, sizeof key, NULL, err));
+  CHECK_OK (sbx_store_key_lookup (st, key, &g, err));
+  CHECK (strcmp (g.plan, "free") == 0 && g.max_timeout_s == 300 && g.monthly_hours == 5);
+
+  struct sbx_org dup = o;
+  CHECK_ERR (sbx_store_org_create (st, &dup, err), EEXIST);
+  struct sbx_org bad = { .name = "b", .plan = "gold", .max_sandboxes = 1, .max_timeout_s = 1 };
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  snprintf (bad.plan, sizeof bad.plan, "pro");
+  bad.max_sandboxes = 0;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.max_sandboxes = 1;
+  bad.max_timeout_s = SBX_PLAN_TIMEOUT_CAP + 1;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.max_timeout_s = 0;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.max_timeout_s = 1;
+  bad.monthly_hours = SBX_PLAN_MONTHLY_HOURS_CAP + 1;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  CHECK_ERR (sbx_store_org_get (st, "b", &g, err), ENOENT);
+
+  /* the operator moves it to scale and overrides one limit */
+  o = (struct sbx_org){ .name = "startup", .plan = "scale", .max_sandboxes = 2, .max_timeout_s = 7200,
+                        .monthly_hours = 0 };
+  CHECK_OK (sbx_store_org_update (st, &o, err));
+  CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
+  CHECK (strcmp (g.plan, "scale") == 0 && g.max_sandboxes == 2 && g.max_timeout_s == 7200 && g.monthly_hours == 0);
+  CHECK_OK (sbx_store_key_lookup (st, key, &g, err));
+  CHECK (g.max_sandboxes == 2);
+  o.max_sandboxes = 0;
+  CHECK_ERR (sbx_store_org_update (st, &o, err), EINVAL);
+  snprintf (o.name, sizeof o.name, "nobody");
+  o.max_sandboxes = 1;
+  CHECK_ERR (sbx_store_org_update (st, &o, err), ENOENT);
+  CHECK_ERR (sbx_store_org_get (st, "nobody", &g, err), ENOENT);
+
+  struct sbx_org *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_org_list (st, &v, &n, err));
+  CHECK (n == 3);
+  if (n == 3)   /* oldest first */
+    CHECK (strcmp (v[0].name, "acme") == 0 && strcmp (v[1].name, "beta") == 0 && strcmp (v[2].name, "startup") == 0
+           && strcmp (v[2].plan, "scale") == 0 && v[2].max_sandboxes == 2);
+  free (v);
 }
 
 /* ------------------------------------------------------------------ keys */
@@ -352,6 +439,261 @@ test_sandboxes (void)
   sbx_sandbox_rec_free (&g);
   CHECK_OK (sbx_store_sandbox_count_live (st, "org_other", &live, err));
   CHECK (live == 1);
+}
+
+/* Seed 002's agent_id and mode, and listing by agent. */
+static void
+test_sandbox_agents (void)
+{
+  struct sbx_sandbox_rec a1 = rec ("ag1", "org_agents", "running", 100, NULL);
+  struct sbx_sandbox_rec a2 = rec ("ag2", "org_agents", "stopped", 200, NULL);
+  struct sbx_sandbox_rec a3 = rec ("ag3", "org_agents", "running", 300, NULL);
+  struct sbx_sandbox_rec a4 = rec ("ag4", "org_agents", "running", 400, NULL);
+  struct sbx_sandbox_rec a5 = rec ("ag5", "org_agents2", "running", 500, NULL);
+  snprintf (a1.agent_id, sizeof a1.agent_id, "data-processor");
+  snprintf (a1.mode, sizeof a1.mode, "container");
+  snprintf (a2.agent_id, sizeof a2.agent_id, "data-processor");
+  snprintf (a3.agent_id, sizeof a3.agent_id, "other");
+  snprintf (a3.mode, sizeof a3.mode, "wasm");
+  snprintf (a5.agent_id, sizeof a5.agent_id, "data-processor");
+  /* the longest agent id that fits, and its terminator */
+  memset (a4.agent_id, 'x', sizeof a4.agent_id - 1);
+  CHECK_OK (sbx_store_sandbox_put (st, &a1, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &a2, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &a3, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &a4, err));
+  CHECK_OK (sbx_store_sandbox_put (st, &a5, err));
+
+  struct sbx_sandbox_rec g;
+  CHECK_OK (sbx_store_sandbox_get (st, "ag1", &g, err));
+  CHECK (strcmp (g.agent_id, "data-processor") == 0 && strcmp (g.mode, "container") == 0);
+  sbx_sandbox_rec_free (&g);
+  CHECK_OK (sbx_store_sandbox_get (st, "ag3", &g, err));
+  CHECK (strcmp (g.agent_id, "other") == 0 && strcmp (g.mode, "wasm") == 0);
+  sbx_sandbox_rec_free (&g);
+  CHECK_OK (sbx_store_sandbox_get (st, "ag4", &g, err));
+  CHECK (strlen (g.agent_id) == sizeof g.agent_id - 1 && g.mode[0] == '\0');
+  sbx_sandbox_rec_free (&g);
+
+  struct sbx_sandbox_rec *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_sandbox_list_by_agent (st, "org_agents", "data-processor", NULL, &v, &n, err));
+  CHECK (n == 2 && strcmp (v[0].id, "ag2") == 0 && strcmp (v[1].id, "ag1") == 0);
+  sbx_sandbox_recs_free (v, n);
+  CHECK_OK (sbx_store_sandbox_list_by_agent (st, "org_agents", "data-processor", "running", &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].id, "ag1") == 0);
+  sbx_sandbox_recs_free (v, n);
+  CHECK_OK (sbx_store_sandbox_list_by_agent (st, "org_agents", "nobody", NULL, &v, &n, err));
+  CHECK (n == 0 && v == NULL);
+  CHECK_OK (sbx_store_sandbox_list_by_agent (st, "org_agents", NULL, NULL, &v, &n, err));
+  CHECK (n == 4);
+  sbx_sandbox_recs_free (v, n);
+  CHECK_OK (sbx_store_sandbox_list (st, "org_agents", "running", &v, &n, err));
+  CHECK (n == 3);
+  sbx_sandbox_recs_free (v, n);
+  /* the engine's later reports know no agent: the stored one stays */
+  struct sbx_sandbox_rec report = rec ("ag1", "org_agents", "paused", 100, "{\"k\":1}");
+  CHECK_OK (sbx_store_sandbox_put (st, &report, err));
+  CHECK_OK (sbx_store_sandbox_get (st, "ag1", &g, err));
+  CHECK (strcmp (g.status, "paused") == 0 && strcmp (g.agent_id, "data-processor") == 0
+         && strcmp (g.mode, "container") == 0 && g.metadata_json && strcmp (g.metadata_json, "{\"k\":1}") == 0);
+  sbx_sandbox_rec_free (&g);
+  /* set_agent after the engine wrote the record */
+  struct sbx_sandbox_rec fresh = rec ("ag6", "org_agents", "running", 600, NULL);
+  CHECK_OK (sbx_store_sandbox_put (st, &fresh, err));
+  CHECK_OK (sbx_store_sandbox_set_agent (st, "ag6", "late-agent", "wasm", err));
+  CHECK_OK (sbx_store_sandbox_get (st, "ag6", &g, err));
+  CHECK (strcmp (g.agent_id, "late-agent") == 0 && strcmp (g.mode, "wasm") == 0);
+  sbx_sandbox_rec_free (&g);
+  CHECK_OK (sbx_store_sandbox_set_agent (st, "ag6", NULL, NULL, err));
+  CHECK_OK (sbx_store_sandbox_get (st, "ag6", &g, err));
+  CHECK (g.agent_id[0] == '\0' && g.mode[0] == '\0');
+  sbx_sandbox_rec_free (&g);
+  CHECK_OK (sbx_store_sandbox_list_by_agent (st, "org_agents", "", NULL, &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].id, "ag6") == 0);
+  sbx_sandbox_recs_free (v, n);
+  CHECK_ERR (sbx_store_sandbox_set_agent (st, "nope", "a", "wasm", err), ENOENT);
+  char long_agent[200];
+  memset (long_agent, 'a', sizeof long_agent - 1);
+  long_agent[sizeof long_agent - 1] = '\0';
+  CHECK_ERR (sbx_store_sandbox_set_agent (st, "ag6", long_agent, "wasm", err), EINVAL);
+  CHECK_ERR (sbx_store_sandbox_set_agent (st, "ag6", "a", "webassembly-mode", err), EINVAL);
+
+  /* other organisations' sandboxes of the same agent stay apart */
+  CHECK_OK (sbx_store_sandbox_list_by_agent (st, "org_agents2", "data-processor", NULL, &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].id, "ag5") == 0);
+  sbx_sandbox_recs_free (v, n);
+}
+
+/* ------------------------------------------------------------------ runs */
+
+static struct sbx_run_rec
+new_run (const char *org, const char *sandbox, const char *code)
+{
+  struct sbx_run_rec r;
+  memset (&r, 0, sizeof r);
+  snprintf (r.org_id, sizeof r.org_id, "%s", org);
+  snprintf (r.sandbox_id, sizeof r.sandbox_id, "%s", sandbox);
+  r.code = (char *) code;
+  r.timeout_s = 30;
+  return r;
+}
+
+static char run_left_running[SBX_STORE_ID_MAX];
+
+static void
+test_runs (void)
+{
+  struct sbx_run_rec r1 = new_run ("org_r", "sbr1", "print(1)");
+  CHECK_OK (sbx_store_run_create (st, &r1, err));
+  CHECK (good_id (r1.id, "run_") && strcmp (r1.status, "running") == 0 && r1.created_ms > 0 && r1.exit_code == -1);
+
+  struct sbx_run_rec g;
+  CHECK_OK (sbx_store_run_get (st, "org_r", "sbr1", r1.id, &g, err));
+  CHECK (strcmp (g.status, "running") == 0 && strcmp (g.code, "print(1)") == 0 && g.stdout_text == NULL
+         && g.stderr_text == NULL && g.reason == NULL && g.exit_code == -1 && g.finished_ms == 0 && g.timeout_s == 30
+         && g.created_ms == r1.created_ms && strcmp (g.sandbox_id, "sbr1") == 0 && strcmp (g.org_id, "org_r") == 0);
+  sbx_run_rec_free (&g);
+  CHECK (g.code == NULL);
+  CHECK_OK (sbx_store_run_get (st, "org_r", NULL, r1.id, &g, err));
+  sbx_run_rec_free (&g);
+  /* another organisation, another sandbox, another id: not found */
+  CHECK_ERR (sbx_store_run_get (st, "org_x", "sbr1", r1.id, &g, err), ENOENT);
+  CHECK_ERR (sbx_store_run_get (st, "org_r", "sbr2", r1.id, &g, err), ENOENT);
+  CHECK_ERR (sbx_store_run_get (st, "org_r", "sbr1", "run_nope", &g, err), ENOENT);
+  CHECK_ERR (sbx_store_run_get (st, NULL, "sbr1", r1.id, &g, err), ENOENT);
+
+  /* finish: outputs, exit code, time */
+  snprintf (r1.status, sizeof r1.status, "completed");
+  r1.stdout_text = "1\n";
+  r1.stderr_text = "";
+  r1.exit_code = 0;
+  CHECK_OK (sbx_store_run_finish (st, &r1, err));
+  CHECK_OK (sbx_store_run_get (st, "org_r", "sbr1", r1.id, &g, err));
+  CHECK (strcmp (g.status, "completed") == 0 && strcmp (g.stdout_text, "1\n") == 0 && strcmp (g.stderr_text, "") == 0
+         && g.exit_code == 0 && g.finished_ms >= g.created_ms && !g.stdout_truncated && !g.stderr_truncated
+         && g.reason == NULL);
+  sbx_run_rec_free (&g);
+  /* a finished run stays as it finished */
+  snprintf (r1.status, sizeof r1.status, "failed");
+  CHECK_ERR (sbx_store_run_finish (st, &r1, err), EALREADY);
+  struct sbx_run_rec ghost = r1;
+  snprintf (ghost.id, sizeof ghost.id, "run_ghost");
+  CHECK_ERR (sbx_store_run_finish (st, &ghost, err), ENOENT);
+  /* another organisation cannot finish it */
+  struct sbx_run_rec r2 = new_run ("org_r", "sbr1", "while True: pass");
+  CHECK_OK (sbx_store_run_create (st, &r2, err));
+  struct sbx_run_rec foreign = r2;
+  snprintf (foreign.org_id, sizeof foreign.org_id, "org_x");
+  snprintf (foreign.status, sizeof foreign.status, "failed");
+  CHECK_ERR (sbx_store_run_finish (st, &foreign, err), ENOENT);
+  /* statuses a run cannot finish with */
+  snprintf (r2.status, sizeof r2.status, "running");
+  CHECK_ERR (sbx_store_run_finish (st, &r2, err), EINVAL);
+  snprintf (r2.status, sizeof r2.status, "done");
+  CHECK_ERR (sbx_store_run_finish (st, &r2, err), EINVAL);
+  /* timeout, with a reason and a given finish time */
+  snprintf (r2.status, sizeof r2.status, "timeout");
+  r2.exit_code = 137;
+  r2.reason = "timed out after 30 s";
+  r2.finished_ms = r2.created_ms + 30000;
+  r2.stderr_truncated = true;   /* cut before it got here */
+  CHECK_OK (sbx_store_run_finish (st, &r2, err));
+  CHECK_OK (sbx_store_run_get (st, "org_r", "sbr1", r2.id, &g, err));
+  CHECK (strcmp (g.status, "timeout") == 0 && g.exit_code == 137 && strcmp (g.reason, "timed out after 30 s") == 0
+         && g.finished_ms == r2.created_ms + 30000 && g.stdout_text == NULL && g.stderr_truncated
+         && !g.stdout_truncated);
+  sbx_run_rec_free (&g);
+
+  /* bounds: output past SBX_RUN_OUTPUT_MAX is cut on a character boundary */
+  struct sbx_run_rec r3 = new_run ("org_r", "sbr2", "print('é' * 10**6)");
+  CHECK_OK (sbx_store_run_create (st, &r3, err));
+  size_t big = SBX_RUN_OUTPUT_MAX + 10;
+  char *out = malloc (big + 1);
+  if (out == NULL)
+    die ("malloc");
+  /* "x" then é (two bytes) over and over: byte SBX_RUN_OUTPUT_MAX - 1 is
+     the first half of an é, so a cut at the limit would split it */
+  out[0] = 'x';
+  for (size_t i = 1; i + 2 < big; i += 2)
+    memcpy (out + i, "\xc3\xa9", 2);
+  out[big - 1] = 'x';
+  out[big] = '\0';
+  snprintf (r3.status, sizeof r3.status, "completed");
+  r3.stdout_text = out;
+  r3.stderr_text = "short";
+  CHECK_OK (sbx_store_run_finish (st, &r3, err));
+  CHECK_OK (sbx_store_run_get (st, "org_r", NULL, r3.id, &g, err));
+  size_t got = g.stdout_text ? strlen (g.stdout_text) : 0;
+  CHECK (g.stdout_truncated && !g.stderr_truncated && got == SBX_RUN_OUTPUT_MAX - 1);
+  CHECK (got && (unsigned char) g.stdout_text[got - 1] == 0xa9);   /* ends with a whole é */
+  CHECK (g.stdout_text && memcmp (g.stdout_text, out, got) == 0);
+  sbx_run_rec_free (&g);
+  free (out);
+  /* code past SBX_RUN_CODE_MAX is refused; a run needs its sandbox and org */
+  char *code = malloc (SBX_RUN_CODE_MAX + 2);
+  if (code == NULL)
+    die ("malloc");
+  memset (code, '#', SBX_RUN_CODE_MAX + 1);
+  code[SBX_RUN_CODE_MAX + 1] = '\0';
+  struct sbx_run_rec r4 = new_run ("org_r", "sbr2", code);
+  CHECK_ERR (sbx_store_run_create (st, &r4, err), EINVAL);
+  code[SBX_RUN_CODE_MAX] = '\0';
+  CHECK_OK (sbx_store_run_create (st, &r4, err));
+  free (code);
+  struct sbx_run_rec bad = new_run ("", "sbr2", "x");
+  CHECK_ERR (sbx_store_run_create (st, &bad, err), EINVAL);
+  bad = new_run ("org_r", "", "x");
+  CHECK_ERR (sbx_store_run_create (st, &bad, err), EINVAL);
+  /* a run of no code is a run of "" */
+  struct sbx_run_rec r5 = new_run ("org_r", "sbr1", NULL);
+  CHECK_OK (sbx_store_run_create (st, &r5, err));
+  snprintf (run_left_running, sizeof run_left_running, "%s", r5.id);
+
+  /* lists: newest first, per sandbox or the whole org, paged */
+  struct sbx_run_rec *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_run_list (st, "org_r", "sbr1", 0, 0, &v, &n, err));
+  CHECK (n == 3);
+  if (n == 3)
+    CHECK (strcmp (v[0].id, r5.id) == 0 && strcmp (v[1].id, r2.id) == 0 && strcmp (v[2].id, r1.id) == 0
+           && v[0].code && v[0].code[0] == '\0');
+  sbx_run_recs_free (v, n);
+  CHECK_OK (sbx_store_run_list (st, "org_r", NULL, 0, 0, &v, &n, err));
+  CHECK (n == 5);
+  sbx_run_recs_free (v, n);
+  CHECK_OK (sbx_store_run_list (st, "org_r", NULL, 1, 2, &v, &n, err));
+  CHECK (n == 2 && strcmp (v[0].id, r4.id) == 0 && strcmp (v[1].id, r3.id) == 0);
+  sbx_run_recs_free (v, n);
+  CHECK_OK (sbx_store_run_list (st, "org_x", "sbr1", 0, 0, &v, &n, err));
+  CHECK (n == 0 && v == NULL);
+  CHECK_OK (sbx_store_run_list (st, NULL, NULL, 0, 0, &v, &n, err));
+  CHECK (n == 0 && v == NULL);
+
+  /* unfinished ones of every organisation, oldest first */
+  struct sbx_run_rec r6 = new_run ("org_r2", "sbq", "x = 1");
+  CHECK_OK (sbx_store_run_create (st, &r6, err));
+  CHECK_OK (sbx_store_run_list_unfinished (st, &v, &n, err));
+  CHECK (n == 3);
+  if (n == 3)
+    CHECK (strcmp (v[0].id, r4.id) == 0 && strcmp (v[1].id, r5.id) == 0 && strcmp (v[2].id, r6.id) == 0
+           && strcmp (v[2].org_id, "org_r2") == 0);
+  sbx_run_recs_free (v, n);
+  /* recovery marks them failed */
+  snprintf (r4.status, sizeof r4.status, "failed");
+  r4.reason = "daemon restarted";
+  r4.code = NULL;
+  CHECK_OK (sbx_store_run_finish (st, &r4, err));
+  snprintf (r6.status, sizeof r6.status, "failed");
+  r6.reason = "daemon restarted";
+  CHECK_OK (sbx_store_run_finish (st, &r6, err));
+  CHECK_OK (sbx_store_run_list_unfinished (st, &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].id, r5.id) == 0);
+  sbx_run_recs_free (v, n);
+  CHECK_OK (sbx_store_run_get (st, "org_r", "sbr2", r4.id, &g, err));
+  CHECK (strcmp (g.status, "failed") == 0 && strcmp (g.reason, "daemon restarted") == 0 && g.code
+         && strlen (g.code) == SBX_RUN_CODE_MAX);
+  sbx_run_rec_free (&g);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -739,7 +1081,17 @@ test_reopen (void)
   CHECK_ERR (sbx_store_key_lookup (st, key_e2b, &o, err), EKEYREVOKED);
   int n = 0;
   CHECK_OK (sbx_store_key_count (st, &n, err));
-  CHECK (n == 3);
+  CHECK (n == 4);
+  CHECK_OK (sbx_store_org_get (st, "startup", &o, err));
+  CHECK (strcmp (o.plan, "scale") == 0 && o.max_sandboxes == 2 && o.max_timeout_s == 7200);
+  struct sbx_run_rec *runs = NULL;
+  size_t nruns = 0;
+  CHECK_OK (sbx_store_run_list_unfinished (st, &runs, &nruns, err));
+  CHECK (nruns == 1 && strcmp (runs[0].id, run_left_running) == 0);
+  sbx_run_recs_free (runs, nruns);
+  CHECK_OK (sbx_store_run_list (st, "org_r", NULL, 0, 0, &runs, &nruns, err));
+  CHECK (nruns == 5);
+  sbx_run_recs_free (runs, nruns);
 
   struct sbx_sandbox_rec g;
   CHECK_OK (sbx_store_sandbox_get (st, "sb3", &g, err));
@@ -785,14 +1137,15 @@ test_reopen (void)
   CHECK (sqlite3_open_v2 (db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
   sqlite3_stmt *s = NULL;
   CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
-  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 1);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 2);
   sqlite3_finalize (s);
   CHECK (sqlite3_prepare_v2 (db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN"
                                  " ('api_keys_hash', 'sandboxes_org_started', 'events_org_seq',"
-                                 " 'events_sandbox_seq', 'deliveries_state_next', 'deliveries_webhook')",
+                                 " 'events_sandbox_seq', 'deliveries_state_next', 'deliveries_webhook',"
+                                 " 'sandboxes_org_agent', 'runs_sandbox_created', 'runs_org_created', 'runs_running')",
                              -1, &s, NULL)
          == SQLITE_OK);
-  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 6);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 10);
   sqlite3_finalize (s);
   CHECK (sqlite3_prepare_v2 (db, "PRAGMA journal_mode", -1, &s, NULL) == SQLITE_OK);
   CHECK (s && sqlite3_step (s) == SQLITE_ROW && strcmp ((const char *) sqlite3_column_text (s, 0), "wal") == 0);
@@ -823,11 +1176,75 @@ test_newer_schema (void)
   snprintf (path, sizeof path, "%s/newer.db", dir);
   sqlite3 *db = NULL;
   CHECK (sqlite3_open (path, &db) == SQLITE_OK
-         && sqlite3_exec (db, "PRAGMA user_version = 2", NULL, NULL, NULL) == SQLITE_OK);
+         && sqlite3_exec (db, "PRAGMA user_version = 99", NULL, NULL, NULL) == SQLITE_OK);
   sqlite3_close (db);
   struct sbx_store *s = NULL;
   CHECK_ERR (sbx_store_open (path, &s, err), EPROTO);
   CHECK (s == NULL);
+}
+
+/* A file written by the first sbxd (schema version 1) opens, keeps its
+   rows and gains the new columns with their defaults. */
+static const char v1_schema[]
+    = "CREATE TABLE orgs (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_sandboxes INTEGER NOT NULL,"
+      " max_timeout_s INTEGER NOT NULL, max_upload_bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL);"
+      "CREATE TABLE sandboxes (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, template_id TEXT NOT NULL,"
+      " status TEXT NOT NULL, metadata TEXT, started_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,"
+      " stopped_ms INTEGER NOT NULL, stop_reason TEXT NOT NULL, cpu_count INTEGER NOT NULL,"
+      " memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL);"
+      "INSERT INTO orgs VALUES ('org_old', 'old', 4, 900, 1000, 1);"
+      "INSERT INTO sandboxes VALUES ('sb_old', 'org_old', 'base', 'running', NULL, 5, 6, 0, '', 1, 256, 512);"
+      "PRAGMA user_version = 1;";
+
+static void
+test_migration (void)
+{
+  char path[PATH_MAX + 16];
+  snprintf (path, sizeof path, "%s/v1.db", dir);
+  sqlite3 *db = NULL;
+  CHECK (sqlite3_open (path, &db) == SQLITE_OK && sqlite3_exec (db, v1_schema, NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close (db);
+
+  for (int round = 0; round < 2; round++)   /* the second open finds nothing to migrate */
+    {
+      struct sbx_store *s = NULL;
+      CHECK_OK (sbx_store_open (path, &s, err));
+      if (s == NULL)
+        return;
+      struct sbx_org o;
+      CHECK_OK (sbx_store_org_get (s, "old", &o, err));
+      /* the first round sets 7 monthly hours, which the second finds */
+      CHECK (strcmp (o.id, "org_old") == 0 && strcmp (o.plan, "default") == 0
+             && o.monthly_hours == (round ? 7u : 0u) && o.max_sandboxes == 4 && o.max_timeout_s == 900);
+      o.monthly_hours = 7;
+      if (round == 0)
+        CHECK_OK (sbx_store_org_update (s, &o, err));
+      struct sbx_sandbox_rec r;
+      CHECK_OK (sbx_store_sandbox_get (s, "sb_old", &r, err));
+      CHECK (strcmp (r.status, "running") == 0 && r.memory_mb == 256 && r.agent_id[0] == '\0' && r.mode[0] == '\0');
+      sbx_sandbox_rec_free (&r);
+      struct sbx_sandbox_rec *v = NULL;
+      size_t n = 0;
+      CHECK_OK (sbx_store_sandbox_list_by_agent (s, "org_old", "", NULL, &v, &n, err));
+      CHECK (n == 1);
+      sbx_sandbox_recs_free (v, n);
+      if (round == 0)
+        {
+          struct sbx_run_rec run = new_run ("org_old", "sb_old", "1");
+          CHECK_OK (sbx_store_run_create (s, &run, err));
+        }
+      struct sbx_run_rec *runs = NULL;
+      CHECK_OK (sbx_store_run_list (s, "org_old", "sb_old", 0, 0, &runs, &n, err));
+      CHECK (n == 1);
+      sbx_run_recs_free (runs, n);
+      sbx_store_close (s);
+    }
+  CHECK (sqlite3_open (path, &db) == SQLITE_OK);
+  sqlite3_stmt *s = NULL;
+  CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 2);
+  sqlite3_finalize (s);
+  sqlite3_close (db);
 }
 
 /* ----------------------------------------------------------- concurrency */
@@ -981,14 +1398,18 @@ main (void)
 
   test_orgs ();
   test_keys ();
+  test_plans ();
   check_no_plain_keys ("open");
   test_sandboxes ();
+  test_sandbox_agents ();
+  test_runs ();
   test_events ();
   test_webhooks ();
   test_deliveries ();
   test_reopen ();
   test_second_connection ();
   test_newer_schema ();
+  test_migration ();
   test_concurrency ();
   test_kill9 ();
   check_no_plain_keys ("end");

@@ -9,9 +9,10 @@
  *
  * Tables:
  *
- *   orgs        organisations and their limits
+ *   orgs        organisations, their plan and limits (plans.h)
  *   api_keys    SHA-256 of each key (never the key), its hint and its org
  *   sandboxes   one record per sandbox, replaced whole on every change
+ *   runs        code run in a sandbox and its outcome (seed 002's /run)
  *   events      lifecycle events; seq (AUTOINCREMENT) orders them
  *   webhooks    subscriptions; events is a JSON array of event types
  *   deliveries  one row per (webhook, event): the outbox of the webhook
@@ -20,6 +21,10 @@
  * An event and the deliveries it causes are written in one transaction,
  * so a crash never loses a notification nor sends one for an event that
  * was not recorded.
+ *
+ * The schema is versioned (PRAGMA user_version); columns added since
+ * version 1 are listed in added_columns[] and added to older files at
+ * open, so that existing state directories keep working.
  *
  * Every statement is prepared once at open (SQLITE_PREPARE_PERSISTENT),
  * with bound parameters only, and reset after each use; the API key lookup
@@ -41,16 +46,15 @@
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "plans.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define ID_RANDOM_CHARS 20
 #define KEY_RANDOM_BYTES 20       /* 40 hex characters */
 #define KEY_HINT_CHARS 10
 #define MAX_KEY_LEN 256           /* longer "keys" are refused unhashed */
 #define MAX_DELIVERY_ERROR 1000   /* bytes of last_error kept */
 
-#define DEFAULT_MAX_SANDBOXES 10
-#define DEFAULT_MAX_TIMEOUT_S 3600
 #define DEFAULT_MAX_UPLOAD_BYTES (100ull * 1024 * 1024)
 
 /* ---------------------------------------------------------------- schema */
@@ -62,7 +66,9 @@ static const char schema_sql[]
       "  max_sandboxes INTEGER NOT NULL,"
       "  max_timeout_s INTEGER NOT NULL,"
       "  max_upload_bytes INTEGER NOT NULL,"
-      "  created_ms INTEGER NOT NULL);"
+      "  created_ms INTEGER NOT NULL,"
+      "  plan TEXT NOT NULL DEFAULT 'default',"
+      "  monthly_hours INTEGER NOT NULL DEFAULT 0);"
       "CREATE TABLE IF NOT EXISTS api_keys ("
       "  id TEXT PRIMARY KEY,"
       "  org_id TEXT NOT NULL REFERENCES orgs (id),"
@@ -86,8 +92,29 @@ static const char schema_sql[]
       "  stop_reason TEXT NOT NULL,"
       "  cpu_count INTEGER NOT NULL,"
       "  memory_mb INTEGER NOT NULL,"
-      "  disk_mb INTEGER NOT NULL);"
+      "  disk_mb INTEGER NOT NULL,"
+      "  agent_id TEXT NOT NULL DEFAULT '',"
+      "  mode TEXT NOT NULL DEFAULT '');"
       "CREATE INDEX IF NOT EXISTS sandboxes_org_started ON sandboxes (org_id, started_ms);"
+      "CREATE TABLE IF NOT EXISTS runs ("
+      "  id TEXT PRIMARY KEY,"
+      "  sandbox_id TEXT NOT NULL,"
+      "  org_id TEXT NOT NULL,"
+      "  status TEXT NOT NULL,"           /* running, completed, failed, timeout */
+      "  code TEXT NOT NULL,"
+      "  stdout TEXT,"
+      "  stderr TEXT,"
+      "  exit_code INTEGER NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  finished_ms INTEGER NOT NULL,"
+      "  timeout_s INTEGER NOT NULL,"
+      "  reason TEXT,"
+      "  stdout_truncated INTEGER NOT NULL,"
+      "  stderr_truncated INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS runs_sandbox_created ON runs (sandbox_id, created_ms);"
+      "CREATE INDEX IF NOT EXISTS runs_org_created ON runs (org_id, created_ms);"
+      /* start-up recovery reads the unfinished ones, a handful among many */
+      "CREATE INDEX IF NOT EXISTS runs_running ON runs (created_ms) WHERE status = 'running';"
       "CREATE TABLE IF NOT EXISTS events ("
       "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
       "  id TEXT NOT NULL UNIQUE,"
@@ -123,12 +150,23 @@ static const char schema_sql[]
       "CREATE INDEX IF NOT EXISTS deliveries_state_next ON deliveries (state, next_ms);"
       "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);";
 
+/* Indexes on columns added_columns[] (below) may have had to add first. */
+static const char schema_indexes_sql[]
+    = "CREATE INDEX IF NOT EXISTS sandboxes_org_agent ON sandboxes (org_id, agent_id, started_ms);";
+
+#define SBX_STRINGIFY_(x) #x
+#define SBX_STRINGIFY(x) SBX_STRINGIFY_ (x)
+
 /* ------------------------------------------------------------ statements */
 
-#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes"
+#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes, o.plan, o.monthly_hours"
+#define ORG_NCOLS 7
 #define SB_COLS                                                                                        \
   "id, org_id, template_id, status, metadata, started_ms, end_ms, stopped_ms, stop_reason, cpu_count, " \
-  "memory_mb, disk_mb"
+  "memory_mb, disk_mb, agent_id, mode"
+#define RUN_COLS                                                                                       \
+  "id, sandbox_id, org_id, status, code, stdout, stderr, exit_code, created_ms, finished_ms, timeout_s, " \
+  "reason, stdout_truncated, stderr_truncated"
 #define EV_COLS "seq, id, org_id, sandbox_id, template_id, type, timestamp_ms, data"
 #define WH_COLS "w.id, w.org_id, w.name, w.url, w.enabled, w.events, w.secret, w.created_ms"
 #define DL_COLS                                                                                        \
@@ -159,6 +197,8 @@ enum stmt_id
   S_ORG_BY_NAME,
   S_ORG_INSERT,
   S_ORG_LIMITS,
+  S_ORG_UPDATE,
+  S_ORG_LIST,
   S_KEY_INSERT,
   S_KEY_LOOKUP,
   S_KEY_LIST,
@@ -168,6 +208,16 @@ enum stmt_id
   S_SB_GET,
   S_SB_LIST,
   S_SB_LIVE,
+  S_SB_DELETE,
+  S_SB_LIVE_ALL,
+  S_SB_AGENT,
+  S_RUN_INSERT,
+  S_RUN_FINISH,
+  S_RUN_STATUS,
+  S_RUN_GET,
+  S_RUN_LIST_ORG,
+  S_RUN_LIST_SB,
+  S_RUN_UNFINISHED,
   S_EV_INSERT,
   S_EV_QUEUE,
   S_EV_BY_ID,
@@ -196,13 +246,16 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_ROLLBACK] = "ROLLBACK",
 
   [S_ORG_BY_NAME] = "SELECT " ORG_COLS " FROM orgs AS o WHERE o.name = ?1",
-  [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms)"
-                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+  [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms,"
+                   " plan, monthly_hours) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
   [S_ORG_LIMITS] = "UPDATE orgs SET"
                    " max_sandboxes = CASE WHEN ?2 > 0 THEN ?2 ELSE max_sandboxes END,"
                    " max_timeout_s = CASE WHEN ?3 > 0 THEN ?3 ELSE max_timeout_s END,"
                    " max_upload_bytes = CASE WHEN ?4 > 0 THEN ?4 ELSE max_upload_bytes END"
                    " WHERE name = ?1",
+  [S_ORG_UPDATE] = "UPDATE orgs SET plan = ?2, max_sandboxes = ?3, max_timeout_s = ?4, monthly_hours = ?5"
+                   " WHERE name = ?1",
+  [S_ORG_LIST] = "SELECT " ORG_COLS " FROM orgs AS o ORDER BY o.created_ms, o.rowid",
 
   [S_KEY_INSERT] = "INSERT INTO api_keys (id, org_id, hash, hint, created_ms, revoked_ms)"
                    " VALUES (?1, ?2, ?3, ?4, ?5, 0)",
@@ -215,12 +268,40 @@ static const char *const stmt_sql[S_COUNT] = {
                    " WHERE id = ?1 OR hash = ?2",
   [S_KEY_COUNT] = "SELECT COUNT(*) FROM api_keys",
 
-  [S_SB_PUT] = "INSERT OR REPLACE INTO sandboxes (" SB_COLS ")"
-               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+  /* The whole record but agent_id and mode, which the engine's reports
+     (events.c) do not know: an empty one keeps what is stored. */
+  [S_SB_PUT] = "INSERT INTO sandboxes (" SB_COLS ")"
+               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+               " ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, template_id = excluded.template_id,"
+               " status = excluded.status, metadata = excluded.metadata, started_ms = excluded.started_ms,"
+               " end_ms = excluded.end_ms, stopped_ms = excluded.stopped_ms, stop_reason = excluded.stop_reason,"
+               " cpu_count = excluded.cpu_count, memory_mb = excluded.memory_mb, disk_mb = excluded.disk_mb,"
+               " agent_id = CASE WHEN excluded.agent_id = '' THEN agent_id ELSE excluded.agent_id END,"
+               " mode = CASE WHEN excluded.mode = '' THEN mode ELSE excluded.mode END",
+  [S_SB_AGENT] = "UPDATE sandboxes SET agent_id = ?2, mode = ?3 WHERE id = ?1",
   [S_SB_GET] = "SELECT " SB_COLS " FROM sandboxes WHERE id = ?1",
+  /* placeholders of creates in progress ("rsv_...") are not listed */
   [S_SB_LIST] = "SELECT " SB_COLS " FROM sandboxes WHERE org_id = ?1 AND (?2 IS NULL OR status = ?2)"
+                " AND (?3 IS NULL OR agent_id = ?3) AND id NOT LIKE 'rsv!_%' ESCAPE '!'"
                 " ORDER BY started_ms DESC, id",
   [S_SB_LIVE] = "SELECT COUNT(*) FROM sandboxes WHERE org_id = ?1 AND status IN ('running', 'paused', 'creating')",
+  [S_SB_DELETE] = "DELETE FROM sandboxes WHERE id = ?1",
+  [S_SB_LIVE_ALL] = "SELECT " SB_COLS " FROM sandboxes WHERE status IN ('running', 'paused', 'creating')"
+                    " ORDER BY started_ms, id",
+
+  [S_RUN_INSERT] = "INSERT INTO runs (" RUN_COLS ")"
+                   " VALUES (?1, ?2, ?3, 'running', ?4, NULL, NULL, -1, ?5, 0, ?6, NULL, 0, 0)",
+  /* Only a running run finishes, once. */
+  [S_RUN_FINISH] = "UPDATE runs SET status = ?3, stdout = ?4, stderr = ?5, exit_code = ?6, finished_ms = ?7,"
+                   " reason = ?8, stdout_truncated = ?9, stderr_truncated = ?10"
+                   " WHERE id = ?1 AND org_id = ?2 AND status = 'running'",
+  [S_RUN_STATUS] = "SELECT status FROM runs WHERE id = ?1 AND org_id = ?2",
+  [S_RUN_GET] = "SELECT " RUN_COLS " FROM runs WHERE id = ?1 AND org_id = ?2 AND (?3 IS NULL OR sandbox_id = ?3)",
+  [S_RUN_LIST_ORG] = "SELECT " RUN_COLS " FROM runs WHERE org_id = ?1"
+                     " ORDER BY created_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4",
+  [S_RUN_LIST_SB] = "SELECT " RUN_COLS " FROM runs WHERE sandbox_id = ?2 AND +org_id = ?1"
+                    " ORDER BY created_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4",
+  [S_RUN_UNFINISHED] = "SELECT " RUN_COLS " FROM runs WHERE status = 'running' ORDER BY created_ms, rowid",
 
   [S_EV_INSERT] = "INSERT INTO events (id, org_id, sandbox_id, template_id, type, timestamp_ms, data)"
                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -595,6 +676,56 @@ exec (struct sbx_store *st, const char *sql, int (*cb) (void *, int, char **, ch
   return 0;
 }
 
+/* Columns added since schema version 1.  A file written by an older sbxd
+   gets them on open, with these defaults; CREATE TABLE above already has
+   them for a new file.  Only ever append to this list. */
+static const struct
+{
+  const char *table, *column, *decl;
+} added_columns[] = {
+  { "orgs", "plan", "TEXT NOT NULL DEFAULT 'default'" },
+  { "orgs", "monthly_hours", "INTEGER NOT NULL DEFAULT 0" },
+  { "sandboxes", "agent_id", "TEXT NOT NULL DEFAULT ''" },
+  { "sandboxes", "mode", "TEXT NOT NULL DEFAULT ''" },
+};
+
+/* 1 when TABLE has COLUMN, 0 when not. */
+static int
+has_column (struct sbx_store *st, const char *table, const char *column, struct sbx_err *err)
+{
+  sqlite3_stmt *s = NULL;
+  int rc = sqlite3_prepare_v2 (st->db, "SELECT 1 FROM pragma_table_info (?1) WHERE name = ?2", -1, &s, NULL);
+  if (rc != SQLITE_OK)
+    return db_fail (st->db, rc, err, "schema");
+  rc = bind_text (s, 1, table) | bind_text (s, 2, column);
+  int r = bind_check (st, rc, err, "schema");
+  if (r == 0)
+    r = step_row (st, s, err, "schema");
+  sqlite3_finalize (s);
+  return r;
+}
+
+static int
+migrate_columns (struct sbx_store *st, struct sbx_err *err)
+{
+  for (size_t i = 0; i < sizeof added_columns / sizeof added_columns[0]; i++)
+    {
+      char sql[256];
+      int r = has_column (st, added_columns[i].table, added_columns[i].column, err);
+      if (r < 0)
+        return -1;
+      if (r > 0)
+        continue;
+      /* Names from the table above, never from input: ALTER TABLE takes
+         no bound parameters. */
+      snprintf (sql, sizeof sql, "ALTER TABLE %s ADD COLUMN %s %s", added_columns[i].table, added_columns[i].column,
+                added_columns[i].decl);
+      if (exec (st, sql, NULL, NULL, err, "add column") < 0)
+        return -1;
+    }
+  return 0;
+}
+
 static int
 create_schema (struct sbx_store *st, struct sbx_err *err)
 {
@@ -609,10 +740,12 @@ create_schema (struct sbx_store *st, struct sbx_err *err)
                  SCHEMA_VERSION);
       goto fail;
     }
-  if (exec (st, schema_sql, NULL, NULL, err, "create schema") < 0)
+  if (exec (st, schema_sql, NULL, NULL, err, "create schema") < 0 || migrate_columns (st, err) < 0
+      || exec (st, schema_indexes_sql, NULL, NULL, err, "create indexes") < 0)
     goto fail;
   /* A constant: PRAGMA takes no bound parameters. */
-  if (version < SCHEMA_VERSION && exec (st, "PRAGMA user_version = 1", NULL, NULL, err, "schema version") < 0)
+  if (version < SCHEMA_VERSION
+      && exec (st, "PRAGMA user_version = " SBX_STRINGIFY (SCHEMA_VERSION), NULL, NULL, err, "schema version") < 0)
     goto fail;
   if (exec (st, "COMMIT", NULL, NULL, err, "commit") < 0)
     goto fail;
@@ -717,6 +850,8 @@ org_from_row (sqlite3_stmt *s, struct sbx_org *o)
   o->max_sandboxes = (uint32_t) sqlite3_column_int64 (s, 2);
   o->max_timeout_s = (uint32_t) sqlite3_column_int64 (s, 3);
   o->max_upload_bytes = (uint64_t) sqlite3_column_int64 (s, 4);
+  COL_COPY (s, 5, o->plan);
+  o->monthly_hours = (uint32_t) sqlite3_column_int64 (s, 6);
 }
 
 static int
@@ -726,7 +861,46 @@ check_org_name (const char *name, struct sbx_err *err)
     return sbx_failx (err, EINVAL, "organisation name is empty");
   if (strlen (name) >= sizeof ((struct sbx_org *) 0)->name)
     return sbx_failx (err, EINVAL, "organisation name is too long");
+  for (const char *c = name; *c; c++)
+    if ((unsigned char) *c < 0x20 || *c == 0x7f)
+      return sbx_failx (err, EINVAL, "organisation name contains a control character");
   return 0;
+}
+
+/* The plan and limits of O are ones an organisation may have. */
+static int
+check_org_limits (const struct sbx_org *o, struct sbx_err *err)
+{
+  if (sbx_plan_find (o->plan) == NULL)
+    return sbx_failx (err, EINVAL, "unknown plan %.*s (%s)", (int) strnlen (o->plan, sizeof o->plan), o->plan,
+                      sbx_plan_names ());
+  if (o->max_sandboxes < 1 || o->max_sandboxes > SBX_PLAN_MAX_SANDBOXES_CAP)
+    return sbx_failx (err, EINVAL, "max sandboxes must be between 1 and %u", SBX_PLAN_MAX_SANDBOXES_CAP);
+  if (o->max_timeout_s < 1 || o->max_timeout_s > SBX_PLAN_TIMEOUT_CAP)
+    return sbx_failx (err, EINVAL, "max timeout must be between 1 and %u seconds", SBX_PLAN_TIMEOUT_CAP);
+  if (o->monthly_hours > SBX_PLAN_MONTHLY_HOURS_CAP)
+    return sbx_failx (err, EINVAL, "monthly hours must be at most %u (0: unlimited)", SBX_PLAN_MONTHLY_HOURS_CAP);
+  if (o->max_upload_bytes > INT64_MAX)
+    return sbx_failx (err, EINVAL, "upload limit too large");
+  return 0;
+}
+
+/* Insert O (id assigned into ID); 1 when inserted, 0 when the name exists. */
+static int
+org_insert (struct sbx_store *st, const struct sbx_org *o, char id[SBX_STORE_ID_MAX], struct sbx_err *err)
+{
+  if (random_id (id, SBX_STORE_ID_MAX, "org_", err) < 0)
+    return -1;
+  /* OR IGNORE: another process may have created it meanwhile. */
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_INSERT];
+  uint64_t upload = o->max_upload_bytes ? o->max_upload_bytes : DEFAULT_MAX_UPLOAD_BYTES;
+  int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, o->name) | sqlite3_bind_int64 (s, 3, o->max_sandboxes)
+           | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, (sqlite3_int64) upload)
+           | sqlite3_bind_int64 (s, 6, sbx_wall_ms ()) | BIND_FIXED (s, 7, o->plan)
+           | sqlite3_bind_int64 (s, 8, o->monthly_hours);
+  if (bind_check (st, rc, err, "create organisation") < 0 || step_done (st, s, err, "create organisation") < 0)
+    return -1;
+  return sqlite3_changes (st->db) > 0;
 }
 
 /* 1 and *OUT when the organisation exists, else 0. */
@@ -749,19 +923,14 @@ org_ensure_locked (struct sbx_store *st, const char *name, struct sbx_org *out, 
   if (r != 0)
     return r < 0 ? -1 : 0;
 
+  const struct sbx_plan *p = sbx_plan_default ();
+  struct sbx_org o = { .max_sandboxes = p->max_sandboxes, .max_timeout_s = p->max_timeout_s,
+                       .monthly_hours = p->monthly_hours };
   char id[SBX_STORE_ID_MAX];
-  if (random_id (id, sizeof id, "org_", err) < 0)
+  copy_str (o.name, sizeof o.name, name);
+  copy_str (o.plan, sizeof o.plan, p->name);
+  if (org_insert (st, &o, id, err) < 0)
     return -1;
-  {
-    /* OR IGNORE: another process may have created it meanwhile. */
-    cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_INSERT];
-    int rc = bind_text (s, 1, id) | bind_text (s, 2, name) | sqlite3_bind_int64 (s, 3, DEFAULT_MAX_SANDBOXES)
-             | sqlite3_bind_int64 (s, 4, DEFAULT_MAX_TIMEOUT_S)
-             | sqlite3_bind_int64 (s, 5, (sqlite3_int64) DEFAULT_MAX_UPLOAD_BYTES)
-             | sqlite3_bind_int64 (s, 6, sbx_wall_ms ());
-    if (bind_check (st, rc, err, "create organisation") < 0 || step_done (st, s, err, "create organisation") < 0)
-      return -1;
-  }
   r = org_find (st, name, out, err);
   if (r == 0)
     return sbx_failx (err, EIO, "database: organisation %s vanished", name);
@@ -779,6 +948,92 @@ sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *ou
 }
 
 int
+sbx_store_org_get (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err)
+{
+  memset (out, 0, sizeof *out);
+  if (check_org_name (name, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  int r = org_find (st, name, out, err);
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "organisation %s not found", name);
+  return 0;
+}
+
+int
+sbx_store_org_list (struct sbx_store *st, struct sbx_org **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_org *orgs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_LIST];
+  while ((r = step_row (st, s, err, "list organisations")) > 0)
+    {
+      struct sbx_org *one = sbx_grow (&orgs, &count, &cap, sizeof *orgs);
+      if (one == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      org_from_row (s, one);
+    }
+  if (r < 0)
+    {
+      free (orgs);
+      return -1;
+    }
+  *v = orgs;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_org_create (struct sbx_store *st, struct sbx_org *o, struct sbx_err *err)
+{
+  char id[SBX_STORE_ID_MAX];
+  if (o == NULL)
+    return sbx_failx (err, EINVAL, "no organisation");
+  o->name[sizeof o->name - 1] = '\0';
+  if (check_org_name (o->name, err) < 0 || check_org_limits (o, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  int r = org_insert (st, o, id, err);
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, EEXIST, "organisation %s already exists", o->name);
+  copy_str (o->id, sizeof o->id, id);
+  if (o->max_upload_bytes == 0)
+    o->max_upload_bytes = DEFAULT_MAX_UPLOAD_BYTES;
+  return 0;
+}
+
+int
+sbx_store_org_update (struct sbx_store *st, const struct sbx_org *o, struct sbx_err *err)
+{
+  if (o == NULL)
+    return sbx_failx (err, EINVAL, "no organisation");
+  if (strnlen (o->name, sizeof o->name) == sizeof o->name)
+    return sbx_failx (err, EINVAL, "organisation name is too long");
+  if (check_org_name (o->name, err) < 0 || check_org_limits (o, err) < 0)
+    return -1;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_UPDATE];
+  int rc = bind_text (s, 1, o->name) | BIND_FIXED (s, 2, o->plan) | sqlite3_bind_int64 (s, 3, o->max_sandboxes)
+           | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, o->monthly_hours);
+  if (bind_check (st, rc, err, "update organisation") < 0 || step_done (st, s, err, "update organisation") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "organisation %s not found", o->name);
+  return 0;
+}
+
+int
 sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_sandboxes, uint32_t max_timeout_s,
                           uint64_t max_upload_bytes, struct sbx_err *err)
 {
@@ -786,6 +1041,8 @@ sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_s
     return -1;
   if (max_upload_bytes > INT64_MAX)
     return sbx_failx (err, EINVAL, "upload limit too large");
+  if (max_timeout_s > SBX_PLAN_TIMEOUT_CAP || max_sandboxes > SBX_PLAN_MAX_SANDBOXES_CAP)
+    return sbx_failx (err, EINVAL, "limit out of bounds");
   cleanup_unlock struct sbx_store *locked = store_lock (st);
   cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_LIMITS];
   int rc = bind_text (s, 1, name) | sqlite3_bind_int64 (s, 2, max_sandboxes) | sqlite3_bind_int64 (s, 3, max_timeout_s)
@@ -879,7 +1136,7 @@ sbx_store_key_lookup (struct sbx_store *st, const char *key, struct sbx_org *org
     return -1;
   if (r == 0)
     return sbx_failx (err, ENOENT, "invalid API key");
-  if (sqlite3_column_int64 (s, 5) != 0)
+  if (sqlite3_column_int64 (s, ORG_NCOLS) != 0)
     return sbx_failx (err, EKEYREVOKED, "API key revoked");
   if (org)
     org_from_row (s, org);
@@ -989,7 +1246,24 @@ sandbox_from_row (sqlite3_stmt *s, struct sbx_sandbox_rec *r)
   r->cpu_count = (uint32_t) sqlite3_column_int64 (s, 9);
   r->memory_mb = (uint32_t) sqlite3_column_int64 (s, 10);
   r->disk_mb = (uint32_t) sqlite3_column_int64 (s, 11);
+  COL_COPY (s, 12, r->agent_id);
+  COL_COPY (s, 13, r->mode);
   return col_dup (s, 4, &r->metadata_json);
+}
+
+static int
+sandbox_put_locked (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
+{
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_PUT];
+  int rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | BIND_FIXED (s, 3, r->template_id)
+           | BIND_FIXED (s, 4, r->status) | bind_text (s, 5, r->metadata_json)
+           | sqlite3_bind_int64 (s, 6, r->started_ms) | sqlite3_bind_int64 (s, 7, r->end_ms)
+           | sqlite3_bind_int64 (s, 8, r->stopped_ms) | BIND_FIXED (s, 9, r->stop_reason)
+           | sqlite3_bind_int64 (s, 10, r->cpu_count) | sqlite3_bind_int64 (s, 11, r->memory_mb)
+           | sqlite3_bind_int64 (s, 12, r->disk_mb) | BIND_FIXED (s, 13, r->agent_id) | BIND_FIXED (s, 14, r->mode);
+  if (bind_check (st, rc, err, "save sandbox") < 0 || step_done (st, s, err, "save sandbox") < 0)
+    return -1;
+  return 0;
 }
 
 int
@@ -998,15 +1272,29 @@ sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, st
   if (r == NULL || r->id[0] == '\0')
     return sbx_failx (err, EINVAL, "sandbox record without id");
   cleanup_unlock struct sbx_store *locked = store_lock (st);
-  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_PUT];
-  int rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | BIND_FIXED (s, 3, r->template_id)
-           | BIND_FIXED (s, 4, r->status) | bind_text (s, 5, r->metadata_json)
-           | sqlite3_bind_int64 (s, 6, r->started_ms) | sqlite3_bind_int64 (s, 7, r->end_ms)
-           | sqlite3_bind_int64 (s, 8, r->stopped_ms) | BIND_FIXED (s, 9, r->stop_reason)
-           | sqlite3_bind_int64 (s, 10, r->cpu_count) | sqlite3_bind_int64 (s, 11, r->memory_mb)
-           | sqlite3_bind_int64 (s, 12, r->disk_mb);
-  if (bind_check (st, rc, err, "save sandbox") < 0 || step_done (st, s, err, "save sandbox") < 0)
+  return sandbox_put_locked (st, r, err);
+}
+
+int
+sbx_store_sandbox_set_agent (struct sbx_store *st, const char *id, const char *agent_id, const char *mode,
+                             struct sbx_err *err)
+{
+  if (id == NULL)
+    return sbx_failx (err, ENOENT, "sandbox not found");
+  agent_id = agent_id ? agent_id : "";
+  mode = mode ? mode : "";
+  if (strlen (agent_id) >= sizeof ((struct sbx_sandbox_rec *) 0)->agent_id)
+    return sbx_failx (err, EINVAL, "agent_id is longer than %zu bytes",
+                      sizeof ((struct sbx_sandbox_rec *) 0)->agent_id - 1);
+  if (strlen (mode) >= sizeof ((struct sbx_sandbox_rec *) 0)->mode)
+    return sbx_failx (err, EINVAL, "mode is too long");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_AGENT];
+  int rc = bind_text (s, 1, id) | bind_text (s, 2, agent_id) | bind_text (s, 3, mode);
+  if (bind_check (st, rc, err, "set sandbox agent") < 0 || step_done (st, s, err, "set sandbox agent") < 0)
     return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "sandbox not found");
   return 0;
 }
 
@@ -1034,6 +1322,13 @@ int
 sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
                         size_t *n, struct sbx_err *err)
 {
+  return sbx_store_sandbox_list_by_agent (st, org_id, NULL, status, v, n, err);
+}
+
+int
+sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const char *agent_id, const char *status,
+                                 struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err)
+{
   struct sbx_sandbox_rec *recs = NULL;
   size_t count = 0, cap = 0;
   int r;
@@ -1044,7 +1339,8 @@ sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *st
 
   cleanup_unlock struct sbx_store *locked = store_lock (st);
   cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIST];
-  if (bind_check (st, bind_text (s, 1, org_id) | bind_text (s, 2, status), err, "list sandboxes") < 0)
+  int rc = bind_text (s, 1, org_id) | bind_text (s, 2, status) | bind_text (s, 3, agent_id);
+  if (bind_check (st, rc, err, "list sandboxes") < 0)
     return -1;
   while ((r = step_row (st, s, err, "list sandboxes")) > 0)
     {
@@ -1082,6 +1378,220 @@ sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t
   return 0;
 }
 
+/* ------------------------------------------------------------------ runs */
+
+#define MAX_RUN_REASON 1000
+
+void
+sbx_run_rec_free (struct sbx_run_rec *r)
+{
+  if (r == NULL)
+    return;
+  free (r->code);
+  free (r->stdout_text);
+  free (r->stderr_text);
+  free (r->reason);
+  r->code = r->stdout_text = r->stderr_text = r->reason = NULL;
+}
+
+void
+sbx_run_recs_free (struct sbx_run_rec *v, size_t n)
+{
+  for (size_t i = 0; v && i < n; i++)
+    sbx_run_rec_free (&v[i]);
+  free (v);
+}
+
+/* The length of TEXT cut to at most MAX bytes, on a UTF-8 character
+   boundary; *CUT tells whether it was cut. */
+static int
+utf8_prefix_len (const char *text, size_t max, bool *cut)
+{
+  size_t l = strnlen (text, max + 1);
+  *cut = l > max;
+  if (*cut)
+    for (l = max; l > 0 && ((unsigned char) text[l] & 0xc0) == 0x80; l--)
+      ;
+  return (int) l;
+}
+
+/* Bind TEXT (NULL: SQL NULL) cut to MAX bytes; sets *CUT when it was. */
+static int
+bind_text_max (sqlite3_stmt *s, int i, const char *text, size_t max, bool *cut)
+{
+  *cut = false;
+  if (text == NULL)
+    return sqlite3_bind_null (s, i);
+  return sqlite3_bind_text (s, i, text, utf8_prefix_len (text, max, cut), SQLITE_TRANSIENT);
+}
+
+static int
+run_from_row (sqlite3_stmt *s, struct sbx_run_rec *r)
+{
+  memset (r, 0, sizeof *r);
+  COL_COPY (s, 0, r->id);
+  COL_COPY (s, 1, r->sandbox_id);
+  COL_COPY (s, 2, r->org_id);
+  COL_COPY (s, 3, r->status);
+  r->exit_code = sqlite3_column_int (s, 7);
+  r->created_ms = sqlite3_column_int64 (s, 8);
+  r->finished_ms = sqlite3_column_int64 (s, 9);
+  r->timeout_s = (uint32_t) sqlite3_column_int64 (s, 10);
+  r->stdout_truncated = sqlite3_column_int (s, 12) != 0;
+  r->stderr_truncated = sqlite3_column_int (s, 13) != 0;
+  if (col_dup (s, 4, &r->code) < 0 || col_dup (s, 5, &r->stdout_text) < 0 || col_dup (s, 6, &r->stderr_text) < 0
+      || col_dup (s, 11, &r->reason) < 0)
+    {
+      sbx_run_rec_free (r);
+      return -1;
+    }
+  return 0;
+}
+
+/* Step the bound statement S and collect its rows into *V, *N. */
+static int
+runs_collect (struct sbx_store *st, sqlite3_stmt *s, struct sbx_run_rec **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_run_rec *runs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  while ((r = step_row (st, s, err, "list runs")) > 0)
+    {
+      struct sbx_run_rec *one = sbx_grow (&runs, &count, &cap, sizeof *runs);
+      if (one == NULL || run_from_row (s, one) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_run_recs_free (runs, count);
+      return -1;
+    }
+  *v = runs;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_run_create (struct sbx_store *st, struct sbx_run_rec *r, struct sbx_err *err)
+{
+  if (r == NULL || r->sandbox_id[0] == '\0' || r->org_id[0] == '\0')
+    return sbx_failx (err, EINVAL, "run without sandbox or organisation");
+  const char *code = r->code ? r->code : "";
+  if (strnlen (code, SBX_RUN_CODE_MAX + 1) > SBX_RUN_CODE_MAX)
+    return sbx_failx (err, EINVAL, "code is longer than %d bytes", SBX_RUN_CODE_MAX);
+  char id[SBX_STORE_ID_MAX];
+  if (random_id (id, sizeof id, "run_", err) < 0)
+    return -1;
+  int64_t now = sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_INSERT];
+  int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, r->sandbox_id) | BIND_FIXED (s, 3, r->org_id)
+           | bind_text (s, 4, code) | sqlite3_bind_int64 (s, 5, now) | sqlite3_bind_int64 (s, 6, r->timeout_s);
+  if (bind_check (st, rc, err, "create run") < 0 || step_done (st, s, err, "create run") < 0)
+    return -1;
+  copy_str (r->id, sizeof r->id, id);
+  copy_str (r->status, sizeof r->status, "running");
+  r->created_ms = now;
+  r->finished_ms = 0;
+  r->exit_code = -1;
+  return 0;
+}
+
+int
+sbx_store_run_finish (struct sbx_store *st, const struct sbx_run_rec *r, struct sbx_err *err)
+{
+  if (r == NULL || r->id[0] == '\0')
+    return sbx_failx (err, EINVAL, "run without id");
+  const char *status = r->status;
+  if (strcmp (status, "completed") != 0 && strcmp (status, "failed") != 0 && strcmp (status, "timeout") != 0)
+    return sbx_failx (err, EINVAL, "a run finishes as completed, failed or timeout, not %.*s",
+                      (int) strnlen (status, sizeof r->status), status);
+  bool out_cut, err_cut, reason_cut;
+  int64_t finished = r->finished_ms ? r->finished_ms : sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_FINISH];
+    int rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | BIND_FIXED (s, 3, r->status)
+             | bind_text_max (s, 4, r->stdout_text, SBX_RUN_OUTPUT_MAX, &out_cut)
+             | bind_text_max (s, 5, r->stderr_text, SBX_RUN_OUTPUT_MAX, &err_cut)
+             | sqlite3_bind_int (s, 6, r->exit_code) | sqlite3_bind_int64 (s, 7, finished)
+             | bind_text_max (s, 8, r->reason, MAX_RUN_REASON, &reason_cut);
+    rc |= sqlite3_bind_int (s, 9, r->stdout_truncated || out_cut)
+          | sqlite3_bind_int (s, 10, r->stderr_truncated || err_cut);
+    if (bind_check (st, rc, err, "finish run") < 0 || step_done (st, s, err, "finish run") < 0)
+      return -1;
+    if (sqlite3_changes (st->db) > 0)
+      return 0;
+  }
+  /* Nothing changed: no such run, or one that is already finished. */
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_STATUS];
+  if (bind_check (st, BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id), err, "finish run") < 0)
+    return -1;
+  int found = step_row (st, s, err, "finish run");
+  if (found < 0)
+    return -1;
+  if (found == 0)
+    return sbx_failx (err, ENOENT, "run not found");
+  return sbx_failx (err, EALREADY, "run %s is already %s", r->id, (const char *) sqlite3_column_text (s, 0));
+}
+
+int
+sbx_store_run_get (struct sbx_store *st, const char *org_id, const char *sandbox_id, const char *run_id,
+                   struct sbx_run_rec *r, struct sbx_err *err)
+{
+  memset (r, 0, sizeof *r);
+  if (org_id == NULL || run_id == NULL)
+    return sbx_failx (err, ENOENT, "run not found");
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_GET];
+  int rc = bind_text (s, 1, run_id) | bind_text (s, 2, org_id) | bind_text (s, 3, sandbox_id);
+  if (bind_check (st, rc, err, "get run") < 0)
+    return -1;
+  int found = step_row (st, s, err, "get run");
+  if (found < 0)
+    return -1;
+  if (found == 0)
+    return sbx_failx (err, ENOENT, "run not found");
+  if (run_from_row (s, r) < 0)
+    return fail_nomem (err);
+  return 0;
+}
+
+int
+sbx_store_run_list (struct sbx_store *st, const char *org_id, const char *sandbox_id, uint32_t offset,
+                    uint32_t limit, struct sbx_run_rec **v, size_t *n, struct sbx_err *err)
+{
+  *v = NULL;
+  *n = 0;
+  if (org_id == NULL)
+    return 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[sandbox_id ? S_RUN_LIST_SB : S_RUN_LIST_ORG];
+  /* LIMIT -1: no limit. */
+  int rc = bind_text (s, 1, org_id) | sqlite3_bind_int64 (s, 3, limit ? (sqlite3_int64) limit : -1)
+           | sqlite3_bind_int64 (s, 4, offset);
+  if (sandbox_id)
+    rc |= bind_text (s, 2, sandbox_id);
+  if (bind_check (st, rc, err, "list runs") < 0)
+    return -1;
+  return runs_collect (st, s, v, n, err);
+}
+
+int
+sbx_store_run_list_unfinished (struct sbx_store *st, struct sbx_run_rec **v, size_t *n, struct sbx_err *err)
+{
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_RUN_UNFINISHED];
+  return runs_collect (st, s, v, n, err);
+}
+
 /* ---------------------------------------------------------------- events */
 
 void
@@ -1115,23 +1625,13 @@ event_from_row (sqlite3_stmt *s, struct sbx_event *e)
   return col_dup (s, 7, &e->data_json);
 }
 
-int
-sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err *err)
+/* Insert EV and queue its deliveries; the caller holds the lock and an open
+   transaction.  Fills EV's identity only in *SEQ and ID, which the caller
+   copies once the transaction commits. */
+static int
+event_add_tx (struct sbx_store *st, const struct sbx_event *ev, const char *id, int64_t now, int64_t ts, int64_t *seq,
+              struct sbx_err *err)
 {
-  if (ev == NULL || ev->type[0] == '\0' || ev->org_id[0] == '\0')
-    return sbx_failx (err, EINVAL, "event without type or organisation");
-  char id[SBX_STORE_ID_MAX];
-  if (random_uuid (id, sizeof id, err) < 0)
-    return -1;
-  int64_t now = sbx_wall_ms ();
-  int64_t ts = ev->timestamp_ms ? ev->timestamp_ms : now;
-  int64_t seq;
-
-  cleanup_unlock struct sbx_store *locked = store_lock (st);
-  cleanup_rollback struct sbx_store *tx = NULL;
-  if (run (st, S_BEGIN, err, "begin") < 0)
-    return -1;
-  tx = st;
   {
     cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_INSERT];
     int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, ev->org_id) | BIND_FIXED (s, 3, ev->sandbox_id)
@@ -1139,23 +1639,139 @@ sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err 
              | bind_text (s, 7, ev->data_json);
     if (bind_check (st, rc, err, "add event") < 0 || step_done (st, s, err, "add event") < 0)
       return -1;
-    seq = sqlite3_last_insert_rowid (st->db);
+    *seq = sqlite3_last_insert_rowid (st->db);
   }
-  {
-    cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_QUEUE];
-    int rc = bind_text (s, 1, id) | sqlite3_bind_int64 (s, 2, now) | BIND_FIXED (s, 3, ev->org_id)
-             | BIND_FIXED (s, 4, ev->type);
-    if (bind_check (st, rc, err, "queue deliveries") < 0 || step_done (st, s, err, "queue deliveries") < 0)
-      return -1;
-  }
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_EV_QUEUE];
+  int rc = bind_text (s, 1, id) | sqlite3_bind_int64 (s, 2, now) | BIND_FIXED (s, 3, ev->org_id)
+           | BIND_FIXED (s, 4, ev->type);
+  if (bind_check (st, rc, err, "queue deliveries") < 0 || step_done (st, s, err, "queue deliveries") < 0)
+    return -1;
+  return 0;
+}
+
+/* One transaction: delete record DROP_ID (may be NULL), save record R (may
+   be NULL), and add event EV (may be NULL) with its deliveries. */
+static int
+record_tx (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_rec *r, struct sbx_event *ev,
+           struct sbx_err *err)
+{
+  if (ev && (ev->type[0] == '\0' || ev->org_id[0] == '\0'))
+    return sbx_failx (err, EINVAL, "event without type or organisation");
+  if (r && r->id[0] == '\0')
+    return sbx_failx (err, EINVAL, "sandbox record without id");
+  char id[SBX_STORE_ID_MAX];
+  if (ev && random_uuid (id, sizeof id, err) < 0)
+    return -1;
+  int64_t now = sbx_wall_ms ();
+  int64_t ts = ev && ev->timestamp_ms ? ev->timestamp_ms : now;
+  int64_t seq = 0;
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  if (drop_id)
+    {
+      cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_DELETE];
+      if (bind_check (st, bind_text (s, 1, drop_id), err, "delete sandbox") < 0
+          || step_done (st, s, err, "delete sandbox") < 0)
+        return -1;
+    }
+  if (r && sandbox_put_locked (st, r, err) < 0)
+    return -1;
+  if (ev && event_add_tx (st, ev, id, now, ts, &seq, err) < 0)
+    return -1;
   if (run (st, S_COMMIT, err, "commit") < 0)
     return -1;
   tx = NULL;
 
   /* Only a committed event gets its identity. */
-  ev->seq = seq;
-  copy_str (ev->id, sizeof ev->id, id);
-  ev->timestamp_ms = ts;
+  if (ev)
+    {
+      ev->seq = seq;
+      copy_str (ev->id, sizeof ev->id, id);
+      ev->timestamp_ms = ts;
+    }
+  return 0;
+}
+
+int
+sbx_store_event_add (struct sbx_store *st, struct sbx_event *ev, struct sbx_err *err)
+{
+  if (ev == NULL)
+    return sbx_failx (err, EINVAL, "event without type or organisation");
+  return record_tx (st, NULL, NULL, ev, err);
+}
+
+int
+sbx_store_sandbox_record (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_rec *r,
+                          struct sbx_event *ev, struct sbx_err *err)
+{
+  return record_tx (st, drop_id, r, ev, err);
+}
+
+int
+sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                           char id[SBX_STORE_ID_MAX], struct sbx_err *err)
+{
+  if (random_id (id, SBX_STORE_ID_MAX, "rsv_", err) < 0)
+    return -1;
+  struct sbx_sandbox_rec r;
+  memset (&r, 0, sizeof r);
+  copy_str (r.id, sizeof r.id, id);
+  copy_str (r.org_id, sizeof r.org_id, org_id);
+  copy_str (r.template_id, sizeof r.template_id, template_id ? template_id : "");
+  copy_str (r.status, sizeof r.status, "creating");
+  r.started_ms = sbx_wall_ms ();
+
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE];
+    if (bind_check (st, bind_text (s, 1, org_id), err, "count sandboxes") < 0)
+      return -1;
+    int rr = step_row (st, s, err, "count sandboxes");
+    if (rr < 0)
+      return -1;
+    if (rr && (uint64_t) sqlite3_column_int64 (s, 0) >= max)
+      return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
+  }
+  if (sandbox_put_locked (st, &r, err) < 0 || run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
+}
+
+int
+sbx_store_sandbox_list_live (struct sbx_store *st, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec *recs = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE_ALL];
+  while ((r = step_row (st, s, err, "list live sandboxes")) > 0)
+    {
+      struct sbx_sandbox_rec *one = sbx_grow (&recs, &count, &cap, sizeof *recs);
+      if (one == NULL || sandbox_from_row (s, one) < 0)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_sandbox_recs_free (recs, count);
+      return -1;
+    }
+  *v = recs;
+  *n = count;
   return 0;
 }
 

@@ -1,7 +1,7 @@
 /*
  * store.h - the daemon's embedded store: one SQLite database (WAL) in the
  * state directory holding organisations, API keys, sandbox records and
- * their history, lifecycle events, webhooks and webhook deliveries.
+ * their history, runs, lifecycle events, webhooks and webhook deliveries.
  *
  * Everything survives a restart, kill -9 included.  The functions are
  * thread safe (one connection, serialised by a mutex; SQLite's WAL keeps
@@ -21,22 +21,40 @@
 #define SBX_STORE_ID_MAX 48
 
 struct sbx_store;
+struct sbx_event;
 
 int sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err);
 void sbx_store_close (struct sbx_store *st);
 
 /* ---- organisations ---- */
 
+/* An organisation and its limits.  PLAN (plans.h) names where the limits
+   came from; max_sandboxes, max_timeout_s and monthly_hours start as the
+   plan's and may each be overridden by the operator. */
 struct sbx_org {
   char id[SBX_STORE_ID_MAX];   /* "org_" + random */
   char name[128];
-  uint32_t max_sandboxes;      /* concurrent (running + paused); default 10 */
-  uint32_t max_timeout_s;      /* default 3600 */
+  char plan[16];               /* default, free, builder, pro, scale */
+  uint32_t max_sandboxes;      /* concurrent (running + paused) */
+  uint32_t max_timeout_s;      /* longest sandbox lifetime, at most SBX_PLAN_TIMEOUT_CAP */
+  uint32_t monthly_hours;      /* sandbox hours per month; 0: unlimited */
   uint64_t max_upload_bytes;   /* default 100 MB */
 };
 
-/* The organisation called NAME, created with the defaults if missing. */
+/* The organisation called NAME, created on the default plan if missing. */
 int sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
+/* The organisation called NAME; ENOENT when there is none. */
+int sbx_store_org_get (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
+/* Every organisation, oldest first; free *V with free(). */
+int sbx_store_org_list (struct sbx_store *st, struct sbx_org **v, size_t *n, struct sbx_err *err);
+/* Create organisation O->name with O's plan and limits (max_upload_bytes 0:
+   the default); fills O->id.  EEXIST when the name is taken, EINVAL for an
+   unknown plan or a limit out of bounds (see plans.h). */
+int sbx_store_org_create (struct sbx_store *st, struct sbx_org *o, struct sbx_err *err);
+/* Replace plan, max_sandboxes, max_timeout_s and monthly_hours of the
+   organisation O->name; ENOENT when there is none, EINVAL as above.
+   Running daemons see the change at their next request. */
+int sbx_store_org_update (struct sbx_store *st, const struct sbx_org *o, struct sbx_err *err);
 /* Change an organisation's limits (0 leaves a field as it is). */
 int sbx_store_org_set_limits (struct sbx_store *st, const char *name, uint32_t max_sandboxes, uint32_t max_timeout_s,
                               uint64_t max_upload_bytes, struct sbx_err *err);
@@ -76,20 +94,93 @@ struct sbx_sandbox_rec {
   int64_t started_ms, end_ms, stopped_ms;
   char stop_reason[32];        /* request, timeout, died, ... */
   uint32_t cpu_count, memory_mb, disk_mb;
+  char agent_id[128];          /* the agent it was created for (seed 002), "" when none */
+  char mode[16];               /* "container", "wasm", or "" when not given */
 };
 
 void sbx_sandbox_rec_free (struct sbx_sandbox_rec *r);
 void sbx_sandbox_recs_free (struct sbx_sandbox_rec *v, size_t n);
 
-/* Insert or replace the record R->id. */
+/* Insert or replace the record R->id; but an empty R->agent_id or R->mode
+   keeps the stored one (the engine's reports, events.c, do not know
+   them). */
 int sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err);
+/* Set agent_id and mode (NULL or "": none) of the existing record ID:
+   for the API to call after sbx_create, whose report wrote the record.
+   ENOENT when there is no record; EINVAL when a value does not fit. */
+int sbx_store_sandbox_set_agent (struct sbx_store *st, const char *id, const char *agent_id, const char *mode,
+                                 struct sbx_err *err);
 /* ENOENT when unknown. */
 int sbx_store_sandbox_get (struct sbx_store *st, const char *id, struct sbx_sandbox_rec *r, struct sbx_err *err);
 /* ORG's records, newest first; STATUS NULL for all. */
 int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
                             size_t *n, struct sbx_err *err);
+/* Take one of ORG's MAX concurrent sandboxes: in one transaction, count
+   its live records (creating, running, paused) and, below MAX, insert a
+   "creating" placeholder whose id ("rsv_...") is written to ID.  At MAX it
+   fails with kind SBX_E_LIMIT.  The placeholder is replaced by the real
+   record (sbx_store_sandbox_record) or dropped when the create fails. */
+int sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                               char id[SBX_STORE_ID_MAX], struct sbx_err *err);
+/* One transaction: delete record DROP_ID (may be NULL), save R (may be
+   NULL) and add EV (may be NULL; filled as by sbx_store_event_add) with
+   its webhook deliveries. */
+int sbx_store_sandbox_record (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_rec *r,
+                              struct sbx_event *ev, struct sbx_err *err);
+/* Live records (creating, running, paused) of every organisation, oldest
+   first: what start-up reconciles with the engine. */
+int sbx_store_sandbox_list_live (struct sbx_store *st, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
+/* The same, only those created for AGENT_ID (NULL: any agent, as above;
+   "": those created for none). */
+int sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const char *agent_id,
+                                     const char *status, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
 /* Running and paused sandboxes of ORG. */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
+
+/* ---- runs: code executed in a sandbox (seed 002's /run) ---- */
+
+/* Bounds: code longer than SBX_RUN_CODE_MAX is refused (EINVAL); output
+   past SBX_RUN_OUTPUT_MAX per stream is cut (on a UTF-8 character
+   boundary) and its *_truncated flag set; reason is cut at 1000 bytes. */
+#define SBX_RUN_CODE_MAX (1024 * 1024)
+#define SBX_RUN_OUTPUT_MAX (1024 * 1024)
+
+struct sbx_run_rec {
+  char id[SBX_STORE_ID_MAX];   /* "run_" + random, assigned by the store */
+  char sandbox_id[SBX_STORE_ID_MAX];
+  char org_id[SBX_STORE_ID_MAX];
+  char status[16];             /* running, completed, failed, timeout */
+  char *code;                  /* what was run */
+  char *stdout_text, *stderr_text;   /* NULL while running */
+  int exit_code;               /* -1 until finished */
+  int64_t created_ms, finished_ms;   /* finished_ms 0 while running */
+  uint32_t timeout_s;
+  char *reason;                /* why it failed, e.g. "daemon restarted"; NULL if none */
+  bool stdout_truncated, stderr_truncated;
+};
+
+void sbx_run_rec_free (struct sbx_run_rec *r);
+void sbx_run_recs_free (struct sbx_run_rec *v, size_t n);
+
+/* Record a new run of R->code in R->sandbox_id for R->org_id (both
+   required): fills R->id and R->created_ms, sets status "running" and
+   exit_code -1; outputs and reason are not stored yet. */
+int sbx_store_run_create (struct sbx_store *st, struct sbx_run_rec *r, struct sbx_err *err);
+/* Finish run R->id (of R->org_id): stores R's status (completed, failed
+   or timeout; EINVAL otherwise), outputs, exit_code, reason and
+   finished_ms (now when 0).  ENOENT when there is no such run. */
+int sbx_store_run_finish (struct sbx_store *st, const struct sbx_run_rec *r, struct sbx_err *err);
+/* Run RUN_ID of ORG_ID in SANDBOX_ID (NULL: in any sandbox); ENOENT
+   otherwise. */
+int sbx_store_run_get (struct sbx_store *st, const char *org_id, const char *sandbox_id, const char *run_id,
+                       struct sbx_run_rec *r, struct sbx_err *err);
+/* Runs of ORG_ID in SANDBOX_ID (NULL: all its sandboxes), newest first;
+   LIMIT 0: no limit. */
+int sbx_store_run_list (struct sbx_store *st, const char *org_id, const char *sandbox_id, uint32_t offset,
+                        uint32_t limit, struct sbx_run_rec **v, size_t *n, struct sbx_err *err);
+/* Every run still "running", of all organisations, oldest first: at
+   start-up these are runs a previous daemon did not finish. */
+int sbx_store_run_list_unfinished (struct sbx_store *st, struct sbx_run_rec **v, size_t *n, struct sbx_err *err);
 
 /* ---- lifecycle events ---- */
 

@@ -29,7 +29,7 @@
 #include <time.h>
 
 #include "../common/util.h"
-#include "json.h"
+#include "encode.h"
 
 /* Seconds after the first attempt at which retries are made: more and
    longer than E2B's three retries 10 s apart, so a receiver that is down

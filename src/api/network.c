@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "../core/net.h"
-#include "http_internal.h"
+#include "api.h"
 
 /* Append the strings of FROM (an array, or absent) to TO. */
 static int
@@ -92,12 +92,18 @@ network_object (struct http_server *h, const char *id, json_t *obj)
   struct sbx_err err;
   if (sbx_get_info (h->engine, id, &info, &err) < 0)
     return;
-  json_t *net = info.network_json ? json_loads (info.network_json, 0, NULL) : NULL;
-  if (net)
+  if (info.has_network)
     {
-      json_object_set (obj, "allowInternetAccess", json_object_get (net, "allowInternetAccess"));
-      json_object_del (net, "allowInternetAccess");
-      json_object_set_new (obj, "network", net);
+      json_t *net = sbx_net_policy_to_json (&info.network);
+      if (net && info.net_address[0])
+        {
+          json_object_set_new (net, "address", json_string (info.net_address));
+          json_object_set_new (net, "gateway", json_string (info.net_gateway));
+        }
+      json_object_set_new (obj, "allowInternetAccess",
+                           info.internet_asked ? json_boolean (info.internet_asked > 0) : json_null ());
+      if (net)
+        json_object_set_new (obj, "network", net);
     }
   sbx_info_free (&info);
 }
@@ -123,9 +129,7 @@ network_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   sbx_net_policy_free (&p);
   if (r == 0)
     return send_empty (c, 204);
-  if (err.code == ESRCH || err.code == ENOENT)
+  if (sbx_err_kind (&err) == SBX_E_NOT_FOUND)
     return send_error (c, 409, "sandbox is not running");
-  if (err.code == EOPNOTSUPP)
-    return send_error (c, 409, "%s", err.msg);
-  return send_core_error (c, &err);
+  return send_fail (c, &err);
 }

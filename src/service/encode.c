@@ -1,7 +1,7 @@
 /*
  * json.c - see json.h.
  */
-#include "json.h"
+#include "encode.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>

@@ -1,12 +1,7 @@
 /*
- * api_e2b.c - the E2B dialect: what the unmodified E2B SDKs send, as
- * described in shared/E2B-WIRE.md.
- *
- * Control plane (API key): POST /v2/sandboxes, POST /v2/sandboxes/:id/connect,
- * GET /v2/sandboxes (metadata and state filters, cursor paging with the
- * x-next-token header) and POST /sandboxes/:id/refreshes; the v1 routes
- * are shared with the seed API (http.c), whose answers carry the fields
- * the SDK needs (envdVersion, envdAccessToken, domain).
+ * e2b_envd.c - the E2B dialect of a sandbox's own agent: what the
+ * unmodified E2B SDKs send to envd, as described in shared/E2B-WIRE.md.
+ * (E2B's control plane is sandbase.c's /sandboxes and e2b.c.)
  *
  * envd (requests with an E2b-Sandbox-Id header, checked against the
  * sandbox's X-Access-Token): the Connect protocol with JSON for
@@ -29,8 +24,8 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
-#include "json.h"
+#include "api.h"
+#include "../service/encode.h"
 
 #define CONNECT_MAX_MESSAGE (4u << 20)
 
@@ -69,126 +64,6 @@ e2b_access_token (struct http_server *h, const char *id, char out[65])
   HMAC (EVP_sha256 (), h->envd_secret, sizeof h->envd_secret, (const unsigned char *) id, strlen (id), md, &len);
   for (unsigned i = 0; i < 32; i++)
     snprintf (out + 2 * i, 3, "%02x", md[i]);
-}
-
-/* ---- control plane ---- */
-
-/* A metadata filter "k1=v1&k2=v2" (already URL-decoded once by MHD): does
-   META (JSON object text) hold every pair? */
-static bool
-metadata_matches (const char *filter, const char *meta_text)
-{
-  if (filter == NULL || *filter == '\0')
-    return true;
-  json_t *meta = meta_text ? json_loads (meta_text, 0, NULL) : NULL;
-  char buf[2048];
-  snprintf (buf, sizeof buf, "%s", filter);
-  bool ok = true;
-  char *save = NULL;
-  for (char *pair = strtok_r (buf, "&", &save); pair && ok; pair = strtok_r (NULL, "&", &save))
-    {
-      char *eq = strchr (pair, '=');
-      if (eq == NULL)
-        continue;
-      *eq = '\0';
-      MHD_http_unescape (pair);
-      MHD_http_unescape (eq + 1);
-      json_t *v = meta ? json_object_get (meta, pair) : NULL;
-      ok = v && json_is_string (v) && strcmp (json_string_value (v), eq + 1) == 0;
-    }
-  json_decref (meta);
-  return ok;
-}
-
-struct state_acc {
-  bool running, paused, any;
-};
-
-static enum MHD_Result
-collect_states (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-  (void) kind;
-  struct state_acc *a = cls;
-  if (strcmp (key, "state") != 0 || value == NULL)
-    return MHD_YES;
-  char buf[128];
-  snprintf (buf, sizeof buf, "%s", value);
-  char *save = NULL;
-  for (char *t = strtok_r (buf, ",", &save); t; t = strtok_r (NULL, ",", &save))
-    {
-      a->any = true;
-      if (strcmp (t, "running") == 0)
-        a->running = true;
-      else if (strcmp (t, "paused") == 0)
-        a->paused = true;
-    }
-  return MHD_YES;
-}
-
-/* GET /v2/sandboxes: newest first; the cursor is the id of the last
-   sandbox of the previous page. */
-enum MHD_Result
-e2b_list_v2 (struct http_server *h, struct MHD_Connection *c, struct request *rq)
-{
-  const char *ls = query (c, "limit"), *next = query (c, "nextToken"), *meta = query (c, "metadata");
-  long limit = 100;
-  if (ls)
-    {
-      char *end;
-      limit = strtol (ls, &end, 10);
-      if (*end || limit < 1 || limit > 100)
-        return send_error (c, 400, "limit must be between 1 and 100");
-    }
-  struct state_acc st = { false, false, false };
-  MHD_get_connection_values (c, MHD_GET_ARGUMENT_KIND, collect_states, &st);
-  if (!st.any)
-    st.running = st.paused = true;
-  struct sbx_sandbox_rec *v;
-  size_t n;
-  struct sbx_err err;
-  if (sbx_store_sandbox_list (h->store, rq->org.id, NULL, &v, &n, &err) < 0)
-    return send_core_error (c, &err);
-  json_t *arr = json_array ();
-  size_t i = 0;
-  if (next && *next)
-    {
-      while (i < n && strcmp (v[i].id, next) != 0)
-        i++;
-      if (i == n)
-        {
-          sbx_sandbox_recs_free (v, n);
-          json_decref (arr);
-          return send_error (c, 400, "invalid nextToken");
-        }
-      i++;
-    }
-  const char *last = NULL;
-  bool more = false;
-  for (; i < n; i++)
-    {
-      bool want = (st.running && strcmp (v[i].status, "running") == 0) || (st.paused && strcmp (v[i].status, "paused") == 0);
-      if (!want || !metadata_matches (meta, v[i].metadata_json))
-        continue;
-      if ((long) json_array_size (arr) == limit)
-        {
-          more = true;
-          break;
-        }
-      json_array_append_new (arr, sandbox_object (h, &v[i], false));
-      last = v[i].id;
-    }
-  char token[SBX_STORE_ID_MAX];
-  snprintf (token, sizeof token, "%s", more && last ? last : "");
-  sbx_sandbox_recs_free (v, n);
-  char *text = json_dumps (arr, JSON_COMPACT);
-  json_decref (arr);
-  struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
-  MHD_add_response_header (r, "Content-Type", "application/json");
-  if (*token)
-    MHD_add_response_header (r, "x-next-token", token);
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
 }
 
 /* ---- envd: Connect protocol ---- */
@@ -233,31 +108,11 @@ connect_error (struct MHD_Connection *c, unsigned status, const char *msg)
 static unsigned
 status_of (const struct sbx_err *err)
 {
-  switch (err->code)
-    {
-    case ENOENT:
-    case ESRCH:
-      return 404;
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return 403;
-    case EEXIST:
-    case ENOTEMPTY:
-      return 409;
-    case EINVAL:
-    case EISDIR:
-    case ENOTDIR:
-    case ENAMETOOLONG:
-    case ELOOP:
-      return 400;
-    case ENOSPC:
-      return 507;
-    case EAGAIN:
-      return 503;
-    default:
-      return 500;
-    }
+  static const unsigned status[SBX_E_INTERNAL + 1]
+      = { [SBX_E_SYSTEM] = 500,    [SBX_E_INVALID] = 400,  [SBX_E_NOT_FOUND] = 404,  [SBX_E_CONFLICT] = 409,
+          [SBX_E_PAUSED] = 503,    [SBX_E_STOPPED] = 404,  [SBX_E_LIMIT] = 429,      [SBX_E_FORBIDDEN] = 403,
+          [SBX_E_TOO_LARGE] = 400, [SBX_E_NO_SPACE] = 507, [SBX_E_UNAVAILABLE] = 503, [SBX_E_INTERNAL] = 500 };
+  return status[sbx_err_kind (err)];
 }
 
 /* The user of an envd call: "Authorization: Basic base64(user:)", else the
@@ -666,7 +521,7 @@ process_stream (struct http_server *h, struct MHD_Connection *c, struct request 
   /* keepalives every few seconds keep proxies and the SDK's idle timers happy */
   s->keepalive_ms = 5000;
   s->fd = fds[1];
-  if (!start_detached (envd_stream_main, s))
+  if (!sbx_start_detached (envd_stream_main, s))
     {
       close (fds[0]);
       close (fds[1]);
@@ -781,7 +636,7 @@ watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct reques
   json_decref (b);
   /* the SDK waits for the start event before it returns the handle */
   write_envelope (w->fd, 0, json_pack ("{s:{}}", "start"));
-  if (!start_detached (watch_stream_main, w))
+  if (!sbx_start_detached (watch_stream_main, w))
     {
       close (fds[0]);
       close (fds[1]);
@@ -882,7 +737,7 @@ watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, c
       w->next = watchers;
       watchers = w;
       pthread_mutex_unlock (&watchers_lock);
-      if (!start_detached (watcher_main, j))
+      if (!sbx_start_detached (watcher_main, j))
         {
           pthread_mutex_lock (&watchers_lock);
           w->done = true;

@@ -19,8 +19,8 @@
 #include <string.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
-#include "json.h"
+#include "api.h"
+#include "../service/encode.h"
 
 static const char *const event_types[] = { "sandbox.lifecycle.created", "sandbox.lifecycle.updated",
                                            "sandbox.lifecycle.paused",  "sandbox.lifecycle.resumed",
@@ -119,7 +119,7 @@ list_events (struct http_server *h, struct MHD_Connection *c, struct request *rq
   if (sbx_store_event_list (h->store, rq->org.id, sandbox_id, offset, limit, asc && strcmp (asc, "true") == 0,
                             types.n ? types.v : NULL, &v, &n, &err)
       < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   json_t *arr = json_array ();
   for (size_t i = 0; i < n; i++)
     json_array_append_new (arr, sbx_event_json (&v[i]));
@@ -235,14 +235,14 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
       json_t *j = r == 0 ? webhook_json (&w) : NULL;
       free (w.events);
       json_decref (b);
-      return r < 0 ? send_core_error (c, &err) : send_json (c, 201, j);
+      return r < 0 ? send_fail (c, &err) : send_json (c, 201, j);
     }
   if (id == NULL && strcmp (method, "GET") == 0)
     {
       struct sbx_webhook *v;
       size_t n;
       if (sbx_store_webhook_list (h->store, rq->org.id, &v, &n, &err) < 0)
-        return send_core_error (c, &err);
+        return send_fail (c, &err);
       json_t *arr = json_array ();
       for (size_t i = 0; i < n; i++)
         json_array_append_new (arr, webhook_json (&v[i]));
@@ -254,14 +254,14 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
 
   struct sbx_webhook cur;
   if (sbx_store_webhook_get (h->store, rq->org.id, id, &cur, &err) < 0)
-    return err.code == ENOENT ? send_error (c, 404, "webhook not found") : send_core_error (c, &err);
+    return sbx_err_kind (&err) == SBX_E_NOT_FOUND ? send_error (c, 404, "webhook not found") : send_fail (c, &err);
   if (sub && strcmp (sub, "deliveries") == 0 && strcmp (method, "GET") == 0)
     {
       sbx_webhook_free (&cur);
       struct sbx_delivery *v;
       size_t n;
       if (sbx_store_delivery_list (h->store, rq->org.id, id, &v, &n, &err) < 0)
-        return send_core_error (c, &err);
+        return send_fail (c, &err);
       json_t *arr = json_array ();
       static const char *const states[] = { "pending", "delivered", "failed" };
       for (size_t i = 0; i < n; i++)
@@ -291,7 +291,7 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
     {
       sbx_webhook_free (&cur);
       if (sbx_store_webhook_delete (h->store, rq->org.id, id, &err) < 0)
-        return err.code == ENOENT ? send_error (c, 404, "webhook not found") : send_core_error (c, &err);
+        return sbx_err_kind (&err) == SBX_E_NOT_FOUND ? send_error (c, 404, "webhook not found") : send_fail (c, &err);
       return send_empty (c, 204);
     }
   if (strcmp (method, "PATCH") == 0)
@@ -320,9 +320,9 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
       json_decref (b);
       sbx_webhook_free (&cur);
       if (r < 0)
-        return send_core_error (c, &err);
+        return send_fail (c, &err);
       if (sbx_store_webhook_get (h->store, rq->org.id, id, &cur, &err) < 0)
-        return send_core_error (c, &err);
+        return send_fail (c, &err);
       enum MHD_Result res = send_json (c, 200, webhook_json (&cur));
       sbx_webhook_free (&cur);
       return res;
@@ -332,9 +332,14 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
 }
 
 enum MHD_Result
-api_events (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method, char **seg,
-            int n)
+events_route (struct call *k)
 {
+  struct http_server *h = k->h;
+  struct MHD_Connection *c = k->c;
+  struct request *rq = k->rq;
+  const char *method = k->method;
+  char **seg = k->seg;
+  int n = k->n;
   if (n >= 2 && strcmp (seg[1], "sandboxes") == 0 && n <= 3)
     {
       if (strcmp (method, "GET") != 0)

@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
+#include "api.h"
 
 #define CTX_ID_MAX 40
 #define LANG_MAX 16
@@ -121,7 +121,7 @@ box_get (struct http_server *h, const char *sid)
           if (o->refs == 0)
             {
               if (sbx_get_info (h->engine, o->sid, &info, &err) < 0)
-                gone = err.code == ENOENT;
+                gone = sbx_err_kind (&err) == SBX_E_NOT_FOUND;
               else
                 {
                   gone = info.state == SBX_STOPPED;
@@ -1057,7 +1057,7 @@ execute (struct http_server *h, struct MHD_Connection *c, struct request *rq, co
     }
   fcntl (fds[1], F_SETPIPE_SZ, 1 << 20); /* best effort: room for a chart */
   job->fd = fds[1];
-  if (!start_detached (exec_main, job))
+  if (!sbx_start_detached (exec_main, job))
     {
       close (fds[0]);
       exec_job_free (job);

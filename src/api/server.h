@@ -12,11 +12,14 @@
 struct http_server;
 struct sbx_store;
 struct sbx_webhooks;
+struct sbx_service;
 
 struct sbx_http_config {
   struct sbx_engine *engine;
   struct sbx_store *store;
   struct sbx_webhooks *webhooks;
+  struct sbx_service *svc;
+  const char *const *images; /* seed 002's approved images, "ALIAS=TEMPLATE", NULL-terminated; NULL: defaults */
   const struct sockaddr *addr;
   const char *docs_dir;  /* where openapi.yaml is */
   const char *state_dir; /* for spooling uploads */

@@ -1,19 +1,17 @@
 /*
- * http.c - the HTTP API of sbxd, served with libmicrohttpd.
- *
- * This layer only translates: it parses and validates requests, calls the
- * sandbox core (src/core/sandbox.h) and turns results and errors into
- * responses.  Shapes follow seed 001 (the SandBase / E2B-compatible sandbox
- * API); every error is {"code": <status>, "message": "..."}.
+ * sandbase.c - seed 001's dialect (SandBase, E2B-compatible): the
+ * sandboxes control plane (create, list, get, kill, pause, connect,
+ * timeout, metrics), processes (synchronous and streamed exec, signals,
+ * input) and the filesystem, under /sandboxes.  Answers and errors use
+ * seed 001's shapes: every error is {"code": <status>, "message": "..."}.
  * docs/api.md describes every endpoint.
  *
- * libmicrohttpd runs one thread per connection, so a handler may block on
- * the core (a synchronous exec, a large read).  Streaming answers (NDJSON
- * process events) are produced by a worker thread into a pipe that
- * libmicrohttpd sends as a chunked body; when the client goes away the pipe
- * breaks and the worker stops listening, while the process goes on.
+ * Streaming answers (NDJSON process events) are produced by a worker
+ * thread into a pipe that libmicrohttpd sends as a chunked body; when the
+ * client goes away the pipe breaks and the worker stops listening, while
+ * the process goes on.
  */
-#include "http_internal.h"
+#include "api.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,132 +27,13 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "events.h"
-#include "json.h"
+#include "../service/encode.h"
+#include "../service/service.h"
 
-#define MAX_JSON_BODY (64u << 20)     /* base64 writes of files up to ~48 MB */
 #define MAX_READ_BYTES (1u << 20)     /* seed 001: reads larger than 1 MB are refused */
 #define MAX_CAPTURE (16u << 20)       /* stdout/stderr kept by a synchronous exec */
 #define DEFAULT_EXEC_TIMEOUT_S 60     /* seed 001 */
 #define MAX_EXEC_TIMEOUT_S 3600
-#define DEFAULT_UPLOAD_MAX (100ull << 20) /* seed 000 */
-
-/* ---- responses ---- */
-
-enum MHD_Result
-send_json (struct MHD_Connection *c, unsigned status, json_t *j)
-{
-  char *text = json_dumps (j, JSON_COMPACT);
-  json_decref (j);
-  if (text == NULL)
-    return MHD_NO;
-  struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
-  MHD_add_response_header (r, "Content-Type", "application/json");
-  enum MHD_Result ret = MHD_queue_response (c, status, r);
-  MHD_destroy_response (r);
-  return ret;
-}
-
-
-enum MHD_Result
-send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
-{
-  char msg[600];
-  va_list ap;
-  va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
-  va_end (ap);
-  return send_json (c, status, json_pack ("{s:i, s:s}", "code", (int) status, "message", msg));
-}
-
-enum MHD_Result
-send_empty (struct MHD_Connection *c, unsigned status)
-{
-  struct MHD_Response *r = MHD_create_response_from_buffer (0, NULL, MHD_RESPMEM_PERSISTENT);
-  enum MHD_Result ret = MHD_queue_response (c, status, r);
-  MHD_destroy_response (r);
-  return ret;
-}
-
-bool
-start_detached (void *(*fn) (void *), void *arg)
-{
-  pthread_t th;
-  pthread_attr_t attr;
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  bool ok = pthread_create (&th, &attr, fn, arg) == 0;
-  pthread_attr_destroy (&attr);
-  return ok;
-}
-
-enum MHD_Result
-send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...)
-{
-  struct MHD_Response *r = MHD_create_response_from_pipe (fd);
-  MHD_add_response_header (r, "Content-Type", content_type);
-  va_list ap;
-  va_start (ap, content_type);
-  for (const char *name; (name = va_arg (ap, const char *)) != NULL;)
-    MHD_add_response_header (r, name, va_arg (ap, const char *));
-  va_end (ap);
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
-}
-
-/* Map a core error to a status: sandbox-level codes. */
-enum MHD_Result
-send_core_error (struct MHD_Connection *c, const struct sbx_err *err)
-{
-  switch (err->code)
-    {
-    case ENOENT:
-      return send_error (c, 404, "%s", err->msg);
-    case EINVAL:
-    case E2BIG:
-    case ENAMETOOLONG:
-    case EFBIG:
-      return send_error (c, 400, "%s", err->msg);
-    case EAGAIN:
-    case EALREADY:
-    case ESRCH:
-      return send_error (c, 409, "%s", err->msg);
-    default:
-      return send_error (c, 500, "%s", err->msg);
-    }
-}
-
-/* Map an error from a file operation inside the sandbox. */
-enum MHD_Result
-send_file_error (struct MHD_Connection *c, const struct sbx_err *err)
-{
-  switch (err->code)
-    {
-    case ENOENT:
-      return send_error (c, 404, "%s", err->msg);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return send_error (c, 403, "%s", err->msg);
-    case EEXIST:
-    case ENOTEMPTY:
-      return send_error (c, 409, "%s", err->msg);
-    case ENOSPC:
-    case EDQUOT:
-      return send_error (c, 507, "%s", err->msg);
-    case EISDIR:
-    case ENOTDIR:
-    case ELOOP:
-    case EXDEV:
-    case EFBIG:
-    case EINVAL:
-    case ENAMETOOLONG:
-      return send_error (c, 400, "%s", err->msg);
-    default:
-      return send_core_error (c, err);
-    }
-}
 
 /* ---- sandbox objects ---- */
 
@@ -191,16 +70,9 @@ own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq
              struct sbx_sandbox_rec *rec, enum MHD_Result *ret)
 {
   struct sbx_err err;
-  if (sbx_store_sandbox_get (h->store, id, rec, &err) < 0)
+  if (sbx_service_sandbox_get (h->svc, &rq->org, id, rec, &err) < 0)
     {
-      *ret = err.code == ENOENT ? send_error (c, 404, "sandbox not found") : send_error (c, 500, "%s", err.msg);
-      return false;
-    }
-  if (strcmp (rec->org_id, rq->org.id) != 0)
-    {
-      /* another organisation's sandbox does not exist for this caller */
-      sbx_sandbox_rec_free (rec);
-      *ret = send_error (c, 404, "sandbox not found");
+      *ret = send_fail (c, &err);
       return false;
     }
   return true;
@@ -213,155 +85,12 @@ send_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, u
   struct sbx_sandbox_rec rec;
   struct sbx_err err;
   if (sbx_store_sandbox_get (h->store, id, &rec, &err) < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   /* create and connect answers carry the envd access token */
   bool token = status == 201 || status == 200;
   enum MHD_Result r = send_json (c, status, sandbox_object (h, &rec, token));
   sbx_sandbox_rec_free (&rec);
   return r;
-}
-
-/* ---- request parsing ---- */
-
-bool
-valid_id (const char *id)
-{
-  size_t n = strlen (id);
-  if (n < 5 || n >= SBX_ID_MAX || strncmp (id, "sbx_", 4) != 0)
-    return false;
-  for (size_t i = 4; i < n; i++)
-    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9')))
-      return false;
-  return true;
-}
-
-/* Parse the body as a JSON object; an empty body is an empty object. */
-json_t *
-body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
-{
-  if (rq->too_big)
-    {
-      *ret = send_error (c, 413, "request body too large (max %u bytes)", MAX_JSON_BODY);
-      return NULL;
-    }
-  if (rq->len == 0)
-    return json_object ();
-  json_error_t jerr;
-  json_t *j = json_loadb (rq->body, rq->len, JSON_REJECT_DUPLICATES, &jerr);
-  if (j == NULL)
-    {
-      *ret = send_error (c, 400, "malformed JSON body: %s", jerr.text);
-      return NULL;
-    }
-  if (!json_is_object (j))
-    {
-      json_decref (j);
-      *ret = send_error (c, 400, "request body must be a JSON object");
-      return NULL;
-    }
-  return j;
-}
-
-/* Optional integer field in [lo, hi]; returns 0, or -1 after sending 400. */
-int
-opt_int (struct MHD_Connection *c, json_t *o, const char *key, long long lo, long long hi, long long *out,
-         enum MHD_Result *ret)
-{
-  json_t *v = json_object_get (o, key);
-  if (v == NULL || json_is_null (v))
-    return 0;
-  if (!json_is_integer (v))
-    {
-      *ret = send_error (c, 400, "%s must be an integer", key);
-      return -1;
-    }
-  long long x = json_integer_value (v);
-  if (x < lo || x > hi)
-    {
-      *ret = send_error (c, 400, "%s must be between %lld and %lld", key, lo, hi);
-      return -1;
-    }
-  *out = x;
-  return 0;
-}
-
-int
-opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **out, enum MHD_Result *ret)
-{
-  json_t *v = json_object_get (o, key);
-  if (v == NULL || json_is_null (v))
-    return 0;
-  if (!json_is_string (v) || strlen (json_string_value (v)) != json_string_length (v))
-    {
-      *ret = send_error (c, 400, "%s must be a string", key);
-      return -1;
-    }
-  *out = json_string_value (v);
-  return 0;
-}
-
-int
-opt_bool (struct MHD_Connection *c, json_t *o, const char *key, bool *out, enum MHD_Result *ret)
-{
-  json_t *v = json_object_get (o, key);
-  if (v == NULL || json_is_null (v))
-    return 0;
-  if (!json_is_boolean (v))
-    {
-      *ret = send_error (c, 400, "%s must be a boolean", key);
-      return -1;
-    }
-  *out = json_is_true (v);
-  return 0;
-}
-
-/* An object of string values as a NULL-terminated "K=V" list. */
-static int
-env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enum MHD_Result *ret)
-{
-  json_t *v = json_object_get (o, key);
-  *out = NULL;
-  if (v == NULL || json_is_null (v))
-    return 0;
-  if (!json_is_object (v))
-    {
-      *ret = send_error (c, 400, "%s must be an object of strings", key);
-      return -1;
-    }
-  char **env = calloc (json_object_size (v) + 1, sizeof *env);
-  size_t n = 0;
-  const char *k;
-  json_t *val;
-  json_object_foreach (v, k, val)
-  {
-    if (!json_is_string (val) || *k == '\0' || strchr (k, '=') || strlen (json_string_value (val)) != json_string_length (val))
-      {
-        for (size_t i = 0; i < n; i++)
-          free (env[i]);
-        free (env);
-        *ret = send_error (c, 400, "%s: invalid variable %s", key, k);
-        return -1;
-      }
-    if (asprintf (&env[n], "%s=%s", k, json_string_value (val)) < 0)
-      break;
-    n++;
-  }
-  *out = env;
-  return 0;
-}
-
-void
-free_strv (char **v)
-{
-  for (char **p = v; p && *p; p++)
-    free (*p);
-  free (v);
-}
-
-const char *
-query (struct MHD_Connection *c, const char *key)
-{
-  return MHD_lookup_connection_value (c, MHD_GET_ARGUMENT_KIND, key);
 }
 
 /* ---- sandbox endpoints ---- */
@@ -403,38 +132,27 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
     }
   if (body_network (c, b, false, &net, &allow_internet, &net_given, &ret) < 0)
     goto out;
-  struct sbx_create_opts o = { .template_name = tmpl,
-                               .timeout_s = (uint32_t) timeout,
-                               .env = (const char *const *) env,
-                               .metadata_json = meta_text,
-                               .owner = rq->org.id,
-                               .limits = { .cpu_millis = (uint32_t) cpu * 1000,
-                                           .memory_mb = (uint32_t) mem,
-                                           .disk_mb = (uint32_t) disk },
-                               .net = net_given ? &net : NULL,
-                               .allow_internet_access = allow_internet };
-  char id[SBX_ID_MAX];
+  struct sbx_sandbox_spec spec = { .template_name = tmpl,
+                                   .timeout_s = (uint32_t) timeout,
+                                   .env = (const char *const *) env,
+                                   .metadata_json = meta_text,
+                                   .limits = { .cpu_millis = (uint32_t) cpu * 1000,
+                                               .memory_mb = (uint32_t) mem,
+                                               .disk_mb = (uint32_t) disk },
+                                   .net = net_given ? &net : NULL,
+                                   .internet_asked = allow_internet };
+  struct sbx_sandbox_rec rec;
   struct sbx_err err;
-  /* the count and the create are one step, so that concurrent requests
-     cannot go past the organisation's limit together */
-  pthread_mutex_lock (&h->create_lock);
-  uint32_t live = 0;
-  int r = sbx_store_sandbox_count_live (h->store, rq->org.id, &live, &err);
-  if (r == 0 && live >= rq->org.max_sandboxes)
+  if (sbx_service_sandbox_create (h->svc, &rq->org, &spec, &rec, &err) < 0)
     {
-      pthread_mutex_unlock (&h->create_lock);
-      ret = send_error (c, 429, "concurrent sandbox limit reached");
+      ret = sbx_err_kind (&err) == SBX_E_LIMIT ? send_error (c, 429, "concurrent sandbox limit reached")
+                                                : send_fail (c, &err);
       goto out;
     }
-  if (r == 0)
-    r = sbx_create (h->engine, &o, id, &err);
-  pthread_mutex_unlock (&h->create_lock);
-  if (r < 0)
-    {
-      /* an unknown template is the caller's mistake, not a missing sandbox */
-      ret = err.code == ENOENT || err.code == EINVAL ? send_error (c, 400, "%s", err.msg) : send_core_error (c, &err);
-      goto out;
-    }
+  char id[SBX_ID_MAX];
+  snprintf (id, sizeof id, "%.*s", SBX_ID_MAX - 1, rec.id);
+  snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, rec.id);
+  sbx_sandbox_rec_free (&rec);
   ret = send_sandbox (h, c, id, 201);
 out:
   sbx_net_policy_free (&net);
@@ -454,7 +172,7 @@ list_sandboxes (struct http_server *h, struct MHD_Connection *c, struct request 
   size_t n;
   struct sbx_err err;
   if (sbx_store_sandbox_list (h->store, rq->org.id, status, &v, &n, &err) < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   json_t *arr = json_array ();
   for (size_t i = 0; i < n; i++)
     json_array_append_new (arr, sandbox_object (h, &v[i], false));
@@ -503,7 +221,7 @@ timeout_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
     }
   struct sbx_err err;
   if (sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   return send_empty (c, 204);
 }
 
@@ -522,10 +240,10 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   sbx_info_free (&info);
   if (st == SBX_STOPPED || st == SBX_ERROR)
     return send_error (c, 409, "sandbox is not running");
-  if (st == SBX_PAUSED && sbx_resume (h->engine, id, &err) < 0 && err.code != EALREADY)
+  if (st == SBX_PAUSED && sbx_resume (h->engine, id, &err) < 0 && sbx_err_kind (&err) != SBX_E_CONFLICT)
     return send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
   if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   return send_sandbox (h, c, id, 200);
 }
 
@@ -535,7 +253,7 @@ metrics_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   struct sbx_metrics m;
   struct sbx_err err;
   if (sbx_get_metrics (h->engine, id, &m, &err) < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   char now[40];
   sbx_rfc3339 (sbx_wall_ms (), now, sizeof now);
   json_t *one = json_pack ("{s:s, s:f, s:i, s:I, s:I, s:I, s:I, s:I}", "timestamp", now, "cpuUsedPct", m.cpu_used_pct,
@@ -746,7 +464,7 @@ exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, stru
     {
       free (cp.out);
       free (cp.err);
-      return send_core_error (c, &err);
+      return send_fail (c, &err);
     }
   json_t *j;
   if (p.background)
@@ -869,7 +587,7 @@ start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, s
     {
       exec_params_free (&job->p);
       free (job);
-      return send_core_error (c, &err);
+      return send_fail (c, &err);
     }
   enum sbx_state st = info.state;
   sbx_info_free (&info);
@@ -889,7 +607,7 @@ start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, s
   job->engine = h->engine;
   snprintf (job->id, sizeof job->id, "%s", id);
   job->fd = fds[1];
-  if (!start_detached (stream_main, job))
+  if (!sbx_start_detached (stream_main, job))
     {
       close (fds[0]);
       close (fds[1]);
@@ -933,7 +651,7 @@ list_processes (struct http_server *h, struct MHD_Connection *c, const char *id)
   size_t n;
   struct sbx_err err;
   if (sbx_proc_list (h->engine, id, &ps, &n, &err) < 0)
-    return send_core_error (c, &err);
+    return send_fail (c, &err);
   json_t *arr = json_array ();
   for (size_t i = 0; i < n; i++)
     {
@@ -1026,10 +744,7 @@ process_action (struct http_server *h, struct MHD_Connection *c, const char *id,
       goto out;
     }
   if (r < 0)
-    ret = err.code == ESRCH && strstr (err.msg, "process") ? send_error (c, 404, "%s", err.msg)
-          : err.code == ENOTTY                               ? send_error (c, 400, "%s", err.msg)
-          : err.code == EPIPE || err.code == EAGAIN          ? send_error (c, 409, "%s", err.msg)
-                                                             : send_core_error (c, &err);
+    ret = send_fail (c, &err);
   else
     ret = send_empty (c, 204);
 out:
@@ -1078,7 +793,7 @@ sandbox_exists (struct http_server *h, struct MHD_Connection *c, const char *id,
   struct sbx_err err;
   if (sbx_get_info (h->engine, id, &info, &err) < 0)
     {
-      *ret = send_core_error (c, &err);
+      *ret = send_fail (c, &err);
       return false;
     }
   enum sbx_state st = info.state;
@@ -1146,7 +861,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       struct sbx_entry *en;
       size_t n;
       if (sbx_file_list (h->engine, id, path, user, depth, &en, &n, &err) < 0)
-        return send_file_error (c, &err);
+        return send_fail (c, &err);
       json_t *arr = json_array ();
       for (size_t i = 0; i < n; i++)
         json_array_append_new (arr, entry_json (&en[i]));
@@ -1160,7 +875,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
         return ret;
       struct sbx_entry en;
       if (sbx_file_stat (h->engine, id, path, user, &en, &err) < 0)
-        return send_file_error (c, &err);
+        return send_fail (c, &err);
       return send_entry_answer (c, &en);
     }
   if (strcmp (method, "GET") == 0 && *sub == '\0')
@@ -1173,10 +888,10 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       if (sbx_file_read (h->engine, id, path, user, MAX_READ_BYTES, &en, read_into, &b, &err) < 0)
         {
           free (b.data);
-          if (err.code == EFBIG)
+          if (sbx_err_kind (&err) == SBX_E_TOO_LARGE)
             return send_error (c, 400, "file too large: %s is larger than 1 MB (download it with GET /sandboxes/%s/files)",
                                path, id);
-          return send_file_error (c, &err);
+          return send_fail (c, &err);
         }
       char *b64 = sbx_b64_encode (b.data ? b.data : "", b.len);
       free (b.data);
@@ -1208,7 +923,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       int r = sbx_file_write (h->engine, id, path, user, data, len, &en, &err);
       json_decref (b);
       if (r < 0)
-        return send_file_error (c, &err);
+        return send_fail (c, &err);
       return send_entry_answer (c, &en);
     }
   if (strcmp (method, "DELETE") == 0 && *sub == '\0')
@@ -1217,7 +932,7 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
       if (path == NULL)
         return ret;
       if (sbx_file_remove (h->engine, id, path, user, &err) < 0)
-        return send_file_error (c, &err);
+        return send_fail (c, &err);
       return send_empty (c, 204);
     }
   if (strcmp (method, "POST") == 0 && (strcmp (sub, "mkdir") == 0 || strcmp (sub, "move") == 0))
@@ -1254,339 +969,141 @@ files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id,
         }
       json_decref (b);
       if (r < 0)
-        return send_file_error (c, &err);
+        return send_fail (c, &err);
       return send_entry_answer (c, &en);
     }
   return send_error (c, 405, "method not allowed");
 }
 
-/* ---- routing ---- */
 
-/* The caller's organisation from its API key (Authorization: Bearer or
-   X-API-Key); false after answering 401. */
-static bool
-authenticate (struct http_server *h, struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
+/* ---- routes (routes.c) ---- */
+
+enum MHD_Result
+sandbase_create (struct call *k)
 {
-  if (rq->authed)
-    return true;
-  const char *key = NULL;
-  const char *auth = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "Authorization");
-  if (auth && strncasecmp (auth, "Bearer ", 7) == 0)
-    for (key = auth + 7; *key == ' '; key++)
-      ;
-  if (key == NULL || *key == '\0')
-    key = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "X-API-Key");
-  if (key == NULL || *key == '\0')
-    {
-      *ret = send_error (c, 401, "missing API key");
-      return false;
-    }
+  return create_sandbox (k->h, k->c, k->rq);
+}
+
+enum MHD_Result
+sandbase_list (struct call *k)
+{
+  return list_sandboxes (k->h, k->c, k->rq);
+}
+
+enum MHD_Result
+sandbase_get (struct call *k)
+{
+  return send_json (k->c, 200, sandbox_object (k->h, &k->rec, true));
+}
+
+enum MHD_Result
+sandbase_kill (struct call *k)
+{
   struct sbx_err err;
-  if (sbx_store_key_lookup (h->store, key, &rq->org, &err) < 0)
+  if (sbx_service_sandbox_kill (k->h->svc, &k->rq->org, k->arg[0], &err) < 0)
     {
-      *ret = err.code == ENOENT        ? send_error (c, 401, "invalid API key")
-             : err.code == EKEYREVOKED ? send_error (c, 401, "API key revoked")
-                                       : send_error (c, 500, "%s", err.msg);
-      return false;
+      /* E2B: killing a sandbox that is gone is "not found" */
+      enum sbx_err_kind kind = sbx_err_kind (&err);
+      return kind == SBX_E_STOPPED || kind == SBX_E_NOT_FOUND ? send_error (k->c, 404, "sandbox not found")
+                                                              : send_fail (k->c, &err);
     }
-  rq->authed = true;
-  return true;
+  return send_empty (k->c, 204);
 }
 
-static enum MHD_Result
-send_openapi (struct http_server *h, struct MHD_Connection *c)
+enum MHD_Result
+sandbase_pause (struct call *k)
 {
-  char path[4200];
-  snprintf (path, sizeof path, "%s/openapi.yaml", h->docs_dir);
-  char *text = NULL;
   struct sbx_err err;
-  if (sbx_read_file_at (AT_FDCWD, path, &text, 4u << 20, &err) < 0)
-    return send_error (c, 404, "openapi.yaml not found");
-  struct MHD_Response *r = MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE);
-  MHD_add_response_header (r, "Content-Type", "application/yaml");
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
+  if (sbx_pause (k->h->engine, k->arg[0], &err) < 0)
+    {
+      enum sbx_err_kind kind = sbx_err_kind (&err);
+      if (kind == SBX_E_PAUSED || kind == SBX_E_CONFLICT)
+        return send_error (k->c, 409, "sandbox is already paused");
+      if (kind == SBX_E_STOPPED || kind == SBX_E_NOT_FOUND)
+        return send_error (k->c, 409, "sandbox is not running");
+      return send_error (k->c, 502, "failed to pause sandbox in provider");
+    }
+  return send_empty (k->c, 204);
 }
 
-/* Split URL into at most MAX segments in BUF. */
-static int
-split_url (const char *url, char *buf, size_t size, char **seg, int max)
+enum MHD_Result
+sandbase_connect (struct call *k)
 {
-  if (snprintf (buf, size, "%s", url) >= (int) size)
-    return -1;
-  int n = 0;
-  char *save = NULL;
-  for (char *tok = strtok_r (buf, "/", &save); tok && n < max; tok = strtok_r (NULL, "/", &save))
-    seg[n++] = tok;
-  return n;
+  return connect_sandbox (k->h, k->c, k->arg[0], k->rq);
 }
 
-static enum MHD_Result
-route (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url, struct request *rq)
+enum MHD_Result
+sandbase_timeout (struct call *k)
 {
-  char path[1024];
-  char *seg[8];
-  int n = split_url (url, path, sizeof path, seg, 8);
-  if (n < 0)
-    return send_error (c, 414, "URL too long");
-  bool get = strcmp (method, "GET") == 0, post = strcmp (method, "POST") == 0, del = strcmp (method, "DELETE") == 0;
-
-  if (n == 1 && strcmp (seg[0], "health") == 0)
-    return send_json (c, 200, json_pack ("{s:s}", "status", "ok"));
-  if (n == 1 && strcmp (seg[0], "openapi.yaml") == 0 && get)
-    return send_openapi (h, c);
-  enum MHD_Result ret;
-  if (!authenticate (h, c, rq, &ret))
-    return ret;
-  if (n >= 1 && strcmp (seg[0], "events") == 0)
-    return api_events (h, c, rq, method, seg, n);
-  if (n >= 2 && strcmp (seg[0], "v2") == 0 && strcmp (seg[1], "sandboxes") == 0)
-    {
-      /* E2B's v2 control plane: the same sandboxes, other list paging */
-      if (n == 2 && get)
-        return e2b_list_v2 (h, c, rq);
-      memmove (seg, seg + 1, (size_t) (n - 1) * sizeof seg[0]);
-      n--;
-    }
-  if (n == 0 || strcmp (seg[0], "sandboxes") != 0)
-    return send_error (c, 404, "not found");
-  if (n == 1)
-    {
-      if (post)
-        return create_sandbox (h, c, rq);
-      if (get)
-        return list_sandboxes (h, c, rq);
-      return send_error (c, 405, "method not allowed");
-    }
-  const char *id = seg[1];
-  if (!valid_id (id))
-    return send_error (c, 400, "invalid sandbox id");
-  struct sbx_sandbox_rec rec;
-  if (!own_sandbox (h, c, rq, id, &rec, &ret))
-    return ret;
-  bool stopped = strcmp (rec.status, "stopped") == 0;
-  sbx_sandbox_rec_free (&rec);
-  if (n == 2)
-    {
-      if (get)
-        return send_sandbox (h, c, id, 200);
-      if (del)
-        {
-          struct sbx_err err;
-          if (stopped || sbx_destroy (h->engine, id, &err) < 0)
-            return stopped || err.code == ESRCH || err.code == ENOENT ? send_error (c, 404, "sandbox not found")
-                                                                       : send_core_error (c, &err);
-          return send_empty (c, 204);
-        }
-      return send_error (c, 405, "method not allowed");
-    }
-  const char *what = seg[2];
-  struct sbx_err err;
-  if (n == 3 && post && strcmp (what, "pause") == 0)
-    {
-      if (sbx_pause (h->engine, id, &err) < 0)
-        {
-          if (err.code == EAGAIN || err.code == EALREADY)
-            return send_error (c, 409, "sandbox is already paused");
-          if (err.code == ESRCH || err.code == ENOENT)
-            return send_error (c, 409, "sandbox is not running");
-          return send_error (c, 502, "failed to pause sandbox in provider");
-        }
-      return send_empty (c, 204);
-    }
-  if (n == 3 && post && (strcmp (what, "connect") == 0 || strcmp (what, "resume") == 0))
-    return connect_sandbox (h, c, id, rq);
-  if (n == 3 && post && (strcmp (what, "timeout") == 0 || strcmp (what, "refreshes") == 0))
-    return timeout_sandbox (h, c, id, rq, strcmp (what, "refreshes") == 0);
-  if (n == 3 && get && strcmp (what, "metrics") == 0)
-    return metrics_sandbox (h, c, id);
-  if (n == 3 && strcmp (what, "network") == 0)
-    return strcmp (method, "PUT") == 0 ? network_sandbox (h, c, id, rq) : send_error (c, 405, "method not allowed");
-  if (n == 3 && get && strcmp (what, "files") == 0)
-    return download_file (h, c, rq, id);
-  if (strcmp (what, "processes") == 0)
-    {
-      if (n == 3 && post)
-        return exec_sync (h, c, id, rq);
-      if (n == 3 && get)
-        return list_processes (h, c, id);
-      if (n == 4 && post && strcmp (seg[3], "stream") == 0)
-        return exec_stream (h, c, id, rq);
-      uint32_t pid;
-      if (n >= 4 && parse_pid (seg[3], &pid) < 0)
-        return send_error (c, 400, "invalid pid");
-      if (n == 5 && get && strcmp (seg[4], "stream") == 0)
-        {
-          struct stream_job *job = calloc (1, sizeof *job);
-          job->pid = pid;
-          return start_stream (h, c, id, job);
-        }
-      if (n == 5 && post)
-        return process_action (h, c, id, pid, seg[4], rq);
-      return send_error (c, 404, "not found");
-    }
-  if (strcmp (what, "filesystem") == 0 && n <= 4)
-    return files_endpoint (h, c, id, method, n == 4 ? seg[3] : "", rq);
-  return send_error (c, 404, "not found");
+  return timeout_sandbox (k->h, k->c, k->arg[0], k->rq, false);
 }
 
-/* A multipart upload is streamed into the sandbox as it arrives instead of
-   being collected: it starts on the first call, once headers are in. */
-static enum MHD_Result
-begin_upload (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
-              struct request *rq, bool *handled)
+enum MHD_Result
+sandbase_refresh (struct call *k)
 {
-  char path[1024];
-  char *seg[8];
-  int n = split_url (url, path, sizeof path, seg, 8);
-  *handled = n > 0 && upload_wanted (method, seg, n);
-  if (!*handled)
-    return MHD_YES;
-  enum MHD_Result ret;
-  if (!authenticate (h, c, rq, &ret))
-    return ret;
-  if (!valid_id (seg[1]))
-    return send_error (c, 400, "invalid sandbox id");
-  struct sbx_sandbox_rec rec;
-  if (!own_sandbox (h, c, rq, seg[1], &rec, &ret))
-    return ret;
-  sbx_sandbox_rec_free (&rec);
-  return upload_begin (h, c, rq, seg[1]);
+  return timeout_sandbox (k->h, k->c, k->arg[0], k->rq, true);
 }
 
-static enum MHD_Result
-on_request (void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
-            const char *upload_data, size_t *upload_size, void **con_cls)
+enum MHD_Result
+sandbase_metrics (struct call *k)
 {
-  (void) version;
-  struct http_server *h = cls;
-  struct request *rq = *con_cls;
-  if (rq == NULL)
-    {
-      rq = calloc (1, sizeof *rq);
-      if (rq == NULL)
-        return MHD_NO;
-      *con_cls = rq;
-      char sid[SBX_ID_MAX];
-      if (!e2b_is_envd (c) && e2b_signed_file (h, c, method, url, sid))
-        {
-          /* a signed URL stands for the access token of its sandbox */
-          rq->org.max_upload_bytes = DEFAULT_UPLOAD_MAX;
-          if (strcmp (method, "POST") == 0)
-            return upload_begin (h, c, rq, sid);
-          snprintf (rq->signed_id, sizeof rq->signed_id, "%s", sid);
-          return MHD_YES;
-        }
-      if (e2b_is_envd (c))
-        {
-          rq->envd = true;
-          if (envd_upload_wanted (c, method, url))
-            {
-              char id[SBX_ID_MAX];
-              enum MHD_Result r;
-              if (!e2b_envd_check (h, c, id, &r))
-                return r;
-              /* envd calls carry no API key: the seed's upload limit */
-              rq->org.max_upload_bytes = DEFAULT_UPLOAD_MAX;
-              return upload_begin (h, c, rq, id);
-            }
-          return MHD_YES;
-        }
-      bool handled;
-      enum MHD_Result r = begin_upload (h, c, method, url, rq, &handled);
-      (void) handled;
-      return r;
-    }
-  if (rq->upload)
-    {
-      if (*upload_size)
-        {
-          enum MHD_Result r = upload_feed (rq, upload_data, *upload_size);
-          *upload_size = 0;
-          return r;
-        }
-      return upload_end (h, c, rq);
-    }
-  if (*upload_size)
-    {
-      if (!rq->too_big && rq->len + *upload_size <= MAX_JSON_BODY)
-        {
-          char *nb = realloc (rq->body, rq->len + *upload_size + 1);
-          if (nb == NULL)
-            rq->too_big = true;
-          else
-            {
-              memcpy (nb + rq->len, upload_data, *upload_size);
-              rq->body = nb;
-              rq->len += *upload_size;
-            }
-        }
-      else
-        rq->too_big = true;
-      *upload_size = 0;
-      return MHD_YES;
-    }
-  if (rq->envd)
-    return e2b_envd (h, c, rq, method, url);
-  if (rq->signed_id[0])
-    return download_file (h, c, rq, rq->signed_id);
-  return route (h, c, method, url, rq);
+  return metrics_sandbox (k->h, k->c, k->arg[0]);
 }
 
-static void
-on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+enum MHD_Result
+sandbase_exec (struct call *k)
 {
-  (void) cls;
-  (void) c;
-  (void) toe;
-  struct request *rq = *con_cls;
-  if (rq)
-    {
-      upload_free (rq);
-      free (rq->body);
-      free (rq);
-    }
-  *con_cls = NULL;
+  return exec_sync (k->h, k->c, k->arg[0], k->rq);
 }
 
-struct http_server *
-sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
+enum MHD_Result
+sandbase_exec_stream (struct call *k)
 {
-  struct http_server *h = calloc (1, sizeof *h);
-  if (h == NULL)
-    {
-      sbx_fail (err, ENOMEM, "http server");
-      return NULL;
-    }
-  h->engine = cfg->engine;
-  h->store = cfg->store;
-  h->webhooks = cfg->webhooks;
-  snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
-  snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
-  pthread_mutex_init (&h->create_lock, NULL);
-  if (e2b_load_secret (h, err) < 0)
-    {
-      free (h);
-      return NULL;
-    }
-  h->mhd = MHD_start_daemon (MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-                             0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_NOTIFY_COMPLETED,
-                             on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 0,
-                             MHD_OPTION_CONNECTION_LIMIT, (unsigned) 1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-                             (unsigned) 1, MHD_OPTION_END);
-  if (h->mhd == NULL)
-    {
-      sbx_failx (err, EADDRINUSE, "cannot listen (address in use or not available)");
-      free (h);
-      return NULL;
-    }
-  return h;
+  return exec_stream (k->h, k->c, k->arg[0], k->rq);
 }
 
-void
-sbx_http_stop (struct http_server *h)
+enum MHD_Result
+sandbase_processes (struct call *k)
 {
-  MHD_stop_daemon (h->mhd);
-  free (h);
+  return list_processes (k->h, k->c, k->arg[0]);
+}
+
+enum MHD_Result
+sandbase_attach (struct call *k)
+{
+  uint32_t pid;
+  if (parse_pid (k->arg[1], &pid) < 0)
+    return send_error (k->c, 400, "invalid pid");
+  struct stream_job *job = calloc (1, sizeof *job);
+  if (job == NULL)
+    return send_error (k->c, 500, "out of memory");
+  job->pid = pid;
+  return start_stream (k->h, k->c, k->arg[0], job);
+}
+
+enum MHD_Result
+sandbase_process_action (struct call *k)
+{
+  uint32_t pid;
+  if (parse_pid (k->arg[1], &pid) < 0)
+    return send_error (k->c, 400, "invalid pid");
+  return process_action (k->h, k->c, k->arg[0], pid, k->arg[2], k->rq);
+}
+
+enum MHD_Result
+sandbase_filesystem (struct call *k)
+{
+  return files_endpoint (k->h, k->c, k->arg[0], k->method, k->arg[1] ? k->arg[1] : "", k->rq);
+}
+
+enum MHD_Result
+sandbase_download (struct call *k)
+{
+  return download_file (k->h, k->c, k->rq, k->arg[0]);
+}
+
+enum MHD_Result
+sandbase_network (struct call *k)
+{
+  return network_sandbox (k->h, k->c, k->arg[0], k->rq);
 }

@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "http_internal.h"
+#include "api.h"
 
 struct upload {
   struct http_server *h;
@@ -77,7 +77,7 @@ open_writer (struct upload *u)
     return fail (u, 400, "path is required");
   if (sbx_file_writer_open (u->h->engine, u->id, path, *u->user ? u->user : NULL, SBX_FILE_F_PARENTS, 0, &u->w, &err)
       < 0)
-    return fail (u, err.code == EAGAIN || err.code == ESRCH ? 409 : 500, err.msg);
+    return fail (u, current_dialect ()->status[sbx_err_kind (&err)], err.msg);
   return 0;
 }
 
@@ -97,7 +97,7 @@ push (struct upload *u, const char *data, size_t size)
     {
       struct sbx_err err;
       if (sbx_file_writer_push (u->w, data, size, &err) < 0)
-        return fail (u, err.code == ENOSPC ? 507 : err.code == EACCES ? 403 : 500, err.msg);
+        return fail (u, current_dialect ()->status[sbx_err_kind (&err)], err.msg);
       return 0;
     }
   if (sbx_write_full (u->spool, data, size) < 0)
@@ -238,7 +238,7 @@ upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq)
           lseek (u->spool, 0, SEEK_SET);
           while (u->status == 0 && (n = read (u->spool, buf, sizeof buf)) > 0)
             if (sbx_file_writer_push (u->w, buf, (size_t) n, &err) < 0)
-              fail (u, err.code == ENOSPC ? 507 : 500, err.msg);
+              fail (u, current_dialect ()->status[sbx_err_kind (&err)], err.msg);
         }
     }
   if (u->status)
@@ -252,7 +252,7 @@ upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq)
   int r = sbx_file_writer_finish (u->w, &en, &err);
   u->w = NULL;
   if (r < 0)
-    return send_file_error (c, &err);
+    return send_fail (c, &err);
   json_t *arr = json_array ();
   json_array_append_new (arr, entry_json (&en));
   sbx_entry_free (&en);
@@ -319,7 +319,7 @@ download_file (struct http_server *h, struct MHD_Connection *c, struct request *
   struct sbx_entry st;
   struct sbx_err err;
   if (sbx_file_stat (h->engine, id, path, user, &st, &err) < 0)
-    return send_file_error (c, &err);
+    return send_fail (c, &err);
   enum sbx_file_type type = st.type;
   uint64_t size = st.size;
   char name[256];
@@ -339,7 +339,7 @@ download_file (struct http_server *h, struct MHD_Connection *c, struct request *
   snprintf (d->path, sizeof d->path, "%s", path);
   snprintf (d->user, sizeof d->user, "%s", user ? user : "");
   d->fd = fds[1];
-  if (!start_detached (download_main, d))
+  if (!sbx_start_detached (download_main, d))
     {
       close (fds[0]);
       close (fds[1]);

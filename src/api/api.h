@@ -1,0 +1,228 @@
+/*
+ * api.h - what the files of the HTTP layer share: the server, the request
+ * being read, the caller's organisation, the route table's types, the
+ * dialects' error shapes, and the helpers that parse bodies and write
+ * answers.
+ *
+ * One file per dialect translates requests into service and core calls
+ * and results into its own shapes: sandbase.c (seed 001, E2B-compatible
+ * /sandboxes), e2b.c (E2B's control-plane extras), e2b_envd.c (E2B's
+ * in-sandbox agent protocol), interp.c (the code interpreter), seed002.c
+ * (/api/sandbox), events.c (events and webhooks), files.c (uploads and
+ * downloads), network.c (egress rules).  routes.c is the one route table.
+ */
+#ifndef SBX_API_H
+#define SBX_API_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "../core/sandbox.h"
+#include "../service/service.h"
+#include "../service/store.h"
+#include "../service/webhook.h"
+#include "server.h"
+
+struct upload;
+
+struct http_server {
+  struct MHD_Daemon *mhd;
+  struct sbx_engine *engine;
+  struct sbx_store *store;
+  struct sbx_webhooks *webhooks;
+  struct sbx_service *svc;
+  const char *const *images;  /* seed 002's approved images, "ALIAS=TEMPLATE"; NULL: the defaults */
+  char docs_dir[4096];
+  char state_dir[4096];
+  unsigned char envd_secret[32]; /* keys the sandboxes' envd access tokens */
+};
+
+struct request {
+  char *body;
+  size_t len;
+  bool too_big;
+  bool authed;
+  bool envd;             /* an E2B envd call (E2b-Sandbox-Id header) */
+  char signed_id[SBX_ID_MAX]; /* the sandbox of a signed download URL */
+  struct sbx_org org;
+  struct upload *upload; /* a multipart upload being streamed */
+  int64_t start_ns;      /* when its headers were in, for the request log */
+  char method[12], url[160];
+  const char *route;     /* the pattern it matched, for the request log */
+  char sandbox_id[SBX_ID_MAX]; /* the sandbox it named, for the request log */
+};
+
+/* ---- dialects and routes ---- */
+
+/* An API dialect: its table from error kind to HTTP status and its error
+   body.  Every error answer of a request goes through its dialect. */
+struct dialect {
+  const char *name;
+  unsigned status[SBX_E_INTERNAL + 1];
+  unsigned bad_sandbox_id;  /* the status for a malformed sandbox id */
+  json_t *(*error_body) (unsigned status, const char *msg);
+};
+
+extern const struct dialect dialect_sandbase; /* seed 001 and E2B: {code, message} */
+extern const struct dialect dialect_seed002;  /* seed 002: {error: {code, message}} */
+
+#define CALL_MAX_SEGS 8
+
+/* One routed request. */
+struct call {
+  struct http_server *h;
+  struct MHD_Connection *c;
+  struct request *rq;
+  const char *method;
+  const char *arg[4];           /* the values of the pattern's ":name" segments, in order */
+  char *seg[CALL_MAX_SEGS];     /* the path's segments */
+  int n;
+  bool have_rec;
+  struct sbx_sandbox_rec rec;   /* with ROUTE_SANDBOX: the caller's sandbox arg[0] */
+};
+
+typedef enum MHD_Result (*route_fn) (struct call *k);
+
+enum route_flags {
+  ROUTE_PUBLIC = 1u << 0,  /* no API key */
+  ROUTE_SANDBOX = 1u << 1, /* arg[0] is a sandbox id the caller must own (else 404) */
+};
+
+/* METHOD ("*" for any) and PATTERN: literal segments, ":name" for one
+   segment, and a final "*" for any rest. */
+struct route {
+  const char *method;
+  const char *pattern;
+  route_fn fn;
+  unsigned flags;
+  const struct dialect *dialect;
+};
+
+extern const struct route api_routes[];
+extern const size_t api_n_routes;
+
+/* The dialect of the request this thread is answering.  libmicrohttpd
+   gives every connection its own thread and handlers answer on it, so the
+   router sets it once per request and the answer helpers read it. */
+const struct dialect *current_dialect (void);
+
+/* An error answer in the current dialect: STATUS and a message. */
+enum MHD_Result send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+    __attribute__ ((format (printf, 3, 4)));
+/* A failure ERR in the current dialect: its kind decides the status. */
+enum MHD_Result send_fail (struct MHD_Connection *c, const struct sbx_err *err);
+
+/* answers */
+enum MHD_Result send_json (struct MHD_Connection *c, unsigned status, json_t *j);
+enum MHD_Result send_empty (struct MHD_Connection *c, unsigned status);
+/* Queue R with STATUS, remembering STATUS for the request log. */
+enum MHD_Result queue_response (struct MHD_Connection *c, unsigned status, struct MHD_Response *r);
+/* 200 with a body streamed from the read end FD of a pipe (chunked); the
+   arguments after CONTENT_TYPE are extra header name, value pairs ending
+   with NULL. */
+enum MHD_Result send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...);
+
+/* bodies and parameters */
+json_t *body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret);
+int opt_int (struct MHD_Connection *c, json_t *o, const char *key, long long lo, long long hi, long long *out,
+             enum MHD_Result *ret);
+int opt_string (struct MHD_Connection *c, json_t *o, const char *key, const char **out, enum MHD_Result *ret);
+int opt_bool (struct MHD_Connection *c, json_t *o, const char *key, bool *out, enum MHD_Result *ret);
+const char *query (struct MHD_Connection *c, const char *key);
+json_t *text_json (const char *s, size_t n);
+json_t *entry_json (const struct sbx_entry *en);
+bool valid_id (const char *id);
+void free_strv (char **v);
+
+/* The record of sandbox ID if it belongs to the caller's organisation;
+   otherwise answers 404 and returns false. */
+bool own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
+                  struct sbx_sandbox_rec *rec, enum MHD_Result *ret);
+/* The caller's organisation from its API key (Authorization: Bearer or
+   X-API-Key); false after answering 401. */
+bool authenticate (struct http_server *h, struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret);
+/* The value of "KEY" in an object of string values as a NULL-terminated
+   "K=V" list in *OUT (NULL when absent); -1 after answering 400. */
+int env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enum MHD_Result *ret);
+
+/* ---- route handlers (routes.c lists them) ---- */
+
+/* sandbase.c */
+enum MHD_Result sandbase_create (struct call *k);
+enum MHD_Result sandbase_list (struct call *k);
+enum MHD_Result sandbase_get (struct call *k);
+enum MHD_Result sandbase_kill (struct call *k);
+enum MHD_Result sandbase_pause (struct call *k);
+enum MHD_Result sandbase_connect (struct call *k);
+enum MHD_Result sandbase_timeout (struct call *k);
+enum MHD_Result sandbase_refresh (struct call *k);
+enum MHD_Result sandbase_metrics (struct call *k);
+enum MHD_Result sandbase_exec (struct call *k);
+enum MHD_Result sandbase_exec_stream (struct call *k);
+enum MHD_Result sandbase_processes (struct call *k);
+enum MHD_Result sandbase_attach (struct call *k);
+enum MHD_Result sandbase_process_action (struct call *k);
+enum MHD_Result sandbase_filesystem (struct call *k);
+enum MHD_Result sandbase_download (struct call *k);
+enum MHD_Result sandbase_network (struct call *k);
+/* e2b.c */
+enum MHD_Result e2b_list_v2 (struct call *k);
+/* events.c */
+enum MHD_Result events_route (struct call *k);
+/* seed002.c */
+enum MHD_Result seed002_create (struct call *k);
+enum MHD_Result seed002_list (struct call *k);
+enum MHD_Result seed002_get (struct call *k);
+enum MHD_Result seed002_destroy (struct call *k);
+enum MHD_Result seed002_run (struct call *k);
+enum MHD_Result seed002_run_get (struct call *k);
+enum MHD_Result seed002_runs (struct call *k);
+/* egress.c */
+enum MHD_Result egress_log_route (struct call *k);
+
+/* A sandbox object: the seed's fields and E2B's; WITH_TOKEN adds the
+   envd access token (create and connect answers). */
+json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token);
+
+/* the E2B dialect (api_e2b.c) */
+int e2b_load_secret (struct http_server *h, struct sbx_err *err);
+void e2b_access_token (struct http_server *h, const char *id, char out[65]);
+bool e2b_is_envd (struct MHD_Connection *c);
+/* A GET or POST /files with a valid E2B signature (signed URL): fills ID
+   with the sandbox whose access token signed it. */
+bool e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
+                      char id[SBX_ID_MAX]);
+/* Check an envd call's sandbox and access token; fills ID or answers. */
+bool e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_MAX], enum MHD_Result *ret);
+enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
+                          const char *url);
+
+/* the code interpreter (api_interp.c): envd calls to port 49999 of
+   sandbox ID, already authenticated */
+enum MHD_Result interp_request (struct http_server *h, struct MHD_Connection *c, struct request *rq,
+                                const char *method, const char *url, const char *id);
+
+
+/* uploads and downloads (api_files.c) */
+bool upload_wanted (const char *method, char **seg, int n);
+bool envd_upload_wanted (struct MHD_Connection *c, const char *method, const char *url);
+enum MHD_Result upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
+enum MHD_Result upload_feed (struct request *rq, const char *data, size_t size);
+enum MHD_Result upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq);
+void upload_free (struct request *rq);
+enum MHD_Result download_file (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
+
+/* api_network.c */
+struct sbx_net_policy;
+/* The egress policy a body asks for (create, or PUT .../network when
+   ALWAYS).  *GIVEN false: nothing asked, the template decides.
+   *ALLOW_INTERNET: 0 not said, >0 true, <0 false. */
+int body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_policy *p, int *allow_internet,
+                  bool *given, enum MHD_Result *ret);
+/* Add "network" and "allowInternetAccess" of live sandbox ID to OBJ. */
+void network_object (struct http_server *h, const char *id, json_t *obj);
+enum MHD_Result network_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq);
+
+#endif

@@ -1,0 +1,63 @@
+/*
+ * routes.c - the one route table of the HTTP API: method and path pattern
+ * to handler and dialect.  The router (server.c) takes the first entry
+ * whose pattern matches the path and whose method matches; a path that
+ * matches with another method only answers 405.  ROUTE_SANDBOX entries get
+ * their ":id" checked against the caller's organisation first (404 when it
+ * is not the caller's), so handlers never see another tenant's sandbox.
+ *
+ * Calls the E2B SDKs make to a sandbox's own agent (envd, with an
+ * E2b-Sandbox-Id header) and signed file URLs do not come through this
+ * table: they carry no API key and are checked in e2b_envd.c.
+ */
+#include "api.h"
+
+enum MHD_Result send_openapi (struct call *k);
+enum MHD_Result send_health (struct call *k);
+
+#define SB ROUTE_SANDBOX
+#define D1 (&dialect_sandbase)
+#define D2 (&dialect_seed002)
+
+const struct route api_routes[] = {
+  { "GET", "/health", send_health, ROUTE_PUBLIC, D1 },
+  { "GET", "/openapi.yaml", send_openapi, ROUTE_PUBLIC, D1 },
+
+  /* seed 001 (SandBase) and E2B's control plane */
+  { "POST", "/sandboxes", sandbase_create, 0, D1 },
+  { "GET", "/sandboxes", sandbase_list, 0, D1 },
+  { "GET", "/v2/sandboxes", e2b_list_v2, 0, D1 },
+  { "GET", "/sandboxes/:id", sandbase_get, SB, D1 },
+  { "DELETE", "/sandboxes/:id", sandbase_kill, SB, D1 },
+  { "POST", "/sandboxes/:id/pause", sandbase_pause, SB, D1 },
+  { "POST", "/sandboxes/:id/connect", sandbase_connect, SB, D1 },
+  { "POST", "/sandboxes/:id/resume", sandbase_connect, SB, D1 },
+  { "POST", "/sandboxes/:id/timeout", sandbase_timeout, SB, D1 },
+  { "POST", "/sandboxes/:id/refreshes", sandbase_refresh, SB, D1 },
+  { "GET", "/sandboxes/:id/metrics", sandbase_metrics, SB, D1 },
+  { "PUT", "/sandboxes/:id/network", sandbase_network, SB, D1 },
+  { "GET", "/sandboxes/:id/network/log", egress_log_route, SB, D1 },
+  { "GET", "/sandboxes/:id/files", sandbase_download, SB, D1 },
+  { "POST", "/sandboxes/:id/processes", sandbase_exec, SB, D1 },
+  { "GET", "/sandboxes/:id/processes", sandbase_processes, SB, D1 },
+  { "POST", "/sandboxes/:id/processes/stream", sandbase_exec_stream, SB, D1 },
+  { "GET", "/sandboxes/:id/processes/:pid/stream", sandbase_attach, SB, D1 },
+  { "POST", "/sandboxes/:id/processes/:pid/:action", sandbase_process_action, SB, D1 },
+  { "*", "/sandboxes/:id/filesystem", sandbase_filesystem, SB, D1 },
+  { "*", "/sandboxes/:id/filesystem/:op", sandbase_filesystem, SB, D1 },
+
+  /* lifecycle events and webhooks (E2B's shapes) */
+  { "*", "/events/*", events_route, 0, D1 },
+
+  /* seed 002 */
+  { "POST", "/api/sandbox/create", seed002_create, 0, D2 },
+  { "GET", "/api/sandbox", seed002_list, 0, D2 },
+  { "GET", "/api/sandbox/:id", seed002_get, SB, D2 },
+  { "DELETE", "/api/sandbox/:id", seed002_destroy, SB, D2 },
+  { "POST", "/api/sandbox/:id/run", seed002_run, SB, D2 },
+  { "GET", "/api/sandbox/:id/run/:run", seed002_run_get, SB, D2 },
+  { "GET", "/api/sandbox/:id/runs", seed002_runs, SB, D2 },
+  { "GET", "/api/sandbox/:id/network/log", egress_log_route, SB, D2 },
+};
+
+const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];

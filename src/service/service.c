@@ -1,0 +1,349 @@
+/*
+ * service.c - the service layer (service.h): ownership, quotas, sandbox
+ * records and their lifecycle events.
+ *
+ * Records are the service's: the engine knows sandboxes as processes,
+ * disks and cgroups, not who owns them or what metadata a client gave.
+ * Every change the engine reports (created, updated, paused, resumed,
+ * killed, whether by a request, by expiry or by the sandbox dying) updates
+ * the sandbox's record, is recorded as a lifecycle event with E2B's type
+ * names, and is queued for the webhooks that asked for it, in one
+ * transaction.  The webhook worker is then woken; nothing here waits on a
+ * receiver.
+ */
+#include "service.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "webhook.h"
+
+struct sbx_service {
+  struct sbx_store *store;
+  struct sbx_engine *engine;     /* set once opened */
+  struct sbx_webhooks *webhooks; /* may be NULL until started */
+};
+
+static const char *const type_names[] = {
+  [SBX_EVENT_CREATED] = "sandbox.lifecycle.created", [SBX_EVENT_UPDATED] = "sandbox.lifecycle.updated",
+  [SBX_EVENT_PAUSED] = "sandbox.lifecycle.paused",   [SBX_EVENT_RESUMED] = "sandbox.lifecycle.resumed",
+  [SBX_EVENT_KILLED] = "sandbox.lifecycle.killed",
+};
+
+int
+sbx_service_open (struct sbx_store *store, struct sbx_service **out, struct sbx_err *err)
+{
+  struct sbx_service *svc = calloc (1, sizeof *svc);
+  if (svc == NULL)
+    return sbx_fail (err, ENOMEM, "service");
+  svc->store = store;
+  *out = svc;
+  return 0;
+}
+
+void
+sbx_service_close (struct sbx_service *svc)
+{
+  free (svc);
+}
+
+void
+sbx_service_set_engine (struct sbx_service *svc, struct sbx_engine *engine)
+{
+  svc->engine = engine;
+}
+
+void
+sbx_service_set_webhooks (struct sbx_service *svc, struct sbx_webhooks *wh)
+{
+  svc->webhooks = wh;
+}
+
+struct sbx_engine *
+sbx_service_engine (struct sbx_service *svc)
+{
+  return svc->engine;
+}
+
+struct sbx_store *
+sbx_service_store (struct sbx_service *svc)
+{
+  return svc->store;
+}
+
+/* ---- records and events ---- */
+
+/* Copy what the engine knows of a sandbox into record R, keeping what the
+   service owns (organisation, metadata, agent, mode). */
+static void
+record_from_info (const struct sbx_info *in, struct sbx_sandbox_rec *r)
+{
+  snprintf (r->id, sizeof r->id, "%s", in->id);
+  snprintf (r->template_id, sizeof r->template_id, "%s", in->template_name);
+  snprintf (r->status, sizeof r->status, "%s", sbx_state_name (in->state));
+  r->started_ms = in->created_ms;
+  r->end_ms = in->end_ms;
+  if (in->state == SBX_STOPPED)
+    {
+      r->stopped_ms = in->end_ms;
+      snprintf (r->stop_reason, sizeof r->stop_reason, "%s", in->reason ? in->reason : "");
+    }
+  r->cpu_count = (in->limits.cpu_millis + 999) / 1000;
+  r->memory_mb = in->limits.memory_mb;
+  r->disk_mb = in->limits.disk_mb;
+}
+
+/* eventData, after E2B: the sandbox's metadata, and for paused and killed
+   the execution it had (start, size, how long it ran). */
+static char *
+event_data (const struct sbx_sandbox_rec *r, const struct sbx_info *in, enum sbx_event_kind kind,
+            const char *reason)
+{
+  json_t *meta = r->metadata_json ? json_loads (r->metadata_json, 0, NULL) : NULL;
+  json_t *d = json_pack ("{s:o}", "sandbox_metadata", meta ? meta : json_object ());
+  if (d == NULL)
+    return NULL;
+  if (kind == SBX_EVENT_PAUSED || kind == SBX_EVENT_KILLED)
+    {
+      char started[40] = "";
+      time_t t = (time_t) (in->created_ms / 1000);
+      struct tm tm;
+      gmtime_r (&t, &tm);
+      strftime (started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      int64_t ran = sbx_wall_ms () - in->created_ms;
+      json_object_set_new (d, "execution",
+                           json_pack ("{s:s, s:i, s:i, s:I}", "started_at", started, "vcpu_count",
+                                      (int) ((in->limits.cpu_millis + 999) / 1000), "memory_mb",
+                                      (int) in->limits.memory_mb, "execution_time", (json_int_t) (ran > 0 ? ran : 0)));
+    }
+  if (kind == SBX_EVENT_KILLED || kind == SBX_EVENT_UPDATED)
+    json_object_set_new (d, "reason", json_string (reason));
+  if (kind == SBX_EVENT_UPDATED || kind == SBX_EVENT_CREATED || kind == SBX_EVENT_RESUMED)
+    json_object_set_new (d, "timeout", json_integer (in->timeout_s));
+  char *text = json_dumps (d, JSON_COMPACT);
+  json_decref (d);
+  return text;
+}
+
+/* Save record R and the event KIND of it in one transaction, dropping
+   record DROP_ID (a placeholder) in the same one. */
+static int
+record_change (struct sbx_service *svc, const char *drop_id, const struct sbx_sandbox_rec *r,
+               const struct sbx_info *in, enum sbx_event_kind kind, const char *reason, struct sbx_err *err)
+{
+  struct sbx_event ev;
+  memset (&ev, 0, sizeof ev);
+  snprintf (ev.org_id, sizeof ev.org_id, "%s", r->org_id);
+  snprintf (ev.sandbox_id, sizeof ev.sandbox_id, "%s", r->id);
+  snprintf (ev.template_id, sizeof ev.template_id, "%s", r->template_id);
+  snprintf (ev.type, sizeof ev.type, "%s", type_names[kind]);
+  ev.data_json = event_data (r, in, kind, reason);
+  int ret = sbx_store_sandbox_record (svc->store, drop_id, r, &ev, err);
+  free (ev.data_json);
+  if (ret == 0 && svc->webhooks)
+    sbx_webhooks_kick (svc->webhooks);
+  return ret;
+}
+
+void
+sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_event_kind kind, const char *reason)
+{
+  struct sbx_service *svc = ud;
+  sbx_log_fields (SBX_LOG_INFO, "sandbox", "sandbox", id, "change", type_names[kind] + strlen ("sandbox.lifecycle."),
+                  "reason", reason, NULL);
+  /* a create records its sandbox itself, with what only the service knows */
+  if (svc == NULL || kind == SBX_EVENT_CREATED)
+    return;
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (e, id, &info, &err) < 0)
+    return;
+  struct sbx_sandbox_rec rec;
+  if (sbx_store_sandbox_get (svc->store, id, &rec, &err) < 0)
+    {
+      /* no record: a sandbox whose create is not recorded yet, or an
+         orphan that start-up reconciliation removes */
+      sbx_info_free (&info);
+      return;
+    }
+  record_from_info (&info, &rec);
+  if (record_change (svc, NULL, &rec, &info, kind, reason, &err) < 0)
+    sbx_log_fields (SBX_LOG_ERROR, "record sandbox change", "sandbox", id, "error", err.msg, NULL);
+  sbx_sandbox_rec_free (&rec);
+  sbx_info_free (&info);
+}
+
+/* ---- start-up ---- */
+
+static bool
+is_placeholder (const char *id)
+{
+  return strncmp (id, "rsv_", 4) == 0;
+}
+
+int
+sbx_service_reconcile (struct sbx_service *svc, struct sbx_err *err)
+{
+  int changes = 0;
+  struct sbx_sandbox_rec *recs;
+  size_t n;
+  if (sbx_store_sandbox_list_live (svc->store, &recs, &n, err) < 0)
+    return -1;
+  for (size_t i = 0; i < n; i++)
+    {
+      struct sbx_sandbox_rec *r = &recs[i];
+      struct sbx_err e2;
+      if (is_placeholder (r->id))
+        {
+          if (sbx_store_sandbox_record (svc->store, r->id, NULL, NULL, &e2) == 0)
+            changes++;
+          continue;
+        }
+      struct sbx_info info;
+      if (sbx_get_info (svc->engine, r->id, &info, &e2) == 0)
+        {
+          sbx_info_free (&info);
+          continue;
+        }
+      /* the engine has no trace of it (its state directory lost it) */
+      snprintf (r->status, sizeof r->status, "stopped");
+      snprintf (r->stop_reason, sizeof r->stop_reason, "lost");
+      r->stopped_ms = sbx_wall_ms ();
+      struct sbx_info none = { .created_ms = r->started_ms, .end_ms = r->stopped_ms, .timeout_s = 0 };
+      snprintf (none.id, sizeof none.id, "%.*s", SBX_ID_MAX - 1, r->id);
+      if (record_change (svc, NULL, r, &none, SBX_EVENT_KILLED, "lost", &e2) == 0)
+        changes++;
+      sbx_log_fields (SBX_LOG_WARN, "sandbox record without a sandbox: recorded as stopped", "sandbox", r->id, NULL);
+    }
+  sbx_sandbox_recs_free (recs, n);
+
+  struct sbx_info *infos;
+  if (sbx_list (svc->engine, &infos, &n, err) < 0)
+    return -1;
+  for (size_t i = 0; i < n; i++)
+    {
+      if (infos[i].state == SBX_STOPPED)
+        continue;
+      struct sbx_sandbox_rec rec;
+      struct sbx_err e2;
+      if (sbx_store_sandbox_get (svc->store, infos[i].id, &rec, &e2) == 0)
+        {
+          sbx_sandbox_rec_free (&rec);
+          continue;
+        }
+      /* its create never got recorded: nobody owns it */
+      sbx_log_fields (SBX_LOG_WARN, "sandbox without a record: destroying it", "sandbox", infos[i].id, NULL);
+      if (sbx_destroy (svc->engine, infos[i].id, &e2) == 0)
+        changes++;
+    }
+  sbx_list_free (infos, n);
+  return changes;
+}
+
+/* ---- keys ---- */
+
+int
+sbx_service_authenticate (struct sbx_service *svc, const char *key, struct sbx_org *org, struct sbx_err *err)
+{
+  if (key == NULL || *key == '\0')
+    return sbx_failk (err, SBX_E_INVALID, "missing API key");
+  if (sbx_store_key_lookup (svc->store, key, org, err) < 0)
+    {
+      if (err->code == ENOENT)
+        return sbx_failk (err, SBX_E_INVALID, "invalid API key");
+      if (err->code == EKEYREVOKED)
+        return sbx_failk (err, SBX_E_INVALID, "API key revoked");
+      return -1;
+    }
+  return 0;
+}
+
+/* ---- sandboxes ---- */
+
+int
+sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                            struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  memset (rec, 0, sizeof *rec);
+  if (spec->timeout_s > org->max_timeout_s)
+    return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", org->max_timeout_s);
+  char rsv[SBX_STORE_ID_MAX];
+  if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, err) < 0)
+    return -1;
+  struct sbx_create_opts o = { .template_name = spec->template_name,
+                               .timeout_s = spec->timeout_s,
+                               .env = spec->env,
+                               .limits = spec->limits,
+                               .net = spec->net,
+                               .internet_asked = spec->internet_asked,
+                               .fs_rules = spec->fs_rules,
+                               .n_fs_rules = spec->n_fs_rules };
+  char id[SBX_ID_MAX];
+  struct sbx_err e2;
+  if (sbx_create (svc->engine, &o, id, err) < 0)
+    {
+      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      return -1;
+    }
+  struct sbx_info info;
+  if (sbx_get_info (svc->engine, id, &info, err) < 0)
+    {
+      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      sbx_destroy (svc->engine, id, &e2);
+      return -1;
+    }
+  snprintf (rec->org_id, sizeof rec->org_id, "%s", org->id);
+  snprintf (rec->agent_id, sizeof rec->agent_id, "%s", spec->agent_id ? spec->agent_id : "");
+  snprintf (rec->mode, sizeof rec->mode, "%s", spec->mode ? spec->mode : "");
+  rec->metadata_json = spec->metadata_json ? strdup (spec->metadata_json) : NULL;
+  record_from_info (&info, rec);
+  int r = record_change (svc, rsv, rec, &info, SBX_EVENT_CREATED, "request", err);
+  sbx_info_free (&info);
+  if (r < 0)
+    {
+      /* a sandbox nobody could be billed for must not run */
+      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      sbx_destroy (svc->engine, id, &e2);
+      sbx_sandbox_rec_free (rec);
+      return -1;
+    }
+  return 0;
+}
+
+int
+sbx_service_sandbox_get (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                         struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  if (id == NULL || is_placeholder (id) || sbx_store_sandbox_get (svc->store, id, rec, err) < 0)
+    {
+      if (id && !is_placeholder (id) && err->code != ENOENT)
+        return -1;
+      return sbx_failk (err, SBX_E_NOT_FOUND, "sandbox not found");
+    }
+  if (strcmp (rec->org_id, org->id) != 0)
+    {
+      /* another organisation's sandbox does not exist for this caller */
+      sbx_sandbox_rec_free (rec);
+      return sbx_failk (err, SBX_E_NOT_FOUND, "sandbox not found");
+    }
+  return 0;
+}
+
+int
+sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, const char *id, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec rec;
+  if (sbx_service_sandbox_get (svc, org, id, &rec, err) < 0)
+    return -1;
+  bool stopped = strcmp (rec.status, "stopped") == 0;
+  sbx_sandbox_rec_free (&rec);
+  if (stopped)
+    return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
+  return sbx_destroy (svc->engine, id, err);
+}

@@ -1,0 +1,117 @@
+/*
+ * service.h - the service layer of sbxd: the one owner of organisations,
+ * their plans and quotas, ownership of sandboxes, sandbox records, runs,
+ * lifecycle events and webhook deliveries.
+ *
+ * Every API dialect (src/api) calls it with dialect-neutral C structs and
+ * gets records back; none of them reads the store or the engine's list to
+ * decide who owns what.  The sandbox engine (src/core) reports every change
+ * of a sandbox to it (sbx_service_on_change), and the service records the
+ * change and its event in one transaction.
+ *
+ * Ownership: a sandbox of another organisation does not exist for the
+ * caller (SBX_E_NOT_FOUND), whatever the dialect.
+ *
+ * Quotas: a create first takes one of the organisation's concurrent
+ * sandboxes in a transaction (a "creating" placeholder record), then asks
+ * the engine, then replaces the placeholder with the sandbox's record and
+ * its "created" event in one transaction.  No lock is held across the
+ * engine's create, so creates of one organisation run in parallel and
+ * still never pass its limit together.
+ */
+#ifndef SBX_SERVICE_H
+#define SBX_SERVICE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/error.h"
+#include "../core/sandbox.h"
+#include "store.h"
+
+struct sbx_fs_rule;
+
+struct sbx_service;
+struct sbx_webhooks;
+
+/* The service over STORE.  The engine is attached once opened (it reports
+   to the service while it opens, re-attaching to running sandboxes). */
+int sbx_service_open (struct sbx_store *store, struct sbx_service **out, struct sbx_err *err);
+void sbx_service_close (struct sbx_service *svc);
+void sbx_service_set_engine (struct sbx_service *svc, struct sbx_engine *engine);
+void sbx_service_set_webhooks (struct sbx_service *svc, struct sbx_webhooks *wh);
+struct sbx_engine *sbx_service_engine (struct sbx_service *svc);
+struct sbx_store *sbx_service_store (struct sbx_service *svc);
+
+/* The engine's event callback (sbx_engine_config.on_event); UD is the
+   service. */
+void sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_event_kind kind,
+                            const char *reason);
+
+/* Make the records and the engine agree, at start-up: placeholders of
+   creates that never finished are dropped; a live record whose sandbox the
+   engine does not know is recorded as stopped ("lost"); a sandbox the
+   engine runs without any record (its create never got recorded) is
+   destroyed.  Returns the number of changes made. */
+int sbx_service_reconcile (struct sbx_service *svc, struct sbx_err *err);
+
+/* The organisation of an API key.  SBX_E_FORBIDDEN-free: an unknown or
+   revoked key fails with kind SBX_E_INVALID and a message saying which. */
+int sbx_service_authenticate (struct sbx_service *svc, const char *key, struct sbx_org *org, struct sbx_err *err);
+
+/* ---- sandboxes ---- */
+
+struct sbx_sandbox_spec {
+  const char *template_name;
+  uint32_t timeout_s;               /* 0: the engine's default */
+  const char *const *env;           /* NULL-terminated "KEY=VALUE", may be NULL */
+  const char *metadata_json;        /* a JSON object's text, kept on the record, may be NULL */
+  struct sbx_limits limits;         /* 0 fields: the template's */
+  const struct sbx_net_policy *net; /* NULL: the template's default */
+  int internet_asked;               /* as in sbx_create_opts */
+  const struct sbx_fs_rule *fs_rules;
+  size_t n_fs_rules;
+  const char *agent_id;             /* kept on the record (seed 002), may be NULL */
+  const char *mode;                 /* "container" or "wasm", kept on the record, may be NULL */
+};
+
+/* Create a sandbox for ORG within its quota; REC gets its record.  Fails
+   with SBX_E_LIMIT at the organisation's concurrent limit, SBX_E_INVALID
+   for a timeout over its limit or an unknown template. */
+int sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org,
+                                const struct sbx_sandbox_spec *spec, struct sbx_sandbox_rec *rec, struct sbx_err *err);
+/* The record of ORG's sandbox ID (stopped ones too); SBX_E_NOT_FOUND for
+   an unknown id, a placeholder or another organisation's sandbox. */
+int sbx_service_sandbox_get (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                             struct sbx_sandbox_rec *rec, struct sbx_err *err);
+/* Destroy ORG's sandbox ID.  SBX_E_NOT_FOUND if it is not ORG's,
+   SBX_E_STOPPED if it had already stopped. */
+int sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                              struct sbx_err *err);
+
+/* ---- runs (runs.c) ---- */
+
+/* SBX_RUN_CODE_MAX and SBX_RUN_OUTPUT_MAX: store.h */
+#define SBX_RUN_ACTIVE_MAX 8u          /* runs executing at once in one sandbox */
+#define SBX_RUN_ASYNC_MAX 64u          /* asynchronous runs executing in the daemon */
+
+struct sbx_run_request {
+  const char *code;   /* Python source */
+  uint32_t timeout_s;
+  bool async;
+};
+
+/* Run REQ's code in ORG's sandbox SB (its record, as the caller read it).
+   Synchronous: returns when the run ended, OUT its finished record.
+   Asynchronous: returns at once, OUT the record as it starts ("running").
+   SBX_E_STOPPED for a stopped sandbox, SBX_E_LIMIT past the bounds. */
+int sbx_service_run (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_rec *sb,
+                     const struct sbx_run_request *req, struct sbx_run_rec *out, struct sbx_err *err);
+int sbx_service_run_get (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id,
+                         const char *run_id, struct sbx_run_rec *out, struct sbx_err *err);
+/* Runs of SANDBOX_ID executing now. */
+unsigned sbx_service_runs_active (const char *sandbox_id);
+/* At start-up: runs the last daemon left "running" are recorded failed. */
+int sbx_service_runs_recover (struct sbx_service *svc, struct sbx_err *err);
+
+#endif
