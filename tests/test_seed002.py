@@ -396,3 +396,19 @@ def test_runs_and_records_survive_a_restart(tmp_path):
         destroy(server, sid)
     finally:
         server.stop()
+
+
+def test_the_operator_chooses_the_approved_images(tmp_path):
+    server = Sbxd(str(tmp_path / "state")).start(args=["--image", "corp/python:3=base"])
+    try:
+        sid = create(server, {"config": {"image": "corp/python:3"}})["sandbox_id"]
+        destroy(server, sid)
+        sid = create(server, {})["sandbox_id"]
+        assert server.req("GET", f"/api/sandbox/{sid}").json()["image"] == "base"
+        destroy(server, sid)
+        r = server.req("POST", "/api/sandbox/create", json={"config": {"image": "agentcop/agent-sandbox:latest"}})
+        assert_error(r, 400, "invalid_request", "approved images: corp/python:3")
+    finally:
+        server.stop()
+    bad = subprocess.run([SBXD, "serve", "--image", "no-equals-sign"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--image" in bad.stderr

@@ -422,9 +422,12 @@ seed002_create (struct call *k)
       goto out;
     }
   if (tmpl == NULL)
-    tmpl = image_template (k->h, default_images[0], tmpl_buf, sizeof tmpl_buf);
-  if (tmpl == NULL)
-    tmpl = "base";
+    {
+      /* no image named: the operator's first one */
+      const char *first = images (k->h)[0], *eq = strchr (first, '=');
+      snprintf (tmpl_buf, sizeof tmpl_buf, "%s", eq ? eq + 1 : first);
+      tmpl = tmpl_buf;
+    }
   if (wasm)
     tmpl = WASM_TEMPLATE; /* the image's files are not what Pyodide sees */
 

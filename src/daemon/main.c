@@ -40,6 +40,7 @@ usage (FILE *f)
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
+         "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -136,7 +137,11 @@ cmd_serve (int argc, char **argv)
                                         { "no-network", no_argument, NULL, 'N' },
                                         { "log-level", required_argument, NULL, 'L' },
                                         { "log-format", required_argument, NULL, 'F' },
+                                        { "image", required_argument, NULL, 'I' },
                                         { NULL, 0, NULL, 0 } };
+  /* seed 002's approved images: --image replaces the defaults */
+  const char *images[65] = { NULL };
+  size_t n_images = 0;
   struct sbx_net_config net = { 0 };
   enum sbx_log_level log_level = SBX_LOG_INFO;
   bool log_json = false;
@@ -179,6 +184,18 @@ cmd_serve (int argc, char **argv)
           }
         log_json = strcmp (optarg, "json") == 0;
         break;
+      case 'I':
+        {
+          const char *eq = strchr (optarg, '=');
+          if (n_images == sizeof images / sizeof images[0] - 1 || eq == NULL || eq == optarg || eq[1] == '\0'
+              || strlen (optarg) > 200)
+            {
+              fprintf (stderr, "sbxd: invalid --image %s (want ALIAS=TEMPLATE; at most 64)\n", optarg);
+              return 2;
+            }
+          images[n_images++] = optarg;
+          break;
+        }
       case 'l':
         listen = optarg;
         break;
@@ -264,6 +281,7 @@ cmd_serve (int argc, char **argv)
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
                                 .svc = svc,
+                                .images = n_images ? images : NULL,
                                 .webhooks = webhooks,
                                 .addr = (struct sockaddr *) &sa,
                                 .docs_dir = SBXD_DOCS_DIR,
