@@ -391,6 +391,9 @@ write_resolv_conf (const struct boot_header *h, int root)
      DAC_OVERRIDE lets through.  What was under the path stays
      unreachable: the dentry is covered in this namespace, mounts cannot
      be undone (see lock_mounts), and open_by_handle_at is not allowed.
+     What it shows of the host: statfs of a blocked path reports the file
+     system of the daemon's state directory (sizes, as the /dev nodes
+     bound from the host report the host's devtmpfs).
 
    Rules come shallowest first, so a deeper rule lands on top of the one
    above it.  Paths that do not exist are created (directories) first,

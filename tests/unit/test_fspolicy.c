@@ -404,6 +404,15 @@ test_sandboxes (void)
   memset (&o, 0, sizeof o);
   CHECK (sbx_file_read (eng, pol, "/tmp/hn", "root", 0, NULL, collect, &o, &err) < 0 && err.code == EACCES);
   CHECK (sbx_file_read (eng, ctl, "/tmp/hn", "root", 0, NULL, collect, &o, &err) == 0 && has (&o, "sandbox"));
+  /* nor can it move or remove a block, or write under a read-only path
+     by moving a file in */
+  CHECK (sbx_file_remove (eng, pol, "/opt/secret/deep", "root", &err) < 0);
+  CHECK (sbx_file_move (eng, pol, "/etc", "/etc2", "root", NULL, &err) < 0);
+  CHECK (sbx_file_move (eng, pol, "/opt/secret", "/opt/secret2", "root", NULL, &err) == 0);
+  CHECK (sbx_file_write (eng, pol, "/tmp/f", "root", "f", 1, NULL, &err) == 0);
+  CHECK (sbx_file_move (eng, pol, "/tmp/f", "/usr/share/f", "root", NULL, &err) < 0);
+  CHECK (RUN (pol, "root", "stat -c '%%a %%u' /etc /opt/secret2/deep && ls /opt/secret2/deep") != 0
+         && has (&o, "0 65534\n0 65534\n") && has (&o, "Permission denied"));
   CHECK (sbx_file_write (eng, pol, "/workspace/data/output/api", "user", "api", 3, NULL, &err) == 0);
   memset (&o, 0, sizeof o);
   CHECK (sbx_file_read (eng, pol, "/workspace/data/output/api", "user", 0, NULL, collect, &o, &err) == 0
