@@ -134,7 +134,6 @@ const char *query (struct MHD_Connection *c, const char *key);
 json_t *text_json (const char *s, size_t n);
 json_t *entry_json (const struct sbx_entry *en);
 bool valid_id (const char *id);
-void free_strv (char **v);
 
 /* The record of sandbox ID if it belongs to the caller's organisation;
    otherwise answers 404 and returns false. */

@@ -1,12 +1,14 @@
 /*
- * api_network.c - sandbox egress rules in the API: the network fields of
+ * network.c - sandbox egress rules in the API: the network fields of
  * create (E2B's allow_internet_access and network {allowOut, denyOut},
  * seed 002's network {allow, block_outbound}), the sandbox object's
  * "network", and PUT /sandboxes/:id/network.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../common/util.h"
 #include "../core/net.h"
 #include "api.h"
 
@@ -55,6 +57,7 @@ body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_p
   if (!always && *allow_internet == 0 && (net == NULL || json_is_null (net)))
     return 0; /* the template decides */
   json_t *allow = json_array (), *deny = json_array ();
+  const char *allow_name = "allowOut";
   int r = -1;
   if (net && json_is_object (net))
     {
@@ -70,9 +73,28 @@ body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_p
         goto out;
       if (json_is_true (block))
         json_array_append_new (deny, json_string ("0.0.0.0/0"));
+      if (json_object_get (net, "allow") && !json_object_get (net, "allowOut"))
+        allow_name = "network.allow";
     }
   struct sbx_err err;
-  if (sbx_net_policy_from_json (*allow_internet >= 0, allow, deny, p, &err) < 0)
+  size_t na = json_array_size (allow), nd = json_array_size (deny);
+  const char **a = calloc (na + 1, sizeof *a), **d = calloc (nd + 1, sizeof *d);
+  if (a == NULL || d == NULL)
+    {
+      free (a);
+      free (d);
+      *ret = send_error (c, 500, "out of memory");
+      goto out;
+    }
+  /* a non-string entry stays NULL, which the core refuses by name */
+  for (size_t i = 0; i < na; i++)
+    a[i] = json_string_value (json_array_get (allow, i));
+  for (size_t i = 0; i < nd; i++)
+    d[i] = json_string_value (json_array_get (deny, i));
+  int built = sbx_net_policy_build (*allow_internet >= 0, a, na, allow_name, d, nd, "denyOut", p, &err);
+  free (a);
+  free (d);
+  if (built < 0)
     {
       *ret = send_error (c, 400, "%s", err.msg);
       goto out;
@@ -85,6 +107,25 @@ out:
   return r;
 }
 
+/* {"mode", "allowOut", "denyOut"}: E2B's names for a policy's rules. */
+static json_t *
+policy_json (const struct sbx_net_policy *p)
+{
+  char **allow, **deny;
+  size_t na, nd;
+  struct sbx_err err;
+  if (sbx_net_policy_rules (p, &allow, &na, &deny, &nd, &err) < 0)
+    return NULL;
+  json_t *a = json_array (), *d = json_array ();
+  for (size_t i = 0; i < na; i++)
+    json_array_append_new (a, json_string (allow[i]));
+  for (size_t i = 0; i < nd; i++)
+    json_array_append_new (d, json_string (deny[i]));
+  sbx_strv_free (allow);
+  sbx_strv_free (deny);
+  return json_pack ("{s:s, s:o, s:o}", "mode", p->enabled ? "internet" : "none", "allowOut", a, "denyOut", d);
+}
+
 void
 network_object (struct http_server *h, const char *id, json_t *obj)
 {
@@ -94,7 +135,7 @@ network_object (struct http_server *h, const char *id, json_t *obj)
     return;
   if (info.has_network)
     {
-      json_t *net = sbx_net_policy_to_json (&info.network);
+      json_t *net = policy_json (&info.network);
       if (net && info.net_address[0])
         {
           json_object_set_new (net, "address", json_string (info.net_address));

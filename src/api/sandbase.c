@@ -156,7 +156,7 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   ret = send_sandbox (h, c, id, 201);
 out:
   sbx_net_policy_free (&net);
-  free_strv (env);
+  sbx_strv_free (env);
   json_decref (b);
   return ret;
 }
@@ -282,8 +282,8 @@ struct exec_params {
 static void
 exec_params_free (struct exec_params *p)
 {
-  free_strv (p->argv);
-  free_strv (p->env);
+  sbx_strv_free (p->argv);
+  sbx_strv_free (p->env);
   json_decref (p->body);
 }
 

@@ -251,13 +251,6 @@ env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out, enu
   return 0;
 }
 
-void
-free_strv (char **v)
-{
-  for (char **p = v; p && *p; p++)
-    free (*p);
-  free (v);
-}
 
 const char *
 query (struct MHD_Connection *c, const char *key)

@@ -254,3 +254,11 @@ sbx_start_detached (void *(*fn) (void *), void *arg)
   pthread_attr_destroy (&attr);
   return ok;
 }
+
+void
+sbx_strv_free (char **v)
+{
+  for (char **p = v; p && *p; p++)
+    free (*p);
+  free (v);
+}

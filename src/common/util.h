@@ -61,6 +61,9 @@ void *sbx_grow (void *v, size_t *n, size_t *cap, size_t elem);
    unchanged). */
 int sbx_reserve (void *bufp, size_t *cap, size_t need, size_t min);
 
+/* Free a NULL-terminated list of strings and the list (NULL is fine). */
+void sbx_strv_free (char **v);
+
 /* Run FN (ARG) in a detached thread; false when it cannot start. */
 bool sbx_start_detached (void *(*fn) (void *), void *arg);
 

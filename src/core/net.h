@@ -8,7 +8,6 @@
 #ifndef SBX_NET_H
 #define SBX_NET_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,27 +25,31 @@ struct sbx_cidr {
    reachable even when DENY covers it; otherwise DENY decides. */
 struct sbx_net_policy {
   bool enabled;           /* false: mode "none", loopback only */
-  struct sbx_cidr *allow; /* allowOut addresses and CIDRs */
+  struct sbx_cidr *allow; /* allowed addresses and CIDRs */
   size_t n_allow;
-  struct sbx_cidr *deny;  /* denyOut */
+  struct sbx_cidr *deny;  /* denied addresses and CIDRs */
   size_t n_deny;
-  char **domains;         /* allowOut names: lower case, no final dot; "*.x.y" matches below x.y only */
+  char **domains;         /* allowed names: lower case, no final dot; "*.x.y" matches below x.y only */
   size_t n_domains;
 };
 
 void sbx_net_policy_free (struct sbx_net_policy *p);
 int sbx_net_policy_copy (struct sbx_net_policy *dst, const struct sbx_net_policy *src, struct sbx_err *err);
 
-/* Build a policy from E2B's lists (each may be NULL: empty).  ENABLED
-   false gives mode none when ALLOW_OUT is empty, else denyOut 0.0.0.0/0
-   added to the rules, as E2B's allow_internet_access: false does.
-   Fails with EINVAL and a message naming the bad entry. */
-int sbx_net_policy_from_json (bool enabled, const json_t *allow_out, const json_t *deny_out,
-                              struct sbx_net_policy *p, struct sbx_err *err);
-/* {"mode", "allowOut", "denyOut"} as given back to clients and stored. */
-json_t *sbx_net_policy_to_json (const struct sbx_net_policy *p);
-/* The inverse, for stored policies. */
-int sbx_net_policy_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err);
+/* Build a policy from rule strings: ALLOW entries are IPv4 addresses,
+   CIDR blocks or domain names ("*.x.y" for the names below x.y), DENY
+   entries addresses or CIDR blocks.  INTERNET false gives mode none when
+   ALLOW is empty, else 0.0.0.0/0 added to DENY (allowed entries still
+   win).  A bad entry fails with kind SBX_E_INVALID and a message naming
+   it and its list (ALLOW_NAME or DENY_NAME, the caller's words). */
+int sbx_net_policy_build (bool internet, const char *const *allow, size_t n_allow, const char *allow_name,
+                          const char *const *deny, size_t n_deny, const char *deny_name, struct sbx_net_policy *p,
+                          struct sbx_err *err);
+/* P's rules as strings in the form sbx_net_policy_build takes (addresses
+   and CIDR blocks, then names; deny), NULL-terminated and newly
+   allocated: free each list with sbx_strv_free. */
+int sbx_net_policy_rules (const struct sbx_net_policy *p, char ***allow, size_t *n_allow, char ***deny,
+                          size_t *n_deny, struct sbx_err *err);
 
 int sbx_cidr_parse (const char *s, struct sbx_cidr *out);
 bool sbx_cidr_contains (const struct sbx_cidr *c, uint32_t ip);

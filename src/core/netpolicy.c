@@ -5,6 +5,8 @@
  */
 #include "net.h"
 
+#include "../common/util.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -196,58 +198,54 @@ add_cidr (struct sbx_cidr **list, size_t *n, const struct sbx_cidr *c, struct sb
 }
 
 static int
-parse_list (const json_t *arr, const char *field, bool domains_ok, struct sbx_net_policy *p, bool deny,
+parse_list (const char *const *v, size_t n, const char *field, bool domains_ok, struct sbx_net_policy *p, bool deny,
             struct sbx_err *err)
 {
-  if (arr == NULL || json_is_null (arr))
-    return 0;
-  if (!json_is_array (arr))
-    return sbx_failx (err, EINVAL, "%s must be a list of strings", field);
-  if (json_array_size (arr) > MAX_RULES)
-    return sbx_failx (err, EINVAL, "%s has more than %d entries", field, MAX_RULES);
-  size_t i;
-  const json_t *v;
-  json_array_foreach (arr, i, v)
-  {
-    const char *s = json_string_value (v);
-    if (s == NULL)
-      return sbx_failx (err, EINVAL, "%s must be a list of strings", field);
-    struct sbx_cidr c;
-    if (sbx_cidr_parse (s, &c) == 0)
-      {
-        if (add_cidr (deny ? &p->deny : &p->allow, deny ? &p->n_deny : &p->n_allow, &c, err) < 0)
-          return -1;
-        continue;
-      }
-    char *d = NULL;
-    if (!domains_ok || strchr (s, '/') || domain_normalise (s, &d) < 0)
-      return sbx_failx (err, EINVAL, "%s: \"%.64s\" is not %s", field, s,
-                        domains_ok ? "an IPv4 address, a CIDR block or a domain name" : "an IPv4 address or CIDR block");
-    char **l = realloc (p->domains, (p->n_domains + 1) * sizeof *l);
-    if (l == NULL)
-      {
-        free (d);
-        return sbx_fail (err, ENOMEM, "network rules");
-      }
-    l[p->n_domains++] = d;
-    p->domains = l;
-  }
+  if (n > MAX_RULES)
+    return sbx_failk (err, SBX_E_INVALID, "%s has more than %d entries", field, MAX_RULES);
+  for (size_t i = 0; i < n; i++)
+    {
+      const char *s = v[i];
+      if (s == NULL)
+        return sbx_failk (err, SBX_E_INVALID, "%s must be a list of strings", field);
+      struct sbx_cidr c;
+      if (sbx_cidr_parse (s, &c) == 0)
+        {
+          if (add_cidr (deny ? &p->deny : &p->allow, deny ? &p->n_deny : &p->n_allow, &c, err) < 0)
+            return -1;
+          continue;
+        }
+      char *d = NULL;
+      if (!domains_ok || strchr (s, '/') || domain_normalise (s, &d) < 0)
+        return sbx_failk (err, SBX_E_INVALID, "%s: \"%.64s\" is not %s", field, s,
+                          domains_ok ? "an IPv4 address, a CIDR block or a domain name"
+                                     : "an IPv4 address or CIDR block");
+      char **l = realloc (p->domains, (p->n_domains + 1) * sizeof *l);
+      if (l == NULL)
+        {
+          free (d);
+          return sbx_fail (err, ENOMEM, "network rules");
+        }
+      l[p->n_domains++] = d;
+      p->domains = l;
+    }
   return 0;
 }
 
 int
-sbx_net_policy_from_json (bool enabled, const json_t *allow_out, const json_t *deny_out, struct sbx_net_policy *p,
-                          struct sbx_err *err)
+sbx_net_policy_build (bool internet, const char *const *allow, size_t n_allow, const char *allow_name,
+                      const char *const *deny, size_t n_deny, const char *deny_name, struct sbx_net_policy *p,
+                      struct sbx_err *err)
 {
   memset (p, 0, sizeof *p);
   p->enabled = true;
-  if (parse_list (allow_out, "allowOut", true, p, false, err) < 0
-      || parse_list (deny_out, "denyOut", false, p, true, err) < 0)
+  if (parse_list (allow, n_allow, allow_name ? allow_name : "allow", true, p, false, err) < 0
+      || parse_list (deny, n_deny, deny_name ? deny_name : "deny", false, p, true, err) < 0)
     {
       sbx_net_policy_free (p);
       return -1;
     }
-  if (!enabled)
+  if (!internet)
     {
       if (p->n_allow == 0 && p->n_domains == 0)
         {
@@ -265,36 +263,38 @@ sbx_net_policy_from_json (bool enabled, const json_t *allow_out, const json_t *d
   return 0;
 }
 
-json_t *
-sbx_net_policy_to_json (const struct sbx_net_policy *p)
+int
+sbx_net_policy_rules (const struct sbx_net_policy *p, char ***allow, size_t *n_allow, char ***deny, size_t *n_deny,
+                      struct sbx_err *err)
 {
-  json_t *allow = json_array (), *deny = json_array ();
+  *allow = calloc (p->n_allow + p->n_domains + 1, sizeof **allow);
+  *deny = calloc (p->n_deny + 1, sizeof **deny);
+  *n_allow = *n_deny = 0;
+  if (*allow == NULL || *deny == NULL)
+    goto nomem;
   char buf[32];
   for (size_t i = 0; i < p->n_allow; i++)
     {
       sbx_cidr_format (&p->allow[i], buf, sizeof buf);
-      json_array_append_new (allow, json_string (buf));
+      if (((*allow)[(*n_allow)++] = strdup (buf)) == NULL)
+        goto nomem;
     }
   for (size_t i = 0; i < p->n_domains; i++)
-    json_array_append_new (allow, json_string (p->domains[i]));
+    if (((*allow)[(*n_allow)++] = strdup (p->domains[i])) == NULL)
+      goto nomem;
   for (size_t i = 0; i < p->n_deny; i++)
     {
       sbx_cidr_format (&p->deny[i], buf, sizeof buf);
-      json_array_append_new (deny, json_string (buf));
+      if (((*deny)[(*n_deny)++] = strdup (buf)) == NULL)
+        goto nomem;
     }
-  return json_pack ("{s:s, s:o, s:o}", "mode", p->enabled ? "internet" : "none", "allowOut", allow, "denyOut", deny);
-}
-
-int
-sbx_net_policy_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err)
-{
-  const char *mode = json_string_value (json_object_get (j, "mode"));
-  if (mode == NULL)
-    return sbx_failx (err, EINVAL, "network policy without a mode");
-  if (sbx_net_policy_from_json (true, json_object_get (j, "allowOut"), json_object_get (j, "denyOut"), p, err) < 0)
-    return -1;
-  p->enabled = strcmp (mode, "none") != 0;
   return 0;
+nomem:
+  sbx_strv_free (*allow);
+  sbx_strv_free (*deny);
+  *allow = *deny = NULL;
+  *n_allow = *n_deny = 0;
+  return sbx_fail (err, ENOMEM, "network rules");
 }
 
 bool

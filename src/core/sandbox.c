@@ -184,7 +184,63 @@ put (struct sbx_engine *e, struct sandbox *s)
     sandbox_free (s);
 }
 
-/* ---- persistence: STATE/sandboxes/ID/sandbox.json ---- */
+/* ---- persistence: STATE/sandboxes/ID/sandbox.json ----
+
+   The engine's own runtime state, what it needs to re-attach to a sandbox
+   after a restart; who owns the sandbox and what clients said of it are
+   the service's records. */
+
+static json_t *
+strv_json (char **v, size_t n)
+{
+  json_t *a = json_array ();
+  for (size_t i = 0; a && i < n; i++)
+    json_array_append_new (a, json_string (v[i]));
+  return a;
+}
+
+/* {"mode": "internet"|"none", "allow": [...], "deny": [...]} */
+static json_t *
+net_state_json (const struct sbx_net_policy *p)
+{
+  char **allow, **deny;
+  size_t na, nd;
+  struct sbx_err err;
+  if (sbx_net_policy_rules (p, &allow, &na, &deny, &nd, &err) < 0)
+    return NULL;
+  json_t *j = json_pack ("{s:s, s:o, s:o}", "mode", p->enabled ? "internet" : "none", "allow", strv_json (allow, na),
+                         "deny", strv_json (deny, nd));
+  sbx_strv_free (allow);
+  sbx_strv_free (deny);
+  return j;
+}
+
+static int
+net_state_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err)
+{
+  const char *mode = json_string_value (json_object_get (j, "mode"));
+  const json_t *allow = json_object_get (j, "allow"), *deny = json_object_get (j, "deny");
+  if (mode == NULL || !json_is_array (allow) || !json_is_array (deny))
+    return sbx_failx (err, EINVAL, "network state without a mode or rules");
+  size_t na = json_array_size (allow), nd = json_array_size (deny);
+  const char **a = calloc (na + 1, sizeof *a), **d = calloc (nd + 1, sizeof *d);
+  int r = -1;
+  if (a && d)
+    {
+      for (size_t i = 0; i < na; i++)
+        a[i] = json_string_value (json_array_get (allow, i));
+      for (size_t i = 0; i < nd; i++)
+        d[i] = json_string_value (json_array_get (deny, i));
+      r = sbx_net_policy_build (true, a, na, "allow", d, nd, "deny", p, err);
+      if (r == 0)
+        p->enabled = strcmp (mode, "none") != 0;
+    }
+  else
+    sbx_fail (err, ENOMEM, "network state");
+  free (a);
+  free (d);
+  return r;
+}
 
 static int
 save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
@@ -201,8 +257,13 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
     return sbx_failx (err, ENOMEM, "encode sandbox record");
   if (s->has_net)
     {
-      json_t *net = sbx_net_policy_to_json (&s->net);
-      if (net && s->net_asked_set)
+      json_t *net = net_state_json (&s->net);
+      if (net == NULL)
+        {
+          json_decref (j);
+          return sbx_failx (err, ENOMEM, "encode sandbox record");
+        }
+      if (s->net_asked_set)
         json_object_set_new (net, "internet_asked", json_boolean (s->net_asked));
       json_object_set_new (j, "network", net);
     }
@@ -514,7 +575,7 @@ reattach (struct sbx_engine *e, const char *id)
   s->uid_slot = (uint32_t) slot;
   s->limits = (struct sbx_limits) { (uint32_t) cpu, (uint32_t) mem, (uint32_t) disk, (uint32_t) pids, (uint32_t) nofile };
   json_t *net = json_object_get (j, "network");
-  if (net && sbx_net_policy_load (net, &s->net, &err) == 0)
+  if (net && net_state_load (net, &s->net, &err) == 0)
     {
       s->has_net = true;
       json_t *ai = json_object_get (net, "internet_asked");
