@@ -839,7 +839,7 @@ def egress_log(d, sid, after=0, expect=200):
     assert r.status_code == expect, r.text
     body = r.json()
     if expect == 200:
-        assert set(body) == {"records", "dropped"}, body
+        assert set(body) == {"sandbox_id", "records", "dropped"} and body["sandbox_id"] == sid, body
         seqs = [rec["seq"] for rec in body["records"]]
         assert seqs == sorted(seqs) and all(s > after for s in seqs), seqs
         for rec in body["records"]:
@@ -991,7 +991,7 @@ def test_egress_log_rate_limit_and_destroy(netd, peers):
     finally:
         assert netd.delete(sid).status_code == 204
     r = netd.req("GET", f"/sandboxes/{sid}/network/log")
-    assert r.status_code == 404 or (r.status_code == 200 and r.json() == {"records": [], "dropped": 0}), r.text
+    assert r.status_code == 200 and r.json() == {"sandbox_id": sid, "records": [], "dropped": 0}, r.text
     assert netd.req("GET", f"/sandboxes/{MISSING}/network/log").status_code == 404
 
 

@@ -303,6 +303,18 @@ cmd_serve (int argc, char **argv)
     pause ();
   sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
   sbx_http_stop (h);
+  unsigned busy = sbx_service_runs_in_progress ();
+  if (busy)
+    {
+      /* asynchronous runs wait inside the engine on processes that may go
+         on for minutes: the engine cannot be freed under them, so the
+         process ends here, and the next start records them failed */
+      char n[16];
+      snprintf (n, sizeof n, "%u", busy);
+      sbx_log_fields (SBX_LOG_WARN, "stopping with runs in progress; they are recorded failed at the next start",
+                      "runs", n, NULL);
+      return 0;
+    }
   sbx_engine_close (engine);
   sbx_service_set_webhooks (svc, NULL);
   sbx_webhooks_stop (webhooks);

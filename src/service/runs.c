@@ -105,6 +105,17 @@ sbx_service_runs_active (const char *sandbox_id)
   return n;
 }
 
+unsigned
+sbx_service_runs_in_progress (void)
+{
+  unsigned n = 0;
+  pthread_mutex_lock (&active_lock);
+  for (struct active *a = active_list; a; a = a->next)
+    n += a->n;
+  pthread_mutex_unlock (&active_lock);
+  return n;
+}
+
 /* ---- executing ---- */
 
 struct job {

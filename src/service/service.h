@@ -109,8 +109,9 @@ int sbx_service_run (struct sbx_service *svc, const struct sbx_org *org, const s
                      const struct sbx_run_request *req, struct sbx_run_rec *out, struct sbx_err *err);
 int sbx_service_run_get (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id,
                          const char *run_id, struct sbx_run_rec *out, struct sbx_err *err);
-/* Runs of SANDBOX_ID executing now. */
+/* Runs of SANDBOX_ID executing now; runs executing in the daemon. */
 unsigned sbx_service_runs_active (const char *sandbox_id);
+unsigned sbx_service_runs_in_progress (void);
 /* At start-up: runs the last daemon left "running" are recorded failed. */
 int sbx_service_runs_recover (struct sbx_service *svc, struct sbx_err *err);
 
