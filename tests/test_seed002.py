@@ -135,6 +135,8 @@ print("etc-write", attempt(lambda: open("/etc/x", "w").write("x")))
 print("root-list", attempt(lambda: os.listdir("/root")))
 print("via-dotdot", attempt(lambda: open("/workspace/../etc/hostname").read()))
 print("via-proc", attempt(lambda: open("/proc/self/root/etc/hostname").read()))
+print("etc-cd", attempt(lambda: os.chdir("/etc")))
+print("via-proc-cwd", attempt(lambda: os.listdir("/proc/1/cwd/etc")))
 os.symlink("/etc/hostname", "/workspace/output/link")
 print("via-link", attempt(lambda: open("/workspace/output/link").read()))
 '''
@@ -144,7 +146,8 @@ print("via-link", attempt(lambda: open("/workspace/output/link").read()))
         assert seen["out"] == "ok"
         assert seen["data-write"] == "EROFS"
         assert seen["data-list"] == "ok"
-        for key in ("etc-read", "etc-list", "etc-write", "root-list", "via-dotdot", "via-proc", "via-link"):
+        for key in ("etc-read", "etc-list", "etc-write", "root-list", "via-dotdot", "via-proc", "via-link", "etc-cd",
+                    "via-proc-cwd"):
             assert seen[key] in ("EACCES", "EPERM", "ENOENT"), (key, seen[key])
         assert seen["etc-read"] != "ok"
         # the files API obeys the same policy
@@ -412,3 +415,28 @@ def test_the_operator_chooses_the_approved_images(tmp_path):
         server.stop()
     bad = subprocess.run([SBXD, "serve", "--image", "no-equals-sign"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--image" in bad.stderr
+
+
+def test_a_stop_during_a_run_ends_cleanly(tmp_path):
+    server = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = create(server, {})["sandbox_id"]
+        rid = server.req("POST", f"/api/sandbox/{sid}/run",
+                         json={"code": "import time\ntime.sleep(120)", "async": True}).json()["run_id"]
+        time.sleep(0.5)
+        t0 = time.time()
+        server.stop()
+        assert server.proc.returncode == 0 and time.time() - t0 < 15, open(server.log_path).read()[-2000:]
+        server.start()
+        cut = server.req("GET", f"/api/sandbox/{sid}/run/{rid}").json()
+        assert cut["status"] == "failed" and "restart" in cut["error"], cut
+        destroy(server, sid)
+    finally:
+        server.stop()
+
+
+def test_the_readme_example_is_the_seeds(sbxd):
+    import json
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "docs", "examples", "seed002-create.json")) as f:
+        assert json.load(f) == SEED_EXAMPLE
