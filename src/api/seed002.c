@@ -576,13 +576,11 @@ seed002_list (struct call *k)
   struct sbx_sandbox_rec *v;
   size_t n;
   struct sbx_err err;
-  if (sbx_store_sandbox_list (k->h->store, k->rq->org.id, NULL, &v, &n, &err) < 0)
+  if (sbx_store_sandbox_list_by_agent (k->h->store, k->rq->org.id, agent, NULL, &v, &n, &err) < 0)
     return send_fail (k->c, &err);
   json_t *arr = json_array ();
   for (size_t i = 0; i < n && json_array_size (arr) < LIST_MAX; i++)
     {
-      if (agent && strcmp (v[i].agent_id, agent) != 0)
-        continue;
       if (status && strcmp (status_name (&v[i]), status) != 0)
         continue;
       json_array_append_new (arr, sandbox_json (&v[i]));
