@@ -17,7 +17,8 @@
  *
  * Thread safe: a line is written whole, under a lock, so the lines of
  * concurrent threads never mix, however long.  Configure (level, sink,
- * fd) before other threads start.
+ * fd) before other threads start.  Not for a child between fork and exec
+ * (the lock may be held by a thread that was not copied).
  */
 #ifndef SBX_LOG_H
 #define SBX_LOG_H
