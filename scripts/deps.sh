@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # deps.sh - sourced by the other scripts: install what sbxd needs from
 # Debian's packages, only when something is missing.
 SBXD_DEBS="gcc clang make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libseccomp-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev
@@ -49,13 +50,14 @@ sbxd_prepare_template() {
     return 0
   fi
   mkdir -p "$logdir"
-  local log="$logdir/template-$name.log" start=$SECONDS pid rc=0 last
+  local log="$logdir/template-$name.log" start=$SECONDS next=$every pid rc=0 last
   echo "sbxd: template $name: building (log: $log)" >&2
   "$SBXD_ROOT/build/sbxd" template build "$name" ${SBXD_SPEC_DIR:+--spec-dir "$SBXD_SPEC_DIR"} >"$log" 2>&1 &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
-    if kill -0 "$pid" 2>/dev/null && [ $(( (SECONDS - start) % every )) = 0 ]; then
+    if kill -0 "$pid" 2>/dev/null && [ $((SECONDS - start)) -ge "$next" ]; then
+      next=$((next + every))
       last=$(tail -n 1 "$log" 2>/dev/null | tr -d '\r' | cut -c1-100)
       echo "sbxd: template $name: building, $((SECONDS - start)) s${last:+ ($last)}" >&2
     fi

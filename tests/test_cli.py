@@ -187,7 +187,8 @@ def test_serve_logs_text_lines_by_default(tmp_path):
     lines = d.logs().splitlines()
     assert lines and all(TEXT_LINE.match(l) for l in lines), lines
     assert any(" info listening url=http://127.0.0.1:" in l for l in lines), lines
-    assert any(f"sandbox changed sandbox={sid} change=killed" in l for l in lines), lines
+    assert any(f" info sandbox sandbox={sid} change=killed" in l for l in lines), lines
+    assert any(re.search(r" info request method=POST route=\S+ status=201 ms=[\d.]+ org=default", l) for l in lines), lines
     assert any(" info stopping;" in l for l in lines), lines
 
 
@@ -206,8 +207,10 @@ def test_serve_logs_json_lines(tmp_path):
         assert r["level"] in ("debug", "info", "warn", "error")
     listening = [r for r in records if r["msg"] == "listening"]
     assert listening and listening[0]["url"] == d.url and listening[0]["state_dir"] == d.state_dir
-    changes = [(r["change"], r["reason"]) for r in records if r["msg"] == "sandbox changed" and r["sandbox"] == sid]
-    assert changes[0][0] == "created" and changes[-1][0] == "killed", changes
+    changes = [r["change"] for r in records if r["msg"] == "sandbox" and r.get("sandbox") == sid]
+    assert changes[0] == "created" and changes[-1] == "killed", changes
+    requests_ = [r for r in records if r["msg"] == "request"]
+    assert {"method", "route", "status", "ms", "org"} <= set(requests_[0]), requests_
     assert any(r["msg"].startswith("created an API key") and r["key_id"].startswith("key_") for r in records)
 
 

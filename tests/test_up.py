@@ -3,7 +3,8 @@ template is ready and builds the others in the background, showing their
 progress; a template that is finished while the daemon runs can be used
 at once, without a restart; a failed build is reported and the daemon
 keeps serving; stopping sbxd-up stops the daemon and any build still
-running.
+running.  A create naming a template whose build is running answers 503
+"still being built" rather than "unknown template".
 
 No template is really built here: that needs a Debian mirror, and tests
 talk only to this machine.  The template directory is a temporary one
@@ -180,8 +181,13 @@ def test_sbxd_up_serves_first_then_builds_the_rest(tmp_path, tdir):
         r = up.create("base")
         assert r.status_code == 201, r.text
         made.append(r.json()["sandboxID"])
+        # naming it meanwhile says it is coming, not that it is unknown
+        up.wait_for(r"sbxd: template later: building \(log")
         r = up.create("later")
-        assert r.status_code == 400 and "unknown template: later" in r.text
+        assert r.status_code == 503, r.text
+        assert r.json()["message"] == "template later is still being built; try again when it is done"
+        r = up.create("never")
+        assert r.status_code == 400 and "unknown template: never" in r.text
         # progress: the template, the seconds, the build's last line
         up.wait_for(r"sbxd: template later: building, \d+ s \(fake mmdebstrap: step \d\)")
         up.wait_for(r"sbxd: template later: done in \d+ s")
@@ -248,6 +254,13 @@ def test_stopping_sbxd_up_stops_the_builds_too(tmp_path, tdir):
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{p}") and fake_of(p, tmp_path) for p in fake)
     assert not os.path.exists(os.path.join(tdir, "slow"))
+    # what the stopped build left behind does not pass for a build
+    d = Sbxd(str(tmp_path / "state2")).start(args=["--template-dir", tdir])
+    try:
+        r = d.create(template="slow", expect=400)
+        assert r.json()["message"] == "unknown template: slow"
+    finally:
+        d.stop()
 
 
 def test_sbxd_up_without_its_first_template_does_not_serve(tmp_path, tdir):

@@ -5,12 +5,13 @@
  * No JSON here and nothing allocated: the file is linked into the static
  * sbx-init too, and a logger that can fail for want of memory is no help
  * when memory is short.  A record is formatted into a buffer on the
- * stack and written with one write(2), so lines of concurrent threads do
- * not interleave.
+ * stack and written whole under a lock: write(2) is atomic on a pipe only
+ * up to PIPE_BUF bytes, and a line may be longer.
  */
 #include "log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +24,7 @@ static atomic_int log_level = SBX_LOG_INFO;
 static atomic_int log_fd = STDERR_FILENO;
 static sbx_log_sink_fn log_sink;
 static void *log_sink_ud;
+static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const level_names[] = {
   [SBX_LOG_DEBUG] = "debug", [SBX_LOG_INFO] = "info", [SBX_LOG_WARN] = "warn", [SBX_LOG_ERROR] = "error"
@@ -203,6 +205,16 @@ sbx_log_format_text (const struct sbx_log_record *rec, char *buf, size_t size)
   return l.len;
 }
 
+void
+sbx_log_write (const char *line, size_t n)
+{
+  int saved = errno;   /* logging must not disturb the caller's errno */
+  pthread_mutex_lock (&write_lock);
+  (void) !sbx_write_full (atomic_load (&log_fd), line, n);
+  pthread_mutex_unlock (&write_lock);
+  errno = saved;
+}
+
 static void
 emit (const struct sbx_log_record *rec)
 {
@@ -213,9 +225,7 @@ emit (const struct sbx_log_record *rec)
     }
   char line[SBX_LOG_LINE_MAX];
   size_t n = sbx_log_format_text (rec, line, sizeof line);
-  int saved = errno;   /* logging must not disturb the caller's errno */
-  (void) !sbx_write_full (atomic_load (&log_fd), line, n);
-  errno = saved;
+  sbx_log_write (line, n);
 }
 
 void

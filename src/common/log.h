@@ -15,8 +15,10 @@
  * keeps this file free of any JSON library, since it is also linked into
  * the static sbx-init.
  *
- * Thread safe: each line is written with one write(2).  Configure
- * (level, sink, fd) before other threads start.
+ * Thread safe: a line is written whole, under a lock, so the lines of
+ * concurrent threads never mix, however long.  Configure (level, sink,
+ * fd) before other threads start.  Not for a child between fork and exec
+ * (the lock may be held by a thread that was not copied).
  */
 #ifndef SBX_LOG_H
 #define SBX_LOG_H
@@ -34,6 +36,8 @@ enum sbx_log_level { SBX_LOG_DEBUG, SBX_LOG_INFO, SBX_LOG_WARN, SBX_LOG_ERROR };
 #define SBX_LOG_MAX_FIELDS 16
 #define SBX_LOG_MSG_MAX 2048
 #define SBX_LOG_LINE_MAX 8192
+/* JSON lines: each value (and the message) is cut to this many bytes. */
+#define SBX_LOG_VALUE_MAX 2048
 
 struct sbx_log_record {
   enum sbx_log_level level;
@@ -58,6 +62,9 @@ void sbx_log_set_fd (int fd);
 int sbx_log_get_fd (void);
 /* Hand every record to FN instead of writing text; NULL restores text. */
 void sbx_log_set_sink (sbx_log_sink_fn fn, void *ud);
+/* Write LINE (N bytes, its newline included) whole to the log's fd, not
+   mixed with other lines of this process: for sinks. */
+void sbx_log_write (const char *line, size_t n);
 
 /* A record with a printf-style message. */
 void sbx_log (enum sbx_log_level level, const char *fmt, ...) __attribute__ ((format (printf, 2, 3)));

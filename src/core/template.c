@@ -1296,6 +1296,47 @@ out:
   return ret;
 }
 
+/* Whether a build of NAME is running: its build directory
+   (.build-NAME-PID) exists and PID is a live sbxd.  Lets a create that
+   names a template not built yet say so instead of "unknown".  Only the
+   template's own name is recognised, not its aliases (they appear when
+   the build is done). */
+static bool
+being_built (int dfd, const char *name)
+{
+  int fd = openat (dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
+  if (d == NULL)
+    {
+      if (fd >= 0)
+        close (fd);
+      return false;
+    }
+  char prefix[96];
+  int plen = snprintf (prefix, sizeof prefix, ".build-%s-", name);
+  bool found = false;
+  struct dirent *de;
+  while (! found && plen > 0 && (size_t) plen < sizeof prefix && (de = readdir (d)) != NULL)
+    {
+      char *end;
+      if (strncmp (de->d_name, prefix, (size_t) plen) != 0)
+        continue;
+      long pid = strtol (de->d_name + plen, &end, 10);
+      if (*end != '\0' || pid <= 0)
+        continue;
+      /* "PID (sbxd) S ...": an sbxd, and not a zombie (a killed build's
+         may linger until its new parent reaps it) */
+      char path[64], stat[64] = "";
+      snprintf (path, sizeof path, "/proc/%ld/stat", pid);
+      cleanup_close int sfd = open (path, O_RDONLY | O_CLOEXEC);
+      ssize_t n = sfd >= 0 ? read (sfd, stat, sizeof stat - 1) : -1;
+      const char *comm = n > 0 ? strchr (stat, '(') : NULL;
+      found = comm && strncmp (comm, "(sbxd) ", 7) == 0 && comm[7] != 'Z' && comm[7] != 'X';
+    }
+  closedir (d);
+  return found;
+}
+
 int
 sbx_template_load (const char *tmpl_dir, const char *name, struct sbx_template *t, struct sbx_err *err)
 {
@@ -1315,7 +1356,12 @@ sbx_template_load (const char *tmpl_dir, const char *name, struct sbx_template *
     }
   char target[sizeof t->name];
   if (resolve (dfd, name, target, sizeof target, err) < 0)
-    return -1;
+    {
+      if (err->code == ENOENT && being_built (dfd, name))
+        return sbx_failk (err, SBX_E_UNAVAILABLE, "template %s is still being built; try again when it is done",
+                          name);
+      return -1;
+    }
 
   cleanup_free char *tdir = NULL;
   if (canonical_dir (tmpl_dir, &tdir, err) < 0)

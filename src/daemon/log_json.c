@@ -9,23 +9,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/util.h"
-
-/* A JSON string of S; bytes that are not valid UTF-8 become '?', since
-   log values may come from sandboxes and clients. */
+/* A JSON string of S, cut to SBX_LOG_VALUE_MAX bytes on a character
+   boundary (a "..." says so); bytes that are not valid UTF-8 become '?',
+   since log values may come from sandboxes and clients. */
 static json_t *
 string_of (const char *s)
 {
-  json_t *j = json_string (s ? s : "");
+  s = s ? s : "";
+  size_t n = strnlen (s, SBX_LOG_VALUE_MAX + 1);
+  bool cut = n > SBX_LOG_VALUE_MAX;
+  if (cut)
+    for (n = SBX_LOG_VALUE_MAX; n > 0 && ((unsigned char) s[n] & 0xc0) == 0x80; n--)
+      ;
+  json_t *j = cut ? NULL : json_string (s);
   if (j)
     return j;
-  char *copy = strdup (s);
+  char *copy = malloc (n + 4);
   if (copy == NULL)
     return NULL;
-  for (char *p = copy; *p; p++)
-    if ((unsigned char) *p >= 0x80)
-      *p = '?';
+  memcpy (copy, s, n);
+  strcpy (copy + n, cut ? "..." : "");
   j = json_string (copy);
+  if (j == NULL)
+    {
+      for (char *p = copy; *p; p++)
+        if ((unsigned char) *p >= 0x80)
+          *p = '?';
+      j = json_string (copy);
+    }
   free (copy);
   return j;
 }
@@ -56,7 +67,7 @@ sbx_log_json_sink (const struct sbx_log_record *rec, void *ud)
     {
       size_t n = strlen (text);
       text[n] = '\n';   /* replaces the terminator: write the line at once */
-      (void) !sbx_write_full (sbx_log_get_fd (), text, n + 1);
+      sbx_log_write (text, n + 1);
       free (text);
     }
   errno = saved;

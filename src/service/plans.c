@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 
 static const struct sbx_plan plan_default = { "default", 10, 3600, 0 };
 static const struct sbx_plan plan_free = { "free", 3, 300, 5 };
@@ -50,4 +51,15 @@ const char *
 sbx_plan_names (void)
 {
   return "default, free, builder, pro, scale";
+}
+
+int64_t
+sbx_plan_month_start_ms (int64_t now_ms)
+{
+  time_t t = (time_t) (now_ms / 1000);
+  struct tm tm;
+  gmtime_r (&t, &tm);
+  tm.tm_mday = 1;
+  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+  return (int64_t) timegm (&tm) * 1000;
 }

@@ -37,5 +37,8 @@ const struct sbx_plan *sbx_plan_default (void);
 const struct sbx_plan *const *sbx_plans (void);
 /* "default, free, builder, pro, scale": for messages. */
 const char *sbx_plan_names (void);
+/* The start of NOW_MS's calendar month in UTC, in ms since the epoch: the
+   window of monthly sandbox hours. */
+int64_t sbx_plan_month_start_ms (int64_t now_ms);
 
 #endif

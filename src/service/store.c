@@ -211,6 +211,7 @@ enum stmt_id
   S_SB_DELETE,
   S_SB_LIVE_ALL,
   S_SB_AGENT,
+  S_SB_USAGE,
   S_RUN_INSERT,
   S_RUN_FINISH,
   S_RUN_STATUS,
@@ -285,6 +286,10 @@ static const char *const stmt_sql[S_COUNT] = {
                 " AND (?3 IS NULL OR agent_id = ?3) AND id NOT LIKE 'rsv!_%' ESCAPE '!'"
                 " ORDER BY started_ms DESC, id",
   [S_SB_LIVE] = "SELECT COUNT(*) FROM sandboxes WHERE org_id = ?1 AND status IN ('running', 'paused', 'creating')",
+  /* ?1 org, ?2 window start, ?3 now; through sandboxes_org_started */
+  [S_SB_USAGE] = "SELECT TOTAL (MAX (0, MIN (?3, CASE WHEN status IN ('running', 'paused', 'creating') THEN ?3"
+                 " WHEN stopped_ms > 0 THEN stopped_ms ELSE end_ms END) - MAX (started_ms, ?2)))"
+                 " FROM sandboxes WHERE org_id = ?1 AND started_ms < ?3",
   [S_SB_DELETE] = "DELETE FROM sandboxes WHERE id = ?1",
   [S_SB_LIVE_ALL] = "SELECT " SB_COLS " FROM sandboxes WHERE status IN ('running', 'paused', 'creating')"
                     " ORDER BY started_ms, id",
@@ -1375,6 +1380,26 @@ sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t
   if (r < 0)
     return -1;
   *n = r ? (uint32_t) sqlite3_column_int64 (s, 0) : 0;
+  return 0;
+}
+
+int
+sbx_store_sandbox_usage_ms (struct sbx_store *st, const char *org_id, int64_t since_ms, int64_t now_ms, int64_t *ms,
+                            struct sbx_err *err)
+{
+  *ms = 0;
+  if (org_id == NULL || now_ms <= since_ms)
+    return 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_USAGE];
+  int rc = bind_text (s, 1, org_id) | sqlite3_bind_int64 (s, 2, since_ms) | sqlite3_bind_int64 (s, 3, now_ms);
+  if (bind_check (st, rc, err, "sandbox usage") < 0)
+    return -1;
+  int r = step_row (st, s, err, "sandbox usage");
+  if (r < 0)
+    return -1;
+  /* TOTAL is a float, exact for sums below 2^53 ms (285,000 years) */
+  *ms = r ? (int64_t) sqlite3_column_double (s, 0) : 0;
   return 0;
 }
 

@@ -102,8 +102,7 @@ void sbx_sandbox_rec_free (struct sbx_sandbox_rec *r);
 void sbx_sandbox_recs_free (struct sbx_sandbox_rec *v, size_t n);
 
 /* Insert or replace the record R->id; but an empty R->agent_id or R->mode
-   keeps the stored one (the engine's reports, events.c, do not know
-   them). */
+   keeps the stored one (the engine's reports do not know them). */
 int sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err);
 /* Set agent_id and mode (NULL or "": none) of the existing record ID:
    for the API to call after sbx_create, whose report wrote the record.
@@ -136,6 +135,14 @@ int sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, c
                                      const char *status, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
 /* Running and paused sandboxes of ORG. */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
+/* Sandbox time of ORG between SINCE_MS and NOW_MS, in ms, into *MS: the
+   sum over its sandboxes of the part of [started, stopped) inside that
+   window, a live sandbox (creating, running, paused) counting until NOW_MS
+   and a stopped one without a stop time until its planned end.  Paused
+   time counts (records keep no pause history).  For plans' monthly
+   sandbox hours, with SINCE_MS = sbx_plan_month_start_ms (NOW_MS). */
+int sbx_store_sandbox_usage_ms (struct sbx_store *st, const char *org_id, int64_t since_ms, int64_t now_ms,
+                                int64_t *ms, struct sbx_err *err);
 
 /* ---- runs: code executed in a sandbox (seed 002's /run) ---- */
 

@@ -6,8 +6,8 @@
  * them: text format (time, level, message, key=value fields, quoting and
  * escaping, so that one record is one line whatever it holds), levels,
  * bounds (fields, line length), errno kept, a custom sink, the JSON sink
- * (parsed back with jansson), and lines of concurrent threads never
- * interleaving.  No root; well under a second.
+ * (parsed back with jansson, values bounded), and lines of concurrent
+ * threads never interleaving, even past PIPE_BUF.  No root; well under a second.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -O2 -Isrc -o /tmp/test_log tests/unit/test_log.c \
  *     src/common/log.c src/daemon/log_json.c src/common/util.c src/common/error.c -ljansson -lpthread \
@@ -286,6 +286,19 @@ test_json_sink (void)
   CHECK (j && strcmp (json_string_value (json_object_get (j, "msg")), "printf style 7") == 0
          && json_object_size (j) == 3);
   json_decref (j);
+
+  /* values are bounded: cut on a character boundary, with "..." */
+  char big[SBX_LOG_VALUE_MAX + 100];
+  big[0] = 'x';
+  for (size_t i = 1; i + 2 < sizeof big; i += 2)
+    memcpy (big + i, "\xc3\xa9", 2);
+  big[sizeof big - 1] = '\0';
+  sbx_log_fields (SBX_LOG_INFO, "big", "v", big, NULL);
+  j = json_line ();
+  const char *v = j ? json_string_value (json_object_get (j, "v")) : NULL;
+  CHECK (v && strlen (v) == SBX_LOG_VALUE_MAX - 1 + 3 && strcmp (v + strlen (v) - 3, "...") == 0
+         && memcmp (v, big, SBX_LOG_VALUE_MAX - 1) == 0);
+  json_decref (j);
   sbx_log_set_sink (NULL, NULL);
 }
 
@@ -299,7 +312,7 @@ writer (void *arg)
 {
   char id[8];
   snprintf (id, sizeof id, "%ld", (long) arg);
-  char filler[600];
+  char filler[6000];   /* a line longer than PIPE_BUF: written whole all the same */
   memset (filler, 'a' + (int) (long) arg, sizeof filler - 1);
   filler[sizeof filler - 1] = '\0';
   for (int i = 0; i < LINES; i++)
@@ -326,10 +339,10 @@ reader (void *arg)
       const char *rest = after_prefix (line, "info");
       const char *fill = rest ? strstr (rest, "filler=") : NULL;
       /* a whole line holds one thread's filler and nothing else */
-      if (rest == NULL || fill == NULL || strncmp (rest, "line thread=", 12) != 0 || strlen (fill) != 7 + 599 + 1)
+      if (rest == NULL || fill == NULL || strncmp (rest, "line thread=", 12) != 0 || strlen (fill) != 7 + 5999 + 1)
         rs->bad++;
       else
-        for (int i = 8; i < 7 + 599; i++)
+        for (int i = 8; i < 7 + 5999; i++)
           if (fill[i] != fill[7])
             {
               rs->bad++;

@@ -525,6 +525,38 @@ test_sandbox_agents (void)
   sbx_sandbox_recs_free (v, n);
 }
 
+/* Sandbox time in a window, for monthly sandbox hours. */
+static void
+test_usage (void)
+{
+  struct sbx_sandbox_rec u1 = rec ("u1", "org_usage", "stopped", 1000, NULL);
+  u1.stopped_ms = 5000;
+  struct sbx_sandbox_rec u2 = rec ("u2", "org_usage", "running", 8000, NULL);
+  struct sbx_sandbox_rec u3 = rec ("u3", "org_usage", "stopped", 9000, NULL);
+  u3.end_ms = 9500;             /* stopped, no stop time: its planned end */
+  struct sbx_sandbox_rec u4 = rec ("u4", "org_usage", "paused", 9900, NULL);
+  struct sbx_sandbox_rec u5 = rec ("u5", "org_usage_other", "running", 1000, NULL);
+  struct sbx_sandbox_rec u6 = rec ("u6", "org_usage", "running", 20000, NULL);   /* after the window */
+  struct sbx_sandbox_rec *all[] = { &u1, &u2, &u3, &u4, &u5, &u6 };
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    CHECK_OK (sbx_store_sandbox_put (st, all[i], err));
+  int64_t ms = -1;
+  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 0, 10000, &ms, err));
+  CHECK (ms == 4000 + 2000 + 500 + 100);
+  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 3000, 10000, &ms, err));
+  CHECK (ms == 2000 + 2000 + 500 + 100);
+  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 9200, 9950, &ms, err));
+  CHECK (ms == 750 + 300 + 50);
+  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_none", 0, 10000, &ms, err));
+  CHECK (ms == 0);
+  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 10000, 10000, &ms, err));
+  CHECK (ms == 0);
+
+  CHECK (sbx_plan_month_start_ms (1764574543123) == 1764547200000);   /* 2025-12-01 07:35 UTC */
+  CHECK (sbx_plan_month_start_ms (1709208000000) == 1706745600000);   /* 2024-02-29 12:00 UTC */
+  CHECK (sbx_plan_month_start_ms (1764547200000) == 1764547200000);
+}
+
 /* ------------------------------------------------------------------ runs */
 
 static struct sbx_run_rec
@@ -1402,6 +1434,7 @@ main (void)
   check_no_plain_keys ("open");
   test_sandboxes ();
   test_sandbox_agents ();
+  test_usage ();
   test_runs ();
   test_events ();
   test_webhooks ();
