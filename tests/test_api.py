@@ -1249,3 +1249,18 @@ def test_create_does_not_hang_while_clients_connect(tmp_path):
             os.kill(int(pid), 9)
         if stuck:
             Sbxd(d.state_dir, port=d.port).start().stop()  # discards its spare sandboxes
+
+
+def test_v2_paths_reach_the_v1_routes(sbxd):
+    """E2B's SDK creates and connects through /v2/sandboxes; the routes it
+    shares with v1 answer there too, beside v2's own list."""
+    r = sbxd.req("POST", "/v2/sandboxes", json={"templateID": "base", "timeout": 60})
+    assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+    try:
+        assert sbxd.req("POST", f"/v2/sandboxes/{sid}/connect", json={"timeout": 60}).status_code == 200
+        assert sbxd.req("GET", f"/v2/sandboxes/{sid}").json()["sandboxID"] == sid
+        assert sid in [s["sandboxID"] for s in sbxd.req("GET", "/v2/sandboxes").json()]
+        assert sbxd.req("PATCH", "/v2/sandboxes").status_code == 405
+    finally:
+        sbxd.delete(sid)

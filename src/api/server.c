@@ -388,11 +388,13 @@ route (struct http_server *h, struct MHD_Connection *c, const char *method, cons
     return send_error (c, 414, "URL too long");
   bool known;
   const struct route *r = find_route (method, k.seg, k.n, k.arg, &known);
-  if (r == NULL && !known && k.n >= 2 && strcmp (k.seg[0], "v2") == 0 && strcmp (k.seg[1], "sandboxes") == 0)
+  if (r == NULL && k.n >= 2 && strcmp (k.seg[0], "v2") == 0 && strcmp (k.seg[1], "sandboxes") == 0)
     {
       /* E2B's v2 control plane: the same sandboxes as v1 where it has no
-         route of its own */
-      r = find_route (method, k.seg + 1, k.n - 1, k.arg, &known);
+         route of its own (POST /v2/sandboxes, .../connect, ...) */
+      bool known_v1;
+      r = find_route (method, k.seg + 1, k.n - 1, k.arg, &known_v1);
+      known = known || known_v1;
     }
   enum MHD_Result ret;
   if (r == NULL)
