@@ -440,3 +440,40 @@ def test_the_readme_example_is_the_seeds(sbxd):
     from conftest import ROOT
     with open(os.path.join(ROOT, "docs", "examples", "seed002-create.json")) as f:
         assert json.load(f) == SEED_EXAMPLE
+
+
+def test_wasm_mode_runs_python_in_pyodide(sbxd):
+    body = {"mode": "wasm", "agent_id": "wasm-agent",
+            "config": {"filesystem": {"read_only": ["/workspace/data"], "read_write": ["/workspace/output"],
+                                      "blocked": ["/etc"]}}}
+    made = create(sbxd, body)
+    assert made["mode"] == "wasm" and made["status"] == "ready"
+    sid = made["sandbox_id"]
+    try:
+        got = sbxd.req("GET", f"/api/sandbox/{sid}").json()
+        assert got["mode"] == "wasm" and got["image"] == "pyodide"
+        # Python, but not the container's: the interpreter is WebAssembly
+        out = run(sbxd, sid, "import sys\nprint(sys.platform, 6 * 7)")
+        assert out["status"] == "completed" and out["stdout"] == "emscripten 42\n", out
+        # the filesystem policy is what the program sees
+        out = run(sbxd, sid, "open('/workspace/output/r.txt', 'w').write('kept')\n"
+                             "print(open('/workspace/output/r.txt').read())")
+        assert out["stdout"] == "kept\n", out
+        out = run(sbxd, sid, "open('/workspace/data/x', 'w')")
+        assert out["status"] == "failed" and "Read-only file system" in out["stderr"], out
+        out = run(sbxd, sid, "open('/etc/hostname')")
+        assert out["status"] == "failed" and "No such file" in out["stderr"], out
+        # errors, exit codes, timeouts
+        out = run(sbxd, sid, "raise ValueError('boom')")
+        assert out["status"] == "failed" and out["exit_code"] == 1 and "ValueError: boom" in out["stderr"]
+        assert run(sbxd, sid, "import sys\nsys.exit(4)")["exit_code"] == 4
+        out = run(sbxd, sid, "while True: pass", timeout=3)
+        assert out["status"] == "timeout", out
+        # no network unless asked: not even a name
+        out = run(sbxd, sid, "import socket\ntry:\n  socket.create_connection(('198.51.100.1', 80), 2)\n"
+                             "  print('connected')\nexcept Exception as e:\n  print('refused')")
+        assert out["stdout"] == "refused\n", out
+    finally:
+        destroy(sbxd, sid)
+    # the sandbox under Pyodide is a container sandbox with the same rules
+    assert sbxd.req("GET", f"/api/sandbox/{sid}").json()["status"] == "destroyed"

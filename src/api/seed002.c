@@ -265,44 +265,32 @@ fs_list (struct MHD_Connection *c, json_t *fs, const char *key, enum sbx_fs_acce
   return 0;
 }
 
-/* The environment a wasm sandbox's runner reads its mounts from. */
+/* The environment a wasm sandbox's runner reads its mounts from
+   (templates/files/wasm-run.mjs): ENV gets "SBXD_WASM_RO=...",
+   "SBXD_WASM_RW=..." and "SBXD_WASM_BLOCKED=...", colon-separated. */
 static int
 wasm_env (const struct path_list *pl, char **env)
 {
-  char *ro = NULL, *rw = NULL;
-  size_t ro_len = 0, rw_len = 0;
-  FILE *fro = open_memstream (&ro, &ro_len), *frw = open_memstream (&rw, &rw_len);
-  if (fro == NULL || frw == NULL)
+  static const char *const names[] = { [SBX_FS_READ_ONLY] = "SBXD_WASM_RO", [SBX_FS_READ_WRITE] = "SBXD_WASM_RW",
+                                       [SBX_FS_BLOCKED] = "SBXD_WASM_BLOCKED" };
+  for (int kind = 0; kind < 3; kind++)
     {
-      if (fro)
-        fclose (fro);
-      if (frw)
-        fclose (frw);
-      free (ro);
-      free (rw);
-      return -1;
+      size_t len = 0;
+      FILE *f = open_memstream (&env[kind], &len);
+      if (f == NULL)
+        return -1;
+      fprintf (f, "%s=", names[kind]);
+      bool first = true;
+      for (size_t i = 0; i < pl->n; i++)
+        if ((int) pl->rules[i].access == kind)
+          {
+            fprintf (f, "%s%s", first ? "" : ":", pl->rules[i].path);
+            first = false;
+          }
+      if (fclose (f) != 0)
+        return -1;
     }
-  fputs ("SBXD_WASM_RO=", fro);
-  fputs ("SBXD_WASM_RW=", frw);
-  bool first_ro = true, first_rw = true;
-  for (size_t i = 0; i < pl->n; i++)
-    {
-      if (pl->rules[i].access == SBX_FS_READ_ONLY)
-        {
-          fprintf (fro, "%s%s", first_ro ? "" : ":", pl->rules[i].path);
-          first_ro = false;
-        }
-      else if (pl->rules[i].access == SBX_FS_READ_WRITE)
-        {
-          fprintf (frw, "%s%s", first_rw ? "" : ":", pl->rules[i].path);
-          first_rw = false;
-        }
-    }
-  fclose (fro);
-  fclose (frw);
-  env[0] = ro;
-  env[1] = rw;
-  env[2] = NULL;
+  env[3] = NULL;
   return 0;
 }
 
@@ -378,7 +366,7 @@ seed002_create (struct call *k)
   struct sbx_net_policy net = { 0 };
   int internet = 0;
   bool net_given = false;
-  char *env[3] = { NULL, NULL, NULL };
+  char *env[4] = { NULL, NULL, NULL, NULL };
   char tmpl_buf[128];
   const char *tmpl = NULL;
   ret = MHD_NO;
@@ -559,8 +547,8 @@ seed002_create (struct call *k)
                               "created_at", created, "expires_at", expires));
   sbx_sandbox_rec_free (&rec);
 out:
-  free (env[0]);
-  free (env[1]);
+  for (int i = 0; i < 3; i++)
+    free (env[i]);
   free (pl);
   sbx_net_policy_free (&net);
   json_decref (b);
