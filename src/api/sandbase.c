@@ -360,23 +360,6 @@ struct capture {
   bool timed_out, ended, stop_after_start;
 };
 
-static void
-append (char **buf, size_t *len, const uint8_t *d, size_t n, bool *truncated)
-{
-  if (*len + n > MAX_CAPTURE)
-    {
-      *truncated = true;
-      n = MAX_CAPTURE - *len;
-    }
-  char *nb = realloc (*buf, *len + n + 1);
-  if (nb == NULL)
-    return;
-  memcpy (nb + *len, d, n);
-  *len += n;
-  nb[*len] = '\0';
-  *buf = nb;
-}
-
 static int
 capture_event (const struct sbx_proc_event *ev, void *ud)
 {
@@ -388,10 +371,10 @@ capture_event (const struct sbx_proc_event *ev, void *ud)
       return cp->stop_after_start ? -1 : 0;
     case SBX_PROC_STDOUT:
     case SBX_PROC_PTY:
-      append (&cp->out, &cp->out_len, ev->data, ev->len, &cp->truncated);
+      sbx_buf_append_capped (&cp->out, &cp->out_len, ev->data, ev->len, MAX_CAPTURE, &cp->truncated);
       return 0;
     case SBX_PROC_STDERR:
-      append (&cp->err, &cp->err_len, ev->data, ev->len, &cp->truncated);
+      sbx_buf_append_capped (&cp->err, &cp->err_len, ev->data, ev->len, MAX_CAPTURE, &cp->truncated);
       return 0;
     case SBX_PROC_KEEPALIVE:
       return 0;

@@ -142,28 +142,6 @@ job_free (struct job *j)
   free (j);
 }
 
-static void
-keep (char **buf, size_t *len, const uint8_t *d, size_t n, bool *truncated)
-{
-  if (*len + n > SBX_RUN_OUTPUT_MAX)
-    {
-      *truncated = true;
-      n = SBX_RUN_OUTPUT_MAX - *len;
-    }
-  if (n == 0)
-    return;
-  char *nb = realloc (*buf, *len + n + 1);
-  if (nb == NULL)
-    {
-      *truncated = true;
-      return;
-    }
-  memcpy (nb + *len, d, n);
-  *len += n;
-  nb[*len] = '\0';
-  *buf = nb;
-}
-
 static int
 job_event (const struct sbx_proc_event *ev, void *ud)
 {
@@ -190,10 +168,10 @@ job_event (const struct sbx_proc_event *ev, void *ud)
       }
     case SBX_PROC_STDOUT:
     case SBX_PROC_PTY:
-      keep (&j->out, &j->out_len, ev->data, ev->len, &j->run.stdout_truncated);
+      sbx_buf_append_capped (&j->out, &j->out_len, ev->data, ev->len, SBX_RUN_OUTPUT_MAX, &j->run.stdout_truncated);
       return 0;
     case SBX_PROC_STDERR:
-      keep (&j->err, &j->err_len, ev->data, ev->len, &j->run.stderr_truncated);
+      sbx_buf_append_capped (&j->err, &j->err_len, ev->data, ev->len, SBX_RUN_OUTPUT_MAX, &j->run.stderr_truncated);
       return 0;
     case SBX_PROC_KEEPALIVE:
       return 0;
