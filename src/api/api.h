@@ -26,6 +26,7 @@
 #include "server.h"
 
 struct upload;
+struct sbx_interp;
 
 struct http_server {
   struct MHD_Daemon *mhd;
@@ -33,6 +34,7 @@ struct http_server {
   struct sbx_store *store;
   struct sbx_webhooks *webhooks;
   struct sbx_service *svc;
+  struct sbx_interp *interp;  /* the code interpreter's contexts */
   const char *const *images;  /* seed 002's approved images, "ALIAS=TEMPLATE"; NULL: the defaults */
   char docs_dir[4096];
   char state_dir[4096];

@@ -26,6 +26,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "../service/encode.h"
+#include "../service/interp.h"
 
 #define MAX_JSON_BODY (64u << 20)     /* base64 writes of files up to ~48 MB */
 #define DEFAULT_UPLOAD_MAX (100ull << 20) /* seed 000 */
@@ -587,6 +588,17 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
       free (h);
       return NULL;
     }
+  char kernel[4200];
+#ifdef SBXD_SHARE_DIR
+  snprintf (kernel, sizeof kernel, "%s/kernel.py", SBXD_SHARE_DIR);
+#else
+  snprintf (kernel, sizeof kernel, "%s/../share/kernel.py", h->docs_dir);
+#endif
+  if (sbx_interp_new (h->engine, kernel, &h->interp, err) < 0)
+    {
+      free (h);
+      return NULL;
+    }
   h->mhd = MHD_start_daemon (MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
                              0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_NOTIFY_COMPLETED,
                              on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 0,
@@ -595,6 +607,7 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   if (h->mhd == NULL)
     {
       sbx_failx (err, EADDRINUSE, "cannot listen (address in use or not available)");
+      sbx_interp_free (h->interp);
       free (h);
       return NULL;
     }
