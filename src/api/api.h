@@ -189,7 +189,7 @@ enum MHD_Result egress_log_route (struct call *k);
    envd access token (create and connect answers). */
 json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token);
 
-/* the E2B dialect (api_e2b.c) */
+/* the E2B dialect of the sandbox agent (e2b_envd.c) */
 int e2b_load_secret (struct http_server *h, struct sbx_err *err);
 void e2b_access_token (struct http_server *h, const char *id, char out[65]);
 bool e2b_is_envd (struct MHD_Connection *c);
@@ -202,13 +202,13 @@ bool e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SB
 enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
                           const char *url);
 
-/* the code interpreter (api_interp.c): envd calls to port 49999 of
+/* the code interpreter (interp.c): envd calls to port 49999 of
    sandbox ID, already authenticated */
 enum MHD_Result interp_request (struct http_server *h, struct MHD_Connection *c, struct request *rq,
                                 const char *method, const char *url, const char *id);
 
 
-/* uploads and downloads (api_files.c) */
+/* uploads and downloads (files.c) */
 bool upload_wanted (const char *method, char **seg, int n);
 bool envd_upload_wanted (struct MHD_Connection *c, const char *method, const char *url);
 enum MHD_Result upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
@@ -217,7 +217,7 @@ enum MHD_Result upload_end (struct http_server *h, struct MHD_Connection *c, str
 void upload_free (struct request *rq);
 enum MHD_Result download_file (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
 
-/* api_network.c */
+/* network.c */
 struct sbx_net_policy;
 /* The egress policy a body asks for (create, or PUT .../network when
    ALWAYS).  *GIVEN false: nothing asked, the template decides.

@@ -1,5 +1,5 @@
 /*
- * api_files.c - moving whole files in and out of a sandbox:
+ * files.c - moving whole files in and out of a sandbox:
  *
  *   POST /sandboxes/:id/files   multipart/form-data with a field `file`
  *                               and a form field `path` (seed 000): the

@@ -1,8 +1,8 @@
 /*
- * http.h - the HTTP API server (http.c).
+ * server.h - the HTTP API server (server.c).
  */
-#ifndef SBX_DAEMON_HTTP_H
-#define SBX_DAEMON_HTTP_H
+#ifndef SBX_API_SERVER_H
+#define SBX_API_SERVER_H
 
 #include <sys/socket.h>
 

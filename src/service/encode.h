@@ -1,9 +1,9 @@
 /*
- * json.h - helpers the HTTP layer shares: base64 (OpenSSL's codec) and
+ * encode.h - encodings the API and the service share: base64 (OpenSSL's codec) and
  * RFC 3339 time formatting.
  */
-#ifndef SBX_DAEMON_JSON_H
-#define SBX_DAEMON_JSON_H
+#ifndef SBX_SERVICE_ENCODE_H
+#define SBX_SERVICE_ENCODE_H
 
 #include <stddef.h>
 #include <stdint.h>

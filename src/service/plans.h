@@ -8,8 +8,8 @@
  * override each one (`sbxd orgs set`).  The numbers come from the specs
  * the API dialects follow; see docs/architecture.md, "Plans".
  */
-#ifndef SBX_DAEMON_PLANS_H
-#define SBX_DAEMON_PLANS_H
+#ifndef SBX_SERVICE_PLANS_H
+#define SBX_SERVICE_PLANS_H
 
 #include <stdint.h>
 

@@ -9,8 +9,8 @@
  * Strings returned in structs are owned by the struct and freed by the
  * matching *_free function.
  */
-#ifndef SBX_DAEMON_STORE_H
-#define SBX_DAEMON_STORE_H
+#ifndef SBX_SERVICE_STORE_H
+#define SBX_SERVICE_STORE_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,8 +1,8 @@
 /*
  * webhook.h - delivery of lifecycle events to webhooks (webhook.c).
  */
-#ifndef SBX_DAEMON_WEBHOOK_H
-#define SBX_DAEMON_WEBHOOK_H
+#ifndef SBX_SERVICE_WEBHOOK_H
+#define SBX_SERVICE_WEBHOOK_H
 
 #include <jansson.h>
 #include <stddef.h>
