@@ -187,17 +187,23 @@ function mountPolicy (py, policy)
   FS.chdir (WORKDIR);
 }
 
-/* Runs SOURCE as __main__ in a fresh module and returns the exit status;
-   defined once per interpreter. */
+/* Runs SOURCE as __main__ in a fresh module and returns (a promise of)
+   the exit status; defined once per interpreter. */
 const RUN_PY = `
-def _sbxd_run(source, filename):
-    import sys, traceback, types
+async def _sbxd_run(source, filename):
+    import ast, inspect, linecache, sys, traceback, types
+    # the program is not a file Python can read: let tracebacks quote it
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     main = types.ModuleType("__main__")
     main.__file__ = filename
     sys.modules["__main__"] = main
     try:
-        code = compile(source, filename, "exec", dont_inherit=True)
-        exec(code, main.__dict__)
+        # top-level await is allowed, as in Pyodide's own REPL: JavaScript
+        # promises can only be waited for that way
+        code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        result = eval(code, main.__dict__)
+        if inspect.iscoroutine(result):
+            await result
         return 0
     except SystemExit as e:
         c = e.code
@@ -286,7 +292,7 @@ async function run (file)
   mountPolicy (py, policy);
   const runner = py.runPython (RUN_PY);
   py.globals.get ("_sbxd_setenv") (py.toPy (env));
-  const status = runner (source, file ?? "<stdin>");
+  const status = await runner (source, file ?? "<stdin>");
   process.exit (status);
 }
 
