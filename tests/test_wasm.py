@@ -22,23 +22,45 @@ POLICY = {"SBXD_WASM_RO": "/workspace/data",
           "SBXD_WASM_BLOCKED": "/workspace/data/secret"}
 
 
-def wasm(d, sid, code, envs=None, **fields):
-    """Run CODE in Pyodide in sandbox SID; the processes API's result."""
+# Both ways of running: restoring Pyodide in the runner's own process, and
+# handing the program to the warm server (the default).
+MODES = {"cold": {"SBXD_WASM_WARM": "0"}, "warm": {}}
+
+
+def wasm(d, box, code, envs=None, **fields):
+    """Run CODE in Pyodide in BOX (sandbox id, mode); the processes API's
+    result."""
+    sid, mode = box
     d.write(sid, PROG, code)
-    return d.run(sid, "node", RUNNER, PROG, envs=envs or {}, **fields)
+    return d.run(sid, "node", RUNNER, PROG, envs={**MODES[mode], **(envs or {})}, **fields)
 
 
-@pytest.fixture(scope="module")
-def box(sbxd):
+def procs(d, sid):
+    """pid -> (command line, CPU seconds so far) of the sandbox's processes."""
+    r = d.run(sid, "sh", "-c", "for p in /proc/[0-9]*; do "
+                               "echo \"${p#/proc/} $(cut -d' ' -f14,15 $p/stat 2>/dev/null) "
+                               "$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\"; done")
+    out = {}
+    for line in r["stdout"].splitlines():
+        pid, ut, st, cmd = (line.split(" ", 3) + [""])[:4]
+        if ut.isdigit():
+            out[int(pid)] = (cmd, (int(ut) + int(st)) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def box(sbxd, request):
     """A pyodide sandbox (the template's default: no internet) with a
-    data directory holding a file and a secret below it."""
-    sid = sbxd.create("pyodide")
+    data directory holding a file and a secret below it, and the mode its
+    programs run in.  A warm server per policy stays for a minute, hence
+    the memory."""
+    sid = sbxd.create("pyodide", memoryMB=1024)
     # the template has no bash; its shell is dash
     r = sbxd.run(sid, "sh", "-c", "mkdir -p /workspace/data/secret && echo hello > /workspace/data/in.txt "
                                   "&& echo key > /workspace/data/secret/k && echo top > /workspace/top.txt",
                  user="root")
     assert r["exitCode"] == 0, r
-    yield sid
+    yield sid, request.param
     sbxd.delete(sid)
 
 
@@ -48,9 +70,9 @@ def test_template_is_built():
 
 
 def test_no_cpython_in_the_template(sbxd, box):
-    r = sbxd.run(box, "sh", "-c", "command -v python3 || command -v python || echo none")
+    r = sbxd.run(box[0], "sh", "-c", "command -v python3 || command -v python || echo none")
     assert r["stdout"] == "none\n", r
-    r = sbxd.run(box, "node", "--version")
+    r = sbxd.run(box[0], "node", "--version")
     assert r["exitCode"] == 0 and r["stdout"].startswith("v18."), r
 
 
@@ -62,8 +84,8 @@ def test_print(sbxd, box):
 
 
 def test_stdin_program_and_environment(sbxd, box):
-    sbxd.write(box, PROG, "import os\nprint(os.environ.get('GREETING'), os.getcwd())\n")
-    r = sbxd.run(box, "sh", "-c", f"node {RUNNER} < {PROG}", envs={"GREETING": "hi"})
+    sbxd.write(box[0], PROG, "import os\nprint(os.environ.get('GREETING'), os.getcwd())\n")
+    r = sbxd.run(box[0], "sh", "-c", f"node {RUNNER} < {PROG}", envs={"GREETING": "hi", **MODES[box[1]]})
     assert r == {**r, "exitCode": 0, "stdout": "hi /workspace\n"}, r
 
 
@@ -105,7 +127,7 @@ def test_read_write_mount(sbxd, box):
     r = wasm(sbxd, box, code, envs=POLICY)
     assert (r["exitCode"], r["stdout"]) == (0, "['result.txt', 'sub']\n"), r
     # written through to the sandbox's own filesystem
-    assert sbxd.read(box, "/workspace/output/result.txt") == b"from wasm"
+    assert sbxd.read(box[0], "/workspace/output/result.txt") == b"from wasm"
 
 
 def test_read_only_mount(sbxd, box):
@@ -127,8 +149,8 @@ def test_read_only_mount(sbxd, box):
     r = wasm(sbxd, box, code, envs=POLICY)
     assert r["exitCode"] == 0, r
     assert r["stdout"] == "hello\n" + "EROFS\n" * 7
-    assert sbxd.read(box, "/workspace/data/in.txt") == b"hello\n"
-    r = sbxd.run(box, "sh", "-c", "ls /workspace/data")
+    assert sbxd.read(box[0], "/workspace/data/in.txt") == b"hello\n"
+    r = sbxd.run(box[0], "sh", "-c", "ls /workspace/data")
     assert r["stdout"] == "in.txt\nsecret\n", r
 
 
@@ -162,10 +184,25 @@ def test_timeout_kills_a_busy_loop(sbxd, box):
     r = wasm(sbxd, box, "while True:\n    pass\n", timeout=3)
     assert r["timedOut"] is True and r["exitCode"] == 137, r
     assert time.time() - t0 < 15
-    # nothing left running, and the next program runs
-    r = sbxd.run(box, "sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
-    assert "wasm-run" not in r["stdout"], r
+    # the next program runs, and nothing spins: the cold runner is gone,
+    # a warm server has replaced its busy worker
     assert wasm(sbxd, box, "print('again')")["stdout"] == "again\n"
+    before = procs(sbxd, box[0])
+    time.sleep(2)
+    after = procs(sbxd, box[0])
+    runners = {p: v for p, v in after.items() if "wasm-run" in v[0]}
+    if box[1] == "cold":
+        assert runners == {}, runners
+    else:
+        assert len(runners) >= 1 and all("--serve" in c for c, _ in runners.values()), runners
+        for pid, (_, cpu) in runners.items():
+            assert cpu - before.get(pid, ("", 0))[1] < 0.5, (pid, before, after)
+
+
+def test_each_run_has_a_fresh_main(sbxd, box):
+    wasm(sbxd, box, "x = 42\nimport json\n")
+    r = wasm(sbxd, box, "print('x' in globals(), __name__)")
+    assert r["stdout"] == "False __main__\n", r
 
 
 FETCH = (f"import js, urllib.request\n"
@@ -195,7 +232,7 @@ def test_network_when_allowed(sbxd, peers):  # noqa: F811
     has no sockets in WebAssembly)."""
     sid = sbxd.create("pyodide", allow_internet_access=True)
     try:
-        r = wasm(sbxd, sid, FETCH, timeout=30)
+        r = wasm(sbxd, (sid, "cold"), FETCH, timeout=30)
         assert r["exitCode"] == 0, r
         assert r["stdout"].startswith("urllib failed\nfetch host="), r
     finally:

@@ -5,6 +5,7 @@
  *
  *   node /opt/sbxd/wasm-run.mjs [FILE]          program from FILE, or stdin
  *   node /opt/sbxd/wasm-run.mjs --make-snapshot PATH   (template build)
+ *   node /opt/sbxd/wasm-run.mjs --serve SOCKET  (the warm server, below)
  *
  * The program's stdout and stderr go to ours as they are written.  Exit
  * status: 0 on success, 1 after an uncaught exception (its traceback on
@@ -26,8 +27,13 @@
  * inside a container sandbox that has the same mounts at kernel level and
  * no network unless allowed, which is how sbxd runs it.
  */
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 
 /* SBXD_WASM_HOME: where Pyodide and the snapshot are (default /opt/sbxd). */
 const HOME = process.env.SBXD_WASM_HOME || "/opt/sbxd";
@@ -45,6 +51,8 @@ const RESERVED = ["/lib", "/dev", "/proc", "/tmp"];
 
 function die (msg)
 {
+  if (!isMainThread)
+    throw new Error (msg); /* reported to the server, see workerMain */
   writeAll (2, Buffer.from (`wasm-run: ${msg}\n`));
   process.exit (EXIT_RUNNER);
 }
@@ -226,9 +234,16 @@ async def _sbxd_run(source, filename):
                 f.flush()
             except Exception:
                 pass
+_sbxd_base_env = None
 def _sbxd_setenv(env):
-    # a memory snapshot carries the environment it was made with
+    # a memory snapshot carries the environment it was made with; a warm
+    # interpreter, the previous run's
     import os
+    global _sbxd_base_env
+    if _sbxd_base_env is None:
+        _sbxd_base_env = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_sbxd_base_env)
     os.environ.update(env)
 _sbxd_run
 `;
@@ -258,19 +273,34 @@ async function makeSnapshot (out)
   fs.renameSync (out + ".tmp", out);
 }
 
-async function run (file)
+/* The environment a program gets: ours, without the runner's settings and
+   HOME (Pyodide has its own). */
+function programEnv ()
 {
-  const policy = readPolicy ();
-  let source;
+  const env = { ...process.env };
+  for (const k of Object.keys (env))
+    if (k.startsWith ("SBXD_WASM_"))
+      delete env[k];
+  delete env.HOME;
+  return env;
+}
+
+function readSource (file)
+{
   try
     {
-      source = fs.readFileSync (file ?? 0, "utf8");
+      return fs.readFileSync (file ?? 0, "utf8");
     }
   catch (e)
     {
       die (`cannot read ${file ?? "stdin"}: ${e.message}`);
     }
+}
 
+/* An interpreter restored from the snapshot, policy mounted, output sent
+   to WRITE (fd, bytes); returns { run(source, filename, env) -> status }. */
+async function interpreter (policy, write)
+{
   let snapshot;
   try
     {
@@ -280,29 +310,323 @@ async function run (file)
     {
       /* no snapshot: a full start, a couple of seconds slower */
     }
-  const env = { ...process.env };
-  for (const k of Object.keys (env))
-    if (k.startsWith ("SBXD_WASM_"))
-      delete env[k];
-  delete env.HOME;
   const py = await load (snapshot ? { _loadSnapshot: snapshot } : {});
-  py.setStdout ({ write: (buf) => writeAll (1, buf) });
-  py.setStderr ({ write: (buf) => writeAll (2, buf) });
+  py.setStdout ({ write: (buf) => write (1, buf) });
+  py.setStderr ({ write: (buf) => write (2, buf) });
   py.setStdin ({ stdin: () => undefined });
   mountPolicy (py, policy);
   const runner = py.runPython (RUN_PY);
-  py.globals.get ("_sbxd_setenv") (py.toPy (env));
-  const status = await runner (source, file ?? "<stdin>");
-  process.exit (status);
+  const setenv = py.globals.get ("_sbxd_setenv");
+  return {
+    async run (source, filename, env)
+    {
+      py.FS.chdir (WORKDIR);
+      const e = py.toPy (env);
+      setenv (e);
+      e.destroy ();
+      return runner (source, filename);
+    },
+  };
+}
+
+async function runHere (file)
+{
+  const policy = readPolicy ();
+  const source = readSource (file);
+  const py = await interpreter (policy, writeAll);
+  process.exit (await py.run (source, file ?? "<stdin>", programEnv ()));
+}
+
+/* ------------------------------------------------------------ warm mode
+
+   Restoring Pyodide costs more than a second of CPU (compiling its
+   WebAssembly, restoring the snapshot), so by default (SBXD_WASM_WARM
+   unset or 1) the first run starts a server, this file with --serve,
+   that keeps an interpreter loaded in a worker thread; later runs hand
+   their program to it over a Unix socket and cost a Node start and a
+   message.  The price is memory: a loaded interpreter is about 150 MiB,
+   so the server exits after SBXD_WASM_IDLE_SECONDS (default 60) without a
+   run, and an idle sandbox is small again.  SBXD_WASM_WARM=0 runs the
+   program in this process instead.
+
+   One server per user and policy; it runs one program at a time, each in
+   a fresh __main__ (modules it imported and files it left in Pyodide's
+   memory stay for the next run).  When a client goes away mid-run (its
+   timeout killed it) the server terminates the worker, whatever Python
+   was doing, and loads a new one.
+
+   Socket protocol: the client sends one JSON line {source, filename, env};
+   the server answers JSON lines {fd: 1|2, data: base64}... then
+   {exit: N}. */
+
+const IDLE_SECONDS = Math.min (Math.max (Number (process.env.SBXD_WASM_IDLE_SECONDS) || 60, 1), 3600);
+const JOB_MAX = 64 << 20;
+
+function socketPath ()
+{
+  const key = [ "SBXD_WASM_RO", "SBXD_WASM_RW", "SBXD_WASM_BLOCKED" ].map ((k) => process.env[k] ?? "").join ("\0");
+  const dir = `/tmp/.sbxd-wasm-${process.getuid ()}`;
+  fs.mkdirSync (dir, { recursive: true, mode: 0o700 });
+  const st = fs.lstatSync (dir);
+  if (!st.isDirectory () || st.uid !== process.getuid () || (st.mode & 0o077) !== 0)
+    die (`${dir} is not a private directory`);
+  return `${dir}/${createHash ("sha256").update (key).digest ("hex").slice (0, 16)}.sock`;
+}
+
+function connect (sock)
+{
+  return new Promise ((resolve) => {
+    const c = net.connect (sock);
+    c.once ("connect", () => resolve (c));
+    c.once ("error", () => resolve (null));
+  });
+}
+
+/* Calls ON_LINE for every complete line; at most MAX bytes buffered. */
+function lines (stream, max, onLine, onOverflow)
+{
+  let buf = "";
+  stream.setEncoding ("utf8");
+  stream.on ("data", (chunk) => {
+    buf += chunk;
+    let nl;
+    while ((nl = buf.indexOf ("\n")) >= 0)
+      {
+        const line = buf.slice (0, nl);
+        buf = buf.slice (nl + 1);
+        onLine (line);
+      }
+    if (buf.length > max)
+      onOverflow ();
+  });
+}
+
+/* Connects to the server for the current policy, starting it if need be. */
+async function connectWarm (sock)
+{
+  let conn = await connect (sock);
+  if (conn !== null)
+    return conn;
+  spawn (process.execPath, [ fileURLToPath (import.meta.url), "--serve", sock ],
+         { detached: true, stdio: "ignore", env: process.env }).unref ();
+  for (let i = 0; i < 1200 && conn === null; i++)
+    {
+      await new Promise ((r) => setTimeout (r, 25));
+      conn = await connect (sock);
+    }
+  if (conn === null)
+    die ("the warm runner did not start");
+  return conn;
+}
+
+async function runWarm (file)
+{
+  readPolicy (); /* a bad policy fails here, not in the server */
+  await sendWarm (socketPath (), readSource (file), file ?? "<stdin>", 1);
+}
+
+async function sendWarm (sock, source, filename, attempt)
+{
+  const conn = await connectWarm (sock);
+  let status = null, heard = false;
+  lines (conn, JOB_MAX, (line) => {
+    const m = JSON.parse (line);
+    heard = true;
+    if (m.exit !== undefined)
+      status = m.exit;
+    else if (m.fd !== undefined)
+      writeAll (m.fd, Buffer.from (m.data, "base64"));
+  }, () => die ("the warm runner sent a line too long"));
+  conn.on ("error", () => {});
+  conn.on ("close", () => {
+    if (status !== null)
+      process.exit (status);
+    /* a server that was just exiting (idle) took the connection: the
+       program has not started, try again with a new one */
+    if (!heard && attempt < 3)
+      return sendWarm (sock, source, filename, attempt + 1);
+    die ("the warm runner went away");
+  });
+  conn.write (JSON.stringify ({ source, filename, env: programEnv () }) + "\n");
+}
+
+async function serve (sock)
+{
+  const policy = readPolicy ();
+  let worker, ready, current = null, idle = null, open = 0, broken = null;
+  const queue = [];
+
+  function fail (conn)
+  {
+    const msg = Buffer.from (`wasm-run: ${broken}\n`).toString ("base64");
+    conn.end (JSON.stringify ({ fd: 2, data: msg }) + "\n" + JSON.stringify ({ exit: EXIT_RUNNER }) + "\n");
+  }
+
+  function startWorker ()
+  {
+    worker = new Worker (new URL (import.meta.url), { workerData: { policy }, stdout: false, stderr: false });
+    ready = new Promise ((resolve) => {
+      worker.on ("message", (m) => {
+        if (m.ready)
+          return resolve ();
+        if (m.fatal)
+          {
+            /* the policy cannot be mounted: every run fails the same way,
+               so tell the waiting ones and let the next start afresh */
+            broken = m.fatal;
+            fs.rmSync (sock, { force: true });
+            if (current !== null)
+              fail (current);
+            current = null;
+            while (queue.length > 0)
+              fail (queue.shift ().conn);
+            return resolve ();
+          }
+        if (current === null)
+          return;
+        if (m.fd)
+          current.write (JSON.stringify ({ fd: m.fd, data: Buffer.from (m.data).toString ("base64") }) + "\n");
+        else if (m.exit !== undefined)
+          finish (m.exit);
+      });
+    });
+    worker.on ("error", (e) => {
+      if (current !== null)
+        current.write (JSON.stringify ({ fd: 2, data: Buffer.from (`wasm-run: ${e.message}\n`).toString ("base64") }) + "\n");
+    });
+    worker.on ("exit", (code) => {
+      /* a failed start (the policy could not be mounted) or a crash */
+      if (current !== null)
+        finish (code === 0 ? EXIT_RUNNER : code);
+      if (current === null && queue.length === 0)
+        process.exit (0);
+    });
+  }
+
+  function finish (status)
+  {
+    const c = current;
+    current = null;
+    c.end (JSON.stringify ({ exit: status }) + "\n");
+    pump ();
+  }
+
+  function armIdle ()
+  {
+    clearTimeout (idle);
+    idle = setTimeout (() => {
+      if (current === null && queue.length === 0 && open === 0)
+        {
+          fs.rmSync (sock, { force: true });
+          process.exit (0);
+        }
+      armIdle ();
+    }, IDLE_SECONDS * 1000);
+  }
+
+  async function pump ()
+  {
+    armIdle ();
+    if (current !== null || queue.length === 0)
+      return;
+    const { conn, job } = queue.shift ();
+    if (conn.destroyed)
+      return pump ();
+    if (broken !== null)
+      {
+        fail (conn);
+        return pump ();
+      }
+    current = conn;
+    await ready;
+    if (broken !== null || current !== conn)
+      return pump ();
+    /* from here on the program may run: the client must not retry */
+    conn.write (JSON.stringify ({ started: true }) + "\n");
+    worker.postMessage (job);
+  }
+
+  const server = net.createServer ((conn) => {
+    open++;
+    conn.on ("error", () => {});
+    lines (conn, JOB_MAX, (line) => {
+      let job;
+      try
+        {
+          job = JSON.parse (line);
+        }
+      catch
+        {
+          return conn.destroy ();
+        }
+      queue.push ({ conn, job });
+      pump ();
+    }, () => conn.destroy ());
+    conn.on ("close", () => {
+      open--;
+      armIdle ();
+      if (current === conn)
+        {
+          /* killed mid-run: Python may be in an endless loop */
+          current = null;
+          worker.removeAllListeners ("exit");
+          worker.terminate ();
+          startWorker ();
+          pump ();
+        }
+    });
+  });
+  server.on ("error", async (e) => {
+    if (e.code !== "EADDRINUSE")
+      die (e.message);
+    const other = await connect (sock);
+    if (other !== null)
+      {
+        other.destroy ();
+        process.exit (0); /* another server won the race */
+      }
+    fs.rmSync (sock, { force: true }); /* left by a server that was killed */
+    server.listen (sock);
+  });
+  startWorker ();
+  server.listen (sock);
+  armIdle ();
+}
+
+async function workerMain ()
+{
+  const send = (fd, buf) => {
+    parentPort.postMessage ({ fd, data: new Uint8Array (buf) });
+    return buf.length;
+  };
+  let py;
+  try
+    {
+      py = await interpreter (workerData.policy, send);
+    }
+  catch (e)
+    {
+      parentPort.postMessage ({ fatal: e.message });
+      return;
+    }
+  parentPort.on ("message", async (job) => {
+    const status = await py.run (job.source, job.filename, job.env ?? {});
+    parentPort.postMessage ({ exit: status });
+  });
+  parentPort.postMessage ({ ready: true });
 }
 
 const args = process.argv.slice (2);
 try
   {
-    if (args[0] === "--make-snapshot" && args.length === 2)
+    if (!isMainThread)
+      await workerMain ();
+    else if (args[0] === "--make-snapshot" && args.length === 2)
       await makeSnapshot (args[1]);
+    else if (args[0] === "--serve" && args.length === 2)
+      await serve (args[1]);
     else if (args.length <= 1 && !(args[0] ?? "").startsWith ("-"))
-      await run (args[0]);
+      await (process.env.SBXD_WASM_WARM === "0" ? runHere (args[0]) : runWarm (args[0]));
     else
       die ("usage: wasm-run.mjs [FILE] | --make-snapshot PATH");
   }
