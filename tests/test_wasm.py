@@ -19,7 +19,8 @@ PROG = "/tmp/prog.py"
 WEB1 = "198.51.100.10"           # an HTTP peer on the test "internet" (netpeers.py)
 POLICY = {"SBXD_WASM_RO": "/workspace/data",
           "SBXD_WASM_RW": "/workspace/output",
-          "SBXD_WASM_BLOCKED": "/workspace/data/secret"}
+          # blocking Pyodide's own /proc and /tmp is allowed (they are not the sandbox's)
+          "SBXD_WASM_BLOCKED": "/workspace/data/secret:/workspace/output/hidden:/proc:/tmp"}
 
 
 # Both ways of running: restoring Pyodide in the runner's own process, and
@@ -120,14 +121,25 @@ def test_top_level_await(sbxd, box):
 
 
 def test_read_write_mount(sbxd, box):
-    code = ("import os\n"
+    code = ("import errno, os\n"
             "open('/workspace/output/result.txt', 'w').write('from wasm')\n"
             "os.mkdir('/workspace/output/sub')\n"
-            "print(sorted(os.listdir('/workspace/output')))\n")
+            "print(sorted(os.listdir('/workspace/output')))\n"
+            # nothing can be made at a blocked path below a mount
+            "for make in (lambda: os.mkdir('/workspace/output/hidden'),\n"
+            "             lambda: os.rename('/workspace/output/sub', '/workspace/output/hidden'),\n"
+            "             lambda: os.symlink('/x', '/workspace/output/hidden')):\n"
+            "    try:\n"
+            "        make()\n"
+            "        print('made')\n"
+            "    except OSError as e:\n"
+            "        print(errno.errorcode[e.errno])\n")
     r = wasm(sbxd, box, code, envs=POLICY)
-    assert (r["exitCode"], r["stdout"]) == (0, "['result.txt', 'sub']\n"), r
-    # written through to the sandbox's own filesystem
+    assert (r["exitCode"], r["stdout"]) == (0, "['result.txt', 'sub']\n" + "EACCES\n" * 3), r
+    # written through to the sandbox's own filesystem, with the usual modes
     assert sbxd.read(box[0], "/workspace/output/result.txt") == b"from wasm"
+    r = sbxd.run(box[0], "sh", "-c", "cd /workspace/output && stat -c '%n %a %U' result.txt sub && ls")
+    assert r["stdout"] == "result.txt 644 user\nsub 755 user\nresult.txt\nsub\n", r
 
 
 def test_read_only_mount(sbxd, box):

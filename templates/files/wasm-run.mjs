@@ -44,7 +44,7 @@ const EXIT_RUNNER = 125;
 const WORKDIR = "/workspace";
 
 /* Emscripten's errno numbers (WASI's), not Linux's. */
-const ENOENT = 44, EROFS = 69;
+const EACCES = 2, ENOENT = 44, EROFS = 69;
 const O_ACCMODE = 3;
 
 /* Where Pyodide keeps its own files; mounting over them would break it. */
@@ -80,25 +80,28 @@ function writeAll (fd, buf)
   return buf.length;
 }
 
-function pathList (name)
+/* The paths in variable NAME, normalised and without duplicates; MOUNTED:
+   they are to be mounted, so they may not cover Pyodide's own. */
+function pathList (name, mounted)
 {
   const v = process.env[name];
   if (!v)
     return [];
-  return v.split (":").filter ((p) => p !== "").map ((p) => {
+  const out = v.split (":").filter ((p) => p !== "").map ((p) => {
     if (!p.startsWith ("/"))
       die (`${name}: not an absolute path: ${p}`);
     const n = path.posix.normalize (p).replace (/\/+$/, "");
-    if (n === "" || RESERVED.some ((r) => n === r || n.startsWith (r + "/")))
+    if (mounted && (n === "" || RESERVED.some ((r) => n === r || n.startsWith (r + "/"))))
       die (`${name}: ${p} cannot be mounted (reserved by the runtime)`);
-    return n;
+    return n === "" ? "/" : n;
   });
+  return [ ...new Set (out) ];
 }
 
 function readPolicy ()
 {
-  const rw = pathList ("SBXD_WASM_RW"), ro = pathList ("SBXD_WASM_RO");
-  const blocked = pathList ("SBXD_WASM_BLOCKED");
+  const rw = pathList ("SBXD_WASM_RW", true), ro = pathList ("SBXD_WASM_RO", true);
+  const blocked = pathList ("SBXD_WASM_BLOCKED", false);
   for (const p of rw)
     if (ro.includes (p))
       die (`${p} is both read-only and read-write`);
@@ -110,7 +113,7 @@ function readPolicy ()
 
 function isBlocked (blocked, p)
 {
-  return blocked.some ((b) => p === b || p.startsWith (b + "/"));
+  return blocked.some ((b) => b === "/" || p === b || p.startsWith (b + "/"));
 }
 
 /* A file system type that is Emscripten's NODEFS with the policy applied
@@ -119,6 +122,8 @@ function isBlocked (blocked, p)
 function policyFS (FS, blocked)
 {
   const NODEFS = FS.filesystems.NODEFS;
+  const UMASK = 0o022;
+  const fresh = new WeakSet ();
   const erofs = () => {
     throw new FS.ErrnoError (EROFS);
   };
@@ -134,6 +139,30 @@ function policyFS (FS, blocked)
       readdir (node) {
         const dir = FS.getPath (node);
         return NODEFS.node_ops.readdir (node).filter ((n) => !isBlocked (blocked, path.posix.join (dir, n)));
+      },
+      /* nothing may be made at a blocked path, and what is made carries
+         the policy like what is looked up */
+      mknod (parent, name, mode, dev) {
+        refuseBlocked (parent, name);
+        const node = tag (NODEFS.node_ops.mknod (parent, name, mode & ~UMASK, dev), ro);
+        fresh.add (node);
+        return node;
+      },
+      /* Emscripten has no umask, and its open() sets the mode of a file it
+         creates right after making it: apply the usual 022 there, or every
+         new file would be 0666 in the sandbox */
+      setattr (node, attr) {
+        if (fresh.delete (node) && attr.mode !== undefined)
+          attr = { ...attr, mode: attr.mode & ~UMASK };
+        return NODEFS.node_ops.setattr (node, attr);
+      },
+      symlink (parent, name, target) {
+        refuseBlocked (parent, name);
+        return NODEFS.node_ops.symlink (parent, name, target);
+      },
+      rename (node, dir, name) {
+        refuseBlocked (dir, name);
+        return NODEFS.node_ops.rename (node, dir, name);
       },
     };
     const stream_ops = { ...NODEFS.stream_ops };
@@ -151,6 +180,11 @@ function policyFS (FS, blocked)
       }
     return { node_ops, stream_ops };
   };
+  function refuseBlocked (parent, name)
+  {
+    if (isBlocked (blocked, path.posix.join (FS.getPath (parent), name)))
+      throw new FS.ErrnoError (EACCES);
+  }
   const rw = ops (false), ro = ops (true);
   function tag (node, readOnly)
   {
@@ -601,8 +635,10 @@ async function serve (sock)
 
 async function workerMain ()
 {
+  /* in pieces, so that no protocol line gets near JOB_MAX */
   const send = (fd, buf) => {
-    parentPort.postMessage ({ fd, data: new Uint8Array (buf) });
+    for (let off = 0; off < buf.length; off += 1 << 20)
+      parentPort.postMessage ({ fd, data: buf.slice (off, off + (1 << 20)) });
     return buf.length;
   };
   let py;
