@@ -784,10 +784,10 @@ build_argv (const struct spec *s, const char *rootfs, struct strv *argv, struct 
     }
 
   /* Files first, so that setup lines can use them.  "upload" is one of
-     mmdebstrap's own hooks: it writes the file from inside the chroot, so
-     a symlink in the image cannot redirect it to the host.  It needs the
-     parent directory, and leaves the mode to the umask, hence the two
-     setup-style steps around it. */
+     mmdebstrap's own hooks: it resolves the destination inside the new
+     root (a symlink in the image cannot send it to the host's files).  It
+     needs the parent directory, and leaves the mode to the umask, hence
+     the two setup-style steps around it. */
   for (size_t i = 0; i < s->file_src.n; i++)
     {
       const char *dest = s->file_dest.v[i];
