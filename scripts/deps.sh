@@ -27,7 +27,7 @@ sbxd_install_deps() {
 # (README's quick start), then `code_interpreter` (the seeds' quick starts
 # create sandboxes with templateID "code_interpreter").  sbxd-up prepares
 # them all, the test command too; add a template here to have both build it.
-SBXD_TEMPLATES="${SBXD_TEMPLATES:-base code_interpreter}"
+SBXD_TEMPLATES="${SBXD_TEMPLATES:-base code_interpreter pyodide}"
 
 # Build a template unless it is already built.
 sbxd_ensure_template() {

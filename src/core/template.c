@@ -371,6 +371,9 @@ struct spec {
   uint32_t cpu_count, memory_mb, disk_mb;
   bool no_internet;
   struct strv aliases, packages, env, setup;
+  /* "file:" lines: file_src[i] (an absolute host path) is copied to
+     file_dest[i] in the image. */
+  struct strv file_src, file_dest;
 };
 
 static void
@@ -392,6 +395,8 @@ spec_free (struct spec *s)
   strv_free (&s->packages);
   strv_free (&s->env);
   strv_free (&s->setup);
+  strv_free (&s->file_src);
+  strv_free (&s->file_dest);
 }
 
 /* Debian package names plus what apt accepts after them (":arch",
@@ -498,6 +503,67 @@ add_alias (const char *w, size_t len, void *data)
     return sbx_failx (c->err, EINVAL, "%s:%d: invalid alias '%s'", c->path, c->lineno, alias);
   if (! strv_contains (&c->s->aliases, alias) && strv_push (&c->s->aliases, alias) < 0)
     return sbx_fail (c->err, ENOMEM, "%s:%d", c->path, c->lineno);
+  return 0;
+}
+
+/* True if PATH has a component that is "." or "..". */
+static bool
+has_dot_component (const char *path)
+{
+  for (const char *p = path; *p;)
+    {
+      size_t len = strcspn (p, "/");
+      if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
+        return true;
+      p += len;
+      p += strspn (p, "/");
+    }
+  return false;
+}
+
+/* "file: SRC DEST": SRC is a regular file below the spec directory (named
+   relative to it), DEST an absolute path in the image.  Both are checked
+   now, so that a typo fails before anything is downloaded, and SRC is kept
+   as an absolute path because mmdebstrap does not run in our directory. */
+static int
+add_file (const char *spec_dir, const char *value, struct spec *s, const char *path, int lineno,
+          struct sbx_err *err)
+{
+  size_t slen = strcspn (value, " \t");
+  const char *dest = value + slen;
+  dest += strspn (dest, " \t");
+  size_t dlen = strcspn (dest, " \t");
+  if (slen == 0 || dlen == 0 || dest[dlen + strspn (dest + dlen, " \t")] != '\0')
+    return sbx_failx (err, EINVAL, "%s:%d: expected file: SOURCE DESTINATION", path, lineno);
+
+  cleanup_free char *src = strndup (value, slen);
+  if (src == NULL)
+    return sbx_fail (err, ENOMEM, "%s:%d", path, lineno);
+  if (src[0] == '/' || has_dot_component (src))
+    return sbx_failx (err, EINVAL, "%s:%d: file source must be a path below the spec directory: '%s'", path,
+                      lineno, src);
+  if (dest[0] != '/' || dest[dlen - 1] == '/' || has_dot_component (dest) || dlen >= PATH_MAX)
+    return sbx_failx (err, EINVAL, "%s:%d: file destination must be an absolute file path: '%.*s'", path,
+                      lineno, (int) dlen, dest);
+
+  char joined[PATH_MAX];
+  if (path_fmt (joined, sizeof joined, err, "%s/%s", spec_dir, src) < 0)
+    return -1;
+  cleanup_free char *dir = realpath (spec_dir, NULL);
+  cleanup_free char *real = realpath (joined, NULL);
+  if (dir == NULL || real == NULL)
+    return sbx_fail (err, errno, "%s:%d: file source %s", path, lineno, joined);
+  /* A symlink in the spec directory must not smuggle in a host file. */
+  size_t n = strlen (dir);
+  struct stat st;
+  if (strncmp (real, dir, n) != 0 || real[n] != '/')
+    return sbx_failx (err, EINVAL, "%s:%d: file source %s is outside the spec directory", path, lineno, joined);
+  if (stat (real, &st) < 0)
+    return sbx_fail (err, errno, "%s:%d: file source %s", path, lineno, joined);
+  if (! S_ISREG (st.st_mode))
+    return sbx_failx (err, EINVAL, "%s:%d: file source %s is not a regular file", path, lineno, joined);
+  if (strv_push (&s->file_src, real) < 0 || strv_push_n (&s->file_dest, dest, dlen) < 0)
+    return sbx_fail (err, ENOMEM, "%s:%d", path, lineno);
   return 0;
 }
 
@@ -619,6 +685,11 @@ parse_spec (const char *spec_dir, const char *name, struct spec *s, const char *
             return sbx_failx (err, EINVAL, "%s:%d: internet must be yes or no", path, lineno);
           s->no_internet = strcmp (value, "no") == 0;
         }
+      else if (strcmp (key, "file") == 0)
+        {
+          if (add_file (spec_dir, value, s, path, lineno, err) < 0)
+            return -1;
+        }
       else if (strcmp (key, "setup") == 0)
         {
           if (value[0] == '\0')
@@ -659,6 +730,33 @@ shell_quote (const char *s)
   return out;
 }
 
+/* The build host's CA bundle.  Setup lines that download over TLS trust
+   what the host trusts (a site may have its own CA, or a TLS-inspecting
+   proxy): the bundle is copied to HOST_CA_IN_ROOT for the setup lines, named
+   by the usual variables, and removed after the last one. */
+#define HOST_CA "/etc/ssl/certs/ca-certificates.crt"
+#define HOST_CA_IN_ROOT "/tmp/.sbxd-build-ca.crt"
+#define HOST_CA_ENV                                                            \
+  "SSL_CERT_FILE=" HOST_CA_IN_ROOT " NODE_EXTRA_CA_CERTS=" HOST_CA_IN_ROOT       \
+  " CURL_CA_BUNDLE=" HOST_CA_IN_ROOT " PIP_CERT=" HOST_CA_IN_ROOT                \
+  " REQUESTS_CA_BUNDLE=" HOST_CA_IN_ROOT
+
+/* mmdebstrap runs each hook with sh -c HOOK exec TARGET, so the hook is
+   necessarily shell text; LINE is embedded as one quoted word and never
+   spliced in raw.  ENV: extra "K=V" words for env(1), or "". */
+static int
+push_chroot_hook (struct strv *argv, const char *env, const char *line, struct sbx_err *err)
+{
+  cleanup_free char *q = shell_quote (line);
+  cleanup_free char *hook = NULL;
+  if (q == NULL
+      || asprintf (&hook, "--customize-hook=chroot \"$1\" /usr/bin/env -i " SETUP_ENV " %s /bin/sh -ec %s", env, q)
+             < 0
+      || strv_push (argv, hook) < 0)
+    return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
+  return 0;
+}
+
 static int
 build_argv (const struct spec *s, const char *rootfs, struct strv *argv, struct sbx_err *err)
 {
@@ -685,20 +783,41 @@ build_argv (const struct spec *s, const char *rootfs, struct strv *argv, struct 
         return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
     }
 
-  /* mmdebstrap runs each hook with sh -c HOOK exec TARGET, so the hook is
-     necessarily shell text; the setup line is embedded as one quoted word
-     and never spliced in raw. */
-  for (size_t i = 0; i < s->setup.n; i++)
+  /* Files first, so that setup lines can use them.  "upload" is one of
+     mmdebstrap's own hooks: it resolves the destination inside the new
+     root (a symlink in the image cannot send it to the host's files).  It
+     needs the parent directory, and leaves the mode to the umask, hence
+     the two setup-style steps around it. */
+  for (size_t i = 0; i < s->file_src.n; i++)
     {
-      cleanup_free char *q = shell_quote (s->setup.v[i]);
-      cleanup_free char *hook = NULL;
-      if (q == NULL
-          || asprintf (&hook, "--customize-hook=chroot \"$1\" /usr/bin/env -i " SETUP_ENV " /bin/sh -ec %s", q)
-                 < 0)
+      const char *dest = s->file_dest.v[i];
+      size_t plen = (size_t) (strrchr (dest, '/') - dest);
+      cleanup_free char *parent = strndup (dest, plen > 0 ? plen : 1);
+      cleanup_free char *mk = NULL, *mode = NULL, *upload = NULL, *qs = NULL, *qd = NULL, *qp = NULL;
+      if (parent == NULL || (qs = shell_quote (s->file_src.v[i])) == NULL || (qd = shell_quote (dest)) == NULL
+          || (qp = shell_quote (parent)) == NULL)
         return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
-      if (strv_push (argv, hook) < 0)
+      if (asprintf (&mk, "mkdir -p -- %s", qp) < 0 || asprintf (&mode, "chmod 0644 -- %s", qd) < 0
+          || asprintf (&upload, "--customize-hook=upload %s %s", qs, qd) < 0)
+        return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
+      if (push_chroot_hook (argv, "", mk, err) < 0 || strv_push (argv, upload) < 0
+          || push_chroot_hook (argv, "", mode, err) < 0)
         return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
     }
+
+  const char *ca_env = "";
+  bool host_ca = s->setup.n > 0 && access (HOST_CA, R_OK) == 0;
+  if (host_ca)
+    {
+      ca_env = HOST_CA_ENV;
+      if (strv_push (argv, "--customize-hook=upload " HOST_CA " " HOST_CA_IN_ROOT) < 0)
+        return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
+    }
+  for (size_t i = 0; i < s->setup.n; i++)
+    if (push_chroot_hook (argv, ca_env, s->setup.v[i], err) < 0)
+      return -1;
+  if (host_ca && push_chroot_hook (argv, "", "rm -f " HOST_CA_IN_ROOT, err) < 0)
+    return -1;
 
   if (strv_push (argv, s->suite) < 0 || strv_push (argv, rootfs) < 0)
     return sbx_fail (err, ENOMEM, "mmdebstrap arguments");

@@ -166,6 +166,46 @@ test_spec_errors (void)
   CHECK (build ("wrongname", &out, &err) < 0 && err.code == EINVAL);
   free (steal_pointer (&out));
 
+  /* file: lines are checked before anything is built */
+  write_spec ("fileargs", "file: only-one-word\n");
+  CHECK (build ("fileargs", &out, &err) < 0 && err.code == EINVAL);
+  CHECK (strstr (err.msg, "fileargs.spec:1: expected file: SOURCE DESTINATION") != NULL);
+  free (steal_pointer (&out));
+  write_spec ("fileabs", "file: /etc/passwd /x\n");
+  CHECK (build ("fileabs", &out, &err) < 0 && err.code == EINVAL);
+  CHECK (strstr (err.msg, "below the spec directory") != NULL);
+  free (steal_pointer (&out));
+  write_spec ("fileup", "file: ../secret /x\n");
+  CHECK (build ("fileup", &out, &err) < 0 && err.code == EINVAL);
+  free (steal_pointer (&out));
+  write_spec ("filemissing", "file: files/nope /x\n");
+  CHECK (build ("filemissing", &out, &err) < 0 && err.code == ENOENT);
+  free (steal_pointer (&out));
+  write_spec ("filedest", "file: fileargs.spec relative/x\n");
+  CHECK (build ("filedest", &out, &err) < 0 && err.code == EINVAL);
+  CHECK (strstr (err.msg, "absolute file path") != NULL);
+  free (steal_pointer (&out));
+  write_spec ("filedotdot", "file: fileargs.spec /opt/../x\n");
+  CHECK (build ("filedotdot", &out, &err) < 0 && err.code == EINVAL);
+  free (steal_pointer (&out));
+  write_spec ("filedir", "file: fileargs.spec /opt/\n");
+  CHECK (build ("filedir", &out, &err) < 0 && err.code == EINVAL);
+  free (steal_pointer (&out));
+  /* a symlink in the spec directory may not point out of it */
+  char link[PATH_MAX + 64];
+  snprintf (link, sizeof link, "%s/hostfile", specs);
+  CHECK (symlink ("/etc/hostname", link) == 0);
+  write_spec ("filelink", "file: hostfile /x\n");
+  CHECK (build ("filelink", &out, &err) < 0 && err.code == EINVAL);
+  CHECK (strstr (err.msg, "outside the spec directory") != NULL);
+  free (steal_pointer (&out));
+  char adir[PATH_MAX + 64];
+  snprintf (adir, sizeof adir, "%s/adir", specs);
+  CHECK (mkdir (adir, 0755) == 0);
+  write_spec ("filenotreg", "file: adir /x\n");
+  CHECK (build ("filenotreg", &out, &err) < 0 && err.code == EINVAL);
+  free (steal_pointer (&out));
+
   CHECK (build ("nospec", &out, &err) < 0 && err.code == ENOENT);
   free (steal_pointer (&out));
 
@@ -209,7 +249,8 @@ test_first_build (void)
                           "user: nobody\n"
                           "workdir: /tmp\n"
                           "cpu: 3\n"
-                          "setup: echo base > /marker-base\n");
+                          "setup: echo base > /marker-base\n"
+                          "file: files/payload.txt /opt/deep/dir/payload.txt\n");
   write_spec ("tiny", "name: tiny\n"
                       "include: tinybase\n"
                       "\n"
@@ -221,7 +262,16 @@ test_first_build (void)
                       "workdir: /srv\n"
                       "memory_mb: 300\n"
                       "internet: no\n"
-                      "setup: test -f /marker-base && echo 'it'\"'\"'s tiny' > /marker\n");
+                      "setup: test -f /marker-base && echo 'it'\"'\"'s tiny' > /marker\n"
+                      "setup: cp /opt/deep/dir/payload.txt /payload-seen\n"
+                      "setup: test -s \"$SSL_CERT_FILE\" && echo yes > /ca-seen || true\n");
+  /* copied in before the setup lines run, with a mode of 0644 */
+  char files[PATH_MAX + 64];
+  snprintf (files, sizeof files, "%s/files", specs);
+  CHECK (mkdir (files, 0755) == 0);
+  FILE *pf = fopen (strcat (files, "/payload.txt"), "w");
+  CHECK (pf != NULL && fputs ("it's a payload\n", pf) >= 0 && fclose (pf) == 0);
+  CHECK (chmod (files, 0600) == 0);
 
   int r = build ("tiny", &out, &err);
   CHECK (r == 0);
@@ -260,6 +310,16 @@ test_first_build (void)
   CHECK (strcmp (slurp ("tiny/rootfs/marker-base"), "base\n") == 0);
   CHECK (strcmp (slurp ("tiny/rootfs/marker"), "it's tiny\n") == 0);
   CHECK (exists_in_tdir ("tiny/rootfs/etc/services")); /* from netbase */
+  CHECK (strcmp (slurp ("tiny/rootfs/opt/deep/dir/payload.txt"), "it's a payload\n") == 0);
+  CHECK (strcmp (slurp ("tiny/rootfs/payload-seen"), "it's a payload\n") == 0);
+  struct stat pst;
+  char payload[PATH_MAX + 64];
+  snprintf (payload, sizeof payload, "%s/tiny/rootfs/opt/deep/dir/payload.txt", tdir);
+  CHECK (stat (payload, &pst) == 0 && (pst.st_mode & 07777) == 0644 && pst.st_uid == 0);
+  /* the build host's CA bundle was there for the setup lines, and is gone */
+  if (access ("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0)
+    CHECK (strcmp (slurp ("tiny/rootfs/ca-seen"), "yes\n") == 0);
+  CHECK (!exists_in_tdir ("tiny/rootfs/tmp/.sbxd-build-ca.crt"));
 
   char rootfs[PATH_MAX + 64];
   struct stat st;
