@@ -477,3 +477,25 @@ def test_wasm_mode_runs_python_in_pyodide(sbxd):
         destroy(sbxd, sid)
     # the sandbox under Pyodide is a container sandbox with the same rules
     assert sbxd.req("GET", f"/api/sandbox/{sid}").json()["status"] == "destroyed"
+
+
+@pytest.mark.parametrize("mode, network, want", [
+    ("container", None, {"mode": "internet", "allowOut": [], "denyOut": []}),
+    ("container", {"block_outbound": False, "allow": ["x.example"]}, {"mode": "internet", "allowOut": [], "denyOut": []}),
+    ("container", {"block_outbound": True, "allow": ["x.example", "198.51.100.7"]},
+     {"mode": "internet", "allowOut": ["198.51.100.7", "x.example"], "denyOut": ["0.0.0.0/0"]}),
+    # nothing allowed: everything refused, and each attempt in the egress log
+    ("container", {"block_outbound": True}, {"mode": "internet", "allowOut": [], "denyOut": ["0.0.0.0/0"]}),
+    ("wasm", None, {"mode": "none", "allowOut": [], "denyOut": []}),
+    ("wasm", {"block_outbound": False}, {"mode": "internet", "allowOut": [], "denyOut": []}),
+    ("wasm", {"block_outbound": True, "allow": ["x.example"]},
+     {"mode": "internet", "allowOut": ["x.example"], "denyOut": ["0.0.0.0/0"]}),
+])
+def test_network_config_becomes_the_sandboxs_rules(sbxd, mode, network, want):
+    body = {"mode": mode, "config": {"network": network} if network is not None else {}}
+    sid = create(sbxd, body)["sandbox_id"]
+    try:
+        net = sbxd.get(sid).json()["network"]
+        assert {k: net[k] for k in want} == want, net
+    finally:
+        destroy(sbxd, sid)

@@ -452,9 +452,11 @@ seed002_create (struct call *k)
     }
   if (net_given && (jnet == NULL || !json_is_true (json_object_get (jnet, "block_outbound"))))
     {
-      /* block_outbound false or absent: the default internet mode */
+      /* block_outbound false or absent: the default internet mode (which
+         a wasm sandbox's template does not have, so it is said) */
       sbx_net_policy_free (&net);
-      net_given = false;
+      net_given = wasm;
+      net.enabled = wasm;
     }
   if (wasm && !net_given && (jnet == NULL || json_is_null (jnet)))
     {
