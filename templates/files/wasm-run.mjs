@@ -403,7 +403,7 @@ async function runHere (file)
 const IDLE_SECONDS = Math.min (Math.max (Number (process.env.SBXD_WASM_IDLE_SECONDS) || 60, 1), 3600);
 const JOB_MAX = 64 << 20;
 /* A warm interpreter whose WebAssembly memory grew past this is replaced
-   after its run (a fresh one has about 40 MiB). */
+   after its run (a fresh one has 20 MiB). */
 const MEMORY_KEEP = 256 << 20;
 
 function socketPath ()
