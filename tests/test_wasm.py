@@ -249,3 +249,19 @@ def test_network_when_allowed(sbxd, peers):  # noqa: F811
         assert r["stdout"].startswith("urllib failed\nfetch host="), r
     finally:
         sbxd.delete(sid)
+
+
+def test_warm_server_gives_back_what_a_big_program_took(sbxd):
+    """WebAssembly memory never shrinks: after a program that grew it past
+    256 MiB, the warm server replaces its interpreter."""
+    sid = sbxd.create("pyodide", memoryMB=1024)
+    try:
+        def mem_mib():
+            time.sleep(1)
+            return sbxd.req("GET", f"/sandboxes/{sid}/metrics").json()[0]["memUsed"] / 2**20
+        r = wasm(sbxd, (sid, "warm"), "x = bytearray(400 * 2**20); print(len(x))")
+        assert (r["exitCode"], r["stdout"]) == (0, f"{400 * 2**20}\n"), r
+        assert wasm(sbxd, (sid, "warm"), "print('small')")["stdout"] == "small\n"
+        assert 60 < mem_mib() < 350       # a fresh interpreter is about 150 MiB
+    finally:
+        sbxd.delete(sid)

@@ -285,6 +285,11 @@ _sbxd_run
 
 async function load (options)
 {
+  /* Compile Pyodide's WebAssembly with V8's baseline compiler only: start-
+     up takes about a third less CPU (no optimising compiler running
+     alongside, which a sandbox with one vCPU feels) for about 20% slower
+     Python.  Most programs sent to a sandbox are short. */
+  v8.setFlagsFromString ("--liftoff-only");
   let mod;
   try
     {
@@ -353,6 +358,7 @@ async function interpreter (policy, write)
   const runner = py.runPython (RUN_PY);
   const setenv = py.globals.get ("_sbxd_setenv");
   return {
+    memory: () => py._module.HEAPU8.length,
     async run (source, filename, env)
     {
       py.FS.chdir (WORKDIR);
@@ -366,11 +372,6 @@ async function interpreter (policy, write)
 
 async function runHere (file)
 {
-  /* One program, then exit: compile Pyodide's WebAssembly with the
-     baseline compiler only.  That halves the start-up CPU (no optimising
-     compiler running alongside) for about 20% slower Python; the warm
-     server, which lives longer, keeps V8's default. */
-  v8.setFlagsFromString ("--liftoff-only");
   const policy = readPolicy ();
   const source = readSource (file);
   const py = await interpreter (policy, writeAll);
@@ -401,6 +402,9 @@ async function runHere (file)
 
 const IDLE_SECONDS = Math.min (Math.max (Number (process.env.SBXD_WASM_IDLE_SECONDS) || 60, 1), 3600);
 const JOB_MAX = 64 << 20;
+/* A warm interpreter whose WebAssembly memory grew past this is replaced
+   after its run (a fresh one has 20 MiB). */
+const MEMORY_KEEP = 256 << 20;
 
 function socketPath ()
 {
@@ -527,7 +531,13 @@ async function serve (sock)
         if (m.fd)
           current.write (JSON.stringify ({ fd: m.fd, data: Buffer.from (m.data).toString ("base64") }) + "\n");
         else if (m.exit !== undefined)
-          finish (m.exit);
+          {
+            /* WebAssembly memory only grows: after a program that needed
+               a lot, start again small rather than keep it until idle */
+            if (m.memory > MEMORY_KEEP)
+              restartWorker ();
+            finish (m.exit);
+          }
       });
     });
     worker.on ("error", (e) => {
@@ -541,6 +551,13 @@ async function serve (sock)
       if (current === null && queue.length === 0)
         process.exit (0);
     });
+  }
+
+  function restartWorker ()
+  {
+    worker.removeAllListeners ("exit");
+    worker.terminate ();
+    startWorker ();
   }
 
   function finish (status)
@@ -609,9 +626,7 @@ async function serve (sock)
         {
           /* killed mid-run: Python may be in an endless loop */
           current = null;
-          worker.removeAllListeners ("exit");
-          worker.terminate ();
-          startWorker ();
+          restartWorker ();
           pump ();
         }
     });
@@ -653,7 +668,7 @@ async function workerMain ()
     }
   parentPort.on ("message", async (job) => {
     const status = await py.run (job.source, job.filename, job.env ?? {});
-    parentPort.postMessage ({ exit: status });
+    parentPort.postMessage ({ exit: status, memory: py.memory () });
   });
   parentPort.postMessage ({ ready: true });
 }
