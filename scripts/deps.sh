@@ -29,11 +29,42 @@ sbxd_install_deps() {
 # them all, the test command too; add a template here to have both build it.
 SBXD_TEMPLATES="${SBXD_TEMPLATES:-base code_interpreter pyodide}"
 
-# Build a template unless it is already built.
-sbxd_ensure_template() {
+# The SHA-256 of what a template is built from: its spec, the specs it
+# includes and the files its `file:` lines copy in (templates/README.md).
+sbxd_spec_hash() {
+  local dir="${SBXD_SPEC_DIR:-$SBXD_ROOT/templates}" name="$1" seen="" todo="$1" t inc src
+  {
+    while [ -n "$todo" ]; do
+      t="${todo%% *}"; todo="${todo#"$t"}"; todo="${todo# }"
+      case " $seen " in *" $t "*) continue ;; esac
+      seen="$seen $t"
+      [ -f "$dir/$t.spec" ] || continue
+      cat "$dir/$t.spec"
+      for inc in $(sed -n 's/^include:[[:space:]]*\([^[:space:]]*\).*/\1/p' "$dir/$t.spec"); do todo="$todo $inc"; done
+      for src in $(sed -n 's/^file:[[:space:]]*\([^[:space:]]*\).*/\1/p' "$dir/$t.spec"); do
+        [ -f "$dir/$src" ] && cat "$dir/$src"
+      done
+    done
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Is template NAME built, from its spec as it is now?  The hash of what it
+# was built from is kept beside it (.spec-NAME.sha256), so that a changed
+# spec or runner is rebuilt instead of tested or served stale.
+sbxd_template_current() {
   local tdir="${SBXD_TEMPLATE_DIR:-/var/lib/sbxd/templates}"
-  if [ ! -f "$tdir/$1/template.json" ]; then
-    "$SBXD_ROOT/build/sbxd" template build "$1"
+  [ -f "$tdir/$1/template.json" ] && [ "$(cat "$tdir/.spec-$1.sha256" 2>/dev/null)" = "$(sbxd_spec_hash "$1")" ]
+}
+
+sbxd_template_built() {
+  local tdir="${SBXD_TEMPLATE_DIR:-/var/lib/sbxd/templates}"
+  sbxd_spec_hash "$1" > "$tdir/.spec-$1.sha256"
+}
+
+# Build a template unless it is built from its current spec.
+sbxd_ensure_template() {
+  if ! sbxd_template_current "$1"; then
+    "$SBXD_ROOT/build/sbxd" template build "$1" && sbxd_template_built "$1"
   fi
 }
 
@@ -45,7 +76,7 @@ sbxd_ensure_template() {
 sbxd_prepare_template() {
   local name="$1" tdir="${SBXD_TEMPLATE_DIR:-/var/lib/sbxd/templates}"
   local logdir="${SBXD_LOG_DIR:-/var/log/sbxd}" every="${SBXD_PROGRESS_EVERY:-15}"
-  if [ -f "$tdir/$name/template.json" ]; then
+  if sbxd_template_current "$name"; then
     echo "sbxd: template $name: ready" >&2
     return 0
   fi
@@ -64,6 +95,7 @@ sbxd_prepare_template() {
   done
   wait "$pid" || rc=$?
   if [ "$rc" = 0 ]; then
+    sbxd_template_built "$name"
     echo "sbxd: template $name: done in $((SECONDS - start)) s" >&2
   else
     echo "sbxd: template $name: FAILED after $((SECONDS - start)) s (exit $rc); the end of $log:" >&2

@@ -39,15 +39,20 @@ echo "fake mmdebstrap: done"
 """
 
 
-def publish_copy_of_base(tdir, name):
+def publish_copy_of_base(tdir, name, spec_dir=None):
     """NAME as a hard-linked copy of the machine's base, put in place with
-    one rename as a build does."""
+    one rename as a build does; with SPEC_DIR, recorded as built from
+    NAME's spec there (as scripts/deps.sh records a build)."""
     src = os.path.join(MACHINE_TEMPLATES, "base")
     tmp = os.path.join(tdir, f".copy-{name}")
     os.makedirs(tmp)
     subprocess.run(["cp", "-al", os.path.join(src, "rootfs"), os.path.join(tmp, "rootfs")], check=True)
     shutil.copy(os.path.join(src, "template.json"), tmp)
     os.rename(tmp, os.path.join(tdir, name))
+    if spec_dir:
+        env = dict(os.environ, SBXD_ROOT=ROOT, SBXD_TEMPLATE_DIR=tdir, SBXD_SPEC_DIR=str(spec_dir))
+        subprocess.run(["bash", "-c", f'. "$SBXD_ROOT/scripts/deps.sh"; sbxd_template_built {name}'], env=env,
+                       check=True)
 
 
 @pytest.fixture
@@ -90,9 +95,12 @@ class Up:
         fake.chmod(0o755)
         specs = tmp_path / "specs"
         specs.mkdir(exist_ok=True)
+        # written once: a test may change one between two starts
         for name in ("later", "slow", "failing"):
-            (specs / f"{name}.spec").write_text(f"name: {name}\nuser: user\nworkdir: /home/user\n")
-        (specs / "broken.spec").write_text("name: broken\ncolour: blue\n")
+            if not (specs / f"{name}.spec").exists():
+                (specs / f"{name}.spec").write_text(f"name: {name}\nuser: user\nworkdir: /home/user\n")
+        if not (specs / "broken.spec").exists():
+            (specs / "broken.spec").write_text("name: broken\ncolour: blue\n")
         self.log_dir = str(tmp_path / "logs")
         self.err_path = str(tmp_path / "sbxd-up.err")
         full = dict(os.environ)
@@ -168,7 +176,7 @@ def serving(url):
 
 
 def test_sbxd_up_serves_first_then_builds_the_rest(tmp_path, tdir):
-    publish_copy_of_base(tdir, "base")
+    publish_copy_of_base(tdir, "base", tmp_path / "specs")
     up = Up(tmp_path, tdir, "base later broken", FAKE_SECONDS="6")
     made = []
     try:
@@ -217,7 +225,7 @@ def test_sbxd_up_serves_first_then_builds_the_rest(tmp_path, tdir):
 
 
 def test_sbxd_up_reports_every_template_ready(tmp_path, tdir):
-    publish_copy_of_base(tdir, "base")
+    publish_copy_of_base(tdir, "base", tmp_path / "specs")
     up = Up(tmp_path, tdir, "base later", FAKE_SECONDS="1")
     try:
         up.wait_serving()
@@ -234,10 +242,21 @@ def test_sbxd_up_reports_every_template_ready(tmp_path, tdir):
         assert "building" not in err
     finally:
         assert up2.stop() == 0
+    # a changed spec is built again; the others stay as they are
+    with open(tmp_path / "specs" / "later.spec", "a") as f:
+        f.write("env: CHANGED=1\n")
+    up3 = Up(tmp_path, tdir, "base later", FAKE_SECONDS="1")
+    try:
+        up3.wait_serving()
+        up3.wait_for(r"sbxd: template later: done in \d+ s")
+        err = up3.stderr()
+        assert "template base: ready" in err and "template later: building" in err
+    finally:
+        assert up3.stop() == 0
 
 
 def test_stopping_sbxd_up_stops_the_builds_too(tmp_path, tdir):
-    publish_copy_of_base(tdir, "base")
+    publish_copy_of_base(tdir, "base", tmp_path / "specs")
     up = Up(tmp_path, tdir, "base slow", FAKE_SECONDS="300")
     try:
         up.wait_serving()
