@@ -18,6 +18,11 @@ import time
 import pytest
 import requests
 
+# The network test peers (netpeers.py), one set for the whole session: a
+# test module that imported the fixture itself would get a second set,
+# whose start tears down the first one's namespaces under it.
+from netpeers import peers  # noqa: F401,E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBXD = os.path.join(ROOT, "build", "sbxd")
 

@@ -26,7 +26,7 @@ import time
 import pytest
 
 from conftest import ROOT, SBXD, Sbxd
-from netpeers import DNS_CODE, peers  # noqa: F401  (peers is a fixture)
+from netpeers import DNS_CODE  # the peers fixture comes from conftest.py
 
 UPSTREAM = "198.51.100.53"
 WEB1, WEB2, WEB6 = "198.51.100.10", "198.51.100.11", "2001:db8:100::10"

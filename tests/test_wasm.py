@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from netpeers import peers  # noqa: F401  (a fixture)
 
 TEMPLATES = os.environ.get("SBXD_TEMPLATE_DIR", "/var/lib/sbxd/templates")
 RUNNER = "/opt/sbxd/wasm-run.mjs"
@@ -233,12 +232,12 @@ FETCH = (f"import js, urllib.request\n"
          f"    print('fetch failed')\n")
 
 
-def test_no_network(sbxd, box, peers):  # noqa: F811
+def test_no_network(sbxd, box, peers):
     r = wasm(sbxd, box, FETCH, timeout=30)
     assert (r["exitCode"], r["stdout"]) == (0, "urllib failed\nfetch failed\n"), r
 
 
-def test_network_when_allowed(sbxd, peers):  # noqa: F811
+def test_network_when_allowed(sbxd, peers):
     """The control for test_no_network: with internet access the same
     program does reach the peer (through Node, not through urllib, which
     has no sockets in WebAssembly)."""
