@@ -499,3 +499,17 @@ def test_network_config_becomes_the_sandboxs_rules(sbxd, mode, network, want):
         assert {k: net[k] for k in want} == want, net
     finally:
         destroy(sbxd, sid)
+
+
+def test_large_code_goes_in_whole_and_too_large_is_refused(sbxd):
+    sid = create(sbxd, {})["sandbox_id"]
+    try:
+        # about 1 MB of code reaches the interpreter whole, in many pieces
+        code = "x = 0\n" + "x += 1\n" * 140000 + "print(x)\n"
+        assert len(code) < 1 << 20
+        out = run(sbxd, sid, code, timeout=120)
+        assert out["status"] == "completed" and out["stdout"] == "140000\n", out
+        r = sbxd.req("POST", f"/api/sandbox/{sid}/run", json={"code": "#" * ((1 << 20) + 1)})
+        assert_error(r, 413, "payload_too_large")
+    finally:
+        destroy(sbxd, sid)

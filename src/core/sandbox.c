@@ -1672,11 +1672,22 @@ simple_proc_call (struct sbx_engine *e, const char *id, struct sbx_msg *req, str
 int
 sbx_proc_input (struct sbx_engine *e, const char *id, uint32_t pid, const void *data, size_t len, struct sbx_err *err)
 {
-  struct sbx_msg req;
-  sbx_msg_init (&req, SBX_REQ_INPUT);
-  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
-  sbx_msg_put (&req, SBX_T_DATA, data, len);
-  return simple_proc_call (e, id, &req, err);
+  /* in pieces well under a frame, so that any length goes through */
+  const uint8_t *p = data;
+  size_t off = 0;
+  do
+    {
+      size_t n = len - off < SBX_PROC_INPUT_CHUNK ? len - off : SBX_PROC_INPUT_CHUNK;
+      struct sbx_msg req;
+      sbx_msg_init (&req, SBX_REQ_INPUT);
+      sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+      sbx_msg_put (&req, SBX_T_DATA, p + off, n);
+      if (simple_proc_call (e, id, &req, err) < 0)
+        return -1;
+      off += n;
+    }
+  while (off < len);
+  return 0;
 }
 
 int

@@ -177,6 +177,9 @@ int sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *
 /* Re-attach to a running process by pid (KEEPALIVE_MS as in exec). */
 int sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud,
                 struct sbx_err *err);
+/* Write DATA to the process's stdin; any length (it is sent in pieces of
+   SBX_PROC_INPUT_CHUNK bytes). */
+#define SBX_PROC_INPUT_CHUNK 60000u
 int sbx_proc_input (struct sbx_engine *e, const char *id, uint32_t pid, const void *data, size_t len,
                     struct sbx_err *err);
 int sbx_proc_close_stdin (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err);

@@ -53,7 +53,6 @@
 #define START_TIMEOUT_S 60u         /* for a new kernel to answer its first ping */
 #define GONE_GRACE_NS (10ull * 1000000000ull) /* wait after an interrupt */
 #define LINE_MAX_BYTES (64u << 20)  /* longer protocol lines are dropped */
-#define INPUT_CHUNK 60000u          /* stdin is sent in pieces under a frame */
 
 struct sbx_interp {
   struct sbx_engine *engine;
@@ -468,19 +467,6 @@ is_end (const char *p, size_t n)
 }
 
 static int
-send_input (struct sbx_engine *e, const char *sid, uint32_t pid, const char *data, size_t len, struct sbx_err *err)
-{
-  for (size_t off = 0; off < len;)
-    {
-      size_t n = len - off < INPUT_CHUNK ? len - off : INPUT_CHUNK;
-      if (sbx_proc_input (e, sid, pid, data + off, n, err) < 0)
-        return -1;
-      off += n;
-    }
-  return 0;
-}
-
-static int
 new_rid (char out[33], struct sbx_err *err)
 {
   uint8_t r[16];
@@ -541,8 +527,8 @@ start_event (const struct sbx_proc_event *ev, void *ud)
         st->pid = ev->pid;
         char ping[80];
         snprintf (ping, sizeof ping, "{\"id\":\"%s\",\"ping\":true}\n", st->ping);
-        if (send_input (st->engine, st->sid, st->pid, st->src, strlen (st->src), &st->in_err) < 0
-            || send_input (st->engine, st->sid, st->pid, ping, strlen (ping), &st->in_err) < 0)
+        if (sbx_proc_input (st->engine, st->sid, st->pid, st->src, strlen (st->src), &st->in_err) < 0
+            || sbx_proc_input (st->engine, st->sid, st->pid, ping, strlen (ping), &st->in_err) < 0)
           {
             st->input_failed = true;
             return -1;
@@ -915,21 +901,6 @@ sbx_interp_ctx_restart (struct sbx_interp_box *b, const char *cid, struct sbx_er
   return ctx_stop (b, cid, true, err);
 }
 
-int
-sbx_interp_ensure_kernel (struct sbx_interp_box *b, struct sbx_interp_ctx *c, uint32_t *pid, struct sbx_err *err)
-{
-  pthread_mutex_lock (&c->exec);
-  int r = ensure_kernel_locked (b, c, pid, err);
-  pthread_mutex_unlock (&c->exec);
-  return r;
-}
-
-int
-sbx_interp_send_input (struct sbx_interp_box *b, uint32_t pid, const char *data, size_t len, struct sbx_err *err)
-{
-  return send_input (b->ip->engine, b->sid, pid, data, len, err);
-}
-
 /* ---- executions ---- */
 
 struct sbx_interp_exec {
@@ -1010,7 +981,7 @@ exec_event (const struct sbx_proc_event *ev, void *ud)
       if (!x->sent)
         {
           x->sent = true;
-          if (send_input (x->box->ip->engine, x->box->sid, x->pid, x->req, strlen (x->req), &x->in_err) < 0)
+          if (sbx_proc_input (x->box->ip->engine, x->box->sid, x->pid, x->req, strlen (x->req), &x->in_err) < 0)
             {
               x->input_failed = true;
               return -1;

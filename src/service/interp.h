@@ -86,15 +86,6 @@ void sbx_interp_ctx_info (struct sbx_interp_box *b, struct sbx_interp_ctx *c, st
 int sbx_interp_ctx_delete (struct sbx_interp_box *b, const char *cid, struct sbx_err *err);
 int sbx_interp_ctx_restart (struct sbx_interp_box *b, const char *cid, struct sbx_err *err);
 
-/* The pid of context C's kernel, started if none runs; waits for the
-   context's running execution.  SBX_E_NOT_FOUND if it was removed. */
-int sbx_interp_ensure_kernel (struct sbx_interp_box *b, struct sbx_interp_ctx *c, uint32_t *pid,
-                              struct sbx_err *err);
-
-/* Send DATA to the stdin of process PID of the box's sandbox, in pieces
-   that fit a frame of the agent protocol. */
-int sbx_interp_send_input (struct sbx_interp_box *b, uint32_t pid, const char *data, size_t len,
-                           struct sbx_err *err);
 
 /* ---- executions ---- */
 

@@ -154,15 +154,8 @@ job_event (const struct sbx_proc_event *ev, void *ud)
         /* the code goes in on stdin, then stdin closes */
         struct sbx_engine *e = sbx_service_engine (j->svc);
         const char *code = j->run.code ? j->run.code : "";
-        size_t len = strlen (code), off = 0;
-        while (off < len && !j->input_failed)
-          {
-            size_t n = len - off > 60000 ? 60000 : len - off;
-            if (sbx_proc_input (e, j->run.sandbox_id, j->pid, code + off, n, &j->input_err) < 0)
-              j->input_failed = true;
-            off += n;
-          }
-        if (!j->input_failed && sbx_proc_close_stdin (e, j->run.sandbox_id, j->pid, &j->input_err) < 0)
+        if (sbx_proc_input (e, j->run.sandbox_id, j->pid, code, strlen (code), &j->input_err) < 0
+            || sbx_proc_close_stdin (e, j->run.sandbox_id, j->pid, &j->input_err) < 0)
           j->input_failed = true;
         return 0;
       }
