@@ -150,6 +150,9 @@ int env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out,
 
 /* ---- route handlers (routes.c lists them) ---- */
 
+/* server.c: GET /openapi.yaml and GET /health */
+enum MHD_Result send_openapi (struct call *k);
+enum MHD_Result send_health (struct call *k);
 /* sandbase.c */
 enum MHD_Result sandbase_create (struct call *k);
 enum MHD_Result sandbase_list (struct call *k);

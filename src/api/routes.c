@@ -12,9 +12,6 @@
  */
 #include "api.h"
 
-enum MHD_Result send_openapi (struct call *k);
-enum MHD_Result send_health (struct call *k);
-
 #define SB ROUTE_SANDBOX
 #define D1 (&dialect_sandbase)
 #define D2 (&dialect_seed002)

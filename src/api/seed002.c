@@ -134,16 +134,6 @@ image_refused (struct http_server *h, struct MHD_Connection *c, const char *imag
 
 /* ---- parsing ---- */
 
-/* "2026-04-06T14:23:11Z" */
-static void
-seconds_time (int64_t ms, char *buf, size_t n)
-{
-  time_t t = (time_t) (ms / 1000);
-  struct tm tm;
-  gmtime_r (&t, &tm);
-  strftime (buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 /* config.resources.memory: "512m", "2g", "1024k", "512Mi", "2GB" or a
    number of bytes (string or integer), in MB. */
 static int
@@ -314,8 +304,8 @@ static json_t *
 sandbox_json (const struct sbx_sandbox_rec *r)
 {
   char created[40], expires[40];
-  seconds_time (r->started_ms, created, sizeof created);
-  seconds_time (r->end_ms, expires, sizeof expires);
+  sbx_rfc3339_s (r->started_ms, created, sizeof created);
+  sbx_rfc3339_s (r->end_ms, expires, sizeof expires);
   json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s}", "sandbox_id", r->id, "status", status_name (r), "mode",
                          r->mode[0] ? r->mode : "container", "image", r->template_id, "created_at", created,
                          "expires_at", expires);
@@ -325,7 +315,7 @@ sandbox_json (const struct sbx_sandbox_rec *r)
   if (strcmp (r->status, "stopped") == 0)
     {
       char stopped[40];
-      seconds_time (r->stopped_ms, stopped, sizeof stopped);
+      sbx_rfc3339_s (r->stopped_ms, stopped, sizeof stopped);
       json_object_set_new (j, "destroyed_at", json_string (stopped));
       json_object_set_new (j, "destroy_reason", json_string (r->stop_reason));
     }
@@ -369,6 +359,7 @@ seed002_create (struct call *k)
   char *env[4] = { NULL, NULL, NULL, NULL };
   char tmpl_buf[128];
   const char *tmpl = NULL;
+  json_t *empty = NULL; /* the config when the body has none */
   ret = MHD_NO;
   if (pl == NULL)
     {
@@ -396,17 +387,13 @@ seed002_create (struct call *k)
       ret = send_error (c, 400, "config must be an object");
       goto out;
     }
-  json_t *empty = json_object ();
+  empty = json_object ();
   json_t *cfg = config ? config : empty;
   if (opt_string (c, cfg, "image", &image, &ret) < 0)
-    {
-      json_decref (empty);
-      goto out;
-    }
+    goto out;
   if (image && (tmpl = image_template (k->h, image, tmpl_buf, sizeof tmpl_buf)) == NULL)
     {
       ret = image_refused (k->h, c, image);
-      json_decref (empty);
       goto out;
     }
   if (tmpl == NULL)
@@ -424,32 +411,24 @@ seed002_create (struct call *k)
   if (fs && !json_is_null (fs) && !json_is_object (fs))
     {
       ret = send_error (c, 400, "config.filesystem must be an object");
-      json_decref (empty);
       goto out;
     }
   if (fs && json_is_object (fs)
       && (fs_list (c, fs, "read_only", SBX_FS_READ_ONLY, pl, &ret) < 0
           || fs_list (c, fs, "read_write", SBX_FS_READ_WRITE, pl, &ret) < 0
           || fs_list (c, fs, "blocked", SBX_FS_BLOCKED, pl, &ret) < 0))
-    {
-      json_decref (empty);
-      goto out;
-    }
+    goto out;
   struct sbx_err err;
   if (sbx_fs_rules_check (pl->rules, pl->n, &err) < 0)
     {
       ret = send_error (c, 400, "config.filesystem: %s", err.msg);
-      json_decref (empty);
       goto out;
     }
 
   /* network: {allow, block_outbound}; a wasm sandbox has none unless asked */
   json_t *jnet = json_object_get (cfg, "network");
   if (body_network (c, cfg, false, &net, &internet, &net_given, &ret) < 0)
-    {
-      json_decref (empty);
-      goto out;
-    }
+    goto out;
   if (net_given && (jnet == NULL || !json_is_true (json_object_get (jnet, "block_outbound"))))
     {
       /* block_outbound false or absent: the default internet mode (which
@@ -471,7 +450,6 @@ seed002_create (struct call *k)
   if (res && !json_is_null (res) && !json_is_object (res))
     {
       ret = send_error (c, 400, "config.resources must be an object");
-      json_decref (empty);
       goto out;
     }
   if (res && json_is_object (res))
@@ -482,7 +460,6 @@ seed002_create (struct call *k)
         {
           ret = send_error (c, 400, "config.resources.cpu must be a number of cores between 0.1 and %ld, e.g. \"0.5\"",
                             cores > 0 ? cores : 1);
-          json_decref (empty);
           goto out;
         }
       v = json_object_get (res, "memory");
@@ -490,7 +467,6 @@ seed002_create (struct call *k)
         {
           ret = send_error (c, 400, "config.resources.memory must be between %dm and %dg, e.g. \"512m\"",
                             MIN_MEMORY_MB, MAX_MEMORY_MB / 1024);
-          json_decref (empty);
           goto out;
         }
       v = json_object_get (res, "timeout");
@@ -500,13 +476,11 @@ seed002_create (struct call *k)
             {
               ret = send_error (c, 400, "config.resources.timeout must be an integer between 1 and %d seconds",
                                 MAX_TIMEOUT_S);
-              json_decref (empty);
               goto out;
             }
           timeout = json_integer_value (v);
         }
     }
-  json_decref (empty);
   if (timeout > (long long) rq->org.max_timeout_s)
     {
       ret = send_error (c, 400, "config.resources.timeout must be at most %u seconds on this plan",
@@ -542,13 +516,14 @@ seed002_create (struct call *k)
     }
   snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, rec.id);
   char created[40], expires[40];
-  seconds_time (rec.started_ms, created, sizeof created);
-  seconds_time (rec.end_ms, expires, sizeof expires);
+  sbx_rfc3339_s (rec.started_ms, created, sizeof created);
+  sbx_rfc3339_s (rec.end_ms, expires, sizeof expires);
   ret = send_json (c, 201,
                    json_pack ("{s:s, s:s, s:s, s:s, s:s}", "sandbox_id", rec.id, "status", "ready", "mode", mode,
                               "created_at", created, "expires_at", expires));
   sbx_sandbox_rec_free (&rec);
 out:
+  json_decref (empty);
   for (int i = 0; i < 3; i++)
     free (env[i]);
   free (pl);
@@ -679,7 +654,7 @@ seed002_runs (struct call *k)
     {
       json_t *j = run_json (&v[i]);
       char created[40];
-      seconds_time (v[i].created_ms, created, sizeof created);
+      sbx_rfc3339_s (v[i].created_ms, created, sizeof created);
       json_object_set_new (j, "created_at", json_string (created));
       json_array_append_new (arr, j);
     }

@@ -88,12 +88,19 @@ sbx_sha256_b64 (const void *a, size_t alen, const void *b, size_t blen, char *ou
 }
 
 void
-sbx_rfc3339 (int64_t ms, char *buf, size_t n)
+sbx_rfc3339_s (int64_t ms, char *buf, size_t n)
 {
   time_t t = (time_t) (ms / 1000);
   struct tm tm;
   gmtime_r (&t, &tm);
+  strftime (buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+void
+sbx_rfc3339 (int64_t ms, char *buf, size_t n)
+{
   char base[32];
-  strftime (base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+  sbx_rfc3339_s (ms, base, sizeof base);
+  base[strlen (base) - 1] = '\0'; /* the Z goes after the milliseconds */
   snprintf (buf, n, "%s.%03dZ", base, (int) (ms % 1000));
 }

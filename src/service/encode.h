@@ -18,5 +18,7 @@ uint8_t *sbx_b64_decode (const char *text, size_t *len);
 void sbx_sha256_b64 (const void *a, size_t alen, const void *b, size_t blen, char *out, size_t n);
 /* "2026-07-01T10:00:00.123Z" into BUF (at least 32 bytes). */
 void sbx_rfc3339 (int64_t ms, char *buf, size_t n);
+/* "2026-12-01T10:00:00Z", whole seconds, into BUF (at least 32 bytes). */
+void sbx_rfc3339_s (int64_t ms, char *buf, size_t n);
 
 #endif

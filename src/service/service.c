@@ -22,6 +22,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "encode.h"
 #include "webhook.h"
 
 struct sbx_service {
@@ -111,11 +112,8 @@ event_data (const struct sbx_sandbox_rec *r, const struct sbx_info *in, enum sbx
     return NULL;
   if (kind == SBX_EVENT_PAUSED || kind == SBX_EVENT_KILLED)
     {
-      char started[40] = "";
-      time_t t = (time_t) (in->created_ms / 1000);
-      struct tm tm;
-      gmtime_r (&t, &tm);
-      strftime (started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      char started[40];
+      sbx_rfc3339_s (in->created_ms, started, sizeof started);
       int64_t ran = sbx_wall_ms () - in->created_ms;
       json_object_set_new (d, "execution",
                            json_pack ("{s:s, s:i, s:i, s:I}", "started_at", started, "vcpu_count",
