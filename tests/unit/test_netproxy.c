@@ -816,7 +816,11 @@ loopback_socket (int type, uint16_t port, uint16_t *got)
   int fd = socket (AF_INET, type | SOCK_CLOEXEC, 0);
   struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
   if (fd < 0 || bind (fd, (struct sockaddr *) &a, sizeof a) < 0)
-    return -1;
+    {
+      if (fd >= 0)
+        close (fd);
+      return -1;
+    }
   socklen_t al = sizeof a;
   getsockname (fd, (struct sockaddr *) &a, &al);
   if (type == SOCK_STREAM)
@@ -958,9 +962,17 @@ test_dns (void)
   int fds_before = count_fds ();
   struct upstream u = { 0 };
   pthread_mutex_init (&u.lock, NULL);
-  u.udp = loopback_socket (SOCK_DGRAM, 0, &u.port);
+  /* UDP and TCP on one port: the port the kernel gives the UDP socket may
+     be taken for TCP, so try again with another */
   uint16_t same;
-  u.tcp = loopback_socket (SOCK_STREAM, u.port, &same);
+  u.tcp = -1;
+  for (int tries = 0; tries < 50 && u.tcp < 0; tries++)
+    {
+      if (tries)
+        close (u.udp);
+      u.udp = loopback_socket (SOCK_DGRAM, 0, &u.port);
+      u.tcp = u.udp < 0 ? -1 : loopback_socket (SOCK_STREAM, u.port, &same);
+    }
   CHECK (u.udp >= 0 && u.tcp >= 0 && pipe (u.stop) == 0);
   pthread_create (&u.th, NULL, upstream_main, &u);
 
