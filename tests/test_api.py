@@ -294,9 +294,14 @@ def check_signed(g, secret, wid):
     assert h.get("e2b-delivery-id"), h
 
 
+# The receivers are on this host's loopback, which the outbound guard
+# refuses unless the operator opens it.
+OPEN_LOOPBACK = ["--outbound-allow", "127.0.0.1/32"]
+
+
 def start_webhook_daemon(state_dir, port=None):
     d = Sbxd(state_dir, port=port)
-    return d.start(env=dict(os.environ, **{SCALE_ENV: "0.01"}))
+    return d.start(env=dict(os.environ, **{SCALE_ENV: "0.01"}), args=OPEN_LOOPBACK)
 
 
 # --------------------------------------------------------------- fixtures
@@ -309,7 +314,8 @@ def orgb(sbxd):
 
 @pytest.fixture(scope="module")
 def whd(tmp_path_factory):
-    """A daemon whose webhook retries are 100 times faster."""
+    """A daemon whose webhook retries are 100 times faster, and which
+    may deliver to 127.0.0.1."""
     d = start_webhook_daemon(str(tmp_path_factory.mktemp("whd") / "state"))
     yield d
     try:
@@ -810,10 +816,11 @@ def test_expiry_is_a_killed_event_with_reason_timeout(sbxd):
 
 # --------------------------------------------------------- webhooks: CRUD
 
-def test_webhook_crud(sbxd, orgb):
+def test_webhook_crud(whd):
+    orgb = whd.new_key(org="crud-b")
     body = {"name": "crud", "url": "http://127.0.0.1:9/hook", "events": ["sandbox.lifecycle.killed"],
             "signatureSecret": "very-secret-value"}
-    r = sbxd.req("POST", "/events/webhooks", json=body)
+    r = whd.req("POST", "/events/webhooks", json=body)
     assert r.status_code == 201, r.text
     w = r.json()
     assert set(w) == WEBHOOK_KEYS, w
@@ -823,15 +830,15 @@ def test_webhook_crud(sbxd, orgb):
     parse_ts(w["createdAt"])
     wid = w["id"]
     try:
-        r = sbxd.req("GET", "/events/webhooks")
+        r = whd.req("GET", "/events/webhooks")
         assert r.status_code == 200 and w in r.json() and "very-secret-value" not in r.text
-        r = sbxd.req("GET", f"/events/webhooks/{wid}")
+        r = whd.req("GET", f"/events/webhooks/{wid}")
         assert r.status_code == 200 and r.json() == w and "very-secret-value" not in r.text
         # PATCH replaces only the fields given
-        r = sbxd.req("PATCH", f"/events/webhooks/{wid}", json={"name": "renamed", "enabled": False})
+        r = whd.req("PATCH", f"/events/webhooks/{wid}", json={"name": "renamed", "enabled": False})
         assert r.status_code == 200, r.text
         assert r.json() == dict(w, name="renamed", enabled=False)
-        r = sbxd.req("PATCH", f"/events/webhooks/{wid}",
+        r = whd.req("PATCH", f"/events/webhooks/{wid}",
                      json={"events": ["sandbox.lifecycle.created", "sandbox.lifecycle.paused"],
                            "url": "https://127.0.0.1:9/x", "signatureSecret": "another-secret"})
         assert r.status_code == 200, r.text
@@ -839,39 +846,39 @@ def test_webhook_crud(sbxd, orgb):
         assert w2 == dict(w, name="renamed", enabled=False, url="https://127.0.0.1:9/x",
                           events=["sandbox.lifecycle.created", "sandbox.lifecycle.paused"])
         assert "another-secret" not in r.text
-        assert sbxd.req("GET", f"/events/webhooks/{wid}").json() == w2
-        r = sbxd.req("PATCH", f"/events/webhooks/{wid}", json={"enabled": True})
+        assert whd.req("GET", f"/events/webhooks/{wid}").json() == w2
+        r = whd.req("PATCH", f"/events/webhooks/{wid}", json={"enabled": True})
         assert r.status_code == 200 and r.json() == dict(w2, enabled=True)
         # bad PATCHes change nothing
-        assert_error(sbxd.req("PATCH", f"/events/webhooks/{wid}", json={"url": "ftp://x"}), 400,
+        assert_error(whd.req("PATCH", f"/events/webhooks/{wid}", json={"url": "ftp://x"}), 400,
                      "url must be an http or https URL")
-        assert_error(sbxd.req("PATCH", f"/events/webhooks/{wid}", json={"events": ["nope"]}), 400,
+        assert_error(whd.req("PATCH", f"/events/webhooks/{wid}", json={"events": ["nope"]}), 400,
                      "unknown event type: nope")
-        assert_error(sbxd.req("PATCH", f"/events/webhooks/{wid}", json={"enabled": "yes"}), 400,
+        assert_error(whd.req("PATCH", f"/events/webhooks/{wid}", json={"enabled": "yes"}), 400,
                      "enabled must be a boolean")
-        assert sbxd.req("GET", f"/events/webhooks/{wid}").json() == dict(w2, enabled=True)
-        r = sbxd.req("GET", f"/events/webhooks/{wid}/deliveries")
+        assert whd.req("GET", f"/events/webhooks/{wid}").json() == dict(w2, enabled=True)
+        r = whd.req("GET", f"/events/webhooks/{wid}/deliveries")
         assert r.status_code == 200 and isinstance(r.json(), list)
         # another organisation cannot see or change it
         for method, path, kw in [("GET", f"/events/webhooks/{wid}", {}),
                                  ("PATCH", f"/events/webhooks/{wid}", {"json": {"name": "b"}}),
                                  ("DELETE", f"/events/webhooks/{wid}", {}),
                                  ("GET", f"/events/webhooks/{wid}/deliveries", {})]:
-            assert_error(call(sbxd, orgb, method, path, **kw), 404, "webhook not found")
-        assert wid not in [x["id"] for x in call(sbxd, orgb, "GET", "/events/webhooks").json()]
-        assert sbxd.req("GET", f"/events/webhooks/{wid}").json() == dict(w2, enabled=True)
+            assert_error(call(whd, orgb, method, path, **kw), 404, "webhook not found")
+        assert wid not in [x["id"] for x in call(whd, orgb, "GET", "/events/webhooks").json()]
+        assert whd.req("GET", f"/events/webhooks/{wid}").json() == dict(w2, enabled=True)
     finally:
-        r = sbxd.req("DELETE", f"/events/webhooks/{wid}")
+        r = whd.req("DELETE", f"/events/webhooks/{wid}")
     assert r.status_code == 204 and r.content == b""
-    assert_error(sbxd.req("GET", f"/events/webhooks/{wid}"), 404, "webhook not found")
-    assert_error(sbxd.req("DELETE", f"/events/webhooks/{wid}"), 404, "webhook not found")
-    assert_error(sbxd.req("PATCH", f"/events/webhooks/{wid}", json={"name": "x"}), 404, "webhook not found")
-    assert_error(sbxd.req("GET", f"/events/webhooks/{wid}/deliveries"), 404, "webhook not found")
-    assert wid not in [x["id"] for x in sbxd.req("GET", "/events/webhooks").json()]
+    assert_error(whd.req("GET", f"/events/webhooks/{wid}"), 404, "webhook not found")
+    assert_error(whd.req("DELETE", f"/events/webhooks/{wid}"), 404, "webhook not found")
+    assert_error(whd.req("PATCH", f"/events/webhooks/{wid}", json={"name": "x"}), 404, "webhook not found")
+    assert_error(whd.req("GET", f"/events/webhooks/{wid}/deliveries"), 404, "webhook not found")
+    assert wid not in [x["id"] for x in whd.req("GET", "/events/webhooks").json()]
 
 
-def test_webhook_validation(sbxd):
-    before = sbxd.req("GET", "/events/webhooks").json()
+def test_webhook_validation(whd):
+    before = whd.req("GET", "/events/webhooks").json()
     good = {"name": "v", "url": "http://127.0.0.1:9/", "events": ["sandbox.lifecycle.created"]}
     cases = [
         (dict(good, url="ftp://example.com/"), "url must be an http or https URL"),
@@ -889,15 +896,15 @@ def test_webhook_validation(sbxd):
         (dict(good, signatureSecret=["x"]), "signatureSecret must be a string"),
     ]
     for body, msg in cases:
-        assert_error(sbxd.req("POST", "/events/webhooks", json=body), 400, msg)
-    assert_error(sbxd.req("POST", "/events/webhooks", data="{not json"), 400, prefix="malformed JSON body: ")
-    assert_error(sbxd.req("POST", "/events/webhooks", data="[1]"), 400, "request body must be a JSON object")
-    assert_error(sbxd.req("PUT", "/events/webhooks", json=good), 405, "method not allowed")
-    assert sbxd.req("GET", "/events/webhooks").json() == before
+        assert_error(whd.req("POST", "/events/webhooks", json=body), 400, msg)
+    assert_error(whd.req("POST", "/events/webhooks", data="{not json"), 400, prefix="malformed JSON body: ")
+    assert_error(whd.req("POST", "/events/webhooks", data="[1]"), 400, "request body must be a JSON object")
+    assert_error(whd.req("PUT", "/events/webhooks", json=good), 405, "method not allowed")
+    assert whd.req("GET", "/events/webhooks").json() == before
     # enabled=false is kept
-    r = sbxd.req("POST", "/events/webhooks", json=dict(good, enabled=False))
+    r = whd.req("POST", "/events/webhooks", json=dict(good, enabled=False))
     assert r.status_code == 201 and r.json()["enabled"] is False and r.json()["name"] == "v"
-    assert sbxd.req("DELETE", f"/events/webhooks/{r.json()['id']}").status_code == 204
+    assert whd.req("DELETE", f"/events/webhooks/{r.json()['id']}").status_code == 204
 
 
 # ----------------------------------------------------- webhooks: delivery
@@ -1034,7 +1041,7 @@ def test_webhook_deliveries_survive_kill9(tmp_path):
         d.kill9()
         assert len(rec.received()) == n_before
         rec.default = 200
-        d.start(env=dict(os.environ, **{SCALE_ENV: "0.01"}))
+        d.start(env=dict(os.environ, **{SCALE_ENV: "0.01"}), args=OPEN_LOOPBACK)
         rec.wait(5, 20, what="every event after the restart")
         time.sleep(1.5)
         got = rec.received()
@@ -1050,7 +1057,7 @@ def test_webhook_deliveries_survive_kill9(tmp_path):
             [(evs[0]["id"], "delivered", 6, 200)] + [(e["id"], "delivered", 1, 200) for e in evs[1:]], dl
         # another kill -9 and restart sends nothing again
         d.kill9()
-        d.start(env=dict(os.environ, **{SCALE_ENV: "0.01"}))
+        d.start(env=dict(os.environ, **{SCALE_ENV: "0.01"}), args=OPEN_LOOPBACK)
         time.sleep(1.5)
         assert len(rec.received()) == len(got), rec.received()[len(got):]
         assert deliveries(d, d.key, w["id"]) == dl
@@ -1063,7 +1070,7 @@ def test_webhook_deliveries_survive_kill9(tmp_path):
 
 
 def test_kill9_keeps_keys_sandboxes_events_and_webhooks(tmp_path):
-    d = Sbxd(str(tmp_path / "state")).start()
+    d = Sbxd(str(tmp_path / "state")).start(args=OPEN_LOOPBACK)
     rec = Receiver()
     made = []
     try:
@@ -1102,7 +1109,7 @@ def test_kill9_keeps_keys_sandboxes_events_and_webhooks(tmp_path):
         assert {s["sandboxID"]: s["status"] for s in before["a_sandboxes"]} == \
             {a1: "running", a2: "paused", a3: "stopped"}
         d.kill9()
-        d.start()
+        d.start(args=OPEN_LOOPBACK)
         after = snapshot()
         for k in before:
             assert after[k] == before[k], (k, before[k], after[k])

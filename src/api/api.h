@@ -33,6 +33,7 @@ struct http_server {
   struct sbx_engine *engine;
   struct sbx_store *store;
   struct sbx_webhooks *webhooks;
+  struct sbx_outbound outbound; /* checks webhook URLs at registration */
   struct sbx_service *svc;
   struct sbx_interp *interp;  /* the code interpreter's contexts */
   const char *const *images;  /* seed 002's approved images, "ALIAS=TEMPLATE"; NULL: the defaults */

@@ -141,9 +141,13 @@ webhook_json (const struct sbx_webhook *w)
 }
 
 /* Validate and take the fields of a webhook body into W.  With CREATING,
-   url and events are required.  Strings point into B. */
+   url and events are required.  Strings point into B.  The url goes
+   through the outbound guard without resolving: a literal address the
+   platform denies, or a loopback name, is refused now; names are
+   resolved and checked at each delivery. */
 static int
-webhook_fields (struct MHD_Connection *c, json_t *b, bool creating, struct sbx_webhook *w, enum MHD_Result *ret)
+webhook_fields (struct http_server *h, struct MHD_Connection *c, json_t *b, bool creating, struct sbx_webhook *w,
+                enum MHD_Result *ret)
 {
   const char *name = NULL, *url = NULL, *secret = NULL;
   bool enabled = true;
@@ -160,6 +164,15 @@ webhook_fields (struct MHD_Connection *c, json_t *b, bool creating, struct sbx_w
       if (strlen (url) > 2000)
         {
           *ret = send_error (c, 400, "url too long");
+          return -1;
+        }
+      struct sbx_outbound_target t;
+      struct sbx_err err;
+      int r = sbx_outbound_parse (&h->outbound, url, &t, &err);
+      sbx_outbound_target_free (&t);
+      if (r < 0)
+        {
+          *ret = send_error (c, 400, "url: %s", err.msg);
           return -1;
         }
     }
@@ -225,7 +238,7 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
         return ret;
       struct sbx_webhook w;
       memset (&w, 0, sizeof w);
-      if (webhook_fields (c, b, true, &w, &ret) < 0)
+      if (webhook_fields (h, c, b, true, &w, &ret) < 0)
         {
           json_decref (b);
           return ret;
@@ -305,7 +318,7 @@ webhooks (struct http_server *h, struct MHD_Connection *c, struct request *rq, c
       struct sbx_webhook w;
       memset (&w, 0, sizeof w);
       w.enabled = cur.enabled;
-      if (webhook_fields (c, b, false, &w, &ret) < 0)
+      if (webhook_fields (h, c, b, false, &w, &ret) < 0)
         {
           sbx_webhook_free (&cur);
           json_decref (b);

@@ -579,6 +579,8 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   h->engine = cfg->engine;
   h->store = cfg->store;
   h->webhooks = cfg->webhooks;
+  if (cfg->outbound)
+    h->outbound = *cfg->outbound;
   h->svc = cfg->svc;
   h->images = cfg->images;
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");

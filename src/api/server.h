@@ -8,6 +8,7 @@
 
 #include "../common/error.h"
 #include "../core/sandbox.h"
+#include "../service/outbound.h"
 
 struct http_server;
 struct sbx_store;
@@ -18,6 +19,7 @@ struct sbx_http_config {
   struct sbx_engine *engine;
   struct sbx_store *store;
   struct sbx_webhooks *webhooks;
+  const struct sbx_outbound *outbound; /* what the operator opened to tenants' URLs (copied); NULL: nothing */
   struct sbx_service *svc;
   const char *const *images; /* seed 002's approved images, "ALIAS=TEMPLATE", NULL-terminated; NULL: defaults */
   const struct sockaddr *addr;

@@ -21,6 +21,7 @@
 #include "../service/service.h"
 #include "../api/server.h"
 #include "../service/store.h"
+#include "../service/outbound.h"
 #include "../service/webhook.h"
 #include "../service/plans.h"
 #include "log_json.h"
@@ -39,6 +40,7 @@ usage (FILE *f)
   fputs ("usage:\n"
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
+         "             [--outbound-allow CIDR]...   (ranges webhooks may reach despite the platform's denials)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
@@ -138,6 +140,7 @@ cmd_serve (int argc, char **argv)
                                         { "log-level", required_argument, NULL, 'L' },
                                         { "log-format", required_argument, NULL, 'F' },
                                         { "image", required_argument, NULL, 'I' },
+                                        { "outbound-allow", required_argument, NULL, 'O' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -146,6 +149,8 @@ cmd_serve (int argc, char **argv)
   enum sbx_log_level log_level = SBX_LOG_INFO;
   bool log_json = false;
   struct sbx_cidr ops[64];
+  /* ranges tenants' URLs (webhooks) may reach although the platform denies them */
+  static struct sbx_outbound outbound;
   bool network = true;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
@@ -168,6 +173,14 @@ cmd_serve (int argc, char **argv)
         break;
       case 'N':
         network = false;
+        break;
+      case 'O':
+        if (sbx_outbound_allow (&outbound, optarg) < 0)
+          {
+            fprintf (stderr, "sbxd: invalid --outbound-allow %s (want an IPv4 or IPv6 CIDR block; at most %d)\n",
+                     optarg, SBX_OUTBOUND_ALLOW_MAX);
+            return 2;
+          }
         break;
       case 'L':
         if (sbx_log_level_parse (optarg, &log_level) < 0)
@@ -267,7 +280,14 @@ cmd_serve (int argc, char **argv)
     }
   sbx_service_set_engine (svc, engine);
   struct sbx_webhooks *webhooks;
-  if (sbx_webhooks_start (store, scale, &webhooks, &err) < 0)
+  for (size_t i = 0; i < outbound.n_allow; i++)
+    {
+      char range[64];
+      sbx_ip_range_format (&outbound.allow[i], range, sizeof range);
+      sbx_log_fields (SBX_LOG_WARN, "outbound requests for tenants may reach a range the platform denies", "range",
+                      range, NULL);
+    }
+  if (sbx_webhooks_start (store, scale, &outbound, &webhooks, &err) < 0)
     {
       sbx_log_fields (SBX_LOG_ERROR, "cannot start the webhook sender", "error", err.msg, NULL);
       return 1;
@@ -283,6 +303,7 @@ cmd_serve (int argc, char **argv)
                                 .svc = svc,
                                 .images = n_images ? images : NULL,
                                 .webhooks = webhooks,
+                                .outbound = &outbound,
                                 .addr = (struct sockaddr *) &sa,
                                 .docs_dir = SBXD_DOCS_DIR,
                                 .state_dir = state };

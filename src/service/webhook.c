@@ -15,6 +15,13 @@
  * headers e2b-webhook-id, e2b-delivery-id (one per attempt),
  * e2b-signature-version: v1 and e2b-signature: base64 (without trailing
  * '=') of SHA-256 over the secret followed by the raw body.
+ *
+ * Every attempt goes through the outbound guard (outbound.c): the URL's
+ * host is resolved and checked again, and the POST goes to the address
+ * that was checked.  What the delivery log shows the tenant is "refused"
+ * when the guard said no, "HTTP <status>", or for no answer the generic
+ * libcurl reason ("no answer" when the receiver is in a range only the
+ * operator opened); the detail goes to the daemon's log alone.
  */
 #include "webhook.h"
 
@@ -31,6 +38,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "encode.h"
+#include "outbound.h"
 
 /* Seconds after the first attempt at which retries are made: more and
    longer than E2B's three retries 10 s apart, so a receiver that is down
@@ -42,6 +50,7 @@ struct sbx_webhooks {
   struct sbx_store *store;
   double scale; /* multiplies every delay; tests make it small */
   long timeout_ms;
+  struct sbx_outbound outbound; /* what the operator opened */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   bool stop;
@@ -77,16 +86,34 @@ discard_body (char *ptr, size_t size, size_t nmemb, void *ud)
   return size * nmemb;
 }
 
-/* One attempt.  Returns the HTTP status, or 0 with ERRBUF filled when
-   there was no answer. */
+/* What the delivery log shows the tenant for an attempt without an
+   answer: nothing that tells a closed port from a filtered one. */
+#define SHOWN_REFUSED "refused"
+#define SHOWN_NO_ANSWER "no answer"
+#define DETAIL_MAX (SBX_ERR_MSG_MAX + 64)
+
+/* One attempt.  Returns the HTTP status, or 0 when there was no answer:
+   then SHOWN is what the tenant is told and DETAIL (DETAIL_MAX bytes)
+   what the daemon's log says. */
 static long
 post_event (struct sbx_webhooks *wh, const struct sbx_webhook *w, const struct sbx_delivery *d, const char *body,
-            char *errbuf)
+            const char **shown, char *detail)
 {
+  *shown = SHOWN_NO_ANSWER;
   CURL *curl = curl_easy_init ();
   if (curl == NULL)
     {
-      snprintf (errbuf, CURL_ERROR_SIZE, "curl_easy_init failed");
+      snprintf (detail, DETAIL_MAX, "curl_easy_init failed");
+      return 0;
+    }
+  struct sbx_outbound_target target;
+  struct sbx_err err;
+  if (sbx_outbound_open (&wh->outbound, w->url, curl, &target, &err) < 0)
+    {
+      *shown = SHOWN_REFUSED;
+      snprintf (detail, DETAIL_MAX, "%s", err.msg);
+      sbx_outbound_close (&target);
+      curl_easy_cleanup (curl);
       return 0;
     }
   char sig[64], h_sig[96], h_id[96], h_del[96];
@@ -104,26 +131,30 @@ post_event (struct sbx_webhooks *wh, const struct sbx_webhook *w, const struct s
   hdrs = curl_slist_append (hdrs, h_sig);
   hdrs = curl_slist_append (hdrs, h_id);
   hdrs = curl_slist_append (hdrs, h_del);
-  curl_easy_setopt (curl, CURLOPT_URL, w->url);
   curl_easy_setopt (curl, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
   curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE, (long) strlen (body));
   curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, wh->timeout_ms);
   curl_easy_setopt (curl, CURLOPT_CONNECTTIMEOUT_MS, wh->timeout_ms);
   curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt (curl, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt (curl, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, discard_body);
-  curl_easy_setopt (curl, CURLOPT_ERRORBUFFER, errbuf);
-  errbuf[0] = '\0';
+  char cerr[CURL_ERROR_SIZE];
+  curl_easy_setopt (curl, CURLOPT_ERRORBUFFER, cerr);
+  cerr[0] = '\0';
   long status = 0;
   CURLcode rc = curl_easy_perform (curl);
   if (rc == CURLE_OK)
     curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &status);
-  else if (errbuf[0] == '\0')
-    snprintf (errbuf, CURL_ERROR_SIZE, "%s", curl_easy_strerror (rc));
+  else
+    {
+      snprintf (detail, DETAIL_MAX, "%s (at %s)", cerr[0] ? cerr : curl_easy_strerror (rc), target.addr);
+      /* the generic reason names no address; for a receiver in a range
+         the platform denies (opened by the operator) not even that */
+      *shown = target.opened ? SHOWN_NO_ANSWER : curl_easy_strerror (rc);
+    }
   curl_slist_free_all (hdrs);
   curl_easy_cleanup (curl);
+  sbx_outbound_close (&target);
   return status;
 }
 
@@ -133,20 +164,29 @@ deliver_one (struct sbx_webhooks *wh, struct sbx_delivery *d, struct sbx_webhook
   json_t *j = sbx_event_json (ev);
   char *body = j ? json_dumps (j, JSON_COMPACT) : NULL;
   json_decref (j);
-  char errbuf[CURL_ERROR_SIZE];
-  long status = body ? post_event (wh, w, d, body, errbuf) : 0;
+  char detail[DETAIL_MAX];
+  const char *shown = SHOWN_NO_ANSWER;
+  long status = body ? post_event (wh, w, d, body, &shown, detail) : 0;
   if (body == NULL)
-    snprintf (errbuf, sizeof errbuf, "cannot encode the event");
+    {
+      snprintf (detail, sizeof detail, "cannot encode the event");
+      shown = "internal error";
+    }
   free (body);
   bool ok = status >= 200 && status < 300;
   int64_t next = 0;
   uint32_t made = d->attempts + 1;
   if (!ok && made < MAX_ATTEMPTS)
     next = sbx_wall_ms () + (int64_t) (retry_delays_s[made - 1] * 1000.0 * wh->scale);
+  char http[32];
   if (!ok && status)
-    snprintf (errbuf, sizeof errbuf, "HTTP %ld", status);
+    {
+      snprintf (http, sizeof http, "HTTP %ld", status);
+      shown = http;
+      snprintf (detail, sizeof detail, "%s", http);
+    }
   struct sbx_err err;
-  if (sbx_store_delivery_record (wh->store, d->id, (int) status, ok ? NULL : errbuf, ok, next, &err) < 0)
+  if (sbx_store_delivery_record (wh->store, d->id, (int) status, ok ? NULL : shown, ok, next, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot record a webhook delivery", "webhook", w->id, "error", err.msg, NULL);
   if (!ok)
     {
@@ -155,7 +195,7 @@ deliver_one (struct sbx_webhooks *wh, struct sbx_delivery *d, struct sbx_webhook
       snprintf (attempt, sizeof attempt, "%u", made);
       sbx_log_fields (next ? SBX_LOG_INFO : SBX_LOG_WARN, next ? "webhook delivery failed, will retry"
                                                               : "webhook delivery failed, giving up",
-                      "webhook", w->id, "delivery", delivery, "attempt", attempt, "error", errbuf, NULL);
+                      "webhook", w->id, "delivery", delivery, "attempt", attempt, "error", detail, NULL);
     }
 }
 
@@ -217,7 +257,8 @@ curl_init_once (void)
 }
 
 int
-sbx_webhooks_start (struct sbx_store *store, double scale, struct sbx_webhooks **out, struct sbx_err *err)
+sbx_webhooks_start (struct sbx_store *store, double scale, const struct sbx_outbound *ob, struct sbx_webhooks **out,
+                    struct sbx_err *err)
 {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once (&once, curl_init_once);
@@ -227,6 +268,8 @@ sbx_webhooks_start (struct sbx_store *store, double scale, struct sbx_webhooks *
   wh->store = store;
   wh->scale = scale > 0 ? scale : 1.0;
   wh->timeout_ms = 10000;
+  if (ob)
+    wh->outbound = *ob;
   pthread_mutex_init (&wh->lock, NULL);
   pthread_cond_init (&wh->cond, NULL);
   if (pthread_create (&wh->thread, NULL, worker_main, wh) != 0)

@@ -11,10 +11,13 @@
 #include "store.h"
 
 struct sbx_webhooks;
+struct sbx_outbound;
 
 /* Start the delivery worker.  SCALE multiplies the retry delays (1.0 in
-   production; tests use a small value). */
-int sbx_webhooks_start (struct sbx_store *store, double scale, struct sbx_webhooks **out, struct sbx_err *err);
+   production; tests use a small value).  OB (copied; NULL: nothing
+   opened) is what the operator opened to outbound requests. */
+int sbx_webhooks_start (struct sbx_store *store, double scale, const struct sbx_outbound *ob,
+                        struct sbx_webhooks **out, struct sbx_err *err);
 /* Wake the worker: a new event was queued. */
 void sbx_webhooks_kick (struct sbx_webhooks *wh);
 void sbx_webhooks_stop (struct sbx_webhooks *wh);
