@@ -5,9 +5,11 @@ signatures, kill -9 of the daemon), and bad input.
 
 Each test talks HTTP to a real daemon (conftest.Sbxd).  The webhook tests
 use a daemon of their own started with SBXD_WEBHOOK_RETRY_SCALE=0.01 so
-that retries come after ~0.1 s, 0.3 s, 0.6 s ... and an in-process
+that retries come after ~0.1 s, 0.3 s, 0.6 s ..., and with
+--outbound-allow 127.0.0.1/32 so that it may deliver to an in-process
 receiver (http.server) that records what it gets and answers from a
-scripted list of statuses.
+scripted list of statuses.  (What a daemon without that flag refuses is
+in test_webhook_ssrf.py.)
 """
 import base64
 import hashlib
