@@ -148,14 +148,15 @@ class Diskd(Sbxd):
         st = os.statvfs(self.state_dir)
         return st.f_bavail * st.f_frsize >> 20
 
-    def spares(self):
+    def sandbox_dirs(self):
+        """STATE/sandboxes: the spare sandboxes and the live ones."""
         return sorted(os.listdir(os.path.join(self.state_dir, "sandboxes")))
 
     def settle(self):
         """Wait until the spare sandboxes are all made (4 of them)."""
         deadline = time.time() + 30
-        while len(self.spares()) - len(self.sandbox_ids_live()) < 4:
-            assert time.time() < deadline, self.spares()
+        while len(self.sandbox_dirs()) - len(self.sandbox_ids_live()) < 4:
+            assert time.time() < deadline, self.sandbox_dirs()
             time.sleep(0.1)
         time.sleep(0.3)
 
@@ -181,7 +182,7 @@ def diskd(small_fs):
 def test_creates_beyond_the_state_file_system_get_507(diskd):
     diskd.settle()
     assert "disk admission" in diskd.logs()
-    spares = diskd.spares()
+    dirs = diskd.sandbox_dirs()
     free = diskd.free_mb()
     n = diskd.promisable()
     # the room is the free space less the default reserve (less what the
@@ -201,7 +202,7 @@ def test_creates_beyond_the_state_file_system_get_507(diskd):
     m = REFUSED.match(body["error"]["message"])
     assert m and m.group(1) == "10240", body
     # nothing was claimed or left: the spares stay spares, no record stays
-    assert diskd.spares() == spares
+    assert diskd.sandbox_dirs() == dirs
     assert diskd.req("GET", "/sandboxes").json() == []
     # just what can be promised fits
     sid = diskd.create(diskSizeMB=n - 64)
