@@ -27,6 +27,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBXD = os.path.join(ROOT, "build", "sbxd")
 
 
+# Disk admission (docs/architecture.md) promises every sandbox its whole
+# disk, 10 GB by default, out of the state file system's free space.  The
+# suite's daemons keep their state on the machine's own disk, whatever its
+# size and whoever else uses it, and hold up to a dozen sandboxes at once
+# (test_network's shared boxes, the concurrency limits of test_api): 120 GB
+# of promises, of which they write a few hundred MB.  They overcommit
+# knowingly, so the suite runs on a machine with about 8 GB free beyond the
+# reserve; tests/test_disk.py checks admission at the default ratio (1) on
+# a small file system of its own.
+SUITE_DISK_ARGS = ["--disk-overcommit", "16"]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,15 +60,19 @@ class Sbxd:
         self.key = None
 
     # -- process control --
-    def start(self, env=None, args=None):
+    def start(self, env=None, args=None, suite_disk=True):
         """Start `sbxd serve`; ARGS are added to its command line.  Unless
         ARGS name one, the sandboxes' DNS goes to a closed port on the
-        host's loopback, so that no test sends anything off this machine."""
+        host's loopback, so that no test sends anything off this machine.
+        SUITE_DISK adds SUITE_DISK_ARGS unless ARGS say --disk-overcommit;
+        False leaves the daemon's own default."""
         self.log = open(self.log_path, "ab")
         out = open(self.out_path, "wb")
         args = list(args or [])
         if "--dns-upstream" not in args:
             args += ["--dns-upstream", "127.0.0.1:9"]
+        if suite_disk and "--disk-overcommit" not in args:
+            args += SUITE_DISK_ARGS
         self.args = args
         self.proc = subprocess.Popen(
             [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir] + args,

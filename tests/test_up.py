@@ -23,7 +23,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Sbxd, free_port
+from conftest import ROOT, SUITE_DISK_ARGS, Sbxd, free_port
 
 MACHINE_TEMPLATES = os.environ.get("SBXD_TEMPLATE_DIR", "/var/lib/sbxd/templates")
 SBXD_UP = os.path.join(ROOT, "scripts", "sbxd-up")
@@ -113,7 +113,7 @@ class Up:
             "SBXD_LOG_DIR": self.log_dir,
             "SBXD_TEMPLATES": templates,
             "SBXD_PROGRESS_EVERY": "2",
-            "SBXD_SERVE_ARGS": "--dns-upstream 127.0.0.1:9",
+            "SBXD_SERVE_ARGS": " ".join(["--dns-upstream", "127.0.0.1:9"] + SUITE_DISK_ARGS),
             "FAKE_FROM": os.path.join(MACHINE_TEMPLATES, "base", "rootfs"),
         })
         full.update(env)

@@ -29,7 +29,7 @@ enum sbx_err_kind {
   SBX_E_LIMIT,        /* a quota or plan limit is reached */
   SBX_E_FORBIDDEN,    /* not permitted (by the plan, or inside the sandbox) */
   SBX_E_TOO_LARGE,    /* a size limit */
-  SBX_E_NO_SPACE,     /* the sandbox's disk is full */
+  SBX_E_NO_SPACE,     /* a disk is full, or the disk a create asks for cannot be promised */
   SBX_E_UNAVAILABLE,  /* cannot be served now; may work later */
   SBX_E_INTERNAL,     /* a fault of the daemon or the host */
 };

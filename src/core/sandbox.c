@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -104,6 +105,11 @@ struct sbx_engine {
   pthread_cond_t spare_cond;
   pthread_t spare_thread;
   struct sbx_net *net; /* NULL: sandboxes have loopback only */
+  /* disk admission (disk_admit) */
+  bool disk_reserve_set;
+  uint64_t disk_reserve;         /* bytes, when set */
+  double disk_overcommit;
+  uint64_t disk_pending;         /* bytes promised to creates not yet in the list */
 };
 
 const char *
@@ -483,6 +489,108 @@ reaper_main (void *arg)
   return NULL;
 }
 
+/* ---- disk admission ----
+
+   A sandbox's disk is a sparse image: it takes space on the state file
+   system only as the sandbox writes, up to its size.  Allocating every
+   image whole (fallocate) would cost 10 GB per sandbox that writes
+   nothing, so the engine keeps an account instead.  A live sandbox may
+   still take the bytes of its size not yet allocated to its image
+   (st_blocks); a create is admitted only if its size fits in the free
+   space (f_bavail), less the reserve, less what every live sandbox and
+   every create in progress may still take.  The decision and the pending
+   promise it adds are one step under the engine lock, so concurrent
+   creates cannot both pass.  The kernel then enforces each share: an
+   image cannot outgrow its size, so a full disk is ENOSPC inside that
+   sandbox, while the space the other disks were promised and the reserve
+   (the store, the logs, templates built later) stay free.
+
+   With an overcommit ratio R above 1 the promises may reach R times that
+   room: then the guarantee is gone, and sandboxes that do write what they
+   were promised fill the file system (their writes are lost with EIO,
+   and the store fails).  Spares run nothing and count only once a create
+   claims them; the claim is admitted before a spare is taken. */
+
+struct disk_room {
+  uint64_t avail, reserve, outstanding, promisable; /* bytes */
+};
+
+/* What the live sandboxes' disks may still take; lock held. */
+static uint64_t
+disk_outstanding_locked (struct sbx_engine *e)
+{
+  uint64_t sum = e->disk_pending;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    {
+      if (s->state == SBX_STOPPED)
+        continue;
+      uint64_t size = (uint64_t) s->limits.disk_mb << 20, used = 0;
+      struct stat st;
+      /* an image that cannot be looked at counts whole */
+      if (s->dirfd >= 0 && fstatat (s->dirfd, "disk.img", &st, AT_SYMLINK_NOFOLLOW) == 0)
+        used = (uint64_t) st.st_blocks * 512;
+      sum += size > used ? size - used : 0;
+    }
+  return sum;
+}
+
+static int
+disk_room_locked (struct sbx_engine *e, struct disk_room *r, struct sbx_err *err)
+{
+  struct statvfs sv;
+  if (statvfs (e->sandboxes_dir, &sv) < 0)
+    return sbx_fail (err, errno, "statvfs %s", e->sandboxes_dir);
+  r->avail = (uint64_t) sv.f_bavail * sv.f_frsize;
+  if (e->disk_reserve_set)
+    r->reserve = e->disk_reserve;
+  else
+    {
+      uint64_t pct = (uint64_t) sv.f_blocks * sv.f_frsize / 100 * SBX_DISK_RESERVE_PCT;
+      uint64_t min = (uint64_t) SBX_DISK_RESERVE_MIN_MB << 20;
+      r->reserve = pct > min ? pct : min;
+    }
+  r->outstanding = disk_outstanding_locked (e);
+  double room = r->avail > r->reserve ? (double) (r->avail - r->reserve) * e->disk_overcommit : 0;
+  double left = room - (double) r->outstanding;
+  r->promisable = left <= 0 ? 0 : left >= 0x1p63 ? UINT64_MAX >> 1 : (uint64_t) left;
+  return 0;
+}
+
+/* Admit a disk of SIZE_MB: its bytes are pending until the sandbox joins
+   the list (or disk_release). */
+static int
+disk_admit (struct sbx_engine *e, uint32_t size_mb, struct sbx_err *err)
+{
+  uint64_t want = (uint64_t) size_mb << 20;
+  struct disk_room r;
+  pthread_mutex_lock (&e->lock);
+  int ok = disk_room_locked (e, &r, err);
+  if (ok == 0 && want <= r.promisable)
+    e->disk_pending += want;
+  pthread_mutex_unlock (&e->lock);
+  if (ok < 0)
+    return -1;
+  if (want <= r.promisable)
+    return 0;
+  char asked[24], avail[24], reserve[24], outstanding[24];
+  snprintf (asked, sizeof asked, "%u", size_mb);
+  snprintf (avail, sizeof avail, "%llu", (unsigned long long) (r.avail >> 20));
+  snprintf (reserve, sizeof reserve, "%llu", (unsigned long long) (r.reserve >> 20));
+  snprintf (outstanding, sizeof outstanding, "%llu", (unsigned long long) (r.outstanding >> 20));
+  sbx_log_fields (SBX_LOG_INFO, "create refused: its disk does not fit", "asked_mb", asked, "free_mb", avail,
+                  "reserve_mb", reserve, "outstanding_mb", outstanding, NULL);
+  return sbx_failk (err, SBX_E_NO_SPACE, "not enough disk on this host: %u MB asked, %llu MB can still be promised",
+                    size_mb, (unsigned long long) (r.promisable >> 20));
+}
+
+static void
+disk_release (struct sbx_engine *e, uint32_t size_mb)
+{
+  pthread_mutex_lock (&e->lock);
+  e->disk_pending -= (uint64_t) size_mb << 20;
+  pthread_mutex_unlock (&e->lock);
+}
+
 /* ---- engine ---- */
 
 static void *spare_main (void *arg);
@@ -651,6 +759,9 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   e->on_event = cfg->on_event;
   e->event_ud = cfg->event_ud;
   e->max_timeout_s = cfg->max_timeout_s ? cfg->max_timeout_s : 3600;
+  e->disk_reserve_set = cfg->disk_reserve_set;
+  e->disk_reserve = cfg->disk_reserve_mb > UINT64_MAX >> 20 ? UINT64_MAX : cfg->disk_reserve_mb << 20;
+  e->disk_overcommit = cfg->disk_overcommit > 0 ? cfg->disk_overcommit : 1.0;
   if (realpath (cfg->state_dir, e->state_dir) == NULL)
     {
       if (sbx_mkdir_p (cfg->state_dir, 0700, err) < 0 || realpath (cfg->state_dir, e->state_dir) == NULL)
@@ -701,6 +812,19 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
       sbx_log_fields (SBX_LOG_ERROR, "cannot renew the sandbox's network rules", "sandbox", s->id, "error", err->msg,
                       NULL);
+
+  /* what disk admission starts from, for the operator */
+  struct disk_room room;
+  if (disk_room_locked (e, &room, err) < 0)
+    goto fail;
+  char avail[24], reserve[24], outstanding[24], promisable[24], ratio[24];
+  snprintf (avail, sizeof avail, "%llu", (unsigned long long) (room.avail >> 20));
+  snprintf (reserve, sizeof reserve, "%llu", (unsigned long long) (room.reserve >> 20));
+  snprintf (outstanding, sizeof outstanding, "%llu", (unsigned long long) (room.outstanding >> 20));
+  snprintf (promisable, sizeof promisable, "%llu", (unsigned long long) (room.promisable >> 20));
+  snprintf (ratio, sizeof ratio, "%g", e->disk_overcommit);
+  sbx_log_fields (SBX_LOG_INFO, "disk admission", "free_mb", avail, "reserve_mb", reserve, "outstanding_mb",
+                  outstanding, "promisable_mb", promisable, "overcommit", ratio, NULL);
 
   e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
   pthread_cond_init (&e->spare_cond, NULL);
@@ -995,6 +1119,25 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       return -1;
     }
 
+  struct sbx_limits lim = o->limits;
+  if (!lim.cpu_millis)
+    lim.cpu_millis = t.cpu_count ? t.cpu_count * 1000 : DEFAULT_CPU_MILLIS;
+  if (!lim.memory_mb)
+    lim.memory_mb = t.memory_mb ? t.memory_mb : DEFAULT_MEMORY_MB;
+  if (!lim.disk_mb)
+    lim.disk_mb = t.disk_mb ? t.disk_mb : SBX_DEFAULT_DISK_MB;
+  if (!lim.pids_max)
+    lim.pids_max = DEFAULT_PIDS;
+  if (!lim.nofile)
+    lim.nofile = DEFAULT_NOFILE;
+  /* its disk must fit before a spare is claimed: one that does not stays
+     a spare */
+  if (disk_admit (e, lim.disk_mb, err) < 0)
+    {
+      sbx_template_free (&t);
+      return -1;
+    }
+
   /* a spare if one is ready, else prepare one now */
   pthread_mutex_lock (&e->lock);
   struct sandbox *s = e->n_spares ? e->spares[--e->n_spares] : NULL;
@@ -1002,23 +1145,14 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   pthread_mutex_unlock (&e->lock);
   if (s == NULL && (s = prepare (e, err)) == NULL)
     {
+      disk_release (e, lim.disk_mb);
       sbx_template_free (&t);
       return -1;
     }
 
   snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
   snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
-  s->limits = o->limits;
-  if (!s->limits.cpu_millis)
-    s->limits.cpu_millis = t.cpu_count ? t.cpu_count * 1000 : DEFAULT_CPU_MILLIS;
-  if (!s->limits.memory_mb)
-    s->limits.memory_mb = t.memory_mb ? t.memory_mb : DEFAULT_MEMORY_MB;
-  if (!s->limits.disk_mb)
-    s->limits.disk_mb = t.disk_mb ? t.disk_mb : SBX_DEFAULT_DISK_MB;
-  if (!s->limits.pids_max)
-    s->limits.pids_max = DEFAULT_PIDS;
-  if (!s->limits.nofile)
-    s->limits.nofile = DEFAULT_NOFILE;
+  s->limits = lim;
   s->timeout_s = timeout;
   s->created_ms = sbx_wall_ms ();
   s->end_ms = s->created_ms + (int64_t) timeout * 1000;
@@ -1101,6 +1235,7 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     }
   s->next = e->list;
   e->list = s;
+  e->disk_pending -= (uint64_t) lim.disk_mb << 20; /* it counts in the list now */
   pthread_mutex_unlock (&e->lock);
   memcpy (id_out, s->id, SBX_ID_MAX);
   sbx_template_free (&t);
@@ -1111,6 +1246,7 @@ fail:
   free (env);
   sbx_template_free (&t);
   discard (e, s);
+  disk_release (e, lim.disk_mb);
   return -1;
 }
 

@@ -54,9 +54,18 @@ struct sbx_engine_config {
   uint32_t max_timeout_s;   /* 0: 3600 */
   int spares;               /* sandboxes prepared ahead of requests; 0: 4, <0: none */
   const struct sbx_net_config *net; /* NULL: sandboxes get loopback only (netlink.h) */
+  /* Disk admission (sbx_create): a create is admitted only while every
+     live sandbox's disk can still grow to its full size in the state file
+     system's free space, less a reserve kept for the store, logs and
+     templates; one that does not fit fails with SBX_E_NO_SPACE. */
+  bool disk_reserve_set;    /* false: SBX_DISK_RESERVE_MIN_MB or SBX_DISK_RESERVE_PCT, whichever is more */
+  uint64_t disk_reserve_mb;
+  double disk_overcommit;   /* promises may reach this many times the room; 0: 1 (never more than the room) */
 };
 
 #define SBX_DEFAULT_DISK_MB 10240 /* seed 000: 10 GB */
+#define SBX_DISK_RESERVE_MIN_MB 1024 /* the default reserve: at least 1 GiB, */
+#define SBX_DISK_RESERVE_PCT 5       /* or 5% of the state file system if that is more */
 
 struct sbx_engine;
 
@@ -104,6 +113,11 @@ struct sbx_info {
 
 void sbx_info_free (struct sbx_info *info);
 
+/* Create and boot a sandbox.  Its disk (limits.disk_mb) is a promise the
+   engine keeps: it fails with SBX_E_NO_SPACE, before touching anything,
+   when the state file system could not hold that disk filled up together
+   with what the live sandboxes' disks may still take (see
+   sbx_engine_config). */
 int sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id[SBX_ID_MAX], struct sbx_err *err);
 int sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);

@@ -43,6 +43,7 @@ usage (FILE *f)
          "             [--outbound-allow CIDR]...   (ranges webhooks may reach despite the platform's denials)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
+         "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -127,6 +128,22 @@ parse_upstream (const char *s, struct sbx_net_config *net)
   return 0;
 }
 
+/* An unsigned decimal number in [MIN, MAX] into *OUT. */
+static int
+parse_u32 (const char *opt, const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull (s, &end, 10);
+  if (*s < '0' || *s > '9' || *end || errno || v < min || v > max)
+    {
+      fprintf (stderr, "sbxd: invalid %s %s (want a whole number from %u to %u)\n", opt, s, min, max);
+      return -1;
+    }
+  *out = (uint32_t) v;
+  return 0;
+}
+
 static int
 cmd_serve (int argc, char **argv)
 {
@@ -141,6 +158,8 @@ cmd_serve (int argc, char **argv)
                                         { "log-format", required_argument, NULL, 'F' },
                                         { "image", required_argument, NULL, 'I' },
                                         { "outbound-allow", required_argument, NULL, 'O' },
+                                        { "disk-reserve-mb", required_argument, NULL, 'R' },
+                                        { "disk-overcommit", required_argument, NULL, 'C' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -152,6 +171,9 @@ cmd_serve (int argc, char **argv)
   /* ranges tenants' URLs (webhooks) may reach although the platform denies them */
   static struct sbx_outbound outbound;
   bool network = true;
+  bool reserve_set = false;
+  uint32_t reserve_mb = 0;
+  double overcommit = 1.0;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -207,6 +229,26 @@ cmd_serve (int argc, char **argv)
               return 2;
             }
           images[n_images++] = optarg;
+          break;
+        }
+      case 'R':
+        if (parse_u32 ("--disk-reserve-mb", optarg, 0, UINT32_MAX, &reserve_mb) < 0)
+          return 2;
+        reserve_set = true;
+        break;
+      case 'C':
+        {
+          char *end;
+          errno = 0;
+          overcommit = strtod (optarg, &end);
+          if (end == optarg || *end || errno || !(overcommit > 0 && overcommit <= 1000))
+            {
+              fprintf (stderr,
+                       "sbxd: invalid --disk-overcommit %s (want a ratio above 0 and at most 1000;"
+                       " 1: never promise more disk than there is)\n",
+                       optarg);
+              return 2;
+            }
           break;
         }
       case 'l':
@@ -270,7 +312,10 @@ cmd_serve (int argc, char **argv)
                                    .event_ud = svc,
                                    /* per-organisation limits are the real cap */
                                    .max_timeout_s = SBX_PLAN_TIMEOUT_CAP,
-                                   .net = network ? &net : NULL };
+                                   .net = network ? &net : NULL,
+                                   .disk_reserve_set = reserve_set,
+                                   .disk_reserve_mb = reserve_mb,
+                                   .disk_overcommit = overcommit };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
     {
@@ -474,22 +519,6 @@ cmd_keys (int argc, char **argv)
       fprintf (stderr, "sbxd: %s\n", err.msg);
       return 1;
     }
-  return 0;
-}
-
-/* An unsigned decimal number in [MIN, MAX] into *OUT. */
-static int
-parse_u32 (const char *opt, const char *s, uint32_t min, uint32_t max, uint32_t *out)
-{
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull (s, &end, 10);
-  if (*s < '0' || *s > '9' || *end || errno || v < min || v > max)
-    {
-      fprintf (stderr, "sbxd: invalid %s %s (want a whole number from %u to %u)\n", opt, s, min, max);
-      return -1;
-    }
-  *out = (uint32_t) v;
   return 0;
 }
 
