@@ -286,10 +286,21 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
 
 /* ---- machine-wide uid ranges: one 65536-id range per sandbox, claimed
    with an O_EXCL file so that instances sharing the machine never hand
-   the same host ids to two sandboxes ---- */
+   the same host ids to two sandboxes.  The file names its owner, the
+   sandbox's directory ("STATE/sandboxes/ID\n"), so that what a crash
+   left can be told from what another instance holds (sweep_uid_slots). ---- */
+
+#define UID_SLOT_OWNER_MAX (PATH_MAX + SBX_ID_MAX + 2)
+#define UID_SLOT_GRACE_S 60 /* an ownerless range younger than this may be being claimed */
+
+static void
+uid_slot_owner (struct sbx_engine *e, const char *id, char buf[UID_SLOT_OWNER_MAX])
+{
+  snprintf (buf, UID_SLOT_OWNER_MAX, "%s/%s\n", e->sandboxes_dir, id);
+}
 
 static int
-uid_slot_claim (uint32_t *slot, struct sbx_err *err)
+uid_slot_claim (const char *owner, uint32_t *slot, struct sbx_err *err)
 {
   if (sbx_mkdir_p (UID_SLOT_DIR, 0700, err) < 0)
     return -1;
@@ -303,7 +314,14 @@ uid_slot_claim (uint32_t *slot, struct sbx_err *err)
       int fd = open (path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
       if (fd >= 0)
         {
+          int w = sbx_write_full (fd, owner, strlen (owner));
+          int e2 = errno;
           close (fd);
+          if (w < 0)
+            {
+              unlink (path);
+              return sbx_fail (err, e2, "claim uid range");
+            }
           *slot = k;
           return 0;
         }
@@ -313,9 +331,43 @@ uid_slot_claim (uint32_t *slot, struct sbx_err *err)
   return sbx_failk (err, SBX_E_UNAVAILABLE, "no free uid range");
 }
 
-static void
-uid_slot_release (uint32_t slot)
+/* The owner named in SLOT's file into BUF (without its newline): its
+   length, 0 for a file that names none (written by an older sbxd), -1
+   when there is no file. */
+static ssize_t
+uid_slot_read (uint32_t slot, char buf[UID_SLOT_OWNER_MAX], struct stat *st)
 {
+  char path[64];
+  snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
+  cleanup_close int fd = open (path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 || (st && fstat (fd, st) < 0))
+    return -1;
+  ssize_t n = sbx_read_full (fd, buf, UID_SLOT_OWNER_MAX - 1);
+  if (n < 0)
+    return -1;
+  buf[n] = '\0';
+  if (n > 0 && buf[n - 1] == '\n')
+    buf[--n] = '\0';
+  return n;
+}
+
+/* Release SLOT, which OWNER claimed: a file that names another owner is
+   someone else's now and stays. */
+static void
+uid_slot_release (const char *owner, uint32_t slot)
+{
+  if (slot >= UID_SLOTS)
+    return;
+  char have[UID_SLOT_OWNER_MAX];
+  ssize_t n = uid_slot_read (slot, have, NULL);
+  size_t len = strlen (owner);
+  if (len && owner[len - 1] == '\n')
+    len--;
+  if (n > 0 && ((size_t) n != len || memcmp (have, owner, len) != 0))
+    {
+      sbx_log_fields (SBX_LOG_WARN, "an id range is claimed by someone else, leaving it", "owner", have, NULL);
+      return;
+    }
   char path[64];
   snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
   unlink (path);
@@ -382,7 +434,9 @@ teardown (struct sbx_engine *e, struct sandbox *s)
   if (e->net && s->has_net)
     sbx_net_forget (e->net, s->uid_slot);
   s->has_net = false;
-  uid_slot_release (s->uid_slot);
+  char owner[UID_SLOT_OWNER_MAX];
+  uid_slot_owner (e, s->id, owner);
+  uid_slot_release (owner, s->uid_slot);
   char dir[PATH_MAX];
   sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
   if (sbx_rm_rf (dir, &err) < 0)
@@ -556,6 +610,8 @@ reattach (struct sbx_engine *e, const char *id)
              < 0)
     {
       sbx_log_fields (SBX_LOG_WARN, "unreadable sandbox record, removing it", "sandbox", id, NULL);
+      /* its id range, network rules and link are released by
+         sweep_uid_slots: the range's file names this sandbox */
       char dir[PATH_MAX];
       sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, id);
       char cg[128];
@@ -596,6 +652,13 @@ reattach (struct sbx_engine *e, const char *id)
   struct pollfd pf = { s->pidfd, POLLIN, 0 };
   bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare
                && poll (&pf, 1, 0) == 0;
+  if (!alive && s->pidfd >= 0 && proc_start_time (pid) != s->init_start)
+    {
+      /* the pid is another process's now: never signal it */
+      close (s->pidfd);
+      s->pidfd = -1;
+      s->init_pid = 0;
+    }
   if (!alive && was_spare)
     {
       teardown (e, s);
@@ -634,6 +697,122 @@ reattach (struct sbx_engine *e, const char *id)
       s->end_ms = sbx_wall_ms ();
       emit (e, s->id, SBX_EVENT_KILLED, "died");
     }
+}
+
+/* The uid ranges that some user namespace on the machine maps, one bit per
+   slot: those of every live sandbox, of every instance, and of sandboxes
+   being prepared (whose first process waits in its namespaces).  NULL
+   when /proc cannot be read. */
+static uint8_t *
+mapped_uid_slots (void)
+{
+  uint8_t *bits = calloc (UID_SLOTS / 8 + 1, 1);
+  DIR *d = opendir ("/proc");
+  if (bits == NULL || d == NULL)
+    {
+      free (bits);
+      if (d)
+        closedir (d);
+      return NULL;
+    }
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL)
+    {
+      char *end;
+      long pid = strtol (de->d_name, &end, 10);
+      if (de->d_name[0] < '1' || de->d_name[0] > '9' || *end != '\0')
+        continue;
+      char path[64], buf[1024];
+      snprintf (path, sizeof path, "/proc/%ld/uid_map", pid);
+      cleanup_close int fd = open (path, O_RDONLY | O_CLOEXEC);
+      ssize_t n = fd >= 0 ? sbx_read_full (fd, buf, sizeof buf - 1) : -1;
+      if (n <= 0)
+        continue;
+      buf[n] = '\0';
+      /* "inside outside count" per line; outside is a host id here */
+      for (char *line = buf; line && *line; line = strchr (line, '\n') ? strchr (line, '\n') + 1 : NULL)
+        {
+          unsigned long in, out, count;
+          if (sscanf (line, "%lu %lu %lu", &in, &out, &count) != 3 || out < UID_FIRST
+              || (out - UID_FIRST) % UID_RANGE != 0)
+            continue;
+          unsigned long k = (out - UID_FIRST) / UID_RANGE;
+          if (k < UID_SLOTS)
+            bits[k / 8] |= (uint8_t) (1u << (k % 8));
+        }
+    }
+  closedir (d);
+  return bits;
+}
+
+static bool
+uid_slot_held_locked (struct sbx_engine *e, uint32_t slot)
+{
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (s->state != SBX_STOPPED && s->uid_slot == slot)
+      return true;
+  return false;
+}
+
+/* After re-attaching: release the uid ranges (and the network rules and
+   link of their slot) whose owner is gone.  A range that names a sandbox
+   of this state directory is ours, and stale unless a sandbox we
+   re-attached holds it: a crash can leave one claimed for a sandbox whose
+   record was never written.  Another instance's range is stale once its
+   sandbox's directory is gone and no user namespace maps it; so is a
+   range without an owner (written by an older sbxd) that nothing maps,
+   after a grace period in which it may be being claimed.  Runs before the
+   spare thread starts, so none of ours is being claimed. */
+static void
+sweep_uid_slots (struct sbx_engine *e)
+{
+  DIR *d = opendir (UID_SLOT_DIR);
+  if (d == NULL)
+    return;
+  uint8_t *mapped = NULL;
+  bool scanned = false;
+  size_t dlen = strlen (e->sandboxes_dir);
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL)
+    {
+      char *end;
+      unsigned long k = strtoul (de->d_name, &end, 10);
+      if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end != '\0' || k >= UID_SLOTS)
+        continue;
+      uint32_t slot = (uint32_t) k;
+      if (uid_slot_held_locked (e, slot)) /* no other thread runs yet */
+        continue;
+      char owner[UID_SLOT_OWNER_MAX];
+      struct stat st;
+      ssize_t n = uid_slot_read (slot, owner, &st);
+      if (n < 0)
+        continue;
+      bool ours = (size_t) n > dlen && memcmp (owner, e->sandboxes_dir, dlen) == 0 && owner[dlen] == '/'
+                  && strchr (owner + dlen + 1, '/') == NULL;
+      if (!ours)
+        {
+          if (time (NULL) - st.st_mtime < UID_SLOT_GRACE_S)
+            continue;
+          if (n > 0 && access (owner, F_OK) == 0)
+            continue;
+          if (!scanned)
+            {
+              mapped = mapped_uid_slots ();
+              scanned = true;
+            }
+          if (mapped == NULL || (mapped[slot / 8] & (1u << (slot % 8))))
+            continue;
+        }
+      sbx_log_fields (SBX_LOG_INFO, "releasing an id range whose sandbox is gone", "slot", de->d_name, "owner",
+                      n > 0 ? owner : "-", NULL);
+      if (e->net)
+        sbx_net_forget (e->net, slot);
+      char path[64];
+      snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
+      unlink (path);
+    }
+  closedir (d);
+  free (mapped);
 }
 
 int
@@ -697,6 +876,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     if (strncmp (de->d_name, "sbx_", 4) == 0 && strlen (de->d_name) < SBX_ID_MAX)
       reattach (e, de->d_name);
   closedir (d);
+  sweep_uid_slots (e);
   /* the rules name this process's filter ports: renew them */
   for (struct sandbox *s = e->list; s; s = s->next)
     if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
@@ -899,7 +1079,9 @@ prepare (struct sbx_engine *e, struct sbx_err *err)
       sbx_fail (err, errno, "open %s", dir);
       goto fail;
     }
-  if (uid_slot_claim (&s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  char owner[UID_SLOT_OWNER_MAX];
+  uid_slot_owner (e, s->id, owner);
+  if (uid_slot_claim (owner, &s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
   s->agent_fd = bind_agent_socket (s->dirfd, err);
   if (s->agent_fd < 0)
