@@ -11,7 +11,7 @@ DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"' -DSBXD_DOCS_DIR='"$(DOCS_DIR)"'
 
 B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c src/common/log.c
-CORE = src/core/sandbox.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress.c
+CORE = src/core/sandbox.c src/core/agent.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress.c
 # the service layer: organisations, quotas, records, runs, events, webhooks
 SERVICE = src/service/service.c src/service/runs.c src/service/store.c src/service/plans.c src/service/webhook.c src/service/outbound.c src/service/encode.c src/service/interp.c
 # the HTTP dialects and the server that routes to them

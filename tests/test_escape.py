@@ -449,14 +449,15 @@ def test_proc_sys_and_sys_are_read_only(sbxd, box):
 
 MASKED = r'''
 for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/kallsyms", "/proc/sched_debug",
-          "/proc/latency_stats", "/proc/timer_stats"):
+          "/proc/latency_stats", "/proc/timer_stats", "/proc/config.gz", "/sys/kernel/vmcoreinfo",
+          "/proc/sysvipc/shm"):
     try:
         with open(p, "rb") as f:
             data = f.read(4096)
         print(p, "LEN%d" % len(data))
     except OSError as e:
         print(p, errno.errorcode[e.errno])
-for p in ("/proc/acpi", "/proc/scsi", "/sys/firmware"):
+for p in ("/proc/acpi", "/proc/scsi", "/sys/firmware", "/proc/sysvipc"):
     try:
         print(p, "ENTRIES%d" % len(os.listdir(p)))
     except OSError as e:
@@ -468,13 +469,16 @@ def test_sensitive_proc_files_are_masked(sbxd, box):
     r = pyc(sbxd, box, MASKED)
     assert r["exitCode"] == 0, r
     res = results(r["stdout"])
+    # /sys/kernel/vmcoreinfo gives a physical address, /proc/config.gz the
+    # kernel's build, /proc/sysvipc the IPC objects
     for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/kallsyms", "/proc/sched_debug",
-              "/proc/latency_stats", "/proc/timer_stats"):
+              "/proc/latency_stats", "/proc/timer_stats", "/proc/config.gz", "/sys/kernel/vmcoreinfo"):
         if os.path.exists(p):       # present on the host: must read nothing inside
             assert res[p] in ("LEN0", "EACCES", "EPERM"), (p, r["stdout"])
         else:
             assert res[p] in ("LEN0", "ENOENT", "EACCES"), (p, r["stdout"])
-    for p in ("/proc/acpi", "/proc/scsi", "/sys/firmware"):
+    assert res["/proc/sysvipc/shm"] in ("ENOENT", "EACCES"), r["stdout"]
+    for p in ("/proc/acpi", "/proc/scsi", "/sys/firmware", "/proc/sysvipc"):
         assert res[p] in ("ENTRIES0", "ENOENT", "EACCES"), (p, r["stdout"])
 
 

@@ -3,6 +3,7 @@ files and its running processes are still there and controllable."""
 import base64
 import json
 import os
+import subprocess
 import time
 
 from conftest import Sbxd, host_traces
@@ -113,3 +114,219 @@ def test_sandbox_that_died_while_the_daemon_was_down_is_recorded(tmp_path):
     finally:
         d.cleanup()
         d.stop()
+
+
+# ------------------------------------------------- what a crash leaves behind
+
+IDMAP = "/run/sbxd/idmap"
+
+
+def range_files():
+    """{slot: (owner, mtime)} of the machine's claimed uid ranges."""
+    out = {}
+    for name in os.listdir(IDMAP):
+        try:
+            with open(os.path.join(IDMAP, name)) as f:
+                out[int(name)] = (f.read().strip(), os.stat(f.fileno()).st_mtime)
+        except (FileNotFoundError, ValueError):
+            pass
+    return out
+
+
+def mapped_slots():
+    """Slots some user namespace on the machine maps (uid_map of every process)."""
+    slots = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            lines = open(f"/proc/{pid}/uid_map").read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            inside, outside, count = (int(x) for x in line.split())
+            if outside >= 100000 and (outside - 100000) % 65536 == 0:
+                slots.add((outside - 100000) // 65536)
+    return slots
+
+
+def free_slot(taken):
+    """A slot nobody claims or maps, for a planted range file."""
+    used = set(range_files()) | mapped_slots() | taken
+    for k in range(29999, 20000, -1):
+        if k not in used:
+            taken.add(k)
+            return k
+    raise RuntimeError("no free slot")
+
+
+def plant(slot, owner, age_s=0):
+    path = os.path.join(IDMAP, str(slot))
+    with open(path, "x") as f:
+        f.write(owner)
+    if age_s:
+        t = time.time() - age_s
+        os.utime(path, (t, t))
+    return path
+
+
+def nft_slot_rules(slot):
+    """What the shared nftables table holds for SLOT: its chains and map entries."""
+    found = []
+    for kind in "oin":
+        r = subprocess.run(["nft", "list", "chain", "inet", "sbxd", f"{kind}{slot}"], capture_output=True)
+        if r.returncode == 0:
+            found.append(f"chain {kind}{slot}")
+    maps = subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
+    if f'"sbxh{slot}"' in maps:
+        found.append(f"map entry sbxh{slot}")
+    if subprocess.run(["ip", "link", "show", f"sbxh{slot}"], capture_output=True).returncode == 0:
+        found.append(f"link sbxh{slot}")
+    return found
+
+
+def test_startup_sweep_releases_id_ranges_whose_owner_is_gone(tmp_path):
+    """A range file names its sandbox; the next start releases the ranges of
+    sandboxes that are gone (with their slot's rules), keeps what another
+    instance or a claim in progress may hold."""
+    d = Sbxd(str(tmp_path / "state")).start()
+    planted = []
+    try:
+        d.stop()
+        sandboxes = os.path.join(d.state_dir, "sandboxes")
+        other = tmp_path / "other" / "sandboxes" / "sbx_othersandbox00000000"
+        other.mkdir(parents=True)
+        taken = set()
+        # a record that cannot be read, as a crash mid-create leaves it
+        broken = os.path.join(sandboxes, "sbx_brokenrecord00000000")
+        os.makedirs(broken)
+        with open(os.path.join(broken, "sandbox.json"), "w") as f:
+            f.write('{"id": "sbx_brok')
+        k_broken = free_slot(taken)
+        planted.append(plant(k_broken, broken + "\n"))
+        # ours, for a sandbox with no directory at all; with rules left for its slot
+        k_ours = free_slot(taken)
+        planted.append(plant(k_ours, os.path.join(sandboxes, "sbx_neverrecorded0000000") + "\n"))
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+            f"add chain inet sbxd o{k_ours}\nadd chain inet sbxd i{k_ours}\nadd chain inet sbxd n{k_ours}\n"
+            f'add element inet sbxd out_map {{ "sbxh{k_ours}" : jump o{k_ours} }}\n'))
+        # another instance's, whose sandbox is gone and which nothing maps
+        k_gone = free_slot(taken)
+        planted.append(plant(k_gone, "/nonexistent/state/sandboxes/sbx_gone\n", age_s=120))
+        # an older sbxd's (no owner), that nothing maps
+        k_old = free_slot(taken)
+        planted.append(plant(k_old, "", age_s=120))
+        # kept: another instance's whose sandbox is there; an ownerless one
+        # young enough to be being claimed
+        k_other = free_slot(taken)
+        planted.append(plant(k_other, str(other) + "\n", age_s=120))
+        k_young = free_slot(taken)
+        planted.append(plant(k_young, ""))
+
+        d.start()
+        d.stop()
+        left = range_files()
+        for k in (k_broken, k_ours, k_gone, k_old):
+            assert k not in left, (k, left.get(k))
+        assert k_other in left and k_young in left
+        assert not os.path.exists(broken)
+        assert nft_slot_rules(k_ours) == []
+        assert "releasing an id range whose sandbox is gone" in d.logs()
+    finally:
+        for p in planted:
+            if os.path.exists(p):
+                os.unlink(p)
+        d.stop()
+
+
+def test_kill9_during_creates_leaves_nothing_behind(tmp_path):
+    """kill -9 while sandboxes are being created (and once between creates),
+    again and again: after a restart and the destruction of what survived,
+    no uid range, cgroup, loop device, mount, link or nftables rule of any of
+    its sandboxes is left."""
+    import random
+    import threading
+
+    import requests
+    state = str(tmp_path / "state")
+    sandboxes = os.path.join(state, "sandboxes")
+    d = Sbxd(state).start()
+    before = set(range_files())
+    seen, slots, kills = set(), set(), []
+
+    def snapshot():
+        if os.path.isdir(sandboxes):
+            seen.update(n for n in os.listdir(sandboxes) if n.startswith("sbx_"))
+        for k, (owner, _) in range_files().items():
+            if owner.startswith(sandboxes + "/"):
+                slots.add(k)
+
+    def creator(stop):
+        s = requests.Session()
+        s.headers.update(d.http.headers)
+        while not stop.is_set():
+            try:
+                r = s.post(d.url + "/sandboxes", json={"templateID": "base", "timeout": 120}, timeout=10)
+                if r.status_code == 201 and random.random() < 0.5:
+                    s.delete(d.url + "/sandboxes/" + r.json()["sandboxID"], timeout=10)
+            except requests.RequestException:
+                time.sleep(0.02)
+
+    try:
+        for round in range(6):
+            stop = threading.Event()
+            threads = [threading.Thread(target=creator, args=(stop,)) for _ in range(3)]
+            idle = round == 5  # the last kill falls between creates
+            if not idle:
+                for t in threads:
+                    t.start()
+            deadline = time.time() + random.uniform(0.3, 1.2)
+            while time.time() < deadline:
+                snapshot()
+                time.sleep(0.01)
+            snapshot()
+            kills.append(time.time())
+            d.kill9()
+            stop.set()
+            for t in threads:
+                if t.is_alive():
+                    t.join()
+            snapshot()
+            d.start()
+            snapshot()
+        d.cleanup()
+        d.stop()
+        snapshot()
+        assert seen
+
+        def leftovers():
+            left = []
+            files = range_files()
+            mapped = mapped_slots()
+            for k, (owner, mtime) in files.items():
+                if owner.startswith(sandboxes + "/"):
+                    left.append(f"range {k} of {owner}")
+                elif k not in before and owner == "" and k not in mapped \
+                        and any(abs(mtime - t) < 3 for t in kills):
+                    left.append(f"ownerless range {k}")   # as an older sbxd leaked them
+            for root, _, _ in os.walk("/sys/fs/cgroup"):   # v1 and unified
+                name = os.path.basename(root)
+                if name in seen:
+                    left.append(f"cgroup {root}")
+            left += [f"{sid}: directory" for sid in seen if os.path.exists(os.path.join(sandboxes, sid))]
+            loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+            left += [line for line in loops.splitlines() if state in line]
+            left += ["mount " + line for line in open("/proc/self/mountinfo").read().splitlines() if state in line]
+            for k in slots:
+                if k not in files:   # free again (not claimed by anyone since)
+                    left += nft_slot_rules(k)
+            return left
+
+        deadline = time.time() + 10
+        while leftovers() and time.time() < deadline:
+            time.sleep(0.5)
+        assert leftovers() == []
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.cleanup()
+            d.stop()

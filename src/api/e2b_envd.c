@@ -648,14 +648,24 @@ watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct reques
 }
 
 /* CreateWatcher / GetWatcherEvents / RemoveWatcher: a watch kept by the
-   daemon, whose events are collected until fetched (at most 10000). */
+   daemon, whose events are collected until fetched: at most
+   WATCHER_EVENTS_MAX of them and WATCHER_BYTES_MAX of names.  A queue
+   that overflows is dropped and the watch ends: GetWatcherEvents then
+   answers with that error (resource_exhausted) instead of events, as it
+   does, once the events queued before are fetched, when the watch ended
+   for another reason (the sandbox stopped, its agent failed). */
 #define WATCHER_EVENTS_MAX 10000
+#define WATCHER_BYTES_MAX (4u << 20)
+#define WATCHER_EVENT_COST 64 /* an event's JSON beside its name */
 
 struct watcher {
   char wid[32];
   char sandbox[SBX_ID_MAX];
   json_t *events;
+  size_t bytes;                 /* of the queued events */
   bool stop, done;
+  unsigned error_status;        /* the watch ended with this error, or 0 */
+  char error[SBX_ERR_MSG_MAX];
   struct watcher *next;
 };
 
@@ -674,10 +684,25 @@ static int
 watcher_event (int type, const char *name, void *ud)
 {
   struct watcher_job *j = ud;
+  struct watcher *w = j->w;
   pthread_mutex_lock (&watchers_lock);
-  bool stop = j->w->stop;
-  if (!stop && type && json_array_size (j->w->events) < WATCHER_EVENTS_MAX)
-    json_array_append_new (j->w->events, fs_event_json (type, name));
+  bool stop = w->stop;
+  size_t cost = strlen (name) + WATCHER_EVENT_COST;
+  if (!stop && type && (json_array_size (w->events) >= WATCHER_EVENTS_MAX || w->bytes + cost > WATCHER_BYTES_MAX))
+    {
+      json_array_clear (w->events);
+      w->bytes = 0;
+      w->error_status = 429;
+      snprintf (w->error, sizeof w->error,
+                "watcher %s overflowed: more than %u events or %u MiB were not fetched, events were lost", w->wid,
+                WATCHER_EVENTS_MAX, WATCHER_BYTES_MAX >> 20);
+      stop = true;
+    }
+  else if (!stop && type)
+    {
+      json_array_append_new (w->events, fs_event_json (type, name));
+      w->bytes += cost;
+    }
   pthread_mutex_unlock (&watchers_lock);
   return stop ? -1 : 0;
 }
@@ -687,9 +712,15 @@ watcher_main (void *arg)
 {
   struct watcher_job *j = arg;
   struct sbx_err err;
-  sbx_watch (j->engine, j->w->sandbox, j->path, *j->user ? j->user : NULL, j->recursive, 200, watcher_event, j, &err);
+  int r = sbx_watch (j->engine, j->w->sandbox, j->path, *j->user ? j->user : NULL, j->recursive, 200, watcher_event,
+                     j, &err);
   pthread_mutex_lock (&watchers_lock);
   j->w->done = true;
+  if (r < 0 && j->w->error_status == 0)
+    {
+      j->w->error_status = status_of (&err);
+      snprintf (j->w->error, sizeof j->w->error, "watcher %s ended: %.400s", j->w->wid, err.msg);
+    }
   if (j->w->stop)
     {
       /* removed meanwhile: nobody else holds it */
@@ -765,8 +796,17 @@ watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, c
   json_t *answer;
   if (strcmp (method, "GetWatcherEvents") == 0)
     {
+      if (json_array_size (w->events) == 0 && w->error_status)
+        {
+          unsigned status = w->error_status;
+          char msg[SBX_ERR_MSG_MAX];
+          snprintf (msg, sizeof msg, "%s", w->error);
+          pthread_mutex_unlock (&watchers_lock);
+          return connect_error (c, status, msg);
+        }
       answer = json_pack ("{s:o}", "events", w->events);
       w->events = json_array ();
+      w->bytes = 0;
     }
   else
     {

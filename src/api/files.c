@@ -278,10 +278,7 @@ upload_free (struct request *rq)
 /* ---- download ---- */
 
 struct download {
-  struct sbx_engine *engine;
-  char id[SBX_ID_MAX];
-  char path[4096];
-  char user[64];
+  struct sbx_file_reader *r;
   int fd;
 };
 
@@ -298,7 +295,7 @@ download_main (void *arg)
   struct download *d = arg;
   struct sbx_err err;
   /* a failure after the headers went out can only cut the body short */
-  sbx_file_read (d->engine, d->id, d->path, *d->user ? d->user : NULL, 0, NULL, to_pipe, d, &err);
+  sbx_file_reader_stream (d->r, to_pipe, d, &err);
   close (d->fd);
   free (d);
   return NULL;
@@ -316,34 +313,37 @@ download_file (struct http_server *h, struct MHD_Connection *c, struct request *
     return send_error (c, 400, "path is required");
   if (strlen (path) >= 4096)
     return send_error (c, 400, "path too long");
+  /* the agent answers with the file's entry (or why it cannot be read:
+     not found, a directory, not a regular file) before the headers go */
   struct sbx_entry st;
   struct sbx_err err;
-  if (sbx_file_stat (h->engine, id, path, user, &st, &err) < 0)
-    return send_fail (c, &err);
-  enum sbx_file_type type = st.type;
+  struct sbx_file_reader *r;
+  if (sbx_file_reader_open (h->engine, id, path, user, 0, &st, &r, &err) < 0)
+    {
+      if (err.code == EISDIR)
+        return send_error (c, 400, "%s is a directory", path);
+      return send_fail (c, &err);
+    }
   uint64_t size = st.size;
   char name[256];
   snprintf (name, sizeof name, "%s", st.name ? st.name : "file");
   sbx_entry_free (&st);
-  if (type == SBX_FT_DIR)
-    return send_error (c, 400, "%s is a directory", path);
   struct download *d = calloc (1, sizeof *d);
   int fds[2];
   if (d == NULL || pipe2 (fds, O_CLOEXEC) < 0)
     {
       free (d);
+      sbx_file_reader_close (r);
       return send_error (c, 500, "cannot start download");
     }
-  d->engine = h->engine;
-  snprintf (d->id, sizeof d->id, "%s", id);
-  snprintf (d->path, sizeof d->path, "%s", path);
-  snprintf (d->user, sizeof d->user, "%s", user ? user : "");
+  d->r = r;
   d->fd = fds[1];
   if (!sbx_start_detached (download_main, d))
     {
       close (fds[0]);
       close (fds[1]);
       free (d);
+      sbx_file_reader_close (r);
       return send_error (c, 500, "cannot start download");
     }
   char disp[320], len[32];

@@ -133,6 +133,10 @@ int sbx_msg_send (int fd, const struct sbx_msg *m);
    on a frame, 0 on a clean EOF before a frame, -1 on error (errno set;
    EPROTO for a malformed frame). */
 int sbx_msg_recv (int fd, struct sbx_msg *m);
+/* The same, but the whole frame must have arrived by DEADLINE_NS (on
+   sbx_now_ns's clock, CLOCK_MONOTONIC; 0: no deadline): -1 with errno
+   ETIMEDOUT when it has not, whatever part of it came. */
+int sbx_msg_recv_by (int fd, struct sbx_msg *m, uint64_t deadline_ns);
 
 /* Field iteration: *POS starts at 0.  Returns 1 and fills TAG/DATA/LEN for
    the next field, 0 at the end, -1 when the payload is malformed. */

@@ -721,11 +721,15 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   /* a new network namespace starts with its loopback down */
   setup_network (&h, boot_fs_n > 0);
 
-  /* the paths Docker masks or makes read-only */
+  /* the paths Docker masks or makes read-only; and what tells about the
+     host's kernel (vmcoreinfo holds physical addresses, config.gz its
+     build) or IPC objects */
   static const char *const masked[]
       = { "proc/asound", "proc/acpi",       "proc/kcore",       "proc/keys",   "proc/latency_stats",
           "proc/timer_list", "proc/timer_stats", "proc/sched_debug", "proc/scsi", "proc/kallsyms",
-          "sys/firmware", "sys/devices/virtual/powercap", "sys/kernel/debug", "sys/kernel/security" };
+          "proc/config.gz", "proc/sysvipc",
+          "sys/firmware", "sys/devices/virtual/powercap", "sys/kernel/debug", "sys/kernel/security",
+          "sys/kernel/vmcoreinfo" };
   for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++)
     mask_path (masked[i]);
   static const char *const readonly[] = { "proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger" };

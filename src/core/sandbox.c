@@ -39,6 +39,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "agent.h"
 #include "cgroup.h"
 #include "disk.h"
 #include "isolate.h"
@@ -291,10 +292,21 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
 
 /* ---- machine-wide uid ranges: one 65536-id range per sandbox, claimed
    with an O_EXCL file so that instances sharing the machine never hand
-   the same host ids to two sandboxes ---- */
+   the same host ids to two sandboxes.  The file names its owner, the
+   sandbox's directory ("STATE/sandboxes/ID\n"), so that what a crash
+   left can be told from what another instance holds (sweep_uid_slots). ---- */
+
+#define UID_SLOT_OWNER_MAX (PATH_MAX + SBX_ID_MAX + 2)
+#define UID_SLOT_GRACE_S 60 /* an ownerless range younger than this may be being claimed */
+
+static void
+uid_slot_owner (struct sbx_engine *e, const char *id, char buf[UID_SLOT_OWNER_MAX])
+{
+  snprintf (buf, UID_SLOT_OWNER_MAX, "%s/%s\n", e->sandboxes_dir, id);
+}
 
 static int
-uid_slot_claim (uint32_t *slot, struct sbx_err *err)
+uid_slot_claim (const char *owner, uint32_t *slot, struct sbx_err *err)
 {
   if (sbx_mkdir_p (UID_SLOT_DIR, 0700, err) < 0)
     return -1;
@@ -308,7 +320,14 @@ uid_slot_claim (uint32_t *slot, struct sbx_err *err)
       int fd = open (path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
       if (fd >= 0)
         {
+          int w = sbx_write_full (fd, owner, strlen (owner));
+          int e2 = errno;
           close (fd);
+          if (w < 0)
+            {
+              unlink (path);
+              return sbx_fail (err, e2, "claim uid range");
+            }
           *slot = k;
           return 0;
         }
@@ -318,9 +337,43 @@ uid_slot_claim (uint32_t *slot, struct sbx_err *err)
   return sbx_failk (err, SBX_E_UNAVAILABLE, "no free uid range");
 }
 
-static void
-uid_slot_release (uint32_t slot)
+/* The owner named in SLOT's file into BUF (without its newline): its
+   length, 0 for a file that names none (written by an older sbxd), -1
+   when there is no file. */
+static ssize_t
+uid_slot_read (uint32_t slot, char buf[UID_SLOT_OWNER_MAX], struct stat *st)
 {
+  char path[64];
+  snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
+  cleanup_close int fd = open (path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 || (st && fstat (fd, st) < 0))
+    return -1;
+  ssize_t n = sbx_read_full (fd, buf, UID_SLOT_OWNER_MAX - 1);
+  if (n < 0)
+    return -1;
+  buf[n] = '\0';
+  if (n > 0 && buf[n - 1] == '\n')
+    buf[--n] = '\0';
+  return n;
+}
+
+/* Release SLOT, which OWNER claimed: a file that names another owner is
+   someone else's now and stays. */
+static void
+uid_slot_release (const char *owner, uint32_t slot)
+{
+  if (slot >= UID_SLOTS)
+    return;
+  char have[UID_SLOT_OWNER_MAX];
+  ssize_t n = uid_slot_read (slot, have, NULL);
+  size_t len = strlen (owner);
+  if (len && owner[len - 1] == '\n')
+    len--;
+  if (n > 0 && ((size_t) n != len || memcmp (have, owner, len) != 0))
+    {
+      sbx_log_fields (SBX_LOG_WARN, "an id range is claimed by someone else, leaving it", "owner", have, NULL);
+      return;
+    }
   char path[64];
   snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
   unlink (path);
@@ -387,7 +440,9 @@ teardown (struct sbx_engine *e, struct sandbox *s)
   if (e->net && s->has_net)
     sbx_net_forget (e->net, s->uid_slot);
   s->has_net = false;
-  uid_slot_release (s->uid_slot);
+  char owner[UID_SLOT_OWNER_MAX];
+  uid_slot_owner (e, s->id, owner);
+  uid_slot_release (owner, s->uid_slot);
   char dir[PATH_MAX];
   sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
   if (sbx_rm_rf (dir, &err) < 0)
@@ -663,6 +718,8 @@ reattach (struct sbx_engine *e, const char *id)
              < 0)
     {
       sbx_log_fields (SBX_LOG_WARN, "unreadable sandbox record, removing it", "sandbox", id, NULL);
+      /* its id range, network rules and link are released by
+         sweep_uid_slots: the range's file names this sandbox */
       char dir[PATH_MAX];
       sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, id);
       char cg[128];
@@ -703,6 +760,13 @@ reattach (struct sbx_engine *e, const char *id)
   struct pollfd pf = { s->pidfd, POLLIN, 0 };
   bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare
                && poll (&pf, 1, 0) == 0;
+  if (!alive && s->pidfd >= 0 && proc_start_time (pid) != s->init_start)
+    {
+      /* the pid is another process's now: never signal it */
+      close (s->pidfd);
+      s->pidfd = -1;
+      s->init_pid = 0;
+    }
   if (!alive && was_spare)
     {
       teardown (e, s);
@@ -741,6 +805,122 @@ reattach (struct sbx_engine *e, const char *id)
       s->end_ms = sbx_wall_ms ();
       emit (e, s->id, SBX_EVENT_KILLED, "died");
     }
+}
+
+/* The uid ranges that some user namespace on the machine maps, one bit per
+   slot: those of every live sandbox, of every instance, and of sandboxes
+   being prepared (whose first process waits in its namespaces).  NULL
+   when /proc cannot be read. */
+static uint8_t *
+mapped_uid_slots (void)
+{
+  uint8_t *bits = calloc (UID_SLOTS / 8 + 1, 1);
+  DIR *d = opendir ("/proc");
+  if (bits == NULL || d == NULL)
+    {
+      free (bits);
+      if (d)
+        closedir (d);
+      return NULL;
+    }
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL)
+    {
+      char *end;
+      long pid = strtol (de->d_name, &end, 10);
+      if (de->d_name[0] < '1' || de->d_name[0] > '9' || *end != '\0')
+        continue;
+      char path[64], buf[1024];
+      snprintf (path, sizeof path, "/proc/%ld/uid_map", pid);
+      cleanup_close int fd = open (path, O_RDONLY | O_CLOEXEC);
+      ssize_t n = fd >= 0 ? sbx_read_full (fd, buf, sizeof buf - 1) : -1;
+      if (n <= 0)
+        continue;
+      buf[n] = '\0';
+      /* "inside outside count" per line; outside is a host id here */
+      for (char *line = buf; line && *line; line = strchr (line, '\n') ? strchr (line, '\n') + 1 : NULL)
+        {
+          unsigned long in, out, count;
+          if (sscanf (line, "%lu %lu %lu", &in, &out, &count) != 3 || out < UID_FIRST
+              || (out - UID_FIRST) % UID_RANGE != 0)
+            continue;
+          unsigned long k = (out - UID_FIRST) / UID_RANGE;
+          if (k < UID_SLOTS)
+            bits[k / 8] |= (uint8_t) (1u << (k % 8));
+        }
+    }
+  closedir (d);
+  return bits;
+}
+
+static bool
+uid_slot_held_locked (struct sbx_engine *e, uint32_t slot)
+{
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (s->state != SBX_STOPPED && s->uid_slot == slot)
+      return true;
+  return false;
+}
+
+/* After re-attaching: release the uid ranges (and the network rules and
+   link of their slot) whose owner is gone.  A range that names a sandbox
+   of this state directory is ours, and stale unless a sandbox we
+   re-attached holds it: a crash can leave one claimed for a sandbox whose
+   record was never written.  Another instance's range is stale once its
+   sandbox's directory is gone and no user namespace maps it; so is a
+   range without an owner (written by an older sbxd) that nothing maps,
+   after a grace period in which it may be being claimed.  Runs before the
+   spare thread starts, so none of ours is being claimed. */
+static void
+sweep_uid_slots (struct sbx_engine *e)
+{
+  DIR *d = opendir (UID_SLOT_DIR);
+  if (d == NULL)
+    return;
+  uint8_t *mapped = NULL;
+  bool scanned = false;
+  size_t dlen = strlen (e->sandboxes_dir);
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL)
+    {
+      char *end;
+      unsigned long k = strtoul (de->d_name, &end, 10);
+      if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end != '\0' || k >= UID_SLOTS)
+        continue;
+      uint32_t slot = (uint32_t) k;
+      if (uid_slot_held_locked (e, slot)) /* no other thread runs yet */
+        continue;
+      char owner[UID_SLOT_OWNER_MAX];
+      struct stat st;
+      ssize_t n = uid_slot_read (slot, owner, &st);
+      if (n < 0)
+        continue;
+      bool ours = (size_t) n > dlen && memcmp (owner, e->sandboxes_dir, dlen) == 0 && owner[dlen] == '/'
+                  && strchr (owner + dlen + 1, '/') == NULL;
+      if (!ours)
+        {
+          if (time (NULL) - st.st_mtime < UID_SLOT_GRACE_S)
+            continue;
+          if (n > 0 && access (owner, F_OK) == 0)
+            continue;
+          if (!scanned)
+            {
+              mapped = mapped_uid_slots ();
+              scanned = true;
+            }
+          if (mapped == NULL || (mapped[slot / 8] & (1u << (slot % 8))))
+            continue;
+        }
+      sbx_log_fields (SBX_LOG_INFO, "releasing an id range whose sandbox is gone", "slot", de->d_name, "owner",
+                      n > 0 ? owner : "-", NULL);
+      if (e->net)
+        sbx_net_forget (e->net, slot);
+      char path[64];
+      snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
+      unlink (path);
+    }
+  closedir (d);
+  free (mapped);
 }
 
 int
@@ -807,6 +987,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     if (strncmp (de->d_name, "sbx_", 4) == 0 && strlen (de->d_name) < SBX_ID_MAX)
       reattach (e, de->d_name);
   closedir (d);
+  sweep_uid_slots (e);
   /* the rules name this process's filter ports: renew them */
   for (struct sandbox *s = e->list; s; s = s->next)
     if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
@@ -1022,7 +1203,9 @@ prepare (struct sbx_engine *e, struct sbx_err *err)
       sbx_fail (err, errno, "open %s", dir);
       goto fail;
     }
-  if (uid_slot_claim (&s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  char owner[UID_SLOT_OWNER_MAX];
+  uid_slot_owner (e, s->id, owner);
+  if (uid_slot_claim (owner, &s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
   s->agent_fd = bind_agent_socket (s->dirfd, err);
   if (s->agent_fd < 0)
@@ -1575,7 +1758,10 @@ agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
     return sbx_fail (err, errno, "socket");
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
   snprintf (sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/agent.sock", s->dirfd);
-  if (connect (fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+  /* an agent that stops reading cannot hold a sender forever either */
+  struct timeval tv = { SBX_AGENT_FRAME_MS / 1000, 0 };
+  if (connect (fd, (struct sockaddr *) &sa, sizeof sa) < 0
+      || setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
     {
       int e2 = errno;
       close (fd);
@@ -1584,30 +1770,11 @@ agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   return fd;
 }
 
-/* Turn an EV_ERROR frame into ERR. */
+/* Send REQ on a new connection and read the answer within bounds B (see
+   agent.h); frames before it go to FN. */
 static int
-agent_error (const struct sbx_msg *m, struct sbx_err *err)
-{
-  cleanup_free char *msg = sbx_msg_strdup (m, SBX_T_MSG);
-  return sbx_failx (err, (int) sbx_msg_u32 (m, SBX_T_ERRNO, EIO), "%s", msg ? msg : "agent error");
-}
-
-static int
-recv_or_fail (int fd, struct sbx_msg *m, struct sbx_err *err)
-{
-  int r = sbx_msg_recv (fd, m);
-  if (r == 1)
-    return 0;
-  if (r == 0)
-    return sbx_failk (err, SBX_E_STOPPED, "sandbox agent closed the connection");
-  return sbx_fail (err, errno, "read from sandbox agent");
-}
-
-/* Send REQ and wait for OK; frames before it go to FN. */
-typedef int (*frame_fn) (const struct sbx_msg *m, void *ud);
-
-static int
-agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req, frame_fn fn, void *ud, struct sbx_err *err)
+agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req, const struct sbx_agent_bounds *b,
+            sbx_agent_frame_fn fn, void *ud, struct sbx_err *err)
 {
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
@@ -1621,32 +1788,17 @@ agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req, fra
       sbx_fail (err, errno, "send to sandbox agent");
       goto out;
     }
-  struct sbx_msg m;
-  sbx_msg_init (&m, 0);
-  for (;;)
-    {
-      if (recv_or_fail (fd, &m, err) < 0)
-        break;
-      if (m.type == SBX_EV_OK)
-        {
-          r = 0;
-          break;
-        }
-      if (m.type == SBX_EV_ERROR)
-        {
-          agent_error (&m, err);
-          break;
-        }
-      if (fn && fn (&m, ud) < 0)
-        {
-          sbx_failx (err, ECANCELED, "cancelled");
-          break;
-        }
-    }
-  sbx_msg_free (&m);
+  r = sbx_agent_answer (fd, s->id, b, fn, ud, err);
 out:
   put (e, s);
   return r;
+}
+
+/* A frame of a stream that has begun must be whole in SBX_AGENT_FRAME_MS. */
+static uint64_t
+frame_deadline (void)
+{
+  return sbx_now_ns () + (uint64_t) SBX_AGENT_FRAME_MS * 1000000ull;
 }
 
 static const char *
@@ -1663,7 +1815,7 @@ user_or_default (struct sbx_engine *e, const char *id, const char *user, char bu
 
 /* Stream process events of an EXEC or ATTACH connection to FN. */
 static int
-stream_events (int fd, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud, struct sbx_err *err)
+stream_events (int fd, const char *id, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud, struct sbx_err *err)
 {
   struct sbx_msg m;
   sbx_msg_init (&m, 0);
@@ -1671,22 +1823,23 @@ stream_events (int fd, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud, struct s
   uint32_t pid = 0;
   for (;;)
     {
-      if (keepalive_ms)
+      /* a process may be quiet for as long as it likes; a frame it began
+         must be complete in time */
+      struct pollfd pf = { fd, POLLIN, 0 };
+      int pr = poll (&pf, 1, keepalive_ms ? (int) keepalive_ms : -1);
+      if (pr < 0 && errno == EINTR)
+        continue;
+      if (pr == 0)
         {
-          struct pollfd pf = { fd, POLLIN, 0 };
-          int pr = poll (&pf, 1, (int) keepalive_ms);
-          if (pr == 0)
+          struct sbx_proc_event ka = { .kind = SBX_PROC_KEEPALIVE, .pid = pid };
+          if (fn (&ka, ud) < 0)
             {
-              struct sbx_proc_event ka = { .kind = SBX_PROC_KEEPALIVE, .pid = pid };
-              if (fn (&ka, ud) < 0)
-                {
-                  r = 0;
-                  break;
-                }
-              continue;
+              r = 0;
+              break;
             }
+          continue;
         }
-      if (recv_or_fail (fd, &m, err) < 0)
+      if (sbx_agent_recv (fd, id, frame_deadline (), &m, err) < 0)
         break;
       struct sbx_proc_event ev = { .pid = pid };
       const uint8_t *d;
@@ -1694,7 +1847,7 @@ stream_events (int fd, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud, struct s
       switch (m.type)
         {
         case SBX_EV_ERROR:
-          agent_error (&m, err);
+          sbx_agent_error (&m, err);
           goto done;
         case SBX_EV_START:
           pid = ev.pid = sbx_msg_u32 (&m, SBX_T_PID, 0);
@@ -1766,7 +1919,7 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
       if (sbx_msg_send (fd, &req) < 0)
         sbx_fail (err, errno, "send to sandbox agent");
       else
-        r = stream_events (fd, o->keepalive_ms, fn, ud, err);
+        r = stream_events (fd, s->id, o->keepalive_ms, fn, ud, err);
     }
   sbx_msg_free (&req);
   put (e, s);
@@ -1790,7 +1943,7 @@ sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepali
       if (sbx_msg_send (fd, &req) < 0)
         sbx_fail (err, errno, "send to sandbox agent");
       else
-        r = stream_events (fd, keepalive_ms, fn, ud, err);
+        r = stream_events (fd, s->id, keepalive_ms, fn, ud, err);
     }
   sbx_msg_free (&req);
   put (e, s);
@@ -1800,7 +1953,7 @@ sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepali
 static int
 simple_proc_call (struct sbx_engine *e, const char *id, struct sbx_msg *req, struct sbx_err *err)
 {
-  int r = agent_call (e, id, req, NULL, NULL, err);
+  int r = agent_call (e, id, req, &sbx_agent_plain, NULL, NULL, err);
   sbx_msg_free (req);
   return r;
 }
@@ -1856,47 +2009,13 @@ sbx_proc_resize (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t ro
   return simple_proc_call (e, id, &req, err);
 }
 
-struct proc_acc {
-  struct sbx_proc_info *v;
-  size_t n, cap;
-};
-
-static int
-collect_proc (const struct sbx_msg *m, void *ud)
-{
-  struct proc_acc *a = ud;
-  if (m->type != SBX_EV_PROC)
-    return 0;
-  struct sbx_proc_info *p = sbx_grow (&a->v, &a->n, &a->cap, sizeof *a->v);
-  if (p == NULL)
-    return -1;
-  p->pid = sbx_msg_u32 (m, SBX_T_PID, 0);
-  p->tag = sbx_msg_strdup (m, SBX_T_TAG);
-  p->cwd = sbx_msg_strdup (m, SBX_T_CWD);
-  p->pty = sbx_msg_u32 (m, SBX_T_PTY, 0) != 0;
-  size_t pos = 0, argc = 0;
-  uint8_t t;
-  const uint8_t *d;
-  uint32_t l;
-  while (sbx_msg_next (m, &pos, &t, &d, &l) == 1)
-    argc += t == SBX_T_ARG;
-  p->argv = calloc (argc + 1, sizeof *p->argv);
-  if (p->argv == NULL)
-    return -1;
-  pos = argc = 0;
-  while (sbx_msg_next (m, &pos, &t, &d, &l) == 1)
-    if (t == SBX_T_ARG)
-      p->argv[argc++] = strndup ((const char *) d, l);
-  return 0;
-}
-
 int
 sbx_proc_list (struct sbx_engine *e, const char *id, struct sbx_proc_info **procs, size_t *n, struct sbx_err *err)
 {
   struct sbx_msg req;
   sbx_msg_init (&req, SBX_REQ_LIST);
-  struct proc_acc a = { 0 };
-  int r = agent_call (e, id, &req, collect_proc, &a, err);
+  struct sbx_agent_procs a = { 0 };
+  int r = agent_call (e, id, &req, &sbx_agent_listing, sbx_agent_collect_proc, &a, err);
   sbx_msg_free (&req);
   if (r < 0)
     {
@@ -1908,57 +2027,7 @@ sbx_proc_list (struct sbx_engine *e, const char *id, struct sbx_proc_info **proc
   return 0;
 }
 
-void
-sbx_proc_list_free (struct sbx_proc_info *procs, size_t n)
-{
-  for (size_t i = 0; i < n; i++)
-    {
-      free (procs[i].tag);
-      free (procs[i].cwd);
-      for (char **a = procs[i].argv; a && *a; a++)
-        free (*a);
-      free (procs[i].argv);
-    }
-  free (procs);
-}
-
 /* ---- files ---- */
-
-void
-sbx_entry_free (struct sbx_entry *en)
-{
-  free (en->name);
-  free (en->path);
-  free (en->owner);
-  free (en->group);
-  free (en->link);
-  memset (en, 0, sizeof *en);
-}
-
-void
-sbx_entries_free (struct sbx_entry *en, size_t n)
-{
-  for (size_t i = 0; i < n; i++)
-    sbx_entry_free (&en[i]);
-  free (en);
-}
-
-static void
-parse_entry (const struct sbx_msg *m, struct sbx_entry *en)
-{
-  memset (en, 0, sizeof *en);
-  en->name = sbx_msg_strdup (m, SBX_T_NAME);
-  en->path = sbx_msg_strdup (m, SBX_T_PATH);
-  en->owner = sbx_msg_strdup (m, SBX_T_OWNER);
-  en->group = sbx_msg_strdup (m, SBX_T_GROUP);
-  en->link = sbx_msg_strdup (m, SBX_T_LINK);
-  en->type = (enum sbx_file_type) sbx_msg_u32 (m, SBX_T_TYPE, SBX_FT_OTHER);
-  en->size = sbx_msg_u64 (m, SBX_T_SIZE, 0);
-  en->mode = sbx_msg_u32 (m, SBX_T_MODE, 0);
-  en->uid = sbx_msg_u32 (m, SBX_T_UID, 0);
-  en->gid = sbx_msg_u32 (m, SBX_T_GID, 0);
-  en->mtime_ns = sbx_msg_u64 (m, SBX_T_MTIME, 0);
-}
 
 static void
 file_req (struct sbx_engine *e, const char *id, struct sbx_msg *req, uint32_t op, const char *path, const char *user)
@@ -1971,25 +2040,15 @@ file_req (struct sbx_engine *e, const char *id, struct sbx_msg *req, uint32_t op
 }
 
 static int
-one_entry (const struct sbx_msg *m, void *ud)
-{
-  struct sbx_entry *out = ud;
-  if (m->type == SBX_EV_ENTRY && out && out->path == NULL)
-    parse_entry (m, out);
-  return 0;
-}
-
-static int
 entry_call (struct sbx_engine *e, const char *id, struct sbx_msg *req, struct sbx_entry *out, struct sbx_err *err)
 {
-  struct sbx_entry tmp;
-  memset (&tmp, 0, sizeof tmp);
-  int r = agent_call (e, id, req, one_entry, &tmp, err);
+  struct sbx_agent_one one = { 0 };
+  int r = agent_call (e, id, req, &sbx_agent_plain, sbx_agent_one_entry, &one, err);
   sbx_msg_free (req);
   if (r == 0 && out)
-    *out = tmp;
+    *out = one.en;
   else
-    sbx_entry_free (&tmp);
+    sbx_entry_free (&one.en);
   return r;
 }
 
@@ -2030,24 +2089,6 @@ sbx_file_remove (struct sbx_engine *e, const char *id, const char *path, const c
   return entry_call (e, id, &req, NULL, err);
 }
 
-struct entry_acc {
-  struct sbx_entry *v;
-  size_t n, cap;
-};
-
-static int
-collect_entry (const struct sbx_msg *m, void *ud)
-{
-  struct entry_acc *a = ud;
-  if (m->type != SBX_EV_ENTRY)
-    return 0;
-  struct sbx_entry *en = sbx_grow (&a->v, &a->n, &a->cap, sizeof *a->v);
-  if (en == NULL)
-    return -1;
-  parse_entry (m, en);
-  return 0;
-}
-
 int
 sbx_file_list (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t depth,
                struct sbx_entry **out, size_t *n, struct sbx_err *err)
@@ -2055,8 +2096,8 @@ sbx_file_list (struct sbx_engine *e, const char *id, const char *path, const cha
   struct sbx_msg req;
   file_req (e, id, &req, SBX_FILE_LIST, path, user);
   sbx_msg_put_u32 (&req, SBX_T_DEPTH, depth ? depth : 1);
-  struct entry_acc a = { 0 };
-  int r = agent_call (e, id, &req, collect_entry, &a, err);
+  struct sbx_agent_entries a = { 0 };
+  int r = agent_call (e, id, &req, &sbx_agent_listing, sbx_agent_collect_entry, &a, err);
   sbx_msg_free (&req);
   if (r < 0)
     {
@@ -2068,52 +2109,85 @@ sbx_file_list (struct sbx_engine *e, const char *id, const char *path, const cha
   return 0;
 }
 
-struct read_ctx {
+struct sbx_file_reader {
+  struct sbx_engine *e;
+  struct sandbox *s;
+  int fd;
   uint64_t max;
-  struct sbx_entry *st;
-  bool have_entry;
-  sbx_data_fn fn;
-  void *ud;
-  bool too_big;
 };
 
-static int
-read_frame (const struct sbx_msg *m, void *ud)
+int
+sbx_file_reader_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
+                      struct sbx_entry *st, struct sbx_file_reader **out, struct sbx_err *err)
 {
-  struct read_ctx *c = ud;
-  if (m->type == SBX_EV_ENTRY && !c->have_entry)
+  memset (st, 0, sizeof *st);
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  struct sbx_file_reader *rd = calloc (1, sizeof *rd);
+  int fd = agent_connect (e, s, err);
+  if (rd == NULL || fd < 0)
     {
-      c->have_entry = true;
-      struct sbx_entry en;
-      parse_entry (m, &en);
-      if (c->max && en.size > c->max)
-        c->too_big = true;
-      if (c->st)
-        *c->st = en;
-      else
-        sbx_entry_free (&en);
-      return c->too_big ? -1 : 0;
+      if (rd == NULL)
+        sbx_fail (err, ENOMEM, "read %s", path);
+      if (fd >= 0)
+        close (fd);
+      free (rd);
+      put (e, s);
+      return -1;
     }
-  const uint8_t *d;
-  uint32_t l;
-  if (m->type == SBX_EV_DATA && sbx_msg_get (m, SBX_T_DATA, &d, &l))
-    return c->fn (d, l, c->ud);
+  *rd = (struct sbx_file_reader) { e, s, fd, max_size };
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_READ, path, user);
+  int r = sbx_msg_send (fd, &req);
+  sbx_msg_free (&req);
+  if (r < 0)
+    sbx_fail (err, errno, "send to sandbox agent");
+  else
+    r = sbx_agent_read_begin (fd, s->id, max_size, st, err);
+  if (r < 0)
+    {
+      sbx_file_reader_close (rd);
+      return -1;
+    }
+  *out = rd;
   return 0;
+}
+
+int
+sbx_file_reader_stream (struct sbx_file_reader *rd, sbx_data_fn fn, void *ud, struct sbx_err *err)
+{
+  int r = sbx_agent_read_data (rd->fd, rd->s->id, rd->max, fn, ud, err);
+  sbx_file_reader_close (rd);
+  return r;
+}
+
+void
+sbx_file_reader_close (struct sbx_file_reader *rd)
+{
+  close (rd->fd);
+  put (rd->e, rd->s);
+  free (rd);
 }
 
 int
 sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
                struct sbx_entry *st, sbx_data_fn fn, void *ud, struct sbx_err *err)
 {
-  struct sbx_msg req;
-  file_req (e, id, &req, SBX_FILE_READ, path, user);
-  struct read_ctx c = { max_size, st, false, fn, ud, false };
-  if (st)
-    memset (st, 0, sizeof *st);
-  int r = agent_call (e, id, &req, read_frame, &c, err);
-  sbx_msg_free (&req);
-  if (c.too_big)
-    return sbx_failk (err, SBX_E_TOO_LARGE, "file is larger than %llu bytes", (unsigned long long) max_size);
+  struct sbx_entry tmp;
+  struct sbx_file_reader *rd;
+  if (sbx_file_reader_open (e, id, path, user, max_size, &tmp, &rd, err) < 0)
+    return -1;
+  int r = sbx_file_reader_stream (rd, fn, ud, err);
+  /* the caller owns the entry only when the read succeeded */
+  if (r == 0 && st)
+    *st = tmp;
+  else
+    {
+      sbx_entry_free (&tmp);
+      if (st)
+        memset (st, 0, sizeof *st);
+    }
   return r;
 }
 
@@ -2161,20 +2235,24 @@ sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, co
 static int
 writer_error (struct sbx_file_writer *w, struct sbx_err *err)
 {
+  int saved = errno;
   struct pollfd pf = { w->fd, POLLIN, 0 };
   if (poll (&pf, 1, 0) == 1)
     {
       struct sbx_msg m;
       sbx_msg_init (&m, 0);
-      if (sbx_msg_recv (w->fd, &m) == 1 && m.type == SBX_EV_ERROR)
+      struct sbx_err rerr;
+      if (sbx_agent_recv (w->fd, w->s->id, frame_deadline (), &m, &rerr) == 0 && m.type == SBX_EV_ERROR)
         {
-          agent_error (&m, err);
+          sbx_agent_error (&m, err);
           sbx_msg_free (&m);
           return -1;
         }
       sbx_msg_free (&m);
     }
-  return sbx_fail (err, errno ? errno : EPIPE, "write to sandbox agent");
+  if (saved == EAGAIN || saved == EWOULDBLOCK)
+    return sbx_failk (err, SBX_E_INTERNAL, "sandbox agent stopped reading the file");
+  return sbx_fail (err, saved ? saved : EPIPE, "write to sandbox agent");
 }
 
 int
@@ -2218,31 +2296,12 @@ sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct
       writer_close (w);
       return r;
     }
-  struct sbx_entry tmp;
-  memset (&tmp, 0, sizeof tmp);
-  r = -1;
-  for (;;)
-    {
-      if (recv_or_fail (w->fd, &m, err) < 0)
-        break;
-      if (m.type == SBX_EV_ENTRY && tmp.path == NULL)
-        parse_entry (&m, &tmp);
-      else if (m.type == SBX_EV_OK)
-        {
-          r = 0;
-          break;
-        }
-      else if (m.type == SBX_EV_ERROR)
-        {
-          agent_error (&m, err);
-          break;
-        }
-    }
-  sbx_msg_free (&m);
+  struct sbx_agent_one one = { 0 };
+  r = sbx_agent_answer (w->fd, w->s->id, &sbx_agent_plain, sbx_agent_one_entry, &one, err);
   if (r == 0 && out)
-    *out = tmp;
+    *out = one.en;
   else
-    sbx_entry_free (&tmp);
+    sbx_entry_free (&one.en);
   writer_close (w);
   return r;
 }
@@ -2291,17 +2350,15 @@ sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *u
       sbx_fail (err, errno, "send to sandbox agent");
       goto out;
     }
-  if (recv_or_fail (fd, &m, err) < 0)
+  /* the first answer says whether the watch is in place */
+  if (sbx_agent_answer (fd, s->id, &sbx_agent_plain, NULL, NULL, err) < 0)
     goto out;
-  if (m.type == SBX_EV_ERROR)
-    {
-      agent_error (&m, err);
-      goto out;
-    }
   for (;;)
     {
       struct pollfd pf = { fd, POLLIN, 0 };
       int pr = poll (&pf, 1, keepalive_ms ? (int) keepalive_ms : -1);
+      if (pr < 0 && errno == EINTR)
+        continue;
       if (pr == 0)
         {
           if (fn (0, "", ud) < 0)
@@ -2311,12 +2368,15 @@ sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *u
             }
           continue;
         }
-      if (recv_or_fail (fd, &m, err) < 0)
+      if (sbx_agent_recv (fd, s->id, frame_deadline (), &m, err) < 0)
         break;
       if (m.type != SBX_EV_FSEVENT)
         continue;
-      cleanup_free char *name = sbx_msg_strdup (&m, SBX_T_NAME);
-      if (fn ((int) sbx_msg_u32 (&m, SBX_T_TYPE, 0), name ? name : "", ud) < 0)
+      int type;
+      cleanup_free char *name = NULL;
+      if (sbx_agent_fs_event (&m, s->id, &type, &name, err) < 0)
+        break;
+      if (fn (type, name, ud) < 0)
         {
           r = 0;
           break;

@@ -235,10 +235,23 @@ int sbx_file_move (struct sbx_engine *e, const char *id, const char *from, const
 int sbx_file_remove (struct sbx_engine *e, const char *id, const char *path, const char *user, struct sbx_err *err);
 
 /* Read: FN gets the content in chunks; return <0 from it to abort.  If
-   MAX_SIZE is non-zero a larger file fails with EFBIG before any data. */
+   MAX_SIZE is non-zero a larger file fails (kind too large) before any
+   data, or as soon as more than MAX_SIZE bytes came.  ST (may be NULL)
+   gets the file's entry when the read succeeds and is left empty when it
+   fails.  Only regular files can be read (anything else: kind invalid). */
 typedef int (*sbx_data_fn) (const void *data, size_t len, void *ud);
 int sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
                    struct sbx_entry *st, sbx_data_fn fn, void *ud, struct sbx_err *err);
+
+/* The same read in two steps, for a caller that must know the file (its
+   size, or the error) before it streams the content: open fills ST (the
+   caller frees it), stream sends the content to FN and ends the reader,
+   close abandons it. */
+struct sbx_file_reader;
+int sbx_file_reader_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint64_t max_size,
+                          struct sbx_entry *st, struct sbx_file_reader **r, struct sbx_err *err);
+int sbx_file_reader_stream (struct sbx_file_reader *r, sbx_data_fn fn, void *ud, struct sbx_err *err);
+void sbx_file_reader_close (struct sbx_file_reader *r);
 
 /* Watch a directory: FN gets each change (TYPE an enum sbx_fs_event, NAME
    relative to PATH), and a call with TYPE 0 after KEEPALIVE_MS of quiet;

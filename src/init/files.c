@@ -282,22 +282,53 @@ op_list (int conn, const char *path, unsigned depth)
   return sbx_msg_send_ok (conn);
 }
 
+/* What a file that is neither regular nor a directory is, for errors. */
+static const char *
+special_kind (mode_t mode)
+{
+  return S_ISFIFO (mode)  ? "a named pipe (FIFO)"
+         : S_ISSOCK (mode) ? "a socket"
+         : S_ISCHR (mode)  ? "a character device"
+         : S_ISBLK (mode)  ? "a block device"
+                           : "a special file";
+}
+
+/* The files API moves the content of regular files only: reading a FIFO
+   would wait for a writer, a device could be endless or act on being
+   opened.  EINVAL, which the daemon answers with 400. */
+static int
+refuse_special (int conn, const char *path, mode_t mode)
+{
+  return sbx_msg_send_error (conn, EINVAL, "%s is %s, not a regular file", path, special_kind (mode));
+}
+
 static int
 op_read (int conn, const char *path)
 {
   char abs[4096];
   if (resolve_abs (path, abs, sizeof abs) == NULL)
     return sbx_msg_send_error (conn, ENAMETOOLONG, "path too long");
-  cleanup_close int fd = open_in_root (abs, O_RDONLY, 0);
-  if (fd < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  /* look before opening: an O_PATH descriptor opens nothing, so a FIFO
+     cannot block and a device is never opened */
   struct stat st;
-  if (fstat (fd, &st) < 0)
-    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  {
+    cleanup_close int pfd = open_in_root (abs, O_PATH, 0);
+    if (pfd < 0 || fstat (pfd, &st) < 0)
+      return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  }
   if (S_ISDIR (st.st_mode))
     return sbx_msg_send_error (conn, EISDIR, "%s: %s", path, strerror (EISDIR));
   if (!S_ISREG (st.st_mode))
-    return sbx_msg_send_error (conn, EINVAL, "%s: not a regular file", path);
+    return refuse_special (conn, path, st.st_mode);
+  /* O_NONBLOCK in case a FIFO took the file's place meanwhile */
+  cleanup_close int fd = open_in_root (abs, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0);
+  if (fd < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  if (fstat (fd, &st) < 0)
+    return sbx_msg_send_error (conn, errno, "%s: %s", path, strerror (errno));
+  if (!S_ISREG (st.st_mode))
+    return S_ISDIR (st.st_mode) ? sbx_msg_send_error (conn, EISDIR, "%s: %s", path, strerror (EISDIR))
+                                : refuse_special (conn, path, st.st_mode);
   /* first an entry, so the caller knows the size before the data */
   send_entry (conn, fd, "", abs);
   static char buf[SBX_PROTO_CHUNK];
@@ -335,6 +366,8 @@ op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
   int have_old = fstatat (pfd, base, &old, AT_SYMLINK_NOFOLLOW) == 0;
   if (have_old && S_ISDIR (old.st_mode))
     return sbx_msg_send_error (conn, EISDIR, "%s: %s", path, strerror (EISDIR));
+  if (have_old && !S_ISREG (old.st_mode) && !S_ISLNK (old.st_mode))
+    return refuse_special (conn, path, old.st_mode);
   int fd = -1;
   for (int tries = 0; tries < 16 && fd < 0; tries++)
     {
