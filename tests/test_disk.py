@@ -153,12 +153,18 @@ class Diskd(Sbxd):
         return sorted(os.listdir(os.path.join(self.state_dir, "sandboxes")))
 
     def settle(self):
-        """Wait until the spare sandboxes are all made (4 of them)."""
+        """Wait until the spare sandboxes are all made (4 of them) and the
+        disks of sandboxes deleted before are all given back: what can be
+        promised reads the same three times in a row."""
         deadline = time.time() + 30
         while len(self.sandbox_dirs()) - len(self.sandbox_ids_live()) < 4:
             assert time.time() < deadline, self.sandbox_dirs()
             time.sleep(0.1)
-        time.sleep(0.3)
+        seen = []
+        while len(seen) < 3 or len(set(seen[-3:])) > 1:
+            assert time.time() < deadline, seen
+            seen.append(self.promisable())
+            time.sleep(0.3)
 
     def sandbox_ids_live(self):
         return [s["sandboxID"] for st in ("running", "paused")
