@@ -285,3 +285,20 @@ sbx_buf_append_capped (char **buf, size_t *len, const void *d, size_t n, size_t 
   nb[*len] = '\0';
   *buf = nb;
 }
+
+bool
+sbx_budget_take (struct sbx_budget *b, size_t n)
+{
+  size_t used = __atomic_load_n (&b->used, __ATOMIC_RELAXED);
+  do
+    if (n > b->max || used > b->max - n)
+      return false;
+  while (!__atomic_compare_exchange_n (&b->used, &used, used + n, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+  return true;
+}
+
+void
+sbx_budget_give (struct sbx_budget *b, size_t n)
+{
+  __atomic_fetch_sub (&b->used, n, __ATOMIC_RELAXED);
+}
