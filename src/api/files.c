@@ -116,6 +116,9 @@ on_field (void *cls, enum MHD_ValueKind kind, const char *key, const char *filen
   struct upload *u = cls;
   if (u->status)
     return MHD_NO;
+  if (key == NULL)
+    return fail (u, 400, "malformed multipart body: a part has no name (Content-Disposition: form-data; name=...)"),
+           MHD_NO;
   if (strcmp (key, "path") == 0 && filename == NULL)
     {
       /* a path after the file is fine while the file is spooled; once
