@@ -263,29 +263,6 @@ sbx_strv_free (char **v)
   free (v);
 }
 
-void
-sbx_buf_append_capped (char **buf, size_t *len, const void *d, size_t n, size_t cap, bool *truncated)
-{
-  size_t room = *len < cap ? cap - *len : 0;
-  if (n > room)
-    {
-      *truncated = true;
-      n = room;
-    }
-  if (n == 0)
-    return;
-  char *nb = realloc (*buf, *len + n + 1);
-  if (nb == NULL)
-    {
-      *truncated = true;
-      return;
-    }
-  memcpy (nb + *len, d, n);
-  *len += n;
-  nb[*len] = '\0';
-  *buf = nb;
-}
-
 bool
 sbx_budget_take (struct sbx_budget *b, size_t n)
 {
