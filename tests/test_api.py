@@ -1183,16 +1183,27 @@ def test_malformed_and_mistyped_bodies(sbxd):
 
 
 def test_over_long_body_is_refused(sbxd):
+    """JSON bodies may be 1 MiB; bodies carrying file contents (the
+    filesystem write) 64 MiB."""
     before = len(live(sbxd))
-    big = b'{"templateID": "base", "metadata": {"x": "' + b"a" * (64 * MB) + b'"}}'
+    big = b'{"templateID": "base", "metadata": {"x": "' + b"a" * MB + b'"}}'
     r = sbxd.req("POST", "/sandboxes", data=big, headers={"Content-Type": "application/json"})
-    assert_error(r, 413, "request body too large (max 67108864 bytes)")
+    assert_error(r, 413, "request body too large (max 1048576 bytes)")
     assert len(live(sbxd)) == before
     r = sbxd.req("POST", "/events/webhooks", data=big)
-    assert_error(r, 413, "request body too large (max 67108864 bytes)")
-    # the daemon is fine afterwards
+    assert_error(r, 413, "request body too large (max 1048576 bytes)")
     sid = sbxd.create()
-    assert sbxd.delete(sid).status_code == 204
+    try:
+        huge = b'{"path": "/tmp/x", "content": "' + b"A" * (64 * MB) + b'"}'
+        r = sbxd.req("POST", f"/sandboxes/{sid}/filesystem", data=huge)
+        assert_error(r, 413, "request body too large (max 67108864 bytes)")
+        # a write of 3 MiB is a body over 1 MiB on a route that takes it
+        data = os.urandom(3 * MB)
+        assert sbxd.write(sid, "/tmp/three", data)["size"] == len(data)
+        assert sbxd.read(sid, "/tmp/three", expect=400)["message"].startswith("file too large")
+    finally:
+        # the daemon is fine afterwards
+        assert sbxd.delete(sid).status_code == 204
 
 
 def test_invalid_and_unknown_sandbox_ids(sbxd):

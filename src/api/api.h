@@ -27,6 +27,8 @@
 
 struct upload;
 struct sbx_interp;
+struct handlers;
+struct resumer;
 
 struct http_server {
   struct MHD_Daemon *mhd;
@@ -40,21 +42,69 @@ struct http_server {
   char docs_dir[4096];
   char state_dir[4096];
   unsigned char envd_secret[32]; /* keys the sandboxes' envd access tokens */
+  struct handlers *handlers;  /* the threads that run handlers (server.c) */
+  struct resumer *resumer;    /* wakes streams whose pipe has data (server.c) */
+};
+
+#define CALL_MAX_SEGS 8
+
+struct request;
+struct route;
+
+/* One routed request. */
+struct call {
+  struct http_server *h;
+  struct MHD_Connection *c;
+  struct request *rq;
+  const char *method;
+  const char *arg[4];           /* the values of the pattern's ":name" segments, in order */
+  char *seg[CALL_MAX_SEGS];     /* the path's segments */
+  int n;
+  bool have_rec;
+  struct sbx_sandbox_rec rec;   /* with ROUTE_SANDBOX: the caller's sandbox arg[0] */
+};
+
+/* Where a request is: its headers and body arrive on one of
+   libmicrohttpd's threads; its handler runs on a handler thread while the
+   connection is suspended; the answer is queued back on libmicrohttpd's
+   thread. */
+enum request_phase {
+  RQ_READING,
+  RQ_RUNNING,
+  RQ_ANSWERED,
 };
 
 struct request {
+  struct http_server *h;
+  struct MHD_Connection *c;
+  const char *mhd_method, *mhd_url; /* libmicrohttpd's, valid for the request */
   char *body;
-  size_t len;
-  bool too_big;
+  size_t len, alloc;
+  size_t body_max;       /* the route's limit */
+  bool too_big;          /* the body passed body_max: 413 once it is in */
+  bool no_room;          /* no room for it in memory now: 503 once it is in */
+  bool drain;            /* refused from its headers; the answer waits for a small body */
   bool authed;
   bool envd;             /* an E2B envd call (E2b-Sandbox-Id header) */
   char signed_id[SBX_ID_MAX]; /* the sandbox of a signed download URL */
   struct sbx_org org;
   struct upload *upload; /* a multipart upload being streamed */
+  char *stage;           /* upload bytes for the next handler job */
+  size_t stage_len;
   int64_t start_ns;      /* when its headers were in, for the request log */
   char method[12], url[160];
   const char *route;     /* the pattern it matched, for the request log */
   char sandbox_id[SBX_ID_MAX]; /* the sandbox it named, for the request log */
+  const struct dialect *dialect; /* whose shapes its answers take */
+  unsigned status;       /* of its answer, for the request log */
+  const struct route *r; /* its route, found from the headers */
+  char path[1024];       /* the path, split into k.seg */
+  struct call k;
+  enum request_phase phase;
+  bool dispatched;       /* its handler ran (or runs) */
+  enum MHD_Result (*job) (struct request *rq); /* what a handler thread runs */
+  struct MHD_Response *answer; /* queued by a handler thread */
+  struct request *next_job;
 };
 
 /* ---- dialects and routes ---- */
@@ -71,26 +121,13 @@ struct dialect {
 extern const struct dialect dialect_sandbase; /* seed 001 and E2B: {code, message} */
 extern const struct dialect dialect_seed002;  /* seed 002: {error: {code, message}} */
 
-#define CALL_MAX_SEGS 8
-
-/* One routed request. */
-struct call {
-  struct http_server *h;
-  struct MHD_Connection *c;
-  struct request *rq;
-  const char *method;
-  const char *arg[4];           /* the values of the pattern's ":name" segments, in order */
-  char *seg[CALL_MAX_SEGS];     /* the path's segments */
-  int n;
-  bool have_rec;
-  struct sbx_sandbox_rec rec;   /* with ROUTE_SANDBOX: the caller's sandbox arg[0] */
-};
-
 typedef enum MHD_Result (*route_fn) (struct call *k);
 
 enum route_flags {
-  ROUTE_PUBLIC = 1u << 0,  /* no API key */
-  ROUTE_SANDBOX = 1u << 1, /* arg[0] is a sandbox id the caller must own (else 404) */
+  ROUTE_PUBLIC = 1u << 0,   /* no API key */
+  ROUTE_SANDBOX = 1u << 1,  /* arg[0] is a sandbox id the caller must own (else 404) */
+  ROUTE_BIG_BODY = 1u << 2, /* a body carrying file contents (BIG_BODY_MAX, not JSON_BODY_MAX) */
+  ROUTE_INLINE = 1u << 3,   /* never blocks: runs on libmicrohttpd's thread */
 };
 
 /* METHOD ("*" for any) and PATTERN: literal segments, ":name" for one
@@ -106,9 +143,8 @@ struct route {
 extern const struct route api_routes[];
 extern const size_t api_n_routes;
 
-/* The dialect of the request this thread is answering.  libmicrohttpd
-   gives every connection its own thread and handlers answer on it, so the
-   router sets it once per request and the answer helpers read it. */
+/* The dialect of the request this thread is answering (the router sets
+   the request's, and the thread that runs its handler knows the request). */
 const struct dialect *current_dialect (void);
 
 /* An error answer in the current dialect: STATUS and a message. */
@@ -120,11 +156,14 @@ enum MHD_Result send_fail (struct MHD_Connection *c, const struct sbx_err *err);
 /* answers */
 enum MHD_Result send_json (struct MHD_Connection *c, unsigned status, json_t *j);
 enum MHD_Result send_empty (struct MHD_Connection *c, unsigned status);
-/* Queue R with STATUS, remembering STATUS for the request log. */
+/* Queue R (which this takes over) with STATUS, remembering STATUS for the
+   request log.  On a handler thread the answer is kept and queued once
+   the connection is back on libmicrohttpd's thread. */
 enum MHD_Result queue_response (struct MHD_Connection *c, unsigned status, struct MHD_Response *r);
-/* 200 with a body streamed from the read end FD of a pipe (chunked); the
-   arguments after CONTENT_TYPE are extra header name, value pairs ending
-   with NULL. */
+/* 200 with a body streamed from the read end FD of a pipe (chunked), which
+   this takes over; the writer is a thread of the caller's.  The arguments
+   after CONTENT_TYPE are extra header name, value pairs ending with
+   NULL. */
 enum MHD_Result send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...);
 
 /* bodies and parameters */

@@ -129,9 +129,7 @@ e2b_list_v2 (struct call *k)
   MHD_add_response_header (r, "Content-Type", "application/json");
   if (*token)
     MHD_add_response_header (r, "x-next-token", token);
-  enum MHD_Result ret = MHD_queue_response (c, 200, r);
-  MHD_destroy_response (r);
-  return ret;
+  return queue_response (c, 200, r);
 }
 
 

@@ -9,6 +9,10 @@
  *   GET  /sandboxes/:id/files?path=P   the raw bytes, streamed (seed 003;
  *                               no 1 MB limit)
  *
+ * Everything that talks to the sandbox (opening the destination, each
+ * piece, the end) runs on a handler thread (server.c hands the body over
+ * in pieces), never on libmicrohttpd's threads.
+ *
  * libmicrohttpd's post processor parses the multipart body.  When the
  * `path` field comes before the file (as most clients send it) the bytes
  * go straight to the sandbox; when it comes after, they are spooled to an
@@ -93,6 +97,8 @@ push (struct upload *u, const char *data, size_t size)
     }
   if (size == 0)
     return 0;
+  if (u->raw && u->w == NULL && open_writer (u) < 0)
+    return -1;
   if (u->w)
     {
       struct sbx_err err;
@@ -116,6 +122,9 @@ on_field (void *cls, enum MHD_ValueKind kind, const char *key, const char *filen
   struct upload *u = cls;
   if (u->status)
     return MHD_NO;
+  if (key == NULL)
+    return fail (u, 400, "malformed multipart body: a part has no name (Content-Disposition: form-data; name=...)"),
+           MHD_NO;
   if (strcmp (key, "path") == 0 && filename == NULL)
     {
       /* a path after the file is fine while the file is spooled; once
@@ -184,15 +193,11 @@ upload_begin (struct http_server *h, struct MHD_Connection *c, struct request *r
   rq->upload = u;
   if (raw)
     {
-      /* the whole body is the file (E2B's octet-stream upload) */
+      /* the whole body is the file (E2B's octet-stream upload); the
+         destination is opened by the first handler job (upload_feed), as
+         this runs on libmicrohttpd's thread, which must not wait on the
+         sandbox */
       u->raw = true;
-      if (open_writer (u) < 0)
-        {
-          rq->upload = NULL;
-          enum MHD_Result r = send_error (c, u->status, "%s", u->msg);
-          free (u);
-          return r;
-        }
       return MHD_YES;
     }
   u->pp = MHD_create_post_processor (c, 64 * 1024, on_field, u);
@@ -226,6 +231,8 @@ upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq)
   (void) h;
   struct upload *u = rq->upload;
   struct sbx_err err;
+  if (u->status == 0 && u->raw && u->w == NULL)
+    open_writer (u); /* an empty file */
   if (u->status == 0 && u->w == NULL && u->spool < 0)
     fail (u, 400, "the file field is missing");
   if (u->status == 0 && u->spool >= 0)

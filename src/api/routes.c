@@ -5,6 +5,10 @@
  * matches with another method only answers 405.  ROUTE_SANDBOX entries get
  * their ":id" checked against the caller's organisation first (404 when it
  * is not the caller's), so handlers never see another tenant's sandbox.
+ * All of that is decided from the headers, before the body is read; a
+ * body may be JSON_BODY_MAX bytes, or BIG_BODY_MAX on ROUTE_BIG_BODY
+ * entries (file contents in base64, stdin, code).  Handlers run on a
+ * handler thread, except ROUTE_INLINE ones (server.c).
  *
  * Calls the E2B SDKs make to a sandbox's own agent (envd, with an
  * E2b-Sandbox-Id header) and signed file URLs do not come through this
@@ -13,12 +17,13 @@
 #include "api.h"
 
 #define SB ROUTE_SANDBOX
+#define BIG ROUTE_BIG_BODY
 #define D1 (&dialect_sandbase)
 #define D2 (&dialect_seed002)
 
 const struct route api_routes[] = {
-  { "GET", "/health", send_health, ROUTE_PUBLIC, D1 },
-  { "GET", "/openapi.yaml", send_openapi, ROUTE_PUBLIC, D1 },
+  { "GET", "/health", send_health, ROUTE_PUBLIC | ROUTE_INLINE, D1 },
+  { "GET", "/openapi.yaml", send_openapi, ROUTE_PUBLIC | ROUTE_INLINE, D1 },
 
   /* seed 001 (SandBase) and E2B's control plane */
   { "POST", "/sandboxes", sandbase_create, 0, D1 },
@@ -41,8 +46,8 @@ const struct route api_routes[] = {
   { "GET", "/sandboxes/:id/processes", sandbase_processes, SB, D1 },
   { "POST", "/sandboxes/:id/processes/stream", sandbase_exec_stream, SB, D1 },
   { "GET", "/sandboxes/:id/processes/:pid/stream", sandbase_attach, SB, D1 },
-  { "POST", "/sandboxes/:id/processes/:pid/:action", sandbase_process_action, SB, D1 },
-  { "*", "/sandboxes/:id/filesystem", sandbase_filesystem, SB, D1 },
+  { "POST", "/sandboxes/:id/processes/:pid/:action", sandbase_process_action, SB | BIG, D1 },
+  { "*", "/sandboxes/:id/filesystem", sandbase_filesystem, SB | BIG, D1 },
   { "*", "/sandboxes/:id/filesystem/:op", sandbase_filesystem, SB, D1 },
 
   /* lifecycle events and webhooks (E2B's shapes) */
@@ -53,7 +58,7 @@ const struct route api_routes[] = {
   { "GET", "/api/sandbox", seed002_list, 0, D2 },
   { "GET", "/api/sandbox/:id", seed002_get, SB, D2 },
   { "DELETE", "/api/sandbox/:id", seed002_destroy, SB, D2 },
-  { "POST", "/api/sandbox/:id/run", seed002_run, SB, D2 },
+  { "POST", "/api/sandbox/:id/run", seed002_run, SB | BIG, D2 },
   { "GET", "/api/sandbox/:id/run/:run", seed002_run_get, SB, D2 },
   { "GET", "/api/sandbox/:id/runs", seed002_runs, SB, D2 },
   { "GET", "/api/sandbox/:id/network/log", egress_log_route, SB, D2 },

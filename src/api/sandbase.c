@@ -28,10 +28,11 @@
 
 #include "../common/util.h"
 #include "../service/encode.h"
+#include "../service/output.h"
 #include "../service/service.h"
 
 #define MAX_READ_BYTES (1u << 20)     /* seed 001: reads larger than 1 MB are refused */
-#define MAX_CAPTURE (16u << 20)       /* stdout/stderr kept by a synchronous exec */
+#define MAX_CAPTURE (16u << 20)       /* stdout/stderr kept by a synchronous exec, each, JSON-encoded */
 #define DEFAULT_EXEC_TIMEOUT_S 60     /* seed 001 */
 #define MAX_EXEC_TIMEOUT_S 3600
 
@@ -352,9 +353,8 @@ parse_exec (struct MHD_Connection *c, struct request *rq, struct exec_params *p,
 }
 
 struct capture {
-  char *out, *err;
-  size_t out_len, err_len;
-  bool truncated;
+  struct sbx_capture out, err; /* JSON text, ready to send */
+  char *tail;                  /* the answer's other fields */
   uint32_t pid;
   int exit_code, signal;
   bool timed_out, ended, stop_after_start;
@@ -371,10 +371,10 @@ capture_event (const struct sbx_proc_event *ev, void *ud)
       return cp->stop_after_start ? -1 : 0;
     case SBX_PROC_STDOUT:
     case SBX_PROC_PTY:
-      sbx_buf_append_capped (&cp->out, &cp->out_len, ev->data, ev->len, MAX_CAPTURE, &cp->truncated);
+      sbx_capture_add (&cp->out, ev->data, ev->len);
       return 0;
     case SBX_PROC_STDERR:
-      sbx_buf_append_capped (&cp->err, &cp->err_len, ev->data, ev->len, MAX_CAPTURE, &cp->truncated);
+      sbx_capture_add (&cp->err, ev->data, ev->len);
       return 0;
     case SBX_PROC_KEEPALIVE:
       return 0;
@@ -421,6 +421,45 @@ text_json (const char *s, size_t n)
   return j;
 }
 
+static void
+capture_free (void *cls)
+{
+  struct capture *cp = cls;
+  sbx_capture_free (&cp->out);
+  sbx_capture_free (&cp->err);
+  free (cp->tail);
+  free (cp);
+}
+
+/* The answer of a synchronous exec: {"stdout": ..., "stderr": ..., and
+   the rest}.  The two outputs are already JSON text (escaped as they
+   came, bounded after encoding): they are sent from where they are, not
+   copied into one more buffer, and their memory stays counted in the
+   output budget until the answer is sent. */
+static enum MHD_Result
+send_exec_answer (struct MHD_Connection *c, struct capture *cp, json_t *rest)
+{
+  cp->tail = json_dumps (rest, JSON_COMPACT);
+  json_decref (rest);
+  if (cp->tail == NULL || cp->tail[0] != '{')
+    {
+      capture_free (cp);
+      return MHD_NO;
+    }
+  cp->tail[0] = ','; /* {"exitCode": ...} goes on after the outputs */
+  struct MHD_IoVec iov[] = { { "{\"stdout\":\"", 11 }, { cp->out.data, cp->out.len },
+                             { "\",\"stderr\":\"", 12 }, { cp->err.data, cp->err.len },
+                             { "\"", 1 },                  { cp->tail, strlen (cp->tail) } };
+  struct MHD_Response *r = MHD_create_response_from_iovec (iov, sizeof iov / sizeof iov[0], capture_free, cp);
+  if (r == NULL)
+    {
+      capture_free (cp);
+      return MHD_NO;
+    }
+  MHD_add_response_header (r, "Content-Type", "application/json");
+  return queue_response (c, 200, r);
+}
+
 static enum MHD_Result
 exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
 {
@@ -439,38 +478,44 @@ exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, stru
                              .rows = p.rows,
                              .cols = p.cols,
                              .timeout_ms = p.background ? 0 : p.timeout_ms };
-  struct capture cp = { .stop_after_start = p.background };
+  struct capture *cp = calloc (1, sizeof *cp);
+  if (cp == NULL)
+    {
+      exec_params_free (&p);
+      return send_error (c, 500, "out of memory");
+    }
+  cp->stop_after_start = p.background;
+  sbx_capture_init (&cp->out, MAX_CAPTURE, true);
+  sbx_capture_init (&cp->err, MAX_CAPTURE, true);
   struct sbx_err err;
-  int r = sbx_exec (h->engine, id, &o, capture_event, &cp, &err);
+  int r = sbx_exec (h->engine, id, &o, capture_event, cp, &err);
   exec_params_free (&p);
   if (r < 0)
     {
-      free (cp.out);
-      free (cp.err);
+      capture_free (cp);
       return send_fail (c, &err);
     }
-  json_t *j;
   if (p.background)
-    j = json_pack ("{s:i}", "pid", (int) cp.pid);
-  else if (!cp.ended)
     {
-      free (cp.out);
-      free (cp.err);
-      return send_error (c, 500, "process %u ended without a status", cp.pid);
+      uint32_t pid = cp->pid;
+      capture_free (cp);
+      return send_json (c, 200, json_pack ("{s:i}", "pid", (int) pid));
     }
-  else
+  if (!cp->ended)
     {
-      int code = cp.signal ? 128 + cp.signal : cp.exit_code;
-      j = json_pack ("{s:o, s:o, s:i, s:i, s:b}", "stdout", text_json (cp.out, cp.out_len), "stderr",
-                     text_json (cp.err, cp.err_len), "exitCode", code, "pid", (int) cp.pid, "timedOut", cp.timed_out);
-      if (cp.signal)
-        json_object_set_new (j, "signal", json_integer (cp.signal));
-      if (cp.truncated)
-        json_object_set_new (j, "truncated", json_true ());
+      uint32_t pid = cp->pid;
+      capture_free (cp);
+      return send_error (c, 500, "process %u ended without a status", pid);
     }
-  free (cp.out);
-  free (cp.err);
-  return send_json (c, 200, j);
+  sbx_capture_end (&cp->out);
+  sbx_capture_end (&cp->err);
+  int code = cp->signal ? 128 + cp->signal : cp->exit_code;
+  json_t *j = json_pack ("{s:i, s:i, s:b}", "exitCode", code, "pid", (int) cp->pid, "timedOut", cp->timed_out);
+  if (cp->signal)
+    json_object_set_new (j, "signal", json_integer (cp->signal));
+  if (cp->out.truncated || cp->err.truncated)
+    json_object_set_new (j, "truncated", json_true ());
+  return send_exec_answer (c, cp, j);
 }
 
 /* Streaming: a worker writes NDJSON lines to a pipe that MHD sends. */

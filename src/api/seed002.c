@@ -25,6 +25,7 @@
 #include "../common/util.h"
 #include "../core/net.h"
 #include "../service/encode.h"
+#include "../service/output.h"
 
 #define DEFAULT_TIMEOUT_S 1800  /* the seed's field table: at most 3600 */
 #define MAX_TIMEOUT_S 3600
@@ -633,6 +634,12 @@ seed002_run_get (struct call *k)
   return ret;
 }
 
+/* A runs list holds the runs' outputs: it stops before this many bytes
+   of them (encoded), reading the store a few runs at a time, and says
+   where to go on (truncated, next_offset). */
+#define RUNS_ANSWER_MAX (8u << 20)
+#define RUNS_PAGE 8
+
 enum MHD_Result
 seed002_runs (struct call *k)
 {
@@ -643,21 +650,47 @@ seed002_runs (struct call *k)
     return send_error (k->c, 400, "limit must be between 1 and %d", LIST_MAX);
   if (os && ((offset = strtoll (os, &end, 10)) < 0 || offset > UINT32_MAX || *end))
     return send_error (k->c, 400, "offset must be a non-negative integer");
-  struct sbx_run_rec *v;
-  size_t n;
-  struct sbx_err err;
-  if (sbx_store_run_list (k->h->store, k->rq->org.id, k->arg[0], (uint32_t) offset, (uint32_t) limit, &v, &n, &err)
-      < 0)
-    return send_fail (k->c, &err);
   json_t *arr = json_array ();
-  for (size_t i = 0; i < n; i++)
+  long long taken = 0;
+  size_t bytes = 0;
+  bool cut = false, more = true;
+  while (more && !cut && taken < limit && offset + taken <= UINT32_MAX)
     {
-      json_t *j = run_json (&v[i]);
-      char created[40];
-      sbx_rfc3339_s (v[i].created_ms, created, sizeof created);
-      json_object_set_new (j, "created_at", json_string (created));
-      json_array_append_new (arr, j);
+      struct sbx_run_rec *v;
+      size_t n;
+      struct sbx_err err;
+      uint32_t want = limit - taken < RUNS_PAGE ? (uint32_t) (limit - taken) : RUNS_PAGE;
+      if (sbx_store_run_list (k->h->store, k->rq->org.id, k->arg[0], (uint32_t) (offset + taken), want, &v, &n, &err)
+          < 0)
+        {
+          json_decref (arr);
+          return send_fail (k->c, &err);
+        }
+      more = n == want;
+      for (size_t i = 0; i < n; i++)
+        {
+          const char *o = v[i].stdout_text ? v[i].stdout_text : "", *e = v[i].stderr_text ? v[i].stderr_text : "";
+          size_t size = sbx_json_text_size (o, strlen (o)) + sbx_json_text_size (e, strlen (e)) + 1024;
+          if (taken > 0 && bytes + size > RUNS_ANSWER_MAX)
+            {
+              cut = true;
+              break;
+            }
+          bytes += size;
+          json_t *j = run_json (&v[i]);
+          char created[40];
+          sbx_rfc3339_s (v[i].created_ms, created, sizeof created);
+          json_object_set_new (j, "created_at", json_string (created));
+          json_array_append_new (arr, j);
+          taken++;
+        }
+      sbx_run_recs_free (v, n);
     }
-  sbx_run_recs_free (v, n);
-  return send_json (k->c, 200, json_pack ("{s:o}", "runs", arr));
+  json_t *answer = json_pack ("{s:o}", "runs", arr);
+  if (cut)
+    {
+      json_object_set_new (answer, "truncated", json_true ());
+      json_object_set_new (answer, "next_offset", json_integer (offset + taken));
+    }
+  return send_json (k->c, 200, answer);
 }

@@ -4,6 +4,7 @@
 #ifndef SBX_API_SERVER_H
 #define SBX_API_SERVER_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
 #include "../common/error.h"
@@ -25,9 +26,18 @@ struct sbx_http_config {
   const struct sockaddr *addr;
   const char *docs_dir;  /* where openapi.yaml is */
   const char *state_dir; /* for spooling uploads */
+  unsigned conn_timeout_s; /* a connection that sends nothing for this long (headers, keep-alive) is closed */
+  unsigned conn_per_ip;  /* connections one client address may hold; 0: no cap */
 };
 
+/* Defaults of the two settings above (sbxd serve --conn-timeout, --conn-per-ip). */
+#define SBX_HTTP_CONN_TIMEOUT_S 30
+#define SBX_HTTP_CONN_PER_IP 256
+
 struct http_server *sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err);
-void sbx_http_stop (struct http_server *h);
+/* Stop serving.  False when requests were still being handled after a
+   grace period: their threads use the engine, which must then be left as
+   it is (the process ends). */
+bool sbx_http_stop (struct http_server *h);
 
 #endif

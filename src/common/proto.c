@@ -255,6 +255,13 @@ sbx_msg_u32 (const struct sbx_msg *m, uint8_t tag, uint32_t def)
   return get_le32 (d);
 }
 
+int
+sbx_msg_termsig (const struct sbx_msg *m)
+{
+  uint32_t sig = sbx_msg_u32 (m, SBX_T_TERMSIG, 0);
+  return sig <= 64 ? (int) sig : -1;
+}
+
 uint64_t
 sbx_msg_u64 (const struct sbx_msg *m, uint8_t tag, uint64_t def)
 {

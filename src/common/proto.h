@@ -146,6 +146,11 @@ int sbx_msg_get (const struct sbx_msg *m, uint8_t tag, const uint8_t **data, uin
 /* Typed getters: return DEF when absent or of the wrong size. */
 uint32_t sbx_msg_u32 (const struct sbx_msg *m, uint8_t tag, uint32_t def);
 uint64_t sbx_msg_u64 (const struct sbx_msg *m, uint8_t tag, uint64_t def);
+/* The signal field SBX_T_TERMSIG of an end report: 0 when absent, the
+   signal when it is a real one (1..64), -1 otherwise.  The agent is not
+   trusted: a huge value would overflow the 128 + signal exit codes that
+   answers compute from it. */
+int sbx_msg_termsig (const struct sbx_msg *m);
 /* A newly allocated NUL-terminated copy of a string field, or NULL. */
 char *sbx_msg_strdup (const struct sbx_msg *m, uint8_t tag);
 

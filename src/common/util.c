@@ -263,25 +263,19 @@ sbx_strv_free (char **v)
   free (v);
 }
 
-void
-sbx_buf_append_capped (char **buf, size_t *len, const void *d, size_t n, size_t cap, bool *truncated)
+bool
+sbx_budget_take (struct sbx_budget *b, size_t n)
 {
-  size_t room = *len < cap ? cap - *len : 0;
-  if (n > room)
-    {
-      *truncated = true;
-      n = room;
-    }
-  if (n == 0)
-    return;
-  char *nb = realloc (*buf, *len + n + 1);
-  if (nb == NULL)
-    {
-      *truncated = true;
-      return;
-    }
-  memcpy (nb + *len, d, n);
-  *len += n;
-  nb[*len] = '\0';
-  *buf = nb;
+  size_t used = __atomic_load_n (&b->used, __ATOMIC_RELAXED);
+  do
+    if (n > b->max || used > b->max - n)
+      return false;
+  while (!__atomic_compare_exchange_n (&b->used, &used, used + n, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+  return true;
+}
+
+void
+sbx_budget_give (struct sbx_budget *b, size_t n)
+{
+  __atomic_fetch_sub (&b->used, n, __ATOMIC_RELAXED);
 }

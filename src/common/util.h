@@ -61,10 +61,16 @@ void *sbx_grow (void *v, size_t *n, size_t *cap, size_t elem);
    unchanged). */
 int sbx_reserve (void *bufp, size_t *cap, size_t need, size_t min);
 
-/* Append N bytes of D to the NUL-terminated buffer *BUF of *LEN bytes,
-   keeping at most CAP bytes: what does not fit (or cannot be allocated)
-   is dropped and *TRUNCATED set.  For output kept from a process. */
-void sbx_buf_append_capped (char **buf, size_t *len, const void *d, size_t n, size_t cap, bool *truncated);
+/* An allowance of bytes that concurrent requests take from and give back
+   (buffered output, request bodies): a bound on their sum, whatever each
+   request does.  Lock-free; USED never exceeds MAX. */
+struct sbx_budget {
+  size_t max;
+  size_t used;
+};
+/* Take N bytes; false (nothing taken) when they would pass the bound. */
+bool sbx_budget_take (struct sbx_budget *b, size_t n);
+void sbx_budget_give (struct sbx_budget *b, size_t n);
 
 /* Free a NULL-terminated list of strings and the list (NULL is fine). */
 void sbx_strv_free (char **v);

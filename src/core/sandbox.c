@@ -1865,7 +1865,13 @@ stream_events (int fd, const char *id, uint32_t keepalive_ms, sbx_proc_fn fn, vo
         case SBX_EV_END:
           ev.kind = SBX_PROC_END;
           ev.exit_code = (int) sbx_msg_u32 (&m, SBX_T_EXIT, (uint32_t) -1);
-          ev.signal = (int) sbx_msg_u32 (&m, SBX_T_TERMSIG, 0);
+          ev.signal = sbx_msg_termsig (&m);
+          if (ev.signal < 0)
+            {
+              /* not a signal: how it ended is unknown */
+              ev.signal = 0;
+              ev.exit_code = -1;
+            }
           ev.timed_out = sbx_msg_u32 (&m, SBX_T_TIMEDOUT, 0) != 0;
           break;
         default:

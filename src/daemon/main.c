@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@ usage (FILE *f)
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
+         "             [--conn-timeout SECONDS] [--conn-per-ip N]\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -160,6 +162,8 @@ cmd_serve (int argc, char **argv)
                                         { "outbound-allow", required_argument, NULL, 'O' },
                                         { "disk-reserve-mb", required_argument, NULL, 'R' },
                                         { "disk-overcommit", required_argument, NULL, 'C' },
+                                        { "conn-timeout", required_argument, NULL, 'T' },
+                                        { "conn-per-ip", required_argument, NULL, 'P' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -174,6 +178,7 @@ cmd_serve (int argc, char **argv)
   bool reserve_set = false;
   uint32_t reserve_mb = 0;
   double overcommit = 1.0;
+  unsigned conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -251,6 +256,23 @@ cmd_serve (int argc, char **argv)
             }
           break;
         }
+      case 'T':
+      case 'P':
+        {
+          char *end;
+          errno = 0;
+          unsigned long v = strtoul (optarg, &end, 10);
+          bool timeout = c == 'T';
+          if (errno || *end || *optarg == '\0' || *optarg == '-' || (timeout && (v < 1 || v > 3600))
+              || v > 1000000)
+            {
+              fprintf (stderr, "sbxd: invalid --%s %s (%s)\n", timeout ? "conn-timeout" : "conn-per-ip", optarg,
+                       timeout ? "1..3600 seconds" : "0..1000000; 0: no cap");
+              return 2;
+            }
+          *(timeout ? &conn_timeout : &conn_per_ip) = (unsigned) v;
+          break;
+        }
       case 'l':
         listen = optarg;
         break;
@@ -275,6 +297,9 @@ cmd_serve (int argc, char **argv)
   if (log_json)
     sbx_log_set_sink (sbx_log_json_sink, NULL);
   signal (SIGPIPE, SIG_IGN);
+  /* buffers of a MiB and more (outputs, bodies) are mappings of their
+     own, so their memory goes back to the system when they are freed */
+  mallopt (M_MMAP_THRESHOLD, 1 << 20);
   struct sbx_err err;
   struct sbx_store *store = open_store (state, &err);
   if (store == NULL)
@@ -351,7 +376,9 @@ cmd_serve (int argc, char **argv)
                                 .outbound = &outbound,
                                 .addr = (struct sockaddr *) &sa,
                                 .docs_dir = SBXD_DOCS_DIR,
-                                .state_dir = state };
+                                .state_dir = state,
+                                .conn_timeout_s = conn_timeout,
+                                .conn_per_ip = conn_per_ip };
   struct http_server *h = sbx_http_start (&hc, &err);
   if (h == NULL)
     {
@@ -368,7 +395,8 @@ cmd_serve (int argc, char **argv)
   while (!stop_requested)
     pause ();
   sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
-  sbx_http_stop (h);
+  if (!sbx_http_stop (h))
+    return 0; /* handlers still use the engine: the process ends under them */
   unsigned busy = sbx_service_runs_in_progress ();
   if (busy)
     {

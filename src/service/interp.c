@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "output.h"
 #include "../core/sandbox.h"
 #include "interp.h"
 
@@ -390,6 +391,30 @@ struct lines {
 
 typedef int (*line_fn) (const char *line, size_t n, void *ud);
 
+/* Room for NEED bytes of a line; its memory comes from the daemon's
+   output budget (output.h), so lines of many cells together stay
+   bounded: a line finding none is dropped like an over-long one. */
+static bool
+lines_room (struct lines *l, size_t need)
+{
+  if (need <= l->cap)
+    return true;
+  size_t ncap = l->cap ? l->cap : 4096;
+  while (ncap < need)
+    ncap *= 2;
+  if (!sbx_budget_take (&sbx_output_budget, ncap - l->cap))
+    return false;
+  char *nb = realloc (l->buf, ncap);
+  if (nb == NULL)
+    {
+      sbx_budget_give (&sbx_output_budget, ncap - l->cap);
+      return false;
+    }
+  l->buf = nb;
+  l->cap = ncap;
+  return true;
+}
+
 /* Feed output; FN gets every complete line (without its newline) and may
    return <0 to stop, which this returns. */
 static int
@@ -418,7 +443,7 @@ lines_feed (struct lines *l, const uint8_t *data, size_t n, line_fn fn, void *ud
         }
       else
         {
-          if (sbx_reserve (&l->buf, &l->cap, l->len + seg, 4096) < 0)
+          if (!lines_room (l, l->len + seg))
             {
               l->len = 0;
               l->dropped = true;
@@ -445,6 +470,7 @@ static void
 lines_free (struct lines *l)
 {
   free (l->buf);
+  sbx_budget_give (&sbx_output_budget, l->cap);
   memset (l, 0, sizeof *l);
 }
 

@@ -8,8 +8,9 @@
  * standard input, so its size is not bounded by the kernel's argument
  * limit, only by SBX_RUN_CODE_MAX.
  *
- * Bounds: each output stream keeps its first SBX_RUN_OUTPUT_MAX bytes (the
- * rest is counted as truncated); at most SBX_RUN_ACTIVE_MAX runs execute
+ * Bounds: each output stream keeps what fits in SBX_RUN_OUTPUT_MAX bytes
+ * once encoded for a JSON answer, within the daemon's output budget
+ * (output.h; the rest is dropped and the run says truncated); at most SBX_RUN_ACTIVE_MAX runs execute
  * at once per sandbox and SBX_RUN_ASYNC_MAX asynchronous runs in the
  * daemon (one thread each); past these a run fails with SBX_E_LIMIT.
  *
@@ -28,6 +29,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "output.h"
 
 #define SBX_WASM_RUNNER "/opt/sbxd/wasm-run.mjs"
 
@@ -122,9 +124,8 @@ struct job {
   struct sbx_service *svc;
   struct sbx_run_rec run;
   bool wasm, async;
-  /* output as it comes */
-  char *out, *err;
-  size_t out_len, err_len;
+  /* output as it comes, raw, bounded after encoding */
+  struct sbx_capture out, err;
   uint32_t pid;
   bool ended;
   int exit_code, signal;
@@ -137,8 +138,8 @@ static void
 job_free (struct job *j)
 {
   sbx_run_rec_free (&j->run);
-  free (j->out);
-  free (j->err);
+  sbx_capture_free (&j->out);
+  sbx_capture_free (&j->err);
   free (j);
 }
 
@@ -161,10 +162,10 @@ job_event (const struct sbx_proc_event *ev, void *ud)
       }
     case SBX_PROC_STDOUT:
     case SBX_PROC_PTY:
-      sbx_buf_append_capped (&j->out, &j->out_len, ev->data, ev->len, SBX_RUN_OUTPUT_MAX, &j->run.stdout_truncated);
+      sbx_capture_add (&j->out, ev->data, ev->len);
       return 0;
     case SBX_PROC_STDERR:
-      sbx_buf_append_capped (&j->err, &j->err_len, ev->data, ev->len, SBX_RUN_OUTPUT_MAX, &j->run.stderr_truncated);
+      sbx_capture_add (&j->err, ev->data, ev->len);
       return 0;
     case SBX_PROC_KEEPALIVE:
       return 0;
@@ -199,9 +200,12 @@ job_execute (struct job *j)
     run->finished_ms = t0;
   free (run->stdout_text);
   free (run->stderr_text);
-  run->stdout_text = j->out ? j->out : strdup ("");
-  run->stderr_text = j->err ? j->err : strdup ("");
-  j->out = j->err = NULL;
+  sbx_capture_end (&j->out);
+  sbx_capture_end (&j->err);
+  run->stdout_truncated = j->out.truncated;
+  run->stderr_truncated = j->err.truncated;
+  run->stdout_text = sbx_capture_take (&j->out, NULL);
+  run->stderr_text = sbx_capture_take (&j->err, NULL);
   if (r < 0 || !j->ended)
     {
       snprintf (run->status, sizeof run->status, "failed");
@@ -271,6 +275,8 @@ sbx_service_run (struct sbx_service *svc, const struct sbx_org *org, const struc
       return sbx_fail (err, ENOMEM, "run");
     }
   j->svc = svc;
+  sbx_capture_init (&j->out, SBX_RUN_OUTPUT_MAX, false);
+  sbx_capture_init (&j->err, SBX_RUN_OUTPUT_MAX, false);
   j->async = req->async;
   j->wasm = strcmp (sb->mode, "wasm") == 0;
   snprintf (j->run.sandbox_id, sizeof j->run.sandbox_id, "%s", sb->id);
