@@ -2478,10 +2478,10 @@ min_u (unsigned a, unsigned b)
   return a < b ? a : b;
 }
 
-/* The bounds of LIM (0: the defaults).  The shared pools take at most a
-   quarter of the descriptors the process may open (a relayed connection
-   holds two, a query one), so that a low limit shrinks them rather than
-   leaving the daemon without descriptors. */
+/* The bounds of LIM (0: the defaults).  Each shared pool takes at most
+   a quarter of the descriptors the process may open (a relayed
+   connection holds two, a query one), so that a low limit shrinks them
+   rather than leaving the daemon without descriptors. */
 static void
 set_limits (struct sbx_netproxy *p, const struct sbx_netproxy_limits *lim)
 {
