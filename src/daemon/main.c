@@ -39,6 +39,7 @@ usage (FILE *f)
   fputs ("usage:\n"
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
+         "             [--dns-rate N] [--filter-conns N]   (per sandbox; docs/network.md)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
@@ -135,6 +136,8 @@ cmd_serve (int argc, char **argv)
                                         { "dns-upstream", required_argument, NULL, 'd' },
                                         { "net-allow", required_argument, NULL, 'a' },
                                         { "no-network", no_argument, NULL, 'N' },
+                                        { "dns-rate", required_argument, NULL, 'R' },
+                                        { "filter-conns", required_argument, NULL, 'C' },
                                         { "log-level", required_argument, NULL, 'L' },
                                         { "log-format", required_argument, NULL, 'F' },
                                         { "image", required_argument, NULL, 'I' },
@@ -169,6 +172,25 @@ cmd_serve (int argc, char **argv)
       case 'N':
         network = false;
         break;
+      case 'R':
+      case 'C':
+        {
+          /* per sandbox: DNS queries a second; TCP connections through the filters */
+          char *end;
+          errno = 0;
+          long v = strtol (optarg, &end, 10);
+          if (errno || *end || end == optarg || v < 1 || v > 100000)
+            {
+              fprintf (stderr, "sbxd: invalid --%s %s (want 1 to 100000)\n", c == 'R' ? "dns-rate" : "filter-conns",
+                       optarg);
+              return 2;
+            }
+          if (c == 'R')
+            net.limits.dns_rate = (unsigned) v;
+          else
+            net.limits.conns = (unsigned) v;
+          break;
+        }
       case 'L':
         if (sbx_log_level_parse (optarg, &log_level) < 0)
           {
