@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""bench_net.py URL KEY: throughput from a sandbox to a peer, as JSON.
+"""bench_net.py URL KEY: throughput from a sandbox to a peer, and DNS
+latency under another sandbox's flood, as JSON.
 
 The peer is a network namespace this script makes (sbxb-peer, 203.0.113.10
-behind a veth from the host, with a DNS server for peer.test) and removes
-at the end; no traffic goes anywhere else.  The running sbxd at URL must use
+behind a veth from the host, with a DNS server for peer.test that sends
+names under slow.test to a server that never answers, in the same
+namespace) and removes at the
+end; no traffic goes anywhere else.  The running sbxd at URL must use
 203.0.113.53 as its DNS upstream.  It measures 512 MiB sent over TCP:
   direct   internet mode, forwarded and masqueraded by the kernel
   filtered allowOut ["peer.test"] + denyOut ["0.0.0.0/0"], port 80, through
            the daemon's HTTP/TLS filter
+and the latency of sandbox B's DNS answers (peer.test, 10 queries one
+after the other), quiet and while sandbox A sends 600 names under
+slow.test a second (each would hold a slot of the DNS filter for 4 s).
 """
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import requests
@@ -33,6 +40,13 @@ def serve(port):
         threading.Thread(target=drain, daemon=True).start()
 for p in (80, 9000):
     threading.Thread(target=serve, args=(p,), daemon=True).start()
+def blackhole():
+    # the DNS server of slow.test: reads every query, answers none
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("203.0.113.10", 5353))
+    while True:
+        u.recv(4096)
+threading.Thread(target=blackhole, daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
 """
@@ -50,6 +64,57 @@ for _ in range(mib):
 s.shutdown(socket.SHUT_WR)
 assert s.recv(4) == b"done"
 print(mib / (time.monotonic() - t))
+"""
+
+
+# In sandbox A: RATE names under slow.test a second for SECONDS.
+DNS_FLOOD = r"""
+import os, socket, struct, sys, time
+seconds, rate = float(sys.argv[1]), int(sys.argv[2])
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+tag = os.urandom(4).hex()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+t0, sent = time.monotonic(), 0
+while time.monotonic() - t0 < seconds:
+    while sent < int((time.monotonic() - t0) * rate):
+        q = struct.pack(">HHHHHH", sent & 0xFFFF, 0x0100, 1, 0, 0, 0)
+        for label in (f"s{sent}-{tag}", "slow", "test"):
+            q += bytes([len(label)]) + label.encode()
+        try:
+            s.sendto(q + b"\0" + struct.pack(">HH", 1, 1), (server, 53))
+        except BlockingIOError:
+            pass
+        sent += 1
+    try:
+        while s.recv(4096):
+            pass
+    except BlockingIOError:
+        time.sleep(0.002)
+"""
+
+# In sandbox B: N queries for peer.test, one after the other; each one's
+# latency in ms (null: no answer in 1 s).
+DNS_PROBE = r"""
+import json, os, socket, struct, sys, time
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+out = []
+for i in range(int(sys.argv[1])):
+    qid = int.from_bytes(os.urandom(2), "big")
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + b"\x04peer\x04test\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    t = time.monotonic()
+    try:
+        s.sendto(q, (server, 53))
+        while s.recv(4096)[:2] != q[:2]:
+            pass
+        out.append(round((time.monotonic() - t) * 1000, 2))
+    except OSError:
+        out.append(None)
+    s.close()
+    time.sleep(0.05)
+print(json.dumps(out))
 """
 
 
@@ -75,7 +140,8 @@ def peer_up():
     sh("ip", "-n", NS, "route", "add", "default", "via", "203.0.113.1")
     dns = subprocess.Popen(["ip", "netns", "exec", NS, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
                             "--bind-interfaces", "--listen-address=203.0.113.53", "--pid-file=",
-                            "--address=/peer.test/203.0.113.10"],
+                            "--address=/peer.test/203.0.113.10", "--server=/slow.test/203.0.113.10#5353",
+                            "--dns-forward-max=20000"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sink = subprocess.Popen(["ip", "netns", "exec", NS, "/usr/bin/python3", "-c", SINK],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -83,12 +149,46 @@ def peer_up():
     return [dns, sink]
 
 
+def dns_fairness(url, http):
+    """B's DNS latency (ms), quiet and under A's flood of slow names."""
+    sids = []
+    try:
+        for _ in range(2):
+            r = http.post(url + "/sandboxes", json={"templateID": "base", "timeout": 120}, timeout=60)
+            r.raise_for_status()
+            sids.append(r.json()["sandboxID"])
+        a, b = sids
+
+        def run(sid, code, *args):
+            r = http.post(url + f"/sandboxes/{sid}/processes", timeout=120,
+                          json={"cmd": "python3", "args": ["-c", code, *map(str, args)]})
+            return r.json()
+
+        def stats(xs):
+            got = sorted(x for x in xs if x is not None)
+            return {"p50_ms": got[len(got) // 2] if got else None, "max_ms": got[-1] if got else None,
+                    "unanswered": len(xs) - len(got)}
+        quiet = json.loads(run(b, DNS_PROBE, 10)["stdout"])
+        flood = threading.Thread(target=run, args=(a, DNS_FLOOD, 15, 600))
+        flood.start()
+        time.sleep(2)
+        busy = json.loads(run(b, DNS_PROBE, 10)["stdout"])
+        flood.join()
+        return {"b_quiet": stats(quiet), "b_under_a_flood": stats(busy)}
+    except (requests.RequestException, ValueError, KeyError) as e:
+        print(f"bench_net: dns fairness: {e}", file=sys.stderr)
+        return None
+    finally:
+        for sid in sids:
+            http.delete(url + f"/sandboxes/{sid}", timeout=60)
+
+
 def main():
     url, key = sys.argv[1], sys.argv[2]
     http = requests.Session()
     http.headers["Authorization"] = "Bearer " + key
     procs = peer_up()
-    out = {}
+    out, dns = {}, None
     try:
         time.sleep(0.3)
         for name, body, port in (("direct_mib_per_s", {}, 9000),
@@ -109,12 +209,13 @@ def main():
                     out[name] = round(float(res["stdout"].strip()), 1)
             finally:
                 http.delete(url + f"/sandboxes/{sid}", timeout=60)
+        dns = dns_fairness(url, http)
     finally:
         for p in procs:
             p.kill()
             p.wait()
         peer_down()
-    print(json.dumps({"network_throughput": dict(out, mib_sent=MIB)}, indent=2))
+    print(json.dumps({"network_throughput": dict(out, mib_sent=MIB), "dns_latency_under_flood": dns}, indent=2))
 
 
 if __name__ == "__main__":

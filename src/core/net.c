@@ -12,7 +12,9 @@
  *             platform-denied ranges (minus operator ranges) rejected,
  *             then allowOut accepted, then denyOut rejected, then accepted.
  *   input:    nothing from a sandbox reaches the host except what was
- *             redirected to the DNS or HTTP/TLS filter (i<slot>).
+ *             redirected to the DNS or HTTP/TLS filter (i<slot>), at a
+ *             bounded rate per sandbox (UDP goes to i<slot> even when
+ *             established, for that bound).
  *   prerouting (nat): n<slot> redirects DNS sent to the gateway to the
  *             DNS filter and, for policies with domains, TCP 80 and 443 to
  *             the HTTP/TLS filter.
@@ -76,6 +78,10 @@
    (SBX_EGRESS_RATE, SBX_EGRESS_BURST), so that what it lets through and
    the log cannot keep is counted as dropped. */
 #define LOG_LIMIT "limit rate 100/second burst 400 packets"
+/* New TCP connections a second from one sandbox to each of the filters,
+   in bursts of twice that: beyond it the kernel drops the SYN (the
+   client tries again after a second). */
+#define NEW_CONN_RATE 1000
 
 struct sbx_net {
   pthread_mutex_t lock; /* the nft context */
@@ -198,7 +204,9 @@ static const char base_rules[]
       "add rule inet sbxd forward iifname \"sbxh*\" iifname vmap @out_map\n"
       "add rule inet sbxd forward iifname \"sbxh*\" drop\n"
       "add rule inet sbxd input iifname \"sbxh*\" meta nfproto ipv6 drop\n"
-      "add rule inet sbxd input iifname \"sbxh*\" ct state established,related accept\n"
+      /* UDP goes on to the sandbox's chain even when established: its
+         DNS to the filter is one long flow, and that chain bounds its rate */
+      "add rule inet sbxd input iifname \"sbxh*\" ct state established,related meta l4proto != udp accept\n"
       "add rule inet sbxd input iifname \"sbxh*\" iifname vmap @in_map\n"
       "add rule inet sbxd input iifname \"sbxh*\" drop\n"
       "add rule inet sbxd prerouting iifname \"sbxh*\" iifname vmap @nat_map\n"
@@ -449,6 +457,7 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
     .upstream_port = cfg->dns_upstream_port,
     .operator_allow = n->ops,
     .n_operator_allow = n->n_ops,
+    .limits = cfg->limits,
   };
   if (pc.upstream_ip == 0)
     pc.upstream_ip = 0x7f000001; /* resolv.conf's own default */
@@ -626,9 +635,22 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
       cmd_log_end (n, &c, 'I');
     }
   cmd_add (&c, "add rule inet sbxd o%u accept\n", slot);
-  /* in: only what was redirected to the filters */
-  /* (single values rather than sets: anonymous sets are kernel objects
-     of their own, made and freed with every change) */
+  /* in: only what was redirected to the filters (single values rather
+     than sets: anonymous sets are kernel objects of their own, made and
+     freed with every change) */
+  /* first each sandbox's own bound on what reaches the filters'
+     sockets, which all sandboxes share: a flood beyond a few times the
+     DNS filter's rate (beyond which it answers SERVFAIL anyway) would
+     fill the shared UDP socket's buffer and the listeners' queues, and
+     others' queries and connections would be lost there.  Dropped here,
+     per sandbox, it costs the others nothing. */
+  unsigned pps = 4 * sbx_netproxy_dns_rate (n->proxy);
+  cmd_add (&c, "add rule inet sbxd i%u udp dport %u limit rate over %u/second burst %u packets drop\n", slot, dns, pps,
+           2 * pps);
+  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
+           slot, dns, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
+  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
+           slot, tcp, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
   cmd_add (&c, "add rule inet sbxd i%u udp dport %u ct status dnat accept\n", slot, dns);
   cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, dns);
   cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);

@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "net.h"
+#include "netproxy.h"
 
 #define SBX_NET_IFPREFIX "sbxh"
 
@@ -25,6 +26,7 @@ struct sbx_net_config {
   uint16_t dns_upstream_port;
   const struct sbx_cidr *operator_allow; /* ranges sandboxes may reach despite the platform's denials */
   size_t n_operator_allow;
+  struct sbx_netproxy_limits limits;     /* per-sandbox bounds of the DNS and HTTP/TLS filter (0: defaults) */
 };
 
 /* Set up the host side: forwarding, the base table, the DNS and HTTP/TLS

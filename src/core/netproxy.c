@@ -2,31 +2,46 @@
  * netproxy.c - the DNS filter and the HTTP/TLS name filter (see
  * netproxy.h for what they enforce).
  *
- * Threads:
- *   - the DNS thread serves the UDP socket and accepts TCP DNS connections
- *     on the same port number; each UDP query is answered on a short-lived
- *     detached worker (at most UDP_WORKERS_MAX at once, further queries are
- *     dropped), each TCP DNS connection on a detached worker of its own;
- *   - the accept thread accepts HTTP/TLS connections and hands each to a
- *     detached worker, which reads the name, decides, connects to the
- *     original destination and relays both ways.
+ * Threads: two, each an event loop (epoll) that serves everything of its
+ * kind without blocking:
+ *   - the DNS loop reads the UDP socket, accepts TCP DNS connections on
+ *     the same port number and reads their queries; a query that goes
+ *     upstream gets a socket of its own (UDP: a fresh source port, the
+ *     answer matched by the connected address and the id; TCP: a
+ *     connection of its own), watched by the same loop with a timeout;
+ *   - the HTTP/TLS loop accepts the redirected connections, reads their
+ *     first bytes, decides, connects to the original destination and
+ *     relays both ways through two buffers.
+ * So a slow upstream or a stalled peer costs a socket and a little
+ * memory, never a thread, and the bounds below keep one sandbox from
+ * taking what another needs.
+ *
+ * Bounds (sbx_netproxy_limits; docs/network.md, "Bounds of the filters"):
+ * per sandbox, DNS queries waiting for the upstream (DNS_INFLIGHT) and a
+ * query rate (DNS_RATE, a token bucket), TCP connections, DNS and relayed
+ * (CONNS_PER_SANDBOX), and relayed connections whose first bytes are still
+ * awaited (HELLO_PER_SANDBOX, each for at most HELLO_TIMEOUT_MS).  A query
+ * over a bound gets SERVFAIL at once; a connection over a bound is closed
+ * at once.  Of each sandbox's queries and connections the first few
+ * (DNS_INFLIGHT_OWN, CONNS_OWN) are always there; the rest come from a
+ * pool shared by all sandboxes (DNS_INFLIGHT_SHARED, CONNS_SHARED), so
+ * that the sandboxes together are bounded too and no sandbox, however
+ * many others flood, is left with nothing.
  * Only registered sandboxes are served: anything from another source is
- * dropped or closed at once.  TCP connections (DNS and relayed) count
- * against a per-sandbox cap (CONNS_PER_SANDBOX).
+ * dropped or closed at once.
  *
  * Locking: one mutex guards the sandbox table (policies, remembered
- * addresses, connection counts, egress logs), the list of TCP connections
- * and the worker counts.  A connection's descriptors are closed only under the
- * mutex, after the connection left the list, so a thread that changes a
- * policy can shutdown() the descriptors of the connections it no longer
- * allows without racing with their reuse; the shutdown makes the worker's
- * reads end, and the worker cleans up.
+ * addresses, counts, egress logs), the pools and the list of TCP
+ * connections.  A sandbox is referenced by the table and by each of its
+ * queries and connections, and freed with the last reference, so that a
+ * loop never holds a freed one.  A connection's descriptors are closed
+ * only under the mutex, after the connection left the list, so a thread
+ * that changes a policy can shutdown() the descriptors of the connections
+ * it no longer allows without racing with their reuse; the shutdown makes
+ * the loop's reads end, and the loop cleans up.
  *
- * Stopping: an eventfd, polled by every thread and worker wherever it
- * waits, becomes readable; the two threads are joined and sbx_netproxy_stop
- * waits (a condition variable on the worker count) until the last worker
- * has left before freeing anything.  A worker's last access to the proxy is
- * the decrement under the mutex.
+ * Stopping: an eventfd in both loops' epoll sets becomes readable; the
+ * loops return, are joined, and sbx_netproxy_stop ends what they served.
  *
  * DNS messages are parsed with ldns.  The answers made here (REFUSED, an
  * empty AAAA answer, SERVFAIL, FORMERR) are not built with ldns: they are
@@ -46,13 +61,15 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stddef.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -63,21 +80,31 @@
 #include "egress.h"
 #include "netproxy_internal.h"
 
-#define UDP_WORKERS_MAX 128
-#define CONNS_PER_SANDBOX 256
+/* the bounds; sbx_netproxy_limits may change the per-sandbox ones */
+#define DNS_INFLIGHT 64              /* per sandbox: queries waiting for the upstream */
+#define DNS_INFLIGHT_OWN 16          /* ... of which always there */
+#define DNS_INFLIGHT_SHARED 2048     /* all sandboxes: the rest */
+#define DNS_RATE 200                 /* per sandbox: queries a second, in bursts of twice that */
+#define CONNS_PER_SANDBOX 256        /* per sandbox: TCP connections, DNS and relayed */
+#define CONNS_OWN 32                 /* ... of which always there */
+#define CONNS_SHARED 2048            /* all sandboxes: the rest */
+#define HELLO_PER_SANDBOX 32         /* per sandbox: relayed connections whose first bytes are awaited */
+#define HELLO_TIMEOUT_MS 5000        /* ... for at most this long */
+
 #define MEMO_MAX 4096
-#define HELLO_MAX (16384 + 5)       /* one TLS record, header included */
-#define HELLO_TIMEOUT_MS 5000
+#define HELLO_MAX (16384 + 5)        /* one TLS record, header included */
+#define RELAY_BUF 32768              /* each way, once relaying, while bytes wait */
+#define RELAY_ROUNDS 16              /* buffers each way in one turn of a connection */
+_Static_assert (RELAY_BUF >= HELLO_MAX, "the first bytes go on in the relay buffer");
 #define CONNECT_TIMEOUT_MS 10000
 #define DNS_TCP_IDLE_MS 10000
 #define UPSTREAM_UDP_TIMEOUT_MS 2000 /* per try; one retry */
 #define UPSTREAM_TCP_TIMEOUT_MS 5000
-#define RELAY_BUF 65536
+#define ACCEPT_PAUSE_MS 100          /* accepting again after EMFILE and the like */
 #define DNS_MSG_MAX 65535
 #define TTL_MIN 60
 #define TTL_MAX 3600
 #define REMEMBER_MAX 64              /* A records taken from one answer */
-#define WORKER_STACK (256 * 1024)
 
 #define MS 1000000ull
 
@@ -738,30 +765,269 @@ sbx_netproxy_decide (const struct sbx_net_policy *p, const struct sbx_cidr *ops,
   return sbx_netproxy_decide_why (p, ops, n_ops, remembered, ctx, name, dst, NULL, 0);
 }
 
-/* ---------------------------------------------------------- the proxy */
+/* ----------------------------------------------------- sandboxes, pools */
 
+/* A sandbox known to the filters.  Referenced by the table and by each of
+   its queries and connections: a removed sandbox (REMOVED, out of the
+   table) is freed with its last reference.  Everything here is guarded
+   by the proxy's mutex. */
 struct np_sandbox {
   uint32_t ip;
+  unsigned refs;
+  bool removed;
   struct sbx_net_policy policy;
   struct sbx_memo memo;
-  unsigned n_conns;
   struct sbx_egress_ring log; /* its egress audit log */
+  unsigned n_conns;           /* TCP connections (DNS and relayed) */
+  unsigned n_hello;           /* relayed ones whose first bytes are awaited */
+  unsigned n_queries;         /* DNS queries waiting for the upstream */
+  double tokens;              /* DNS query rate: a token bucket */
+  uint64_t refill_ns;         /* 0: full */
 };
+
+/* A capacity shared by the sandboxes: a sandbox may hold up to CAP, of
+   which its first OWN are its own (always there, whatever the others
+   hold) and the rest come from a pool of MAX shared by all. */
+struct np_pool {
+  unsigned cap, own, max;
+  unsigned used; /* of the shared MAX */
+};
+
+/* Take one for a sandbox holding *N: false when it may not. */
+static bool
+pool_take (struct np_pool *pl, unsigned *n)
+{
+  if (*n >= pl->cap)
+    return false;
+  if (*n >= pl->own)
+    {
+      if (pl->used >= pl->max)
+        return false;
+      pl->used++;
+    }
+  (*n)++;
+  return true;
+}
+
+static void
+pool_give (struct np_pool *pl, unsigned *n)
+{
+  (*n)--;
+  if (*n >= pl->own)
+    pl->used--;
+}
+
+/* ----------------------------------------------------------- the loops */
+
+/* Each of the two threads (DNS; HTTP/TLS) runs one of these: epoll,
+   level-triggered, and timers.  epoll is used directly: what is needed
+   is readiness of a few kinds of sockets and timers of a few fixed
+   lengths, about a hundred lines, where libevent or libev would be one
+   more library for every program that links the core.
+
+   Timers: every timer of one kind has the same length, so a list per
+   kind, appended at its tail, stays in the order of expiry; arming,
+   disarming and finding the next expiry are O(1).
+
+   An object (query, connection) that ends is marked dead and freed only
+   after the batch of events being handled, which may still name it; a
+   watch whose events are 0 is not registered and its events are
+   ignored. */
+struct np_timer;
+
+struct np_timers {
+  struct np_timer *head, *tail;
+  uint64_t ns; /* the length of every timer of this kind */
+};
+
+struct np_timer {
+  struct np_timer *prev, *next;
+  struct np_timers *on; /* NULL: not armed */
+  uint64_t due;
+  void (*fire) (struct np_timer *t);
+};
+
+struct np_watch {
+  int fd;
+  uint32_t events; /* registered for these; 0: not registered */
+  void (*ready) (struct np_watch *w, uint32_t events);
+};
+
+enum { T_UDP_TRY, T_TCP_UPSTREAM, T_DNS_IDLE, T_HELLO, T_CONNECT, T_PAUSE, T_KINDS };
 
 enum conn_kind { CONN_DNS, CONN_RELAY };
 
-struct np_conn {
-  struct np_conn *prev, *next;
+struct np_conn;
+struct np_query;
+
+struct np_loop {
   struct sbx_netproxy *p;
-  struct np_sandbox *sb; /* NULL once the sandbox is removed */
+  int ep;
+  pthread_t thread;
+  bool started;
+  struct np_timers timers[T_KINDS];
+  enum conn_kind kind;   /* of the connections accepted on LISTEN */
+  struct np_watch listen;
+  struct np_timer listen_pause; /* accepting again after EMFILE and the like */
+  struct np_watch udp;   /* the DNS loop: queries over UDP */
+  struct np_conn *dead_conns;
+  struct np_query *dead_queries;
+  struct np_conn *ready;  /* relayed connections with more to move */
+  uint8_t *rx, *tx;      /* the DNS loop: DNS_MSG_MAX + 1 bytes each */
+};
+
+#define container_of(ptr, type, member) ((type *) (void *) ((char *) (ptr) - offsetof (type, member)))
+
+static void
+timer_stop (struct np_timer *t)
+{
+  struct np_timers *l = t->on;
+  if (l == NULL)
+    return;
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    l->head = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+  else
+    l->tail = t->prev;
+  t->prev = t->next = NULL;
+  t->on = NULL;
+}
+
+/* (Re)arm T to fire after the length of its kind L. */
+static void
+timer_start (struct np_timers *l, struct np_timer *t)
+{
+  timer_stop (t);
+  t->due = sbx_now_ns () + l->ns;
+  t->on = l;
+  t->prev = l->tail;
+  t->next = NULL;
+  if (l->tail)
+    l->tail->next = t;
+  else
+    l->head = t;
+  l->tail = t;
+}
+
+/* Milliseconds until the next timer is due (-1: none). */
+static int
+timers_wait_ms (struct np_loop *l)
+{
+  uint64_t next = UINT64_MAX, now = sbx_now_ns ();
+  for (int k = 0; k < T_KINDS; k++)
+    if (l->timers[k].head && l->timers[k].head->due < next)
+      next = l->timers[k].head->due;
+  if (next == UINT64_MAX)
+    return -1;
+  if (next <= now)
+    return 0;
+  uint64_t ms = (next - now + MS - 1) / MS;
+  return ms > INT_MAX ? INT_MAX : (int) ms;
+}
+
+static void
+timers_run (struct np_loop *l)
+{
+  uint64_t now = sbx_now_ns ();
+  for (int k = 0; k < T_KINDS; k++)
+    while (l->timers[k].head && l->timers[k].head->due <= now)
+      {
+        struct np_timer *t = l->timers[k].head;
+        timer_stop (t);
+        t->fire (t); /* may arm it again: later than now */
+      }
+}
+
+/* Watch W's descriptor for EVENTS (0: not at all).  -1 when epoll
+   refuses (out of memory). */
+static int
+watch_set (struct np_loop *l, struct np_watch *w, uint32_t events)
+{
+  if (events == w->events)
+    return 0;
+  if (events == 0)
+    {
+      epoll_ctl (l->ep, EPOLL_CTL_DEL, w->fd, NULL);
+      w->events = 0;
+      return 0;
+    }
+  struct epoll_event e = { .events = events, .data.ptr = w };
+  if (epoll_ctl (l->ep, w->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, w->fd, &e) < 0)
+    return -1;
+  w->events = events;
+  return 0;
+}
+
+/* ---------------------------------------------------------- the proxy */
+
+struct np_conn {
+  struct np_conn *prev, *next; /* p->conns, under the mutex */
+  struct np_loop *l;
+  struct np_sandbox *sb;       /* a reference */
   enum conn_kind kind;
-  uint32_t src;
-  int cfd, ufd;          /* closed under the mutex, after unlinking */
-  bool killed;           /* shut down by a policy change or a removal */
-  bool relaying;         /* DST and NAME are set */
-  bool remembered;       /* DST was remembered for NAME when connecting */
+  bool dead;                   /* ended: freed after this batch of events */
+  /* under the mutex: the descriptors (-1 when none), closed only after
+     unlinking, so that sbx_netproxy_set and _remove may shut them down */
+  struct np_watch cw, uw;      /* the client (sandbox) side, the upstream side */
+  bool killed;                 /* shut down by a policy change or a removal */
+  bool relaying;               /* DST and NAME are set */
+  bool remembered;             /* DST was remembered for NAME when connecting */
+  bool hello;                  /* holds one of the sandbox's header-phase places */
   uint32_t dst;
   char name[SBX_NETPROXY_NAME_MAX + 1];
+  struct np_timer timer;       /* the deadline of the current phase */
+  struct np_conn *next_dead;
+  struct np_conn *next_ready;  /* on the loop's ready list */
+  bool queued;                 /* ... that is */
+
+  /* CONN_RELAY */
+  int phase;                   /* R_HELLO, R_CONNECT, R_RELAY */
+  struct sockaddr_in odst;     /* the original destination */
+  bool found;                  /* NAME came in the first bytes */
+  struct half {
+    uint8_t *buf;
+    size_t cap, off, len;
+    size_t ok;                  /* buf[off..ok) may be sent (client to server) */
+    bool eof;
+    struct sbx_http_stream *hs; /* client to server: the requests' check, or NULL */
+  } h[2];                      /* h[0] client to upstream, h[1] back */
+
+  /* CONN_DNS */
+  uint8_t hdr[2];
+  uint8_t *in;                 /* the query being read */
+  size_t in_len, in_off;       /* in_off counts the 2 length bytes too */
+  uint8_t *out;                /* the answer being written, with its length */
+  size_t out_len, out_off;
+  struct np_query *query;      /* waiting for the upstream */
+};
+
+enum { R_HELLO, R_CONNECT, R_RELAY };
+
+/* A DNS query sent upstream, for a UDP client (FROM) or a TCP connection
+   (CLIENT), which waits for it.  Over UDP: a connected socket of its own
+   (a fresh source port for each query, as a resolver does), tried twice;
+   over TCP: a connection of its own. */
+struct np_query {
+  struct np_query *prev, *next; /* p->queries (the DNS loop's own) */
+  struct np_loop *l;
+  struct np_sandbox *sb;        /* a reference */
+  struct np_conn *client;
+  struct sockaddr_in from;
+  struct np_watch up;
+  struct np_timer timer;
+  bool tcp, dead, allowed, connected;
+  int tries;
+  char name[SBX_NETPROXY_NAME_MAX + 2]; /* the name asked, when allowed */
+  size_t off;                   /* TCP: bytes sent, then bytes read */
+  uint8_t hdr[2];
+  uint8_t *ans;                 /* TCP: the answer read */
+  size_t ans_len;
+  struct np_query *next_dead;
+  size_t qlen;
+  uint8_t msg[];                /* the query's 2 length bytes, then the query */
 };
 
 struct sbx_netproxy {
@@ -770,16 +1036,17 @@ struct sbx_netproxy {
   size_t n_ops;
   int udp_fd, dns_tcp_fd, tcp_fd, stop_fd;
   uint16_t dns_port, tcp_port;
-  pthread_t dns_thread, accept_thread;
-  bool dns_started, accept_started;
+  unsigned dns_rate, hello_timeout_ms;
+  struct np_loop dns, relay;
 
   pthread_mutex_t lock;
-  pthread_cond_t idle; /* n_workers reached 0 */
   bool stopping;
   struct np_sandbox **sb;
   size_t n_sb, cap_sb;
   struct np_conn *conns;
-  unsigned n_workers, n_udp;
+  struct np_pool conn_pool, query_pool;
+  unsigned hello_cap;
+  struct np_query *queries; /* the DNS loop's (no lock) */
 };
 
 static struct np_sandbox *
@@ -791,12 +1058,34 @@ find_sandbox (struct sbx_netproxy *p, uint32_t ip)
   return NULL;
 }
 
+static void
+sandbox_free (struct np_sandbox *sb)
+{
+  if (sb)
+    {
+      sbx_net_policy_free (&sb->policy);
+      sbx_memo_free (&sb->memo);
+      sbx_egress_ring_free (&sb->log);
+      free (sb);
+    }
+}
+
+/* Under the mutex. */
+static void
+sandbox_unref_locked (struct np_sandbox *sb)
+{
+  if (--sb->refs == 0)
+    sandbox_free (sb);
+}
+
 /* Under the mutex: add a decision to SB's egress log.  DST 0: no
    address (a refused name). */
 static void
 record_locked (struct np_sandbox *sb, const char *proto, uint32_t dst, uint16_t port, const char *name, bool allowed,
                const char *rule)
 {
+  if (sb->removed)
+    return; /* its log is gone */
   struct sbx_egress_record r = { .time_ms = sbx_wall_ms (),
                                  .port = port,
                                  .verdict = allowed ? SBX_EGRESS_ALLOWED : SBX_EGRESS_DENIED };
@@ -811,105 +1100,15 @@ record_locked (struct np_sandbox *sb, const char *proto, uint32_t dst, uint16_t 
   sbx_egress_ring_add (&sb->log, &r, sbx_now_ns ());
 }
 
-static bool
-start_detached (void *(*fn) (void *), void *arg)
-{
-  pthread_t th;
-  pthread_attr_t attr;
-  if (pthread_attr_init (&attr) != 0)
-    return false;
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize (&attr, WORKER_STACK);
-  bool ok = pthread_create (&th, &attr, fn, arg) == 0;
-  pthread_attr_destroy (&attr);
-  return ok;
-}
-
-/* Under the mutex: the last thing a worker does with the proxy. */
-static void
-worker_done_locked (struct sbx_netproxy *p)
-{
-  if (--p->n_workers == 0)
-    pthread_cond_broadcast (&p->idle);
-}
-
 /* Under the mutex. */
 static void
 conn_kill (struct np_conn *c)
 {
   c->killed = true;
-  if (c->cfd >= 0)
-    shutdown (c->cfd, SHUT_RDWR);
-  if (c->ufd >= 0)
-    shutdown (c->ufd, SHUT_RDWR);
-}
-
-/* Wait until FD is ready for EVENTS or DEADLINE (CLOCK_MONOTONIC ns)
-   passes: 1 ready, 0 timed out, -1 stopping or poll failed. */
-static int
-wait_fd (struct sbx_netproxy *p, int fd, short events, uint64_t deadline)
-{
-  for (;;)
-    {
-      uint64_t now = sbx_now_ns ();
-      if (now >= deadline)
-        return 0;
-      uint64_t ms = (deadline - now + MS - 1) / MS;
-      struct pollfd pfd[2] = { { fd, events, 0 }, { p->stop_fd, POLLIN, 0 } };
-      int r = poll (pfd, 2, ms > INT_MAX ? INT_MAX : (int) ms);
-      if (r < 0 && errno != EINTR)
-        return -1;
-      if (r <= 0)
-        continue;
-      if (pfd[1].revents)
-        return -1;
-      if (pfd[0].revents)
-        return 1;
-    }
-}
-
-/* Read exactly LEN bytes of a non-blocking socket before DEADLINE:
-   1 done, 0 end of file before any byte, -1 otherwise. */
-static int
-read_exact (struct sbx_netproxy *p, int fd, uint8_t *buf, size_t len, uint64_t deadline)
-{
-  size_t done = 0;
-  while (done < len)
-    {
-      ssize_t k = recv (fd, buf + done, len - done, 0);
-      if (k > 0)
-        done += (size_t) k;
-      else if (k == 0)
-        return done == 0 ? 0 : -1;
-      else if (errno == EAGAIN || errno == EINTR)
-        {
-          if (wait_fd (p, fd, POLLIN, deadline) <= 0)
-            return -1;
-        }
-      else
-        return -1;
-    }
-  return 1;
-}
-
-static int
-write_all (struct sbx_netproxy *p, int fd, const uint8_t *buf, size_t len, uint64_t deadline)
-{
-  size_t done = 0;
-  while (done < len)
-    {
-      ssize_t k = send (fd, buf + done, len - done, MSG_NOSIGNAL);
-      if (k >= 0)
-        done += (size_t) k;
-      else if (errno == EAGAIN || errno == EINTR)
-        {
-          if (wait_fd (p, fd, POLLOUT, deadline) <= 0)
-            return -1;
-        }
-      else
-        return -1;
-    }
-  return 0;
+  if (c->cw.fd >= 0)
+    shutdown (c->cw.fd, SHUT_RDWR);
+  if (c->uw.fd >= 0)
+    shutdown (c->uw.fd, SHUT_RDWR);
 }
 
 /* Is ADDR one of this host's own addresses?  The kernel answers: a bind
@@ -927,27 +1126,119 @@ host_address (const struct sockaddr_in *addr)
   return local;
 }
 
-/* A non-blocking TCP connection to ADDR, or -1. */
+/* A non-blocking TCP connection to ADDR being made: its descriptor, and
+   in *DONE whether it is made already; -1 when it failed. */
 static int
-connect_to (struct sbx_netproxy *p, const struct sockaddr_in *addr, uint64_t deadline)
+connect_start (const struct sockaddr_in *addr, bool *done)
 {
   cleanup_close int fd = socket (AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -1;
-  if (connect (fd, (const struct sockaddr *) addr, sizeof *addr) < 0)
-    {
-      if (errno != EINPROGRESS)
-        return -1;
-      if (wait_fd (p, fd, POLLOUT, deadline) <= 0)
-        return -1;
-      int soerr = 0;
-      socklen_t sl = sizeof soerr;
-      if (getsockopt (fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr != 0)
-        return -1;
-    }
+  *done = connect (fd, (const struct sockaddr *) addr, sizeof *addr) == 0;
+  if (!*done && errno != EINPROGRESS)
+    return -1;
   return steal_fd (&fd);
 }
 
+/* Did the connection FD, reported writable, get made? */
+static bool
+connect_done (int fd)
+{
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  return getsockopt (fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0;
+}
+
+/* The end of connection C (in its loop): its pending query goes, its
+   places are given back, its descriptors closed; freed after the batch. */
+static void query_end (struct np_query *q);
+
+static void
+conn_end (struct np_conn *c)
+{
+  if (c->dead)
+    return;
+  c->dead = true;
+  struct np_loop *l = c->l;
+  struct sbx_netproxy *p = l->p;
+  timer_stop (&c->timer);
+  watch_set (l, &c->cw, 0);
+  watch_set (l, &c->uw, 0);
+  if (c->query)
+    {
+      c->query->client = NULL;
+      query_end (c->query);
+      c->query = NULL;
+    }
+  pthread_mutex_lock (&p->lock);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    p->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  if (c->hello)
+    c->sb->n_hello--;
+  pool_give (&p->conn_pool, &c->sb->n_conns);
+  sandbox_unref_locked (c->sb);
+  c->sb = NULL;
+  if (c->cw.fd >= 0)
+    close (c->cw.fd);
+  if (c->uw.fd >= 0)
+    close (c->uw.fd);
+  c->cw.fd = c->uw.fd = -1;
+  pthread_mutex_unlock (&p->lock);
+  c->next_dead = l->dead_conns;
+  l->dead_conns = c;
+}
+
+static void
+conn_free (struct np_conn *c)
+{
+  free (c->h[0].buf);
+  free (c->h[1].buf);
+  free (c->h[0].hs);
+  free (c->in);
+  free (c->out);
+  free (c);
+}
+
+/* Free what ended in this batch of events. */
+static void
+loop_reap (struct np_loop *l)
+{
+  while (l->dead_conns)
+    {
+      struct np_conn *c = l->dead_conns;
+      l->dead_conns = c->next_dead;
+      conn_free (c);
+    }
+  while (l->dead_queries)
+    {
+      struct np_query *q = l->dead_queries;
+      l->dead_queries = q->next_dead;
+      free (q->ans);
+      free (q);
+    }
+}
+
+/* Stop accepting on L's listener for a moment: the process is out of
+   descriptors or memory, and the pending connection would be reported
+   again at once. */
+static void
+listen_pause (struct np_loop *l)
+{
+  watch_set (l, &l->listen, 0);
+  timer_start (&l->timers[T_PAUSE], &l->listen_pause);
+}
+
+static void
+listen_resume (struct np_timer *t)
+{
+  struct np_loop *l = container_of (t, struct np_loop, listen_pause);
+  if (watch_set (l, &l->listen, EPOLLIN) < 0)
+    timer_start (&l->timers[T_PAUSE], &l->listen_pause);
+}
 /* ------------------------------------------------------------------ DNS */
 
 static uint16_t
@@ -1035,66 +1326,10 @@ dname_text (const ldns_rdf *rdf, char *out, size_t n)
   return o > 0;
 }
 
-/* Ask the upstream over UDP (2 s, one retry); the answer's length in ANS
-   (of CAP bytes), or -1. */
-static ssize_t
-upstream_udp (struct sbx_netproxy *p, const uint8_t *q, size_t qlen, uint8_t *ans, size_t cap)
-{
-  cleanup_close int fd = socket (AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0 || connect (fd, (const struct sockaddr *) &p->upstream, sizeof p->upstream) < 0)
-    return -1;
-  for (int attempt = 0; attempt < 2; attempt++)
-    {
-      if (send (fd, q, qlen, MSG_NOSIGNAL) < 0 && errno != ECONNREFUSED)
-        return -1;
-      uint64_t deadline = sbx_now_ns () + UPSTREAM_UDP_TIMEOUT_MS * MS;
-      for (;;)
-        {
-          int r = wait_fd (p, fd, POLLIN, deadline);
-          if (r < 0)
-            return -1;
-          if (r == 0)
-            break;
-          ssize_t k = recv (fd, ans, cap, 0);
-          if (k < 0)
-            {
-              if (errno == EAGAIN || errno == EINTR || errno == ECONNREFUSED)
-                continue;
-              return -1;
-            }
-          /* same id and a response: ours (the socket is connected) */
-          if (k >= 12 && ans[0] == q[0] && ans[1] == q[1] && (ans[2] & 0x80))
-            return k;
-        }
-    }
-  return -1;
-}
-
-/* Ask the upstream over TCP (5 s in all). */
-static ssize_t
-upstream_tcp (struct sbx_netproxy *p, const uint8_t *q, size_t qlen, uint8_t *ans, size_t cap)
-{
-  uint64_t deadline = sbx_now_ns () + UPSTREAM_TCP_TIMEOUT_MS * MS;
-  cleanup_close int fd = connect_to (p, &p->upstream, deadline);
-  if (fd < 0)
-    return -1;
-  uint8_t hdr[2] = { (uint8_t) (qlen >> 8), (uint8_t) qlen };
-  if (write_all (p, fd, hdr, 2, deadline) < 0 || write_all (p, fd, q, qlen, deadline) < 0)
-    return -1;
-  if (read_exact (p, fd, hdr, 2, deadline) <= 0)
-    return -1;
-  size_t len = get16 (hdr);
-  if (len < 12 || len > cap || read_exact (p, fd, ans, len, deadline) <= 0)
-    return -1;
-  if (ans[0] != q[0] || ans[1] != q[1] || !(ans[2] & 0x80))
-    return -1;
-  return (ssize_t) len;
-}
-
 /* Remember the A records of ANS, the upstream's answer to NAME, for the
-   sandbox SRC. */
+   sandbox SB. */
 static void
-remember_answer (struct sbx_netproxy *p, uint32_t src, const char *name, const uint8_t *ans, size_t len)
+remember_answer (struct sbx_netproxy *p, struct np_sandbox *sb, const char *name, const uint8_t *ans, size_t len)
 {
   ldns_pkt *pkt = NULL;
   if (ldns_wire2pkt (&pkt, ans, len) != LDNS_STATUS_OK)
@@ -1127,195 +1362,521 @@ remember_answer (struct sbx_netproxy *p, uint32_t src, const char *name, const u
     return;
   uint64_t now = sbx_now_ns ();
   pthread_mutex_lock (&p->lock);
-  struct np_sandbox *sb = find_sandbox (p, src);
-  for (size_t i = 0; sb && i < n; i++)
+  for (size_t i = 0; !sb->removed && i < n; i++)
     sbx_memo_put (&sb->memo, name, addrs[i], now + ttls[i] * 1000 * MS, now); /* out of memory: not remembered */
   pthread_mutex_unlock (&p->lock);
 }
 
-/* The answer to query Q (QLEN bytes) from sandbox SRC, into ANS (of
-   DNS_MSG_MAX bytes); its length, or 0 for no answer at all. */
-static size_t
-answer_query (struct sbx_netproxy *p, uint32_t src, const uint8_t *q, size_t qlen, bool tcp, uint8_t *ans)
+/* Under the mutex: may SB ask one more DNS query now (its rate)? */
+static bool
+query_rate_ok (struct sbx_netproxy *p, struct np_sandbox *sb)
 {
+  uint64_t now = sbx_now_ns ();
+  double burst = 2.0 * p->dns_rate;
+  if (sb->refill_ns == 0)
+    sb->tokens = burst;
+  else
+    {
+      sb->tokens += (double) (now - sb->refill_ns) * p->dns_rate / 1e9;
+      if (sb->tokens > burst)
+        sb->tokens = burst;
+    }
+  sb->refill_ns = now;
+  if (sb->tokens < 1.0)
+    return false;
+  sb->tokens -= 1.0;
+  return true;
+}
+
+enum dns_action {
+  DNS_DROP,    /* no answer at all */
+  DNS_REPLY,   /* answered here with *RCODE */
+  DNS_FORWARD, /* to the upstream: one of SB's places for queries is taken */
+};
+
+/* The fate of query Q (QLEN bytes) of the sandbox SB.  For DNS_FORWARD,
+   NAME gets the name asked when *ALLOWED (a domain rule allows it: its
+   answer's addresses are remembered). */
+static enum dns_action
+dns_judge (struct sbx_netproxy *p, struct np_sandbox *sb, const uint8_t *q, size_t qlen, ldns_pkt_rcode *rcode,
+           char *name, bool *allowed)
+{
+  *allowed = false;
   if (qlen < 12 || (q[2] & 0x80))
-    return 0; /* too short to answer, or a response */
+    return DNS_DROP; /* too short to answer, or a response */
+  pthread_mutex_lock (&p->lock);
+  bool known = !sb->removed, rate_ok = known && query_rate_ok (p, sb);
+  if (known && !rate_ok)
+    record_locked (sb, "dns", 0, 0, "", false, "quota: query rate");
+  pthread_mutex_unlock (&p->lock);
+  if (!known)
+    return DNS_DROP; /* removed meanwhile: as from any unknown source */
+  *rcode = LDNS_RCODE_SERVFAIL;
+  if (!rate_ok)
+    return DNS_REPLY; /* over its rate: refused at once, before any parsing */
+
   ldns_pkt *pkt = NULL;
   bool parsed = ldns_wire2pkt (&pkt, q, qlen) == LDNS_STATUS_OK;
   ldns_pkt_opcode opcode = parsed ? ldns_pkt_get_opcode (pkt) : LDNS_PACKET_QUERY;
   ldns_rr_list *qs = parsed ? ldns_pkt_question (pkt) : NULL;
   ldns_rr *question = qs && ldns_rr_list_rr_count (qs) == 1 ? ldns_rr_list_rr (qs, 0) : NULL;
   ldns_rr_type qtype = question ? ldns_rr_get_type (question) : 0;
-  char name[SBX_NETPROXY_NAME_MAX + 2];
-  bool named = question && dname_text (ldns_rr_owner (question), name, sizeof name);
+  bool named = question && dname_text (ldns_rr_owner (question), name, SBX_NETPROXY_NAME_MAX + 2);
   bool one_question = question != NULL;
   ldns_pkt_free (pkt);
 
+  enum dns_action act = DNS_REPLY;
   pthread_mutex_lock (&p->lock);
-  struct np_sandbox *sb = find_sandbox (p, src);
-  bool known = sb != NULL;
-  bool deny_all = sb && sbx_net_policy_deny_all (&sb->policy);
-  const char *domain = sb && named ? sbx_net_domain_rule (&sb->policy, name) : NULL;
-  bool allowed = domain != NULL;
-  if (sb)
+  bool deny_all = sbx_net_policy_deny_all (&sb->policy);
+  const char *domain = named ? sbx_net_domain_rule (&sb->policy, name) : NULL;
+  /* the decision, in the sandbox's log */
+  const char *shown = named ? name : "";
+  char rule[SBX_NETPROXY_NAME_MAX + 16];
+  if (!parsed || !one_question)
     {
-      /* the decision taken below, in the sandbox's log */
-      const char *shown = named ? name : "";
-      char rule[SBX_NETPROXY_NAME_MAX + 16];
-      if (!parsed || !one_question)
-        record_locked (sb, "dns", 0, 0, shown, false, "malformed query");
-      else if (opcode != LDNS_PACKET_QUERY)
-        record_locked (sb, "dns", 0, 0, shown, false, "not a query");
-      else if (qtype == LDNS_RR_TYPE_AAAA)
-        record_locked (sb, "dns", 0, 0, shown, false, "IPv4 only (AAAA)");
-      else if (deny_all && !allowed)
-        record_locked (sb, "dns", 0, 0, shown, false, sb->policy.enabled ? "denyOut 0.0.0.0/0" : "mode none");
+      record_locked (sb, "dns", 0, 0, shown, false, "malformed query");
+      *rcode = LDNS_RCODE_FORMERR;
+    }
+  else if (opcode != LDNS_PACKET_QUERY)
+    {
+      record_locked (sb, "dns", 0, 0, shown, false, "not a query");
+      *rcode = LDNS_RCODE_NOTIMPL;
+    }
+  else if (qtype == LDNS_RR_TYPE_AAAA)
+    {
+      record_locked (sb, "dns", 0, 0, shown, false, "IPv4 only (AAAA)");
+      *rcode = LDNS_RCODE_NOERROR; /* IPv4 only: no records */
+    }
+  else if (deny_all && domain == NULL)
+    {
+      record_locked (sb, "dns", 0, 0, shown, false, sb->policy.enabled ? "denyOut 0.0.0.0/0" : "mode none");
+      *rcode = LDNS_RCODE_REFUSED;
+    }
+  else if (!pool_take (&p->query_pool, &sb->n_queries))
+    record_locked (sb, "dns", 0, 0, shown, false, "quota: queries in flight"); /* SERVFAIL at once */
+  else
+    {
+      if (domain)
+        snprintf (rule, sizeof rule, "allowOut %s", domain);
       else
-        {
-          if (domain)
-            snprintf (rule, sizeof rule, "allowOut %s", domain);
-          else
-            snprintf (rule, sizeof rule, "default internet");
-          record_locked (sb, "dns", ntohl (p->upstream.sin_addr.s_addr), ntohs (p->upstream.sin_port), shown, true,
-                         rule);
-        }
+        snprintf (rule, sizeof rule, "default internet");
+      record_locked (sb, "dns", ntohl (p->upstream.sin_addr.s_addr), ntohs (p->upstream.sin_port), shown, true,
+                     rule);
+      *allowed = domain != NULL;
+      act = DNS_FORWARD;
     }
   pthread_mutex_unlock (&p->lock);
-  if (!known)
-    return 0; /* removed meanwhile: as from any unknown source */
-  if (!parsed)
-    return make_reply (q, qlen, LDNS_RCODE_FORMERR, ans);
-  if (opcode != LDNS_PACKET_QUERY)
-    return make_reply (q, qlen, LDNS_RCODE_NOTIMPL, ans);
-  if (!one_question)
-    return make_reply (q, qlen, LDNS_RCODE_FORMERR, ans);
-  if (qtype == LDNS_RR_TYPE_AAAA)
-    return make_reply (q, qlen, LDNS_RCODE_NOERROR, ans); /* IPv4 only: no records */
-  if (deny_all && !allowed)
-    return make_reply (q, qlen, LDNS_RCODE_REFUSED, ans);
+  return act;
+}
+
+static void conn_dns_answer (struct np_conn *c, const uint8_t *ans, size_t len);
+
+/* The end of query Q: its upstream socket closed, its place given back;
+   freed after the batch. */
+static void
+query_end (struct np_query *q)
+{
+  if (q->dead)
+    return;
+  q->dead = true;
+  struct np_loop *l = q->l;
+  struct sbx_netproxy *p = l->p;
+  timer_stop (&q->timer);
+  watch_set (l, &q->up, 0);
+  if (q->up.fd >= 0)
+    close (q->up.fd);
+  q->up.fd = -1;
+  if (q->client)
+    q->client->query = NULL;
+  pthread_mutex_lock (&p->lock);
+  pool_give (&p->query_pool, &q->sb->n_queries);
+  sandbox_unref_locked (q->sb);
+  pthread_mutex_unlock (&p->lock);
+  if (q->prev)
+    q->prev->next = q->next;
+  else
+    p->queries = q->next;
+  if (q->next)
+    q->next->prev = q->prev;
+  q->next_dead = l->dead_queries;
+  l->dead_queries = q;
+}
+
+/* Q is answered with ANS (LEN bytes; NULL: SERVFAIL made here). */
+static void
+query_finish (struct np_query *q, const uint8_t *ans, size_t len)
+{
+  struct np_loop *l = q->l;
+  struct sbx_netproxy *p = l->p;
+  const uint8_t *query = q->msg + 2;
+  if (ans == NULL)
+    {
+      len = make_reply (query, q->qlen, LDNS_RCODE_SERVFAIL, l->tx);
+      ans = l->tx;
+    }
+  else if (q->allowed)
+    remember_answer (p, q->sb, q->name, ans, len);
+  if (q->tcp)
+    {
+      struct np_conn *c = q->client;
+      if (c)
+        {
+          q->client = NULL;
+          c->query = NULL;
+          conn_dns_answer (c, ans, len);
+        }
+    }
+  else
+    sendto (p->udp_fd, ans, len, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) &q->from, sizeof q->from);
+  query_end (q);
+}
+
+/* UDP upstream: send (again). */
+static bool
+query_udp_send (struct np_query *q)
+{
+  q->tries++;
+  if (send (q->up.fd, q->msg + 2, q->qlen, MSG_NOSIGNAL) < 0 && errno != ECONNREFUSED && errno != EAGAIN)
+    return false;
+  timer_start (&q->l->timers[T_UDP_TRY], &q->timer);
+  return true;
+}
+
+static void
+query_udp_ready (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_query *q = container_of (w, struct np_query, up);
+  uint8_t *ans = q->l->rx;
+  for (int i = 0; i < 16 && !q->dead; i++)
+    {
+      ssize_t k = recv (w->fd, ans, DNS_MSG_MAX, 0);
+      if (k < 0)
+        {
+          if (errno == EAGAIN)
+            return;
+          if (errno == EINTR || errno == ECONNREFUSED)
+            continue; /* as long as the try lasts */
+          query_finish (q, NULL, 0);
+          return;
+        }
+      /* same id and a response: ours (the socket is connected) */
+      if (k >= 12 && ans[0] == q->msg[2] && ans[1] == q->msg[3] && (ans[2] & 0x80))
+        query_finish (q, ans, (size_t) k);
+    }
+}
+
+/* TCP upstream: connect, send the query with its length, read the
+   answer's length, then the answer. */
+static void
+query_tcp_ready (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_query *q = container_of (w, struct np_query, up);
+  struct np_loop *l = q->l;
+  if (!q->connected)
+    {
+      if (!connect_done (w->fd))
+        goto fail;
+      q->connected = true;
+    }
+  size_t total = 2 + q->qlen;
+  while (q->off < total)
+    {
+      ssize_t k = send (w->fd, q->msg + q->off, total - q->off, MSG_NOSIGNAL);
+      if (k < 0)
+        {
+          if (errno == EAGAIN)
+            {
+              if (watch_set (l, w, EPOLLOUT) < 0)
+                goto fail;
+              return;
+            }
+          if (errno == EINTR)
+            continue;
+          goto fail;
+        }
+      q->off += (size_t) k;
+    }
+  for (;;)
+    {
+      size_t got = q->off - total, want = q->ans ? 2 + q->ans_len : 2;
+      if (got == want && q->ans)
+        break;
+      uint8_t *dst = got < 2 ? q->hdr + got : q->ans + (got - 2);
+      ssize_t k = recv (w->fd, dst, want - got, 0);
+      if (k < 0)
+        {
+          if (errno == EAGAIN)
+            {
+              if (watch_set (l, w, EPOLLIN) < 0)
+                goto fail;
+              return;
+            }
+          if (errno == EINTR)
+            continue;
+          goto fail;
+        }
+      if (k == 0)
+        goto fail;
+      q->off += (size_t) k;
+      if (q->off - total == 2 && q->ans == NULL)
+        {
+          q->ans_len = get16 (q->hdr);
+          if (q->ans_len < 12 || (q->ans = malloc (q->ans_len)) == NULL)
+            goto fail;
+        }
+    }
+  if (q->ans[0] != q->msg[2] || q->ans[1] != q->msg[3] || !(q->ans[2] & 0x80))
+    goto fail;
+  query_finish (q, q->ans, q->ans_len);
+  return;
+fail:
+  query_finish (q, NULL, 0);
+}
+
+static void
+query_expired (struct np_timer *t)
+{
+  struct np_query *q = container_of (t, struct np_query, timer);
+  if (!q->tcp && q->tries < 2 && query_udp_send (q))
+    return; /* the second try */
+  query_finish (q, NULL, 0);
+}
+
+/* Send query Q (QLEN bytes) of sandbox SB upstream; the sandbox's place
+   for it (and a reference to SB) is taken already and goes with the
+   query.  For a UDP client at FROM, or the TCP connection CLIENT. */
+static void
+query_start (struct np_loop *l, struct np_sandbox *sb, const uint8_t *q, size_t qlen, const struct sockaddr_in *from,
+             struct np_conn *client, const char *name, bool allowed)
+{
+  struct sbx_netproxy *p = l->p;
+  struct np_query *x = calloc (1, sizeof *x + 2 + qlen);
+  if (x == NULL)
+    {
+      pthread_mutex_lock (&p->lock);
+      pool_give (&p->query_pool, &sb->n_queries);
+      sandbox_unref_locked (sb);
+      pthread_mutex_unlock (&p->lock);
+      size_t n = make_reply (q, qlen, LDNS_RCODE_SERVFAIL, l->tx);
+      if (client)
+        conn_dns_answer (client, l->tx, n);
+      else
+        sendto (p->udp_fd, l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) from, sizeof *from);
+      return;
+    }
+  x->l = l;
+  x->sb = sb;
+  x->client = client;
+  x->tcp = client != NULL;
+  if (from)
+    x->from = *from;
+  x->allowed = allowed;
+  if (allowed)
+    snprintf (x->name, sizeof x->name, "%s", name);
+  x->qlen = qlen;
+  x->msg[0] = (uint8_t) (qlen >> 8);
+  x->msg[1] = (uint8_t) qlen;
+  memcpy (x->msg + 2, q, qlen);
+  x->timer.fire = query_expired;
+  x->up.fd = -1;
+  x->next = p->queries;
+  if (p->queries)
+    p->queries->prev = x;
+  p->queries = x;
+  if (client)
+    client->query = x;
 
   /* A TC answer to a UDP client goes back as it is: the client asks
      again over TCP, and a TCP client's query goes upstream over TCP. */
-  ssize_t alen = tcp ? upstream_tcp (p, q, qlen, ans, DNS_MSG_MAX) : upstream_udp (p, q, qlen, ans, DNS_MSG_MAX);
-  if (alen < 0)
-    return make_reply (q, qlen, LDNS_RCODE_SERVFAIL, ans);
-  if (allowed)
-    remember_answer (p, src, name, ans, (size_t) alen);
-  return (size_t) alen;
+  if (x->tcp)
+    {
+      x->up.ready = query_tcp_ready;
+      bool done;
+      x->up.fd = connect_start (&p->upstream, &done);
+      if (x->up.fd < 0 || watch_set (l, &x->up, EPOLLOUT) < 0)
+        goto fail;
+      timer_start (&l->timers[T_TCP_UPSTREAM], &x->timer);
+      return;
+    }
+  x->up.ready = query_udp_ready;
+  x->up.fd = socket (AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (x->up.fd < 0 || connect (x->up.fd, (const struct sockaddr *) &p->upstream, sizeof p->upstream) < 0
+      || watch_set (l, &x->up, EPOLLIN) < 0 || !query_udp_send (x))
+    goto fail;
+  return;
+fail:
+  query_finish (x, NULL, 0);
 }
 
-struct udp_job {
-  struct sbx_netproxy *p;
-  struct sockaddr_in from;
-  size_t len;
-  uint8_t q[];
-};
-
-static void *
-udp_main (void *arg)
+/* Query Q (LEN bytes) from SRC over UDP (FROM) or from the TCP
+   connection CLIENT: answered here, sent upstream, or dropped.  Returns
+   false when dropped (a TCP client is then closed). */
+static bool
+dns_query (struct np_loop *l, const uint8_t *q, size_t len, const struct sockaddr_in *from, struct np_conn *client)
 {
-  struct udp_job *job = arg;
-  struct sbx_netproxy *p = job->p;
-  uint8_t *ans = malloc (DNS_MSG_MAX);
-  if (ans)
-    {
-      size_t alen = answer_query (p, ntohl (job->from.sin_addr.s_addr), job->q, job->len, false, ans);
-      if (alen > 0)
-        sendto (p->udp_fd, ans, alen, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *) &job->from,
-                sizeof job->from);
-      free (ans);
-    }
-  free (job);
+  struct sbx_netproxy *p = l->p;
+  struct np_sandbox *sb;
   pthread_mutex_lock (&p->lock);
-  p->n_udp--;
-  worker_done_locked (p);
+  sb = client ? client->sb : find_sandbox (p, ntohl (from->sin_addr.s_addr));
+  if (sb)
+    sb->refs++;
   pthread_mutex_unlock (&p->lock);
-  return NULL;
-}
-
-static void
-spawn_udp (struct sbx_netproxy *p, const struct sockaddr_in *from, const uint8_t *q, size_t len)
-{
-  pthread_mutex_lock (&p->lock);
-  bool ok = !p->stopping && p->n_udp < UDP_WORKERS_MAX && find_sandbox (p, ntohl (from->sin_addr.s_addr));
-  if (ok)
+  if (sb == NULL)
+    return false; /* an unknown source: dropped */
+  ldns_pkt_rcode rcode;
+  char name[SBX_NETPROXY_NAME_MAX + 2];
+  bool allowed;
+  enum dns_action act = dns_judge (p, sb, q, len, &rcode, name, &allowed);
+  if (act == DNS_FORWARD)
     {
-      p->n_udp++;
-      p->n_workers++;
-    }
-  pthread_mutex_unlock (&p->lock);
-  if (!ok)
-    return; /* unknown source, or too many queries in flight: dropped */
-  struct udp_job *job = malloc (sizeof *job + len);
-  if (job)
-    {
-      job->p = p;
-      job->from = *from;
-      job->len = len;
-      memcpy (job->q, q, len);
-      if (start_detached (udp_main, job))
-        return;
-      free (job);
+      query_start (l, sb, q, len, from, client, name, allowed); /* takes the reference */
+      return true;
     }
   pthread_mutex_lock (&p->lock);
-  p->n_udp--;
-  worker_done_locked (p);
+  sandbox_unref_locked (sb);
   pthread_mutex_unlock (&p->lock);
-}
-
-/* The worker's end: unlink, close, count down, free. */
-static void
-conn_end (struct np_conn *c)
-{
-  struct sbx_netproxy *p = c->p;
-  pthread_mutex_lock (&p->lock);
-  if (c->prev)
-    c->prev->next = c->next;
+  if (act == DNS_DROP)
+    return false;
+  size_t n = make_reply (q, len, rcode, l->tx);
+  if (client)
+    conn_dns_answer (client, l->tx, n);
   else
-    p->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
-  if (c->sb)
-    c->sb->n_conns--;
-  if (c->cfd >= 0)
-    close (c->cfd);
-  if (c->ufd >= 0)
-    close (c->ufd);
-  worker_done_locked (p);
-  pthread_mutex_unlock (&p->lock);
-  free (c);
+    sendto (p->udp_fd, l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) from, sizeof *from);
+  return true;
 }
 
-static void *
-dns_tcp_main (void *arg)
+static void
+dns_udp_ready (struct np_watch *w, uint32_t events)
 {
-  struct np_conn *c = arg;
-  struct sbx_netproxy *p = c->p;
-  uint8_t *q = malloc (DNS_MSG_MAX);
-  uint8_t *ans = malloc (2 + DNS_MSG_MAX);
-  while (q && ans)
+  (void) events;
+  struct np_loop *l = container_of (w, struct np_loop, udp);
+  /* a bounded batch: the loop has other work too */
+  for (int i = 0; i < 64; i++)
     {
-      uint64_t deadline = sbx_now_ns () + DNS_TCP_IDLE_MS * MS;
-      uint8_t hdr[2];
-      if (read_exact (p, c->cfd, hdr, 2, deadline) <= 0)
+      struct sockaddr_in from;
+      socklen_t fl = sizeof from;
+      ssize_t k = recvfrom (w->fd, l->rx, DNS_MSG_MAX + 1, MSG_TRUNC, (struct sockaddr *) &from, &fl);
+      if (k < 0)
         break;
-      size_t qlen = get16 (hdr);
-      if (qlen == 0 || read_exact (p, c->cfd, q, qlen, deadline) <= 0)
-        break;
-      size_t alen = answer_query (p, c->src, q, qlen, true, ans + 2);
-      if (alen == 0)
-        break;
-      ans[0] = (uint8_t) (alen >> 8);
-      ans[1] = (uint8_t) alen;
-      if (write_all (p, c->cfd, ans, alen + 2, sbx_now_ns () + DNS_TCP_IDLE_MS * MS) < 0)
-        break;
+      if ((size_t) k <= DNS_MSG_MAX && fl == sizeof from && from.sin_family == AF_INET)
+        dns_query (l, l->rx, (size_t) k, &from, NULL);
     }
-  free (q);
-  free (ans);
-  conn_end (c);
-  return NULL;
 }
 
+/* ------------------------------------------------------- DNS over TCP */
+
+/* What C waits for now: the next query, the upstream, or the writing of
+   an answer. */
+static void
+conn_dns_next (struct np_conn *c)
+{
+  struct np_loop *l = c->l;
+  uint32_t ev = c->out ? EPOLLOUT : c->query ? 0 : EPOLLIN;
+  if (watch_set (l, &c->cw, ev) < 0)
+    {
+      conn_end (c);
+      return;
+    }
+  if (c->query)
+    timer_stop (&c->timer); /* the query has its own deadline */
+  else if (c->timer.on == NULL)
+    timer_start (&l->timers[T_DNS_IDLE], &c->timer);
+}
+
+static void
+conn_dns_answer (struct np_conn *c, const uint8_t *ans, size_t len)
+{
+  c->out = malloc (2 + len);
+  if (c->out == NULL)
+    {
+      conn_end (c);
+      return;
+    }
+  c->out[0] = (uint8_t) (len >> 8);
+  c->out[1] = (uint8_t) len;
+  memcpy (c->out + 2, ans, len);
+  c->out_len = 2 + len;
+  c->out_off = 0;
+  timer_stop (&c->timer); /* writing it has a deadline of its own */
+  conn_dns_next (c);
+}
+
+static void
+conn_dns_ready (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_conn *c = container_of (w, struct np_conn, cw);
+  while (!c->dead && c->out)
+    {
+      ssize_t k = send (w->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+      if (k < 0)
+        {
+          if (errno == EAGAIN)
+            {
+              conn_dns_next (c);
+              return;
+            }
+          if (errno != EINTR)
+            conn_end (c);
+          continue;
+        }
+      c->out_off += (size_t) k;
+      if (c->out_off == c->out_len)
+        {
+          free (c->out);
+          c->out = NULL;
+          timer_stop (&c->timer); /* the next query: 10 s again */
+        }
+    }
+  for (int i = 0; i < 16 && !c->dead && !c->out && !c->query; i++)
+    {
+      /* 2 length bytes, then the query */
+      size_t want = c->in ? 2 + c->in_len : 2;
+      uint8_t *dst = c->in_off < 2 ? c->hdr + c->in_off : c->in + (c->in_off - 2);
+      ssize_t k = recv (w->fd, dst, want - c->in_off, 0);
+      if (k < 0)
+        {
+          if (errno == EAGAIN)
+            break;
+          if (errno != EINTR)
+            conn_end (c);
+          continue;
+        }
+      if (k == 0)
+        {
+          conn_end (c);
+          break;
+        }
+      c->in_off += (size_t) k;
+      if (c->in_off == 2 && c->in == NULL)
+        {
+          c->in_len = get16 (c->hdr);
+          if (c->in_len == 0 || (c->in = malloc (c->in_len)) == NULL)
+            conn_end (c);
+          continue;
+        }
+      if (c->in && c->in_off == 2 + c->in_len)
+        {
+          uint8_t *q = c->in;
+          size_t len = c->in_len;
+          c->in = NULL;
+          c->in_off = c->in_len = 0;
+          if (!dns_query (c->l, q, len, NULL, c))
+            conn_end (c);
+          free (q);
+        }
+    }
+  if (!c->dead)
+    conn_dns_next (c);
+}
+
+static void
+conn_expired (struct np_timer *t)
+{
+  conn_end (container_of (t, struct np_conn, timer));
+}
 /* ---------------------------------------------------------- TCP relay */
 
 struct memo_ctx {
@@ -1348,22 +1909,13 @@ conn_allowed_locked (struct sbx_netproxy *p, struct np_conn *c, const char *name
                      char *rule, size_t n)
 {
   snprintf (rule, n, "%s", "sandbox removed");
-  if (c->sb == NULL || c->killed || p->stopping)
+  if (c->sb->removed || c->killed || p->stopping)
     return false;
   struct memo_ctx m = { &c->sb->memo, sbx_now_ns (), false };
   bool ok = sbx_netproxy_decide_why (&c->sb->policy, p->ops, p->n_ops, memo_remembered, &m, name, dst, rule, n);
   *remembered = m.hit;
   return ok;
 }
-
-struct half {
-  int from, to;
-  uint8_t *buf;
-  size_t off, len;
-  bool eof;
-  size_t ok;                  /* buf[off..ok) may be sent (client to server) */
-  struct sbx_http_stream *hs; /* client to server: the requests' check, or NULL */
-};
 
 /* Let the check see the client's bytes not yet judged; false: end. */
 static bool
@@ -1381,318 +1933,457 @@ judge (struct half *x)
   return true;
 }
 
-/* Copy both ways until both sides reached end of file (each passed on
-   with shutdown(SHUT_WR)), an error, or the proxy stops.  H[0] is client
-   to upstream and may start with bytes already read. */
+/* Copy both ways until the sockets say EAGAIN to everything awaited
+   (they are watched edge-triggered, so that a flow under back-pressure
+   costs no epoll_ctl per buffer), or at most RELAY_ROUNDS buffers each
+   way: then the connection waits on the loop's ready list for its next
+   turn, after the others.  It ends when both sides reached end of file
+   (each passed on with shutdown(SHUT_WR)) or on an error. */
 static void
-relay (struct sbx_netproxy *p, struct half h[2])
+relay_step (struct np_conn *c)
 {
-  for (;;)
+  int fd[2] = { c->cw.fd, c->uw.fd }; /* h[i] reads fd[i], writes fd[1 - i] */
+  for (int round = 0;; round++)
     {
-      if (h[0].eof && h[1].eof && h[0].len == 0 && h[1].len == 0)
-        return;
-      /* pfd[0] is h[0].from (the client), pfd[1] is h[1].from */
-      struct pollfd pfd[3] = { { h[0].from, 0, 0 }, { h[1].from, 0, 0 }, { p->stop_fd, POLLIN, 0 } };
-      for (int i = 0; i < 2; i++)
+      if (round == RELAY_ROUNDS)
         {
-          if (h[i].len > 0)
+          if (!c->queued)
             {
-              if (h[i].off < h[i].ok)
-                pfd[1 - i].events |= POLLOUT;
+              c->queued = true;
+              c->next_ready = c->l->ready;
+              c->l->ready = c;
             }
-          else if (!h[i].eof)
-            pfd[i].events |= POLLIN;
-        }
-      for (int i = 0; i < 2; i++)
-        if (pfd[i].events == 0)
-          pfd[i].fd = -1;
-      if (poll (pfd, 3, -1) < 0)
-        {
-          if (errno == EINTR)
-            continue;
           return;
         }
-      if (pfd[2].revents)
-        return;
+      bool moved = false;
       for (int i = 0; i < 2; i++)
         {
-          struct half *x = &h[i];
-          short from_ev = pfd[i].revents, to_ev = pfd[1 - i].revents;
-          if (x->len > 0 && x->off < x->ok && (to_ev & (POLLOUT | POLLERR | POLLHUP)))
+          struct half *x = &c->h[i];
+          if (x->off < x->ok)
             {
-              ssize_t k = send (x->to, x->buf + x->off, x->ok - x->off, MSG_NOSIGNAL);
-              if (k < 0 && errno != EAGAIN && errno != EINTR)
-                return;
+              ssize_t k = send (fd[1 - i], x->buf + x->off, x->ok - x->off, MSG_NOSIGNAL);
+              if (k < 0 && errno != EAGAIN)
+                {
+                  if (errno != EINTR)
+                    goto end;
+                  moved = true;
+                }
               if (k > 0)
                 {
+                  moved = true;
                   x->off += (size_t) k;
                   if (x->off == x->len)
                     x->off = x->len = x->ok = 0;
                 }
             }
-          else if (x->len == 0 && !x->eof && (from_ev & (POLLIN | POLLERR | POLLHUP)))
+          if (x->len == 0 && !x->eof)
             {
-              ssize_t k = recv (x->from, x->buf, RELAY_BUF, 0);
-              if (k < 0 && errno != EAGAIN && errno != EINTR)
-                return;
+              if (x->buf == NULL && (x->buf = malloc (RELAY_BUF)) == NULL)
+                goto end;
+              ssize_t k = recv (fd[i], x->buf, x->cap, 0);
+              if (k < 0 && errno != EAGAIN)
+                {
+                  if (errno != EINTR)
+                    goto end;
+                  moved = true;
+                }
+              if (k < 0 && errno == EAGAIN)
+                {
+                  /* idle this way: its buffer goes until bytes come */
+                  free (x->buf);
+                  x->buf = NULL;
+                }
               if (k == 0)
                 {
+                  moved = true;
                   x->eof = true;
-                  shutdown (x->to, SHUT_WR);
+                  shutdown (fd[1 - i], SHUT_WR);
                 }
               else if (k > 0)
                 {
+                  moved = true;
                   x->len = (size_t) k;
                   if (!judge (x))
-                    return;
-                  if (i == 1 && h[0].hs && sbx_http_stream_waiting (h[0].hs))
+                    goto end;
+                  if (i == 1 && c->h[0].hs && sbx_http_stream_waiting (c->h[0].hs))
                     {
                       /* the answer to an Upgrade: the held bytes again */
-                      sbx_http_stream_server (h[0].hs, x->buf, x->len);
-                      if (!judge (&h[0]))
-                        return;
+                      sbx_http_stream_server (c->h[0].hs, x->buf, x->len);
+                      if (!judge (&c->h[0]))
+                        goto end;
                     }
                 }
             }
         }
-    }
-}
-
-/* Read the first bytes of the client until they give a name (or will
-   not), HELLO_MAX bytes or 5 s.  The length read, or -1 to give up. */
-static ssize_t
-read_hello (struct sbx_netproxy *p, int fd, uint8_t *buf, char *name, size_t n, bool *found)
-{
-  uint64_t deadline = sbx_now_ns () + HELLO_TIMEOUT_MS * MS;
-  size_t len = 0;
-  *found = false;
-  while (len < HELLO_MAX)
-    {
-      ssize_t k = recv (fd, buf + len, HELLO_MAX - len, 0);
-      if (k < 0)
-        {
-          if (errno != EAGAIN && errno != EINTR)
-            return -1;
-          int r = wait_fd (p, fd, POLLIN, deadline);
-          if (r < 0)
-            return -1;
-          if (r == 0)
-            break; /* 5 s: decide with what came */
-          continue;
-        }
-      if (k == 0)
+      if (!moved)
         break;
-      len += (size_t) k;
-      int r = buf[0] == 0x16 ? sbx_sni_parse (buf, len, name, n) : sbx_http_host_parse (buf, len, name, n);
-      if (r != 0)
-        {
-          *found = r > 0;
-          break;
-        }
     }
-  return (ssize_t) len;
+  /* everything awaited said EAGAIN: the next edge brings the
+     connection back; unless nothing is awaited any more */
+  bool awaited = false;
+  for (int i = 0; i < 2; i++)
+    awaited |= (c->h[i].len == 0 && !c->h[i].eof) || c->h[i].off < c->h[i].ok;
+  /* both ends closed, or bytes held for an Upgrade's answer that will
+     not come: without this, nothing would ever end it */
+  if (awaited)
+    return;
+end:
+  conn_end (c);
 }
 
-static void *
-relay_main (void *arg)
+/* The connections that used up their turn, each one turn more. */
+static void
+relay_run_ready (struct np_loop *l)
 {
-  struct np_conn *c = arg;
-  struct sbx_netproxy *p = c->p;
-  uint8_t *cbuf = NULL, *ubuf = NULL;
-  int ufd = -1;
-  struct sockaddr_in dst, self;
-  socklen_t dl = sizeof dst, sl = sizeof self;
-  if (getsockopt (c->cfd, SOL_IP, SO_ORIGINAL_DST, &dst, &dl) < 0 || dst.sin_family != AF_INET
-      || getsockname (c->cfd, (struct sockaddr *) &self, &sl) < 0)
-    goto out;
-  /* not redirected: a connection made to the proxy itself */
-  if (dst.sin_addr.s_addr == self.sin_addr.s_addr && dst.sin_port == self.sin_port)
-    goto out;
-  uint32_t dst_ip = ntohl (dst.sin_addr.s_addr);
-  cbuf = malloc (RELAY_BUF);
-  ubuf = malloc (RELAY_BUF);
-  if (cbuf == NULL || ubuf == NULL)
-    goto out;
-  char name[SBX_NETPROXY_NAME_MAX + 1];
-  bool found, remembered;
-  ssize_t len = read_hello (p, c->cfd, cbuf, name, sizeof name, &found);
-  if (len < 0)
-    goto out;
-  const char *proto = len > 0 && cbuf[0] == 0x16 ? "tls" : "http";
-  uint16_t dst_port = ntohs (dst.sin_port);
-  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
-  pthread_mutex_lock (&p->lock);
-  bool ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered, rule, sizeof rule);
-  pthread_mutex_unlock (&p->lock);
-  /* never to the host itself: the filter runs on the host, where the
-     host's rules for sandboxes (the input chain) do not see it */
-  if (ok && host_address (&dst))
+  struct np_conn *list = l->ready;
+  l->ready = NULL;
+  while (list)
     {
-      ok = false;
-      snprintf (rule, sizeof rule, "host");
+      struct np_conn *c = list;
+      list = c->next_ready;
+      c->queued = false;
+      if (!c->dead)
+        relay_step (c);
     }
+}
+
+static void
+relay_ready (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  relay_step (container_of (w, struct np_conn, cw));
+}
+
+static void
+relay_ready_up (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  relay_step (container_of (w, struct np_conn, uw));
+}
+
+/* Connected to the original destination: judged again (the policy may
+   have changed meanwhile), then relayed. */
+static void
+relay_connected (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_conn *c = container_of (w, struct np_conn, uw);
+  struct sbx_netproxy *p = c->l->p;
+  if (!connect_done (w->fd))
+    {
+      conn_end (c);
+      return;
+    }
+  timer_stop (&c->timer);
+  uint32_t dst_ip = ntohl (c->odst.sin_addr.s_addr);
+  const char *proto = c->h[0].len > 0 && c->h[0].buf[0] == 0x16 ? "tls" : "http";
+  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
+  bool remembered;
   pthread_mutex_lock (&p->lock);
-  if (c->sb)
-    record_locked (c->sb, proto, dst_ip, dst_port, found ? name : "", ok, rule);
-  pthread_mutex_unlock (&p->lock);
+  bool ok = conn_allowed_locked (p, c, c->found ? c->name : NULL, dst_ip, &remembered, rule, sizeof rule);
   if (!ok)
-    goto out;
-  ufd = connect_to (p, &dst, sbx_now_ns () + CONNECT_TIMEOUT_MS * MS);
-  if (ufd < 0)
-    goto out;
-  /* judged again: the policy may have changed while connecting */
-  pthread_mutex_lock (&p->lock);
-  ok = conn_allowed_locked (p, c, found ? name : NULL, dst_ip, &remembered, rule, sizeof rule);
-  if (!ok && c->sb)
-    record_locked (c->sb, proto, dst_ip, dst_port, found ? name : "", false, rule);
+    record_locked (c->sb, proto, dst_ip, ntohs (c->odst.sin_port), c->found ? c->name : "", false, rule);
   bool ip_ok = ok && sbx_net_ip_allowed (&c->sb->policy, p->ops, p->n_ops, dst_ip);
   if (ok)
     {
-      c->ufd = ufd;
       c->dst = dst_ip;
-      snprintf (c->name, sizeof c->name, "%s", found ? name : "");
+      if (!c->found)
+        c->name[0] = '\0';
       c->remembered = remembered;
       c->relaying = true;
     }
   pthread_mutex_unlock (&p->lock);
   if (!ok)
     {
-      close (ufd);
-      goto out;
+      conn_end (c);
+      return;
     }
   /* a plain HTTP connection let through by its Host (and not by an
      address rule): every later request must name the same host */
-  struct sbx_http_stream *hs = NULL;
-  if (found && len > 0 && cbuf[0] != 0x16 && !ip_ok)
+  struct half *h = c->h;
+  if (c->found && h[0].len > 0 && h[0].buf[0] != 0x16 && !ip_ok)
     {
-      hs = malloc (sizeof *hs);
-      if (hs == NULL)
-        goto out;
-      sbx_http_stream_init (hs, name);
+      h[0].hs = malloc (sizeof *h[0].hs);
+      if (h[0].hs == NULL)
+        {
+          conn_end (c);
+          return;
+        }
+      sbx_http_stream_init (h[0].hs, c->name);
     }
-  struct half h[2] = { { c->cfd, c->ufd, cbuf, 0, (size_t) len, false, 0, hs },
-                       { c->ufd, c->cfd, ubuf, 0, 0, false, 0, NULL } };
-  if (judge (&h[0]))
-    relay (p, h);
-  free (hs);
-out:
-  free (cbuf);
-  free (ubuf);
-  conn_end (c);
-  return NULL;
+  if (h[0].cap < RELAY_BUF)
+    {
+      uint8_t *bigger = realloc (h[0].buf, RELAY_BUF);
+      if (bigger == NULL)
+        {
+          conn_end (c);
+          return;
+        }
+      h[0].buf = bigger;
+    }
+  h[0].cap = h[1].cap = RELAY_BUF; /* h[1].buf comes with its first bytes */
+  if (!judge (&h[0]))
+    {
+      conn_end (c);
+      return;
+    }
+  c->phase = R_RELAY;
+  c->cw.ready = relay_ready;
+  c->uw.ready = relay_ready_up;
+  /* edge-triggered from now on (see relay_step) */
+  if (watch_set (c->l, &c->cw, EPOLLIN | EPOLLOUT | EPOLLET) < 0
+      || watch_set (c->l, &c->uw, EPOLLIN | EPOLLOUT | EPOLLET) < 0)
+    {
+      conn_end (c);
+      return;
+    }
+  relay_step (c);
 }
 
-/* A connection accepted from SRC: served by a worker if SRC is a
-   sandbox with room for it, else closed. */
+/* The first bytes have given a name, or will not (malformed, end of
+   file, the buffer full, the time up): decide, and if the connection may
+   go on, connect to its original destination. */
 static void
-spawn_conn (struct sbx_netproxy *p, int fd, uint32_t src, enum conn_kind kind)
+relay_decide (struct np_conn *c)
 {
-  struct np_conn *c = calloc (1, sizeof *c);
-  if (c == NULL)
+  struct np_loop *l = c->l;
+  struct sbx_netproxy *p = l->p;
+  timer_stop (&c->timer);
+  watch_set (l, &c->cw, 0);
+  uint32_t dst_ip = ntohl (c->odst.sin_addr.s_addr);
+  const char *name = c->found ? c->name : NULL;
+  const char *proto = c->h[0].len > 0 && c->h[0].buf[0] == 0x16 ? "tls" : "http";
+  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
+  bool remembered;
+  pthread_mutex_lock (&p->lock);
+  bool ok = conn_allowed_locked (p, c, name, dst_ip, &remembered, rule, sizeof rule);
+  pthread_mutex_unlock (&p->lock);
+  /* never to the host itself: the filter runs on the host, where the
+     host's rules for sandboxes (the input chain) do not see it */
+  if (ok && host_address (&c->odst))
     {
+      ok = false;
+      snprintf (rule, sizeof rule, "host");
+    }
+  pthread_mutex_lock (&p->lock);
+  record_locked (c->sb, proto, dst_ip, ntohs (c->odst.sin_port), name ? name : "", ok, rule);
+  /* the header phase is over: its place goes to the next connection */
+  c->hello = false;
+  c->sb->n_hello--;
+  pthread_mutex_unlock (&p->lock);
+  if (!ok)
+    {
+      conn_end (c);
+      return;
+    }
+  bool done;
+  int fd = connect_start (&c->odst, &done);
+  if (fd < 0)
+    {
+      conn_end (c);
+      return;
+    }
+  pthread_mutex_lock (&p->lock);
+  c->uw.fd = fd; /* from now on a policy change may shut it down */
+  bool killed = c->killed;
+  pthread_mutex_unlock (&p->lock);
+  if (killed)
+    {
+      conn_end (c);
+      return;
+    }
+  c->phase = R_CONNECT;
+  c->uw.ready = relay_connected;
+  if (watch_set (l, &c->uw, EPOLLOUT) < 0)
+    {
+      conn_end (c);
+      return;
+    }
+  timer_start (&l->timers[T_CONNECT], &c->timer);
+}
+
+/* The client's first bytes, up to HELLO_MAX. */
+static void
+relay_hello_ready (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_conn *c = container_of (w, struct np_conn, cw);
+  struct half *x = &c->h[0];
+  while (x->len < x->cap)
+    {
+      ssize_t k = recv (w->fd, x->buf + x->len, x->cap - x->len, 0);
+      if (k < 0)
+        {
+          if (errno == EAGAIN)
+            return;
+          if (errno == EINTR)
+            continue;
+          conn_end (c);
+          return;
+        }
+      if (k == 0)
+        break; /* decide with what came */
+      x->len += (size_t) k;
+      int r = x->buf[0] == 0x16 ? sbx_sni_parse (x->buf, x->len, c->name, sizeof c->name)
+                                : sbx_http_host_parse (x->buf, x->len, c->name, sizeof c->name);
+      if (r != 0)
+        {
+          c->found = r > 0;
+          break;
+        }
+    }
+  relay_decide (c);
+}
+
+static void
+relay_expired (struct np_timer *t)
+{
+  struct np_conn *c = container_of (t, struct np_conn, timer);
+  if (c->phase == R_HELLO)
+    relay_decide (c); /* the time is up: decide with what came */
+  else
+    conn_end (c); /* no connection to the destination in time */
+}
+
+/* ------------------------------------------------------------ accepting */
+
+/* A connection accepted from SRC on L: served if SRC is a sandbox with
+   room for it, else closed at once. */
+static void
+conn_accept (struct np_loop *l, int fd, uint32_t src)
+{
+  struct sbx_netproxy *p = l->p;
+  struct sockaddr_in dst = { 0 };
+  if (l->kind == CONN_RELAY)
+    {
+      struct sockaddr_in self;
+      socklen_t dl = sizeof dst, sl = sizeof self;
+      if (getsockopt (fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dl) < 0 || dst.sin_family != AF_INET
+          || getsockname (fd, (struct sockaddr *) &self, &sl) < 0
+          /* not redirected: a connection made to the proxy itself */
+          || (dst.sin_addr.s_addr == self.sin_addr.s_addr && dst.sin_port == self.sin_port))
+        {
+          close (fd);
+          return;
+        }
+    }
+  struct np_conn *c = calloc (1, sizeof *c);
+  uint8_t *buf = l->kind == CONN_RELAY && c ? malloc (HELLO_MAX) : NULL;
+  if (c == NULL || (l->kind == CONN_RELAY && buf == NULL))
+    {
+      free (c);
       close (fd);
       return;
     }
-  c->p = p;
-  c->kind = kind;
-  c->src = src;
-  c->cfd = fd;
-  c->ufd = -1;
   pthread_mutex_lock (&p->lock);
   struct np_sandbox *sb = find_sandbox (p, src);
-  if (p->stopping || sb == NULL || sb->n_conns >= CONNS_PER_SANDBOX)
+  bool ok = !p->stopping && sb != NULL && pool_take (&p->conn_pool, &sb->n_conns);
+  if (ok && l->kind == CONN_RELAY)
+    {
+      if (sb->n_hello < p->hello_cap)
+        sb->n_hello++;
+      else
+        {
+          pool_give (&p->conn_pool, &sb->n_conns);
+          ok = false;
+        }
+    }
+  if (!ok)
     {
       pthread_mutex_unlock (&p->lock);
       close (fd);
+      free (buf);
       free (c);
       return;
     }
+  c->l = l;
+  c->kind = l->kind;
   c->sb = sb;
-  sb->n_conns++;
-  p->n_workers++;
+  sb->refs++;
+  c->hello = l->kind == CONN_RELAY;
+  c->cw.fd = fd;
+  c->uw.fd = -1;
   c->next = p->conns;
   if (p->conns)
     p->conns->prev = c;
   p->conns = c;
   pthread_mutex_unlock (&p->lock);
-  if (!start_detached (kind == CONN_DNS ? dns_tcp_main : relay_main, c))
-    conn_end (c);
+  c->timer.fire = conn_expired;
+  if (l->kind == CONN_DNS)
+    {
+      c->cw.ready = conn_dns_ready;
+      conn_dns_next (c);
+      return;
+    }
+  c->odst = dst;
+  c->phase = R_HELLO;
+  c->h[0].buf = buf;
+  c->h[0].cap = HELLO_MAX;
+  c->timer.fire = relay_expired;
+  c->cw.ready = relay_hello_ready;
+  if (watch_set (l, &c->cw, EPOLLIN) < 0)
+    {
+      conn_end (c);
+      return;
+    }
+  timer_start (&l->timers[T_HELLO], &c->timer);
 }
 
 static void
-accept_all (struct sbx_netproxy *p, int lfd, enum conn_kind kind)
+listen_ready (struct np_watch *w, uint32_t events)
 {
+  (void) events;
+  struct np_loop *l = container_of (w, struct np_loop, listen);
   for (int i = 0; i < 64; i++)
     {
       struct sockaddr_in from;
       socklen_t fl = sizeof from;
-      int fd = accept4 (lfd, (struct sockaddr *) &from, &fl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      int fd = accept4 (w->fd, (struct sockaddr *) &from, &fl, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0)
-        return; /* EAGAIN, or a connection that failed already */
+        {
+          int e = errno;
+          if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+            listen_pause (l);
+          else if (e == EINTR || e == ECONNABORTED || e == EPERM || e == EPROTO)
+            continue; /* that connection failed already */
+          return;
+        }
       if (fl != sizeof from || from.sin_family != AF_INET)
         {
           close (fd);
           continue;
         }
-      spawn_conn (p, fd, ntohl (from.sin_addr.s_addr), kind);
+      conn_accept (l, fd, ntohl (from.sin_addr.s_addr));
     }
 }
 
 static void *
-dns_main (void *arg)
+loop_main (void *arg)
 {
-  struct sbx_netproxy *p = arg;
-  static const size_t cap = DNS_MSG_MAX + 1;
-  uint8_t *buf = malloc (cap);
-  while (buf)
-    {
-      struct pollfd pfd[3] = { { p->udp_fd, POLLIN, 0 }, { p->dns_tcp_fd, POLLIN, 0 }, { p->stop_fd, POLLIN, 0 } };
-      if (poll (pfd, 3, -1) < 0)
-        {
-          if (errno == EINTR)
-            continue;
-          break;
-        }
-      if (pfd[2].revents)
-        break;
-      for (int i = 0; i < 64 && (pfd[0].revents & POLLIN); i++)
-        {
-          struct sockaddr_in from;
-          socklen_t fl = sizeof from;
-          ssize_t k = recvfrom (p->udp_fd, buf, cap, MSG_TRUNC, (struct sockaddr *) &from, &fl);
-          if (k < 0)
-            break;
-          if ((size_t) k < cap && fl == sizeof from && from.sin_family == AF_INET)
-            spawn_udp (p, &from, buf, (size_t) k);
-        }
-      if (pfd[1].revents & POLLIN)
-        accept_all (p, p->dns_tcp_fd, CONN_DNS);
-    }
-  free (buf);
-  return NULL;
-}
-
-static void *
-accept_main (void *arg)
-{
-  struct sbx_netproxy *p = arg;
+  struct np_loop *l = arg;
+  struct epoll_event ev[64];
   for (;;)
     {
-      struct pollfd pfd[2] = { { p->tcp_fd, POLLIN, 0 }, { p->stop_fd, POLLIN, 0 } };
-      if (poll (pfd, 2, -1) < 0)
-        {
-          if (errno == EINTR)
-            continue;
-          break;
-        }
-      if (pfd[1].revents)
+      int n = epoll_wait (l->ep, ev, 64, l->ready ? 0 : timers_wait_ms (l));
+      if (n < 0 && errno != EINTR)
         break;
-      if (pfd[0].revents & POLLIN)
-        accept_all (p, p->tcp_fd, CONN_RELAY);
+      bool stop = false;
+      for (int i = 0; i < n; i++)
+        {
+          struct np_watch *w = ev[i].data.ptr;
+          if (w == NULL)
+            stop = true;
+          else if (w->events != 0) /* else: no longer watched (an earlier event of this batch) */
+            w->ready (w, ev[i].events);
+        }
+      timers_run (l);
+      relay_run_ready (l);
+      loop_reap (l);
+      if (stop)
+        break;
     }
   return NULL;
 }
-
 /* ------------------------------------------------------------------ API */
 
 /* A socket of TYPE bound to 0.0.0.0:PORT (0: any); its port in *GOT. */
@@ -1717,19 +2408,41 @@ bind_any (int type, uint16_t port, uint16_t *got, struct sbx_err *err)
   return steal_fd (&fd);
 }
 
-static void
-sandbox_free (struct np_sandbox *sb)
+/* The epoll set of a loop accepting KIND connections on LISTEN_FD (and,
+   for the DNS loop, reading UDP_FD). */
+static int
+loop_init (struct sbx_netproxy *p, struct np_loop *l, enum conn_kind kind, int listen_fd, int udp_fd,
+           struct sbx_err *err)
 {
-  if (sb)
+  static const unsigned ms[T_KINDS] = { [T_UDP_TRY] = UPSTREAM_UDP_TIMEOUT_MS, [T_TCP_UPSTREAM] = UPSTREAM_TCP_TIMEOUT_MS,
+                                        [T_DNS_IDLE] = DNS_TCP_IDLE_MS, [T_CONNECT] = CONNECT_TIMEOUT_MS,
+                                        [T_PAUSE] = ACCEPT_PAUSE_MS };
+  l->p = p;
+  l->kind = kind;
+  for (int k = 0; k < T_KINDS; k++)
+    l->timers[k].ns = (k == T_HELLO ? p->hello_timeout_ms : ms[k]) * MS;
+  l->listen = (struct np_watch) { .fd = listen_fd, .ready = listen_ready };
+  l->listen_pause.fire = listen_resume;
+  l->udp = (struct np_watch) { .fd = udp_fd, .ready = dns_udp_ready };
+  l->ep = epoll_create1 (EPOLL_CLOEXEC);
+  if (l->ep < 0)
+    return sbx_fail (err, errno, "netproxy: epoll_create1");
+  struct epoll_event stop = { .events = EPOLLIN, .data.ptr = NULL };
+  if (epoll_ctl (l->ep, EPOLL_CTL_ADD, p->stop_fd, &stop) < 0 || watch_set (l, &l->listen, EPOLLIN) < 0)
+    return sbx_fail (err, errno, "netproxy: epoll_ctl");
+  if (udp_fd >= 0)
     {
-      sbx_net_policy_free (&sb->policy);
-      sbx_memo_free (&sb->memo);
-      sbx_egress_ring_free (&sb->log);
-      free (sb);
+      l->rx = malloc (DNS_MSG_MAX + 1);
+      l->tx = malloc (DNS_MSG_MAX + 1);
+      if (l->rx == NULL || l->tx == NULL)
+        return sbx_fail (err, ENOMEM, "netproxy");
+      if (watch_set (l, &l->udp, EPOLLIN) < 0)
+        return sbx_fail (err, errno, "netproxy: epoll_ctl");
     }
+  return 0;
 }
 
-/* Everything but the threads and the workers. */
+/* Everything but the threads and what they serve. */
 static void
 proxy_free (struct sbx_netproxy *p)
 {
@@ -1737,13 +2450,53 @@ proxy_free (struct sbx_netproxy *p)
     sandbox_free (p->sb[i]);
   free (p->sb);
   free (p->ops);
+  struct np_loop *loops[] = { &p->dns, &p->relay };
+  for (size_t i = 0; i < 2; i++)
+    {
+      if (loops[i]->ep >= 0)
+        close (loops[i]->ep);
+      free (loops[i]->rx);
+      free (loops[i]->tx);
+    }
   int *fds[] = { &p->udp_fd, &p->dns_tcp_fd, &p->tcp_fd, &p->stop_fd };
   for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
     if (*fds[i] >= 0)
       close (*fds[i]);
-  pthread_cond_destroy (&p->idle);
   pthread_mutex_destroy (&p->lock);
   free (p);
+}
+
+static unsigned
+or_default (unsigned v, unsigned def)
+{
+  return v ? v : def;
+}
+
+static unsigned
+min_u (unsigned a, unsigned b)
+{
+  return a < b ? a : b;
+}
+
+/* The bounds of LIM (0: the defaults).  Each shared pool takes at most
+   a quarter of the descriptors the process may open (a relayed
+   connection holds two, a query one), so that a low limit shrinks them
+   rather than leaving the daemon without descriptors. */
+static void
+set_limits (struct sbx_netproxy *p, const struct sbx_netproxy_limits *lim)
+{
+  unsigned conns = or_default (lim->conns, CONNS_PER_SANDBOX);
+  unsigned queries = or_default (lim->dns_inflight, DNS_INFLIGHT);
+  unsigned fds = UINT_MAX;
+  struct rlimit rl;
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 4 < UINT_MAX)
+    fds = (unsigned) (rl.rlim_cur / 4);
+  p->conn_pool = (struct np_pool) { .cap = conns, .own = min_u (conns, CONNS_OWN), .max = min_u (CONNS_SHARED, fds / 2) };
+  p->query_pool = (struct np_pool) { .cap = queries, .own = min_u (queries, DNS_INFLIGHT_OWN),
+                                     .max = min_u (DNS_INFLIGHT_SHARED, fds) };
+  p->dns_rate = or_default (lim->dns_rate, DNS_RATE);
+  p->hello_cap = or_default (lim->hello, HELLO_PER_SANDBOX);
+  p->hello_timeout_ms = or_default (lim->hello_timeout_ms, HELLO_TIMEOUT_MS);
 }
 
 int
@@ -1754,9 +2507,9 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
   struct sbx_netproxy *p = calloc (1, sizeof *p);
   if (p == NULL)
     return sbx_fail (err, ENOMEM, "netproxy");
-  p->udp_fd = p->dns_tcp_fd = p->tcp_fd = p->stop_fd = -1;
+  p->udp_fd = p->dns_tcp_fd = p->tcp_fd = p->stop_fd = p->dns.ep = p->relay.ep = -1;
   pthread_mutex_init (&p->lock, NULL);
-  pthread_cond_init (&p->idle, NULL);
+  set_limits (p, &cfg->limits);
   p->upstream.sin_family = AF_INET;
   p->upstream.sin_addr.s_addr = htonl (cfg->upstream_ip);
   p->upstream.sin_port = htons (cfg->upstream_port ? cfg->upstream_port : 53);
@@ -1799,21 +2552,24 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
       sbx_fail (err, errno, "netproxy: eventfd");
       goto fail;
     }
-  int e = pthread_create (&p->dns_thread, NULL, dns_main, p);
+  if (loop_init (p, &p->dns, CONN_DNS, p->dns_tcp_fd, p->udp_fd, err) < 0
+      || loop_init (p, &p->relay, CONN_RELAY, p->tcp_fd, -1, err) < 0)
+    goto fail;
+  int e = pthread_create (&p->dns.thread, NULL, loop_main, &p->dns);
   if (e != 0)
     {
       sbx_fail (err, e, "netproxy: start the DNS thread");
       goto fail;
     }
-  p->dns_started = true;
-  e = pthread_create (&p->accept_thread, NULL, accept_main, p);
+  p->dns.started = true;
+  e = pthread_create (&p->relay.thread, NULL, loop_main, &p->relay);
   if (e != 0)
     {
-      sbx_fail (err, e, "netproxy: start the accept thread");
+      sbx_fail (err, e, "netproxy: start the HTTP/TLS thread");
       sbx_netproxy_stop (p);
       return -1;
     }
-  p->accept_started = true;
+  p->relay.started = true;
   *out = p;
   return 0;
 fail:
@@ -1831,6 +2587,12 @@ uint16_t
 sbx_netproxy_tcp_port (const struct sbx_netproxy *p)
 {
   return p->tcp_port;
+}
+
+unsigned
+sbx_netproxy_dns_rate (const struct sbx_netproxy *p)
+{
+  return p->dns_rate;
 }
 
 int
@@ -1856,6 +2618,7 @@ sbx_netproxy_set (struct sbx_netproxy *p, uint32_t sandbox_ip, const struct sbx_
           return sbx_fail (err, ENOMEM, "netproxy: add a sandbox");
         }
       sb->ip = sandbox_ip;
+      sb->refs = 1; /* the table's */
       sb->policy = copy;
       *slot = sb;
       pthread_mutex_unlock (&p->lock);
@@ -1880,24 +2643,21 @@ sbx_netproxy_remove (struct sbx_netproxy *p, uint32_t sandbox_ip)
 {
   if (p == NULL)
     return;
-  struct np_sandbox *sb = NULL;
   pthread_mutex_lock (&p->lock);
   for (size_t i = 0; i < p->n_sb; i++)
     if (p->sb[i]->ip == sandbox_ip)
       {
-        sb = p->sb[i];
+        struct np_sandbox *sb = p->sb[i];
         p->sb[i] = p->sb[--p->n_sb];
+        sb->removed = true;
+        for (struct np_conn *c = p->conns; c; c = c->next)
+          if (c->sb == sb)
+            conn_kill (c);
+        /* freed now, or by its last query or connection as it ends */
+        sandbox_unref_locked (sb);
         break;
       }
-  if (sb)
-    for (struct np_conn *c = p->conns; c; c = c->next)
-      if (c->sb == sb)
-        {
-          conn_kill (c);
-          c->sb = NULL;
-        }
   pthread_mutex_unlock (&p->lock);
-  sandbox_free (sb);
 }
 
 void
@@ -1910,16 +2670,17 @@ sbx_netproxy_stop (struct sbx_netproxy *p)
   pthread_mutex_unlock (&p->lock);
   if (p->stop_fd >= 0)
     eventfd_write (p->stop_fd, 1);
-  if (p->dns_started)
-    pthread_join (p->dns_thread, NULL);
-  if (p->accept_started)
-    pthread_join (p->accept_thread, NULL);
-  pthread_mutex_lock (&p->lock);
-  for (struct np_conn *c = p->conns; c; c = c->next)
-    conn_kill (c);
-  while (p->n_workers > 0)
-    pthread_cond_wait (&p->idle, &p->lock);
-  pthread_mutex_unlock (&p->lock);
+  if (p->dns.started)
+    pthread_join (p->dns.thread, NULL);
+  if (p->relay.started)
+    pthread_join (p->relay.thread, NULL);
+  /* what the loops served when they stopped */
+  while (p->queries)
+    query_end (p->queries);
+  while (p->conns)
+    conn_end (p->conns);
+  loop_reap (&p->dns);
+  loop_reap (&p->relay);
   proxy_free (p);
 }
 

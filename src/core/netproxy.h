@@ -17,13 +17,21 @@
  * records of an answer to an allowed name are remembered for that sandbox
  * (name asked -> address, until the TTL, at least 60 s, at most 1 h).
  *
- * TCP: the first bytes (up to 16 KiB, 5 s) give the name: the Host header
- * of an HTTP request or the server_name of a TLS ClientHello.  The
+ * TCP: the first bytes (up to 16 KiB, 5 s by default) give the name: the
+ * Host header of an HTTP request or the server_name of a TLS ClientHello.  The
  * connection goes on to its original destination (SO_ORIGINAL_DST) only
  * if that address is not platform-denied (unless an operator range allows
  * it) and either the name is allowed and the address was remembered for
  * that same name, or the address alone is allowed (sbx_net_ip_allowed).
  * Otherwise it is closed.
+ *
+ * Both are event loops, and fair: each sandbox has its own bounds
+ * (sbx_netproxy_limits) on DNS queries waiting for the upstream, on its
+ * query rate, on its TCP connections and on those whose first bytes are
+ * still awaited.  A query over a bound gets SERVFAIL at once (recorded as
+ * denied, rule "quota: ..."); a connection over a bound is closed at
+ * once.  Part of each bound is the sandbox's own whatever the others do;
+ * the rest comes from pools shared by all sandboxes.
  *
  * Each of these decisions, and those of the kernel that net.c reads, goes
  * to the sandbox's egress log (net.h, egress.h), kept here with its
@@ -38,18 +46,30 @@
 
 struct sbx_netproxy;
 
+/* Per-sandbox bounds; 0 means the default (in brackets). */
+struct sbx_netproxy_limits {
+  unsigned dns_inflight;     /* DNS queries waiting for the upstream [64] */
+  unsigned dns_rate;         /* DNS queries a second, in bursts of twice that [200] */
+  unsigned conns;            /* TCP connections, DNS and relayed [256] */
+  unsigned hello;            /* relayed connections whose first bytes are awaited [32] */
+  unsigned hello_timeout_ms; /* how long those bytes may take [5000] */
+};
+
 struct sbx_netproxy_config {
   uint32_t upstream_ip;   /* upstream resolver, host byte order */
   uint16_t upstream_port; /* 0: 53 */
   const struct sbx_cidr *operator_allow; /* copied */
   size_t n_operator_allow;
+  struct sbx_netproxy_limits limits;
 };
 
 /* Binds UDP+TCP on 0.0.0.0:<ephemeral> for DNS and TCP on another
-   ephemeral port for HTTP/TLS, starts the threads. */
+   ephemeral port for HTTP/TLS, starts the two loops' threads. */
 int sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy **out, struct sbx_err *err);
 uint16_t sbx_netproxy_dns_port (const struct sbx_netproxy *p);
 uint16_t sbx_netproxy_tcp_port (const struct sbx_netproxy *p);
+/* The DNS queries a second each sandbox may ask (sbx_netproxy_limits). */
+unsigned sbx_netproxy_dns_rate (const struct sbx_netproxy *p);
 /* Set (copy) or replace the policy of the sandbox at SANDBOX_IP.  A
    replaced policy applies to new queries and connections; connections
    it no longer allows are closed. */

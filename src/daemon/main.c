@@ -42,6 +42,7 @@ usage (FILE *f)
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
          "             [--outbound-allow CIDR]...   (ranges webhooks may reach despite the platform's denials)\n"
+         "             [--dns-rate N] [--filter-conns N]   (per sandbox; docs/network.md)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
@@ -156,6 +157,8 @@ cmd_serve (int argc, char **argv)
                                         { "dns-upstream", required_argument, NULL, 'd' },
                                         { "net-allow", required_argument, NULL, 'a' },
                                         { "no-network", no_argument, NULL, 'N' },
+                                        { "dns-rate", required_argument, NULL, 'r' },
+                                        { "filter-conns", required_argument, NULL, 'f' },
                                         { "log-level", required_argument, NULL, 'L' },
                                         { "log-format", required_argument, NULL, 'F' },
                                         { "image", required_argument, NULL, 'I' },
@@ -209,6 +212,25 @@ cmd_serve (int argc, char **argv)
             return 2;
           }
         break;
+      case 'r':
+      case 'f':
+        {
+          /* per sandbox: DNS queries a second; TCP connections through the filters */
+          char *end;
+          errno = 0;
+          long v = strtol (optarg, &end, 10);
+          if (errno || *end || end == optarg || v < 1 || v > 100000)
+            {
+              fprintf (stderr, "sbxd: invalid --%s %s (want 1 to 100000)\n", c == 'r' ? "dns-rate" : "filter-conns",
+                       optarg);
+              return 2;
+            }
+          if (c == 'r')
+            net.limits.dns_rate = (unsigned) v;
+          else
+            net.limits.conns = (unsigned) v;
+          break;
+        }
       case 'L':
         if (sbx_log_level_parse (optarg, &log_level) < 0)
           {

@@ -720,8 +720,8 @@ struct upstream {
 };
 
 /* Answer an A query: 198.51.100.10, TTL 30 (the name by a pointer to the
-   question).  "big.*" over UDP: TC and no records.  Other types: no
-   records. */
+   question).  "big.*" over UDP: TC and no records.  "slow.*": no answer.
+   Other types: no records. */
 static size_t
 fake_answer (const uint8_t *q, size_t len, bool tcp, uint8_t *out)
 {
@@ -739,6 +739,8 @@ fake_answer (const uint8_t *q, size_t len, bool tcp, uint8_t *out)
   out[2] = (uint8_t) (0x80 | (q[2] & 0x01));
   out[3] = 0x80;
   memset (out + 6, 0, 6);
+  if (q[12] == 4 && memcmp (q + 13, "slow", 4) == 0)
+    return 0; /* never answered (over TCP: an empty, unusable answer) */
   bool big = q[12] == 3 && memcmp (q + 13, "big", 3) == 0;
   if (big && !tcp)
     {
@@ -956,25 +958,45 @@ count_fds (void)
   return n;
 }
 
+/* The fake upstream, started in its thread. */
+static void
+upstream_open (struct upstream *u)
+{
+  memset (u, 0, sizeof *u);
+  pthread_mutex_init (&u->lock, NULL);
+  /* UDP and TCP on one port: the port the kernel gives the UDP socket may
+     be taken for TCP, so try again with another */
+  uint16_t same;
+  u->tcp = -1;
+  for (int tries = 0; tries < 50 && u->tcp < 0; tries++)
+    {
+      if (tries)
+        close (u->udp);
+      u->udp = loopback_socket (SOCK_DGRAM, 0, &u->port);
+      u->tcp = u->udp < 0 ? -1 : loopback_socket (SOCK_STREAM, u->port, &same);
+    }
+  CHECK (u->udp >= 0 && u->tcp >= 0 && pipe (u->stop) == 0);
+  pthread_create (&u->th, NULL, upstream_main, u);
+}
+
+static void
+upstream_close (struct upstream *u)
+{
+  write (u->stop[1], "x", 1);
+  pthread_join (u->th, NULL);
+  close (u->udp);
+  close (u->tcp);
+  close (u->stop[0]);
+  close (u->stop[1]);
+  pthread_mutex_destroy (&u->lock);
+}
+
 static void
 test_dns (void)
 {
   int fds_before = count_fds ();
-  struct upstream u = { 0 };
-  pthread_mutex_init (&u.lock, NULL);
-  /* UDP and TCP on one port: the port the kernel gives the UDP socket may
-     be taken for TCP, so try again with another */
-  uint16_t same;
-  u.tcp = -1;
-  for (int tries = 0; tries < 50 && u.tcp < 0; tries++)
-    {
-      if (tries)
-        close (u.udp);
-      u.udp = loopback_socket (SOCK_DGRAM, 0, &u.port);
-      u.tcp = u.udp < 0 ? -1 : loopback_socket (SOCK_STREAM, u.port, &same);
-    }
-  CHECK (u.udp >= 0 && u.tcp >= 0 && pipe (u.stop) == 0);
-  pthread_create (&u.th, NULL, upstream_main, &u);
+  struct upstream u;
+  upstream_open (&u);
 
   struct sbx_cidr ops = { IP (100, 64, 0, 0), 10 };
   struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = u.port,
@@ -1127,15 +1149,148 @@ test_dns (void)
   close (idle);
   ok ("stop: prompt with a connection open");
 
-  write (u.stop[1], "x", 1);
-  pthread_join (u.th, NULL);
-  close (u.udp);
-  close (u.tcp);
-  close (u.stop[0]);
-  close (u.stop[1]);
-  pthread_mutex_destroy (&u.lock);
+  upstream_close (&u);
   CHECK (count_fds () == fds_before);
   ok ("no descriptor left open");
+}
+
+/* A UDP socket on SRC (a loopback address: a sandbox of its own to the
+   proxy) connected to the proxy's DNS PORT. */
+static int
+sandbox_socket (uint32_t src, uint16_t port)
+{
+  int fd = socket (AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in me = { .sin_family = AF_INET, .sin_addr.s_addr = htonl (src) };
+  struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  if (fd >= 0 && (bind (fd, (struct sockaddr *) &me, sizeof me) < 0 || connect (fd, (struct sockaddr *) &to, sizeof to) < 0))
+    {
+      close (fd);
+      return -1;
+    }
+  return fd;
+}
+
+static void
+send_query (int fd, const char *name, uint16_t type, uint16_t id)
+{
+  uint8_t q[300];
+  size_t ql = make_query (name, type, id, q);
+  CHECK (send (fd, q, ql, 0) == (ssize_t) ql);
+}
+
+/* The next answer on FD within WAIT_MS (got 0: none). */
+static void
+next_reply (int fd, int wait_ms, struct reply *out)
+{
+  uint8_t r[1500];
+  struct pollfd pfd = { fd, POLLIN, 0 };
+  memset (out, 0, sizeof *out);
+  if (poll (&pfd, 1, wait_ms) == 1)
+    read_reply (r, recv (fd, r, sizeof r, 0), out);
+}
+
+static uint64_t
+ms_since (uint64_t t0)
+{
+  return (sbx_now_ns () - t0) / 1000000;
+}
+
+/* The bounds per sandbox: queries waiting for the upstream, and the
+   query rate.  Sandbox A (127.0.0.1) asks names the upstream never
+   answers; sandbox B (127.0.0.2) is served meanwhile. */
+static void
+test_dns_bounds (void)
+{
+  int fds_before = count_fds ();
+  struct upstream u;
+  upstream_open (&u);
+  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = u.port,
+                                     .limits = { .dns_inflight = 4, .dns_rate = 50 } };
+  struct sbx_netproxy *p = NULL;
+  struct sbx_err err = { 0 };
+  CHECK (sbx_netproxy_start (&cfg, &p, &err) == 0);
+  if (p == NULL)
+    return;
+  uint16_t dport = sbx_netproxy_dns_port (p);
+  struct sbx_net_policy open = { .enabled = true };
+  uint32_t a_ip = IP (127, 0, 0, 1), b_ip = IP (127, 0, 0, 2);
+  CHECK (sbx_netproxy_set (p, a_ip, &open, &err) == 0 && sbx_netproxy_set (p, b_ip, &open, &err) == 0);
+  int a = sandbox_socket (a_ip, dport), b = sandbox_socket (b_ip, dport);
+  CHECK (a >= 0 && b >= 0);
+
+  for (uint16_t id = 1; id <= 4; id++)
+    send_query (a, "slow.example.com", 1, id);
+  usleep (200 * 1000);
+  struct reply r;
+  next_reply (a, 0, &r);
+  CHECK (r.got == 0); /* all four wait for the upstream */
+  uint64_t t0 = sbx_now_ns ();
+  send_query (a, "slow.example.com", 1, 5);
+  next_reply (a, 1000, &r);
+  CHECK (r.got == 1 && r.id == 5 && r.rcode == 2 && r.qd == 1 && r.an == 0);
+  CHECK (ms_since (t0) < 500);
+  t0 = sbx_now_ns ();
+  send_query (b, "example.com", 1, 6);
+  next_reply (b, 1000, &r);
+  CHECK (r.got == 1 && r.id == 6 && r.rcode == 0 && r.an == 1 && r.a == IP (198, 51, 100, 10));
+  CHECK (ms_since (t0) < 500);
+  ok ("dns bounds: a sandbox's queries in flight are capped, one more gets SERVFAIL at once; another sandbox is "
+      "answered meanwhile");
+
+  /* the upstream never answers: SERVFAIL after two tries of 2 s */
+  int servfail = 0;
+  for (int i = 0; i < 4; i++)
+    {
+      next_reply (a, 6000, &r);
+      servfail += r.got == 1 && r.rcode == 2 && r.id >= 1 && r.id <= 4;
+    }
+  CHECK (servfail == 4 && ms_since (t0) >= 3000);
+  send_query (a, "example.com", 1, 7);
+  next_reply (a, 1000, &r);
+  CHECK (r.got == 1 && r.id == 7 && r.rcode == 0 && r.an == 1);
+  ok ("dns bounds: a query the upstream never answers gets SERVFAIL after two tries, and frees its place");
+
+  /* the rate: 50 a second in bursts of 100; AAAA queries are answered
+     here, so only the rate limits them */
+  int noerror = 0, refused = 0;
+  for (uint16_t id = 100; id < 250; id++)
+    send_query (b, "example.com", 28, id);
+  for (int i = 0; i < 150; i++)
+    {
+      next_reply (b, 1000, &r);
+      noerror += r.got == 1 && r.rcode == 0;
+      refused += r.got == 1 && r.rcode == 2;
+    }
+  CHECK (noerror >= 99 && noerror <= 110 && noerror + refused == 150);
+  next_reply (a, 0, &r);
+  CHECK (r.got == 0);
+  send_query (a, "example.com", 28, 8); /* A's own rate is untouched */
+  next_reply (a, 1000, &r);
+  CHECK (r.got == 1 && r.id == 8 && r.rcode == 0);
+  ok ("dns bounds: over its query rate a sandbox gets SERVFAIL at once; another sandbox's rate is its own");
+
+  struct sbx_egress_record *rec = NULL;
+  uint64_t dropped;
+  size_t n = log_of (p, a_ip, 0, &rec, &dropped);
+  bool inflight = false;
+  for (size_t i = 0; i < n; i++)
+    inflight |= strcmp (rec[i].rule, "quota: queries in flight") == 0 && rec[i].verdict == SBX_EGRESS_DENIED
+                && strcmp (rec[i].name, "slow.example.com") == 0;
+  free (rec);
+  n = log_of (p, b_ip, 0, &rec, &dropped);
+  size_t rate = 0;
+  for (size_t i = 0; i < n; i++)
+    rate += strcmp (rec[i].rule, "quota: query rate") == 0 && rec[i].verdict == SBX_EGRESS_DENIED;
+  free (rec);
+  CHECK (inflight && rate == (size_t) refused);
+  ok ("egress log: queries over a bound are recorded as denied, with the bound");
+
+  close (a);
+  close (b);
+  sbx_netproxy_stop (p);
+  upstream_close (&u);
+  CHECK (count_fds () == fds_before);
+  ok ("dns bounds: no descriptor left open");
 }
 
 int
@@ -1152,6 +1307,7 @@ main (void)
   test_egress_packet ();
   test_egress_rules ();
   test_dns ();
+  test_dns_bounds ();
   printf ("%d checks passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }
