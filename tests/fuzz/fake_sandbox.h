@@ -146,22 +146,43 @@ fake_engine (const char *dir, fake_agent_fn fn, void *ud)
 }
 
 /* A fresh directory under /dev/shm (memory: the store's syncs are free),
-   removed at exit. */
+   /dev/shm/sbxd-fuzz-PID-XXXXXX, removed at exit; those of harnesses
+   that died (a crash does not exit) go when the next one starts. */
 static char fake_dir_path[64];
+
+static void
+fake_rm_rf (const char *path)
+{
+  char cmd[128];
+  snprintf (cmd, sizeof cmd, "rm -rf '%s'", path);
+  if (system (cmd) != 0)
+    fprintf (stderr, "could not remove %s\n", path);
+}
 
 static void
 fake_dir_remove (void)
 {
-  char cmd[128];
-  snprintf (cmd, sizeof cmd, "rm -rf '%s'", fake_dir_path);
-  if (system (cmd) != 0)
-    fprintf (stderr, "could not remove %s\n", fake_dir_path);
+  fake_rm_rf (fake_dir_path);
 }
 
 static const char *
 fake_dir (void)
 {
-  snprintf (fake_dir_path, sizeof fake_dir_path, "/dev/shm/sbxd-fuzz-XXXXXX");
+  DIR *d = opendir ("/dev/shm");
+  struct dirent *de;
+  while (d && (de = readdir (d)) != NULL)
+    {
+      int pid;
+      char path[300];
+      if (sscanf (de->d_name, "sbxd-fuzz-%d-", &pid) == 1 && pid > 0 && kill (pid, 0) < 0 && errno == ESRCH)
+        {
+          snprintf (path, sizeof path, "/dev/shm/%s", de->d_name);
+          fake_rm_rf (path);
+        }
+    }
+  if (d)
+    closedir (d);
+  snprintf (fake_dir_path, sizeof fake_dir_path, "/dev/shm/sbxd-fuzz-%d-XXXXXX", (int) getpid ());
   if (mkdtemp (fake_dir_path) == NULL)
     abort ();
   atexit (fake_dir_remove);
