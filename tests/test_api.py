@@ -1182,6 +1182,16 @@ def test_malformed_and_mistyped_bodies(sbxd):
     assert_error(sbxd.req("POST", "/events/webhooks", data="{"), 400, prefix="malformed JSON body: ")
 
 
+
+def test_error_quoting_bytes_that_are_not_utf8_is_answered(sbxd):
+    """An error message quoting what a client (or a sandbox) sent is
+    answered in JSON even when those bytes are not UTF-8: they become
+    U+FFFD, instead of the connection closing with no answer at all
+    (found by tests/fuzz/fuzz_json_body.c, through a kernel's stderr)."""
+    r = sbxd.req("GET", "/sandboxes?status=%FFx%C3")
+    assert_error(r, 400, "invalid status: \ufffdx\ufffd")
+    assert sbxd.req("GET", "/sandboxes").status_code == 200
+
 def test_over_long_body_is_refused(sbxd):
     """JSON bodies may be 1 MiB; bodies carrying file contents (the
     filesystem write) 64 MiB."""

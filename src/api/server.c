@@ -119,6 +119,13 @@ send_json (struct MHD_Connection *c, unsigned status, json_t *j)
 {
   char *text = json_dumps (j, JSON_COMPACT);
   json_decref (j);
+  if (text == NULL && status < 500)
+    {
+      /* an answer that could not be built (a string that is not UTF-8,
+         out of memory): a 500 in the dialect's shape, not a connection
+         closed without any answer */
+      return send_json (c, 500, current_dialect ()->error_body (500, "cannot encode the answer"));
+    }
   if (text == NULL)
     return MHD_NO;
   size_t n = strlen (text);
@@ -179,7 +186,12 @@ send_error (struct MHD_Connection *c, unsigned status, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
-  return send_json (c, status, current_dialect ()->error_body (status, msg));
+  /* a message may quote bytes a client or a sandbox sent: JSON needs
+     UTF-8, so text_json replaces what is not */
+  json_t *text = text_json (msg, strlen (msg));
+  json_t *body = current_dialect ()->error_body (status, text ? json_string_value (text) : "error");
+  json_decref (text);
+  return send_json (c, status, body);
 }
 
 enum MHD_Result

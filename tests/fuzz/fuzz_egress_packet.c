@@ -3,17 +3,8 @@
  * (src/core/egress.c), which reads the headers of packets a sandbox sent
  * (as NFLOG hands them to the daemon) for the egress log.
  *
- * libFuzzer:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DSBX_LIBFUZZER -D_GNU_SOURCE -Isrc \
- *     -o /tmp/fuzz_egress_packet tests/fuzz/fuzz_egress_packet.c src/core/egress.c \
- *     && mkdir -p /tmp/fuzz-new && /tmp/fuzz_egress_packet /tmp/fuzz-new tests/fuzz/corpus/egress_packet
- * Plain driver (gcc), replaying the corpus files named (or every file of
- * the directories named), then random mutations of them:
- *   gcc -std=c17 -g -O1 -fsanitize=address,undefined -D_GNU_SOURCE -Isrc \
- *     -o /tmp/fuzz_egress_packet tests/fuzz/fuzz_egress_packet.c src/core/egress.c \
- *     && /tmp/fuzz_egress_packet tests/fuzz/corpus/egress_packet
- * (libFuzzer adds what it finds to the first directory named: a scratch
- * one, so the corpus here stays as it is.)
+ *   make CC=clang B=build-clang fuzz && mkdir -p build/fuzz-corpus/egress_packet
+ *   build-clang/fuzz_egress_packet -max_total_time=600 build/fuzz-corpus/egress_packet tests/fuzz/corpus/egress_packet
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -40,8 +31,3 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
   return 0;
 }
-
-#define FUZZ_INPUT_MAX 4096
-#define FUZZ_ROUNDS 200000
-#define FUZZ_SPECIAL { 0, 0xff, 0x45, 6, 17 }
-#include "driver.h"

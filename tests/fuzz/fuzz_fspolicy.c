@@ -7,15 +7,8 @@
  * value modulo 4: read-only, read-write, blocked, or an invalid one), the
  * rest of the line is the path.
  *
- * libFuzzer:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DSBX_LIBFUZZER -D_GNU_SOURCE -Isrc \
- *     -o /tmp/fuzz_fspolicy tests/fuzz/fuzz_fspolicy.c src/core/fspolicy.c src/common/error.c \
- *     && mkdir -p /tmp/fuzz-new && /tmp/fuzz_fspolicy /tmp/fuzz-new tests/fuzz/corpus/fspolicy
- * Plain driver (gcc), replaying the corpus files named (or every file of
- * the directories named), then random mutations of them:
- *   gcc -std=c17 -g -O1 -fsanitize=address,undefined -D_GNU_SOURCE -Isrc \
- *     -o /tmp/fuzz_fspolicy tests/fuzz/fuzz_fspolicy.c src/core/fspolicy.c src/common/error.c \
- *     && /tmp/fuzz_fspolicy tests/fuzz/corpus/fspolicy
+ *   make CC=clang B=build-clang fuzz && mkdir -p build/fuzz-corpus/fspolicy
+ *   build-clang/fuzz_fspolicy -max_total_time=600 build/fuzz-corpus/fspolicy tests/fuzz/corpus/fspolicy
  */
 #include <errno.h>
 #include <stdint.h>
@@ -105,8 +98,3 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     free (paths[i]);
   return 0;
 }
-
-#define FUZZ_INPUT_MAX 70000
-#define FUZZ_ROUNDS 50000
-#define FUZZ_SPECIAL { '/', '.', '\n', 0, 2 }
-#include "driver.h"

@@ -10,13 +10,8 @@
  * bytes, and every line delivered is checked (no newline in it, within
  * the line bound) and matched against a request id.
  *
- * libFuzzer:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DSBX_LIBFUZZER -D_GNU_SOURCE -Isrc \
- *     -o /tmp/fuzz_interp tests/fuzz/fuzz_interp.c build/libsbx.a -ljansson -lseccomp -lcurl -lcrypto \
- *     -lldns -lssl -lnftables -lmnl -lnetfilter_log -lm -lpthread \
- *     && mkdir -p /tmp/fuzz-new && /tmp/fuzz_interp /tmp/fuzz-new tests/fuzz/corpus/interp
- * Plain driver (gcc): the same with -std=c17 and without -fsanitize=fuzzer
- * and -DSBX_LIBFUZZER, run with tests/fuzz/corpus/interp.
+ *   make CC=clang B=build-clang fuzz && mkdir -p build/fuzz-corpus/interp
+ *   build-clang/fuzz_interp -max_total_time=600 build/fuzz-corpus/interp tests/fuzz/corpus/interp
  */
 #include "service/interp.c"
 
@@ -70,8 +65,3 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   lines_free (&l);
   return 0;
 }
-
-#define FUZZ_INPUT_MAX 65536
-#define FUZZ_ROUNDS 100000
-#define FUZZ_SPECIAL { '\n', ':', ' ', 0, '{', '}' }
-#include "driver.h"
