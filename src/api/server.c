@@ -635,6 +635,7 @@ run_job (struct request *rq)
   tl_rq = rq;
   enum MHD_Result ret = rq->job (rq);
   tl_rq = NULL;
+  sbx_thread_bulk (false); /* the next request starts at normal priority */
   /* an upload piece goes on reading; anything else has answered (or
      failed, and the connection is closed) */
   rq->phase = rq->answer || ret == MHD_NO ? RQ_ANSWERED : RQ_READING;

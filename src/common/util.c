@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -278,4 +279,15 @@ void
 sbx_budget_give (struct sbx_budget *b, size_t n)
 {
   __atomic_fetch_sub (&b->used, n, __ATOMIC_RELAXED);
+}
+
+void
+sbx_thread_bulk (bool on)
+{
+  static __thread bool bulk;
+  if (bulk == on)
+    return;
+  /* best effort: a thread left at its priority only loses the fairness */
+  if (setpriority (PRIO_PROCESS, (id_t) gettid (), on ? SBX_BULK_NICE : 0) == 0)
+    bulk = on;
 }

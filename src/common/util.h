@@ -78,4 +78,12 @@ void sbx_strv_free (char **v);
 /* Run FN (ARG) in a detached thread; false when it cannot start. */
 bool sbx_start_detached (void *(*fn) (void *), void *arg);
 
+/* Bulk work (a request moving megabytes of output) runs at a lower CPU
+   priority than small calls, so that one tenant's floods cannot take the
+   daemon's time from another tenant's creates and execs.  It applies to
+   the calling thread only (Linux's nice is per thread); ON false gives
+   the thread its normal priority back. */
+#define SBX_BULK_NICE 10
+void sbx_thread_bulk (bool on);
+
 #endif

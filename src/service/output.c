@@ -171,6 +171,8 @@ sbx_capture_add (struct sbx_capture *c, const void *d, size_t n)
   char out[6];
   if (c->truncated || n == 0)
     return;
+  if (c->encoded >= SBX_BULK_BYTES)
+    sbx_thread_bulk (true);
   if (c->ncarry)
     {
       /* finish the character the previous piece cut */

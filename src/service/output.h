@@ -24,6 +24,10 @@
 
 extern struct sbx_budget sbx_output_budget;
 
+/* A capture past this many encoded bytes makes its thread bulk work
+   (sbx_thread_bulk): lower priority for the rest of its request. */
+#define SBX_BULK_BYTES (1u << 20)
+
 /* One output stream kept for a JSON string.  With ESCAPED, DATA holds the
    JSON text itself (the string's contents without its quotes, exactly as
    jansson's json_dumps would write text_json of the raw bytes), ready to
