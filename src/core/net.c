@@ -81,7 +81,7 @@
 /* New TCP connections a second from one sandbox to each of the filters,
    in bursts of twice that: beyond it the kernel drops the SYN (the
    client tries again after a second). */
-#define NEW_CONN_RATE 1000
+#define NEW_CONN_RATE 200
 
 struct sbx_net {
   pthread_mutex_t lock; /* the nft context */

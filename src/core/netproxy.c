@@ -99,6 +99,7 @@ _Static_assert (RELAY_BUF >= HELLO_MAX, "the first bytes go on in the relay buff
 #define CONNECT_TIMEOUT_MS 10000
 #define DNS_TCP_IDLE_MS 10000
 #define UPSTREAM_UDP_TIMEOUT_MS 2000 /* per try; one retry */
+#define DNS_UDP_RCVBUF (8 << 20)   /* the shared query socket's buffer, bytes */
 #define UPSTREAM_TCP_TIMEOUT_MS 5000
 #define ACCEPT_PAUSE_MS 100          /* accepting again after EMFILE and the like */
 #define DNS_MSG_MAX 65535
@@ -2247,6 +2248,18 @@ relay_expired (struct np_timer *t)
 
 /* ------------------------------------------------------------ accepting */
 
+/* Refuse an accepted connection with a reset rather than a close: the
+   host's connection tracking then forgets it in seconds (CLOSE) instead
+   of two minutes (TIME_WAIT), so a sandbox reconnecting in a loop cannot
+   fill the host's shared conntrack table with refused connections. */
+static void
+close_reset (int fd)
+{
+  struct linger lg = { 1, 0 };
+  setsockopt (fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close (fd);
+}
+
 /* A connection accepted from SRC on L: served if SRC is a sandbox with
    room for it, else closed at once. */
 static void
@@ -2263,7 +2276,7 @@ conn_accept (struct np_loop *l, int fd, uint32_t src)
           /* not redirected: a connection made to the proxy itself */
           || (dst.sin_addr.s_addr == self.sin_addr.s_addr && dst.sin_port == self.sin_port))
         {
-          close (fd);
+          close_reset (fd);
           return;
         }
     }
@@ -2272,7 +2285,7 @@ conn_accept (struct np_loop *l, int fd, uint32_t src)
   if (c == NULL || (l->kind == CONN_RELAY && buf == NULL))
     {
       free (c);
-      close (fd);
+      close_reset (fd);
       return;
     }
   pthread_mutex_lock (&p->lock);
@@ -2291,7 +2304,7 @@ conn_accept (struct np_loop *l, int fd, uint32_t src)
   if (!ok)
     {
       pthread_mutex_unlock (&p->lock);
-      close (fd);
+      close_reset (fd);
       free (buf);
       free (c);
       return;
@@ -2532,6 +2545,13 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
       if (p->udp_fd >= 0)
         close (p->udp_fd);
       p->udp_fd = bind_any (SOCK_DGRAM, 0, &p->dns_port, err);
+      /* every sandbox's queries arrive on this one socket: a buffer deep
+         enough for the bursts the per-sandbox kernel bound lets through
+         (a few thousand queries), so that another sandbox's query is not
+         dropped while the loop catches up */
+      int rcv = DNS_UDP_RCVBUF;
+      if (p->udp_fd >= 0 && setsockopt (p->udp_fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
+        setsockopt (p->udp_fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
       if (p->udp_fd < 0)
         goto fail;
       uint16_t same;
