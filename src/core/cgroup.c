@@ -768,6 +768,29 @@ apply_limits_v1 (const char *name, const struct sbx_cgroup_limits *lim, struct s
 }
 
 int
+sbx_cgroup_set_cpu_weight (const char *name, unsigned weight, struct sbx_err *err)
+{
+  if (ensure_detected (err) < 0 || check_name (name, err) < 0)
+    return -1;
+  if (weight < SBX_CPU_WEIGHT_MIN)
+    weight = SBX_CPU_WEIGHT_MIN;
+  if (weight > SBX_CPU_WEIGHT_MAX)
+    weight = SBX_CPU_WEIGHT_MAX;
+  char val[32];
+  if (layout.mode == SBX_CGROUP_V2)
+    {
+      snprintf (val, sizeof val, "%u", weight);
+      return write_limit (layout.unified, name, "cpu.weight", val, err);
+    }
+  if (need_ctl (CTL_CPU, err) < 0)
+    return -1;
+  /* v1's cpu.shares: 1024 is what cpu.weight calls 100 */
+  unsigned long shares = (unsigned long) weight * 1024 / 100;
+  snprintf (val, sizeof val, "%lu", shares < 2 ? 2ul : shares);
+  return write_limit (layout.ctl[CTL_CPU], name, "cpu.shares", val, err);
+}
+
+int
 sbx_cgroup_create (const char *name, const struct sbx_cgroup_limits *lim, struct sbx_err *err)
 {
   static const struct sbx_cgroup_limits unlimited;

@@ -41,6 +41,12 @@ enum sbx_cgroup_mode sbx_cgroup_mode (void);
 
 /* Create NAME (parents included) in every hierarchy and apply LIM. */
 int sbx_cgroup_create (const char *name, const struct sbx_cgroup_limits *lim, struct sbx_err *err);
+/* NAME's share of the CPU against its siblings when they all want it, in
+   cgroup v2's cpu.weight units (default 100, clamped to 1..10000; v1's
+   cpu.shares is 10.24 times that). */
+#define SBX_CPU_WEIGHT_MIN 1
+#define SBX_CPU_WEIGHT_MAX 10000
+int sbx_cgroup_set_cpu_weight (const char *name, unsigned weight, struct sbx_err *err);
 /* Move PID (all its threads) into NAME in every hierarchy. */
 int sbx_cgroup_enter (const char *name, pid_t pid, struct sbx_err *err);
 /* Freeze (true) or thaw (false) the whole tree; returns once the kernel

@@ -1605,6 +1605,23 @@ sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err)
   return set_frozen (e, id, false, err);
 }
 
+int
+sbx_set_cpu_weight (struct sbx_engine *e, const char *id, unsigned weight, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = 0;
+  if (s->state != SBX_STOPPED)
+    {
+      char cg[128];
+      cgroup_name (s->id, cg, sizeof cg);
+      r = sbx_cgroup_set_cpu_weight (cg, weight, err);
+    }
+  put (e, s);
+  return r;
+}
+
 static void
 fill_info (const struct sandbox *s, struct sbx_info *info)
 {

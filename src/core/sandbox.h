@@ -128,6 +128,10 @@ int sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_
 int sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err);
+/* ID's share of the CPU against the other sandboxes when they all want
+   it (cgroup cpu.weight units, 1..10000; a new sandbox has 100). */
+int sbx_set_cpu_weight (struct sbx_engine *e, const char *id, unsigned weight, struct sbx_err *err);
+
 /* All sandboxes the engine knows (stopped ones included until forgotten),
    newest first. */
 int sbx_list (struct sbx_engine *e, struct sbx_info **infos, size_t *n, struct sbx_err *err);

@@ -19,6 +19,7 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
+#include "../service/fairshare.h"
 #include "../service/service.h"
 #include "../api/server.h"
 #include "../service/store.h"
@@ -390,6 +391,10 @@ cmd_serve (int argc, char **argv)
     sbx_log_fields (SBX_LOG_ERROR, "cannot reconcile records with sandboxes", "error", err.msg, NULL);
   if (sbx_service_runs_recover (svc, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot recover runs", "error", err.msg, NULL);
+  struct sbx_fairshare *fair = NULL;
+  if (sbx_fairshare_start (store, engine, &fair, &err) < 0)
+    sbx_log_fields (SBX_LOG_WARN, "cannot share the CPU between organisations", "error", err.msg, NULL);
+  sbx_service_set_fairshare (svc, fair);
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
                                 .svc = svc,
@@ -431,6 +436,8 @@ cmd_serve (int argc, char **argv)
                       "runs", n, NULL);
       return 0;
     }
+  sbx_service_set_fairshare (svc, NULL);
+  sbx_fairshare_stop (fair);
   sbx_engine_close (engine);
   sbx_service_set_webhooks (svc, NULL);
   sbx_webhooks_stop (webhooks);

@@ -23,12 +23,14 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "encode.h"
+#include "fairshare.h"
 #include "webhook.h"
 
 struct sbx_service {
   struct sbx_store *store;
   struct sbx_engine *engine;     /* set once opened */
   struct sbx_webhooks *webhooks; /* may be NULL until started */
+  struct sbx_fairshare *fair;    /* NULL: sandboxes keep equal weights */
 };
 
 static const char *const type_names[] = {
@@ -64,6 +66,12 @@ void
 sbx_service_set_webhooks (struct sbx_service *svc, struct sbx_webhooks *wh)
 {
   svc->webhooks = wh;
+}
+
+void
+sbx_service_set_fairshare (struct sbx_service *svc, struct sbx_fairshare *fair)
+{
+  svc->fair = fair;
 }
 
 struct sbx_engine *
@@ -146,6 +154,8 @@ record_change (struct sbx_service *svc, const char *drop_id, const struct sbx_sa
   free (ev.data_json);
   if (ret == 0 && svc->webhooks)
     sbx_webhooks_kick (svc->webhooks);
+  if (ret == 0)
+    sbx_fairshare_kick (svc->fair);
   return ret;
 }
 

@@ -40,6 +40,10 @@ int sbx_service_open (struct sbx_store *store, struct sbx_service **out, struct 
 void sbx_service_close (struct sbx_service *svc);
 void sbx_service_set_engine (struct sbx_service *svc, struct sbx_engine *engine);
 void sbx_service_set_webhooks (struct sbx_service *svc, struct sbx_webhooks *wh);
+/* The CPU fair share between organisations (fairshare.h), kicked after
+   each recorded change; NULL detaches it. */
+struct sbx_fairshare;
+void sbx_service_set_fairshare (struct sbx_service *svc, struct sbx_fairshare *fair);
 struct sbx_engine *sbx_service_engine (struct sbx_service *svc);
 struct sbx_store *sbx_service_store (struct sbx_service *svc);
 
