@@ -34,7 +34,10 @@ def main():
         print(json.dumps({"hostile_load": out}))
     finally:
         if d:
-            d.stop()
+            try:
+                d.cleanup()
+            finally:
+                d.stop()
         peers.down()
         subprocess.run(["rm", "-rf", tmp])
 

@@ -16,7 +16,13 @@ first on a quiet daemon and then while, at the same time:
       output  is asked, by several client threads at once, to print
               20 MB of random (mostly control) bytes, again and again.
 
-The daemon's memory (VmRSS) is sampled throughout.  All traffic stays on
+The well-behaved organisation is measured three times: "empty" (no other
+sandbox), "quiet" (the 50 hostile sandboxes exist but are idle, so the
+ratios tell what their floods cost rather than what 50 more sandboxes
+cost) and "load" (the floods have run for SBXD_LOAD_HOLD seconds, 10 by
+default).  SBXD_LOAD_KINDS (default dns,conn,output,idle) picks the
+floods, to see what each one costs.  The daemon's memory (VmRSS) is
+sampled throughout.  All traffic stays on
 loopback and in the test network namespaces of netpeers.py: the hostile
 sandboxes' names resolve at the peers' resolver, and their connections go
 to the peers' "internet" (198.51.100.10).
@@ -73,6 +79,42 @@ while True:
         if not data:
             sel.unregister(s); s.close(); n -= 1; closed += 1
             one(key.data)
+"""
+
+# The hostile client of the output floods, a process of its own so that
+# it takes no time from the measuring one: THREADS threads ask the given
+# sandboxes, in turn, to print 20 MB of random bytes, until stdin closes.
+# Answers are read whole but not decoded (a hostile client does not);
+# prints {"done", "truncated", "bytes"} as JSON at the end.  A real
+# attacker's client runs on its own machine; this one shares the daemon's
+# two cores, so it runs at nice 10 lest the test measure its own client's
+# CPU instead of the daemon's fairness.
+OUTPUT_FLOODER = r"""
+import http.client, json, os, sys, threading, urllib.parse
+os.nice(10)
+url, key, n, ids = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+host = urllib.parse.urlsplit(url)
+stop = threading.Event()
+count = {"done": 0, "truncated": 0, "bytes": 0}
+body = json.dumps({"cmd": "head", "args": ["-c", "20000000", "/dev/urandom"], "timeout": 30})
+def flood(i):
+    while not stop.is_set():
+        try:
+            c = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
+            c.request("POST", "/sandboxes/%s/processes" % ids[i % len(ids)], body,
+                      {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+            r = c.getresponse(); data = r.read(); c.close()
+            count["done"] += 1; count["bytes"] += len(data)
+            if r.status == 200 and b'"truncated":true' in data[-200:]:
+                count["truncated"] += 1
+        except OSError:
+            pass
+        i += 1
+ts = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(n)]
+for t in ts: t.start()
+sys.stdin.read(); stop.set()
+for t in ts: t.join(timeout=100)
+print(json.dumps(count))
 """
 
 # Runs inside a hostile sandbox, detached: a DNS flood (names that do not
@@ -148,9 +190,9 @@ for _ in range(n):
             if r[:2] == struct.pack(">H", qid):
                 break
         rcode = r[3] & 15
-        out.append((time.monotonic() - t) * 1000 if rcode == 0 and struct.unpack(">H", r[6:8])[0] else None)
+        out.append((time.monotonic() - t) * 1000 if rcode == 0 and struct.unpack(">H", r[6:8])[0] else "rcode %d" % rcode)
     except socket.timeout:
-        out.append(None)
+        out.append("timeout")
     time.sleep(0.02)
 print(json.dumps(out))
 """
@@ -198,7 +240,7 @@ def measure(good, sid, rounds):
     """The well-behaved organisation's p50s: create (POST answered; the
     sandbox is deleted after), exec `true`, and a DNS answer inside its
     sandbox.  Failures are counted, not timed."""
-    creates, execs, failures = [], [], 0
+    creates, execs, failures, errors = [], [], 0, []
     for _ in range(rounds):
         t = time.monotonic()
         r = good.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 60})
@@ -207,6 +249,7 @@ def measure(good, sid, rounds):
             good.req("DELETE", f"/sandboxes/{r.json()['sandboxID']}")
         else:
             failures += 1
+            errors.append(f"create {r.status_code} {r.text[:200]}")
     for _ in range(rounds * 2):
         t = time.monotonic()
         r = good.run(sid, "true")
@@ -214,11 +257,37 @@ def measure(good, sid, rounds):
             execs.append((time.monotonic() - t) * 1000)
         else:
             failures += 1
+            errors.append(f"exec {r.status_code} {r.text[:200]}")
     r = good.run(sid, "python3", "-c", DNS_PROBE, "allowed.test", str(rounds * 2))
     dns = json.loads(r.json()["stdout"]) if r.status_code == 200 and r.json().get("exitCode") == 0 else []
-    answered = [x for x in dns if x is not None]
-    failures += rounds * 2 - len(answered)
-    return {"create_ms": p50(creates), "exec_ms": p50(execs), "dns_ms": p50(answered), "failures": failures}
+    answered = [x for x in dns if not isinstance(x, str)]
+    if len(answered) < rounds * 2:
+        failures += rounds * 2 - len(answered)
+        # what the filter recorded of them (its egress log)
+        log = good.req("GET", f"/sandboxes/{sid}/network/log", params={"limit": 200})
+        records = log.json().get("records", []) if log.status_code == 200 else []
+        seen = sorted({f"{e.get('verdict')} {e.get('rule')}" for e in records if e.get("verdict") != "allowed"})[:5]
+        errors.append(f"dns {len(answered)} of {rounds * 2} answered: "
+                      f"{sorted(set(x for x in dns if isinstance(x, str)))}; the filter's log: {seen}")
+    return {"create_ms": p50(creates), "exec_ms": p50(execs), "dns_ms": p50(answered), "failures": failures,
+            "dns_answered": round(len(answered) / (rounds * 2), 2), "errors": errors[:5]}
+
+
+def settle(pid, quiet_s=1.0, limit_s=60):
+    """Wait until the daemon is done with the burst of creates (its spare
+    sandboxes made again): its CPU time stands still for QUIET_S."""
+    def cpu():
+        with open(f"/proc/{pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return int(v[11]) + int(v[12]) + int(v[13]) + int(v[14])
+    deadline = time.time() + limit_s
+    last = cpu()
+    while time.time() < deadline:
+        time.sleep(quiet_s)
+        now = cpu()
+        if now - last <= 2:  # clock ticks: under 2% of a core
+            return
+        last = now
 
 
 def detach(client, sid, code):
@@ -229,50 +298,44 @@ def detach(client, sid, code):
     assert r.status_code == 200 and r.json()["exitCode"] == 0, r.text
 
 
-def scenario(url, good_key, bad_key, pid, idle=2000, hostile=50, rounds=10, idle_addrs=100):
+def scenario(url, good_key, bad_key, pid, idle=2000, hostile=50, rounds=20, idle_addrs=100):
     """Runs the whole scenario; returns the figures as a dict."""
     good, bad = Client(url, good_key), Client(url, bad_key)
     port = int(url.rsplit(":", 1)[1])
     out = {"idle_connections": idle, "hostile_sandboxes": hostile}
     sid = good.create(network=GOOD_NET)
+    hostile_ids = []
     try:
         measure(good, sid, 2)  # warm up (spares, DNS cache of the upstream)
-        out["quiet"] = measure(good, sid, rounds)
-        out["rss_quiet_mib"] = rss_mib(pid)
+        out["empty"] = measure(good, sid, rounds)
+        out["rss_empty_mib"] = rss_mib(pid)
 
-        # the hostile organisation's sandboxes and their floods
-        hostile_ids = []
+        # the hostile organisation's sandboxes, idle at first: "quiet" is
+        # measured beside them, so that the ratios tell what their floods
+        # cost and not what 50 more sandboxes cost (the "empty" figures,
+        # printed too)
         for i in range(hostile):
             net = GOOD_NET if i % 3 != 2 else None
             hostile_ids.append(bad.create(**({"network": net} if net else {})))
+        settle(pid)
+        out["quiet"] = measure(good, sid, rounds)
+        out["rss_quiet_mib"] = rss_mib(pid)
+
         kinds = {"dns": hostile_ids[0::3], "conn": hostile_ids[1::3], "output": hostile_ids[2::3]}
-        for hid in kinds["dns"]:
+        # SBXD_LOAD_KINDS (default all: dns,conn,output,idle) picks the
+        # floods, to see which one costs what
+        on = os.environ.get("SBXD_LOAD_KINDS", "dns,conn,output,idle").split(",")
+        for hid in kinds["dns"] if "dns" in on else []:
             detach(bad, hid, DNS_FLOOD)
-        for hid in kinds["conn"]:
+        for hid in kinds["conn"] if "conn" in on else []:
             detach(bad, hid, CONN_FLOOD)
-        stop = threading.Event()
-        flood_calls = {"done": 0, "truncated": 0, "bytes": 0}
-
-        def output_flood(i):
-            c = Client(url, bad_key)
-            targets = kinds["output"]
-            while not stop.is_set():
-                try:
-                    r = c.run(targets[i % len(targets)], "head", "-c", "20000000", "/dev/urandom", timeout_s=30)
-                    flood_calls["done"] += 1
-                    flood_calls["bytes"] += len(r.content)
-                    if r.status_code == 200 and r.json().get("truncated"):
-                        flood_calls["truncated"] += 1
-                except requests.RequestException:
-                    pass
-                i += 1
-
-        threads = [threading.Thread(target=output_flood, args=(i,), daemon=True) for i in range(8)]
-        for t in threads:
-            t.start()
+        flooder = subprocess.Popen([sys.executable, "-c", OUTPUT_FLOODER, url, bad_key,
+                                    "8" if "output" in on else "0"] + kinds["output"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
         # idle keyless connections, held by another process
-        holder = subprocess.Popen([sys.executable, "-c", IDLE_HOLDER, str(port), str(idle), str(idle_addrs)],
+        holder = subprocess.Popen([sys.executable, "-c", IDLE_HOLDER, str(port), str(idle if "idle" in on else 0),
+                                   str(idle_addrs)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         held = holder.stdout.readline().split()
         out["idle_held"] = int(held[1]) if len(held) == 2 else 0
@@ -287,29 +350,30 @@ def scenario(url, good_key, bad_key, pid, idle=2000, hostile=50, rounds=10, idle
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        time.sleep(3)  # let the floods get going
+        # let the floods reach their steady state
+        time.sleep(float(os.environ.get("SBXD_LOAD_HOLD", "10")))
         try:
             out["load"] = measure(good, sid, rounds)
         finally:
             sampling.set()
             sampler.join()
-            stop.set()
             holder.stdin.close()
             tail = holder.stdout.read().split()
             holder.wait(timeout=30)
-            for t in threads:
-                t.join(timeout=60)
+            flooder.stdin.close()
+            flood = json.loads(flooder.stdout.read() or "{}")
+            flooder.wait(timeout=120)
         out["idle_closed_by_server"] = int(tail[1]) if len(tail) >= 4 else None
         out["idle_refused"] = int(tail[3]) if len(tail) >= 4 else None
-        out["output_flood_calls"] = flood_calls["done"]
-        out["output_flood_truncated"] = flood_calls["truncated"]
-        out["output_flood_mib_received"] = round(flood_calls["bytes"] / 2**20, 1)
+        out["output_flood_calls"] = flood.get("done")
+        out["output_flood_truncated"] = flood.get("truncated")
+        out["output_flood_mib_received"] = round(flood.get("bytes", 0) / 2**20, 1)
         out["rss_peak_mib"] = round(max(peak), 1)
+    finally:
         for hid in hostile_ids:
             bad.req("DELETE", f"/sandboxes/{hid}")
-        out["rss_after_mib"] = round(rss_mib(pid), 1)
-    finally:
         good.req("DELETE", f"/sandboxes/{sid}")
+    out["rss_after_mib"] = round(rss_mib(pid), 1)
     for k in ("create_ms", "exec_ms", "dns_ms"):
         q, l = out["quiet"][k], out["load"][k]
         out[k.replace("_ms", "_ratio")] = round(l / q, 2) if q and l else None
