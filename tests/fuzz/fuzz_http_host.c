@@ -23,28 +23,9 @@
 #include <string.h>
 
 #include "core/netproxy_internal.h"
+#include "fuzz_name.h"
 
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
-
-static void
-check_name (const char *name)
-{
-  size_t len = strlen (name), label = 0;
-  if (len == 0 || len > SBX_NETPROXY_NAME_MAX || name[0] == '.' || name[len - 1] == '.')
-    abort ();
-  for (size_t i = 0; i < len; i++)
-    {
-      char c = name[i];
-      if (c == '.')
-        {
-          if (label == 0)
-            abort ();
-          label = 0;
-        }
-      else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_') || ++label > 63)
-        abort ();
-    }
-}
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
@@ -58,7 +39,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       if (r < -1 || r > 1)
         abort ();
       if (r == 1)
-        check_name (name);
+        fuzz_check_name (name);
       return 0;
     }
   size_t piece = (size_t) (data[0] / 2) % 31 + 1;
