@@ -59,6 +59,9 @@ def test_each_organisation_weighs_the_same(sbxd):
     assert r.status_code == 201, r.text
     single = r.json()["sandboxID"]
     try:
+        # a new sandbox has its organisation's share from the start, not
+        # only once the worker has weighed it
+        assert cpu_weight(single) == 10000
         # four sandboxes share one organisation's weight; one has it whole
         wait_for(lambda: cpu_weight(single) == 4 * cpu_weight(many[0]))
         assert {cpu_weight(s) for s in many} == {cpu_weight(many[0])}

@@ -1362,7 +1362,8 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
-  if (sbx_cgroup_create (cg, &cl, err) < 0)
+  if (sbx_cgroup_create (cg, &cl, err) < 0
+      || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
     goto fail;
   env = init_env (&t, o->env);
   if (env == NULL)

@@ -95,6 +95,7 @@ struct sbx_create_opts {
      the sandbox runs; checked by sbx_create (EINVAL) */
   const struct sbx_fs_rule *fs_rules;
   size_t n_fs_rules;
+  unsigned cpu_weight;        /* its CPU share from the start (as sbx_set_cpu_weight); 0: the kernel's default */
 };
 
 struct sbx_info {

@@ -50,6 +50,12 @@ struct sbx_fairshare {
   size_t n_last;
 };
 
+unsigned
+sbx_fairshare_weight (unsigned n)
+{
+  return ORG_WEIGHT / (n ? n : 1);
+}
+
 static int
 cmp_rec_org (const void *a, const void *b)
 {
@@ -93,7 +99,7 @@ weigh (struct sbx_fairshare *f)
       size_t j = i;
       while (j < n && strcmp (recs[j].org_id, recs[i].org_id) == 0)
         j++;
-      unsigned w = ORG_WEIGHT / (unsigned) (j - i);
+      unsigned w = sbx_fairshare_weight ((unsigned) (j - i));
       for (; i < j; i++)
         {
           if (strcmp (recs[i].status, "running") != 0 && strcmp (recs[i].status, "paused") != 0)

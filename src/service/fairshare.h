@@ -19,5 +19,8 @@ int sbx_fairshare_start (struct sbx_store *store, struct sbx_engine *engine, str
    NULL does nothing. */
 void sbx_fairshare_kick (struct sbx_fairshare *f);
 void sbx_fairshare_stop (struct sbx_fairshare *f);
+/* The weight of each of an organisation's N live sandboxes, so that a new
+   sandbox starts with its share instead of waiting for the worker. */
+unsigned sbx_fairshare_weight (unsigned n);
 
 #endif

@@ -294,6 +294,9 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
                                .n_fs_rules = spec->n_fs_rules };
   char id[SBX_ID_MAX];
   struct sbx_err e2;
+  uint32_t live = 0; /* this create's placeholder included */
+  if (svc->fair && sbx_store_sandbox_count_live (svc->store, org->id, &live, &e2) == 0)
+    o.cpu_weight = sbx_fairshare_weight (live); /* its share from its first instruction */
   if (sbx_create (svc->engine, &o, id, err) < 0)
     {
       sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);

@@ -133,7 +133,8 @@ int sbx_store_sandbox_list_live (struct sbx_store *st, struct sbx_sandbox_rec **
    "": those created for none). */
 int sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const char *agent_id,
                                      const char *status, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
-/* Running and paused sandboxes of ORG. */
+/* Running and paused sandboxes of ORG, and creates under way (their
+   placeholders). */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
 /* Sandbox time of ORG between SINCE_MS and NOW_MS, in ms, into *MS: the
    sum over its sandboxes of the part of [started, stopped) inside that
