@@ -104,11 +104,15 @@ weigh (struct sbx_fairshare *f)
         {
           if (strcmp (recs[i].status, "running") != 0 && strcmp (recs[i].status, "paused") != 0)
             continue;
-          if (last_weight (f, recs[i].id) != w && sbx_set_cpu_weight (f->engine, recs[i].id, w, &err) < 0
-              && sbx_err_kind (&err) != SBX_E_NOT_FOUND)
-            sbx_log_fields (SBX_LOG_DEBUG, "cpu fair share", "sandbox", recs[i].id, "error", err.msg, NULL);
+          unsigned got = w;
+          if (last_weight (f, recs[i].id) != w && sbx_set_cpu_weight (f->engine, recs[i].id, w, &err) < 0)
+            {
+              got = 0; /* tried again at the next pass */
+              if (sbx_err_kind (&err) != SBX_E_NOT_FOUND)
+                sbx_log_fields (SBX_LOG_DEBUG, "cpu fair share", "sandbox", recs[i].id, "error", err.msg, NULL);
+            }
           snprintf (now[k].id, sizeof now[k].id, "%s", recs[i].id);
-          now[k++].weight = w;
+          now[k++].weight = got;
         }
     }
   for (size_t i = 0; i < n; i++)
