@@ -427,11 +427,16 @@ def test_stalled_hellos_and_connection_flood_do_not_starve_another(fair, resolve
     qs = [x["s"] for x in quiet]
     bs = [x["s"] for x in busy]
     closed = a_got["closed"]
-    at_once = sum(1 for c in closed if c is not None and c < 1.0)
+    # "at once": well before the header-phase timeout.  Not within a fixed
+    # second: the kernel bounds each sandbox's new connections to the
+    # filters (200 a second), and A's churn spends that budget too, so
+    # some of A's connections wait in the listen queue before the filter
+    # sees and refuses them.
+    at_once = sum(1 for c in closed if c is not None and c < HELLO_TIMEOUT_S - 1)
     print(f"\nHTTPS B quiet: {summary(qs)} {ms(qs)}")
     print(f"HTTPS B under A's stalled ClientHellos and connection flood: {summary(bs)} {ms(bs)}")
-    print(f"A: {n} stalled, {at_once} closed within 1 s, the rest after "
-          f"{sorted(round(c, 1) for c in closed if c is not None and c >= 1.0)[:3]}... s, "
+    print(f"A: {n} stalled, {at_once} closed before the timeout, the rest after "
+          f"{sorted(round(c, 1) for c in closed if c is not None and c >= HELLO_TIMEOUT_S - 1)[:3]}... s, "
           f"{sum(1 for c in closed if c is None)} still open; {a_got['churn']} connections churned; "
           f"daemon threads quiet {threads_quiet}, under the flood {peak}")
     failed = [x for x in busy if x["code"] != 0 or x["body"] != HTTPS10]
