@@ -182,7 +182,7 @@ cmd_serve (int argc, char **argv)
   bool reserve_set = false;
   uint32_t reserve_mb = 0;
   double overcommit = 1.0;
-  unsigned conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
+  uint32_t conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -214,24 +214,15 @@ cmd_serve (int argc, char **argv)
           }
         break;
       case 'r':
+        /* per sandbox: DNS queries a second */
+        if (parse_u32 ("--dns-rate", optarg, 1, 100000, &net.limits.dns_rate) < 0)
+          return 2;
+        break;
       case 'f':
-        {
-          /* per sandbox: DNS queries a second; TCP connections through the filters */
-          char *end;
-          errno = 0;
-          long v = strtol (optarg, &end, 10);
-          if (errno || *end || end == optarg || v < 1 || v > 100000)
-            {
-              fprintf (stderr, "sbxd: invalid --%s %s (want 1 to 100000)\n", c == 'r' ? "dns-rate" : "filter-conns",
-                       optarg);
-              return 2;
-            }
-          if (c == 'r')
-            net.limits.dns_rate = (unsigned) v;
-          else
-            net.limits.conns = (unsigned) v;
-          break;
-        }
+        /* per sandbox: TCP connections through the filters */
+        if (parse_u32 ("--filter-conns", optarg, 1, 100000, &net.limits.conns) < 0)
+          return 2;
+        break;
       case 'L':
         if (sbx_log_level_parse (optarg, &log_level) < 0)
           {
@@ -280,22 +271,14 @@ cmd_serve (int argc, char **argv)
           break;
         }
       case 'T':
+        if (parse_u32 ("--conn-timeout", optarg, 1, 3600, &conn_timeout) < 0)
+          return 2;
+        break;
       case 'P':
-        {
-          char *end;
-          errno = 0;
-          unsigned long v = strtoul (optarg, &end, 10);
-          bool timeout = c == 'T';
-          if (errno || *end || *optarg == '\0' || *optarg == '-' || (timeout && (v < 1 || v > 3600))
-              || v > 1000000)
-            {
-              fprintf (stderr, "sbxd: invalid --%s %s (%s)\n", timeout ? "conn-timeout" : "conn-per-ip", optarg,
-                       timeout ? "1..3600 seconds" : "0..1000000; 0: no cap");
-              return 2;
-            }
-          *(timeout ? &conn_timeout : &conn_per_ip) = (unsigned) v;
-          break;
-        }
+        /* 0: no cap */
+        if (parse_u32 ("--conn-per-ip", optarg, 0, 1000000, &conn_per_ip) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
