@@ -6,15 +6,12 @@
 #include "proto.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "util.h"
 
@@ -134,49 +131,11 @@ sbx_msg_send (int fd, const struct sbx_msg *m)
   return 0;
 }
 
-/* Read LEN bytes, like sbx_read_full, but give up with ETIMEDOUT at
-   DEADLINE_NS (0: never). */
-static ssize_t
-read_by (int fd, void *buf, size_t len, uint64_t deadline_ns)
-{
-  if (deadline_ns == 0)
-    return sbx_read_full (fd, buf, len);
-  char *p = buf;
-  size_t done = 0;
-  while (done < len)
-    {
-      uint64_t now = sbx_now_ns ();
-      if (now >= deadline_ns)
-        {
-          errno = ETIMEDOUT;
-          return -1;
-        }
-      uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
-      struct pollfd pf = { fd, POLLIN, 0 };
-      int pr = poll (&pf, 1, left_ms > INT_MAX ? INT_MAX : (int) left_ms);
-      if (pr < 0 && errno != EINTR)
-        return -1;
-      if (pr <= 0)
-        continue;
-      ssize_t n = read (fd, p + done, len - done);
-      if (n < 0)
-        {
-          if (errno == EINTR || errno == EAGAIN)
-            continue;
-          return -1;
-        }
-      if (n == 0)
-        break;
-      done += (size_t) n;
-    }
-  return (ssize_t) done;
-}
-
 int
 sbx_msg_recv_by (int fd, struct sbx_msg *m, uint64_t deadline_ns)
 {
   uint8_t hdr[5];
-  ssize_t n = read_by (fd, hdr, 5, deadline_ns);
+  ssize_t n = sbx_read_by (fd, hdr, 5, deadline_ns);
   if (n < 0)
     return -1;
   if (n == 0)
@@ -199,7 +158,7 @@ sbx_msg_recv_by (int fd, struct sbx_msg *m, uint64_t deadline_ns)
       errno = ENOMEM;
       return -1;
     }
-  n = read_by (fd, m->buf, len - 1, deadline_ns);
+  n = sbx_read_by (fd, m->buf, len - 1, deadline_ns);
   if (n < 0)
     return -1;
   if ((size_t) n < len - 1)

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,14 +59,36 @@ sbx_write_full (int fd, const void *buf, size_t len)
 ssize_t
 sbx_read_full (int fd, void *buf, size_t len)
 {
+  return sbx_read_by (fd, buf, len, 0);
+}
+
+ssize_t
+sbx_read_by (int fd, void *buf, size_t len, uint64_t deadline_ns)
+{
   char *p = buf;
   size_t done = 0;
   while (done < len)
     {
+      if (deadline_ns)
+        {
+          uint64_t now = sbx_now_ns ();
+          if (now >= deadline_ns)
+            {
+              errno = ETIMEDOUT;
+              return -1;
+            }
+          uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
+          struct pollfd pf = { fd, POLLIN, 0 };
+          int pr = poll (&pf, 1, left_ms > INT_MAX ? INT_MAX : (int) left_ms);
+          if (pr < 0 && errno != EINTR)
+            return -1;
+          if (pr <= 0)
+            continue;
+        }
       ssize_t n = read (fd, p + done, len - done);
       if (n < 0)
         {
-          if (errno == EINTR)
+          if (errno == EINTR || (deadline_ns && errno == EAGAIN))
             continue;
           return -1;
         }

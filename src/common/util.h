@@ -27,6 +27,9 @@ void sbx_cleanup_closep (int *fd);
    number of bytes read (short only at EOF) or -1. */
 ssize_t sbx_write_full (int fd, const void *buf, size_t len);
 ssize_t sbx_read_full (int fd, void *buf, size_t len);
+/* The same, but giving up with ETIMEDOUT at DEADLINE_NS (sbx_now_ns; 0:
+   never), however much has come by then. */
+ssize_t sbx_read_by (int fd, void *buf, size_t len, uint64_t deadline_ns);
 
 /* Write a whole string to a file at PATH (relative to DIRFD), O_WRONLY. */
 int sbx_write_file_at (int dirfd, const char *path, const char *data, struct sbx_err *err);
