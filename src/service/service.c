@@ -282,7 +282,8 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
   if (spec->timeout_s > org->max_timeout_s)
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", org->max_timeout_s);
   char rsv[SBX_STORE_ID_MAX];
-  if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, err) < 0)
+  uint32_t live; /* this create's placeholder included */
+  if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
     return -1;
   struct sbx_create_opts o = { .template_name = spec->template_name,
                                .timeout_s = spec->timeout_s,
@@ -294,8 +295,7 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
                                .n_fs_rules = spec->n_fs_rules };
   char id[SBX_ID_MAX];
   struct sbx_err e2;
-  uint32_t live = 0; /* this create's placeholder included */
-  if (svc->fair && sbx_store_sandbox_count_live (svc->store, org->id, &live, &e2) == 0)
+  if (svc->fair)
     o.cpu_weight = sbx_fairshare_weight (live); /* its share from its first instruction */
   if (sbx_create (svc->engine, &o, id, err) < 0)
     {

@@ -1738,7 +1738,7 @@ sbx_store_sandbox_record (struct sbx_store *st, const char *drop_id, const struc
 
 int
 sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
-                           char id[SBX_STORE_ID_MAX], struct sbx_err *err)
+                           char id[SBX_STORE_ID_MAX], uint32_t *live, struct sbx_err *err)
 {
   if (random_id (id, SBX_STORE_ID_MAX, "rsv_", err) < 0)
     return -1;
@@ -1762,8 +1762,10 @@ sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t ma
     int rr = step_row (st, s, err, "count sandboxes");
     if (rr < 0)
       return -1;
-    if (rr && (uint64_t) sqlite3_column_int64 (s, 0) >= max)
+    uint64_t n = rr ? (uint64_t) sqlite3_column_int64 (s, 0) : 0;
+    if (n >= max)
       return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
+    *live = (uint32_t) n + 1;
   }
   if (sandbox_put_locked (st, &r, err) < 0 || run (st, S_COMMIT, err, "commit") < 0)
     return -1;

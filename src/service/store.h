@@ -116,11 +116,12 @@ int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char
                             size_t *n, struct sbx_err *err);
 /* Take one of ORG's MAX concurrent sandboxes: in one transaction, count
    its live records (creating, running, paused) and, below MAX, insert a
-   "creating" placeholder whose id ("rsv_...") is written to ID.  At MAX it
+   "creating" placeholder whose id ("rsv_...") is written to ID, and the
+   live records it makes (the placeholder included) to *LIVE.  At MAX it
    fails with kind SBX_E_LIMIT.  The placeholder is replaced by the real
    record (sbx_store_sandbox_record) or dropped when the create fails. */
 int sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
-                               char id[SBX_STORE_ID_MAX], struct sbx_err *err);
+                               char id[SBX_STORE_ID_MAX], uint32_t *live, struct sbx_err *err);
 /* One transaction: delete record DROP_ID (may be NULL), save R (may be
    NULL) and add EV (may be NULL; filled as by sbx_store_event_add) with
    its webhook deliveries. */
