@@ -9,7 +9,8 @@
  * /sandboxes), e2b.c (E2B's control-plane extras), e2b_envd.c (E2B's
  * in-sandbox agent protocol), interp.c (the code interpreter), seed002.c
  * (/api/sandbox), events.c (events and webhooks), files.c (uploads and
- * downloads), network.c (egress rules).  routes.c is the one route table.
+ * downloads), network.c (egress rules), v1.c (seed 004's /v1/sandboxes),
+ * terminal.c (its WebSocket terminal).  routes.c is the one route table.
  */
 #ifndef SBX_API_H
 #define SBX_API_H
@@ -116,10 +117,12 @@ struct dialect {
   unsigned status[SBX_E_INTERNAL + 1];
   unsigned bad_sandbox_id;  /* the status for a malformed sandbox id */
   json_t *(*error_body) (unsigned status, const char *msg);
+  const char *unauthorized; /* the message of every 401, NULL: the service's */
 };
 
 extern const struct dialect dialect_sandbase; /* seed 001 and E2B: {code, message} */
 extern const struct dialect dialect_seed002;  /* seed 002: {error: {code, message}} */
+extern const struct dialect dialect_v1;       /* seed 004: {error: message} */
 
 typedef enum MHD_Result (*route_fn) (struct call *k);
 
@@ -270,5 +273,16 @@ int body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_n
 /* Add "network" and "allowInternetAccess" of live sandbox ID to OBJ. */
 void network_object (struct http_server *h, const char *id, json_t *obj);
 enum MHD_Result network_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq);
+
+/* ---- seed 004 (v1.c, terminal.c) ---- */
+
+/* The sandbox a /v1 request names (ID from its query or body): its record
+   if it is the caller's; otherwise answers 400 (no id) or 404 and returns
+   false. */
+bool v1_sandbox (struct call *k, const char *id, struct sbx_sandbox_rec *rec, enum MHD_Result *ret);
+/* The terminalUrl of sandbox ID for the request K answers: a ws:// (or
+   wss://) URL with a short-lived token for that sandbox only; NULL when
+   none can be given (malloc'd). */
+char *v1_terminal_url (struct call *k, const char *sandbox_id);
 
 #endif

@@ -20,6 +20,7 @@
 #define BIG ROUTE_BIG_BODY
 #define D1 (&dialect_sandbase)
 #define D2 (&dialect_seed002)
+#define D4 (&dialect_v1)
 
 const struct route api_routes[] = {
   { "GET", "/health", send_health, ROUTE_PUBLIC | ROUTE_INLINE, D1 },
@@ -62,6 +63,8 @@ const struct route api_routes[] = {
   { "GET", "/api/sandbox/:id/run/:run", seed002_run_get, SB, D2 },
   { "GET", "/api/sandbox/:id/runs", seed002_runs, SB, D2 },
   { "GET", "/api/sandbox/:id/network/log", egress_log_route, SB, D2 },
+
+  /* seed 004: sandboxes are named by ?id= or the body's "id" (v1.c) */
 };
 
 const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];

@@ -507,7 +507,10 @@ authenticate (struct http_server *h, struct MHD_Connection *c, struct request *r
   struct sbx_err err;
   if (sbx_service_authenticate (h->svc, key, &rq->org, &err) < 0)
     {
-      *ret = sbx_err_kind (&err) == SBX_E_INVALID ? send_error (c, 401, "%s", err.msg) : send_fail (c, &err);
+      const struct dialect *d = rq->dialect;
+      *ret = sbx_err_kind (&err) != SBX_E_INVALID ? send_fail (c, &err)
+             : d && d->unauthorized             ? send_error (c, 401, "%s", d->unauthorized)
+                                                : send_error (c, 401, "%s", err.msg);
       return false;
     }
   rq->authed = true;
@@ -609,7 +612,11 @@ find_route (const char *method, char *const *seg, int n, const char **arg, bool 
 static const struct dialect *
 dialect_of_path (char *const *seg, int n)
 {
-  return n >= 1 && strcmp (seg[0], "api") == 0 ? &dialect_seed002 : &dialect_sandbase;
+  if (n >= 1 && strcmp (seg[0], "api") == 0)
+    return &dialect_seed002;
+  if (n >= 1 && strcmp (seg[0], "v1") == 0)
+    return &dialect_v1;
+  return &dialect_sandbase;
 }
 
 

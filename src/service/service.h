@@ -77,6 +77,11 @@ struct sbx_sandbox_spec {
   size_t n_fs_rules;
   const char *agent_id;             /* kept on the record (seed 002), may be NULL */
   const char *mode;                 /* "container" or "wasm", kept on the record, may be NULL */
+  /* seed 004's storage (checkpoints.c) */
+  const char *checkpoint_id;        /* start with this checkpoint's workspace, may be NULL */
+  bool keep_workspace;              /* checkpoint the workspace when it ends (ephemeral: false) */
+  bool keep_artifacts;              /* keep what it writes to /artifacts after it ends */
+  const char *artifact_prefix;      /* ... under this prefix, may be NULL */
 };
 
 /* Create a sandbox for ORG within its quota; REC gets its record.  Fails
@@ -118,5 +123,25 @@ unsigned sbx_service_runs_active (const char *sandbox_id);
 unsigned sbx_service_runs_in_progress (void);
 /* At start-up: runs the last daemon left "running" are recorded failed. */
 int sbx_service_runs_recover (struct sbx_service *svc, struct sbx_err *err);
+
+/* ---- activity (activity.c) ---- */
+
+/* Something executes in sandbox ID for a caller (a command, a terminal):
+   seed 004's "active" state.  Every begin is paired with an end. */
+void sbx_service_busy_begin (const char *sandbox_id);
+void sbx_service_busy_end (const char *sandbox_id);
+/* How many are executing in it now, runs included. */
+unsigned sbx_service_busy (const char *sandbox_id);
+
+/* ---- usage ---- */
+
+struct sbx_usage {
+  int64_t month_start_ms;  /* the calendar month (UTC) it counts */
+  int64_t used_ms;         /* sandbox time of the organisation in it */
+  uint32_t limit_hours;    /* the plan's monthly sandbox hours; 0: unlimited */
+};
+
+/* ORG's sandbox time this calendar month. */
+int sbx_service_usage (struct sbx_service *svc, const struct sbx_org *org, struct sbx_usage *u, struct sbx_err *err);
 
 #endif
