@@ -741,6 +741,12 @@ shell_quote (const char *s)
   " CURL_CA_BUNDLE=" HOST_CA_IN_ROOT " PIP_CERT=" HOST_CA_IN_ROOT                \
   " REQUESTS_CA_BUNDLE=" HOST_CA_IN_ROOT
 
+/* The build host's resolver, for setup lines that download: it is put
+   back before every line, because a line of an included spec may have
+   emptied it (base does, so that no host's resolver ends up in an image),
+   and emptied after the last one.  Sandboxes get theirs when they start. */
+#define HOST_RESOLV "/etc/resolv.conf"
+
 /* mmdebstrap runs each hook with sh -c HOOK exec TARGET, so the hook is
    necessarily shell text; LINE is embedded as one quoted word and never
    spliced in raw.  ENV: extra "K=V" words for env(1), or "". */
@@ -807,6 +813,7 @@ build_argv (const struct spec *s, const char *rootfs, struct strv *argv, struct 
 
   const char *ca_env = "";
   bool host_ca = s->setup.n > 0 && access (HOST_CA, R_OK) == 0;
+  bool host_resolv = s->setup.n > 0 && access (HOST_RESOLV, R_OK) == 0;
   if (host_ca)
     {
       ca_env = HOST_CA_ENV;
@@ -814,9 +821,15 @@ build_argv (const struct spec *s, const char *rootfs, struct strv *argv, struct 
         return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
     }
   for (size_t i = 0; i < s->setup.n; i++)
-    if (push_chroot_hook (argv, ca_env, s->setup.v[i], err) < 0)
-      return -1;
+    {
+      if (host_resolv && strv_push (argv, "--customize-hook=upload " HOST_RESOLV " " HOST_RESOLV) < 0)
+        return sbx_fail (err, ENOMEM, "mmdebstrap arguments");
+      if (push_chroot_hook (argv, ca_env, s->setup.v[i], err) < 0)
+        return -1;
+    }
   if (host_ca && push_chroot_hook (argv, "", "rm -f " HOST_CA_IN_ROOT, err) < 0)
+    return -1;
+  if (host_resolv && push_chroot_hook (argv, "", ": > " HOST_RESOLV, err) < 0)
     return -1;
 
   if (strv_push (argv, s->suite) < 0 || strv_push (argv, rootfs) < 0)
