@@ -24,10 +24,16 @@ sbxd_install_deps() {
 }
 
 # The templates the README's and the seeds' examples name: `base` first
-# (README's quick start), then `code_interpreter` (the seeds' quick starts
-# create sandboxes with templateID "code_interpreter").  sbxd-up prepares
-# them all, the test command too; add a template here to have both build it.
-SBXD_TEMPLATES="${SBXD_TEMPLATES:-base code_interpreter pyodide}"
+# (README's quick start), then `bun` and `python` (seed 004's runtimes; its
+# quick start uses bun, the default), `code_interpreter` (the seeds' quick
+# starts create sandboxes with templateID "code_interpreter") and `pyodide`
+# (seed 002's wasm mode).  sbxd-up prepares them all, the test command too;
+# add a template here to have both build it.
+SBXD_TEMPLATES="${SBXD_TEMPLATES:-base bun python code_interpreter pyodide}"
+# What the test command builds besides: `documents` (seed 004's
+# capabilities.documents.libreofficeHeadless), which sbxd-up leaves to be
+# built on demand (`sbxd template build documents`) as it takes the longest.
+SBXD_TEST_TEMPLATES="${SBXD_TEST_TEMPLATES:-$SBXD_TEMPLATES documents}"
 
 # The SHA-256 of what a template is built from: its spec, the specs it
 # includes and the files its `file:` lines copy in (templates/README.md).
