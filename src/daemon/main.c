@@ -60,7 +60,7 @@ usage (FILE *f)
          "             [--max-timeout SECONDS] [--monthly-hours HOURS]\n"
          "  sbxd orgs set NAME [--state-dir DIR] [--plan PLAN] [--max-sandboxes N]\n"
          "             [--max-timeout SECONDS] [--monthly-hours HOURS]\n"
-         "  (PLAN: default, free, builder, pro, scale; --monthly-hours 0: unlimited)\n",
+         "  (PLAN: default, free, builder, pro, scale; --monthly-hours: decimals allowed, 0: unlimited)\n",
          f);
 }
 
