@@ -15,10 +15,10 @@ import pytest
 
 from conftest import SBXD, Sbxd
 
-HEADER = ["NAME", "ID", "PLAN", "MAX_SANDBOXES", "MAX_TIMEOUT_S", "MONTHLY_HOURS"]
+HEADER = ["NAME", "ID", "PLAN", "MAX_SANDBOXES", "MAX_TIMEOUT_S", "MONTHLY_HOURS", "USED_HOURS"]
 PLANS = {   # name: (concurrent sandboxes, max timeout s, monthly hours; 0 unlimited)
     "default": (10, 3600, 0),
-    "free": (3, 300, 5),
+    "free": (1, 300, 5),
     "builder": (3, 1800, 50),
     "pro": (10, 3600, 500),
     "scale": (50, 7200, 5000),
@@ -35,9 +35,9 @@ def table(out):
     assert lines[0].split() == HEADER
     rows = {}
     for line in lines[1:]:
-        name, oid, plan, sandboxes, timeout, hours = line.split()
+        name, oid, plan, sandboxes, timeout, hours, used = line.split()
         rows[name] = {"id": oid, "plan": plan, "max_sandboxes": int(sandboxes), "max_timeout": int(timeout),
-                      "monthly_hours": 0 if hours == "unlimited" else int(hours)}
+                      "monthly_hours": 0 if hours == "unlimited" else float(hours), "used_hours": float(used)}
     return rows
 
 
@@ -82,7 +82,7 @@ def test_set_plan_resets_limits_then_flags_override(tmp_path):
     oid = table(orgs(tmp_path, "list").stdout)["acme"]["id"]
     # one limit, plan kept
     row = table(orgs(tmp_path, "set", "acme", "--max-timeout", "120").stdout)["acme"]
-    assert row["plan"] == "free" and limits(row) == (3, 120, 5)
+    assert row["plan"] == "free" and limits(row) == (1, 120, 5)
     # a plan replaces all three, overrides win over the plan
     row = table(orgs(tmp_path, "set", "acme", "--plan", "scale", "--max-sandboxes", "7").stdout)["acme"]
     assert row["plan"] == "scale" and limits(row) == (7, 7200, 5000)
@@ -90,6 +90,16 @@ def test_set_plan_resets_limits_then_flags_override(tmp_path):
     assert row["plan"] == "builder" and limits(row) == PLANS["builder"]
     row = table(orgs(tmp_path, "set", "acme", "--monthly-hours", "0").stdout)["acme"]
     assert limits(row) == (3, 1800, 0)
+    # a fraction of an hour, kept to the millisecond
+    r = orgs(tmp_path, "set", "acme", "--monthly-hours", "0.005")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["0.005", "0"]
+    row = table(r.stdout)["acme"]
+    assert limits(row) == (3, 1800, 0.005) and row["used_hours"] == 0
+    db = sqlite3.connect(tmp_path / "sbxd.db")
+    assert db.execute("SELECT monthly_ms FROM orgs WHERE name = 'acme'").fetchone()[0] == 18000
+    db.close()
+    row = table(orgs(tmp_path, "set", "acme", "--monthly-hours", "0").stdout)["acme"]
     assert row["id"] == oid
     assert table(orgs(tmp_path, "list").stdout)["acme"] == row
 
@@ -106,6 +116,10 @@ def test_set_plan_resets_limits_then_flags_override(tmp_path):
     (["set", "acme", "--max-sandboxes", "99999999999999999999"], 2, "invalid --max-sandboxes"),
     (["set", "acme", "--max-timeout", "7201"], 2, "invalid --max-timeout 7201 (want a whole number from 1 to 7200)"),
     (["set", "acme", "--monthly-hours", "lots"], 2, "invalid --monthly-hours lots"),
+    (["set", "acme", "--monthly-hours", "-1"], 2, "invalid --monthly-hours -1"),
+    (["set", "acme", "--monthly-hours", "1e3"], 2, "invalid --monthly-hours 1e3"),
+    (["set", "acme", "--monthly-hours", "0.0000001"], 2, "at least a millisecond"),
+    (["set", "acme", "--monthly-hours", "10000000.5"], 2, "invalid --monthly-hours"),
     (["create", "acme"], 1, "organisation acme already exists"),
     (["create"], 2, "usage:"),
     (["create", "a", "b"], 2, "usage:"),
@@ -135,11 +149,11 @@ def test_state_dir_from_before_plans(tmp_path):
     db.close()
     row = table(orgs(tmp_path, "list").stdout)["legacy"]
     assert row == {"id": "org_legacy", "plan": "default", "max_sandboxes": 4, "max_timeout": 900,
-                   "monthly_hours": 0}
+                   "monthly_hours": 0, "used_hours": 0}
     row = table(orgs(tmp_path, "set", "legacy", "--plan", "pro").stdout)["legacy"]
     assert limits(row) == PLANS["pro"]
     db = sqlite3.connect(tmp_path / "sbxd.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
 
 

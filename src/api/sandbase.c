@@ -146,8 +146,9 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   struct sbx_err err;
   if (sbx_service_sandbox_create (h->svc, &rq->org, &spec, &rec, &err) < 0)
     {
-      ret = sbx_err_kind (&err) == SBX_E_LIMIT ? send_error (c, 429, "concurrent sandbox limit reached")
-                                                : send_fail (c, &err);
+      ret = sbx_err_kind (&err) != SBX_E_LIMIT ? send_fail (c, &err)
+            : sbx_service_err_is_hours (&err)    ? send_error (c, 429, "%s", err.msg)
+                                                 : send_error (c, 429, "concurrent sandbox limit reached");
       goto out;
     }
   char id[SBX_ID_MAX];
@@ -241,8 +242,10 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   sbx_info_free (&info);
   if (st == SBX_STOPPED || st == SBX_ERROR)
     return send_error (c, 409, "sandbox is not running");
-  if (st == SBX_PAUSED && sbx_resume (h->engine, id, &err) < 0 && sbx_err_kind (&err) != SBX_E_CONFLICT)
-    return send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
+  if (st == SBX_PAUSED && sbx_service_sandbox_resume (h->svc, &rq->org, id, &err) < 0
+      && sbx_err_kind (&err) != SBX_E_CONFLICT)
+    return sbx_service_err_is_hours (&err) ? send_error (c, 429, "%s", err.msg)
+                                           : send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
   if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
     return send_fail (c, &err);
   return send_sandbox (h, c, id, 200);

@@ -509,10 +509,11 @@ seed002_create (struct call *k)
   struct sbx_sandbox_rec rec;
   if (sbx_service_sandbox_create (k->h->svc, &rq->org, &spec, &rec, &err) < 0)
     {
-      ret = sbx_err_kind (&err) == SBX_E_LIMIT
-                ? send_error (c, 429, "concurrent sandbox limit reached: your plan allows %u at once",
-                              rq->org.max_sandboxes)
-                : send_fail (c, &err);
+      ret = sbx_err_kind (&err) != SBX_E_LIMIT ? send_fail (c, &err)
+            : sbx_service_err_is_hours (&err)
+                ? send_error (c, 429, "%s", err.msg)
+                : send_error (c, 429, "concurrent sandbox limit reached: your plan allows %u at once",
+                              rq->org.max_sandboxes);
       goto out;
     }
   snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, rec.id);

@@ -1439,10 +1439,16 @@ fail:
 int
 sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err)
 {
+  return sbx_destroy_for (e, id, "request", err);
+}
+
+int
+sbx_destroy_for (struct sbx_engine *e, const char *id, const char *reason, struct sbx_err *err)
+{
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
-  bool stopped = stop_sandbox (e, s, "request");
+  bool stopped = stop_sandbox (e, s, reason);
   put (e, s);
   if (!stopped)
     return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");

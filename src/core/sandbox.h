@@ -121,6 +121,9 @@ void sbx_info_free (struct sbx_info *info);
    sbx_engine_config). */
 int sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id[SBX_ID_MAX], struct sbx_err *err);
 int sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err);
+/* sbx_destroy saying why: REASON (e.g. "quota") becomes the sandbox's
+   stop reason and its killed event's; sbx_destroy's is "request". */
+int sbx_destroy_for (struct sbx_engine *e, const char *id, const char *reason, struct sbx_err *err);
 int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);
 /* Replace the egress policy of a running or paused sandbox; takes effect
    at once.  INTERNET_ASKED as in sbx_create_opts. */

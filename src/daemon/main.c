@@ -60,7 +60,7 @@ usage (FILE *f)
          "             [--max-timeout SECONDS] [--monthly-hours HOURS]\n"
          "  sbxd orgs set NAME [--state-dir DIR] [--plan PLAN] [--max-sandboxes N]\n"
          "             [--max-timeout SECONDS] [--monthly-hours HOURS]\n"
-         "  (PLAN: default, free, builder, pro, scale; --monthly-hours 0: unlimited)\n",
+         "  (PLAN: default, free, builder, pro, scale; --monthly-hours: decimals allowed, 0: unlimited)\n",
          f);
 }
 
@@ -378,6 +378,9 @@ cmd_serve (int argc, char **argv)
   if (sbx_fairshare_start (store, engine, &fair, &err) < 0)
     sbx_log_fields (SBX_LOG_WARN, "cannot share the CPU between organisations", "error", err.msg, NULL);
   sbx_service_set_fairshare (svc, fair);
+  struct sbx_meter *meter = NULL;
+  if (sbx_meter_start (svc, &meter, &err) < 0)
+    sbx_log_fields (SBX_LOG_ERROR, "cannot start the meter of monthly sandbox hours", "error", err.msg, NULL);
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
                                 .svc = svc,
@@ -419,6 +422,7 @@ cmd_serve (int argc, char **argv)
                       "runs", n, NULL);
       return 0;
     }
+  sbx_meter_stop (meter);
   sbx_service_set_fairshare (svc, NULL);
   sbx_fairshare_stop (fair);
   sbx_engine_close (engine);
@@ -562,8 +566,10 @@ cmd_keys (int argc, char **argv)
   return 0;
 }
 
-static void
-print_orgs (const struct sbx_org *v, size_t n)
+/* The organisations' table, with each one's sandbox time this calendar
+   month (UTC) as USED_HOURS. */
+static int
+print_orgs (struct sbx_store *st, const struct sbx_org *v, size_t n, struct sbx_err *err)
 {
   int wname = 4, wid = 2;
   for (size_t i = 0; i < n; i++)
@@ -573,16 +579,22 @@ print_orgs (const struct sbx_org *v, size_t n)
       l = (int) strlen (v[i].id);
       wid = l > wid ? l : wid;
     }
-  printf ("%-*s  %-*s  %-8s  %13s  %13s  %13s\n", wname, "NAME", wid, "ID", "PLAN", "MAX_SANDBOXES", "MAX_TIMEOUT_S",
-          "MONTHLY_HOURS");
+  int64_t now = sbx_wall_ms (), since = sbx_plan_month_start_ms (now);
+  printf ("%-*s  %-*s  %-8s  %13s  %13s  %13s  %10s\n", wname, "NAME", wid, "ID", "PLAN", "MAX_SANDBOXES",
+          "MAX_TIMEOUT_S", "MONTHLY_HOURS", "USED_HOURS");
   for (size_t i = 0; i < n; i++)
     {
-      char hours[16] = "unlimited";
-      if (v[i].monthly_hours)
-        snprintf (hours, sizeof hours, "%u", v[i].monthly_hours);
-      printf ("%-*s  %-*s  %-8s  %13u  %13u  %13s\n", wname, v[i].name, wid, v[i].id, v[i].plan, v[i].max_sandboxes,
-              v[i].max_timeout_s, hours);
+      char hours[32] = "unlimited", used[32];
+      int64_t used_ms;
+      if (sbx_store_sandbox_usage_ms (st, v[i].id, since, now, &used_ms, err) < 0)
+        return -1;
+      if (v[i].monthly_ms)
+        sbx_plan_format_hours (v[i].monthly_ms, hours, sizeof hours);
+      sbx_plan_format_hours (used_ms, used, sizeof used);
+      printf ("%-*s  %-*s  %-8s  %13u  %13u  %13s  %10s\n", wname, v[i].name, wid, v[i].id, v[i].plan,
+              v[i].max_sandboxes, v[i].max_timeout_s, hours, used);
     }
+  return 0;
 }
 
 /* `sbxd orgs`: list, create and change organisations.  For create and
@@ -598,7 +610,8 @@ cmd_orgs (int argc, char **argv)
     }
   const char *sub = argv[1], *state = DEFAULT_STATE_DIR;
   const struct sbx_plan *plan = NULL;
-  uint32_t max_sandboxes = 0, max_timeout = 0, monthly_hours = 0;
+  uint32_t max_sandboxes = 0, max_timeout = 0;
+  int64_t monthly_ms = 0;
   bool set_sandboxes = false, set_timeout = false, set_hours = false;
   static const struct option opts[] = { { "state-dir", required_argument, NULL, 's' },
                                         { "plan", required_argument, NULL, 'p' },
@@ -632,8 +645,14 @@ cmd_orgs (int argc, char **argv)
         set_timeout = true;
         break;
       case 'H':
-        if (parse_u32 ("--monthly-hours", optarg, 0, SBX_PLAN_MONTHLY_HOURS_CAP, &monthly_hours) < 0)
-          return 2;
+        if (sbx_plan_parse_hours (optarg, &monthly_ms) < 0)
+          {
+            fprintf (stderr,
+                     "sbxd: invalid --monthly-hours %s (want hours from 0 to %u, decimals allowed, at least a "
+                     "millisecond; 0: unlimited)\n",
+                     optarg, SBX_PLAN_MONTHLY_HOURS_CAP);
+            return 2;
+          }
         set_hours = true;
         break;
       default:
@@ -670,7 +689,7 @@ cmd_orgs (int argc, char **argv)
       r = sbx_store_org_list (st, &v, &n, &err);
       if (r == 0)
         {
-          print_orgs (v, n);
+          r = print_orgs (st, v, n, &err);
           free (v);
         }
     }
@@ -698,18 +717,18 @@ cmd_orgs (int argc, char **argv)
               snprintf (o.plan, sizeof o.plan, "%s", plan->name);
               o.max_sandboxes = plan->max_sandboxes;
               o.max_timeout_s = plan->max_timeout_s;
-              o.monthly_hours = plan->monthly_hours;
+              o.monthly_ms = plan->monthly_hours * SBX_MS_PER_HOUR;
             }
           if (set_sandboxes)
             o.max_sandboxes = max_sandboxes;
           if (set_timeout)
             o.max_timeout_s = max_timeout;
           if (set_hours)
-            o.monthly_hours = monthly_hours;
+            o.monthly_ms = monthly_ms;
           r = create ? sbx_store_org_create (st, &o, &err) : sbx_store_org_update (st, &o, &err);
         }
       if (r == 0 && (r = sbx_store_org_get (st, name, &o, &err)) == 0)
-        print_orgs (&o, 1);
+        r = print_orgs (st, &o, 1, &err);
     }
   sbx_store_close (st);
   if (r < 0)

@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/util.h"
-#include "plans.h"
 
 struct busy {
   char sandbox_id[SBX_STORE_ID_MAX];
@@ -67,12 +65,4 @@ sbx_service_busy (const char *sandbox_id)
       n = b->n;
   pthread_mutex_unlock (&busy_lock);
   return n + sbx_service_runs_active (sandbox_id);
-}
-
-int
-sbx_service_usage (struct sbx_service *svc, const struct sbx_org *org, struct sbx_usage *u, struct sbx_err *err)
-{
-  int64_t now = sbx_wall_ms ();
-  *u = (struct sbx_usage) { .month_start_ms = sbx_plan_month_start_ms (now), .limit_hours = org->monthly_hours };
-  return sbx_store_sandbox_usage_ms (sbx_service_store (svc), org->id, u->month_start_ms, now, &u->used_ms, err);
 }

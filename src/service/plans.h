@@ -11,6 +11,7 @@
 #ifndef SBX_SERVICE_PLANS_H
 #define SBX_SERVICE_PLANS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The longest sandbox lifetime any organisation may be given (the scale
@@ -21,6 +22,11 @@
 /* Bounds of the operator's overrides. */
 #define SBX_PLAN_MAX_SANDBOXES_CAP 10000
 #define SBX_PLAN_MONTHLY_HOURS_CAP 10000000
+
+#define SBX_MS_PER_HOUR INT64_C (3600000)
+/* Monthly sandbox hours are kept to the millisecond (an operator may give
+   an organisation a fraction of an hour, e.g. 0.005 for tests). */
+#define SBX_PLAN_MONTHLY_MS_CAP (SBX_PLAN_MONTHLY_HOURS_CAP * SBX_MS_PER_HOUR)
 
 struct sbx_plan {
   const char *name;          /* default, free, builder, pro, scale */
@@ -40,5 +46,13 @@ const char *sbx_plan_names (void);
 /* The start of NOW_MS's calendar month in UTC, in ms since the epoch: the
    window of monthly sandbox hours. */
 int64_t sbx_plan_month_start_ms (int64_t now_ms);
+
+/* TEXT, a decimal number of hours ("5", "0.005", "1.25"; no sign, no
+   exponent), in whole milliseconds (rounded to the nearest) into *MS.
+   -1 for anything else, above SBX_PLAN_MONTHLY_HOURS_CAP, or positive but
+   under half a millisecond (which would read as 0: unlimited). */
+int sbx_plan_parse_hours (const char *text, int64_t *ms);
+/* MS as hours, at most 7 decimals and no trailing zeros ("5", "0.005"). */
+void sbx_plan_format_hours (int64_t ms, char *buf, size_t size);
 
 #endif

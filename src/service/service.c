@@ -281,6 +281,8 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
   memset (rec, 0, sizeof *rec);
   if (spec->timeout_s > org->max_timeout_s)
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", org->max_timeout_s);
+  if (sbx_service_check_hours (svc, org, err) < 0)
+    return -1;
   char rsv[SBX_STORE_ID_MAX];
   uint32_t live; /* this create's placeholder included */
   if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
@@ -357,4 +359,26 @@ sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, co
   if (stopped)
     return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
   return sbx_destroy (svc->engine, id, err);
+}
+
+int
+sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *org, const char *id, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec rec;
+  if (sbx_service_sandbox_get (svc, org, id, &rec, err) < 0)
+    return -1;
+  sbx_sandbox_rec_free (&rec);
+  return sbx_pause (svc->engine, id, err);
+}
+
+int
+sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec rec;
+  if (sbx_service_sandbox_get (svc, org, id, &rec, err) < 0)
+    return -1;
+  sbx_sandbox_rec_free (&rec);
+  if (sbx_service_check_hours (svc, org, err) < 0)
+    return -1;
+  return sbx_resume (svc->engine, id, err);
 }

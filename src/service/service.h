@@ -85,7 +85,8 @@ struct sbx_sandbox_spec {
 };
 
 /* Create a sandbox for ORG within its quota; REC gets its record.  Fails
-   with SBX_E_LIMIT at the organisation's concurrent limit, SBX_E_INVALID
+   with SBX_E_LIMIT at the organisation's concurrent limit or when its
+   monthly sandbox hours are used up (SBX_MSG_HOURS_LIMIT), SBX_E_INVALID
    for a timeout over its limit or an unknown template. */
 int sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org,
                                 const struct sbx_sandbox_spec *spec, struct sbx_sandbox_rec *rec, struct sbx_err *err);
@@ -97,6 +98,14 @@ int sbx_service_sandbox_get (struct sbx_service *svc, const struct sbx_org *org,
    SBX_E_STOPPED if it had already stopped. */
 int sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, const char *id,
                               struct sbx_err *err);
+
+/* Pause and resume ORG's sandbox ID (SBX_E_NOT_FOUND if it is not ORG's);
+   a resume fails with SBX_E_LIMIT (SBX_MSG_HOURS_LIMIT) when ORG's monthly
+   sandbox hours are used up. */
+int sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                               struct sbx_err *err);
+int sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                                struct sbx_err *err);
 
 /* ---- runs (runs.c) ---- */
 
@@ -133,15 +142,37 @@ void sbx_service_busy_end (const char *sandbox_id);
 /* How many are executing in it now, runs included. */
 unsigned sbx_service_busy (const char *sandbox_id);
 
-/* ---- usage ---- */
+/* ---- metering (metering.c) ---- */
+
+/* The message of the SBX_E_LIMIT failure of a create or a resume when the
+   organisation's monthly sandbox hours are used up: seed 004's words,
+   which every dialect shows in its own error shape (429). */
+#define SBX_MSG_HOURS_LIMIT "Monthly sandbox hours limit reached"
 
 struct sbx_usage {
   int64_t month_start_ms;  /* the calendar month (UTC) it counts */
-  int64_t used_ms;         /* sandbox time of the organisation in it */
-  uint32_t limit_hours;    /* the plan's monthly sandbox hours; 0: unlimited */
+  int64_t used_ms;         /* sandbox time of the organisation in it (running, not paused nor queued) */
+  int64_t limit_ms;        /* the monthly limit, exact; 0: unlimited */
+  uint32_t limit_hours;    /* the same in whole hours, rounded up (a fraction of an hour reads 1); 0: unlimited */
 };
 
 /* ORG's sandbox time this calendar month. */
 int sbx_service_usage (struct sbx_service *svc, const struct sbx_org *org, struct sbx_usage *u, struct sbx_err *err);
+/* 0 while ORG has sandbox time left this month (or no limit); else -1
+   with SBX_E_LIMIT and SBX_MSG_HOURS_LIMIT. */
+int sbx_service_check_hours (struct sbx_service *svc, const struct sbx_org *org, struct sbx_err *err);
+/* Whether ERR is that failure (and not, say, the concurrent limit). */
+bool sbx_service_err_is_hours (const struct sbx_err *err);
+
+/* The meter: a worker that, every SBX_METER_PERIOD_MS, ends the running
+   sandboxes (stop reason "quota", with their killed events) of the
+   organisations whose monthly sandbox hours are used up, at most
+   SBX_METER_ENDS_MAX a pass.  Paused sandboxes are left paused. */
+#define SBX_METER_PERIOD_MS 1000
+#define SBX_METER_ENDS_MAX 64
+struct sbx_meter;
+int sbx_meter_start (struct sbx_service *svc, struct sbx_meter **out, struct sbx_err *err);
+/* Stops the worker; before the engine closes.  NULL does nothing. */
+void sbx_meter_stop (struct sbx_meter *m);
 
 #endif

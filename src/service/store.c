@@ -12,6 +12,10 @@
  *   orgs        organisations, their plan and limits (plans.h)
  *   api_keys    SHA-256 of each key (never the key), its hint and its org
  *   sandboxes   one record per sandbox, replaced whole on every change
+ *   sandbox_time
+ *               the metering ledger: the intervals each sandbox ran, one
+ *               open (end_ms NULL) while it runs; kept by every save of a
+ *               record, in its transaction (see store.h)
  *   runs        code run in a sandbox and its outcome (seed 002's /run)
  *   events      lifecycle events; seq (AUTOINCREMENT) orders them
  *   webhooks    subscriptions; events is a JSON array of event types
@@ -48,7 +52,7 @@
 #include "../common/util.h"
 #include "plans.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define ID_RANDOM_CHARS 20
 #define KEY_RANDOM_BYTES 20       /* 40 hex characters */
 #define KEY_HINT_CHARS 10
@@ -68,7 +72,10 @@ static const char schema_sql[]
       "  max_upload_bytes INTEGER NOT NULL,"
       "  created_ms INTEGER NOT NULL,"
       "  plan TEXT NOT NULL DEFAULT 'default',"
-      "  monthly_hours INTEGER NOT NULL DEFAULT 0);"
+      /* the limit is monthly_ms; monthly_hours, all schema 2 had, is
+         kept as its whole hours rounded up, for readers of the file */
+      "  monthly_hours INTEGER NOT NULL DEFAULT 0,"
+      "  monthly_ms INTEGER NOT NULL DEFAULT 0);"
       "CREATE TABLE IF NOT EXISTS api_keys ("
       "  id TEXT PRIMARY KEY,"
       "  org_id TEXT NOT NULL REFERENCES orgs (id),"
@@ -96,6 +103,16 @@ static const char schema_sql[]
       "  agent_id TEXT NOT NULL DEFAULT '',"
       "  mode TEXT NOT NULL DEFAULT '');"
       "CREATE INDEX IF NOT EXISTS sandboxes_org_started ON sandboxes (org_id, started_ms);"
+      "CREATE TABLE IF NOT EXISTS sandbox_time ("
+      "  sandbox_id TEXT NOT NULL,"
+      "  org_id TEXT NOT NULL,"
+      "  start_ms INTEGER NOT NULL,"
+      "  end_ms INTEGER);"                /* NULL while it runs */
+      /* usage reads an organisation's intervals still open or ended after
+         the month began, never its older history */
+      "CREATE INDEX IF NOT EXISTS sandbox_time_org_end ON sandbox_time (org_id, end_ms);"
+      /* at most one open interval per sandbox */
+      "CREATE UNIQUE INDEX IF NOT EXISTS sandbox_time_open ON sandbox_time (sandbox_id) WHERE end_ms IS NULL;"
       "CREATE TABLE IF NOT EXISTS runs ("
       "  id TEXT PRIMARY KEY,"
       "  sandbox_id TEXT NOT NULL,"
@@ -159,7 +176,7 @@ static const char schema_indexes_sql[]
 
 /* ------------------------------------------------------------ statements */
 
-#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes, o.plan, o.monthly_hours"
+#define ORG_COLS "o.id, o.name, o.max_sandboxes, o.max_timeout_s, o.max_upload_bytes, o.plan, o.monthly_ms"
 #define ORG_NCOLS 7
 #define SB_COLS                                                                                        \
   "id, org_id, template_id, status, metadata, started_ms, end_ms, stopped_ms, stop_reason, cpu_count, " \
@@ -189,6 +206,11 @@ static const char schema_indexes_sql[]
 #define EV_LIST_ORG "SELECT " EV_COLS " FROM events WHERE org_id = ?1" EV_LIST_TYPES
 #define EV_LIST_SB "SELECT " EV_COLS " FROM events WHERE +org_id = ?1 AND sandbox_id = ?5" EV_LIST_TYPES
 
+/* The part of interval t inside the window [?2, ?3): an open one runs
+   until ?3. */
+#define TIME_IN_WINDOW "MAX (0, MIN (COALESCE (t.end_ms, ?3), ?3) - MAX (t.start_ms, ?2))"
+#define TIME_WINDOW " (t.end_ms IS NULL OR t.end_ms > ?2) AND t.start_ms < ?3"
+
 enum stmt_id
 {
   S_BEGIN,
@@ -212,6 +234,9 @@ enum stmt_id
   S_SB_LIVE_ALL,
   S_SB_AGENT,
   S_SB_USAGE,
+  S_TIME_OPEN,
+  S_TIME_CLOSE,
+  S_ORGS_OUT,
   S_RUN_INSERT,
   S_RUN_FINISH,
   S_RUN_STATUS,
@@ -248,14 +273,14 @@ static const char *const stmt_sql[S_COUNT] = {
 
   [S_ORG_BY_NAME] = "SELECT " ORG_COLS " FROM orgs AS o WHERE o.name = ?1",
   [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms,"
-                   " plan, monthly_hours) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                   " plan, monthly_ms, monthly_hours) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
   [S_ORG_LIMITS] = "UPDATE orgs SET"
                    " max_sandboxes = CASE WHEN ?2 > 0 THEN ?2 ELSE max_sandboxes END,"
                    " max_timeout_s = CASE WHEN ?3 > 0 THEN ?3 ELSE max_timeout_s END,"
                    " max_upload_bytes = CASE WHEN ?4 > 0 THEN ?4 ELSE max_upload_bytes END"
                    " WHERE name = ?1",
-  [S_ORG_UPDATE] = "UPDATE orgs SET plan = ?2, max_sandboxes = ?3, max_timeout_s = ?4, monthly_hours = ?5"
-                   " WHERE name = ?1",
+  [S_ORG_UPDATE] = "UPDATE orgs SET plan = ?2, max_sandboxes = ?3, max_timeout_s = ?4, monthly_ms = ?5,"
+                   " monthly_hours = ?6 WHERE name = ?1",
   [S_ORG_LIST] = "SELECT " ORG_COLS " FROM orgs AS o ORDER BY o.created_ms, o.rowid",
 
   [S_KEY_INSERT] = "INSERT INTO api_keys (id, org_id, hash, hint, created_ms, revoked_ms)"
@@ -286,10 +311,17 @@ static const char *const stmt_sql[S_COUNT] = {
                 " AND (?3 IS NULL OR agent_id = ?3) AND id NOT LIKE 'rsv!_%' ESCAPE '!'"
                 " ORDER BY started_ms DESC, id",
   [S_SB_LIVE] = "SELECT COUNT(*) FROM sandboxes WHERE org_id = ?1 AND status IN ('running', 'paused', 'creating')",
-  /* ?1 org, ?2 window start, ?3 now; through sandboxes_org_started */
-  [S_SB_USAGE] = "SELECT TOTAL (MAX (0, MIN (?3, CASE WHEN status IN ('running', 'paused', 'creating') THEN ?3"
-                 " WHEN stopped_ms > 0 THEN stopped_ms ELSE end_ms END) - MAX (started_ms, ?2)))"
-                 " FROM sandboxes WHERE org_id = ?1 AND started_ms < ?3",
+  /* ?1 org, ?2 window start, ?3 now; through sandbox_time_org_end */
+  [S_SB_USAGE] = "SELECT TOTAL (" TIME_IN_WINDOW ") FROM sandbox_time AS t WHERE t.org_id = ?1 AND" TIME_WINDOW,
+  [S_TIME_OPEN] = "INSERT INTO sandbox_time (sandbox_id, org_id, start_ms, end_ms) VALUES (?1, ?2, ?3, NULL)"
+                  " ON CONFLICT (sandbox_id) WHERE end_ms IS NULL DO NOTHING",
+  [S_TIME_CLOSE] = "UPDATE sandbox_time SET end_ms = MAX (start_ms, ?2) WHERE sandbox_id = ?1 AND end_ms IS NULL",
+  /* ?2 window start, ?3 now, ?4 at most; only organisations with a
+     sandbox running now, found through sandbox_time_open */
+  [S_ORGS_OUT] = "SELECT o.id FROM (SELECT DISTINCT org_id FROM sandbox_time WHERE end_ms IS NULL) AS r"
+                 " JOIN orgs AS o ON o.id = r.org_id WHERE o.monthly_ms > 0"
+                 " AND (SELECT TOTAL (" TIME_IN_WINDOW ") FROM sandbox_time AS t WHERE t.org_id = o.id AND"
+                 TIME_WINDOW ") >= o.monthly_ms ORDER BY o.id LIMIT ?4",
   [S_SB_DELETE] = "DELETE FROM sandboxes WHERE id = ?1",
   [S_SB_LIVE_ALL] = "SELECT " SB_COLS " FROM sandboxes WHERE status IN ('running', 'paused', 'creating')"
                     " ORDER BY started_ms, id",
@@ -692,7 +724,21 @@ static const struct
   { "orgs", "monthly_hours", "INTEGER NOT NULL DEFAULT 0" },
   { "sandboxes", "agent_id", "TEXT NOT NULL DEFAULT ''" },
   { "sandboxes", "mode", "TEXT NOT NULL DEFAULT ''" },
+  { "orgs", "monthly_ms", "INTEGER NOT NULL DEFAULT 0" },
 };
+
+/* From schema 2 to 3, once: the limit moves from whole hours to ms, and
+   the ledger starts from the records (%1$lld is now).  Records keep no
+   pause history: a sandbox paused now counts as having run until now,
+   as schema 2 counted it, and from now on not. */
+static const char ledger_from_records_sql[]
+    = "UPDATE orgs SET monthly_ms = monthly_hours * 3600000 WHERE monthly_ms = 0;"
+      "INSERT INTO sandbox_time (sandbox_id, org_id, start_ms, end_ms)"
+      " SELECT id, org_id, started_ms, CASE WHEN status = 'running' THEN NULL"
+      "  ELSE MAX (started_ms, MIN (%1$lld, CASE WHEN status = 'paused' THEN %1$lld"
+      "   WHEN stopped_ms > 0 THEN stopped_ms ELSE end_ms END)) END"
+      " FROM sandboxes WHERE status IN ('running', 'paused', 'stopped', 'error') AND id NOT LIKE 'rsv!_%%' ESCAPE '!'"
+      " AND started_ms <= %1$lld;";
 
 /* 1 when TABLE has COLUMN, 0 when not. */
 static int
@@ -748,6 +794,13 @@ create_schema (struct sbx_store *st, struct sbx_err *err)
   if (exec (st, schema_sql, NULL, NULL, err, "create schema") < 0 || migrate_columns (st, err) < 0
       || exec (st, schema_indexes_sql, NULL, NULL, err, "create indexes") < 0)
     goto fail;
+  if (version < 3)
+    {
+      char sql[sizeof ledger_from_records_sql + 64];
+      snprintf (sql, sizeof sql, ledger_from_records_sql, (long long) sbx_wall_ms ());
+      if (exec (st, sql, NULL, NULL, err, "start the metering ledger") < 0)
+        goto fail;
+    }
   /* A constant: PRAGMA takes no bound parameters. */
   if (version < SCHEMA_VERSION
       && exec (st, "PRAGMA user_version = " SBX_STRINGIFY (SCHEMA_VERSION), NULL, NULL, err, "schema version") < 0)
@@ -856,7 +909,7 @@ org_from_row (sqlite3_stmt *s, struct sbx_org *o)
   o->max_timeout_s = (uint32_t) sqlite3_column_int64 (s, 3);
   o->max_upload_bytes = (uint64_t) sqlite3_column_int64 (s, 4);
   COL_COPY (s, 5, o->plan);
-  o->monthly_hours = (uint32_t) sqlite3_column_int64 (s, 6);
+  o->monthly_ms = sqlite3_column_int64 (s, 6);
 }
 
 static int
@@ -872,6 +925,13 @@ check_org_name (const char *name, struct sbx_err *err)
   return 0;
 }
 
+/* The legacy monthly_hours column: MS in whole hours, rounded up. */
+static int64_t
+whole_hours (int64_t ms)
+{
+  return (ms + SBX_MS_PER_HOUR - 1) / SBX_MS_PER_HOUR;
+}
+
 /* The plan and limits of O are ones an organisation may have. */
 static int
 check_org_limits (const struct sbx_org *o, struct sbx_err *err)
@@ -883,7 +943,7 @@ check_org_limits (const struct sbx_org *o, struct sbx_err *err)
     return sbx_failx (err, EINVAL, "max sandboxes must be between 1 and %u", SBX_PLAN_MAX_SANDBOXES_CAP);
   if (o->max_timeout_s < 1 || o->max_timeout_s > SBX_PLAN_TIMEOUT_CAP)
     return sbx_failx (err, EINVAL, "max timeout must be between 1 and %u seconds", SBX_PLAN_TIMEOUT_CAP);
-  if (o->monthly_hours > SBX_PLAN_MONTHLY_HOURS_CAP)
+  if (o->monthly_ms < 0 || o->monthly_ms > SBX_PLAN_MONTHLY_MS_CAP)
     return sbx_failx (err, EINVAL, "monthly hours must be at most %u (0: unlimited)", SBX_PLAN_MONTHLY_HOURS_CAP);
   if (o->max_upload_bytes > INT64_MAX)
     return sbx_failx (err, EINVAL, "upload limit too large");
@@ -902,7 +962,7 @@ org_insert (struct sbx_store *st, const struct sbx_org *o, char id[SBX_STORE_ID_
   int rc = bind_text (s, 1, id) | BIND_FIXED (s, 2, o->name) | sqlite3_bind_int64 (s, 3, o->max_sandboxes)
            | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, (sqlite3_int64) upload)
            | sqlite3_bind_int64 (s, 6, sbx_wall_ms ()) | BIND_FIXED (s, 7, o->plan)
-           | sqlite3_bind_int64 (s, 8, o->monthly_hours);
+           | sqlite3_bind_int64 (s, 8, o->monthly_ms) | sqlite3_bind_int64 (s, 9, whole_hours (o->monthly_ms));
   if (bind_check (st, rc, err, "create organisation") < 0 || step_done (st, s, err, "create organisation") < 0)
     return -1;
   return sqlite3_changes (st->db) > 0;
@@ -930,7 +990,7 @@ org_ensure_locked (struct sbx_store *st, const char *name, struct sbx_org *out, 
 
   const struct sbx_plan *p = sbx_plan_default ();
   struct sbx_org o = { .max_sandboxes = p->max_sandboxes, .max_timeout_s = p->max_timeout_s,
-                       .monthly_hours = p->monthly_hours };
+                       .monthly_ms = p->monthly_hours * SBX_MS_PER_HOUR };
   char id[SBX_STORE_ID_MAX];
   copy_str (o.name, sizeof o.name, name);
   copy_str (o.plan, sizeof o.plan, p->name);
@@ -1030,7 +1090,8 @@ sbx_store_org_update (struct sbx_store *st, const struct sbx_org *o, struct sbx_
   cleanup_unlock struct sbx_store *locked = store_lock (st);
   cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_UPDATE];
   int rc = bind_text (s, 1, o->name) | BIND_FIXED (s, 2, o->plan) | sqlite3_bind_int64 (s, 3, o->max_sandboxes)
-           | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, o->monthly_hours);
+           | sqlite3_bind_int64 (s, 4, o->max_timeout_s) | sqlite3_bind_int64 (s, 5, o->monthly_ms)
+           | sqlite3_bind_int64 (s, 6, whole_hours (o->monthly_ms));
   if (bind_check (st, rc, err, "update organisation") < 0 || step_done (st, s, err, "update organisation") < 0)
     return -1;
   if (sqlite3_changes (st->db) == 0)
@@ -1256,6 +1317,31 @@ sandbox_from_row (sqlite3_stmt *s, struct sbx_sandbox_rec *r)
   return col_dup (s, 4, &r->metadata_json);
 }
 
+/* The ledger's part of saving record R (store.h, "The metering ledger");
+   in the caller's transaction. */
+static int
+meter_locked (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
+{
+  int64_t now = sbx_wall_ms ();
+  int rc;
+  if (strcmp (r->status, "creating") == 0)
+    return 0;
+  if (strcmp (r->status, "running") == 0)
+    {
+      cleanup_reset sqlite3_stmt *s = st->stmt[S_TIME_OPEN];
+      rc = BIND_FIXED (s, 1, r->id) | BIND_FIXED (s, 2, r->org_id) | sqlite3_bind_int64 (s, 3, now);
+      if (bind_check (st, rc, err, "meter sandbox") < 0 || step_done (st, s, err, "meter sandbox") < 0)
+        return -1;
+      return 0;
+    }
+  int64_t end = r->stopped_ms > 0 && r->stopped_ms < now ? r->stopped_ms : now;
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TIME_CLOSE];
+  rc = BIND_FIXED (s, 1, r->id) | sqlite3_bind_int64 (s, 2, end);
+  if (bind_check (st, rc, err, "meter sandbox") < 0 || step_done (st, s, err, "meter sandbox") < 0)
+    return -1;
+  return 0;
+}
+
 static int
 sandbox_put_locked (struct sbx_store *st, const struct sbx_sandbox_rec *r, struct sbx_err *err)
 {
@@ -1268,7 +1354,7 @@ sandbox_put_locked (struct sbx_store *st, const struct sbx_sandbox_rec *r, struc
            | sqlite3_bind_int64 (s, 12, r->disk_mb) | BIND_FIXED (s, 13, r->agent_id) | BIND_FIXED (s, 14, r->mode);
   if (bind_check (st, rc, err, "save sandbox") < 0 || step_done (st, s, err, "save sandbox") < 0)
     return -1;
-  return 0;
+  return meter_locked (st, r, err);
 }
 
 int
@@ -1277,7 +1363,14 @@ sbx_store_sandbox_put (struct sbx_store *st, const struct sbx_sandbox_rec *r, st
   if (r == NULL || r->id[0] == '\0')
     return sbx_failx (err, EINVAL, "sandbox record without id");
   cleanup_unlock struct sbx_store *locked = store_lock (st);
-  return sandbox_put_locked (st, r, err);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  if (sandbox_put_locked (st, r, err) < 0 || run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
 }
 
 int
@@ -1401,6 +1494,25 @@ sbx_store_sandbox_usage_ms (struct sbx_store *st, const char *org_id, int64_t si
   /* TOTAL is a float, exact for sums below 2^53 ms (285,000 years) */
   *ms = r ? (int64_t) sqlite3_column_double (s, 0) : 0;
   return 0;
+}
+
+int
+sbx_store_orgs_out_of_time (struct sbx_store *st, int64_t since_ms, int64_t now_ms, char (*ids)[SBX_STORE_ID_MAX],
+                            size_t max, size_t *n, struct sbx_err *err)
+{
+  *n = 0;
+  if (max == 0 || now_ms <= since_ms)
+    return 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORGS_OUT];
+  int rc = sqlite3_bind_int64 (s, 2, since_ms) | sqlite3_bind_int64 (s, 3, now_ms)
+           | sqlite3_bind_int64 (s, 4, (sqlite3_int64) (max > INT32_MAX ? INT32_MAX : max));
+  if (bind_check (st, rc, err, "organisations out of time") < 0)
+    return -1;
+  int r = 0;
+  while (*n < max && (r = step_row (st, s, err, "organisations out of time")) > 0)
+    col_copy (s, 0, ids[(*n)++], SBX_STORE_ID_MAX);
+  return r < 0 ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ runs */

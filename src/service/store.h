@@ -29,7 +29,7 @@ void sbx_store_close (struct sbx_store *st);
 /* ---- organisations ---- */
 
 /* An organisation and its limits.  PLAN (plans.h) names where the limits
-   came from; max_sandboxes, max_timeout_s and monthly_hours start as the
+   came from; max_sandboxes, max_timeout_s and monthly_ms start as the
    plan's and may each be overridden by the operator. */
 struct sbx_org {
   char id[SBX_STORE_ID_MAX];   /* "org_" + random */
@@ -37,7 +37,9 @@ struct sbx_org {
   char plan[16];               /* default, free, builder, pro, scale */
   uint32_t max_sandboxes;      /* concurrent (running + paused) */
   uint32_t max_timeout_s;      /* longest sandbox lifetime, at most SBX_PLAN_TIMEOUT_CAP */
-  uint32_t monthly_hours;      /* sandbox hours per month; 0: unlimited */
+  int64_t monthly_ms;          /* sandbox time per calendar month, in ms (a plan's hours
+                                  times SBX_MS_PER_HOUR, or any fraction of an hour);
+                                  0: unlimited; at most SBX_PLAN_MONTHLY_MS_CAP */
   uint64_t max_upload_bytes;   /* default 100 MB */
 };
 
@@ -51,7 +53,7 @@ int sbx_store_org_list (struct sbx_store *st, struct sbx_org **v, size_t *n, str
    the default); fills O->id.  EEXIST when the name is taken, EINVAL for an
    unknown plan or a limit out of bounds (see plans.h). */
 int sbx_store_org_create (struct sbx_store *st, struct sbx_org *o, struct sbx_err *err);
-/* Replace plan, max_sandboxes, max_timeout_s and monthly_hours of the
+/* Replace plan, max_sandboxes, max_timeout_s and monthly_ms of the
    organisation O->name; ENOENT when there is none, EINVAL as above.
    Running daemons see the change at their next request. */
 int sbx_store_org_update (struct sbx_store *st, const struct sbx_org *o, struct sbx_err *err);
@@ -138,13 +140,27 @@ int sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, c
    placeholders). */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
 /* Sandbox time of ORG between SINCE_MS and NOW_MS, in ms, into *MS: the
-   sum over its sandboxes of the part of [started, stopped) inside that
-   window, a live sandbox (creating, running, paused) counting until NOW_MS
-   and a stopped one without a stop time until its planned end.  Paused
-   time counts (records keep no pause history).  For plans' monthly
-   sandbox hours, with SINCE_MS = sbx_plan_month_start_ms (NOW_MS). */
+   part inside that window of the intervals its sandboxes ran (the ledger
+   below), an interval still open counting until NOW_MS.  For plans'
+   monthly sandbox hours, with SINCE_MS = sbx_plan_month_start_ms (NOW_MS). */
 int sbx_store_sandbox_usage_ms (struct sbx_store *st, const char *org_id, int64_t since_ms, int64_t now_ms,
                                 int64_t *ms, struct sbx_err *err);
+/* The metering ledger: every save of a sandbox record (sbx_store_sandbox_put,
+   sbx_store_sandbox_record), in its transaction, opens an interval of
+   sandbox time when the record becomes "running" (at the time of the save)
+   and closes it when the record becomes anything else ("paused", "stopped",
+   "error"; at the record's stop time when it has one, else at the time of
+   the save).  A sandbox has at most one open interval, so saving a running
+   record again (a new timeout, a daemon restarted and re-attached) neither
+   opens a second one nor loses the time since the first: the time a
+   sandbox ran while no daemon was there counts.  Creating (queued) and
+   paused time do not. */
+
+/* Organisations with a monthly limit, a sandbox running now, and their
+   time since SINCE_MS (up to NOW_MS) at or past the limit: at most MAX ids
+   into IDS, their number into *N. */
+int sbx_store_orgs_out_of_time (struct sbx_store *st, int64_t since_ms, int64_t now_ms,
+                                char (*ids)[SBX_STORE_ID_MAX], size_t max, size_t *n, struct sbx_err *err);
 
 /* ---- runs: code executed in a sandbox (seed 002's /run) ---- */
 

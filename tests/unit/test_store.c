@@ -2,7 +2,8 @@
  * test_store.c - tests of src/service/store.c on a real SQLite file.
  *
  * Everything runs in a temporary directory: organisations, plans and
- * limits, the migration of a version 1 file, API
+ * limits, the metering ledger (sandbox time, pauses, windows, hours in
+ * decimals), the migration of version 1 and 2 files, API
  * keys (formats, lookup, revocation, and that no key is ever written in
  * clear, WAL file included), sandbox records (by agent too), runs and
  * their bounds, events and their filters,
@@ -26,6 +27,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -140,7 +142,7 @@ test_orgs (void)
   CHECK (good_id (o.id, "org_"));
   CHECK (strcmp (o.name, "acme") == 0);
   CHECK (o.max_sandboxes == 10 && o.max_timeout_s == 3600 && o.max_upload_bytes == 100ull * 1024 * 1024);
-  CHECK (strcmp (o.plan, "default") == 0 && o.monthly_hours == 0);
+  CHECK (strcmp (o.plan, "default") == 0 && o.monthly_ms == 0);
   CHECK_OK (sbx_store_org_ensure (st, "acme", &o2, err));
   CHECK (strcmp (o.id, o2.id) == 0);
 
@@ -163,7 +165,7 @@ static void
 test_plans (void)
 {
   const struct sbx_plan *p = sbx_plan_find ("free");
-  CHECK (p && p->max_sandboxes == 3 && p->max_timeout_s == 300 && p->monthly_hours == 5);
+  CHECK (p && p->max_sandboxes == 1 && p->max_timeout_s == 300 && p->monthly_hours == 5);
   p = sbx_plan_find ("builder");
   CHECK (p && p->max_sandboxes == 3 && p->max_timeout_s == 1800 && p->monthly_hours == 50);
   p = sbx_plan_find ("pro");
@@ -181,20 +183,20 @@ test_plans (void)
   CHECK (nplans == 5);
 
   struct sbx_org o = { .name = "startup", .plan = "free", .max_sandboxes = 3, .max_timeout_s = 300,
-                       .monthly_hours = 5 };
+                       .monthly_ms = 5 * SBX_MS_PER_HOUR };
   CHECK_OK (sbx_store_org_create (st, &o, err));
   CHECK (good_id (o.id, "org_") && o.max_upload_bytes == 100ull * 1024 * 1024);
   struct sbx_org g;
   CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
   CHECK (strcmp (g.id, o.id) == 0 && strcmp (g.plan, "free") == 0 && g.max_sandboxes == 3 && g.max_timeout_s == 300
-         && g.monthly_hours == 5 && g.max_upload_bytes == 100ull * 1024 * 1024);
+         && g.monthly_ms == 5 * SBX_MS_PER_HOUR && g.max_upload_bytes == 100ull * 1024 * 1024);
   /* ensure finds it as it is, and a key of it carries the plan */
   CHECK_OK (sbx_store_org_ensure (st, "startup", &g, err));
   CHECK (strcmp (g.plan, "free") == 0 && g.max_sandboxes == 3);
   char key[64];
   CHECK_OK (sbx_store_key_create (st, "startup", "sk-sb-", key, sizeof key, NULL, err));
   CHECK_OK (sbx_store_key_lookup (st, key, &g, err));
-  CHECK (strcmp (g.plan, "free") == 0 && g.max_timeout_s == 300 && g.monthly_hours == 5);
+  CHECK (strcmp (g.plan, "free") == 0 && g.max_timeout_s == 300 && g.monthly_ms == 5 * SBX_MS_PER_HOUR);
 
   struct sbx_org dup = o;
   CHECK_ERR (sbx_store_org_create (st, &dup, err), EEXIST);
@@ -209,16 +211,25 @@ test_plans (void)
   bad.max_timeout_s = 0;
   CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
   bad.max_timeout_s = 1;
-  bad.monthly_hours = SBX_PLAN_MONTHLY_HOURS_CAP + 1;
+  bad.monthly_ms = SBX_PLAN_MONTHLY_MS_CAP + 1;
+  CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
+  bad.monthly_ms = -1;
   CHECK_ERR (sbx_store_org_create (st, &bad, err), EINVAL);
   CHECK_ERR (sbx_store_org_get (st, "b", &g, err), ENOENT);
 
   /* the operator moves it to scale and overrides one limit */
   o = (struct sbx_org){ .name = "startup", .plan = "scale", .max_sandboxes = 2, .max_timeout_s = 7200,
-                        .monthly_hours = 0 };
+                        .monthly_ms = 0 };
   CHECK_OK (sbx_store_org_update (st, &o, err));
   CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
-  CHECK (strcmp (g.plan, "scale") == 0 && g.max_sandboxes == 2 && g.max_timeout_s == 7200 && g.monthly_hours == 0);
+  CHECK (strcmp (g.plan, "scale") == 0 && g.max_sandboxes == 2 && g.max_timeout_s == 7200 && g.monthly_ms == 0);
+  /* a fraction of an hour is kept to the millisecond */
+  o.monthly_ms = 18000;   /* 0.005 h */
+  CHECK_OK (sbx_store_org_update (st, &o, err));
+  CHECK_OK (sbx_store_org_get (st, "startup", &g, err));
+  CHECK (g.monthly_ms == 18000);
+  o.monthly_ms = 0;
+  CHECK_OK (sbx_store_org_update (st, &o, err));
   CHECK_OK (sbx_store_key_lookup (st, key, &g, err));
   CHECK (g.max_sandboxes == 2);
   o.max_sandboxes = 0;
@@ -525,32 +536,135 @@ test_sandbox_agents (void)
   sbx_sandbox_recs_free (v, n);
 }
 
-/* Sandbox time in a window, for monthly sandbox hours. */
+static void
+sleep_ms (long ms)
+{
+  struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+  nanosleep (&ts, NULL);
+}
+
+static int64_t
+usage (const char *org, int64_t since, int64_t now)
+{
+  int64_t ms = -1;
+  CHECK_OK (sbx_store_sandbox_usage_ms (st, org, since, now, &ms, err));
+  return ms;
+}
+
+/* Save record R with status STATUS; *BEFORE and *AFTER (may be NULL) get
+   the wall clock around the save, between which the ledger's time is. */
+static void
+save_as (struct sbx_sandbox_rec *r, const char *status, int64_t *before, int64_t *after)
+{
+  snprintf (r->status, sizeof r->status, "%s", status);
+  if (before)
+    *before = sbx_wall_ms ();
+  CHECK_OK (sbx_store_sandbox_put (st, r, err));
+  if (after)
+    *after = sbx_wall_ms ();
+}
+
+/* The metering ledger: sandbox time counts while a record is running,
+   not while it is creating or paused, once however often a running
+   record is saved (a restarted daemon re-attaching), until its stop time;
+   a window clips it. */
 static void
 test_usage (void)
 {
-  struct sbx_sandbox_rec u1 = rec ("u1", "org_usage", "stopped", 1000, NULL);
-  u1.stopped_ms = 5000;
-  struct sbx_sandbox_rec u2 = rec ("u2", "org_usage", "running", 8000, NULL);
-  struct sbx_sandbox_rec u3 = rec ("u3", "org_usage", "stopped", 9000, NULL);
-  u3.end_ms = 9500;             /* stopped, no stop time: its planned end */
-  struct sbx_sandbox_rec u4 = rec ("u4", "org_usage", "paused", 9900, NULL);
-  struct sbx_sandbox_rec u5 = rec ("u5", "org_usage_other", "running", 1000, NULL);
-  struct sbx_sandbox_rec u6 = rec ("u6", "org_usage", "running", 20000, NULL);   /* after the window */
-  struct sbx_sandbox_rec *all[] = { &u1, &u2, &u3, &u4, &u5, &u6 };
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-    CHECK_OK (sbx_store_sandbox_put (st, all[i], err));
-  int64_t ms = -1;
-  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 0, 10000, &ms, err));
-  CHECK (ms == 4000 + 2000 + 500 + 100);
-  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 3000, 10000, &ms, err));
-  CHECK (ms == 2000 + 2000 + 500 + 100);
-  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 9200, 9950, &ms, err));
-  CHECK (ms == 750 + 300 + 50);
-  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_none", 0, 10000, &ms, err));
-  CHECK (ms == 0);
-  CHECK_OK (sbx_store_sandbox_usage_ms (st, "org_usage", 10000, 10000, &ms, err));
-  CHECK (ms == 0);
+  int64_t t0, t1, p0, p1, r0, r1, s0, s1;
+  struct sbx_sandbox_rec u1 = rec ("u1", "org_usage", "creating", 1000, NULL);
+  save_as (&u1, "creating", NULL, NULL);
+  sleep_ms (30);
+  CHECK (usage ("org_usage", 0, sbx_wall_ms () + 100000) == 0);   /* queued time is not counted */
+  save_as (&u1, "running", &t0, &t1);
+  sleep_ms (30);
+  save_as (&u1, "running", NULL, NULL);   /* a new timeout: still one interval */
+  int64_t ms = usage ("org_usage", 0, t1 + 1000);
+  CHECK (ms >= 1000 && ms <= 1000 + (t1 - t0));
+  CHECK (usage ("org_usage", t1 + 500, t1 + 1000) == 500);   /* the window clips it */
+  CHECK (usage ("org_usage", 0, t0 - 1) == 0);
+  CHECK (usage ("org_usage", 5, 5) == 0);
+
+  /* paused: the time stops, whatever the clock does */
+  save_as (&u1, "paused", &p0, &p1);
+  int64_t ran = usage ("org_usage", 0, p1 + 100000);
+  CHECK (ran >= p0 - t1 && ran <= p1 - t0 && ran >= 30);
+  CHECK (usage ("org_usage", 0, p1 + 200000) == ran);
+  sleep_ms (30);
+  /* resumed: a second interval */
+  save_as (&u1, "running", &r0, &r1);
+  ms = usage ("org_usage", 0, r1 + 1000);
+  CHECK (ms >= ran + 1000 && ms <= ran + 1000 + (r1 - r0));
+  /* stopped at its stop time, here before the save */
+  sleep_ms (30);
+  u1.stopped_ms = r1 + 10;
+  save_as (&u1, "stopped", &s0, &s1);
+  ms = usage ("org_usage", 0, s1 + 100000);
+  CHECK (ms >= ran + (r1 + 10 - r1) && ms <= ran + (r1 + 10 - r0));
+  /* saved again stopped (a second report): nothing changes */
+  save_as (&u1, "stopped", NULL, NULL);
+  CHECK (usage ("org_usage", 0, s1 + 100000) == ms);
+
+  /* another organisation's time is its own; one that never ran has none */
+  struct sbx_sandbox_rec u2 = rec ("u2", "org_usage_other", "running", 1000, NULL);
+  save_as (&u2, "running", NULL, NULL);
+  CHECK (usage ("org_usage", 0, s1 + 100000) == ms);
+  CHECK (usage ("org_none", 0, s1 + 100000) == 0);
+
+  /* through the record-and-event transaction too, and across a reopen:
+     the open interval is found again, not doubled */
+  struct sbx_sandbox_rec u3 = rec ("u3", "org_usage", "running", 1000, NULL);
+  int64_t a0 = sbx_wall_ms ();
+  CHECK_OK (sbx_store_sandbox_record (st, NULL, &u3, NULL, err));
+  int64_t a1 = sbx_wall_ms ();
+  sbx_store_close (st);
+  st = open_store ();
+  CHECK_OK (sbx_store_sandbox_record (st, NULL, &u3, NULL, err));
+  int64_t later = a1 + 50000;
+  int64_t with3 = usage ("org_usage", 0, later);
+  CHECK (with3 - ms >= later - a1 && with3 - ms <= later - a0);
+
+  /* organisations out of time: a limit, a running sandbox, past the limit */
+  struct sbx_org lim = { .name = "usage-limited", .plan = "free", .max_sandboxes = 1, .max_timeout_s = 300,
+                         .monthly_ms = 2000 };
+  CHECK_OK (sbx_store_org_create (st, &lim, err));
+  struct sbx_sandbox_rec u4 = rec ("u4", lim.id, "running", 1000, NULL);
+  int64_t b0, b1;
+  save_as (&u4, "running", &b0, &b1);
+  char ids[4][SBX_STORE_ID_MAX];
+  size_t n = 9;
+  CHECK_OK (sbx_store_orgs_out_of_time (st, 0, b1 + 1000, ids, 4, &n, err));
+  CHECK (n == 0);
+  CHECK_OK (sbx_store_orgs_out_of_time (st, 0, b1 + 2100, ids, 4, &n, err));
+  CHECK (n == 1 && strcmp (ids[0], lim.id) == 0);
+  CHECK_OK (sbx_store_orgs_out_of_time (st, b1 + 1500, b1 + 2100, ids, 4, &n, err));   /* a new month */
+  CHECK (n == 0);
+  save_as (&u4, "paused", NULL, NULL);   /* nothing running: nothing to end */
+  CHECK_OK (sbx_store_orgs_out_of_time (st, 0, b1 + 100000, ids, 4, &n, err));
+  CHECK (n == 0);
+
+  /* hours given in decimals, to the millisecond */
+  int64_t h = -1;
+  CHECK (sbx_plan_parse_hours ("0.005", &h) == 0 && h == 18000);
+  CHECK (sbx_plan_parse_hours ("5", &h) == 0 && h == 5 * SBX_MS_PER_HOUR);
+  CHECK (sbx_plan_parse_hours ("0", &h) == 0 && h == 0);
+  CHECK (sbx_plan_parse_hours ("1.25", &h) == 0 && h == 4500000);
+  CHECK (sbx_plan_parse_hours ("10000000", &h) == 0 && h == SBX_PLAN_MONTHLY_MS_CAP);
+  CHECK (sbx_plan_parse_hours ("0.0000001", &h) == -1);   /* 0.36 ms would read as unlimited */
+  const char *bad[] = { "", ".5", "5.", "-1", "+1", "1e3", "0x10", "1,5", " 1", "1 ", "10000000.1", "99999999999" };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    CHECK (sbx_plan_parse_hours (bad[i], &h) == -1);
+  char buf[32];
+  sbx_plan_format_hours (18000, buf, sizeof buf);
+  CHECK (strcmp (buf, "0.005") == 0);
+  sbx_plan_format_hours (5 * SBX_MS_PER_HOUR, buf, sizeof buf);
+  CHECK (strcmp (buf, "5") == 0);
+  sbx_plan_format_hours (4500000, buf, sizeof buf);
+  CHECK (strcmp (buf, "1.25") == 0);
+  sbx_plan_format_hours (0, buf, sizeof buf);
+  CHECK (strcmp (buf, "0") == 0);
+  sbx_plan_format_hours (1, buf, sizeof buf);
+  CHECK (strcmp (buf, "0.0000003") == 0);
 
   CHECK (sbx_plan_month_start_ms (1764574543123) == 1764547200000);   /* 2025-12-01 07:35 UTC */
   CHECK (sbx_plan_month_start_ms (1709208000000) == 1706745600000);   /* 2024-02-29 12:00 UTC */
@@ -1169,7 +1283,7 @@ test_reopen (void)
   CHECK (sqlite3_open_v2 (db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
   sqlite3_stmt *s = NULL;
   CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
-  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 2);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 3);
   sqlite3_finalize (s);
   CHECK (sqlite3_prepare_v2 (db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN"
                                  " ('api_keys_hash', 'sandboxes_org_started', 'events_org_seq',"
@@ -1247,8 +1361,9 @@ test_migration (void)
       CHECK_OK (sbx_store_org_get (s, "old", &o, err));
       /* the first round sets 7 monthly hours, which the second finds */
       CHECK (strcmp (o.id, "org_old") == 0 && strcmp (o.plan, "default") == 0
-             && o.monthly_hours == (round ? 7u : 0u) && o.max_sandboxes == 4 && o.max_timeout_s == 900);
-      o.monthly_hours = 7;
+             && o.monthly_ms == (round ? 7 * SBX_MS_PER_HOUR : 0) && o.max_sandboxes == 4
+             && o.max_timeout_s == 900);
+      o.monthly_ms = 7 * SBX_MS_PER_HOUR;
       if (round == 0)
         CHECK_OK (sbx_store_org_update (s, &o, err));
       struct sbx_sandbox_rec r;
@@ -1274,9 +1389,63 @@ test_migration (void)
   CHECK (sqlite3_open (path, &db) == SQLITE_OK);
   sqlite3_stmt *s = NULL;
   CHECK (sqlite3_prepare_v2 (db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK);
-  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 2);
+  CHECK (s && sqlite3_step (s) == SQLITE_ROW && sqlite3_column_int (s, 0) == 3);
   sqlite3_finalize (s);
   sqlite3_close (db);
+}
+
+/* A file of schema version 2: the monthly limit in whole hours becomes
+   ms, and the metering ledger starts from the records (running ones stay
+   open, paused ones are closed at the migration, stopped ones at their
+   stop time). */
+static const char v2_schema[]
+    = "CREATE TABLE orgs (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_sandboxes INTEGER NOT NULL,"
+      " max_timeout_s INTEGER NOT NULL, max_upload_bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL,"
+      " plan TEXT NOT NULL DEFAULT 'default', monthly_hours INTEGER NOT NULL DEFAULT 0);"
+      "CREATE TABLE sandboxes (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, template_id TEXT NOT NULL,"
+      " status TEXT NOT NULL, metadata TEXT, started_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,"
+      " stopped_ms INTEGER NOT NULL, stop_reason TEXT NOT NULL, cpu_count INTEGER NOT NULL,"
+      " memory_mb INTEGER NOT NULL, disk_mb INTEGER NOT NULL, agent_id TEXT NOT NULL DEFAULT '',"
+      " mode TEXT NOT NULL DEFAULT '');"
+      "INSERT INTO orgs VALUES ('org_v2', 'v2', 3, 300, 1000, 1, 'free', 5);"
+      "INSERT INTO sandboxes VALUES ('sb_run', 'org_v2', 'base', 'running', NULL, 5, 9000000000000, 0, '', 1, 256,"
+      " 512, '', '');"
+      "INSERT INTO sandboxes VALUES ('sb_stop', 'org_v2', 'base', 'stopped', NULL, 10, 99, 30, 'request', 1, 256,"
+      " 512, '', '');"
+      "INSERT INTO sandboxes VALUES ('rsv_x', 'org_v2', 'base', 'creating', NULL, 7, 0, 0, '', 0, 0, 0, '', '');"
+      "INSERT INTO sandboxes VALUES ('sb_pause', 'org_v2p', 'base', 'paused', NULL, 100, 9000000000000, 0, '', 1,"
+      " 256, 512, '', '');"
+      "PRAGMA user_version = 2;";
+
+static void
+test_migration_v2 (void)
+{
+  char path[PATH_MAX + 16];
+  snprintf (path, sizeof path, "%s/v2.db", dir);
+  sqlite3 *db = NULL;
+  CHECK (sqlite3_open (path, &db) == SQLITE_OK && sqlite3_exec (db, v2_schema, NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close (db);
+  for (int round = 0; round < 2; round++)   /* the second open migrates nothing again */
+    {
+      struct sbx_store *s = NULL;
+      CHECK_OK (sbx_store_open (path, &s, err));
+      if (s == NULL)
+        return;
+      int64_t now = sbx_wall_ms (), ms = -1, ms2 = -1;
+      struct sbx_org o;
+      CHECK_OK (sbx_store_org_get (s, "v2", &o, err));
+      CHECK (o.monthly_ms == 5 * SBX_MS_PER_HOUR && strcmp (o.plan, "free") == 0);
+      /* running 5..50 and stopped 10..30; the placeholder does not count */
+      CHECK_OK (sbx_store_sandbox_usage_ms (s, "org_v2", 0, 50, &ms, err));
+      CHECK (ms == 45 + 20);
+      CHECK_OK (sbx_store_sandbox_usage_ms (s, "org_v2", 0, now + 1000, &ms, err));
+      CHECK (ms >= now + 1000 - 5 + 20);
+      /* paused: counted until the migration, no longer */
+      CHECK_OK (sbx_store_sandbox_usage_ms (s, "org_v2p", 0, now + 1000, &ms, err));
+      CHECK_OK (sbx_store_sandbox_usage_ms (s, "org_v2p", 0, now + 900000, &ms2, err));
+      CHECK (ms > 0 && ms == ms2 && ms <= now - 100);
+      sbx_store_close (s);
+    }
 }
 
 /* ----------------------------------------------------------- concurrency */
@@ -1443,6 +1612,7 @@ main (void)
   test_second_connection ();
   test_newer_schema ();
   test_migration ();
+  test_migration_v2 ();
   test_concurrency ();
   test_kill9 ();
   check_no_plain_keys ("end");
