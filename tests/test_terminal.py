@@ -342,3 +342,28 @@ def test_active_while_open(sbxd, sandbox):
     while sbxd.req("GET", "/v1/sandboxes", params={"id": sandbox}).json()["status"] == "active":
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_daemon_stop_closes_terminals(tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = d.create()
+
+        async def go():
+            async with websockets.connect(terminal_url(d, sid)) as ws:
+                t = Term(ws)
+                await t.type("sleep 4545 & echo st$((1))op\r")
+                await t.until(rb"st1op")
+                stopping = asyncio.get_running_loop().run_in_executor(None, d.stop)
+                code = await closed_code(ws)
+                await stopping
+                return code
+        assert run(go()) == 1001
+        assert d.proc.returncode == 0, d.logs()[-2000:]
+        # the sandbox lives on, without the shell or what it started
+        d.start()
+        ps = d.sh(sid, "ps -eo args")["stdout"]
+        assert "sleep 4545" not in ps and "/bin/bash -l" not in ps, ps
+        d.delete(sid)
+    finally:
+        d.stop()
