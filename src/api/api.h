@@ -30,6 +30,7 @@ struct upload;
 struct sbx_interp;
 struct handlers;
 struct resumer;
+struct terminals;
 
 struct http_server {
   struct MHD_Daemon *mhd;
@@ -45,6 +46,8 @@ struct http_server {
   unsigned char envd_secret[32]; /* keys the sandboxes' envd access tokens */
   struct handlers *handlers;  /* the threads that run handlers (server.c) */
   struct resumer *resumer;    /* wakes streams whose pipe has data (server.c) */
+  struct terminals *terminals; /* seed 004's open terminals (terminal.c) */
+  uint32_t terminal_ttl_s;    /* how long a terminalUrl's token is good for */
 };
 
 #define CALL_MAX_SEGS 8
@@ -106,6 +109,7 @@ struct request {
   enum MHD_Result (*job) (struct request *rq); /* what a handler thread runs */
   struct MHD_Response *answer; /* queued by a handler thread */
   struct request *next_job;
+  uint64_t terminal_seq; /* the terminal its 101 answer opens (terminal.c), 0: none */
 };
 
 /* ---- dialects and routes ---- */
@@ -284,5 +288,9 @@ bool v1_sandbox (struct call *k, const char *id, struct sbx_sandbox_rec *rec, en
    wss://) URL with a short-lived token for that sandbox only; NULL when
    none can be given (malloc'd). */
 char *v1_terminal_url (struct call *k, const char *sandbox_id);
+/* GET /v1/sandboxes/terminal?id=&token= (the WebSocket) and POST
+   /v1/sandboxes/terminal {id} (a fresh terminalUrl) */
+enum MHD_Result v1_terminal (struct call *k);
+enum MHD_Result v1_terminal_new (struct call *k);
 
 #endif

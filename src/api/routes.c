@@ -65,6 +65,8 @@ const struct route api_routes[] = {
   { "GET", "/api/sandbox/:id/network/log", egress_log_route, SB, D2 },
 
   /* seed 004: sandboxes are named by ?id= or the body's "id" (v1.c) */
+  { "GET", "/v1/sandboxes/terminal", v1_terminal, ROUTE_PUBLIC, D4 }, /* the token is the credential */
+  { "POST", "/v1/sandboxes/terminal", v1_terminal_new, 0, D4 },
 };
 
 const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];

@@ -60,6 +60,7 @@
 #include "../service/encode.h"
 #include "../service/interp.h"
 #include "../service/output.h"
+#include "terminal.h"
 
 #define JSON_BODY_MAX (1u << 20)      /* a JSON body */
 #define BIG_BODY_MAX (64u << 20)      /* ROUTE_BIG_BODY: base64 file writes up to ~48 MB, stdin, code */
@@ -1149,6 +1150,8 @@ on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_Requ
   if (rq)
     {
       log_request (rq, rq->status);
+      if (rq->terminal_seq)
+        terminal_request_done (rq->h, rq->terminal_seq);
       tl_rq = rq;
       upload_free (rq);
       tl_rq = NULL;
@@ -1274,6 +1277,7 @@ server_free (struct http_server *h)
     resumer_free (h->resumer);
   if (h->interp)
     sbx_interp_free (h->interp);
+  terminals_free (h);
   free (h);
 }
 
@@ -1295,7 +1299,8 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   h->images = cfg->images;
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
   snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
-  if (e2b_load_secret (h, err) < 0)
+  h->terminal_ttl_s = cfg->terminal_ttl_s ? cfg->terminal_ttl_s : SBX_TERMINAL_TTL_S;
+  if (e2b_load_secret (h, err) < 0 || terminals_start (h, err) < 0)
     {
       free (h);
       return NULL;
@@ -1308,6 +1313,7 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
 #endif
   if (sbx_interp_new (h->engine, kernel, &h->interp, err) < 0)
     {
+      terminals_free (h);
       free (h);
       return NULL;
     }
@@ -1326,7 +1332,7 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   pthread_cond_init (&h->handlers->done, NULL);
   unsigned conns = raise_nofile ();
   unsigned timeout = cfg->conn_timeout_s ? cfg->conn_timeout_s : SBX_HTTP_CONN_TIMEOUT_S;
-  h->mhd = MHD_start_daemon (MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
+  h->mhd = MHD_start_daemon (MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG, 0, NULL,
                              NULL, on_request, h, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
                              (unsigned) HTTP_THREADS, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                              MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_LIMIT, conns,
@@ -1352,9 +1358,11 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
 bool
 sbx_http_stop (struct http_server *h)
 {
-  /* streams waiting for data end; handlers get a few seconds */
+  /* streams waiting for data end; handlers get a few seconds; terminals
+     end (their shells killed), and must have given their sockets back
+     before libmicrohttpd stops */
   resumer_stop (h->resumer);
-  if (!handlers_stop (h->handlers, 5))
+  if (!handlers_stop (h->handlers, 5) || !terminals_stop (h, 5))
     {
       sbx_log (SBX_LOG_WARN, "stopping while requests are being handled; their connections are dropped");
       return false;

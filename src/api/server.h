@@ -28,11 +28,14 @@ struct sbx_http_config {
   const char *state_dir; /* for spooling uploads */
   unsigned conn_timeout_s; /* a connection that sends nothing for this long (headers, keep-alive) is closed */
   unsigned conn_per_ip;  /* connections one client address may hold; 0: no cap */
+  unsigned terminal_ttl_s; /* the life of a terminalUrl's token; 0: SBX_TERMINAL_TTL_S (terminal.h) */
 };
 
 /* Defaults of the two settings above (sbxd serve --conn-timeout, --conn-per-ip). */
 #define SBX_HTTP_CONN_TIMEOUT_S 30
 #define SBX_HTTP_CONN_PER_IP 256
+/* Default life of a seed 004 terminalUrl's token (sbxd serve --terminal-ttl). */
+#define SBX_TERMINAL_TTL_S 600
 
 struct http_server *sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err);
 /* Stop serving.  False when requests were still being handled after a

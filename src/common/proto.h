@@ -108,6 +108,9 @@ enum sbx_file_op {
 #define SBX_FILE_F_PARENTS 1u   /* write/mkdir: create missing parents */
 #define SBX_FILE_F_EXIST_OK 2u  /* mkdir: an existing directory is fine */
 #define SBX_FILE_F_RECURSIVE 4u /* watch: subdirectories too */
+/* SBX_T_FLAGS bits of a SIGNAL request */
+#define SBX_SIGNAL_F_TREE 1u    /* kill every process the command started, setsid()ed ones too, as its
+                                   timeout does (an agent without it kills the command's group) */
 
 enum sbx_file_type { SBX_FT_FILE = 1, SBX_FT_DIR = 2, SBX_FT_SYMLINK = 3, SBX_FT_OTHER = 4 };
 

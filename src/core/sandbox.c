@@ -1837,6 +1837,50 @@ user_or_default (struct sbx_engine *e, const char *id, const char *user, char bu
   return buf;
 }
 
+/* The process event frame M stands for, in *EV (its data points into M):
+   1, or 0 for a frame that is none (skipped), or -1 with ERR when the
+   agent reported an error.  *PID is the process's, once START gave it. */
+static int
+proc_event_of (const struct sbx_msg *m, uint32_t *pid, struct sbx_proc_event *ev, struct sbx_err *err)
+{
+  *ev = (struct sbx_proc_event) { .pid = *pid };
+  const uint8_t *d;
+  uint32_t l;
+  switch (m->type)
+    {
+    case SBX_EV_ERROR:
+      sbx_agent_error (m, err);
+      return -1;
+    case SBX_EV_START:
+      *pid = ev->pid = sbx_msg_u32 (m, SBX_T_PID, 0);
+      ev->kind = SBX_PROC_START;
+      return 1;
+    case SBX_EV_STDOUT:
+    case SBX_EV_STDERR:
+    case SBX_EV_PTY:
+      ev->kind = m->type == SBX_EV_STDOUT ? SBX_PROC_STDOUT : m->type == SBX_EV_STDERR ? SBX_PROC_STDERR : SBX_PROC_PTY;
+      if (!sbx_msg_get (m, SBX_T_DATA, &d, &l))
+        return 0;
+      ev->data = d;
+      ev->len = l;
+      return 1;
+    case SBX_EV_END:
+      ev->kind = SBX_PROC_END;
+      ev->exit_code = (int) sbx_msg_u32 (m, SBX_T_EXIT, (uint32_t) -1);
+      ev->signal = sbx_msg_termsig (m);
+      if (ev->signal < 0)
+        {
+          /* not a signal: how it ended is unknown */
+          ev->signal = 0;
+          ev->exit_code = -1;
+        }
+      ev->timed_out = sbx_msg_u32 (m, SBX_T_TIMEDOUT, 0) != 0;
+      return 1;
+    default:
+      return 0;
+    }
+}
+
 /* Stream process events of an EXEC or ATTACH connection to FN. */
 static int
 stream_events (int fd, const char *id, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud, struct sbx_err *err)
@@ -1865,51 +1909,46 @@ stream_events (int fd, const char *id, uint32_t keepalive_ms, sbx_proc_fn fn, vo
         }
       if (sbx_agent_recv (fd, id, frame_deadline (), &m, err) < 0)
         break;
-      struct sbx_proc_event ev = { .pid = pid };
-      const uint8_t *d;
-      uint32_t l;
-      switch (m.type)
-        {
-        case SBX_EV_ERROR:
-          sbx_agent_error (&m, err);
-          goto done;
-        case SBX_EV_START:
-          pid = ev.pid = sbx_msg_u32 (&m, SBX_T_PID, 0);
-          ev.kind = SBX_PROC_START;
-          break;
-        case SBX_EV_STDOUT:
-        case SBX_EV_STDERR:
-        case SBX_EV_PTY:
-          ev.kind = m.type == SBX_EV_STDOUT ? SBX_PROC_STDOUT : m.type == SBX_EV_STDERR ? SBX_PROC_STDERR : SBX_PROC_PTY;
-          if (!sbx_msg_get (&m, SBX_T_DATA, &d, &l))
-            continue;
-          ev.data = d;
-          ev.len = l;
-          break;
-        case SBX_EV_END:
-          ev.kind = SBX_PROC_END;
-          ev.exit_code = (int) sbx_msg_u32 (&m, SBX_T_EXIT, (uint32_t) -1);
-          ev.signal = sbx_msg_termsig (&m);
-          if (ev.signal < 0)
-            {
-              /* not a signal: how it ended is unknown */
-              ev.signal = 0;
-              ev.exit_code = -1;
-            }
-          ev.timed_out = sbx_msg_u32 (&m, SBX_T_TIMEDOUT, 0) != 0;
-          break;
-        default:
-          continue;
-        }
+      struct sbx_proc_event ev;
+      int k = proc_event_of (&m, &pid, &ev, err);
+      if (k < 0)
+        break;
+      if (k == 0)
+        continue;
       if (fn (&ev, ud) < 0 || ev.kind == SBX_PROC_END)
         {
           r = 0;
           break;
         }
     }
-done:
   sbx_msg_free (&m);
   return r;
+}
+
+/* The EXEC request of O. */
+static void
+exec_request (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, struct sbx_msg *req)
+{
+  char ubuf[32];
+  sbx_msg_init (req, SBX_REQ_EXEC);
+  for (const char *const *a = o->argv; *a; a++)
+    sbx_msg_put_str (req, SBX_T_ARG, *a);
+  for (const char *const *v = o->env; v && *v; v++)
+    sbx_msg_put_str (req, SBX_T_ENV, *v);
+  if (o->cwd && *o->cwd)
+    sbx_msg_put_str (req, SBX_T_CWD, o->cwd);
+  sbx_msg_put_str (req, SBX_T_USER, user_or_default (e, id, o->user, ubuf));
+  if (o->tag)
+    sbx_msg_put_str (req, SBX_T_TAG, o->tag);
+  if (o->pty)
+    {
+      uint32_t rc[2] = { o->rows ? o->rows : 24, o->cols ? o->cols : 80 };
+      sbx_msg_put (req, SBX_T_PTY, rc, sizeof rc);
+    }
+  if (o->stdin_open)
+    sbx_msg_put_u32 (req, SBX_T_STDIN, 1);
+  if (o->timeout_ms)
+    sbx_msg_put_u32 (req, SBX_T_TIMEOUT, o->timeout_ms);
 }
 
 int
@@ -1921,27 +1960,8 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
-  char ubuf[32];
   struct sbx_msg req;
-  sbx_msg_init (&req, SBX_REQ_EXEC);
-  for (const char *const *a = o->argv; *a; a++)
-    sbx_msg_put_str (&req, SBX_T_ARG, *a);
-  for (const char *const *v = o->env; v && *v; v++)
-    sbx_msg_put_str (&req, SBX_T_ENV, *v);
-  if (o->cwd && *o->cwd)
-    sbx_msg_put_str (&req, SBX_T_CWD, o->cwd);
-  sbx_msg_put_str (&req, SBX_T_USER, user_or_default (e, id, o->user, ubuf));
-  if (o->tag)
-    sbx_msg_put_str (&req, SBX_T_TAG, o->tag);
-  if (o->pty)
-    {
-      uint32_t rc[2] = { o->rows ? o->rows : 24, o->cols ? o->cols : 80 };
-      sbx_msg_put (&req, SBX_T_PTY, rc, sizeof rc);
-    }
-  if (o->stdin_open)
-    sbx_msg_put_u32 (&req, SBX_T_STDIN, 1);
-  if (o->timeout_ms)
-    sbx_msg_put_u32 (&req, SBX_T_TIMEOUT, o->timeout_ms);
+  exec_request (e, id, o, &req);
   int r = -1;
   cleanup_close int fd = agent_connect (e, s, err);
   if (fd >= 0)
@@ -1954,6 +1974,95 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
   sbx_msg_free (&req);
   put (e, s);
   return r;
+}
+
+struct sbx_proc_stream {
+  struct sbx_engine *e;
+  struct sandbox *s;  /* a reference, for the stream's life */
+  int fd;
+  uint32_t pid;
+  bool ended;
+  struct sbx_msg m;   /* the last frame read: what the last event points into */
+};
+
+int
+sbx_exec_stream (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, struct sbx_proc_stream **out,
+                 struct sbx_err *err)
+{
+  *out = NULL;
+  if (o->argv == NULL || o->argv[0] == NULL || *o->argv[0] == '\0')
+    return sbx_failk (err, SBX_E_INVALID, "cmd is required");
+  struct sbx_proc_stream *ps = calloc (1, sizeof *ps);
+  if (ps == NULL)
+    return sbx_fail (err, ENOMEM, "process stream");
+  ps->e = e;
+  ps->fd = -1;
+  sbx_msg_init (&ps->m, 0);
+  if ((ps->s = get (e, id, err)) == NULL)
+    {
+      free (ps);
+      return -1;
+    }
+  struct sbx_msg req;
+  exec_request (e, id, o, &req);
+  ps->fd = agent_connect (e, ps->s, err);
+  int r = -1;
+  if (ps->fd >= 0 && sbx_msg_send (ps->fd, &req) < 0)
+    sbx_fail (err, errno, "send to sandbox agent");
+  else if (ps->fd >= 0)
+    r = 0;
+  sbx_msg_free (&req);
+  if (r < 0)
+    {
+      sbx_proc_stream_close (ps);
+      return -1;
+    }
+  *out = ps;
+  return 0;
+}
+
+int
+sbx_proc_stream_fd (const struct sbx_proc_stream *ps)
+{
+  return ps->fd;
+}
+
+int
+sbx_proc_stream_next (struct sbx_proc_stream *ps, struct sbx_proc_event *ev, struct sbx_err *err)
+{
+  if (ps->ended)
+    return 0;
+  for (;;)
+    {
+      if (sbx_agent_recv (ps->fd, ps->s->id, frame_deadline (), &ps->m, err) < 0)
+        return -1;
+      int k = proc_event_of (&ps->m, &ps->pid, ev, err);
+      if (k < 0)
+        return -1;
+      if (k == 0)
+        {
+          /* a frame that is no event: wait for another only if one is there */
+          struct pollfd pf = { ps->fd, POLLIN, 0 };
+          if (poll (&pf, 1, 0) == 1)
+            continue;
+          *ev = (struct sbx_proc_event) { .kind = SBX_PROC_KEEPALIVE, .pid = ps->pid };
+          return 1;
+        }
+      ps->ended = ev->kind == SBX_PROC_END;
+      return 1;
+    }
+}
+
+void
+sbx_proc_stream_close (struct sbx_proc_stream *ps)
+{
+  if (ps == NULL)
+    return;
+  if (ps->fd >= 0)
+    close (ps->fd);
+  sbx_msg_free (&ps->m);
+  put (ps->e, ps->s);
+  free (ps);
 }
 
 int
@@ -2025,6 +2134,17 @@ sbx_proc_signal (struct sbx_engine *e, const char *id, uint32_t pid, int sig, st
   sbx_msg_init (&req, SBX_REQ_SIGNAL);
   sbx_msg_put_u32 (&req, SBX_T_PID, pid);
   sbx_msg_put_u32 (&req, SBX_T_SIGNAL, (uint32_t) sig);
+  return simple_proc_call (e, id, &req, err);
+}
+
+int
+sbx_proc_kill_tree (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_SIGNAL);
+  sbx_msg_put_u32 (&req, SBX_T_PID, pid);
+  sbx_msg_put_u32 (&req, SBX_T_SIGNAL, SIGKILL);
+  sbx_msg_put_u32 (&req, SBX_T_FLAGS, SBX_SIGNAL_F_TREE);
   return simple_proc_call (e, id, &req, err);
 }
 

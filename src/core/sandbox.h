@@ -196,6 +196,19 @@ typedef int (*sbx_proc_fn) (const struct sbx_proc_event *ev, void *ud);
    Returns 0 once END was seen or FN stopped, -1 on failure. */
 int sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, sbx_proc_fn fn, void *ud,
               struct sbx_err *err);
+/* The same start, for a caller that waits for the events itself (with
+   other descriptors, in its own poll loop): the stream's descriptor is
+   readable when an event is there; sbx_proc_stream_next then reads it
+   into *EV (its data valid until the next call): 1, or 0 once END was
+   given, or -1 with ERR (kind stopped: the sandbox went away).  A frame
+   once begun must be whole within the agent's frame deadline
+   (agent.h).  Closing the stream leaves the process running. */
+struct sbx_proc_stream;
+int sbx_exec_stream (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o,
+                     struct sbx_proc_stream **out, struct sbx_err *err);
+int sbx_proc_stream_fd (const struct sbx_proc_stream *ps);
+int sbx_proc_stream_next (struct sbx_proc_stream *ps, struct sbx_proc_event *ev, struct sbx_err *err);
+void sbx_proc_stream_close (struct sbx_proc_stream *ps);
 /* Re-attach to a running process by pid (KEEPALIVE_MS as in exec). */
 int sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepalive_ms, sbx_proc_fn fn, void *ud,
                 struct sbx_err *err);
@@ -206,6 +219,9 @@ int sbx_proc_input (struct sbx_engine *e, const char *id, uint32_t pid, const vo
                     struct sbx_err *err);
 int sbx_proc_close_stdin (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err);
 int sbx_proc_signal (struct sbx_engine *e, const char *id, uint32_t pid, int sig, struct sbx_err *err);
+/* Kill process PID and everything it started (SIGKILL), background and
+   setsid()ed processes included, as its timeout would. */
+int sbx_proc_kill_tree (struct sbx_engine *e, const char *id, uint32_t pid, struct sbx_err *err);
 int sbx_proc_resize (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t rows, uint32_t cols,
                      struct sbx_err *err);
 

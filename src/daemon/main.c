@@ -48,6 +48,7 @@ usage (FILE *f)
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
          "             [--conn-timeout SECONDS] [--conn-per-ip N]\n"
+         "             [--terminal-ttl SECONDS]   (seed 004's terminalUrl tokens)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -168,6 +169,7 @@ cmd_serve (int argc, char **argv)
                                         { "disk-overcommit", required_argument, NULL, 'C' },
                                         { "conn-timeout", required_argument, NULL, 'T' },
                                         { "conn-per-ip", required_argument, NULL, 'P' },
+                                        { "terminal-ttl", required_argument, NULL, 'W' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -183,6 +185,7 @@ cmd_serve (int argc, char **argv)
   uint32_t reserve_mb = 0;
   double overcommit = 1.0;
   uint32_t conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
+  uint32_t terminal_ttl = SBX_TERMINAL_TTL_S;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -277,6 +280,10 @@ cmd_serve (int argc, char **argv)
       case 'P':
         /* 0: no cap */
         if (parse_u32 ("--conn-per-ip", optarg, 0, 1000000, &conn_per_ip) < 0)
+          return 2;
+        break;
+      case 'W':
+        if (parse_u32 ("--terminal-ttl", optarg, 1, 86400, &terminal_ttl) < 0)
           return 2;
         break;
       case 'l':
@@ -391,7 +398,8 @@ cmd_serve (int argc, char **argv)
                                 .docs_dir = SBXD_DOCS_DIR,
                                 .state_dir = state,
                                 .conn_timeout_s = conn_timeout,
-                                .conn_per_ip = conn_per_ip };
+                                .conn_per_ip = conn_per_ip,
+                                .terminal_ttl_s = terminal_ttl };
   struct http_server *h = sbx_http_start (&hc, &err);
   if (h == NULL)
     {

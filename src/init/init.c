@@ -757,6 +757,14 @@ handle_proc_req (int conn, const struct sbx_msg *req)
             sbx_msg_send_error (conn, EINVAL, "invalid signal %d", sig);
             break;
           }
+        if ((sbx_msg_u32 (req, SBX_T_FLAGS, 0) & SBX_SIGNAL_F_TREE) && p->shepherd > 0)
+          {
+            /* the shepherd kills the whole subtree, as for a timeout */
+            p->deadline_ns = 0;
+            kill (p->shepherd, SIGUSR1);
+            sbx_msg_send_ok (conn);
+            break;
+          }
         /* the command leads its own process group (setsid) */
         if (kill (-pid, sig) < 0 && kill (pid, sig) < 0)
           sbx_msg_send_error (conn, errno, "signal process %d: %s", (int) pid, strerror (errno));
