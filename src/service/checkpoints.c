@@ -199,6 +199,21 @@ depth_of (const char *rel)
   return d;
 }
 
+/* ROOT needs NEED bytes (0: more than ROOM) and does not fit in ROOM:
+   past the bound of one set (too large), or past what is left of the
+   organisation's quota (limit). */
+static int
+too_large (struct sbx_err *err, const char *root, uint64_t room, uint64_t need)
+{
+  if (room < SBX_SAVE_BYTES_MAX && need <= SBX_SAVE_BYTES_MAX)
+    return sbx_failk (err, SBX_E_LIMIT,
+                      "%s does not fit in what is left of the organisation's storage for checkpoints and "
+                      "artifacts (%llu MB)",
+                      root, (unsigned long long) (room >> 20));
+  return sbx_failk (err, SBX_E_TOO_LARGE, "%s is larger than the %llu MB a checkpoint or artifact set may hold", root,
+                    (unsigned long long) (SBX_SAVE_BYTES_MAX >> 20));
+}
+
 /* Take the set KIND of ROOT in sandbox ID for ORG_ID: 1 when recorded in
    *OUT, 0 when there was nothing to keep and KEEP_EMPTY is false, -1 on
    failure (nothing kept). */
@@ -323,8 +338,7 @@ take (struct sbx_service *svc, struct sbx_engine *e, const char *org_id, const c
         continue;
       if (en->size > room - c.size_bytes)
         {
-          sbx_failk (err, SBX_E_TOO_LARGE, "%s is larger than the %llu MB a checkpoint or artifact set may hold",
-                     root, (unsigned long long) (room >> 20));
+          too_large (err, root, room, c.size_bytes + en->size);
           goto out;
         }
       char name[16];
@@ -354,8 +368,7 @@ take (struct sbx_service *svc, struct sbx_engine *e, const char *org_id, const c
           if (sink.late)
             sbx_failk (err, SBX_E_UNAVAILABLE, "copying %s took too long", root);
           else if (k == SBX_E_TOO_LARGE)
-            sbx_failk (err, SBX_E_TOO_LARGE, "%s is larger than the %llu MB a checkpoint or artifact set may hold",
-                       root, (unsigned long long) (room >> 20));
+            too_large (err, root, room, 0);
           else
             *err = rerr;
           goto out;

@@ -168,7 +168,7 @@ static const char schema_sql[]
       "CREATE INDEX IF NOT EXISTS captures_sandbox ON captures (sandbox_id, kind);"
       "CREATE TABLE IF NOT EXISTS capture_files ("
       "  capture_id TEXT NOT NULL REFERENCES captures (id) ON DELETE CASCADE,"
-      "  n INTEGER NOT NULL,"               /* the name of its content in the capture's directory */
+      "  n INTEGER NOT NULL,"               /* its content: file N of the capture's directory; 0: none */
       "  path TEXT NOT NULL,"
       "  type INTEGER NOT NULL,"
       "  size INTEGER NOT NULL,"
@@ -177,8 +177,7 @@ static const char schema_sql[]
       "  gid INTEGER NOT NULL,"
       "  mtime_ms INTEGER NOT NULL,"
       "  link TEXT,"
-      "  PRIMARY KEY (capture_id, n));"
-      "CREATE UNIQUE INDEX IF NOT EXISTS capture_files_path ON capture_files (capture_id, path);"
+      "  PRIMARY KEY (capture_id, path));"
       "CREATE TABLE IF NOT EXISTS sandbox_storage ("
       "  sandbox_id TEXT PRIMARY KEY,"
       "  keep_workspace INTEGER NOT NULL,"

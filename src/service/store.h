@@ -297,7 +297,7 @@ struct sbx_saved {
 
 /* One entry of a capture, PATH relative to the captured directory. */
 struct sbx_saved_file {
-  uint32_t blob;                     /* a regular file's content: STATE/captures/ID/BLOB */
+  uint32_t blob;                     /* a regular file's content: STATE/captures/ID/BLOB; 0: none */
   char *path;
   char *link;                        /* a symlink's target (never followed), else NULL */
   uint32_t type;                     /* enum sbx_file_type */
