@@ -349,3 +349,13 @@ def test_create_from_checkpoint_and_kept_workspace_v1(srv):
     r = v1(srv, "POST", "/sandboxes", json={"runtime": "base", "checkpointId": "ckpt_00000000000000000000"})
     assert r.status_code == 404, r.text
     v1(srv, "DELETE", "/sandboxes", params={"id": new})
+
+
+def test_write_a_file_directly_under_the_root(srv):
+    """Creating the parents of /name found nothing to make and failed
+    (mkdirat of ""), so a write to the root directory answered 404; the
+    service's /artifacts is made the same way."""
+    sid = srv.create()
+    srv.write(sid, "/at-root.txt", b"top", user="root")
+    assert srv.read(sid, "/at-root.txt", user="root") == b"top"
+    srv.delete(sid)

@@ -107,6 +107,8 @@ mkdir_parents (const char *dir, mode_t mode)
       errno = ENAMETOOLONG;
       return -1;
     }
+  if (strcmp (buf, "/") == 0)
+    return 0; /* the root is there: nothing to make (mkdirat of "" would fail) */
   for (char *p = buf + 1;; p++)
     {
       if (*p != '/' && *p != '\0')
