@@ -154,6 +154,9 @@ def test_state_dir_from_before_plans(tmp_path):
     assert limits(row) == PLANS["pro"]
     db = sqlite3.connect(tmp_path / "sbxd.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    # version 3: seed 004's checkpoints and artifacts
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"captures", "capture_files", "sandbox_storage"} <= tables
     db.close()
 
 

@@ -266,6 +266,10 @@ enum MHD_Result upload_feed (struct request *rq, const char *data, size_t size);
 enum MHD_Result upload_end (struct http_server *h, struct MHD_Connection *c, struct request *rq);
 void upload_free (struct request *rq);
 enum MHD_Result download_file (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id);
+/* 200 with the content of reader R (taken over), streamed, as an
+   attachment named FILENAME of SIZE bytes. */
+enum MHD_Result send_download (struct MHD_Connection *c, struct sbx_file_reader *r, const char *filename,
+                               uint64_t size);
 
 /* network.c */
 struct sbx_net_policy;
@@ -292,5 +296,11 @@ char *v1_terminal_url (struct call *k, const char *sandbox_id);
    /v1/sandboxes/terminal {id} (a fresh terminalUrl) */
 enum MHD_Result v1_terminal (struct call *k);
 enum MHD_Result v1_terminal_new (struct call *k);
+/* checkpoints and artifacts (v1_storage.c) */
+enum MHD_Result v1_checkpoint_create (struct call *k);
+enum MHD_Result v1_checkpoint_list (struct call *k);
+enum MHD_Result v1_checkpoint_delete (struct call *k);
+enum MHD_Result v1_artifacts_list (struct call *k);
+enum MHD_Result v1_artifact_file (struct call *k);
 
 #endif

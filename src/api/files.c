@@ -335,6 +335,14 @@ download_file (struct http_server *h, struct MHD_Connection *c, struct request *
   char name[256];
   snprintf (name, sizeof name, "%s", st.name ? st.name : "file");
   sbx_entry_free (&st);
+  return send_download (c, r, name, size);
+}
+
+enum MHD_Result
+send_download (struct MHD_Connection *c, struct sbx_file_reader *r, const char *filename, uint64_t size)
+{
+  char name[256];
+  snprintf (name, sizeof name, "%s", filename && *filename ? filename : "file");
   struct download *d = calloc (1, sizeof *d);
   int fds[2];
   if (d == NULL || pipe2 (fds, O_CLOEXEC) < 0)

@@ -67,6 +67,11 @@ const struct route api_routes[] = {
   /* seed 004: sandboxes are named by ?id= or the body's "id" (v1.c) */
   { "GET", "/v1/sandboxes/terminal", v1_terminal, ROUTE_PUBLIC, D4 }, /* the token is the credential */
   { "POST", "/v1/sandboxes/terminal", v1_terminal_new, 0, D4 },
+  { "POST", "/v1/sandboxes/checkpoint", v1_checkpoint_create, 0, D4 },
+  { "GET", "/v1/checkpoints", v1_checkpoint_list, 0, D4 },
+  { "DELETE", "/v1/checkpoints", v1_checkpoint_delete, 0, D4 },
+  { "GET", "/v1/sandboxes/artifacts", v1_artifacts_list, 0, D4 },
+  { "GET", "/v1/sandboxes/artifacts/file", v1_artifact_file, 0, D4 },
 };
 
 const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];

@@ -102,6 +102,7 @@ enum sbx_file_op {
   SBX_FILE_MKDIR = 5,
   SBX_FILE_MOVE = 6,
   SBX_FILE_REMOVE = 7,
+  SBX_FILE_SYMLINK = 8, /* PATH -> PATH2 (the target, as given) */
 };
 
 /* SBX_T_FLAGS bits of a FILE request */
@@ -111,6 +112,7 @@ enum sbx_file_op {
 /* SBX_T_FLAGS bits of a SIGNAL request */
 #define SBX_SIGNAL_F_TREE 1u    /* kill every process the command started, setsid()ed ones too, as its
                                    timeout does (an agent without it kills the command's group) */
+#define SBX_FILE_F_OWNER 8u     /* write/mkdir/symlink: owner SBX_T_UID:SBX_T_GID, mode SBX_T_MODE as given */
 
 enum sbx_file_type { SBX_FT_FILE = 1, SBX_FT_DIR = 2, SBX_FT_SYMLINK = 3, SBX_FT_OTHER = 4 };
 

@@ -93,6 +93,7 @@ struct sbx_engine {
   int init_fd;
   sbx_event_fn on_event;
   void *event_ud;
+  sbx_ending_fn on_ending;
   uint32_t max_timeout_s;
   pthread_mutex_t lock;
   pthread_cond_t cond;
@@ -474,6 +475,97 @@ mark_stopped_locked (struct sbx_engine *e, struct sandbox *s, const char *reason
     }
 }
 
+/* The ending hook (sbx_ending_fn) of one sandbox, on a thread of its own
+   so that the teardown can stop waiting for it. */
+struct ending {
+  struct sbx_engine *e;
+  char id[SBX_ID_MAX];
+  char reason[32];
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+};
+
+static void *
+ending_main (void *arg)
+{
+  struct ending *en = arg;
+  en->e->on_ending (en->e->event_ud, en->e, en->id, en->reason);
+  pthread_mutex_lock (&en->lock);
+  en->done = true;
+  pthread_cond_signal (&en->cond);
+  pthread_mutex_unlock (&en->lock);
+  return NULL;
+}
+
+/* Give the ending hook its chance before S is torn down (s->busy held):
+   a paused sandbox is thawed (it will never run again, and its agent
+   must answer), then the hook runs for at most SBX_ENDING_MS.  Past that
+   the teardown goes on; killing the sandbox ends the hook's agent calls,
+   and it is waited for after the teardown (END_THREAD). */
+static bool
+ending_begin (struct sbx_engine *e, struct sandbox *s, const char *reason, pthread_t *thread, struct ending **out)
+{
+  *out = NULL;
+  if (e->on_ending == NULL || strcmp (reason, "died") == 0)
+    return false;
+  pthread_mutex_lock (&e->lock);
+  enum sbx_state st = s->state;
+  pthread_mutex_unlock (&e->lock);
+  if (st == SBX_PAUSED)
+    {
+      char cg[128];
+      struct sbx_err err;
+      cgroup_name (s->id, cg, sizeof cg);
+      if (sbx_cgroup_freeze (cg, false, &err) < 0)
+        return false;
+      pthread_mutex_lock (&e->lock);
+      s->state = SBX_RUNNING;
+      pthread_mutex_unlock (&e->lock);
+    }
+  else if (st != SBX_RUNNING)
+    return false;
+  struct ending *en = calloc (1, sizeof *en);
+  if (en == NULL)
+    return false;
+  en->e = e;
+  snprintf (en->id, sizeof en->id, "%s", s->id);
+  snprintf (en->reason, sizeof en->reason, "%s", reason);
+  pthread_mutex_init (&en->lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&en->cond, &ca);
+  pthread_condattr_destroy (&ca);
+  if (pthread_create (thread, NULL, ending_main, en) != 0)
+    {
+      pthread_cond_destroy (&en->cond);
+      pthread_mutex_destroy (&en->lock);
+      free (en);
+      return false;
+    }
+  struct timespec until;
+  clock_gettime (CLOCK_MONOTONIC, &until);
+  until.tv_sec += SBX_ENDING_MS / 1000;
+  pthread_mutex_lock (&en->lock);
+  while (!en->done && pthread_cond_timedwait (&en->cond, &en->lock, &until) != ETIMEDOUT)
+    ;
+  if (!en->done)
+    sbx_log_fields (SBX_LOG_WARN, "sandbox's ending hook ran out of time: tearing it down", "sandbox", s->id, NULL);
+  pthread_mutex_unlock (&en->lock);
+  *out = en;
+  return true;
+}
+
+static void
+ending_end (pthread_t thread, struct ending *en)
+{
+  pthread_join (thread, NULL);
+  pthread_cond_destroy (&en->cond);
+  pthread_mutex_destroy (&en->lock);
+  free (en);
+}
+
 /* Stop S for REASON; false if it was already stopping or stopped. */
 static bool
 stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
@@ -488,7 +580,12 @@ stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
     }
   s->busy = true;
   pthread_mutex_unlock (&e->lock);
+  pthread_t hook;
+  struct ending *en;
+  bool hooked = ending_begin (e, s, reason, &hook, &en);
   teardown (e, s);
+  if (hooked)
+    ending_end (hook, en);
   pthread_mutex_lock (&e->lock);
   mark_stopped_locked (e, s, reason);
   s->busy = false;
@@ -938,6 +1035,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   pthread_cond_init (&e->cond, &ca);
   e->on_event = cfg->on_event;
   e->event_ud = cfg->event_ud;
+  e->on_ending = cfg->on_ending;
   e->max_timeout_s = cfg->max_timeout_s ? cfg->max_timeout_s : 3600;
   e->disk_reserve_set = cfg->disk_reserve_set;
   e->disk_reserve = cfg->disk_reserve_mb > UINT64_MAX >> 20 ? UINT64_MAX : cfg->disk_reserve_mb << 20;
@@ -2347,9 +2445,12 @@ struct sbx_file_writer {
   int fd;
 };
 
-int
-sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
-                      uint32_t mode, struct sbx_file_writer **out, struct sbx_err *err)
+static void owner_put (struct sbx_msg *req, const struct sbx_file_owner *o);
+
+/* A WRITE of PATH as USER with FLAGS, and MODE or OWNER (NULL: none). */
+static int
+writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+             uint32_t mode, const struct sbx_file_owner *owner, struct sbx_file_writer **out, struct sbx_err *err)
 {
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
@@ -2363,7 +2464,9 @@ sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, co
   struct sbx_msg req;
   file_req (e, id, &req, SBX_FILE_WRITE, path, user);
   sbx_msg_put_u32 (&req, SBX_T_FLAGS, flags);
-  if (mode)
+  if (owner)
+    owner_put (&req, owner);
+  else if (mode)
     sbx_msg_put_u32 (&req, SBX_T_MODE, mode);
   int r = sbx_msg_send (fd, &req);
   sbx_msg_free (&req);
@@ -2379,6 +2482,51 @@ sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, co
   *w = (struct sbx_file_writer) { e, s, fd };
   *out = w;
   return 0;
+}
+
+int
+sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+                      uint32_t mode, struct sbx_file_writer **out, struct sbx_err *err)
+{
+  return writer_open (e, id, path, user, flags, mode, NULL, out, err);
+}
+
+static void
+owner_put (struct sbx_msg *req, const struct sbx_file_owner *o)
+{
+  sbx_msg_put_u32 (req, SBX_T_UID, o->uid);
+  sbx_msg_put_u32 (req, SBX_T_GID, o->gid);
+  sbx_msg_put_u32 (req, SBX_T_MODE, o->mode & 07777);
+}
+
+int
+sbx_file_writer_open_owned (struct sbx_engine *e, const char *id, const char *path, const struct sbx_file_owner *owner,
+                            struct sbx_file_writer **out, struct sbx_err *err)
+{
+  return writer_open (e, id, path, "root", SBX_FILE_F_PARENTS | SBX_FILE_F_OWNER, 0, owner, out, err);
+}
+
+int
+sbx_file_mkdir_owned (struct sbx_engine *e, const char *id, const char *path, const struct sbx_file_owner *owner,
+                      struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_MKDIR, path, "root");
+  sbx_msg_put_u32 (&req, SBX_T_FLAGS, SBX_FILE_F_PARENTS | SBX_FILE_F_EXIST_OK | SBX_FILE_F_OWNER);
+  owner_put (&req, owner);
+  return entry_call (e, id, &req, NULL, err);
+}
+
+int
+sbx_file_symlink (struct sbx_engine *e, const char *id, const char *path, const char *target,
+                  const struct sbx_file_owner *owner, struct sbx_err *err)
+{
+  struct sbx_msg req;
+  file_req (e, id, &req, SBX_FILE_SYMLINK, path, "root");
+  sbx_msg_put_str (&req, SBX_T_PATH2, target ? target : "");
+  sbx_msg_put_u32 (&req, SBX_T_FLAGS, SBX_FILE_F_PARENTS | SBX_FILE_F_OWNER);
+  owner_put (&req, owner);
+  return entry_call (e, id, &req, NULL, err);
 }
 
 /* When the agent refused the write early, its error frame is waiting. */

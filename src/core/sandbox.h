@@ -45,12 +45,23 @@ struct sbx_engine;
 typedef void (*sbx_event_fn) (void *ud, struct sbx_engine *e, const char *id, enum sbx_event_kind kind,
                               const char *reason);
 
+/* Called when a running or paused sandbox is about to be torn down (a
+   destroy, its timeout), before its disk goes: the last moment its files
+   can be read (sbx_file_list, sbx_file_read).  A paused sandbox is thawed
+   for it first.  Not called for a sandbox that died (its files went with
+   it).  It runs on a thread of its own; the teardown waits for it at most
+   SBX_ENDING_MS, then goes on, which ends the agent calls it still makes
+   (they fail) and waits for it to return. */
+typedef void (*sbx_ending_fn) (void *ud, struct sbx_engine *e, const char *id, const char *reason);
+#define SBX_ENDING_MS 30000u
+
 struct sbx_engine_config {
   const char *state_dir;    /* required */
   const char *template_dir; /* NULL: sbx_template_dir () */
   const char *init_path;    /* the sbx-init binary; NULL: next to the running program */
   sbx_event_fn on_event;
   void *event_ud;
+  sbx_ending_fn on_ending;  /* may be NULL; its UD is event_ud */
   uint32_t max_timeout_s;   /* 0: 3600 */
   int spares;               /* sandboxes prepared ahead of requests; 0: 4, <0: none */
   const struct sbx_net_config *net; /* NULL: sandboxes get loopback only (netlink.h) */
@@ -293,6 +304,22 @@ int sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path
 int sbx_file_writer_push (struct sbx_file_writer *w, const void *data, size_t len, struct sbx_err *err);
 int sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct sbx_err *err);
 void sbx_file_writer_abort (struct sbx_file_writer *w);
+/* Restoring files as they were: as root inside the sandbox, each created
+   with owner UID:GID and MODE (permission bits) whatever the sandbox's
+   users are.  A writer opened this way makes missing parents (as root). */
+struct sbx_file_owner {
+  uint32_t uid, gid, mode;
+};
+int sbx_file_writer_open_owned (struct sbx_engine *e, const char *id, const char *path,
+                                const struct sbx_file_owner *owner, struct sbx_file_writer **w, struct sbx_err *err);
+/* A directory (an existing one gets OWNER too). */
+int sbx_file_mkdir_owned (struct sbx_engine *e, const char *id, const char *path, const struct sbx_file_owner *owner,
+                          struct sbx_err *err);
+/* A symbolic link PATH -> TARGET (TARGET is stored as given, never
+   followed); OWNER's mode is ignored. */
+int sbx_file_symlink (struct sbx_engine *e, const char *id, const char *path, const char *target,
+                      const struct sbx_file_owner *owner, struct sbx_err *err);
+
 /* Convenience: write a whole buffer. */
 int sbx_file_write (struct sbx_engine *e, const char *id, const char *path, const char *user, const void *data,
                     size_t len, struct sbx_entry *out, struct sbx_err *err);

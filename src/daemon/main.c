@@ -49,6 +49,7 @@ usage (FILE *f)
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
          "             [--conn-timeout SECONDS] [--conn-per-ip N]\n"
          "             [--terminal-ttl SECONDS]   (seed 004's terminalUrl tokens)\n"
+         "             [--storage-quota-mb MB]   (checkpoints and artifacts per organisation; 0: none)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -170,6 +171,7 @@ cmd_serve (int argc, char **argv)
                                         { "conn-timeout", required_argument, NULL, 'T' },
                                         { "conn-per-ip", required_argument, NULL, 'P' },
                                         { "terminal-ttl", required_argument, NULL, 'W' },
+                                        { "storage-quota-mb", required_argument, NULL, 'Q' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -186,6 +188,7 @@ cmd_serve (int argc, char **argv)
   double overcommit = 1.0;
   uint32_t conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
   uint32_t terminal_ttl = SBX_TERMINAL_TTL_S;
+  uint32_t storage_quota_mb = SBX_SAVE_QUOTA_MB;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -286,6 +289,11 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--terminal-ttl", optarg, 1, 86400, &terminal_ttl) < 0)
           return 2;
         break;
+      case 'Q':
+        /* 0: no quota */
+        if (parse_u32 ("--storage-quota-mb", optarg, 0, UINT32_MAX, &storage_quota_mb) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -343,10 +351,17 @@ cmd_serve (int argc, char **argv)
       sbx_store_close (store);
       return 1;
     }
+  if (sbx_service_set_storage (svc, state, (uint64_t) storage_quota_mb << 20, &err) < 0)
+    {
+      sbx_log_fields (SBX_LOG_ERROR, "cannot keep checkpoints and artifacts", "error", err.msg, NULL);
+      sbx_store_close (store);
+      return 1;
+    }
   net.operator_allow = ops;
   struct sbx_engine_config cfg = { .state_dir = state,
                                    .template_dir = tmpl,
                                    .on_event = sbx_service_on_change,
+                                   .on_ending = sbx_service_on_ending,
                                    .event_ud = svc,
                                    /* per-organisation limits are the real cap */
                                    .max_timeout_s = SBX_PLAN_TIMEOUT_CAP,

@@ -107,6 +107,8 @@ mkdir_parents (const char *dir, mode_t mode)
       errno = ENAMETOOLONG;
       return -1;
     }
+  if (strcmp (buf, "/") == 0)
+    return 0; /* the root is there: nothing to make (mkdirat of "" would fail) */
   for (char *p = buf + 1;; p++)
     {
       if (*p != '/' && *p != '\0')
@@ -354,8 +356,16 @@ op_read (int conn, const char *path)
 
 /* Write: data arrives in REQ_DATA frames up to REQ_EOF; it goes to a new
    file next to the target that replaces the target only when complete. */
+/* The owner and mode a restore asks for (SBX_FILE_F_OWNER), given to what
+   a write, mkdir or symlink creates. */
+struct owner {
+  bool set;
+  uid_t uid;
+  gid_t gid;
+};
+
 static int
-op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
+op_write (int conn, const char *path, uint32_t flags, uint32_t mode, const struct owner *own)
 {
   char abs[4096], orig[4096], tmpname[64];
   char *base;
@@ -382,6 +392,8 @@ op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
   if (fd < 0)
     return sbx_msg_send_error (conn, errno, "create %s: %s", path, strerror (errno));
   mode_t final_mode = have_old && S_ISREG (old.st_mode) ? (old.st_mode & 07777) : (mode ? mode & 07777 : 0644);
+  if (own->set)
+    final_mode = mode & 07777;
 
   struct sbx_msg m;
   sbx_msg_init (&m, 0);
@@ -410,9 +422,12 @@ op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
         }
     }
   sbx_msg_free (&m);
+  /* owner before mode: chown clears the set-id bits */
+  if (err == 0 && own->set && fchown (fd, own->uid, own->gid) < 0)
+    err = errno;
   if (err == 0 && fchmod (fd, final_mode) < 0)
     err = errno;
-  if (err == 0 && have_old && S_ISREG (old.st_mode) && (old.st_uid != getuid () || old.st_gid != getgid ()))
+  if (err == 0 && !own->set && have_old && S_ISREG (old.st_mode) && (old.st_uid != getuid () || old.st_gid != getgid ()))
     {
       /* keep the owner of a replaced file when we are allowed to */
       if (fchown (fd, old.st_uid, old.st_gid) < 0 && errno != EPERM)
@@ -432,7 +447,7 @@ op_write (int conn, const char *path, uint32_t flags, uint32_t mode)
 }
 
 static int
-op_mkdir (int conn, const char *path, uint32_t flags, uint32_t mode)
+op_mkdir (int conn, const char *path, uint32_t flags, uint32_t mode, const struct owner *own)
 {
   char abs[4096], orig[4096];
   char *base;
@@ -446,6 +461,28 @@ op_mkdir (int conn, const char *path, uint32_t flags, uint32_t mode)
       if (!(e == EEXIST && (flags & SBX_FILE_F_EXIST_OK) && fstatat (pfd, base, &st, 0) == 0 && S_ISDIR (st.st_mode)))
         return sbx_msg_send_error (conn, e, "mkdir %s: %s", path, strerror (e));
     }
+  if (own->set)
+    {
+      /* on the directory itself, never through a symlink put in its place */
+      cleanup_close int dfd = openat (pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (dfd < 0 || fchown (dfd, own->uid, own->gid) < 0 || fchmod (dfd, mode & 07777) < 0)
+        return sbx_msg_send_error (conn, errno, "mkdir %s: %s", path, strerror (errno));
+    }
+  send_entry (conn, pfd, base, orig);
+  return sbx_msg_send_ok (conn);
+}
+
+static int
+op_symlink (int conn, const char *path, const char *target, uint32_t flags, const struct owner *own)
+{
+  char abs[4096], orig[4096];
+  char *base;
+  cleanup_close int pfd = open_parent (conn, path, flags, orig, abs, &base);
+  if (pfd < 0)
+    return -1;
+  if (symlinkat (target, pfd, base) < 0
+      || (own->set && fchownat (pfd, base, own->uid, own->gid, AT_SYMLINK_NOFOLLOW) < 0))
+    return sbx_msg_send_error (conn, errno, "symlink %s: %s", path, strerror (errno));
   send_entry (conn, pfd, base, orig);
   return sbx_msg_send_ok (conn);
 }
@@ -692,6 +729,8 @@ sbx_files_serve (int conn, struct sbx_msg *req)
   uint32_t op = sbx_msg_u32 (req, SBX_T_OP, 0);
   uint32_t flags = sbx_msg_u32 (req, SBX_T_FLAGS, 0);
   uint32_t mode = sbx_msg_u32 (req, SBX_T_MODE, 0);
+  struct owner own = { (flags & SBX_FILE_F_OWNER) != 0, (uid_t) sbx_msg_u32 (req, SBX_T_UID, 0),
+                       (gid_t) sbx_msg_u32 (req, SBX_T_GID, 0) };
   if (path == NULL || *path == '\0' || strlen (path) >= 4096)
     {
       sbx_msg_send_error (conn, EINVAL, "a path is required");
@@ -708,7 +747,7 @@ sbx_files_serve (int conn, struct sbx_msg *req)
       op_read (conn, path);
       break;
     case SBX_FILE_WRITE:
-      op_write (conn, path, flags, mode);
+      op_write (conn, path, flags, mode, &own);
       break;
     case SBX_FILE_STAT:
       op_stat (conn, path);
@@ -717,7 +756,13 @@ sbx_files_serve (int conn, struct sbx_msg *req)
       op_list (conn, path, sbx_msg_u32 (req, SBX_T_DEPTH, 1));
       break;
     case SBX_FILE_MKDIR:
-      op_mkdir (conn, path, flags, mode);
+      op_mkdir (conn, path, flags, mode, &own);
+      break;
+    case SBX_FILE_SYMLINK:
+      if (path2 == NULL || *path2 == '\0')
+        sbx_msg_send_error (conn, EINVAL, "a target is required");
+      else
+        op_symlink (conn, path, path2, flags, &own);
       break;
     case SBX_FILE_MOVE:
       if (path2 == NULL || *path2 == '\0')

@@ -22,6 +22,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "checkpoints.h"
 #include "encode.h"
 #include "fairshare.h"
 #include "webhook.h"
@@ -31,6 +32,7 @@ struct sbx_service {
   struct sbx_engine *engine;     /* set once opened */
   struct sbx_webhooks *webhooks; /* may be NULL until started */
   struct sbx_fairshare *fair;    /* NULL: sandboxes keep equal weights */
+  struct sbx_saves *saves;       /* checkpoints and artifacts (checkpoints.c); NULL: none */
 };
 
 static const char *const type_names[] = {
@@ -53,7 +55,22 @@ sbx_service_open (struct sbx_store *store, struct sbx_service **out, struct sbx_
 void
 sbx_service_close (struct sbx_service *svc)
 {
+  if (svc)
+    sbx_saves_free (svc->saves);
   free (svc);
+}
+
+void
+sbx_service_put_saves (struct sbx_service *svc, struct sbx_saves *s)
+{
+  sbx_saves_free (svc->saves);
+  svc->saves = s;
+}
+
+struct sbx_saves *
+sbx_service_saves (struct sbx_service *svc)
+{
+  return svc->saves;
 }
 
 void
@@ -283,6 +300,9 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", org->max_timeout_s);
   if (sbx_service_check_hours (svc, org, err) < 0)
     return -1;
+  if (spec->checkpoint_id && *spec->checkpoint_id
+      && sbx_service_checkpoint_check (svc, org, spec->checkpoint_id, err) < 0)
+    return -1;
   char rsv[SBX_STORE_ID_MAX];
   uint32_t live; /* this create's placeholder included */
   if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
@@ -304,8 +324,9 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
       sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
       return -1;
     }
+  /* its checkpoint's workspace is in before anyone sees it ready */
   struct sbx_info info;
-  if (sbx_get_info (svc->engine, id, &info, err) < 0)
+  if (sbx_service_storage_start (svc, org, id, spec, err) < 0 || sbx_get_info (svc->engine, id, &info, err) < 0)
     {
       sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
       sbx_destroy (svc->engine, id, &e2);

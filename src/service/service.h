@@ -106,6 +106,104 @@ int sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *or
                                struct sbx_err *err);
 int sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id,
                                 struct sbx_err *err);
+/* ---- checkpoints and artifacts (checkpoints.c) ----
+
+   A checkpoint is a copy of a sandbox's /workspace (files, directories,
+   symlinks, with their owners and modes), taken on request or, for a
+   sandbox created with keep_workspace, when it ends however it ends
+   (destroy, timeout).  What a sandbox has in /artifacts when it ends is
+   kept too (its "artifact set").  Both are read through the sandbox's
+   agent, never by walking its files on the host. */
+
+#define SBX_SAVE_BYTES_MAX (1ull << 30)  /* content of one checkpoint or artifact set */
+#define SBX_SAVE_FILES_MAX 10000u        /* its entries */
+#define SBX_SAVE_DEPTH_MAX 32u           /* directory levels below /workspace or /artifacts */
+#define SBX_SAVE_QUOTA_MB 4096u          /* an organisation's sets together (sbxd serve --storage-quota-mb) */
+#define SBX_SAVE_MS 120000u              /* a checkpoint asked for by a request */
+#define SBX_WORKSPACE "/workspace"
+#define SBX_ARTIFACTS "/artifacts"
+
+/* Keep checkpoints and artifacts in STATE_DIR/captures, at most
+   QUOTA_BYTES per organisation (0: no quota); removes what a crash left
+   half made.  Before the engine opens (its ending hook uses it). */
+int sbx_service_set_storage (struct sbx_service *svc, const char *state_dir, uint64_t quota_bytes,
+                             struct sbx_err *err);
+/* The engine's ending hook (sbx_engine_config.on_ending); UD is the
+   service.  Keeps the workspace (keep_workspace) and /artifacts. */
+void sbx_service_on_ending (void *ud, struct sbx_engine *e, const char *id, const char *reason);
+
+/* A checkpoint of ORG's sandbox SANDBOX_ID's workspace into *OUT.  For a
+   sandbox that has ended, the checkpoint kept when it ended, else
+   SBX_E_STOPPED.  SBX_E_TOO_LARGE past the bounds above, SBX_E_LIMIT
+   past the organisation's quota; nothing is kept then. */
+int sbx_service_checkpoint_create (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id,
+                                   struct sbx_saved *out, struct sbx_err *err);
+/* ORG's checkpoints, newest first (free *V). */
+int sbx_service_checkpoint_list (struct sbx_service *svc, const struct sbx_org *org, struct sbx_saved **v,
+                                 size_t *n, struct sbx_err *err);
+/* Delete ORG's checkpoint ID and free its disk; SBX_E_NOT_FOUND
+   ("Checkpoint not found") when it is not ORG's. */
+int sbx_service_checkpoint_delete (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                                   struct sbx_err *err);
+/* Write ORG's checkpoint CHECKPOINT_ID into the workspace of running
+   sandbox SANDBOX_ID, each entry owned and moded as it was.  The create
+   does it for spec->checkpoint_id. */
+int sbx_service_checkpoint_restore (struct sbx_service *svc, const struct sbx_org *org, const char *checkpoint_id,
+                                    const char *sandbox_id, struct sbx_err *err);
+/* ID looks like an id of a set of that PREFIX ("ckpt_", "art_"). */
+bool sbx_saved_id_valid (const char *id, const char *prefix);
+
+struct sbx_artifact {
+  char *path;          /* relative to /artifacts */
+  uint64_t size;
+  uint32_t mode;
+  int64_t mtime_ms;
+};
+
+struct sbx_artifacts {
+  struct sbx_artifact *v;
+  size_t n, cap;
+  uint64_t bytes;
+  bool kept;           /* the set kept when it ended (else: the live /artifacts) */
+  int64_t kept_ms;
+  char prefix[128];    /* artifactPrefix, "" when none */
+};
+void sbx_artifacts_free (struct sbx_artifacts *a);
+
+/* The artifacts of sandbox REC (already checked to be the caller's): a
+   running one's /artifacts as it is now (regular files only), an ended
+   one's kept set (empty when nothing was kept).  SBX_E_PAUSED for a
+   paused one. */
+int sbx_service_artifacts_list (struct sbx_service *svc, const struct sbx_sandbox_rec *rec,
+                                struct sbx_artifacts *out, struct sbx_err *err);
+
+/* Where an artifact's bytes come from: FD (a kept one; close it) or
+   READER (a running sandbox's; sbx_file_reader_stream or _close it). */
+struct sbx_artifact_src {
+  int fd;
+  struct sbx_file_reader *reader;
+  uint64_t size;
+  char name[256];      /* its last component */
+};
+/* Open artifact PATH (relative to /artifacts; "/artifacts/..." and the
+   prefix are taken off) of sandbox REC.  SBX_E_INVALID for a path with
+   "..", "." or empty components, SBX_E_NOT_FOUND ("Artifact not found")
+   for anything but a regular file reached through directories. */
+int sbx_service_artifact_open (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, const char *path,
+                               struct sbx_artifact_src *out, struct sbx_err *err);
+
+/* For the sandbox object's `artifacts` field, without asking the sandbox
+   anything: 1 and *OUT when there is something to say (an ended sandbox's
+   kept set: count and bytes; a running one created with keep_artifacts:
+   its prefix, kept false), 0 when nothing (null). */
+struct sbx_artifacts_summary {
+  uint32_t count;
+  uint64_t bytes;
+  bool kept;
+  char prefix[128];
+};
+int sbx_service_artifacts_summary (struct sbx_service *svc, const struct sbx_sandbox_rec *rec,
+                                   struct sbx_artifacts_summary *out, struct sbx_err *err);
 
 /* ---- runs (runs.c) ---- */
 

@@ -21,6 +21,11 @@
  *   webhooks    subscriptions; events is a JSON array of event types
  *   deliveries  one row per (webhook, event): the outbox of the webhook
  *               sender, which polls sbx_store_delivery_next()
+ *   captures    checkpoints of a workspace and kept artifacts (seed 004);
+ *               their content is in STATE/captures/ID (checkpoints.c)
+ *   capture_files  one row per file, directory or symlink of a capture
+ *   sandbox_storage  what a sandbox keeps when it ends (ephemeral: false,
+ *               artifacts and their prefix)
  *
  * An event and the deliveries it causes are written in one transaction,
  * so a crash never loses a notification nor sends one for an event that
@@ -165,7 +170,36 @@ static const char schema_sql[]
       "  created_ms INTEGER NOT NULL,"
       "  updated_ms INTEGER NOT NULL);"
       "CREATE INDEX IF NOT EXISTS deliveries_state_next ON deliveries (state, next_ms);"
-      "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);";
+      "CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);"
+      /* version 3: seed 004's checkpoints and artifacts */
+      "CREATE TABLE IF NOT EXISTS captures ("
+      "  id TEXT PRIMARY KEY,"
+      "  org_id TEXT NOT NULL,"
+      "  sandbox_id TEXT NOT NULL,"
+      "  kind TEXT NOT NULL,"               /* checkpoint, artifacts */
+      "  prefix TEXT NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  size_bytes INTEGER NOT NULL,"
+      "  files INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS captures_org ON captures (org_id, kind, created_ms);"
+      "CREATE INDEX IF NOT EXISTS captures_sandbox ON captures (sandbox_id, kind);"
+      "CREATE TABLE IF NOT EXISTS capture_files ("
+      "  capture_id TEXT NOT NULL REFERENCES captures (id) ON DELETE CASCADE,"
+      "  n INTEGER NOT NULL,"               /* its content: file N of the capture's directory; 0: none */
+      "  path TEXT NOT NULL,"
+      "  type INTEGER NOT NULL,"
+      "  size INTEGER NOT NULL,"
+      "  mode INTEGER NOT NULL,"
+      "  uid INTEGER NOT NULL,"
+      "  gid INTEGER NOT NULL,"
+      "  mtime_ms INTEGER NOT NULL,"
+      "  link TEXT,"
+      "  PRIMARY KEY (capture_id, path));"
+      "CREATE TABLE IF NOT EXISTS sandbox_storage ("
+      "  sandbox_id TEXT PRIMARY KEY,"
+      "  keep_workspace INTEGER NOT NULL,"
+      "  keep_artifacts INTEGER NOT NULL,"
+      "  prefix TEXT NOT NULL);";
 
 /* Indexes on columns added_columns[] (below) may have had to add first. */
 static const char schema_indexes_sql[]
@@ -189,6 +223,9 @@ static const char schema_indexes_sql[]
 #define DL_COLS                                                                                        \
   "d.id, d.webhook_id, d.event_id, d.state, d.attempts, d.next_ms, d.last_status, d.last_error, "       \
   "d.created_ms, d.updated_ms"
+
+#define CAP_COLS "id, org_id, sandbox_id, kind, prefix, created_ms, size_bytes, files"
+#define CF_COLS "n, path, type, size, mode, uid, gid, mtime_ms, link"
 
 /* The oldest pending delivery of every enabled webhook: only these may be
    sent, so that a webhook sees its events in order.  A disabled webhook's
@@ -263,6 +300,17 @@ enum stmt_id
   S_DL_NEXT_DUE,
   S_DL_RECORD,
   S_DL_LIST,
+  S_CAP_INSERT,
+  S_CAP_FILE_INSERT,
+  S_CAP_GET,
+  S_CAP_LIST,
+  S_CAP_FILES,
+  S_CAP_FILE_GET,
+  S_CAP_DELETE,
+  S_CAP_FILES_DELETE,
+  S_CAP_USED,
+  S_STORAGE_PUT,
+  S_STORAGE_GET,
   S_COUNT
 };
 
@@ -373,6 +421,22 @@ static const char *const stmt_sql[S_COUNT] = {
                   " state = CASE WHEN ?5 > 0 THEN 'pending' WHEN ?6 THEN 'delivered' ELSE 'failed' END"
                   " WHERE id = ?1",
   [S_DL_LIST] = "SELECT " DL_COLS " FROM deliveries AS d WHERE d.webhook_id = ?1 ORDER BY d.id",
+
+  [S_CAP_INSERT] = "INSERT INTO captures (" CAP_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+  [S_CAP_FILE_INSERT] = "INSERT INTO capture_files (capture_id, " CF_COLS ")"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+  [S_CAP_GET] = "SELECT " CAP_COLS " FROM captures WHERE id = ?1",
+  /* ?1 org (NULL: all), ?2 kind (NULL: all), ?3 sandbox (NULL: all) */
+  [S_CAP_LIST] = "SELECT " CAP_COLS " FROM captures WHERE (?1 IS NULL OR org_id = ?1) AND (?2 IS NULL OR kind = ?2)"
+                 " AND (?3 IS NULL OR sandbox_id = ?3) ORDER BY created_ms DESC, id",
+  [S_CAP_FILES] = "SELECT " CF_COLS " FROM capture_files WHERE capture_id = ?1 ORDER BY path",
+  [S_CAP_FILE_GET] = "SELECT " CF_COLS " FROM capture_files WHERE capture_id = ?1 AND path = ?2",
+  [S_CAP_DELETE] = "DELETE FROM captures WHERE id = ?1 AND (?2 IS NULL OR org_id = ?2)",
+  [S_CAP_FILES_DELETE] = "DELETE FROM capture_files WHERE capture_id = ?1",
+  [S_CAP_USED] = "SELECT TOTAL (size_bytes) FROM captures WHERE org_id = ?1",
+  [S_STORAGE_PUT] = "INSERT OR REPLACE INTO sandbox_storage (sandbox_id, keep_workspace, keep_artifacts, prefix)"
+                    " VALUES (?1, ?2, ?3, ?4)",
+  [S_STORAGE_GET] = "SELECT keep_workspace, keep_artifacts, prefix FROM sandbox_storage WHERE sandbox_id = ?1",
 };
 
 struct sbx_store {
@@ -2340,5 +2404,274 @@ sbx_store_delivery_list (struct sbx_store *st, const char *org_id, const char *w
     }
   *v = dls;
   *n = count;
+  return 0;
+}
+
+/* -------------------------------------------------------------- captures */
+
+void
+sbx_saved_files_free (struct sbx_saved_file *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    {
+      free (v[i].path);
+      free (v[i].link);
+    }
+  free (v);
+}
+
+static void
+capture_from_row (sqlite3_stmt *s, struct sbx_saved *c)
+{
+  memset (c, 0, sizeof *c);
+  COL_COPY (s, 0, c->id);
+  COL_COPY (s, 1, c->org_id);
+  COL_COPY (s, 2, c->sandbox_id);
+  COL_COPY (s, 3, c->kind);
+  COL_COPY (s, 4, c->prefix);
+  c->created_ms = sqlite3_column_int64 (s, 5);
+  c->size_bytes = (uint64_t) sqlite3_column_int64 (s, 6);
+  c->files = (uint32_t) sqlite3_column_int64 (s, 7);
+}
+
+static int
+capture_file_from_row (sqlite3_stmt *s, struct sbx_saved_file *f)
+{
+  memset (f, 0, sizeof *f);
+  f->blob = (uint32_t) sqlite3_column_int64 (s, 0);
+  f->type = (uint32_t) sqlite3_column_int64 (s, 2);
+  f->size = (uint64_t) sqlite3_column_int64 (s, 3);
+  f->mode = (uint32_t) sqlite3_column_int64 (s, 4);
+  f->uid = (uint32_t) sqlite3_column_int64 (s, 5);
+  f->gid = (uint32_t) sqlite3_column_int64 (s, 6);
+  f->mtime_ms = sqlite3_column_int64 (s, 7);
+  if (col_dup (s, 1, &f->path) < 0 || f->path == NULL || col_dup (s, 8, &f->link) < 0)
+    {
+      free (f->path);
+      free (f->link);
+      f->path = f->link = NULL;
+      return -1;
+    }
+  return 0;
+}
+
+int
+sbx_store_saved_add (struct sbx_store *st, const struct sbx_saved *c, const struct sbx_saved_file *files,
+                       size_t n, uint64_t org_quota, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    /* the quota is checked in the transaction that takes from it */
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_USED];
+    if (bind_check (st, BIND_FIXED (s, 1, c->org_id), err, "capture quota") < 0
+        || step_row (st, s, err, "capture quota") < 0)
+      return -1;
+    double used = sqlite3_column_double (s, 0);
+    if (org_quota && used + (double) c->size_bytes > (double) org_quota)
+      return sbx_failx (err, EDQUOT, "the organisation's storage is full: %.0f of %llu MB used, %llu MB more asked",
+                        used / 1048576.0, (unsigned long long) (org_quota >> 20),
+                        (unsigned long long) ((c->size_bytes + 1048575) >> 20));
+  }
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_INSERT];
+    int rc = BIND_FIXED (s, 1, c->id) | BIND_FIXED (s, 2, c->org_id) | BIND_FIXED (s, 3, c->sandbox_id)
+             | BIND_FIXED (s, 4, c->kind) | BIND_FIXED (s, 5, c->prefix) | sqlite3_bind_int64 (s, 6, c->created_ms)
+             | sqlite3_bind_int64 (s, 7, (sqlite3_int64) c->size_bytes) | sqlite3_bind_int64 (s, 8, c->files);
+    if (bind_check (st, rc, err, "add capture") < 0 || step_done (st, s, err, "add capture") < 0)
+      return -1;
+  }
+  for (size_t i = 0; i < n; i++)
+    {
+      const struct sbx_saved_file *f = &files[i];
+      cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_FILE_INSERT];
+      int rc = BIND_FIXED (s, 1, c->id) | sqlite3_bind_int64 (s, 2, f->blob) | bind_text (s, 3, f->path)
+               | sqlite3_bind_int64 (s, 4, f->type) | sqlite3_bind_int64 (s, 5, (sqlite3_int64) f->size)
+               | sqlite3_bind_int64 (s, 6, f->mode) | sqlite3_bind_int64 (s, 7, f->uid)
+               | sqlite3_bind_int64 (s, 8, f->gid) | sqlite3_bind_int64 (s, 9, f->mtime_ms)
+               | bind_text (s, 10, f->link);
+      if (bind_check (st, rc, err, "add capture file") < 0 || step_done (st, s, err, "add capture file") < 0)
+        return -1;
+    }
+  if (run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
+}
+
+int
+sbx_store_saved_get (struct sbx_store *st, const char *id, struct sbx_saved *c, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_GET];
+  if (bind_check (st, bind_text (s, 1, id), err, "get capture") < 0)
+    return -1;
+  int r = step_row (st, s, err, "get capture");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "capture not found");
+  capture_from_row (s, c);
+  return 0;
+}
+
+int
+sbx_store_saved_list (struct sbx_store *st, const char *org_id, const char *kind, const char *sandbox_id,
+                        struct sbx_saved **v, size_t *n, struct sbx_err *err)
+{
+  struct sbx_saved *caps = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_LIST];
+  int rc = bind_text (s, 1, org_id) | bind_text (s, 2, kind) | bind_text (s, 3, sandbox_id);
+  if (bind_check (st, rc, err, "list captures") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list captures")) > 0)
+    {
+      struct sbx_saved *one = sbx_grow (&caps, &count, &cap, sizeof *caps);
+      if (one == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      capture_from_row (s, one);
+    }
+  if (r < 0)
+    {
+      free (caps);
+      return -1;
+    }
+  *v = caps;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_saved_files (struct sbx_store *st, const char *id, struct sbx_saved_file **v, size_t *n,
+                         struct sbx_err *err)
+{
+  struct sbx_saved_file *files = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_FILES];
+  if (bind_check (st, bind_text (s, 1, id), err, "list capture files") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list capture files")) > 0)
+    {
+      struct sbx_saved_file *one = sbx_grow (&files, &count, &cap, sizeof *files);
+      if (one == NULL || capture_file_from_row (s, one) < 0)
+        {
+          if (one)
+            count--;
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_saved_files_free (files, count);
+      return -1;
+    }
+  *v = files;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_saved_file (struct sbx_store *st, const char *id, const char *path, struct sbx_saved_file *f,
+                        struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_FILE_GET];
+  if (bind_check (st, bind_text (s, 1, id) | bind_text (s, 2, path), err, "get capture file") < 0)
+    return -1;
+  int r = step_row (st, s, err, "get capture file");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "file not found");
+  if (capture_file_from_row (s, f) < 0)
+    return fail_nomem (err);
+  return 0;
+}
+
+int
+sbx_store_saved_delete (struct sbx_store *st, const char *org_id, const char *id, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_DELETE];
+    if (bind_check (st, bind_text (s, 1, id) | bind_text (s, 2, org_id), err, "delete capture") < 0
+        || step_done (st, s, err, "delete capture") < 0)
+      return -1;
+    if (sqlite3_changes (st->db) == 0)
+      return sbx_failx (err, ENOENT, "capture not found");
+  }
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_FILES_DELETE];
+    if (bind_check (st, bind_text (s, 1, id), err, "delete capture files") < 0
+        || step_done (st, s, err, "delete capture files") < 0)
+      return -1;
+  }
+  if (run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
+}
+
+int
+sbx_store_saved_used (struct sbx_store *st, const char *org_id, uint64_t *bytes, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_CAP_USED];
+  if (bind_check (st, bind_text (s, 1, org_id), err, "capture quota") < 0
+      || step_row (st, s, err, "capture quota") < 0)
+    return -1;
+  *bytes = (uint64_t) sqlite3_column_int64 (s, 0);
+  return 0;
+}
+
+int
+sbx_store_storage_put (struct sbx_store *st, const char *sandbox_id, const struct sbx_storage *sto,
+                       struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_STORAGE_PUT];
+  int rc = bind_text (s, 1, sandbox_id) | sqlite3_bind_int (s, 2, sto->keep_workspace)
+           | sqlite3_bind_int (s, 3, sto->keep_artifacts) | BIND_FIXED (s, 4, sto->prefix);
+  if (bind_check (st, rc, err, "sandbox storage") < 0 || step_done (st, s, err, "sandbox storage") < 0)
+    return -1;
+  return 0;
+}
+
+int
+sbx_store_storage_get (struct sbx_store *st, const char *sandbox_id, struct sbx_storage *sto, struct sbx_err *err)
+{
+  memset (sto, 0, sizeof *sto);
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_STORAGE_GET];
+  if (bind_check (st, bind_text (s, 1, sandbox_id), err, "sandbox storage") < 0)
+    return -1;
+  int r = step_row (st, s, err, "sandbox storage");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "no storage settings");
+  sto->keep_workspace = sqlite3_column_int (s, 0) != 0;
+  sto->keep_artifacts = sqlite3_column_int (s, 1) != 0;
+  COL_COPY (s, 2, sto->prefix);
   return 0;
 }

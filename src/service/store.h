@@ -297,4 +297,63 @@ int sbx_store_delivery_record (struct sbx_store *st, int64_t id, int status, con
 int sbx_store_delivery_list (struct sbx_store *st, const char *org_id, const char *webhook_id,
                              struct sbx_delivery **v, size_t *n, struct sbx_err *err);
 
+/* ---- captures: checkpoints of a workspace and kept artifacts (seed 004;
+   checkpoints.c keeps their content in STATE/captures/ID) ---- */
+
+struct sbx_saved {
+  char id[SBX_STORE_ID_MAX];         /* "ckpt_..." or "art_..." */
+  char org_id[SBX_STORE_ID_MAX];
+  char sandbox_id[SBX_STORE_ID_MAX]; /* the sandbox it was taken of */
+  char kind[16];                     /* checkpoint, artifacts */
+  char prefix[128];                  /* artifacts: the artifactPrefix, else "" */
+  int64_t created_ms;
+  uint64_t size_bytes;               /* the regular files' bytes */
+  uint32_t files;                    /* entries (files, directories, symlinks) */
+};
+
+/* One entry of a capture, PATH relative to the captured directory. */
+struct sbx_saved_file {
+  uint32_t blob;                     /* a regular file's content: STATE/captures/ID/BLOB; 0: none */
+  char *path;
+  char *link;                        /* a symlink's target (never followed), else NULL */
+  uint32_t type;                     /* enum sbx_file_type */
+  uint64_t size;
+  uint32_t mode, uid, gid;           /* as inside the sandbox */
+  int64_t mtime_ms;
+};
+
+void sbx_saved_files_free (struct sbx_saved_file *v, size_t n);
+
+/* Record capture C and its N entries in one transaction, unless C's size
+   would take its organisation past ORG_QUOTA bytes (0: no quota): EDQUOT. */
+int sbx_store_saved_add (struct sbx_store *st, const struct sbx_saved *c, const struct sbx_saved_file *files,
+                           size_t n, uint64_t org_quota, struct sbx_err *err);
+/* ENOENT when unknown. */
+int sbx_store_saved_get (struct sbx_store *st, const char *id, struct sbx_saved *c, struct sbx_err *err);
+/* Newest first; ORG_ID, KIND, SANDBOX_ID NULL: any. */
+int sbx_store_saved_list (struct sbx_store *st, const char *org_id, const char *kind, const char *sandbox_id,
+                            struct sbx_saved **v, size_t *n, struct sbx_err *err);
+/* The entries of capture ID, by path (a directory before what it holds). */
+int sbx_store_saved_files (struct sbx_store *st, const char *id, struct sbx_saved_file **v, size_t *n,
+                             struct sbx_err *err);
+/* The entry PATH of capture ID; ENOENT when there is none. */
+int sbx_store_saved_file (struct sbx_store *st, const char *id, const char *path, struct sbx_saved_file *f,
+                            struct sbx_err *err);
+/* Delete capture ID of ORG_ID (NULL: of anyone) and its entries; ENOENT
+   when there is none. */
+int sbx_store_saved_delete (struct sbx_store *st, const char *org_id, const char *id, struct sbx_err *err);
+/* The bytes ORG_ID's captures take. */
+int sbx_store_saved_used (struct sbx_store *st, const char *org_id, uint64_t *bytes, struct sbx_err *err);
+
+/* What a sandbox keeps when it ends. */
+struct sbx_storage {
+  bool keep_workspace;
+  bool keep_artifacts;
+  char prefix[128];
+};
+int sbx_store_storage_put (struct sbx_store *st, const char *sandbox_id, const struct sbx_storage *sto,
+                           struct sbx_err *err);
+/* ENOENT when the sandbox has no settings (it keeps nothing asked). */
+int sbx_store_storage_get (struct sbx_store *st, const char *sandbox_id, struct sbx_storage *sto, struct sbx_err *err);
+
 #endif

@@ -1588,6 +1588,61 @@ test_kill9 (void)
   sbx_events_free (v, n);
 }
 
+/* Checkpoints and artifact sets: recorded whole with their entries, the
+   organisation's quota checked in the same transaction, deleted with
+   them; what a sandbox keeps. */
+static void
+test_saved (void)
+{
+  struct sbx_saved c = { .id = "ckpt_one", .org_id = "org_s", .sandbox_id = "sbx_a", .kind = "checkpoint",
+                         .created_ms = 5, .size_bytes = 700, .files = 2 };
+  struct sbx_saved_file files[2] = { { .blob = 0, .path = "d", .type = 2, .mode = 0755, .uid = 1000, .gid = 1000 },
+                                     { .blob = 1, .path = "d/f", .type = 1, .size = 700, .mode = 04750, .gid = 5 } };
+  CHECK_OK (sbx_store_saved_add (st, &c, files, 2, 1000, err));
+  /* 700 + 400 passes 1000: nothing of it is recorded */
+  struct sbx_saved c2 = c;
+  snprintf (c2.id, sizeof c2.id, "ckpt_two");
+  c2.size_bytes = 400;
+  struct sbx_err e2 = { 0 };
+  CHECK (sbx_store_saved_add (st, &c2, files, 2, 1000, &e2) < 0 && e2.code == EDQUOT);
+  CHECK (sbx_store_saved_get (st, "ckpt_two", &c2, &e2) < 0 && e2.code == ENOENT);
+  /* another organisation has its own quota */
+  snprintf (c2.org_id, sizeof c2.org_id, "org_t");
+  CHECK_OK (sbx_store_saved_add (st, &c2, files, 1, 1000, err));
+  uint64_t used = 0;
+  CHECK_OK (sbx_store_saved_used (st, "org_s", &used, err));
+  CHECK (used == 700);
+  struct sbx_saved *v = NULL;
+  size_t n = 0;
+  CHECK_OK (sbx_store_saved_list (st, "org_s", "checkpoint", NULL, &v, &n, err));
+  CHECK (n == 1 && strcmp (v[0].id, "ckpt_one") == 0 && v[0].files == 2 && v[0].size_bytes == 700);
+  free (v);
+  struct sbx_saved_file *fv = NULL;
+  CHECK_OK (sbx_store_saved_files (st, "ckpt_one", &fv, &n, err));
+  CHECK (n == 2 && strcmp (fv[0].path, "d") == 0 && strcmp (fv[1].path, "d/f") == 0 && fv[1].blob == 1
+         && fv[1].mode == 04750 && fv[1].gid == 5 && fv[0].uid == 1000);
+  sbx_saved_files_free (fv, n);
+  struct sbx_saved_file f;
+  CHECK_OK (sbx_store_saved_file (st, "ckpt_one", "d/f", &f, err));
+  CHECK (f.size == 700 && f.link == NULL);
+  free (f.path);
+  CHECK (sbx_store_saved_file (st, "ckpt_one", "d/../d/f", &f, &e2) < 0 && e2.code == ENOENT);
+  /* only its organisation deletes it */
+  CHECK (sbx_store_saved_delete (st, "org_t", "ckpt_one", &e2) < 0 && e2.code == ENOENT);
+  CHECK_OK (sbx_store_saved_delete (st, "org_s", "ckpt_one", err));
+  CHECK_OK (sbx_store_saved_files (st, "ckpt_one", &fv, &n, err));
+  CHECK (n == 0);
+  free (fv);
+  CHECK_OK (sbx_store_saved_used (st, "org_s", &used, err));
+  CHECK (used == 0);
+
+  struct sbx_storage sto = { true, false, "my-project/" }, got;
+  CHECK (sbx_store_storage_get (st, "sbx_a", &got, &e2) < 0 && e2.code == ENOENT);
+  CHECK_OK (sbx_store_storage_put (st, "sbx_a", &sto, err));
+  CHECK_OK (sbx_store_storage_get (st, "sbx_a", &got, err));
+  CHECK (got.keep_workspace && !got.keep_artifacts && strcmp (got.prefix, "my-project/") == 0);
+}
+
 int
 main (void)
 {
@@ -1608,6 +1663,7 @@ main (void)
   test_events ();
   test_webhooks ();
   test_deliveries ();
+  test_saved ();
   test_reopen ();
   test_second_connection ();
   test_newer_schema ();
