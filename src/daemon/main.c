@@ -48,6 +48,7 @@ usage (FILE *f)
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
          "             [--conn-timeout SECONDS] [--conn-per-ip N]\n"
+         "             [--capacity-sandboxes N] [--capacity-memory-mb MB]   (more wait queued)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -168,6 +169,8 @@ cmd_serve (int argc, char **argv)
                                         { "disk-overcommit", required_argument, NULL, 'C' },
                                         { "conn-timeout", required_argument, NULL, 'T' },
                                         { "conn-per-ip", required_argument, NULL, 'P' },
+                                        { "capacity-sandboxes", required_argument, NULL, 'S' },
+                                        { "capacity-memory-mb", required_argument, NULL, 'M' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -183,6 +186,7 @@ cmd_serve (int argc, char **argv)
   uint32_t reserve_mb = 0;
   double overcommit = 1.0;
   uint32_t conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
+  struct sbx_capacity capacity = { 0 }; /* no cap on the count; memory: what the host can hold */
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -279,6 +283,16 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--conn-per-ip", optarg, 0, 1000000, &conn_per_ip) < 0)
           return 2;
         break;
+      case 'S':
+        /* sandboxes running at once on this machine; more wait queued */
+        if (parse_u32 ("--capacity-sandboxes", optarg, 1, 1000000, &capacity.sandboxes) < 0)
+          return 2;
+        break;
+      case 'M':
+        /* the memory limits of the running sandboxes together */
+        if (parse_u32 ("--capacity-memory-mb", optarg, 1, UINT32_MAX, &capacity.memory_mb) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -369,6 +383,11 @@ cmd_serve (int argc, char **argv)
       return 1;
     }
   sbx_service_set_webhooks (svc, webhooks);
+  if (sbx_service_placement_start (svc, &capacity, &err) < 0)
+    {
+      sbx_log_fields (SBX_LOG_ERROR, "cannot start the queue", "error", err.msg, NULL);
+      return 1;
+    }
   int changes = sbx_service_reconcile (svc, &err);
   if (changes < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot reconcile records with sandboxes", "error", err.msg, NULL);
@@ -419,6 +438,7 @@ cmd_serve (int argc, char **argv)
                       "runs", n, NULL);
       return 0;
     }
+  sbx_service_placement_stop ();
   sbx_service_set_fairshare (svc, NULL);
   sbx_fairshare_stop (fair);
   sbx_engine_close (engine);

@@ -1742,6 +1742,13 @@ sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t ma
 {
   if (random_id (id, SBX_STORE_ID_MAX, "rsv_", err) < 0)
     return -1;
+  return sbx_store_sandbox_reserve_id (st, org_id, max, template_id, id, live, err);
+}
+
+int
+sbx_store_sandbox_reserve_id (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                              const char *id, uint32_t *live, struct sbx_err *err)
+{
   struct sbx_sandbox_rec r;
   memset (&r, 0, sizeof r);
   copy_str (r.id, sizeof r.id, id);
