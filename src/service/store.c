@@ -1774,6 +1774,17 @@ sbx_store_sandbox_reserve_id (struct sbx_store *st, const char *org_id, uint32_t
       return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
     *live = (uint32_t) n + 1;
   }
+  {
+    /* a put would replace a record of that id: refuse instead */
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_GET];
+    if (bind_check (st, bind_text (s, 1, id), err, "reserve sandbox") < 0)
+      return -1;
+    int rr = step_row (st, s, err, "reserve sandbox");
+    if (rr < 0)
+      return -1;
+    if (rr > 0)
+      return sbx_failx (err, EEXIST, "sandbox %s exists already", id);
+  }
   if (sandbox_put_locked (st, &r, err) < 0 || run (st, S_COMMIT, err, "commit") < 0)
     return -1;
   tx = NULL;
