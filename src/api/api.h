@@ -288,6 +288,19 @@ enum MHD_Result network_sandbox (struct http_server *h, struct MHD_Connection *c
    if it is the caller's; otherwise answers 400 (no id) or 404 and returns
    false. */
 bool v1_sandbox (struct call *k, const char *id, struct sbx_sandbox_rec *rec, enum MHD_Result *ret);
+/* v1.c's routes */
+enum MHD_Result v1_sandboxes_post (struct call *k);
+enum MHD_Result v1_sandboxes_get (struct call *k);
+enum MHD_Result v1_sandboxes_delete (struct call *k);
+enum MHD_Result v1_pause (struct call *k);
+enum MHD_Result v1_resume (struct call *k);
+enum MHD_Result v1_exec (struct call *k);
+enum MHD_Result v1_code (struct call *k);
+enum MHD_Result v1_file_write (struct call *k);
+enum MHD_Result v1_file_read (struct call *k);
+enum MHD_Result v1_file_list (struct call *k);
+enum MHD_Result v1_file_delete (struct call *k);
+enum MHD_Result v1_usage (struct call *k);
 /* The terminalUrl of sandbox ID for the request K answers: a ws:// (or
    wss://) URL with a short-lived token for that sandbox only; NULL when
    none can be given (malloc'd). */

@@ -72,6 +72,18 @@ const struct route api_routes[] = {
   { "DELETE", "/v1/checkpoints", v1_checkpoint_delete, 0, D4 },
   { "GET", "/v1/sandboxes/artifacts", v1_artifacts_list, 0, D4 },
   { "GET", "/v1/sandboxes/artifacts/file", v1_artifact_file, 0, D4 },
+  { "POST", "/v1/sandboxes", v1_sandboxes_post, 0, D4 },
+  { "GET", "/v1/sandboxes", v1_sandboxes_get, 0, D4 },
+  { "DELETE", "/v1/sandboxes", v1_sandboxes_delete, 0, D4 },
+  { "POST", "/v1/sandboxes/pause", v1_pause, 0, D4 },
+  { "POST", "/v1/sandboxes/resume", v1_resume, 0, D4 },
+  { "POST", "/v1/sandboxes/exec", v1_exec, 0, D4 },
+  { "POST", "/v1/sandboxes/code", v1_code, BIG, D4 },
+  { "POST", "/v1/sandboxes/files", v1_file_write, BIG, D4 },
+  { "GET", "/v1/sandboxes/files", v1_file_read, 0, D4 },
+  { "DELETE", "/v1/sandboxes/files", v1_file_delete, 0, D4 },
+  { "GET", "/v1/sandboxes/files/list", v1_file_list, 0, D4 },
+  { "GET", "/v1/usage", v1_usage, 0, D4 },
 };
 
 const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];

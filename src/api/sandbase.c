@@ -242,10 +242,13 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   sbx_info_free (&info);
   if (st == SBX_STOPPED || st == SBX_ERROR)
     return send_error (c, 409, "sandbox is not running");
-  if (st == SBX_PAUSED && sbx_service_sandbox_resume (h->svc, &rq->org, id, &err) < 0
+  /* a resume takes a place on the machine, waiting for one a bounded time */
+  if (st == SBX_PAUSED && sbx_service_sandbox_resume (h->svc, &rq->org, id, false, &err) < 0
       && sbx_err_kind (&err) != SBX_E_CONFLICT)
     return sbx_service_err_is_hours (&err) ? send_error (c, 429, "%s", err.msg)
-                                           : send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
+           : sbx_err_kind (&err) == SBX_E_UNAVAILABLE
+               ? send_fail (c, &err)
+               : send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
   if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
     return send_fail (c, &err);
   return send_sandbox (h, c, id, 200);

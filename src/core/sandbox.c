@@ -1155,6 +1155,12 @@ sbx_engine_close (struct sbx_engine *e)
 static void
 make_id (char id[SBX_ID_MAX])
 {
+  sbx_new_id (id);
+}
+
+void
+sbx_new_id (char id[SBX_ID_MAX])
+{
   static const char alphabet[] = "0123456789abcdefghijklmnopqrstuvwxyz";
   unsigned char rnd[20];
   sbx_random_bytes (rnd, sizeof rnd);
@@ -1262,7 +1268,7 @@ discard (struct sbx_engine *e, struct sandbox *s)
 /* Everything that does not depend on the template: directory, uid range,
    disk, agent socket, cgroup, and a child waiting in fresh namespaces. */
 static struct sandbox *
-prepare (struct sbx_engine *e, struct sbx_err *err)
+prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
 {
   struct sandbox *s = calloc (1, sizeof *s);
   if (s == NULL)
@@ -1274,7 +1280,10 @@ prepare (struct sbx_engine *e, struct sbx_err *err)
   s->refs = 1;
   s->state = SBX_CREATING;
   s->uid_slot = UINT32_MAX;
-  make_id (s->id);
+  if (want_id)
+    snprintf (s->id, sizeof s->id, "%s", want_id);
+  else
+    make_id (s->id);
   s->limits = (struct sbx_limits) { DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MB, SBX_DEFAULT_DISK_MB, DEFAULT_PIDS,
                                     DEFAULT_NOFILE };
   snprintf (s->template_name, sizeof s->template_name, "-");
@@ -1360,7 +1369,7 @@ spare_main (void *arg)
         }
       pthread_mutex_unlock (&e->lock);
       struct sbx_err err;
-      struct sandbox *s = prepare (e, &err);
+      struct sandbox *s = prepare (e, NULL, &err);
       if (s == NULL)
         {
           sbx_log_fields (SBX_LOG_WARN, "cannot prepare a spare sandbox", "error", err.msg, NULL);
@@ -1380,6 +1389,37 @@ spare_main (void *arg)
   return NULL;
 }
 
+/* ID has sbx_new_id's form and names no sandbox the engine knows. */
+static bool
+valid_new_id (struct sbx_engine *e, const char *id)
+{
+  if (strncmp (id, "sbx_", 4) != 0 || strlen (id) != 24)
+    return false;
+  for (int i = 4; i < 24; i++)
+    if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z')))
+      return false;
+  pthread_mutex_lock (&e->lock);
+  bool taken = find_locked (e, id) != NULL;
+  for (int i = 0; i < e->n_spares && !taken; i++)
+    taken = strcmp (e->spares[i]->id, id) == 0;
+  pthread_mutex_unlock (&e->lock);
+  return !taken;
+}
+
+int
+sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err)
+{
+  struct sbx_template t;
+  if (sbx_template_load (e->template_dir, name, &t, err) < 0)
+    {
+      if (err && err->code == ENOENT)
+        err->kind = SBX_E_INVALID;
+      return -1;
+    }
+  sbx_template_free (&t);
+  return 0;
+}
+
 int
 sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
@@ -1390,6 +1430,8 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
   if (sbx_fs_rules_check (o->fs_rules, o->n_fs_rules, err) < 0)
     return -1;
+  if (o->id && !valid_new_id (e, o->id))
+    return sbx_failk (err, SBX_E_INVALID, "sandbox id %s is malformed or taken", o->id);
   struct sbx_template t;
   memset (&t, 0, sizeof t);
   if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
@@ -1419,12 +1461,18 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       return -1;
     }
 
-  /* a spare if one is ready, else prepare one now */
-  pthread_mutex_lock (&e->lock);
-  struct sandbox *s = e->n_spares ? e->spares[--e->n_spares] : NULL;
-  pthread_cond_signal (&e->spare_cond);
-  pthread_mutex_unlock (&e->lock);
-  if (s == NULL && (s = prepare (e, err)) == NULL)
+  /* a spare if one is ready, else prepare one now; a sandbox whose id
+     was chosen beforehand is always prepared now, since a spare's id is
+     already its directory's, its cgroups' and its host name */
+  struct sandbox *s = NULL;
+  if (o->id == NULL)
+    {
+      pthread_mutex_lock (&e->lock);
+      s = e->n_spares ? e->spares[--e->n_spares] : NULL;
+      pthread_cond_signal (&e->spare_cond);
+      pthread_mutex_unlock (&e->lock);
+    }
+  if (s == NULL && (s = prepare (e, o->id, err)) == NULL)
     {
       disk_release (e, lim.disk_mb);
       sbx_template_free (&t);

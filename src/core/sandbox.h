@@ -107,7 +107,15 @@ struct sbx_create_opts {
   const struct sbx_fs_rule *fs_rules;
   size_t n_fs_rules;
   unsigned cpu_weight;        /* its CPU share from the start (as sbx_set_cpu_weight); 0: the kernel's default */
+  const char *id;             /* the id to give it, from sbx_new_id (for a caller that must name it before it
+                                 exists); NULL: a new one.  Such a create takes no spare (about 20 ms more). */
 };
+
+/* A new sandbox id ("sbx_" and 20 of [0-9a-z]) for sbx_create_opts.id. */
+void sbx_new_id (char id[SBX_ID_MAX]);
+/* Whether template NAME can be used now: SBX_E_INVALID when there is no
+   such template, SBX_E_UNAVAILABLE while it is being built. */
+int sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err);
 
 struct sbx_info {
   char id[SBX_ID_MAX];

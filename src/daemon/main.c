@@ -50,6 +50,7 @@ usage (FILE *f)
          "             [--conn-timeout SECONDS] [--conn-per-ip N]\n"
          "             [--terminal-ttl SECONDS]   (seed 004's terminalUrl tokens)\n"
          "             [--storage-quota-mb MB]   (checkpoints and artifacts per organisation; 0: none)\n"
+         "             [--capacity-sandboxes N] [--capacity-memory-mb MB]   (more wait queued)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -172,6 +173,8 @@ cmd_serve (int argc, char **argv)
                                         { "conn-per-ip", required_argument, NULL, 'P' },
                                         { "terminal-ttl", required_argument, NULL, 'W' },
                                         { "storage-quota-mb", required_argument, NULL, 'Q' },
+                                        { "capacity-sandboxes", required_argument, NULL, 'S' },
+                                        { "capacity-memory-mb", required_argument, NULL, 'M' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -189,6 +192,7 @@ cmd_serve (int argc, char **argv)
   uint32_t conn_timeout = SBX_HTTP_CONN_TIMEOUT_S, conn_per_ip = SBX_HTTP_CONN_PER_IP;
   uint32_t terminal_ttl = SBX_TERMINAL_TTL_S;
   uint32_t storage_quota_mb = SBX_SAVE_QUOTA_MB;
+  struct sbx_capacity capacity = { 0 }; /* no cap on the count; memory: what the host can hold */
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -294,6 +298,16 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--storage-quota-mb", optarg, 0, UINT32_MAX, &storage_quota_mb) < 0)
           return 2;
         break;
+      case 'S':
+        /* sandboxes running at once on this machine; more wait queued */
+        if (parse_u32 ("--capacity-sandboxes", optarg, 1, 1000000, &capacity.sandboxes) < 0)
+          return 2;
+        break;
+      case 'M':
+        /* the memory limits of the running sandboxes together */
+        if (parse_u32 ("--capacity-memory-mb", optarg, 1, UINT32_MAX, &capacity.memory_mb) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -391,6 +405,11 @@ cmd_serve (int argc, char **argv)
       return 1;
     }
   sbx_service_set_webhooks (svc, webhooks);
+  if (sbx_service_placement_start (svc, &capacity, &err) < 0)
+    {
+      sbx_log_fields (SBX_LOG_ERROR, "cannot start the queue", "error", err.msg, NULL);
+      return 1;
+    }
   int changes = sbx_service_reconcile (svc, &err);
   if (changes < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot reconcile records with sandboxes", "error", err.msg, NULL);
@@ -446,6 +465,7 @@ cmd_serve (int argc, char **argv)
       return 0;
     }
   sbx_meter_stop (meter);
+  sbx_service_placement_stop ();
   sbx_service_set_fairshare (svc, NULL);
   sbx_fairshare_stop (fair);
   sbx_engine_close (engine);

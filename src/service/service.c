@@ -25,6 +25,7 @@
 #include "checkpoints.h"
 #include "encode.h"
 #include "fairshare.h"
+#include "placement.h"
 #include "webhook.h"
 
 struct sbx_service {
@@ -182,6 +183,10 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
   struct sbx_service *svc = ud;
   sbx_log_fields (SBX_LOG_INFO, "sandbox", "sandbox", id, "change", type_names[kind] + strlen ("sandbox.lifecycle."),
                   "reason", reason, NULL);
+  /* a running sandbox holds a place on the machine; a paused or ended
+     one gives it back (placement.c) */
+  if (kind == SBX_EVENT_KILLED || kind == SBX_EVENT_PAUSED)
+    sbx_place_release (id);
   /* a create records its sandbox itself, with what only the service knows */
   if (svc == NULL || kind == SBX_EVENT_CREATED)
     return;
@@ -197,6 +202,8 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
       sbx_info_free (&info);
       return;
     }
+  if (kind == SBX_EVENT_RESUMED)
+    sbx_place_hold (id, info.limits.memory_mb); /* resumed without asking for a place first */
   record_from_info (&info, &rec);
   if (record_change (svc, NULL, &rec, &info, kind, reason, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "record sandbox change", "sandbox", id, "error", err.msg, NULL);
@@ -255,6 +262,8 @@ sbx_service_reconcile (struct sbx_service *svc, struct sbx_err *err)
     {
       if (infos[i].state == SBX_STOPPED)
         continue;
+      if (infos[i].state == SBX_RUNNING)
+        sbx_place_hold (infos[i].id, infos[i].limits.memory_mb);
       struct sbx_sandbox_rec rec;
       struct sbx_err e2;
       if (sbx_store_sandbox_get (svc->store, infos[i].id, &rec, &e2) == 0)
@@ -291,6 +300,14 @@ sbx_service_authenticate (struct sbx_service *svc, const char *key, struct sbx_o
 
 /* ---- sandboxes ---- */
 
+/* The memory a create asks for, for the machine's capacity (placement.c):
+   its limit, or the engine's default when the template decides. */
+static uint32_t
+spec_memory_mb (const struct sbx_sandbox_spec *spec)
+{
+  return spec->limits.memory_mb ? spec->limits.memory_mb : SBX_PLACE_DEFAULT_MEMORY_MB;
+}
+
 int
 sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
                             struct sbx_sandbox_rec *rec, struct sbx_err *err)
@@ -307,6 +324,23 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
   uint32_t live; /* this create's placeholder included */
   if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
     return -1;
+  /* a place on the machine: at once, or after a bounded wait in the queue */
+  uint64_t ticket;
+  struct sbx_err e2;
+  if (sbx_place_admit (spec_memory_mb (spec), SBX_PLACE_WAIT_MS, &ticket, err) < 0)
+    {
+      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      return -1;
+    }
+  return sbx_service_create_reserved (svc, org, spec, rsv, NULL, live, ticket, rec, err);
+}
+
+int
+sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                             const char *rsv, const char *want_id, uint32_t live, uint64_t ticket,
+                             struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  memset (rec, 0, sizeof *rec);
   struct sbx_create_opts o = { .template_name = spec->template_name,
                                .timeout_s = spec->timeout_s,
                                .env = spec->env,
@@ -314,24 +348,30 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
                                .net = spec->net,
                                .internet_asked = spec->internet_asked,
                                .fs_rules = spec->fs_rules,
-                               .n_fs_rules = spec->n_fs_rules };
+                               .n_fs_rules = spec->n_fs_rules,
+                               .id = want_id };
   char id[SBX_ID_MAX];
   struct sbx_err e2;
   if (svc->fair)
     o.cpu_weight = sbx_fairshare_weight (live); /* its share from its first instruction */
   if (sbx_create (svc->engine, &o, id, err) < 0)
     {
-      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      sbx_place_cancel (ticket);
+      if (want_id == NULL)
+        sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
       return -1;
     }
   /* its checkpoint's workspace is in before anyone sees it ready */
   struct sbx_info info;
   if (sbx_service_storage_start (svc, org, id, spec, err) < 0 || sbx_get_info (svc->engine, id, &info, err) < 0)
     {
-      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      sbx_place_cancel (ticket);
+      if (want_id == NULL)
+        sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
       sbx_destroy (svc->engine, id, &e2);
       return -1;
     }
+  sbx_place_bind (ticket, id, info.limits.memory_mb);
   snprintf (rec->org_id, sizeof rec->org_id, "%s", org->id);
   snprintf (rec->agent_id, sizeof rec->agent_id, "%s", spec->agent_id ? spec->agent_id : "");
   snprintf (rec->mode, sizeof rec->mode, "%s", spec->mode ? spec->mode : "");
@@ -342,10 +382,18 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
   if (r < 0)
     {
       /* a sandbox nobody could be billed for must not run */
-      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      if (want_id == NULL)
+        sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
       sbx_destroy (svc->engine, id, &e2);
       sbx_sandbox_rec_free (rec);
       return -1;
+    }
+  /* it may have died before its place was bound to it: give the place back */
+  if (sbx_get_info (svc->engine, id, &info, &e2) == 0)
+    {
+      if (info.state == SBX_STOPPED)
+        sbx_place_release (id);
+      sbx_info_free (&info);
     }
   return 0;
 }
@@ -382,24 +430,3 @@ sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, co
   return sbx_destroy (svc->engine, id, err);
 }
 
-int
-sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *org, const char *id, struct sbx_err *err)
-{
-  struct sbx_sandbox_rec rec;
-  if (sbx_service_sandbox_get (svc, org, id, &rec, err) < 0)
-    return -1;
-  sbx_sandbox_rec_free (&rec);
-  return sbx_pause (svc->engine, id, err);
-}
-
-int
-sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id, struct sbx_err *err)
-{
-  struct sbx_sandbox_rec rec;
-  if (sbx_service_sandbox_get (svc, org, id, &rec, err) < 0)
-    return -1;
-  sbx_sandbox_rec_free (&rec);
-  if (sbx_service_check_hours (svc, org, err) < 0)
-    return -1;
-  return sbx_resume (svc->engine, id, err);
-}

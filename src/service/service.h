@@ -99,13 +99,6 @@ int sbx_service_sandbox_get (struct sbx_service *svc, const struct sbx_org *org,
 int sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, const char *id,
                               struct sbx_err *err);
 
-/* Pause and resume ORG's sandbox ID (SBX_E_NOT_FOUND if it is not ORG's);
-   a resume fails with SBX_E_LIMIT (SBX_MSG_HOURS_LIMIT) when ORG's monthly
-   sandbox hours are used up. */
-int sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *org, const char *id,
-                               struct sbx_err *err);
-int sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id,
-                                struct sbx_err *err);
 /* ---- checkpoints and artifacts (checkpoints.c) ----
 
    A checkpoint is a copy of a sandbox's /workspace (files, directories,
@@ -246,6 +239,54 @@ unsigned sbx_service_busy (const char *sandbox_id);
    organisation's monthly sandbox hours are used up: seed 004's words,
    which every dialect shows in its own error shape (429). */
 #define SBX_MSG_HOURS_LIMIT "Monthly sandbox hours limit reached"
+/* ---- the machine's capacity and its queue (placement.c) ---- */
+
+struct sbx_capacity {
+  uint32_t sandboxes;  /* running at once; 0: no cap */
+  uint32_t memory_mb;  /* their memory limits together; 0: what the host can hold */
+};
+
+/* Set the capacity and start the thread that re-checks the head of the
+   queue.  Creates and resumes of every dialect meet it: seed 004's wait
+   in the queue (answered at once, "queued"), the others' wait in the same
+   queue at most SBX_PLACE_WAIT_MS (placement.h), then fail with
+   SBX_E_UNAVAILABLE. */
+int sbx_service_placement_start (struct sbx_service *svc, const struct sbx_capacity *cap, struct sbx_err *err);
+/* Stop that thread and wait for the creates, resumes and ends under way
+   (before the engine closes); queued creates stay "creating" records. */
+void sbx_service_placement_stop (void);
+
+/* Seed 004's create: checks ORG's concurrent limit (SBX_E_LIMIT) and
+   answers at once with the record as queued (REC; its id is the
+   sandbox's for good); the sandbox is created when its turn comes, or
+   recorded "error" if that fails.  SPEC takes no network policy or
+   filesystem rules. */
+int sbx_service_sandbox_enqueue (struct sbx_service *svc, const struct sbx_org *org,
+                                 const struct sbx_sandbox_spec *spec, struct sbx_sandbox_rec *rec,
+                                 struct sbx_err *err);
+/* Pause ORG's running sandbox ID ("pausing" meanwhile); its place on the
+   machine goes to the queue.  SBX_E_PAUSED if paused already,
+   SBX_E_CONFLICT while it is in another step or not ready, SBX_E_STOPPED
+   once ended. */
+int sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                               struct sbx_err *err);
+/* Resume ORG's paused sandbox ID.  QUEUE: answer at once, the resume waits
+   its turn in the queue (seed 004); otherwise wait for a place as a
+   synchronous create does.  A running sandbox is left as it is.  Fails
+   with SBX_E_LIMIT (SBX_MSG_HOURS_LIMIT) when ORG's monthly sandbox hours
+   are used up. */
+int sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id, bool queue,
+                                struct sbx_err *err);
+/* End ORG's sandbox ID: answered at once, destroyed on a thread of its own
+   ("ending"); a queued create is dropped from the queue and recorded
+   stopped.  Ending an ended sandbox does nothing. */
+int sbx_service_sandbox_end (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                             struct sbx_err *err);
+/* The step sandbox ID is in now, "" if none: "queued", "assigning",
+   "pausing" or "ending". */
+void sbx_service_sandbox_phase (const char *id, char out[16]);
+
+/* ---- usage ---- */
 
 struct sbx_usage {
   int64_t month_start_ms;  /* the calendar month (UTC) it counts */

@@ -1918,6 +1918,13 @@ sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t ma
 {
   if (random_id (id, SBX_STORE_ID_MAX, "rsv_", err) < 0)
     return -1;
+  return sbx_store_sandbox_reserve_id (st, org_id, max, template_id, id, live, err);
+}
+
+int
+sbx_store_sandbox_reserve_id (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                              const char *id, uint32_t *live, struct sbx_err *err)
+{
   struct sbx_sandbox_rec r;
   memset (&r, 0, sizeof r);
   copy_str (r.id, sizeof r.id, id);
@@ -1942,6 +1949,17 @@ sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t ma
     if (n >= max)
       return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
     *live = (uint32_t) n + 1;
+  }
+  {
+    /* a put would replace a record of that id: refuse instead */
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_GET];
+    if (bind_check (st, bind_text (s, 1, id), err, "reserve sandbox") < 0)
+      return -1;
+    int rr = step_row (st, s, err, "reserve sandbox");
+    if (rr < 0)
+      return -1;
+    if (rr > 0)
+      return sbx_failx (err, EEXIST, "sandbox %s exists already", id);
   }
   if (sandbox_put_locked (st, &r, err) < 0 || run (st, S_COMMIT, err, "commit") < 0)
     return -1;

@@ -124,6 +124,11 @@ int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char
    record (sbx_store_sandbox_record) or dropped when the create fails. */
 int sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
                                char id[SBX_STORE_ID_MAX], uint32_t *live, struct sbx_err *err);
+/* The same with the placeholder's id given: a sandbox id chosen before
+   its create (sbx_new_id), so the record answers under it from the
+   start; the create's record replaces it (DROP_ID = the same id). */
+int sbx_store_sandbox_reserve_id (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
+                                  const char *id, uint32_t *live, struct sbx_err *err);
 /* One transaction: delete record DROP_ID (may be NULL), save R (may be
    NULL) and add EV (may be NULL; filled as by sbx_store_event_add) with
    its webhook deliveries. */

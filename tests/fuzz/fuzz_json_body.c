@@ -4,7 +4,8 @@
  * body_object, opt_int, opt_string, opt_bool, env_list; network.c's
  * body_network; the create bodies of sandbase.c, seed002.c and E2B's v2,
  * and the bodies of timeouts, execs, process actions, files, networks,
- * seed 002's runs and the code interpreter), through the real server
+ * seed 002's runs, the code interpreter, and seed 004's creates, execs,
+ * code and file writes), through the real server
  * (fake_daemon.h): whatever a body holds, the caller gets an answer in
  * its dialect's shape.
  *
@@ -46,6 +47,10 @@ static const struct
   { "POST", "/api/sandbox/:id/run", false, NULL },
   { "POST", "/contexts", true, "49999" },
   { "POST", "/execute", true, "49999" },
+  { "POST", "/v1/sandboxes", false, NULL },
+  { "POST", "/v1/sandboxes/exec", false, NULL },
+  { "POST", "/v1/sandboxes/code", false, NULL },
+  { "POST", "/v1/sandboxes/files", false, NULL },
 };
 
 int

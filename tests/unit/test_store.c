@@ -452,6 +452,38 @@ test_sandboxes (void)
   CHECK (live == 1);
 }
 
+/* Seed 004's placeholder under the sandbox's own id: it counts toward the
+   limit, answers under that id, and the create's record replaces it. */
+static void
+test_sandbox_reserve_id (void)
+{
+  uint32_t live = 0;
+  CHECK_OK (sbx_store_sandbox_reserve_id (st, "org_rsvid", 2, "bun", "sbx_queued0000000000001", &live, err));
+  CHECK (live == 1);
+  struct sbx_sandbox_rec g;
+  CHECK_OK (sbx_store_sandbox_get (st, "sbx_queued0000000000001", &g, err));
+  CHECK (strcmp (g.status, "creating") == 0 && strcmp (g.template_id, "bun") == 0 && g.started_ms > 0);
+  sbx_sandbox_rec_free (&g);
+  char rsv[SBX_STORE_ID_MAX];
+  CHECK_OK (sbx_store_sandbox_reserve (st, "org_rsvid", 2, "base", rsv, &live, err));
+  CHECK (live == 2 && strncmp (rsv, "rsv_", 4) == 0);
+  struct sbx_err e3 = { 0 };
+  CHECK (sbx_store_sandbox_reserve_id (st, "org_rsvid", 2, "bun", "sbx_queued0000000000002", &live, &e3) < 0
+         && e3.kind == SBX_E_LIMIT);
+  /* the same id twice is refused, and takes nothing */
+  CHECK (sbx_store_sandbox_reserve_id (st, "org_rsvid", 3, "bun", "sbx_queued0000000000001", &live, &e3) < 0);
+  uint32_t n = 0;
+  CHECK_OK (sbx_store_sandbox_count_live (st, "org_rsvid", &n, err));
+  CHECK (n == 2);
+  struct sbx_sandbox_rec r = rec ("sbx_queued0000000000001", "org_rsvid", "running", 1000, NULL);
+  CHECK_OK (sbx_store_sandbox_record (st, "sbx_queued0000000000001", &r, NULL, err));
+  CHECK_OK (sbx_store_sandbox_get (st, "sbx_queued0000000000001", &g, err));
+  CHECK (strcmp (g.status, "running") == 0 && g.started_ms == 1000);
+  sbx_sandbox_rec_free (&g);
+  CHECK_OK (sbx_store_sandbox_count_live (st, "org_rsvid", &n, err));
+  CHECK (n == 2);
+}
+
 /* Seed 002's agent_id and mode, and listing by agent. */
 static void
 test_sandbox_agents (void)
@@ -1658,6 +1690,7 @@ main (void)
   check_no_plain_keys ("open");
   test_sandboxes ();
   test_sandbox_agents ();
+  test_sandbox_reserve_id ();
   test_usage ();
   test_runs ();
   test_events ();
