@@ -408,7 +408,7 @@ def test_another_organisations_sandbox_is_404(v1, other, box):
 
 def test_usage_of_the_month(v1):
     u = v1.req("GET", "/v1/usage").json()
-    assert set(u) == {"month", "usedMs", "usedHours", "limitHours"}
+    assert set(u) == {"month", "usedMs", "usedHours", "limitHours", "limitMs"}
     assert u["month"] == time.strftime("%Y-%m", time.gmtime())
     assert u["usedMs"] >= 0 and abs(u["usedHours"] - u["usedMs"] / 3600000) < 1e-6
     assert u["limitHours"] is None  # the default plan: unlimited

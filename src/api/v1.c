@@ -171,11 +171,12 @@ v1_object (struct call *k, const struct sbx_sandbox_rec *rec, bool full)
       struct sbx_artifacts_summary as;
       struct sbx_err aerr;
       json_object_set_new (o, "artifacts",
-                           sbx_service_artifacts_summary (k->h->svc, rec, &as, &aerr) == 1
-                               ? json_pack ("{s:I, s:I, s:b, s:s?}", "count", (json_int_t) as.count, "bytes",
-                                            (json_int_t) as.bytes, "kept", as.kept, "prefix",
-                                            *as.prefix ? as.prefix : NULL)
-                               : json_null ());
+                           sbx_service_artifacts_summary (k->h->svc, rec, &as, &aerr) < 1 || (!as.kept && !*as.prefix)
+                               ? json_null ()
+                           : as.kept ? json_pack ("{s:I, s:I, s:b, s:s?}", "count", (json_int_t) as.count, "bytes",
+                                                  (json_int_t) as.bytes, "kept", 1, "prefix",
+                                                  *as.prefix ? as.prefix : NULL)
+                                     : json_pack ("{s:b, s:s}", "kept", 0, "prefix", as.prefix));
       bool over = strcmp (status, "ended") == 0 || strcmp (status, "failed") == 0;
       json_object_set_new (o, "duration",
                            over && made && rec->stopped_ms >= rec->started_ms

@@ -19,6 +19,8 @@
  * - seed 004's creates and resumes are jobs: the request is answered at
  *   once (queued), and when the job reaches the head and fits, a thread
  *   of its own runs it (assigning), at most SBX_PLACE_ASSIGN_MAX at once;
+ *   a create that finds nothing waiting and room free runs at once
+ *   instead, with a spare sandbox (create_now);
  * - every other create (and E2B's resume) is a ticket its request thread
  *   waits on in the same queue, at most SBX_PLACE_WAIT_MS, then fails with
  *   SBX_E_UNAVAILABLE (503): a handler thread is not held longer.
@@ -517,6 +519,37 @@ dup_or_null (const char *s, bool *ok)
   return d;
 }
 
+/* Seed 004's create when nothing waits and the machine has room now: it
+   runs on the request's thread and may take a spare sandbox, which a
+   queued create cannot (its id is chosen before it starts, and a spare's
+   is already its directory's, cgroups' and host name: about 20 ms more).
+   The answer is the same; the sandbox is ready sooner.  1: created (REC),
+   0: no room now (queue it), -1: failed (ERR). */
+static int
+create_now (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+            struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  place_lock ();
+  bool waiting = P.head != NULL;
+  pthread_mutex_unlock (&P.lock);
+  if (waiting)
+    return 0;
+  struct sbx_store *st = sbx_service_store (svc);
+  char rsv[SBX_STORE_ID_MAX];
+  uint32_t live;
+  if (sbx_store_sandbox_reserve (st, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
+    return -1;
+  uint64_t ticket;
+  struct sbx_err e2;
+  uint32_t memory_mb = spec->limits.memory_mb ? spec->limits.memory_mb : SBX_PLACE_DEFAULT_MEMORY_MB;
+  if (sbx_place_admit (memory_mb, 0, &ticket, &e2) < 0)
+    {
+      sbx_store_sandbox_record (st, rsv, NULL, NULL, &e2);
+      return 0;
+    }
+  return sbx_service_create_reserved (svc, org, spec, rsv, NULL, live, ticket, rec, err) < 0 ? -1 : 1;
+}
+
 int
 sbx_service_sandbox_enqueue (struct sbx_service *svc, const struct sbx_org *org,
                              const struct sbx_sandbox_spec *spec, struct sbx_sandbox_rec *rec, struct sbx_err *err)
@@ -532,6 +565,13 @@ sbx_service_sandbox_enqueue (struct sbx_service *svc, const struct sbx_org *org,
   if (spec->checkpoint_id && *spec->checkpoint_id
       && sbx_service_checkpoint_check (svc, org, spec->checkpoint_id, err) < 0)
     return -1;
+  /* a checkpoint's restore may take a while: that one always queues */
+  if (!(spec->checkpoint_id && *spec->checkpoint_id))
+    {
+      int now = create_now (svc, org, spec, rec, err);
+      if (now != 0)
+        return now < 0 ? -1 : 0;
+    }
   struct waiter *w = calloc (1, sizeof *w);
   if (w == NULL)
     return sbx_fail (err, ENOMEM, "queue a create");

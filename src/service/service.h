@@ -259,7 +259,8 @@ void sbx_service_placement_stop (void);
 /* Seed 004's create: checks ORG's concurrent limit (SBX_E_LIMIT) and
    answers at once with the record as queued (REC; its id is the
    sandbox's for good); the sandbox is created when its turn comes, or
-   recorded "error" if that fails.  SPEC takes no network policy or
+   recorded "error" if that fails.  When nothing waits and there is room,
+   it is created before this returns (REC then its record, running).  SPEC takes no network policy or
    filesystem rules. */
 int sbx_service_sandbox_enqueue (struct sbx_service *svc, const struct sbx_org *org,
                                  const struct sbx_sandbox_spec *spec, struct sbx_sandbox_rec *rec,
