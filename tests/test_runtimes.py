@@ -48,6 +48,21 @@ def documents_box(sbxd):
     sbxd.delete(sid)
 
 
+# ------------------------------------------------------------------ base
+
+
+def test_base_has_the_common_cli_tools(sbxd):
+    sid = offline(sbxd, "base")
+    try:
+        out = ok(sbxd, sid, "for t in bash curl git less nano vi wget zip unzip xz bzip2 jq file tree patch ps; do\n"
+                 "  command -v $t >/dev/null || echo missing $t\ndone\n"
+                 "echo '{\"a\": [1, 2]}' | jq -c '.a | length'\n"
+                 "cd /tmp && echo hi > f && zip -q f.zip f && rm f && unzip -q f.zip && cat f\n")
+        assert out.split() == ["2", "hi"], out
+    finally:
+        sbxd.delete(sid)
+
+
 # ------------------------------------------------------------------- bun
 
 def test_bun_runs_typescript_and_javascript(sbxd, bun_box):
