@@ -270,6 +270,14 @@ enum MHD_Result download_file (struct http_server *h, struct MHD_Connection *c, 
    attachment named FILENAME of SIZE bytes. */
 enum MHD_Result send_download (struct MHD_Connection *c, struct sbx_file_reader *r, const char *filename,
                                uint64_t size);
+/* A file's content collected in memory (a sbx_data_fn, UD a struct
+   read_buf), for reads whose size the caller bounds; DATA stays
+   NUL-terminated room-wise (one byte more than LEN is allocated). */
+struct read_buf {
+  char *data;
+  size_t len;
+};
+int read_into (const void *d, size_t n, void *ud);
 
 /* network.c */
 struct sbx_net_policy;

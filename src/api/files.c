@@ -284,6 +284,19 @@ upload_free (struct request *rq)
 
 /* ---- download ---- */
 
+int
+read_into (const void *d, size_t n, void *ud)
+{
+  struct read_buf *b = ud;
+  char *nb = realloc (b->data, b->len + n + 1);
+  if (nb == NULL)
+    return -1;
+  memcpy (nb + b->len, d, n);
+  b->len += n;
+  b->data = nb;
+  return 0;
+}
+
 struct download {
   struct sbx_file_reader *r;
   int fd;

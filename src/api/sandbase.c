@@ -856,24 +856,6 @@ require_path (struct MHD_Connection *c, const char *path, enum MHD_Result *ret)
   return path;
 }
 
-struct read_buf {
-  char *data;
-  size_t len;
-};
-
-static int
-read_into (const void *d, size_t n, void *ud)
-{
-  struct read_buf *b = ud;
-  char *nb = realloc (b->data, b->len + n + 1);
-  if (nb == NULL)
-    return -1;
-  memcpy (nb + b->len, d, n);
-  b->len += n;
-  b->data = nb;
-  return 0;
-}
-
 static enum MHD_Result
 files_endpoint (struct http_server *h, struct MHD_Connection *c, const char *id, const char *method, const char *sub,
                 struct request *rq)

@@ -888,24 +888,6 @@ out:
   return ret;
 }
 
-struct read_buf {
-  char *data;
-  size_t len;
-};
-
-static int
-read_into (const void *d, size_t n, void *ud)
-{
-  struct read_buf *b = ud;
-  char *nb = realloc (b->data, b->len + n + 1);
-  if (nb == NULL)
-    return -1;
-  memcpy (nb + b->len, d, n);
-  b->len += n;
-  b->data = nb;
-  return 0;
-}
-
 /* Whether the N bytes at S are UTF-8 without NUL (text jansson keeps as it is). */
 static bool
 is_text (const char *s, size_t n)
