@@ -31,6 +31,8 @@ struct sbx_interp;
 struct handlers;
 struct resumer;
 struct terminals;
+struct relay;
+struct proxy;
 
 struct http_server {
   struct MHD_Daemon *mhd;
@@ -48,6 +50,11 @@ struct http_server {
   struct resumer *resumer;    /* wakes streams whose pipe has data (server.c) */
   struct terminals *terminals; /* seed 004's open terminals (terminal.c) */
   uint32_t terminal_ttl_s;    /* how long a terminalUrl's token is good for */
+  char domain[SBX_DOMAIN_MAX]; /* --domain as given (NAME[:PORT]), "" when none (proxy.c) */
+  char domain_name[SBX_DOMAIN_MAX]; /* its NAME, lower case */
+  bool tls;                   /* serving HTTPS */
+  char *tls_cert, *tls_key;   /* their PEM text, held for libmicrohttpd */
+  struct relay *relay;        /* upgraded connections to sandbox ports (proxy.c) */
 };
 
 #define CALL_MAX_SEGS 8
@@ -110,6 +117,9 @@ struct request {
   struct MHD_Response *answer; /* queued by a handler thread */
   struct request *next_job;
   uint64_t terminal_seq; /* the terminal its 101 answer opens (terminal.c), 0: none */
+  char *raw_url;         /* the request target as the client sent it, undecoded */
+  struct proxy *proxy;   /* a request for a sandbox's port (proxy.c) */
+  char host_id[SBX_ID_MAX], host_port[8]; /* the sandbox and port its Host names */
 };
 
 /* ---- dialects and routes ---- */
@@ -257,6 +267,34 @@ enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struc
 enum MHD_Result interp_request (struct http_server *h, struct MHD_Connection *c, struct request *rq,
                                 const char *method, const char *url, const char *id);
 
+
+/* ---- sandbox ports by host name (proxy.c) ---- */
+
+/* Wait for a descriptor while the connection is suspended: the resumer
+   thread resumes it once FD has EVENTS (EPOLLIN, EPOLLOUT).  The waiter
+   does not own FD.  False when the server is stopping. */
+struct conn_waiter;
+struct conn_waiter *conn_waiter_new (struct http_server *h, struct MHD_Connection *c, int fd);
+bool conn_wait (struct conn_waiter *w, uint32_t events);
+void conn_waiter_free (struct conn_waiter *w);
+
+/* A request whose Host is PORT-ID.DOMAIN: for envd's and the code
+   interpreter's ports it becomes an envd call (true, the E2b-Sandbox-*
+   headers set from the name, RET untouched); for other ports the proxy
+   takes it (false, *RET its first answer).  True with nothing done for
+   any other Host. */
+bool proxy_begin (struct request *rq, enum MHD_Result *ret);
+/* The rest of a proxied request: body data (SIZE), its end (*SIZE 0),
+   and the answer. */
+enum MHD_Result proxy_step (struct request *rq, const char *data, size_t *size);
+void proxy_request_done (struct request *rq);
+int proxy_start (struct http_server *h, struct sbx_err *err);
+void proxy_stop (struct http_server *h);
+/* The URL of PORT of sandbox ID ("{port}" when PORT is 0), for a request
+   on C; NULL without --domain.  malloc'd. */
+char *proxy_url (struct http_server *h, struct MHD_Connection *c, const char *id, unsigned port);
+/* The token of a sandbox's non-public ports (E2B's trafficAccessToken). */
+void e2b_traffic_token (struct http_server *h, const char *id, char out[65]);
 
 /* uploads and downloads (files.c) */
 bool upload_wanted (const char *method, char **seg, int n);

@@ -220,6 +220,12 @@ struct pipe_stream {
   struct pipe_stream *prev, *next;  /* in the resumer's waiting list */
 };
 
+/* Any descriptor a connection waits on (proxy.c's sockets) is waited on
+   the same way. */
+struct conn_waiter {
+  struct pipe_stream p;
+};
+
 /* One thread with one epoll set over the pipes of suspended streams. */
 struct resumer {
   int ep;
@@ -274,7 +280,7 @@ resumer_main (void *arg)
 /* Suspend P's connection until its pipe is readable; false when the
    server is stopping (or epoll fails), and the stream should end. */
 static bool
-resumer_wait (struct pipe_stream *p)
+resumer_wait_for (struct pipe_stream *p, uint32_t events)
 {
   struct resumer *rs = p->rs;
   bool ok = false;
@@ -283,7 +289,7 @@ resumer_wait (struct pipe_stream *p)
     {
       /* EPOLLONESHOT: one wake-up per suspension; the resumer is the only
          one to touch P until it resumes the connection */
-      struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.ptr = p };
+      struct epoll_event ev = { .events = events | EPOLLONESHOT, .data.ptr = p };
       ok = epoll_ctl (rs->ep, p->in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, p->fd, &ev) == 0;
       if (ok)
         {
@@ -300,6 +306,37 @@ resumer_wait (struct pipe_stream *p)
     }
   pthread_mutex_unlock (&rs->lock);
   return ok;
+}
+
+static bool
+resumer_wait (struct pipe_stream *p)
+{
+  return resumer_wait_for (p, EPOLLIN);
+}
+
+struct conn_waiter *
+conn_waiter_new (struct http_server *h, struct MHD_Connection *c, int fd)
+{
+  struct conn_waiter *w = calloc (1, sizeof *w);
+  if (w)
+    w->p = (struct pipe_stream) { .rs = h->resumer, .c = c, .fd = fd };
+  return w;
+}
+
+bool
+conn_wait (struct conn_waiter *w, uint32_t events)
+{
+  return resumer_wait_for (&w->p, events);
+}
+
+void
+conn_waiter_free (struct conn_waiter *w)
+{
+  if (w == NULL)
+    return;
+  if (w->p.in_epoll)
+    epoll_ctl (w->p.rs->ep, EPOLL_CTL_DEL, w->p.fd, NULL);
+  free (w);
 }
 
 static ssize_t
@@ -889,6 +926,9 @@ first_call (struct request *rq)
   const char *method = rq->mhd_method, *url = rq->mhd_url;
   enum MHD_Result ret;
   rq->body_max = JSON_BODY_MAX;
+  /* PORT-ID.DOMAIN: a sandbox's port, or its envd */
+  if (h->domain[0] && !proxy_begin (rq, &ret))
+    return ret;
   if (e2b_is_envd (c))
     {
       /* E2B's envd: the sandbox's access token instead of a key */
@@ -1046,9 +1086,11 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
 {
   (void) version;
   struct request *rq = *con_cls;
-  if (rq == NULL)
+  if (rq == NULL || rq->h == NULL)
     {
-      rq = calloc (1, sizeof *rq);
+      /* usually made by on_uri, with the request target as sent */
+      if (rq == NULL)
+        rq = calloc (1, sizeof *rq);
       if (rq == NULL)
         return MHD_NO;
       *con_cls = rq;
@@ -1106,6 +1148,8 @@ on_request (void *cls, struct MHD_Connection *c, const char *url, const char *me
           rq->answer = NULL;
         }
     }
+  else if (rq->proxy)
+    ret = proxy_step (rq, upload_data_p, upload_size);
   else if (*upload_size)
     {
       if (rq->upload)
@@ -1165,9 +1209,26 @@ on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_Requ
         sbx_sandbox_rec_free (&rq->k.rec);
       if (rq->answer)
         MHD_destroy_response (rq->answer);
+      proxy_request_done (rq);
+      free (rq->raw_url);
       free (rq);
     }
   *con_cls = NULL;
+}
+
+/* The request line's target, before libmicrohttpd decodes it: kept for
+   requests passed on to a sandbox's port (proxy.c), which must get it
+   as the client sent it.  What this returns is the request's first
+   *con_cls. */
+static void *
+on_uri (void *cls, const char *uri, struct MHD_Connection *c)
+{
+  (void) cls;
+  (void) c;
+  struct request *rq = calloc (1, sizeof *rq);
+  if (rq && uri)
+    rq->raw_url = strdup (uri);
+  return rq;
 }
 
 /* libmicrohttpd's own messages (refused connections, send errors). */
@@ -1278,6 +1339,8 @@ server_free (struct http_server *h)
   if (h->interp)
     sbx_interp_free (h->interp);
   terminals_free (h);
+  free (h->tls_cert);
+  free (h->tls_key);
   free (h);
 }
 
@@ -1300,8 +1363,31 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
   snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
   h->terminal_ttl_s = cfg->terminal_ttl_s ? cfg->terminal_ttl_s : SBX_TERMINAL_TTL_S;
+  if (cfg->domain)
+    {
+      snprintf (h->domain, sizeof h->domain, "%s", cfg->domain);
+      size_t i = 0;
+      for (; cfg->domain[i] && cfg->domain[i] != ':' && i + 1 < sizeof h->domain_name; i++)
+        h->domain_name[i] = (char) (cfg->domain[i] >= 'A' && cfg->domain[i] <= 'Z' ? cfg->domain[i] - 'A' + 'a'
+                                                                                   : cfg->domain[i]);
+      h->domain_name[i] = '\0';
+    }
+  if (cfg->tls_cert && cfg->tls_key)
+    {
+      /* libmicrohttpd (GnuTLS) takes the PEM text, kept for its life */
+      if (sbx_read_file_at (AT_FDCWD, cfg->tls_cert, &h->tls_cert, 1u << 20, err) < 0
+          || sbx_read_file_at (AT_FDCWD, cfg->tls_key, &h->tls_key, 1u << 20, err) < 0)
+        {
+          free (h->tls_cert);
+          free (h);
+          return NULL;
+        }
+      h->tls = true;
+    }
   if (e2b_load_secret (h, err) < 0 || terminals_start (h, err) < 0)
     {
+      free (h->tls_cert);
+      free (h->tls_key);
       free (h);
       return NULL;
     }
@@ -1332,8 +1418,20 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   pthread_cond_init (&h->handlers->done, NULL);
   unsigned conns = raise_nofile ();
   unsigned timeout = cfg->conn_timeout_s ? cfg->conn_timeout_s : SBX_HTTP_CONN_TIMEOUT_S;
-  h->mhd = MHD_start_daemon (MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG, 0, NULL,
-                             NULL, on_request, h, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
+  if (proxy_start (h, err) < 0)
+    {
+      resumer_stop (h->resumer);
+      server_free (h);
+      return NULL;
+    }
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
+  if (h->tls)
+    flags |= MHD_USE_TLS;
+  /* MHD_OPTION_HTTPS_MEM_* are ignored without MHD_USE_TLS */
+  h->mhd = MHD_start_daemon (flags, 0, NULL,
+                             NULL, on_request, h, MHD_OPTION_HTTPS_MEM_CERT, h->tls ? h->tls_cert : "",
+                             MHD_OPTION_HTTPS_MEM_KEY, h->tls ? h->tls_key : "", MHD_OPTION_URI_LOG_CALLBACK, on_uri,
+                             NULL, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
                              (unsigned) HTTP_THREADS, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                              MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_LIMIT, conns,
                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->conn_per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE,
@@ -1341,7 +1439,10 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned) 1, MHD_OPTION_END);
   if (h->mhd == NULL)
     {
-      sbx_failx (err, EADDRINUSE, "cannot listen (address in use or not available)");
+      sbx_failx (err, EADDRINUSE,
+                 h->tls ? "cannot listen (address in use or not available, or the TLS certificate or key is not valid PEM)"
+                        : "cannot listen (address in use or not available)");
+      proxy_stop (h);
       resumer_stop (h->resumer);
       server_free (h);
       return NULL;
@@ -1367,6 +1468,7 @@ sbx_http_stop (struct http_server *h)
       sbx_log (SBX_LOG_WARN, "stopping while requests are being handled; their connections are dropped");
       return false;
     }
+  proxy_stop (h);
   MHD_stop_daemon (h->mhd);
   server_free (h);
   return true;

@@ -29,7 +29,14 @@ struct sbx_http_config {
   unsigned conn_timeout_s; /* a connection that sends nothing for this long (headers, keep-alive) is closed */
   unsigned conn_per_ip;  /* connections one client address may hold; 0: no cap */
   unsigned terminal_ttl_s; /* the life of a terminalUrl's token; 0: SBX_TERMINAL_TTL_S (terminal.h) */
+  const char *domain;      /* sandbox ports are reached at PORT-ID.DOMAIN (proxy.c); NULL: not at all */
+  const char *tls_cert, *tls_key; /* PEM files: serve HTTPS; NULL: plain HTTP */
 };
+
+/* Is S a --domain: a DNS name (letters, digits, '-', dots), optionally
+   ":PORT", at most SBX_DOMAIN_MAX - 1 bytes? */
+#define SBX_DOMAIN_MAX 200
+bool sbx_http_domain_valid (const char *s);
 
 /* Defaults of the two settings above (sbxd serve --conn-timeout, --conn-per-ip). */
 #define SBX_HTTP_CONN_TIMEOUT_S 30

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1908,6 +1909,73 @@ sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, st
 out:
   put (e, s);
   return r;
+}
+
+/* ---- ports inside a sandbox ---- */
+
+/* The socket is made by a thread of its own that joins the sandbox's
+   network namespace and ends: no thread of the daemon that goes on
+   running is ever left in a sandbox's namespace, whatever fails.  A socket
+   stays in the namespace it was made in, so the connection below goes to
+   the sandbox's own loopback, never to the host's, and never through the
+   host's routing (the sandbox's egress rules are not involved: nothing
+   leaves the sandbox).  The cost is one short thread per connection. */
+struct port_socket {
+  int nsfd;   /* a pidfd of the sandbox's init */
+  int fd;     /* the socket, or -1 */
+  int error;  /* errno when fd is -1 */
+};
+
+static void *
+port_socket_main (void *arg)
+{
+  struct port_socket *ps = arg;
+  if (setns (ps->nsfd, CLONE_NEWNET) < 0)
+    {
+      ps->error = errno;
+      return NULL;
+    }
+  ps->fd = socket (AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (ps->fd < 0)
+    ps->error = errno;
+  return NULL;
+}
+
+int
+sbx_port_connect (struct sbx_engine *e, const char *id, uint16_t port, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  pthread_mutex_lock (&e->lock);
+  enum sbx_state st = s->state;
+  int nsfd = st == SBX_RUNNING && s->pidfd >= 0 ? fcntl (s->pidfd, F_DUPFD_CLOEXEC, 0) : -1;
+  pthread_mutex_unlock (&e->lock);
+  put (e, s);
+  if (st == SBX_PAUSED)
+    return sbx_failk (err, SBX_E_PAUSED, "sandbox is paused");
+  if (st != SBX_RUNNING)
+    return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
+  if (nsfd < 0)
+    return sbx_fail (err, errno, "sandbox %s: its process", id);
+  struct port_socket ps = { .nsfd = nsfd, .fd = -1 };
+  pthread_t t;
+  int rc = pthread_create (&t, NULL, port_socket_main, &ps);
+  if (rc == 0)
+    pthread_join (t, NULL);
+  close (nsfd);
+  if (rc != 0)
+    return sbx_fail (err, rc, "sandbox %s: a thread to enter its network", id);
+  if (ps.fd < 0)
+    return sbx_fail (err, ps.error, "sandbox %s: a socket in its network", id);
+  struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
+  if (connect (ps.fd, (struct sockaddr *) &sa, sizeof sa) < 0 && errno != EINPROGRESS)
+    {
+      int e2 = errno;
+      close (ps.fd);
+      return sbx_fail (err, e2, "sandbox %s: connect to port %u", id, (unsigned) port);
+    }
+  return ps.fd;
 }
 
 /* ---- the agent protocol, client side ---- */

@@ -180,6 +180,17 @@ int sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m
 int sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t limit,
                     struct sbx_egress_record **out, size_t *n, uint64_t *dropped, struct sbx_err *err);
 
+/* ---- ports ---- */
+
+/* A TCP connection to PORT on the loopback of running sandbox ID, made
+   from inside its network namespace (so a server bound to 127.0.0.1 in
+   the sandbox is reached too, and nothing else can be: not the host, not
+   another sandbox).  Returns a non-blocking socket whose connect may
+   still be in progress (poll it for POLLOUT, then SO_ERROR:
+   ECONNREFUSED when nothing listens), or -1: kind paused, stopped or not
+   found. */
+int sbx_port_connect (struct sbx_engine *e, const char *id, uint16_t port, struct sbx_err *err);
+
 /* ---- processes ---- */
 
 struct sbx_exec_opts {

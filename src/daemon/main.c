@@ -51,6 +51,8 @@ usage (FILE *f)
          "             [--terminal-ttl SECONDS]   (seed 004's terminalUrl tokens)\n"
          "             [--storage-quota-mb MB]   (checkpoints and artifacts per organisation; 0: none)\n"
          "             [--capacity-sandboxes N] [--capacity-memory-mb MB]   (more wait queued)\n"
+         "             [--domain DOMAIN[:PORT]]   (sandbox ports at PORT-ID.DOMAIN)\n"
+         "             [--tls-cert FILE --tls-key FILE]   (serve HTTPS)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -175,6 +177,9 @@ cmd_serve (int argc, char **argv)
                                         { "storage-quota-mb", required_argument, NULL, 'Q' },
                                         { "capacity-sandboxes", required_argument, NULL, 'S' },
                                         { "capacity-memory-mb", required_argument, NULL, 'M' },
+                                        { "domain", required_argument, NULL, 'D' },
+                                        { "tls-cert", required_argument, NULL, 'E' },
+                                        { "tls-key", required_argument, NULL, 'K' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -193,6 +198,7 @@ cmd_serve (int argc, char **argv)
   uint32_t terminal_ttl = SBX_TERMINAL_TTL_S;
   uint32_t storage_quota_mb = SBX_SAVE_QUOTA_MB;
   struct sbx_capacity capacity = { 0 }; /* no cap on the count; memory: what the host can hold */
+  const char *domain = NULL, *tls_cert = NULL, *tls_key = NULL;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -308,6 +314,21 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--capacity-memory-mb", optarg, 1, UINT32_MAX, &capacity.memory_mb) < 0)
           return 2;
         break;
+      case 'D':
+        /* sandbox ports at PORT-ID.DOMAIN, routed by Host */
+        if (!sbx_http_domain_valid (optarg))
+          {
+            fprintf (stderr, "sbxd: invalid --domain %s (want a host name, optionally :PORT)\n", optarg);
+            return 2;
+          }
+        domain = optarg;
+        break;
+      case 'E':
+        tls_cert = optarg;
+        break;
+      case 'K':
+        tls_key = optarg;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -321,6 +342,11 @@ cmd_serve (int argc, char **argv)
         usage (stderr);
         return 2;
       }
+  if ((tls_cert == NULL) != (tls_key == NULL))
+    {
+      fprintf (stderr, "sbxd: --tls-cert and --tls-key go together\n");
+      return 2;
+    }
   struct sockaddr_in sa;
   if (parse_listen (listen, &sa) < 0)
     {
@@ -433,7 +459,10 @@ cmd_serve (int argc, char **argv)
                                 .state_dir = state,
                                 .conn_timeout_s = conn_timeout,
                                 .conn_per_ip = conn_per_ip,
-                                .terminal_ttl_s = terminal_ttl };
+                                .terminal_ttl_s = terminal_ttl,
+                                .domain = domain,
+                                .tls_cert = tls_cert,
+                                .tls_key = tls_key };
   struct http_server *h = sbx_http_start (&hc, &err);
   if (h == NULL)
     {
@@ -442,7 +471,7 @@ cmd_serve (int argc, char **argv)
       return 1;
     }
   char url[96];
-  snprintf (url, sizeof url, "http://%s", listen);
+  snprintf (url, sizeof url, "%s://%s", tls_cert ? "https" : "http", listen);
   sbx_log_fields (SBX_LOG_INFO, "listening", "url", url, "state_dir", state, NULL);
   struct sigaction act = { .sa_handler = on_signal };
   sigaction (SIGINT, &act, NULL);

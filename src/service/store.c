@@ -199,7 +199,12 @@ static const char schema_sql[]
       "  sandbox_id TEXT PRIMARY KEY,"
       "  keep_workspace INTEGER NOT NULL,"
       "  keep_artifacts INTEGER NOT NULL,"
-      "  prefix TEXT NOT NULL);";
+      "  prefix TEXT NOT NULL);"
+      /* who may reach a sandbox's ports by host name (sbxd serve --domain) */
+      "CREATE TABLE IF NOT EXISTS sandbox_ingress ("
+      "  sandbox_id TEXT PRIMARY KEY,"
+      "  public INTEGER NOT NULL,"
+      "  mask_host TEXT NOT NULL);";
 
 /* Indexes on columns added_columns[] (below) may have had to add first. */
 static const char schema_indexes_sql[]
@@ -311,6 +316,8 @@ enum stmt_id
   S_CAP_USED,
   S_STORAGE_PUT,
   S_STORAGE_GET,
+  S_INGRESS_PUT,
+  S_INGRESS_GET,
   S_COUNT
 };
 
@@ -437,6 +444,8 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_STORAGE_PUT] = "INSERT OR REPLACE INTO sandbox_storage (sandbox_id, keep_workspace, keep_artifacts, prefix)"
                     " VALUES (?1, ?2, ?3, ?4)",
   [S_STORAGE_GET] = "SELECT keep_workspace, keep_artifacts, prefix FROM sandbox_storage WHERE sandbox_id = ?1",
+  [S_INGRESS_PUT] = "INSERT OR REPLACE INTO sandbox_ingress (sandbox_id, public, mask_host) VALUES (?1, ?2, ?3)",
+  [S_INGRESS_GET] = "SELECT public, mask_host FROM sandbox_ingress WHERE sandbox_id = ?1",
 };
 
 struct sbx_store {
@@ -2691,5 +2700,35 @@ sbx_store_storage_get (struct sbx_store *st, const char *sandbox_id, struct sbx_
   sto->keep_workspace = sqlite3_column_int (s, 0) != 0;
   sto->keep_artifacts = sqlite3_column_int (s, 1) != 0;
   COL_COPY (s, 2, sto->prefix);
+  return 0;
+}
+
+int
+sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const struct sbx_ingress *in, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_INGRESS_PUT];
+  int rc = bind_text (s, 1, sandbox_id) | sqlite3_bind_int (s, 2, in->public) | BIND_FIXED (s, 3, in->mask_host);
+  if (bind_check (st, rc, err, "sandbox ingress") < 0 || step_done (st, s, err, "sandbox ingress") < 0)
+    return -1;
+  return 0;
+}
+
+int
+sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_ingress *in, struct sbx_err *err)
+{
+  *in = (struct sbx_ingress) { .public = true };
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_INGRESS_GET];
+  if (bind_check (st, bind_text (s, 1, sandbox_id), err, "sandbox ingress") < 0)
+    return -1;
+  int r = step_row (st, s, err, "sandbox ingress");
+  if (r < 0)
+    return -1;
+  if (r > 0)
+    {
+      in->public = sqlite3_column_int (s, 0) != 0;
+      COL_COPY (s, 1, in->mask_host);
+    }
   return 0;
 }

@@ -361,4 +361,17 @@ int sbx_store_storage_put (struct sbx_store *st, const char *sandbox_id, const s
 /* ENOENT when the sandbox has no settings (it keeps nothing asked). */
 int sbx_store_storage_get (struct sbx_store *st, const char *sandbox_id, struct sbx_storage *sto, struct sbx_err *err);
 
+/* Who may reach a sandbox's ports by host name (sbxd serve --domain):
+   anyone (PUBLIC), or only with its traffic token; MASK_HOST, when not
+   empty, is the Host the sandbox's servers are shown ("${PORT}" stands
+   for the port). */
+struct sbx_ingress {
+  bool public;
+  char mask_host[256];
+};
+int sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const struct sbx_ingress *in,
+                           struct sbx_err *err);
+/* A sandbox without settings is public, unmasked. */
+int sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_ingress *in, struct sbx_err *err);
+
 #endif
