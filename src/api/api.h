@@ -324,6 +324,9 @@ struct sbx_net_policy;
    *ALLOW_INTERNET: 0 not said, >0 true, <0 false. */
 int body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_policy *p, int *allow_internet,
                   bool *given, enum MHD_Result *ret);
+/* E2B's network.allowPublicTraffic and network.maskRequestHost of a
+   create body (*GIVEN: either was); -1 after answering 400. */
+int body_ingress (struct MHD_Connection *c, json_t *b, struct sbx_ingress *in, bool *given, enum MHD_Result *ret);
 /* Add "network" and "allowInternetAccess" of live sandbox ID to OBJ. */
 void network_object (struct http_server *h, const char *id, json_t *obj);
 enum MHD_Result network_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq);

@@ -896,7 +896,12 @@ e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_
   /* the code interpreter SDK sends the token this way on its contexts calls */
   const char *port = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2b-Sandbox-Port");
   if (tok == NULL && port && strcmp (port, "49999") == 0)
-    tok = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2B-Traffic-Access-Token");
+    {
+      /* ... with the sandbox's traffic token (proxy.c), which opens its
+         ports: the interpreter's is one */
+      tok = MHD_lookup_connection_value (c, MHD_HEADER_KIND, "E2B-Traffic-Access-Token");
+      e2b_traffic_token (h, id, want);
+    }
   if (tok == NULL || strlen (tok) != 64 || CRYPTO_memcmp (tok, want, 64) != 0)
     {
       *ret = send_error (c, 401, "invalid access token");

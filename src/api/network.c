@@ -54,8 +54,11 @@ body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_p
       *ret = send_error (c, 400, "network must be an object");
       return -1;
     }
-  if (!always && *allow_internet == 0 && (net == NULL || json_is_null (net)))
-    return 0; /* the template decides */
+  if (!always && *allow_internet == 0
+      && (net == NULL || json_is_null (net)
+          || (json_object_get (net, "allowOut") == NULL && json_object_get (net, "denyOut") == NULL
+              && json_object_get (net, "allow") == NULL && json_object_get (net, "block_outbound") == NULL)))
+    return 0; /* the template decides (a network object may say only who reaches its ports) */
   json_t *allow = json_array (), *deny = json_array ();
   const char *allow_name = "allowOut";
   int r = -1;
@@ -107,6 +110,51 @@ out:
   return r;
 }
 
+int
+body_ingress (struct MHD_Connection *c, json_t *b, struct sbx_ingress *in, bool *given, enum MHD_Result *ret)
+{
+  *in = (struct sbx_ingress) { .public = true };
+  *given = false;
+  json_t *net = json_object_get (b, "network");
+  if (!json_is_object (net))
+    return 0; /* body_network refuses what is not an object */
+  json_t *pub = json_object_get (net, "allowPublicTraffic");
+  if (pub && !json_is_null (pub))
+    {
+      if (!json_is_boolean (pub))
+        {
+          *ret = send_error (c, 400, "network.allowPublicTraffic must be a boolean");
+          return -1;
+        }
+      in->public = json_is_true (pub);
+      *given = true;
+    }
+  json_t *mask = json_object_get (net, "maskRequestHost");
+  if (mask && !json_is_null (mask))
+    {
+      const char *m = json_string_value (mask);
+      /* a host name, a port, and ${PORT}: nothing that could end the
+         header it goes into */
+      bool ok = m && *m && strlen (m) < sizeof in->mask_host && strlen (m) == json_string_length (mask);
+      for (const char *p = m; ok && *p;)
+        if (strncmp (p, "${PORT}", 7) == 0)
+          p += 7;
+        else if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-'
+                 || *p == '.' || *p == ':' || *p == '_' || *p == '[' || *p == ']')
+          p++;
+        else
+          ok = false;
+      if (!ok)
+        {
+          *ret = send_error (c, 400, "network.maskRequestHost must be a host name, optionally with :PORT or ${PORT}");
+          return -1;
+        }
+      snprintf (in->mask_host, sizeof in->mask_host, "%s", m);
+      *given = true;
+    }
+  return 0;
+}
+
 /* {"mode", "allowOut", "denyOut"}: E2B's names for a policy's rules. */
 static json_t *
 policy_json (const struct sbx_net_policy *p)
@@ -147,6 +195,17 @@ network_object (struct http_server *h, const char *id, json_t *obj)
         json_object_set_new (obj, "network", net);
     }
   sbx_info_free (&info);
+  /* who may reach its ports by host name */
+  struct sbx_ingress in;
+  if (sbx_store_ingress_get (h->store, id, &in, &err) == 0)
+    {
+      json_t *net = json_object_get (obj, "network");
+      if (net == NULL)
+        json_object_set_new (obj, "network", net = json_object ());
+      json_object_set_new (net, "allowPublicTraffic", json_boolean (in.public));
+      if (in.mask_host[0])
+        json_object_set_new (net, "maskRequestHost", json_string (in.mask_host));
+    }
 }
 
 enum MHD_Result

@@ -52,6 +52,9 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
                          "startedAt", started, "endAt", end, "status", r->status, "state", r->status, "cpuCount",
                          (int) r->cpu_count, "memoryMB", (int) r->memory_mb, "diskSizeMB", (int) r->disk_mb,
                          "envdVersion", "0.6.13", "domain");
+  /* its ports are at PORT-ID.DOMAIN (proxy.c), envd at 49983-ID.DOMAIN */
+  if (j && h->domain[0])
+    json_object_set_new (j, "domain", json_string (h->domain));
   if (j && strcmp (r->status, "stopped") == 0 && r->stop_reason[0])
     json_object_set_new (j, "stopReason", json_string (r->stop_reason));
   if (j && (strcmp (r->status, "running") == 0 || strcmp (r->status, "paused") == 0))
@@ -61,6 +64,10 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
       char token[65];
       e2b_access_token (h, r->id, token);
       json_object_set_new (j, "envdAccessToken", json_string (token));
+      /* E2B gives it only to sandboxes whose ports are not public; the
+         code interpreter SDK sends it on its contexts calls, so it is
+         always given here (it opens the ports, and port 49999, only) */
+      e2b_traffic_token (h, r->id, token);
       json_object_set_new (j, "trafficAccessToken", json_string (token));
     }
   return j;
@@ -109,7 +116,8 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   cleanup_free char *meta_text = NULL;
   struct sbx_net_policy net = { 0 };
   int allow_internet = 0;
-  bool net_given = false;
+  bool net_given = false, ingress_given = false;
+  struct sbx_ingress ingress;
   ret = MHD_NO;
   if (opt_string (c, b, "templateID", &tmpl, &ret) < 0
       || opt_int (c, b, "timeout", 1, rq->org.max_timeout_s, &timeout, &ret) < 0
@@ -131,7 +139,8 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
         }
       meta_text = json_dumps (meta, JSON_COMPACT);
     }
-  if (body_network (c, b, false, &net, &allow_internet, &net_given, &ret) < 0)
+  if (body_network (c, b, false, &net, &allow_internet, &net_given, &ret) < 0
+      || body_ingress (c, b, &ingress, &ingress_given, &ret) < 0)
     goto out;
   struct sbx_sandbox_spec spec = { .template_name = tmpl,
                                    .timeout_s = (uint32_t) timeout,
@@ -155,6 +164,13 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   snprintf (id, sizeof id, "%.*s", SBX_ID_MAX - 1, rec.id);
   snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, rec.id);
   sbx_sandbox_rec_free (&rec);
+  /* before anyone knows its name, so no request meets it public */
+  if (ingress_given && sbx_store_ingress_put (h->store, id, &ingress, &err) < 0)
+    {
+      sbx_destroy (h->engine, id, &err);
+      ret = send_error (c, 500, "cannot keep the network settings: %s", err.msg);
+      goto out;
+    }
   ret = send_sandbox (h, c, id, 201);
 out:
   sbx_net_policy_free (&net);
