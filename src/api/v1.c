@@ -161,7 +161,11 @@ v1_object (struct call *k, const struct sbx_sandbox_rec *rec, bool full)
                                                                                     : NULL;
       json_object_set_new (o, "terminalUrl", url ? json_string (url) : json_null ());
       free (url);
-      json_object_set_new (o, "previewBaseUrl", json_null ());
+      /* with --domain: the sandbox's ports, "{port}" standing for one
+         (https://{port}-ID.DOMAIN); proxy.c serves them */
+      char *preview = proxy_url (k->h, k->c, rec->id, 0);
+      json_object_set_new (o, "previewBaseUrl", preview ? json_string (preview) : json_null ());
+      free (preview);
       json_object_set_new (o, "capabilities", meta_or_null (meta, "capabilities"));
       json_object_set_new (o, "pairedBrowser", json_null ());
       json_object_set_new (o, "opencode", json_null ());
