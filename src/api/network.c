@@ -195,9 +195,9 @@ network_object (struct http_server *h, const char *id, json_t *obj)
         json_object_set_new (obj, "network", net);
     }
   sbx_info_free (&info);
-  /* who may reach its ports by host name */
+  /* who may reach its ports by host name, when the create said */
   struct sbx_ingress in;
-  if (sbx_store_ingress_get (h->store, id, &in, &err) == 0)
+  if (sbx_store_ingress_get (h->store, id, &in, &err) == 0 && in.stored)
     {
       json_t *net = json_object_get (obj, "network");
       if (net == NULL)

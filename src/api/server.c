@@ -1191,6 +1191,13 @@ on_completed (void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_Requ
   (void) c;
   (void) toe;
   struct request *rq = *con_cls;
+  if (rq && rq->h == NULL)
+    {
+      /* made by on_uri for a request libmicrohttpd refused itself */
+      free (rq->raw_url);
+      free (rq);
+      rq = NULL;
+    }
   if (rq)
     {
       log_request (rq, rq->status);

@@ -2729,6 +2729,7 @@ sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_
     {
       in->public = sqlite3_column_int (s, 0) != 0;
       COL_COPY (s, 1, in->mask_host);
+      in->stored = true;
     }
   return 0;
 }

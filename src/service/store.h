@@ -368,6 +368,7 @@ int sbx_store_storage_get (struct sbx_store *st, const char *sandbox_id, struct 
 struct sbx_ingress {
   bool public;
   char mask_host[256];
+  bool stored;         /* from sbx_store_ingress_get: the sandbox has settings */
 };
 int sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const struct sbx_ingress *in,
                            struct sbx_err *err);
