@@ -470,6 +470,48 @@ envd_event (const struct sbx_proc_event *ev, void *ud)
   return write_envelope (s->fd, 0, json_pack ("{s:o}", "event", e));
 }
 
+/* The end of a stream: {} or its error.  A stream cut short because its
+   sandbox was killed (or timed out) meanwhile ends with "unavailable", as
+   the E2B SDKs then raise their TimeoutError ("the sandbox was killed or
+   reached its end of life while the request was in flight"), which is what
+   E2B's SDK users catch when a sandbox dies under a stream. */
+static void
+end_stream (int fd, struct sbx_engine *engine, const char *id, int r, const struct sbx_err *err)
+{
+  if (r == 0)
+    {
+      write_envelope (fd, 2, json_object ());
+      return;
+    }
+  unsigned status = status_of (err);
+  char msg[SBX_ERR_MSG_MAX + 200];
+  snprintf (msg, sizeof msg, "%s", err->msg);
+  /* the agent hangs up as the kill begins, before the sandbox is marked
+     stopped: give the kill a moment (at most 5 s) to finish */
+  bool gone = false;
+  for (int tries = 0; tries < 100 && !gone; tries++)
+    {
+      struct sbx_info info;
+      struct sbx_err ierr;
+      if (sbx_get_info (engine, id, &info, &ierr) < 0)
+        gone = true;
+      else
+        {
+          gone = info.state == SBX_STOPPED || info.state == SBX_ERROR;
+          sbx_info_free (&info);
+        }
+      if (gone || sbx_err_kind (err) != SBX_E_STOPPED)
+        break;
+      usleep (50000);
+    }
+  if (gone)
+    {
+      status = 503;
+      snprintf (msg, sizeof msg, "sandbox %s was killed while the request was in flight (%s)", id, err->msg);
+    }
+  write_envelope (fd, 2, json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status), "message", msg));
+}
+
 static void *
 envd_stream_main (void *arg)
 {
@@ -515,12 +557,7 @@ envd_stream_main (void *arg)
     }
   else
     r = sbx_attach (s->engine, s->id, s->pid, s->keepalive_ms, envd_event, s, &err);
-  /* the end of the stream: {} or an error */
-  if (r < 0)
-    write_envelope (s->fd, 2,
-                    json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status_of (&err)), "message", err.msg));
-  else
-    write_envelope (s->fd, 2, json_object ());
+  end_stream (s->fd, s->engine, s->id, r < 0 ? -1 : 0, &err);
   close (s->fd);
   json_decref (s->req);
   free (s);
@@ -626,11 +663,7 @@ watch_stream_main (void *arg)
   struct sbx_err err;
   int r = sbx_watch (w->engine, w->id, w->path, *w->user ? w->user : NULL, w->recursive, 5000, watch_stream_event, w,
                      &err);
-  if (r < 0)
-    write_envelope (w->fd, 2,
-                    json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status_of (&err)), "message", err.msg));
-  else
-    write_envelope (w->fd, 2, json_object ());
+  end_stream (w->fd, w->engine, w->id, r < 0 ? -1 : 0, &err);
   close (w->fd);
   free (w->path);
   free (w);

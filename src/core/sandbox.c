@@ -1421,6 +1421,17 @@ sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err)
 }
 
 int
+sbx_template_name (struct sbx_engine *e, const char *name, char out[64], struct sbx_err *err)
+{
+  struct sbx_template t;
+  if (sbx_template_load (e->template_dir, name, &t, err) < 0)
+    return -1;
+  snprintf (out, 64, "%s", t.name);
+  sbx_template_free (&t);
+  return 0;
+}
+
+int
 sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
   if (o->template_name == NULL || *o->template_name == '\0')

@@ -116,6 +116,8 @@ void sbx_new_id (char id[SBX_ID_MAX]);
 /* Whether template NAME can be used now: SBX_E_INVALID when there is no
    such template, SBX_E_UNAVAILABLE while it is being built. */
 int sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err);
+/* The name of the template NAME (a name or an alias) into OUT. */
+int sbx_template_name (struct sbx_engine *e, const char *name, char out[64], struct sbx_err *err);
 
 struct sbx_info {
   char id[SBX_ID_MAX];
