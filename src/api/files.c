@@ -158,7 +158,8 @@ push (struct upload *u, const char *data, size_t size)
   if (u->bytes > u->max)
     {
       char m[128];
-      snprintf (m, sizeof m, "upload too large (max %llu bytes)", (unsigned long long) u->max);
+      snprintf (m, sizeof m, "upload too large (max %llu bytes%s)", (unsigned long long) u->max,
+                u->gz ? " once decompressed" : "");
       return fail (u, 413, m);
     }
   if (size == 0)
@@ -215,10 +216,9 @@ on_field (void *cls, enum MHD_ValueKind kind, const char *key, const char *filen
   bool begun = u->w != NULL || u->spool >= 0;
   if (begun && off == 0 && (u->part_bytes > 0 || strcmp (u->filename, filename ? filename : "") != 0))
     {
-      if (u->spool >= 0 || u->path_len)
-        return fail (u, 400, u->spool >= 0 ? "with several files, each is named by its filename, not a path field"
-                                           : "with several files, each is named by its filename, not one path"),
-               MHD_NO;
+      /* (envd's open_writer refuses one path for several files in E2B's words) */
+      if (u->spool >= 0 || (u->path_len && !u->envd))
+        return fail (u, 400, "with several files, each is named by its filename, not a path field"), MHD_NO;
       if (finish_writer (u) < 0)
         return MHD_NO;
       begun = false;

@@ -892,7 +892,7 @@ begin_upload (struct request *rq, bool *handled)
     return ret;
   snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, seg[1]);
   if (!valid_id (seg[1]))
-    return send_error (rq->c, 400, "invalid sandbox id");
+    return id_like (seg[1]) ? send_error (rq->c, 404, "sandbox not found") : send_error (rq->c, 400, "invalid sandbox id");
   struct sbx_sandbox_rec rec;
   if (!own_sandbox (rq->h, rq->c, rq, seg[1], &rec, &ret))
     return ret;
