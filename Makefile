@@ -24,7 +24,7 @@ API = src/api/server.c src/api/routes.c src/api/sandbase.c src/api/e2b.c src/api
 DAEMON = src/daemon/main.c src/daemon/log_json.c $(API) $(SERVICE)
 INIT = src/init/init.c src/init/files.c src/init/users.c
 
-LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lldns -lpthread -lnftables -lmnl -lnetfilter_log -lwslay -lhttp_parser -lm
+LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lldns -lpthread -lnftables -lmnl -lnetfilter_log -lwslay -lhttp_parser -lz -lm
 
 all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench
 

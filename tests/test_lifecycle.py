@@ -223,7 +223,8 @@ def test_bad_input_gets_clear_errors_and_no_half_made_sandbox(sbxd):
     assert r.status_code == 400 and r.json()["message"].startswith("malformed JSON body")
     r = sbxd.req("POST", "/sandboxes", data="x" * (65 << 20))
     assert r.status_code == 413
-    assert sbxd.req("GET", "/sandboxes/not-an-id").json() == {"code": 400, "message": "invalid sandbox id"}
+    assert sbxd.req("GET", "/sandboxes/not.an.id").json() == {"code": 400, "message": "invalid sandbox id"}
+    assert sbxd.req("GET", "/sandboxes/not-an-id").json() == {"code": 404, "message": "sandbox not found"}
     assert sbxd.req("GET", "/sandboxes/sbx_doesnotexist").json() == {"code": 404, "message": "sandbox not found"}
     # nothing half-made: every directory left belongs to a known sandbox or spare
     time.sleep(0.5)

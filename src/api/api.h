@@ -253,10 +253,12 @@ json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, 
 int e2b_load_secret (struct http_server *h, struct sbx_err *err);
 void e2b_access_token (struct http_server *h, const char *id, char out[65]);
 bool e2b_is_envd (struct MHD_Connection *c);
-/* A GET or POST /files with a valid E2B signature (signed URL): fills ID
-   with the sandbox whose access token signed it. */
-bool e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
-                      char id[SBX_ID_MAX]);
+/* A GET or POST /files with an E2B signature (signed URL): 1 when it is
+   valid (ID gets the sandbox whose access token signed it), -1 when it is
+   not (answered: 401 "invalid signature" or "signature is already
+   expired"), 0 when the request is no signed file request. */
+int e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
+                     char id[SBX_ID_MAX], enum MHD_Result *ret);
 /* Check an envd call's sandbox and access token; fills ID or answers. */
 bool e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_MAX], enum MHD_Result *ret);
 enum MHD_Result e2b_envd (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,

@@ -6,8 +6,10 @@
  */
 #include "api.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/util.h"
 #include "../service/encode.h"
@@ -40,6 +42,14 @@ metadata_matches (const char *filter, const char *meta_text)
   return ok;
 }
 
+/* Does the template filter (a name, or CANON, what its alias names:
+   code-interpreter-v1 is code_interpreter) name TEMPLATE_ID? */
+static bool
+template_matches (const char *name, const char *canon, const char *template_id)
+{
+  return strcmp (name, template_id) == 0 || (*canon && strcmp (canon, template_id) == 0);
+}
+
 struct state_acc {
   bool running, paused, any;
 };
@@ -65,8 +75,58 @@ collect_states (void *cls, enum MHD_ValueKind kind, const char *key, const char 
   return MHD_YES;
 }
 
-/* GET /v2/sandboxes: newest first; the cursor is the id of the last
-   sandbox of the previous page. */
+/* An RFC 3339 date-time ("2025-01-02T03:04:05.678Z", or with an offset
+   "+01:00") as ms since the epoch; -1 when TEXT is not one.  Written here
+   as glibc's strptime takes neither fractions nor "Z" with offsets. */
+static int64_t
+parse_rfc3339_ms (const char *text)
+{
+  struct tm tm = { 0 };
+  int n = 0;
+  if (sscanf (text, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+              &tm.tm_sec, &n)
+          != 6
+      || n != 19 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23
+      || tm.tm_min > 59 || tm.tm_sec > 60)
+    return -1;
+  const char *p = text + n;
+  int64_t ms = 0;
+  if (*p == '.')
+    {
+      int digits = 0;
+      for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+        if (digits < 3)
+          ms = ms * 10 + (*p - '0');
+      if (digits == 0)
+        return -1;
+      for (; digits < 3; digits++)
+        ms *= 10;
+    }
+  int64_t offset_s = 0;
+  if (*p == 'Z' || *p == 'z')
+    p++;
+  else if (*p == '+' || *p == '-')
+    {
+      int oh, om, k = 0;
+      if (sscanf (p + 1, "%2d:%2d%n", &oh, &om, &k) != 2 || k != 5 || oh > 23 || om > 59)
+        return -1;
+      offset_s = (oh * 3600 + om * 60) * (*p == '+' ? 1 : -1);
+      p += 6;
+    }
+  else
+    return -1;
+  if (*p != '\0')
+    return -1;
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  time_t t = timegm (&tm);
+  return ((int64_t) t - offset_s) * 1000 + ms;
+}
+
+/* GET /v2/sandboxes: newest first (order=asc: oldest first); the cursor
+   is the id of the last sandbox of the previous page.  Filters: state,
+   metadata, template (its id or alias), startedAfter and startedBefore
+   (RFC 3339, inclusive; E2B's API has the first). */
 enum MHD_Result
 e2b_list_v2 (struct call *k)
 {
@@ -82,6 +142,26 @@ e2b_list_v2 (struct call *k)
       if (*end || limit < 1 || limit > 100)
         return send_error (c, 400, "limit must be between 1 and 100");
     }
+  const char *order = query (c, "order"), *tmpl = query (c, "template");
+  if (order && strcmp (order, "asc") != 0 && strcmp (order, "desc") != 0)
+    return send_error (c, 400, "order must be asc or desc");
+  bool asc = order && strcmp (order, "asc") == 0;
+  int64_t after = INT64_MIN, before = INT64_MAX;
+  const char *names[2] = { "startedAfter", "startedBefore" };
+  int64_t *bounds[2] = { &after, &before };
+  for (int b = 0; b < 2; b++)
+    {
+      const char *t = query (c, names[b]);
+      if (t == NULL || *t == '\0')
+        continue;
+      *bounds[b] = parse_rfc3339_ms (t);
+      if (*bounds[b] < 0)
+        return send_error (c, 400, "%s must be an RFC 3339 date-time (e.g. 2025-01-02T03:04:05Z)", names[b]);
+    }
+  char canon[64] = "";
+  struct sbx_err terr;
+  if (tmpl && *tmpl && sbx_template_name (h->engine, tmpl, canon, &terr) < 0)
+    canon[0] = '\0'; /* no such template now: its sandboxes may still be listed by name */
   struct state_acc st = { false, false, false };
   MHD_get_connection_values (c, MHD_GET_ARGUMENT_KIND, collect_states, &st);
   if (!st.any)
@@ -91,6 +171,13 @@ e2b_list_v2 (struct call *k)
   struct sbx_err err;
   if (sbx_store_sandbox_list (h->store, rq->org.id, NULL, &v, &n, &err) < 0)
     return send_fail (c, &err);
+  if (asc)
+    for (size_t a = 0, z = n ? n - 1 : 0; a < z; a++, z--)
+      {
+        struct sbx_sandbox_rec t = v[a];
+        v[a] = v[z];
+        v[z] = t;
+      }
   json_t *arr = json_array ();
   size_t i = 0;
   if (next && *next)
@@ -110,7 +197,8 @@ e2b_list_v2 (struct call *k)
   for (; i < n; i++)
     {
       bool want = (st.running && strcmp (v[i].status, "running") == 0) || (st.paused && strcmp (v[i].status, "paused") == 0);
-      if (!want || !metadata_matches (meta, v[i].metadata_json))
+      if (!want || !metadata_matches (meta, v[i].metadata_json) || v[i].started_ms < after
+          || v[i].started_ms > before || (tmpl && *tmpl && !template_matches (tmpl, canon, v[i].template_id)))
         continue;
       if ((long) json_array_size (arr) == limit)
         {

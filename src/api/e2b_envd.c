@@ -136,6 +136,48 @@ envd_user (struct MHD_Connection *c, char *out, size_t n)
   free (dec);
 }
 
+/* A symlink's target as an absolute path, as E2B's envd gives it: a
+   relative TARGET is taken from the directory of the link at PATH, and
+   "." and ".." are resolved by name (the sandbox's other symlinks are not
+   followed). */
+static void
+absolute_target (const char *path, const char *target, char *out, size_t n)
+{
+  char buf[8200];
+  if (target[0] == '/')
+    snprintf (buf, sizeof buf, "%s", target);
+  else
+    {
+      const char *slash = path ? strrchr (path, '/') : NULL;
+      int dl = slash ? (int) (slash - path) : 0;
+      snprintf (buf, sizeof buf, "%.*s/%s", dl, path ? path : "", target);
+    }
+  /* normalise: components one by one onto OUT */
+  size_t len = 0;
+  out[0] = '\0';
+  char *save = NULL;
+  for (char *c = strtok_r (buf, "/", &save); c; c = strtok_r (NULL, "/", &save))
+    {
+      if (strcmp (c, ".") == 0)
+        continue;
+      if (strcmp (c, "..") == 0)
+        {
+          char *up = strrchr (out, '/');
+          len = up ? (size_t) (up - out) : 0;
+          out[len] = '\0';
+          continue;
+        }
+      size_t cl = strlen (c);
+      if (len + 1 + cl + 1 > n)
+        break;
+      out[len++] = '/';
+      memcpy (out + len, c, cl + 1);
+      len += cl;
+    }
+  if (len == 0 && n > 1)
+    snprintf (out, n, "/");
+}
+
 static json_t *
 envd_entry (const struct sbx_entry *en)
 {
@@ -158,7 +200,18 @@ envd_entry (const struct sbx_entry *en)
                          (int) (m & 07777), "permissions", perms, "owner", en->owner, "group", en->group,
                          "modifiedTime", mtime);
   if (en->link)
-    json_object_set_new (j, "symlinkTarget", text_json (en->link, strlen (en->link)));
+    {
+      char target[8200];
+      absolute_target (en->path, en->link, target, sizeof target);
+      json_object_set_new (j, "symlinkTarget", text_json (target, strlen (target)));
+    }
+  if (en->n_meta)
+    {
+      json_t *meta = json_object ();
+      for (size_t i = 0; i < en->n_meta; i++)
+        json_object_set_new (meta, en->meta[i].key, text_json (en->meta[i].value, strlen (en->meta[i].value)));
+      json_object_set_new (j, "metadata", meta);
+    }
   return j;
 }
 
@@ -207,7 +260,8 @@ filesystem_unary (struct http_server *h, struct MHD_Connection *c, const char *i
     }
   if (strcmp (method, "Remove") == 0)
     {
-      if (sbx_file_remove (h->engine, id, path, user, &err) < 0)
+      /* a missing file is no error: E2B's envd removes with RemoveAll */
+      if (sbx_file_remove (h->engine, id, path, user, &err) < 0 && err.code != ENOENT)
         return connect_error (c, status_of (&err), err.msg);
       return send_json (c, 200, json_object ());
     }
@@ -416,6 +470,48 @@ envd_event (const struct sbx_proc_event *ev, void *ud)
   return write_envelope (s->fd, 0, json_pack ("{s:o}", "event", e));
 }
 
+/* The end of a stream: {} or its error.  A stream cut short because its
+   sandbox was killed (or timed out) meanwhile ends with "unavailable", as
+   the E2B SDKs then raise their TimeoutError ("the sandbox was killed or
+   reached its end of life while the request was in flight"), which is what
+   E2B's SDK users catch when a sandbox dies under a stream. */
+static void
+end_stream (int fd, struct sbx_engine *engine, const char *id, int r, const struct sbx_err *err)
+{
+  if (r == 0)
+    {
+      write_envelope (fd, 2, json_object ());
+      return;
+    }
+  unsigned status = status_of (err);
+  char msg[SBX_ERR_MSG_MAX + 200];
+  snprintf (msg, sizeof msg, "%s", err->msg);
+  /* the agent hangs up as the kill begins, before the sandbox is marked
+     stopped: give the kill a moment (at most 5 s) to finish */
+  bool gone = false;
+  for (int tries = 0; tries < 100 && !gone; tries++)
+    {
+      struct sbx_info info;
+      struct sbx_err ierr;
+      if (sbx_get_info (engine, id, &info, &ierr) < 0)
+        gone = true;
+      else
+        {
+          gone = info.state == SBX_STOPPED || info.state == SBX_ERROR;
+          sbx_info_free (&info);
+        }
+      if (gone || sbx_err_kind (err) != SBX_E_STOPPED)
+        break;
+      usleep (50000);
+    }
+  if (gone)
+    {
+      status = 503;
+      snprintf (msg, sizeof msg, "sandbox %s was killed while the request was in flight (%s)", id, err->msg);
+    }
+  write_envelope (fd, 2, json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status), "message", msg));
+}
+
 static void *
 envd_stream_main (void *arg)
 {
@@ -461,12 +557,7 @@ envd_stream_main (void *arg)
     }
   else
     r = sbx_attach (s->engine, s->id, s->pid, s->keepalive_ms, envd_event, s, &err);
-  /* the end of the stream: {} or an error */
-  if (r < 0)
-    write_envelope (s->fd, 2,
-                    json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status_of (&err)), "message", err.msg));
-  else
-    write_envelope (s->fd, 2, json_object ());
+  end_stream (s->fd, s->engine, s->id, r < 0 ? -1 : 0, &err);
   close (s->fd);
   json_decref (s->req);
   free (s);
@@ -572,11 +663,7 @@ watch_stream_main (void *arg)
   struct sbx_err err;
   int r = sbx_watch (w->engine, w->id, w->path, *w->user ? w->user : NULL, w->recursive, 5000, watch_stream_event, w,
                      &err);
-  if (r < 0)
-    write_envelope (w->fd, 2,
-                    json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status_of (&err)), "message", err.msg));
-  else
-    write_envelope (w->fd, 2, json_object ());
+  end_stream (w->fd, w->engine, w->id, r < 0 ? -1 : 0, &err);
   close (w->fd);
   free (w->path);
   free (w);
@@ -602,22 +689,48 @@ is_dir_or_answer (struct http_server *h, struct MHD_Connection *c, const char *i
   return dir;
 }
 
+/* A stream that ends at once with an error (STATUS's Connect code, MSG):
+   how a Connect server answers a streaming call that fails before its
+   first message, so the client reads the error from the stream. */
+static enum MHD_Result
+stream_error (struct MHD_Connection *c, unsigned status, const char *msg)
+{
+  int fds[2];
+  if (pipe2 (fds, O_CLOEXEC) < 0)
+    return connect_error (c, status, msg);
+  write_envelope (fds[1], 2, json_pack ("{s:{s:s, s:s}}", "error", "code", connect_code (status), "message", msg));
+  close (fds[1]);
+  return send_pipe (c, fds[0], "application/connect+json", NULL);
+}
+
 static enum MHD_Result
 watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *id,
                   const char *user)
 {
   json_t *b = unwrap_envelope (rq->body, rq->len);
   const char *path = b ? json_str (b, "path") : NULL;
-  enum MHD_Result ret;
   if (path == NULL)
     {
       json_decref (b);
       return connect_error (c, 400, "path is required");
     }
-  if (!is_dir_or_answer (h, c, id, path, user, &ret))
+  /* a missing directory (or not a directory) ends the stream with the
+     error, as E2B's envd fails the call before its start event */
+  struct sbx_entry st;
+  struct sbx_err err;
+  if (sbx_file_stat (h->engine, id, path, *user ? user : NULL, &st, &err) < 0)
     {
       json_decref (b);
-      return ret;
+      return stream_error (c, status_of (&err), err.msg);
+    }
+  bool dir = st.type == SBX_FT_DIR;
+  sbx_entry_free (&st);
+  if (!dir)
+    {
+      char msg[4200];
+      snprintf (msg, sizeof msg, "path %s is not a directory", path);
+      json_decref (b);
+      return stream_error (c, 400, msg);
     }
   int fds[2];
   struct watch_stream *w = calloc (1, sizeof *w);
@@ -842,24 +955,27 @@ file_signature (const char *path, const char *op, const char *user, const char *
   snprintf (out, n, "v1_%s", b64);
 }
 
-bool
+int
 e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *method, const char *url,
-                 char id[SBX_ID_MAX])
+                 char id[SBX_ID_MAX], enum MHD_Result *ret)
 {
   const char *sig = query (c, "signature");
   const char *path = query (c, "path");
-  if (sig == NULL || path == NULL || strcmp (url, "/files") != 0)
-    return false;
+  if (sig == NULL || strcmp (url, "/files") != 0)
+    return 0;
   const char *op = strcmp (method, "GET") == 0 ? "read" : strcmp (method, "POST") == 0 ? "write" : NULL;
+  if (op == NULL || path == NULL)
+    return 0;
   const char *exp = query (c, "signature_expiration");
-  if (op == NULL || (exp && strtoll (exp, NULL, 10) < sbx_wall_ms () / 1000))
-    return false;
   /* the URL names no sandbox: find the one whose token signed it */
   struct sbx_info *infos;
   size_t n;
   struct sbx_err err;
   if (sbx_list (h->engine, &infos, &n, &err) < 0)
-    return false;
+    {
+      *ret = send_fail (c, &err);
+      return -1;
+    }
   bool found = false;
   for (size_t i = 0; i < n && !found; i++)
     {
@@ -877,7 +993,15 @@ e2b_signed_file (struct http_server *h, struct MHD_Connection *c, const char *me
         }
     }
   sbx_list_free (infos, n);
-  return found;
+  /* E2B's envd answers 401 with these messages: the signature first, then
+     its expiration */
+  if (!found)
+    *ret = send_error (c, 401, "invalid signature");
+  else if (exp && strtoll (exp, NULL, 10) < sbx_wall_ms () / 1000)
+    *ret = send_error (c, 401, "signature is already expired");
+  else
+    return 1;
+  return -1;
 }
 
 bool

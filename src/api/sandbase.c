@@ -270,15 +270,38 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   return send_sandbox (h, c, id, 200);
 }
 
+/* E2B's start and end (unix seconds): sbxd keeps no history of samples,
+   so the answer is the sample taken now when now is within [start, end],
+   else none. */
 static enum MHD_Result
 metrics_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id)
 {
+  int64_t bound[2] = { 0, INT64_MAX };
+  const char *names[2] = { "start", "end" };
+  for (int i = 0; i < 2; i++)
+    {
+      const char *t = query (c, names[i]);
+      if (t == NULL || *t == '\0')
+        continue;
+      char *end;
+      errno = 0;
+      long long v = strtoll (t, &end, 10);
+      if (*end || errno || v < 0)
+        return send_error (c, 400, "%s must be a unix time in seconds", names[i]);
+      bound[i] = v;
+    }
+  if (bound[0] > bound[1])
+    return send_error (c, 400, "start must not be after end");
   struct sbx_metrics m;
   struct sbx_err err;
   if (sbx_get_metrics (h->engine, id, &m, &err) < 0)
     return send_fail (c, &err);
+  int64_t now_ms = sbx_wall_ms ();
+  /* the SDK rounds its dates to seconds */
+  if (bound[0] > (now_ms + 999) / 1000 || bound[1] < now_ms / 1000)
+    return send_json (c, 200, json_array ());
   char now[40];
-  sbx_rfc3339 (sbx_wall_ms (), now, sizeof now);
+  sbx_rfc3339 (now_ms, now, sizeof now);
   json_t *one = json_pack ("{s:s, s:f, s:i, s:I, s:I, s:I, s:I, s:I}", "timestamp", now, "cpuUsedPct", m.cpu_used_pct,
                            "cpuCount", (int) m.cpu_count, "memUsed", (json_int_t) m.mem_used, "memTotal",
                            (json_int_t) m.mem_total, "memCache", (json_int_t) m.mem_cache, "diskUsed",

@@ -412,6 +412,21 @@ valid_id (const char *id)
   return true;
 }
 
+/* An id of another system's shape (E2B's, say): letters, digits, '-' and
+   '_', shorter than SBX_ID_MAX.  It is never used as a path. */
+static bool
+id_like (const char *id)
+{
+  size_t n = strlen (id);
+  if (n == 0 || n >= SBX_ID_MAX)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= 'A' && id[i] <= 'Z') || (id[i] >= '0' && id[i] <= '9')
+          || id[i] == '-' || id[i] == '_'))
+      return false;
+  return true;
+}
+
 /* Parse the body as a JSON object; an empty body is an empty object. */
 json_t *
 body_object (struct MHD_Connection *c, struct request *rq, enum MHD_Result *ret)
@@ -880,9 +895,13 @@ route_begin (struct request *rq)
     {
       const char *id = k->arg[0];
       snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, id);
+      /* an id of another shape names no sandbox of ours: 404 as for any
+         unknown one (E2B's SDKs then say false, not an error), unless it
+         could not be an id at all */
       if (!valid_id (id))
-        return r->dialect->bad_sandbox_id == 404 ? send_error (c, 404, "sandbox not found")
-                                                 : send_error (c, r->dialect->bad_sandbox_id, "invalid sandbox id");
+        return r->dialect->bad_sandbox_id == 404 || id_like (id) ? send_error (c, 404, "sandbox not found")
+                                                                  : send_error (c, r->dialect->bad_sandbox_id,
+                                                                                "invalid sandbox id");
       struct sbx_err err;
       if (sbx_service_sandbox_get (rq->h->svc, &rq->org, id, &k->rec, &err) < 0)
         return send_fail (c, &err);
@@ -910,7 +929,7 @@ begin_upload (struct request *rq, bool *handled)
     return ret;
   snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%.*s", SBX_ID_MAX - 1, seg[1]);
   if (!valid_id (seg[1]))
-    return send_error (rq->c, 400, "invalid sandbox id");
+    return id_like (seg[1]) ? send_error (rq->c, 404, "sandbox not found") : send_error (rq->c, 400, "invalid sandbox id");
   struct sbx_sandbox_rec rec;
   if (!own_sandbox (rq->h, rq->c, rq, seg[1], &rec, &ret))
     return ret;
@@ -946,9 +965,13 @@ first_call (struct request *rq)
       return check_length (rq);
     }
   char sid[SBX_ID_MAX];
-  if (e2b_signed_file (h, c, method, url, sid))
+  int signed_file = e2b_signed_file (h, c, method, url, sid, &ret);
+  if (signed_file < 0)
+    return ret;
+  if (signed_file > 0)
     {
       /* a signed URL stands for the access token of its sandbox */
+      rq->envd = true;
       snprintf (rq->sandbox_id, sizeof rq->sandbox_id, "%s", sid);
       rq->org.max_upload_bytes = DEFAULT_UPLOAD_MAX;
       if (strcmp (method, "POST") == 0)

@@ -92,7 +92,17 @@ enum sbx_tag {
   SBX_T_MTIME = 31,    /* u64 nanoseconds since the epoch */
   SBX_T_LINK = 32,     /* string: symlink target */
   SBX_T_FLAGS = 33,    /* u32 */
+  SBX_T_META = 34,     /* bytes, repeated: KEY NUL VALUE, a file's user.e2b.KEY extended attribute */
 };
+
+/* A file's metadata (SBX_T_META): the extended attributes user.e2b.KEY,
+   as E2B's envd keeps them.  KEY is 1..SBX_META_KEY_MAX bytes and VALUE at
+   most SBX_META_VALUE_MAX, neither with a NUL byte; an entry carries at
+   most SBX_META_MAX of them. */
+#define SBX_META_PREFIX "user.e2b."
+#define SBX_META_KEY_MAX 246u /* 255, the kernel's limit of a name, less the prefix */
+#define SBX_META_VALUE_MAX 1024u
+#define SBX_META_MAX 64u
 
 enum sbx_file_op {
   SBX_FILE_READ = 1,

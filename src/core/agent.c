@@ -143,6 +143,12 @@ sbx_entry_free (struct sbx_entry *en)
   free (en->owner);
   free (en->group);
   free (en->link);
+  for (size_t i = 0; i < en->n_meta; i++)
+    {
+      free (en->meta[i].key);
+      free (en->meta[i].value);
+    }
+  free (en->meta);
   memset (en, 0, sizeof *en);
 }
 
@@ -152,6 +158,37 @@ sbx_entries_free (struct sbx_entry *en, size_t n)
   for (size_t i = 0; i < n; i++)
     sbx_entry_free (&en[i]);
   free (en);
+}
+
+/* The SBX_T_META fields of M into EN: each KEY NUL VALUE within the
+   bounds of proto.h, at most SBX_META_MAX. */
+static int
+get_meta (const struct sbx_msg *m, struct sbx_entry *en, uint64_t *bytes, struct sbx_err *err)
+{
+  size_t pos = 0, cap = 0;
+  uint8_t tag;
+  const uint8_t *d;
+  uint32_t l;
+  int r;
+  while ((r = sbx_msg_next (m, &pos, &tag, &d, &l)) == 1)
+    {
+      if (tag != SBX_T_META)
+        continue;
+      if (en->n_meta >= SBX_META_MAX)
+        return violation (err, "sent more than %u metadata entries for one file", SBX_META_MAX);
+      const uint8_t *nul = memchr (d, '\0', l);
+      size_t klen = nul ? (size_t) (nul - d) : 0, vlen = nul ? l - klen - 1 : 0;
+      if (nul == NULL || klen == 0 || klen > SBX_META_KEY_MAX || vlen > SBX_META_VALUE_MAX
+          || memchr (nul + 1, '\0', vlen) != NULL)
+        return violation (err, "sent a malformed metadata entry of %u bytes", l);
+      struct sbx_meta *slot = sbx_grow (&en->meta, &en->n_meta, &cap, sizeof *en->meta);
+      if (slot == NULL || (slot->key = strndup ((const char *) d, klen)) == NULL
+          || (slot->value = strndup ((const char *) nul + 1, vlen)) == NULL)
+        return sbx_fail (err, ENOMEM, "read from sandbox agent");
+      if (bytes)
+        *bytes += l + 1;
+    }
+  return r < 0 ? violation (err, "sent a malformed entry") : 0;
 }
 
 /* An EV_ENTRY into EN, which is overwritten: the caller frees what EN held
@@ -164,7 +201,8 @@ parse_entry (const struct sbx_msg *m, struct sbx_entry *en, uint64_t *bytes, str
       || get_str (m, SBX_T_NAME, "name", true, SBX_AGENT_STR_MAX, &en->name, bytes, err) < 0
       || get_str (m, SBX_T_OWNER, "owner", false, SBX_AGENT_STR_MAX, &en->owner, bytes, err) < 0
       || get_str (m, SBX_T_GROUP, "group", false, SBX_AGENT_STR_MAX, &en->group, bytes, err) < 0
-      || get_str (m, SBX_T_LINK, "link target", false, SBX_AGENT_STR_MAX, &en->link, bytes, err) < 0)
+      || get_str (m, SBX_T_LINK, "link target", false, SBX_AGENT_STR_MAX, &en->link, bytes, err) < 0
+      || get_meta (m, en, bytes, err) < 0)
     {
       sbx_entry_free (en);
       return -1;

@@ -1422,6 +1422,17 @@ sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err)
 }
 
 int
+sbx_template_name (struct sbx_engine *e, const char *name, char out[64], struct sbx_err *err)
+{
+  struct sbx_template t;
+  if (sbx_template_load (e->template_dir, name, &t, err) < 0)
+    return -1;
+  snprintf (out, 64, "%s", t.name);
+  sbx_template_free (&t);
+  return 0;
+}
+
+int
 sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
   if (o->template_name == NULL || *o->template_name == '\0')
@@ -2566,8 +2577,19 @@ static void owner_put (struct sbx_msg *req, const struct sbx_file_owner *o);
 /* A WRITE of PATH as USER with FLAGS, and MODE or OWNER (NULL: none). */
 static int
 writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
-             uint32_t mode, const struct sbx_file_owner *owner, struct sbx_file_writer **out, struct sbx_err *err)
+             uint32_t mode, const struct sbx_file_owner *owner, const struct sbx_meta *meta, size_t n_meta,
+             struct sbx_file_writer **out, struct sbx_err *err)
 {
+  if (n_meta > SBX_META_MAX)
+    return sbx_failk (err, SBX_E_INVALID, "at most %u metadata entries", SBX_META_MAX);
+  for (size_t i = 0; i < n_meta; i++)
+    {
+      size_t kl = strlen (meta[i].key), vl = strlen (meta[i].value);
+      if (kl == 0 || kl > SBX_META_KEY_MAX || vl > SBX_META_VALUE_MAX)
+        return sbx_failk (err, SBX_E_INVALID,
+                          "metadata keys are 1 to %u bytes and values at most %u bytes (key %.64s)",
+                          SBX_META_KEY_MAX, SBX_META_VALUE_MAX, meta[i].key);
+    }
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
@@ -2584,6 +2606,14 @@ writer_open (struct sbx_engine *e, const char *id, const char *path, const char 
     owner_put (&req, owner);
   else if (mode)
     sbx_msg_put_u32 (&req, SBX_T_MODE, mode);
+  for (size_t i = 0; i < n_meta; i++)
+    {
+      char field[SBX_META_KEY_MAX + 1 + SBX_META_VALUE_MAX];
+      size_t kl = strlen (meta[i].key), vl = strlen (meta[i].value);
+      memcpy (field, meta[i].key, kl + 1);
+      memcpy (field + kl + 1, meta[i].value, vl);
+      sbx_msg_put (&req, SBX_T_META, field, kl + 1 + vl);
+    }
   int r = sbx_msg_send (fd, &req);
   sbx_msg_free (&req);
   struct sbx_file_writer *w = calloc (1, sizeof *w);
@@ -2604,7 +2634,14 @@ int
 sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
                       uint32_t mode, struct sbx_file_writer **out, struct sbx_err *err)
 {
-  return writer_open (e, id, path, user, flags, mode, NULL, out, err);
+  return writer_open (e, id, path, user, flags, mode, NULL, NULL, 0, out, err);
+}
+
+int
+sbx_file_writer_open_meta (struct sbx_engine *e, const char *id, const char *path, const char *user, uint32_t flags,
+                           const struct sbx_meta *meta, size_t n, struct sbx_file_writer **out, struct sbx_err *err)
+{
+  return writer_open (e, id, path, user, flags, 0, NULL, meta, n, out, err);
 }
 
 static void
@@ -2619,7 +2656,7 @@ int
 sbx_file_writer_open_owned (struct sbx_engine *e, const char *id, const char *path, const struct sbx_file_owner *owner,
                             struct sbx_file_writer **out, struct sbx_err *err)
 {
-  return writer_open (e, id, path, "root", SBX_FILE_F_PARENTS | SBX_FILE_F_OWNER, 0, owner, out, err);
+  return writer_open (e, id, path, "root", SBX_FILE_F_PARENTS | SBX_FILE_F_OWNER, 0, owner, NULL, 0, out, err);
 }
 
 int

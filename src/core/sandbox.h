@@ -116,6 +116,8 @@ void sbx_new_id (char id[SBX_ID_MAX]);
 /* Whether template NAME can be used now: SBX_E_INVALID when there is no
    such template, SBX_E_UNAVAILABLE while it is being built. */
 int sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err);
+/* The name of the template NAME (a name or an alias) into OUT. */
+int sbx_template_name (struct sbx_engine *e, const char *name, char out[64], struct sbx_err *err);
 
 struct sbx_info {
   char id[SBX_ID_MAX];
@@ -267,12 +269,20 @@ void sbx_proc_list_free (struct sbx_proc_info *procs, size_t n);
 /* ---- files (paths are inside the sandbox; relative ones start at the
    user's home) ---- */
 
+/* A file's metadata: its user.e2b.KEY extended attributes (proto.h,
+   SBX_META_*). */
+struct sbx_meta {
+  char *key, *value;
+};
+
 struct sbx_entry {
   char *name, *path, *owner, *group, *link;
   enum sbx_file_type type;
   uint64_t size;
   uint32_t mode, uid, gid;
   uint64_t mtime_ns;
+  struct sbx_meta *meta; /* N_META of them, at most SBX_META_MAX */
+  size_t n_meta;
 };
 void sbx_entry_free (struct sbx_entry *en);
 void sbx_entries_free (struct sbx_entry *en, size_t n);
@@ -323,6 +333,13 @@ int sbx_file_writer_open (struct sbx_engine *e, const char *id, const char *path
 int sbx_file_writer_push (struct sbx_file_writer *w, const void *data, size_t len, struct sbx_err *err);
 int sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct sbx_err *err);
 void sbx_file_writer_abort (struct sbx_file_writer *w);
+/* The same open, the file getting metadata META (N of them, at most
+   SBX_META_MAX; keys and values within SBX_META_KEY_MAX and
+   SBX_META_VALUE_MAX, else kind invalid) when it is complete.  The file
+   that replaces another has only these. */
+int sbx_file_writer_open_meta (struct sbx_engine *e, const char *id, const char *path, const char *user,
+                               uint32_t flags, const struct sbx_meta *meta, size_t n, struct sbx_file_writer **w,
+                               struct sbx_err *err);
 /* Restoring files as they were: as root inside the sandbox, each created
    with owner UID:GID and MODE (permission bits) whatever the sandbox's
    users are.  A writer opened this way makes missing parents (as root). */

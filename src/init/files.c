@@ -25,6 +25,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -160,6 +161,42 @@ open_parent (int conn, const char *path, uint32_t flags, char orig[4096], char a
   return pfd;
 }
 
+/* The metadata of a regular file or directory (its user.e2b.*
+   extended attributes) as SBX_T_META fields of M.  The entry is opened
+   with O_PATH (nothing is opened for real, a FIFO cannot block) and its
+   attributes are read through /proc/self/fd, as there is no *at form of
+   listxattr.  Attributes the daemon would refuse (too long, a NUL byte)
+   are left out rather than failing the whole entry. */
+static void
+put_metadata (struct sbx_msg *m, int dirfd, const char *name)
+{
+  cleanup_close int fd = *name ? openat (dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : dup (dirfd);
+  if (fd < 0)
+    return;
+  char proc[64];
+  snprintf (proc, sizeof proc, "/proc/self/fd/%d", fd);
+  static char names[65536];
+  ssize_t n = listxattr (proc, names, sizeof names);
+  if (n <= 0)
+    return;
+  const size_t plen = strlen (SBX_META_PREFIX);
+  unsigned kept = 0;
+  for (char *k = names; k < names + n && kept < SBX_META_MAX; k += strlen (k) + 1)
+    {
+      size_t klen = strlen (k);
+      if (klen <= plen || klen - plen > SBX_META_KEY_MAX || strncmp (k, SBX_META_PREFIX, plen) != 0)
+        continue;
+      char field[SBX_META_KEY_MAX + 1 + SBX_META_VALUE_MAX + 1];
+      memcpy (field, k + plen, klen - plen + 1);
+      char *value = field + (klen - plen) + 1;
+      ssize_t vl = getxattr (proc, k, value, SBX_META_VALUE_MAX);
+      if (vl < 0 || memchr (value, '\0', (size_t) vl) != NULL)
+        continue;
+      sbx_msg_put (m, SBX_T_META, field, (klen - plen) + 1 + (size_t) vl);
+      kept++;
+    }
+}
+
 static void
 send_entry (int conn, int dirfd, const char *name, const char *path)
 {
@@ -186,6 +223,8 @@ send_entry (int conn, int dirfd, const char *name, const char *path)
   sbx_gid_name (st.st_gid, nm, sizeof nm);
   sbx_msg_put_str (&m, SBX_T_GROUP, nm);
   sbx_msg_put_u64 (&m, SBX_T_MTIME, (uint64_t) st.st_mtim.tv_sec * 1000000000ull + (uint64_t) st.st_mtim.tv_nsec);
+  if (S_ISREG (st.st_mode) || S_ISDIR (st.st_mode))
+    put_metadata (&m, dirfd, name);
   if (S_ISLNK (st.st_mode))
     {
       char target[4096];
@@ -222,39 +261,77 @@ op_stat (int conn, const char *path)
   return sbx_msg_send_ok (conn);
 }
 
-static void
-list_dir (int conn, int dfd, const char *path, unsigned depth)
+static int
+name_cmp (const void *a, const void *b)
 {
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+/* A directory's names, sorted byte-wise (listings are in name order, as
+   E2B's, which walks directories in lexical order).  At most
+   LIST_NAMES_MAX: the daemon takes no more entries in a listing
+   anyway, so a larger directory fails there as too large. */
+#define LIST_NAMES_MAX 100001u
+
+static char **
+sorted_names (int dfd, size_t *n)
+{
+  *n = 0;
   int fd = dup (dfd);
-  if (fd < 0)
-    return;
-  DIR *d = fdopendir (fd);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
   if (d == NULL)
     {
-      close (fd);
-      return;
+      if (fd >= 0)
+        close (fd);
+      return NULL;
     }
+  char **v = NULL;
+  size_t cap = 0;
   struct dirent *e;
-  while ((e = readdir (d)) != NULL)
+  while (*n < LIST_NAMES_MAX && (e = readdir (d)) != NULL)
     {
       if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
         continue;
-      char child[4096];
-      if (snprintf (child, sizeof child, "%s/%s", strcmp (path, "/") ? path : "", e->d_name) >= (int) sizeof child)
-        continue;
-      send_entry (conn, dfd, e->d_name, child);
-      if (depth > 1)
+      char *name = strdup (e->d_name);
+      char **slot = name ? sbx_grow (&v, n, &cap, sizeof *v) : NULL;
+      if (slot == NULL)
         {
-          /* descend without following symlinks */
-          int cfd = openat (dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-          if (cfd >= 0)
-            {
-              list_dir (conn, cfd, child, depth - 1);
-              close (cfd);
-            }
+          free (name);
+          break;
         }
+      *slot = name;
     }
   closedir (d);
+  if (*n)
+    qsort (v, *n, sizeof *v, name_cmp);
+  return v;
+}
+
+static void
+list_dir (int conn, int dfd, const char *path, unsigned depth)
+{
+  size_t n;
+  char **names = sorted_names (dfd, &n);
+  for (size_t i = 0; i < n; i++)
+    {
+      char child[4096];
+      if (snprintf (child, sizeof child, "%s/%s", strcmp (path, "/") ? path : "", names[i]) < (int) sizeof child)
+        {
+          send_entry (conn, dfd, names[i], child);
+          if (depth > 1)
+            {
+              /* descend without following symlinks */
+              int cfd = openat (dfd, names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+              if (cfd >= 0)
+                {
+                  list_dir (conn, cfd, child, depth - 1);
+                  close (cfd);
+                }
+            }
+        }
+      free (names[i]);
+    }
+  free (names);
 }
 
 /* Open directory PATH inside the root; ABS gets its absolute form.  On
@@ -364,8 +441,41 @@ struct owner {
   gid_t gid;
 };
 
+/* Set the metadata of REQ (SBX_T_META fields) on FD: user.e2b.KEY for
+   each.  A file system without user attributes keeps the file without
+   them, as E2B's envd does; 0 or an errno. */
 static int
-op_write (int conn, const char *path, uint32_t flags, uint32_t mode, const struct owner *own)
+set_metadata (int fd, const struct sbx_msg *req)
+{
+  size_t pos = 0;
+  uint8_t tag;
+  const uint8_t *d;
+  uint32_t l;
+  unsigned n = 0;
+  while (sbx_msg_next (req, &pos, &tag, &d, &l) == 1)
+    {
+      if (tag != SBX_T_META)
+        continue;
+      const uint8_t *nul = memchr (d, '\0', l);
+      size_t klen = nul ? (size_t) (nul - d) : 0;
+      size_t vlen = nul ? l - klen - 1 : 0;
+      if (nul == NULL || klen == 0 || klen > SBX_META_KEY_MAX || vlen > SBX_META_VALUE_MAX || ++n > SBX_META_MAX)
+        return EINVAL;
+      char name[sizeof SBX_META_PREFIX + SBX_META_KEY_MAX];
+      snprintf (name, sizeof name, "%s%.*s", SBX_META_PREFIX, (int) klen, (const char *) d);
+      if (fsetxattr (fd, name, nul + 1, vlen, 0) < 0)
+        {
+          if (errno == ENOTSUP)
+            return 0;
+          return errno;
+        }
+    }
+  return 0;
+}
+
+static int
+op_write (int conn, const struct sbx_msg *req, const char *path, uint32_t flags, uint32_t mode,
+          const struct owner *own)
 {
   char abs[4096], orig[4096], tmpname[64];
   char *base;
@@ -383,8 +493,10 @@ op_write (int conn, const char *path, uint32_t flags, uint32_t mode, const struc
     {
       unsigned char rnd[6];
       sbx_random_bytes (rnd, sizeof rnd);
-      snprintf (tmpname, sizeof tmpname, ".sbxd-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
-                rnd[5]);
+      /* "w" when it replaces a file: a watch reports that rename as a
+         write, as the file was rewritten (op_watch) */
+      snprintf (tmpname, sizeof tmpname, ".sbxd-%c%02x%02x%02x%02x%02x%02x", have_old ? 'w' : 'c', rnd[0], rnd[1],
+                rnd[2], rnd[3], rnd[4], rnd[5]);
       fd = openat (pfd, tmpname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
       if (fd < 0 && errno != EEXIST)
         break;
@@ -422,6 +534,8 @@ op_write (int conn, const char *path, uint32_t flags, uint32_t mode, const struc
         }
     }
   sbx_msg_free (&m);
+  if (err == 0)
+    err = set_metadata (fd, req);
   /* owner before mode: chown clears the set-id bits */
   if (err == 0 && own->set && fchown (fd, own->uid, own->gid) < 0)
     err = errno;
@@ -652,6 +766,9 @@ op_watch (int conn, const char *path, bool recursive)
   if (sbx_msg_send_ok (conn) < 0)
     return -1;
   static char buf[65536] __attribute__ ((aligned (__alignof__ (struct inotify_event))));
+  /* the cookie of the last rename away from a temporary file of a write
+     that replaces a file (".sbxd-w..."): its arrival is a WRITE */
+  uint32_t rewrite_cookie = 0;
   for (;;)
     {
       struct pollfd pf[2] = { { ifd, POLLIN, 0 }, { conn, POLLIN | POLLRDHUP, 0 } };
@@ -681,7 +798,13 @@ op_watch (int conn, const char *path, bool recursive)
                                                                 : 0;
           /* our own temporary files of atomic writes are not news */
           if (type == 0 || strncmp (ev->name, ".sbxd-", 6) == 0)
-            continue;
+            {
+              if ((ev->mask & IN_MOVED_FROM) && ev->cookie && strncmp (ev->name, ".sbxd-w", 7) == 0)
+                rewrite_cookie = ev->cookie;
+              continue;
+            }
+          if ((ev->mask & IN_MOVED_TO) && ev->cookie && ev->cookie == rewrite_cookie && !(ev->mask & IN_ISDIR))
+            type = SBX_FS_WRITE;
           char name[2048];
           snprintf (name, sizeof name, "%s%s%s", rel, *rel ? "/" : "", ev->name);
           if (recursive && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)))
@@ -747,7 +870,7 @@ sbx_files_serve (int conn, struct sbx_msg *req)
       op_read (conn, path);
       break;
     case SBX_FILE_WRITE:
-      op_write (conn, path, flags, mode, &own);
+      op_write (conn, req, path, flags, mode, &own);
       break;
     case SBX_FILE_STAT:
       op_stat (conn, path);

@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 
-import { Sandbox, CommandExitError } from 'e2b'
+import { Sandbox, CommandExitError, InvalidArgumentError, TimeoutError } from 'e2b'
 
 import { MISSING_ID, killAll, sleep, uniqueTag } from './helpers.mjs'
 
@@ -207,6 +207,63 @@ describe('with one shared sandbox', () => {
     assert.ok(Buffer.from(back).equals(big), '20 MB file came back different')
   })
 
+  test('files.write([...]): several files in one multipart upload, answered as [{name, path, type}]', T, async () => {
+    const written = await sbx.files.write([
+      { path: '/home/user/multi/a.txt', data: 'first' },
+      { path: '/home/user/multi/sub/b.bin', data: new Uint8Array([0, 1, 2, 255]) },
+      { path: 'multi/c.txt', data: 'relative to home' },
+    ])
+    assert.deepEqual(written, [
+      { name: 'a.txt', path: '/home/user/multi/a.txt', type: 'file', metadata: undefined },
+      { name: 'b.bin', path: '/home/user/multi/sub/b.bin', type: 'file', metadata: undefined },
+      { name: 'c.txt', path: '/home/user/multi/c.txt', type: 'file', metadata: undefined },
+    ])
+    assert.equal(await sbx.files.read('/home/user/multi/a.txt'), 'first')
+    assert.deepEqual([...(await sbx.files.read('/home/user/multi/sub/b.bin', { format: 'bytes' }))], [0, 1, 2, 255])
+    assert.equal(await sbx.files.read('/home/user/multi/c.txt'), 'relative to home')
+    // two parts naming one path: E2B's error
+    await assert.rejects(sbx.files.write([{ path: '/home/user/multi/d.txt', data: '1' },
+      { path: '/home/user/multi/d.txt', data: '2' }]), InvalidArgumentError)
+  })
+
+  test('files: gzip upload and download', T, async () => {
+    const text = 'compress me '.repeat(5000)
+    const info = await sbx.files.write('/home/user/gz.txt', text, { gzip: true })
+    assert.deepEqual(info, { name: 'gz.txt', path: '/home/user/gz.txt', type: 'file', metadata: undefined })
+    assert.equal((await sbx.commands.run('wc -c < /home/user/gz.txt')).stdout.trim(), String(text.length))
+    assert.equal(await sbx.files.read('/home/user/gz.txt', { gzip: true }), text)
+    const bytes = randomBytes(300_000)
+    await sbx.files.write('/home/user/gz.bin', bytes, { gzip: true })
+    const back = await sbx.files.read('/home/user/gz.bin', { format: 'bytes', gzip: true })
+    assert.ok(Buffer.from(back).equals(bytes), 'gzip round trip of random bytes')
+  })
+
+  test('files: metadata is kept as user.e2b.* attributes and returned in entries', T, async () => {
+    const info = await sbx.files.write('/home/user/meta.txt', 'm', { metadata: { Author: 'ada', purpose: 'test run' } })
+    assert.deepEqual(info.metadata, { author: 'ada', purpose: 'test run' })
+    assert.deepEqual((await sbx.files.getInfo('/home/user/meta.txt')).metadata, { author: 'ada', purpose: 'test run' })
+    const listed = (await sbx.files.list('/home/user')).find((e) => e.name === 'meta.txt')
+    assert.deepEqual(listed.metadata, { author: 'ada', purpose: 'test run' })
+    const r = await sbx.commands.run('getfattr -n user.e2b.author --only-values /home/user/meta.txt 2>/dev/null || ' +
+      'python3 -c "import os; print(os.getxattr(\'/home/user/meta.txt\', \'user.e2b.author\').decode())"')
+    assert.equal(r.stdout.trim(), 'ada')
+    // rewriting replaces the whole set; a file without metadata has none
+    await sbx.files.write('/home/user/meta.txt', 'm2', { metadata: { purpose: 'again' } })
+    assert.deepEqual((await sbx.files.getInfo('/home/user/meta.txt')).metadata, { purpose: 'again' })
+    assert.equal((await sbx.files.getInfo('/home/user/hello.txt')).metadata, undefined)
+  })
+
+  test('files: remove of a missing file is a no-op; listings in name order; symlinkTarget absolute', T, async () => {
+    await sbx.files.remove('/home/user/never-existed.txt')
+    await sbx.commands.run('mkdir -p /home/user/order && cd /home/user/order && touch b a C _u 10 9 && ln -s a link && ln -s ../hello.txt up')
+    const names = (await sbx.files.list('/home/user/order')).map((e) => e.name)
+    assert.deepEqual(names, ['10', '9', 'C', '_u', 'a', 'b', 'link', 'up'])
+    const link = await sbx.files.getInfo('/home/user/order/link')
+    assert.equal(link.symlinkTarget, '/home/user/order/a')
+    const up = (await sbx.files.list('/home/user/order')).find((e) => e.name === 'up')
+    assert.equal(up.symlinkTarget, '/home/user/hello.txt')
+  })
+
   test('setTimeout', T, async () => {
     const before = await sbx.getInfo()
     await sbx.setTimeout(1_800_000)
@@ -230,6 +287,16 @@ describe('with one shared sandbox', () => {
     assert.ok(info.endAt > info.startedAt)
     assert.match(info.envdVersion, /^\d+\.\d+\.\d+/)
     assert.equal(await sbx.isRunning(), true)
+  })
+
+  test('getMetrics honours start and end', T, async () => {
+    const now = Date.now()
+    const inside = await sbx.getMetrics({ start: new Date(now - 60_000), end: new Date(now + 60_000) })
+    assert.equal(inside.length, 1, JSON.stringify(inside))
+    assert.ok(Math.abs(inside[0].timestamp.getTime() - now) < 60_000)
+    assert.deepEqual(await sbx.getMetrics({ start: new Date(now - 3_600_000), end: new Date(now - 1_800_000) }), [])
+    assert.deepEqual(await sbx.getMetrics({ start: new Date(now + 1_800_000) }), [])
+    await assert.rejects(sbx.getMetrics({ start: new Date(now), end: new Date(now - 60_000) }), /start must not be after end/)
   })
 
   test('getMetrics', T, async () => {
@@ -279,6 +346,45 @@ test('Sandbox.list: paging with limit 2 and a metadata filter', { timeout: 180_0
   await killAll(Sandbox, sbxs)
 })
 
+test('Sandbox.list: order, startedAfter and template', { timeout: 180_000 }, async () => {
+  const tag = uniqueTag('order')
+  const first = await create({ metadata: { ordertag: tag } })
+  await sleep(1100)
+  const cut = new Date()
+  await sleep(50)
+  const second = await create({ metadata: { ordertag: tag } })
+  const q = { metadata: { ordertag: tag } }
+  const ids = async (opts) => (await Sandbox.list(opts).nextItems()).map((s) => s.sandboxId)
+  assert.deepEqual(await ids({ query: q }), [second.sandboxId, first.sandboxId], 'newest first by default')
+  assert.deepEqual(await ids({ query: q, order: 'asc' }), [first.sandboxId, second.sandboxId])
+  assert.deepEqual(await ids({ query: q, order: 'desc' }), [second.sandboxId, first.sandboxId])
+  assert.deepEqual(await ids({ query: { ...q, startedAfter: cut } }), [second.sandboxId])
+  assert.deepEqual(await ids({ query: { ...q, template: TEMPLATE } }), [second.sandboxId, first.sandboxId])
+  assert.deepEqual(await ids({ query: { ...q, template: 'code_interpreter' } }), [])
+  // paging keeps the order
+  const p = Sandbox.list({ query: q, order: 'asc', limit: 1 })
+  assert.deepEqual((await p.nextItems()).map((s) => s.sandboxId), [first.sandboxId])
+  assert.deepEqual((await p.nextItems()).map((s) => s.sandboxId), [second.sandboxId])
+  await killAll(Sandbox, [first, second])
+})
+
+test('killing a sandbox ends its open streams with the SDK\'s TimeoutError', T, async () => {
+  const sbx = await create()
+  const run = sbx.commands.run('sleep 60').then(() => null, (e) => e)
+  const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: () => {} })
+  const ptyDone = pty.wait().then(() => null, (e) => e)
+  let watchExit
+  const watchEnded = new Promise((resolve) => { watchExit = resolve })
+  await sbx.files.watchDir('/home/user', () => {}, { onExit: (e) => watchExit(e) })
+  await sleep(500)
+  assert.equal(await Sandbox.kill(sbx.sandboxId), true)
+  for (const [what, p] of [['commands.run', run], ['pty', ptyDone], ['watchDir', watchEnded]]) {
+    const err = await Promise.race([p, sleep(15_000).then(() => 'still open')])
+    assert.ok(err instanceof TimeoutError, `${what}: expected TimeoutError, got ${err?.constructor?.name}: ${err}`)
+    assert.match(err.message, /was killed/)
+  }
+})
+
 test('pause, then Sandbox.connect: files and processes intact', { timeout: 180_000 }, async () => {
   const sbx = await create()
   await sbx.files.write('/home/user/before-pause.txt', 'still here')
@@ -311,6 +417,10 @@ test('kill: true, then Sandbox.kill of a killed or missing id: false', T, async 
   assert.equal(await sbx.isRunning(), false)
   assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   assert.equal(await Sandbox.kill(MISSING_ID), false)
+  // ids of other shapes (E2B's own, say) name no sandbox either
+  assert.equal(await Sandbox.kill('i7xq2m4k9w3b8n5p1r6t'), false)
+  assert.equal(await Sandbox.kill('sbx_NOT-one-of-ours'), false)
+  await assert.rejects(Sandbox.getInfo('i7xq2m4k9w3b8n5p1r6t'), /not found/i)
   const running = await Sandbox.list().nextItems()
   assert.ok(!running.some((s) => s.sandboxId === sbx.sandboxId), 'a killed sandbox is not listed')
 })

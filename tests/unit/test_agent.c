@@ -321,6 +321,70 @@ play_small_file (int fd)
   until_hangup (fd);
 }
 
+/* An entry with metadata fields: KEY NUL VALUE each. */
+static void
+entry_with_meta (int fd, const char *const *fields, const size_t *lens, size_t n)
+{
+  struct sbx_msg m;
+  sbx_msg_init (&m, SBX_EV_ENTRY);
+  sbx_msg_put_str (&m, SBX_T_PATH, "/m");
+  sbx_msg_put_str (&m, SBX_T_NAME, "m");
+  for (size_t i = 0; i < n; i++)
+    sbx_msg_put (&m, SBX_T_META, fields[i], lens[i]);
+  sbx_msg_send (fd, &m);
+  sbx_msg_free (&m);
+  sbx_msg_send_ok (fd);
+  until_hangup (fd);
+}
+
+static void
+play_good_meta (int fd)
+{
+  const char *f[] = { "author\0ada", "empty\0" };
+  size_t l[] = { 10, 6 };
+  entry_with_meta (fd, f, l, 2);
+}
+
+static void
+play_meta_without_value (int fd)
+{
+  const char *f[] = { "author" };
+  size_t l[] = { 6 };
+  entry_with_meta (fd, f, l, 1);
+}
+
+static void
+play_meta_empty_key (int fd)
+{
+  const char *f[] = { "\0v" };
+  size_t l[] = { 2 };
+  entry_with_meta (fd, f, l, 1);
+}
+
+static void
+play_meta_long_value (int fd)
+{
+  static char big[2000];
+  memset (big, 'v', sizeof big);
+  big[1] = '\0';
+  const char *f[] = { big };
+  size_t l[] = { sizeof big };
+  entry_with_meta (fd, f, l, 1);
+}
+
+static void
+play_too_much_meta (int fd)
+{
+  const char *f[SBX_META_MAX + 1];
+  size_t l[SBX_META_MAX + 1];
+  for (size_t i = 0; i <= SBX_META_MAX; i++)
+    {
+      f[i] = "k\0v";
+      l[i] = 3;
+    }
+  entry_with_meta (fd, f, l, SBX_META_MAX + 1);
+}
+
 /* ------------------------------------------------------------ tests */
 
 static bool
@@ -393,6 +457,24 @@ test_one_entry (void)
 
   CHECK (one_entry_call (play_oversized_frame, &one, &err) < 0);
   CHECK (sbx_err_kind (&err) == SBX_E_INTERNAL && has (&err, "malformed frame"));
+  sbx_entry_free (&one.en);
+
+  /* metadata: KEY NUL VALUE, within bounds, or the entry is refused */
+  CHECK (one_entry_call (play_good_meta, &one, &err) == 0);
+  CHECK (one.en.n_meta == 2 && strcmp (one.en.meta[0].key, "author") == 0
+         && strcmp (one.en.meta[0].value, "ada") == 0 && strcmp (one.en.meta[1].key, "empty") == 0
+         && one.en.meta[1].value[0] == '\0');
+  sbx_entry_free (&one.en);
+  play_fn bad_meta[] = { play_meta_without_value, play_meta_empty_key, play_meta_long_value };
+  for (size_t i = 0; i < sizeof bad_meta / sizeof bad_meta[0]; i++)
+    {
+      CHECK (one_entry_call (bad_meta[i], &one, &err) < 0);
+      CHECK (sbx_err_kind (&err) == SBX_E_INTERNAL && has (&err, "malformed metadata entry"));
+      CHECK (one.en.meta == NULL);
+      sbx_entry_free (&one.en);
+    }
+  CHECK (one_entry_call (play_too_much_meta, &one, &err) < 0);
+  CHECK (sbx_err_kind (&err) == SBX_E_INTERNAL && has (&err, "more than 64 metadata entries"));
   sbx_entry_free (&one.en);
 }
 
