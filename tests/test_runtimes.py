@@ -63,6 +63,18 @@ def test_base_has_the_common_cli_tools(sbxd):
         sbxd.delete(sid)
 
 
+def test_default_user_has_sudo(sbxd):
+    sid = offline(sbxd, "base")
+    try:
+        out = ok(sbxd, sid, "sudo -n id -u\nsudo -n touch /etc/made-by-sudo && stat -c %u /etc/made-by-sudo\n"
+                 "getent hosts $(hostname) | awk '{print $1}'\n")
+        assert out.split() == ["0", "0", "127.0.0.1"], out
+        r = sbxd.sh(sid, "sudo -n true", user="user")
+        assert "unable to resolve host" not in r["stderr"], r
+    finally:
+        sbxd.delete(sid)
+
+
 # ------------------------------------------------------------------- bun
 
 def test_bun_runs_typescript_and_javascript(sbxd, bun_box):

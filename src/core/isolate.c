@@ -20,8 +20,8 @@
  *                                           pivot_root, detach the old root
  *                                           with a policy: nested user and
  *                                             mount namespaces (locked mounts)
- *                                           rlimits, capability bounding set,
- *                                           no_new_privs, seccomp (last)
+ *                                           rlimits, seccomp, then the
+ *                                           capability bounding set (last)
  *   sees EOF on the sync socket  <-------   execveat(sbx-init)
  *
  * The overlay is mounted by the daemon, in the initial user namespace,
@@ -366,6 +366,29 @@ write_resolv_conf (const struct boot_header *h, int root)
   int fd = openat (etc, "resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0 || write (fd, text, (size_t) n) != n)
     child_fail ("write /etc/resolv.conf");
+  close (fd);
+  close (etc);
+}
+
+/* /etc/hosts naming the sandbox's host name beside localhost, as
+   container runtimes write it, so that programs resolving their own name
+   (sudo, many servers) find it; written through ROOT like resolv.conf.  A
+   file the template made is replaced. */
+static void
+write_hosts (const char *hostname, int root)
+{
+  char text[256];
+  int n = snprintf (text, sizeof text, "127.0.0.1\tlocalhost %s\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                    hostname);
+  if (n < 0 || (size_t) n >= sizeof text)
+    child_fail ("host name too long");
+  int etc = open_in_root (root, "/etc", O_PATH | O_DIRECTORY);
+  if (etc < 0)
+    return; /* an image without /etc has no use for it */
+  unlinkat (etc, "hosts", 0);
+  int fd = openat (etc, "hosts", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0 || write (fd, text, (size_t) n) != n)
+    child_fail ("write /etc/hosts");
   close (fd);
   close (etc);
 }
@@ -737,6 +760,7 @@ child_main (const struct sbx_isolate_spec *s, int sync)
     remount_ro (readonly[i]);
 
   write_resolv_conf (&h, ovl);
+  write_hosts (s->hostname, ovl);
   if (boot_fs_n > 0)
     apply_fs_policy (ovl);
 
@@ -782,15 +806,20 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   int keep2[] = { 3, 4, passwd_hi >= 0 ? 5 : 3, group_hi >= 0 ? 6 : 3, init_fd, sync2 };
   close_inherited (keep2, sizeof keep2 / sizeof keep2[0]);
 
-  drop_capabilities ();
-  if (prctl (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-    child_fail ("no_new_privs");
+  /* The filter is loaded while this process still holds CAP_SYS_ADMIN in
+     the sandbox's user namespace, which lets seccomp go without
+     no_new_privs; then the capabilities are dropped, bounding every
+     descendant.  No no_new_privs: a set-uid binary in the sandbox (sudo
+     for the default user, as E2B's templates have) may give uid 0 in the
+     sandbox, but never more than the bounded set that its root holds
+     anyway, and never anything outside its user namespace. */
   struct sbx_err err;
   if (sbx_seccomp_apply (&err) < 0)
     {
       errno = err.code;
       child_fail ("%s", err.msg);
     }
+  drop_capabilities ();
   static char *const argv[] = { "sbx-init", NULL };
   syscall (SYS_execveat, init_fd, "", argv, boot_env, AT_EMPTY_PATH);
   child_fail ("exec sbx-init");
@@ -839,7 +868,8 @@ make_rootfs (int tree_fd, int disk_fd, pid_t pid, struct sbx_err *err)
     return sbx_fail (err, errno, "overlay work dir");
   if (syscall (SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
     return sbx_fail (err, errno, "create overlay");
-  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+  /* set-uid binaries work inside (see the comment on seccomp above) */
+  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
   if (mfd < 0)
     return sbx_fail (err, errno, "fsmount overlay");
   return mfd;

@@ -419,7 +419,7 @@ static const char *
 load_hint (int errnum)
 {
   if (errnum == EACCES && prctl (PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 0)
-    return " (no_new_privs is not set)";
+    return " (neither no_new_privs nor CAP_SYS_ADMIN in the user namespace)";
   return "";
 }
 
