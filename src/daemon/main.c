@@ -19,6 +19,7 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
+#include "../service/builds.h"
 #include "../service/fairshare.h"
 #include "../service/service.h"
 #include "../api/server.h"
@@ -51,6 +52,7 @@ usage (FILE *f)
          "             [--terminal-ttl SECONDS]   (seed 004's terminalUrl tokens)\n"
          "             [--storage-quota-mb MB]   (checkpoints and artifacts per organisation; 0: none)\n"
          "             [--capacity-sandboxes N] [--capacity-memory-mb MB]   (more wait queued)\n"
+         "             [--build-workers N]   (template builds at once; default 1)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -175,6 +177,7 @@ cmd_serve (int argc, char **argv)
                                         { "storage-quota-mb", required_argument, NULL, 'Q' },
                                         { "capacity-sandboxes", required_argument, NULL, 'S' },
                                         { "capacity-memory-mb", required_argument, NULL, 'M' },
+                                        { "build-workers", required_argument, NULL, 'B' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -193,6 +196,7 @@ cmd_serve (int argc, char **argv)
   uint32_t terminal_ttl = SBX_TERMINAL_TTL_S;
   uint32_t storage_quota_mb = SBX_SAVE_QUOTA_MB;
   struct sbx_capacity capacity = { 0 }; /* no cap on the count; memory: what the host can hold */
+  uint32_t build_workers = SBX_BUILD_WORKERS;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -308,6 +312,11 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--capacity-memory-mb", optarg, 1, UINT32_MAX, &capacity.memory_mb) < 0)
           return 2;
         break;
+      case 'B':
+        /* template builds at once (the E2B build API) */
+        if (parse_u32 ("--build-workers", optarg, 1, 64, &build_workers) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -391,6 +400,8 @@ cmd_serve (int argc, char **argv)
       return 1;
     }
   sbx_service_set_engine (svc, engine);
+  if (sbx_builds_start (svc, state, tmpl, build_workers, &err) < 0)
+    sbx_log_fields (SBX_LOG_ERROR, "cannot start the template builders", "error", err.msg, NULL);
   struct sbx_webhooks *webhooks;
   for (size_t i = 0; i < outbound.n_allow; i++)
     {
@@ -465,6 +476,7 @@ cmd_serve (int argc, char **argv)
       return 0;
     }
   sbx_meter_stop (meter);
+  sbx_builds_stop ();
   sbx_service_placement_stop ();
   sbx_service_set_fairshare (svc, NULL);
   sbx_fairshare_stop (fair);
