@@ -31,7 +31,8 @@
  * SBX_BUILD_DISK_MB of disk for what its steps write (the sandbox's disk),
  * SBX_BUILD_STEPS_MAX steps, SBX_BUILD_FILE_MAX per upload, the log's
  * size.  Layers are kept as the cache of later builds; a template's
- * delete removes the final trees only its builds used.
+ * delete removes the layers its builds made that no other template's
+ * build made or used.
  */
 #include "builds.h"
 
@@ -220,7 +221,7 @@ hash_begin (struct hasher *h, const char *prev, struct sbx_err *err)
       EVP_MD_CTX_free (h->ctx);
       return sbx_fail (err, ENOMEM, "hash");
     }
-  hash_part (h, "sbxd-layer-1");
+  hash_part (h, "sbxd-layer-2"); /* the builder's version: a change of how steps run */
   hash_part (h, prev);
   return 0;
 }
@@ -584,16 +585,24 @@ sbx_service_template_delete (struct sbx_service *svc, const struct sbx_org *org,
       sbx_build_recs_free (v, n);
       return -1;
     }
-  /* the final trees no other template's build names; running sandboxes
-     keep theirs until they end (the tree is retired, not deleted) */
+  /* the layers its builds made that no other template's build names;
+     running sandboxes keep theirs until they end (a removed tree is
+     retired, not deleted) */
   for (size_t i = 0; i < n; i++)
-    {
-      uint32_t refs = 1;
-      struct sbx_err e2;
-      if (v[i].tree[0] && sbx_store_build_tree_refs (store (svc), v[i].tree, t.id, &refs, &e2) == 0 && refs == 0
-          && sbx_template_exists (B.tmpl_dir, v[i].tree) && sbx_template_remove (B.tmpl_dir, v[i].tree, &e2) < 0)
-        sbx_log_fields (SBX_LOG_WARN, "cannot remove a template's layer", "layer", v[i].tree, "error", e2.msg, NULL);
-    }
+    for (char *p = v[i].layers; p && *p;)
+      {
+        char *nl = strchr (p, '\n');
+        if (nl == NULL)
+          break;
+        *nl = '\0';
+        uint32_t refs = 1;
+        struct sbx_err e2;
+        if (strncmp (p, SBX_LAYER_PREFIX, strlen (SBX_LAYER_PREFIX)) == 0
+            && sbx_store_build_tree_refs (store (svc), p, t.id, &refs, &e2) == 0 && refs == 0
+            && sbx_template_exists (B.tmpl_dir, p) && sbx_template_remove (B.tmpl_dir, p, &e2) < 0)
+          sbx_log_fields (SBX_LOG_WARN, "cannot remove a template's layer", "layer", p, "error", e2.msg, NULL);
+        p = nl + 1;
+      }
   sbx_build_recs_free (v, n);
   return 0;
 }
@@ -885,7 +894,23 @@ struct build {
   char sandbox[SBX_ID_MAX];  /* the build's sandbox, "" before the first step that runs */
   uint32_t disk_mb;
   uint64_t deadline_ns;
+  char *made;                /* the layers it made, each followed by a newline */
+  size_t made_len;
 };
+
+static void
+made_add (struct build *b, const char *name)
+{
+  size_t n = strlen (name);
+  char *m = realloc (b->made, b->made_len + n + 2);
+  if (m == NULL)
+    return;
+  memcpy (m + b->made_len, name, n);
+  m[b->made_len + n] = '\n';
+  m[b->made_len + n + 1] = '\0';
+  b->made = m;
+  b->made_len += n + 1;
+}
 
 static uint32_t
 remaining_ms (const struct build *b)
@@ -954,7 +979,10 @@ commit (struct build *b, const char *name, struct sbx_err *err)
       r = -1;
     }
   if (r == 0)
-    snprintf (b->cur_tree, sizeof b->cur_tree, "%s", name);
+    {
+      snprintf (b->cur_tree, sizeof b->cur_tree, "%s", name);
+      made_add (b, name);
+    }
   return r;
 }
 
@@ -962,6 +990,9 @@ commit (struct build *b, const char *name, struct sbx_err *err)
    everything it needs in its environment (nothing is spliced into it). */
 static const char copy_script[]
     = "set -e\n"
+      /* directories it makes belong to the owner too */
+      "mkdirp () { d=\"$1\"; top=; while [ ! -e \"$d\" ]; do top=\"$d\"; d=$(dirname \"$d\"); done\n"
+      "  mkdir -p \"$1\"; [ -z \"$top\" ] || [ -z \"$SBXD_OWNER\" ] || chown -R \"$SBXD_OWNER:\" \"$top\"; }\n"
       "t=$(mktemp -d /tmp/.sbxd-copy.XXXXXX)\n"
       "tar -xf \"$SBXD_ARCHIVE\" -C \"$t\" --no-same-owner\n"
       "rm -f \"$SBXD_ARCHIVE\"\n"
@@ -972,15 +1003,15 @@ static const char copy_script[]
       "  [ -e \"$src\" ] || [ -L \"$src\" ] || continue\n"
       "  found=1\n"
       "  if [ -d \"$src\" ] && [ ! -L \"$src\" ]; then\n"
-      "    mkdir -p \"$dest\"\n"
+      "    mkdirp \"$dest\"\n"
       "    (cd \"$src\" && find . -mindepth 1 -maxdepth 1) | while IFS= read -r e; do\n"
       "      rm -rf \"$dest/$e\"; cp -a \"$src/$e\" \"$dest/$e\"\n"
       "      [ -z \"$SBXD_OWNER\" ] || chown -R -h \"$SBXD_OWNER:\" \"$dest/$e\"\n"
       "      [ -z \"$SBXD_MODE\" ] || chmod -R \"$SBXD_MODE\" \"$dest/$e\"\n"
       "    done\n"
       "  else\n"
-      "    case \"$SBXD_DEST\" in */) mkdir -p \"$dest\"; to=\"$dest/$(basename \"$src\")\" ;;\n"
-      "      *) if [ -d \"$dest\" ]; then to=\"$dest/$(basename \"$src\")\"; else mkdir -p \"$(dirname \"$dest\")\"; "
+      "    case \"$SBXD_DEST\" in */) mkdirp \"$dest\"; to=\"$dest/$(basename \"$src\")\" ;;\n"
+      "      *) if [ -d \"$dest\" ]; then to=\"$dest/$(basename \"$src\")\"; else mkdirp \"$(dirname \"$dest\")\"; "
       "to=\"$dest\"; fi ;; esac\n"
       "    rm -rf \"$to\"; cp -a \"$src\" \"$to\"\n"
       "    [ -z \"$SBXD_OWNER\" ] || chown -h \"$SBXD_OWNER:\" \"$to\"\n"
@@ -1193,6 +1224,11 @@ record (struct build *b, const char *status, const char *tree, const char *reaso
   r.updated_ms = sbx_wall_ms ();
   if (strcmp (status, "ready") == 0 || strcmp (status, "error") == 0)
     r.finished_ms = r.updated_ms;
+  if (b->made)
+    {
+      free (r.layers);
+      r.layers = strdup (b->made);
+    }
   if (sbx_store_build_put (store (b->svc), &r, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot record a build", "build", r.id, "error", err.msg, NULL);
   if (strcmp (status, "ready") == 0)
@@ -1381,6 +1417,7 @@ run_build (struct build *b, struct sbx_err *err)
       snprintf (built, sizeof built, "%s", from);
       if (sbx_layer_commit (B.tmpl_dir, final, built, -1, 0, &m, NULL, err) < 0)
         return -1;
+      made_add (b, final);
     }
   else
     blog_add (&b->log, "info", "CACHED template");
@@ -1438,6 +1475,7 @@ build_one (struct job *j)
   sbx_log_fields (r == 0 ? SBX_LOG_INFO : SBX_LOG_WARN, "template build", "build", j->build_id, "template",
                   j->template_id, "status", r == 0 ? "ready" : "error", "error", r == 0 ? NULL : err.msg, NULL);
   state_free (&b.st);
+  free (b.made);
   if (b.log.f)
     fclose (b.log.f);
 }

@@ -224,6 +224,7 @@ static const char schema_sql[]
       "  reason TEXT,"
       "  step TEXT NOT NULL,"
       "  tags TEXT,"                        /* JSON array: tags to give it when ready */
+      "  layers TEXT,"                      /* the layers it made, one name a line */
       "  cpu_count INTEGER NOT NULL,"
       "  memory_mb INTEGER NOT NULL,"
       "  created_ms INTEGER NOT NULL,"
@@ -265,7 +266,7 @@ static const char schema_indexes_sql[]
 #define TPL_COLS "id, org_id, name, public, cpu_count, memory_mb, created_ms, updated_ms, build_count"
 #define BLD_COLS                                                                                       \
   "id, template_id, org_id, status, tree, reason, step, tags, cpu_count, memory_mb, created_ms, updated_ms, " \
-  "finished_ms"
+  "finished_ms, layers"
 
 /* The oldest pending delivery of every enabled webhook: only these may be
    sent, so that a webhook sees its events in order.  A disabled webhook's
@@ -501,12 +502,13 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_TPL_DELETE_BUILDS] = "DELETE FROM template_builds WHERE template_id = ?1",
   [S_TPL_DELETE_TAGS] = "DELETE FROM template_tags WHERE template_id = ?1",
   [S_BLD_PUT] = "INSERT OR REPLACE INTO template_builds (" BLD_COLS ")"
-                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
   [S_BLD_GET] = "SELECT " BLD_COLS " FROM template_builds WHERE id = ?1",
   [S_BLD_LIST] = "SELECT " BLD_COLS " FROM template_builds WHERE template_id = ?1 ORDER BY created_ms DESC, id",
   [S_BLD_FAIL_UNFINISHED] = "UPDATE template_builds SET status = 'error', reason = ?1, updated_ms = ?2,"
                             " finished_ms = ?2 WHERE status IN ('waiting', 'building')",
-  [S_BLD_TREE_REFS] = "SELECT COUNT(*) FROM template_builds WHERE tree = ?1 AND template_id != ?2",
+  [S_BLD_TREE_REFS] = "SELECT COUNT(*) FROM template_builds WHERE (tree = ?1 OR instr (layers, ?1 || char (10)) > 0)"
+                      " AND template_id != ?2",
   [S_TAG_SET] = "INSERT OR REPLACE INTO template_tags (template_id, tag, build_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
   [S_TAG_DELETE] = "DELETE FROM template_tags WHERE template_id = ?1 AND tag = ?2",
   [S_TAG_LIST] = "SELECT tag, build_id, created_ms FROM template_tags WHERE template_id = ?1 ORDER BY created_ms, tag",
@@ -2882,7 +2884,8 @@ sbx_build_rec_free (struct sbx_build_rec *b)
 {
   free (b->reason);
   free (b->tags_json);
-  b->reason = b->tags_json = NULL;
+  free (b->layers);
+  b->reason = b->tags_json = b->layers = NULL;
 }
 
 static int
@@ -2900,7 +2903,7 @@ build_from_row (sqlite3_stmt *s, struct sbx_build_rec *b)
   b->created_ms = sqlite3_column_int64 (s, 10);
   b->updated_ms = sqlite3_column_int64 (s, 11);
   b->finished_ms = sqlite3_column_int64 (s, 12);
-  if (col_dup (s, 5, &b->reason) < 0 || col_dup (s, 7, &b->tags_json) < 0)
+  if (col_dup (s, 5, &b->reason) < 0 || col_dup (s, 7, &b->tags_json) < 0 || col_dup (s, 13, &b->layers) < 0)
     {
       sbx_build_rec_free (b);
       return -1;
@@ -2917,7 +2920,8 @@ sbx_store_build_put (struct sbx_store *st, const struct sbx_build_rec *b, struct
            | BIND_FIXED (s, 4, b->status) | BIND_FIXED (s, 5, b->tree) | bind_text (s, 6, b->reason)
            | BIND_FIXED (s, 7, b->step) | bind_text (s, 8, b->tags_json) | sqlite3_bind_int64 (s, 9, b->cpu_count)
            | sqlite3_bind_int64 (s, 10, b->memory_mb) | sqlite3_bind_int64 (s, 11, b->created_ms)
-           | sqlite3_bind_int64 (s, 12, b->updated_ms) | sqlite3_bind_int64 (s, 13, b->finished_ms);
+           | sqlite3_bind_int64 (s, 12, b->updated_ms) | sqlite3_bind_int64 (s, 13, b->finished_ms)
+           | bind_text (s, 14, b->layers);
   if (bind_check (st, rc, err, "put build") < 0)
     return -1;
   return step_done (st, s, err, "put build");

@@ -385,6 +385,7 @@ struct sbx_build_rec {
   char *reason;                      /* why it failed, or NULL */
   char step[16];                     /* the step that failed, or "" */
   char *tags_json;                   /* JSON array of the tags it gets when ready, or NULL */
+  char *layers;                      /* the layers it made, each name followed by a newline, or NULL */
   uint32_t cpu_count, memory_mb;
   int64_t created_ms, updated_ms, finished_ms;
 };
@@ -415,7 +416,8 @@ int sbx_store_build_list (struct sbx_store *st, const char *template_id, struct 
 /* Builds left waiting or building are recorded failed with REASON; returns
    how many. */
 int sbx_store_build_fail_unfinished (struct sbx_store *st, const char *reason, int64_t now_ms, struct sbx_err *err);
-/* How many builds of other templates than OTHER_THAN_TEMPLATE name TREE. */
+/* How many builds of other templates than OTHER_THAN_TEMPLATE name TREE
+   (as their tree or one of their layers). */
 int sbx_store_build_tree_refs (struct sbx_store *st, const char *tree, const char *other_than_template, uint32_t *n,
                                struct sbx_err *err);
 int sbx_store_tag_set (struct sbx_store *st, const char *template_id, const char *tag, const char *build_id,
