@@ -1560,10 +1560,12 @@ sbx_template_free (struct sbx_template *t)
   t->start_cmd = t->ready_cmd = NULL;
 }
 
+/* Hidden: our own entries, and the layers of builds (the build API's
+   templates are listed by its records). */
 static int
 not_hidden (const struct dirent *de)
 {
-  return de->d_name[0] != '.';
+  return de->d_name[0] != '.' && strncmp (de->d_name, SBX_LAYER_PREFIX, strlen (SBX_LAYER_PREFIX)) != 0;
 }
 
 int
