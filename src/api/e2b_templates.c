@@ -529,11 +529,9 @@ e2bt_build_status (struct call *k)
       return send_fail (k->c, &err);
     }
   json_t *entries = json_array (), *lines = json_array ();
-  const char *level = query (k->c, "level");
   for (size_t i = 0; i < n; i++)
     {
       json_array_append_new (entries, log_entry_json (&v[i]));
-      (void) level;
       char ts[40];
       sbx_rfc3339 (v[i].ms, ts, sizeof ts);
       char *line = NULL;

@@ -82,8 +82,8 @@ int sbx_service_template_set_public (struct sbx_service *svc, const struct sbx_o
    builds use. */
 int sbx_service_template_delete (struct sbx_service *svc, const struct sbx_org *org, const char *id_or_name,
                                  struct sbx_err *err);
-/* Whether NAME is a template ORG can start that the build API does not
-   own (a shipped one); sets *IS_PUBLIC. */
+/* Whether NAME is a template of the machine (a built one in the template
+   directory that is not a layer), which every organisation can start. */
 bool sbx_service_template_shipped (struct sbx_service *svc, const char *name);
 
 /* Whether ORG's upload HASH (64 hex digits) for template TEMPLATE_ID is
