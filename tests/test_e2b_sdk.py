@@ -23,6 +23,7 @@ TEST_FILES = [
     ("sdk", E2B_DIR, "sdk.test.mjs"),
     ("interpreter", E2B_DIR, "interpreter.test.mjs"),
     ("watch_and_signed_urls", E2B_DIR, "watch.test.mjs"),
+    ("template", E2B_DIR, "template.test.mjs"),
     ("old_sdk", OLD_DIR, "sdk-old.test.mjs"),
 ]
 

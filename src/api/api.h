@@ -8,7 +8,8 @@
  * and results into its own shapes: sandbase.c (seed 001, E2B-compatible
  * /sandboxes), e2b.c (E2B's control-plane extras), e2b_envd.c (E2B's
  * in-sandbox agent protocol), interp.c (the code interpreter), seed002.c
- * (/api/sandbox), events.c (events and webhooks), files.c (uploads and
+ * (/api/sandbox), e2b_templates.c (E2B's template build API), events.c
+ * (events and webhooks), files.c (uploads and
  * downloads), network.c (egress rules), v1.c (seed 004's /v1/sandboxes),
  * terminal.c (its WebSocket terminal).  routes.c is the one route table.
  */
@@ -145,6 +146,7 @@ enum route_flags {
   ROUTE_SANDBOX = 1u << 1,  /* arg[0] is a sandbox id the caller must own (else 404) */
   ROUTE_BIG_BODY = 1u << 2, /* a body carrying file contents (BIG_BODY_MAX, not JSON_BODY_MAX) */
   ROUTE_INLINE = 1u << 3,   /* never blocks: runs on libmicrohttpd's thread */
+  ROUTE_SIGNED = 1u << 4,   /* with ROUTE_PUBLIC: a signed URL, checked by route_check_of's function */
 };
 
 /* METHOD ("*" for any) and PATTERN: literal segments, ":name" for one
@@ -156,6 +158,11 @@ struct route {
   unsigned flags;
   const struct dialect *dialect;
 };
+
+/* The check of a ROUTE_SIGNED route's own credential (a signed URL),
+   made from its headers before its body is read; false after answering. */
+typedef bool (*route_check_fn) (struct call *k, enum MHD_Result *ret);
+route_check_fn route_check_of (const struct route *r);
 
 extern const struct route api_routes[];
 extern const size_t api_n_routes;
@@ -232,6 +239,22 @@ enum MHD_Result sandbase_network (struct call *k);
 enum MHD_Result e2b_list_v2 (struct call *k);
 enum MHD_Result e2b_logs_v2 (struct call *k);
 enum MHD_Result e2b_logs_v1 (struct call *k);
+/* e2b_templates.c: E2B's template build API */
+enum MHD_Result e2bt_request (struct call *k);
+enum MHD_Result e2bt_list (struct call *k);
+enum MHD_Result e2bt_get (struct call *k);
+enum MHD_Result e2bt_patch (struct call *k);
+enum MHD_Result e2bt_delete (struct call *k);
+enum MHD_Result e2bt_alias (struct call *k);
+enum MHD_Result e2bt_file_link (struct call *k);
+enum MHD_Result e2bt_file_put (struct call *k);
+bool e2bt_upload_check (struct call *k, enum MHD_Result *ret);
+enum MHD_Result e2bt_build_start (struct call *k);
+enum MHD_Result e2bt_build_status (struct call *k);
+enum MHD_Result e2bt_build_logs (struct call *k);
+enum MHD_Result e2bt_tags_assign (struct call *k);
+enum MHD_Result e2bt_tags_remove (struct call *k);
+enum MHD_Result e2bt_tags_list (struct call *k);
 /* events.c */
 enum MHD_Result events_route (struct call *k);
 /* seed002.c */

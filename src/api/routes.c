@@ -51,6 +51,26 @@ const struct route api_routes[] = {
   { "*", "/sandboxes/:id/filesystem", sandbase_filesystem, SB | BIG, D1 },
   { "*", "/sandboxes/:id/filesystem/:op", sandbase_filesystem, SB, D1 },
 
+  /* E2B's template build API (e2b_templates.c) */
+  { "POST", "/v3/templates", e2bt_request, 0, D1 },
+  { "POST", "/v2/templates", e2bt_request, 0, D1 },
+  { "GET", "/v2/templates", e2bt_list, 0, D1 },
+  { "GET", "/templates", e2bt_list, 0, D1 },
+  { "GET", "/templates/aliases/:alias", e2bt_alias, 0, D1 },
+  { "POST", "/templates/tags", e2bt_tags_assign, 0, D1 },
+  { "DELETE", "/templates/tags", e2bt_tags_remove, 0, D1 },
+  { "GET", "/templates/:id/tags", e2bt_tags_list, 0, D1 },
+  { "GET", "/templates/:id/files/:hash", e2bt_file_link, 0, D1 },
+  /* the signed URL is the credential, checked before the body is read */
+  { "PUT", "/templates/:id/files/:hash", e2bt_file_put, ROUTE_PUBLIC | ROUTE_SIGNED | BIG, D1 },
+  { "POST", "/v2/templates/:id/builds/:build", e2bt_build_start, 0, D1 },
+  { "GET", "/templates/:id/builds/:build/status", e2bt_build_status, 0, D1 },
+  { "GET", "/templates/:id/builds/:build/logs", e2bt_build_logs, 0, D1 },
+  { "GET", "/templates/:id", e2bt_get, 0, D1 },
+  { "PATCH", "/templates/:id", e2bt_patch, 0, D1 },
+  { "PATCH", "/v2/templates/:id", e2bt_patch, 0, D1 },
+  { "DELETE", "/templates/:id", e2bt_delete, 0, D1 },
+
   /* lifecycle events and webhooks (E2B's shapes) */
   { "*", "/events/*", events_route, 0, D1 },
 
@@ -87,3 +107,12 @@ const struct route api_routes[] = {
 };
 
 const size_t api_n_routes = sizeof api_routes / sizeof api_routes[0];
+
+/* What checks the signed URLs of ROUTE_SIGNED routes. */
+route_check_fn
+route_check_of (const struct route *r)
+{
+  if (r->fn == e2bt_file_put)
+    return e2bt_upload_check;
+  return NULL;
+}

@@ -907,6 +907,15 @@ route_begin (struct request *rq)
         return send_fail (c, &err);
       k->have_rec = true;
     }
+  /* a public route's own credential (a signed URL), before the body */
+  if (r->flags & ROUTE_SIGNED)
+    {
+      route_check_fn check = route_check_of (r);
+      if (check == NULL)
+        return send_error (c, 500, "no check for a signed route");
+      if (!check (k, &ret))
+        return ret;
+    }
   rq->r = r;
   rq->job = route_job;
   rq->body_max = r->flags & ROUTE_BIG_BODY ? BIG_BODY_MAX : JSON_BODY_MAX;

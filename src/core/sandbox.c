@@ -439,6 +439,12 @@ teardown (struct sbx_engine *e, struct sandbox *s)
     sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's cgroups", "sandbox", s->id, "error", err.msg, NULL);
   if (s->our_child && s->init_pid > 0)
     waitpid (s->init_pid, NULL, 0);
+  if (s->disk_fd >= 0)
+    {
+      /* a kept disk (keep_upper): its loop device goes with the last use */
+      close (s->disk_fd);
+      s->disk_fd = -1;
+    }
   if (e->net && s->has_net)
     sbx_net_forget (e->net, s->uid_slot);
   s->has_net = false;
@@ -1563,10 +1569,15 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     goto fail;
   free (env);
   env = NULL;
-  /* the sandbox holds its disk and socket now */
-  close (s->disk_fd);
+  /* the sandbox holds its disk and socket now (a template build keeps
+     the disk, whose upper layer it publishes: sbx_upper_open) */
+  if (!o->keep_upper)
+    {
+      close (s->disk_fd);
+      s->disk_fd = -1;
+    }
   close (s->agent_fd);
-  s->disk_fd = s->agent_fd = -1;
+  s->agent_fd = -1;
   s->state = SBX_RUNNING;
 
   pthread_mutex_lock (&e->lock);
@@ -1768,6 +1779,24 @@ int
 sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err)
 {
   return set_frozen (e, id, false, err);
+}
+
+int
+sbx_upper_open (struct sbx_engine *e, const char *id, int *fd, uint32_t *id_base, struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = 0;
+  *fd = -1;
+  if (s->state == SBX_STOPPED || s->disk_fd < 0)
+    r = sbx_failk (err, SBX_E_STOPPED, "sandbox %s keeps no upper layer", id);
+  else if ((*fd = openat (s->disk_fd, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+    r = sbx_fail (err, errno, "open the upper layer of %s", id);
+  else
+    *id_base = uid_base (s->uid_slot);
+  put (e, s);
+  return r;
 }
 
 int

@@ -109,6 +109,7 @@ struct sbx_create_opts {
   unsigned cpu_weight;        /* its CPU share from the start (as sbx_set_cpu_weight); 0: the kernel's default */
   const char *id;             /* the id to give it, from sbx_new_id (for a caller that must name it before it
                                  exists); NULL: a new one.  Such a create takes no spare (about 20 ms more). */
+  bool keep_upper;            /* keep its disk for sbx_upper_open (template builds); not across a restart */
 };
 
 /* A new sandbox id ("sbx_" and 20 of [0-9a-z]) for sbx_create_opts.id. */
@@ -152,6 +153,11 @@ int sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_
                      struct sbx_err *err);
 int sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err);
+/* A descriptor of the overlay upper directory of sandbox ID, created with
+   keep_upper (close it), and the host uid of its root (its files there
+   are owned by ID_BASE + their uid inside).  Freeze the sandbox
+   (sbx_pause) while reading it. */
+int sbx_upper_open (struct sbx_engine *e, const char *id, int *fd, uint32_t *id_base, struct sbx_err *err);
 int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err);
 /* ID's share of the CPU against the other sandboxes when they all want
    it (cgroup cpu.weight units, 1..10000; a new sandbox has 100). */

@@ -35,6 +35,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -374,6 +375,8 @@ struct spec {
   /* "file:" lines: file_src[i] (an absolute host path) is copied to
      file_dest[i] in the image. */
   struct strv file_src, file_dest;
+  /* layers only (sbx_layer_commit) */
+  const char *start_cmd, *ready_cmd;
 };
 
 static void
@@ -943,6 +946,10 @@ write_template_json (const char *dir, const char *name, const struct spec *s, st
   ok = ok && json_object_set_new (root, "internet", json_boolean (!s->no_internet)) == 0;
   ok = ok && json_object_set_new (root, "built_at", json_string (built_at)) == 0;
   ok = ok && json_object_set_new (root, "packages", json_strv (&s->packages)) == 0;
+  if (s->start_cmd)
+    ok = ok && json_object_set_new (root, "start_cmd", json_string (s->start_cmd)) == 0;
+  if (s->ready_cmd)
+    ok = ok && json_object_set_new (root, "ready_cmd", json_string (s->ready_cmd)) == 0;
   cleanup_free char *text = ok ? json_dumps (root, JSON_INDENT (2)) : NULL;
   json_decref (root);
   if (text == NULL)
@@ -1219,6 +1226,9 @@ build_into (const char *tdir, int dfd, const char *name, const struct spec *s, c
   return 0;
 }
 
+static int build_spec (const char *tmpl_dir, const char *name, const struct spec *s, int64_t start_ms,
+                       FILE *progress, struct sbx_err *err);
+
 int
 sbx_template_build (const char *spec_dir, const char *tmpl_dir, const char *name, FILE *progress,
                     struct sbx_err *err)
@@ -1241,6 +1251,16 @@ sbx_template_build (const char *spec_dir, const char *tmpl_dir, const char *name
       return -1;
     }
 
+  int ret = build_spec (tmpl_dir, name, &s, start_ms, progress, err);
+  spec_free (&s);
+  return ret;
+}
+
+/* Build template NAME from spec S (parsed or made up) under its lock. */
+static int
+build_spec (const char *tmpl_dir, const char *name, const struct spec *s, int64_t start_ms, FILE *progress,
+            struct sbx_err *err)
+{
   int ret = -1;
   cleanup_free char *tdir = NULL;
   cleanup_close int dfd = -1;
@@ -1277,7 +1297,7 @@ sbx_template_build (const char *spec_dir, const char *tmpl_dir, const char *name
       sbx_fail (err, errno, "mkdir %s", builddir);
       goto out;
     }
-  ret = build_into (tdir, dfd, name, &s, builddir, progress, err);
+  ret = build_into (tdir, dfd, name, s, builddir, progress, err);
   if (ret < 0 && access (builddir, F_OK) == 0)
     {
       struct sbx_err e2;
@@ -1286,7 +1306,6 @@ sbx_template_build (const char *spec_dir, const char *tmpl_dir, const char *name
     }
 
 out:
-  spec_free (&s);
   return ret;
 }
 
@@ -1391,6 +1410,10 @@ load_json (int dfd, const char *name, const char *target, struct sbx_template *t
     bad = "env";
   else if (json_object_get (root, "internet") && ! json_is_boolean (json_object_get (root, "internet")))
     bad = "internet";
+  else if (json_object_get (root, "start_cmd") && ! json_is_string (json_object_get (root, "start_cmd")))
+    bad = "start_cmd";
+  else if (json_object_get (root, "ready_cmd") && ! json_is_string (json_object_get (root, "ready_cmd")))
+    bad = "ready_cmd";
   if (bad != NULL)
     {
       sbx_failx (err, EINVAL, "template %s: template.json: bad %s", target, bad);
@@ -1399,6 +1422,13 @@ load_json (int dfd, const char *name, const char *target, struct sbx_template *t
 
   /* templates built before the key existed had internet access */
   t->internet = ! json_is_false (json_object_get (root, "internet"));
+  const char *start = json_string_value (json_object_get (root, "start_cmd"));
+  const char *ready = json_string_value (json_object_get (root, "ready_cmd"));
+  if ((start && (t->start_cmd = strdup (start)) == NULL) || (ready && (t->ready_cmd = strdup (ready)) == NULL))
+    {
+      sbx_fail (err, ENOMEM, "template %s", target);
+      goto out;
+    }
   size_t n = env ? json_array_size (env) : 0;
   t->env = calloc (n + 1, sizeof *t->env);
   if (t->env == NULL)
@@ -1525,12 +1555,17 @@ sbx_template_free (struct sbx_template *t)
       free (*e);
   free (t->env);
   t->env = NULL;
+  free (t->start_cmd);
+  free (t->ready_cmd);
+  t->start_cmd = t->ready_cmd = NULL;
 }
 
+/* Hidden: our own entries, and the layers of builds (the build API's
+   templates are listed by its records). */
 static int
 not_hidden (const struct dirent *de)
 {
-  return de->d_name[0] != '.';
+  return de->d_name[0] != '.' && strncmp (de->d_name, SBX_LAYER_PREFIX, strlen (SBX_LAYER_PREFIX)) != 0;
 }
 
 int
@@ -1647,5 +1682,401 @@ sbx_template_remove (const char *tmpl_dir, const char *name, struct sbx_err *err
   spec_free (&none);
   if (retire_tree (tdir, old, target, ret < 0 ? &dummy : err) < 0)
     ret = -1;
+  return ret;
+}
+
+/* ------------------------------------------------------------------ layers */
+
+#define LAYER_DEPTH_MAX 256
+
+bool
+sbx_template_exists (const char *tmpl_dir, const char *name)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  if (! valid_name (name))
+    return false;
+  int n = snprintf (path, sizeof path, "%s/%s/template.json", tmpl_dir, name);
+  return n > 0 && (size_t) n < sizeof path && stat (path, &st) == 0 && S_ISREG (st.st_mode);
+}
+
+int
+sbx_template_identity (const char *tmpl_dir, const char *name, char *out, size_t n, struct sbx_err *err)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  if (check_name (name, err) < 0 || path_fmt (path, sizeof path, err, "%s/%s/template.json", tmpl_dir, name) < 0)
+    return -1;
+  if (stat (path, &st) < 0)
+    {
+      if (errno == ENOENT)
+        return sbx_failx (err, ENOENT, "unknown template: %s", name);
+      return sbx_fail (err, errno, "stat %s", path);
+    }
+  snprintf (out, n, "%s:%llu:%lld.%09ld", name, (unsigned long long) st.st_ino, (long long) st.st_ctim.tv_sec,
+            st.st_ctim.tv_nsec);
+  return 0;
+}
+
+/* rm -rf NAME in directory DFD, never following a symlink.  Only used on
+   trees this file made. */
+static int
+remove_at (int dfd, const char *name, int depth, struct sbx_err *err)
+{
+  struct stat st;
+  if (fstatat (dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+    return errno == ENOENT ? 0 : sbx_fail (err, errno, "stat %s", name);
+  if (! S_ISDIR (st.st_mode))
+    {
+      if (unlinkat (dfd, name, 0) < 0 && errno != ENOENT)
+        return sbx_fail (err, errno, "remove %s", name);
+      return 0;
+    }
+  if (depth > LAYER_DEPTH_MAX)
+    return sbx_failx (err, ELOOP, "remove %s: directories nested too deeply", name);
+  int fd = openat (dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
+  if (d == NULL)
+    {
+      if (fd >= 0)
+        close (fd);
+      return sbx_fail (err, errno, "open %s", name);
+    }
+  int ret = 0;
+  struct dirent *de;
+  while (ret == 0 && (de = readdir (d)) != NULL)
+    if (strcmp (de->d_name, ".") != 0 && strcmp (de->d_name, "..") != 0)
+      ret = remove_at (dirfd (d), de->d_name, depth + 1, err);
+  closedir (d);
+  if (ret == 0 && unlinkat (dfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+    ret = sbx_fail (err, errno, "remove %s", name);
+  return ret;
+}
+
+/* An id of the sandbox's range (BASE..BASE+65535 on the host) as it is
+   inside; anything else (there should be nothing else) becomes nobody. */
+static uint32_t
+shift_id (uint32_t id, uint32_t base)
+{
+  return id >= base && id - base < 65536 ? id - base : 65534;
+}
+
+static int
+copy_content (int in, int out, struct sbx_err *err)
+{
+  for (;;)
+    {
+      ssize_t n = copy_file_range (in, NULL, out, NULL, 1u << 30, 0);
+      if (n == 0)
+        return 0;
+      if (n > 0)
+        continue;
+      if (errno == EINTR)
+        continue;
+      if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)
+        return sbx_fail (err, errno, "copy file");
+      break;
+    }
+  char buf[65536];
+  for (;;)
+    {
+      ssize_t n = read (in, buf, sizeof buf);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        return sbx_fail (err, errno, "read file");
+      if (n == 0)
+        return 0;
+      if (sbx_write_full (out, buf, (size_t) n) < 0)
+        return sbx_fail (err, errno, "write file");
+    }
+}
+
+static bool
+has_xattr (int fd, const char *name, char want)
+{
+  char v[4];
+  ssize_t n = fgetxattr (fd, name, v, sizeof v);
+  return n >= 0 && (want == 0 || (n >= 1 && v[0] == want));
+}
+
+/* Apply the overlay upper directory UP onto tree directory DST (see
+   sbx_layer_commit).  Hand-written: no tool knows overlayfs whiteouts and
+   opaque directories, and rsync or tar would follow the sandbox's names
+   with root's rights unless told exactly what not to do. */
+static int
+apply_upper (int up, int dst, uint32_t base, int depth, struct sbx_err *err)
+{
+  if (depth > LAYER_DEPTH_MAX)
+    return sbx_failx (err, ELOOP, "layer: directories nested too deeply");
+  int fd = dup (up);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
+  if (d == NULL)
+    {
+      if (fd >= 0)
+        close (fd);
+      return sbx_fail (err, errno, "open a layer directory");
+    }
+  int ret = 0;
+  struct dirent *de;
+  while (ret == 0 && (de = readdir (d)) != NULL)
+    {
+      const char *name = de->d_name;
+      if (strcmp (name, ".") == 0 || strcmp (name, "..") == 0)
+        continue;
+      struct stat st, dst_st;
+      if (fstatat (up, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        {
+          ret = sbx_fail (err, errno, "stat %s", name);
+          break;
+        }
+      uid_t uid = shift_id (st.st_uid, base);
+      gid_t gid = shift_id (st.st_gid, base);
+      struct timespec times[2] = { st.st_atim, st.st_mtim };
+      if (S_ISCHR (st.st_mode) && st.st_rdev == 0)
+        {
+          /* a whiteout: the name was removed */
+          ret = remove_at (dst, name, 0, err);
+        }
+      else if (S_ISDIR (st.st_mode))
+        {
+          cleanup_close int sub = openat (up, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+          if (sub < 0)
+            {
+              ret = sbx_fail (err, errno, "open %s", name);
+              break;
+            }
+          if (has_xattr (sub, "trusted.overlay.redirect", 0) || has_xattr (sub, "trusted.overlay.metacopy", 0))
+            {
+              ret = sbx_failx (err, EOPNOTSUPP, "layer: %s uses overlayfs redirects, which layers do not support",
+                               name);
+              break;
+            }
+          bool opaque = has_xattr (sub, "trusted.overlay.opaque", 'y');
+          bool exists = fstatat (dst, name, &dst_st, AT_SYMLINK_NOFOLLOW) == 0;
+          if (exists && (opaque || ! S_ISDIR (dst_st.st_mode)))
+            {
+              if (remove_at (dst, name, 0, err) < 0)
+                {
+                  ret = -1;
+                  break;
+                }
+              exists = false;
+            }
+          if (! exists && mkdirat (dst, name, 0700) < 0)
+            {
+              ret = sbx_fail (err, errno, "mkdir %s", name);
+              break;
+            }
+          cleanup_close int dsub = openat (dst, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+          if (dsub < 0)
+            ret = sbx_fail (err, errno, "open %s", name);
+          else if (apply_upper (sub, dsub, base, depth + 1, err) < 0)
+            ret = -1;
+          else if (fchown (dsub, uid, gid) < 0 || fchmod (dsub, st.st_mode & 07777) < 0
+                   || futimens (dsub, times) < 0)
+            ret = sbx_fail (err, errno, "set owner and mode of %s", name);
+        }
+      else if (S_ISREG (st.st_mode))
+        {
+          cleanup_close int in = openat (up, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+          struct stat in_st;
+          if (in < 0 || fstat (in, &in_st) < 0)
+            {
+              ret = sbx_fail (err, errno, "open %s", name);
+              break;
+            }
+          if (! S_ISREG (in_st.st_mode))
+            continue;
+          if (has_xattr (in, "trusted.overlay.whiteout", 0))
+            {
+              ret = remove_at (dst, name, 0, err);
+              continue;
+            }
+          if (has_xattr (in, "trusted.overlay.metacopy", 0))
+            {
+              ret = sbx_failx (err, EOPNOTSUPP, "layer: %s is an overlayfs metacopy, which layers do not support",
+                               name);
+              break;
+            }
+          /* never write through the name: it is a hard link to the
+             parent layer's file */
+          if (remove_at (dst, name, 0, err) < 0)
+            {
+              ret = -1;
+              break;
+            }
+          cleanup_close int out
+              = openat (dst, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+          if (out < 0)
+            ret = sbx_fail (err, errno, "create %s", name);
+          else if (copy_content (in, out, err) < 0)
+            ret = -1;
+          /* the owner first: chown clears set-user-id bits */
+          else if (fchown (out, uid, gid) < 0 || fchmod (out, in_st.st_mode & 07777) < 0
+                   || futimens (out, times) < 0)
+            ret = sbx_fail (err, errno, "set owner and mode of %s", name);
+        }
+      else if (S_ISLNK (st.st_mode))
+        {
+          char target[PATH_MAX];
+          ssize_t n = readlinkat (up, name, target, sizeof target - 1);
+          if (n < 0)
+            {
+              ret = sbx_fail (err, errno, "read link %s", name);
+              break;
+            }
+          target[n] = '\0';
+          if (remove_at (dst, name, 0, err) < 0)
+            ret = -1;
+          else if (symlinkat (target, dst, name) < 0)
+            ret = sbx_fail (err, errno, "symlink %s", name);
+          else if (fchownat (dst, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0
+                   || utimensat (dst, name, times, AT_SYMLINK_NOFOLLOW) < 0)
+            ret = sbx_fail (err, errno, "set owner of %s", name);
+        }
+      /* FIFOs, sockets and devices made by a build are not kept */
+    }
+  closedir (d);
+  return ret;
+}
+
+static int
+spec_from_meta (struct spec *s, const struct sbx_layer_meta *m, struct sbx_err *err)
+{
+  spec_init (s);
+  if ((m->user && copy_str (s->user, sizeof s->user, m->user) < 0)
+      || (m->workdir && copy_str (s->workdir, sizeof s->workdir, m->workdir) < 0))
+    return sbx_failx (err, EINVAL, "user or workdir too long");
+  for (const char *const *e = m->env; e && *e; e++)
+    {
+      if (! valid_env (*e))
+        return sbx_failx (err, EINVAL, "invalid environment variable '%s'", *e);
+      if (spec_set_env (s, *e) < 0)
+        return sbx_fail (err, ENOMEM, "layer");
+    }
+  if (m->cpu_count)
+    s->cpu_count = m->cpu_count;
+  if (m->memory_mb)
+    s->memory_mb = m->memory_mb;
+  if (m->disk_mb)
+    s->disk_mb = m->disk_mb;
+  s->no_internet = m->no_internet;
+  s->start_cmd = m->start_cmd;
+  s->ready_cmd = m->ready_cmd;
+  return 0;
+}
+
+int
+sbx_layer_commit (const char *tmpl_dir, const char *name, const char *base, int upper_fd, uint32_t id_base,
+                  const struct sbx_layer_meta *meta, FILE *progress, struct sbx_err *err)
+{
+  if (check_name (name, err) < 0 || check_name (base, err) < 0)
+    return -1;
+  if (sbx_template_exists (tmpl_dir, name))
+    return 0;
+  struct spec s;
+  if (spec_from_meta (&s, meta, err) < 0)
+    {
+      spec_free (&s);
+      return -1;
+    }
+  int ret = -1;
+  cleanup_free char *tdir = NULL;
+  cleanup_close int dfd = -1, lockfd = -1, rootfd = -1;
+  char builddir[PATH_MAX], src[PATH_MAX], rootfs[PATH_MAX], target[64];
+  if (canonical_dir (tmpl_dir, &tdir, err) < 0)
+    goto out;
+  dfd = open (tdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    {
+      sbx_fail (err, errno, "open %s", tdir);
+      goto out;
+    }
+  lockfd = take_lock (dfd, name, true, NULL, progress, err);
+  if (lockfd < 0)
+    goto out;
+  if (sbx_template_exists (tmpl_dir, name))
+    {
+      ret = 0; /* made meanwhile by another build */
+      goto out;
+    }
+  if (remove_stale (tdir, name, progress, err) < 0 || resolve (dfd, base, target, sizeof target, err) < 0
+      || path_fmt (builddir, sizeof builddir, err, "%s/.build-%s-%d", tdir, name, (int) getpid ()) < 0
+      || path_fmt (src, sizeof src, err, "%s/%s/rootfs", tdir, target) < 0
+      || path_fmt (rootfs, sizeof rootfs, err, "%s/rootfs", builddir) < 0)
+    goto out;
+  if (mkdir (builddir, 0755) < 0 || chmod (builddir, 0755) < 0)
+    {
+      sbx_fail (err, errno, "mkdir %s", builddir);
+      goto out;
+    }
+  /* coreutils' cp: hard links for files, fresh directories (their owner
+     and mode may be changed without touching the parent layer) */
+  char *argv[] = { "cp", "-a", "-l", "--", src, rootfs, NULL };
+  if (run_streaming (argv, progress, err) < 0)
+    goto fail;
+  rootfd = open (rootfs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (rootfd < 0)
+    {
+      sbx_fail (err, errno, "open %s", rootfs);
+      goto fail;
+    }
+  if (upper_fd >= 0 && apply_upper (upper_fd, rootfd, id_base, 0, err) < 0)
+    goto fail;
+  if (fchown (rootfd, 0, 0) < 0 || fchmod (rootfd, 0755) < 0)
+    {
+      sbx_fail (err, errno, "set owner and mode of %s", rootfs);
+      goto fail;
+    }
+  if (write_template_json (builddir, name, &s, err) < 0 || install_tree (tdir, name, builddir, err) < 0)
+    goto fail;
+  ret = 0;
+  goto out;
+
+fail:
+  {
+    struct sbx_err e2;
+    if (access (builddir, F_OK) == 0 && safe_remove (builddir, &e2) < 0)
+      say (progress, "layer %s: could not clean up: %s", name, e2.msg);
+  }
+out:
+  spec_free (&s);
+  return ret;
+}
+
+int
+sbx_template_build_suite (const char *tmpl_dir, const char *name, const char *suite, FILE *progress,
+                          struct sbx_err *err)
+{
+  if (check_name (name, err) < 0)
+    return -1;
+  if (sbx_template_exists (tmpl_dir, name))
+    return 0;
+  bool ok = suite[0] != '\0' && strlen (suite) < sizeof ((struct spec *) 0)->suite;
+  for (const char *q = suite; ok && *q; q++)
+    ok = is_alnum (*q) || *q == '-' || *q == '.';
+  if (! ok)
+    return sbx_failx (err, EINVAL, "invalid Debian suite '%s'", suite);
+  struct spec s;
+  spec_init (&s);
+  strcpy (s.suite, suite);
+  strcpy (s.user, "user");
+  strcpy (s.workdir, "/home/user");
+  s.cpu_count = 2;
+  s.memory_mb = 1024;
+  s.disk_mb = 10240;
+  int ret = -1;
+  /* the user E2B's images have, with the host's resolver left out */
+  if (strv_push (&s.env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") < 0
+      || strv_push (&s.env, "LANG=C.UTF-8") < 0
+      || strv_push (&s.setup, "groupadd -g 1000 user && useradd -m -u 1000 -g 1000 -s /bin/bash user") < 0
+      || strv_push (&s.setup, "echo sandbox > /etc/hostname") < 0
+      || strv_push (&s.setup, "printf '127.0.0.1\\tlocalhost sandbox\\n::1\\tlocalhost\\n' > /etc/hosts") < 0
+      || strv_push (&s.setup, "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin") < 0)
+    sbx_fail (err, ENOMEM, "template %s", name);
+  else
+    ret = build_spec (tmpl_dir, name, &s, sbx_wall_ms (), progress, err);
+  spec_free (&s);
   return ret;
 }

@@ -31,6 +31,8 @@ struct sbx_template {
   uint32_t memory_mb;  /* default memory limit */
   uint32_t disk_mb;    /* default disk quota */
   bool internet;       /* sandboxes have outbound internet unless asked otherwise */
+  char *start_cmd;     /* run in the background when a sandbox starts (built layers), or NULL */
+  char *ready_cmd;     /* a sandbox is ready once this exits 0 (with start_cmd), or NULL */
 };
 
 /* Resolve the template directory into OUT. */
@@ -56,5 +58,53 @@ int sbx_template_gc (const char *tmpl_dir, struct sbx_err *err);
 
 /* Remove a built template and its aliases (its tree is retired). */
 int sbx_template_remove (const char *tmpl_dir, const char *name, struct sbx_err *err);
+
+/* ---- layers: templates built step by step (the E2B build API) ----
+
+   A layer is a template of its own, named SBX_LAYER_PREFIX and a key (40
+   hex digits, a hash of everything that made it), whose tree is its
+   parent's tree hard-linked (`cp -al`, so unchanged files cost an inode,
+   not their size) with a sandbox's changes applied on top.  Layers are
+   never modified once published, so hard links between them are safe:
+   sandboxes only ever see a tree as the read-only lower layer of their
+   overlay. */
+
+#define SBX_LAYER_PREFIX "_l-"
+#define SBX_IMAGE_PREFIX "_i-"
+
+/* What a layer's template.json says (NULL and 0 fields: root, /, the
+   defaults). */
+struct sbx_layer_meta {
+  const char *const *env;  /* NULL-terminated "KEY=VALUE", may be NULL */
+  const char *user;
+  const char *workdir;
+  const char *start_cmd, *ready_cmd;
+  uint32_t cpu_count, memory_mb, disk_mb;
+  bool no_internet;
+};
+
+/* Whether template (or layer) NAME is built. */
+bool sbx_template_exists (const char *tmpl_dir, const char *name);
+
+/* Publish layer NAME: the tree of template BASE, hard-linked, with the
+   overlay upper directory UPPER_FD (or nothing when -1) applied on top:
+   whiteouts remove, opaque directories replace, everything else is
+   copied, its owner shifted down by ID_BASE (the host uid of the
+   sandbox's root).  Entries of the upper are opened relative to their
+   directory, never followed (O_NOFOLLOW), and only regular files,
+   directories and symlinks are taken; the sandbox that made UPPER_FD
+   must be frozen meanwhile.  Succeeds at once when NAME exists. */
+int sbx_layer_commit (const char *tmpl_dir, const char *name, const char *base, int upper_fd, uint32_t id_base,
+                      const struct sbx_layer_meta *meta, FILE *progress, struct sbx_err *err);
+
+/* Build NAME from Debian SUITE (mmdebstrap minbase, with user `user`,
+   uid 1000, as the default user and /home/user as the workdir), as
+   sbx_template_build does for a spec.  Succeeds at once when NAME exists. */
+int sbx_template_build_suite (const char *tmpl_dir, const char *name, const char *suite, FILE *progress,
+                              struct sbx_err *err);
+
+/* The identity of a built template's current tree (its template.json's
+   inode and change time), so a cache keyed on it notices a rebuild. */
+int sbx_template_identity (const char *tmpl_dir, const char *name, char *out, size_t n, struct sbx_err *err);
 
 #endif

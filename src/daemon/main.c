@@ -19,6 +19,7 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
+#include "../service/builds.h"
 #include "../service/fairshare.h"
 #include "../service/service.h"
 #include "../api/server.h"
@@ -53,6 +54,7 @@ usage (FILE *f)
          "             [--capacity-sandboxes N] [--capacity-memory-mb MB]   (more wait queued)\n"
          "             [--domain DOMAIN[:PORT]]   (sandbox ports at PORT-ID.DOMAIN)\n"
          "             [--tls-cert FILE --tls-key FILE]   (serve HTTPS)\n"
+         "             [--build-workers N]   (template builds at once; default 1)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -180,6 +182,7 @@ cmd_serve (int argc, char **argv)
                                         { "domain", required_argument, NULL, 'D' },
                                         { "tls-cert", required_argument, NULL, 'E' },
                                         { "tls-key", required_argument, NULL, 'K' },
+                                        { "build-workers", required_argument, NULL, 'B' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -199,6 +202,7 @@ cmd_serve (int argc, char **argv)
   uint32_t storage_quota_mb = SBX_SAVE_QUOTA_MB;
   struct sbx_capacity capacity = { 0 }; /* no cap on the count; memory: what the host can hold */
   const char *domain = NULL, *tls_cert = NULL, *tls_key = NULL;
+  uint32_t build_workers = SBX_BUILD_WORKERS;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -329,6 +333,11 @@ cmd_serve (int argc, char **argv)
       case 'K':
         tls_key = optarg;
         break;
+      case 'B':
+        /* template builds at once (the E2B build API) */
+        if (parse_u32 ("--build-workers", optarg, 1, 64, &build_workers) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -417,6 +426,8 @@ cmd_serve (int argc, char **argv)
       return 1;
     }
   sbx_service_set_engine (svc, engine);
+  if (sbx_builds_start (svc, state, tmpl, build_workers, &err) < 0)
+    sbx_log_fields (SBX_LOG_ERROR, "cannot start the template builders", "error", err.msg, NULL);
   struct sbx_webhooks *webhooks;
   for (size_t i = 0; i < outbound.n_allow; i++)
     {
@@ -494,6 +505,7 @@ cmd_serve (int argc, char **argv)
       return 0;
     }
   sbx_meter_stop (meter);
+  sbx_builds_stop ();
   sbx_service_placement_stop ();
   sbx_service_set_fairshare (svc, NULL);
   sbx_fairshare_stop (fair);

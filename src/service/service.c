@@ -22,6 +22,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "builds.h"
 #include "checkpoints.h"
 #include "encode.h"
 #include "fairshare.h"
@@ -341,7 +342,20 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
                              struct sbx_sandbox_rec *rec, struct sbx_err *err)
 {
   memset (rec, 0, sizeof *rec);
-  struct sbx_create_opts o = { .template_name = spec->template_name,
+  /* a template the organisation built (builds.c) starts from its layer */
+  char tree[64];
+  int built = sbx_builds_resolve (svc, org, spec->template_name, tree, sizeof tree, err);
+  if (built < 0)
+    {
+      sbx_place_cancel (ticket);
+      if (want_id == NULL)
+        {
+          struct sbx_err e3;
+          sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e3);
+        }
+      return -1;
+    }
+  struct sbx_create_opts o = { .template_name = built ? tree : spec->template_name,
                                .timeout_s = spec->timeout_s,
                                .env = spec->env,
                                .limits = spec->limits,
@@ -361,9 +375,11 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
         sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
       return -1;
     }
-  /* its checkpoint's workspace is in before anyone sees it ready */
+  /* its checkpoint's workspace is in, and its template's start command
+     ready, before anyone sees it ready */
   struct sbx_info info;
-  if (sbx_service_storage_start (svc, org, id, spec, err) < 0 || sbx_get_info (svc->engine, id, &info, err) < 0)
+  if (sbx_service_storage_start (svc, org, id, spec, err) < 0
+      || (built && sbx_builds_started (svc, id, tree, err) < 0) || sbx_get_info (svc->engine, id, &info, err) < 0)
     {
       sbx_place_cancel (ticket);
       if (want_id == NULL)

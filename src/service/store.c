@@ -26,6 +26,9 @@
  *   capture_files  one row per file, directory or symlink of a capture
  *   sandbox_storage  what a sandbox keeps when it ends (ephemeral: false,
  *               artifacts and their prefix)
+ *   templates   templates built through E2B's build API, per organisation
+ *   template_builds  their builds; a ready one names the layer it made
+ *   template_tags    tags of a template, each naming one build
  *
  * An event and the deliveries it causes are written in one transaction,
  * so a crash never loses a notification nor sends one for an event that
@@ -204,7 +207,42 @@ static const char schema_sql[]
       "CREATE TABLE IF NOT EXISTS sandbox_ingress ("
       "  sandbox_id TEXT PRIMARY KEY,"
       "  public INTEGER NOT NULL,"
-      "  mask_host TEXT NOT NULL);";
+      "  mask_host TEXT NOT NULL);"
+
+      /* templates built through the E2B build API (builds.c) */
+      "CREATE TABLE IF NOT EXISTS templates ("
+      "  id TEXT PRIMARY KEY,"
+      "  org_id TEXT NOT NULL,"
+      "  name TEXT NOT NULL,"
+      "  public INTEGER NOT NULL,"
+      "  cpu_count INTEGER NOT NULL,"
+      "  memory_mb INTEGER NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  updated_ms INTEGER NOT NULL,"
+      "  build_count INTEGER NOT NULL,"
+      "  UNIQUE (org_id, name));"
+      "CREATE TABLE IF NOT EXISTS template_builds ("
+      "  id TEXT PRIMARY KEY,"
+      "  template_id TEXT NOT NULL,"
+      "  org_id TEXT NOT NULL,"
+      "  status TEXT NOT NULL,"             /* waiting, building, ready, error */
+      "  tree TEXT NOT NULL,"               /* the layer it made, once ready */
+      "  reason TEXT,"
+      "  step TEXT NOT NULL,"
+      "  tags TEXT,"                        /* JSON array: tags to give it when ready */
+      "  layers TEXT,"                      /* the layers it made, one name a line */
+      "  cpu_count INTEGER NOT NULL,"
+      "  memory_mb INTEGER NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  updated_ms INTEGER NOT NULL,"
+      "  finished_ms INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS template_builds_tmpl ON template_builds (template_id, created_ms);"
+      "CREATE TABLE IF NOT EXISTS template_tags ("
+      "  template_id TEXT NOT NULL,"
+      "  tag TEXT NOT NULL,"
+      "  build_id TEXT NOT NULL,"
+      "  created_ms INTEGER NOT NULL,"
+      "  PRIMARY KEY (template_id, tag));";
 
 /* Indexes on columns added_columns[] (below) may have had to add first. */
 static const char schema_indexes_sql[]
@@ -231,6 +269,10 @@ static const char schema_indexes_sql[]
 
 #define CAP_COLS "id, org_id, sandbox_id, kind, prefix, created_ms, size_bytes, files"
 #define CF_COLS "n, path, type, size, mode, uid, gid, mtime_ms, link"
+#define TPL_COLS "id, org_id, name, public, cpu_count, memory_mb, created_ms, updated_ms, build_count"
+#define BLD_COLS                                                                                       \
+  "id, template_id, org_id, status, tree, reason, step, tags, cpu_count, memory_mb, created_ms, updated_ms, " \
+  "finished_ms, layers"
 
 /* The oldest pending delivery of every enabled webhook: only these may be
    sent, so that a webhook sees its events in order.  A disabled webhook's
@@ -318,6 +360,20 @@ enum stmt_id
   S_STORAGE_GET,
   S_INGRESS_PUT,
   S_INGRESS_GET,
+  S_TPL_PUT,
+  S_TPL_GET,
+  S_TPL_LIST,
+  S_TPL_DELETE,
+  S_TPL_DELETE_BUILDS,
+  S_TPL_DELETE_TAGS,
+  S_BLD_PUT,
+  S_BLD_GET,
+  S_BLD_LIST,
+  S_BLD_FAIL_UNFINISHED,
+  S_BLD_TREE_REFS,
+  S_TAG_SET,
+  S_TAG_DELETE,
+  S_TAG_LIST,
   S_COUNT
 };
 
@@ -446,6 +502,26 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_STORAGE_GET] = "SELECT keep_workspace, keep_artifacts, prefix FROM sandbox_storage WHERE sandbox_id = ?1",
   [S_INGRESS_PUT] = "INSERT OR REPLACE INTO sandbox_ingress (sandbox_id, public, mask_host) VALUES (?1, ?2, ?3)",
   [S_INGRESS_GET] = "SELECT public, mask_host FROM sandbox_ingress WHERE sandbox_id = ?1",
+
+  [S_TPL_PUT] = "INSERT OR REPLACE INTO templates (" TPL_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+  /* ?1 org, ?2 an id (the org's, or a public one) or one of the org's names */
+  [S_TPL_GET] = "SELECT " TPL_COLS " FROM templates WHERE (id = ?2 AND (org_id = ?1 OR public = 1))"
+                " OR (org_id = ?1 AND name = ?2) ORDER BY org_id = ?1 DESC LIMIT 1",
+  [S_TPL_LIST] = "SELECT " TPL_COLS " FROM templates WHERE org_id = ?1 ORDER BY created_ms, id",
+  [S_TPL_DELETE] = "DELETE FROM templates WHERE id = ?1 AND org_id = ?2",
+  [S_TPL_DELETE_BUILDS] = "DELETE FROM template_builds WHERE template_id = ?1",
+  [S_TPL_DELETE_TAGS] = "DELETE FROM template_tags WHERE template_id = ?1",
+  [S_BLD_PUT] = "INSERT OR REPLACE INTO template_builds (" BLD_COLS ")"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+  [S_BLD_GET] = "SELECT " BLD_COLS " FROM template_builds WHERE id = ?1",
+  [S_BLD_LIST] = "SELECT " BLD_COLS " FROM template_builds WHERE template_id = ?1 ORDER BY created_ms DESC, id",
+  [S_BLD_FAIL_UNFINISHED] = "UPDATE template_builds SET status = 'error', reason = ?1, updated_ms = ?2,"
+                            " finished_ms = ?2 WHERE status IN ('waiting', 'building')",
+  [S_BLD_TREE_REFS] = "SELECT COUNT(*) FROM template_builds WHERE (tree = ?1 OR instr (layers, ?1 || char (10)) > 0)"
+                      " AND template_id != ?2",
+  [S_TAG_SET] = "INSERT OR REPLACE INTO template_tags (template_id, tag, build_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+  [S_TAG_DELETE] = "DELETE FROM template_tags WHERE template_id = ?1 AND tag = ?2",
+  [S_TAG_LIST] = "SELECT tag, build_id, created_ms FROM template_tags WHERE template_id = ?1 ORDER BY created_ms, tag",
 };
 
 struct sbx_store {
@@ -2711,6 +2787,51 @@ sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const struc
   int rc = bind_text (s, 1, sandbox_id) | sqlite3_bind_int (s, 2, in->public) | BIND_FIXED (s, 3, in->mask_host);
   if (bind_check (st, rc, err, "sandbox ingress") < 0 || step_done (st, s, err, "sandbox ingress") < 0)
     return -1;
+/* ------------------------------------------------------------- templates */
+
+static void
+tmpl_from_row (sqlite3_stmt *s, struct sbx_tmpl_rec *t)
+{
+  memset (t, 0, sizeof *t);
+  COL_COPY (s, 0, t->id);
+  COL_COPY (s, 1, t->org_id);
+  COL_COPY (s, 2, t->name);
+  t->is_public = sqlite3_column_int (s, 3) != 0;
+  t->cpu_count = (uint32_t) sqlite3_column_int64 (s, 4);
+  t->memory_mb = (uint32_t) sqlite3_column_int64 (s, 5);
+  t->created_ms = sqlite3_column_int64 (s, 6);
+  t->updated_ms = sqlite3_column_int64 (s, 7);
+  t->build_count = (uint32_t) sqlite3_column_int64 (s, 8);
+}
+
+int
+sbx_store_tmpl_put (struct sbx_store *st, const struct sbx_tmpl_rec *t, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TPL_PUT];
+  int rc = BIND_FIXED (s, 1, t->id) | BIND_FIXED (s, 2, t->org_id) | BIND_FIXED (s, 3, t->name)
+           | sqlite3_bind_int (s, 4, t->is_public) | sqlite3_bind_int64 (s, 5, t->cpu_count)
+           | sqlite3_bind_int64 (s, 6, t->memory_mb) | sqlite3_bind_int64 (s, 7, t->created_ms)
+           | sqlite3_bind_int64 (s, 8, t->updated_ms) | sqlite3_bind_int64 (s, 9, t->build_count);
+  if (bind_check (st, rc, err, "put template") < 0)
+    return -1;
+  return step_done (st, s, err, "put template");
+}
+
+int
+sbx_store_tmpl_get (struct sbx_store *st, const char *org_id, const char *id_or_name, struct sbx_tmpl_rec *t,
+                    struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TPL_GET];
+  if (bind_check (st, bind_text (s, 1, org_id) | bind_text (s, 2, id_or_name), err, "get template") < 0)
+    return -1;
+  int r = step_row (st, s, err, "get template");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "template not found");
+  tmpl_from_row (s, t);
   return 0;
 }
 
@@ -2731,5 +2852,257 @@ sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_
       COL_COPY (s, 1, in->mask_host);
       in->stored = true;
     }
+  return 0;
+}
+sbx_store_tmpl_list (struct sbx_store *st, const char *org_id, struct sbx_tmpl_rec **v, size_t *n,
+                     struct sbx_err *err)
+{
+  struct sbx_tmpl_rec *out = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TPL_LIST];
+  if (bind_check (st, bind_text (s, 1, org_id), err, "list templates") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list templates")) > 0)
+    {
+      struct sbx_tmpl_rec *one = sbx_grow (&out, &count, &cap, sizeof *out);
+      if (one == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      tmpl_from_row (s, one);
+    }
+  if (r < 0)
+    {
+      free (out);
+      return -1;
+    }
+  *v = out;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_tmpl_delete (struct sbx_store *st, const char *org_id, const char *id, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_rollback struct sbx_store *tx = NULL;
+  if (run (st, S_BEGIN, err, "begin") < 0)
+    return -1;
+  tx = st;
+  {
+    cleanup_reset sqlite3_stmt *s = st->stmt[S_TPL_DELETE];
+    if (bind_check (st, bind_text (s, 1, id) | bind_text (s, 2, org_id), err, "delete template") < 0
+        || step_done (st, s, err, "delete template") < 0)
+      return -1;
+    if (sqlite3_changes (st->db) == 0)
+      return sbx_failx (err, ENOENT, "template not found");
+  }
+  for (int i = 0; i < 2; i++)
+    {
+      cleanup_reset sqlite3_stmt *s = st->stmt[i == 0 ? S_TPL_DELETE_BUILDS : S_TPL_DELETE_TAGS];
+      if (bind_check (st, bind_text (s, 1, id), err, "delete template") < 0
+          || step_done (st, s, err, "delete template") < 0)
+        return -1;
+    }
+  if (run (st, S_COMMIT, err, "commit") < 0)
+    return -1;
+  tx = NULL;
+  return 0;
+}
+
+void
+sbx_build_rec_free (struct sbx_build_rec *b)
+{
+  free (b->reason);
+  free (b->tags_json);
+  free (b->layers);
+  b->reason = b->tags_json = b->layers = NULL;
+}
+
+static int
+build_from_row (sqlite3_stmt *s, struct sbx_build_rec *b)
+{
+  memset (b, 0, sizeof *b);
+  COL_COPY (s, 0, b->id);
+  COL_COPY (s, 1, b->template_id);
+  COL_COPY (s, 2, b->org_id);
+  COL_COPY (s, 3, b->status);
+  COL_COPY (s, 4, b->tree);
+  COL_COPY (s, 6, b->step);
+  b->cpu_count = (uint32_t) sqlite3_column_int64 (s, 8);
+  b->memory_mb = (uint32_t) sqlite3_column_int64 (s, 9);
+  b->created_ms = sqlite3_column_int64 (s, 10);
+  b->updated_ms = sqlite3_column_int64 (s, 11);
+  b->finished_ms = sqlite3_column_int64 (s, 12);
+  if (col_dup (s, 5, &b->reason) < 0 || col_dup (s, 7, &b->tags_json) < 0 || col_dup (s, 13, &b->layers) < 0)
+    {
+      sbx_build_rec_free (b);
+      return -1;
+    }
+  return 0;
+}
+
+int
+sbx_store_build_put (struct sbx_store *st, const struct sbx_build_rec *b, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_BLD_PUT];
+  int rc = BIND_FIXED (s, 1, b->id) | BIND_FIXED (s, 2, b->template_id) | BIND_FIXED (s, 3, b->org_id)
+           | BIND_FIXED (s, 4, b->status) | BIND_FIXED (s, 5, b->tree) | bind_text (s, 6, b->reason)
+           | BIND_FIXED (s, 7, b->step) | bind_text (s, 8, b->tags_json) | sqlite3_bind_int64 (s, 9, b->cpu_count)
+           | sqlite3_bind_int64 (s, 10, b->memory_mb) | sqlite3_bind_int64 (s, 11, b->created_ms)
+           | sqlite3_bind_int64 (s, 12, b->updated_ms) | sqlite3_bind_int64 (s, 13, b->finished_ms)
+           | bind_text (s, 14, b->layers);
+  if (bind_check (st, rc, err, "put build") < 0)
+    return -1;
+  return step_done (st, s, err, "put build");
+}
+
+int
+sbx_store_build_get (struct sbx_store *st, const char *id, struct sbx_build_rec *b, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_BLD_GET];
+  if (bind_check (st, bind_text (s, 1, id), err, "get build") < 0)
+    return -1;
+  int r = step_row (st, s, err, "get build");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "build not found");
+  return build_from_row (s, b) < 0 ? fail_nomem (err) : 0;
+}
+
+void
+sbx_build_recs_free (struct sbx_build_rec *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    sbx_build_rec_free (&v[i]);
+  free (v);
+}
+
+int
+sbx_store_build_list (struct sbx_store *st, const char *template_id, struct sbx_build_rec **v, size_t *n,
+                      struct sbx_err *err)
+{
+  struct sbx_build_rec *out = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_BLD_LIST];
+  if (bind_check (st, bind_text (s, 1, template_id), err, "list builds") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list builds")) > 0)
+    {
+      struct sbx_build_rec *one = sbx_grow (&out, &count, &cap, sizeof *out);
+      if (one == NULL || build_from_row (s, one) < 0)
+        {
+          if (one)
+            count--;
+          r = fail_nomem (err);
+          break;
+        }
+    }
+  if (r < 0)
+    {
+      sbx_build_recs_free (out, count);
+      return -1;
+    }
+  *v = out;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_build_fail_unfinished (struct sbx_store *st, const char *reason, int64_t now_ms, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_BLD_FAIL_UNFINISHED];
+  if (bind_check (st, bind_text (s, 1, reason) | sqlite3_bind_int64 (s, 2, now_ms), err, "fail builds") < 0)
+    return -1;
+  if (step_done (st, s, err, "fail builds") < 0)
+    return -1;
+  return sqlite3_changes (st->db);
+}
+
+int
+sbx_store_build_tree_refs (struct sbx_store *st, const char *tree, const char *other_than_template, uint32_t *n,
+                           struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_BLD_TREE_REFS];
+  if (bind_check (st, bind_text (s, 1, tree) | bind_text (s, 2, other_than_template), err, "count trees") < 0
+      || step_row (st, s, err, "count trees") < 0)
+    return -1;
+  *n = (uint32_t) sqlite3_column_int64 (s, 0);
+  return 0;
+}
+
+int
+sbx_store_tag_set (struct sbx_store *st, const char *template_id, const char *tag, const char *build_id,
+                   int64_t now_ms, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TAG_SET];
+  int rc = bind_text (s, 1, template_id) | bind_text (s, 2, tag) | bind_text (s, 3, build_id)
+           | sqlite3_bind_int64 (s, 4, now_ms);
+  if (bind_check (st, rc, err, "set tag") < 0)
+    return -1;
+  return step_done (st, s, err, "set tag");
+}
+
+int
+sbx_store_tag_delete (struct sbx_store *st, const char *template_id, const char *tag, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TAG_DELETE];
+  if (bind_check (st, bind_text (s, 1, template_id) | bind_text (s, 2, tag), err, "delete tag") < 0
+      || step_done (st, s, err, "delete tag") < 0)
+    return -1;
+  if (sqlite3_changes (st->db) == 0)
+    return sbx_failx (err, ENOENT, "tag not found");
+  return 0;
+}
+
+int
+sbx_store_tag_list (struct sbx_store *st, const char *template_id, struct sbx_tag_rec **v, size_t *n,
+                    struct sbx_err *err)
+{
+  struct sbx_tag_rec *out = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_TAG_LIST];
+  if (bind_check (st, bind_text (s, 1, template_id), err, "list tags") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "list tags")) > 0)
+    {
+      struct sbx_tag_rec *one = sbx_grow (&out, &count, &cap, sizeof *out);
+      if (one == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      memset (one, 0, sizeof *one);
+      COL_COPY (s, 0, one->tag);
+      COL_COPY (s, 1, one->build_id);
+      one->created_ms = sqlite3_column_int64 (s, 2);
+    }
+  if (r < 0)
+    {
+      free (out);
+      return -1;
+    }
+  *v = out;
+  *n = count;
   return 0;
 }

@@ -375,4 +375,71 @@ int sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const s
 /* A sandbox without settings is public, unmasked. */
 int sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_ingress *in, struct sbx_err *err);
 
+/* ---- templates built through E2B's build API (builds.c) ---- */
+
+#define SBX_TMPL_NAME_MAX 128
+#define SBX_BUILD_ID_MAX 40
+
+struct sbx_tmpl_rec {
+  char id[SBX_STORE_ID_MAX];         /* "tpl_..." */
+  char org_id[SBX_STORE_ID_MAX];
+  char name[SBX_TMPL_NAME_MAX];      /* unique in its organisation */
+  bool is_public;                    /* other organisations may start it by id */
+  uint32_t cpu_count, memory_mb;
+  int64_t created_ms, updated_ms;
+  uint32_t build_count;
+};
+
+struct sbx_build_rec {
+  char id[SBX_BUILD_ID_MAX];         /* a UUID */
+  char template_id[SBX_STORE_ID_MAX];
+  char org_id[SBX_STORE_ID_MAX];
+  char status[16];                   /* waiting, building, ready, error */
+  char tree[64];                     /* the layer it made (a template name), once ready */
+  char *reason;                      /* why it failed, or NULL */
+  char step[16];                     /* the step that failed, or "" */
+  char *tags_json;                   /* JSON array of the tags it gets when ready, or NULL */
+  char *layers;                      /* the layers it made, each name followed by a newline, or NULL */
+  uint32_t cpu_count, memory_mb;
+  int64_t created_ms, updated_ms, finished_ms;
+};
+
+struct sbx_tag_rec {
+  char tag[SBX_TMPL_NAME_MAX];
+  char build_id[SBX_BUILD_ID_MAX];
+  int64_t created_ms;
+};
+
+void sbx_build_rec_free (struct sbx_build_rec *b);
+void sbx_build_recs_free (struct sbx_build_rec *v, size_t n);
+int sbx_store_tmpl_put (struct sbx_store *st, const struct sbx_tmpl_rec *t, struct sbx_err *err);
+/* ORG_ID's template named ID_OR_NAME, or the one of id ID_OR_NAME if it is
+   ORG_ID's or public; ENOENT otherwise. */
+int sbx_store_tmpl_get (struct sbx_store *st, const char *org_id, const char *id_or_name, struct sbx_tmpl_rec *t,
+                        struct sbx_err *err);
+int sbx_store_tmpl_list (struct sbx_store *st, const char *org_id, struct sbx_tmpl_rec **v, size_t *n,
+                         struct sbx_err *err);
+/* The template, its builds and its tags, in one transaction; ENOENT when
+   it is not ORG_ID's. */
+int sbx_store_tmpl_delete (struct sbx_store *st, const char *org_id, const char *id, struct sbx_err *err);
+int sbx_store_build_put (struct sbx_store *st, const struct sbx_build_rec *b, struct sbx_err *err);
+int sbx_store_build_get (struct sbx_store *st, const char *id, struct sbx_build_rec *b, struct sbx_err *err);
+/* A template's builds, newest first. */
+int sbx_store_build_list (struct sbx_store *st, const char *template_id, struct sbx_build_rec **v, size_t *n,
+                          struct sbx_err *err);
+/* Builds left waiting or building are recorded failed with REASON; returns
+   how many. */
+int sbx_store_build_fail_unfinished (struct sbx_store *st, const char *reason, int64_t now_ms, struct sbx_err *err);
+/* How many builds of other templates than OTHER_THAN_TEMPLATE name TREE
+   (as their tree or one of their layers). */
+int sbx_store_build_tree_refs (struct sbx_store *st, const char *tree, const char *other_than_template, uint32_t *n,
+                               struct sbx_err *err);
+int sbx_store_tag_set (struct sbx_store *st, const char *template_id, const char *tag, const char *build_id,
+                       int64_t now_ms, struct sbx_err *err);
+/* ENOENT when the template has no such tag. */
+int sbx_store_tag_delete (struct sbx_store *st, const char *template_id, const char *tag, struct sbx_err *err);
+/* Oldest first. */
+int sbx_store_tag_list (struct sbx_store *st, const char *template_id, struct sbx_tag_rec **v, size_t *n,
+                        struct sbx_err *err);
+
 #endif

@@ -51,6 +51,11 @@ static const struct
   { "POST", "/v1/sandboxes/exec", false, NULL },
   { "POST", "/v1/sandboxes/code", false, NULL },
   { "POST", "/v1/sandboxes/files", false, NULL },
+  { "POST", "/v3/templates", false, NULL },
+  { "POST", "/v2/templates/tplnosuchtemplate/builds/00000000-0000-4000-8000-000000000000", false, NULL },
+  { "POST", "/templates/tags", false, NULL },
+  { "DELETE", "/templates/tags", false, NULL },
+  { "PATCH", "/v2/templates/tplnosuchtemplate", false, NULL },
 };
 
 int
