@@ -2787,6 +2787,29 @@ sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const struc
   int rc = bind_text (s, 1, sandbox_id) | sqlite3_bind_int (s, 2, in->public) | BIND_FIXED (s, 3, in->mask_host);
   if (bind_check (st, rc, err, "sandbox ingress") < 0 || step_done (st, s, err, "sandbox ingress") < 0)
     return -1;
+  return 0;
+}
+
+int
+sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_ingress *in, struct sbx_err *err)
+{
+  *in = (struct sbx_ingress) { .public = true };
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_INGRESS_GET];
+  if (bind_check (st, bind_text (s, 1, sandbox_id), err, "sandbox ingress") < 0)
+    return -1;
+  int r = step_row (st, s, err, "sandbox ingress");
+  if (r < 0)
+    return -1;
+  if (r > 0)
+    {
+      in->public = sqlite3_column_int (s, 0) != 0;
+      COL_COPY (s, 1, in->mask_host);
+      in->stored = true;
+    }
+  return 0;
+}
+
 /* ------------------------------------------------------------- templates */
 
 static void
@@ -2836,24 +2859,6 @@ sbx_store_tmpl_get (struct sbx_store *st, const char *org_id, const char *id_or_
 }
 
 int
-sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_ingress *in, struct sbx_err *err)
-{
-  *in = (struct sbx_ingress) { .public = true };
-  cleanup_unlock struct sbx_store *locked = store_lock (st);
-  cleanup_reset sqlite3_stmt *s = st->stmt[S_INGRESS_GET];
-  if (bind_check (st, bind_text (s, 1, sandbox_id), err, "sandbox ingress") < 0)
-    return -1;
-  int r = step_row (st, s, err, "sandbox ingress");
-  if (r < 0)
-    return -1;
-  if (r > 0)
-    {
-      in->public = sqlite3_column_int (s, 0) != 0;
-      COL_COPY (s, 1, in->mask_host);
-      in->stored = true;
-    }
-  return 0;
-}
 sbx_store_tmpl_list (struct sbx_store *st, const char *org_id, struct sbx_tmpl_rec **v, size_t *n,
                      struct sbx_err *err)
 {
