@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -421,11 +420,11 @@ def tls_sbxd(tmp_path_factory):
 
 
 def curl(tls_sbxd, name, path, *extra):
-    """curl to the daemon's address, the name in Host only: GnuTLS refuses
-    names with '_' (every sandbox id) in SNI, so none is sent (an IP
-    address), and the certificate is checked against 127.0.0.1."""
-    return subprocess.run(["curl", "-sS", "--cacert", tls_sbxd.cert, "-H", f"Host: {name}:{tls_sbxd.port}",
-                           f"https://127.0.0.1:{tls_sbxd.port}{path}"] + list(extra),
+    """curl to NAME on the daemon's port, resolved to loopback by curl
+    itself; the name goes in SNI (sandbox ids are host name labels) and the
+    certificate is checked against it."""
+    return subprocess.run(["curl", "-sS", "--cacert", tls_sbxd.cert, "--resolve", f"{name}:{tls_sbxd.port}:127.0.0.1",
+                           f"https://{name}:{tls_sbxd.port}{path}"] + list(extra),
                           capture_output=True, text=True, timeout=30)
 
 
@@ -450,7 +449,7 @@ def test_https_api_ports_and_websocket(tls_sbxd):
         import ssl
         ctx = ssl.create_default_context(cafile=tls_sbxd.cert)
         raw = socket.create_connection(("127.0.0.1", tls_sbxd.port), timeout=10)
-        s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        s = ctx.wrap_socket(raw, server_hostname=name)
         s.sendall((f"GET /ws HTTP/1.1\r\nHost: {name}:{tls_sbxd.port}\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
@@ -468,66 +467,12 @@ def test_https_api_ports_and_websocket(tls_sbxd):
 
 # ---- the E2B SDK with E2B_DOMAIN alone ----
 
-class TlsTerminator:
-    """What a reverse proxy in front of sbxd does for HTTPS, in a few lines:
-    TLS (OpenSSL, which takes '_' in SNI) on PORT, bytes relayed to the
-    daemon's plain HTTP port, a thread pair per connection."""
-
-    def __init__(self, cert, key, target_port):
-        import ssl
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
-        self.target = target_port
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.listen(64)
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.conn, args=(c,), daemon=True).start()
-
-    def conn(self, c):
-        try:
-            t = self.ctx.wrap_socket(c, server_side=True)
-            u = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
-            c.close()
-            return
-
-        def pump(a, b):
-            try:
-                while True:
-                    d = a.recv(65536)
-                    if not d:
-                        break
-                    b.sendall(d)
-            except OSError:
-                pass
-            for x in (a, b):
-                try:
-                    x.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        threading.Thread(target=pump, args=(u, t), daemon=True).start()
-        pump(t, u)
-
-    def close(self):
-        self.sock.close()
-
-
 def test_e2b_sdk_with_only_the_domain(tmp_path):
     """tests/e2b/domain.test.mjs: the unmodified SDK given E2B_DOMAIN and a
     key, nothing else.  The SDK speaks HTTPS to api.DOMAIN and
-    PORT-ID.DOMAIN: here a TLS terminator in front of a plain-HTTP daemon
-    (as docs/e2b.md describes), with the test's CA (NODE_EXTRA_CA_CERTS);
-    names under the domain resolve to loopback inside the Node process."""
+    PORT-ID.DOMAIN: the daemon's own TLS (--tls-cert, --tls-key) with the
+    test's CA (NODE_EXTRA_CA_CERTS); names under the domain resolve to
+    loopback inside the Node process."""
     here = os.path.dirname(os.path.abspath(__file__))
     e2b = os.path.join(here, "e2b")
     if not os.path.isdir(os.path.join(e2b, "node_modules")):
@@ -535,12 +480,18 @@ def test_e2b_sdk_with_only_the_domain(tmp_path):
                        timeout=600)
     cert, key = make_cert(str(tmp_path))
     server = Sbxd(str(tmp_path / "state"))
-    tls = TlsTerminator(cert, key, server.port)
+    server.url = f"https://127.0.0.1:{server.port}"
+    orig_get = requests.get
+    requests.get = lambda url, **kw: orig_get(url, verify=cert, **kw)
     try:
-        server.start(args=["--domain", f"{DOMAIN}:{tls.port}"])
+        server.start(args=["--domain", f"{DOMAIN}:{server.port}", "--tls-cert", cert, "--tls-key", key])
+    finally:
+        requests.get = orig_get
+    server.req = lambda method, path, **kw: Sbxd.req(server, method, path, verify=cert, **kw)
+    try:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("E2B_") and k.lower() not in ("http_proxy", "https_proxy")}
-        env.update({"E2B_API_KEY": server.new_key(e2b=True), "E2B_DOMAIN": f"{DOMAIN}:{tls.port}",
+        env.update({"E2B_API_KEY": server.new_key(e2b=True), "E2B_DOMAIN": f"{DOMAIN}:{server.port}",
                     "NODE_EXTRA_CA_CERTS": cert, "NO_COLOR": "1"})
         r = subprocess.run(["node", "--import", "./loopback-dns.mjs", "--test", "--test-reporter=spec",
                             "domain.test.mjs"], cwd=e2b, env=env, capture_output=True, text=True, timeout=300)
@@ -550,7 +501,6 @@ def test_e2b_sdk_with_only_the_domain(tmp_path):
             server.cleanup()
         finally:
             server.stop()
-            tls.close()
 
 
 def test_seed004_preview_base_url(dsbxd):

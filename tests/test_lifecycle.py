@@ -1,6 +1,7 @@
 """Sandbox life cycle against a real daemon: create, exec, files, pause and
 resume, lifetime expiry, destroy without traces, and limits on input."""
 import json
+import re
 import os
 import time
 
@@ -13,7 +14,7 @@ def test_create_returns_the_sandbox_object(sbxd):
     sid = sbxd.create(metadata={"project": "x"}, envVars={"MY_VAR": "value"})
     try:
         s = sbxd.get(sid).json()
-        assert s["sandboxID"] == sid and sid.startswith("sbx_")
+        assert s["sandboxID"] == sid and re.fullmatch(r"sbx[0-9a-z]{20}", sid)
         assert s["templateID"] == "base"
         assert s["status"] == "running"
         assert s["metadata"] == {"project": "x"}

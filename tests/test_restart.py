@@ -256,7 +256,7 @@ def test_kill9_during_creates_leaves_nothing_behind(tmp_path):
 
     def snapshot():
         if os.path.isdir(sandboxes):
-            seen.update(n for n in os.listdir(sandboxes) if n.startswith("sbx_"))
+            seen.update(n for n in os.listdir(sandboxes) if n.startswith("sbx"))
         for k, (owner, _) in range_files().items():
             if owner.startswith(sandboxes + "/"):
                 slots.add(k)

@@ -92,7 +92,7 @@ def test_the_seeds_example_as_written(sbxd):
     body = create(sbxd, SEED_EXAMPLE)
     assert set(body) == {"sandbox_id", "status", "mode", "created_at", "expires_at"}, body
     assert body["status"] == "ready" and body["mode"] == "container"
-    assert body["sandbox_id"].startswith("sbx_")
+    assert body["sandbox_id"].startswith("sbx")
     created, expires = parse_time(body["created_at"]), parse_time(body["expires_at"])
     # the field table: timeout is in seconds, so it expires 30 s later
     assert (expires - created).total_seconds() == 30

@@ -115,7 +115,7 @@ def procs(sbxd, sid):
 
 def test_echo_round_trip_and_url(sbxd, sandbox):
     url = terminal_url(sbxd, sandbox)
-    assert re.fullmatch(r"ws://127\.0\.0\.1:\d+/v1/sandboxes/terminal\?id=sbx_[a-z0-9]+&token=\d+\.[0-9a-f]{64}", url)
+    assert re.fullmatch(r"ws://127\.0\.0\.1:\d+/v1/sandboxes/terminal\?id=sbx[a-z0-9]{20}&token=\d+\.[0-9a-f]{64}", url)
     assert f"id={sandbox}&" in url
 
     async def go():

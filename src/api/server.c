@@ -403,13 +403,7 @@ send_pipe (struct MHD_Connection *c, int fd, const char *content_type, ...)
 bool
 valid_id (const char *id)
 {
-  size_t n = strlen (id);
-  if (n < 5 || n >= SBX_ID_MAX || strncmp (id, "sbx_", 4) != 0)
-    return false;
-  for (size_t i = 4; i < n; i++)
-    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9')))
-      return false;
-  return true;
+  return sbx_id_wellformed (id);
 }
 
 /* An id of another system's shape (E2B's, say): letters, digits, '-' and

@@ -1089,7 +1089,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     }
   struct dirent *de;
   while ((de = readdir (d)) != NULL)
-    if (strncmp (de->d_name, "sbx_", 4) == 0 && strlen (de->d_name) < SBX_ID_MAX)
+    if (sbx_id_wellformed (de->d_name))
       reattach (e, de->d_name);
   closedir (d);
   sweep_uid_slots (e);
@@ -1171,10 +1171,25 @@ sbx_new_id (char id[SBX_ID_MAX])
   static const char alphabet[] = "0123456789abcdefghijklmnopqrstuvwxyz";
   unsigned char rnd[20];
   sbx_random_bytes (rnd, sizeof rnd);
-  memcpy (id, "sbx_", 4);
+  memcpy (id, "sbx", 3);
   for (int i = 0; i < 20; i++)
-    id[4 + i] = alphabet[rnd[i] % 36];
-  id[24] = '\0';
+    id[3 + i] = alphabet[rnd[i] % 36];
+  id[23] = '\0';
+}
+
+bool
+sbx_id_wellformed (const char *id)
+{
+  size_t n = strlen (id);
+  if (n >= SBX_ID_MAX || strncmp (id, "sbx", 3) != 0)
+    return false;
+  size_t i = id[3] == '_' ? 4 : 3;
+  if (i == n)
+    return false;
+  for (; i < n; i++)
+    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9')))
+      return false;
+  return true;
 }
 
 /* The environment of init: the template's, a default PATH, the caller's. */
@@ -1400,11 +1415,8 @@ spare_main (void *arg)
 static bool
 valid_new_id (struct sbx_engine *e, const char *id)
 {
-  if (strncmp (id, "sbx_", 4) != 0 || strlen (id) != 24)
+  if (strlen (id) != 23 || id[3] == '_' || !sbx_id_wellformed (id))
     return false;
-  for (int i = 4; i < 24; i++)
-    if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z')))
-      return false;
   pthread_mutex_lock (&e->lock);
   bool taken = find_locked (e, id) != NULL;
   for (int i = 0; i < e->n_spares && !taken; i++)

@@ -112,8 +112,15 @@ struct sbx_create_opts {
   bool keep_upper;            /* keep its disk for sbx_upper_open (template builds); not across a restart */
 };
 
-/* A new sandbox id ("sbx_" and 20 of [0-9a-z]) for sbx_create_opts.id. */
+/* A new sandbox id ("sbx" and 20 of [0-9a-z]: a valid host name label,
+   since a sandbox's ports are reached at PORT-ID.DOMAIN) for
+   sbx_create_opts.id. */
 void sbx_new_id (char id[SBX_ID_MAX]);
+/* Whether ID has the form of a sandbox id: sbx_new_id's, or "sbx_" and
+   [0-9a-z] as ids were made before they became host names (their
+   sandboxes are re-attached after an upgrade).  Only such ids are ever
+   used in paths. */
+bool sbx_id_wellformed (const char *id);
 /* Whether template NAME can be used now: SBX_E_INVALID when there is no
    such template, SBX_E_UNAVAILABLE while it is being built. */
 int sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err);
