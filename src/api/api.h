@@ -222,6 +222,11 @@ enum MHD_Result sandbase_network (struct call *k);
 enum MHD_Result e2b_list_v2 (struct call *k);
 enum MHD_Result e2b_logs_v2 (struct call *k);
 enum MHD_Result e2b_logs_v1 (struct call *k);
+/* E2B's snapshots and forks (e2b_snapshots.c) */
+enum MHD_Result e2b_snapshot_create (struct call *k);
+enum MHD_Result e2b_snapshot_list (struct call *k);
+enum MHD_Result e2b_template_delete (struct call *k);
+enum MHD_Result e2b_fork (struct call *k);
 /* events.c */
 enum MHD_Result events_route (struct call *k);
 /* seed002.c */

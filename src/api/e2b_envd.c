@@ -912,6 +912,14 @@ e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_
       return false;
     }
   bool paused = info.state == SBX_PAUSED;
+  /* E2B's autoResume: a call to it resumes a sandbox paused with its
+     memory (a thaw, quick; the service accounts for it when told) */
+  if (paused && info.auto_resume && !info.memory_dropped)
+    {
+      struct sbx_err rerr;
+      /* failing because it runs already (another call resumed it) is fine */
+      paused = sbx_resume (h->engine, id, &rerr) < 0 && sbx_err_kind (&rerr) != SBX_E_CONFLICT;
+    }
   sbx_info_free (&info);
   if (paused)
     {
