@@ -811,28 +811,17 @@ write_map (pid_t pid, const char *file, uid_t base, uint32_t count, struct sbx_e
 int
 sbx_isolate_layer_userns (uid_t base, uint32_t count, struct sbx_err *err)
 {
-  int pipefd[2];
-  if (pipe2 (pipefd, O_CLOEXEC) < 0)
-    return sbx_fail (err, errno, "pipe");
   /* a child that only holds the namespace while its maps are written and
-     it is opened; it waits for the pipe to close (async-signal-safe calls
-     only: this process has threads) */
+     it is opened, then is killed: it waits for nothing it could miss (a
+     pipe's end of file would wait for every process that inherited the
+     pipe from a concurrent fork) and calls only pause(), as this process
+     has threads */
   pid_t pid = (pid_t) syscall (SYS_clone, CLONE_NEWUSER | SIGCHLD, NULL, NULL, NULL, 0);
   if (pid == 0)
-    {
-      char c;
-      close (pipefd[1]);
-      while (read (pipefd[0], &c, 1) < 0 && errno == EINTR)
-        ;
-      _exit (0);
-    }
-  int e = errno;
-  close (pipefd[0]);
+    for (;;)
+      pause ();
   if (pid < 0)
-    {
-      close (pipefd[1]);
-      return sbx_fail (err, e, "clone a user namespace");
-    }
+    return sbx_fail (err, errno, "clone a user namespace");
   char path[64], map[96];
   snprintf (map, sizeof map, "0 %u %u\n%u 0 1\n", (unsigned) base, count, count);
   int fd = -1;
@@ -848,7 +837,7 @@ sbx_isolate_layer_userns (uid_t base, uint32_t count, struct sbx_err *err)
             sbx_fail (err, errno, "open %s", path);
         }
     }
-  close (pipefd[1]);
+  kill (pid, SIGKILL);
   while (waitpid (pid, NULL, 0) < 0 && errno == EINTR)
     ;
   return fd;
