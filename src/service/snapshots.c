@@ -69,14 +69,15 @@ own_snapshot (struct sbx_service *svc, const struct sbx_org *org, const char *id
   if (id_or_name && sbx_saved_id_valid (id_or_name, ID_PREFIX))
     {
       struct sbx_err e2;
-      if (sbx_store_saved_get (store, id_or_name, out, &e2) == 0 && strcmp (out->org_id, org->id) == 0
-          && strcmp (out->kind, KIND) == 0)
-        return 0;
-      if (e2.code != ENOENT && e2.code != 0)
+      if (sbx_store_saved_get (store, id_or_name, out, &e2) < 0)
         {
+          if (e2.code == ENOENT)
+            return sbx_failk (err, SBX_E_NOT_FOUND, "snapshot not found");
           *err = e2;
           return -1;
         }
+      if (strcmp (out->org_id, org->id) == 0 && strcmp (out->kind, KIND) == 0)
+        return 0;
       return sbx_failk (err, SBX_E_NOT_FOUND, "snapshot not found");
     }
   if (id_or_name == NULL || !valid_name (id_or_name))
