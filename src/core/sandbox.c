@@ -2033,10 +2033,12 @@ pause_held (struct sbx_engine *e, struct sandbox *s, bool drop_memory, struct sb
   /* the kill leaves the tree thawed: the killed die, init reaps them */
   if (drop_memory && sbx_cgroup_kill_except (cg, s->init_pid, 5000, err) < 0)
     {
+      /* as it was: a paused one frozen again */
       pthread_mutex_lock (&e->lock);
-      if (s->state == SBX_PAUSED)
-        sbx_cgroup_freeze (cg, true, NULL);
+      bool was_paused = s->state == SBX_PAUSED;
       pthread_mutex_unlock (&e->lock);
+      if (was_paused)
+        sbx_cgroup_freeze (cg, true, NULL);
       return -1;
     }
   if (sbx_cgroup_freeze (cg, true, err) < 0)
@@ -2198,6 +2200,11 @@ snapshot_held (struct sbx_engine *e, struct sandbox *s, const char *dir, uint64_
       save_locked (e, s, NULL);
       pthread_mutex_unlock (&e->lock);
     }
+  /* on disk before it is used: after the thaw, so the sandbox does not
+     wait for it (a loop device over a file with dirty pages would write
+     them back when a new sandbox mounts it anyway) */
+  if (r == 0 && fdatasync (dst) < 0)
+    r = sbx_fail (err, errno, "write a snapshot layer");
   if (r < 0)
     goto fail;
   /* the layers it started from are shared, never copied */
