@@ -46,7 +46,7 @@ e2b_snapshot_create (struct call *k)
     {
       /* E2B: an ended sandbox is not found */
       if (sbx_err_kind (&err) == SBX_E_STOPPED)
-        return send_error (k->c, 404, "sandbox %s not found", k->arg[0]);
+        return send_error (k->c, 404, "sandbox not found");
       return send_fail (k->c, &err);
     }
   return send_json (k->c, 201, snapshot_object (&c));
@@ -145,7 +145,7 @@ e2b_fork (struct call *k)
     {
       free (res);
       if (sbx_err_kind (&err) == SBX_E_STOPPED)
-        return send_error (k->c, 404, "sandbox %s not found", k->arg[0]);
+        return send_error (k->c, 404, "sandbox not found");
       return send_fail (k->c, &err);
     }
   json_t *arr = json_array ();

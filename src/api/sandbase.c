@@ -312,12 +312,12 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   struct sbx_err err;
   /* E2B: a sandbox that was killed (or never was) is not found */
   if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    return send_error (c, 404, "sandbox %s not found", id);
+    return send_error (c, 404, "sandbox not found");
   enum sbx_state st = info.state;
   bool dropped = info.memory_dropped;
   sbx_info_free (&info);
   if (st == SBX_STOPPED || st == SBX_ERROR)
-    return send_error (c, 404, "sandbox %s not found", id);
+    return send_error (c, 404, "sandbox not found");
   /* "memory": false resumes from the files only (E2B's onResume "reboot") */
   if (st == SBX_PAUSED && !memory && !dropped && sbx_pause_files (h->engine, id, &err) < 0)
     return send_fail (c, &err);
