@@ -574,7 +574,8 @@ def test_deleted_sandbox_keeps_a_stopped_record(sbxd):
     assert sid not in [x["sandboxID"] for x in sbxd.req("GET", "/sandboxes?status=running").json()]
     assert sid not in [x["sandboxID"] for x in sbxd.req("GET", "/sandboxes?status=paused").json()]
     assert_error(sbxd.delete(sid), 404, "sandbox not found")
-    assert_error(sbxd.req("POST", f"/sandboxes/{sid}/connect", json={}), 409, "sandbox is not running")
+    # E2B: a killed sandbox is not found by a connect
+    assert_error(sbxd.req("POST", f"/sandboxes/{sid}/connect", json={}), 404, "sandbox not found")
     assert_error(sbxd.req("GET", "/sandboxes?status=bogus"), 400, "invalid status: bogus")
 
 

@@ -303,6 +303,21 @@ def test_paused_sandbox_is_refused_until_resumed(dsbxd):
     dsbxd.delete(sid)
 
 
+def test_auto_resume_sandbox_is_resumed_by_a_request(dsbxd):
+    r = dsbxd.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 300, "autoPause": True,
+                                                "autoResume": {"enabled": True}})
+    assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+    try:
+        start_server(dsbxd, sid)
+        assert dsbxd.req("POST", f"/sandboxes/{sid}/pause", json={}).status_code == 204
+        r = get(dsbxd, sid)
+        assert r.status_code == 200 and r.json()["path"] == "/hello", r.text
+        assert dsbxd.req("GET", f"/sandboxes/{sid}").json()["state"] == "running"
+    finally:
+        dsbxd.delete(sid)
+
+
 @pytest.fixture(scope="module")
 def private_box(dsbxd):
     """A sandbox with allowPublicTraffic false and a masked Host."""

@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+from conftest import SBXD
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 E2B_DIR = os.path.join(HERE, "e2b")
 OLD_DIR = os.path.join(E2B_DIR, "old")
@@ -64,6 +66,17 @@ def e2b_env(sbxd):
     return env
 
 
+def _run_node(directory, script, env):
+    cmd = [_tool("node"), "--test", "--test-reporter=spec", script]
+    try:
+        r = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT)
+        return r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        def s(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        return s(e.stdout) + s(e.stderr), f"timeout after {NODE_TIMEOUT} s"
+
+
 def _tail(text, limit=40000):
     return text if len(text) <= limit else "...\n" + text[-limit:]
 
@@ -71,15 +84,19 @@ def _tail(text, limit=40000):
 @pytest.mark.parametrize("directory,script", [(d, s) for _, d, s in TEST_FILES],
                          ids=[name for name, _, _ in TEST_FILES])
 def test_e2b_sdk(sbxd, e2b_env, directory, script):
-    cmd = [_tool("node"), "--test", "--test-reporter=spec", script]
-    try:
-        r = subprocess.run(cmd, cwd=directory, env=e2b_env, capture_output=True, text=True,
-                           timeout=NODE_TIMEOUT)
-        out, code = r.stdout + r.stderr, r.returncode
-    except subprocess.TimeoutExpired as e:
-        def s(b):
-            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-        out, code = s(e.stdout) + s(e.stderr), f"timeout after {NODE_TIMEOUT} s"
+    out, code = _run_node(directory, script, e2b_env)
     if code != 0:
         pytest.fail(f"`node --test {script}` in {os.path.relpath(directory, HERE)} failed ({code}):\n"
+                    f"{_tail(out)}\n--- sbxd log (tail) ---\n{_tail(sbxd.logs(), 8000)}", pytrace=False)
+
+
+def test_e2b_snapshots_and_lifecycle(sbxd, e2b_env):
+    """snapshot.test.mjs, as an organisation of its own that may hold the
+    dozen sandboxes a fork of ten makes (the default plan holds ten)."""
+    subprocess.run([SBXD, "orgs", "create", "snapshots", "--state-dir", sbxd.state_dir, "--max-sandboxes", "30"],
+                   check=True, capture_output=True)
+    env = dict(e2b_env, E2B_API_KEY=sbxd.new_key(org="snapshots", e2b=True))
+    out, code = _run_node(E2B_DIR, "snapshot.test.mjs", env)
+    if code != 0:
+        pytest.fail(f"`node --test snapshot.test.mjs` failed ({code}):\n"
                     f"{_tail(out)}\n--- sbxd log (tail) ---\n{_tail(sbxd.logs(), 8000)}", pytrace=False)

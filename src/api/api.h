@@ -255,6 +255,11 @@ enum MHD_Result e2bt_build_logs (struct call *k);
 enum MHD_Result e2bt_tags_assign (struct call *k);
 enum MHD_Result e2bt_tags_remove (struct call *k);
 enum MHD_Result e2bt_tags_list (struct call *k);
+/* E2B's snapshots and forks (e2b_snapshots.c) */
+enum MHD_Result e2b_snapshot_create (struct call *k);
+enum MHD_Result e2b_snapshot_list (struct call *k);
+enum MHD_Result e2b_template_delete (struct call *k);
+enum MHD_Result e2b_fork (struct call *k);
 /* events.c */
 enum MHD_Result events_route (struct call *k);
 /* seed002.c */
@@ -276,6 +281,9 @@ json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, 
 int e2b_load_secret (struct http_server *h, struct sbx_err *err);
 void e2b_access_token (struct http_server *h, const char *id, char out[65]);
 bool e2b_is_envd (struct MHD_Connection *c);
+/* E2B's autoResume: resume paused sandbox INFO when it was created with
+   it and paused with its memory; whether it runs now. */
+bool e2b_auto_resume (struct http_server *h, const struct sbx_info *info);
 /* A GET or POST /files with an E2B signature (signed URL): 1 when it is
    valid (ID gets the sandbox whose access token signed it), -1 when it is
    not (answered: 401 "invalid signature" or "signature is already

@@ -1040,7 +1040,7 @@ e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_
       *ret = send_error (c, 502, "sandbox %s is not running", id);
       return false;
     }
-  bool paused = info.state == SBX_PAUSED;
+  bool paused = info.state == SBX_PAUSED && !e2b_auto_resume (h, &info);
   sbx_info_free (&info);
   if (paused)
     {
@@ -1048,6 +1048,17 @@ e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_
       return false;
     }
   return true;
+}
+
+bool
+e2b_auto_resume (struct http_server *h, const struct sbx_info *info)
+{
+  /* a thaw, quick; the service accounts for it when the engine reports */
+  if (!info->auto_resume || info->memory_dropped)
+    return false;
+  struct sbx_err err;
+  /* failing because it runs already (another call resumed it) is fine */
+  return sbx_resume (h->engine, info->id, &err) == 0 || sbx_err_kind (&err) == SBX_E_CONFLICT;
 }
 
 bool

@@ -35,8 +35,9 @@
  * every upgraded pair, with a buffer of RELAY_BUF bytes each way.  At most
  * RELAY_MAX pairs at once (then 503).
  *
- * A request for a paused sandbox calls proxy_paused (below), the one
- * place where automatic resumption (E2B's autoResume) decides.
+ * A request for a paused sandbox calls proxy_paused (below): a sandbox
+ * created with E2B's autoResume is resumed, as an envd call does
+ * (e2b_auto_resume).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -186,9 +187,13 @@ proxy_error (struct MHD_Connection *c, unsigned status, const char *id, unsigned
 static bool
 proxy_paused (struct http_server *h, const struct sbx_sandbox_rec *rec)
 {
-  (void) h;
-  (void) rec;
-  return false;
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, rec->id, &info, &err) < 0)
+    return false;
+  bool resumed = info.state == SBX_PAUSED && e2b_auto_resume (h, &info);
+  sbx_info_free (&info);
+  return resumed;
 }
 
 /* ---- one proxied request ---- */

@@ -41,6 +41,9 @@ const struct route api_routes[] = {
   { "POST", "/sandboxes/:id/refreshes", sandbase_refresh, SB, D1 },
   { "GET", "/sandboxes/:id/metrics", sandbase_metrics, SB, D1 },
   { "PUT", "/sandboxes/:id/network", sandbase_network, SB, D1 },
+  { "POST", "/sandboxes/:id/snapshots", e2b_snapshot_create, SB, D1 },
+  { "POST", "/sandboxes/:id/fork", e2b_fork, SB, D1 },
+  { "GET", "/snapshots", e2b_snapshot_list, 0, D1 },
   { "GET", "/sandboxes/:id/network/log", egress_log_route, SB, D1 },
   { "GET", "/sandboxes/:id/files", sandbase_download, SB, D1 },
   { "POST", "/sandboxes/:id/processes", sandbase_exec, SB, D1 },
@@ -69,7 +72,8 @@ const struct route api_routes[] = {
   { "GET", "/templates/:id", e2bt_get, 0, D1 },
   { "PATCH", "/templates/:id", e2bt_patch, 0, D1 },
   { "PATCH", "/v2/templates/:id", e2bt_patch, 0, D1 },
-  { "DELETE", "/templates/:id", e2bt_delete, 0, D1 },
+  /* a snapshot (e2b_snapshots.c), else a built template; after /templates/tags */
+  { "DELETE", "/templates/:id", e2b_template_delete, 0, D1 },
 
   /* lifecycle events and webhooks (E2B's shapes) */
   { "*", "/events/*", events_route, 0, D1 },

@@ -38,6 +38,8 @@
 
 /* ---- sandbox objects ---- */
 
+static void lifecycle_object (struct http_server *h, const char *id, json_t *obj);
+
 json_t *
 sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token)
 {
@@ -58,7 +60,10 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
   if (j && strcmp (r->status, "stopped") == 0 && r->stop_reason[0])
     json_object_set_new (j, "stopReason", json_string (r->stop_reason));
   if (j && (strcmp (r->status, "running") == 0 || strcmp (r->status, "paused") == 0))
-    network_object (h, r->id, j);
+    {
+      network_object (h, r->id, j);
+      lifecycle_object (h, r->id, j);
+    }
   if (j && with_token)
     {
       char token[65];
@@ -84,6 +89,21 @@ own_sandbox (struct http_server *h, struct MHD_Connection *c, struct request *rq
       return false;
     }
   return true;
+}
+
+/* E2B's lifecycle of a live sandbox: {"onTimeout": "kill"|"pause",
+   "autoResume": bool}. */
+static void
+lifecycle_object (struct http_server *h, const char *id, json_t *obj)
+{
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (h->engine, id, &info, &err) < 0)
+    return;
+  json_object_set_new (obj, "lifecycle",
+                       json_pack ("{s:s, s:b}", "onTimeout", info.on_timeout == SBX_ON_TIMEOUT_KILL ? "kill" : "pause",
+                                  "autoResume", info.auto_resume));
+  sbx_info_free (&info);
 }
 
 /* Answer with the current record of ID. */
@@ -142,7 +162,52 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
   if (body_network (c, b, false, &net, &allow_internet, &net_given, &ret) < 0
       || body_ingress (c, b, &ingress, &ingress_given, &ret) < 0)
     goto out;
-  struct sbx_sandbox_spec spec = { .template_name = tmpl,
+  /* E2B's lifecycle: autoPause (pause at the timeout instead of killing),
+     autoPauseMemory (false: without the processes), autoResume
+     {"enabled": bool} (a call to the paused sandbox resumes it) */
+  bool auto_pause = false, pause_memory = true, auto_resume = false;
+  if (opt_bool (c, b, "autoPause", &auto_pause, &ret) < 0 || opt_bool (c, b, "autoPauseMemory", &pause_memory, &ret) < 0)
+    goto out;
+  json_t *ar = json_object_get (b, "autoResume");
+  if (ar && !json_is_null (ar))
+    {
+      json_t *en = json_is_object (ar) ? json_object_get (ar, "enabled") : ar;
+      if (en && !json_is_null (en) && !json_is_boolean (en))
+        {
+          ret = send_error (c, 400, "autoResume must be {\"enabled\": true|false}");
+          goto out;
+        }
+      auto_resume = json_is_true (en);
+    }
+  if (auto_resume && (!auto_pause || !pause_memory))
+    {
+      ret = send_error (c, 400, "autoResume needs autoPause, with its memory kept");
+      goto out;
+    }
+  /* a snapshot of the organisation, by id or name, else a template */
+  struct sbx_saved snap;
+  char snap_dir[PATH_MAX];
+  bool from_snapshot = false;
+  struct sbx_err serr;
+  if (sbx_service_snapshot_find (h->svc, &rq->org, tmpl, &snap, snap_dir, &serr) == 0)
+    from_snapshot = true;
+  else if (sbx_err_kind (&serr) != SBX_E_NOT_FOUND)
+    {
+      ret = send_fail (c, &serr);
+      goto out;
+    }
+  char snap_template[64];
+  if (from_snapshot && sbx_snapshot_template (snap_dir, snap_template, &serr) < 0)
+    {
+      ret = send_fail (c, &serr);
+      goto out;
+    }
+  struct sbx_sandbox_spec spec = { .template_name = from_snapshot ? snap_template : tmpl,
+                                   .on_timeout = !auto_pause     ? SBX_ON_TIMEOUT_KILL
+                                                 : pause_memory ? SBX_ON_TIMEOUT_PAUSE
+                                                                : SBX_ON_TIMEOUT_PAUSE_FILES,
+                                   .auto_resume = auto_resume,
+                                   .snapshot_dir = from_snapshot ? snap_dir : NULL,
                                    .timeout_s = (uint32_t) timeout,
                                    .env = (const char *const *) env,
                                    .metadata_json = meta_text,
@@ -247,17 +312,31 @@ static enum MHD_Result
 connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq)
 {
   enum MHD_Result ret;
-  long long timeout;
-  if (body_timeout (c, rq, &timeout, &ret) < 0)
+  long long timeout = -1;
+  bool memory = true;
+  json_t *b = body_object (c, rq, &ret);
+  if (b == NULL)
+    return ret;
+  int pr = opt_int (c, b, "timeout", 0, rq->org.max_timeout_s, &timeout, &ret) < 0
+                   || opt_bool (c, b, "memory", &memory, &ret) < 0
+               ? -1
+               : 0;
+  json_decref (b);
+  if (pr < 0)
     return ret;
   struct sbx_info info;
   struct sbx_err err;
+  /* E2B: a sandbox that was killed (or never was) is not found */
   if (sbx_get_info (h->engine, id, &info, &err) < 0)
-    return send_error (c, 409, "sandbox is not running");
+    return send_error (c, 404, "sandbox not found");
   enum sbx_state st = info.state;
+  bool dropped = info.memory_dropped;
   sbx_info_free (&info);
   if (st == SBX_STOPPED || st == SBX_ERROR)
-    return send_error (c, 409, "sandbox is not running");
+    return send_error (c, 404, "sandbox not found");
+  /* "memory": false resumes from the files only (E2B's onResume "reboot") */
+  if (st == SBX_PAUSED && !memory && !dropped && sbx_pause_files (h->engine, id, &err) < 0)
+    return send_fail (c, &err);
   /* a resume takes a place on the machine, waiting for one a bounded time */
   if (st == SBX_PAUSED && sbx_service_sandbox_resume (h->svc, &rq->org, id, false, &err) < 0
       && sbx_err_kind (&err) != SBX_E_CONFLICT)
@@ -265,7 +344,8 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
            : sbx_err_kind (&err) == SBX_E_UNAVAILABLE
                ? send_fail (c, &err)
                : send_error (c, 502, "failed to resume sandbox in provider: %s", err.msg);
-  if (timeout > 0 && sbx_set_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
+  /* a connect never brings the end closer */
+  if (timeout > 0 && sbx_extend_timeout (h->engine, id, (uint32_t) timeout, &err) < 0)
     return send_fail (c, &err);
   return send_sandbox (h, c, id, 200);
 }
@@ -1068,8 +1148,18 @@ sandbase_kill (struct call *k)
 enum MHD_Result
 sandbase_pause (struct call *k)
 {
+  /* E2B: {"memory": false} keeps the files only */
+  enum MHD_Result ret;
+  json_t *b = body_object (k->c, k->rq, &ret);
+  if (b == NULL)
+    return ret;
+  bool memory = true;
+  int r = opt_bool (k->c, b, "memory", &memory, &ret);
+  json_decref (b);
+  if (r < 0)
+    return ret;
   struct sbx_err err;
-  if (sbx_pause (k->h->engine, k->arg[0], &err) < 0)
+  if ((memory ? sbx_pause (k->h->engine, k->arg[0], &err) : sbx_pause_files (k->h->engine, k->arg[0], &err)) < 0)
     {
       enum sbx_err_kind kind = sbx_err_kind (&err);
       if (kind == SBX_E_PAUSED || kind == SBX_E_CONFLICT)

@@ -948,7 +948,7 @@ sbx_cgroup_freeze (const char *name, bool frozen, struct sbx_err *err)
    empty or a round finds exactly the pids already killed (they are dying,
    maybe stuck in the kernel; waiting for them is the caller's business). */
 static int
-kill_by_pid (const char *name, struct sbx_err *err)
+kill_by_pid (const char *name, pid_t keep, struct sbx_err *err)
 {
   struct pidset prev = { 0 }, cur = { 0 };
   uint64_t deadline = sbx_now_ns () + KILL_TIMEOUT_MS * 1000000ull;
@@ -970,8 +970,14 @@ kill_by_pid (const char *name, struct sbx_err *err)
             ret = -1;
         }
       pidset_sort_unique (&cur);
+      size_t w = 0;
       for (size_t i = 0; i < cur.n; i++)
-        kill (cur.v[i], SIGKILL);
+        if (cur.v[i] != keep)
+          {
+            kill (cur.v[i], SIGKILL);
+            cur.v[w++] = cur.v[i];
+          }
+      cur.n = w;
 
       if (can_freeze)
         set_frozen (name, false, 1000, false, NULL);
@@ -979,7 +985,7 @@ kill_by_pid (const char *name, struct sbx_err *err)
       if (ret < 0 || cur.n == 0 || pidset_equal (&prev, &cur) || sbx_now_ns () >= deadline)
         break;
 
-      for (int ms = 0; ms < 10 && all_empty (name, NULL) == 0; ms++)
+      for (int ms = 0; ms < 10 && (keep > 0 || all_empty (name, NULL) == 0); ms++)
         sleep_ms (1);
       struct pidset tmp = prev;
       prev = cur;
@@ -1015,9 +1021,41 @@ sbx_cgroup_kill (const char *name, struct sbx_err *err)
           return 0;
         }
     }
-  if (kill_by_pid (name, err) < 0)
+  if (kill_by_pid (name, 0, err) < 0)
     return sbx_err_wrap (err, "kill cgroup %s", name);
   return 0;
+}
+
+int
+sbx_cgroup_kill_except (const char *name, pid_t keep, int timeout_ms, struct sbx_err *err)
+{
+  if (ensure_detected (err) < 0 || check_name (name, err) < 0)
+    return -1;
+  if (kill_by_pid (name, keep, err) < 0)
+    return sbx_err_wrap (err, "kill cgroup %s", name);
+  /* wait until only KEEP is listed */
+  uint64_t deadline = sbx_now_ns () + (uint64_t) timeout_ms * 1000000ull;
+  char dir[PATH_MAX];
+  for (;;)
+    {
+      struct pidset cur = { 0 };
+      int ret = 0;
+      for (size_t i = 0; ret == 0 && i < layout.n_hier; i++)
+        if (cg_path (dir, sizeof dir, layout.hier[i], name, NULL, err) < 0 || collect_pids (dir, &cur, 0, err) < 0)
+          ret = -1;
+      pidset_sort_unique (&cur);
+      bool only_keep = cur.n == 0 || (cur.n == 1 && cur.v[0] == keep);
+      free (cur.v);
+      if (ret < 0)
+        return -1;
+      if (only_keep)
+        return 0;
+      if (sbx_now_ns () >= deadline)
+        return sbx_failx (err, ETIMEDOUT, "processes of cgroup %s still there after %d ms", name, timeout_ms);
+      if (kill_by_pid (name, keep, err) < 0)
+        return -1;
+      sleep_ms (2);
+    }
 }
 
 /* ------------------------------------------------------------------ */

@@ -54,6 +54,9 @@ int sbx_cgroup_enter (const char *name, pid_t pid, struct sbx_err *err);
 int sbx_cgroup_freeze (const char *name, bool frozen, struct sbx_err *err);
 /* SIGKILL every process in NAME (thawing it if frozen). */
 int sbx_cgroup_kill (const char *name, struct sbx_err *err);
+/* SIGKILL every process in NAME but KEEP, and wait up to TIMEOUT_MS until
+   they are gone; NAME is left thawed. */
+int sbx_cgroup_kill_except (const char *name, pid_t keep, int timeout_ms, struct sbx_err *err);
 /* Kill, wait up to TIMEOUT_MS for NAME to be empty, then remove it from every
    hierarchy.  A NAME that no longer exists is not an error. */
 int sbx_cgroup_destroy (const char *name, int timeout_ms, struct sbx_err *err);

@@ -10,11 +10,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <linux/loop.h>
 #include <linux/mount.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,7 +56,7 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
 }
 
 static int
-loop_attach (int image_fd, char *dev, size_t n, struct sbx_err *err)
+loop_attach (int image_fd, bool read_only, char *dev, size_t n, struct sbx_err *err)
 {
   cleanup_close int ctl = open ("/dev/loop-control", O_RDWR | O_CLOEXEC);
   if (ctl < 0)
@@ -74,7 +77,7 @@ loop_attach (int image_fd, char *dev, size_t n, struct sbx_err *err)
       struct loop_config cfg;
       memset (&cfg, 0, sizeof cfg);
       cfg.fd = (uint32_t) image_fd;
-      cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+      cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
       if (ioctl (lfd, LOOP_CONFIGURE, &cfg) == 0)
         return lfd;
       int e = errno;
@@ -85,14 +88,14 @@ loop_attach (int image_fd, char *dev, size_t n, struct sbx_err *err)
   return sbx_failx (err, EBUSY, "no free loop device");
 }
 
-int
-sbx_disk_mount (const char *image, struct sbx_err *err)
+static int
+disk_mount (const char *image, bool read_only, struct sbx_err *err)
 {
-  cleanup_close int ifd = open (image, O_RDWR | O_CLOEXEC);
+  cleanup_close int ifd = open (image, (read_only ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC);
   if (ifd < 0)
     return sbx_fail (err, errno, "open disk image %s", image);
   char dev[64];
-  cleanup_close int lfd = loop_attach (ifd, dev, sizeof dev, err);
+  cleanup_close int lfd = loop_attach (ifd, read_only, dev, sizeof dev, err);
   if (lfd < 0)
     return -1;
   cleanup_close int fs = (int) syscall (SYS_fsopen, "ext4", FSOPEN_CLOEXEC);
@@ -102,11 +105,69 @@ sbx_disk_mount (const char *image, struct sbx_err *err)
       /* no background inode table zeroing: it would compete with the
          sandbox for the disk right when it starts */
       || syscall (SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "noinit_itable", NULL, 0) < 0
+      || (read_only && syscall (SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "ro", NULL, 0) < 0)
       || syscall (SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
     return sbx_fail (err, errno, "mount %s on %s", image, dev);
-  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                           MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | (read_only ? MOUNT_ATTR_RDONLY : 0));
   if (mfd < 0)
     return sbx_fail (err, errno, "fsmount %s", dev);
   return mfd;
 }
 
+int
+sbx_disk_mount (const char *image, struct sbx_err *err)
+{
+  return disk_mount (image, false, err);
+}
+
+int
+sbx_disk_mount_ro (const char *image, struct sbx_err *err)
+{
+  return disk_mount (image, true, err);
+}
+
+/* Copy SRC into DST (empty) as it is, holes included.  FICLONE shares the
+   blocks on a file system with reflinks (XFS, btrfs): no data moves.
+   Elsewhere (ext4) only the allocated ranges are copied, found with
+   SEEK_DATA/SEEK_HOLE and moved by copy_file_range inside the kernel, so
+   the time is that of the bytes the disk holds, never of its size. */
+int
+sbx_disk_copy (int src, int dst, uint64_t *bytes, struct sbx_err *err)
+{
+  struct stat st;
+  if (fstat (src, &st) < 0)
+    return sbx_fail (err, errno, "stat disk image");
+  *bytes = (uint64_t) st.st_blocks * 512;
+  if (ioctl (dst, FICLONE, src) == 0)
+    return 0;
+  if (ftruncate (dst, st.st_size) < 0)
+    return sbx_fail (err, errno, "size disk copy");
+  off_t off = 0;
+  while (off < st.st_size)
+    {
+      off_t data = lseek (src, off, SEEK_DATA);
+      if (data < 0)
+        {
+          if (errno == ENXIO)
+            break; /* only a hole is left */
+          return sbx_fail (err, errno, "find data in disk image");
+        }
+      off_t hole = lseek (src, data, SEEK_HOLE);
+      if (hole < 0)
+        return sbx_fail (err, errno, "find a hole in disk image");
+      loff_t in = data, out = data;
+      while (in < hole)
+        {
+          ssize_t n = copy_file_range (src, &in, dst, &out, (size_t) (hole - in), 0);
+          if (n < 0 && errno == EINTR)
+            continue;
+          if (n < 0)
+            return sbx_fail (err, errno, "copy disk image");
+          if (n == 0)
+            return sbx_failx (err, EIO, "disk image shrank while copied");
+        }
+      off = hole;
+    }
+  return 0;
+}

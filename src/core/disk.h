@@ -19,5 +19,11 @@ int sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err);
 /* Attach IMAGE to a free loop device and mount it detached.  Returns the
    mount fd (O_CLOEXEC) or -1. */
 int sbx_disk_mount (const char *image, struct sbx_err *err);
+/* The same, read-only (loop device and file system): a snapshot's layer,
+   which many sandboxes mount at once. */
+int sbx_disk_mount_ro (const char *image, struct sbx_err *err);
+/* Copy disk image SRC into the empty file DST, sparse as it is (reflinked
+   where the file system can); *BYTES gets what SRC holds. */
+int sbx_disk_copy (int src, int dst, uint64_t *bytes, struct sbx_err *err);
 
 #endif

@@ -7,9 +7,10 @@
  *   write uid_map / gid_map                 (waits)
  *   put the child in its cgroups
  *   idmapped template tree (open_tree +
- *     mount_setattr MOUNT_ATTR_IDMAP)
- *   overlay: lower = that tree, upper and
- *     work on the sandbox disk; fsmount
+ *     mount_setattr MOUNT_ATTR_IDMAP), and
+ *     so the snapshot layers and the disk
+ *   overlay: lower = layers, that tree;
+ *     upper and work on the disk; fsmount
  *   send the overlay fd, environment
  *     and filesystem rules  ------------->  become root of the new userns
  *                                           unshare(NEWCGROUP)
@@ -836,43 +837,129 @@ write_map (pid_t pid, const char *file, uid_t base, uint32_t count, struct sbx_e
   return sbx_write_file_at (AT_FDCWD, path, map, err);
 }
 
-/* The sandbox's root file system as a detached overlay mount. */
-static int
-make_rootfs (int tree_fd, int disk_fd, pid_t pid, struct sbx_err *err)
+int
+sbx_isolate_layer_userns (uid_t base, uint32_t count, struct sbx_err *err)
 {
-  char path[64];
-  snprintf (path, sizeof path, "/proc/%d/ns/user", (int) pid);
-  cleanup_close int userns = open (path, O_RDONLY | O_CLOEXEC);
-  if (userns < 0)
-    return sbx_fail (err, errno, "open %s", path);
-  cleanup_close int tree
-      = (int) syscall (SYS_open_tree, tree_fd, "rootfs", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-  if (tree < 0)
-    return sbx_fail (err, errno, "open_tree of the template");
-  struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, .userns_fd = (uint64_t) userns };
-  if (syscall (SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-    return sbx_fail (err, errno, "idmap the template");
+  /* a child that only holds the namespace while its maps are written and
+     it is opened, then is killed: it waits for nothing it could miss (a
+     pipe's end of file would wait for every process that inherited the
+     pipe from a concurrent fork) and calls only pause(), as this process
+     has threads */
+  pid_t pid = (pid_t) syscall (SYS_clone, CLONE_NEWUSER | SIGCHLD, NULL, NULL, NULL, 0);
+  if (pid == 0)
+    for (;;)
+      pause ();
+  if (pid < 0)
+    return sbx_fail (err, errno, "clone a user namespace");
+  char path[64], map[96];
+  snprintf (map, sizeof map, "0 %u %u\n%u 0 1\n", (unsigned) base, count, count);
+  int fd = -1;
+  snprintf (path, sizeof path, "/proc/%d/uid_map", (int) pid);
+  if (sbx_write_file_at (AT_FDCWD, path, map, err) == 0)
+    {
+      snprintf (path, sizeof path, "/proc/%d/gid_map", (int) pid);
+      if (sbx_write_file_at (AT_FDCWD, path, map, err) == 0)
+        {
+          snprintf (path, sizeof path, "/proc/%d/ns/user", (int) pid);
+          fd = open (path, O_RDONLY | O_CLOEXEC);
+          if (fd < 0)
+            sbx_fail (err, errno, "open %s", path);
+        }
+    }
+  kill (pid, SIGKILL);
+  while (waitpid (pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+  return fd;
+}
 
-  cleanup_close int fs = (int) syscall (SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+/* A clone of mount (or directory) FD's SUB, idmapped with USERNS.
+   READ_ONLY for the lower layers. */
+static int
+idmapped_clone (int fd, const char *sub, int userns, bool read_only, const char *what, struct sbx_err *err)
+{
+  int tree = (int) syscall (SYS_open_tree, fd, sub, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (*sub ? 0 : AT_EMPTY_PATH));
+  if (tree < 0)
+    return sbx_fail (err, errno, "open_tree of %s", what);
+  struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP | (read_only ? MOUNT_ATTR_RDONLY : 0),
+                             .userns_fd = (uint64_t) userns };
+  if (syscall (SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+    {
+      int e = errno;
+      close (tree);
+      return sbx_fail (err, e, "idmap %s", what);
+    }
+  return tree;
+}
+
+/* The sandbox's root file system as a detached overlay mount.
+
+   Every layer is idmapped (sbx_isolate_layer_userns), so that what lies
+   on disk carries the sandbox's own ids (0 for its root), never the host
+   range it happens to have: the template's tree (root-owned), the layers
+   of a snapshot it starts from (LAYER_FDS, read-only ext4 mounts, newest
+   first, each holding upper/), and its own disk (upper/ and work/).  A
+   copy of the disk is therefore a valid layer for any other sandbox
+   (snapshots, forks) without rewriting an owner. */
+static int
+make_rootfs (int tree_fd, int disk_fd, const int *layer_fds, size_t n_layers, int userns, struct sbx_err *err)
+{
+  if (n_layers > SBX_ISOLATE_LAYERS_MAX)
+    return sbx_failx (err, E2BIG, "too many layers");
+  cleanup_close int tree = idmapped_clone (tree_fd, "rootfs", userns, true, "the template", err);
+  if (tree < 0)
+    return -1;
+  cleanup_close int disk = idmapped_clone (disk_fd, "", userns, false, "the disk", err);
+  if (disk < 0)
+    return -1;
+  int layers[SBX_ISOLATE_LAYERS_MAX];
+  size_t n_open = 0;
+  int ret = -1;
+  cleanup_close int fs = -1;
+  for (; n_open < n_layers; n_open++)
+    if ((layers[n_open] = idmapped_clone (layer_fds[n_open], "upper", userns, true, "a snapshot layer", err)) < 0)
+      goto out;
+
+  fs = (int) syscall (SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
   if (fs < 0)
-    return sbx_fail (err, errno, "fsopen overlay");
+    {
+      sbx_fail (err, errno, "fsopen overlay");
+      goto out;
+    }
   char lower[64], upper[64], work[64];
-  snprintf (lower, sizeof lower, "/proc/self/fd/%d", tree);
-  snprintf (upper, sizeof upper, "/proc/self/fd/%d/upper", disk_fd);
-  snprintf (work, sizeof work, "/proc/self/fd/%d/work", disk_fd);
-  if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "lowerdir+", lower, 0) < 0)
-    return sbx_fail (err, errno, "overlay lower layer");
+  for (size_t i = 0; i <= n_layers; i++)
+    {
+      snprintf (lower, sizeof lower, "/proc/self/fd/%d", i < n_layers ? layers[i] : tree);
+      if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "lowerdir+", lower, 0) < 0)
+        {
+          sbx_fail (err, errno, "overlay lower layer");
+          goto out;
+        }
+    }
+  snprintf (upper, sizeof upper, "/proc/self/fd/%d/upper", disk);
+  snprintf (work, sizeof work, "/proc/self/fd/%d/work", disk);
   if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0)
-    return sbx_fail (err, errno, "overlay upper layer");
+    {
+      sbx_fail (err, errno, "overlay upper layer");
+      goto out;
+    }
   if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0)
-    return sbx_fail (err, errno, "overlay work dir");
+    {
+      sbx_fail (err, errno, "overlay work dir");
+      goto out;
+    }
   if (syscall (SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-    return sbx_fail (err, errno, "create overlay");
+    {
+      sbx_fail (err, errno, "create overlay");
+      goto out;
+    }
   /* set-uid binaries work inside (see the comment on seccomp above) */
-  int mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
-  if (mfd < 0)
-    return sbx_fail (err, errno, "fsmount overlay");
-  return mfd;
+  ret = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
+  if (ret < 0)
+    sbx_fail (err, errno, "fsmount overlay");
+out:
+  for (size_t i = 0; i < n_open; i++)
+    close (layers[i]);
+  return ret;
 }
 
 int
@@ -910,20 +997,20 @@ sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p,
 }
 
 int
-sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                  uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
-                  size_t n_fs_rules, struct sbx_err *err)
+sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, const struct sbx_isolate_disk *disk,
+                  char *const *env, uint32_t nofile, uint32_t net_addr, uint32_t net_gw,
+                  const struct sbx_fs_rule *fs_rules, size_t n_fs_rules, struct sbx_err *err)
 {
-  if (sbx_isolate_boot_start (p, tree_fd, lock_fd, disk_fd, env, nofile, net_addr, net_gw, fs_rules, n_fs_rules, err)
+  if (sbx_isolate_boot_start (p, tree_fd, lock_fd, disk, env, nofile, net_addr, net_gw, fs_rules, n_fs_rules, err)
       < 0)
     return -1;
   return sbx_isolate_boot_wait (p, err);
 }
 
 int
-sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                        uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
-                        size_t n_fs_rules, struct sbx_err *err)
+sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, const struct sbx_isolate_disk *disk,
+                        char *const *env, uint32_t nofile, uint32_t net_addr, uint32_t net_gw,
+                        const struct sbx_fs_rule *fs_rules, size_t n_fs_rules, struct sbx_err *err)
 {
   cleanup_free char *fs = NULL;
   size_t fs_len = 0;
@@ -945,7 +1032,7 @@ sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, in
       memcpy (flat + off, *v, n);
       off += n;
     }
-  cleanup_close int ovl = make_rootfs (tree_fd, disk_fd, p->pid, err);
+  cleanup_close int ovl = make_rootfs (tree_fd, disk->disk_fd, disk->layer_fds, disk->n_layers, disk->userns_fd, err);
   if (ovl < 0)
     return -1;
   struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len };

@@ -35,15 +35,32 @@ struct sbx_isolate_proc {
 /* Phase one: clone into new namespaces, map ids, enter the cgroup.  The
    child then waits, so that this costly part can be done ahead of time. */
 int sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p, struct sbx_err *err);
+/* The writable disk of a sandbox (a mount holding upper/ and work/) and
+   the read-only layers below it (mounts each holding upper/, newest
+   first), from a snapshot; all of them store the sandbox's own ids (0 is
+   its root) and are idmapped to its host range. */
+#define SBX_ISOLATE_LAYERS_MAX 16
+struct sbx_isolate_disk {
+  int userns_fd;               /* sbx_isolate_layer_userns of the sandbox's range */
+  int disk_fd;
+  const int *layer_fds;
+  size_t n_layers;
+};
+
+/* The user namespace every layer of a sandbox is idmapped with: ids
+   0..COUNT-1 on disk are the sandbox's (host BASE..), and COUNT is the
+   host's root, which overlayfs works as in its work directory and
+   whiteouts (a mount's idmapping must map the mounter).  Returns its fd. */
+int sbx_isolate_layer_userns (uid_t base, uint32_t count, struct sbx_err *err);
+
 /* Phase two: build the root file system from the template tree (TREE_FD
-   is the directory holding rootfs/) and the disk (which must hold upper/
-   and work/), hand it over with the template's in-use lock (kept by init
+   is the directory holding rootfs/) and DISK, hand it over with the template's in-use lock (kept by init
    as fd 4), the environment of init, the open files limit, and the
    address of eth0 with its gateway (0: no eth0 set up); returns once
    sbx-init runs. */
-int sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                      uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
-                      size_t n_fs_rules, struct sbx_err *err);
+int sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, const struct sbx_isolate_disk *disk,
+                      char *const *env, uint32_t nofile, uint32_t net_addr, uint32_t net_gw,
+                      const struct sbx_fs_rule *fs_rules, size_t n_fs_rules, struct sbx_err *err);
 /* Make DIR (in the daemon's root-only state directory) hold what blocked
    paths are covered with: an empty directory "dir" and an empty file
    "file", both mode 000 and owned by the host's root. */
@@ -52,9 +69,10 @@ int sbx_isolate_block_dir (const char *dir, struct sbx_err *err);
 void sbx_isolate_abort (struct sbx_isolate_proc *p);
 /* sbx_isolate_boot in two halves, so that the caller can work while the
    child sets itself up: hand over, then wait for sbx-init to run. */
-int sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, int disk_fd, char *const *env,
-                            uint32_t nofile, uint32_t net_addr, uint32_t net_gw, const struct sbx_fs_rule *fs_rules,
-                            size_t n_fs_rules, struct sbx_err *err);
+int sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd,
+                            const struct sbx_isolate_disk *disk, char *const *env, uint32_t nofile, uint32_t net_addr,
+                            uint32_t net_gw, const struct sbx_fs_rule *fs_rules, size_t n_fs_rules,
+                            struct sbx_err *err);
 int sbx_isolate_boot_wait (struct sbx_isolate_proc *p, struct sbx_err *err);
 
 #endif

@@ -80,9 +80,15 @@ struct sandbox {
   uint64_t cpu_sample_ns, cpu_sample_at;
   int refs;
   bool busy;                     /* a state change is in progress */
+  char **env;                    /* the caller's environment (snapshots keep it); NULL: none */
+  enum sbx_on_timeout on_timeout;
+  bool auto_resume;
+  bool memory_dropped;           /* paused by sbx_pause_files */
+  bool disk_ids0;                /* its disk holds the sandbox's own ids (idmapped layers): it can be copied */
+  uint32_t n_layers;             /* snapshot layers below its disk: layer-N.img in its directory */
   struct sandbox *next;
-  /* until it boots: its disk, agent socket and waiting child */
-  int disk_fd, agent_fd;
+  /* until it boots: its disk, agent socket, layers' idmapping and waiting child */
+  int disk_fd, agent_fd, idmap_fd;
   struct sbx_isolate_proc proc;
 };
 
@@ -149,6 +155,8 @@ sandbox_free (struct sandbox *s)
     close (s->disk_fd);
   if (s->agent_fd >= 0)
     close (s->agent_fd);
+  if (s->idmap_fd >= 0)
+    close (s->idmap_fd);
   if (s->proc.sock >= 0)
     close (s->proc.sock);
   if (s->pidfd >= 0)
@@ -156,6 +164,7 @@ sandbox_free (struct sandbox *s)
   if (s->dirfd >= 0)
     close (s->dirfd);
   free (s->reason);
+  sbx_strv_free (s->env);
   sbx_net_policy_free (&s->net);
   free (s);
 }
@@ -199,6 +208,15 @@ put (struct sbx_engine *e, struct sandbox *s)
    after a restart; who owns the sandbox and what clients said of it are
    the service's records. */
 
+static size_t
+strv_len (char *const *v)
+{
+  size_t n = 0;
+  while (v && v[n])
+    n++;
+  return n;
+}
+
 static json_t *
 strv_json (char **v, size_t n)
 {
@@ -206,6 +224,27 @@ strv_json (char **v, size_t n)
   for (size_t i = 0; a && i < n; i++)
     json_array_append_new (a, json_string (v[i]));
   return a;
+}
+
+/* A JSON array of strings as a NULL-terminated vector (NULL when empty
+   or not such an array). */
+static char **
+strv_load (const json_t *a)
+{
+  size_t n = json_is_array (a) ? json_array_size (a) : 0;
+  if (n == 0 || n > SBX_ISOLATE_ENV_COUNT)
+    return NULL;
+  char **v = calloc (n + 1, sizeof *v);
+  for (size_t i = 0; v && i < n; i++)
+    {
+      const char *str = json_string_value (json_array_get (a, i));
+      if (str == NULL || (v[i] = strdup (str)) == NULL)
+        {
+          sbx_strv_free (v);
+          return NULL;
+        }
+    }
+  return v;
 }
 
 /* {"mode": "internet"|"none", "allow": [...], "deny": [...]} */
@@ -276,6 +315,12 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
         json_object_set_new (net, "internet_asked", json_boolean (s->net_asked));
       json_object_set_new (j, "network", net);
     }
+  json_object_set_new (j, "env", strv_json (s->env, strv_len (s->env)));
+  json_object_set_new (j, "on_timeout", json_integer (s->on_timeout));
+  json_object_set_new (j, "auto_resume", json_boolean (s->auto_resume));
+  json_object_set_new (j, "memory_dropped", json_boolean (s->memory_dropped));
+  json_object_set_new (j, "disk_ids0", json_boolean (s->disk_ids0));
+  json_object_set_new (j, "layers", json_integer (s->n_layers));
   cleanup_free char *text = json_dumps (j, JSON_COMPACT);
   json_decref (j);
   if (text == NULL)
@@ -602,6 +647,9 @@ stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
   return true;
 }
 
+static void end_change (struct sbx_engine *e, struct sandbox *s);
+static int pause_held (struct sbx_engine *e, struct sandbox *s, bool drop_memory, struct sbx_err *err);
+
 /* ---- the reaper: timeouts and sandboxes whose init died ---- */
 
 static void *
@@ -635,7 +683,27 @@ reaper_main (void *arg)
           else if (s->state == SBX_RUNNING && s->end_ms <= now)
             victim = s, why = "timeout";
         }
-      if (victim)
+      if (victim && strcmp (why, "timeout") == 0 && victim->on_timeout != SBX_ON_TIMEOUT_KILL)
+        {
+          /* paused at its end instead: it stays until resumed or killed */
+          victim->refs++;
+          victim->busy = true;
+          pthread_mutex_unlock (&e->lock);
+          struct sbx_err err;
+          int r = pause_held (e, victim, victim->on_timeout == SBX_ON_TIMEOUT_PAUSE_FILES, &err);
+          end_change (e, victim);
+          if (r == 0)
+            emit (e, victim->id, SBX_EVENT_PAUSED, "timeout");
+          else
+            {
+              sbx_log_fields (SBX_LOG_WARN, "cannot pause a sandbox at its timeout: killing it", "sandbox",
+                              victim->id, "error", err.msg, NULL);
+              stop_sandbox (e, victim, why);
+            }
+          put (e, victim);
+          pthread_mutex_lock (&e->lock);
+        }
+      else if (victim)
         {
           victim->refs++;
           pthread_mutex_unlock (&e->lock);
@@ -807,7 +875,7 @@ reattach (struct sbx_engine *e, const char *id)
       json_decref (j);
       return;
     }
-  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
+  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
   s->refs = 1;
   sbx_path (s->id, sizeof s->id, "%s", id);
   const char *tmpl = NULL, *user = NULL, *state = NULL;
@@ -851,6 +919,15 @@ reattach (struct sbx_engine *e, const char *id)
       s->net_asked_set = json_is_boolean (ai);
       s->net_asked = json_is_true (ai);
     }
+  s->env = strv_load (json_object_get (j, "env"));
+  json_int_t on_timeout = json_integer_value (json_object_get (j, "on_timeout"));
+  s->on_timeout = on_timeout == SBX_ON_TIMEOUT_PAUSE || on_timeout == SBX_ON_TIMEOUT_PAUSE_FILES
+                      ? (enum sbx_on_timeout) on_timeout : SBX_ON_TIMEOUT_KILL;
+  s->auto_resume = json_is_true (json_object_get (j, "auto_resume"));
+  s->memory_dropped = json_is_true (json_object_get (j, "memory_dropped"));
+  s->disk_ids0 = json_is_true (json_object_get (j, "disk_ids0"));
+  json_int_t layers = json_integer_value (json_object_get (j, "layers"));
+  s->n_layers = layers > 0 && layers <= SBX_SNAPSHOT_LAYERS ? (uint32_t) layers : 0;
   bool was_spare = strcmp (state, "creating") == 0;
   s->state = strcmp (state, "paused") == 0 ? SBX_PAUSED : SBX_RUNNING;
   json_decref (j);
@@ -1247,8 +1324,8 @@ bind_agent_socket (int dirfd, struct sbx_err *err)
   return fd;
 }
 
-/* Format and mount a disk of SIZE_MB at DIR/disk.img with upper/ (owned
-   by the sandbox's root) and work/. */
+/* Format and mount a disk of SIZE_MB at DIR/disk.img with upper/ and
+   work/. */
 static int
 make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err *err)
 {
@@ -1266,10 +1343,11 @@ make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err 
   s->disk_fd = sbx_disk_mount (image, err);
   if (s->disk_fd < 0)
     return -1;
-  uid_t base = uid_base (s->uid_slot);
-  if (mkdirat (s->disk_fd, "upper", 0755) < 0 || mkdirat (s->disk_fd, "work", 0700) < 0
-      || fchownat (s->disk_fd, "upper", base, base, 0) < 0)
+  /* owned by id 0: the sandbox's root through the idmapped disk
+     (isolate.c), whatever its host range */
+  if (mkdirat (s->disk_fd, "upper", 0755) < 0 || mkdirat (s->disk_fd, "work", 0700) < 0)
     return sbx_fail (err, errno, "prepare the disk of %s", s->id);
+  s->disk_ids0 = true;
   return 0;
 }
 
@@ -1298,7 +1376,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
       sbx_fail (err, ENOMEM, "create sandbox");
       return NULL;
     }
-  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
+  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
   s->refs = 1;
   s->state = SBX_CREATING;
   s->uid_slot = UINT32_MAX;
@@ -1335,6 +1413,9 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   char owner[UID_SLOT_OWNER_MAX];
   uid_slot_owner (e, s->id, owner);
   if (uid_slot_claim (owner, &s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
+    goto fail;
+  s->idmap_fd = sbx_isolate_layer_userns (uid_base (s->uid_slot), UID_RANGE, err);
+  if (s->idmap_fd < 0)
     goto fail;
   s->agent_fd = bind_agent_socket (s->dirfd, err);
   if (s->agent_fd < 0)
@@ -1439,6 +1520,149 @@ sbx_template_check (struct sbx_engine *e, const char *name, struct sbx_err *err)
   return 0;
 }
 
+/* ---- snapshots' manifests: DIR/snapshot.json, written by
+   sbx_snapshot_take ---- */
+
+struct manifest {
+  char template_name[64];
+  uint32_t layers;
+  char **env;
+  struct sbx_limits limits;
+};
+
+static void
+manifest_free (struct manifest *m)
+{
+  sbx_strv_free (m->env);
+  m->env = NULL;
+}
+
+static int
+manifest_read (int dirfd, struct manifest *m, struct sbx_err *err)
+{
+  memset (m, 0, sizeof *m);
+  cleanup_close int fd = openat (dirfd, "snapshot.json", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return sbx_fail (err, errno, "open snapshot manifest");
+  json_error_t jerr;
+  json_t *j = json_loadfd (fd, 0, &jerr);
+  const char *tmpl = NULL;
+  json_int_t layers = 0, cpu = 0, mem = 0, disk = 0;
+  if (j == NULL
+      || json_unpack (j, "{s:s, s:I, s:{s:I, s:I, s:I}}", "template", &tmpl, "layers", &layers, "limits",
+                      "cpu_millis", &cpu, "memory_mb", &mem, "disk_mb", &disk)
+             < 0
+      || strlen (tmpl) >= sizeof m->template_name || layers < 1 || layers > SBX_SNAPSHOT_LAYERS || cpu < 0
+      || cpu > UINT32_MAX || mem < 0 || mem > UINT32_MAX || disk < 0 || disk > UINT32_MAX)
+    {
+      json_decref (j);
+      return sbx_failx (err, EINVAL, "unreadable snapshot manifest");
+    }
+  snprintf (m->template_name, sizeof m->template_name, "%s", tmpl);
+  m->layers = (uint32_t) layers;
+  m->limits.cpu_millis = (uint32_t) cpu;
+  m->limits.memory_mb = (uint32_t) mem;
+  m->limits.disk_mb = (uint32_t) disk;
+  m->env = strv_load (json_object_get (j, "env"));
+  json_decref (j);
+  return 0;
+}
+
+static int
+manifest_write (int dirfd, const struct sandbox *s, uint32_t layers, struct sbx_err *err)
+{
+  json_t *j = json_pack ("{s:s, s:i, s:o, s:{s:i, s:i, s:i}}", "template", s->template_name, "layers", (int) layers,
+                         "env", strv_json (s->env, strv_len (s->env)), "limits", "cpu_millis",
+                         (int) s->limits.cpu_millis, "memory_mb", (int) s->limits.memory_mb, "disk_mb",
+                         (int) s->limits.disk_mb);
+  cleanup_free char *text = j ? json_dumps (j, JSON_COMPACT) : NULL;
+  json_decref (j);
+  if (text == NULL)
+    return sbx_failx (err, ENOMEM, "encode snapshot manifest");
+  cleanup_close int fd = openat (dirfd, "snapshot.json", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0 || sbx_write_full (fd, text, strlen (text)) < 0)
+    return sbx_fail (err, errno, "write snapshot manifest");
+  return 0;
+}
+
+int
+sbx_snapshot_template (const char *dir, char name[64], struct sbx_err *err)
+{
+  cleanup_close int dfd = open (dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dfd < 0)
+    return sbx_fail (err, errno, "open snapshot %s", dir);
+  struct manifest m;
+  if (manifest_read (dfd, &m, err) < 0)
+    return -1;
+  snprintf (name, 64, "%s", m.template_name);
+  manifest_free (&m);
+  return 0;
+}
+
+/* A copy of BASE with EXTRA's variables added or replacing those of the
+   same name (NULL when both are empty or out of memory: *OK says which). */
+static char **
+env_merge (char *const *base, const char *const *extra, bool *ok)
+{
+  size_t nb = strv_len (base), ne = strv_len ((char *const *) extra);
+  *ok = true;
+  if (nb + ne == 0)
+    return NULL;
+  char **v = calloc (nb + ne + 1, sizeof *v);
+  if (v == NULL)
+    {
+      *ok = false;
+      return NULL;
+    }
+  size_t k = 0;
+  for (size_t i = 0; i < nb + ne; i++)
+    {
+      const char *var = i < nb ? base[i] : extra[i - nb];
+      const char *eq = strchr (var, '=');
+      size_t klen = eq ? (size_t) (eq - var) : strlen (var);
+      size_t j;
+      for (j = 0; j < k; j++)
+        if (strncmp (v[j], var, klen) == 0 && v[j][klen] == '=')
+          break;
+      char *copy = strdup (var);
+      if (copy == NULL)
+        {
+          sbx_strv_free (v);
+          *ok = false;
+          return NULL;
+        }
+      if (j < k)
+        free (v[j]);
+      v[j] = copy;
+      if (j == k)
+        k++;
+    }
+  return v;
+}
+
+/* Hard-link the layers of snapshot SNAP_FD into S's directory and mount
+   them read-only into FDS (newest first). */
+static int
+layers_mount (struct sbx_engine *e, struct sandbox *s, int snap_fd, uint32_t n, int *fds, struct sbx_err *err)
+{
+  for (uint32_t i = 0; i < n; i++)
+    {
+      char name[32], image[PATH_MAX];
+      snprintf (name, sizeof name, "layer-%u.img", i);
+      if (linkat (snap_fd, name, s->dirfd, name, 0) < 0)
+        return sbx_fail (err, errno, "link snapshot layer %u", i);
+      s->n_layers = i + 1;
+      if (sbx_path (image, sizeof image, "%s/%s/%s", e->sandboxes_dir, s->id, name) < 0)
+        return sbx_fail (err, errno, "layer path");
+      if ((fds[i] = sbx_disk_mount_ro (image, err)) < 0)
+        return -1;
+    }
+  return 0;
+}
+
+static int create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct manifest *man, int snap_fd,
+                   char id_out[SBX_ID_MAX], struct sbx_err *err);
+
 int
 sbx_template_name (struct sbx_engine *e, const char *name, char out[64], struct sbx_err *err)
 {
@@ -1453,7 +1677,32 @@ sbx_template_name (struct sbx_engine *e, const char *name, char out[64], struct 
 int
 sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
-  if (o->template_name == NULL || *o->template_name == '\0')
+  struct manifest man = { 0 };
+  cleanup_close int snap_fd = -1;
+  if (o->snapshot_dir)
+    {
+      snap_fd = open (o->snapshot_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (snap_fd < 0)
+        return sbx_fail (err, errno, "open snapshot %s", o->snapshot_dir);
+      if (manifest_read (snap_fd, &man, err) < 0)
+        return -1;
+      if (o->template_name && strcmp (o->template_name, man.template_name) != 0)
+        {
+          manifest_free (&man);
+          return sbx_failk (err, SBX_E_INVALID, "the snapshot is of template %s", man.template_name);
+        }
+    }
+  int r = create (e, o, o->snapshot_dir ? &man : NULL, snap_fd, id_out, err);
+  manifest_free (&man);
+  return r;
+}
+
+static int
+create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct manifest *man, int snap_fd,
+        char id_out[SBX_ID_MAX], struct sbx_err *err)
+{
+  const char *template_name = man ? man->template_name : o->template_name;
+  if (template_name == NULL || *template_name == '\0')
     return sbx_failk (err, SBX_E_INVALID, "a template is required");
   uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
   if (timeout > e->max_timeout_s)
@@ -1464,7 +1713,7 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     return sbx_failk (err, SBX_E_INVALID, "sandbox id %s is malformed or taken", o->id);
   struct sbx_template t;
   memset (&t, 0, sizeof t);
-  if (sbx_template_load (e->template_dir, o->template_name, &t, err) < 0)
+  if (sbx_template_load (e->template_dir, template_name, &t, err) < 0)
     {
       /* naming a template that is not there is the caller's mistake */
       if (err && err->code == ENOENT)
@@ -1473,6 +1722,16 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
     }
 
   struct sbx_limits lim = o->limits;
+  if (man)
+    {
+      /* a snapshot's sandbox is sized as its source was, unless asked */
+      if (!lim.cpu_millis)
+        lim.cpu_millis = man->limits.cpu_millis;
+      if (!lim.memory_mb)
+        lim.memory_mb = man->limits.memory_mb;
+      if (!lim.disk_mb)
+        lim.disk_mb = man->limits.disk_mb;
+    }
   if (!lim.cpu_millis)
     lim.cpu_millis = t.cpu_count ? t.cpu_count * 1000 : DEFAULT_CPU_MILLIS;
   if (!lim.memory_mb)
@@ -1512,6 +1771,14 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
   snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
   s->limits = lim;
+  s->on_timeout = o->on_timeout;
+  s->auto_resume = o->auto_resume;
+  int layer_fds[SBX_SNAPSHOT_LAYERS];
+  size_t n_layer_fds = 0;
+  for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
+    layer_fds[i] = -1;
+  bool env_ok;
+  s->env = env_merge (man ? man->env : NULL, o->env, &env_ok);
   s->timeout_s = timeout;
   s->created_ms = sbx_wall_ms ();
   s->end_ms = s->created_ms + (int64_t) timeout * 1000;
@@ -1521,10 +1788,21 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   cleanup_close int tree_fd = -1;
   cleanup_close int lock_fd = -1;
   cgroup_name (s->id, cg, sizeof cg);
+  if (!env_ok)
+    {
+      sbx_fail (err, ENOMEM, "environment");
+      goto fail;
+    }
   if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0)
     {
       sbx_fail (err, errno, "sandbox path");
       goto fail;
+    }
+  if (man)
+    {
+      n_layer_fds = man->layers;
+      if (layers_mount (e, s, snap_fd, man->layers, layer_fds, err) < 0)
+        goto fail;
     }
   if (s->has_net)
     {
@@ -1541,7 +1819,7 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   if (sbx_cgroup_create (cg, &cl, err) < 0
       || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
     goto fail;
-  env = init_env (&t, o->env);
+  env = init_env (&t, (const char *const *) s->env);
   if (env == NULL)
     {
       sbx_fail (err, ENOMEM, "environment");
@@ -1567,10 +1845,17 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   uint32_t net_addr = 0, net_gw = 0;
   if (s->has_net)
     sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
-  if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, s->disk_fd, env, s->limits.nofile, net_addr, net_gw,
+  struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds };
+  if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
                               o->fs_rules, o->n_fs_rules, err)
       < 0)
     goto fail;
+  /* the overlay holds the layers now */
+  for (size_t i = 0; i < n_layer_fds; i++)
+    {
+      close (layer_fds[i]);
+      layer_fds[i] = -1;
+    }
   /* The link was made with the plain internet rules; other rules are put
      in place while the sandbox sets itself up.  Nothing of the caller's
      runs in it before this function returns. */
@@ -1589,7 +1874,8 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
       s->disk_fd = -1;
     }
   close (s->agent_fd);
-  s->agent_fd = -1;
+  close (s->idmap_fd);
+  s->agent_fd = s->idmap_fd = -1;
   s->state = SBX_RUNNING;
 
   pthread_mutex_lock (&e->lock);
@@ -1608,6 +1894,9 @@ sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id_out[S
   return 0;
 
 fail:
+  for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
+    if (layer_fds[i] >= 0)
+      close (layer_fds[i]);
   free (env);
   sbx_template_free (&t);
   discard (e, s);
@@ -1668,8 +1957,23 @@ end_change (struct sbx_engine *e, struct sandbox *s)
   pthread_mutex_unlock (&e->lock);
 }
 
+static int
+change_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, bool extend_only, struct sbx_err *err);
+
 int
 sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err)
+{
+  return change_timeout (e, id, timeout_s, false, err);
+}
+
+int
+sbx_extend_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err)
+{
+  return change_timeout (e, id, timeout_s, true, err);
+}
+
+static int
+change_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, bool extend_only, struct sbx_err *err)
 {
   if (timeout_s > e->max_timeout_s)
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
@@ -1680,8 +1984,12 @@ sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struc
   if (r == 0)
     {
       pthread_mutex_lock (&e->lock);
-      s->timeout_s = timeout_s;
-      s->end_ms = sbx_wall_ms () + (int64_t) timeout_s * 1000;
+      int64_t end = sbx_wall_ms () + (int64_t) timeout_s * 1000;
+      if (!extend_only || end > s->end_ms)
+        {
+          s->timeout_s = timeout_s;
+          s->end_ms = end;
+        }
       r = save_locked (e, s, err);
       pthread_mutex_unlock (&e->lock);
       end_change (e, s);
@@ -1750,29 +2058,79 @@ sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t lim
   return r;
 }
 
+/* Pause S (s->busy held): freeze it, after killing everything but its
+   init when DROP_MEMORY (a paused sandbox can be so too). */
 static int
-set_frozen (struct sbx_engine *e, const char *id, bool frozen, struct sbx_err *err)
+pause_held (struct sbx_engine *e, struct sandbox *s, bool drop_memory, struct sbx_err *err)
+{
+  char cg[128];
+  cgroup_name (s->id, cg, sizeof cg);
+  /* the kill leaves the tree thawed: the killed die, init reaps them */
+  if (drop_memory && sbx_cgroup_kill_except (cg, s->init_pid, 5000, err) < 0)
+    {
+      /* as it was: a paused one frozen again */
+      pthread_mutex_lock (&e->lock);
+      bool was_paused = s->state == SBX_PAUSED;
+      pthread_mutex_unlock (&e->lock);
+      if (was_paused)
+        sbx_cgroup_freeze (cg, true, NULL);
+      return -1;
+    }
+  if (sbx_cgroup_freeze (cg, true, err) < 0)
+    {
+      pthread_mutex_lock (&e->lock);
+      if (s->state == SBX_PAUSED)
+        s->state = SBX_RUNNING; /* thawed by the kill, and staying so */
+      save_locked (e, s, NULL);
+      pthread_mutex_unlock (&e->lock);
+      return -1;
+    }
+  pthread_mutex_lock (&e->lock);
+  s->state = SBX_PAUSED;
+  s->memory_dropped |= drop_memory;
+  int r = save_locked (e, s, err);
+  pthread_mutex_unlock (&e->lock);
+  return r;
+}
+
+static int
+set_frozen (struct sbx_engine *e, const char *id, bool frozen, bool drop_memory, struct sbx_err *err)
 {
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
-  int r = begin_change (e, s, 1u << (frozen ? SBX_RUNNING : SBX_PAUSED), err);
+  unsigned from = frozen ? 1u << SBX_RUNNING : 1u << SBX_PAUSED;
+  if (drop_memory)
+    {
+      /* a paused sandbox may still drop its memory, once */
+      pthread_mutex_lock (&e->lock);
+      bool dropped = s->memory_dropped;
+      pthread_mutex_unlock (&e->lock);
+      if (!dropped)
+        from |= 1u << SBX_PAUSED;
+    }
+  int r = begin_change (e, s, from, err);
   if (r < 0)
     {
       put (e, s);
       return -1;
     }
-  char cg[128];
-  cgroup_name (s->id, cg, sizeof cg);
-  r = sbx_cgroup_freeze (cg, frozen, err);
-  if (r == 0)
+  if (frozen)
+    r = pause_held (e, s, drop_memory, err);
+  else
     {
-      pthread_mutex_lock (&e->lock);
-      s->state = frozen ? SBX_PAUSED : SBX_RUNNING;
-      if (!frozen)
-        s->end_ms = sbx_wall_ms () + (int64_t) s->timeout_s * 1000;
-      r = save_locked (e, s, err);
-      pthread_mutex_unlock (&e->lock);
+      char cg[128];
+      cgroup_name (s->id, cg, sizeof cg);
+      r = sbx_cgroup_freeze (cg, false, err);
+      if (r == 0)
+        {
+          pthread_mutex_lock (&e->lock);
+          s->state = SBX_RUNNING;
+          s->memory_dropped = false;
+          s->end_ms = sbx_wall_ms () + (int64_t) s->timeout_s * 1000;
+          r = save_locked (e, s, err);
+          pthread_mutex_unlock (&e->lock);
+        }
     }
   end_change (e, s);
   if (r == 0)
@@ -1784,13 +2142,142 @@ set_frozen (struct sbx_engine *e, const char *id, bool frozen, struct sbx_err *e
 int
 sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err)
 {
-  return set_frozen (e, id, true, err);
+  return set_frozen (e, id, true, false, err);
+}
+
+int
+sbx_pause_files (struct sbx_engine *e, const char *id, struct sbx_err *err)
+{
+  return set_frozen (e, id, true, true, err);
 }
 
 int
 sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err)
 {
-  return set_frozen (e, id, false, err);
+  return set_frozen (e, id, false, false, err);
+}
+
+/* ---- snapshots ---- */
+
+/* Write back what S's file system holds in memory, so that its disk
+   image has it all: syncfs on its root (the overlay) syncs the upper
+   layer's file system, its disk.  Opened as root through /proc: a
+   directory, used for nothing else. */
+static int
+sync_disk (struct sandbox *s, struct sbx_err *err)
+{
+  char root[64];
+  snprintf (root, sizeof root, "/proc/%d/root", (int) s->init_pid);
+  cleanup_close int fd = open (root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || syncfs (fd) < 0)
+    return sbx_fail (err, errno, "sync the disk of %s", s->id);
+  return 0;
+}
+
+/* Snapshot S (s->busy held) into DIR. */
+static int
+snapshot_held (struct sbx_engine *e, struct sandbox *s, const char *dir, uint64_t *bytes, struct sbx_err *err)
+{
+  if (!s->disk_ids0)
+    return sbx_failk (err, SBX_E_CONFLICT, "sandbox %s was created before snapshots existed: start a new one",
+                      s->id);
+  if (s->n_layers + 1 > SBX_SNAPSHOT_LAYERS)
+    return sbx_failk (err, SBX_E_LIMIT, "a snapshot holds at most %d layers; this sandbox starts from %u",
+                      SBX_SNAPSHOT_LAYERS, s->n_layers);
+  cleanup_close int src = openat (s->dirfd, "disk.img", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  struct stat st;
+  if (src < 0 || fstat (src, &st) < 0)
+    return sbx_fail (err, errno, "open the disk of %s", s->id);
+  /* the copy must fit what is free, after the reserve and the promises */
+  uint64_t want = (uint64_t) st.st_blocks * 512;
+  struct disk_room room;
+  pthread_mutex_lock (&e->lock);
+  int rr = disk_room_locked (e, &room, err);
+  pthread_mutex_unlock (&e->lock);
+  if (rr < 0)
+    return -1;
+  if (want > room.promisable)
+    return sbx_failk (err, SBX_E_NO_SPACE, "not enough disk on this host for a snapshot of %llu MB",
+                      (unsigned long long) (want >> 20));
+  if (mkdir (dir, 0700) < 0)
+    return sbx_fail (err, errno, "create %s", dir);
+  cleanup_close int dst = -1;
+  cleanup_close int dfd = open (dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dfd < 0)
+    {
+      sbx_fail (err, errno, "open %s", dir);
+      goto fail;
+    }
+
+  pthread_mutex_lock (&e->lock);
+  bool was_running = s->state == SBX_RUNNING;
+  pthread_mutex_unlock (&e->lock);
+  char cg[128];
+  cgroup_name (s->id, cg, sizeof cg);
+  /* most of it is written back while the sandbox still runs, the rest
+     once it is frozen; the copy is made frozen, so it is whole */
+  if (sync_disk (s, err) < 0 || (was_running && sbx_cgroup_freeze (cg, true, err) < 0))
+    goto fail;
+  int r = sync_disk (s, err);
+  if (r == 0)
+    {
+      dst = openat (dfd, "layer-0.img", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+      r = dst < 0 ? sbx_fail (err, errno, "create a snapshot layer") : sbx_disk_copy (src, dst, bytes, err);
+    }
+  struct sbx_err thaw_err;
+  if (was_running && sbx_cgroup_freeze (cg, false, &thaw_err) < 0)
+    {
+      /* left frozen: say so rather than pretend it runs */
+      sbx_log_fields (SBX_LOG_WARN, "cannot thaw a sandbox after its snapshot", "sandbox", s->id, "error",
+                      thaw_err.msg, NULL);
+      pthread_mutex_lock (&e->lock);
+      s->state = SBX_PAUSED;
+      save_locked (e, s, NULL);
+      pthread_mutex_unlock (&e->lock);
+    }
+  /* on disk before it is used: after the thaw, so the sandbox does not
+     wait for it (a loop device over a file with dirty pages would write
+     them back when a new sandbox mounts it anyway) */
+  if (r == 0 && fdatasync (dst) < 0)
+    r = sbx_fail (err, errno, "write a snapshot layer");
+  if (r < 0)
+    goto fail;
+  /* the layers it started from are shared, never copied */
+  for (uint32_t i = 0; i < s->n_layers; i++)
+    {
+      char from[32], to[32];
+      snprintf (from, sizeof from, "layer-%u.img", i);
+      snprintf (to, sizeof to, "layer-%u.img", i + 1);
+      if (linkat (s->dirfd, from, dfd, to, 0) < 0)
+        {
+          sbx_fail (err, errno, "link snapshot layer %u", i);
+          goto fail;
+        }
+    }
+  if (manifest_write (dfd, s, s->n_layers + 1, err) < 0)
+    goto fail;
+  return 0;
+fail:;
+  struct sbx_err rm_err;
+  sbx_rm_rf (dir, &rm_err);
+  return -1;
+}
+
+int
+sbx_snapshot_take (struct sbx_engine *e, const char *id, const char *dir, uint64_t *bytes, struct sbx_err *err)
+{
+  *bytes = 0;
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = begin_change (e, s, 1u << SBX_RUNNING | 1u << SBX_PAUSED, err);
+  if (r == 0)
+    {
+      r = snapshot_held (e, s, dir, bytes, err);
+      end_change (e, s);
+    }
+  put (e, s);
+  return r;
 }
 
 int
@@ -1806,7 +2293,7 @@ sbx_upper_open (struct sbx_engine *e, const char *id, int *fd, uint32_t *id_base
   else if ((*fd = openat (s->disk_fd, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
     r = sbx_fail (err, errno, "open the upper layer of %s", id);
   else
-    *id_base = uid_base (s->uid_slot);
+    *id_base = 0; /* the disk holds the sandbox's own ids (idmapped layers) */
   put (e, s);
   return r;
 }
@@ -1840,6 +2327,9 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   info->limits = s->limits;
   info->reason = s->reason ? strdup (s->reason) : NULL;
   info->timeout_s = s->timeout_s;
+  info->on_timeout = s->on_timeout;
+  info->auto_resume = s->auto_resume;
+  info->memory_dropped = s->memory_dropped;
   if (s->has_net)
     {
       struct sbx_err err;

@@ -92,8 +92,15 @@ struct sbx_limits {
   uint32_t nofile;      /* RLIMIT_NOFILE of every process */
 };
 
+/* What the end of a sandbox's lifetime does (sbx_create_opts.on_timeout). */
+enum sbx_on_timeout {
+  SBX_ON_TIMEOUT_KILL,        /* destroy it (the default) */
+  SBX_ON_TIMEOUT_PAUSE,       /* pause it (sbx_pause) */
+  SBX_ON_TIMEOUT_PAUSE_FILES, /* pause it without its processes (sbx_pause_files) */
+};
+
 struct sbx_create_opts {
-  const char *template_name;
+  const char *template_name;  /* NULL with SNAPSHOT_DIR: the snapshot's */
   uint32_t timeout_s;         /* 0: 300 */
   const char *const *env;     /* NULL-terminated "KEY=VALUE", may be NULL */
   struct sbx_limits limits;   /* 0 fields take the template's defaults */
@@ -110,6 +117,12 @@ struct sbx_create_opts {
   const char *id;             /* the id to give it, from sbx_new_id (for a caller that must name it before it
                                  exists); NULL: a new one.  Such a create takes no spare (about 20 ms more). */
   bool keep_upper;            /* keep its disk for sbx_upper_open (template builds); not across a restart */
+  enum sbx_on_timeout on_timeout;
+  bool auto_resume;           /* kept and shown back (sbx_info); the caller decides what resumes it */
+  /* start from the files of a snapshot (sbx_snapshot_take): its template
+     (TEMPLATE_NAME, if given, must be the same) and environment (ENV adds
+     to it and overrides it) */
+  const char *snapshot_dir;
 };
 
 /* A new sandbox id ("sbx" and 20 of [0-9a-z]: a valid host name label,
@@ -139,6 +152,9 @@ struct sbx_info {
   struct sbx_net_policy network; /* its egress policy (owned) when has_network */
   char net_address[16], net_gateway[16]; /* its link, "" once stopped */
   int internet_asked;         /* as in sbx_create_opts, as last set */
+  enum sbx_on_timeout on_timeout;
+  bool auto_resume;
+  bool memory_dropped;        /* paused by sbx_pause_files: nothing but its init is left */
 };
 
 void sbx_info_free (struct sbx_info *info);
@@ -158,13 +174,45 @@ int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, s
    at once.  INTERNET_ASKED as in sbx_create_opts. */
 int sbx_set_network (struct sbx_engine *e, const char *id, const struct sbx_net_policy *policy, int internet_asked,
                      struct sbx_err *err);
+/* sbx_set_timeout that never brings the end closer: the end becomes
+   now + TIMEOUT_S only when that is later than it was. */
+int sbx_extend_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);
 int sbx_pause (struct sbx_engine *e, const char *id, struct sbx_err *err);
+/* Pause without memory: every process of the sandbox but its init is
+   killed, and its files stay.  The next sbx_resume starts it with nothing
+   running, as a fresh boot from those files would (same disk, network,
+   id and machine id).  A running or paused (with memory) sandbox can be
+   paused so; SBX_E_PAUSED when it already is. */
+int sbx_pause_files (struct sbx_engine *e, const char *id, struct sbx_err *err);
 int sbx_resume (struct sbx_engine *e, const char *id, struct sbx_err *err);
 /* A descriptor of the overlay upper directory of sandbox ID, created with
-   keep_upper (close it), and the host uid of its root (its files there
-   are owned by ID_BASE + their uid inside).  Freeze the sandbox
+   keep_upper (close it), and the uid its root's files have there: 0, since
+   every layer is idmapped and the disk stores the sandbox's own ids (files
+   there are owned by ID_BASE + their uid inside).  Freeze the sandbox
    (sbx_pause) while reading it. */
 int sbx_upper_open (struct sbx_engine *e, const char *id, int *fd, uint32_t *id_base, struct sbx_err *err);
+
+/* ---- snapshots: a sandbox's files, for new sandboxes ----
+
+   A snapshot is a directory the caller names, holding disk images
+   (layer-N.img, read-only from then on) and snapshot.json (the template,
+   the environment and the limits).  Layer 0 is a copy of the sandbox's
+   own disk, taken while the sandbox is frozen (then thawed if it was
+   running): sparse, reflinked where the file system can, else only its
+   allocated blocks copied, so its cost is what the sandbox wrote, never
+   the template's size.  The layers the sandbox itself started from are
+   hard links, not copies.  A sandbox created from it (sbx_create_opts.
+   snapshot_dir) hard-links the layers into its own directory and mounts
+   them read-only below a fresh disk of its own: any number of sandboxes
+   share them, and removing the snapshot's directory frees their blocks
+   once the last such sandbox ends.  Memory is not part of it.  The
+   sandbox must have been created by this version (SBX_E_CONFLICT
+   otherwise); at most SBX_SNAPSHOT_LAYERS layers (SBX_E_LIMIT); the
+   copy must fit the state file system's free room (SBX_E_NO_SPACE). */
+#define SBX_SNAPSHOT_LAYERS 16
+int sbx_snapshot_take (struct sbx_engine *e, const char *id, const char *dir, uint64_t *bytes, struct sbx_err *err);
+/* The template a snapshot directory starts from (into NAME). */
+int sbx_snapshot_template (const char *dir, char name[64], struct sbx_err *err);
 int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, struct sbx_err *err);
 /* ID's share of the CPU against the other sandboxes when they all want
    it (cgroup cpu.weight units, 1..10000; a new sandbox has 100). */

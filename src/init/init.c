@@ -38,6 +38,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -923,6 +924,30 @@ fire_timeouts (void)
       }
 }
 
+/* A machine id of its own (systemd's machine-id(5): 32 lowercase hex
+   digits), written at every boot before anything else runs: the
+   template has none, and a sandbox made from a snapshot must not keep
+   its source's.  Inside the sandbox, as its root; where the policy makes
+   /etc read-only or blocked, there is none. */
+static void
+write_machine_id (void)
+{
+  unsigned char rnd[16];
+  if (getrandom (rnd, sizeof rnd, 0) != (ssize_t) sizeof rnd)
+    return;
+  char text[34];
+  for (int i = 0; i < 16; i++)
+    snprintf (text + 2 * i, 3, "%02x", rnd[i]);
+  text[32] = '\n';
+  unlink ("/etc/machine-id");
+  int fd = open ("/etc/machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+  if (fd < 0)
+    return;
+  if (write (fd, text, 33) != 33)
+    unlink ("/etc/machine-id");
+  close (fd);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -933,6 +958,7 @@ main (int argc, char **argv)
   fcntl (LISTEN_FD, F_SETFD, FD_CLOEXEC);
   fcntl (4, F_SETFD, FD_CLOEXEC); /* the template lock: held, never used */
   sbx_users_snapshot (5, 6);      /* with a filesystem policy (isolate.c) */
+  write_machine_id ();
   set_nonblock (LISTEN_FD);
   signal (SIGPIPE, SIG_IGN);
 

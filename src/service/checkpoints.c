@@ -71,10 +71,22 @@ sbx_saves_free (struct sbx_saves *s)
   free (s);
 }
 
+const char *
+sbx_saves_dir (const struct sbx_saves *s)
+{
+  return s->dir;
+}
+
+uint64_t
+sbx_saves_quota (const struct sbx_saves *s)
+{
+  return s->quota;
+}
+
 /* ---- ids and paths ---- */
 
-static int
-new_id (const char *prefix, char out[SBX_STORE_ID_MAX], struct sbx_err *err)
+int
+sbx_saved_new_id (const char *prefix, char out[SBX_STORE_ID_MAX], struct sbx_err *err)
 {
   unsigned char rnd[10];
   if (sbx_random_bytes (rnd, sizeof rnd) < 0)
@@ -266,7 +278,7 @@ take (struct sbx_service *svc, struct sbx_engine *e, const char *org_id, const c
 
   struct sbx_saved c;
   memset (&c, 0, sizeof c);
-  if (new_id (checkpoint ? "ckpt_" : "art_", c.id, err) < 0)
+  if (sbx_saved_new_id (checkpoint ? "ckpt_" : "art_", c.id, err) < 0)
     {
       sbx_entries_free (ents, n);
       return -1;

@@ -13,6 +13,12 @@ struct sbx_saves;
 void sbx_saves_free (struct sbx_saves *s);
 void sbx_service_put_saves (struct sbx_service *svc, struct sbx_saves *s);
 struct sbx_saves *sbx_service_saves (struct sbx_service *svc);
+/* STATE/captures, and the organisation's quota in bytes (0: none); the
+   snapshots (snapshots.c) are kept there too, under the same quota. */
+const char *sbx_saves_dir (const struct sbx_saves *s);
+uint64_t sbx_saves_quota (const struct sbx_saves *s);
+/* A new id: PREFIX and 20 hex digits. */
+int sbx_saved_new_id (const char *prefix, char out[SBX_STORE_ID_MAX], struct sbx_err *err);
 
 /* ORG's checkpoint ID exists: 0, else SBX_E_NOT_FOUND "Checkpoint not
    found".  For a create, before it takes anything. */

@@ -363,7 +363,10 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
                                .internet_asked = spec->internet_asked,
                                .fs_rules = spec->fs_rules,
                                .n_fs_rules = spec->n_fs_rules,
-                               .id = want_id };
+                               .id = want_id,
+                               .on_timeout = spec->on_timeout,
+                               .auto_resume = spec->auto_resume,
+                               .snapshot_dir = spec->snapshot_dir };
   char id[SBX_ID_MAX];
   struct sbx_err e2;
   if (svc->fair)

@@ -23,6 +23,7 @@
 #define SBX_SERVICE_H
 
 #include <stdbool.h>
+#include <limits.h>
 #include <stdint.h>
 
 #include "../common/error.h"
@@ -82,6 +83,10 @@ struct sbx_sandbox_spec {
   bool keep_workspace;              /* checkpoint the workspace when it ends (ephemeral: false) */
   bool keep_artifacts;              /* keep what it writes to /artifacts after it ends */
   const char *artifact_prefix;      /* ... under this prefix, may be NULL */
+  /* E2B's lifecycle and snapshots (snapshots.c) */
+  enum sbx_on_timeout on_timeout;
+  bool auto_resume;
+  const char *snapshot_dir;         /* start from these files (sbx_service_snapshot_find), may be NULL */
 };
 
 /* Create a sandbox for ORG within its quota; REC gets its record.  Fails
@@ -197,6 +202,57 @@ struct sbx_artifacts_summary {
 };
 int sbx_service_artifacts_summary (struct sbx_service *svc, const struct sbx_sandbox_rec *rec,
                                    struct sbx_artifacts_summary *out, struct sbx_err *err);
+
+/* ---- snapshots and forks (snapshots.c) ----
+
+   E2B's snapshots: a sandbox's files (not its memory) kept as a set of
+   the organisation (kind "snapshot" among its captures, its name in the
+   prefix), for new sandboxes to start from; and forks, sandboxes made
+   from a sandbox's files at once.  The engine makes and mounts the disk
+   images (sbx_snapshot_take); they live in STATE/captures/ID and count
+   against the organisation's storage quota (--storage-quota-mb). */
+
+#define SBX_SNAPSHOTS_MAX 100u      /* an organisation's snapshots */
+#define SBX_SNAPSHOT_NAME_MAX 64u   /* a name's bytes: [A-Za-z0-9._-], not starting with "snap_" */
+#define SBX_FORK_MAX 100u           /* sandboxes one fork makes */
+
+/* Snapshot ORG's sandbox SANDBOX_ID (running or paused; it is frozen for
+   the copy) as NAME (NULL: none).  A NAME ORG already gave a snapshot
+   moves to the new one, whose id stays the old one's (E2B: a new build
+   of the same template).  SBX_E_INVALID for a bad name, SBX_E_STOPPED for
+   an ended sandbox, SBX_E_LIMIT past SBX_SNAPSHOTS_MAX or the storage
+   quota, SBX_E_NO_SPACE when the host has no room; nothing is kept then. */
+int sbx_service_snapshot_create (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id,
+                                 const char *name, struct sbx_saved *out, struct sbx_err *err);
+/* ORG's snapshots, newest first; SANDBOX_ID and NAME (an id or a name)
+   filter when not NULL. */
+int sbx_service_snapshot_list (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id,
+                               const char *name, struct sbx_saved **v, size_t *n, struct sbx_err *err);
+/* ORG's snapshot by id or name into *OUT and its directory into DIR;
+   SBX_E_NOT_FOUND when it has none such. */
+int sbx_service_snapshot_find (struct sbx_service *svc, const struct sbx_org *org, const char *id_or_name,
+                               struct sbx_saved *out, char dir[PATH_MAX], struct sbx_err *err);
+/* Delete ORG's snapshot (by id or name) and free its disk (the blocks
+   sandboxes made from it still use are freed when they end). */
+int sbx_service_snapshot_delete (struct sbx_service *svc, const struct sbx_org *org, const char *id_or_name,
+                                 struct sbx_err *err);
+
+/* One sandbox of a fork: its record, or why it could not be made. */
+struct sbx_fork_result {
+  bool ok;
+  struct sbx_sandbox_rec rec;
+  struct sbx_err err;
+};
+/* COUNT (1..SBX_FORK_MAX) new sandboxes of ORG with the files of its
+   sandbox SANDBOX_ID as they are now, its template, limits, network
+   rules, metadata and lifecycle, each with TIMEOUT_S (0: the default), a
+   machine id, host name and access token of its own.  The source is
+   frozen while its disk is copied (once, whatever COUNT), then goes on
+   as it was.  Fails as a whole (-1) only when nothing could be forked;
+   then each of OUT[COUNT] says how it went (free the records with
+   sbx_sandbox_rec_free). */
+int sbx_service_fork (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id, uint32_t count,
+                      uint32_t timeout_s, struct sbx_fork_result *out, struct sbx_err *err);
 
 /* ---- runs (runs.c) ---- */
 

@@ -126,7 +126,7 @@ fake_engine (const char *dir, fake_agent_fn fn, void *ud)
   s->end_ms = s->created_ms + 3600 * 1000;
   s->timeout_s = 3600;
   s->refs = 1; /* never dropped: never freed */
-  s->pidfd = s->disk_fd = s->agent_fd = s->proc.sock = -1;
+  s->pidfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
   s->dirfd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
   e->list = s;
 

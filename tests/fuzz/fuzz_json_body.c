@@ -35,6 +35,8 @@ static const struct
   { "POST", "/sandboxes/:id/timeout", false, NULL },
   { "POST", "/sandboxes/:id/refreshes", false, NULL },
   { "PUT", "/sandboxes/:id/network", false, NULL },
+  { "POST", "/sandboxes/:id/snapshots", false, NULL },
+  { "POST", "/sandboxes/:id/fork", false, NULL },
   { "POST", "/sandboxes/:id/processes", false, NULL },
   { "POST", "/sandboxes/:id/processes/stream", false, NULL },
   { "POST", "/sandboxes/:id/processes/42/signal", false, NULL },
