@@ -179,6 +179,11 @@ enum MHD_Result send_fail (struct MHD_Connection *c, const struct sbx_err *err);
 
 /* answers */
 enum MHD_Result send_json (struct MHD_Connection *c, unsigned status, json_t *j);
+/* The same with CONTENT_TYPE (NULL: application/json; "text/event-stream":
+   the JSON as one SSE message event) and a header NAME: VALUE (NULL:
+   none). */
+enum MHD_Result send_json_with (struct MHD_Connection *c, unsigned status, json_t *j, const char *content_type,
+                                const char *name, const char *value);
 enum MHD_Result send_empty (struct MHD_Connection *c, unsigned status);
 /* Queue R (which this takes over) with STATUS, remembering STATUS for the
    request log.  On a handler thread the answer is kept and queued once

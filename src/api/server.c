@@ -59,6 +59,7 @@
 #include "../common/util.h"
 #include "../service/encode.h"
 #include "../service/interp.h"
+#include "../service/tools.h"
 #include "../service/output.h"
 #include "terminal.h"
 
@@ -118,6 +119,13 @@ big_answer_free (void *text)
 enum MHD_Result
 send_json (struct MHD_Connection *c, unsigned status, json_t *j)
 {
+  return send_json_with (c, status, j, NULL, NULL, NULL);
+}
+
+enum MHD_Result
+send_json_with (struct MHD_Connection *c, unsigned status, json_t *j, const char *content_type, const char *name,
+                const char *value)
+{
   char *text = json_dumps (j, JSON_COMPACT);
   json_decref (j);
   if (text == NULL && status < 500)
@@ -129,6 +137,16 @@ send_json (struct MHD_Connection *c, unsigned status, json_t *j)
     }
   if (text == NULL)
     return MHD_NO;
+  if (content_type && strcmp (content_type, "text/event-stream") == 0)
+    {
+      /* one Server-Sent Event of type message carrying the JSON */
+      char *ev = NULL;
+      int k = asprintf (&ev, "event: message\ndata: %s\n\n", text);
+      free (text);
+      if (k < 0)
+        return MHD_NO;
+      text = ev;
+    }
   size_t n = strlen (text);
   struct MHD_Response *r;
   if (n > BIG_ANSWER)
@@ -148,7 +166,9 @@ send_json (struct MHD_Connection *c, unsigned status, json_t *j)
     r = MHD_create_response_from_buffer (n, text, MHD_RESPMEM_MUST_FREE);
   if (r == NULL)
     return MHD_NO;
-  MHD_add_response_header (r, "Content-Type", "application/json");
+  MHD_add_response_header (r, "Content-Type", content_type ? content_type : "application/json");
+  if (name && value)
+    MHD_add_response_header (r, name, value);
   return queue_response (c, status, r);
 }
 
@@ -1370,7 +1390,10 @@ server_free (struct http_server *h)
   if (h->resumer)
     resumer_free (h->resumer);
   if (h->interp)
-    sbx_interp_free (h->interp);
+    {
+      sbx_tools_set_interp (NULL);
+      sbx_interp_free (h->interp);
+    }
   terminals_free (h);
   free (h->tls_cert);
   free (h->tls_key);
@@ -1436,6 +1459,7 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
       free (h);
       return NULL;
     }
+  sbx_tools_set_interp (h->interp);
   h->handlers = calloc (1, sizeof *h->handlers);
   h->resumer = resumer_start ();
   if (h->handlers == NULL || h->resumer == NULL)
