@@ -11,7 +11,8 @@
  * (/api/sandbox), e2b_templates.c (E2B's template build API), events.c
  * (events and webhooks), files.c (uploads and
  * downloads), network.c (egress rules), v1.c (seed 004's /v1/sandboxes),
- * terminal.c (its WebSocket terminal).  routes.c is the one route table.
+ * terminal.c (its WebSocket terminal), mcp.c (the MCP server).  routes.c is
+ * the one route table.
  */
 #ifndef SBX_API_H
 #define SBX_API_H
@@ -277,6 +278,35 @@ enum MHD_Result seed002_run_get (struct call *k);
 enum MHD_Result seed002_runs (struct call *k);
 /* egress.c */
 enum MHD_Result egress_log_route (struct call *k);
+
+/* the MCP server (mcp.c): POST, GET and DELETE /mcp */
+extern const struct dialect dialect_mcp; /* JSON-RPC errors */
+enum MHD_Result mcp_route (struct call *k);
+
+enum mcp_message_kind {
+  MCP_MSG_INVALID,
+  MCP_MSG_REQUEST,
+  MCP_MSG_NOTIFICATION,
+  MCP_MSG_RESPONSE,
+};
+
+/* One JSON-RPC message of a client, as parsed from a request body. */
+struct mcp_message {
+  enum mcp_message_kind kind;
+  json_t *root;        /* the parsed body (owned), or NULL */
+  json_t *id;          /* a string or integer id, borrowed from ROOT, or NULL */
+  const char *method;  /* requests and notifications */
+  json_t *params;      /* an object, or NULL */
+  int code;            /* when the parse fails: the JSON-RPC error code */
+  char error[256];     /* ... and its message */
+};
+
+/* Parse the LEN bytes of BODY (untrusted) into *M: 0, or -1 with M->code
+   and M->error (M->kind says whether it is still a request or a
+   notification, with params that are not an object).  Free with
+   mcp_message_free whatever it returned. */
+int mcp_message_parse (const char *body, size_t len, struct mcp_message *m);
+void mcp_message_free (struct mcp_message *m);
 
 /* A sandbox object: the seed's fields and E2B's; WITH_TOKEN adds the
    envd access token (create and connect answers). */

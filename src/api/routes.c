@@ -21,6 +21,7 @@
 #define D1 (&dialect_sandbase)
 #define D2 (&dialect_seed002)
 #define D4 (&dialect_v1)
+#define DM (&dialect_mcp)
 
 const struct route api_routes[] = {
   { "GET", "/health", send_health, ROUTE_PUBLIC | ROUTE_INLINE, D1 },
@@ -87,6 +88,9 @@ const struct route api_routes[] = {
   { "GET", "/api/sandbox/:id/run/:run", seed002_run_get, SB, D2 },
   { "GET", "/api/sandbox/:id/runs", seed002_runs, SB, D2 },
   { "GET", "/api/sandbox/:id/network/log", egress_log_route, SB, D2 },
+
+  /* the MCP server (Streamable HTTP); tool calls carry file contents */
+  { "*", "/mcp", mcp_route, BIG, DM },
 
   /* seed 004: sandboxes are named by ?id= or the body's "id" (v1.c) */
   { "GET", "/v1/sandboxes/terminal", v1_terminal, ROUTE_PUBLIC, D4 }, /* the token is the credential */
