@@ -192,7 +192,7 @@ mcp_message_parse (const char *body, size_t len, struct mcp_message *m)
 {
   *m = (struct mcp_message) { .kind = MCP_MSG_INVALID };
   json_error_t jerr;
-  m->root = json_loadb (body ? body : "", len, JSON_REJECT_DUPLICATES, &jerr);
+  m->root = json_loadb (body ? body : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
   if (m->root == NULL)
     {
       m->code = RPC_PARSE_ERROR;
