@@ -686,6 +686,9 @@ run_code (const struct sbx_sandbox_rec *rec, json_t *args, json_t **result)
   sbx_interp_exec_run (x, box, ctx, code_event, &r);
   sbx_service_busy_end (rec->id);
 
+  if (r.timed_out && r.error == NULL)
+    r.error = json_pack ("{s:s, s:s, s:s}", "name", "TimeoutError", "value",
+                         "the cell was interrupted at its timeout", "traceback", "");
   sbx_capture_end (&r.out);
   sbx_capture_end (&r.err);
   size_t no, ne;

@@ -101,6 +101,19 @@ test('run_code: output, results and a chart as a PNG image', async () => {
   const bad = await a.client.callTool({ name: 'run_code', arguments: { sandbox_id: sandbox, code: '1 / 0' } });
   assert.equal(bad.isError, true);
   assert.equal(bad.structuredContent.error.name, 'ZeroDivisionError');
+
+  // a cell past its timeout is interrupted, and the kernel goes on
+  const t0 = Date.now();
+  const slow = await a.client.callTool({
+    name: 'run_code', arguments: { sandbox_id: sandbox, code: 'import time\nprint("start", flush=True)\ntime.sleep(60)', timeout: 1 },
+  });
+  assert.ok(Date.now() - t0 < 15000, `interrupted after ${Date.now() - t0} ms`);
+  assert.equal(slow.isError, true);
+  assert.equal(slow.structuredContent.timed_out, true);
+  assert.equal(slow.structuredContent.error.name, 'TimeoutError');
+  assert.equal(slow.structuredContent.stdout, 'start\n');
+  const after = await a.client.callTool({ name: 'run_code', arguments: { sandbox_id: sandbox, code: 'x' } });
+  assert.deepEqual(after.structuredContent.results, ['42']);
 });
 
 test('write_file, then read_file and list_files', async () => {
