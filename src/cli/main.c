@@ -128,7 +128,7 @@ configure (struct cli *c, bool need_key)
     c->url = strdup (u);
   if (k && *k)
     c->key = strdup (k);
-  int rc = read_config (c);
+  int rc = c->url && c->key ? 0 : read_config (c);
   if (rc)
     return rc;
   if (c->url == NULL)

@@ -179,10 +179,10 @@ cmd_ls (struct cli *c, int argc, char **argv)
       {
         char t1[32], t2[32];
         char *meta = metadata_text (json_object_get (s, "metadata"));
-        cli_table_row (&t, json_string_value (json_object_get (s, "sandboxID")),
-                       json_string_value (json_object_get (s, "alias"))
-                           ? json_string_value (json_object_get (s, "alias"))
-                           : json_string_value (json_object_get (s, "templateID")),
+        /* the name a user gave (alias), unless it is a build's layer */
+        const char *alias = json_string_value (json_object_get (s, "alias"));
+        const char *tmpl = alias && alias[0] != '_' ? alias : json_string_value (json_object_get (s, "templateID"));
+        cli_table_row (&t, json_string_value (json_object_get (s, "sandboxID")), tmpl,
                        json_string_value (json_object_get (s, "status")),
                        cli_time (json_string_value (json_object_get (s, "startedAt")), t1, sizeof t1),
                        cli_time (json_string_value (json_object_get (s, "endAt")), t2, sizeof t2), meta);

@@ -145,19 +145,41 @@ dockerfile_line (struct build *b, char *line, const char *file, int lineno)
           add_step (b, "ENV", json_pack ("[s, s]", v, trim (v + n + 1)));
         }
       else
-        for (char *save = NULL, *kv = strtok_r (v, " \t", &save); kv; kv = strtok_r (NULL, " \t", &save))
-          {
-            /* quotes around a value are the Dockerfile's, not the value's */
-            size_t n = strlen (kv);
-            char *eq = strchr (kv, '=');
-            if (eq && n > (size_t) (eq - kv) + 2 && (eq[1] == '"' || eq[1] == '\'') && kv[n - 1] == eq[1])
-              {
-                memmove (eq + 1, eq + 2, n - (size_t) (eq - kv) - 3);
-                kv[n - 2] = '\0';
-              }
-            if (add_env (b, kv, file))
-              return SBX_EXIT_USAGE;
-          }
+        {
+          /* ENV K=V K2="V 2": words split at blanks outside quotes, the
+             quotes the Dockerfile's, not the value's */
+          char *w = v, *out = v;
+          while (*w)
+            {
+              while (*w == ' ' || *w == '\t')
+                w++;
+              if (*w == '\0')
+                break;
+              char *word = out;
+              char quote = 0;
+              for (; *w && (quote || (*w != ' ' && *w != '\t')); w++)
+                {
+                  if (quote && *w == quote)
+                    quote = 0;
+                  else if (!quote && (*w == '"' || *w == '\''))
+                    quote = *w;
+                  else if (*w == '\\' && w[1] && quote != '\'')
+                    *out++ = *++w;
+                  else
+                    *out++ = *w;
+                }
+              if (quote)
+                return cli_usage ("%s:%d: ENV: a quote is not closed", file, lineno);
+              bool end = *w == '\0';
+              *out = '\0';
+              if (add_env (b, word, file))
+                return SBX_EXIT_USAGE;
+              if (end)
+                break;
+              w++;
+              out = w; /* the rest is moved left as it is read */
+            }
+        }
     }
   else if (strcmp (s, "WORKDIR") == 0 || strcmp (s, "USER") == 0)
     add_step (b, s, json_pack ("[s]", v));
@@ -363,7 +385,7 @@ follow (struct cli *c, const char *name, const char *tid, const char *bid)
       fflush (logs);
       offset += (long) json_array_size (entries);
       const char *status = json_string_value (json_object_get (st, "status")) ?: "?";
-      if (strcmp (status, last_status) != 0)
+      if (strcmp (status, last_status) != 0 && isatty (2))
         {
           fprintf (stderr, "sbx: %s: %s (%lds)\n", name, status, (long) (time (NULL) - start));
           snprintf (status_buf, sizeof status_buf, "%s", status);
