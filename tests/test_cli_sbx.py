@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 
-SBX = os.path.join(ROOT, "build", "sbx")
+SBX = os.environ.get("SBX_BIN") or os.path.join(ROOT, "build", "sbx")  # SBX_BIN: a sanitizer build
 
 
 def env_for(sbxd, **extra):
