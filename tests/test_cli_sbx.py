@@ -313,6 +313,17 @@ def test_template_build_through_the_api(sbxd, tmp_path):
         "COPY hello.txt /opt/hello.txt\n"
         "ENV GREETING=\"hi there\"\n")
     name = "cli-" + uuid.uuid4().hex[:8]
+    try:
+        build_and_check(sbxd, tmp_path, ctx, name)
+    finally:
+        # the templates go, and with them the layers only their builds made
+        for n in (name, name + "b", name + "c"):
+            r = sbxd.req("GET", f"/templates/aliases/{n}")
+            if r.status_code == 200:
+                assert sbxd.req("DELETE", f"/templates/{r.json()['templateID']}").status_code == 204
+
+
+def build_and_check(sbxd, tmp_path, ctx, name):
     r = sbx(sbxd, "template", "build", name, "--file", str(ctx / "Dockerfile"), "--tag", "v1")
     out = ok(r)
     assert "RUN echo built" in out and "COPY hello.txt" in out, out
