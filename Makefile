@@ -23,10 +23,12 @@ SERVICE = src/service/service.c src/service/runs.c src/service/store.c src/servi
 API = src/api/server.c src/api/routes.c src/api/sandbase.c src/api/e2b.c src/api/e2b_snapshots.c src/api/seed002.c src/api/e2b_envd.c src/api/interp.c src/api/events.c src/api/files.c src/api/network.c src/api/egress.c src/api/v1.c src/api/v1_storage.c src/api/terminal.c src/api/proxy.c src/api/e2b_templates.c src/api/mcp.c
 DAEMON = src/daemon/main.c src/daemon/log_json.c $(API) $(SERVICE)
 INIT = src/init/init.c src/init/files.c src/init/users.c
+# sbx, the users' command line (a client of the daemon's API)
+CLI = src/cli/main.c src/cli/http.c src/cli/output.c src/cli/sandboxes.c src/cli/exec.c src/cli/cp.c src/cli/template.c src/cli/mcp.c
 
 LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lldns -lpthread -lnftables -lmnl -lnetfilter_log -lwslay -lhttp_parser -lz -lm
 
-all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench
+all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench $(B)/sbx
 
 $(B):
 	mkdir -p $(B)
@@ -45,6 +47,9 @@ $(B)/sbxd: $(DAEMON) $(wildcard src/daemon/*.h src/api/*.h src/service/*.h) $(B)
 # -static-pie keeps it position-independent (glibc relocates it itself).
 $(B)/sbx-init: $(INIT) $(COMMON) $(wildcard src/*/*.h) | $(B)
 	$(CC) $(CFLAGS) $(HARDEN) $(if $(HARDEN_LD),-static-pie $(filter-out -pie,$(HARDEN_LD)),-static) -o $@ $(INIT) $(COMMON)
+
+$(B)/sbx: $(CLI) src/cli/cli.h | $(B)
+	$(CC) $(CFLAGS) $(HARDEN) $(HARDEN_LD) -o $@ $(CLI) -lcurl -ljansson -lcrypto -lpthread
 
 $(B)/sbxd-bench: bench/bench.c $(B)/libsbx.a
 	$(CC) $(CFLAGS) $(HARDEN) $(HARDEN_LD) $(DEFS) -o $@ bench/bench.c $(B)/libsbx.a $(LIBS)

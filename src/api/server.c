@@ -1484,10 +1484,14 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
   if (h->tls)
     flags |= MHD_USE_TLS;
-  /* MHD_OPTION_HTTPS_MEM_* are ignored without MHD_USE_TLS */
+  /* the certificate and key only with TLS (libmicrohttpd warns otherwise) */
+  struct MHD_OptionItem tls_opts[] = {
+    { h->tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, h->tls ? h->tls_cert : NULL },
+    { MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls ? h->tls_key : NULL },
+    { MHD_OPTION_END, 0, NULL },
+  };
   h->mhd = MHD_start_daemon (flags, 0, NULL,
-                             NULL, on_request, h, MHD_OPTION_HTTPS_MEM_CERT, h->tls ? h->tls_cert : "",
-                             MHD_OPTION_HTTPS_MEM_KEY, h->tls ? h->tls_key : "", MHD_OPTION_URI_LOG_CALLBACK, on_uri,
+                             NULL, on_request, h, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
                              NULL, MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
                              (unsigned) HTTP_THREADS, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                              MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_LIMIT, conns,
