@@ -450,6 +450,14 @@ def test_session_ends_with_its_sandbox_and_is_kept(sbxd, model, session):
         r = sbxd.req("POST", "/default/v1/sessions", json=body)
         assert r.status_code == 400 and msg in r.json()["message"], r.text
     assert sbxd.req("GET", "/default/v1/sessions/sess_nope").status_code == 404
+    # another organisation's key finds none of it
+    other = {"Authorization": "Bearer " + sbxd.new_key(org="sessions-other")}
+    assert requests.get(f"{sbxd.url}/default/v1/sessions/{s['id']}", headers=other).status_code == 404
+    assert requests.get(f"{sbxd.url}/default/v1/sessions/{s['id']}/events", headers=other).status_code == 404
+    r = requests.post(f"{sbxd.url}/default/v1/sessions/{s2['id']}/events", headers=other, json={"content": "x"})
+    assert r.status_code == 404 and r.json()["message"].startswith("session")
+    assert requests.delete(f"{sbxd.url}/default/v1/sessions/{s2['id']}", headers=other).status_code == 404
+    assert requests.get(f"{sbxd.url}/default/v1/sessions", headers=other).json() == {"data": []}
     s3 = session()
     for body, msg in [({"content": ""}, "content is required"), ({"type": "note", "content": "x"}, "type must be"),
                       ({"role": "assistant", "content": "x"}, "role must be")]:

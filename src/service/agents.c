@@ -787,11 +787,27 @@ sbx_session_message (struct sbx_agents *a, const struct sbx_org *org, const char
       running_drop (a, id);
       goto fail;
     }
+  /* the user's message, or no loop: a session at its events' bound
+     takes no more */
+  json_t *msg = json_pack ("{s:s, s:s}", "role", "user", "content", content);
+  char *text = msg ? json_dumps (msg, JSON_COMPACT) : NULL;
+  json_decref (msg);
+  struct sbx_session_event e;
+  int added = text ? sbx_store_session_event_add (a->store, id, "message", text, &e, err)
+                   : sbx_failk (err, SBX_E_INVALID, "content must be UTF-8 text");
+  free (text);
+  if (added < 0)
+    {
+      struct sbx_err e2;
+      sbx_store_session_status (a->store, id, "idle", NULL, 0, &e2);
+      running_drop (a, id);
+      goto fail;
+    }
+  notify (a);
   r->a = a;
   r->org = *org;
   r->tools = offered_tools (r->agent);
   r->deadline_ns = sbx_now_ns () + (uint64_t) a->timeout_s * 1000000000ull;
-  add_event (a, id, "message", json_pack ("{s:s, s:s}", "role", "user", "content", content));
   *run = r;
   return 0;
 fail:
