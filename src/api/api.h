@@ -11,8 +11,8 @@
  * (/api/sandbox), e2b_templates.c (E2B's template build API), events.c
  * (events and webhooks), files.c (uploads and
  * downloads), network.c (egress rules), v1.c (seed 004's /v1/sandboxes),
- * terminal.c (its WebSocket terminal), mcp.c (the MCP server).  routes.c is
- * the one route table.
+ * terminal.c (its WebSocket terminal), mcp.c (the MCP server), agents.c
+ * (seed 000's agents and sessions).  routes.c is the one route table.
  */
 #ifndef SBX_API_H
 #define SBX_API_H
@@ -57,6 +57,7 @@ struct http_server {
   bool tls;                   /* serving HTTPS */
   char *tls_cert, *tls_key;   /* their PEM text, held for libmicrohttpd */
   struct relay *relay;        /* upgraded connections to sandbox ports (proxy.c) */
+  struct sbx_agents *agents;  /* seed 000's agents and sessions (agents.c) */
 };
 
 #define CALL_MAX_SEGS 8
@@ -278,6 +279,17 @@ enum MHD_Result seed002_run_get (struct call *k);
 enum MHD_Result seed002_runs (struct call *k);
 /* egress.c */
 enum MHD_Result egress_log_route (struct call *k);
+/* agents.c: seed 000's agents and sessions */
+enum MHD_Result agents_create (struct call *k);
+enum MHD_Result agents_list (struct call *k);
+enum MHD_Result agents_get (struct call *k);
+enum MHD_Result agents_delete (struct call *k);
+enum MHD_Result sessions_create (struct call *k);
+enum MHD_Result sessions_list (struct call *k);
+enum MHD_Result sessions_get (struct call *k);
+enum MHD_Result sessions_delete (struct call *k);
+enum MHD_Result session_events_post (struct call *k);
+enum MHD_Result session_events_get (struct call *k);
 
 /* the MCP server (mcp.c): POST, GET and DELETE /mcp */
 extern const struct dialect dialect_mcp; /* JSON-RPC errors */

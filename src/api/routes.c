@@ -79,6 +79,18 @@ const struct route api_routes[] = {
   /* lifecycle events and webhooks (E2B's shapes) */
   { "*", "/events/*", events_route, 0, D1 },
 
+  /* seed 000: agents and sessions (agents.c) */
+  { "POST", "/default/v1/agents", agents_create, 0, D1 },
+  { "GET", "/default/v1/agents", agents_list, 0, D1 },
+  { "GET", "/default/v1/agents/:id", agents_get, 0, D1 },
+  { "DELETE", "/default/v1/agents/:id", agents_delete, 0, D1 },
+  { "POST", "/default/v1/sessions", sessions_create, 0, D1 },
+  { "GET", "/default/v1/sessions", sessions_list, 0, D1 },
+  { "GET", "/default/v1/sessions/:id", sessions_get, 0, D1 },
+  { "DELETE", "/default/v1/sessions/:id", sessions_delete, 0, D1 },
+  { "POST", "/default/v1/sessions/:id/events", session_events_post, 0, D1 },
+  { "GET", "/default/v1/sessions/:id/events", session_events_get, 0, D1 },
+
   /* seed 002 */
   { "POST", "/api/sandbox/create", seed002_create, 0, D2 },
   { "GET", "/api/sandbox", seed002_list, 0, D2 },

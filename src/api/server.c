@@ -1415,6 +1415,7 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   if (cfg->outbound)
     h->outbound = *cfg->outbound;
   h->svc = cfg->svc;
+  h->agents = cfg->agents;
   h->images = cfg->images;
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
   snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");

@@ -15,6 +15,7 @@ struct http_server;
 struct sbx_store;
 struct sbx_webhooks;
 struct sbx_service;
+struct sbx_agents;
 
 struct sbx_http_config {
   struct sbx_engine *engine;
@@ -22,6 +23,7 @@ struct sbx_http_config {
   struct sbx_webhooks *webhooks;
   const struct sbx_outbound *outbound; /* what the operator opened to tenants' URLs (copied); NULL: nothing */
   struct sbx_service *svc;
+  struct sbx_agents *agents; /* seed 000's agents and sessions */
   const char *const *images; /* seed 002's approved images, "ALIAS=TEMPLATE", NULL-terminated; NULL: defaults */
   const struct sockaddr *addr;
   const char *docs_dir;  /* where openapi.yaml is */

@@ -19,6 +19,7 @@
 #include "../core/netlink.h"
 #include "../core/sandbox.h"
 #include "../core/template.h"
+#include "../service/agents.h"
 #include "../service/builds.h"
 #include "../service/fairshare.h"
 #include "../service/service.h"
@@ -459,7 +460,14 @@ cmd_serve (int argc, char **argv)
   struct sbx_meter *meter = NULL;
   if (sbx_meter_start (svc, &meter, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot start the meter of monthly sandbox hours", "error", err.msg, NULL);
+  struct sbx_agents *agents = NULL;
+  if (sbx_agents_open (svc, &agents, &err) < 0)
+    {
+      sbx_log_fields (SBX_LOG_ERROR, "cannot start the agents", "error", err.msg, NULL);
+      return 1;
+    }
   struct sbx_http_config hc = { .engine = engine,
+                                .agents = agents,
                                 .store = store,
                                 .svc = svc,
                                 .images = n_images ? images : NULL,
@@ -490,6 +498,7 @@ cmd_serve (int argc, char **argv)
   while (!stop_requested)
     pause ();
   sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
+  sbx_agents_stop (agents);
   if (!sbx_http_stop (h))
     return 0; /* handlers still use the engine: the process ends under them */
   unsigned busy = sbx_service_runs_in_progress ();
@@ -512,6 +521,7 @@ cmd_serve (int argc, char **argv)
   sbx_engine_close (engine);
   sbx_service_set_webhooks (svc, NULL);
   sbx_webhooks_stop (webhooks);
+  sbx_agents_close (agents);
   sbx_service_close (svc);
   sbx_store_close (store);
   return 0;

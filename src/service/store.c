@@ -29,6 +29,9 @@
  *   templates   templates built through E2B's build API, per organisation
  *   template_builds  their builds; a ready one names the layer it made
  *   template_tags    tags of a template, each naming one build
+ *   agents, sessions, session_events
+ *               seed 000's agents, their sessions and what happened in
+ *               them (store_agents.c, through store_db.h)
  *
  * An event and the deliveries it causes are written in one transaction,
  * so a crash never loses a notification nor sends one for an event that
@@ -59,6 +62,7 @@
 
 #include "../common/util.h"
 #include "plans.h"
+#include "store_db.h"
 
 #define SCHEMA_VERSION 3
 #define ID_RANDOM_CHARS 20
@@ -730,6 +734,25 @@ random_id (char *buf, size_t size, const char *prefix, struct sbx_err *err)
   return 0;
 }
 
+int
+sbx_store_random_id (char *buf, size_t size, const char *prefix, struct sbx_err *err)
+{
+  return random_id (buf, size, prefix, err);
+}
+
+sqlite3 *
+sbx_store_db_lock (struct sbx_store *st)
+{
+  pthread_mutex_lock (&st->lock);
+  return st->db;
+}
+
+void
+sbx_store_db_unlock (struct sbx_store *st)
+{
+  pthread_mutex_unlock (&st->lock);
+}
+
 static void
 hex (const unsigned char *in, size_t n, char *out)
 {
@@ -1023,7 +1046,7 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
       sbx_failx (err, EIO, "database: cannot use WAL mode (journal mode is %s)", mode);
       goto fail;
     }
-  if (create_schema (st, err) < 0)
+  if (create_schema (st, err) < 0 || sbx_store_agents_schema (st, err) < 0)
     goto fail;
 
   for (int i = 0; i < S_COUNT; i++)

@@ -18,6 +18,7 @@
 
 #include "api/api.h"
 #include "common/log.h"
+#include "service/agents.h"
 
 static struct http_server *fake_http;
 static uint16_t fake_port;
@@ -64,10 +65,17 @@ fake_daemon_start (void)
   rec.end_ms = rec.started_ms + 3600 * 1000;
   fake_check (sbx_store_sandbox_put (store, &rec, &err), &err, "sandbox record");
 
+  /* a provider that is on (agents can be made) and answers nothing: the
+     harnesses send no message that would reach it */
+  setenv ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9", 1);
+  struct sbx_agents *agents;
+  fake_check (sbx_agents_open (svc, &agents, &err), &err, "agents");
+
   struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
   struct sbx_http_config hc = { .engine = engine,
                                 .store = store,
                                 .svc = svc,
+                                .agents = agents,
                                 .addr = (struct sockaddr *) &sa,
                                 .docs_dir = SBXD_DOCS_DIR,
                                 .state_dir = dir };

@@ -5,7 +5,8 @@
  * body_network; the create bodies of sandbase.c, seed002.c and E2B's v2,
  * and the bodies of timeouts, execs, process actions, files, networks,
  * seed 002's runs, the code interpreter, and seed 004's creates, execs,
- * code and file writes), through the real server
+ * code and file writes, seed 000's agents, sessions and messages),
+ * through the real server
  * (fake_daemon.h): whatever a body holds, the caller gets an answer in
  * its dialect's shape.
  *
@@ -58,6 +59,9 @@ static const struct
   { "POST", "/templates/tags", false, NULL },
   { "DELETE", "/templates/tags", false, NULL },
   { "PATCH", "/v2/templates/tplnosuchtemplate", false, NULL },
+  { "POST", "/default/v1/agents", false, NULL },
+  { "POST", "/default/v1/sessions", false, NULL },
+  { "POST", "/default/v1/sessions/sess_nosuchsession/events", false, NULL },
 };
 
 int

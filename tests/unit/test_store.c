@@ -12,7 +12,8 @@
  * connection on the same file, and a small concurrency run.  No root, no network; a second or so.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
- *     tests/unit/test_store.c src/service/store.c src/service/plans.c src/common/error.c src/common/util.c \
+ *     tests/unit/test_store.c src/service/store.c src/service/store_agents.c src/service/plans.c \
+ *     src/common/error.c src/common/util.c \
  *     -lsqlite3 -ljansson -lcrypto -lpthread && /tmp/test_store
  */
 #include <ctype.h>
@@ -35,6 +36,7 @@
 #include "service/store.h"
 
 #include "check.h"
+#include "service/store_agents.h"
 
 /* A call that must succeed; prints the store's message otherwise. */
 #define CHECK_OK(call)                                                                                 \
@@ -1675,6 +1677,79 @@ test_saved (void)
   CHECK (got.keep_workspace && !got.keep_artifacts && strcmp (got.prefix, "my-project/") == 0);
 }
 
+/* ------------------------------------------------- agents and sessions */
+
+/* store_agents.c: agents per organisation, sessions whose end sticks,
+   events in order with their bound, all kept across a reopen. */
+static void
+test_agents (void)
+{
+  struct sbx_agent_doc a = { .created_ms = 1000, .json = (char *) "{\"name\":\"one\"}" }, b = a, g;
+  CHECK_OK (sbx_store_agent_put (st, "org_x", &a, err));
+  CHECK (good_id (a.id, "agent_"));
+  b.created_ms = 2000;
+  CHECK_OK (sbx_store_agent_put (st, "org_x", &b, err));
+  CHECK_OK (sbx_store_agent_get (st, "org_x", a.id, &g, err));
+  CHECK (strcmp (g.json, "{\"name\":\"one\"}") == 0 && g.created_ms == 1000);
+  free (g.json);
+  struct sbx_err e = { 0 };
+  CHECK (sbx_store_agent_get (st, "org_y", a.id, &g, &e) < 0 && sbx_err_kind (&e) == SBX_E_NOT_FOUND);
+  struct sbx_agent_doc *v;
+  size_t n;
+  CHECK_OK (sbx_store_agent_list (st, "org_x", &v, &n, err));
+  CHECK (n == 2 && strcmp (v[0].id, b.id) == 0 && strcmp (v[1].id, a.id) == 0);
+  sbx_agent_docs_free (v, n);
+  CHECK (sbx_store_agent_delete (st, "org_y", b.id, &e) < 0 && sbx_err_kind (&e) == SBX_E_NOT_FOUND);
+  CHECK_OK (sbx_store_agent_delete (st, "org_x", b.id, err));
+
+  struct sbx_session_rec s = { .timeout_s = 300, .created_ms = 5, .agent_json = (char *) "{}" }, r;
+  CHECK_OK (sbx_store_session_new_id (s.id, sizeof s.id, err));
+  CHECK (good_id (s.id, "sess_"));
+  snprintf (s.org_id, sizeof s.org_id, "org_x");
+  snprintf (s.agent_id, sizeof s.agent_id, "%s", a.id);
+  snprintf (s.sandbox_id, sizeof s.sandbox_id, "sbx0123");
+  snprintf (s.template_id, sizeof s.template_id, "base");
+  snprintf (s.status, sizeof s.status, "running");
+  CHECK_OK (sbx_store_session_put (st, &s, err));
+  CHECK_OK (sbx_store_session_usage (st, s.id, 10, 2, 1, err));
+  CHECK_OK (sbx_store_session_usage (st, s.id, 5, 1, 1, err));
+  struct sbx_session_rec *sv;
+  CHECK_OK (sbx_store_session_list (st, NULL, NULL, "running", &sv, &n, err));
+  CHECK (n == 1 && strcmp (sv[0].id, s.id) == 0);
+  sbx_session_recs_free (sv, n);
+  CHECK_OK (sbx_store_session_status (st, s.id, "ended", "deleted", 77, err));
+  CHECK_OK (sbx_store_session_status (st, s.id, "idle", NULL, 0, err)); /* an ended session stays ended */
+  CHECK (sbx_store_session_get (st, "org_y", s.id, &r, &e) < 0 && sbx_err_kind (&e) == SBX_E_NOT_FOUND);
+
+  struct sbx_session_event ev;
+  CHECK_OK (sbx_store_session_event_add (st, s.id, "message", "{\"content\":\"a\"}", &ev, err));
+  int64_t first = ev.seq;
+  CHECK (good_id (ev.id, "sevt_"));
+  CHECK_OK (sbx_store_session_event_add (st, s.id, "done", "{}", &ev, err));
+  CHECK (ev.seq > first);
+  CHECK_OK (sbx_store_session_event_add (st, "sess_other", "message", "{}", &ev, err));
+
+  sbx_store_close (st);
+  st = open_store ();
+  CHECK_OK (sbx_store_session_get (st, "org_x", s.id, &r, err));
+  CHECK (strcmp (r.status, "ended") == 0 && strcmp (r.end_reason, "deleted") == 0 && r.ended_ms == 77);
+  CHECK (r.input_tokens == 15 && r.output_tokens == 3 && r.model_turns == 2 && strcmp (r.agent_json, "{}") == 0);
+  sbx_session_rec_free (&r);
+  struct sbx_session_event *evs;
+  CHECK_OK (sbx_store_session_events (st, s.id, 0, 100, &evs, &n, err));
+  CHECK (n == 2 && evs[0].seq == first && strcmp (evs[0].type, "message") == 0
+         && strcmp (evs[0].json, "{\"content\":\"a\"}") == 0 && strcmp (evs[1].type, "done") == 0);
+  sbx_session_events_free (evs, n);
+  CHECK_OK (sbx_store_session_events (st, s.id, first, 100, &evs, &n, err));
+  CHECK (n == 1 && strcmp (evs[0].type, "done") == 0);
+  sbx_session_events_free (evs, n);
+  int64_t last = 0;
+  CHECK_OK (sbx_store_session_last_seq (st, s.id, &last, err));
+  CHECK (last > first);
+  CHECK_OK (sbx_store_session_last_seq (st, "sess_none", &last, err));
+  CHECK (last == 0);
+}
+
 int
 main (void)
 {
@@ -1697,6 +1772,7 @@ main (void)
   test_webhooks ();
   test_deliveries ();
   test_saved ();
+  test_agents ();
   test_reopen ();
   test_second_connection ();
   test_newer_schema ();
