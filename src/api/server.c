@@ -58,7 +58,6 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "../service/encode.h"
-#include "../service/interp.h"
 #include "../service/output.h"
 #include "terminal.h"
 
@@ -1369,8 +1368,6 @@ server_free (struct http_server *h)
     }
   if (h->resumer)
     resumer_free (h->resumer);
-  if (h->interp)
-    sbx_interp_free (h->interp);
   terminals_free (h);
   free (h->tls_cert);
   free (h->tls_key);
@@ -1421,18 +1418,6 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
     {
       free (h->tls_cert);
       free (h->tls_key);
-      free (h);
-      return NULL;
-    }
-  char kernel[4200];
-#ifdef SBXD_SHARE_DIR
-  snprintf (kernel, sizeof kernel, "%s/kernel.py", SBXD_SHARE_DIR);
-#else
-  snprintf (kernel, sizeof kernel, "%s/../share/kernel.py", h->docs_dir);
-#endif
-  if (sbx_interp_new (h->engine, kernel, &h->interp, err) < 0)
-    {
-      terminals_free (h);
       free (h);
       return NULL;
     }
