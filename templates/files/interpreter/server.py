@@ -55,9 +55,10 @@ KEEPALIVE_S = 2.0
 START_TIMEOUT_S = 90
 INTERRUPT_GRACE_S = 10
 
-# language -> kernel name (JUPYTER_PATH/kernels/NAME/kernel.json)
+# language -> kernel name (JUPYTER_PATH/kernels/NAME/kernel.json; not
+# "python3", which jupyter_client takes for ipykernel's own spec)
 KERNELS = {
-    "python": "python3",
+    "python": "python",
     "javascript": "javascript",
     "typescript": "typescript",
     "r": "r",
@@ -188,12 +189,13 @@ class Context:
             if self.km is not None:
                 await self._stop()
             os.makedirs(self.cwd, exist_ok=True)
-            km = AsyncKernelManager(kernel_name=KERNELS[self.language])
+            # the manager's first use reads kernel specs and entry points:
+            # on a thread, so that the server answers meanwhile
+            km = await asyncio.get_running_loop().run_in_executor(None, self._manager)
             env = dict(os.environ)
             env.pop("JUPYTER_PATH", None)
             env.pop("JUPYTER_RUNTIME_DIR", None)
-            extra = km.kernel_spec.env or {}
-            env.update(extra)
+            env.update(km.kernel_spec.env or {})
             await km.start_kernel(cwd=self.cwd, env=env)
             kc = km.client()
             kc.start_channels()
@@ -205,6 +207,15 @@ class Context:
                 raise
             self.km, self.kc = km, kc
             log.info("context %s: %s kernel started in %s", self.id, self.language, self.cwd)
+
+    def _manager(self):
+        from jupyter_client.provisioning import KernelProvisionerFactory
+
+        km = AsyncKernelManager(kernel_name=KERNELS[self.language],
+                                connection_file=os.path.join(RUNTIME_DIR, "kernel-%s.json" % self.id))
+        km.kernel_spec  # noqa: B018 - loaded now
+        KernelProvisionerFactory.instance()
+        return km
 
     async def _stop(self):
         km, kc = self.km, self.kc
@@ -305,7 +316,7 @@ async def drain_replies(kc):
     this server needs comes on iopub), so they do not pile up."""
     while True:
         try:
-            await kc.get_shell_msg(timeout=0.05)
+            await kc.get_shell_msg(timeout=0)
         except Exception:  # noqa: BLE001 - queue.Empty
             return
 
