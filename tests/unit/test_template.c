@@ -269,6 +269,7 @@ test_first_build (void)
                       "memory_mb: 300\n"
                       "internet: no\n"
                       "start: sh /opt/start.sh --quietly\n"
+                      "ready: test -e /tmp\n"
                       "setup: test -f /marker-base && echo 'it'\"'\"'s tiny' > /marker\n"
                       "setup: cp /opt/deep/dir/payload.txt /payload-seen\n"
                       "setup: test -s \"$SSL_CERT_FILE\" && echo yes > /ca-seen || true\n");
@@ -303,7 +304,8 @@ test_first_build (void)
   CHECK (t.memory_mb == 300);
   CHECK (t.disk_mb == 4096);
   CHECK (!t.internet);
-  CHECK (strcmp (t.start, "sh /opt/start.sh --quietly") == 0); /* the last start line wins */
+  CHECK (t.start_cmd && strcmp (t.start_cmd, "sh /opt/start.sh --quietly") == 0); /* the last start line wins */
+  CHECK (t.ready_cmd && strcmp (t.ready_cmd, "test -e /tmp") == 0);
   sbx_template_free (&t);
   CHECK (t.env == NULL);
 
@@ -342,7 +344,7 @@ test_first_build (void)
   CHECK (json_is_string (json_object_get (j, "built_at")));
   CHECK (json_integer_value (json_object_get (j, "cpu_count")) == 3);
   CHECK (json_is_false (json_object_get (j, "internet")));
-  CHECK (strcmp (json_string_value (json_object_get (j, "start")), "sh /opt/start.sh --quietly") == 0);
+  CHECK (strcmp (json_string_value (json_object_get (j, "start_cmd")), "sh /opt/start.sh --quietly") == 0);
   /* a template.json from before the key existed means internet access */
   char tj[PATH_MAX + 64];
   snprintf (tj, sizeof tj, "%s/tiny/template.json", tdir);

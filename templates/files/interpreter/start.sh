@@ -7,13 +7,6 @@
 if [ "$1" != "--locked" ]; then
   exec flock -n /run/sbxd-interpreter.lock sh "$0" --locked </dev/null >/dev/null 2>&1
 fi
-# Jupyter's libraries look up the host's own name (a sandbox's is its id),
-# and a name that is not in /etc/hosts goes to DNS: seconds per kernel
-# start when DNS is slow or unreachable.
-h=$(hostname)
-if [ -n "$h" ] && ! grep -qw -- "$h" /etc/hosts; then
-  printf '127.0.1.1\t%s\n' "$h" >> /etc/hosts
-fi
 while :; do
   JUPYTER_PATH=/opt/sbxd/interpreter /usr/bin/python3 /opt/sbxd/interpreter/server.py >/var/log/sbxd-interpreter.log 2>&1
   sleep 0.2
