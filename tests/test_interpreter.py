@@ -274,6 +274,18 @@ def test_disconnect_interrupts_the_cell(interp):
         interp.req("DELETE", f"/contexts/{cid}")
 
 
+def test_a_template_without_an_interpreter(sbxd):
+    sid = sbxd.create(template="base")
+    try:
+        token = sbxd.get(sid).json()["envdAccessToken"]
+        it = Interp(sbxd.url, sid, token)
+        r = it.req("POST", "/execute", json={"code": "1"})
+        assert r.status_code == 502
+        assert "has no code interpreter" in r.json()["message"]
+    finally:
+        sbxd.delete(sid)
+
+
 def test_access_token_is_required(interp):
     headers = dict(interp.headers)
     del headers["X-Access-Token"]
