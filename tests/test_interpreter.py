@@ -157,6 +157,11 @@ def test_shell_and_pip_magics(interp):
     interp.execute("%cd /home/user")
 
 
+def test_kernels_have_the_template_environment(interp):
+    code = "import os, shutil\n(os.getuid(), os.environ['HOME'], os.environ.get('LANG'), shutil.which('python'))"
+    assert interp.main_text(code) == "(0, '/root', 'C.UTF-8', '/opt/venv/bin/python')"
+
+
 def test_env_vars_apply_to_one_execution(interp):
     code = "import os\nos.environ.get('SBXD_TEST_VAR', 'unset')"
     assert interp.main_text(code, env_vars={"SBXD_TEST_VAR": "on"}) == "on"

@@ -7,6 +7,9 @@
 if [ "$1" != "--locked" ]; then
   exec flock -n /run/sbxd-interpreter.lock sh "$0" --locked </dev/null >/dev/null 2>&1
 fi
+# The template's environment came through sudo -E, but not PATH (sudo's
+# secure_path) and not a HOME of root's.
+export PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 while :; do
   JUPYTER_PATH=/opt/sbxd/interpreter /usr/bin/python3 /opt/sbxd/interpreter/server.py >/var/log/sbxd-interpreter.log 2>&1
   sleep 0.2
