@@ -56,9 +56,10 @@ START_TIMEOUT_S = 90
 INTERRUPT_GRACE_S = 10
 
 # language -> kernel name (JUPYTER_PATH/kernels/NAME/kernel.json; not
-# "python3", which jupyter_client takes for ipykernel's own spec)
+# "python3" or "python", which jupyter_client takes for ipykernel's own
+# spec)
 KERNELS = {
-    "python": "python",
+    "python": "sbxd-python",
     "javascript": "javascript",
     "typescript": "typescript",
     "r": "r",
