@@ -1,7 +1,10 @@
 """The code interpreter (E2B's port 49999): POST /execute streams NDJSON
-from a stateful Python context; the contexts API creates, lists, restarts
-and removes contexts.  Calls go through the envd dialect: headers
-E2b-Sandbox-Id, X-Access-Token and E2b-Sandbox-Port: 49999."""
+from a stateful context (a Jupyter kernel); the contexts API creates,
+lists, restarts and removes contexts.  Calls go through the envd dialect:
+headers E2b-Sandbox-Id, X-Access-Token and E2b-Sandbox-Port: 49999, which
+the daemon forwards to the interpreter server inside the sandbox
+(templates/files/interpreter/server.py).  The SDK's own view of it is
+tests/e2b/interpreter.test.mjs."""
 import base64
 import json
 import time
@@ -146,11 +149,17 @@ def test_subprocess_output_is_stdout(interp):
 
 def test_shell_and_pip_magics(interp):
     events = interp.execute("!echo from-shell\nimport os\n%cd /tmp\nos.getcwd()")
-    assert "".join(e["text"] for e in of_type(events, "stdout")) == "from-shell\n/tmp\n"
+    # IPython runs `!` commands on a terminal: its lines end in \r\n
+    assert "".join(e["text"] for e in of_type(events, "stdout")).replace("\r\n", "\n") == "from-shell\n/tmp\n"
     assert [e["text"] for e in of_type(events, "result")] == ["/tmp"]
     events = interp.execute("%pip --version")
     assert "pip" in "".join(e["text"] for e in of_type(events, "stdout"))
     interp.execute("%cd /home/user")
+
+
+def test_kernels_have_the_template_environment(interp):
+    code = "import os, shutil\n(os.getuid(), os.environ['HOME'], os.environ.get('LANG'), shutil.which('python'))"
+    assert interp.main_text(code) == "(0, '/root', 'C.UTF-8', '/opt/venv/bin/python')"
 
 
 def test_env_vars_apply_to_one_execution(interp):
@@ -199,28 +208,46 @@ def test_contexts_are_independent(interp):
     a = interp.create_context()["id"]
     b = interp.create_context(language="python")["id"]
     try:
-        interp.execute("who = 'a'", context_id=a)
-        interp.execute("who = 'b'", context_id=b)
-        assert interp.main_text("who", context_id=a) == "a"
-        assert interp.main_text("who", context_id=b) == "b"
-        (err,) = of_type(interp.execute("who"), "error")  # the default context
+        interp.execute("whose = 'a'", context_id=a)
+        interp.execute("whose = 'b'", context_id=b)
+        assert interp.main_text("whose", context_id=a) == "a"
+        assert interp.main_text("whose", context_id=b) == "b"
+        (err,) = of_type(interp.execute("whose"), "error")  # the default context
         assert err["name"] == "NameError"
     finally:
         for cid in (a, b):
             interp.req("DELETE", f"/contexts/{cid}")
 
 
-def test_only_python(interp):
-    r = interp.req("POST", "/contexts", json={"language": "r"})
+def test_languages(interp):
+    r = interp.req("POST", "/contexts", json={"language": "java"})
     assert r.status_code == 400
-    assert set(r.json()) == {"code", "message"} and "python" in r.json()["message"]
-    r = interp.req("POST", "/execute", json={"code": "1", "language": "javascript"})
-    assert r.status_code == 400
+    assert set(r.json()) == {"code", "message"} and "Java" in r.json()["message"]
+    r = interp.req("POST", "/execute", json={"code": "1", "language": "cobol"})
+    assert r.status_code == 400 and "python" in r.json()["message"]
     assert interp.main_text("1 + 1", language="python") == "2"
+    assert interp.main_text("[1, 2].length", language="javascript") == "2"
+    assert interp.main_text("nchar('abc')", language="r") == "[1] 3"
+    events = interp.execute("echo one; echo two >&2", language="bash")
+    assert "".join(e["text"] for e in of_type(events, "stdout")) == "one\n"
+    assert "".join(e["text"] for e in of_type(events, "stderr")) == "two\n"
     r = interp.req("POST", "/execute", json={"code": "1", "language": "python", "context_id": "abc"})
     assert r.status_code == 400
     r = interp.req("POST", "/execute", json={"code": 1})
     assert r.status_code == 400
+    langs = sorted(c["language"] for c in interp.req("GET", "/contexts").json())
+    assert "python" in langs and "javascript" in langs
+
+
+def test_bounds(interp):
+    r = interp.req("POST", "/contexts", json={"cwd": "relative/path"})
+    assert r.status_code == 400
+    r = interp.req("POST", "/execute", json={"code": "1", "env_vars": {"A": 1}})
+    assert r.status_code == 400
+    r = interp.req("GET", "/contexts/" + "x" * 65)
+    assert r.status_code == 404
+    r = interp.req("GET", "/nothing-here")
+    assert r.status_code == 404
 
 
 def test_kernel_death_is_reported_and_recovered(interp):
@@ -250,6 +277,18 @@ def test_disconnect_interrupts_the_cell(interp):
         assert time.monotonic() - t0 < 30
     finally:
         interp.req("DELETE", f"/contexts/{cid}")
+
+
+def test_a_template_without_an_interpreter(sbxd):
+    sid = sbxd.create(template="base")
+    try:
+        token = sbxd.get(sid).json()["envdAccessToken"]
+        it = Interp(sbxd.url, sid, token)
+        r = it.req("POST", "/execute", json={"code": "1"})
+        assert r.status_code == 502
+        assert "has no code interpreter" in r.json()["message"]
+    finally:
+        sbxd.delete(sid)
 
 
 def test_access_token_is_required(interp):

@@ -29,7 +29,6 @@
 #include "server.h"
 
 struct upload;
-struct sbx_interp;
 struct handlers;
 struct resumer;
 struct terminals;
@@ -43,7 +42,6 @@ struct http_server {
   struct sbx_webhooks *webhooks;
   struct sbx_outbound outbound; /* checks webhook URLs at registration */
   struct sbx_service *svc;
-  struct sbx_interp *interp;  /* the code interpreter's contexts */
   const char *const *images;  /* seed 002's approved images, "ALIAS=TEMPLATE"; NULL: the defaults */
   char docs_dir[4096];
   char state_dir[4096];

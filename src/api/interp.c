@@ -1,17 +1,27 @@
 /*
- * interp.c - the code interpreter (E2B's port 49999): /execute streaming
- * NDJSON, and the contexts API, over the contexts of src/service/interp.c.
+ * interp.c - the code interpreter (E2B's port 49999): envd calls with
+ * E2b-Sandbox-Port 49999 are forwarded, as E2B's edge does, to the code
+ * interpreter server inside the sandbox (templates/files/interpreter/
+ * server.py; src/service/interp.c reaches it): POST /execute, GET and
+ * POST /contexts, DELETE /contexts/ID, POST /contexts/ID/restart.
  *
- * An execution's answer is one JSON object a line: the kernel's own lines
- * as they come (results, stdout, stderr, errors, its end_of_execution),
- * {"type":"keepalive"} after silences, and when the execution ends early
- * an {"type":"error"} line of E2B's names and our own end_of_execution.
- * The execution runs in a thread of its own writing into a pipe that
- * libmicrohttpd streams, so a slow client only fills the pipe; when the
- * client goes away the write fails and the service interrupts the cell.
+ * Each call is one HTTP/1.0 request on a fresh connection, so the answer
+ * ends when the server closes it.  The server is the sandbox's, so what
+ * it answers is untrusted: the head is read within HEAD_MAX bytes and
+ * HEAD_TIMEOUT_MS, a plain answer within BODY_MAX bytes (and re-encoded:
+ * an error in the dialect's shape, a success as JSON), and an execution's
+ * NDJSON stream is passed on as it comes by a thread of its own, through a
+ * pipe that libmicrohttpd streams, so a slow client only fills the pipe.
+ * After KEEPALIVE_MS of silence between lines the thread sends a
+ * {"type":"keepalive"} line of its own (and so notices a client that has
+ * gone, even while the server is stuck); when the client goes away the
+ * connection is closed, which interrupts the cell.  A stream that ends
+ * without the server's end_of_execution gets an error line of E2B's
+ * names and an end_of_execution.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,382 +33,300 @@
 #include "api.h"
 
 #define END_JSON "{\"type\":\"end_of_execution\"}"
+#define HEAD_MAX (16u << 10)
+#define BODY_MAX (1u << 20)
+#define HEAD_TIMEOUT_MS 180000 /* a context's kernel may take long to start */
+#define BODY_TIMEOUT_MS 30000
+#define KEEPALIVE_MS 5000
+#define CHUNK (64u << 10)
 
-/* One /execute being answered. */
-struct exec_job {
-  struct sbx_interp_box *box;
-  struct sbx_interp_ctx *ctx;
-  struct sbx_interp_exec *exec;
-  int fd; /* the response body */
-};
-
-/* Write one NDJSON line to the client; <0 once it has gone. */
+/* Write all of P to FD; <0 once the reader has gone. */
 static int
-emit (struct exec_job *job, const char *p, size_t n)
+write_all (int fd, const char *p, size_t n)
 {
-  struct iovec iov[2] = { { (void *) p, n }, { (void *) "\n", 1 } };
-  size_t total = n + 1;
-  while (total)
+  while (n)
     {
-      ssize_t w = writev (job->fd, iov, 2);
+      ssize_t w = write (fd, p, n);
       if (w < 0 && errno == EINTR)
         continue;
       if (w <= 0)
         return -1;
-      total -= (size_t) w;
-      for (int i = 0; i < 2 && w > 0; i++)
-        {
-          size_t k = (size_t) w < iov[i].iov_len ? (size_t) w : iov[i].iov_len;
-          iov[i].iov_base = (char *) iov[i].iov_base + k;
-          iov[i].iov_len -= k;
-          w -= (ssize_t) k;
-        }
+      p += w;
+      n -= (size_t) w;
     }
   return 0;
 }
 
-static int
-emit_json (struct exec_job *job, json_t *j)
+/* Read from FD into BUF (at most N bytes) within TIMEOUT_MS; bytes read,
+   0 at the end, -1 on an error or the timeout. */
+static ssize_t
+read_within (int fd, char *buf, size_t n, int timeout_ms)
 {
-  char *s = j ? json_dumps (j, JSON_COMPACT) : NULL;
-  json_decref (j);
-  int r = s ? emit (job, s, strlen (s)) : 0;
-  free (s);
-  return r;
+  struct pollfd p = { fd, POLLIN, 0 };
+  int r;
+  do
+    r = poll (&p, 1, timeout_ms);
+  while (r < 0 && errno == EINTR);
+  if (r == 0)
+    errno = ETIMEDOUT;
+  if (r <= 0)
+    return -1;
+  ssize_t k;
+  do
+    k = read (fd, buf, n);
+  while (k < 0 && errno == EINTR);
+  return k;
 }
 
-/* E2B's names for the ways an execution ends early. */
-static const char *
-failure_name (enum sbx_interp_failure f)
-{
-  switch (f)
-    {
-    case SBX_INTERP_NO_KERNEL:
-      return "ContextError";
-    case SBX_INTERP_KERNEL_DIED:
-      return "ContextRestarting";
-    case SBX_INTERP_CUT_SHORT:
-      break;
-    }
-  return "UnexpectedEndOfExecution";
-}
+/* ---- an execution's stream ---- */
 
-static int
-exec_out (const struct sbx_interp_event *ev, void *ud)
-{
-  struct exec_job *job = ud;
-  switch (ev->kind)
-    {
-    case SBX_INTERP_LINE:
-      return emit (job, ev->data, ev->len);
-    case SBX_INTERP_DROPPED:
-      return emit_json (job, json_pack ("{s:s, s:s}", "type", "stderr", "text",
-                                        "[sbxd: an output of more than 64 MiB was dropped]\n"));
-    case SBX_INTERP_KEEPALIVE:
-      return emit (job, "{\"type\":\"keepalive\"}", 20);
-    case SBX_INTERP_FAILED:
-      return emit_json (job, json_pack ("{s:s, s:s, s:s%, s:s}", "type", "error", "name", failure_name (ev->failure),
-                                        "value", ev->data, ev->len, "traceback", ""));
-    case SBX_INTERP_END:
-      return emit (job, END_JSON, strlen (END_JSON));
-    }
-  return 0;
-}
+struct stream_job {
+  int up;   /* the server's connection */
+  int out;  /* the response body (a pipe) */
+  char *pending; /* body bytes read with the head */
+  size_t n_pending;
+};
+
+/* Forward DATA; tracks whether the last line ended and was the end. */
+struct line_state {
+  bool at_line_start;
+  bool saw_end;
+  char last[sizeof END_JSON]; /* the start of the current line */
+  size_t n_last;
+};
 
 static void
-exec_job_free (struct exec_job *job)
+track (struct line_state *ls, const char *p, size_t n)
 {
-  if (job->fd >= 0)
-    close (job->fd);
-  if (job->ctx)
-    sbx_interp_ctx_put (job->box, job->ctx);
-  if (job->box)
-    sbx_interp_box_close (job->box);
-  sbx_interp_exec_free (job->exec);
-  free (job);
+  for (size_t i = 0; i < n; i++)
+    {
+      if (p[i] == '\n')
+        {
+          ls->saw_end = ls->n_last == sizeof END_JSON - 1 && memcmp (ls->last, END_JSON, ls->n_last) == 0;
+          ls->n_last = 0;
+          ls->at_line_start = true;
+          continue;
+        }
+      ls->at_line_start = false;
+      if (ls->n_last < sizeof ls->last)
+        ls->last[ls->n_last] = p[i];
+      ls->n_last++;
+    }
 }
 
 static void *
-exec_main (void *arg)
+stream_main (void *arg)
 {
-  struct exec_job *job = arg;
-  sbx_interp_exec_run (job->exec, job->box, job->ctx, exec_out, job);
-  exec_job_free (job);
+  struct stream_job *job = arg;
+  struct line_state ls = { .at_line_start = true };
+  cleanup_free char *buf = malloc (CHUNK);
+  bool client_gone = false, server_ended = false;
+  if (job->n_pending)
+    {
+      track (&ls, job->pending, job->n_pending);
+      client_gone = write_all (job->out, job->pending, job->n_pending) < 0;
+    }
+  while (buf && !client_gone)
+    {
+      struct pollfd p = { job->up, POLLIN, 0 };
+      int r = poll (&p, 1, KEEPALIVE_MS);
+      if (r < 0 && errno == EINTR)
+        continue;
+      if (r == 0)
+        {
+          /* silence: tell the client (and find out whether it is still
+             there), but never in the middle of a line */
+          if (ls.at_line_start)
+            client_gone = write_all (job->out, "{\"type\":\"keepalive\"}\n", 21) < 0;
+          continue;
+        }
+      ssize_t k = read (job->up, buf, CHUNK);
+      if (k < 0 && errno == EINTR)
+        continue;
+      if (k <= 0)
+        {
+          server_ended = true;
+          break;
+        }
+      track (&ls, buf, (size_t) k);
+      client_gone = write_all (job->out, buf, (size_t) k) < 0;
+    }
+  if (server_ended && !(ls.saw_end && ls.at_line_start))
+    {
+      /* the server went away mid-execution (killed, or the sandbox
+         stopped): end the stream the way E2B's clients understand */
+      char line[256];
+      int n = snprintf (line, sizeof line,
+                        "%s{\"type\":\"error\",\"name\":\"UnexpectedEndOfExecution\",\"value\":\"the code "
+                        "interpreter stopped before the execution ended\",\"traceback\":\"\"}\n" END_JSON "\n",
+                        ls.at_line_start ? "" : "\n");
+      write_all (job->out, line, (size_t) n);
+    }
+  close (job->up); /* a client gone: the server interrupts the cell */
+  close (job->out);
+  free (job->pending);
+  free (job);
   return NULL;
 }
 
-/* ---- HTTP ---- */
+/* ---- forwarding ---- */
 
-/* "python" (the default) or 400. */
+/* Is U a path we forward (the server's routes, nothing that could change
+   the request line)? */
 static bool
-check_language (struct MHD_Connection *c, const char *lang, enum MHD_Result *ret)
+forwardable (const char *u)
 {
-  if (lang == NULL)
+  if (strcmp (u, "/execute") == 0 || strcmp (u, "/contexts") == 0)
     return true;
-  char l[SBX_INTERP_LANG_MAX + 1];
-  while (*lang == ' ' || *lang == '\t' || *lang == '\n')
-    lang++;
-  size_t n = strlen (lang);
-  while (n && (lang[n - 1] == ' ' || lang[n - 1] == '\t' || lang[n - 1] == '\n'))
-    n--;
-  if (n == 0)
-    return true;
-  if (n < sizeof l)
-    {
-      for (size_t i = 0; i < n; i++)
-        l[i] = (char) (lang[i] >= 'A' && lang[i] <= 'Z' ? lang[i] + 32 : lang[i]);
-      l[n] = '\0';
-      if (strcmp (l, SBX_INTERP_LANGUAGE) == 0)
-        return true;
-    }
-  *ret = send_error (c, 400, "language \"%.*s\" is not supported: the code interpreter runs python only",
-                     (int) (n > 64 ? 64 : n), lang);
-  return false;
+  if (strncmp (u, "/contexts/", 10) != 0)
+    return false;
+  size_t n = 0;
+  for (const char *p = u + 10; *p && *p != '/'; p++, n++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-'
+          || *p == '_'))
+      return false;
+  const char *rest = u + 10 + n;
+  return n > 0 && n <= 64 && (*rest == '\0' || strcmp (rest, "/restart") == 0);
 }
 
-/* The sandbox's contexts; NULL after answering. */
-static struct sbx_interp_box *
-box_open (struct http_server *h, struct MHD_Connection *c, const char *sid, enum MHD_Result *ret)
+/* The status and the end of the head ("\r\n\r\n") in BUF[0..N), or 0. */
+static unsigned
+parse_head (const char *buf, size_t n, size_t *head_len)
 {
-  struct sbx_interp_box *b;
-  struct sbx_err err;
-  if (sbx_interp_box_open (h->interp, sid, &b, &err) < 0)
+  const char *end = memmem (buf, n, "\r\n\r\n", 4);
+  if (end == NULL)
+    return 0;
+  *head_len = (size_t) (end - buf) + 4;
+  unsigned status = 0;
+  if (n < 12 || memcmp (buf, "HTTP/1.", 7) != 0 || buf[8] != ' ')
+    return 0;
+  for (int i = 9; i < 12; i++)
     {
-      *ret = send_error (c, sbx_err_kind (&err) == SBX_E_UNAVAILABLE ? 502 : 500, "%s", err.msg);
-      return NULL;
+      if (buf[i] < '0' || buf[i] > '9')
+        return 0;
+      status = status * 10 + (unsigned) (buf[i] - '0');
     }
-  return b;
+  return status >= 100 && status <= 599 ? status : 0;
 }
 
-static json_t *
-ctx_json (const struct sbx_interp_ctx_info *x)
-{
-  return json_pack ("{s:s, s:s, s:s}", "id", x->id, "language", x->language, "cwd", x->cwd);
-}
-
+/* The server's answer that is not a stream: re-encoded. */
 static enum MHD_Result
-execute (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *sid)
+plain_answer (struct MHD_Connection *c, unsigned status, const char *body, size_t n)
 {
-  enum MHD_Result ret;
-  json_t *body = body_object (c, rq, &ret);
-  if (body == NULL)
-    return ret;
-  const char *cid = NULL, *lang = NULL;
-  json_t *code = json_object_get (body, "code");
-  json_t *env = json_object_get (body, "env_vars");
-  if (!json_is_string (code))
+  if (status == 204 || (n == 0 && status < 300))
+    return send_empty (c, status);
+  json_t *j = json_loadb (body, n, 0, NULL);
+  if (status >= 400)
     {
-      json_decref (body);
-      return send_error (c, 400, "code must be a string");
+      const char *msg = json_string_value (json_object_get (j, "message"));
+      enum MHD_Result r = send_error (c, status, "%s", msg ? msg : "the code interpreter failed");
+      json_decref (j);
+      return r;
     }
-  if (opt_string (c, body, "context_id", &cid, &ret) < 0 || opt_string (c, body, "language", &lang, &ret) < 0)
-    {
-      json_decref (body);
-      return ret;
-    }
-  if (cid && *cid == '\0')
-    cid = NULL;
-  if (cid && lang && *lang)
-    {
-      json_decref (body);
-      return send_error (c, 400, "Only one of context_id or language can be provided");
-    }
-  if (!check_language (c, lang, &ret))
-    {
-      json_decref (body);
-      return ret;
-    }
-  if (json_is_null (env))
-    env = NULL;
-  if (env)
-    {
-      const char *k;
-      json_t *v;
-      bool ok = json_is_object (env);
-      json_object_foreach (env, k, v)
-      {
-        if (!json_is_string (v))
-          ok = false;
-      }
-      if (!ok)
-        {
-          json_decref (body);
-          return send_error (c, 400, "env_vars must be an object of strings");
-        }
-    }
-  char cidbuf[SBX_INTERP_ID_MAX];
-  if (cid && !sbx_interp_valid_ctx_id (cid, strlen (cid)))
-    {
-      ret = send_error (c, 404, "Context %.64s not found", cid);
-      json_decref (body);
-      return ret;
-    }
-  if (cid)
-    cid = strcpy (cidbuf, cid); /* the body goes before cid's last use */
-
-  struct exec_job *job = calloc (1, sizeof *job);
-  size_t n_env = env ? json_object_size (env) : 0;
-  struct sbx_interp_env *vars = env ? calloc (n_env ? n_env : 1, sizeof *vars) : NULL;
-  if (job == NULL || (env && vars == NULL))
-    {
-      free (job);
-      free (vars);
-      json_decref (body);
-      return send_error (c, 500, "cannot start the execution");
-    }
-  job->fd = -1;
-  if (env)
-    {
-      const char *k;
-      json_t *v;
-      size_t i = 0;
-      json_object_foreach (env, k, v)
-      {
-        vars[i++] = (struct sbx_interp_env) { k, json_string_value (v), json_string_length (v) };
-      }
-    }
-  struct sbx_err err;
-  int r = sbx_interp_exec_new (json_string_value (code), json_string_length (code), vars, n_env, &job->exec, &err);
-  free (vars);
-  json_decref (body);
-  if (r < 0)
-    {
-      free (job);
-      return send_error (c, 500, err.code == ENOMEM ? "out of memory" : "cannot start the execution");
-    }
-
-  if ((job->box = box_open (h, c, sid, &ret)) == NULL)
-    {
-      exec_job_free (job);
-      return ret;
-    }
-  if (sbx_interp_ctx_get (job->box, cid, &job->ctx, &err) < 0)
-    {
-      exec_job_free (job);
-      if (sbx_err_kind (&err) == SBX_E_NOT_FOUND)
-        return send_error (c, 404, "%s", err.msg);
-      return send_error (c, 500, "cannot make the default context");
-    }
-
-  int fds[2];
-  if (pipe2 (fds, O_CLOEXEC) < 0)
-    {
-      exec_job_free (job);
-      return send_error (c, 500, "pipe: %s", strerror (errno));
-    }
-  fcntl (fds[1], F_SETPIPE_SZ, 1 << 20); /* best effort: room for a chart */
-  job->fd = fds[1];
-  if (!sbx_start_detached (exec_main, job))
-    {
-      close (fds[0]);
-      exec_job_free (job);
-      return send_error (c, 500, "cannot start the execution");
-    }
-  return send_pipe (c, fds[0], "application/x-ndjson", "Cache-Control", "no-cache", NULL);
-}
-
-static enum MHD_Result
-create_context (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *sid)
-{
-  enum MHD_Result ret;
-  json_t *body = body_object (c, rq, &ret);
-  if (body == NULL)
-    return ret;
-  const char *lang = NULL, *cwd = NULL;
-  if (opt_string (c, body, "language", &lang, &ret) < 0 || opt_string (c, body, "cwd", &cwd, &ret) < 0
-      || !check_language (c, lang, &ret))
-    {
-      json_decref (body);
-      return ret;
-    }
-  char dir[SBX_INTERP_CWD_MAX];
-  struct sbx_err err;
-  snprintf (dir, sizeof dir, "%s", cwd ? cwd : "");
-  bool bad = sbx_interp_check_cwd (cwd, &err) < 0;
-  json_decref (body);
-  if (bad)
-    return send_error (c, 400, "%s", err.msg);
-
-  struct sbx_interp_box *b = box_open (h, c, sid, &ret);
-  if (b == NULL)
-    return ret;
-  struct sbx_interp_ctx_info info;
-  int r = sbx_interp_ctx_create (b, dir, &info, &err);
-  sbx_interp_box_close (b);
-  if (r < 0 && err.code == ENOMEM)
-    return send_error (c, 500, "out of memory");
-  if (r < 0)
-    return send_error (c, 500, "Failed to create context: %s", err.msg);
-  return send_json (c, 200, ctx_json (&info));
-}
-
-static enum MHD_Result
-list_contexts (struct http_server *h, struct MHD_Connection *c, const char *sid)
-{
-  enum MHD_Result ret;
-  struct sbx_interp_box *b = box_open (h, c, sid, &ret);
-  if (b == NULL)
-    return ret;
-  cleanup_free struct sbx_interp_ctx_info *v = NULL;
-  size_t n;
-  struct sbx_err err;
-  int r = sbx_interp_ctx_list (b, &v, &n, &err);
-  sbx_interp_box_close (b);
-  if (r < 0)
-    return send_error (c, 500, "%s", err.msg);
-  json_t *a = json_array ();
-  for (size_t i = 0; i < n; i++)
-    json_array_append_new (a, ctx_json (&v[i]));
-  return send_json (c, 200, a);
-}
-
-/* DELETE /contexts/ID, or POST /contexts/ID/restart. */
-static enum MHD_Result
-stop_context (struct http_server *h, struct MHD_Connection *c, const char *sid, const char *cid, bool restart)
-{
-  enum MHD_Result ret;
-  struct sbx_interp_box *b = box_open (h, c, sid, &ret);
-  if (b == NULL)
-    return ret;
-  struct sbx_err err;
-  int r = restart ? sbx_interp_ctx_restart (b, cid, &err) : sbx_interp_ctx_delete (b, cid, &err);
-  sbx_interp_box_close (b);
-  if (r < 0 && sbx_err_kind (&err) == SBX_E_NOT_FOUND)
-    return send_error (c, 404, "%s", err.msg);
-  if (r < 0)
-    return send_error (c, restart ? 500 : 502, "%s context %s: %s", restart ? "Failed to restart" : "Failed to remove",
-                       cid, err.msg);
-  return send_empty (c, 204);
+  if (j == NULL)
+    return send_error (c, 502, "the code interpreter gave a malformed answer");
+  return send_json (c, status, j);
 }
 
 enum MHD_Result
 interp_request (struct http_server *h, struct MHD_Connection *c, struct request *rq, const char *method,
                 const char *url, const char *id)
 {
-  bool post = strcmp (method, "POST") == 0;
-  if (strcmp (url, "/execute") == 0)
-    return post ? execute (h, c, rq, id) : send_error (c, 405, "method not allowed");
-  if (strcmp (url, "/contexts") == 0)
+  bool get = strcmp (method, "GET") == 0, post = strcmp (method, "POST") == 0,
+       del = strcmp (method, "DELETE") == 0;
+  if (!forwardable (url))
+    return send_error (c, 404, "not found");
+  if (!get && !post && !del)
+    return send_error (c, 405, "method not allowed");
+
+  cleanup_free char *buf = malloc (HEAD_MAX);
+  if (buf == NULL)
+    return send_error (c, 500, "out of memory");
+  cleanup_close int up = -1;
+  size_t n = 0, head_len = 0;
+  unsigned status = 0;
+  /* A server killed a moment ago may still take the connection and then
+     drop it unanswered: that (no byte at all) is tried once more, on a
+     fresh connection, which starts the server again if need be. */
+  for (int attempt = 0; status == 0; attempt++)
     {
-      if (post)
-        return create_context (h, c, rq, id);
-      if (strcmp (method, "GET") == 0)
-        return list_contexts (h, c, id);
-      return send_error (c, 405, "method not allowed");
+      struct sbx_err err;
+      int fd;
+      if (up >= 0)
+        close (up);
+      up = -1;
+      n = 0;
+      if (sbx_interp_connect (h->svc, id, &fd, &err) < 0)
+        return send_error (c, 502, "%s", err.msg);
+      up = fd;
+      char head[256];
+      int hn = snprintf (head, sizeof head,
+                         "%s %s HTTP/1.0\r\nHost: localhost:%d\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\n\r\n",
+                         method, url, SBX_INTERP_PORT, rq->len);
+      bool sent = hn > 0 && (size_t) hn < sizeof head && write_all (up, head, (size_t) hn) == 0
+                  && (rq->len == 0 || write_all (up, rq->body, rq->len) == 0);
+      /* the head, and whatever of the body came with it */
+      bool dropped = !sent;
+      while (sent && status == 0)
+        {
+          ssize_t k = n < HEAD_MAX ? read_within (up, buf + n, HEAD_MAX - n, HEAD_TIMEOUT_MS) : -1;
+          dropped = k == 0 || (k < 0 && (errno == ECONNRESET || errno == EPIPE));
+          if (k <= 0)
+            break;
+          n += (size_t) k;
+          status = parse_head (buf, n, &head_len);
+          if (status == 0 && memmem (buf, n, "\r\n\r\n", 4))
+            return send_error (c, 502, "the code interpreter gave a malformed answer");
+        }
+      if (status == 0 && (n > 0 || attempt > 0 || !dropped))
+        return send_error (c, 502, "the code interpreter did not answer");
     }
-  if (strncmp (url, "/contexts/", 10) == 0)
+
+  if (strcmp (url, "/execute") == 0 && status == 200)
     {
-      const char *rest = url + 10, *slash = strchr (rest, '/');
-      size_t n = slash ? (size_t) (slash - rest) : strlen (rest);
-      char cid[SBX_INTERP_ID_MAX];
-      if (!sbx_interp_valid_ctx_id (rest, n))
-        return send_error (c, 404, "Context not found");
-      snprintf (cid, sizeof cid, "%.*s", (int) n, rest);
-      if (slash == NULL)
-        return strcmp (method, "DELETE") == 0 ? stop_context (h, c, id, cid, false)
-                                              : send_error (c, 405, "method not allowed");
-      if (strcmp (slash, "/restart") == 0)
-        return post ? stop_context (h, c, id, cid, true) : send_error (c, 405, "method not allowed");
+      struct stream_job *job = calloc (1, sizeof *job);
+      int fds[2] = { -1, -1 };
+      if (job == NULL || pipe2 (fds, O_CLOEXEC) < 0)
+        {
+          free (job);
+          return send_error (c, 500, "cannot start the execution");
+        }
+      fcntl (fds[1], F_SETPIPE_SZ, 1 << 20); /* best effort: room for a chart */
+      job->n_pending = n - head_len;
+      job->pending = job->n_pending ? malloc (job->n_pending) : NULL;
+      if (job->n_pending && job->pending)
+        memcpy (job->pending, buf + head_len, job->n_pending);
+      job->up = up;
+      job->out = fds[1];
+      if ((job->n_pending && job->pending == NULL) || !sbx_start_detached (stream_main, job))
+        {
+          close (fds[0]);
+          close (fds[1]);
+          free (job->pending);
+          free (job);
+          return send_error (c, 500, "cannot start the execution");
+        }
+      up = -1; /* the thread's now */
+      return send_pipe (c, fds[0], "application/x-ndjson", "Cache-Control", "no-cache", NULL);
     }
-  return send_error (c, 404, "not found");
+
+  /* a plain answer: the rest of it, bounded */
+  size_t body_n = n - head_len;
+  cleanup_free char *body = malloc (BODY_MAX);
+  if (body == NULL)
+    return send_error (c, 500, "out of memory");
+  memcpy (body, buf + head_len, body_n);
+  for (;;)
+    {
+      if (body_n >= BODY_MAX)
+        return send_error (c, 502, "the code interpreter's answer is over %u bytes", BODY_MAX);
+      ssize_t k = read_within (up, body + body_n, BODY_MAX - body_n, BODY_TIMEOUT_MS);
+      if (k < 0)
+        return send_error (c, 502, "the code interpreter did not finish its answer");
+      if (k == 0)
+        break;
+      body_n += (size_t) k;
+    }
+  return plain_answer (c, status, body, body_n);
 }

@@ -58,8 +58,6 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "../service/encode.h"
-#include "../service/interp.h"
-#include "../service/tools.h"
 #include "../service/output.h"
 #include "terminal.h"
 
@@ -1389,11 +1387,6 @@ server_free (struct http_server *h)
     }
   if (h->resumer)
     resumer_free (h->resumer);
-  if (h->interp)
-    {
-      sbx_tools_set_interp (NULL);
-      sbx_interp_free (h->interp);
-    }
   terminals_free (h);
   free (h->tls_cert);
   free (h->tls_key);
@@ -1448,19 +1441,6 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
       free (h);
       return NULL;
     }
-  char kernel[4200];
-#ifdef SBXD_SHARE_DIR
-  snprintf (kernel, sizeof kernel, "%s/kernel.py", SBXD_SHARE_DIR);
-#else
-  snprintf (kernel, sizeof kernel, "%s/../share/kernel.py", h->docs_dir);
-#endif
-  if (sbx_interp_new (h->engine, kernel, &h->interp, err) < 0)
-    {
-      terminals_free (h);
-      free (h);
-      return NULL;
-    }
-  sbx_tools_set_interp (h->interp);
   h->handlers = calloc (1, sizeof *h->handlers);
   h->resumer = resumer_start ();
   if (h->handlers == NULL || h->resumer == NULL)

@@ -54,6 +54,7 @@
 #define DEFAULT_CPU 1
 #define DEFAULT_MEMORY_MB 512
 #define DEFAULT_DISK_MB 4096
+#define START_MAX 1024 /* a spec's start: and ready: commands, with the NUL */
 
 /* Setup lines run inside the new root with a fixed environment: whatever
    the daemon was started with (TMPDIR, a host PATH, proxies...) must not
@@ -375,8 +376,10 @@ struct spec {
   /* "file:" lines: file_src[i] (an absolute host path) is copied to
      file_dest[i] in the image. */
   struct strv file_src, file_dest;
-  /* layers only (sbx_layer_commit) */
+  /* a layer's (sbx_layer_commit), or the spec's `start:` and `ready:`
+     lines (start_buf, ready_buf) */
   const char *start_cmd, *ready_cmd;
+  char start_buf[START_MAX], ready_buf[START_MAX];
 };
 
 static void
@@ -687,6 +690,18 @@ parse_spec (const char *spec_dir, const char *name, struct spec *s, const char *
           if (strcmp (value, "yes") != 0 && strcmp (value, "no") != 0)
             return sbx_failx (err, EINVAL, "%s:%d: internet must be yes or no", path, lineno);
           s->no_internet = strcmp (value, "no") == 0;
+        }
+      else if (strcmp (key, "start") == 0 || strcmp (key, "ready") == 0)
+        {
+          bool start = key[0] == 's';
+          char *buf = start ? s->start_buf : s->ready_buf;
+          if (value[0] == '\0' || copy_str (buf, START_MAX, value) < 0)
+            return sbx_failx (err, EINVAL, "%s:%d: %s must be a command of 1 to %d bytes", path, lineno, key,
+                              START_MAX - 1);
+          if (start)
+            s->start_cmd = buf;
+          else
+            s->ready_cmd = buf;
         }
       else if (strcmp (key, "file") == 0)
         {

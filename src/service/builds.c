@@ -837,6 +837,19 @@ sbx_builds_started (struct sbx_service *svc, const char *id, const char *tree, s
   return r;
 }
 
+bool
+sbx_builds_has_start (struct sbx_service *svc, const char *tree)
+{
+  (void) svc;
+  struct sbx_template t;
+  struct sbx_err e2;
+  if (B.tmpl_dir[0] == '\0' || sbx_template_load (B.tmpl_dir, tree, &t, &e2) < 0)
+    return false;
+  bool has = t.start_cmd && *t.start_cmd;
+  sbx_template_free (&t);
+  return has;
+}
+
 /* ---- the build ---- */
 
 /* What later steps run with. */

@@ -136,5 +136,7 @@ int sbx_builds_resolve (struct sbx_service *svc, const struct sbx_org *org, cons
    (SBX_BUILD_READY_MS; SBX_E_UNAVAILABLE past it).  Nothing for a
    template without one. */
 int sbx_builds_started (struct sbx_service *svc, const char *id, const char *tree, struct sbx_err *err);
+/* Has template TREE a start command? */
+bool sbx_builds_has_start (struct sbx_service *svc, const char *tree);
 
 #endif

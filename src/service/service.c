@@ -379,10 +379,12 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
       return -1;
     }
   /* its checkpoint's workspace is in, and its template's start command
-     ready, before anyone sees it ready */
+     ready, before anyone sees it ready (a built template's, or a shipped
+     one's `start:` line, such as code_interpreter's server) */
   struct sbx_info info;
   if (sbx_service_storage_start (svc, org, id, spec, err) < 0
-      || (built && sbx_builds_started (svc, id, tree, err) < 0) || sbx_get_info (svc->engine, id, &info, err) < 0)
+      || sbx_builds_started (svc, id, built ? tree : spec->template_name, err) < 0
+      || sbx_get_info (svc->engine, id, &info, err) < 0)
     {
       sbx_place_cancel (ticket);
       if (want_id == NULL)

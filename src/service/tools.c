@@ -20,10 +20,14 @@
 #include "tools.h"
 
 #include <errno.h>
+#include <http_parser.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "../common/util.h"
 #include "encode.h"
@@ -43,13 +47,7 @@
 #define TOOL_ENV_MAX 256u                  /* run_command's env */
 #define TOOL_DEFAULT_TEMPLATE "code_interpreter"
 
-static struct sbx_interp *tools_interp;
-
-void
-sbx_tools_set_interp (struct sbx_interp *ip)
-{
-  tools_interp = ip;
-}
+#define TOOL_LINE_MAX (24u << 20)          /* one line of the interpreter's answer (an image, say) */
 
 /* ---- the tools' descriptions ---- */
 
@@ -602,62 +600,183 @@ code_line (struct code_run *r, const char *data, size_t len)
   json_decref (line);
 }
 
+/* The interpreter server's answer to POST /execute (templates/files/
+   interpreter/server.py): an HTTP/1.1 response whose body is one JSON
+   object a line (E2B's stream).  http_parser (Debian's, as the port proxy
+   uses) takes the framing apart; each complete line goes to code_line.
+   The bytes come from inside the sandbox: a line is bounded, and so is
+   the time. */
+struct code_http {
+  struct code_run *r;
+  unsigned status;
+  char *line;
+  size_t len, cap;
+  bool too_long, done;
+};
+
 static int
-code_event (const struct sbx_interp_event *ev, void *ud)
+code_on_body (http_parser *p, const char *at, size_t n)
 {
-  struct code_run *r = ud;
-  switch (ev->kind)
+  struct code_http *h = p->data;
+  while (n > 0)
     {
-    case SBX_INTERP_LINE:
-      code_line (r, ev->data, ev->len);
-      break;
-    case SBX_INTERP_DROPPED:
-      r->dropped = true;
-      break;
-    case SBX_INTERP_FAILED:
-      if (r->error == NULL)
-        r->error = json_pack ("{s:s, s:s%, s:s}", "name",
-                              ev->failure == SBX_INTERP_NO_KERNEL ? "ContextError" : "ContextRestarting", "value",
-                              ev->data ? ev->data : "", ev->data ? ev->len : 0, "traceback", "");
-      break;
-    case SBX_INTERP_KEEPALIVE:
-    case SBX_INTERP_END:
-      break;
-    }
-  if (sbx_now_ns () >= r->deadline_ns)
-    {
-      /* interrupts the cell */
-      r->timed_out = true;
-      return -1;
+      const char *nl = memchr (at, '\n', n);
+      size_t take = nl ? (size_t) (nl - at) : n;
+      if (!h->too_long && h->len + take > TOOL_LINE_MAX)
+        {
+          h->too_long = true;
+          h->r->dropped = true;
+        }
+      if (!h->too_long && take > 0)
+        {
+          if (h->len + take > h->cap)
+            {
+              size_t cap = h->cap ? h->cap : 4096;
+              while (cap < h->len + take)
+                cap *= 2;
+              char *nb = realloc (h->line, cap);
+              if (nb == NULL)
+                return -1;
+              h->line = nb;
+              h->cap = cap;
+            }
+          memcpy (h->line + h->len, at, take);
+          h->len += take;
+        }
+      if (nl == NULL)
+        break;
+      if (!h->too_long && h->status == 200 && h->len > 0)
+        code_line (h->r, h->line, h->len);
+      h->len = 0;
+      h->too_long = false;
+      at = nl + 1;
+      n -= take + 1;
     }
   return 0;
 }
 
-/* "python" in any case, or nothing; false after an error result. */
-static bool
-code_language (json_t *args, json_t **result)
+static int
+code_on_headers (http_parser *p)
 {
-  const char *lang = NULL;
-  if (!arg_string (args, "language", false, &lang, result))
-    return false;
-  if (lang == NULL || *lang == '\0' || strcasecmp (lang, "python") == 0 || strcasecmp (lang, "python3") == 0)
-    return true;
-  tool_error (result, "language \"%.64s\" is not supported: run_code runs python (run_command runs anything else)",
-              lang);
-  return false;
+  struct code_http *h = p->data;
+  h->status = p->status_code;
+  return 0;
 }
 
 static int
-run_code (const struct sbx_sandbox_rec *rec, json_t *args, json_t **result)
+code_on_done (http_parser *p)
+{
+  struct code_http *h = p->data;
+  h->done = true;
+  return 0;
+}
+
+/* Send the cell and read its stream until it ends, the deadline passes
+   (then the connection is closed, which interrupts the cell) or the
+   server breaks off.  A non-200 answer's body (the server's error) goes to
+   *FAILURE. */
+static void
+code_exchange (int fd, json_t *body, struct code_run *r, char **failure)
+{
+  char *text = json_dumps (body, JSON_COMPACT);
+  if (text == NULL)
+    {
+      *failure = strdup ("out of memory");
+      return;
+    }
+  size_t blen = strlen (text);
+  char head[256];
+  int hn = snprintf (head, sizeof head,
+                     "POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     blen);
+  bool sent = sbx_write_full (fd, head, (size_t) hn) == (ssize_t) hn && sbx_write_full (fd, text, blen) == (ssize_t) blen;
+  free (text);
+  if (!sent)
+    {
+      *failure = strdup ("the code interpreter closed the connection");
+      return;
+    }
+  struct code_http h = { .r = r };
+  http_parser p;
+  http_parser_init (&p, HTTP_RESPONSE);
+  p.data = &h;
+  http_parser_settings set = { .on_headers_complete = code_on_headers, .on_body = code_on_body,
+                               .on_message_complete = code_on_done };
+  char buf[65536];
+  while (!h.done)
+    {
+      uint64_t now = sbx_now_ns ();
+      if (now >= r->deadline_ns)
+        {
+          r->timed_out = true;
+          break;
+        }
+      struct pollfd pfd = { .fd = fd, .events = POLLIN };
+      int64_t left_ms = (int64_t) ((r->deadline_ns - now) / 1000000u) + 1;
+      int pr = poll (&pfd, 1, left_ms > 60000 ? 60000 : (int) left_ms);
+      if (pr < 0 && errno == EINTR)
+        continue;
+      if (pr <= 0)
+        continue;
+      ssize_t n = read (fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR)
+        continue;
+      size_t got = n > 0 ? (size_t) n : 0;
+      size_t used = http_parser_execute (&p, &set, buf, got);
+      if (p.http_errno != HPE_OK || used != got)
+        {
+          if (*failure == NULL)
+            *failure = strdup ("the code interpreter's answer is malformed");
+          break;
+        }
+      if (n <= 0)
+        break; /* the end (http_parser took the EOF) or an error */
+    }
+  if (h.status != 200 && *failure == NULL)
+    {
+      /* the server's own error: {"error": "..."} or text */
+      json_t *e = h.len ? json_loadb (h.line, h.len, 0, NULL) : NULL;
+      const char *msg = json_string_value (json_object_get (e, "error"));
+      if (msg == NULL)
+        msg = json_string_value (json_object_get (e, "message"));
+      if (h.status == 0)
+        *failure = strdup (r->timed_out ? "" : "the code interpreter gave no answer");
+      else if (msg)
+        *failure = strdup (msg);
+      else if (asprintf (failure, "the code interpreter answered %u", h.status) < 0)
+        *failure = NULL;
+      json_decref (e);
+    }
+  free (h.line);
+}
+
+/* A language the interpreter runs, or nothing (python); the interpreter
+   itself refuses the ones it has no kernel for. */
+static bool
+code_language (json_t *args, const char **lang, json_t **result)
+{
+  *lang = NULL;
+  if (!arg_string (args, "language", false, lang, result))
+    return false;
+  if (*lang && strlen (*lang) > 64)
+    {
+      tool_error (result, "invalid arguments: language is too long");
+      return false;
+    }
+  return true;
+}
+
+static int
+run_code (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, json_t *args, json_t **result)
 {
   long long timeout = TOOL_TIMEOUT_S;
-  if (!code_language (args, result) || !arg_int (args, "timeout", 1, SBX_PLAN_TIMEOUT_CAP, &timeout, result))
+  const char *lang;
+  if (!code_language (args, &lang, result) || !arg_int (args, "timeout", 1, SBX_PLAN_TIMEOUT_CAP, &timeout, result))
     return 0;
   json_t *jcode = json_object_get (args, "code");
   if (!json_is_string (jcode))
     return tool_error (result, "invalid arguments: code is required, a string");
-  if (tools_interp == NULL)
-    return tool_error (result, "the code interpreter is not available in this daemon");
   if (!tool_running (rec, result))
     return 0;
 
@@ -665,26 +784,28 @@ run_code (const struct sbx_sandbox_rec *rec, json_t *args, json_t **result)
                         .deadline_ns = sbx_now_ns () + (uint64_t) timeout * 1000000000ull };
   sbx_capture_init (&r.out, TOOL_OUTPUT_MAX, false);
   sbx_capture_init (&r.err, TOOL_OUTPUT_MAX, false);
-  struct sbx_interp_exec *x = NULL;
-  struct sbx_interp_box *box = NULL;
-  struct sbx_interp_ctx *ctx = NULL;
   struct sbx_err err;
-  int ret = 0;
-  if (r.results == NULL || r.images == NULL)
+  int ret = 0, fd = -1;
+  char *failure = NULL;
+  json_t *body = json_pack ("{s:O, s:s}", "code", jcode, "language", lang ? lang : "python");
+  if (r.results == NULL || r.images == NULL || body == NULL)
     {
       ret = tool_error (result, "out of memory");
       goto out;
     }
-  if (sbx_interp_exec_new (json_string_value (jcode), json_string_length (jcode), NULL, 0, &x, &err) < 0
-      || sbx_interp_box_open (tools_interp, rec->id, &box, &err) < 0
-      || sbx_interp_ctx_get (box, NULL, &ctx, &err) < 0)
+  if (sbx_interp_connect (svc, rec->id, &fd, &err) < 0)
     {
       ret = tool_error (result, "cannot run the code: %s", err.msg);
       goto out;
     }
   sbx_service_busy_begin (rec->id);
-  sbx_interp_exec_run (x, box, ctx, code_event, &r);
+  code_exchange (fd, body, &r, &failure);
   sbx_service_busy_end (rec->id);
+  if (failure && *failure)
+    {
+      ret = tool_error (result, "cannot run the code: %s", failure);
+      goto out;
+    }
 
   if (r.timed_out && r.error == NULL)
     r.error = json_pack ("{s:s, s:s, s:s}", "name", "TimeoutError", "value",
@@ -704,11 +825,10 @@ run_code (const struct sbx_sandbox_rec *rec, json_t *args, json_t **result)
   ret = structured_result (result, s, json_incref (r.images), r.error != NULL || r.timed_out);
 
 out:
-  if (ctx)
-    sbx_interp_ctx_put (box, ctx);
-  if (box)
-    sbx_interp_box_close (box);
-  sbx_interp_exec_free (x);
+  if (fd >= 0)
+    close (fd);
+  free (failure);
+  json_decref (body);
   sbx_capture_free (&r.out);
   sbx_capture_free (&r.err);
   json_decref (r.results);
@@ -991,7 +1111,7 @@ sbx_tool_call (struct sbx_service *svc, const struct sbx_org *org, const char *s
           switch (sandbox_tool (name))
             {
             case TOOL_RUN_CODE:
-              r = run_code (&rec, args, result);
+              r = run_code (svc, &rec, args, result);
               break;
             case TOOL_RUN_COMMAND:
               r = run_command (svc, &rec, args, result);

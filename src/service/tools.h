@@ -18,12 +18,6 @@
 
 #include "service.h"
 
-struct sbx_interp;
-
-/* The code interpreter's contexts that run_code uses (the server's);
-   without it run_code answers an error. */
-void sbx_tools_set_interp (struct sbx_interp *ip);
-
 /* The tools, as MCP's tools/list "tools" array (a new reference). */
 json_t *sbx_tools_list (void);
 

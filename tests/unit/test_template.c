@@ -143,6 +143,11 @@ test_spec_errors (void)
   CHECK (err.code == EINVAL && strstr (err.msg, "badnet.spec:3: internet must be yes or no") != NULL);
   free (steal_pointer (&out));
 
+  write_spec ("nostart", "name: nostart\nstart:\n");
+  CHECK (build ("nostart", &out, &err) < 0);
+  CHECK (err.code == EINVAL && strstr (err.msg, "nostart.spec:2: start must be a command") != NULL);
+  free (steal_pointer (&out));
+
   write_spec ("cyc1", "include: cyc2\n");
   write_spec ("cyc2", "include: cyc1\n");
   CHECK (build ("cyc1", &out, &err) < 0);
@@ -249,6 +254,7 @@ test_first_build (void)
                           "user: nobody\n"
                           "workdir: /tmp\n"
                           "cpu: 3\n"
+                          "start: sh /base-start\n"
                           "setup: echo base > /marker-base\n"
                           "file: files/payload.txt /opt/deep/dir/payload.txt\n");
   write_spec ("tiny", "name: tiny\n"
@@ -262,6 +268,8 @@ test_first_build (void)
                       "workdir: /srv\n"
                       "memory_mb: 300\n"
                       "internet: no\n"
+                      "start: sh /opt/start.sh --quietly\n"
+                      "ready: test -e /tmp\n"
                       "setup: test -f /marker-base && echo 'it'\"'\"'s tiny' > /marker\n"
                       "setup: cp /opt/deep/dir/payload.txt /payload-seen\n"
                       "setup: test -s \"$SSL_CERT_FILE\" && echo yes > /ca-seen || true\n");
@@ -296,6 +304,8 @@ test_first_build (void)
   CHECK (t.memory_mb == 300);
   CHECK (t.disk_mb == 4096);
   CHECK (!t.internet);
+  CHECK (t.start_cmd && strcmp (t.start_cmd, "sh /opt/start.sh --quietly") == 0); /* the last start line wins */
+  CHECK (t.ready_cmd && strcmp (t.ready_cmd, "test -e /tmp") == 0);
   sbx_template_free (&t);
   CHECK (t.env == NULL);
 
@@ -334,6 +344,7 @@ test_first_build (void)
   CHECK (json_is_string (json_object_get (j, "built_at")));
   CHECK (json_integer_value (json_object_get (j, "cpu_count")) == 3);
   CHECK (json_is_false (json_object_get (j, "internet")));
+  CHECK (strcmp (json_string_value (json_object_get (j, "start_cmd")), "sh /opt/start.sh --quietly") == 0);
   /* a template.json from before the key existed means internet access */
   char tj[PATH_MAX + 64];
   snprintf (tj, sizeof tj, "%s/tiny/template.json", tdir);
