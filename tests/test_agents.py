@@ -527,7 +527,7 @@ def test_seed_example_as_written(sbxd, model):
 
     chart_code = (
         "import pandas as pd\n"
-        "import matplotlib\nmatplotlib.use('Agg')\n"
+        "import matplotlib\n"
         "import matplotlib.pyplot as plt\n"
         "df = pd.read_csv('/workspace/sales.csv')\n"
         "print(df['amount'].sum())\n"

@@ -96,11 +96,13 @@ sbx_tools_list (void)
   json_t *a = json_array ();
   json_array_append_new (
       a, tool ("run_code", "Run code",
-               "Run a cell of code in the sandbox's code interpreter (a Python kernel that keeps its state between "
-               "calls). Returns stdout, stderr, the results (the last expression's value, display() calls) and "
-               "charts as PNG images (matplotlib figures are shown by plt.show() or at the end of the cell).",
+               "Run a cell of code in the sandbox's code interpreter (a Jupyter kernel of the language that keeps "
+               "its state between calls). Returns stdout, stderr, the results (the last expression's value, "
+               "display() calls) and charts as PNG images (matplotlib figures are shown by plt.show() or at the "
+               "end of the cell).",
                schema (json_pack ("{s:o, s:o, s:o, s:o}", "sandbox_id", prop ("string", sandbox_id_doc), "language",
-                                  json_pack ("{s:s, s:[s], s:s}", "type", "string", "enum", "python", "description",
+                                  json_pack ("{s:s, s:[s, s, s, s, s], s:s}", "type", "string", "enum", "python",
+                                             "javascript", "typescript", "r", "bash", "description",
                                              "The language (python, the default)"),
                                   "code", prop ("string", "The code to run"), "timeout",
                                   json_pack ("{s:s, s:i, s:i, s:s}", "type", "integer", "minimum", 1, "maximum",

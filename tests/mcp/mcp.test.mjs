@@ -80,7 +80,7 @@ test('run_code: output, results and a chart as a PNG image', async () => {
     arguments: {
       sandbox_id: sandbox,
       language: 'python',
-      code: 'import matplotlib\nmatplotlib.use("Agg")\nimport matplotlib.pyplot as plt\n'
+      code: 'import matplotlib.pyplot as plt\n'
         + 'plt.plot([1, 2, 3], [4, 1, 9])\nplt.title("sbxd")\nplt.show()\nprint("sum", sum(range(10)))\nx = 6 * 7\nx',
     },
   });
