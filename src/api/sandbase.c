@@ -517,33 +517,7 @@ capture_event (const struct sbx_proc_event *ev, void *ud)
 json_t *
 text_json (const char *s, size_t n)
 {
-  json_t *j = json_stringn (s ? s : "", s ? n : 0);
-  if (j)
-    return j;
-  char *clean = malloc (n * 3 + 1);
-  size_t o = 0;
-  for (size_t i = 0; i < n;)
-    {
-      unsigned char ch = (unsigned char) s[i];
-      size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
-      json_t *probe = len && i + len <= n ? json_stringn (s + i, len) : NULL;
-      if (probe)
-        {
-          memcpy (clean + o, s + i, len);
-          o += len;
-          i += len;
-          json_decref (probe);
-        }
-      else
-        {
-          memcpy (clean + o, "\xef\xbf\xbd", 3);
-          o += 3;
-          i++;
-        }
-    }
-  j = json_stringn (clean, o);
-  free (clean);
-  return j;
+  return sbx_json_text (s, n);
 }
 
 static void

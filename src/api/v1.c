@@ -659,37 +659,6 @@ v1_runnable (struct call *k, const struct sbx_sandbox_rec *rec, enum MHD_Result 
   return false;
 }
 
-struct v1_run {
-  struct sbx_capture out, err;
-  bool ended, timed_out;
-  int exit_code, signal;
-};
-
-static int
-v1_run_event (const struct sbx_proc_event *ev, void *ud)
-{
-  struct v1_run *r = ud;
-  switch (ev->kind)
-    {
-    case SBX_PROC_STDOUT:
-    case SBX_PROC_PTY:
-      sbx_capture_add (&r->out, ev->data, ev->len);
-      break;
-    case SBX_PROC_STDERR:
-      sbx_capture_add (&r->err, ev->data, ev->len);
-      break;
-    case SBX_PROC_END:
-      r->ended = true;
-      r->exit_code = ev->exit_code;
-      r->signal = ev->signal;
-      r->timed_out = ev->timed_out;
-      break;
-    default:
-      break;
-    }
-  return 0;
-}
-
 /* Run ARGV in sandbox ID ("active" meanwhile) and answer {stdout, stderr,
    exitCode, durationMs}; a process its timeout killed exits 124, as
    timeout(1) says it. */
@@ -697,14 +666,14 @@ static enum MHD_Result
 v1_run_answer (struct call *k, const char *id, const char *const *argv, const char *const *env, const char *cwd,
                uint32_t timeout_ms)
 {
-  struct v1_run r = { 0 };
+  struct sbx_proc_capture r = { 0 };
   sbx_capture_init (&r.out, V1_OUTPUT_MAX, false);
   sbx_capture_init (&r.err, V1_OUTPUT_MAX, false);
   struct sbx_exec_opts o = { .argv = argv, .env = env, .cwd = cwd, .timeout_ms = timeout_ms, .tag = "sbxd-v1" };
   struct sbx_err err;
   int64_t t0 = sbx_wall_ms ();
   sbx_service_busy_begin (id);
-  int rc = sbx_exec (k->h->engine, id, &o, v1_run_event, &r, &err);
+  int rc = sbx_exec (k->h->engine, id, &o, sbx_proc_capture_event, &r, &err);
   sbx_service_busy_end (id);
   int64_t ms = sbx_wall_ms () - t0;
   enum MHD_Result ret;

@@ -104,3 +104,39 @@ sbx_rfc3339 (int64_t ms, char *buf, size_t n)
   base[strlen (base) - 1] = '\0'; /* the Z goes after the milliseconds */
   snprintf (buf, n, "%s.%03dZ", base, (int) (ms % 1000));
 }
+
+/* JSON strings must be UTF-8: invalid bytes become U+FFFD (output and file
+   names come from the sandbox). */
+json_t *
+sbx_json_text (const char *s, size_t n)
+{
+  json_t *j = json_stringn (s ? s : "", s ? n : 0);
+  if (j || s == NULL)
+    return j;
+  char *clean = malloc (n * 3 + 1);
+  if (clean == NULL)
+    return NULL;
+  size_t o = 0;
+  for (size_t i = 0; i < n;)
+    {
+      unsigned char ch = (unsigned char) s[i];
+      size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
+      json_t *probe = len && i + len <= n ? json_stringn (s + i, len) : NULL;
+      if (probe)
+        {
+          memcpy (clean + o, s + i, len);
+          o += len;
+          i += len;
+          json_decref (probe);
+        }
+      else
+        {
+          memcpy (clean + o, "\xef\xbf\xbd", 3);
+          o += 3;
+          i++;
+        }
+    }
+  j = json_stringn (clean, o);
+  free (clean);
+  return j;
+}

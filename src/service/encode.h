@@ -5,8 +5,14 @@
 #ifndef SBX_SERVICE_ENCODE_H
 #define SBX_SERVICE_ENCODE_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* A JSON string of the N bytes at S (NULL: ""), which must be UTF-8:
+   invalid bytes become U+FFFD (output and file names come from the
+   sandbox). */
+json_t *sbx_json_text (const char *s, size_t n);
 
 /* Newly allocated base64 text of DATA. */
 char *sbx_b64_encode (const void *data, size_t len);

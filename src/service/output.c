@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/sandbox.h"
+
 struct sbx_budget sbx_output_budget = { .max = SBX_OUTPUT_BUDGET };
 
 /* The next character of S (N bytes, N > 0): its raw length in *RAW and
@@ -245,4 +247,29 @@ sbx_capture_free (struct sbx_capture *c)
   sbx_budget_give (&sbx_output_budget, c->alloc);
   c->data = NULL;
   c->len = c->alloc = 0;
+}
+
+int
+sbx_proc_capture_event (const struct sbx_proc_event *ev, void *ud)
+{
+  struct sbx_proc_capture *r = ud;
+  switch (ev->kind)
+    {
+    case SBX_PROC_STDOUT:
+    case SBX_PROC_PTY:
+      sbx_capture_add (&r->out, ev->data, ev->len);
+      break;
+    case SBX_PROC_STDERR:
+      sbx_capture_add (&r->err, ev->data, ev->len);
+      break;
+    case SBX_PROC_END:
+      r->ended = true;
+      r->exit_code = ev->exit_code;
+      r->signal = ev->signal;
+      r->timed_out = ev->timed_out;
+      break;
+    default:
+      break;
+    }
+  return 0;
 }

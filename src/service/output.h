@@ -57,4 +57,16 @@ void sbx_capture_free (struct sbx_capture *c);
 /* The size of raw bytes S once encoded as a JSON string's contents. */
 size_t sbx_json_text_size (const void *s, size_t n);
 
+/* What a command printed and how it ended, collected from the engine's
+   events by sbx_proc_capture_event (a sbx_exec callback, UD this), for the
+   answers that wait for the end (seed 004's exec, the run_command tool).
+   OUT and ERR are sbx_capture_init'ed by the caller. */
+struct sbx_proc_event;
+struct sbx_proc_capture {
+  struct sbx_capture out, err;
+  bool ended, timed_out;
+  int exit_code, signal;
+};
+int sbx_proc_capture_event (const struct sbx_proc_event *ev, void *ud);
+
 #endif

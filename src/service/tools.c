@@ -185,41 +185,6 @@ sbx_tools_list (void)
 
 /* ---- results ---- */
 
-/* JSON strings must be UTF-8: invalid bytes become U+FFFD (output and file
-   names come from the sandbox). */
-static json_t *
-text_value (const char *s, size_t n)
-{
-  json_t *j = json_stringn (s ? s : "", s ? n : 0);
-  if (j || s == NULL)
-    return j;
-  char *clean = malloc (n * 3 + 1);
-  if (clean == NULL)
-    return NULL;
-  size_t o = 0;
-  for (size_t i = 0; i < n;)
-    {
-      unsigned char ch = (unsigned char) s[i];
-      size_t len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
-      json_t *probe = len && i + len <= n ? json_stringn (s + i, len) : NULL;
-      if (probe)
-        {
-          memcpy (clean + o, s + i, len);
-          o += len;
-          i += len;
-          json_decref (probe);
-        }
-      else
-        {
-          memcpy (clean + o, "\xef\xbf\xbd", 3);
-          o += 3;
-          i++;
-        }
-    }
-  j = json_stringn (clean, o);
-  free (clean);
-  return j;
-}
 
 static json_t *
 text_content (json_t *text)
@@ -238,7 +203,7 @@ tool_error (json_t **result, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
-  *result = json_pack ("{s:[o], s:b}", "content", text_content (text_value (msg, strlen (msg))), "isError", 1);
+  *result = json_pack ("{s:[o], s:b}", "content", text_content (sbx_json_text (msg, strlen (msg))), "isError", 1);
   return 0;
 }
 
@@ -269,7 +234,7 @@ structured_result (json_t **result, json_t *s, json_t *extra, bool is_error)
 static int
 text_result (json_t **result, const char *text, size_t n)
 {
-  *result = json_pack ("{s:[o], s:b}", "content", text_content (text_value (text, n)), "isError", 0);
+  *result = json_pack ("{s:[o], s:b}", "content", text_content (sbx_json_text (text, n)), "isError", 0);
   return *result ? 0 : -1;
 }
 
@@ -378,37 +343,6 @@ tool_running (const struct sbx_sandbox_rec *rec, json_t **result)
 
 /* ---- run_command ---- */
 
-struct command_run {
-  struct sbx_capture out, err;
-  bool ended, timed_out;
-  int exit_code, signal;
-};
-
-static int
-command_event (const struct sbx_proc_event *ev, void *ud)
-{
-  struct command_run *r = ud;
-  switch (ev->kind)
-    {
-    case SBX_PROC_STDOUT:
-    case SBX_PROC_PTY:
-      sbx_capture_add (&r->out, ev->data, ev->len);
-      break;
-    case SBX_PROC_STDERR:
-      sbx_capture_add (&r->err, ev->data, ev->len);
-      break;
-    case SBX_PROC_END:
-      r->ended = true;
-      r->exit_code = ev->exit_code;
-      r->signal = ev->signal;
-      r->timed_out = ev->timed_out;
-      break;
-    default:
-      break;
-    }
-  return 0;
-}
-
 /* ENV (an object of strings) as "KEY=VALUE" strings into *OUT (NULL when
    none); false after an error result. */
 static bool
@@ -499,7 +433,7 @@ run_command (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, json_t 
       return 0;
     }
 
-  struct command_run r = { 0 };
+  struct sbx_proc_capture r = { 0 };
   sbx_capture_init (&r.out, TOOL_OUTPUT_MAX, false);
   sbx_capture_init (&r.err, TOOL_OUTPUT_MAX, false);
   struct sbx_exec_opts o = { .argv = argv,
@@ -509,7 +443,7 @@ run_command (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, json_t 
                              .tag = "sbxd-mcp" };
   struct sbx_err err;
   sbx_service_busy_begin (rec->id);
-  int rc = sbx_exec (sbx_service_engine (svc), rec->id, &o, command_event, &r, &err);
+  int rc = sbx_exec (sbx_service_engine (svc), rec->id, &o, sbx_proc_capture_event, &r, &err);
   sbx_service_busy_end (rec->id);
   sbx_strv_free (env);
   if (rc < 0 || !r.ended)
@@ -525,7 +459,7 @@ run_command (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, json_t 
   size_t no, ne;
   char *so = sbx_capture_take (&r.out, &no), *se = sbx_capture_take (&r.err, &ne);
   int code = r.timed_out ? 124 : r.signal ? 128 + r.signal : r.exit_code;
-  json_t *s = json_pack ("{s:o, s:o, s:i}", "stdout", text_value (so, no), "stderr", text_value (se, ne),
+  json_t *s = json_pack ("{s:o, s:o, s:i}", "stdout", sbx_json_text (so, no), "stderr", sbx_json_text (se, ne),
                          "exit_code", code);
   free (so);
   free (se);
@@ -816,7 +750,7 @@ run_code (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, json_t *ar
   sbx_capture_end (&r.err);
   size_t no, ne;
   char *so = sbx_capture_take (&r.out, &no), *se = sbx_capture_take (&r.err, &ne);
-  json_t *s = json_pack ("{s:o, s:o, s:O, s:O}", "stdout", text_value (so, no), "stderr", text_value (se, ne),
+  json_t *s = json_pack ("{s:o, s:o, s:O, s:O}", "stdout", sbx_json_text (so, no), "stderr", sbx_json_text (se, ne),
                          "results", r.results, "error", r.error ? r.error : json_null ());
   free (so);
   free (se);
