@@ -41,9 +41,8 @@
 
 struct history {
   char id[SBX_ID_MAX];
-  struct sbx_sample *v; /* the ring: v[(head + i) % cap] is the i-th oldest */
-  size_t cap, n, head;
-  bool seen;            /* by the current pass */
+  struct sbx_sample_ring ring;
+  bool seen; /* by the current pass */
 };
 
 struct sbx_sampler {
@@ -90,42 +89,8 @@ find_or_add (struct sbx_sampler *s, const char *id)
 static void
 drop_at (struct sbx_sampler *s, size_t i)
 {
-  free (s->h[i].v);
+  sbx_sample_ring_free (&s->h[i].ring);
   s->h[i] = s->h[--s->n_h];
-}
-
-static const struct sbx_sample *
-nth (const struct history *h, size_t i)
-{
-  return &h->v[(h->head + i) % h->cap];
-}
-
-/* Append SAMPLE to H, unless it is not newer than H's newest (a request
-   and the thread sampled at once). */
-static void
-push (struct history *h, const struct sbx_sample *sample)
-{
-  if (h->n > 0 && nth (h, h->n - 1)->at_ms >= sample->at_ms)
-    return;
-  if (h->n == h->cap && h->cap < SBX_SAMPLES_MAX)
-    {
-      /* not yet wrapped (head is 0 until the ring is at its bound) */
-      size_t cap = h->cap ? h->cap * 2 : 16;
-      if (cap > SBX_SAMPLES_MAX)
-        cap = SBX_SAMPLES_MAX;
-      struct sbx_sample *v = realloc (h->v, cap * sizeof *v);
-      if (v == NULL)
-        return; /* the sample is lost, the history stays */
-      h->v = v;
-      h->cap = cap;
-    }
-  if (h->n < h->cap)
-    h->v[(h->head + h->n++) % h->cap] = *sample;
-  else
-    {
-      h->v[h->head] = *sample;
-      h->head = (h->head + 1) % h->cap;
-    }
 }
 
 static int
@@ -169,7 +134,7 @@ sample_all (struct sbx_sampler *s)
         {
           h->seen = true;
           if (have)
-            push (h, &sample);
+            sbx_sample_ring_push (&h->ring, &sample);
         }
       pthread_mutex_unlock (&s->lock);
     }
@@ -286,7 +251,7 @@ ready (struct sbx_sampler *s, const char *id, struct sbx_err *err)
     return 0;
   pthread_mutex_lock (&s->lock);
   struct history *h = find (s, id);
-  bool empty = h == NULL || h->n == 0;
+  bool empty = h == NULL || h->ring.n == 0;
   pthread_mutex_unlock (&s->lock);
   if (!empty)
     return 0;
@@ -298,7 +263,7 @@ ready (struct sbx_sampler *s, const char *id, struct sbx_err *err)
   if (h)
     {
       h->seen = true;
-      push (h, &sample);
+      sbx_sample_ring_push (&h->ring, &sample);
     }
   pthread_mutex_unlock (&s->lock);
   return 0;
@@ -314,23 +279,18 @@ sbx_sampler_window (struct sbx_sampler *s, const char *id, int64_t from_ms, int6
     return -1;
   pthread_mutex_lock (&s->lock);
   struct history *h = find (s, id);
-  size_t first = 0, end = h ? h->n : 0;
-  /* the ring is in time order: the window is one run of it */
-  while (first < end && nth (h, first)->at_ms < from_ms)
-    first++;
-  while (end > first && nth (h, end - 1)->at_ms > to_ms)
-    end--;
-  if (end > first)
+  size_t first = 0, count = h ? sbx_sample_ring_window (&h->ring, from_ms, to_ms, &first) : 0;
+  if (count > 0)
     {
-      *out = malloc ((end - first) * sizeof **out);
+      *out = malloc (count * sizeof **out);
       if (*out == NULL)
         {
           pthread_mutex_unlock (&s->lock);
           return sbx_fail (err, ENOMEM, "metrics");
         }
-      for (size_t i = first; i < end; i++)
-        (*out)[i - first] = *nth (h, i);
-      *n = end - first;
+      for (size_t i = 0; i < count; i++)
+        (*out)[i] = *sbx_sample_ring_at (&h->ring, first + i);
+      *n = count;
     }
   pthread_mutex_unlock (&s->lock);
   return 0;
@@ -345,9 +305,9 @@ sbx_sampler_latest (struct sbx_sampler *s, const char *id, struct sbx_sample *ou
     return -1;
   pthread_mutex_lock (&s->lock);
   struct history *h = find (s, id);
-  if (h && h->n > 0)
+  if (h && h->ring.n > 0)
     {
-      *out = *nth (h, h->n - 1);
+      *out = *sbx_sample_ring_at (&h->ring, h->ring.n - 1);
       *found = true;
     }
   pthread_mutex_unlock (&s->lock);

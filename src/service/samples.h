@@ -12,20 +12,13 @@
 #include <stdint.h>
 
 #include "../common/error.h"
-#include "../core/sandbox.h"
+#include "sample_ring.h"
 
-/* Samples kept per sandbox: the last hour at E2B's 5 s. */
-#define SBX_SAMPLES_MAX 720u
 /* The interval between two samples of a sandbox, by default (E2B's). */
 #define SBX_SAMPLE_INTERVAL_MS 5000u
 /* The bounds of sbxd serve --metrics-interval-ms. */
 #define SBX_SAMPLE_INTERVAL_MIN_MS 100u
 #define SBX_SAMPLE_INTERVAL_MAX_MS 600000u
-
-struct sbx_sample {
-  int64_t at_ms;        /* wall clock, ms since the epoch */
-  struct sbx_metrics m; /* cpu_used_pct: averaged since the previous sample */
-};
 
 struct sbx_sampler;
 
