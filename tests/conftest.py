@@ -6,6 +6,7 @@ templates come from the machine's template directory (SBXD_TEMPLATE_DIR or
 /var/lib/sbxd/templates), where the test command builds `base`.
 """
 import base64
+import datetime
 import json
 import os
 import shutil
@@ -38,6 +39,16 @@ SBXD = os.path.join(ROOT, "build", "sbxd")
 # a small file system of its own.
 SUITE_DISK_ARGS = ["--disk-overcommit", "16"]
 
+# The suite's daemons sample the sandboxes' metrics every second rather
+# than every 5 s (E2B's, the default), so a test waits at most about a
+# second for a sample taken after what it did (Sbxd.metrics_after).
+SUITE_METRICS_ARGS = ["--metrics-interval-ms", "1000"]
+
+
+def sample_time(m):
+    """A metrics sample's time, unix seconds with its milliseconds."""
+    return datetime.datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00")).timestamp()
+
 
 def free_port():
     with socket.socket() as s:
@@ -65,7 +76,8 @@ class Sbxd:
         ARGS name one, the sandboxes' DNS goes to a closed port on the
         host's loopback, so that no test sends anything off this machine.
         SUITE_DISK adds SUITE_DISK_ARGS unless ARGS say --disk-overcommit;
-        False leaves the daemon's own default."""
+        False leaves the daemon's own default.  SUITE_METRICS_ARGS are
+        added unless ARGS say --metrics-interval-ms."""
         self.log = open(self.log_path, "ab")
         out = open(self.out_path, "wb")
         args = list(args or [])
@@ -73,6 +85,8 @@ class Sbxd:
             args += ["--dns-upstream", "127.0.0.1:9"]
         if suite_disk and "--disk-overcommit" not in args:
             args += SUITE_DISK_ARGS
+        if "--metrics-interval-ms" not in args:
+            args += SUITE_METRICS_ARGS
         self.args = args
         self.proc = subprocess.Popen(
             [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir] + args,
@@ -165,6 +179,19 @@ class Sbxd:
         r = self.req("GET", f"/sandboxes/{sid}/filesystem", params=params)
         assert r.status_code == expect, r.text
         return base64.b64decode(r.json()["content"]) if expect == 200 else r.json()
+
+    def metrics_after(self, sid, t, timeout=15):
+        """The samples of SID's metrics history taken at or after unix time
+        T (seconds, a float), once there is one; fails after TIMEOUT s."""
+        deadline = time.time() + timeout
+        while True:
+            r = self.req("GET", f"/sandboxes/{sid}/metrics")
+            assert r.status_code == 200, r.text
+            after = [m for m in r.json() if sample_time(m) >= t]
+            if after:
+                return after
+            assert time.time() < deadline, f"no sample of {sid} after {t}: {r.text[-500:]}"
+            time.sleep(0.2)
 
     def sandbox_ids(self):
         return [s["sandboxID"] for s in self.req("GET", "/sandboxes").json()]

@@ -241,5 +241,5 @@ def test_list_and_metrics_filters_are_checked(box):
         r = d.req("GET", f"/sandboxes/{sid}/metrics", params=params)
         assert r.status_code == 400 and r.json()["message"] == msg, params
     now = int(time.time())
-    assert len(d.req("GET", f"/sandboxes/{sid}/metrics", params={"start": now - 60, "end": now + 60}).json()) == 1
+    assert len(d.req("GET", f"/sandboxes/{sid}/metrics", params={"start": now - 60, "end": now + 60}).json()) >= 1
     assert d.req("GET", f"/sandboxes/{sid}/metrics", params={"start": 0, "end": now - 600}).json() == []

@@ -232,6 +232,7 @@ enum MHD_Result sandbase_connect (struct call *k);
 enum MHD_Result sandbase_timeout (struct call *k);
 enum MHD_Result sandbase_refresh (struct call *k);
 enum MHD_Result sandbase_metrics (struct call *k);
+enum MHD_Result sandbase_metrics_many (struct call *k);
 enum MHD_Result sandbase_exec (struct call *k);
 enum MHD_Result sandbase_exec_stream (struct call *k);
 enum MHD_Result sandbase_processes (struct call *k);

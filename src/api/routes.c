@@ -31,6 +31,7 @@ const struct route api_routes[] = {
   { "POST", "/sandboxes", sandbase_create, 0, D1 },
   { "GET", "/sandboxes", sandbase_list, 0, D1 },
   { "GET", "/v2/sandboxes", e2b_list_v2, 0, D1 },
+  { "GET", "/sandboxes/metrics", sandbase_metrics_many, 0, D1 },
   { "GET", "/v2/sandboxes/:id/logs", e2b_logs_v2, SB, D1 },
   { "GET", "/sandboxes/:id/logs", e2b_logs_v1, SB, D1 },
   { "GET", "/sandboxes/:id", sandbase_get, SB, D1 },

@@ -29,6 +29,7 @@
 #include "../common/util.h"
 #include "../service/encode.h"
 #include "../service/output.h"
+#include "../service/samples.h"
 #include "../service/service.h"
 
 #define MAX_READ_BYTES (1u << 20)     /* seed 001: reads larger than 1 MB are refused */
@@ -350,9 +351,34 @@ connect_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
   return send_sandbox (h, c, id, 200);
 }
 
-/* E2B's start and end (unix seconds): sbxd keeps no history of samples,
-   so the answer is the sample taken now when now is within [start, end],
-   else none. */
+/* One sample in E2B's shape (SandboxMetric), with SandBase's oomKills and
+   pids. */
+static json_t *
+sample_json (const struct sbx_sample *sm)
+{
+  const struct sbx_metrics *m = &sm->m;
+  char at[40];
+  sbx_rfc3339 (sm->at_ms, at, sizeof at);
+  json_t *o = json_pack ("{s:s, s:I, s:f, s:i, s:I, s:I, s:I, s:I, s:I}", "timestamp", at, "timestampUnix",
+                         (json_int_t) (sm->at_ms / 1000), "cpuUsedPct", m->cpu_used_pct, "cpuCount",
+                         (int) m->cpu_count, "memUsed", (json_int_t) m->mem_used, "memTotal",
+                         (json_int_t) m->mem_total, "memCache", (json_int_t) m->mem_cache, "diskUsed",
+                         (json_int_t) m->disk_used, "diskTotal", (json_int_t) m->disk_total);
+  if (o)
+    {
+      json_object_set_new (o, "oomKills", json_integer ((json_int_t) m->oom_kills));
+      json_object_set_new (o, "pids", json_integer ((json_int_t) m->pids));
+    }
+  return o;
+}
+
+/* Unix times from here on in milliseconds: seconds (what E2B's SDKs
+   send, rounded) until the year 5138. */
+#define UNIX_MS_FROM 100000000000LL
+
+/* E2B's start and end: the samples of the history (service/samples.c)
+   taken within them, oldest first.  A time in seconds covers its whole
+   second, since the SDKs round their dates to seconds. */
 static enum MHD_Result
 metrics_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id)
 {
@@ -366,31 +392,93 @@ metrics_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id
       char *end;
       errno = 0;
       long long v = strtoll (t, &end, 10);
-      if (*end || errno || v < 0)
+      if (*t < '0' || *t > '9' || *end || errno || v < 0)
         return send_error (c, 400, "%s must be a unix time in seconds", names[i]);
-      bound[i] = v;
+      bound[i] = v >= UNIX_MS_FROM ? v : v * 1000 + (i ? 999 : 0);
     }
   if (bound[0] > bound[1])
     return send_error (c, 400, "start must not be after end");
-  struct sbx_metrics m;
+  struct sbx_sampler *sampler = sbx_service_sampler (h->svc);
+  if (sampler == NULL)
+    return send_error (c, 503, "metrics are not kept");
+  struct sbx_sample *v;
+  size_t n;
   struct sbx_err err;
-  if (sbx_get_metrics (h->engine, id, &m, &err) < 0)
+  if (sbx_sampler_window (sampler, id, bound[0], bound[1], &v, &n, &err) < 0)
     return send_fail (c, &err);
-  int64_t now_ms = sbx_wall_ms ();
-  /* the SDK rounds its dates to seconds */
-  if (bound[0] > (now_ms + 999) / 1000 || bound[1] < now_ms / 1000)
-    return send_json (c, 200, json_array ());
-  char now[40];
-  sbx_rfc3339 (now_ms, now, sizeof now);
-  json_t *one = json_pack ("{s:s, s:f, s:i, s:I, s:I, s:I, s:I, s:I}", "timestamp", now, "cpuUsedPct", m.cpu_used_pct,
-                           "cpuCount", (int) m.cpu_count, "memUsed", (json_int_t) m.mem_used, "memTotal",
-                           (json_int_t) m.mem_total, "memCache", (json_int_t) m.mem_cache, "diskUsed",
-                           (json_int_t) m.disk_used, "diskTotal", (json_int_t) m.disk_total);
-  json_object_set_new (one, "oomKills", json_integer ((json_int_t) m.oom_kills));
-  json_object_set_new (one, "pids", json_integer ((json_int_t) m.pids));
   json_t *arr = json_array ();
-  json_array_append_new (arr, one);
+  for (size_t i = 0; i < n && arr; i++)
+    if (json_array_append_new (arr, sample_json (&v[i])) < 0)
+      {
+        json_decref (arr);
+        arr = NULL;
+      }
+  free (v);
+  if (arr == NULL)
+    return send_error (c, 500, "out of memory");
   return send_json (c, 200, arr);
+}
+
+/* E2B's GET /sandboxes/metrics?sandbox_ids=a,b (SandboxesWithMetrics):
+   the newest sample of each of the caller's sandboxes named, under its
+   id; ids of no sandbox of the caller's, stopped ones and those with no
+   sample yet are left out, as E2B leaves out all but running ones. */
+#define METRICS_IDS_MAX 100
+
+enum MHD_Result
+sandbase_metrics_many (struct call *k)
+{
+  struct MHD_Connection *c = k->c;
+  const char *ids = query (c, "sandbox_ids");
+  if (ids == NULL || *ids == '\0')
+    return send_error (c, 400, "sandbox_ids is required");
+  struct sbx_sampler *sampler = sbx_service_sampler (k->h->svc);
+  if (sampler == NULL)
+    return send_error (c, 503, "metrics are not kept");
+  char seen[METRICS_IDS_MAX][SBX_ID_MAX];
+  size_t n_seen = 0;
+  json_t *by_id = json_object ();
+  if (by_id == NULL)
+    return send_error (c, 500, "out of memory");
+  for (const char *p = ids; *p;)
+    {
+      size_t len = strcspn (p, ",");
+      char id[SBX_ID_MAX];
+      if (len == 0 || len >= sizeof id)
+        {
+          json_decref (by_id);
+          return send_error (c, 400, "sandbox_ids must be sandbox ids separated by commas");
+        }
+      memcpy (id, p, len);
+      id[len] = '\0';
+      p += len + (p[len] == ',');
+      for (size_t i = 0; i < n_seen; i++)
+        if (strcmp (seen[i], id) == 0)
+          {
+            json_decref (by_id);
+            return send_error (c, 400, "sandbox_ids must not repeat an id");
+          }
+      if (n_seen == METRICS_IDS_MAX)
+        {
+          json_decref (by_id);
+          return send_error (c, 400, "sandbox_ids may name at most %d sandboxes", METRICS_IDS_MAX);
+        }
+      memcpy (seen[n_seen++], id, sizeof id);
+    }
+  for (size_t i = 0; i < n_seen; i++)
+    {
+      struct sbx_sandbox_rec rec;
+      struct sbx_err err;
+      if (sbx_service_sandbox_get (k->h->svc, &k->rq->org, seen[i], &rec, &err) < 0)
+        continue; /* not the caller's: as if it did not exist */
+      sbx_sandbox_rec_free (&rec);
+      struct sbx_sample sm;
+      bool found;
+      if (sbx_sampler_latest (sampler, seen[i], &sm, &found, &err) < 0 || !found)
+        continue;
+      json_object_set_new (by_id, seen[i], sample_json (&sm));
+    }
+  return send_json (c, 200, json_pack ("{s:o}", "sandboxes", by_id));
 }
 
 /* ---- processes ---- */

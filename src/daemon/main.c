@@ -22,6 +22,7 @@
 #include "../service/agents.h"
 #include "../service/builds.h"
 #include "../service/fairshare.h"
+#include "../service/samples.h"
 #include "../service/service.h"
 #include "../api/server.h"
 #include "../service/store.h"
@@ -56,6 +57,7 @@ usage (FILE *f)
          "             [--domain DOMAIN[:PORT]]   (sandbox ports at PORT-ID.DOMAIN)\n"
          "             [--tls-cert FILE --tls-key FILE]   (serve HTTPS)\n"
          "             [--build-workers N]   (template builds at once; default 1)\n"
+         "             [--metrics-interval-ms MS]   (sandbox metrics history; default 5000)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -184,6 +186,7 @@ cmd_serve (int argc, char **argv)
                                         { "tls-cert", required_argument, NULL, 'E' },
                                         { "tls-key", required_argument, NULL, 'K' },
                                         { "build-workers", required_argument, NULL, 'B' },
+                                        { "metrics-interval-ms", required_argument, NULL, 'X' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -204,6 +207,7 @@ cmd_serve (int argc, char **argv)
   struct sbx_capacity capacity = { 0 }; /* no cap on the count; memory: what the host can hold */
   const char *domain = NULL, *tls_cert = NULL, *tls_key = NULL;
   uint32_t build_workers = SBX_BUILD_WORKERS;
+  uint32_t metrics_interval_ms = SBX_SAMPLE_INTERVAL_MS;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -339,6 +343,13 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--build-workers", optarg, 1, 64, &build_workers) < 0)
           return 2;
         break;
+      case 'X':
+        /* the sandboxes' metrics history (E2B's getMetrics): every 5 s as
+           E2B, shorter for tests */
+        if (parse_u32 ("--metrics-interval-ms", optarg, SBX_SAMPLE_INTERVAL_MIN_MS, SBX_SAMPLE_INTERVAL_MAX_MS,
+                       &metrics_interval_ms) < 0)
+          return 2;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -457,6 +468,10 @@ cmd_serve (int argc, char **argv)
   if (sbx_fairshare_start (store, engine, &fair, &err) < 0)
     sbx_log_fields (SBX_LOG_WARN, "cannot share the CPU between organisations", "error", err.msg, NULL);
   sbx_service_set_fairshare (svc, fair);
+  struct sbx_sampler *sampler = NULL;
+  if (sbx_sampler_start (engine, metrics_interval_ms, &sampler, &err) < 0)
+    sbx_log_fields (SBX_LOG_WARN, "cannot keep the sandboxes' metrics history", "error", err.msg, NULL);
+  sbx_service_set_sampler (svc, sampler);
   struct sbx_meter *meter = NULL;
   if (sbx_meter_start (svc, &meter, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot start the meter of monthly sandbox hours", "error", err.msg, NULL);
@@ -514,6 +529,8 @@ cmd_serve (int argc, char **argv)
       return 0;
     }
   sbx_meter_stop (meter);
+  sbx_service_set_sampler (svc, NULL);
+  sbx_sampler_stop (sampler);
   sbx_builds_stop ();
   sbx_service_placement_stop ();
   sbx_service_set_fairshare (svc, NULL);

@@ -27,6 +27,7 @@
 #include "encode.h"
 #include "fairshare.h"
 #include "placement.h"
+#include "samples.h"
 #include "webhook.h"
 
 struct sbx_service {
@@ -34,6 +35,7 @@ struct sbx_service {
   struct sbx_engine *engine;     /* set once opened */
   struct sbx_webhooks *webhooks; /* may be NULL until started */
   struct sbx_fairshare *fair;    /* NULL: sandboxes keep equal weights */
+  struct sbx_sampler *sampler;   /* NULL: no metrics history */
   struct sbx_saves *saves;       /* checkpoints and artifacts (checkpoints.c); NULL: none */
 };
 
@@ -91,6 +93,18 @@ void
 sbx_service_set_fairshare (struct sbx_service *svc, struct sbx_fairshare *fair)
 {
   svc->fair = fair;
+}
+
+void
+sbx_service_set_sampler (struct sbx_service *svc, struct sbx_sampler *sampler)
+{
+  svc->sampler = sampler;
+}
+
+struct sbx_sampler *
+sbx_service_sampler (struct sbx_service *svc)
+{
+  return svc->sampler;
 }
 
 struct sbx_engine *
@@ -188,6 +202,8 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
      one gives it back (placement.c) */
   if (kind == SBX_EVENT_KILLED || kind == SBX_EVENT_PAUSED)
     sbx_place_release (id);
+  if (kind == SBX_EVENT_KILLED && svc)
+    sbx_sampler_forget (svc->sampler, id);
   /* a create records its sandbox itself, with what only the service knows */
   if (svc == NULL || kind == SBX_EVENT_CREATED)
     return;

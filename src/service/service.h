@@ -45,6 +45,11 @@ void sbx_service_set_webhooks (struct sbx_service *svc, struct sbx_webhooks *wh)
    each recorded change; NULL detaches it. */
 struct sbx_fairshare;
 void sbx_service_set_fairshare (struct sbx_service *svc, struct sbx_fairshare *fair);
+/* The history of the sandboxes' metrics (samples.h); a sandbox's is
+   dropped at its killed event. */
+struct sbx_sampler;
+void sbx_service_set_sampler (struct sbx_service *svc, struct sbx_sampler *sampler);
+struct sbx_sampler *sbx_service_sampler (struct sbx_service *svc);
 struct sbx_engine *sbx_service_engine (struct sbx_service *svc);
 struct sbx_store *sbx_service_store (struct sbx_service *svc);
 

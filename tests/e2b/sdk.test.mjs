@@ -289,12 +289,40 @@ describe('with one shared sandbox', () => {
     assert.equal(await sbx.isRunning(), true)
   })
 
-  test('getMetrics honours start and end', T, async () => {
+  test('getMetrics keeps a history: samples in order, memory allocated inside, start/end select a window', T, async () => {
+    const before = Date.now()
+    const hog = await sbx.commands.run(`python3 -c "import time; x = b'\\1' * (200 << 20); time.sleep(60)"`, { background: true })
+    try {
+      // samples come every 5 s at E2B (every second on the suite's daemon):
+      // wait, for at most 20 s, for three taken since the memory was held
+      let metrics = []
+      for (const end = Date.now() + 20_000; Date.now() < end; await sleep(200)) {
+        metrics = await sbx.getMetrics()
+        const since = metrics.filter((m) => m.timestamp.getTime() >= before + 1000)
+        if (since.length >= 3 && since[since.length - 1].memUsed >= 200 << 20) break
+      }
+      assert.ok(metrics.length >= 3, JSON.stringify(metrics))
+      const times = metrics.map((m) => m.timestamp.getTime())
+      for (let i = 1; i < times.length; i++) assert.ok(times[i] > times[i - 1], `not in time order: ${times}`)
+      const last = metrics[metrics.length - 1]
+      assert.ok(last.memUsed >= 200 << 20 && last.memUsed < last.memTotal, `memUsed ${last.memUsed} of ${last.memTotal}`)
+      assert.ok(last.timestamp.getTime() >= before, `last sample ${last.timestamp.toISOString()}`)
+
+      // a window of whole seconds holds exactly the samples taken in them
+      // (seconds no new sample can fall in: the next comes after the newest)
+      const from = Math.floor(times[times.length - 3] / 1000) * 1000
+      const to = Math.floor(times[times.length - 2] / 1000) * 1000
+      const inside = await sbx.getMetrics({ start: new Date(from), end: new Date(to) })
+      const want = metrics.filter((m) => m.timestamp.getTime() >= from && m.timestamp.getTime() < to + 1000)
+      assert.deepEqual(inside.map((m) => m.timestamp.getTime()), want.map((m) => m.timestamp.getTime()))
+      const older = await sbx.getMetrics({ end: new Date(from - 1000) })
+      assert.ok(older.every((m) => m.timestamp.getTime() < from), JSON.stringify(older))
+      assert.equal(older.length, metrics.filter((m) => m.timestamp.getTime() < from).length)
+    } finally {
+      await hog.kill()
+    }
     const now = Date.now()
-    const inside = await sbx.getMetrics({ start: new Date(now - 60_000), end: new Date(now + 60_000) })
-    assert.equal(inside.length, 1, JSON.stringify(inside))
-    assert.ok(Math.abs(inside[0].timestamp.getTime() - now) < 60_000)
-    assert.deepEqual(await sbx.getMetrics({ start: new Date(now - 3_600_000), end: new Date(now - 1_800_000) }), [])
+    assert.deepEqual(await sbx.getMetrics({ start: new Date(now - 7_200_000), end: new Date(now - 3_600_000) }), [])
     assert.deepEqual(await sbx.getMetrics({ start: new Date(now + 1_800_000) }), [])
     await assert.rejects(sbx.getMetrics({ start: new Date(now), end: new Date(now - 60_000) }), /start must not be after end/)
   })

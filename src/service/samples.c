@@ -1,0 +1,315 @@
+/*
+ * samples.c - the history of every sandbox's metrics.
+ *
+ * E2B samples each sandbox every 5 seconds and answers getMetrics({start,
+ * end}) from that history.  Here one thread does it for all sandboxes: at
+ * every interval it lists the engine's sandboxes and asks the core for
+ * the numbers of each running one (sbx_get_metrics: its cgroup, v1, v2
+ * or hybrid, and its disk), then appends them to that sandbox's ring.  A
+ * thread per sandbox would cost a stack per sandbox for work that takes
+ * microseconds; a pass over a thousand sandboxes reads a few files each.
+ *
+ * The rings live in memory only: a daemon restart starts every history
+ * afresh (E2B keeps its own a few days; the last hour is what the SDK's
+ * callers look at).  Each holds at most SBX_SAMPLES_MAX samples of
+ * sizeof (struct sbx_sample) bytes (80 on x86-64): 56 KiB per sandbox at
+ * most, grown by doubling as the samples come, the oldest overwritten
+ * once full.  A history is dropped when its sandbox ends (the service's
+ * killed event), and any a pass no longer finds running or paused in
+ * the engine goes at that pass.
+ *
+ * A paused sandbox gets no samples (its processes are frozen; E2B's
+ * paused sandboxes have none either), so its history has a gap; the
+ * first sample after the resume averages its CPU over that gap.
+ *
+ * The histories are found by a linear search of an array under one
+ * mutex: a sandbox's lookup costs a comparison per live sandbox, nothing
+ * next to the cgroup reads, and nothing here holds the mutex while
+ * reading a cgroup.
+ */
+#include "samples.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+
+struct history {
+  char id[SBX_ID_MAX];
+  struct sbx_sample_ring ring;
+  bool seen; /* by the current pass */
+};
+
+struct sbx_sampler {
+  struct sbx_engine *engine;
+  uint32_t interval_ms;
+  pthread_t thread;
+  pthread_mutex_t lock; /* everything below */
+  pthread_cond_t cond;  /* on CLOCK_MONOTONIC */
+  bool stopping;
+  struct history *h;
+  size_t n_h, cap_h;
+};
+
+static struct history *
+find (struct sbx_sampler *s, const char *id)
+{
+  for (size_t i = 0; i < s->n_h; i++)
+    if (strcmp (s->h[i].id, id) == 0)
+      return &s->h[i];
+  return NULL;
+}
+
+static struct history *
+find_or_add (struct sbx_sampler *s, const char *id)
+{
+  struct history *h = find (s, id);
+  if (h)
+    return h;
+  if (s->n_h == s->cap_h)
+    {
+      size_t cap = s->cap_h ? s->cap_h * 2 : 16;
+      struct history *nh = realloc (s->h, cap * sizeof *nh);
+      if (nh == NULL)
+        return NULL;
+      s->h = nh;
+      s->cap_h = cap;
+    }
+  h = &s->h[s->n_h++];
+  memset (h, 0, sizeof *h);
+  snprintf (h->id, sizeof h->id, "%s", id);
+  return h;
+}
+
+static void
+drop_at (struct sbx_sampler *s, size_t i)
+{
+  sbx_sample_ring_free (&s->h[i].ring);
+  s->h[i] = s->h[--s->n_h];
+}
+
+static int
+take (struct sbx_sampler *s, const char *id, struct sbx_sample *sample, struct sbx_err *err)
+{
+  if (sbx_get_metrics (s->engine, id, &sample->m, err) < 0)
+    return -1;
+  sample->at_ms = sbx_wall_ms ();
+  return 0;
+}
+
+/* One pass: a sample of every running sandbox; the histories of those no
+   longer running or paused go. */
+static void
+sample_all (struct sbx_sampler *s)
+{
+  /* unmarked before the listing: a history a request starts meanwhile
+     (ready) is marked, and its sandbox is listed or newer */
+  pthread_mutex_lock (&s->lock);
+  for (size_t i = 0; i < s->n_h; i++)
+    s->h[i].seen = false;
+  pthread_mutex_unlock (&s->lock);
+  struct sbx_info *infos;
+  size_t n;
+  struct sbx_err err;
+  if (sbx_list (s->engine, &infos, &n, &err) < 0)
+    {
+      sbx_log_fields (SBX_LOG_WARN, "metrics sampler", "error", err.msg, NULL);
+      return;
+    }
+  for (size_t i = 0; i < n; i++)
+    {
+      enum sbx_state st = infos[i].state;
+      struct sbx_sample sample;
+      bool have = st == SBX_RUNNING && take (s, infos[i].id, &sample, &err) == 0;
+      if (st != SBX_RUNNING && st != SBX_PAUSED)
+        continue;
+      pthread_mutex_lock (&s->lock);
+      struct history *h = have ? find_or_add (s, infos[i].id) : find (s, infos[i].id);
+      if (h)
+        {
+          h->seen = true;
+          if (have)
+            sbx_sample_ring_push (&h->ring, &sample);
+        }
+      pthread_mutex_unlock (&s->lock);
+    }
+  pthread_mutex_lock (&s->lock);
+  for (size_t i = 0; i < s->n_h;)
+    if (s->h[i].seen)
+      i++;
+    else
+      drop_at (s, i);
+  pthread_mutex_unlock (&s->lock);
+  sbx_list_free (infos, n);
+}
+
+static void *
+sampler_main (void *arg)
+{
+  struct sbx_sampler *s = arg;
+  pthread_mutex_lock (&s->lock);
+  while (!s->stopping)
+    {
+      struct timespec ts;
+      clock_gettime (CLOCK_MONOTONIC, &ts);
+      ts.tv_sec += s->interval_ms / 1000;
+      ts.tv_nsec += (long) (s->interval_ms % 1000) * 1000000L;
+      if (ts.tv_nsec >= 1000000000L)
+        {
+          ts.tv_sec++;
+          ts.tv_nsec -= 1000000000L;
+        }
+      while (!s->stopping && pthread_cond_timedwait (&s->cond, &s->lock, &ts) != ETIMEDOUT)
+        ;
+      if (s->stopping)
+        break;
+      pthread_mutex_unlock (&s->lock);
+      sample_all (s);
+      pthread_mutex_lock (&s->lock);
+    }
+  pthread_mutex_unlock (&s->lock);
+  return NULL;
+}
+
+int
+sbx_sampler_start (struct sbx_engine *engine, uint32_t interval_ms, struct sbx_sampler **out, struct sbx_err *err)
+{
+  struct sbx_sampler *s = calloc (1, sizeof *s);
+  if (s == NULL)
+    return sbx_fail (err, ENOMEM, "metrics sampler");
+  s->engine = engine;
+  s->interval_ms = interval_ms ? interval_ms : SBX_SAMPLE_INTERVAL_MS;
+  pthread_condattr_t ca;
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+  pthread_cond_init (&s->cond, &ca);
+  pthread_condattr_destroy (&ca);
+  pthread_mutex_init (&s->lock, NULL);
+  int e = pthread_create (&s->thread, NULL, sampler_main, s);
+  if (e != 0)
+    {
+      pthread_cond_destroy (&s->cond);
+      pthread_mutex_destroy (&s->lock);
+      free (s);
+      return sbx_fail (err, e, "metrics sampler thread");
+    }
+  *out = s;
+  return 0;
+}
+
+void
+sbx_sampler_stop (struct sbx_sampler *s)
+{
+  if (s == NULL)
+    return;
+  pthread_mutex_lock (&s->lock);
+  s->stopping = true;
+  pthread_cond_signal (&s->cond);
+  pthread_mutex_unlock (&s->lock);
+  pthread_join (s->thread, NULL);
+  while (s->n_h)
+    drop_at (s, s->n_h - 1);
+  free (s->h);
+  pthread_cond_destroy (&s->cond);
+  pthread_mutex_destroy (&s->lock);
+  free (s);
+}
+
+void
+sbx_sampler_forget (struct sbx_sampler *s, const char *id)
+{
+  if (s == NULL)
+    return;
+  pthread_mutex_lock (&s->lock);
+  for (size_t i = 0; i < s->n_h; i++)
+    if (strcmp (s->h[i].id, id) == 0)
+      {
+        drop_at (s, i);
+        break;
+      }
+  pthread_mutex_unlock (&s->lock);
+}
+
+/* Sandbox ID's state checked, and its first sample taken when it is
+   running and has none yet. */
+static int
+ready (struct sbx_sampler *s, const char *id, struct sbx_err *err)
+{
+  struct sbx_info info;
+  if (sbx_get_info (s->engine, id, &info, err) < 0)
+    return -1;
+  enum sbx_state st = info.state;
+  sbx_info_free (&info);
+  if (st == SBX_STOPPED || st == SBX_ERROR)
+    return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
+  if (st != SBX_RUNNING)
+    return 0;
+  pthread_mutex_lock (&s->lock);
+  struct history *h = find (s, id);
+  bool empty = h == NULL || h->ring.n == 0;
+  pthread_mutex_unlock (&s->lock);
+  if (!empty)
+    return 0;
+  struct sbx_sample sample;
+  if (take (s, id, &sample, err) < 0)
+    return -1;
+  pthread_mutex_lock (&s->lock);
+  h = find_or_add (s, id);
+  if (h)
+    {
+      h->seen = true;
+      sbx_sample_ring_push (&h->ring, &sample);
+    }
+  pthread_mutex_unlock (&s->lock);
+  return 0;
+}
+
+int
+sbx_sampler_window (struct sbx_sampler *s, const char *id, int64_t from_ms, int64_t to_ms,
+                    struct sbx_sample **out, size_t *n, struct sbx_err *err)
+{
+  *out = NULL;
+  *n = 0;
+  if (ready (s, id, err) < 0)
+    return -1;
+  pthread_mutex_lock (&s->lock);
+  struct history *h = find (s, id);
+  size_t first = 0, count = h ? sbx_sample_ring_window (&h->ring, from_ms, to_ms, &first) : 0;
+  if (count > 0)
+    {
+      *out = malloc (count * sizeof **out);
+      if (*out == NULL)
+        {
+          pthread_mutex_unlock (&s->lock);
+          return sbx_fail (err, ENOMEM, "metrics");
+        }
+      for (size_t i = 0; i < count; i++)
+        (*out)[i] = *sbx_sample_ring_at (&h->ring, first + i);
+      *n = count;
+    }
+  pthread_mutex_unlock (&s->lock);
+  return 0;
+}
+
+int
+sbx_sampler_latest (struct sbx_sampler *s, const char *id, struct sbx_sample *out, bool *found,
+                    struct sbx_err *err)
+{
+  *found = false;
+  if (ready (s, id, err) < 0)
+    return -1;
+  pthread_mutex_lock (&s->lock);
+  struct history *h = find (s, id);
+  if (h && h->ring.n > 0)
+    {
+      *out = *sbx_sample_ring_at (&h->ring, h->ring.n - 1);
+      *found = true;
+    }
+  pthread_mutex_unlock (&s->lock);
+  return 0;
+}
