@@ -461,7 +461,7 @@ cmd_serve (int argc, char **argv)
   if (sbx_meter_start (svc, &meter, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot start the meter of monthly sandbox hours", "error", err.msg, NULL);
   struct sbx_agents *agents = NULL;
-  if (sbx_agents_open (svc, &agents, &err) < 0)
+  if (sbx_agents_open (svc, &outbound, &agents, &err) < 0)
     {
       sbx_log_fields (SBX_LOG_ERROR, "cannot start the agents", "error", err.msg, NULL);
       return 1;
