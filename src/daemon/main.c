@@ -44,7 +44,7 @@ usage (FILE *f)
   fputs ("usage:\n"
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
-         "             [--outbound-allow CIDR]...   (ranges webhooks may reach despite the platform's denials)\n"
+         "             [--outbound-allow CIDR]...   (ranges webhooks and MCP servers may reach despite denials)\n"
          "             [--dns-rate N] [--filter-conns N]   (per sandbox; docs/network.md)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
