@@ -339,6 +339,8 @@ exchange (struct sbx_mcp_client *c, const char *method, const char *body, uint32
     h = curl_slist_append (h, h_version);
   if (h)
     h = curl_slist_append (h, "User-Agent: sbxd-mcp-client/1");
+  if (h)
+    h = curl_slist_append (h, "Expect:"); /* no 100-continue round trip */
   for (struct curl_slist *u = c->user_headers; h && u; u = u->next)
     h = curl_slist_append (h, u->data);
   if (h == NULL)
