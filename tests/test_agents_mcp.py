@@ -29,6 +29,7 @@ TOOLS = [
     {"name": "fail", "description": "Always fails.", "inputSchema": {"type": "object"}},
     {"name": "hang", "description": "Never answers in time.", "inputSchema": {"type": "object"}},
     {"name": "soft.error", "description": "A tool error (isError).", "inputSchema": {"type": "object"}},
+    {"name": "forget", "description": "Forgets the MCP session.", "inputSchema": {"type": "object"}},
     # not offered: a schema over the bound, a schema that is not an object
     {"name": "huge", "inputSchema": {"type": "object", "description": "x" * 20000}},
     {"name": "odd", "inputSchema": {"type": "string"}},
@@ -82,8 +83,8 @@ class ScriptedMcp:
                         "serverInfo": {"name": "scripted", "version": "1"}}},
                         headers=[("Mcp-Session-Id", f"sess-{srv.sessions}")])
                 if self.headers.get("Mcp-Session-Id") != f"sess-{srv.sessions}":
-                    return self.reply(400, {"jsonrpc": "2.0", "id": None,
-                                            "error": {"code": -32000, "message": "no session"}})
+                    return self.reply(404, {"jsonrpc": "2.0", "id": None,
+                                            "error": {"code": -32001, "message": "Session not found"}})
                 if method == "notifications/initialized":
                     return self.reply(202)
                 if method == "tools/list":
@@ -98,6 +99,10 @@ class ScriptedMcp:
                     if name == "fail":
                         return self.reply(200, {"jsonrpc": "2.0", "id": rid,
                                                 "error": {"code": -32603, "message": "backend exploded"}})
+                    if name == "forget":  # as a restarted server does
+                        srv.sessions += 1
+                        return self.reply(200, {"jsonrpc": "2.0", "id": rid, "result": {
+                            "content": [{"type": "text", "text": "forgotten"}]}})
                     if name == "soft.error":
                         return self.reply(200, {"jsonrpc": "2.0", "id": rid, "result": {
                             "content": [{"type": "text", "text": "no such row"}], "isError": True}})
@@ -238,21 +243,24 @@ def test_remote_tools_are_offered_called_and_their_failures_are_tool_errors(allo
     def last(body):
         seen["hang"] = last_tool_result(body)
         return claude_text("all done")
-    model.script(first, step("remote__fail", "echo", "toolu_2"), step("remote__soft_error", "fail", "toolu_3"),
-                 step("remote__hang", "soft", "toolu_4"), last)
+    model.script(first, step("remote__forget", "echo", "toolu_2"), step("remote__fail", "forget", "toolu_3"),
+                 step("remote__soft_error", "fail", "toolu_4"), step("remote__hang", "soft", "toolu_5"), last)
     before = len(mcp.requests)
     t0 = time.monotonic()
     out = say(allowing, s, "use the remote tools")
     took = time.monotonic() - t0
     assert not model.errors, model.errors
     # offered: the server's tools, namespaced, within the bounds; no built-in ones
-    assert sorted(seen["tools"]) == ["remote__echo", "remote__fail", "remote__hang", "remote__soft_error"]
+    assert sorted(seen["tools"]) == ["remote__echo", "remote__fail", "remote__forget", "remote__hang",
+                                     "remote__soft_error"]
     assert seen["tools"]["remote__echo"]["input_schema"] == TOOLS[0]["inputSchema"]
     assert seen["tools"]["remote__echo"]["description"] == "Echo the text back."
     # the echo: through an SSE answer, with the agent's header and the protocol version
     assert not seen["echo"].get("is_error")
     assert result_text(seen["echo"]) == "echo: hi there auth=Bearer s3cret version=2025-06-18"
-    # a JSON-RPC error, a tool's own error and a time-out: tool errors
+    assert result_text(seen["forget"]) == "forgotten"
+    # a JSON-RPC error (after the forgotten session was opened again), a
+    # tool's own error and a time-out: tool errors
     assert seen["fail"]["is_error"] is True and "backend exploded" in result_text(seen["fail"])
     assert "MCP server remote" in result_text(seen["fail"])
     assert seen["soft"]["is_error"] is True and result_text(seen["soft"]) == "no such row"
@@ -261,20 +269,25 @@ def test_remote_tools_are_offered_called_and_their_failures_are_tool_errors(allo
     assert out["stop_reason"] == "end_turn" and out["events"][-2]["content"] == "all done"
     calls = of_type(out["events"], "tool_call")
     assert [(c["name"], c["server"]) for c in calls] == [
-        ("remote__echo", "remote"), ("remote__fail", "remote"), ("remote__soft_error", "remote"),
-        ("remote__hang", "remote")]
+        ("remote__echo", "remote"), ("remote__forget", "remote"), ("remote__fail", "remote"),
+        ("remote__soft_error", "remote"), ("remote__hang", "remote")]
     results = of_type(out["events"], "tool_result")
-    assert [r["is_error"] for r in results] == [False, True, True, True]
+    assert [r["is_error"] for r in results] == [False, False, True, True, True]
     assert results[0]["server"] == "remote" and "echo: hi there" in results[0]["text"]
-    # the server saw one MCP session: initialize, initialized, list, calls, and its end
+    # the server saw an MCP session (initialize, initialized, list, calls),
+    # a call in the forgotten one (404), a new session for it, and its end
     sent = mcp.requests[before:]
     methods = [(m, b and b.get("method")) for m, _, _, b in sent]
+    call = ("POST", "tools/call")
     assert methods == [("POST", "initialize"), ("POST", "notifications/initialized"), ("POST", "tools/list"),
-                       ("POST", "tools/call"), ("POST", "tools/call"), ("POST", "tools/call"),
-                       ("POST", "tools/call"), ("DELETE", None)], methods
-    sid = sent[1][2]["Mcp-Session-Id"]
-    assert all(h.get("Mcp-Session-Id") == sid and h.get("MCP-Protocol-Version") == "2025-06-18"
-               for _, _, h, _ in sent[1:])
+                       call, call, call, ("POST", "initialize"), ("POST", "notifications/initialized"),
+                       call, call, call, ("DELETE", None)], methods
+    first_sid, second_sid = sent[1][2]["Mcp-Session-Id"], sent[7][2]["Mcp-Session-Id"]
+    assert first_sid != second_sid and "Mcp-Session-Id" not in sent[6][2]
+    assert [h.get("Mcp-Session-Id") for _, _, h, _ in sent[1:6]] == [first_sid] * 5
+    assert [h.get("Mcp-Session-Id") for _, _, h, _ in sent[7:]] == [second_sid] * 5
+    assert sent[8][3]["params"]["name"] == sent[5][3]["params"]["name"] == "fail"  # sent again
+    assert all(h.get("MCP-Protocol-Version") == "2025-06-18" for _, _, h, _ in sent[1:6] + sent[7:])
     assert all(h.get("Authorization") == "Bearer s3cret" for _, _, h, _ in sent)
     assert "text/event-stream" in sent[0][2]["Accept"] and "application/json" in sent[0][2]["Accept"]
     # the session goes on

@@ -304,6 +304,15 @@ on_progress (void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult, curl_off_
   return cancel && *cancel ? 1 : 0;
 }
 
+static bool
+add_header (struct curl_slist **h, const char *line)
+{
+  struct curl_slist *n = curl_slist_append (*h, line);
+  if (n)
+    *h = n;
+  return n != NULL;
+}
+
 /* One HTTP request to C's server: METHOD "POST" with BODY, or "DELETE".
    *STATUS gets the HTTP status, A what came back (A->id set by the
    caller). */
@@ -328,27 +337,18 @@ exchange (struct sbx_mcp_client *c, const char *method, const char *body, uint32
   snprintf (h_session, sizeof h_session, "Mcp-Session-Id: %s", c->session);
   snprintf (h_version, sizeof h_version, "MCP-Protocol-Version: %s", c->version);
   bool post = strcmp (method, "POST") == 0;
-  struct curl_slist *h = NULL;
-  if (post)
-    h = curl_slist_append (h, "Content-Type: application/json");
-  h = h ? curl_slist_append (h, "Accept: application/json, text/event-stream")
-        : curl_slist_append (NULL, "Accept: application/json, text/event-stream");
-  if (h && c->session[0])
-    h = curl_slist_append (h, h_session);
-  if (h && c->version[0])
-    h = curl_slist_append (h, h_version);
-  if (h)
-    h = curl_slist_append (h, "User-Agent: sbxd-mcp-client/1");
-  if (h)
-    h = curl_slist_append (h, "Expect:"); /* no 100-continue round trip */
-  for (struct curl_slist *u = c->user_headers; h && u; u = u->next)
-    h = curl_slist_append (h, u->data);
-  if (h == NULL)
+  bool ok = (!post || add_header (&hdrs, "Content-Type: application/json"))
+            && add_header (&hdrs, "Accept: application/json, text/event-stream")
+            && (!c->session[0] || add_header (&hdrs, h_session)) && (!c->version[0] || add_header (&hdrs, h_version))
+            && add_header (&hdrs, "User-Agent: sbxd-mcp-client/1")
+            && add_header (&hdrs, "Expect:"); /* no 100-continue round trip */
+  for (struct curl_slist *u = c->user_headers; ok && u; u = u->next)
+    ok = add_header (&hdrs, u->data);
+  if (!ok)
     {
       sbx_failk (err, SBX_E_INTERNAL, "out of memory");
       goto out;
     }
-  hdrs = h;
   curl_easy_setopt (curl, CURLOPT_HTTPHEADER, hdrs);
   if (post)
     {
