@@ -78,9 +78,9 @@ test('a sandbox: run_command, run_code, write_file and read_file', async () => {
   assert.equal(text(r), 'written over stdio\n');
   // the code sees the file too
   const seen = await a.client.callTool({
-    name: 'run_code', arguments: { sandbox_id: sandbox, code: 'open("/home/user/stdio/hello.txt").read().upper()' },
+    name: 'run_code', arguments: { sandbox_id: sandbox, code: 'print(open("/home/user/stdio/hello.txt").read().upper(), end="")' },
   });
-  assert.deepEqual(seen.structuredContent.results, ["'WRITTEN OVER STDIO\\n'"]);
+  assert.equal(seen.structuredContent.stdout, 'WRITTEN OVER STDIO\n');
 
   // a tool error is a result, and the bridge goes on
   const missing = await a.client.callTool({ name: 'read_file', arguments: { sandbox_id: sandbox, path: 'no/such' } });
