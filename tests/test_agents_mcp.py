@@ -169,8 +169,13 @@ def say(d, s, content):
 
 def test_refused_at_creation_and_at_first_use_unless_opened(tmp_path, model, mcp):
     d = Sbxd(str(tmp_path / "state")).start(env=env(model), args=ALLOW)
+    # this host's name: it resolves to loopback or to one of this host's
+    # addresses, which the guard refuses as well, but only when it resolves
+    host = socket.gethostname()
+    by_name = mcp.url.replace("127.0.0.1", host)
     try:
-        a = agent(d, [{"type": "mcp", "url": mcp.url, "name": "remote"}])
+        a = agent(d, [{"type": "mcp", "url": mcp.url, "name": "remote"},
+                      {"type": "mcp", "url": by_name, "name": "byname"}])
         s = session(d, a)
         # the operator closes the range: the next message cannot reach the
         # server, says why, and the loop goes on without its tools
@@ -189,8 +194,16 @@ def test_refused_at_creation_and_at_first_use_unless_opened(tmp_path, model, mcp
         out = say(d, s, "hello")
         assert not model.errors, model.errors
         errors = of_type(out["events"], "mcp_server_error")
-        assert len(errors) == 1 and errors[0]["server"] == "remote", out
+        assert [e["server"] for e in errors] == ["remote", "byname"], out
         assert "127.0.0.1 is a loopback address: refused" in errors[0]["reason"]
+        # the addresses a name resolves to are not shown (the daemon's log has them)
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            assert f"cannot resolve {host}" in errors[1]["reason"]
+        else:
+            assert errors[1]["reason"] == f"initialize: {host}: refused (it resolves to an address the platform denies)"
+            assert f"{host} resolves to" in d.logs()
         assert seen["tools"] == [] and out["stop_reason"] == "end_turn"
         assert len(mcp.requests) == before  # nothing was sent
         d.req("DELETE", f"/default/v1/sessions/{s['id']}")

@@ -329,8 +329,15 @@ exchange (struct sbx_mcp_client *c, const char *method, const char *body, uint32
   int ret = -1;
   if (sbx_outbound_open (c->ob, c->url, curl, &t, err) < 0)
     {
-      if (sbx_err_kind (err) == SBX_E_INVALID)
-        err->kind = SBX_E_FORBIDDEN;
+      if (sbx_err_kind (err) == SBX_E_FORBIDDEN)
+        {
+          /* as for webhooks, the addresses a name resolves to go to the
+             daemon's log only */
+          sbx_log_fields (SBX_LOG_INFO, "remote MCP server refused", "host", t.host, "error", err->msg, NULL);
+          sbx_failk (err, SBX_E_FORBIDDEN, "%s: refused (it resolves to an address the platform denies)", t.host);
+        }
+      else if (sbx_err_kind (err) == SBX_E_INVALID)
+        err->kind = SBX_E_FORBIDDEN; /* what the tenant wrote: a denied literal address or a loopback name */
       goto out;
     }
   char h_session[SESSION_ID_MAX + 32], h_version[64];
