@@ -203,7 +203,7 @@ def test_agents_crud_and_errors(sbxd):
     bad = [
         ({"name": "x", "tools": []}, "model.name is required"),
         ({"name": "x", "model": {"name": "claude-x"}, "tools": [{"type": "mcp", "url": "http://10.0.0.1/mcp"}]},
-         "only the built-in code-exec server is supported"),
+         "tools[0].url: 10.0.0.1 is a private address: refused"),
         ({"name": "x", "model": {"name": "claude-x"}, "tools": [{"type": "function"}]}, "tools[0]"),
         ({"name": "x", "model": {"name": "claude-x"}, "max_turns": 0}, "max_turns"),
         ({"model": {"name": "claude-x"}}, "name is required"),

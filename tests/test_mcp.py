@@ -4,7 +4,10 @@ test_sdk runs tests/mcp/mcp.test.mjs, the official MCP TypeScript SDK
 (@modelcontextprotocol/sdk, pinned with its lock file, installed with
 `npm ci` when node_modules is missing) against a fresh daemon: tools,
 run_command, run_code with a chart, files, sandboxes, tool errors, and a
-second organisation that cannot reach the first's sandboxes.  The other
+second organisation that cannot reach the first's sandboxes.
+test_sdk_stdio runs tests/mcp/stdio.test.mjs: the SDK's
+StdioClientTransport spawns `build/sbx mcp`, and the same calls go over
+stdio through it.  The other
 tests speak HTTP to /mcp themselves, for what a well-behaved client never
 sends.
 """
@@ -17,6 +20,7 @@ import requests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MCP_DIR = os.path.join(HERE, "mcp")
+SBX = os.environ.get("SBX_BIN") or os.path.join(os.path.dirname(HERE), "build", "sbx")  # SBX_BIN: a sanitizer build
 NODE_TIMEOUT = 300
 SESSIONS_PER_ORG = 32  # MCP_SESSIONS_PER_ORG in src/api/mcp.c
 ACCEPT = "application/json, text/event-stream"
@@ -42,23 +46,34 @@ def _tail(text, limit=40000):
     return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
-def test_sdk(sbxd):
+def _node_test(sbxd, script, **extra):
     _tool("node")
     _npm_ci(MCP_DIR)
     env = dict(os.environ, SBXD_URL=sbxd.url, SBXD_API_KEY=sbxd.key,
-               SBXD_API_KEY_OTHER=sbxd.new_key(org="mcp-other"), NO_COLOR="1")
+               SBXD_API_KEY_OTHER=sbxd.new_key(org="mcp-other"), NO_COLOR="1", **extra)
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env.pop(k, None)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    cmd = [_tool("node"), "--test", "--test-reporter=spec", "mcp.test.mjs"]
+    cmd = [_tool("node"), "--test", "--test-reporter=spec", script]
     try:
         r = subprocess.run(cmd, cwd=MCP_DIR, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT)
         out, code = r.stdout + r.stderr, r.returncode
     except subprocess.TimeoutExpired as e:
         out, code = str(e.stdout or "") + str(e.stderr or ""), f"timeout after {NODE_TIMEOUT} s"
     if code != 0:
-        pytest.fail(f"`node --test mcp.test.mjs` failed ({code}):\n{_tail(out)}\n"
+        pytest.fail(f"`node --test {script}` failed ({code}):\n{_tail(out)}\n"
                     f"--- sbxd log (tail) ---\n{_tail(sbxd.logs(), 8000)}", pytrace=False)
+
+
+def test_sdk(sbxd):
+    _node_test(sbxd, "mcp.test.mjs")
+
+
+def test_sdk_stdio(sbxd):
+    """The SDK's StdioClientTransport spawns `sbx mcp` (as a desktop agent
+    does), with SBXD_URL and SBXD_API_KEY in its environment."""
+    assert os.access(SBX, os.X_OK), f"{SBX} is not built"
+    _node_test(sbxd, "stdio.test.mjs", SBX=SBX)
 
 
 # ---- HTTP ----

@@ -45,6 +45,19 @@ agent_json (const struct sbx_agent_doc *d)
   sbx_rfc3339 (d->created_ms, ts, sizeof ts);
   json_object_set_new (j, "id", json_string (d->id));
   json_object_set_new (j, "created_at", json_string (ts));
+  /* headers given for remote MCP servers hold credentials: their values
+     are never shown back */
+  size_t i;
+  json_t *t;
+  json_array_foreach (json_object_get (j, "tools"), i, t)
+  {
+    const char *name;
+    json_t *v;
+    json_object_foreach (json_object_get (t, "headers"), name, v)
+    {
+      json_string_set (v, "<redacted>");
+    }
+  }
   return j;
 }
 

@@ -45,7 +45,7 @@ usage (FILE *f)
   fputs ("usage:\n"
          "  sbxd serve [--listen ADDR:PORT] [--state-dir DIR] [--template-dir DIR]\n"
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
-         "             [--outbound-allow CIDR]...   (ranges webhooks may reach despite the platform's denials)\n"
+         "             [--outbound-allow CIDR]...   (ranges webhooks and MCP servers may reach despite denials)\n"
          "             [--dns-rate N] [--filter-conns N]   (per sandbox; docs/network.md)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
@@ -476,7 +476,7 @@ cmd_serve (int argc, char **argv)
   if (sbx_meter_start (svc, &meter, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot start the meter of monthly sandbox hours", "error", err.msg, NULL);
   struct sbx_agents *agents = NULL;
-  if (sbx_agents_open (svc, &agents, &err) < 0)
+  if (sbx_agents_open (svc, &outbound, &agents, &err) < 0)
     {
       sbx_log_fields (SBX_LOG_ERROR, "cannot start the agents", "error", err.msg, NULL);
       return 1;

@@ -26,13 +26,16 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "encode.h"
+#include "mcp_client.h"
 #include "models.h"
+#include "outbound.h"
 #include "tools.h"
 
 #define DEFAULT_MAX_TURNS 25u
 #define DEFAULT_TIMEOUT_S 600u
 #define DEFAULT_MAX_TOKENS 1000000ll
 #define DEFAULT_MODEL_TIMEOUT_S 120u
+#define DEFAULT_MCP_TIMEOUT_S 60u
 #define DEFAULT_REPLY_TOKENS 4096u
 #define DEFAULT_SESSION_TIMEOUT_S 300u
 #define DEFAULT_TEMPLATE "code_interpreter"
@@ -41,7 +44,8 @@ struct sbx_agents {
   struct sbx_service *svc;
   struct sbx_store *store;
   struct sbx_models models;
-  uint32_t max_turns, timeout_s, model_timeout_s;
+  struct sbx_outbound outbound; /* what the operator opened to tenants' URLs */
+  uint32_t max_turns, timeout_s, model_timeout_s, mcp_timeout_s;
   int64_t max_tokens;
   volatile bool stopping;
   pthread_mutex_t lock;
@@ -56,6 +60,12 @@ struct sbx_agent_run {
   struct sbx_session_rec s;
   json_t *agent;               /* the session's copy of the agent */
   json_t *tools;               /* offered to the model: [{name, description, input_schema}] */
+  json_t *routes;              /* offered name: {server: index or -1 (built-in), tool: the server's name} */
+  struct remote {
+    const char *name;          /* in agent */
+    struct sbx_mcp_client *client; /* NULL: not reached */
+  } remote[SBX_AGENT_SERVERS_MAX];
+  size_t n_remote, n_remote_tools;
   uint64_t deadline_ns;
   int64_t in_tokens, out_tokens, turns;
 };
@@ -182,12 +192,15 @@ add_event (struct sbx_agents *a, const char *session_id, const char *type, json_
 }
 
 int
-sbx_agents_open (struct sbx_service *svc, struct sbx_agents **out, struct sbx_err *err)
+sbx_agents_open (struct sbx_service *svc, const struct sbx_outbound *ob, struct sbx_agents **out,
+                 struct sbx_err *err)
 {
   struct sbx_agents *a = calloc (1, sizeof *a);
   if (a == NULL)
     return sbx_fail (err, ENOMEM, "agents");
   a->svc = svc;
+  if (ob)
+    a->outbound = *ob;
   a->store = sbx_service_store (svc);
   pthread_mutex_init (&a->lock, NULL);
   pthread_cond_init (&a->changed, NULL);
@@ -195,6 +208,7 @@ sbx_agents_open (struct sbx_service *svc, struct sbx_agents **out, struct sbx_er
   a->max_turns = env_u32 ("SBXD_AGENT_MAX_TURNS", DEFAULT_MAX_TURNS, 1, SBX_AGENT_TURNS_CAP);
   a->timeout_s = env_u32 ("SBXD_AGENT_TIMEOUT_S", DEFAULT_TIMEOUT_S, 1, 86400);
   a->model_timeout_s = env_u32 ("SBXD_MODEL_TIMEOUT_S", DEFAULT_MODEL_TIMEOUT_S, 1, 3600);
+  a->mcp_timeout_s = env_u32 ("SBXD_MCP_TIMEOUT_S", DEFAULT_MCP_TIMEOUT_S, 1, 3600);
   a->max_tokens = env_u32 ("SBXD_AGENT_MAX_TOKENS", DEFAULT_MAX_TOKENS, 1, 100000000);
 
   /* loops a previous daemon left running */
@@ -245,6 +259,134 @@ text_ok (const char *s, size_t max)
   return s && strnlen (s, max + 1) <= max;
 }
 
+static bool
+server_name_ok (const char *s)
+{
+  size_t n = strlen (s);
+  if (n == 0 || n > SBX_AGENT_SERVER_NAME_MAX || strstr (s, "__") || s[n - 1] == '_')
+    return false;
+  for (const char *p = s; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
+      return false;
+  return true;
+}
+
+static bool
+server_name_taken (json_t *tools, const char *name)
+{
+  size_t i;
+  json_t *t;
+  json_array_foreach (tools, i, t)
+  {
+    if (strcmp (json_string_value (json_object_get (t, "name")) ?: "", name) == 0)
+      return true;
+  }
+  return strcmp (name, SBX_AGENT_BUILTIN_SERVER) == 0;
+}
+
+/* Entry I of an agent's tools, T, checked: the agent's copy of it (a new
+   reference), or NULL with ERR.  TOOLS: the entries checked before it. */
+static json_t *
+tool_check (struct sbx_agents *a, json_t *t, size_t i, json_t *tools, size_t *n_remote, struct sbx_err *err)
+{
+  const char *type = json_string_value (json_object_get (t, "type"));
+  const char *server = json_string_value (json_object_get (t, "server"));
+  json_t *url = json_object_get (t, "url");
+  if (!json_is_object (t) || type == NULL || strcmp (type, "mcp") != 0)
+    {
+      sbx_failk (err, SBX_E_INVALID,
+                 "tools[%zu]: only {\"type\": \"mcp\", \"server\": \"%s\"} and {\"type\": \"mcp\", \"url\": URL} are known",
+                 i, SBX_AGENT_BUILTIN_SERVER);
+      return NULL;
+    }
+  if (url == NULL)
+    {
+      if (server == NULL || strcmp (server, SBX_AGENT_BUILTIN_SERVER) != 0 || json_object_get (t, "server_url"))
+        {
+          sbx_failk (err, SBX_E_INVALID,
+                     "tools[%zu]: \"server\" names the built-in %s server; other MCP servers are given by \"url\"", i,
+                     SBX_AGENT_BUILTIN_SERVER);
+          return NULL;
+        }
+      return json_pack ("{s:s, s:s}", "type", "mcp", "server", SBX_AGENT_BUILTIN_SERVER);
+    }
+  if (server)
+    {
+      sbx_failk (err, SBX_E_INVALID, "tools[%zu]: give \"server\" (the built-in one) or \"url\", not both", i);
+      return NULL;
+    }
+  if (++*n_remote > SBX_AGENT_SERVERS_MAX)
+    {
+      sbx_failk (err, SBX_E_INVALID, "an agent has at most %u remote MCP servers", SBX_AGENT_SERVERS_MAX);
+      return NULL;
+    }
+  if (!json_is_string (url))
+    {
+      sbx_failk (err, SBX_E_INVALID, "tools[%zu].url must be an http or https URL", i);
+      return NULL;
+    }
+  /* as webhooks' URLs: a literal address the platform denies, or a
+     loopback name, is refused now; names are resolved and checked at
+     each request */
+  struct sbx_outbound_target target;
+  int r = sbx_outbound_parse (&a->outbound, json_string_value (url), &target, err);
+  char host[sizeof target.host];
+  snprintf (host, sizeof host, "%s", target.host);
+  sbx_outbound_target_free (&target);
+  if (r < 0)
+    {
+      sbx_err_wrap (err, "tools[%zu].url", i);
+      err->kind = SBX_E_INVALID;
+      return NULL;
+    }
+  json_t *jname = json_object_get (t, "name");
+  char name[SBX_AGENT_SERVER_NAME_MAX + 1];
+  if (jname && !json_is_null (jname))
+    {
+      if (!json_is_string (jname) || !server_name_ok (json_string_value (jname)))
+        {
+          sbx_failk (err, SBX_E_INVALID,
+                     "tools[%zu].name: 1 to %u letters, digits, '-' and '_' (no \"__\", not ending with '_')", i,
+                     SBX_AGENT_SERVER_NAME_MAX);
+          return NULL;
+        }
+      snprintf (name, sizeof name, "%s", json_string_value (jname));
+    }
+  else
+    {
+      /* the host, as a name: "mcp.example.com" gives "mcp-example-com" */
+      size_t n = 0;
+      for (const char *p = host; *p && n < SBX_AGENT_SERVER_NAME_MAX; p++)
+        {
+          bool ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9');
+          if (ok || (n && name[n - 1] != '-'))
+            name[n++] = ok ? *p : '-';
+        }
+      while (n && name[n - 1] == '-')
+        n--;
+      name[n] = '\0';
+      if (n == 0)
+        snprintf (name, sizeof name, "mcp%zu", i);
+    }
+  if (server_name_taken (tools, name))
+    {
+      sbx_failk (err, SBX_E_INVALID, "tools[%zu]: another tool is named \"%s\" (give each server a \"name\")", i, name);
+      return NULL;
+    }
+  json_t *headers = json_object_get (t, "headers");
+  if (sbx_mcp_headers_check (headers, err) < 0)
+    {
+      sbx_err_wrap (err, "tools[%zu].headers", i);
+      return NULL;
+    }
+  json_t *out = json_pack ("{s:s, s:O, s:s}", "type", "mcp", "url", url, "name", name);
+  if (out && json_object_size (headers))
+    json_object_set (out, "headers", headers);
+  if (out == NULL)
+    sbx_failk (err, SBX_E_INVALID, "tools[%zu].url must be UTF-8 text", i);
+  return out;
+}
+
 int
 sbx_agent_create (struct sbx_agents *a, const struct sbx_org *org, const struct sbx_agent_def *def,
                   struct sbx_agent_doc *d, struct sbx_err *err)
@@ -273,24 +415,16 @@ sbx_agent_create (struct sbx_agents *a, const struct sbx_org *org, const struct 
       json_decref (tools);
       return sbx_failk (err, SBX_E_INVALID, "an agent has at most %u tools", SBX_AGENT_TOOLS_MAX);
     }
+  size_t n_remote = 0;
   json_array_foreach (def->tools, i, t)
   {
-    const char *type = json_string_value (json_object_get (t, "type"));
-    const char *server = json_string_value (json_object_get (t, "server"));
-    if (!json_is_object (t) || type == NULL || strcmp (type, "mcp") != 0)
+    json_t *tool = tool_check (a, t, i, tools, &n_remote, err);
+    if (tool == NULL)
       {
         json_decref (tools);
-        return sbx_failk (err, SBX_E_INVALID, "tools[%zu]: only {\"type\": \"mcp\", \"server\": \"%s\"} is known", i,
-                          SBX_AGENT_BUILTIN_SERVER);
+        return -1;
       }
-    if (server == NULL || strcmp (server, SBX_AGENT_BUILTIN_SERVER) != 0 || json_object_get (t, "url")
-        || json_object_get (t, "server_url"))
-      {
-        json_decref (tools);
-        return sbx_failk (err, SBX_E_INVALID, "tools[%zu]: only the built-in %s server is supported", i,
-                          SBX_AGENT_BUILTIN_SERVER);
-      }
-    json_array_append_new (tools, json_pack ("{s:s, s:s}", "type", "mcp", "server", SBX_AGENT_BUILTIN_SERVER));
+    json_array_append_new (tools, tool);
   }
   json_t *doc = json_pack ("{s:s, s:{s:s, s:i}, s:s?, s:o, s:i}", "name", def->name, "model", "name", def->model,
                            "max_tokens", (json_int_t) (def->max_tokens ? def->max_tokens : DEFAULT_REPLY_TOKENS),
@@ -612,14 +746,42 @@ convo_free (struct convo *c)
 
 /* ---- tools ---- */
 
-/* The built-in tools the model is offered: those bound to the session's
-   sandbox (not create_sandbox and kill_sandbox), without a sandbox_id
-   argument. */
+/* S cut to at most MAX bytes on a UTF-8 character boundary. */
 static json_t *
-offered_tools (json_t *agent)
+cut_text (const char *s, size_t len, size_t max, bool *cut)
+{
+  *cut = len > max;
+  if (*cut)
+    {
+      len = max;
+      while (len > 0 && ((unsigned char) s[len] & 0xC0) == 0x80)
+        len--;
+    }
+  return json_stringn (s, len);
+}
+
+static bool
+uses_builtin (json_t *agent)
+{
+  size_t i;
+  json_t *t;
+  json_array_foreach (json_object_get (agent, "tools"), i, t)
+  {
+    if (strcmp (json_string_value (json_object_get (t, "server")) ?: "", SBX_AGENT_BUILTIN_SERVER) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* The built-in tools the model is offered (when the agent names the
+   built-in server): those bound to the session's sandbox (not
+   create_sandbox and kill_sandbox), without a sandbox_id argument.  Each
+   gets a route in ROUTES. */
+static json_t *
+offered_tools (json_t *agent, json_t *routes)
 {
   json_t *out = json_array ();
-  if (json_array_size (json_object_get (agent, "tools")) == 0)
+  if (!uses_builtin (agent))
     return out;
   json_t *list = sbx_tools_list (), *t;
   size_t i;
@@ -649,44 +811,150 @@ offered_tools (json_t *agent)
     const char *desc = json_string_value (json_object_get (t, "description"));
     json_array_append_new (out, json_pack ("{s:s, s:s, s:o}", "name", name, "description", desc ? desc : name,
                                            "input_schema", schema));
+    json_object_set_new (routes, name, json_pack ("{s:i}", "server", -1));
   }
   json_decref (list);
   return out;
 }
 
+/* The name the model is offered for tool TOOL of server SERVER
+   ("SERVER__TOOL", within the 64 bytes providers take, characters
+   outside [A-Za-z0-9_-] as '_'), or false when it does not fit. */
 static bool
-tool_offered (json_t *tools, const char *name)
+remote_tool_name (const char *server, const char *tool, char *out, size_t n)
+{
+  size_t sl = strlen (server), tl = strlen (tool);
+  if (tl == 0 || sl + 2 + tl > 64 || sl + 2 + tl >= n)
+    return false;
+  memcpy (out, server, sl);
+  memcpy (out + sl, "__", 2);
+  for (size_t i = 0; i < tl; i++)
+    {
+      char ch = tool[i];
+      bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-';
+      out[sl + 2 + i] = ok ? ch : '_';
+    }
+  out[sl + 2 + tl] = '\0';
+  return true;
+}
+
+/* Offer the tools LIST of remote server IDX: within the bounds, each
+   with an object schema of at most SBX_AGENT_SCHEMA_MAX bytes; the others
+   are counted in *SKIPPED. */
+static void
+offer_remote (struct sbx_agent_run *r, size_t idx, json_t *list, size_t *skipped)
 {
   size_t i;
   json_t *t;
-  json_array_foreach (tools, i, t)
+  json_array_foreach (list, i, t)
   {
-    if (strcmp (json_string_value (json_object_get (t, "name")) ?: "", name) == 0)
-      return true;
+    const char *tool = json_string_value (json_object_get (t, "name"));
+    json_t *schema = json_object_get (t, "inputSchema");
+    char name[80];
+    cleanup_free char *stext = json_is_object (schema) ? json_dumps (schema, JSON_COMPACT) : NULL;
+    if (tool == NULL || strlen (tool) > 128 || stext == NULL || strlen (stext) > SBX_AGENT_SCHEMA_MAX
+        || strcmp (json_string_value (json_object_get (schema, "type")) ?: "", "object") != 0
+        || !remote_tool_name (r->remote[idx].name, tool, name, sizeof name) || json_object_get (r->routes, name)
+        || r->n_remote_tools >= SBX_AGENT_REMOTE_TOOLS_MAX)
+      {
+        ++*skipped;
+        continue;
+      }
+    r->n_remote_tools++;
+    const char *desc = json_string_value (json_object_get (t, "description"));
+    bool cut;
+    json_t *jdesc = desc ? cut_text (desc, strlen (desc), SBX_AGENT_DESCRIPTION_MAX, &cut) : json_string (tool);
+    json_array_append_new (r->tools, json_pack ("{s:s, s:o, s:O}", "name", name, "description", jdesc,
+                                                "input_schema", schema));
+    json_object_set_new (r->routes, name, json_pack ("{s:I, s:s}", "server", (json_int_t) idx, "tool", tool));
   }
-  return false;
 }
 
-/* S cut to at most MAX bytes on a UTF-8 character boundary. */
-static json_t *
-cut_text (const char *s, size_t len, size_t max, bool *cut)
+/* Timeout of one request to a remote server: the operator's, within what
+   is left of the message's time. */
+static uint32_t
+remote_timeout_ms (struct sbx_agent_run *r)
 {
-  *cut = len > max;
-  if (*cut)
+  uint64_t now = sbx_now_ns ();
+  uint64_t left_ms = r->deadline_ns > now ? (r->deadline_ns - now) / 1000000ull : 1;
+  uint64_t ms = (uint64_t) r->a->mcp_timeout_s * 1000u;
+  return (uint32_t) (left_ms < ms ? (left_ms ? left_ms : 1) : ms);
+}
+
+/* Open an MCP session with each of the agent's remote servers and offer
+   their tools; a server not reached gives an "mcp_server_error" event. */
+static void
+remote_open (struct sbx_agent_run *r)
+{
+  size_t i;
+  json_t *t;
+  json_array_foreach (json_object_get (r->agent, "tools"), i, t)
+  {
+    const char *url = json_string_value (json_object_get (t, "url"));
+    const char *name = json_string_value (json_object_get (t, "name"));
+    if (url == NULL || name == NULL || r->n_remote >= SBX_AGENT_SERVERS_MAX)
+      continue;
+    size_t idx = r->n_remote++;
+    r->remote[idx].name = name;
+    struct sbx_err err;
+    json_t *list = NULL;
+    size_t skipped = 0;
+    if (sbx_mcp_connect (&r->a->outbound, url, json_object_get (t, "headers"), remote_timeout_ms (r),
+                         &r->a->stopping, &r->remote[idx].client, &err) < 0
+        || sbx_mcp_list_tools (r->remote[idx].client, &list, &err) < 0)
+      {
+        add_event (r->a, r->s.id, "mcp_server_error",
+                   json_pack ("{s:s, s:s}", "server", name, "reason", err.msg));
+        sbx_mcp_close (r->remote[idx].client);
+        r->remote[idx].client = NULL;
+        continue;
+      }
+    offer_remote (r, idx, list, &skipped);
+    if (skipped)
+      {
+        char n[24];
+        snprintf (n, sizeof n, "%zu", skipped);
+        sbx_log_fields (SBX_LOG_INFO, "remote MCP tools not offered (names, schemas or the bound)", "session", r->s.id,
+                        "server", name, "tools", n, NULL);
+      }
+    json_decref (list);
+  }
+}
+
+static void
+remote_close (struct sbx_agent_run *r)
+{
+  for (size_t i = 0; i < r->n_remote; i++)
+    sbx_mcp_close (r->remote[i].client);
+  r->n_remote = 0;
+}
+
+/* The server (its name for events) of offered tool NAME; NULL when it is
+   not offered.  *IDX: the remote server's index, or -1 for the built-in
+   tools; *TOOL the server's own name of it. */
+static const char *
+tool_route (struct sbx_agent_run *r, const char *name, int *idx, const char **tool)
+{
+  json_t *route = name ? json_object_get (r->routes, name) : NULL;
+  if (route == NULL)
+    return NULL;
+  json_int_t i = json_integer_value (json_object_get (route, "server"));
+  *idx = (int) i;
+  *tool = json_string_value (json_object_get (route, "tool")) ?: name;
+  if (i < 0 || (size_t) i >= r->n_remote)
     {
-      len = max;
-      while (len > 0 && ((unsigned char) s[len] & 0xC0) == 0x80)
-        len--;
+      *idx = -1;
+      return SBX_AGENT_BUILTIN_SERVER;
     }
-  return json_stringn (s, len);
+  return r->remote[i].name;
 }
 
 /* A tool result event's fields from an MCP CallToolResult RES. */
 static json_t *
-result_event (const char *call_id, const char *name, json_t *res)
+result_event (const char *call_id, const char *name, const char *server, json_t *res)
 {
-  json_t *e = json_pack ("{s:s, s:s, s:s, s:b}", "tool_call_id", call_id, "name", name, "server",
-                         SBX_AGENT_BUILTIN_SERVER, "is_error", json_is_true (json_object_get (res, "isError")));
+  json_t *e = json_pack ("{s:s, s:s, s:s, s:b}", "tool_call_id", call_id, "name", name, "server", server, "is_error",
+                         json_is_true (json_object_get (res, "isError")));
   /* the text parts together, and the images */
   size_t cap = 0, len = 0, i;
   char *text = NULL;
@@ -744,10 +1012,10 @@ result_event (const char *call_id, const char *name, json_t *res)
 }
 
 static json_t *
-error_result_event (const char *call_id, const char *name, const char *msg)
+error_result_event (const char *call_id, const char *name, const char *server, const char *msg)
 {
   return json_pack ("{s:s, s:s, s:s, s:b, s:s, s:[], s:n, s:n, s:n}", "tool_call_id", call_id, "name", name, "server",
-                    SBX_AGENT_BUILTIN_SERVER, "is_error", 1, "text", msg, "images", "stdout", "stderr", "exit_code");
+                    server, "is_error", 1, "text", msg, "images", "stdout", "stderr", "exit_code");
 }
 
 /* ---- the loop ---- */
@@ -806,7 +1074,8 @@ sbx_session_message (struct sbx_agents *a, const struct sbx_org *org, const char
   notify (a);
   r->a = a;
   r->org = *org;
-  r->tools = offered_tools (r->agent);
+  r->routes = json_object ();
+  r->tools = offered_tools (r->agent, r->routes);
   r->deadline_ns = sbx_now_ns () + (uint64_t) a->timeout_s * 1000000000ull;
   *run = r;
   return 0;
@@ -848,24 +1117,37 @@ run_tools (struct sbx_agent_run *r, json_t *content)
     const char *name = json_string_value (json_object_get (blk, "name"));
     json_t *input = json_object_get (blk, "input");
     json_t *ev;
+    int idx = -1;
+    const char *tool = name;
+    const char *server = tool_route (r, name, &idx, &tool);
     if (++calls > SBX_AGENT_CALLS_MAX)
-      ev = error_result_event (call_id, name, "too many tool calls in one turn; this one was not run");
-    else if (!tool_offered (r->tools, name))
+      ev = error_result_event (call_id, name, server ?: SBX_AGENT_BUILTIN_SERVER,
+                               "too many tool calls in one turn; this one was not run");
+    else if (server == NULL)
       {
         char msg[200];
         snprintf (msg, sizeof msg, "unknown tool: %.128s", name);
-        ev = error_result_event (call_id, name, msg);
+        ev = error_result_event (call_id, name, SBX_AGENT_BUILTIN_SERVER, msg);
       }
     else if (sbx_now_ns () >= r->deadline_ns)
-      ev = error_result_event (call_id, name, "not run: the message's time limit was reached");
+      ev = error_result_event (call_id, name, server, "not run: the message's time limit was reached");
     else
       {
         json_t *res = NULL;
         struct sbx_err err;
-        if (sbx_tool_call (r->a->svc, &r->org, r->s.sandbox_id, name, input, &res, &err) < 0)
-          ev = error_result_event (call_id, name, err.msg);
+        int rc = idx < 0 ? sbx_tool_call (r->a->svc, &r->org, r->s.sandbox_id, name, input, &res, &err)
+                         : sbx_mcp_call_tool (r->remote[idx].client, tool, input, remote_timeout_ms (r), &res, &err);
+        if (rc < 0 && idx >= 0)
+          {
+            /* the remote server's failure is the tool's, for the model */
+            char msg[SBX_ERR_MSG_MAX + 64];
+            snprintf (msg, sizeof msg, "MCP server %s: %s", server, err.msg);
+            ev = error_result_event (call_id, name, server, msg);
+          }
+        else if (rc < 0)
+          ev = error_result_event (call_id, name, server, err.msg);
         else
-          ev = result_event (call_id, name, res);
+          ev = result_event (call_id, name, server, res);
         json_decref (res);
       }
     add_event (r->a, r->s.id, "tool_result", ev);
@@ -885,6 +1167,7 @@ sbx_agent_run_loop (struct sbx_agent_run *r)
   if (max_turns == 0 || max_turns > SBX_AGENT_TURNS_CAP)
     max_turns = a->max_turns;
   const char *system = json_string_value (json_object_get (r->agent, "system"));
+  remote_open (r);
 
   for (uint32_t turn = 0;; turn++)
     {
@@ -958,10 +1241,13 @@ sbx_agent_run_loop (struct sbx_agent_run *r)
         else
           {
             uses++;
+            int idx;
+            const char *tool;
+            const char *server = tool_route (r, json_string_value (json_object_get (blk, "name")), &idx, &tool);
             add_event (a, r->s.id, "tool_call",
                        json_pack ("{s:O, s:O, s:s, s:O}", "tool_call_id", json_object_get (blk, "id"), "name",
-                                  json_object_get (blk, "name"), "server", SBX_AGENT_BUILTIN_SERVER, "input",
-                                  json_object_get (blk, "input")));
+                                  json_object_get (blk, "name"), "server", server ?: SBX_AGENT_BUILTIN_SERVER,
+                                  "input", json_object_get (blk, "input")));
           }
       }
       if (uses == 0)
@@ -983,10 +1269,12 @@ sbx_agent_run_loop (struct sbx_agent_run *r)
                         (json_int_t) r->in_tokens, "output_tokens", (json_int_t) r->out_tokens, "model_turns",
                         (json_int_t) r->turns));
   struct sbx_err err;
+  remote_close (r);
   sbx_store_session_status (a->store, r->s.id, "idle", NULL, 0, &err);
   running_drop (a, r->s.id);
   json_decref (r->agent);
   json_decref (r->tools);
+  json_decref (r->routes);
   sbx_session_rec_free (&r->s);
   free (r);
 }

@@ -15,6 +15,17 @@
  * provider's error or timeout ends it with a "failed" event, and the
  * session goes on.
  *
+ * An agent may also name remote MCP servers by URL (Streamable HTTP,
+ * mcp_client.h): {type:"mcp", url, name, headers}.  At the start of each
+ * message's loop the daemon opens an MCP session with each and lists its
+ * tools, which the model is offered as NAME__TOOL (within
+ * SBX_AGENT_REMOTE_TOOLS_MAX and SBX_AGENT_SCHEMA_MAX); a server that
+ * cannot be reached gives an "mcp_server_error" event and no tools, and
+ * a call that fails or times out a tool result with is_error.  The URL
+ * goes through the outbound guard as webhooks' do: a literal address the
+ * platform denies (or a loopback name) is refused when the agent is
+ * created, a name resolving to one at each request.
+ *
  * A session ends when its sandbox does (its timeout, a DELETE of the
  * session, the sandbox killed by any API) and is kept as a record.
  *
@@ -23,6 +34,7 @@
  *   SBXD_AGENT_TIMEOUT_S    wall clock of one message's loop (600)
  *   SBXD_AGENT_MAX_TOKENS   input + output tokens of one message (1000000)
  *   SBXD_MODEL_TIMEOUT_S    one model request (120)
+ *   SBXD_MCP_TIMEOUT_S      one request to a remote MCP server (60)
  * and the providers as models.h says.
  */
 #ifndef SBX_SERVICE_AGENTS_H
@@ -46,13 +58,21 @@
 #define SBX_AGENT_CONTEXT_MAX (16u << 20) /* bytes of the conversation sent to the model */
 #define SBX_AGENT_REPLY_TOKENS_MAX 64000u /* an agent's model.max_tokens */
 #define SBX_AGENT_BUILTIN_SERVER "code-exec"
+#define SBX_AGENT_SERVERS_MAX 4u        /* remote MCP servers of an agent */
+#define SBX_AGENT_SERVER_NAME_MAX 32u   /* bytes of a remote server's name */
+#define SBX_AGENT_REMOTE_TOOLS_MAX 64u  /* remote tools offered to the model, all servers */
+#define SBX_AGENT_SCHEMA_MAX (16u << 10) /* bytes of a remote tool's inputSchema */
+#define SBX_AGENT_DESCRIPTION_MAX 2048u /* bytes of a remote tool's description shown */
 
 struct sbx_agents;
+struct sbx_outbound;
 
 /* The agents of SVC: providers and bounds from the environment; a session
    a previous daemon left answering gets a "failed" event ("the daemon
-   restarted ...") and is idle again. */
-int sbx_agents_open (struct sbx_service *svc, struct sbx_agents **out, struct sbx_err *err);
+   restarted ...") and is idle again.  OB (copied; NULL: nothing opened)
+   is what the operator opened to tenants' URLs (remote MCP servers). */
+int sbx_agents_open (struct sbx_service *svc, const struct sbx_outbound *ob, struct sbx_agents **out,
+                     struct sbx_err *err);
 /* Cancel the loops under way (their model requests stop, and they end
    with a "failed" event); before the HTTP server stops. */
 void sbx_agents_stop (struct sbx_agents *a);
@@ -65,12 +85,13 @@ struct sbx_agent_def {
   const char *model;          /* a name a provider serves */
   uint32_t max_tokens;        /* of a model reply; 0: 4096 */
   const char *system;         /* may be NULL */
-  json_t *tools;              /* [{type:"mcp", server:"code-exec"}], may be NULL */
+  json_t *tools;              /* [{type:"mcp", server:"code-exec"} | {type:"mcp", url, name, headers}], may be NULL */
   uint32_t max_turns;         /* 0: the operator's default */
 };
 
 /* Check DEF (SBX_E_INVALID with a message saying what is wrong: a model
-   no provider serves, a tool that is not the built-in server) and keep
+   no provider serves, a tool that is neither the built-in server nor a
+   remote one the outbound guard allows) and keep
    it as ORG's agent; D gets its record, whose JSON is the agent's
    definition. */
 int sbx_agent_create (struct sbx_agents *a, const struct sbx_org *org, const struct sbx_agent_def *def,

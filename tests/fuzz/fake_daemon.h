@@ -69,7 +69,7 @@ fake_daemon_start (void)
      harnesses send no message that would reach it */
   setenv ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9", 1);
   struct sbx_agents *agents;
-  fake_check (sbx_agents_open (svc, &agents, &err), &err, "agents");
+  fake_check (sbx_agents_open (svc, NULL, &agents, &err), &err, "agents");
 
   struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl (INADDR_LOOPBACK) };
   struct sbx_http_config hc = { .engine = engine,
