@@ -50,6 +50,25 @@ def sample_time(m):
     return datetime.datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def node_tool(name):
+    """The path of node or npm; fails the test when it is missing (the
+    Node.js suites: E2B's SDKs, MCP's)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not installed: the Node.js suites need Node.js 20+ and npm", pytrace=False)
+    return path
+
+
+def npm_ci(directory):
+    """Install DIRECTORY's packages from its lock file, once."""
+    if os.path.isdir(os.path.join(directory, "node_modules")):
+        return
+    r = subprocess.run([node_tool("npm"), "ci", "--no-audit", "--no-fund"], cwd=directory,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"npm ci in {directory} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from conftest import Sbxd
+from conftest import Sbxd, npm_ci
 
 DOMAIN = "sbx.localhost"
 
@@ -490,9 +490,7 @@ def test_e2b_sdk_with_only_the_domain(tmp_path):
     loopback inside the Node process."""
     here = os.path.dirname(os.path.abspath(__file__))
     e2b = os.path.join(here, "e2b")
-    if not os.path.isdir(os.path.join(e2b, "node_modules")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=e2b, check=True, capture_output=True,
-                       timeout=600)
+    npm_ci(e2b)
     cert, key = make_cert(str(tmp_path))
     server = Sbxd(str(tmp_path / "state"))
     server.url = f"https://127.0.0.1:{server.port}"

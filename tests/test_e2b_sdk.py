@@ -9,12 +9,11 @@ it. The npm packages come from the lock files (`npm ci`) when node_modules
 is missing.
 """
 import os
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import SBXD
+from conftest import SBXD, node_tool, npm_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 E2B_DIR = os.path.join(HERE, "e2b")
@@ -30,27 +29,11 @@ TEST_FILES = [
 ]
 
 
-def _tool(name):
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not installed: the E2B SDK tests need Node.js 20+ and npm", pytrace=False)
-    return path
-
-
-def _npm_ci(directory):
-    if os.path.isdir(os.path.join(directory, "node_modules")):
-        return
-    r = subprocess.run([_tool("npm"), "ci", "--no-audit", "--no-fund"], cwd=directory,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        pytest.fail(f"npm ci in {directory} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def e2b_env(sbxd):
-    _tool("node")
+    node_tool("node")
     for d in (E2B_DIR, OLD_DIR):
-        _npm_ci(d)
+        npm_ci(d)
     env = dict(os.environ)
     env.update({
         "E2B_API_KEY": sbxd.new_key(e2b=True),
@@ -67,7 +50,7 @@ def e2b_env(sbxd):
 
 
 def _run_node(directory, script, env):
-    cmd = [_tool("node"), "--test", "--test-reporter=spec", script]
+    cmd = [node_tool("node"), "--test", "--test-reporter=spec", script]
     try:
         r = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT)
         return r.stdout + r.stderr, r.returncode

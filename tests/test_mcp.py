@@ -12,11 +12,12 @@ tests speak HTTP to /mcp themselves, for what a well-behaved client never
 sends.
 """
 import os
-import shutil
 import subprocess
 
 import pytest
 import requests
+
+from conftest import node_tool, npm_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MCP_DIR = os.path.join(HERE, "mcp")
@@ -26,35 +27,19 @@ SESSIONS_PER_ORG = 32  # MCP_SESSIONS_PER_ORG in src/api/mcp.c
 ACCEPT = "application/json, text/event-stream"
 
 
-def _tool(name):
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not installed: the MCP SDK test needs Node.js 20+ and npm", pytrace=False)
-    return path
-
-
-def _npm_ci(directory):
-    if os.path.isdir(os.path.join(directory, "node_modules")):
-        return
-    r = subprocess.run([_tool("npm"), "ci", "--no-audit", "--no-fund"], cwd=directory,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        pytest.fail(f"npm ci in {directory} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
-
-
 def _tail(text, limit=40000):
     return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
 def _node_test(sbxd, script, **extra):
-    _tool("node")
-    _npm_ci(MCP_DIR)
+    node_tool("node")
+    npm_ci(MCP_DIR)
     env = dict(os.environ, SBXD_URL=sbxd.url, SBXD_API_KEY=sbxd.key,
                SBXD_API_KEY_OTHER=sbxd.new_key(org="mcp-other"), NO_COLOR="1", **extra)
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env.pop(k, None)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    cmd = [_tool("node"), "--test", "--test-reporter=spec", script]
+    cmd = [node_tool("node"), "--test", "--test-reporter=spec", script]
     try:
         r = subprocess.run(cmd, cwd=MCP_DIR, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT)
         out, code = r.stdout + r.stderr, r.returncode
