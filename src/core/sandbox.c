@@ -111,6 +111,7 @@ struct sbx_engine {
   /* spares: sandboxes prepared up to the point where the template matters */
   struct sandbox *spares[SPARES_MAX];
   int n_spares, spares_target;
+  uint64_t spare_hits, spare_misses;
   pthread_cond_t spare_cond;
   pthread_t spare_thread;
   struct sbx_net *net; /* NULL: sandboxes have loopback only */
@@ -120,6 +121,20 @@ struct sbx_engine {
   double disk_overcommit;
   uint64_t disk_pending;         /* bytes promised to creates not yet in the list */
 };
+
+void
+sbx_engine_stats (struct sbx_engine *e, struct sbx_engine_stats *out)
+{
+  memset (out, 0, sizeof *out);
+  pthread_mutex_lock (&e->lock);
+  for (struct sandbox *s = e->list; s; s = s->next)
+    out->live++;
+  out->spares = (unsigned) e->n_spares;
+  out->spares_target = (unsigned) e->spares_target;
+  out->spare_hits = e->spare_hits;
+  out->spare_misses = e->spare_misses;
+  pthread_mutex_unlock (&e->lock);
+}
 
 const char *
 sbx_state_name (enum sbx_state s)
@@ -1759,8 +1774,14 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       pthread_mutex_lock (&e->lock);
       s = e->n_spares ? e->spares[--e->n_spares] : NULL;
       pthread_cond_signal (&e->spare_cond);
-      pthread_mutex_unlock (&e->lock);
     }
+  else
+    pthread_mutex_lock (&e->lock);
+  if (s)
+    e->spare_hits++;
+  else
+    e->spare_misses++;
+  pthread_mutex_unlock (&e->lock);
   if (s == NULL && (s = prepare (e, o->id, err)) == NULL)
     {
       disk_release (e, lim.disk_mb);

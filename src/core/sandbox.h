@@ -84,6 +84,18 @@ int sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **ou
 /* Stops the engine's threads; sandboxes keep running. */
 void sbx_engine_close (struct sbx_engine *e);
 
+/* A consistent reading of the engine's counters, for the operator's
+   metrics.  Counters only grow while the engine is open. */
+struct sbx_engine_stats {
+  unsigned live;             /* sandboxes in the list (any state) */
+  unsigned spares;           /* spares ready now */
+  unsigned spares_target;    /* how many the pool aims to keep */
+  uint64_t spare_hits;       /* creates that took a ready spare */
+  uint64_t spare_misses;     /* creates that prepared their sandbox inline */
+  unsigned teardowns_pending; /* sandboxes answered as gone, still being torn down */
+};
+void sbx_engine_stats (struct sbx_engine *e, struct sbx_engine_stats *out);
+
 struct sbx_limits {
   uint32_t cpu_millis;  /* 1000 per vCPU */
   uint32_t memory_mb;
