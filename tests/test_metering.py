@@ -10,6 +10,8 @@ concurrent sandbox.
 import subprocess
 import time
 
+import requests
+
 from conftest import SBXD, Sbxd
 
 HOURS_LIMIT = "Monthly sandbox hours limit reached"
@@ -104,7 +106,10 @@ def test_hours_run_out_every_dialect_refuses_and_the_running_sandbox_ends(tmp_pa
         orgs(d, "set", "default", "--monthly-hours", "0.001")   # 3.6 s
         out = orgs(d, "list")
         assert out.splitlines()[1].split()[-2:] == ["0.001", "0"], out
-        paused = d.create(timeout=600)
+        r = d.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 600, "secure": True,
+                                              "autoPause": True, "autoResume": {"enabled": True}})
+        assert r.status_code == 201, r.text
+        paused, token = r.json()["sandboxID"], r.json()["envdAccessToken"]
         assert d.req("POST", f"/sandboxes/{paused}/pause").status_code == 204
         running = d.create(timeout=600)
         t0 = time.time()
@@ -122,6 +127,11 @@ def test_hours_run_out_every_dialect_refuses_and_the_running_sandbox_ends(tmp_pa
         assert d.get(paused).json()["status"] == "paused"
         r = d.req("POST", f"/sandboxes/{paused}/connect", json={})
         assert r.status_code == 429 and r.json() == {"code": 429, "message": HOURS_LIMIT}, r.text
+        assert d.get(paused).json()["status"] == "paused"
+        # nor wake up by itself (autoResume) on a request to its envd
+        r = requests.get(d.url + "/files", params={"path": "/etc/hostname"}, timeout=30,
+                         headers={"E2b-Sandbox-Id": paused, "E2b-Sandbox-Port": "49983", "X-Access-Token": token})
+        assert r.status_code == 502 and "paused" in r.text, r.text
         assert d.get(paused).json()["status"] == "paused"
         time.sleep(1)
         assert used_s(d) == used

@@ -25,6 +25,7 @@
 
 #include "../common/util.h"
 #include "api.h"
+#include "../common/log.h"
 #include "../service/encode.h"
 
 #define CONNECT_MAX_MESSAGE (4u << 20)
@@ -1053,12 +1054,18 @@ e2b_envd_check (struct http_server *h, struct MHD_Connection *c, char id[SBX_ID_
 bool
 e2b_auto_resume (struct http_server *h, const struct sbx_info *info)
 {
-  /* a thaw, quick; the service accounts for it when the engine reports */
+  /* a thaw, quick, but admitted as any resume: the organisation's hours
+     and the operator's capacity */
   if (!info->auto_resume || info->memory_dropped)
     return false;
   struct sbx_err err;
+  if (sbx_service_sandbox_auto_resume (h->svc, info->id, &err) == 0)
+    return true;
   /* failing because it runs already (another call resumed it) is fine */
-  return sbx_resume (h->engine, info->id, &err) == 0 || sbx_err_kind (&err) == SBX_E_CONFLICT;
+  if (sbx_err_kind (&err) == SBX_E_CONFLICT)
+    return true;
+  sbx_log_fields (SBX_LOG_INFO, "auto-resume refused", "sandbox", info->id, "error", err.msg, NULL);
+  return false;
 }
 
 bool

@@ -730,6 +730,18 @@ sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, 
   return 0;
 }
 
+int
+sbx_service_sandbox_auto_resume (struct sbx_service *svc, const char *id, struct sbx_err *err)
+{
+  struct sbx_sandbox_rec rec;
+  if (sbx_store_sandbox_get (sbx_service_store (svc), id, &rec, err) < 0)
+    return -1;
+  struct sbx_org org;
+  int r = sbx_store_org_get_id (sbx_service_store (svc), rec.org_id, &org, err);
+  sbx_sandbox_rec_free (&rec);
+  return r < 0 ? -1 : sbx_service_sandbox_resume (svc, &org, id, false, err);
+}
+
 struct ender {
   struct sbx_service *svc;
   char id[SBX_STORE_ID_MAX];

@@ -339,6 +339,11 @@ int sbx_service_sandbox_pause (struct sbx_service *svc, const struct sbx_org *or
    are used up. */
 int sbx_service_sandbox_resume (struct sbx_service *svc, const struct sbx_org *org, const char *id, bool queue,
                                 struct sbx_err *err);
+/* Resume paused sandbox ID for a request that reached it without a key
+   (E2B's autoResume, through envd or a port): as a synchronous resume by
+   its own organisation, with that organisation's hours and the operator's
+   capacity checked. */
+int sbx_service_sandbox_auto_resume (struct sbx_service *svc, const char *id, struct sbx_err *err);
 /* End ORG's sandbox ID: answered at once, destroyed on a thread of its own
    ("ending"); a queued create is dropped from the queue and recorded
    stopped.  Ending an ended sandbox does nothing. */

@@ -305,6 +305,7 @@ enum stmt_id
   S_COMMIT,
   S_ROLLBACK,
   S_ORG_BY_NAME,
+  S_ORG_BY_ID,
   S_ORG_INSERT,
   S_ORG_LIMITS,
   S_ORG_UPDATE,
@@ -387,6 +388,7 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_ROLLBACK] = "ROLLBACK",
 
   [S_ORG_BY_NAME] = "SELECT " ORG_COLS " FROM orgs AS o WHERE o.name = ?1",
+  [S_ORG_BY_ID] = "SELECT " ORG_COLS " FROM orgs AS o WHERE o.id = ?1",
   [S_ORG_INSERT] = "INSERT OR IGNORE INTO orgs (id, name, max_sandboxes, max_timeout_s, max_upload_bytes, created_ms,"
                    " plan, monthly_ms, monthly_hours) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
   [S_ORG_LIMITS] = "UPDATE orgs SET"
@@ -1196,6 +1198,23 @@ sbx_store_org_get (struct sbx_store *st, const char *name, struct sbx_org *out, 
     return -1;
   if (r == 0)
     return sbx_failx (err, ENOENT, "organisation %s not found", name);
+  return 0;
+}
+
+int
+sbx_store_org_get_id (struct sbx_store *st, const char *id, struct sbx_org *out, struct sbx_err *err)
+{
+  memset (out, 0, sizeof *out);
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_ORG_BY_ID];
+  if (bind_check (st, bind_text (s, 1, id), err, "find organisation") < 0)
+    return -1;
+  int r = step_row (st, s, err, "find organisation");
+  if (r < 0)
+    return -1;
+  if (r == 0)
+    return sbx_failx (err, ENOENT, "organisation %s not found", id);
+  org_from_row (s, out);
   return 0;
 }
 

@@ -47,6 +47,8 @@ struct sbx_org {
 int sbx_store_org_ensure (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
 /* The organisation called NAME; ENOENT when there is none. */
 int sbx_store_org_get (struct sbx_store *st, const char *name, struct sbx_org *out, struct sbx_err *err);
+/* The organisation whose id is ID; ENOENT when there is none. */
+int sbx_store_org_get_id (struct sbx_store *st, const char *id, struct sbx_org *out, struct sbx_err *err);
 /* Every organisation, oldest first; free *V with free(). */
 int sbx_store_org_list (struct sbx_store *st, struct sbx_org **v, size_t *n, struct sbx_err *err);
 /* Create organisation O->name with O's plan and limits (max_upload_bytes 0:
