@@ -273,6 +273,10 @@ def test_artifacts_kept_after_timeout(srv):
     assert a["kept"] is True, a
     assert [i["path"] for i in a["items"]] == ["out.txt"]
     assert download(srv, sid, "out.txt").content == b"late\n"
+    # the set is kept before the teardown ends, and the sandbox's end logged
+    deadline = time.time() + 15
+    while "timeout" not in srv.logs() and time.time() < deadline:
+        time.sleep(0.2)
     assert "timeout" in srv.logs()
 
 
@@ -359,3 +363,27 @@ def test_write_a_file_directly_under_the_root(srv):
     srv.write(sid, "/at-root.txt", b"top", user="root")
     assert srv.read(sid, "/at-root.txt", user="root") == b"top"
     srv.delete(sid)
+
+
+def test_kept_artifacts_can_be_deleted_and_free_their_room(srv):
+    sid = srv.create()
+    root(srv, sid, "mkdir /artifacts && echo kept > /artifacts/out.txt")
+    # a live sandbox's /artifacts are its own files
+    r = v1(srv, "DELETE", "/sandboxes/artifacts", params={"id": sid})
+    assert r.status_code == 409, r.text
+    before = set(captures(srv))
+    assert srv.delete(sid).status_code == 204
+    assert artifacts(srv, sid)["kept"] is True
+    kept = set(captures(srv)) - before
+    assert len(kept) == 1, kept
+    # not another organisation's to delete
+    other = srv.new_key(org="other-artifacts")
+    r = v1(srv, "DELETE", "/sandboxes/artifacts", key=other, params={"id": sid})
+    assert r.status_code == 404, r.text
+    assert artifacts(srv, sid)["kept"] is True
+    r = v1(srv, "DELETE", "/sandboxes/artifacts", params={"id": sid})
+    assert r.status_code == 200 and r.json() == {"ok": True}, r.text
+    assert set(captures(srv)) == before
+    assert artifacts(srv, sid) == {"items": [], "totalBytes": 0, "kept": False, "prefix": ""}
+    r = v1(srv, "DELETE", "/sandboxes/artifacts", params={"id": sid})
+    assert r.status_code == 404 and r.json() == {"error": "No artifacts kept"}, r.text

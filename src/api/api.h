@@ -442,6 +442,7 @@ enum MHD_Result v1_checkpoint_create (struct call *k);
 enum MHD_Result v1_checkpoint_list (struct call *k);
 enum MHD_Result v1_checkpoint_delete (struct call *k);
 enum MHD_Result v1_artifacts_list (struct call *k);
+enum MHD_Result v1_artifacts_delete (struct call *k);
 enum MHD_Result v1_artifact_file (struct call *k);
 
 #endif

@@ -112,6 +112,7 @@ const struct route api_routes[] = {
   { "GET", "/v1/checkpoints", v1_checkpoint_list, 0, D4 },
   { "DELETE", "/v1/checkpoints", v1_checkpoint_delete, 0, D4 },
   { "GET", "/v1/sandboxes/artifacts", v1_artifacts_list, 0, D4 },
+  { "DELETE", "/v1/sandboxes/artifacts", v1_artifacts_delete, 0, D4 },
   { "GET", "/v1/sandboxes/artifacts/file", v1_artifact_file, 0, D4 },
   { "POST", "/v1/sandboxes", v1_sandboxes_post, 0, D4 },
   { "GET", "/v1/sandboxes", v1_sandboxes_get, 0, D4 },

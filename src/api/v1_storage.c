@@ -120,6 +120,21 @@ v1_artifacts_list (struct call *k)
 }
 
 enum MHD_Result
+v1_artifacts_delete (struct call *k)
+{
+  enum MHD_Result ret;
+  struct sbx_sandbox_rec rec;
+  if (!v1_sandbox (k, query (k->c, "id"), &rec, &ret))
+    return ret;
+  struct sbx_err err;
+  int r = sbx_service_artifacts_delete (k->h->svc, &rec, &err);
+  sbx_sandbox_rec_free (&rec);
+  if (r < 0)
+    return send_fail (k->c, &err);
+  return send_json (k->c, 200, json_pack ("{s:b}", "ok", 1));
+}
+
+enum MHD_Result
 v1_artifact_file (struct call *k)
 {
   enum MHD_Result ret;

@@ -84,6 +84,7 @@ struct sandbox {
   enum sbx_on_timeout on_timeout;
   bool auto_resume;
   bool memory_dropped;           /* paused by sbx_pause_files */
+  bool ending;                   /* being stopped: its ending hook or teardown runs */
   bool disk_ids0;                /* its disk holds the sandbox's own ids (idmapped layers): it can be copied */
   uint32_t n_layers;             /* snapshot layers below its disk: layer-N.img in its directory */
   struct sandbox *next;
@@ -646,6 +647,7 @@ stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
       return false;
     }
   s->busy = true;
+  s->ending = true;
   pthread_mutex_unlock (&e->lock);
   pthread_t hook;
   struct ending *en;
@@ -2351,6 +2353,7 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   info->on_timeout = s->on_timeout;
   info->auto_resume = s->auto_resume;
   info->memory_dropped = s->memory_dropped;
+  info->ending = s->ending;
   if (s->has_net)
     {
       struct sbx_err err;

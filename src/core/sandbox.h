@@ -167,6 +167,7 @@ struct sbx_info {
   enum sbx_on_timeout on_timeout;
   bool auto_resume;
   bool memory_dropped;        /* paused by sbx_pause_files: nothing but its init is left */
+  bool ending;                /* being stopped (its state is still the last one) */
 };
 
 void sbx_info_free (struct sbx_info *info);

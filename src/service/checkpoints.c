@@ -680,11 +680,23 @@ sbx_artifacts_free (struct sbx_artifacts *a)
   memset (a, 0, sizeof *a);
 }
 
+
+/* Whether sandbox REC's /artifacts are its live files: its record says it
+   lives and the engine has it, not ending (an ending one's are being
+   kept, or gone). */
 static bool
-is_live (const struct sbx_sandbox_rec *rec)
+is_live (struct sbx_service *svc, const struct sbx_sandbox_rec *rec)
 {
-  return strcmp (rec->status, "running") == 0 || strcmp (rec->status, "paused") == 0
-         || strcmp (rec->status, "creating") == 0;
+  if (strcmp (rec->status, "running") != 0 && strcmp (rec->status, "paused") != 0
+      && strcmp (rec->status, "creating") != 0)
+    return false;
+  struct sbx_info info;
+  struct sbx_err err;
+  if (sbx_get_info (sbx_service_engine (svc), rec->id, &info, &err) < 0)
+    return false;
+  bool up = info.state != SBX_STOPPED && info.state != SBX_ERROR && !info.ending;
+  sbx_info_free (&info);
+  return up;
 }
 
 /* The kept set of sandbox ID: 1 and *C, or 0 when none. */
@@ -709,7 +721,7 @@ sbx_service_artifacts_list (struct sbx_service *svc, const struct sbx_sandbox_re
   struct sbx_storage sto;
   if (sbx_store_storage_get (sbx_service_store (svc), rec->id, &sto, err) == 0)
     snprintf (out->prefix, sizeof out->prefix, "%s", sto.prefix);
-  if (is_live (rec))
+  if (is_live (svc, rec))
     {
       struct sbx_entry *ents;
       size_t n;
@@ -779,6 +791,27 @@ sbx_service_artifacts_list (struct sbx_service *svc, const struct sbx_sandbox_re
   return 0;
 }
 
+int
+sbx_service_artifacts_delete (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  if (is_live (svc, rec))
+    return sbx_failk (err, SBX_E_CONFLICT, "Sandbox is still running; its /artifacts are its own files");
+  struct sbx_saved c;
+  int k = kept_set (svc, rec->org_id, rec->id, &c, err);
+  if (k < 0)
+    return -1;
+  if (k == 0)
+    return sbx_failk (err, SBX_E_NOT_FOUND, "No artifacts kept");
+  if (sbx_store_saved_delete (sbx_service_store (svc), rec->org_id, c.id, err) < 0)
+    {
+      if (err->code == ENOENT)
+        return sbx_failk (err, SBX_E_NOT_FOUND, "No artifacts kept");
+      return -1;
+    }
+  remove_content (svc, c.id);
+  return 0;
+}
+
 /* PATH as a client names an artifact: relative to /artifacts (a leading
    "/artifacts/" or the set's PREFIX is taken off), normalised: no empty,
    "." or ".." component.  NULL when it is not acceptable. */
@@ -818,14 +851,15 @@ sbx_service_artifact_open (struct sbx_service *svc, const struct sbx_sandbox_rec
     memset (&sto, 0, sizeof sto);
   struct sbx_saved c;
   int k = 0;
-  if (!is_live (rec) && (k = kept_set (svc, rec->org_id, rec->id, &c, err)) < 0)
+  bool live = is_live (svc, rec);
+  if (!live && (k = kept_set (svc, rec->org_id, rec->id, &c, err)) < 0)
     return -1;
   const char *rel = artifact_rel (path, k > 0 ? c.prefix : sto.prefix);
   if (rel == NULL)
     return sbx_failk (err, SBX_E_INVALID, "Invalid path: a path inside /artifacts is required");
   const char *slash = strrchr (rel, '/');
   snprintf (out->name, sizeof out->name, "%s", slash ? slash + 1 : rel);
-  if (is_live (rec))
+  if (live)
     {
       /* each directory on the way must be one (not a symlink), as the
          listing shows them, and the file a regular one */
@@ -890,7 +924,7 @@ sbx_service_artifacts_summary (struct sbx_service *svc, const struct sbx_sandbox
                                struct sbx_artifacts_summary *out, struct sbx_err *err)
 {
   memset (out, 0, sizeof *out);
-  if (is_live (rec))
+  if (is_live (svc, rec))
     {
       struct sbx_storage sto;
       if (sbx_store_storage_get (sbx_service_store (svc), rec->id, &sto, err) < 0 || !sto.keep_artifacts)

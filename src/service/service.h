@@ -179,6 +179,10 @@ void sbx_artifacts_free (struct sbx_artifacts *a);
    paused one. */
 int sbx_service_artifacts_list (struct sbx_service *svc, const struct sbx_sandbox_rec *rec,
                                 struct sbx_artifacts *out, struct sbx_err *err);
+/* Remove the kept set of ended sandbox REC, freeing its quota:
+   SBX_E_NOT_FOUND "No artifacts kept" when there is none, SBX_E_CONFLICT
+   while the sandbox lives (its /artifacts are then its own files). */
+int sbx_service_artifacts_delete (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, struct sbx_err *err);
 
 /* Where an artifact's bytes come from: FD (a kept one; close it) or
    READER (a running sandbox's; sbx_file_reader_stream or _close it). */
