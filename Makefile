@@ -16,11 +16,11 @@ DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"' -DSBXD_DOCS_DIR='"$(DOCS_DIR)"'
 
 B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c src/common/log.c
-CORE = src/core/sandbox.c src/core/agent.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress.c
+CORE = src/core/sandbox.c src/core/agent.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/volume.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress.c
 # the service layer: organisations, quotas, records, runs, events, webhooks
-SERVICE = src/service/service.c src/service/runs.c src/service/store.c src/service/plans.c src/service/webhook.c src/service/fairshare.c src/service/outbound.c src/service/encode.c src/service/output.c src/service/interp.c src/service/activity.c src/service/metering.c src/service/samples.c src/service/sample_ring.c src/service/checkpoints.c src/service/snapshots.c src/service/placement.c src/service/tools.c src/service/builds.c src/service/store_agents.c src/service/models.c src/service/agents.c src/service/mcp_client.c
+SERVICE = src/service/service.c src/service/runs.c src/service/store.c src/service/plans.c src/service/webhook.c src/service/fairshare.c src/service/outbound.c src/service/encode.c src/service/output.c src/service/interp.c src/service/activity.c src/service/metering.c src/service/samples.c src/service/sample_ring.c src/service/checkpoints.c src/service/snapshots.c src/service/volumes.c src/service/placement.c src/service/tools.c src/service/builds.c src/service/store_agents.c src/service/models.c src/service/agents.c src/service/mcp_client.c
 # the HTTP dialects and the server that routes to them
-API = src/api/server.c src/api/routes.c src/api/sandbase.c src/api/e2b.c src/api/e2b_snapshots.c src/api/seed002.c src/api/e2b_envd.c src/api/interp.c src/api/events.c src/api/files.c src/api/network.c src/api/egress.c src/api/v1.c src/api/v1_storage.c src/api/terminal.c src/api/proxy.c src/api/e2b_templates.c src/api/mcp.c src/api/agents.c
+API = src/api/server.c src/api/routes.c src/api/sandbase.c src/api/e2b.c src/api/e2b_snapshots.c src/api/e2b_volumes.c src/api/seed002.c src/api/e2b_envd.c src/api/interp.c src/api/events.c src/api/files.c src/api/network.c src/api/egress.c src/api/v1.c src/api/v1_storage.c src/api/terminal.c src/api/proxy.c src/api/e2b_templates.c src/api/mcp.c src/api/agents.c
 DAEMON = src/daemon/main.c src/daemon/log_json.c $(API) $(SERVICE)
 INIT = src/init/init.c src/init/files.c src/init/users.c
 # sbx, the users' command line (a client of the daemon's API)

@@ -10,6 +10,7 @@ is missing.
 """
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -83,3 +84,29 @@ def test_e2b_snapshots_and_lifecycle(sbxd, e2b_env):
     if code != 0:
         pytest.fail(f"`node --test snapshot.test.mjs` failed ({code}):\n"
                     f"{_tail(out)}\n--- sbxd log (tail) ---\n{_tail(sbxd.logs(), 8000)}", pytrace=False)
+
+
+def test_e2b_volumes(sbxd, e2b_env):
+    """volume.test.mjs, with a second organisation for the isolation
+    checks; then nothing of the volumes stays on the host: no image, and
+    no loop device (so no mount) of one."""
+    subprocess.run([SBXD, "orgs", "create", "volumes-other", "--state-dir", sbxd.state_dir],
+                   check=True, capture_output=True)
+    env = dict(e2b_env, E2B_OTHER_API_KEY=sbxd.new_key(org="volumes-other", e2b=True),
+               E2B_VOLUME_API_URL=sbxd.url)
+    out, code = _run_node(E2B_DIR, "volume.test.mjs", env)
+    if code != 0:
+        pytest.fail(f"`node --test volume.test.mjs` failed ({code}):\n"
+                    f"{_tail(out)}\n--- sbxd log (tail) ---\n{_tail(sbxd.logs(), 8000)}", pytrace=False)
+    captures = os.path.join(sbxd.state_dir, "captures")
+    assert not [n for n in os.listdir(captures) if "vol_" in n]
+    # a killed sandbox's mounts go with its namespaces, which may take a
+    # moment after the kill's answer
+    deadline = time.time() + 15
+    while True:
+        loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        left = [line for line in loops.splitlines() if captures in line and "vol_" in line]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, loops

@@ -267,6 +267,15 @@ enum MHD_Result e2b_snapshot_list (struct call *k);
 enum MHD_Result e2b_template_delete (struct call *k);
 enum MHD_Result e2b_fork (struct call *k);
 /* events.c */
+enum MHD_Result e2b_volume_create (struct call *k);
+enum MHD_Result e2b_volume_list (struct call *k);
+enum MHD_Result e2b_volume_get (struct call *k);
+enum MHD_Result e2b_volume_delete (struct call *k);
+enum MHD_Result e2b_volume_path (struct call *k);
+enum MHD_Result e2b_volume_dir (struct call *k);
+enum MHD_Result e2b_volume_file (struct call *k);
+bool e2b_volume_token_check (struct call *k, enum MHD_Result *ret);
+
 enum MHD_Result events_route (struct call *k);
 /* seed002.c */
 enum MHD_Result seed002_create (struct call *k);

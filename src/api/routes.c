@@ -77,6 +77,20 @@ const struct route api_routes[] = {
   /* a snapshot (e2b_snapshots.c), else a built template; after /templates/tags */
   { "DELETE", "/templates/:id", e2b_template_delete, 0, D1 },
 
+  /* E2B's volumes (e2b_volumes.c); their content answers to the volume's
+     token, checked before the body is read */
+  { "POST", "/volumes", e2b_volume_create, 0, D1 },
+  { "GET", "/volumes", e2b_volume_list, 0, D1 },
+  { "GET", "/volumes/:id", e2b_volume_get, 0, D1 },
+  { "DELETE", "/volumes/:id", e2b_volume_delete, 0, D1 },
+  { "GET", "/volumecontent/:id/path", e2b_volume_path, ROUTE_PUBLIC | ROUTE_SIGNED, D1 },
+  { "PATCH", "/volumecontent/:id/path", e2b_volume_path, ROUTE_PUBLIC | ROUTE_SIGNED, D1 },
+  { "DELETE", "/volumecontent/:id/path", e2b_volume_path, ROUTE_PUBLIC | ROUTE_SIGNED, D1 },
+  { "GET", "/volumecontent/:id/dir", e2b_volume_dir, ROUTE_PUBLIC | ROUTE_SIGNED, D1 },
+  { "POST", "/volumecontent/:id/dir", e2b_volume_dir, ROUTE_PUBLIC | ROUTE_SIGNED, D1 },
+  { "GET", "/volumecontent/:id/file", e2b_volume_file, ROUTE_PUBLIC | ROUTE_SIGNED, D1 },
+  { "PUT", "/volumecontent/:id/file", e2b_volume_file, ROUTE_PUBLIC | ROUTE_SIGNED | BIG, D1 },
+
   /* lifecycle events and webhooks (E2B's shapes) */
   { "*", "/events/*", events_route, 0, D1 },
 
@@ -136,5 +150,7 @@ route_check_of (const struct route *r)
 {
   if (r->fn == e2bt_file_put)
     return e2bt_upload_check;
+  if (r->fn == e2b_volume_path || r->fn == e2b_volume_dir || r->fn == e2b_volume_file)
+    return e2b_volume_token_check;
   return NULL;
 }

@@ -65,6 +65,18 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
       network_object (h, r->id, j);
       lifecycle_object (h, r->id, j);
     }
+  /* E2B's volumeMounts: [{name, path}] */
+  struct sbx_volume_mount_rec *vm;
+  size_t n_vm;
+  struct sbx_err verr;
+  if (j && sbx_service_volume_mounts (h->svc, r->id, &vm, &n_vm, &verr) == 0)
+    {
+      json_t *arr = json_array ();
+      for (size_t i = 0; i < n_vm; i++)
+        json_array_append_new (arr, json_pack ("{s:s, s:s}", "name", vm[i].name, "path", vm[i].path));
+      free (vm);
+      json_object_set_new (j, "volumeMounts", arr);
+    }
   if (j && with_token)
     {
       char token[65];
@@ -185,6 +197,30 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
       ret = send_error (c, 400, "autoResume needs autoPause, with its memory kept");
       goto out;
     }
+  /* E2B's volumeMounts: [{name, path}], the organisation's volumes */
+  struct sbx_volume_use vols[SBX_FS_MOUNTS_MAX];
+  size_t n_vols = 0;
+  json_t *vm = json_object_get (b, "volumeMounts");
+  if (vm && !json_is_null (vm))
+    {
+      if (!json_is_array (vm) || json_array_size (vm) > SBX_FS_MOUNTS_MAX)
+        {
+          ret = send_error (c, 400, "volumeMounts must be an array of at most %d {name, path}", SBX_FS_MOUNTS_MAX);
+          goto out;
+        }
+      size_t i;
+      json_t *m;
+      json_array_foreach (vm, i, m)
+      {
+        json_t *name = json_object_get (m, "name"), *path = json_object_get (m, "path");
+        if (!json_is_object (m) || !json_is_string (name) || !json_is_string (path))
+          {
+            ret = send_error (c, 400, "volumeMounts[%zu] must be {\"name\": string, \"path\": string}", i);
+            goto out;
+          }
+        vols[n_vols++] = (struct sbx_volume_use) { json_string_value (name), json_string_value (path) };
+      }
+    }
   /* a snapshot of the organisation, by id or name, else a template */
   struct sbx_saved snap;
   char snap_dir[PATH_MAX];
@@ -216,7 +252,9 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
                                                .memory_mb = (uint32_t) mem,
                                                .disk_mb = (uint32_t) disk },
                                    .net = net_given ? &net : NULL,
-                                   .internet_asked = allow_internet };
+                                   .internet_asked = allow_internet,
+                                   .volumes = vols,
+                                   .n_volumes = n_vols };
   struct sbx_sandbox_rec rec;
   struct sbx_err err;
   if (sbx_service_sandbox_create (h->svc, &rq->org, &spec, &rec, &err) < 0)

@@ -8,11 +8,13 @@
  */
 #include "disk.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <linux/mount.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdbool.h>
 #include <string.h>
@@ -170,4 +172,110 @@ sbx_disk_copy (int src, int dst, uint64_t *bytes, struct sbx_err *err)
       off = hole;
     }
   return 0;
+}
+
+/* ---- volumes ---- */
+
+int
+sbx_disk_volume_format (const char *image, uint32_t size_mb, struct sbx_err *err)
+{
+  {
+    cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return sbx_fail (err, errno, "create volume image %s", image);
+    if (ftruncate (fd, (off_t) size_mb << 20) < 0)
+      return sbx_fail (err, errno, "size volume image %s", image);
+  }
+  pid_t pid = fork ();
+  if (pid < 0)
+    return sbx_fail (err, errno, "fork mkfs");
+  if (pid == 0)
+    {
+      int null = open ("/dev/null", O_RDWR);
+      dup2 (null, 0);
+      dup2 (null, 1);
+      execlp ("mkfs.ext4", "mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+              "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0", image, (char *) NULL);
+      _exit (127);
+    }
+  int status;
+  while (waitpid (pid, &status, 0) < 0)
+    if (errno != EINTR)
+      return sbx_fail (err, errno, "wait mkfs");
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+    return sbx_failx (err, EIO, "mkfs.ext4 %s failed (status %d)", image, status);
+  cleanup_close int m = sbx_disk_volume_mount (image, err);
+  if (m < 0)
+    return -1;
+  /* lost+found would be a directory no one inside may enter; fsck makes
+     it again if it is ever needed */
+  if (unlinkat (m, "lost+found", AT_REMOVEDIR) < 0 && errno != ENOENT)
+    return sbx_fail (err, errno, "prepare volume %s", image);
+  cleanup_close int top = openat (m, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (top < 0 || fchmod (top, 0777) < 0)
+    return sbx_fail (err, errno, "prepare volume %s", image);
+  return 0;
+}
+
+/* The loop device that has IMAGE (ST) attached, opened (which keeps it
+   from clearing itself until closed), or -1. */
+static int
+loop_find (const struct stat *st, char *dev, size_t n)
+{
+  DIR *d = opendir ("/sys/block");
+  if (d == NULL)
+    return -1;
+  int found = -1;
+  struct dirent *de;
+  while (found < 0 && (de = readdir (d)) != NULL)
+    {
+      if (strncmp (de->d_name, "loop", 4) != 0 || strlen (de->d_name) > 32)
+        continue;
+      snprintf (dev, n, "/dev/%.32s", de->d_name);
+      int fd = open (dev, O_RDWR | O_CLOEXEC);
+      if (fd < 0)
+        continue;
+      struct loop_info64 li;
+      if (ioctl (fd, LOOP_GET_STATUS64, &li) == 0 && li.lo_inode == st->st_ino && li.lo_device == st->st_dev
+          && !(li.lo_flags & LO_FLAGS_READ_ONLY))
+        found = fd;
+      else
+        close (fd);
+    }
+  closedir (d);
+  return found;
+}
+
+static pthread_mutex_t volume_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int
+sbx_disk_volume_mount (const char *image, struct sbx_err *err)
+{
+  cleanup_close int ifd = open (image, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (ifd < 0)
+    return sbx_fail (err, errno, "open volume image %s", image);
+  struct stat st;
+  if (fstat (ifd, &st) < 0 || !S_ISREG (st.st_mode))
+    return sbx_failx (err, EINVAL, "volume image %s is not a file", image);
+  pthread_mutex_lock (&volume_lock);
+  char dev[64];
+  int lfd = loop_find (&st, dev, sizeof dev);
+  if (lfd < 0)
+    lfd = loop_attach (ifd, false, dev, sizeof dev, err);
+  int mfd = -1;
+  if (lfd >= 0)
+    {
+      cleanup_close int fs = (int) syscall (SYS_fsopen, "ext4", FSOPEN_CLOEXEC);
+      if (fs < 0)
+        sbx_fail (err, errno, "fsopen ext4");
+      else if (syscall (SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0
+               || syscall (SYS_fsconfig, fs, FSCONFIG_SET_FLAG, "noinit_itable", NULL, 0) < 0
+               || syscall (SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        sbx_fail (err, errno, "mount volume %s on %s", image, dev);
+      else if ((mfd = (int) syscall (SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)) < 0)
+        sbx_fail (err, errno, "fsmount %s", dev);
+      close (lfd);
+    }
+  pthread_mutex_unlock (&volume_lock);
+  return mfd;
 }

@@ -26,4 +26,20 @@ int sbx_disk_mount_ro (const char *image, struct sbx_err *err);
    where the file system can); *BYTES gets what SRC holds. */
 int sbx_disk_copy (int src, int dst, uint64_t *bytes, struct sbx_err *err);
 
+/* Volumes: persistent file systems that outlive sandboxes and are shared
+   by them (a volume mounted by two sandboxes at once is one file system).
+
+   Create IMAGE as a sparse ext4 file system of SIZE_MB with a journal
+   (a volume outlives host crashes), its root directory mode 0777 and
+   owned by id 0 (the root of whichever sandbox mounts it), without
+   lost+found. */
+int sbx_disk_volume_format (const char *image, uint32_t size_mb, struct sbx_err *err);
+/* A detached mount (nodev, nosuid; O_CLOEXEC fd) of volume IMAGE.  When
+   the image is already on a loop device (a sandbox, or a request, has it
+   mounted, possibly since before a daemon restart), that device is
+   mounted again, which gives the same file system: an ext4 image must
+   never be mounted through two devices at once.  Serialised in the
+   process, so two callers never attach it twice. */
+int sbx_disk_volume_mount (const char *image, struct sbx_err *err);
+
 #endif

@@ -117,6 +117,23 @@ sbx_fs_rules_check (const struct sbx_fs_rule *rules, size_t n, struct sbx_err *e
 }
 
 int
+sbx_fs_mount_paths_check (const char *const *paths, size_t n, struct sbx_err *err)
+{
+  if (n > SBX_FS_MOUNTS_MAX)
+    return sbx_failx (err, EINVAL, "too many volume mounts (%zu, at most %d)", n, SBX_FS_MOUNTS_MAX);
+  for (size_t i = 0; i < n; i++)
+    if (check_path (paths[i], err) < 0)
+      return -1;
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < n; j++)
+      if (i != j && path_within (paths[i], paths[j]))
+        return strcmp (paths[i], paths[j]) == 0
+                   ? sbx_failx (err, EINVAL, "mount path %s is listed twice", paths[i])
+                   : sbx_failx (err, EINVAL, "mount path %s is below mount path %s", paths[i], paths[j]);
+  return 0;
+}
+
+int
 sbx_fs_rules_encode (const struct sbx_fs_rule *rules, size_t n, char **out, size_t *len, struct sbx_err *err)
 {
   *out = NULL;

@@ -30,6 +30,11 @@ struct sbx_fs_rule {
    message naming the offending path. */
 int sbx_fs_rules_check (const struct sbx_fs_rule *rules, size_t n, struct sbx_err *err);
 
+/* Mount points of volumes: at most SBX_FS_MOUNTS_MAX paths, each as a
+   rule's path must be, listed once, none below another. */
+#define SBX_FS_MOUNTS_MAX 16
+int sbx_fs_mount_paths_check (const char *const *paths, size_t n, struct sbx_err *err);
+
 /* The encoded form sent to a booting sandbox: one record per rule,
    shallowest path first ("/a" before "/a/b", so that a more specific
    rule is mounted over a more general one): the access as one byte

@@ -89,38 +89,49 @@ struct boot_header {
   uint32_t env_len;
   uint32_t net_addr, net_gw; /* host byte order; 0: leave eth0 alone */
   uint32_t fs_len;           /* bytes of filesystem rules (fspolicy.h) */
+  uint32_t n_volumes;        /* volume mounts passed after the two fds */
+  uint32_t vol_len;          /* bytes of their paths, NUL-separated, after the rules */
 };
 
-/* Send the root file system fd with the boot header, then the
-   environment as NUL-separated strings, then the filesystem rules. */
+#define BOOT_FDS_MAX (2 + SBX_FS_MOUNTS_MAX)
+
+/* Send the root file system fd, the template lock and the volumes (N_FDS
+   in all) with the boot header, then the environment as NUL-separated
+   strings, then the filesystem rules, then the volumes' paths. */
 static int
-send_boot (int sock, const int fds[2], const struct boot_header *h, const char *env, size_t env_len,
-           const char *fs, size_t fs_len)
+send_boot (int sock, const int *fds, size_t n_fds, const struct boot_header *h, const char *env, size_t env_len,
+           const char *fs, size_t fs_len, const char *vol, size_t vol_len)
 {
   struct iovec iov = { (void *) h, sizeof *h };
   union {
-    char buf[CMSG_SPACE (2 * sizeof (int))];
+    char buf[CMSG_SPACE (BOOT_FDS_MAX * sizeof (int))];
     struct cmsghdr align;
   } u;
-  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+  memset (&u, 0, sizeof u);
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                        .msg_controllen = CMSG_SPACE (n_fds * sizeof (int)) };
   struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN (2 * sizeof (int));
-  memcpy (CMSG_DATA (c), fds, 2 * sizeof (int));
+  c->cmsg_len = CMSG_LEN (n_fds * sizeof (int));
+  memcpy (CMSG_DATA (c), fds, n_fds * sizeof (int));
   if (sendmsg (sock, &msg, MSG_NOSIGNAL) != (ssize_t) sizeof *h)
     return -1;
   if (sbx_write_full (sock, env, env_len) < 0)
     return -1;
-  return fs_len == 0 || sbx_write_full (sock, fs, fs_len) >= 0 ? 0 : -1;
+  if (fs_len > 0 && sbx_write_full (sock, fs, fs_len) < 0)
+    return -1;
+  return vol_len == 0 || sbx_write_full (sock, vol, vol_len) >= 0 ? 0 : -1;
 }
+
+static int boot_volume_fds[SBX_FS_MOUNTS_MAX];
 
 static int
 recv_boot (int sock, struct boot_header *h, int *lock_fd)
 {
   struct iovec iov = { h, sizeof *h };
   union {
-    char buf[CMSG_SPACE (2 * sizeof (int))];
+    char buf[CMSG_SPACE (BOOT_FDS_MAX * sizeof (int))];
     struct cmsghdr align;
   } u;
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
@@ -131,11 +142,14 @@ recv_boot (int sock, struct boot_header *h, int *lock_fd)
   if (n != (ssize_t) sizeof *h)
     return -1;
   struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
-  if (c == NULL || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN (2 * sizeof (int)))
+  if (c == NULL || c->cmsg_type != SCM_RIGHTS || h->n_volumes > SBX_FS_MOUNTS_MAX
+      || c->cmsg_len != CMSG_LEN ((2 + h->n_volumes) * sizeof (int)))
     return -1;
-  int fds[2];
-  memcpy (fds, CMSG_DATA (c), sizeof fds);
+  int fds[BOOT_FDS_MAX];
+  memcpy (fds, CMSG_DATA (c), (2 + h->n_volumes) * sizeof (int));
   *lock_fd = fds[1];
+  for (uint32_t i = 0; i < h->n_volumes; i++)
+    boot_volume_fds[i] = fds[2 + i];
   return fds[0];
 }
 
@@ -606,6 +620,61 @@ apply_fs_policy (int root)
     mount_rule (root, &root_st, boot_fs[i].access, boot_fs[i].path);
 }
 
+/* ---- volumes ----
+
+   Each volume comes as a detached mount, already idmapped like the
+   sandbox's layers (ids 0..65535 on the volume are the sandbox's own), and
+   is moved onto its path, resolved inside the sandbox's root (a symlink
+   of the image cannot lead out of it) and made a directory if missing.
+   Like a rule's, the path must land on the sandbox's own files, not on a
+   kernel file system nor on the root itself. */
+
+static char boot_vol_buf[SBX_FS_MOUNTS_MAX * SBX_FS_PATH_MAX];
+
+static void
+mount_volumes (int root, const struct boot_header *h)
+{
+  struct stat root_st;
+  if (fstat (root, &root_st) < 0)
+    child_fail ("stat the root file system");
+  if (h->vol_len > 0 && boot_vol_buf[h->vol_len - 1] != '\0')
+    {
+      errno = EINVAL;
+      child_fail ("volume paths");
+    }
+  size_t off = 0;
+  for (uint32_t i = 0; i < h->n_volumes; i++)
+    {
+      if (off >= h->vol_len)
+        {
+          errno = EINVAL;
+          child_fail ("volume paths");
+        }
+      const char *path = boot_vol_buf + off;
+      off += strlen (path) + 1;
+      int target = open_in_root (root, path, O_PATH | O_DIRECTORY);
+      if (target < 0 && errno == ENOENT)
+        {
+          create_path (root, path, 0755);
+          target = open_in_root (root, path, O_PATH | O_DIRECTORY);
+        }
+      struct stat st;
+      struct statfs sf;
+      if (target < 0 || fstat (target, &st) < 0 || fstatfs (target, &sf) < 0)
+        child_fail ("open the mount point %s", path);
+      if (sf.f_type != OVERLAYFS_SUPER_MAGIC || (st.st_dev == root_st.st_dev && st.st_ino == root_st.st_ino))
+        {
+          errno = EXDEV;
+          child_fail ("volume mount %s: not a path of the sandbox's own files", path);
+        }
+      if (syscall (SYS_move_mount, boot_volume_fds[i], "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
+          < 0)
+        child_fail ("mount the volume at %s", path);
+      close (boot_volume_fds[i]);
+      close (target);
+    }
+}
+
 /* Move into a user namespace nested in the sandbox's, mapping the same
    ids, and a mount namespace of its own.  A mount namespace copied into a
    less privileged user namespace has every mount's flags locked
@@ -699,6 +768,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   if (h.fs_len > sizeof boot_fs_buf || sbx_read_full (sync, boot_fs_buf, h.fs_len) != (ssize_t) h.fs_len)
     child_fail ("receive the filesystem rules");
   parse_fs_rules (h.fs_len);
+  if (h.vol_len > sizeof boot_vol_buf || sbx_read_full (sync, boot_vol_buf, h.vol_len) != (ssize_t) h.vol_len)
+    child_fail ("receive the volume paths");
   if (mount (NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
     child_fail ("make / private");
   /* still the daemon's host uid here, so the root-only state directory can
@@ -762,6 +833,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
 
   write_resolv_conf (&h, ovl);
   write_hosts (s->hostname, ovl);
+  if (h.n_volumes > 0)
+    mount_volumes (ovl, &h);
   if (boot_fs_n > 0)
     apply_fs_policy (ovl);
 
@@ -1032,14 +1105,43 @@ sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, co
       memcpy (flat + off, *v, n);
       off += n;
     }
+  if (disk->n_volumes > SBX_FS_MOUNTS_MAX)
+    return sbx_failx (err, E2BIG, "too many volumes");
+  /* the volumes' paths, flattened */
+  size_t vol_len = 0;
+  for (size_t i = 0; i < disk->n_volumes; i++)
+    vol_len += strlen (disk->volume_paths[i]) + 1;
+  if (vol_len > sizeof boot_vol_buf)
+    return sbx_failx (err, E2BIG, "volume paths too long");
+  cleanup_free char *vol = malloc (vol_len + 1);
+  if (vol == NULL)
+    return sbx_fail (err, ENOMEM, "volume paths");
+  size_t voff = 0;
+  for (size_t i = 0; i < disk->n_volumes; i++)
+    {
+      size_t n = strlen (disk->volume_paths[i]) + 1;
+      memcpy (vol + voff, disk->volume_paths[i], n);
+      voff += n;
+    }
   cleanup_close int ovl = make_rootfs (tree_fd, disk->disk_fd, disk->layer_fds, disk->n_layers, disk->userns_fd, err);
   if (ovl < 0)
     return -1;
-  struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len };
-  int fds[2] = { ovl, lock_fd };
-  if (send_boot (p->sock, fds, &h, flat, len, fs, fs_len) < 0)
-    return sbx_fail (err, errno, "pass the root file system");
-  return 0;
+  int fds[BOOT_FDS_MAX] = { ovl, lock_fd };
+  size_t n_fds = 2;
+  int ret = -1;
+  for (; n_fds < 2 + disk->n_volumes; n_fds++)
+    if ((fds[n_fds] = idmapped_clone (disk->volume_fds[n_fds - 2], "", disk->userns_fd, false, "a volume", err)) < 0)
+      goto out;
+  struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len, (uint32_t) disk->n_volumes,
+                           (uint32_t) vol_len };
+  if (send_boot (p->sock, fds, n_fds, &h, flat, len, fs, fs_len, vol, vol_len) < 0)
+    sbx_fail (err, errno, "pass the root file system");
+  else
+    ret = 0;
+out:
+  for (size_t i = 2; i < n_fds; i++)
+    close (fds[i]);
+  return ret;
 }
 
 int

@@ -45,6 +45,11 @@ struct sbx_isolate_disk {
   int disk_fd;
   const int *layer_fds;
   size_t n_layers;
+  /* volumes (sbx_disk_volume_mount), idmapped like the layers and
+     mounted at their paths (checked with sbx_fs_mount_paths_check) */
+  const int *volume_fds;
+  const char *const *volume_paths;
+  size_t n_volumes;
 };
 
 /* The user namespace every layer of a sandbox is idmapped with: ids

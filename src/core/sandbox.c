@@ -1724,8 +1724,11 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
   if (timeout > e->max_timeout_s)
     return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
-  if (sbx_fs_rules_check (o->fs_rules, o->n_fs_rules, err) < 0)
+  if (sbx_fs_rules_check (o->fs_rules, o->n_fs_rules, err) < 0
+      || sbx_fs_mount_paths_check (o->volume_paths, o->n_volumes, err) < 0)
     return -1;
+  if (o->n_volumes && o->n_fs_rules)
+    return sbx_failk (err, SBX_E_INVALID, "volumes and filesystem rules cannot be combined");
   if (o->id && !valid_new_id (e, o->id))
     return sbx_failk (err, SBX_E_INVALID, "sandbox id %s is malformed or taken", o->id);
   struct sbx_template t;
@@ -1800,6 +1803,9 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   size_t n_layer_fds = 0;
   for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
     layer_fds[i] = -1;
+  int vol_fds[SBX_FS_MOUNTS_MAX];
+  for (size_t i = 0; i < SBX_FS_MOUNTS_MAX; i++)
+    vol_fds[i] = -1;
   bool env_ok;
   s->env = env_merge (man ? man->env : NULL, o->env, &env_ok);
   s->timeout_s = timeout;
@@ -1868,16 +1874,25 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   uint32_t net_addr = 0, net_gw = 0;
   if (s->has_net)
     sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
-  struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds };
+  for (size_t i = 0; i < o->n_volumes; i++)
+    if ((vol_fds[i] = sbx_disk_volume_mount (o->volume_images[i], err)) < 0)
+      goto fail;
+  struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds,
+                                   vol_fds, o->volume_paths, o->n_volumes };
   if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
                               o->fs_rules, o->n_fs_rules, err)
       < 0)
     goto fail;
-  /* the overlay holds the layers now */
+  /* the overlay holds the layers now, the sandbox its volumes */
   for (size_t i = 0; i < n_layer_fds; i++)
     {
       close (layer_fds[i]);
       layer_fds[i] = -1;
+    }
+  for (size_t i = 0; i < o->n_volumes; i++)
+    {
+      close (vol_fds[i]);
+      vol_fds[i] = -1;
     }
   /* The link was made with the plain internet rules; other rules are put
      in place while the sandbox sets itself up.  Nothing of the caller's
@@ -1920,6 +1935,9 @@ fail:
   for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
     if (layer_fds[i] >= 0)
       close (layer_fds[i]);
+  for (size_t i = 0; i < SBX_FS_MOUNTS_MAX; i++)
+    if (vol_fds[i] >= 0)
+      close (vol_fds[i]);
   free (env);
   sbx_template_free (&t);
   discard (e, s);

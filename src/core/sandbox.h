@@ -135,6 +135,13 @@ struct sbx_create_opts {
      (TEMPLATE_NAME, if given, must be the same) and environment (ENV adds
      to it and overrides it) */
   const char *snapshot_dir;
+  /* volumes (disk.h: sbx_disk_volume_format) mounted read-write at their
+     paths (absolute, normalised, at most SBX_FS_MOUNTS_MAX, none below
+     another: sbx_fs_mount_paths_check), idmapped so that ids on a volume
+     are the sandbox's own; not with FS_RULES */
+  const char *const *volume_images;
+  const char *const *volume_paths;
+  size_t n_volumes;
 };
 
 /* A new sandbox id ("sbx" and 20 of [0-9a-z]: a valid host name label,

@@ -30,4 +30,17 @@ int sbx_service_checkpoint_check (struct sbx_service *svc, const struct sbx_org 
 int sbx_service_storage_start (struct sbx_service *svc, const struct sbx_org *org, const char *sandbox_id,
                                const struct sbx_sandbox_spec *spec, struct sbx_err *err);
 
+/* The volumes a create mounts (volumes.c): resolved from the spec's
+   names before the engine is asked, and held (a delete waits) until the
+   sandbox's mounts are recorded. */
+struct sbx_volume_set;
+int sbx_volumes_take (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                      struct sbx_volume_set **out, struct sbx_err *err);
+/* Fill the engine's options: images and paths, owned by VS. */
+void sbx_volumes_opts (const struct sbx_volume_set *vs, struct sbx_create_opts *o);
+int sbx_volumes_record (struct sbx_service *svc, const struct sbx_volume_set *vs, const char *sandbox_id,
+                        struct sbx_err *err);
+/* Let go of VS (NULL: nothing). */
+void sbx_volumes_give (struct sbx_volume_set *vs);
+
 #endif

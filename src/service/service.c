@@ -371,6 +371,18 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
         }
       return -1;
     }
+  /* its volumes, held until its mounts are recorded (volumes.c) */
+  struct sbx_volume_set *vols;
+  if (sbx_volumes_take (svc, org, spec, &vols, err) < 0)
+    {
+      sbx_place_cancel (ticket);
+      if (want_id == NULL)
+        {
+          struct sbx_err e3;
+          sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e3);
+        }
+      return -1;
+    }
   struct sbx_create_opts o = { .template_name = built ? tree : spec->template_name,
                                .timeout_s = spec->timeout_s,
                                .env = spec->env,
@@ -383,12 +395,14 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
                                .on_timeout = spec->on_timeout,
                                .auto_resume = spec->auto_resume,
                                .snapshot_dir = spec->snapshot_dir };
+  sbx_volumes_opts (vols, &o);
   char id[SBX_ID_MAX];
   struct sbx_err e2;
   if (svc->fair)
     o.cpu_weight = sbx_fairshare_weight (live); /* its share from its first instruction */
   if (sbx_create (svc->engine, &o, id, err) < 0)
     {
+      sbx_volumes_give (vols);
       sbx_place_cancel (ticket);
       if (want_id == NULL)
         sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
@@ -402,6 +416,7 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
       || sbx_builds_started (svc, id, built ? tree : spec->template_name, err) < 0
       || sbx_get_info (svc->engine, id, &info, err) < 0)
     {
+      sbx_volumes_give (vols);
       sbx_place_cancel (ticket);
       if (want_id == NULL)
         sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
@@ -416,6 +431,9 @@ sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
   record_from_info (&info, rec);
   int r = record_change (svc, rsv, rec, &info, SBX_EVENT_CREATED, "request", err);
   sbx_info_free (&info);
+  if (r == 0)
+    r = sbx_volumes_record (svc, vols, id, err);
+  sbx_volumes_give (vols);
   if (r < 0)
     {
       /* a sandbox nobody could be billed for must not run */

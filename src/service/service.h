@@ -71,6 +71,11 @@ int sbx_service_authenticate (struct sbx_service *svc, const char *key, struct s
 
 /* ---- sandboxes ---- */
 
+struct sbx_volume_use {
+  const char *name;
+  const char *path;
+};
+
 struct sbx_sandbox_spec {
   const char *template_name;
   uint32_t timeout_s;               /* 0: the engine's default */
@@ -92,6 +97,9 @@ struct sbx_sandbox_spec {
   enum sbx_on_timeout on_timeout;
   bool auto_resume;
   const char *snapshot_dir;         /* start from these files (sbx_service_snapshot_find), may be NULL */
+  /* E2B's volumes (volumes.c): the organisation's volume NAME mounted at PATH */
+  const struct sbx_volume_use *volumes;
+  size_t n_volumes;
 };
 
 /* Create a sandbox for ORG within its quota; REC gets its record.  Fails
@@ -245,6 +253,43 @@ int sbx_service_snapshot_find (struct sbx_service *svc, const struct sbx_org *or
    sandboxes made from it still use are freed when they end). */
 int sbx_service_snapshot_delete (struct sbx_service *svc, const struct sbx_org *org, const char *id_or_name,
                                  struct sbx_err *err);
+
+/* ---- volumes (volumes.c) ----
+
+   E2B's volumes: persistent file systems of the organisation, each an
+   ext4 image of SBX_VOLUME_MB (sparse; STATE/captures/ID/volume.img,
+   recorded as a capture of kind "volume", its name in the prefix), so
+   its full size counts against the organisation's storage quota
+   (--storage-quota-mb) with its snapshots and checkpoints.  Sandboxes
+   mount them at create (spec->volumes); the volume's files can also be
+   reached without a sandbox (sbx_service_volume_root). */
+
+#define SBX_VOLUMES_MAX 100u       /* an organisation's volumes */
+#define SBX_VOLUME_NAME_MAX 64u    /* a name's bytes: [A-Za-z0-9_-] */
+#define SBX_VOLUME_MB 1024u        /* a volume's size */
+
+/* A new volume NAME of ORG.  SBX_E_INVALID for a bad name, SBX_E_CONFLICT
+   when ORG has one of that name, SBX_E_LIMIT past SBX_VOLUMES_MAX or the
+   storage quota, SBX_E_NO_SPACE when the host has no room for it. */
+int sbx_service_volume_create (struct sbx_service *svc, const struct sbx_org *org, const char *name,
+                               struct sbx_saved *out, struct sbx_err *err);
+/* ORG's volumes, by name (free *V). */
+int sbx_service_volume_list (struct sbx_service *svc, const struct sbx_org *org, struct sbx_saved **v, size_t *n,
+                             struct sbx_err *err);
+/* ORG's volume ID; SBX_E_NOT_FOUND when ORG has none such (ORG NULL: any
+   organisation's, for a caller holding the volume's own token). */
+int sbx_service_volume_get (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                            struct sbx_saved *out, struct sbx_err *err);
+/* Delete ORG's volume ID and its files; SBX_E_CONFLICT while a running or
+   paused sandbox mounts it. */
+int sbx_service_volume_delete (struct sbx_service *svc, const struct sbx_org *org, const char *id,
+                               struct sbx_err *err);
+/* A detached mount of volume ID (already checked to be the caller's) for
+   the file calls of core/volume.h; close it when done. */
+int sbx_service_volume_root (struct sbx_service *svc, const char *id, struct sbx_err *err);
+/* The volumes sandbox ID mounts (free *V). */
+int sbx_service_volume_mounts (struct sbx_service *svc, const char *sandbox_id, struct sbx_volume_mount_rec **v,
+                               size_t *n, struct sbx_err *err);
 
 /* One sandbox of a fork: its record, or why it could not be made. */
 struct sbx_fork_result {

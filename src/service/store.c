@@ -212,6 +212,13 @@ static const char schema_sql[]
       "  sandbox_id TEXT PRIMARY KEY,"
       "  public INTEGER NOT NULL,"
       "  mask_host TEXT NOT NULL);"
+      /* E2B's volumes (captures of kind "volume", volumes.c) a sandbox mounts */
+      "CREATE TABLE IF NOT EXISTS volume_mounts ("
+      "  sandbox_id TEXT NOT NULL,"
+      "  volume_id TEXT NOT NULL,"
+      "  path TEXT NOT NULL,"
+      "  PRIMARY KEY (sandbox_id, path));"
+      "CREATE INDEX IF NOT EXISTS volume_mounts_volume ON volume_mounts (volume_id);"
 
       /* templates built through the E2B build API (builds.c) */
       "CREATE TABLE IF NOT EXISTS templates ("
@@ -365,6 +372,10 @@ enum stmt_id
   S_STORAGE_GET,
   S_INGRESS_PUT,
   S_INGRESS_GET,
+  S_VMOUNT_PUT,
+  S_VMOUNT_LIST,
+  S_VMOUNT_BUSY,
+  S_VMOUNT_FORGET,
   S_TPL_PUT,
   S_TPL_GET,
   S_TPL_LIST,
@@ -508,6 +519,12 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_STORAGE_GET] = "SELECT keep_workspace, keep_artifacts, prefix FROM sandbox_storage WHERE sandbox_id = ?1",
   [S_INGRESS_PUT] = "INSERT OR REPLACE INTO sandbox_ingress (sandbox_id, public, mask_host) VALUES (?1, ?2, ?3)",
   [S_INGRESS_GET] = "SELECT public, mask_host FROM sandbox_ingress WHERE sandbox_id = ?1",
+  [S_VMOUNT_PUT] = "INSERT OR REPLACE INTO volume_mounts (sandbox_id, volume_id, path) VALUES (?1, ?2, ?3)",
+  [S_VMOUNT_LIST] = "SELECT m.volume_id, COALESCE (c.prefix, ''), m.path FROM volume_mounts m"
+                    " LEFT JOIN captures c ON c.id = m.volume_id WHERE m.sandbox_id = ?1 ORDER BY m.path",
+  [S_VMOUNT_BUSY] = "SELECT m.sandbox_id FROM volume_mounts m JOIN sandboxes s ON s.id = m.sandbox_id"
+                    " WHERE m.volume_id = ?1 AND s.status IN ('running', 'paused') LIMIT 1",
+  [S_VMOUNT_FORGET] = "DELETE FROM volume_mounts WHERE volume_id = ?1",
 
   [S_TPL_PUT] = "INSERT OR REPLACE INTO templates (" TPL_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
   /* ?1 org, ?2 an id (the org's, or a public one) or one of the org's names */
@@ -2849,6 +2866,84 @@ sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_
       COL_COPY (s, 1, in->mask_host);
       in->stored = true;
     }
+  return 0;
+}
+
+/* --------------------------------------------------------- volume mounts */
+
+int
+sbx_store_volume_mount_put (struct sbx_store *st, const char *sandbox_id, const char *volume_id, const char *path,
+                            struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_VMOUNT_PUT];
+  int rc = bind_text (s, 1, sandbox_id) | bind_text (s, 2, volume_id) | bind_text (s, 3, path);
+  if (bind_check (st, rc, err, "volume mount") < 0 || step_done (st, s, err, "volume mount") < 0)
+    return -1;
+  return 0;
+}
+
+int
+sbx_store_volume_mounts (struct sbx_store *st, const char *sandbox_id, struct sbx_volume_mount_rec **v, size_t *n,
+                         struct sbx_err *err)
+{
+  struct sbx_volume_mount_rec *out = NULL;
+  size_t count = 0, cap = 0;
+  int r;
+  *v = NULL;
+  *n = 0;
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_VMOUNT_LIST];
+  if (bind_check (st, bind_text (s, 1, sandbox_id), err, "volume mounts") < 0)
+    return -1;
+  while ((r = step_row (st, s, err, "volume mounts")) > 0)
+    {
+      struct sbx_volume_mount_rec *one = sbx_grow (&out, &count, &cap, sizeof *out);
+      if (one == NULL)
+        {
+          r = fail_nomem (err);
+          break;
+        }
+      memset (one, 0, sizeof *one);
+      COL_COPY (s, 0, one->volume_id);
+      COL_COPY (s, 1, one->name);
+      COL_COPY (s, 2, one->path);
+    }
+  if (r < 0)
+    {
+      free (out);
+      return -1;
+    }
+  *v = out;
+  *n = count;
+  return 0;
+}
+
+int
+sbx_store_volume_busy (struct sbx_store *st, const char *volume_id, char sandbox_id[SBX_STORE_ID_MAX],
+                       struct sbx_err *err)
+{
+  sandbox_id[0] = '\0';
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_VMOUNT_BUSY];
+  if (bind_check (st, bind_text (s, 1, volume_id), err, "volume in use") < 0)
+    return -1;
+  int r = step_row (st, s, err, "volume in use");
+  if (r < 0)
+    return -1;
+  if (r > 0)
+    col_copy (s, 0, sandbox_id, SBX_STORE_ID_MAX);
+  return 0;
+}
+
+int
+sbx_store_volume_mounts_forget (struct sbx_store *st, const char *volume_id, struct sbx_err *err)
+{
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_VMOUNT_FORGET];
+  if (bind_check (st, bind_text (s, 1, volume_id), err, "forget volume mounts") < 0
+      || step_done (st, s, err, "forget volume mounts") < 0)
+    return -1;
   return 0;
 }
 

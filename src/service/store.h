@@ -377,6 +377,24 @@ int sbx_store_ingress_put (struct sbx_store *st, const char *sandbox_id, const s
 /* A sandbox without settings is public, unmasked. */
 int sbx_store_ingress_get (struct sbx_store *st, const char *sandbox_id, struct sbx_ingress *in, struct sbx_err *err);
 
+/* ---- volumes mounted by sandboxes (volumes.c) ---- */
+
+struct sbx_volume_mount_rec {
+  char volume_id[SBX_STORE_ID_MAX];
+  char name[128];                    /* the volume's, "" once it is deleted */
+  char path[1024];
+};
+int sbx_store_volume_mount_put (struct sbx_store *st, const char *sandbox_id, const char *volume_id,
+                                const char *path, struct sbx_err *err);
+/* The volumes SANDBOX_ID mounts, by path (free *V). */
+int sbx_store_volume_mounts (struct sbx_store *st, const char *sandbox_id, struct sbx_volume_mount_rec **v,
+                             size_t *n, struct sbx_err *err);
+/* A running or paused sandbox that mounts VOLUME_ID into SANDBOX_ID, ""
+   when none does. */
+int sbx_store_volume_busy (struct sbx_store *st, const char *volume_id, char sandbox_id[SBX_STORE_ID_MAX],
+                           struct sbx_err *err);
+int sbx_store_volume_mounts_forget (struct sbx_store *st, const char *volume_id, struct sbx_err *err);
+
 /* ---- templates built through E2B's build API (builds.c) ---- */
 
 #define SBX_TMPL_NAME_MAX 128
