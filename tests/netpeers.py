@@ -13,6 +13,11 @@ Peers.up() builds, from the host's root network namespace:
     [2001:db8:100::10]    HTTP :80 as above
     198.51.100.10:8080    TCP, "tcp ok\\n" then close
     198.51.100.10:853     TCP, "dot ok\\n" then close (a DNS-over-TLS stand-in)
+    GET /headers          as above, then every request header, "Name: value\\n"
+    198.51.100.10:1080    a SOCKS5 proxy (RFC 1928; no authentication, or
+                          user "sbxt" password "sbxt-pass", RFC 1929) that
+                          resolves names from RECORDS and logs each CONNECT
+                          (socks_seen)
     198.51.100.10:443/udp and :9999/udp
                           "udp ok" back, and every payload is logged
                           (udp_seen) so a test can tell a datagram never came
@@ -119,6 +124,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
 
     def answer(self):
+        # a request's body is read, so the next request on the connection is one
+        if self.headers.get("Content-Length", "").isdigit():
+            self.rfile.read(int(self.headers["Content-Length"]))
         addr = self.request.getsockname()[0]
         if mode == "priv":
             body = "private ok\n"
@@ -126,6 +134,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = f"host={self.headers.get('Host', '')} addr={addr}\n"
             if self.server.tls is not None:
                 body = f"sni={getattr(self.request, 'sbxt_sni', None) or ''} " + body
+            if self.path == "/headers":
+                body += "".join(f"{k}: {v}\n" for k, v in self.headers.items())
         data = body.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -198,9 +208,95 @@ if mode == "inet":
 else:
     serve(Server(("0.0.0.0", 80), Handler))
 
+
+def socks5(addr, port, names):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(64)
+    log = os.path.join(state, "socks.log")
+
+    def read(c, n):
+        data = b""
+        while len(data) < n:
+            more = c.recv(n - len(data))
+            if not more:
+                raise OSError("closed")
+            data += more
+        return data
+
+    def pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def serve(c):
+        try:
+            c.settimeout(10)
+            ver, n = read(c, 2)
+            methods = read(c, n)
+            user = ""
+            if 2 in methods:
+                c.sendall(b"\x05\x02")
+                read(c, 1)
+                user = read(c, read(c, 1)[0]).decode()
+                password = read(c, read(c, 1)[0]).decode()
+                ok = (user, password) == ("sbxt", "sbxt-pass")
+                c.sendall(b"\x01\x00" if ok else b"\x01\x01")
+                if not ok:
+                    return
+            elif 0 in methods:
+                c.sendall(b"\x05\x00")
+            else:
+                c.sendall(b"\x05\xff")
+                return
+            ver, cmd, _, atyp = read(c, 4)
+            if atyp == 1:
+                dst = socket.inet_ntoa(read(c, 4))
+                ip = dst
+            elif atyp == 3:
+                dst = read(c, read(c, 1)[0]).decode()
+                ip = names.get(dst)
+            else:
+                return
+            dport = int.from_bytes(read(c, 2), "big")
+            with lock, open(log, "a") as f:
+                f.write(f"user={user} atyp={atyp} dst={dst}:{dport}\n")
+            if ip is None:
+                c.sendall(b"\x05\x04\x00\x01" + bytes(6))
+                return
+            u = socket.create_connection((ip, dport), timeout=5)
+            c.sendall(b"\x05\x00\x00\x01" + socket.inet_aton(addr) + port.to_bytes(2, "big"))
+            c.settimeout(None)
+            u.settimeout(None)
+            threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+            pipe(c, u)
+        except (OSError, ValueError):
+            c.close()
+
+    def loop():
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+
+
+if mode == "inet":
+    socks5("198.51.100.10", 1080, NAMES)
+
 open(os.path.join(state, mode + ".ready"), "w").close()
 threading.Event().wait()
 '''
+# the names the SOCKS5 proxy resolves: the upstream resolver's
+SERVERS = SERVERS.replace("\nmode, state = sys.argv[1], sys.argv[2]\n",
+                          "\nmode, state = sys.argv[1], sys.argv[2]\nNAMES = "
+                          + repr({k: a for k, (a, _) in RECORDS.items()}) + "\n")
 
 
 # A tiny DNS client; Peers uses it on the host and the tests run the same
@@ -557,6 +653,14 @@ class Peers:
             return False
         return any(data.hex() in line.split()[2] and (port is None or line.split()[0] == str(port))
                    for line in lines)
+
+    def socks_seen(self, text):
+        """Lines of the SOCKS5 proxy's log holding TEXT."""
+        try:
+            with open(self.path("socks.log")) as f:
+                return [line.strip() for line in f if text in line]
+        except FileNotFoundError:
+            return []
 
     def dns_query_host(self, name, qtype="A", server=DNS1, tcp=False):
         """(rcode, addresses) from one of the resolvers, asked by the host."""

@@ -6,14 +6,18 @@ suite's 1 s, SUITE_METRICS_ARGS; E2B's 5 s by default) and keeps the last
 ?start= and ?end= (unix seconds, each covering its whole second, or
 milliseconds), oldest first; GET /sandboxes/metrics?sandbox_ids= the
 newest of each named sandbox of the caller's.  A paused sandbox gets no
-samples.  The ring's bound is tests/unit/test_samples.c's.
+samples.  The ring's bound is tests/unit/test_samples.c's.  The
+histories are kept in the store too: a restarted daemon answers for the
+time before it started.
 """
+import os
+import sqlite3
 import subprocess
 import time
 
 import pytest
 
-from conftest import SBXD, sample_time
+from conftest import SBXD, Sbxd, sample_time
 
 E2B_FIELDS = {"timestamp": str, "timestampUnix": int, "cpuCount": int, "cpuUsedPct": (int, float),
               "memUsed": int, "memTotal": int, "memCache": int, "diskUsed": int, "diskTotal": int}
@@ -182,3 +186,45 @@ def test_the_interval_flag_is_bounded(value, tmp_path):
     r = subprocess.run([SBXD, "serve", "--state-dir", str(tmp_path), "--metrics-interval-ms", value],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and f"invalid --metrics-interval-ms {value}" in r.stderr, r.stderr
+
+
+def stored_samples(state_dir, sid):
+    db = sqlite3.connect(os.path.join(state_dir, "sbxd.db"))
+    try:
+        return db.execute("SELECT COUNT(*) FROM sandbox_samples WHERE sandbox_id = ?", (sid,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_history_survives_a_daemon_restart(tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = d.create(timeout=600)
+        other = d.create(timeout=600)
+        before = wait_for_samples(d, sid, 3)
+        # kill -9: what each pass took is already written
+        time.sleep(1.5)
+        d.kill9()
+        d.start()
+        t0 = int(sample_time(before[0]))
+        after = history(d, sid, start=t0, end=int(time.time()) + 1)
+        kept = {m["timestamp"] for m in after}
+        assert {m["timestamp"] for m in before} <= kept, (before, after)
+        assert [sample_time(m) for m in after] == sorted(sample_time(m) for m in after)
+        # and the history goes on after the restart
+        n = len(after)
+        deadline = time.time() + 20
+        while len(history(d, sid, start=t0)) < n + 2:
+            assert time.time() < deadline
+            time.sleep(0.3)
+        # a killed sandbox's rows go with it; the other's stay
+        assert stored_samples(d.state_dir, sid) > 0
+        assert d.delete(sid).status_code in (200, 204)
+        deadline = time.time() + 5
+        while stored_samples(d.state_dir, sid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert stored_samples(d.state_dir, sid) == 0
+        assert stored_samples(d.state_dir, other) > 0
+    finally:
+        d.cleanup()
+        d.stop()

@@ -2,9 +2,13 @@
  * network.c - sandbox egress rules in the API: the network fields of
  * create (E2B's allow_internet_access and network {allowOut, denyOut},
  * seed 002's network {allow, block_outbound}), the sandbox object's
- * "network", and PUT /sandboxes/:id/network.
+ * "network", and PUT /sandboxes/:id/network.  E2B's "rules" (headers set
+ * on a host's requests) and "egressProxy" (a SOCKS5 proxy) go with the
+ * lists into the same policy.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +29,88 @@ merge_list (struct MHD_Connection *c, json_t *to, json_t *from, const char *key,
     }
   json_array_extend (to, from);
   return 0;
+}
+
+/* E2B's rules: {"host": [{"transform": {"headers": {name: value}}}, ...]}. */
+static int
+body_rules (json_t *rules, struct sbx_net_policy *p, struct sbx_err *err)
+{
+  if (rules == NULL || json_is_null (rules))
+    return 0;
+  if (!json_is_object (rules))
+    return sbx_failk (err, SBX_E_INVALID, "network.rules must be an object of host: [rule, ...]");
+  const char *host;
+  json_t *list;
+  json_object_foreach (rules, host, list)
+    {
+      if (!json_is_array (list))
+        return sbx_failk (err, SBX_E_INVALID, "network.rules[\"%.64s\"] must be a list of rules", host);
+      size_t i;
+      json_t *rule;
+      json_array_foreach (list, i, rule)
+        {
+          json_t *t = json_is_object (rule) ? json_object_get (rule, "transform") : NULL;
+          json_t *h = json_is_object (t) ? json_object_get (t, "headers") : NULL;
+          if (!json_is_object (rule) || (t && !json_is_null (t) && !json_is_object (t))
+              || (h && !json_is_null (h) && !json_is_object (h)))
+            return sbx_failk (err, SBX_E_INVALID,
+                              "network.rules[\"%.64s\"]: a rule is {\"transform\": {\"headers\": {name: value}}}", host);
+          size_t n = json_is_object (h) ? json_object_size (h) : 0;
+          if (n > 128)
+            return sbx_failk (err, SBX_E_INVALID, "network.rules[\"%.64s\"]: at most 128 headers a rule", host);
+          const char *names[129], *values[129];
+          const char *k;
+          json_t *v;
+          size_t j = 0;
+          if (n)
+            json_object_foreach (h, k, v)
+              {
+                names[j] = k;
+                values[j++] = json_string_value (v); /* NULL: refused by name */
+                if (strcasecmp (k, "content-length") == 0 || strcasecmp (k, "transfer-encoding") == 0)
+                  return sbx_failk (err, SBX_E_INVALID,
+                                    "network.rules[\"%.64s\"]: %s is the request's framing; it cannot be set", host, k);
+              }
+          if (sbx_net_rule_add (p, host, names, values, n, err) < 0)
+            return -1;
+        }
+    }
+  return 0;
+}
+
+/* E2B's egressProxy: {"address": "host:port", "username", "password"};
+   a host name is resolved now, once, and the address kept. */
+static int
+body_egress_proxy (json_t *x, struct sbx_net_policy *p, struct sbx_err *err)
+{
+  if (x == NULL || json_is_null (x))
+    return 0;
+  const char *address = json_string_value (json_object_get (x, "address"));
+  json_t *u = json_object_get (x, "username"), *pw = json_object_get (x, "password");
+  if (!json_is_object (x) || address == NULL || (u && !json_is_null (u) && !json_is_string (u))
+      || (pw && !json_is_null (pw) && !json_is_string (pw)))
+    return sbx_failk (err, SBX_E_INVALID,
+                      "network.egressProxy must be {\"address\": \"host:port\", \"username\", \"password\"}");
+  const char *colon = strrchr (address, ':');
+  char host[256], *end = NULL;
+  errno = 0;
+  unsigned long port = colon ? strtoul (colon + 1, &end, 10) : 0;
+  if (colon == NULL || colon == address || (size_t) (colon - address) >= sizeof host || errno || end == colon + 1
+      || *end || colon[1] < '0' || colon[1] > '9' || port == 0 || port > 65535)
+    return sbx_failk (err, SBX_E_INVALID, "network.egressProxy.address must be host:port, not \"%.64s\"", address);
+  memcpy (host, address, (size_t) (colon - address));
+  host[colon - address] = '\0';
+  struct in_addr a;
+  if (inet_pton (AF_INET, host, &a) != 1)
+    {
+      struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *res = NULL;
+      if (getaddrinfo (host, NULL, &hints, &res) != 0 || res == NULL)
+        return sbx_failk (err, SBX_E_INVALID, "network.egressProxy.address: \"%.64s\" does not resolve", host);
+      a = ((struct sockaddr_in *) (void *) res->ai_addr)->sin_addr;
+      freeaddrinfo (res);
+    }
+  return sbx_net_socks_set (p, address, ntohl (a.s_addr), (uint16_t) port, json_string_value (u),
+                            json_string_value (pw), err);
 }
 
 int
@@ -57,7 +143,8 @@ body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_p
   if (!always && *allow_internet == 0
       && (net == NULL || json_is_null (net)
           || (json_object_get (net, "allowOut") == NULL && json_object_get (net, "denyOut") == NULL
-              && json_object_get (net, "allow") == NULL && json_object_get (net, "block_outbound") == NULL)))
+              && json_object_get (net, "allow") == NULL && json_object_get (net, "block_outbound") == NULL
+              && json_object_get (net, "rules") == NULL && json_object_get (net, "egressProxy") == NULL)))
     return 0; /* the template decides (a network object may say only who reaches its ports) */
   json_t *allow = json_array (), *deny = json_array ();
   const char *allow_name = "allowOut";
@@ -99,6 +186,14 @@ body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_net_p
   free (d);
   if (built < 0)
     {
+      *ret = send_error (c, 400, "%s", err.msg);
+      goto out;
+    }
+  if (net && json_is_object (net)
+      && (body_rules (json_object_get (net, "rules"), p, &err) < 0
+          || body_egress_proxy (json_object_get (net, "egressProxy"), p, &err) < 0))
+    {
+      sbx_net_policy_free (p);
       *ret = send_error (c, 400, "%s", err.msg);
       goto out;
     }
@@ -171,7 +266,27 @@ policy_json (const struct sbx_net_policy *p)
     json_array_append_new (d, json_string (deny[i]));
   sbx_strv_free (allow);
   sbx_strv_free (deny);
-  return json_pack ("{s:s, s:o, s:o}", "mode", p->enabled ? "internet" : "none", "allowOut", a, "denyOut", d);
+  json_t *j = json_pack ("{s:s, s:o, s:o}", "mode", p->enabled ? "internet" : "none", "allowOut", a, "denyOut", d);
+  if (j && p->n_rules)
+    {
+      json_t *rules = json_object ();
+      for (size_t i = 0; i < p->n_rules; i++)
+        {
+          json_t *list = json_object_get (rules, p->rules[i].host);
+          if (list == NULL)
+            json_object_set_new (rules, p->rules[i].host, list = json_array ());
+          json_t *h = json_object ();
+          for (size_t k = 0; k < p->rules[i].n_headers; k++)
+            json_object_set_new (h, p->rules[i].headers[k].name, json_string (p->rules[i].headers[k].value));
+          json_array_append_new (list, json_pack ("{s:{s:o}}", "transform", "headers", h));
+        }
+      json_object_set_new (j, "rules", rules);
+    }
+  /* never the password, as E2B */
+  if (j && p->proxy)
+    json_object_set_new (j, "egressProxy",
+                         json_pack ("{s:s, s:s*}", "address", p->proxy->address, "username", p->proxy->user));
+  return j;
 }
 
 void

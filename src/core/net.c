@@ -17,7 +17,9 @@
  *             established, for that bound).
  *   prerouting (nat): n<slot> redirects DNS sent to the gateway to the
  *             DNS filter and, for policies with domains, TCP 80 and 443 to
- *             the HTTP/TLS filter.
+ *             the HTTP/TLS filter; with request transforms TCP 80 too;
+ *             with an egress proxy every TCP connection (the filter then
+ *             judges each by the rules of o<slot>).
  *   postrouting (nat): sandbox traffic leaving the host is masqueraded.
  *
  * Every change is one nftables transaction, so a sandbox never runs with
@@ -663,6 +665,16 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
   /* nat: DNS to the gateway, and web traffic when names decide */
   cmd_add (&c, "add rule inet sbxd n%u ip daddr %s udp dport 53 redirect to :%u\n", slot, gws, dns);
   cmd_add (&c, "add rule inet sbxd n%u ip daddr %s tcp dport 53 redirect to :%u\n", slot, gws, dns);
+  if (p->proxy)
+    {
+      /* every TCP connection goes through the filter, which judges it as
+         the rules above would and carries it through the proxy */
+      cmd_add (&c, "add rule inet sbxd n%u ip daddr != %s meta l4proto tcp redirect to :%u\n", slot, gws, tcp);
+      return nft_run (n, &c, err);
+    }
+  /* plain HTTP, whatever allows it, when requests are transformed */
+  if (p->n_rules)
+    cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
   if (p->n_domains && p->n_deny)
     {
       /* addresses allowed by address rules go straight out */

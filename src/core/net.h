@@ -19,10 +19,36 @@ struct sbx_cidr {
   uint8_t prefix;
 };
 
+/* A request transform (E2B's network "rules"): HTTP headers set on the
+   requests whose Host matches HOST ("x.y" exactly, "*.x.y" the names
+   below x.y), replacing any of the same name. */
+struct sbx_net_header {
+  char *name, *value;
+};
+struct sbx_net_rule {
+  char *host; /* lower case, no final dot */
+  struct sbx_net_header *headers;
+  size_t n_headers;
+};
+
+/* A SOCKS5 proxy that carries the sandbox's outbound TCP (E2B's
+   egressProxy): HOST as given ("name:port" or "a.b.c.d:port"), the
+   address it was resolved to when set. */
+struct sbx_net_socks {
+  char address[262];
+  uint32_t ip;
+  uint16_t port;
+  char *user, *pass; /* NULL: no authentication */
+};
+
+#define SBX_NET_RULE_HOSTS_MAX 64     /* hosts with rules, per sandbox */
+#define SBX_NET_RULE_BYTES_MAX 8192   /* headers one request gets, as sent */
+
 /* What a sandbox may reach, besides what no sandbox ever reaches (the
    host, private, link-local and other special ranges; sbx_net_platform_denied).
    E2B's rules: an address allowed by ALLOW or by a domain in DOMAINS is
-   reachable even when DENY covers it; otherwise DENY decides. */
+   reachable even when DENY covers it; otherwise DENY decides.  RULES and
+   PROXY decide nothing: they change what passes. */
 struct sbx_net_policy {
   bool enabled;           /* false: mode "none", loopback only */
   struct sbx_cidr *allow; /* allowed addresses and CIDRs */
@@ -31,6 +57,9 @@ struct sbx_net_policy {
   size_t n_deny;
   char **domains;         /* allowed names: lower case, no final dot; "*.x.y" matches below x.y only */
   size_t n_domains;
+  struct sbx_net_rule *rules; /* in order; a host's rules one after another */
+  size_t n_rules;
+  struct sbx_net_socks *proxy; /* NULL: straight out */
 };
 
 void sbx_net_policy_free (struct sbx_net_policy *p);
@@ -50,6 +79,21 @@ int sbx_net_policy_build (bool internet, const char *const *allow, size_t n_allo
    allocated: free each list with sbx_strv_free. */
 int sbx_net_policy_rules (const struct sbx_net_policy *p, char ***allow, size_t *n_allow, char ***deny,
                           size_t *n_deny, struct sbx_err *err);
+
+/* Append a rule for HOST (a domain name or "*." wildcard, any case)
+   setting the N headers NAMES[i]: VALUES[i] (HTTP token names; values
+   without control characters).  SBX_E_INVALID, naming what is wrong,
+   past SBX_NET_RULE_HOSTS_MAX hosts or when a host's headers would take
+   more than SBX_NET_RULE_BYTES_MAX bytes. */
+int sbx_net_rule_add (struct sbx_net_policy *p, const char *host, const char *const *names,
+                      const char *const *values, size_t n, struct sbx_err *err);
+/* The rules' key that applies to a request for NAME: an exact one, else
+   the longest "*." one below which NAME is; NULL when none. */
+const char *sbx_net_rule_key (const struct sbx_net_policy *p, const char *name);
+/* Set P's proxy: ADDRESS as given, resolved to IP:PORT; USER and PASS
+   (NULL: none) of at most 255 bytes; PASS only with USER. */
+int sbx_net_socks_set (struct sbx_net_policy *p, const char *address, uint32_t ip, uint16_t port, const char *user,
+                       const char *pass, struct sbx_err *err);
 
 int sbx_cidr_parse (const char *s, struct sbx_cidr *out);
 bool sbx_cidr_contains (const struct sbx_cidr *c, uint32_t ip);

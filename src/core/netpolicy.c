@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Never reachable from a sandbox unless an operator range allows it.
    The host's own addresses are not listed: traffic to them is local and
@@ -142,6 +143,30 @@ domain_normalise (const char *s, char **out)
   return 0;
 }
 
+static void
+rule_free (struct sbx_net_rule *r)
+{
+  for (size_t i = 0; i < r->n_headers; i++)
+    {
+      free (r->headers[i].name);
+      free (r->headers[i].value);
+    }
+  free (r->headers);
+  free (r->host);
+}
+
+static void
+socks_free (struct sbx_net_socks *s)
+{
+  if (s == NULL)
+    return;
+  free (s->user);
+  if (s->pass)
+    explicit_bzero (s->pass, strlen (s->pass));
+  free (s->pass);
+  free (s);
+}
+
 void
 sbx_net_policy_free (struct sbx_net_policy *p)
 {
@@ -150,7 +175,155 @@ sbx_net_policy_free (struct sbx_net_policy *p)
   for (size_t i = 0; i < p->n_domains; i++)
     free (p->domains[i]);
   free (p->domains);
+  for (size_t i = 0; i < p->n_rules; i++)
+    rule_free (&p->rules[i]);
+  free (p->rules);
+  socks_free (p->proxy);
   memset (p, 0, sizeof *p);
+}
+
+/* An HTTP token (RFC 9110): a header name. */
+static bool
+token_ok (const char *s)
+{
+  if (*s == '\0')
+    return false;
+  for (; *s; s++)
+    if (!(isalnum ((unsigned char) *s) || strchr ("!#$%&'*+-.^_`|~", *s)))
+      return false;
+  return true;
+}
+
+/* A header value: visible characters, spaces and tabs, nothing that
+   could end the line it goes into. */
+static bool
+value_ok (const char *s)
+{
+  for (; *s; s++)
+    if ((unsigned char) *s < 0x20 ? *s != '\t' : *s == 0x7f)
+      return false;
+  return true;
+}
+
+int
+sbx_net_rule_add (struct sbx_net_policy *p, const char *host, const char *const *names,
+                  const char *const *values, size_t n, struct sbx_err *err)
+{
+  char *h = NULL;
+  if (host == NULL || strchr (host, '/') || domain_normalise (host, &h) < 0)
+    return sbx_failk (err, SBX_E_INVALID, "rules: \"%.64s\" is not a domain name or a \"*.\" wildcard",
+                      host ? host : "");
+  size_t hosts = 1, bytes = 0;
+  for (size_t i = 0; i < p->n_rules; i++)
+    {
+      bool same = strcmp (p->rules[i].host, h) == 0;
+      if (same)
+        for (size_t j = 0; j < p->rules[i].n_headers; j++)
+          bytes += strlen (p->rules[i].headers[j].name) + strlen (p->rules[i].headers[j].value) + 4;
+      if (!same && (i == 0 || strcmp (p->rules[i - 1].host, p->rules[i].host) != 0))
+        hosts++;
+    }
+  if (hosts > SBX_NET_RULE_HOSTS_MAX)
+    {
+      free (h);
+      return sbx_failk (err, SBX_E_INVALID, "rules: at most %d hosts", SBX_NET_RULE_HOSTS_MAX);
+    }
+  for (size_t i = 0; i < n; i++)
+    {
+      if (names[i] == NULL || values[i] == NULL || !token_ok (names[i]) || !value_ok (values[i]))
+        {
+          free (h);
+          return sbx_failk (err, SBX_E_INVALID, "rules[\"%.64s\"]: header \"%.64s\" must be an HTTP token with a"
+                            " string value without control characters", host, names[i] ? names[i] : "");
+        }
+      bytes += strlen (names[i]) + strlen (values[i]) + 4;
+    }
+  if (bytes > SBX_NET_RULE_BYTES_MAX)
+    {
+      free (h);
+      return sbx_failk (err, SBX_E_INVALID, "rules[\"%.64s\"]: the headers take more than %d bytes", host,
+                        SBX_NET_RULE_BYTES_MAX);
+    }
+  struct sbx_net_rule *l = realloc (p->rules, (p->n_rules + 1) * sizeof *l);
+  if (l == NULL)
+    {
+      free (h);
+      return sbx_fail (err, ENOMEM, "network rules");
+    }
+  p->rules = l;
+  struct sbx_net_rule *r = &l[p->n_rules];
+  *r = (struct sbx_net_rule) { .host = h, .headers = calloc (n + 1, sizeof *r->headers) };
+  if (r->headers == NULL)
+    {
+      free (h);
+      return sbx_fail (err, ENOMEM, "network rules");
+    }
+  p->n_rules++;
+  for (size_t i = 0; i < n; i++)
+    {
+      r->headers[i].name = strdup (names[i]);
+      r->headers[i].value = strdup (values[i]);
+      r->n_headers++;
+      if (r->headers[i].name == NULL || r->headers[i].value == NULL)
+        return sbx_fail (err, ENOMEM, "network rules");
+    }
+  return 0;
+}
+
+const char *
+sbx_net_rule_key (const struct sbx_net_policy *p, const char *name)
+{
+  if (name == NULL || p->n_rules == 0)
+    return NULL;
+  size_t len = strlen (name);
+  if (len && name[len - 1] == '.')
+    len--;
+  const char *best = NULL;
+  size_t best_len = 0;
+  for (size_t i = 0; i < p->n_rules; i++)
+    {
+      const char *k = p->rules[i].host;
+      if (k[0] == '*' && k[1] == '.')
+        {
+          size_t kl = strlen (k + 1); /* ".example.com" */
+          if (len > kl && strncasecmp (name + len - kl, k + 1, kl) == 0 && kl > best_len)
+            {
+              best = k;
+              best_len = kl;
+            }
+        }
+      else if (strlen (k) == len && strncasecmp (name, k, len) == 0)
+        return k; /* an exact rule comes first */
+    }
+  return best;
+}
+
+int
+sbx_net_socks_set (struct sbx_net_policy *p, const char *address, uint32_t ip, uint16_t port, const char *user,
+                   const char *pass, struct sbx_err *err)
+{
+  if (address == NULL || strlen (address) >= sizeof p->proxy->address || port == 0)
+    return sbx_failk (err, SBX_E_INVALID, "egressProxy.address must be host:port");
+  if ((user && strlen (user) > 255) || (pass && strlen (pass) > 255) || (pass && user == NULL)
+      || (user && *user == '\0'))
+    return sbx_failk (err, SBX_E_INVALID,
+                      "egressProxy: username and password have 1 to 255 bytes, a password only with a username");
+  struct sbx_net_socks *s = calloc (1, sizeof *s);
+  if (s == NULL)
+    return sbx_fail (err, ENOMEM, "egress proxy");
+  snprintf (s->address, sizeof s->address, "%s", address);
+  s->ip = ip;
+  s->port = port;
+  s->user = user ? strdup (user) : NULL;
+  s->pass = user ? strdup (pass ? pass : "") : NULL;
+  if (user && (s->user == NULL || s->pass == NULL))
+    {
+      socks_free (s);
+      return sbx_fail (err, ENOMEM, "egress proxy");
+    }
+  socks_free (p->proxy);
+  p->proxy = s;
+  return 0;
 }
 
 int
@@ -175,6 +348,27 @@ sbx_net_policy_copy (struct sbx_net_policy *dst, const struct sbx_net_policy *sr
         goto nomem;
       dst->n_domains = i + 1;
     }
+  for (size_t i = 0; i < src->n_rules; i++)
+    {
+      const struct sbx_net_rule *r = &src->rules[i];
+      const char **names = calloc (r->n_headers + 1, sizeof *names), **values = calloc (r->n_headers + 1, sizeof *values);
+      int ok = names && values ? 0 : -1;
+      for (size_t j = 0; ok == 0 && j < r->n_headers; j++)
+        {
+          names[j] = r->headers[j].name;
+          values[j] = r->headers[j].value;
+        }
+      if (ok == 0)
+        ok = sbx_net_rule_add (dst, r->host, names, values, r->n_headers, err);
+      free (names);
+      free (values);
+      if (ok < 0)
+        goto nomem;
+    }
+  if (src->proxy
+      && sbx_net_socks_set (dst, src->proxy->address, src->proxy->ip, src->proxy->port, src->proxy->user,
+                            src->proxy->pass, err) < 0)
+    goto nomem;
   return 0;
 nomem:
   sbx_net_policy_free (dst);

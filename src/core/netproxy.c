@@ -449,8 +449,9 @@ static int
 head_done (struct sbx_http_stream *hs)
 {
   char name[SBX_NETPROXY_NAME_MAX + 1];
-  if (sbx_http_host_parse (hs->buf, hs->len, name, sizeof name) != 1 || strcmp (name, hs->name) != 0)
+  if (!hs->any_host && (sbx_http_host_parse (hs->buf, hs->len, name, sizeof name) != 1 || strcmp (name, hs->name) != 0))
     return -1;
+  hs->head_len = hs->len;
   bool has_length = false, chunked = false, has_te = false;
   uint64_t length = 0;
   hs->upgrade = false;
@@ -541,8 +542,12 @@ ssize_t
 sbx_http_stream_client (struct sbx_http_stream *hs, const uint8_t *b, size_t n)
 {
   size_t i = 0;
+  bool in_head = hs->state == HS_HEAD;
   while (i < n)
-    switch (hs->state)
+    if (hs->rewrite && !in_head && hs->state == HS_HEAD)
+      return (ssize_t) i; /* a head starts: the caller takes it apart */
+    else
+      switch (hs->state)
       {
       case HS_OPAQUE:
         return (ssize_t) n;
@@ -581,6 +586,11 @@ sbx_http_stream_client (struct sbx_http_stream *hs, const uint8_t *b, size_t n)
                            || (e >= 2 && hs->buf[e - 1] == '\r' && hs->buf[e - 2] == '\n');
               if (empty && head_done (hs) < 0)
                 return -1;
+              if (empty && hs->rewrite)
+                {
+                  hs->head_ready = true;
+                  return (ssize_t) i;
+                }
               break;
             }
           size_t l = line_len (hs);
@@ -627,6 +637,69 @@ sbx_http_stream_client (struct sbx_http_stream *hs, const uint8_t *b, size_t n)
         }
       }
   return (ssize_t) i;
+}
+
+/* Is the header line S (L bytes) one of NAMES? */
+static bool
+header_named (const uint8_t *s, size_t l, const char *const *names, size_t n)
+{
+  const uint8_t *colon = memchr (s, ':', l);
+  if (colon == NULL)
+    return false;
+  size_t k = (size_t) (colon - s);
+  for (size_t i = 0; i < n; i++)
+    if (strlen (names[i]) == k && strncasecmp ((const char *) s, names[i], k) == 0)
+      return true;
+  return false;
+}
+
+size_t
+sbx_http_head_rewrite (const uint8_t *head, size_t len, const char *const *names, const char *const *values,
+                       size_t n, uint8_t *out, size_t cap)
+{
+  size_t o = 0, off = 0;
+  bool dropping = false;
+#define PUT(p, l)                                                                                                     \
+  do                                                                                                                  \
+    {                                                                                                                 \
+      if ((l) > cap - o)                                                                                              \
+        return 0;                                                                                                     \
+      memcpy (out + o, (p), (l));                                                                                     \
+      o += (l);                                                                                                       \
+    }                                                                                                                 \
+  while (0)
+  for (bool first = true; off < len; first = false)
+    {
+      const uint8_t *nl = memchr (head + off, '\n', len - off);
+      size_t end = nl ? (size_t) (nl - head) + 1 : len; /* the line with its end */
+      const uint8_t *s = head + off;
+      size_t l = end - off;
+      size_t bare = l;
+      while (bare > 0 && (s[bare - 1] == '\n' || s[bare - 1] == '\r'))
+        bare--;
+      if (!first && bare == 0)
+        {
+          /* the empty line: the new headers first */
+          for (size_t i = 0; i < n; i++)
+            {
+              PUT (names[i], strlen (names[i]));
+              PUT (": ", 2);
+              PUT (values[i], strlen (values[i]));
+              PUT ("\r\n", 2);
+            }
+          PUT (s, len - off);
+          return o;
+        }
+      /* obsolete line folding (a line starting with a space) continues
+         the header before it: it goes with it */
+      if (!first && s[0] != ' ' && s[0] != '\t')
+        dropping = header_named (s, bare, names, n);
+      if (!dropping)
+        PUT (s, l);
+      off = end;
+    }
+#undef PUT
+  return 0; /* no empty line: not a head */
 }
 
 void
@@ -988,9 +1061,13 @@ struct np_conn {
   int phase;                   /* R_HELLO, R_CONNECT, R_RELAY */
   struct sockaddr_in odst;     /* the original destination */
   bool found;                  /* NAME came in the first bytes */
+  bool sniff;                  /* a name is looked for in the first bytes */
+  bool ip_ok;                  /* an address rule alone lets it through */
+  struct socks *sx;            /* through the sandbox's SOCKS5 proxy, or NULL */
   struct half {
     uint8_t *buf;
     size_t cap, off, len;
+    size_t room;                /* bytes of buf (0: cap); more than cap when heads are rewritten */
     size_t ok;                  /* buf[off..ok) may be sent (client to server) */
     bool eof;
     struct sbx_http_stream *hs; /* client to server: the requests' check, or NULL */
@@ -1006,6 +1083,21 @@ struct np_conn {
 };
 
 enum { R_HELLO, R_CONNECT, R_RELAY };
+
+/* The SOCKS5 exchange (RFC 1928, RFC 1929) with the sandbox's egress
+   proxy, before the relay: what to send, and the answer being read. */
+enum { SX_HELLO, SX_AUTH, SX_CONNECT };
+struct socks {
+  int step;
+  bool by_name;                 /* CONNECT by name (remote DNS): a domain rule allowed it */
+  struct sockaddr_in addr;      /* the proxy */
+  char user[256], pass[256];    /* user "": no authentication */
+  uint8_t in[4 + 1 + 255 + 2];  /* the answer so far */
+  size_t in_len;
+};
+
+/* Room for rewritten request heads beyond RELAY_BUF (see judge_rewrite). */
+#define REWRITE_ROOM (16384 + 5 + SBX_NET_RULE_BYTES_MAX + 16)
 
 /* A DNS query sent upstream, for a UDP client (FROM) or a TCP connection
    (CLIENT), which waits for it.  Over UDP: a connected socket of its own
@@ -1199,6 +1291,9 @@ conn_free (struct np_conn *c)
   free (c->h[0].buf);
   free (c->h[1].buf);
   free (c->h[0].hs);
+  if (c->sx)
+    explicit_bzero (c->sx, sizeof *c->sx);
+  free (c->sx);
   free (c->in);
   free (c->out);
   free (c);
@@ -1918,15 +2013,114 @@ conn_allowed_locked (struct sbx_netproxy *p, struct np_conn *c, const char *name
   return ok;
 }
 
+/* The headers the rules of C's sandbox set on a request for NAME, into
+   NAMES and VALUES (at most MAX, pointing into STORE of STORE_CAP bytes):
+   each header once, the last rule's value.  How many. */
+static size_t
+rule_headers (struct sbx_netproxy *p, struct np_conn *c, const char *name, const char **names, const char **values,
+              size_t max, char *store, size_t store_cap)
+{
+  size_t n = 0, used = 0;
+  pthread_mutex_lock (&p->lock);
+  const struct sbx_net_policy *pol = &c->sb->policy;
+  const char *key = c->sb->removed ? NULL : sbx_net_rule_key (pol, name);
+  for (size_t i = 0; key && i < pol->n_rules; i++)
+    {
+      if (strcmp (pol->rules[i].host, key) != 0)
+        continue;
+      for (size_t j = 0; j < pol->rules[i].n_headers; j++)
+        {
+          const struct sbx_net_header *h = &pol->rules[i].headers[j];
+          size_t nl = strlen (h->name) + 1, vl = strlen (h->value) + 1;
+          size_t k = 0;
+          while (k < n && strcasecmp (names[k], h->name) != 0)
+            k++;
+          if ((k == n && n == max) || nl + vl > store_cap - used)
+            continue; /* cannot be: the rules' bound is below these */
+          memcpy (store + used, h->name, nl);
+          names[k] = store + used;
+          used += nl;
+          memcpy (store + used, h->value, vl);
+          values[k] = store + used;
+          used += vl;
+          if (k == n)
+            n++;
+        }
+    }
+  pthread_mutex_unlock (&p->lock);
+  return n;
+}
+
+/* The client's bytes judged, with each request head replaced by itself
+   with the rules' headers (the tracker holds a head's bytes until it is
+   whole: they leave X's buffer as they come, and the rewritten head
+   takes their place).  X's buffer has REWRITE_ROOM beyond RELAY_BUF: at
+   most RELAY_BUF bytes are in it when a head (at most 16 KiB) comes back
+   with at most SBX_NET_RULE_BYTES_MAX more. */
+static bool
+judge_rewrite (struct np_conn *c, struct half *x)
+{
+  struct sbx_http_stream *hs = x->hs;
+  while (x->ok < x->len)
+    {
+      bool head = hs->state == HS_HEAD;
+      ssize_t k = sbx_http_stream_client (hs, x->buf + x->ok, x->len - x->ok);
+      if (k < 0)
+        return false;
+      if (!head)
+        {
+          x->ok += (size_t) k;
+          if (k == 0 || hs->state != HS_HEAD)
+            break;
+          continue;
+        }
+      memmove (x->buf + x->ok, x->buf + x->ok + k, x->len - x->ok - (size_t) k);
+      x->len -= (size_t) k;
+      if (!hs->head_ready)
+        continue; /* all taken: more bytes will come */
+      hs->head_ready = false;
+      const char *names[128], *values[128];
+      char store[SBX_NET_RULE_BYTES_MAX + 256];
+      char name[SBX_NETPROXY_NAME_MAX + 1];
+      size_t n = 0;
+      if (sbx_http_host_parse (hs->buf, hs->head_len, name, sizeof name) == 1)
+        n = rule_headers (c->l->p, c, name, names, values, 128, store, sizeof store);
+      uint8_t *out = malloc (hs->head_len + sizeof store + 256);
+      if (out == NULL)
+        return false;
+      size_t r = n ? sbx_http_head_rewrite (hs->buf, hs->head_len, names, values, n, out,
+                                            hs->head_len + sizeof store + 256)
+                   : 0;
+      if (r == 0)
+        {
+          memcpy (out, hs->buf, hs->head_len);
+          r = hs->head_len;
+        }
+      if (x->len + r > x->room)
+        {
+          free (out);
+          return false;
+        }
+      memmove (x->buf + x->ok + r, x->buf + x->ok, x->len - x->ok);
+      memcpy (x->buf + x->ok, out, r);
+      free (out);
+      x->len += r;
+      x->ok += r;
+    }
+  return true;
+}
+
 /* Let the check see the client's bytes not yet judged; false: end. */
 static bool
-judge (struct half *x)
+judge (struct np_conn *c, struct half *x)
 {
   if (x->hs == NULL)
     {
       x->ok = x->len;
       return true;
     }
+  if (x->hs->rewrite)
+    return judge_rewrite (c, x);
   ssize_t k = sbx_http_stream_client (x->hs, x->buf + x->ok, x->len - x->ok);
   if (k < 0)
     return false;
@@ -1979,7 +2173,7 @@ relay_step (struct np_conn *c)
             }
           if (x->len == 0 && !x->eof)
             {
-              if (x->buf == NULL && (x->buf = malloc (RELAY_BUF)) == NULL)
+              if (x->buf == NULL && (x->buf = malloc (x->room ? x->room : RELAY_BUF)) == NULL)
                 goto end;
               ssize_t k = recv (fd[i], x->buf, x->cap, 0);
               if (k < 0 && errno != EAGAIN)
@@ -2004,13 +2198,13 @@ relay_step (struct np_conn *c)
                 {
                   moved = true;
                   x->len = (size_t) k;
-                  if (!judge (x))
+                  if (!judge (c, x))
                     goto end;
                   if (i == 1 && c->h[0].hs && sbx_http_stream_waiting (c->h[0].hs))
                     {
                       /* the answer to an Upgrade: the held bytes again */
                       sbx_http_stream_server (c->h[0].hs, x->buf, x->len);
-                      if (!judge (&c->h[0]))
+                      if (!judge (c, &c->h[0]))
                         goto end;
                     }
                 }
@@ -2062,47 +2256,29 @@ relay_ready_up (struct np_watch *w, uint32_t events)
   relay_step (container_of (w, struct np_conn, uw));
 }
 
-/* Connected to the original destination: judged again (the policy may
-   have changed meanwhile), then relayed. */
-static void
-relay_connected (struct np_watch *w, uint32_t events)
+static const char *
+conn_proto (const struct np_conn *c)
 {
-  (void) events;
-  struct np_conn *c = container_of (w, struct np_conn, uw);
+  if (!c->sniff)
+    return "tcp";
+  return c->h[0].len > 0 && c->h[0].buf[0] == 0x16 ? "tls" : "http";
+}
+
+/* Judged, connected (and through the proxy): relay both ways. */
+static void
+relay_start (struct np_conn *c)
+{
   struct sbx_netproxy *p = c->l->p;
-  if (!connect_done (w->fd))
-    {
-      conn_end (c);
-      return;
-    }
   timer_stop (&c->timer);
-  uint32_t dst_ip = ntohl (c->odst.sin_addr.s_addr);
-  const char *proto = c->h[0].len > 0 && c->h[0].buf[0] == 0x16 ? "tls" : "http";
-  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
-  bool remembered;
-  pthread_mutex_lock (&p->lock);
-  bool ok = conn_allowed_locked (p, c, c->found ? c->name : NULL, dst_ip, &remembered, rule, sizeof rule);
-  if (!ok)
-    record_locked (c->sb, proto, dst_ip, ntohs (c->odst.sin_port), c->found ? c->name : "", false, rule);
-  bool ip_ok = ok && sbx_net_ip_allowed (&c->sb->policy, p->ops, p->n_ops, dst_ip);
-  if (ok)
-    {
-      c->dst = dst_ip;
-      if (!c->found)
-        c->name[0] = '\0';
-      c->remembered = remembered;
-      c->relaying = true;
-    }
-  pthread_mutex_unlock (&p->lock);
-  if (!ok)
-    {
-      conn_end (c);
-      return;
-    }
   /* a plain HTTP connection let through by its Host (and not by an
-     address rule): every later request must name the same host */
+     address rule): every later request must name the same host; and
+     with request transforms, each request's head is rewritten */
   struct half *h = c->h;
-  if (c->found && h[0].len > 0 && h[0].buf[0] != 0x16 && !ip_ok)
+  bool plain = c->found && h[0].len > 0 && h[0].buf[0] != 0x16;
+  pthread_mutex_lock (&p->lock);
+  bool rewrite = plain && c->sb->policy.n_rules > 0;
+  pthread_mutex_unlock (&p->lock);
+  if (plain && (!c->ip_ok || rewrite))
     {
       h[0].hs = malloc (sizeof *h[0].hs);
       if (h[0].hs == NULL)
@@ -2111,10 +2287,13 @@ relay_connected (struct np_watch *w, uint32_t events)
           return;
         }
       sbx_http_stream_init (h[0].hs, c->name);
+      h[0].hs->any_host = c->ip_ok;
+      h[0].hs->rewrite = rewrite;
     }
-  if (h[0].cap < RELAY_BUF)
+  size_t room = rewrite ? RELAY_BUF + REWRITE_ROOM : RELAY_BUF;
+  if (h[0].buf == NULL || h[0].cap < room)
     {
-      uint8_t *bigger = realloc (h[0].buf, RELAY_BUF);
+      uint8_t *bigger = realloc (h[0].buf, room);
       if (bigger == NULL)
         {
           conn_end (c);
@@ -2122,8 +2301,9 @@ relay_connected (struct np_watch *w, uint32_t events)
         }
       h[0].buf = bigger;
     }
+  h[0].room = room;
   h[0].cap = h[1].cap = RELAY_BUF; /* h[1].buf comes with its first bytes */
-  if (!judge (&h[0]))
+  if (!judge (c, &h[0]))
     {
       conn_end (c);
       return;
@@ -2141,9 +2321,174 @@ relay_connected (struct np_watch *w, uint32_t events)
   relay_step (c);
 }
 
+/* Send all of B (a SOCKS message: small, to a fresh connection, so the
+   socket takes it at once; if it does not, the proxy is not one). */
+static bool
+send_all (int fd, const uint8_t *b, size_t n)
+{
+  ssize_t k = send (fd, b, n, MSG_NOSIGNAL);
+  return k == (ssize_t) n;
+}
+
+/* The next SOCKS message of C, for its step. */
+static bool
+socks_send (struct np_conn *c)
+{
+  struct socks *x = c->sx;
+  uint8_t m[3 + 2 * 256];
+  size_t n = 0;
+  if (x->step == SX_HELLO)
+    {
+      m[n++] = 5;
+      m[n++] = 1;
+      m[n++] = x->user[0] ? 2 : 0; /* username/password, or none */
+    }
+  else if (x->step == SX_AUTH)
+    {
+      size_t ul = strlen (x->user), pl = strlen (x->pass);
+      m[n++] = 1;
+      m[n++] = (uint8_t) ul;
+      memcpy (m + n, x->user, ul);
+      n += ul;
+      m[n++] = (uint8_t) pl;
+      memcpy (m + n, x->pass, pl);
+      n += pl;
+    }
+  else
+    {
+      m[n++] = 5;
+      m[n++] = 1; /* CONNECT */
+      m[n++] = 0;
+      if (x->by_name)
+        {
+          size_t l = strlen (c->name);
+          m[n++] = 3;
+          m[n++] = (uint8_t) l;
+          memcpy (m + n, c->name, l);
+          n += l;
+        }
+      else
+        {
+          m[n++] = 1;
+          memcpy (m + n, &c->odst.sin_addr.s_addr, 4);
+          n += 4;
+        }
+      memcpy (m + n, &c->odst.sin_port, 2);
+      n += 2;
+    }
+  bool ok = send_all (c->uw.fd, m, n);
+  explicit_bzero (m, sizeof m);
+  x->in_len = 0;
+  return ok;
+}
+
+/* The proxy's answers: method, authentication, CONNECT; then relay. */
+static void
+relay_socks_ready (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_conn *c = container_of (w, struct np_conn, uw);
+  struct socks *x = c->sx;
+  for (;;)
+    {
+      /* the answer's length: 2, 2, or a CONNECT reply's by its type */
+      size_t want = 2;
+      if (x->step == SX_CONNECT)
+        {
+          want = 5;
+          if (x->in_len >= 5)
+            want = x->in[3] == 1 ? 10 : x->in[3] == 4 ? 22 : x->in[3] == 3 ? 7u + x->in[4] : 0;
+          if (want == 0)
+            goto fail;
+        }
+      if (x->in_len < want)
+        {
+          ssize_t k = recv (w->fd, x->in + x->in_len, want - x->in_len, 0);
+          if (k < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+          if (k <= 0)
+            goto fail;
+          x->in_len += (size_t) k;
+          continue;
+        }
+      if (x->step == SX_HELLO)
+        {
+          if (x->in[0] != 5 || x->in[1] != (x->user[0] ? 2 : 0))
+            goto fail;
+          x->step = x->user[0] ? SX_AUTH : SX_CONNECT;
+        }
+      else if (x->step == SX_AUTH)
+        {
+          if (x->in[0] != 1 || x->in[1] != 0)
+            goto fail;
+          x->step = SX_CONNECT;
+        }
+      else
+        {
+          if (x->in[0] != 5 || x->in[1] != 0)
+            goto fail;
+          watch_set (c->l, &c->uw, 0);
+          relay_start (c);
+          return;
+        }
+      if (!socks_send (c))
+        goto fail;
+    }
+fail:
+  /* fail closed: never straight out instead */
+  conn_end (c);
+}
+
+/* Connected to the original destination (or the proxy): judged again
+   (the policy may have changed meanwhile), then relayed. */
+static void
+relay_connected (struct np_watch *w, uint32_t events)
+{
+  (void) events;
+  struct np_conn *c = container_of (w, struct np_conn, uw);
+  struct sbx_netproxy *p = c->l->p;
+  if (!connect_done (w->fd))
+    {
+      conn_end (c);
+      return;
+    }
+  uint32_t dst_ip = ntohl (c->odst.sin_addr.s_addr);
+  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
+  bool remembered;
+  pthread_mutex_lock (&p->lock);
+  bool ok = conn_allowed_locked (p, c, c->found ? c->name : NULL, dst_ip, &remembered, rule, sizeof rule);
+  if (!ok)
+    record_locked (c->sb, conn_proto (c), dst_ip, ntohs (c->odst.sin_port), c->found ? c->name : "", false, rule);
+  c->ip_ok = ok && sbx_net_ip_allowed (&c->sb->policy, p->ops, p->n_ops, dst_ip);
+  if (ok)
+    {
+      c->dst = dst_ip;
+      if (!c->found)
+        c->name[0] = '\0';
+      c->remembered = remembered;
+      c->relaying = true;
+    }
+  pthread_mutex_unlock (&p->lock);
+  if (!ok)
+    {
+      conn_end (c);
+      return;
+    }
+  if (c->sx)
+    {
+      /* the proxy's answers within the connect's time */
+      c->uw.ready = relay_socks_ready;
+      if (!socks_send (c) || watch_set (c->l, &c->uw, EPOLLIN) < 0)
+        conn_end (c);
+      return;
+    }
+  relay_start (c);
+}
+
 /* The first bytes have given a name, or will not (malformed, end of
-   file, the buffer full, the time up): decide, and if the connection may
-   go on, connect to its original destination. */
+   file, the buffer full, the time up), or none is looked for: decide,
+   and if the connection may go on, connect to its original destination
+   or to the sandbox's proxy. */
 static void
 relay_decide (struct np_conn *c)
 {
@@ -2153,21 +2498,46 @@ relay_decide (struct np_conn *c)
   watch_set (l, &c->cw, 0);
   uint32_t dst_ip = ntohl (c->odst.sin_addr.s_addr);
   const char *name = c->found ? c->name : NULL;
-  const char *proto = c->h[0].len > 0 && c->h[0].buf[0] == 0x16 ? "tls" : "http";
   char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
   bool remembered;
   pthread_mutex_lock (&p->lock);
   bool ok = conn_allowed_locked (p, c, name, dst_ip, &remembered, rule, sizeof rule);
+  const struct sbx_net_socks *px = c->sb->policy.proxy;
+  if (ok && px)
+    {
+      c->sx = calloc (1, sizeof *c->sx);
+      if (c->sx == NULL)
+        ok = false;
+      else
+        {
+          c->sx->addr = (struct sockaddr_in) { .sin_family = AF_INET, .sin_port = htons (px->port),
+                                               .sin_addr.s_addr = htonl (px->ip) };
+          snprintf (c->sx->user, sizeof c->sx->user, "%s", px->user ? px->user : "");
+          snprintf (c->sx->pass, sizeof c->sx->pass, "%s", px->pass ? px->pass : "");
+          /* remote DNS for what a domain rule allowed */
+          c->sx->by_name = name != NULL && remembered && !sbx_net_ip_allowed (&c->sb->policy, p->ops, p->n_ops, dst_ip);
+          /* the proxy is held to the platform's ranges as any destination */
+          bool op = false;
+          for (size_t i = 0; i < p->n_ops && !op; i++)
+            op = sbx_cidr_contains (&p->ops[i], px->ip);
+          if (sbx_net_platform_denied (px->ip) && !op)
+            {
+              ok = false;
+              snprintf (rule, sizeof rule, "egressProxy %.100s: a platform-denied address", px->address);
+            }
+        }
+    }
   pthread_mutex_unlock (&p->lock);
+  const struct sockaddr_in *to = c->sx ? &c->sx->addr : &c->odst;
   /* never to the host itself: the filter runs on the host, where the
      host's rules for sandboxes (the input chain) do not see it */
-  if (ok && host_address (&c->odst))
+  if (ok && (host_address (&c->odst) || host_address (to)))
     {
       ok = false;
       snprintf (rule, sizeof rule, "host");
     }
   pthread_mutex_lock (&p->lock);
-  record_locked (c->sb, proto, dst_ip, ntohs (c->odst.sin_port), name ? name : "", ok, rule);
+  record_locked (c->sb, conn_proto (c), dst_ip, ntohs (c->odst.sin_port), name ? name : "", ok, rule);
   /* the header phase is over: its place goes to the next connection */
   c->hello = false;
   c->sb->n_hello--;
@@ -2178,7 +2548,7 @@ relay_decide (struct np_conn *c)
       return;
     }
   bool done;
-  int fd = connect_start (&c->odst, &done);
+  int fd = connect_start (to, &done);
   if (fd < 0)
     {
       conn_end (c);
@@ -2313,6 +2683,13 @@ conn_accept (struct np_loop *l, int fd, uint32_t src)
   c->kind = l->kind;
   c->sb = sb;
   sb->refs++;
+  /* the Host or server name is looked for where names decide, or where
+     plain HTTP requests are transformed; other connections (through an
+     egress proxy) are judged by their address at once */
+  uint16_t dport = ntohs (dst.sin_port);
+  const struct sbx_net_policy *pol = &sb->policy;
+  c->sniff = (dport == 80 || dport == 443)
+             && ((pol->n_domains && pol->n_deny) || (dport == 80 && pol->n_rules) || !pol->proxy);
   c->hello = l->kind == CONN_RELAY;
   c->cw.fd = fd;
   c->uw.fd = -1;
@@ -2333,6 +2710,11 @@ conn_accept (struct np_loop *l, int fd, uint32_t src)
   c->h[0].buf = buf;
   c->h[0].cap = HELLO_MAX;
   c->timer.fire = relay_expired;
+  if (!c->sniff)
+    {
+      relay_decide (c);
+      return;
+    }
   c->cw.ready = relay_hello_ready;
   if (watch_set (l, &c->cw, EPOLLIN) < 0)
     {

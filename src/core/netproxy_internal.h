@@ -77,6 +77,13 @@ bool sbx_netproxy_decide_why (const struct sbx_net_policy *p, const struct sbx_c
    whether the protocol switched (101: the rest is opaque) or not. */
 struct sbx_http_stream {
   char name[SBX_NETPROXY_NAME_MAX + 1]; /* the host every request must name */
+  bool any_host;                        /* ... unless this (an address rule let it through) */
+  /* Rewriting (the caller transforms each request head): the client's
+     bytes are taken up to the end of a head, or up to the start of one,
+     and no further; a head's bytes are the caller's to replace: when
+     HEAD_READY, buf[0..head_len) holds the whole head just taken. */
+  bool rewrite, head_ready;
+  size_t head_len;
   int state;
   bool upgrade;                         /* the current request asks for one */
   uint64_t left;                        /* bytes left in a body or chunk */
@@ -89,6 +96,12 @@ void sbx_http_stream_init (struct sbx_http_stream *hs, const char *name);
    (the rest, if any, must be offered again later, after the server
    answered), or -1 when the connection must end. */
 ssize_t sbx_http_stream_client (struct sbx_http_stream *hs, const uint8_t *b, size_t n);
+/* A request head HEAD (LEN bytes, up to its empty line) with the N
+   headers NAMES[i]: VALUES[i] set: every line of the same name (any
+   case) goes, the new ones come before the empty line.  Into OUT (CAP
+   bytes); returns the length, or 0 when it does not fit. */
+size_t sbx_http_head_rewrite (const uint8_t *head, size_t len, const char *const *names, const char *const *values,
+                              size_t n, uint8_t *out, size_t cap);
 /* Server bytes: they matter only while an Upgrade waits for its answer. */
 void sbx_http_stream_server (struct sbx_http_stream *hs, const uint8_t *b, size_t n);
 /* Waiting for the server's answer to an Upgrade? */

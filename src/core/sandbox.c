@@ -276,7 +276,59 @@ net_state_json (const struct sbx_net_policy *p)
                          "deny", strv_json (deny, nd));
   sbx_strv_free (allow);
   sbx_strv_free (deny);
+  if (j && p->n_rules)
+    {
+      /* [{"host", "headers": [[name, value], ...]}, ...], in order */
+      json_t *rules = json_array ();
+      for (size_t i = 0; i < p->n_rules; i++)
+        {
+          json_t *h = json_array ();
+          for (size_t k = 0; k < p->rules[i].n_headers; k++)
+            json_array_append_new (h, json_pack ("[s, s]", p->rules[i].headers[k].name, p->rules[i].headers[k].value));
+          json_array_append_new (rules, json_pack ("{s:s, s:o}", "host", p->rules[i].host, "headers", h));
+        }
+      json_object_set_new (j, "rules", rules);
+    }
+  if (j && p->proxy)
+    json_object_set_new (j, "proxy",
+                         json_pack ("{s:s, s:I, s:i, s:s?, s:s?}", "address", p->proxy->address,
+                                    "ip", (json_int_t) p->proxy->ip, "port", (int) p->proxy->port, "user",
+                                    p->proxy->user, "pass", p->proxy->pass));
   return j;
+}
+
+/* The rules and the proxy of a network state (net_state_json) into P. */
+static int
+net_state_load_extra (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err)
+{
+  const json_t *rules = json_object_get (j, "rules"), *r;
+  size_t i;
+  json_array_foreach (rules, i, r)
+    {
+      const json_t *h = json_object_get (r, "headers");
+      size_t n = json_array_size (h);
+      const char **names = calloc (n + 1, sizeof *names), **values = calloc (n + 1, sizeof *values);
+      int ok = names && values ? 0 : sbx_fail (err, ENOMEM, "network state");
+      for (size_t k = 0; ok == 0 && k < n; k++)
+        {
+          names[k] = json_string_value (json_array_get (json_array_get (h, k), 0));
+          values[k] = json_string_value (json_array_get (json_array_get (h, k), 1));
+        }
+      if (ok == 0)
+        ok = sbx_net_rule_add (p, json_string_value (json_object_get (r, "host")), names, values, n, err);
+      free (names);
+      free (values);
+      if (ok < 0)
+        return -1;
+    }
+  const json_t *x = json_object_get (j, "proxy");
+  if (x)
+    return sbx_net_socks_set (p, json_string_value (json_object_get (x, "address")),
+                              (uint32_t) json_integer_value (json_object_get (x, "ip")),
+                              (uint16_t) json_integer_value (json_object_get (x, "port")),
+                              json_string_value (json_object_get (x, "user")),
+                              json_string_value (json_object_get (x, "pass")), err);
+  return 0;
 }
 
 static int
@@ -298,6 +350,8 @@ net_state_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err)
       r = sbx_net_policy_build (true, a, na, "allow", d, nd, "deny", p, err);
       if (r == 0)
         p->enabled = strcmp (mode, "none") != 0;
+      if (r == 0 && (r = net_state_load_extra (j, p, err)) < 0)
+        sbx_net_policy_free (p);
     }
   else
     sbx_fail (err, ENOMEM, "network state");
@@ -1897,7 +1951,8 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   /* The link was made with the plain internet rules; other rules are put
      in place while the sandbox sets itself up.  Nothing of the caller's
      runs in it before this function returns. */
-  if (s->has_net && (!s->net.enabled || s->net.n_allow || s->net.n_deny || s->net.n_domains)
+  if (s->has_net && (!s->net.enabled || s->net.n_allow || s->net.n_deny || s->net.n_domains || s->net.n_rules
+                     || s->net.proxy)
       && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
     goto fail;
   if (sbx_isolate_boot_wait (&s->proc, err) < 0)

@@ -469,7 +469,7 @@ cmd_serve (int argc, char **argv)
     sbx_log_fields (SBX_LOG_WARN, "cannot share the CPU between organisations", "error", err.msg, NULL);
   sbx_service_set_fairshare (svc, fair);
   struct sbx_sampler *sampler = NULL;
-  if (sbx_sampler_start (engine, metrics_interval_ms, &sampler, &err) < 0)
+  if (sbx_sampler_start (engine, store, metrics_interval_ms, &sampler, &err) < 0)
     sbx_log_fields (SBX_LOG_WARN, "cannot keep the sandboxes' metrics history", "error", err.msg, NULL);
   sbx_service_set_sampler (svc, sampler);
   struct sbx_meter *meter = NULL;

@@ -9,9 +9,11 @@
  * thread per sandbox would cost a stack per sandbox for work that takes
  * microseconds; a pass over a thousand sandboxes reads a few files each.
  *
- * The rings live in memory only: a daemon restart starts every history
- * afresh (E2B keeps its own a few days; the last hour is what the SDK's
- * callers look at).  Each holds at most SBX_SAMPLES_MAX samples of
+ * The rings live in memory, and in the store (store_samples.c) so that a
+ * daemon restart keeps them: each pass writes its samples in one
+ * transaction, and trims a full ring's sandbox to the ring's samples; at
+ * start the rings are read back (E2B keeps its own a few days; the last
+ * hour is what the SDK's callers look at).  Each holds at most SBX_SAMPLES_MAX samples of
  * sizeof (struct sbx_sample) bytes (80 on x86-64): 56 KiB per sandbox at
  * most, grown by doubling as the samples come, the oldest overwritten
  * once full.  A history is dropped when its sandbox ends (the service's
@@ -38,6 +40,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "store_samples.h"
 
 struct history {
   char id[SBX_ID_MAX];
@@ -47,6 +50,7 @@ struct history {
 
 struct sbx_sampler {
   struct sbx_engine *engine;
+  struct sbx_store *store; /* NULL: memory only */
   uint32_t interval_ms;
   pthread_t thread;
   pthread_mutex_t lock; /* everything below */
@@ -102,6 +106,36 @@ take (struct sbx_sampler *s, const char *id, struct sbx_sample *sample, struct s
   return 0;
 }
 
+/* Where sample_all collects what to write once the pass is done. */
+struct batch {
+  struct sbx_sample_row *rows;
+  size_t n_rows;
+  char (*gone)[SBX_ID_MAX];
+  size_t n_gone;
+};
+
+/* Under the lock: H took SAMPLE; its row, trimming to the ring once full. */
+static void
+batch_row (struct batch *b, size_t cap, const struct history *h, const struct sbx_sample *sample)
+{
+  if (b->rows == NULL || b->n_rows >= cap)
+    return;
+  struct sbx_sample_row *w = &b->rows[b->n_rows++];
+  snprintf (w->id, sizeof w->id, "%s", h->id);
+  w->s = *sample;
+  w->keep_from_ms = h->ring.n >= SBX_SAMPLES_MAX ? sbx_sample_ring_at (&h->ring, 0)->at_ms : 0;
+}
+
+static void
+batch_write (struct sbx_sampler *s, struct batch *b)
+{
+  struct sbx_err err;
+  if (s->store && sbx_store_samples_put (s->store, b->rows, b->n_rows, b->gone, b->n_gone, &err) < 0)
+    sbx_log_fields (SBX_LOG_WARN, "cannot keep metrics samples", "error", err.msg, NULL);
+  free (b->rows);
+  free (b->gone);
+}
+
 /* One pass: a sample of every running sandbox; the histories of those no
    longer running or paused go. */
 static void
@@ -121,6 +155,9 @@ sample_all (struct sbx_sampler *s)
       sbx_log_fields (SBX_LOG_WARN, "metrics sampler", "error", err.msg, NULL);
       return;
     }
+  /* without memory for the batch the pass still samples; the store
+     misses this pass */
+  struct batch b = { .rows = s->store && n ? calloc (n, sizeof *b.rows) : NULL };
   for (size_t i = 0; i < n; i++)
     {
       enum sbx_state st = infos[i].state;
@@ -134,18 +171,34 @@ sample_all (struct sbx_sampler *s)
         {
           h->seen = true;
           if (have)
-            sbx_sample_ring_push (&h->ring, &sample);
+            {
+              size_t before = h->ring.n;
+              int64_t newest = before ? sbx_sample_ring_at (&h->ring, before - 1)->at_ms : 0;
+              sbx_sample_ring_push (&h->ring, &sample);
+              if (h->ring.n > before || (h->ring.n && sbx_sample_ring_at (&h->ring, h->ring.n - 1)->at_ms != newest))
+                batch_row (&b, n, h, &sample);
+            }
         }
       pthread_mutex_unlock (&s->lock);
     }
   pthread_mutex_lock (&s->lock);
+  size_t dropped = 0;
+  for (size_t i = 0; i < s->n_h; i++)
+    dropped += !s->h[i].seen;
+  if (dropped && s->store)
+    b.gone = calloc (dropped, sizeof *b.gone);
   for (size_t i = 0; i < s->n_h;)
     if (s->h[i].seen)
       i++;
     else
-      drop_at (s, i);
+      {
+        if (b.gone)
+          snprintf (b.gone[b.n_gone++], SBX_ID_MAX, "%s", s->h[i].id);
+        drop_at (s, i);
+      }
   pthread_mutex_unlock (&s->lock);
   sbx_list_free (infos, n);
+  batch_write (s, &b);
 }
 
 static void *
@@ -176,13 +229,32 @@ sampler_main (void *arg)
   return NULL;
 }
 
+/* A stored sample back into its ring, at start (no other thread yet). */
+static int
+load_one (void *ud, const char *id, const struct sbx_sample *sample, struct sbx_err *err)
+{
+  struct sbx_sampler *s = ud;
+  struct history *h = find_or_add (s, id);
+  if (h == NULL)
+    return sbx_fail (err, ENOMEM, "metrics history");
+  sbx_sample_ring_push (&h->ring, sample);
+  return 0;
+}
+
 int
-sbx_sampler_start (struct sbx_engine *engine, uint32_t interval_ms, struct sbx_sampler **out, struct sbx_err *err)
+sbx_sampler_start (struct sbx_engine *engine, struct sbx_store *store, uint32_t interval_ms,
+                   struct sbx_sampler **out, struct sbx_err *err)
 {
   struct sbx_sampler *s = calloc (1, sizeof *s);
   if (s == NULL)
     return sbx_fail (err, ENOMEM, "metrics sampler");
   s->engine = engine;
+  s->store = store;
+  /* the histories of before a restart; those of sandboxes no longer there
+     go at the first pass */
+  struct sbx_err lerr;
+  if (store && sbx_store_samples_each (store, load_one, s, &lerr) < 0)
+    sbx_log_fields (SBX_LOG_WARN, "cannot read the kept metrics samples", "error", lerr.msg, NULL);
   s->interval_ms = interval_ms ? interval_ms : SBX_SAMPLE_INTERVAL_MS;
   pthread_condattr_t ca;
   pthread_condattr_init (&ca);
@@ -233,6 +305,13 @@ sbx_sampler_forget (struct sbx_sampler *s, const char *id)
         break;
       }
   pthread_mutex_unlock (&s->lock);
+  struct batch b = { .gone = s->store ? calloc (1, sizeof *b.gone) : NULL };
+  if (b.gone)
+    {
+      snprintf (b.gone[0], SBX_ID_MAX, "%s", id);
+      b.n_gone = 1;
+      batch_write (s, &b);
+    }
 }
 
 /* Sandbox ID's state checked, and its first sample taken when it is
@@ -260,12 +339,15 @@ ready (struct sbx_sampler *s, const char *id, struct sbx_err *err)
     return -1;
   pthread_mutex_lock (&s->lock);
   h = find_or_add (s, id);
+  struct batch b = { .rows = s->store ? calloc (1, sizeof *b.rows) : NULL };
   if (h)
     {
       h->seen = true;
       sbx_sample_ring_push (&h->ring, &sample);
+      batch_row (&b, 1, h, &sample);
     }
   pthread_mutex_unlock (&s->lock);
+  batch_write (s, &b);
   return 0;
 }
 

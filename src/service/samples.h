@@ -1,8 +1,8 @@
 /*
  * samples.h - the history of every sandbox's metrics (E2B's getMetrics):
  * one sampler thread takes a sample of each running sandbox every
- * interval and keeps the last SBX_SAMPLES_MAX of each in memory
- * (samples.c tells how).
+ * interval and keeps the last SBX_SAMPLES_MAX of each, in memory and in
+ * the store (samples.c tells how).
  */
 #ifndef SBX_SERVICE_SAMPLES_H
 #define SBX_SERVICE_SAMPLES_H
@@ -23,9 +23,11 @@
 struct sbx_sampler;
 
 /* Start the sampler thread for the sandboxes of ENGINE, one sample of
-   each running sandbox every INTERVAL_MS. */
-int sbx_sampler_start (struct sbx_engine *engine, uint32_t interval_ms, struct sbx_sampler **out,
-                       struct sbx_err *err);
+   each running sandbox every INTERVAL_MS.  With STORE, the histories are
+   kept there too and read back from it now (store_samples.h). */
+struct sbx_store;
+int sbx_sampler_start (struct sbx_engine *engine, struct sbx_store *store, uint32_t interval_ms,
+                       struct sbx_sampler **out, struct sbx_err *err);
 /* Stop the thread and free every history.  NULL does nothing. */
 void sbx_sampler_stop (struct sbx_sampler *s);
 /* Sandbox ID has ended: drop its history.  NULL does nothing. */

@@ -29,6 +29,7 @@
  *   templates   templates built through E2B's build API, per organisation
  *   template_builds  their builds; a ready one names the layer it made
  *   template_tags    tags of a template, each naming one build
+ *   sandbox_samples  the sandboxes' metrics histories (store_samples.c)
  *   agents, sessions, session_events
  *               seed 000's agents, their sessions and what happened in
  *               them (store_agents.c, through store_db.h)
@@ -63,6 +64,7 @@
 #include "../common/util.h"
 #include "plans.h"
 #include "store_db.h"
+#include "store_samples.h"
 
 #define SCHEMA_VERSION 3
 #define ID_RANDOM_CHARS 20
@@ -1065,7 +1067,7 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
       sbx_failx (err, EIO, "database: cannot use WAL mode (journal mode is %s)", mode);
       goto fail;
     }
-  if (create_schema (st, err) < 0 || sbx_store_agents_schema (st, err) < 0)
+  if (create_schema (st, err) < 0 || sbx_store_agents_schema (st, err) < 0 || sbx_store_samples_schema (st, err) < 0)
     goto fail;
 
   for (int i = 0; i < S_COUNT; i++)

@@ -17,7 +17,7 @@ void sbx_store_db_unlock (struct sbx_store *st);
 /* PREFIX + 20 characters of [a-z0-9], as the store's own ids. */
 int sbx_store_random_id (char *buf, size_t size, const char *prefix, struct sbx_err *err);
 
-/* store_agents.c: its tables, created at open (IF NOT EXISTS). */
+/* store_agents.c, store_samples.c: their tables, created at open (IF NOT EXISTS). */
 int sbx_store_agents_schema (struct sbx_store *st, struct sbx_err *err);
 
 #endif

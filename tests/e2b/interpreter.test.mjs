@@ -246,3 +246,22 @@ test('killing the interpreter server brings it back', T, async () => {
   })
   assert.equal(ok(await sbx.runCode('6 * 7')).text, '42')
 })
+
+test('a sandbox made from a snapshot of this one runs code: the interpreter starts with it', T, async () => {
+  ok(await sbx.runCode('open("/home/user/from_snapshot.txt", "w").write("kept")\nin_memory = 1'))
+  const snap = await sbx.createSnapshot()
+  let copy
+  try {
+    copy = await Sandbox.create(snap.snapshotId, { timeoutMs: 300_000 })
+    // the files came; the memory did not (a fresh kernel)
+    const exec = ok(await copy.runCode('print(open("/home/user/from_snapshot.txt").read())'))
+    assert.equal(exec.logs.stdout.join(''), 'kept\n')
+    assert.equal((await copy.runCode('in_memory')).error?.name, 'NameError')
+    assert.equal(ok(await copy.runCode('6 * 7')).text, '42')
+    const r = await copy.commands.run('curl -s -o /dev/null -w "%{http_code}" http://localhost:49999/health')
+    assert.equal(r.stdout, '204')
+  } finally {
+    if (copy) await copy.kill().catch(() => false)
+    await Sandbox.deleteSnapshot(snap.snapshotId).catch(() => false)
+  }
+})

@@ -1293,6 +1293,43 @@ test_dns_bounds (void)
   ok ("dns bounds: no descriptor left open");
 }
 
+/* Request transforms: a head rewritten, the rules' keys matched. */
+static void
+test_head_rewrite (void)
+{
+  static const char head[] = "GET /x HTTP/1.1\r\nHost: a.example\r\nauthorization: old\r\n"
+                             "X-Fold: one\r\n two\r\nAccept: */*\r\n\r\n";
+  const char *names[] = { "Authorization", "X-Fold", "X-New" }, *values[] = { "Bearer t", "f", "n" };
+  uint8_t out[512];
+  size_t n = sbx_http_head_rewrite ((const uint8_t *) head, strlen (head), names, values, 3, out, sizeof out);
+  static const char want[] = "GET /x HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\n"
+                             "Authorization: Bearer t\r\nX-Fold: f\r\nX-New: n\r\n\r\n";
+  CHECK (n == strlen (want) && memcmp (out, want, n) == 0);
+  /* too small an output, or no empty line: 0 */
+  CHECK (sbx_http_head_rewrite ((const uint8_t *) head, strlen (head), names, values, 3, out, 40) == 0);
+  CHECK (sbx_http_head_rewrite ((const uint8_t *) head, 20, names, values, 3, out, sizeof out) == 0);
+
+  struct sbx_net_policy p = { .enabled = true };
+  struct sbx_err err;
+  const char *hn[] = { "X-A" }, *hv[] = { "1" }, *bad[] = { "X\r\nY" };
+  CHECK (sbx_net_rule_add (&p, "API.example.com", hn, hv, 1, &err) == 0);
+  CHECK (sbx_net_rule_add (&p, "*.example.com", hn, hv, 1, &err) == 0);
+  CHECK (sbx_net_rule_add (&p, "*.api.example.com", hn, hv, 1, &err) == 0);
+  CHECK (sbx_net_rule_add (&p, "*", hn, hv, 1, &err) < 0);
+  CHECK (sbx_net_rule_add (&p, "x.example.com", hn, bad, 1, &err) < 0);
+  CHECK (sbx_net_rule_add (&p, "x.example.com", bad, hv, 1, &err) < 0);
+  CHECK (strcmp (sbx_net_rule_key (&p, "api.example.com"), "api.example.com") == 0);
+  CHECK (strcmp (sbx_net_rule_key (&p, "v1.api.example.com"), "*.api.example.com") == 0);
+  CHECK (strcmp (sbx_net_rule_key (&p, "www.Example.com."), "*.example.com") == 0);
+  CHECK (sbx_net_rule_key (&p, "example.com") == NULL);
+  struct sbx_net_policy q;
+  CHECK (sbx_net_socks_set (&p, "p.example:1080", 0x01020304, 1080, "u", "pw", &err) == 0);
+  CHECK (sbx_net_socks_set (&p, "p.example:1080", 0x01020304, 1080, NULL, "pw", &err) < 0);
+  CHECK (sbx_net_policy_copy (&q, &p, &err) == 0 && q.n_rules == 3 && q.proxy && strcmp (q.proxy->pass, "pw") == 0);
+  sbx_net_policy_free (&q);
+  sbx_net_policy_free (&p);
+}
+
 int
 main (void)
 {
@@ -1300,6 +1337,7 @@ main (void)
   test_sni ();
   test_http ();
   test_http_stream ();
+  test_head_rewrite ();
   test_memo ();
   test_decide ();
   test_egress_ring ();

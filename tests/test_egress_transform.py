@@ -1,0 +1,215 @@
+"""E2B's request transforms (network "rules": headers set on a host's
+requests) and egress proxy (network "egressProxy": a SOCKS5 proxy that
+carries the sandbox's outbound TCP), end to end against the network test
+peers (tests/netpeers.py): the peers' web servers echo the headers they
+got (GET /headers), and their SOCKS5 proxy (198.51.100.10:1080) logs
+every CONNECT it is asked for.
+
+Headers are set on plain HTTP only: HTTPS passes unchanged (sbxd does
+not terminate sandboxes' TLS).  Run with the peers lock held (flock
+/tmp/sbxd-peers.lock), as every module that uses the peers.
+"""
+import pytest
+
+from conftest import Sbxd
+
+UPSTREAM = "198.51.100.53"
+WEB1, WEB2 = "198.51.100.10", "198.51.100.11"
+PROXY = "198.51.100.10:1080"
+DENY_ALL = ["0.0.0.0/0"]
+
+
+@pytest.fixture(scope="module")
+def netd(peers, tmp_path_factory):
+    d = Sbxd(str(tmp_path_factory.mktemp("xform") / "state")).start(args=["--dns-upstream", UPSTREAM])
+    yield d
+    try:
+        d.cleanup()
+    finally:
+        d.stop()
+
+
+def create(d, network, expect=201):
+    r = d.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 600, "network": network})
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def curl(d, sid, *args, timeout=5):
+    r = d.run(sid, "curl", "-sS", "-m", str(timeout), "--noproxy", "*", *args, timeout=30)
+    return r["exitCode"], r["stdout"]
+
+
+def headers_seen(d, sid, url, *args):
+    """The headers the peer got for a GET of URL from the sandbox."""
+    code, out = curl(d, sid, *args, url)
+    assert code == 0, (url, code, out)
+    lines = out.splitlines()
+    return lines[0], {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+
+
+RULES = {
+    "allowed.test": [{"transform": {"headers": {"Authorization": "Bearer secret-1", "X-Team": "a"}}},
+                     {"transform": {"headers": {"x-team": "b"}}}],
+    "*.allowed.test": [{"transform": {"headers": {"X-Wild": "yes"}}}],
+}
+
+
+@pytest.mark.parametrize("network", [
+    {"allowOut": ["allowed.test", "*.allowed.test"], "denyOut": DENY_ALL, "rules": RULES},
+    {"rules": RULES},  # the open internet: the rules alone send port 80 through the filter
+], ids=["domains", "internet"])
+def test_rules_set_headers_on_plain_http(netd, network):
+    sid = create(netd, network)["sandboxID"]
+    try:
+        # the sandbox's own Authorization is replaced, the later rule's X-Team wins
+        first, h = headers_seen(netd, sid, "http://allowed.test/headers", "-H", "Authorization: mine",
+                                "-H", "X-Keep: 1")
+        assert first == f"host=allowed.test addr={WEB1}", first
+        assert h["authorization"] == "Bearer secret-1" and h["x-team"] == "b" and h["x-keep"] == "1", h
+        assert "x-wild" not in h
+        # an exact key comes first; a wildcard covers the names below only
+        _, h = headers_seen(netd, sid, "http://api.allowed.test/headers")
+        assert h.get("x-wild") == "yes" and "authorization" not in h, h
+        # every request of a kept-alive connection, each by its own host's rules
+        code, out = curl(netd, sid, "http://allowed.test/headers", "http://allowed.test/headers")
+        assert code == 0 and out.count("Authorization: Bearer secret-1") == 2, out
+        # a POST with a body: the framing stays right
+        code, out = curl(netd, sid, "-d", "x" * 50000, "http://allowed.test/headers",
+                         "http://allowed.test/headers")
+        assert code == 0 and out.count("Authorization: Bearer secret-1") == 2, out
+        # HTTPS passes unchanged (no TLS is terminated)
+        code, out = curl(netd, sid, "-k", "https://allowed.test/headers")
+        assert code == 0 and "Authorization" not in out and "host=allowed.test" in out, out
+        # the rules come back as given (lower-cased keys), with the lists
+        net = netd.get(sid).json()["network"]
+        assert net["rules"] == RULES, net
+    finally:
+        netd.delete(sid)
+
+
+def test_rules_grant_nothing(netd):
+    """A host with rules is not allowed by them."""
+    sid = create(netd, {"allowOut": ["allowed.test"], "denyOut": DENY_ALL, "rules": RULES})["sandboxID"]
+    try:
+        code, out = curl(netd, sid, "http://other.test/headers")
+        assert "host=" not in out, out
+    finally:
+        netd.delete(sid)
+
+
+def test_put_network_replaces_rules(netd):
+    sid = create(netd, {"rules": RULES})["sandboxID"]
+    try:
+        r = netd.req("PUT", f"/sandboxes/{sid}/network",
+                     json={"rules": {"allowed.test": [{"transform": {"headers": {"X-New": "1"}}}]}})
+        assert r.status_code == 204, r.text
+        _, h = headers_seen(netd, sid, "http://allowed.test/headers")
+        assert h.get("x-new") == "1" and "authorization" not in h, h
+        assert netd.req("PUT", f"/sandboxes/{sid}/network", json={}).status_code == 204
+        _, h = headers_seen(netd, sid, "http://allowed.test/headers")
+        assert "x-new" not in h, h
+    finally:
+        netd.delete(sid)
+
+
+@pytest.mark.parametrize("network,what", [
+    ({"rules": {"*": [{"transform": {"headers": {"a": "b"}}}]}}, "*"),
+    ({"rules": {"allowed.test": [{"transform": {"headers": {"Bad Name": "b"}}}]}}, "Bad Name"),
+    ({"rules": {"allowed.test": [{"transform": {"headers": {"X": "a\r\nInjected: 1"}}}]}}, "X"),
+    ({"rules": {"allowed.test": [{"transform": {"headers": {"Content-Length": "5"}}}]}}, "Content-Length"),
+    ({"rules": {"allowed.test": {"transform": {}}}}, "list"),
+    ({"rules": {"allowed.test": [{"transform": {"headers": {"X": "x" * 9000}}}]}}, "bytes"),
+    ({"egressProxy": {"address": "nocolon"}}, "host:port"),
+    ({"egressProxy": {"address": "198.51.100.10:99999"}}, "host:port"),
+    ({"egressProxy": {"address": PROXY, "password": "p"}}, "username"),
+    ({"egressProxy": {"address": PROXY, "username": "u" * 256}}, "255"),
+], ids=["bare-star", "header-name", "crlf", "framing", "not-a-list", "too-big", "no-port", "bad-port",
+        "password-alone", "long-user"])
+def test_invalid_rules_and_proxies_are_refused(netd, network, what):
+    r = create(netd, network, expect=400)
+    assert what in r["message"], r
+
+
+def test_egress_proxy_carries_tcp(netd, peers):
+    tok = peers.token("px")
+    sid = create(netd, {"egressProxy": {"address": PROXY}})["sandboxID"]
+    try:
+        # HTTP to an address: through the proxy, by address
+        code, out = curl(netd, sid, f"http://{WEB2}/{tok}")
+        assert code == 0 and out == f"host={WEB2} addr={WEB2}\n", out
+        assert peers.socks_seen(f"user= atyp=1 dst={WEB2}:80"), peers.socks_seen("")
+        # any port, any protocol on TCP: the banner of 8080
+        r = netd.run(sid, "python3", "-c", "import socket; s = socket.create_connection(('198.51.100.10', 8080), 3);"
+                     " print(s.recv(100).decode(), end='')", timeout=30)
+        assert r["stdout"] == "tcp ok\n", r
+        assert peers.socks_seen(f"atyp=1 dst={WEB1}:8080")
+        # the proxy is not visible from inside: the destination is the original one
+        info = netd.get(sid).json()["network"]
+        assert info["egressProxy"] == {"address": PROXY}, info
+    finally:
+        netd.delete(sid)
+
+
+def test_egress_proxy_after_filtering_by_name_with_authentication(netd, peers):
+    net = {"allowOut": ["allowed.test"], "denyOut": DENY_ALL, "rules": RULES,
+           "egressProxy": {"address": PROXY, "username": "sbxt", "password": "sbxt-pass"}}
+    sid = create(netd, net)["sandboxID"]
+    try:
+        before = len(peers.socks_seen("dst="))
+        # a domain rule's flow: remote DNS (ATYP 3, the name), with the rules' headers
+        first, h = headers_seen(netd, sid, "http://allowed.test/headers")
+        assert first == f"host=allowed.test addr={WEB1}" and h["authorization"] == "Bearer secret-1", h
+        assert peers.socks_seen("user=sbxt atyp=3 dst=allowed.test:80")
+        code, out = curl(netd, sid, "-k", "https://allowed.test/")
+        assert code == 0 and "sni=allowed.test" in out, out
+        assert peers.socks_seen("user=sbxt atyp=3 dst=allowed.test:443")
+        # what the filter denies never reaches the proxy
+        n = len(peers.socks_seen("dst="))
+        code, out = curl(netd, sid, "http://other.test/")
+        assert "host=" not in out
+        code, out = curl(netd, sid, f"http://{WEB2}:8080/")
+        assert len(peers.socks_seen("dst=")) == n > before
+        info = netd.get(sid).json()["network"]
+        assert info["egressProxy"] == {"address": PROXY, "username": "sbxt"}, info
+    finally:
+        netd.delete(sid)
+
+
+def test_egress_proxy_fails_closed(netd, peers):
+    # a wrong password, and a port where no proxy listens: nothing goes straight out
+    for proxy in ({"address": PROXY, "username": "sbxt", "password": "wrong"}, {"address": f"{WEB2}:1080"}):
+        sid = create(netd, {"egressProxy": proxy})["sandboxID"]
+        try:
+            code, out = curl(netd, sid, f"http://{WEB2}/")
+            assert code != 0 and "host=" not in out, (proxy, out)
+        finally:
+            netd.delete(sid)
+
+
+def test_egress_proxy_in_a_private_range_is_never_dialled(netd):
+    sid = create(netd, {"egressProxy": {"address": "10.77.0.10:80"}})["sandboxID"]
+    try:
+        code, out = curl(netd, sid, f"http://{WEB2}/")
+        assert code != 0 and "ok" not in out, out
+        log = netd.req("GET", f"/sandboxes/{sid}/network/log").json()["records"]
+        assert any("egressProxy 10.77.0.10:80" in r["rule"] and r["verdict"] == "denied" for r in log), log
+    finally:
+        netd.delete(sid)
+
+
+def test_rules_and_proxy_survive_a_daemon_restart(peers, tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start(args=["--dns-upstream", UPSTREAM])
+    try:
+        net = {"allowOut": ["allowed.test"], "denyOut": DENY_ALL, "rules": RULES,
+               "egressProxy": {"address": PROXY, "username": "sbxt", "password": "sbxt-pass"}}
+        sid = create(d, net)["sandboxID"]
+        d.kill9()
+        d.start(args=["--dns-upstream", UPSTREAM])
+        n = len(peers.socks_seen("user=sbxt atyp=3 dst=allowed.test:80"))
+        _, h = headers_seen(d, sid, "http://allowed.test/headers")
+        assert h["authorization"] == "Bearer secret-1", h
+        assert len(peers.socks_seen("user=sbxt atyp=3 dst=allowed.test:80")) == n + 1
+    finally:
+        d.cleanup()
+        d.stop()
