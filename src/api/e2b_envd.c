@@ -549,6 +549,10 @@ envd_stream_main (void *arg)
                                  .cols = (uint32_t) json_integer_value (json_object_get (size, "cols")),
                                  .stdin_open = json_is_true (json_object_get (s->req, "stdin")),
                                  .timeout_ms = s->timeout_ms,
+                                 /* envd's timeout (exec.CommandContext) kills the
+                                    command's own process: a browser that
+                                    `xdg-open` started lives on */
+                                 .timeout_command_only = true,
                                  .keepalive_ms = s->keepalive_ms };
       r = argv[0] ? sbx_exec (s->engine, s->id, &o, envd_event, s, &err) : sbx_failx (&err, EINVAL, "cmd is required");
       for (size_t i = 0; i < k; i++)

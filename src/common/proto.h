@@ -123,6 +123,9 @@ enum sbx_file_op {
 #define SBX_SIGNAL_F_TREE 1u    /* kill every process the command started, setsid()ed ones too, as its
                                    timeout does (an agent without it kills the command's group) */
 #define SBX_FILE_F_OWNER 8u     /* write/mkdir/symlink: owner SBX_T_UID:SBX_T_GID, mode SBX_T_MODE as given */
+/* SBX_T_FLAGS bits of an EXEC request */
+#define SBX_EXEC_F_TIMEOUT_COMMAND 1u /* the timeout kills the command alone: what it started lives on
+                                         (without it, the timeout kills the command's whole tree) */
 
 enum sbx_file_type { SBX_FT_FILE = 1, SBX_FT_DIR = 2, SBX_FT_SYMLINK = 3, SBX_FT_OTHER = 4 };
 

@@ -2802,6 +2802,8 @@ exec_request (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *
     sbx_msg_put_u32 (req, SBX_T_STDIN, 1);
   if (o->timeout_ms)
     sbx_msg_put_u32 (req, SBX_T_TIMEOUT, o->timeout_ms);
+  if (o->timeout_command_only)
+    sbx_msg_put_u32 (req, SBX_T_FLAGS, SBX_EXEC_F_TIMEOUT_COMMAND);
 }
 
 int

@@ -286,6 +286,7 @@ struct sbx_exec_opts {
   uint32_t rows, cols;
   bool stdin_open;
   uint32_t timeout_ms;      /* 0: no timeout */
+  bool timeout_command_only; /* the timeout kills the command, not what it started */
   uint32_t keepalive_ms;    /* 0: none; else a KEEPALIVE event after this much silence */
 };
 

@@ -8,12 +8,14 @@
  *     carries out the daemon's requests: start processes and stream their
  *     output, re-attach to them, send input, signals and terminal sizes,
  *     list them, and file operations (files.c);
- *   - enforces per-process timeouts by killing the process's whole tree.
+ *   - enforces per-process timeouts by killing the process's whole tree
+ *     (or, when the request asks, the process alone, as E2B's envd does).
  *
  * Each command runs under a "shepherd": a child of init that is a child
  * subreaper, so whatever the command double-forks or setsid()s stays in the
  * shepherd's subtree until the command exits; when a timeout expires the
- * shepherd kills that whole subtree.  Once the command itself exits
+ * shepherd kills that whole subtree (or the command alone, if the request
+ * says so: what it started is then inherited by init and lives on).  Once the command itself exits
  * normally, the shepherd exits and leftover background processes are
  * inherited by init and keep running (a server started with `cmd &`).
  *
@@ -78,6 +80,7 @@ struct proc {
   struct watch *sub_watch[MAX_SUBS];
   uint64_t deadline_ns; /* 0 = no timeout (or already fired) */
   bool timed_out;
+  bool timeout_command_only; /* the timeout kills the command, not its children */
   char *tag, *cwd;
   char **argv;
   struct proc *next;
@@ -133,12 +136,24 @@ struct spawn_req {
 };
 
 static volatile sig_atomic_t kill_requested;
+/* the command, in its shepherd; 0 once reaped */
+static volatile pid_t command_pid;
 
 static void
 on_usr1 (int sig)
 {
   (void) sig;
   kill_requested = 1;
+}
+
+/* SIGUSR2 to a shepherd: kill the command alone (a timeout that leaves
+   what it started running).  kill() is async-signal-safe. */
+static void
+on_usr2 (int sig)
+{
+  (void) sig;
+  if (command_pid > 0)
+    kill (command_pid, SIGKILL);
 }
 
 /* Build the command's environment: init's own (the sandbox's base
@@ -200,6 +215,7 @@ exec_command (const struct spawn_req *r)
   sigprocmask (SIG_SETMASK, &all, NULL);
   signal (SIGPIPE, SIG_DFL);
   signal (SIGUSR1, SIG_DFL);
+  signal (SIGUSR2, SIG_DFL);
   setsid ();
   if (r->pty)
     ioctl (0, TIOCSCTTY, 0);
@@ -281,13 +297,22 @@ shepherd_main (const struct spawn_req *r, int status_fd)
   prctl (PR_SET_CHILD_SUBREAPER, 1);
   struct sigaction sa = { .sa_handler = on_usr1 };
   sigaction (SIGUSR1, &sa, NULL);
+  struct sigaction sa2 = { .sa_handler = on_usr2 };
+  sigaction (SIGUSR2, &sa2, NULL);
   sigset_t all;
   sigemptyset (&all);
   sigprocmask (SIG_SETMASK, &all, NULL);
 
+  /* SIGUSR2 waits until command_pid is set */
+  sigset_t usr2, old;
+  sigemptyset (&usr2);
+  sigaddset (&usr2, SIGUSR2);
+  sigprocmask (SIG_BLOCK, &usr2, &old);
   pid_t pid = fork ();
   if (pid == 0)
     exec_command (r);
+  command_pid = pid;
+  sigprocmask (SIG_SETMASK, &old, NULL);
   struct shepherd_msg m = { 1, pid < 0 ? -errno : pid, 0 };
   sbx_write_full (status_fd, &m, sizeof m);
   if (pid < 0)
@@ -309,7 +334,10 @@ shepherd_main (const struct spawn_req *r, int status_fd)
         }
       pid_t w = waitpid (-1, &status, 0);
       if (w == pid)
-        break;
+        {
+          command_pid = 0;
+          break;
+        }
       if (w < 0 && errno == ECHILD)
         break;
     }
@@ -508,6 +536,7 @@ handle_exec (int conn, const struct sbx_msg *req)
       memcpy (&r.cols, d + 4, 4);
     }
   uint32_t timeout_ms = sbx_msg_u32 (req, SBX_T_TIMEOUT, 0);
+  bool timeout_command_only = (sbx_msg_u32 (req, SBX_T_FLAGS, 0) & SBX_EXEC_F_TIMEOUT_COMMAND) != 0;
   char *tag = sbx_msg_strdup (req, SBX_T_TAG);
 
   int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, st[2] = { -1, -1 };
@@ -614,6 +643,7 @@ handle_exec (int conn, const struct sbx_msg *req)
   if (p->err.fd >= 0)
     set_nonblock (p->err.fd);
   p->deadline_ns = timeout_ms ? sbx_now_ns () + (uint64_t) timeout_ms * 1000000ull : 0;
+  p->timeout_command_only = timeout_command_only;
   p->tag = tag;
   p->cwd = r.cwd;
   p->argv = r.argv;
@@ -920,7 +950,7 @@ fire_timeouts (void)
         p->deadline_ns = 0;
         p->timed_out = true;
         if (p->shepherd > 0)
-          kill (p->shepherd, SIGUSR1);
+          kill (p->shepherd, p->timeout_command_only ? SIGUSR2 : SIGUSR1);
       }
 }
 

@@ -127,6 +127,30 @@ describe('with one shared sandbox', () => {
     assert.equal(await sbx.commands.kill(pid), false, 'killing a gone pid answers false')
   })
 
+  test('commands: a timeout kills the command alone, as envd does; what it started lives on', T, async () => {
+    // envd's timeout (Go's exec.CommandContext) kills the command's own
+    // process: a child in its group, as a browser that xdg-open starts,
+    // outlives it (@e2b/desktop's open() relies on it)
+    const handle = await sbx.commands.run('sleep 601 & echo $! > /tmp/timeout-child; sleep 600', {
+      background: true,
+      timeoutMs: 1500,
+    })
+    const started = Date.now()
+    await assert.rejects(handle.wait())
+    assert.ok(Date.now() - started < 20_000, 'the timeout did not end the command')
+    let still = true
+    for (let i = 0; i < 50 && still; i++) {
+      still = (await sbx.commands.list()).some((p) => p.pid === handle.pid)
+      if (still) await sleep(100)
+    }
+    assert.equal(still, false, 'the timed-out command is still listed')
+    const child = (await sbx.commands.run('cat /tmp/timeout-child')).stdout.trim()
+    assert.match(child, /^\d+$/)
+    const r = await sbx.commands.run(`ps -o args= -p ${child}`)
+    assert.equal(r.stdout.trim(), 'sleep 601')
+    await sbx.commands.run(`kill ${child}`)
+  })
+
   test('files: write and read text', T, async () => {
     const info = await sbx.files.write('/home/user/hello.txt', 'héllo wörld\nline 2\n')
     assert.equal(info.path, '/home/user/hello.txt')
