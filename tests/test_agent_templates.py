@@ -193,6 +193,7 @@ const { chromium } = require("playwright-core");
   await page.click("#b");
   const t2 = await page.title();
   await page.close();
+  await b.close();  // a CDP connection's close disconnects; Chromium stays
   // a Chromium of the script's own
   const own = await chromium.launch({ executablePath: process.env.CHROME_PATH });
   const p2 = await own.newPage();
@@ -218,8 +219,11 @@ def test_playwright_drives_chromium_to_a_page_served_in_the_sandbox(agentd):
         r = agentd.sh(sid, "for i in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:8000/ && exit 0; "
                            "sleep 0.1; done; exit 1")
         assert r["exitCode"] == 0, r
-        r = agentd.run(sid, "node", "/home/user/pw.js", timeout=120)
+        r = agentd.run(sid, "node", "/home/user/pw.js", timeout=90)
         assert r["exitCode"] == 0, r
         assert json.loads(r["stdout"]) == [title, title + "!", title], r
+        # the template's Chromium is still there for the next script
+        r = agentd.sh(sid, 'curl -fsS "$BROWSER_CDP_URL/json/version"')
+        assert r["exitCode"] == 0 and "Chrome/" in r["stdout"], r
     finally:
         agentd.delete(sid)
