@@ -31,10 +31,12 @@ sbxd_install_deps() {
 # add a template here to have both build it.
 SBXD_TEMPLATES="${SBXD_TEMPLATES:-base bun python code_interpreter pyodide}"
 # What the test command builds besides: `documents` (seed 004's
-# capabilities.documents.libreofficeHeadless) and `desktop` (seed 000's GUI
-# template, for the E2B Desktop SDK), which sbxd-up leaves to be built on
-# demand (`sbxd template build NAME`) as they take the longest.
-SBXD_TEST_TEMPLATES="${SBXD_TEST_TEMPLATES:-$SBXD_TEMPLATES documents desktop}"
+# capabilities.documents.libreofficeHeadless), `claude` and `codex` (seed
+# 000's agent templates), `browser` (seed 004's capabilities.browser) and
+# `desktop` (seed 000's GUI template, for the E2B Desktop SDK), which
+# sbxd-up leaves to be built on demand (`sbxd template build NAME`) as they
+# take the longest (each downloads hundreds of MB).
+SBXD_TEST_TEMPLATES="${SBXD_TEST_TEMPLATES:-$SBXD_TEMPLATES documents claude codex browser desktop}"
 
 # The SHA-256 of what a template is built from: its spec, the specs it
 # includes and the files its `file:` lines copy in (templates/README.md).

@@ -4,6 +4,7 @@ under a small operator capacity included), pause and resume keeping files
 and processes, maxDurationMs, commands, code and files, and ownership.
 """
 import base64
+import json
 import os
 import subprocess
 import threading
@@ -219,17 +220,48 @@ def test_artifact_prefix_is_checked(v1):
         assert "artifactPrefix" in r.json()["error"]
 
 
-def test_browser_and_opencode_on_pro_say_this_server_has_no_template(sbxd):
+def test_opencode_on_pro_says_this_server_has_no_template(sbxd):
     c = V1(sbxd, sbxd.new_key(org="v1-pro"))
     orgs(sbxd, "set", "v1-pro", "--plan", "pro")
-    r = c.req("POST", "/v1/sandboxes", json={"capabilities": {"browser": {"mode": "paired-banata-browser"}}})
-    assert r.status_code == 400 and "no browser template" in r.json()["error"]
     r = c.req("POST", "/v1/sandboxes", json={"capabilities": {"opencode": {"enabled": True}}})
     assert r.status_code == 400 and "no opencode template" in r.json()["error"]
     # a disabled opencode asks for nothing
     sid = c.create(capabilities={"opencode": {"enabled": False}})["id"]
     c.wait(sid, "ready")
     c.delete(sid)
+    # the browser and documents capabilities are different templates
+    r = c.req("POST", "/v1/sandboxes", json={"capabilities": {"browser": {"mode": "paired-banata-browser"},
+                                                              "documents": {"libreofficeHeadless": True}}})
+    assert r.status_code == 400 and "cannot be combined" in r.json()["error"], r.text
+
+
+def test_browser_capability_on_pro_runs_on_the_browser_template(sbxd):
+    """A paired browser: the sandbox runs on the browser template, whose
+    headless Chromium serves CDP on the sandbox's loopback when it is
+    ready; pairedBrowser says where."""
+    if not have_template("browser"):
+        pytest.skip("the browser template is not built on this machine")
+    c = V1(sbxd, sbxd.new_key(org="v1-probrowser"))
+    orgs(sbxd, "set", "v1-probrowser", "--plan", "pro")
+    caps = {"browser": {"mode": "paired-banata-browser", "recording": True, "streamPreview": True}}
+    sid = c.create(capabilities=caps)["id"]
+    try:
+        c.wait(sid, "ready")
+        o = c.get(sid)
+        assert o["runtime"] == RUNTIME and o["capabilities"] == caps
+        assert o["pairedBrowser"] == {"mode": "paired-banata-browser", "cdpUrl": "http://127.0.0.1:9222"}
+        r = requests.get(f"{sbxd.url}/sandboxes/{sid}", headers=c.http.headers, timeout=10).json()
+        assert r["templateID"] == "browser"
+        r = requests.post(f"{sbxd.url}/sandboxes/{sid}/processes", headers=c.http.headers, timeout=60,
+                          json={"cmd": "curl", "args": ["-fsS", o["pairedBrowser"]["cdpUrl"] + "/json/version"]})
+        assert r.status_code == 200 and r.json()["exitCode"] == 0, r.text
+        assert "Chrome/" in json.loads(r.json()["stdout"])["Browser"]
+        # without the capability, no paired browser
+        plain = c.create()["id"]
+        assert c.get(plain)["pairedBrowser"] is None
+        c.delete(plain)
+    finally:
+        c.delete(sid)
 
 
 def test_max_duration_over_the_plans_limit_is_refused_and_the_default_is_the_plans(sbxd):

@@ -167,7 +167,14 @@ v1_object (struct call *k, const struct sbx_sandbox_rec *rec, bool full)
       json_object_set_new (o, "previewBaseUrl", preview ? json_string (preview) : json_null ());
       free (preview);
       json_object_set_new (o, "capabilities", meta_or_null (meta, "capabilities"));
-      json_object_set_new (o, "pairedBrowser", json_null ());
+      /* the browser capability's Chromium, driven from inside the sandbox
+         (templates/browser.spec); no recording or stream preview */
+      json_t *caps_v = json_object_get (meta, "capabilities");
+      json_object_set_new (o, "pairedBrowser",
+                           json_is_object (json_object_get (caps_v, "browser"))
+                               ? json_pack ("{s:s, s:s}", "mode", "paired-banata-browser", "cdpUrl",
+                                            "http://127.0.0.1:9222")
+                               : json_null ());
       json_object_set_new (o, "opencode", json_null ());
       json_object_set_new (o, "browserPreview", json_null ());
       json_object_set_new (o, "humanHandoff", json_null ());
@@ -263,6 +270,7 @@ plan_has_pro (const struct sbx_org *org)
 /* What a create's capabilities ask for. */
 struct v1_caps {
   bool documents;          /* LibreOffice headless: the documents template */
+  bool browser;            /* a paired browser: the browser template */
   bool keep_workspace;     /* storage.workspace "checkpointed" */
   const char *artifact_prefix;
 };
@@ -331,10 +339,14 @@ check_caps (struct call *k, json_t *v, struct v1_caps *out, enum MHD_Result *ret
                              json_string_value (mode));
           return -1;
         }
-      *ret = plan_has_pro (&k->rq->org)
-                 ? send_error (k->c, 400, "Paired browser is not available on this server: it has no browser template")
-                 : send_error (k->c, 403, "Paired browser is not available on your current plan. Upgrade to Pro or higher.");
-      return -1;
+      if (!plan_has_pro (&k->rq->org))
+        {
+          *ret = send_error (k->c, 403, "Paired browser is not available on your current plan. Upgrade to Pro or higher.");
+          return -1;
+        }
+      /* the browser template: a headless Chromium in the sandbox itself,
+         its CDP endpoint on the sandbox's loopback (pairedBrowser) */
+      out->browser = true;
     }
   json_t *opencode = json_object_get (v, "opencode");
   if (json_is_object (opencode) && !json_is_false (json_object_get (opencode, "enabled")))
@@ -345,6 +357,12 @@ check_caps (struct call *k, json_t *v, struct v1_caps *out, enum MHD_Result *ret
       return -1;
     }
   out->documents = json_is_true (json_object_get (json_object_get (v, "documents"), "libreofficeHeadless"));
+  if (out->browser && out->documents)
+    {
+      *ret = send_error (k->c, 400, "capabilities.browser and capabilities.documents cannot be combined on this server: "
+                                    "they are different templates");
+      return -1;
+    }
   json_t *storage = json_object_get (v, "storage");
   const char *ws = json_string_value (json_object_get (storage, "workspace"));
   if (ws && strcmp (ws, "ephemeral") != 0 && strcmp (ws, "checkpointed") != 0)
@@ -458,7 +476,7 @@ v1_create (struct call *k)
     goto out;
 
   struct sbx_err err;
-  const char *tmpl = cp.documents ? "documents" : runtime;
+  const char *tmpl = cp.browser ? "browser" : cp.documents ? "documents" : runtime;
   if (sbx_template_check (k->h->engine, tmpl, &err) < 0)
     {
       ret = sbx_err_kind (&err) == SBX_E_INVALID
