@@ -62,11 +62,19 @@ class Client:
     daemon's, not a client library's)."""
 
     def __init__(self, port, key):
+        self.port = port
         self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         self.h = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
 
     def call(self, method, path, body=None):
-        self.c.request(method, path, body=body, headers=self.h)
+        try:
+            self.c.request(method, path, body=body, headers=self.h)
+        except (BrokenPipeError, ConnectionResetError):
+            # the daemon closed the kept-alive connection (--conn-timeout):
+            # nothing was sent, so once more on a new one
+            self.c.close()
+            self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            self.c.request(method, path, body=body, headers=self.h)
         r = self.c.getresponse()
         return r.status, r.read()
 
@@ -150,9 +158,10 @@ def cgroup_bytes(ids):
     return total, len(seen)
 
 
-def sample(d, probe, idle, base):
+def sample(d, probe_key, idle, base):
     """The measurements at len(IDLE) idle sandboxes."""
     n = len(idle)
+    probe = Client(d.port, probe_key)
     creates, execs = [], []
     for _ in range(ARGS.probes):
         t, sid = timed(probe.create)
@@ -170,6 +179,7 @@ def sample(d, probe, idle, base):
             t, _ = timed(probe.exec_true, sid)
             execs.append(t)
         probe.delete(sid)
+    probe.close()
     st = proc_status(d.proc.pid)
     cg, cg_n = cgroup_bytes(idle) if idle else (0, 0)
     avail = mem_available_kb()
@@ -307,7 +317,6 @@ def main():
         subprocess.run([SBXD, "orgs", "set", "bench-probe", "--plan", "scale", "--max-sandboxes", "20",
                         "--state-dir", d.state_dir], check=True, capture_output=True)
         time.sleep(1)  # the first spares
-        probe = Client(d.port, probe_key)
         st = proc_status(d.proc.pid)
         base = {"rss_kb": st["VmRSS"], "avail_kb": mem_available_kb(), "fds": st["fds"]}
         stop = []
@@ -317,7 +326,10 @@ def main():
                 continue
             ramp_to(d, idle, point, stop)
             time.sleep(1)  # settle: the spares refill, the memory counters catch up
-            result["points"].append(sample(d, probe, idle, base))
+            try:
+                result["points"].append(sample(d, probe_key, idle, base))
+            except Exception as e:  # noqa: BLE001 - the message is the result
+                stop.append(f"measuring at {len(idle)}: {e}")
             if stop:
                 break
         result["ramp_s"] = round(time.time() - t0, 1)
@@ -346,7 +358,6 @@ def main():
             times.append(t)
             idle.remove(sid)
         c.close()
-        probe.close()
         result["destroy"] = {"count": len(times), "p50_ms": ms(pct(times, 0.5)), "p90_ms": ms(pct(times, 0.9)),
                              "max_ms": ms(max(times) if times else None),
                              "all_s": round(sum(times), 2)}
