@@ -3,7 +3,7 @@
 # Debian's packages, only when something is missing.
 SBXD_DEBS="gcc clang libclang-rt-14-dev make pkg-config libc6-dev libmicrohttpd-dev libjansson-dev libseccomp-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev
  libnftables-dev libmnl-dev libnetfilter-log-dev libldns-dev libwslay-dev libhttp-parser-dev zlib1g-dev
- mmdebstrap e2fsprogs util-linux bubblewrap iproute2 nftables dnsmasq-base openssl python3 python3-pytest python3-requests python3-yaml python3-websockets ca-certificates curl wrk tmux"
+ mmdebstrap e2fsprogs util-linux bubblewrap iproute2 nftables dnsmasq-base openssl python3 python3-pytest python3-requests python3-yaml python3-websockets python3-prometheus-client gnuplot-nox ca-certificates curl wrk tmux"
 
 sbxd_install_deps() {
   local missing=""

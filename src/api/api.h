@@ -56,6 +56,7 @@ struct http_server {
   char *tls_cert, *tls_key;   /* their PEM text, held for libmicrohttpd */
   struct relay *relay;        /* upgraded connections to sandbox ports (proxy.c) */
   struct sbx_agents *agents;  /* seed 000's agents and sessions (agents.c) */
+  char metrics_token[SBX_METRICS_TOKEN_MAX]; /* GET /metrics's Bearer token (metrics.c); "": not served here */
 };
 
 #define CALL_MAX_SEGS 8
@@ -219,6 +220,8 @@ int env_list (struct MHD_Connection *c, json_t *o, const char *key, char ***out,
 
 /* ---- route handlers (routes.c lists them) ---- */
 
+/* metrics.c: GET /metrics, the operator's */
+enum MHD_Result metrics_route (struct call *k);
 /* server.c: GET /openapi.yaml and GET /health */
 enum MHD_Result send_openapi (struct call *k);
 enum MHD_Result send_health (struct call *k);

@@ -404,6 +404,7 @@ process_unary (struct http_server *h, struct MHD_Connection *c, const char *id, 
 
 struct envd_stream {
   struct sbx_engine *engine;
+  struct sbx_service *svc;
   char id[SBX_ID_MAX];
   char user[64];
   json_t *req; /* the request message */
@@ -554,7 +555,7 @@ envd_stream_main (void *arg)
                                     `xdg-open` started lives on */
                                  .timeout_command_only = true,
                                  .keepalive_ms = s->keepalive_ms };
-      r = argv[0] ? sbx_exec (s->engine, s->id, &o, envd_event, s, &err) : sbx_failx (&err, EINVAL, "cmd is required");
+      r = argv[0] ? sbx_service_exec (s->svc, s->id, &o, envd_event, s, &err) : sbx_failx (&err, EINVAL, "cmd is required");
       for (size_t i = 0; i < k; i++)
         free (env[i]);
       free (env);
@@ -607,6 +608,7 @@ process_stream (struct http_server *h, struct MHD_Connection *c, struct request 
       return connect_error (c, 500, "cannot start stream");
     }
   s->engine = h->engine;
+  s->svc = h->svc;
   snprintf (s->id, sizeof s->id, "%s", id);
   snprintf (s->user, sizeof s->user, "%s", user);
   s->req = b;

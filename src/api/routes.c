@@ -26,6 +26,8 @@
 const struct route api_routes[] = {
   { "GET", "/health", send_health, ROUTE_PUBLIC | ROUTE_INLINE, D1 },
   { "GET", "/openapi.yaml", send_openapi, ROUTE_PUBLIC | ROUTE_INLINE, D1 },
+  /* the operator's, with its own token (metrics.c) */
+  { "GET", "/metrics", metrics_route, ROUTE_PUBLIC, D1 },
 
   /* seed 001 (SandBase) and E2B's control plane */
   { "POST", "/sandboxes", sandbase_create, 0, D1 },

@@ -713,7 +713,7 @@ exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, stru
   sbx_capture_init (&cp->out, MAX_CAPTURE, true);
   sbx_capture_init (&cp->err, MAX_CAPTURE, true);
   struct sbx_err err;
-  int r = sbx_exec (h->engine, id, &o, capture_event, cp, &err);
+  int r = sbx_service_exec (h->svc, id, &o, capture_event, cp, &err);
   exec_params_free (&p);
   if (r < 0)
     {
@@ -746,6 +746,7 @@ exec_sync (struct http_server *h, struct MHD_Connection *c, const char *id, stru
 /* Streaming: a worker writes NDJSON lines to a pipe that MHD sends. */
 struct stream_job {
   struct sbx_engine *engine;
+  struct sbx_service *svc;
   char id[SBX_ID_MAX];
   struct exec_params p; /* exec; p.argv NULL for an attach */
   uint32_t pid;
@@ -810,7 +811,7 @@ stream_main (void *arg)
                                  .rows = job->p.rows,
                                  .cols = job->p.cols,
                                  .timeout_ms = job->p.timeout_ms };
-      r = sbx_exec (job->engine, job->id, &o, stream_event, job, &err);
+      r = sbx_service_exec (job->svc, job->id, &o, stream_event, job, &err);
     }
   else
     r = sbx_attach (job->engine, job->id, job->pid, 0, stream_event, job, &err);
@@ -858,6 +859,7 @@ start_stream (struct http_server *h, struct MHD_Connection *c, const char *id, s
       return send_error (c, 500, "pipe: %s", strerror (errno));
     }
   job->engine = h->engine;
+  job->svc = h->svc;
   snprintf (job->id, sizeof job->id, "%s", id);
   job->fd = fds[1];
   if (!sbx_start_detached (stream_main, job))

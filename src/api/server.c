@@ -1413,6 +1413,8 @@ sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err)
   snprintf (h->docs_dir, sizeof h->docs_dir, "%s", cfg->docs_dir ? cfg->docs_dir : "docs");
   snprintf (h->state_dir, sizeof h->state_dir, "%s", cfg->state_dir ? cfg->state_dir : "/var/tmp");
   h->terminal_ttl_s = cfg->terminal_ttl_s ? cfg->terminal_ttl_s : SBX_TERMINAL_TTL_S;
+  if (cfg->metrics_token)
+    snprintf (h->metrics_token, sizeof h->metrics_token, "%s", cfg->metrics_token);
   if (cfg->domain)
     {
       snprintf (h->domain, sizeof h->domain, "%s", cfg->domain);

@@ -33,6 +33,7 @@ struct sbx_http_config {
   unsigned terminal_ttl_s; /* the life of a terminalUrl's token; 0: SBX_TERMINAL_TTL_S (terminal.h) */
   const char *domain;      /* sandbox ports are reached at PORT-ID.DOMAIN (proxy.c); NULL: not at all */
   const char *tls_cert, *tls_key; /* PEM files: serve HTTPS; NULL: plain HTTP */
+  const char *metrics_token; /* GET /metrics with "Authorization: Bearer" this; NULL: not on this address */
 };
 
 /* Is S a --domain: a DNS name (letters, digits, '-', dots), optionally
@@ -45,6 +46,20 @@ bool sbx_http_domain_valid (const char *s);
 #define SBX_HTTP_CONN_PER_IP 256
 /* Default life of a seed 004 terminalUrl's token (sbxd serve --terminal-ttl). */
 #define SBX_TERMINAL_TTL_S 600
+
+/* The operator's token for GET /metrics (sbxd serve --metrics-token):
+   SBX_METRICS_TOKEN_MIN to SBX_METRICS_TOKEN_MAX - 1 printable ASCII
+   characters, no space. */
+#define SBX_METRICS_TOKEN_MIN 16
+#define SBX_METRICS_TOKEN_MAX 257
+bool sbx_metrics_token_valid (const char *s);
+
+/* GET /metrics alone, without any credential, on an address of its own
+   (sbxd serve --metrics-listen), on one thread of its own. */
+struct sbx_metrics_listener;
+struct sbx_metrics_listener *sbx_metrics_listen (const struct sockaddr *addr, struct sbx_engine *engine,
+                                                 struct sbx_store *store, struct sbx_err *err);
+void sbx_metrics_stop (struct sbx_metrics_listener *m);
 
 struct http_server *sbx_http_start (const struct sbx_http_config *cfg, struct sbx_err *err);
 /* Stop serving.  False when requests were still being handled after a

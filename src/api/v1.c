@@ -691,7 +691,7 @@ v1_run_answer (struct call *k, const char *id, const char *const *argv, const ch
   struct sbx_err err;
   int64_t t0 = sbx_wall_ms ();
   sbx_service_busy_begin (id);
-  int rc = sbx_exec (k->h->engine, id, &o, sbx_proc_capture_event, &r, &err);
+  int rc = sbx_service_exec (k->h->svc, id, &o, sbx_proc_capture_event, &r, &err);
   sbx_service_busy_end (id);
   int64_t ms = sbx_wall_ms () - t0;
   enum MHD_Result ret;

@@ -62,6 +62,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1171,12 +1172,39 @@ sandbox_unref_locked (struct np_sandbox *sb)
     sandbox_free (sb);
 }
 
+/* Every decision recorded, by kind and verdict (sbx_filter_decisions):
+   process-wide, as the filters are one per daemon. */
+static _Atomic uint64_t decisions[SBX_FILTER_KINDS][2];
+
+const char *
+sbx_filter_kind_name (enum sbx_filter_kind k)
+{
+  static const char *const names[SBX_FILTER_KINDS] = { [SBX_FILTER_DNS] = "dns", [SBX_FILTER_HTTP] = "http",
+                                                       [SBX_FILTER_TLS] = "tls", [SBX_FILTER_PACKET] = "packet" };
+  return (unsigned) k < SBX_FILTER_KINDS ? names[k] : "unknown";
+}
+
+void
+sbx_filter_decisions (struct sbx_filter_decisions *out)
+{
+  for (int k = 0; k < SBX_FILTER_KINDS; k++)
+    {
+      out->allowed[k] = atomic_load_explicit (&decisions[k][1], memory_order_relaxed);
+      out->denied[k] = atomic_load_explicit (&decisions[k][0], memory_order_relaxed);
+    }
+}
+
 /* Under the mutex: add a decision to SB's egress log.  DST 0: no
    address (a refused name). */
 static void
 record_locked (struct np_sandbox *sb, const char *proto, uint32_t dst, uint16_t port, const char *name, bool allowed,
                const char *rule)
 {
+  enum sbx_filter_kind kind = strcmp (proto, "dns") == 0    ? SBX_FILTER_DNS
+                              : strcmp (proto, "http") == 0 ? SBX_FILTER_HTTP
+                              : strcmp (proto, "tls") == 0  ? SBX_FILTER_TLS
+                                                            : SBX_FILTER_PACKET;
+  atomic_fetch_add_explicit (&decisions[kind][allowed], 1, memory_order_relaxed);
   if (sb->removed)
     return; /* its log is gone */
   struct sbx_egress_record r = { .time_ms = sbx_wall_ms (),

@@ -96,6 +96,18 @@ enum sbx_netproxy_kernel_rule {
    (PROTO "tcp", "udp", ...); nothing when SRC is no sandbox. */
 void sbx_netproxy_record_packet (struct sbx_netproxy *p, uint32_t src, enum sbx_netproxy_kernel_rule why,
                                  const char *proto, uint32_t dst, uint16_t port);
+/* The filters' decisions since the process started, for the operator's
+   metrics: the DNS filter's answers, the HTTP and TLS name filter's
+   connections, and the kernel's verdicts on new connections as logged
+   (at most 100 a second per rule and sandbox, net.c's LOG_LIMIT). */
+enum sbx_filter_kind { SBX_FILTER_DNS, SBX_FILTER_HTTP, SBX_FILTER_TLS, SBX_FILTER_PACKET, SBX_FILTER_KINDS };
+struct sbx_filter_decisions {
+  uint64_t allowed[SBX_FILTER_KINDS];
+  uint64_t denied[SBX_FILTER_KINDS];
+};
+void sbx_filter_decisions (struct sbx_filter_decisions *out);
+const char *sbx_filter_kind_name (enum sbx_filter_kind k);
+
 /* As sbx_egress_log (sandbox.h), for the sandbox at SANDBOX_IP; an
    unknown one has an empty log. */
 int sbx_netproxy_egress_log (struct sbx_netproxy *p, uint32_t sandbox_ip, uint64_t after, size_t limit,

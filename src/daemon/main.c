@@ -58,6 +58,8 @@ usage (FILE *f)
          "             [--tls-cert FILE --tls-key FILE]   (serve HTTPS)\n"
          "             [--build-workers N]   (template builds at once; default 1)\n"
          "             [--metrics-interval-ms MS]   (sandbox metrics history; default 5000)\n"
+         "             [--metrics-token TOKEN]   (GET /metrics on --listen with Authorization: Bearer TOKEN)\n"
+         "             [--metrics-listen ADDR:PORT]   (GET /metrics there, without a credential)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -187,6 +189,8 @@ cmd_serve (int argc, char **argv)
                                         { "tls-key", required_argument, NULL, 'K' },
                                         { "build-workers", required_argument, NULL, 'B' },
                                         { "metrics-interval-ms", required_argument, NULL, 'X' },
+                                        { "metrics-token", required_argument, NULL, 'G' },
+                                        { "metrics-listen", required_argument, NULL, 'g' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -208,6 +212,7 @@ cmd_serve (int argc, char **argv)
   const char *domain = NULL, *tls_cert = NULL, *tls_key = NULL;
   uint32_t build_workers = SBX_BUILD_WORKERS;
   uint32_t metrics_interval_ms = SBX_SAMPLE_INTERVAL_MS;
+  const char *metrics_token = NULL, *metrics_listen = NULL;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -350,6 +355,19 @@ cmd_serve (int argc, char **argv)
                        &metrics_interval_ms) < 0)
           return 2;
         break;
+      case 'G':
+        /* the operator's metrics on the API's address */
+        if (!sbx_metrics_token_valid (optarg))
+          {
+            fprintf (stderr, "sbxd: invalid --metrics-token (want %d to %d printable characters, no space)\n",
+                     SBX_METRICS_TOKEN_MIN, SBX_METRICS_TOKEN_MAX - 1);
+            return 2;
+          }
+        metrics_token = optarg;
+        break;
+      case 'g':
+        metrics_listen = optarg;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -372,6 +390,12 @@ cmd_serve (int argc, char **argv)
   if (parse_listen (listen, &sa) < 0)
     {
       fprintf (stderr, "sbxd: invalid --listen %s (want ADDR:PORT)\n", listen);
+      return 2;
+    }
+  struct sockaddr_in metrics_sa;
+  if (metrics_listen && parse_listen (metrics_listen, &metrics_sa) < 0)
+    {
+      fprintf (stderr, "sbxd: invalid --metrics-listen %s (want ADDR:PORT)\n", metrics_listen);
       return 2;
     }
   /* From here on the daemon speaks through the logger only. */
@@ -496,13 +520,24 @@ cmd_serve (int argc, char **argv)
                                 .terminal_ttl_s = terminal_ttl,
                                 .domain = domain,
                                 .tls_cert = tls_cert,
-                                .tls_key = tls_key };
+                                .tls_key = tls_key,
+                                .metrics_token = metrics_token };
   struct http_server *h = sbx_http_start (&hc, &err);
   if (h == NULL)
     {
       sbx_log_fields (SBX_LOG_ERROR, "cannot listen", "addr", listen, "error", err.msg, NULL);
       sbx_engine_close (engine);
       return 1;
+    }
+  struct sbx_metrics_listener *metrics = NULL;
+  if (metrics_listen)
+    {
+      if ((metrics = sbx_metrics_listen ((struct sockaddr *) &metrics_sa, engine, store, &err)) == NULL)
+        {
+          sbx_log_fields (SBX_LOG_ERROR, "cannot listen for metrics", "addr", metrics_listen, "error", err.msg, NULL);
+          return 1;
+        }
+      sbx_log_fields (SBX_LOG_INFO, "serving metrics", "url", metrics_listen, NULL);
     }
   char url[96];
   snprintf (url, sizeof url, "%s://%s", tls_cert ? "https" : "http", listen);
@@ -514,6 +549,7 @@ cmd_serve (int argc, char **argv)
     pause ();
   sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
   sbx_agents_stop (agents);
+  sbx_metrics_stop (metrics);
   if (!sbx_http_stop (h))
     return 0; /* handlers still use the engine: the process ends under them */
   unsigned busy = sbx_service_runs_in_progress ();

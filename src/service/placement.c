@@ -752,7 +752,7 @@ end_main (void *arg)
 {
   struct ender *en = arg;
   struct sbx_err err;
-  if (sbx_destroy (sbx_service_engine (en->svc), en->id, &err) < 0 && sbx_err_kind (&err) != SBX_E_STOPPED)
+  if (sbx_service_destroy (en->svc, en->id, &err) < 0 && sbx_err_kind (&err) != SBX_E_STOPPED)
     sbx_log_fields (SBX_LOG_WARN, "end sandbox", "sandbox", en->id, "error", err.msg, NULL);
   place_lock ();
   step_set_locked (en->id, NULL);

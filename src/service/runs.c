@@ -193,7 +193,7 @@ job_execute (struct job *j)
                              .timeout_ms = j->run.timeout_s * 1000u };
   struct sbx_err err;
   int64_t t0 = sbx_wall_ms ();
-  int r = sbx_exec (e, j->run.sandbox_id, &o, job_event, j, &err);
+  int r = sbx_service_exec (j->svc, j->run.sandbox_id, &o, job_event, j, &err);
   struct sbx_run_rec *run = &j->run;
   run->finished_ms = sbx_wall_ms ();
   if (run->finished_ms < t0)

@@ -28,6 +28,7 @@
 #include "fairshare.h"
 #include "placement.h"
 #include "samples.h"
+#include "telemetry.h"
 #include "webhook.h"
 
 struct sbx_service {
@@ -352,10 +353,28 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
   return sbx_service_create_reserved (svc, org, spec, rsv, NULL, live, ticket, rec, err);
 }
 
+static int create_reserved (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                            const char *rsv, const char *want_id, uint32_t live, uint64_t ticket,
+                            struct sbx_sandbox_rec *rec, struct sbx_err *err);
+
+/* Every sandbox the engine makes for a tenant passes here, whichever
+   dialect asked and whether it waited in the queue: the operator's create
+   count and latency (telemetry.h) are taken here. */
 int
 sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
                              const char *rsv, const char *want_id, uint32_t live, uint64_t ticket,
                              struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  uint64_t t0 = sbx_now_ns ();
+  int r = create_reserved (svc, org, spec, rsv, want_id, live, ticket, rec, err);
+  sbx_telemetry_observe (SBX_TM_CREATE, sbx_now_ns () - t0, r < 0 ? err : NULL);
+  return r;
+}
+
+static int
+create_reserved (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                 const char *rsv, const char *want_id, uint32_t live, uint64_t ticket, struct sbx_sandbox_rec *rec,
+                 struct sbx_err *err)
 {
   memset (rec, 0, sizeof *rec);
   /* a template the organisation built (builds.c) starts from its layer */
@@ -482,6 +501,46 @@ sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, co
   sbx_sandbox_rec_free (&rec);
   if (stopped)
     return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
-  return sbx_destroy (svc->engine, id, err);
+  return sbx_service_destroy (svc, id, err);
+}
+
+int
+sbx_service_destroy (struct sbx_service *svc, const char *id, struct sbx_err *err)
+{
+  uint64_t t0 = sbx_now_ns ();
+  int r = sbx_destroy (svc->engine, id, err);
+  sbx_telemetry_observe (SBX_TM_DESTROY, sbx_now_ns () - t0, r < 0 ? err : NULL);
+  return r;
+}
+
+/* What sbx_service_exec puts between the engine and the caller's FN. */
+struct exec_watch {
+  sbx_proc_fn fn;
+  void *ud;
+  uint64_t t0;
+  bool started;
+};
+
+static int
+exec_watch_event (const struct sbx_proc_event *ev, void *ud)
+{
+  struct exec_watch *w = ud;
+  if (!w->started && ev->kind == SBX_PROC_START)
+    {
+      w->started = true;
+      sbx_telemetry_observe (SBX_TM_EXEC, sbx_now_ns () - w->t0, NULL);
+    }
+  return w->fn (ev, w->ud);
+}
+
+int
+sbx_service_exec (struct sbx_service *svc, const char *id, const struct sbx_exec_opts *o, sbx_proc_fn fn, void *ud,
+                  struct sbx_err *err)
+{
+  struct exec_watch w = { .fn = fn, .ud = ud, .t0 = sbx_now_ns () };
+  int r = sbx_exec (svc->engine, id, o, exec_watch_event, &w, err);
+  if (r < 0 && !w.started)
+    sbx_telemetry_observe (SBX_TM_EXEC, 0, err);
+  return r;
 }
 

@@ -116,6 +116,13 @@ int sbx_service_sandbox_get (struct sbx_service *svc, const struct sbx_org *org,
    SBX_E_STOPPED if it had already stopped. */
 int sbx_service_sandbox_kill (struct sbx_service *svc, const struct sbx_org *org, const char *id,
                               struct sbx_err *err);
+/* sbx_destroy, counted and timed for the operator (telemetry.h): every
+   destroy a tenant asks for, in any dialect, goes through here. */
+int sbx_service_destroy (struct sbx_service *svc, const char *id, struct sbx_err *err);
+/* sbx_exec, counted for the operator, and timed until the process has
+   started (its run time is the tenant's, not the daemon's). */
+int sbx_service_exec (struct sbx_service *svc, const char *id, const struct sbx_exec_opts *o, sbx_proc_fn fn,
+                      void *ud, struct sbx_err *err);
 
 /* ---- checkpoints and artifacts (checkpoints.c) ----
 

@@ -117,6 +117,10 @@ static const char schema_sql[]
       "  agent_id TEXT NOT NULL DEFAULT '',"
       "  mode TEXT NOT NULL DEFAULT '');"
       "CREATE INDEX IF NOT EXISTS sandboxes_org_started ON sandboxes (org_id, started_ms);"
+      /* the live ones alone: quotas and the operator's census
+         (store_census.c) read them without the stopped history */
+      "CREATE INDEX IF NOT EXISTS sandboxes_live ON sandboxes (org_id, status)"
+      "  WHERE status IN ('running', 'paused', 'creating');"
       "CREATE TABLE IF NOT EXISTS sandbox_time ("
       "  sandbox_id TEXT NOT NULL,"
       "  org_id TEXT NOT NULL,"

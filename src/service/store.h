@@ -240,6 +240,22 @@ int sbx_store_event_list (struct sbx_store *st, const char *org_id, const char *
                           uint32_t limit, bool asc, const char *const *types, struct sbx_event **v, size_t *n,
                           struct sbx_err *err);
 
+/* ---- the operator's census (store_census.c) ---- */
+
+/* Live sandboxes (creating, running, paused) of one organisation. */
+enum { SBX_CENSUS_CREATING, SBX_CENSUS_RUNNING, SBX_CENSUS_PAUSED, SBX_CENSUS_STATES };
+struct sbx_census_org {
+  char name[128];                  /* the organisation's name (its id if it has none) */
+  uint32_t n[SBX_CENSUS_STATES];
+};
+/* The MAX organisations with the most live sandboxes into ORGS (*N of
+   them, most first), and the live sandboxes of all the others together
+   into OTHER. */
+int sbx_store_sandbox_census (struct sbx_store *st, struct sbx_census_org *orgs, size_t max, size_t *n,
+                              uint32_t other[SBX_CENSUS_STATES], struct sbx_err *err);
+/* Webhook deliveries waiting for an attempt (the queue) and given up. */
+int sbx_store_delivery_census (struct sbx_store *st, uint64_t *pending, uint64_t *failed, struct sbx_err *err);
+
 /* ---- webhooks ---- */
 
 struct sbx_webhook {

@@ -443,7 +443,7 @@ run_command (struct sbx_service *svc, const struct sbx_sandbox_rec *rec, json_t 
                              .tag = "sbxd-mcp" };
   struct sbx_err err;
   sbx_service_busy_begin (rec->id);
-  int rc = sbx_exec (sbx_service_engine (svc), rec->id, &o, sbx_proc_capture_event, &r, &err);
+  int rc = sbx_service_exec (svc, rec->id, &o, sbx_proc_capture_event, &r, &err);
   sbx_service_busy_end (rec->id);
   sbx_strv_free (env);
   if (rc < 0 || !r.ended)

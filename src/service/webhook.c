@@ -39,6 +39,7 @@
 #include "../common/util.h"
 #include "encode.h"
 #include "outbound.h"
+#include "telemetry.h"
 
 /* Seconds after the first attempt at which retries are made: more and
    longer than E2B's three retries 10 s apart, so a receiver that is down
@@ -188,6 +189,7 @@ deliver_one (struct sbx_webhooks *wh, struct sbx_delivery *d, struct sbx_webhook
   struct sbx_err err;
   if (sbx_store_delivery_record (wh->store, d->id, (int) status, ok ? NULL : shown, ok, next, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot record a webhook delivery", "webhook", w->id, "error", err.msg, NULL);
+  sbx_telemetry_webhook (ok, next == 0);
   if (!ok)
     {
       char delivery[24], attempt[16];
