@@ -8,6 +8,7 @@ templates come from the machine's template directory (SBXD_TEMPLATE_DIR or
 import base64
 import datetime
 import json
+import hashlib
 import os
 import shutil
 import signal
@@ -60,13 +61,23 @@ def node_tool(name):
 
 
 def npm_ci(directory):
-    """Install DIRECTORY's packages from its lock file, once."""
-    if os.path.isdir(os.path.join(directory, "node_modules")):
-        return
+    """Install DIRECTORY's packages from its lock file, again only when the
+    lock file changed (its hash is kept in node_modules/.sbxd-lock)."""
+    with open(os.path.join(directory, "package-lock.json"), "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    stamp = os.path.join(directory, "node_modules", ".sbxd-lock")
+    try:
+        with open(stamp) as f:
+            if f.read() == want:
+                return
+    except OSError:
+        pass
     r = subprocess.run([node_tool("npm"), "ci", "--no-audit", "--no-fund"], cwd=directory,
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"npm ci in {directory} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
+    with open(stamp, "w") as f:
+        f.write(want)
 
 
 def free_port():

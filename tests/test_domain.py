@@ -482,14 +482,13 @@ def test_https_api_ports_and_websocket(tls_sbxd):
 
 # ---- the E2B SDK with E2B_DOMAIN alone ----
 
-def test_e2b_sdk_with_only_the_domain(tmp_path):
-    """tests/e2b/domain.test.mjs: the unmodified SDK given E2B_DOMAIN and a
-    key, nothing else.  The SDK speaks HTTPS to api.DOMAIN and
-    PORT-ID.DOMAIN: the daemon's own TLS (--tls-cert, --tls-key) with the
-    test's CA (NODE_EXTRA_CA_CERTS); names under the domain resolve to
-    loopback inside the Node process."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    e2b = os.path.join(here, "e2b")
+def run_sdk_on_domain(tmp_path, script, timeout, node="node", node_args=()):
+    """Run the Node test SCRIPT (in tests/e2b) with the unmodified SDK
+    given E2B_DOMAIN and a key, nothing else, against a daemon of its own.
+    The SDK speaks HTTPS to api.DOMAIN and PORT-ID.DOMAIN: the daemon's own
+    TLS (--tls-cert, --tls-key) with the test's CA (NODE_EXTRA_CA_CERTS);
+    names under the domain resolve to loopback inside the Node process."""
+    e2b = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2b")
     npm_ci(e2b)
     cert, key = make_cert(str(tmp_path))
     server = Sbxd(str(tmp_path / "state"))
@@ -506,14 +505,19 @@ def test_e2b_sdk_with_only_the_domain(tmp_path):
                if not k.startswith("E2B_") and k.lower() not in ("http_proxy", "https_proxy")}
         env.update({"E2B_API_KEY": server.new_key(e2b=True), "E2B_DOMAIN": f"{DOMAIN}:{server.port}",
                     "NODE_EXTRA_CA_CERTS": cert, "NO_COLOR": "1"})
-        r = subprocess.run(["node", "--import", "./loopback-dns.mjs", "--test", "--test-reporter=spec",
-                            "domain.test.mjs"], cwd=e2b, env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout[-20000:] + r.stderr[-5000:]
+        r = subprocess.run([node, *node_args, "--import", "./loopback-dns.mjs", "--test", "--test-reporter=spec",
+                            script], cwd=e2b, env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stdout[-20000:] + r.stderr[-5000:] + "\n--- sbxd log ---\n" + server.logs()[-5000:]
     finally:
         try:
             server.cleanup()
         finally:
             server.stop()
+
+
+def test_e2b_sdk_with_only_the_domain(tmp_path):
+    """tests/e2b/domain.test.mjs (run_sdk_on_domain)."""
+    run_sdk_on_domain(tmp_path, "domain.test.mjs", 300)
 
 
 def test_seed004_preview_base_url(dsbxd):
