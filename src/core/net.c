@@ -460,6 +460,8 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
     .operator_allow = n->ops,
     .n_operator_allow = n->n_ops,
     .limits = cfg->limits,
+    .tls_dir = cfg->tls_dir,
+    .egress_ca_file = cfg->egress_ca_file,
   };
   if (pc.upstream_ip == 0)
     pc.upstream_ip = 0x7f000001; /* resolv.conf's own default */
@@ -471,6 +473,12 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
 fail:
   sbx_net_close (n);
   return -1;
+}
+
+const char *
+sbx_net_egress_ca_pem (struct sbx_net *n)
+{
+  return n ? sbx_netproxy_ca_pem (n->proxy) : NULL;
 }
 
 void

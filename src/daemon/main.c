@@ -47,6 +47,7 @@ usage (FILE *f)
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
          "             [--outbound-allow CIDR]...   (ranges webhooks and MCP servers may reach despite denials)\n"
          "             [--dns-rate N] [--filter-conns N]   (per sandbox; docs/network.md)\n"
+         "             [--egress-ca-file FILE]   (more roots trusted for HTTPS with request transforms)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
@@ -187,6 +188,7 @@ cmd_serve (int argc, char **argv)
                                         { "tls-key", required_argument, NULL, 'K' },
                                         { "build-workers", required_argument, NULL, 'B' },
                                         { "metrics-interval-ms", required_argument, NULL, 'X' },
+                                        { "egress-ca-file", required_argument, NULL, 'Y' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -349,6 +351,11 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--metrics-interval-ms", optarg, SBX_SAMPLE_INTERVAL_MIN_MS, SBX_SAMPLE_INTERVAL_MAX_MS,
                        &metrics_interval_ms) < 0)
           return 2;
+        break;
+      case 'Y':
+        /* roots trusted, besides the system's, for the destinations of
+           HTTPS whose TLS the filter terminates (request transforms) */
+        net.egress_ca_file = optarg;
         break;
       case 'l':
         listen = optarg;
