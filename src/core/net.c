@@ -17,7 +17,7 @@
  *             established, for that bound).
  *   prerouting (nat): n<slot> redirects DNS sent to the gateway to the
  *             DNS filter and, for policies with domains, TCP 80 and 443 to
- *             the HTTP/TLS filter; with request transforms TCP 80 too;
+ *             the HTTP/TLS filter; with request transforms TCP 80 and 443 too;
  *             with an egress proxy every TCP connection (the filter then
  *             judges each by the rules of o<slot>).
  *   postrouting (nat): sandbox traffic leaving the host is masqueraded.
@@ -680,9 +680,14 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
       cmd_add (&c, "add rule inet sbxd n%u ip daddr != %s meta l4proto tcp redirect to :%u\n", slot, gws, tcp);
       return nft_run (n, &c, err);
     }
-  /* plain HTTP, whatever allows it, when requests are transformed */
+  /* web traffic, whatever allows it, when requests are transformed
+     (HTTP, and HTTPS: the filter terminates TLS for the hosts with rules
+     and lets the others pass by their server name) */
   if (p->n_rules)
-    cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+    {
+      cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+      cmd_add (&c, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
+    }
   if (p->n_domains && p->n_deny)
     {
       /* addresses allowed by address rules go straight out */
