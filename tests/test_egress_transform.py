@@ -200,6 +200,46 @@ def test_egress_ca_is_trusted_inside_and_its_key_stays_outside(netd):
         netd.delete(sid)
 
 
+def test_template_builds_do_not_keep_the_egress_ca(netd):
+    """A build's sandbox becomes a template layer: the daemon's CA must not
+    end up in it (templates are shared; a sandbox of another daemon would
+    trust this one's CA).  Sandboxes of the new template get it at boot."""
+    import requests
+    import time
+    hdr = {"X-API-KEY": netd.key}  # the default organisation's, so netd's helpers see the sandbox
+    t = requests.post(netd.url + "/v3/templates", json={"name": "tls-build"}, headers=hdr, timeout=60).json()
+    tid = t["templateID"]
+    try:
+        body = {"fromTemplate": "base", "steps": [{"type": "RUN", "args": [
+            "ls /usr/local/share/ca-certificates > /tmp/ca-files; tail -c 100 /etc/ssl/certs/ca-certificates.crt"
+            " > /tmp/bundle-end; echo \"$SSL_CERT_FILE\" > /tmp/ca-env"]}]}
+        r = requests.post(f"{netd.url}/v2/templates/{tid}/builds/{t['buildID']}", json=body, headers=hdr, timeout=60)
+        assert r.status_code == 202, r.text
+        deadline = time.time() + 240
+        while True:
+            st = requests.get(f"{netd.url}/templates/{tid}/builds/{t['buildID']}/status", headers=hdr,
+                              timeout=60).json()
+            if st["status"] in ("ready", "error") or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert st["status"] == "ready", st
+        r = requests.post(netd.url + "/sandboxes", json={"templateID": tid, "timeout": 120}, headers=hdr, timeout=60)
+        assert r.status_code == 201, r.text
+        sid = r.json()["sandboxID"]
+        try:
+            with open(os.path.join(netd.state_dir, "egress-ca", "ca.crt")) as f:
+                ca = f.read()
+            assert netd.read(sid, "/tmp/ca-files") == b"" and netd.read(sid, "/tmp/ca-env") == b"\n"
+            assert "END CERTIFICATE" in netd.read(sid, "/tmp/bundle-end").decode()
+            assert ca[-100:] != netd.read(sid, "/tmp/bundle-end").decode()
+            bundle = netd.read(sid, "/etc/ssl/certs/ca-certificates.crt").decode()
+            assert bundle.endswith(ca) and bundle.count(ca) == 1
+        finally:
+            netd.delete(sid)
+    finally:
+        requests.delete(f"{netd.url}/templates/{tid}", headers=hdr, timeout=60)
+
+
 def test_rules_grant_nothing(netd):
     """A host with rules is not allowed by them."""
     sid = create(netd, {"allowOut": ["allowed.test"], "denyOut": DENY_ALL, "rules": RULES})["sandboxID"]

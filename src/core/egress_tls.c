@@ -244,18 +244,12 @@ alpn_select (SSL *s, const unsigned char **out, unsigned char *outlen, const uns
 {
   (void) s;
   (void) arg;
-  for (unsigned int i = 0; i < inlen;)
-    {
-      unsigned int l = in[i];
-      if (l == 8 && i + 1 + l <= inlen && memcmp (in + i + 1, "http/1.1", 8) == 0)
-        {
-          *out = in + i + 1;
-          *outlen = 8;
-          return SSL_TLSEXT_ERR_OK;
-        }
-      i += 1 + l;
-    }
-  return SSL_TLSEXT_ERR_NOACK;
+  static const unsigned char h11[] = "\x08http/1.1";
+  unsigned char *sel;
+  if (SSL_select_next_proto (&sel, outlen, h11, sizeof h11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;
+  *out = sel;
+  return SSL_TLSEXT_ERR_OK;
 }
 
 static SSL_CTX *

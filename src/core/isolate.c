@@ -91,6 +91,7 @@ struct boot_header {
   uint32_t fs_len;           /* bytes of filesystem rules (fspolicy.h) */
   uint32_t n_volumes;        /* volume mounts passed after the two fds */
   uint32_t vol_len;          /* bytes of their paths, NUL-separated, after the rules */
+  uint32_t no_egress_ca;     /* the spec's egress CA is not installed (a layer build) */
 };
 
 #define BOOT_FDS_MAX (2 + SBX_FS_MOUNTS_MAX)
@@ -939,7 +940,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
 
   write_resolv_conf (&h, ovl);
   write_hosts (s->hostname, ovl);
-  install_egress_ca (s->egress_ca_pem, ovl);
+  if (!h.no_egress_ca)
+    install_egress_ca (s->egress_ca_pem, ovl);
   if (h.n_volumes > 0)
     mount_volumes (ovl, &h);
   if (boot_fs_n > 0)
@@ -1240,7 +1242,7 @@ sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, co
     if ((fds[n_fds] = idmapped_clone (disk->volume_fds[n_fds - 2], "", disk->userns_fd, false, "a volume", err)) < 0)
       goto out;
   struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len, (uint32_t) disk->n_volumes,
-                           (uint32_t) vol_len };
+                           (uint32_t) vol_len, disk->layer_build };
   if (send_boot (p->sock, fds, n_fds, &h, flat, len, fs, fs_len, vol, vol_len) < 0)
     sbx_fail (err, errno, "pass the root file system");
   else

@@ -4,6 +4,7 @@
 #ifndef SBX_ISOLATE_H
 #define SBX_ISOLATE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -57,6 +58,9 @@ struct sbx_isolate_disk {
   const int *volume_fds;
   const char *const *volume_paths;
   size_t n_volumes;
+  /* the writable disk becomes a template layer (a build): nothing of
+     this daemon's goes into it (the egress CA is not installed) */
+  bool layer_build;
 };
 
 /* The user namespace every layer of a sandbox is idmapped with: ids

@@ -1933,7 +1933,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   if (sbx_cgroup_create (cg, &cl, err) < 0
       || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
     goto fail;
-  env = init_env (&t, (const char *const *) s->env, sbx_net_egress_ca_pem (e->net) != NULL);
+  env = init_env (&t, (const char *const *) s->env, sbx_net_egress_ca_pem (e->net) != NULL && !o->keep_upper);
   if (env == NULL)
     {
       sbx_fail (err, ENOMEM, "environment");
@@ -1963,7 +1963,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     if ((vol_fds[i] = sbx_disk_volume_mount (o->volume_images[i], err)) < 0)
       goto fail;
   struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds,
-                                   vol_fds, o->volume_paths, o->n_volumes };
+                                   vol_fds, o->volume_paths, o->n_volumes, o->keep_upper };
   if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
                               o->fs_rules, o->n_fs_rules, err)
       < 0)
