@@ -52,8 +52,10 @@
  *
  * The TLS ClientHello and HTTP request parsers are written by hand: no
  * library reads the server_name of a ClientHello without terminating TLS,
- * which this filter must not do.  They read untrusted bytes from sandboxes
- * and check every length against the bytes present.
+ * which this filter does only for names with request transforms (then
+ * with OpenSSL, egress_tls.h, on BIO pairs in this same loop: see struct
+ * tls_relay).  They read untrusted bytes from sandboxes and check every
+ * length against the bytes present.
  */
 #include "netproxy.h"
 

@@ -23,7 +23,11 @@
  * if that address is not platform-denied (unless an operator range allows
  * it) and either the name is allowed and the address was remembered for
  * that same name, or the address alone is allowed (sbx_net_ip_allowed).
- * Otherwise it is closed.
+ * Otherwise it is closed.  A TLS connection whose name has request
+ * transforms (net.h, struct sbx_net_rule) is terminated both ways, when
+ * the config names a CA directory (egress_tls.h): the destination must
+ * verify, the sandbox gets a leaf of the daemon's CA, and the HTTP/1.1
+ * requests inside are rewritten as plain HTTP's are.
  *
  * Both are event loops, and fair: each sandbox has its own bounds
  * (sbx_netproxy_limits) on DNS queries waiting for the upstream, on its
