@@ -16,7 +16,7 @@ DEFS = -DSBXD_SPEC_DIR='"$(SPEC_DIR)"' -DSBXD_DOCS_DIR='"$(DOCS_DIR)"'
 
 B ?= build
 COMMON = src/common/error.c src/common/util.c src/common/proto.c src/common/log.c
-CORE = src/core/sandbox.c src/core/agent.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/volume.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress.c
+CORE = src/core/sandbox.c src/core/agent.c src/core/isolate.c src/core/fspolicy.c src/core/cgroup.c src/core/seccomp.c src/core/disk.c src/core/volume.c src/core/template.c src/core/net.c src/core/netpolicy.c src/core/netproxy.c src/core/egress_tls.c src/core/egress.c
 # the service layer: organisations, quotas, records, runs, events, webhooks
 SERVICE = src/service/service.c src/service/runs.c src/service/store.c src/service/plans.c src/service/webhook.c src/service/fairshare.c src/service/outbound.c src/service/encode.c src/service/output.c src/service/interp.c src/service/activity.c src/service/metering.c src/service/samples.c src/service/sample_ring.c src/service/checkpoints.c src/service/snapshots.c src/service/volumes.c src/service/placement.c src/service/tools.c src/service/builds.c src/service/store_agents.c src/service/store_samples.c src/service/store_census.c src/service/telemetry.c src/service/models.c src/service/agents.c src/service/mcp_client.c
 # the HTTP dialects and the server that routes to them
@@ -26,7 +26,7 @@ INIT = src/init/init.c src/init/files.c src/init/users.c
 # sbx, the users' command line (a client of the daemon's API)
 CLI = src/cli/main.c src/cli/http.c src/cli/output.c src/cli/sandboxes.c src/cli/exec.c src/cli/cp.c src/cli/template.c src/cli/mcp.c
 
-LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lcrypto -lldns -lpthread -lnftables -lmnl -lnetfilter_log -lwslay -lhttp_parser -lz -lm
+LIBS = -ljansson -lseccomp -lmicrohttpd -lsqlite3 -lcurl -lssl -lcrypto -lldns -lpthread -lnftables -lmnl -lnetfilter_log -lwslay -lhttp_parser -lz -lm
 
 all: $(B)/sbxd $(B)/sbx-init $(B)/sbxd-bench $(B)/sbx
 

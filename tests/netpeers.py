@@ -8,8 +8,11 @@ Peers.up() builds, from the host's root network namespace:
   netns sbxt-inet, "the internet" (veth sbxt-inet0 = 198.51.100.1/24 and
   2001:db8:100::1/64 on the host, eth0 inside):
     198.51.100.10, .11    HTTP :80 -> "host=<Host> addr=<local addr>\\n"
-                          HTTPS :443 (self-signed) ->
-                              "sni=<SNI> host=<Host> addr=<local addr>\\n"
+                          HTTPS :443 -> "sni=<SNI> host=<Host> addr=<local addr>\\n",
+                              with a certificate for allowed.test,
+                              *.allowed.test, other.test and doh.test from
+                              the peers' own test CA (ca_file); for the
+                              SNI untrusted.test, a self-signed one
     [2001:db8:100::10]    HTTP :80 as above
     198.51.100.10:8080    TCP, "tcp ok\\n" then close
     198.51.100.10:853     TCP, "dot ok\\n" then close (a DNS-over-TLS stand-in)
@@ -82,6 +85,7 @@ RECORDS = {
     "hostaddr.allowed.test": (HOST_INET, None),      # an allowed name, the host's address
     "v6.allowed.test": (WEB1, WEB6),
     "doh.test": (WEB2, None),
+    "untrusted.test": (WEB1, None),                  # HTTPS with a certificate no one trusts
 }
 # the other resolver answers differently, so its answer is recognisable
 OTHER_RECORDS = {"allowed.test": (WEB2, None), "other.test": (WEB2, None)}
@@ -192,8 +196,13 @@ if mode == "inet":
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(os.path.join(state, "cert.pem"), os.path.join(state, "key.pem"))
 
+    untrusted = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    untrusted.load_cert_chain(os.path.join(state, "untrusted.pem"), os.path.join(state, "untrusted-key.pem"))
+
     def sni(sock, name, ctx):
         sock.sbxt_sni = name
+        if name == "untrusted.test":
+            sock.context = untrusted
     tls.sni_callback = sni
     for addr in ("198.51.100.10", "198.51.100.11"):
         serve(Server((addr, 80), Handler))
@@ -504,11 +513,26 @@ class Peers:
         for net in PRIVATE_ROUTES:
             ip("route", "add", net, "via", "10.77.0.10", "dev", PRIV_HOST_IF)
 
+    @property
+    def ca_file(self):
+        """The test CA that issued the peers' HTTPS certificate (PEM)."""
+        return self.path("ca.pem")
+
     def _cert(self):
-        sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-           "-keyout", self.path("key.pem"), "-out", self.path("cert.pem"), "-days", "7",
-           "-subj", "/CN=allowed.test",
-           "-addext", "subjectAltName=DNS:allowed.test,DNS:*.allowed.test,DNS:other.test,DNS:doh.test")
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        sh("openssl", "req", "-x509", *ec, "-keyout", self.path("ca-key.pem"), "-out", self.ca_file, "-days", "7",
+           "-subj", "/CN=sbxt test CA")
+        sh("openssl", "req", "-new", *ec, "-keyout", self.path("key.pem"), "-out", self.path("cert.csr"),
+           "-subj", "/CN=allowed.test")
+        with open(self.path("cert.ext"), "w") as f:
+            f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                    "subjectAltName=DNS:allowed.test,DNS:*.allowed.test,DNS:other.test,DNS:doh.test\n")
+        sh("openssl", "x509", "-req", "-in", self.path("cert.csr"), "-CA", self.ca_file,
+           "-CAkey", self.path("ca-key.pem"), "-set_serial", "1", "-days", "7", "-extfile", self.path("cert.ext"),
+           "-out", self.path("cert.pem"))
+        sh("openssl", "req", "-x509", *ec, "-keyout", self.path("untrusted-key.pem"),
+           "-out", self.path("untrusted.pem"), "-days", "7", "-subj", "/CN=untrusted.test",
+           "-addext", "subjectAltName=DNS:untrusted.test")
 
     def _spawn(self, ns, name, argv):
         log = open(self.path(name + ".log"), "wb")

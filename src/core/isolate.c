@@ -91,6 +91,7 @@ struct boot_header {
   uint32_t fs_len;           /* bytes of filesystem rules (fspolicy.h) */
   uint32_t n_volumes;        /* volume mounts passed after the two fds */
   uint32_t vol_len;          /* bytes of their paths, NUL-separated, after the rules */
+  uint32_t no_egress_ca;     /* the spec's egress CA is not installed (a layer build) */
 };
 
 #define BOOT_FDS_MAX (2 + SBX_FS_MOUNTS_MAX)
@@ -406,6 +407,112 @@ write_hosts (const char *hostname, int root)
     child_fail ("write /etc/hosts");
   close (fd);
   close (etc);
+}
+
+/* The directory PATH (absolute, short) inside ROOT, each missing part
+   made (0755): an O_PATH descriptor, or -1. */
+static int
+dir_in_root (int root, const char *path)
+{
+  char p[128];
+  size_t n = strlen (path);
+  if (n == 0 || n >= sizeof p)
+    return -1;
+  memcpy (p, path, n + 1);
+  for (size_t i = 1;; i++)
+    {
+      if (p[i] != '/' && p[i] != '\0')
+        continue;
+      char save = p[i];
+      p[i] = '\0';
+      int d = open_in_root (root, p, O_PATH | O_DIRECTORY);
+      if (d < 0 && errno == ENOENT)
+        {
+          char *slash = strrchr (p, '/');
+          *slash = '\0';
+          int parent = open_in_root (root, p[0] ? p : "/", O_PATH | O_DIRECTORY);
+          *slash = '/';
+          if (parent >= 0)
+            {
+              mkdirat (parent, slash + 1, 0755);
+              close (parent);
+            }
+          d = open_in_root (root, p, O_PATH | O_DIRECTORY);
+        }
+      p[i] = save;
+      if (d < 0 || save == '\0')
+        return d;
+      close (d);
+    }
+}
+
+/* The egress CA (netproxy.h) trusted inside: its own file under
+   /usr/local/share/ca-certificates (where update-ca-certificates finds
+   it, should the sandbox rebuild its bundle), and appended to the
+   template's bundle, copied into the sandbox's overlay (once: a bundle
+   that ends with it already is left alone, as after a resume).  Written
+   through ROOT like resolv.conf, before the filesystem policy.  Best
+   effort: a template without a trust store gets the file only. */
+static void
+install_egress_ca (const char *pem, int root)
+{
+  if (pem == NULL)
+    return;
+  size_t n = strlen (pem);
+  const char *file = strrchr (SBX_ISOLATE_CA_FILE, '/');
+  char dir[128];
+  snprintf (dir, sizeof dir, "%.*s", (int) (file - SBX_ISOLATE_CA_FILE), SBX_ISOLATE_CA_FILE);
+  int d = dir_in_root (root, dir);
+  if (d >= 0)
+    {
+      unlinkat (d, file + 1, 0);
+      int fd = openat (d, file + 1, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+      if (fd >= 0)
+        {
+          if (sbx_write_full (fd, pem, n) < 0)
+            unlinkat (d, file + 1, 0);
+          close (fd);
+        }
+      close (d);
+    }
+  const char *bundle = strrchr (SBX_ISOLATE_CA_BUNDLE, '/');
+  snprintf (dir, sizeof dir, "%.*s", (int) (bundle - SBX_ISOLATE_CA_BUNDLE), SBX_ISOLATE_CA_BUNDLE);
+  int certs = open_in_root (root, dir, O_PATH | O_DIRECTORY);
+  if (certs < 0)
+    return; /* no trust store here */
+  char buf[16384];
+  int old = open_in_root (root, SBX_ISOLATE_CA_BUNDLE, O_RDONLY);
+  struct stat st;
+  if (old >= 0 && (fstat (old, &st) < 0 || !S_ISREG (st.st_mode)))
+    {
+      close (old);
+      old = -1;
+    }
+  if (old >= 0 && n <= sizeof buf && (size_t) st.st_size >= n
+      && pread (old, buf, n, st.st_size - (off_t) n) == (ssize_t) n && memcmp (buf, pem, n) == 0)
+    {
+      close (old);
+      close (certs);
+      return; /* there already */
+    }
+  static const char tmp[] = ".ca-certificates.crt.sbxd";
+  int fd = openat (certs, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  bool ok = fd >= 0;
+  char last = '\n';
+  for (ssize_t k; ok && old >= 0 && (k = read (old, buf, sizeof buf)) != 0;)
+    {
+      ok = k > 0 && sbx_write_full (fd, buf, (size_t) k) >= 0;
+      if (ok)
+        last = buf[k - 1];
+    }
+  ok = ok && (last == '\n' || sbx_write_full (fd, "\n", 1) >= 0) && sbx_write_full (fd, pem, n) >= 0;
+  if (fd >= 0)
+    close (fd);
+  if (old >= 0)
+    close (old);
+  if (!ok || renameat (certs, tmp, certs, bundle + 1) < 0)
+    unlinkat (certs, tmp, 0);
+  close (certs);
 }
 
 /* ---- the filesystem policy (fspolicy.h) ----
@@ -833,6 +940,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
 
   write_resolv_conf (&h, ovl);
   write_hosts (s->hostname, ovl);
+  if (!h.no_egress_ca)
+    install_egress_ca (s->egress_ca_pem, ovl);
   if (h.n_volumes > 0)
     mount_volumes (ovl, &h);
   if (boot_fs_n > 0)
@@ -1133,7 +1242,7 @@ sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, co
     if ((fds[n_fds] = idmapped_clone (disk->volume_fds[n_fds - 2], "", disk->userns_fd, false, "a volume", err)) < 0)
       goto out;
   struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len, (uint32_t) disk->n_volumes,
-                           (uint32_t) vol_len };
+                           (uint32_t) vol_len, disk->layer_build };
   if (send_boot (p->sock, fds, n_fds, &h, flat, len, fs, fs_len, vol, vol_len) < 0)
     sbx_fail (err, errno, "pass the root file system");
   else

@@ -4,6 +4,7 @@
 #ifndef SBX_ISOLATE_H
 #define SBX_ISOLATE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -24,7 +25,14 @@ struct sbx_isolate_spec {
   const char *cgroup_name;
   const char *fs_block_dir;    /* holds "dir" and "file", mode 000, owned by the host's root: what
                                   blocked paths are covered with (sbx_isolate_block_dir) */
+  const char *egress_ca_pem;   /* the egress CA (netproxy.h) the sandbox trusts, PEM; NULL: none */
 };
+
+/* Where the egress CA goes in the sandbox: a file of its own, and the end
+   of the system bundle (the template's, if it has one) in the sandbox's
+   own overlay. */
+#define SBX_ISOLATE_CA_FILE "/usr/local/share/ca-certificates/sbxd-egress-ca.crt"
+#define SBX_ISOLATE_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
 /* A spawned child that waits for its root file system. */
 struct sbx_isolate_proc {
@@ -50,6 +58,9 @@ struct sbx_isolate_disk {
   const int *volume_fds;
   const char *const *volume_paths;
   size_t n_volumes;
+  /* the writable disk becomes a template layer (a build): nothing of
+     this daemon's goes into it (the egress CA is not installed) */
+  bool layer_build;
 };
 
 /* The user namespace every layer of a sandbox is idmapped with: ids

@@ -17,7 +17,7 @@
  *             established, for that bound).
  *   prerouting (nat): n<slot> redirects DNS sent to the gateway to the
  *             DNS filter and, for policies with domains, TCP 80 and 443 to
- *             the HTTP/TLS filter; with request transforms TCP 80 too;
+ *             the HTTP/TLS filter; with request transforms TCP 80 and 443 too;
  *             with an egress proxy every TCP connection (the filter then
  *             judges each by the rules of o<slot>).
  *   postrouting (nat): sandbox traffic leaving the host is masqueraded.
@@ -460,6 +460,8 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
     .operator_allow = n->ops,
     .n_operator_allow = n->n_ops,
     .limits = cfg->limits,
+    .tls_dir = cfg->tls_dir,
+    .egress_ca_file = cfg->egress_ca_file,
   };
   if (pc.upstream_ip == 0)
     pc.upstream_ip = 0x7f000001; /* resolv.conf's own default */
@@ -471,6 +473,12 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
 fail:
   sbx_net_close (n);
   return -1;
+}
+
+const char *
+sbx_net_egress_ca_pem (struct sbx_net *n)
+{
+  return n ? sbx_netproxy_ca_pem (n->proxy) : NULL;
 }
 
 void
@@ -672,9 +680,14 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
       cmd_add (&c, "add rule inet sbxd n%u ip daddr != %s meta l4proto tcp redirect to :%u\n", slot, gws, tcp);
       return nft_run (n, &c, err);
     }
-  /* plain HTTP, whatever allows it, when requests are transformed */
+  /* web traffic, whatever allows it, when requests are transformed
+     (HTTP, and HTTPS: the filter terminates TLS for the hosts with rules
+     and lets the others pass by their server name) */
   if (p->n_rules)
-    cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+    {
+      cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+      cmd_add (&c, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
+    }
   if (p->n_domains && p->n_deny)
     {
       /* addresses allowed by address rules go straight out */

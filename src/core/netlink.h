@@ -27,12 +27,16 @@ struct sbx_net_config {
   const struct sbx_cidr *operator_allow; /* ranges sandboxes may reach despite the platform's denials */
   size_t n_operator_allow;
   struct sbx_netproxy_limits limits;     /* per-sandbox bounds of the DNS and HTTP/TLS filter (0: defaults) */
+  const char *tls_dir;                   /* the egress CA's directory (netproxy.h); NULL: no transforms on HTTPS */
+  const char *egress_ca_file;            /* more roots trusted for destinations (PEM); NULL: the system's only */
 };
 
 /* Set up the host side: forwarding, the base table, the DNS and HTTP/TLS
    filter.  Sandboxes of an earlier run are re-applied with sbx_net_apply. */
 int sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx_err *err);
 void sbx_net_close (struct sbx_net *n);
+/* The egress CA's certificate, PEM, that sandboxes trust (NULL: none). */
+const char *sbx_net_egress_ca_pem (struct sbx_net *n);
 
 /* The sandbox's address and its gateway (the host side) for SLOT. */
 void sbx_net_addresses (uint32_t slot, uint32_t *addr, uint32_t *gateway);

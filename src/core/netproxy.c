@@ -52,8 +52,10 @@
  *
  * The TLS ClientHello and HTTP request parsers are written by hand: no
  * library reads the server_name of a ClientHello without terminating TLS,
- * which this filter must not do.  They read untrusted bytes from sandboxes
- * and check every length against the bytes present.
+ * which this filter does only for names with request transforms (then
+ * with OpenSSL, egress_tls.h, on BIO pairs in this same loop: see struct
+ * tls_relay).  They read untrusted bytes from sandboxes and check every
+ * length against the bytes present.
  */
 #include "netproxy.h"
 
@@ -76,9 +78,12 @@
 
 #include <ldns/ldns.h>
 #include <linux/netfilter_ipv4.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "../common/util.h"
 #include "egress.h"
+#include "egress_tls.h"
 #include "netproxy_internal.h"
 
 /* the bounds; sbx_netproxy_limits may change the per-sandbox ones */
@@ -91,12 +96,16 @@
 #define CONNS_SHARED 2048            /* all sandboxes: the rest */
 #define HELLO_PER_SANDBOX 32         /* per sandbox: relayed connections whose first bytes are awaited */
 #define HELLO_TIMEOUT_MS 5000        /* ... for at most this long */
+#define TLS_PER_SANDBOX 8            /* per sandbox: intercepted connections in their TLS handshakes */
+#define TLS_HANDSHAKE_MS 10000       /* ... both of them (destination, then sandbox) within this */
 
 #define MEMO_MAX 4096
 #define HELLO_MAX (16384 + 5)        /* one TLS record, header included */
 #define RELAY_BUF 32768              /* each way, once relaying, while bytes wait */
 #define RELAY_ROUNDS 16              /* buffers each way in one turn of a connection */
 _Static_assert (RELAY_BUF >= HELLO_MAX, "the first bytes go on in the relay buffer");
+#define TLS_PAIR_BUF 18432           /* each BIO pair's buffer, each way: a ClientHello (HELLO_MAX) fits */
+_Static_assert (TLS_PAIR_BUF >= HELLO_MAX, "the ClientHello goes into the pair at once");
 #define CONNECT_TIMEOUT_MS 10000
 #define DNS_TCP_IDLE_MS 10000
 #define UPSTREAM_UDP_TIMEOUT_MS 2000 /* per try; one retry */
@@ -855,6 +864,7 @@ struct np_sandbox {
   struct sbx_egress_ring log; /* its egress audit log */
   unsigned n_conns;           /* TCP connections (DNS and relayed) */
   unsigned n_hello;           /* relayed ones whose first bytes are awaited */
+  unsigned n_tls;             /* intercepted ones in their TLS handshakes */
   unsigned n_queries;         /* DNS queries waiting for the upstream */
   double tokens;              /* DNS query rate: a token bucket */
   uint64_t refill_ns;         /* 0: full */
@@ -928,7 +938,7 @@ struct np_watch {
   void (*ready) (struct np_watch *w, uint32_t events);
 };
 
-enum { T_UDP_TRY, T_TCP_UPSTREAM, T_DNS_IDLE, T_HELLO, T_CONNECT, T_PAUSE, T_KINDS };
+enum { T_UDP_TRY, T_TCP_UPSTREAM, T_DNS_IDLE, T_HELLO, T_CONNECT, T_PAUSE, T_TLS, T_KINDS };
 
 enum conn_kind { CONN_DNS, CONN_RELAY };
 
@@ -1065,6 +1075,7 @@ struct np_conn {
   bool sniff;                  /* a name is looked for in the first bytes */
   bool ip_ok;                  /* an address rule alone lets it through */
   struct socks *sx;            /* through the sandbox's SOCKS5 proxy, or NULL */
+  struct tls_relay *tls;       /* TLS terminated both ways (request transforms), or NULL */
   struct half {
     uint8_t *buf;
     size_t cap, off, len;
@@ -1095,6 +1106,25 @@ struct socks {
   char user[256], pass[256];    /* user "": no authentication */
   uint8_t in[4 + 1 + 255 + 2];  /* the answer so far */
   size_t in_len;
+};
+
+/* A connection whose TLS the filter terminates, because its name has
+   request transforms: TLS toward the destination first (a verifying
+   client), then toward the sandbox (a server presenting a leaf of the
+   daemon's CA), then the plaintext goes through the halves as a plain
+   HTTP connection's does, its request heads rewritten.  Each SSL talks
+   to a BIO pair of fixed size (TLS_PAIR_BUF each way) whose other end
+   the loop moves to and from the socket: nothing blocks, and the bytes a
+   connection holds are bounded. */
+enum { TLS_UP, TLS_DOWN, TLS_RELAY };
+struct tls_relay {
+  int step;                     /* TLS_UP, TLS_DOWN (handshakes), TLS_RELAY */
+  bool slot;                    /* holds one of the sandbox's handshake places */
+  SSL *ssl[2];                  /* [0] toward the sandbox (server), [1] toward the destination */
+  BIO *net[2];                  /* the loop's ends of their BIO pairs */
+  bool rd_eof[2];               /* the socket's end of file reached */
+  bool close[2];                /* the other way ended: close_notify, then shutdown(SHUT_WR) */
+  bool closed[2], wr_shut[2];
 };
 
 /* Room for rewritten request heads beyond RELAY_BUF (see judge_rewrite). */
@@ -1140,6 +1170,7 @@ struct sbx_netproxy {
   struct np_conn *conns;
   struct np_pool conn_pool, query_pool;
   unsigned hello_cap;
+  struct sbx_egress_tls *tls; /* NULL: no request transforms on HTTPS */
   struct np_query *queries; /* the DNS loop's (no lock) */
 };
 
@@ -1300,6 +1331,8 @@ conn_end (struct np_conn *c)
     c->next->prev = c->prev;
   if (c->hello)
     c->sb->n_hello--;
+  if (c->tls && c->tls->slot)
+    c->sb->n_tls--;
   pool_give (&p->conn_pool, &c->sb->n_conns);
   sandbox_unref_locked (c->sb);
   c->sb = NULL;
@@ -1319,6 +1352,13 @@ conn_free (struct np_conn *c)
   free (c->h[0].buf);
   free (c->h[1].buf);
   free (c->h[0].hs);
+  if (c->tls)
+    for (int i = 0; i < 2; i++)
+      {
+        SSL_free (c->tls->ssl[i]); /* and its end of the pair */
+        BIO_free (c->tls->net[i]);
+      }
+  free (c->tls);
   if (c->sx)
     explicit_bzero (c->sx, sizeof *c->sx);
   free (c->sx);
@@ -2156,6 +2196,273 @@ judge (struct np_conn *c, struct half *x)
   return true;
 }
 
+/* ------------------------------------------------ terminated TLS */
+
+/* Move bytes between C's sockets and the network ends of its BIO pairs:
+   what the SSLs wrote goes out, what came in goes to them (into the
+   room the pair has).  Toward the sandbox nothing is read before its
+   ClientHello went in (TLS_DOWN).  *MOVED when anything moved; -1 on a
+   socket error. */
+static int
+tls_pump (struct np_conn *c, bool *moved)
+{
+  struct tls_relay *t = c->tls;
+  int fd[2] = { c->cw.fd, c->uw.fd };
+  for (int s = 0; s < 2; s++)
+    {
+      BIO *net = t->net[s];
+      char *p;
+      int n;
+      while ((n = BIO_nread0 (net, &p)) > 0)
+        {
+          ssize_t k = send (fd[s], p, (size_t) n, MSG_NOSIGNAL);
+          if (k > 0)
+            {
+              BIO_nread (net, &p, (int) k);
+              *moved = true;
+              continue;
+            }
+          if (k < 0 && errno == EINTR)
+            continue;
+          if (k < 0 && errno == EAGAIN)
+            break;
+          return -1;
+        }
+      if (t->closed[s] && !t->wr_shut[s] && BIO_ctrl_pending (net) == 0)
+        {
+          t->wr_shut[s] = true;
+          shutdown (fd[s], SHUT_WR);
+          *moved = true;
+        }
+      if (t->rd_eof[s] || (s == 0 && t->step == TLS_UP))
+        continue;
+      while ((n = BIO_nwrite0 (net, &p)) > 0)
+        {
+          ssize_t k = recv (fd[s], p, (size_t) n, 0);
+          if (k > 0)
+            {
+              BIO_nwrite (net, &p, (int) k);
+              *moved = true;
+              continue;
+            }
+          if (k == 0)
+            {
+              t->rd_eof[s] = true;
+              BIO_shutdown_wr (net);
+              *moved = true;
+              break;
+            }
+          if (errno == EINTR)
+            continue;
+          if (errno == EAGAIN)
+            break;
+          return -1;
+        }
+    }
+  return 0;
+}
+
+/* The destination's TLS did not come up: fail closed, and say why in
+   the egress log when its certificate did not verify. */
+static void
+tls_refused (struct np_conn *c)
+{
+  struct sbx_netproxy *p = c->l->p;
+  char rule[sizeof ((struct sbx_egress_record *) 0)->rule];
+  long v = SSL_get_verify_result (c->tls->ssl[1]);
+  if (v != X509_V_OK)
+    snprintf (rule, sizeof rule, "tls: the certificate of %.60s does not verify: %s", c->name,
+              X509_verify_cert_error_string (v));
+  else
+    snprintf (rule, sizeof rule, "tls: no handshake with %.100s", c->name);
+  ERR_clear_error ();
+  pthread_mutex_lock (&p->lock);
+  record_locked (c->sb, "tls", c->dst, ntohs (c->odst.sin_port), c->name, false, rule);
+  pthread_mutex_unlock (&p->lock);
+}
+
+/* Is R from SSL function of S a wait for bytes (true), or the end (false,
+   *EOF set for an orderly one)? */
+static bool
+tls_wants (SSL *s, int r, bool *eof)
+{
+  int e = SSL_get_error (s, r);
+  ERR_clear_error ();
+  *eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && r == 0);
+  return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE;
+}
+
+/* The handshakes, in order; false: the connection ends. */
+static bool
+tls_handshake (struct np_conn *c, bool *moved)
+{
+  struct tls_relay *t = c->tls;
+  struct sbx_netproxy *p = c->l->p;
+  bool eof;
+  if (t->step == TLS_UP)
+    {
+      int r = SSL_do_handshake (t->ssl[1]);
+      if (r != 1)
+        {
+          if (tls_wants (t->ssl[1], r, &eof))
+            return true;
+          tls_refused (c);
+          return false;
+        }
+      /* verified: now the sandbox's ClientHello, as it came */
+      struct half *x = &c->h[0];
+      char *q;
+      if (BIO_nwrite0 (t->net[0], &q) < (int) x->len)
+        return false; /* cannot be: the pair holds a whole hello */
+      memcpy (q, x->buf, x->len);
+      BIO_nwrite (t->net[0], &q, (int) x->len);
+      x->len = x->off = x->ok = 0;
+      t->step = TLS_DOWN;
+      *moved = true;
+    }
+  int r = SSL_do_handshake (t->ssl[0]);
+  if (r != 1)
+    return tls_wants (t->ssl[0], r, &eof);
+  t->step = TLS_RELAY;
+  timer_stop (&c->timer);
+  pthread_mutex_lock (&p->lock);
+  t->slot = false;
+  c->sb->n_tls--;
+  pthread_mutex_unlock (&p->lock);
+  *moved = true;
+  return true;
+}
+
+/* relay_step for a terminated connection: the same halves, filled by
+   SSL_read and drained by SSL_write, the sockets moved by tls_pump. */
+static void
+tls_step (struct np_conn *c)
+{
+  struct tls_relay *t = c->tls;
+  for (int round = 0;; round++)
+    {
+      if (round == RELAY_ROUNDS)
+        {
+          if (!c->queued)
+            {
+              c->queued = true;
+              c->next_ready = c->l->ready;
+              c->l->ready = c;
+            }
+          return;
+        }
+      bool moved = false, eof;
+      if (tls_pump (c, &moved) < 0)
+        goto end;
+      if (t->step != TLS_RELAY && !tls_handshake (c, &moved))
+        goto end;
+      for (int i = 0; i < 2 && t->step == TLS_RELAY; i++)
+        {
+          struct half *x = &c->h[i];
+          SSL *in = t->ssl[i], *out = t->ssl[1 - i];
+          if (x->off < x->ok)
+            {
+              int k = SSL_write (out, x->buf + x->off, (int) (x->ok - x->off));
+              if (k > 0)
+                {
+                  moved = true;
+                  x->off += (size_t) k;
+                  if (x->off == x->len)
+                    x->off = x->len = x->ok = 0;
+                }
+              else if (!tls_wants (out, k, &eof))
+                goto end;
+            }
+          if (x->len == 0 && !x->eof)
+            {
+              if (x->buf == NULL && (x->buf = malloc (x->room ? x->room : RELAY_BUF)) == NULL)
+                goto end;
+              int k = SSL_read (in, x->buf, (int) x->cap);
+              if (k > 0)
+                {
+                  moved = true;
+                  x->len = (size_t) k;
+                  if (!judge (c, x))
+                    goto end;
+                  if (i == 1 && c->h[0].hs && sbx_http_stream_waiting (c->h[0].hs))
+                    {
+                      sbx_http_stream_server (c->h[0].hs, x->buf, x->len);
+                      if (!judge (c, &c->h[0]))
+                        goto end;
+                    }
+                }
+              else if (tls_wants (in, k, &eof))
+                {
+                  free (x->buf);
+                  x->buf = NULL;
+                }
+              else if (eof)
+                {
+                  moved = true;
+                  x->eof = true;
+                  t->close[1 - i] = true;
+                }
+              else
+                goto end;
+            }
+          if (x->eof && x->len == 0 && t->close[1 - i] && !t->closed[1 - i])
+            {
+              SSL_shutdown (out); /* queues close_notify */
+              ERR_clear_error ();
+              t->closed[1 - i] = true;
+              moved = true;
+            }
+        }
+      if (tls_pump (c, &moved) < 0)
+        goto end;
+      if (!moved)
+        break;
+    }
+  bool awaited = t->step != TLS_RELAY;
+  for (int i = 0; i < 2; i++)
+    awaited |= (c->h[i].len == 0 && !c->h[i].eof) || c->h[i].off < c->h[i].ok || BIO_ctrl_pending (t->net[i]) > 0;
+  if (awaited)
+    return;
+end:
+  conn_end (c);
+}
+
+static void relay_ready (struct np_watch *w, uint32_t events);
+static void relay_ready_up (struct np_watch *w, uint32_t events);
+
+/* Judged and connected, with a name that has request transforms: the
+   two SSLs, and the handshakes begin (toward the destination first). */
+static void
+tls_start (struct np_conn *c)
+{
+  struct tls_relay *t = c->tls;
+  struct sbx_egress_tls *et = c->l->p->tls;
+  t->ssl[0] = sbx_egress_tls_server (et, c->name);
+  t->ssl[1] = sbx_egress_tls_client (et, c->name);
+  for (int i = 0; i < 2; i++)
+    {
+      BIO *in;
+      if (t->ssl[i] == NULL || BIO_new_bio_pair (&in, TLS_PAIR_BUF, &t->net[i], TLS_PAIR_BUF) != 1)
+        {
+          ERR_clear_error ();
+          conn_end (c);
+          return;
+        }
+      SSL_set_bio (t->ssl[i], in, in);
+    }
+  c->phase = R_RELAY;
+  c->cw.ready = relay_ready;
+  c->uw.ready = relay_ready_up;
+  if (watch_set (c->l, &c->cw, EPOLLIN | EPOLLOUT | EPOLLET) < 0
+      || watch_set (c->l, &c->uw, EPOLLIN | EPOLLOUT | EPOLLET) < 0)
+    {
+      conn_end (c);
+      return;
+    }
+  timer_start (&c->l->timers[T_TLS], &c->timer);
+  tls_step (c);
+}
+
 /* Copy both ways until the sockets say EAGAIN to everything awaited
    (they are watched edge-triggered, so that a flow under back-pressure
    costs no epoll_ctl per buffer), or at most RELAY_ROUNDS buffers each
@@ -2165,6 +2472,11 @@ judge (struct np_conn *c, struct half *x)
 static void
 relay_step (struct np_conn *c)
 {
+  if (c->tls)
+    {
+      tls_step (c);
+      return;
+    }
   int fd[2] = { c->cw.fd, c->uw.fd }; /* h[i] reads fd[i], writes fd[1 - i] */
   for (int round = 0;; round++)
     {
@@ -2303,10 +2615,38 @@ relay_start (struct np_conn *c)
      with request transforms, each request's head is rewritten */
   struct half *h = c->h;
   bool plain = c->found && h[0].len > 0 && h[0].buf[0] != 0x16;
+  /* TLS to a name with request transforms is terminated (tls_start),
+     within the sandbox's bound on handshakes at once */
+  bool tls = c->found && h[0].len > 0 && h[0].buf[0] == 0x16 && p->tls != NULL;
+  if (tls && (c->tls = calloc (1, sizeof *c->tls)) == NULL)
+    {
+      conn_end (c);
+      return;
+    }
   pthread_mutex_lock (&p->lock);
   bool rewrite = plain && c->sb->policy.n_rules > 0;
+  bool intercept = tls && sbx_net_rule_key (&c->sb->policy, c->name) != NULL;
+  bool busy = intercept && c->sb->n_tls >= TLS_PER_SANDBOX;
+  if (busy)
+    record_locked (c->sb, "tls", c->dst, ntohs (c->odst.sin_port), c->name, false, "quota: TLS handshakes");
+  else if (intercept)
+    {
+      c->sb->n_tls++;
+      c->tls->slot = true;
+    }
   pthread_mutex_unlock (&p->lock);
-  if (plain && (!c->ip_ok || rewrite))
+  if (busy)
+    {
+      conn_end (c);
+      return;
+    }
+  if (tls && !intercept)
+    {
+      free (c->tls);
+      c->tls = NULL;
+    }
+  rewrite |= intercept;
+  if ((plain && (!c->ip_ok || rewrite)) || intercept)
     {
       h[0].hs = malloc (sizeof *h[0].hs);
       if (h[0].hs == NULL)
@@ -2331,6 +2671,11 @@ relay_start (struct np_conn *c)
     }
   h[0].room = room;
   h[0].cap = h[1].cap = RELAY_BUF; /* h[1].buf comes with its first bytes */
+  if (intercept)
+    {
+      tls_start (c); /* h[0] holds the ClientHello until its turn */
+      return;
+    }
   if (!judge (c, &h[0]))
     {
       conn_end (c);
@@ -2717,7 +3062,7 @@ conn_accept (struct np_loop *l, int fd, uint32_t src)
   uint16_t dport = ntohs (dst.sin_port);
   const struct sbx_net_policy *pol = &sb->policy;
   c->sniff = (dport == 80 || dport == 443)
-             && ((pol->n_domains && pol->n_deny) || (dport == 80 && pol->n_rules) || !pol->proxy);
+             && ((pol->n_domains && pol->n_deny) || pol->n_rules || !pol->proxy);
   c->hello = l->kind == CONN_RELAY;
   c->cw.fd = fd;
   c->uw.fd = -1;
@@ -2839,7 +3184,7 @@ loop_init (struct sbx_netproxy *p, struct np_loop *l, enum conn_kind kind, int l
 {
   static const unsigned ms[T_KINDS] = { [T_UDP_TRY] = UPSTREAM_UDP_TIMEOUT_MS, [T_TCP_UPSTREAM] = UPSTREAM_TCP_TIMEOUT_MS,
                                         [T_DNS_IDLE] = DNS_TCP_IDLE_MS, [T_CONNECT] = CONNECT_TIMEOUT_MS,
-                                        [T_PAUSE] = ACCEPT_PAUSE_MS };
+                                        [T_PAUSE] = ACCEPT_PAUSE_MS, [T_TLS] = TLS_HANDSHAKE_MS };
   l->p = p;
   l->kind = kind;
   for (int k = 0; k < T_KINDS; k++)
@@ -2873,6 +3218,7 @@ proxy_free (struct sbx_netproxy *p)
     sandbox_free (p->sb[i]);
   free (p->sb);
   free (p->ops);
+  sbx_egress_tls_close (p->tls);
   struct np_loop *loops[] = { &p->dns, &p->relay };
   for (size_t i = 0; i < 2; i++)
     {
@@ -2947,6 +3293,12 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
       memcpy (p->ops, cfg->operator_allow, cfg->n_operator_allow * sizeof *p->ops);
       p->n_ops = cfg->n_operator_allow;
     }
+  if (cfg->tls_dir && sbx_egress_tls_open (cfg->tls_dir, cfg->egress_ca_file, &p->tls, err) < 0)
+    {
+      sbx_err_wrap (err, "the egress CA (request transforms on HTTPS)");
+      proxy_free (p);
+      return -1;
+    }
   /* UDP and TCP DNS on one port number: take a UDP port, then the same
      for TCP; another socket may hold it for TCP, so try a few. */
   for (int tries = 0; tries < 32 && p->dns_tcp_fd < 0; tries++)
@@ -3017,6 +3369,12 @@ uint16_t
 sbx_netproxy_tcp_port (const struct sbx_netproxy *p)
 {
   return p->tcp_port;
+}
+
+const char *
+sbx_netproxy_ca_pem (const struct sbx_netproxy *p)
+{
+  return p ? sbx_egress_tls_ca_pem (p->tls) : NULL;
 }
 
 unsigned

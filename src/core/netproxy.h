@@ -23,7 +23,11 @@
  * if that address is not platform-denied (unless an operator range allows
  * it) and either the name is allowed and the address was remembered for
  * that same name, or the address alone is allowed (sbx_net_ip_allowed).
- * Otherwise it is closed.
+ * Otherwise it is closed.  A TLS connection whose name has request
+ * transforms (net.h, struct sbx_net_rule) is terminated both ways, when
+ * the config names a CA directory (egress_tls.h): the destination must
+ * verify, the sandbox gets a leaf of the daemon's CA, and the HTTP/1.1
+ * requests inside are rewritten as plain HTTP's are.
  *
  * Both are event loops, and fair: each sandbox has its own bounds
  * (sbx_netproxy_limits) on DNS queries waiting for the upstream, on its
@@ -61,6 +65,11 @@ struct sbx_netproxy_config {
   const struct sbx_cidr *operator_allow; /* copied */
   size_t n_operator_allow;
   struct sbx_netproxy_limits limits;
+  /* request transforms on HTTPS (egress_tls.h): where the daemon's CA is
+     kept (NULL: none; such connections pass by their name, unchanged),
+     and a PEM file of more roots trusted upstream (NULL: the system's) */
+  const char *tls_dir;
+  const char *egress_ca_file;
 };
 
 /* Binds UDP+TCP on 0.0.0.0:<ephemeral> for DNS and TCP on another
@@ -68,6 +77,9 @@ struct sbx_netproxy_config {
 int sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy **out, struct sbx_err *err);
 uint16_t sbx_netproxy_dns_port (const struct sbx_netproxy *p);
 uint16_t sbx_netproxy_tcp_port (const struct sbx_netproxy *p);
+/* The certificate (PEM) of the CA sandboxes must trust for request
+   transforms on HTTPS; NULL when there is none.  Valid until stopped. */
+const char *sbx_netproxy_ca_pem (const struct sbx_netproxy *p);
 /* The DNS queries a second each sandbox may ask (sbx_netproxy_limits). */
 unsigned sbx_netproxy_dns_rate (const struct sbx_netproxy *p);
 /* Set (copy) or replace the policy of the sandbox at SANDBOX_IP.  A

@@ -1223,7 +1223,17 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     sbx_template_dir (e->template_dir, sizeof e->template_dir);
   if (load_init (e, cfg->init_path, err) < 0)
     goto fail;
-  if (cfg->net && sbx_net_open (cfg->net, &e->net, err) < 0)
+  /* the egress CA lives in the state directory (root only), unless the
+     caller put it elsewhere */
+  struct sbx_net_config nc = { 0 };
+  char tls_dir[PATH_MAX];
+  if (cfg->net)
+    {
+      nc = *cfg->net;
+      if (nc.tls_dir == NULL && sbx_path (tls_dir, sizeof tls_dir, "%s/egress-ca", e->state_dir) == 0)
+        nc.tls_dir = tls_dir;
+    }
+  if (cfg->net && sbx_net_open (&nc, &e->net, err) < 0)
     {
       sbx_err_wrap (err, "sandbox networking (--no-network runs without it)");
       goto fail;
@@ -1340,16 +1350,27 @@ sbx_id_wellformed (const char *id)
   return true;
 }
 
-/* The environment of init: the template's, a default PATH, the caller's. */
+/* Where the egress CA is installed in every sandbox (isolate.c), and the
+   variables that point the usual TLS stacks at it (Node adds its file to
+   its own roots; OpenSSL, Python's requests and the like read the
+   bundle, which holds the template's roots and the CA). */
+static const char *const trust_env[] = {
+  "NODE_EXTRA_CA_CERTS=" SBX_ISOLATE_CA_FILE,
+  "SSL_CERT_FILE=" SBX_ISOLATE_CA_BUNDLE,
+  "REQUESTS_CA_BUNDLE=" SBX_ISOLATE_CA_BUNDLE,
+};
+
+/* The environment of init: the template's, defaults (PATH; the trust
+   variables when TRUST), the caller's. */
 static char **
-init_env (const struct sbx_template *t, const char *const *extra)
+init_env (const struct sbx_template *t, const char *const *extra, bool trust)
 {
   size_t n = 0, m = 0;
   while (t->env && t->env[n])
     n++;
   while (extra && extra[m])
     m++;
-  char **env = calloc (n + m + 2, sizeof *env);
+  char **env = calloc (n + m + 2 + sizeof trust_env / sizeof trust_env[0], sizeof *env);
   if (env == NULL)
     return NULL;
   size_t k = 0;
@@ -1361,6 +1382,15 @@ init_env (const struct sbx_template *t, const char *const *extra)
     }
   if (!has_path)
     env[k++] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  for (size_t i = 0; trust && i < sizeof trust_env / sizeof trust_env[0]; i++)
+    {
+      size_t klen = (size_t) (strchr (trust_env[i], '=') - trust_env[i]) + 1;
+      size_t j = 0;
+      while (j < k && strncmp (env[j], trust_env[i], klen) != 0)
+        j++;
+      if (j == k)
+        env[k++] = (char *) trust_env[i];
+    }
   for (size_t i = 0; i < m; i++)
     {
       const char *eq = strchr (extra[i], '=');
@@ -1503,6 +1533,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
     .hostname = s->id,
     .cgroup_name = cg,
     .fs_block_dir = e->fs_block_dir,
+    .egress_ca_pem = sbx_net_egress_ca_pem (e->net),
   };
   if (sbx_isolate_spawn (&spec, &s->proc, err) < 0)
     goto fail;
@@ -1902,7 +1933,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   if (sbx_cgroup_create (cg, &cl, err) < 0
       || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
     goto fail;
-  env = init_env (&t, (const char *const *) s->env);
+  env = init_env (&t, (const char *const *) s->env, sbx_net_egress_ca_pem (e->net) != NULL && !o->keep_upper);
   if (env == NULL)
     {
       sbx_fail (err, ENOMEM, "environment");
@@ -1932,7 +1963,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     if ((vol_fds[i] = sbx_disk_volume_mount (o->volume_images[i], err)) < 0)
       goto fail;
   struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds,
-                                   vol_fds, o->volume_paths, o->n_volumes };
+                                   vol_fds, o->volume_paths, o->n_volumes, o->keep_upper };
   if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
                               o->fs_rules, o->n_fs_rules, err)
       < 0)

@@ -47,6 +47,7 @@ usage (FILE *f)
          "             [--dns-upstream IP[:PORT]] [--net-allow CIDR]... [--no-network]\n"
          "             [--outbound-allow CIDR]...   (ranges webhooks and MCP servers may reach despite denials)\n"
          "             [--dns-rate N] [--filter-conns N]   (per sandbox; docs/network.md)\n"
+         "             [--egress-ca-file FILE]   (more roots trusted for HTTPS with request transforms)\n"
          "             [--log-level debug|info|warn|error] [--log-format text|json]\n"
          "             [--image ALIAS=TEMPLATE]...   (seed 002's approved images)\n"
          "             [--disk-reserve-mb MB] [--disk-overcommit RATIO]\n"
@@ -191,6 +192,7 @@ cmd_serve (int argc, char **argv)
                                         { "metrics-interval-ms", required_argument, NULL, 'X' },
                                         { "metrics-token", required_argument, NULL, 'G' },
                                         { "metrics-listen", required_argument, NULL, 'g' },
+                                        { "egress-ca-file", required_argument, NULL, 'Y' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -367,6 +369,11 @@ cmd_serve (int argc, char **argv)
         break;
       case 'g':
         metrics_listen = optarg;
+        break;
+      case 'Y':
+        /* roots trusted, besides the system's, for the destinations of
+           HTTPS whose TLS the filter terminates (request transforms) */
+        net.egress_ca_file = optarg;
         break;
       case 'l':
         listen = optarg;

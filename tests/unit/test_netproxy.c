@@ -15,7 +15,7 @@
  * decisions as recorded.  No root, no network; a few seconds.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_netproxy \
- *     tests/unit/test_netproxy.c src/core/netproxy.c src/core/netpolicy.c src/core/egress.c \
+ *     tests/unit/test_netproxy.c src/core/netproxy.c src/core/netpolicy.c src/core/egress.c src/core/egress_tls.c src/common/log.c \
  *     src/common/error.c src/common/util.c -lldns -lssl -lcrypto -ljansson -lpthread && /tmp/test_netproxy
  */
 #include <arpa/inet.h>
