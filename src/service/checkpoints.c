@@ -687,10 +687,21 @@ is_live (const struct sbx_sandbox_rec *rec)
          || strcmp (rec->status, "creating") == 0;
 }
 
-/* The kept set of sandbox ID: 1 and *C, or 0 when none. */
+/* The kept set of sandbox ID: 1 and *C, or 0 when none.  A sandbox
+   destroyed a moment ago may still be in its ending hook: with WAIT its
+   set is waited for (sbx_teardown_wait), so that a client who asks for
+   it after the destroy was answered finds it. */
 static int
-kept_set (struct sbx_service *svc, const char *org_id, const char *id, struct sbx_saved *c, struct sbx_err *err)
+kept_set (struct sbx_service *svc, const char *org_id, const char *id, bool wait, struct sbx_saved *c,
+          struct sbx_err *err)
 {
+  struct sbx_err werr;
+  if (wait && sbx_service_engine (svc)
+      && sbx_teardown_wait (sbx_service_engine (svc), id, SBX_ENDING_MS, &werr) < 0)
+    {
+      *err = werr;
+      return -1;
+    }
   struct sbx_saved *v;
   size_t n;
   if (sbx_store_saved_list (sbx_service_store (svc), org_id, "artifacts", id, &v, &n, err) < 0)
@@ -747,7 +758,7 @@ sbx_service_artifacts_list (struct sbx_service *svc, const struct sbx_sandbox_re
       return 0;
     }
   struct sbx_saved c;
-  int k = kept_set (svc, rec->org_id, rec->id, &c, err);
+  int k = kept_set (svc, rec->org_id, rec->id, true, &c, err);
   if (k <= 0)
     return k;
   out->kept = true;
@@ -818,7 +829,7 @@ sbx_service_artifact_open (struct sbx_service *svc, const struct sbx_sandbox_rec
     memset (&sto, 0, sizeof sto);
   struct sbx_saved c;
   int k = 0;
-  if (!is_live (rec) && (k = kept_set (svc, rec->org_id, rec->id, &c, err)) < 0)
+  if (!is_live (rec) && (k = kept_set (svc, rec->org_id, rec->id, true, &c, err)) < 0)
     return -1;
   const char *rel = artifact_rel (path, k > 0 ? c.prefix : sto.prefix);
   if (rel == NULL)
@@ -899,7 +910,7 @@ sbx_service_artifacts_summary (struct sbx_service *svc, const struct sbx_sandbox
       return 1;
     }
   struct sbx_saved c;
-  int k = kept_set (svc, rec->org_id, rec->id, &c, err);
+  int k = kept_set (svc, rec->org_id, rec->id, false, &c, err);
   if (k <= 0)
     return k;
   out->kept = true;

@@ -502,6 +502,7 @@ job_main (void *arg)
       /* ended while it was being assigned */
       if (sbx_destroy (e, w->id, &err) < 0 && sbx_err_kind (&err) == SBX_E_NOT_FOUND)
         record_failed (w->svc, w->id, "stopped", "request");
+      sbx_teardown_wait (e, w->id, SBX_ENDING_MS + 30000, &err);
       step_clear (w->id, "ending");
     }
   job_free (w);
@@ -740,8 +741,12 @@ end_main (void *arg)
 {
   struct ender *en = arg;
   struct sbx_err err;
-  if (sbx_destroy (sbx_service_engine (en->svc), en->id, &err) < 0 && sbx_err_kind (&err) != SBX_E_STOPPED)
+  struct sbx_engine *e = sbx_service_engine (en->svc);
+  if (sbx_destroy (e, en->id, &err) < 0 && sbx_err_kind (&err) != SBX_E_STOPPED)
     sbx_log_fields (SBX_LOG_WARN, "end sandbox", "sandbox", en->id, "error", err.msg, NULL);
+  /* `ending` lasts until its teardown is done: its files are kept
+     (the ending hook) before seed 004 says `ended` */
+  sbx_teardown_wait (e, en->id, SBX_ENDING_MS + 30000, &err);
   place_lock ();
   step_set_locked (en->id, NULL);
   P.n_ending--;
