@@ -220,11 +220,31 @@ get (struct sbx_engine *e, const char *id, struct sbx_err *err)
   return s;
 }
 
+/* A stopped sandbox stays in the list for status queries (at most
+   STOPPED_KEEP of them) but keeps no descriptor: its directory's and its
+   pidfd are closed once the list's is the only reference left (no caller
+   can still be using them).  So the daemon holds two descriptors per
+   live sandbox and none per ended one.  Lock held. */
+static void
+close_if_done_locked (struct sbx_engine *e, struct sandbox *s)
+{
+  if (s->refs != 1 || s->state != SBX_STOPPED || s->doomed || (s->dirfd < 0 && s->pidfd < 0)
+      || find_locked (e, s->id) != s)
+    return;
+  if (s->pidfd >= 0)
+    close (s->pidfd);
+  if (s->dirfd >= 0)
+    close (s->dirfd);
+  s->pidfd = s->dirfd = -1;
+}
+
 static void
 put (struct sbx_engine *e, struct sandbox *s)
 {
   pthread_mutex_lock (&e->lock);
   bool last = --s->refs == 0;
+  if (!last)
+    close_if_done_locked (e, s);
   pthread_mutex_unlock (&e->lock);
   if (last)
     sandbox_free (s);
@@ -1151,6 +1171,9 @@ reattach (struct sbx_engine *e, const char *id)
       s->state = SBX_STOPPED;
       s->reason = strdup (why);
       e->n_stopped++;
+      if (s->dirfd >= 0)
+        close (s->dirfd); /* an ended sandbox keeps no descriptor (close_if_done_locked) */
+      s->dirfd = -1;
     }
   else if (doomed)
     {
