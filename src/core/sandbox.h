@@ -54,8 +54,9 @@ typedef void (*sbx_event_fn) (void *ud, struct sbx_engine *e, const char *id, en
    destroy, its timeout), before its disk goes: the last moment its files
    can be read (sbx_file_list, sbx_file_read).  A paused sandbox is thawed
    for it first.  Not called for a sandbox that died (its files went with
-   it).  It runs on a thread of its own; the teardown waits for it at most
-   SBX_ENDING_MS, then goes on, which ends the agent calls it still makes
+   it).  It runs after the destroy was answered (sbx_destroy), on a thread
+   of its own; the teardown worker waits for it at most SBX_ENDING_MS, then
+   goes on, which ends the agent calls it still makes
    (they fail) and waits for it to return. */
 typedef void (*sbx_ending_fn) (void *ud, struct sbx_engine *e, const char *id, const char *reason);
 #define SBX_ENDING_MS 30000u
