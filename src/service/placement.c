@@ -415,6 +415,18 @@ step_set_locked (const char *id, const char *name)
   return true;
 }
 
+void
+sbx_place_ending (const char *id, bool ending)
+{
+  place_lock ();
+  struct step *s = step_find_locked (id);
+  if (ending)
+    step_set_locked (id, "ending");
+  else if (s && strcmp (s->name, "ending") == 0)
+    step_set_locked (id, NULL);
+  pthread_mutex_unlock (&P.lock);
+}
+
 /* ID's step NAME is over (unless another took its place). */
 static void
 step_clear (const char *id, const char *name)

@@ -203,8 +203,11 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
   if (kind == SBX_EVENT_RELEASED)
     {
       sbx_place_release (id);
+      sbx_place_ending (id, false);
       return;
     }
+  if (kind == SBX_EVENT_KILLED)
+    sbx_place_ending (id, true); /* until its released event */
   sbx_log_fields (SBX_LOG_INFO, "sandbox", "sandbox", id, "change", type_names[kind] + strlen ("sandbox.lifecycle."),
                   "reason", reason, NULL);
   if (kind == SBX_EVENT_PAUSED)
