@@ -4,7 +4,8 @@
  *   create     sbx_create until the sandbox runs (its init answers)
  *   exec       a round trip of `true` in a running sandbox
  *   cycle      create + exec `true` + destroy
- *   destroy    sbx_destroy until every trace is gone
+ *   destroy    sbx_destroy until it answers (the sandbox is gone for callers)
+ *   teardown   sbx_destroy until every trace is gone (sbx_teardown_wait)
  * create is measured three times, each with its own engine: networking
  * off, networking on (internet, no rules), and networking on with egress
  * rules (an allowed CIDR, an allowed domain, everything else denied);
@@ -14,7 +15,8 @@
  *
  * With --api URL --key KEY it also measures a running daemon over HTTP on
  * loopback: create latency (POST /sandboxes), the exec round trip of
- * `true` (POST /sandboxes/:id/processes), and the throughput of
+ * `true` (POST /sandboxes/:id/processes), destroy latency (DELETE
+ * /sandboxes/:id, the answer; the teardown follows it), and the throughput of
  * GET /sandboxes/:id with wrk (2 threads, 32 connections, 5 s).
  *
  * usage: sbxd-bench [--rounds N] [--template NAME] [--state-dir DIR]
@@ -164,6 +166,7 @@ bench_api (const char *api, const char *key, const char *tmpl, int rounds)
   struct buf b = { 0 };
   uint64_t *create = calloc ((size_t) rounds, sizeof (uint64_t));
   uint64_t *exec = calloc ((size_t) rounds * 10, sizeof (uint64_t));
+  uint64_t *destroy = calloc ((size_t) rounds, sizeof (uint64_t));
   int n_exec = 0;
   char id[64] = "";
   snprintf (body, sizeof body, "{\"templateID\": \"%s\", \"timeout\": 600}", tmpl);
@@ -196,7 +199,13 @@ bench_api (const char *api, const char *key, const char *tmpl, int rounds)
       if (i < rounds - 1)
         {
           snprintf (url, sizeof url, "%s/sandboxes/%s", api, id);
-          api_call (c, "DELETE", url, NULL, hdrs, &b);
+          uint64_t a = sbx_now_ns ();
+          if (api_call (c, "DELETE", url, NULL, hdrs, &b) != 204)
+            {
+              fprintf (stderr, "sbxd-bench: destroy over HTTP: %s\n", b.p ? b.p : "");
+              return -1;
+            }
+          destroy[i] = sbx_now_ns () - a;
           usleep (20000);
         }
     }
@@ -206,6 +215,7 @@ bench_api (const char *api, const char *key, const char *tmpl, int rounds)
   printf ("  \"api\": {\n");
   print_stats ("create", create, rounds, 0);
   print_stats ("exec_true_round_trip", exec, n_exec, 0);
+  print_stats ("destroy", destroy, rounds - 1, 0);
   printf ("    \"get_sandbox_requests_per_s\": %.0f\n  },\n", rps);
   curl_slist_free_all (hdrs);
   curl_easy_cleanup (c);
@@ -219,7 +229,7 @@ struct run {
   const char *state;
   const struct sbx_net_config *net;
   const struct sbx_net_policy *policy;
-  uint64_t *create, *exec, *destroy, *cycle;
+  uint64_t *create, *exec, *destroy, *teardown, *cycle;
   int n_exec;
 };
 
@@ -238,6 +248,7 @@ run_core (struct run *r, const char *tmpl, int rounds)
   r->create = calloc ((size_t) rounds, sizeof (uint64_t));
   r->exec = calloc ((size_t) rounds * 10, sizeof (uint64_t));
   r->destroy = calloc ((size_t) rounds, sizeof (uint64_t));
+  r->teardown = calloc ((size_t) rounds, sizeof (uint64_t));
   r->cycle = calloc ((size_t) rounds, sizeof (uint64_t));
   struct sbx_create_opts co = { .template_name = tmpl, .timeout_s = 600, .net = r->policy };
   char id[SBX_ID_MAX];
@@ -269,8 +280,14 @@ run_core (struct run *r, const char *tmpl, int rounds)
           return -1;
         }
       uint64_t t4 = sbx_now_ns ();
+      if (sbx_teardown_wait (e, id, 60000, &err) < 0)
+        {
+          fprintf (stderr, "sbxd-bench: teardown: %s\n", err.msg);
+          return -1;
+        }
       r->create[i] = t1 - t0;
       r->destroy[i] = t4 - t3;
+      r->teardown[i] = sbx_now_ns () - t3;
       r->cycle[i] = (t2 - t0) + (t4 - t3);
       /* give the spare pool the time a real client's think time would */
       usleep (20000);
@@ -364,6 +381,7 @@ main (int argc, char **argv)
     print_stats (runs[r].name, runs[r].create, rounds, 0);
   print_stats ("exec_true_round_trip", main_run->exec, main_run->n_exec, 0);
   print_stats ("destroy", main_run->destroy, rounds, 0);
+  print_stats ("teardown", main_run->teardown, rounds, 0);
   print_stats ("create_exec_destroy", main_run->cycle, rounds, 1);
   printf ("  },\n");
   if (api && key && bench_api (api, key, tmpl, rounds) < 0)

@@ -232,6 +232,17 @@ class Sbxd:
             self.delete(s["sandboxID"])
 
 
+def wait_until(pred, seconds=10, step=0.05):
+    """Whether PRED() holds within SECONDS: for what the daemon does after
+    it answered (a destroyed sandbox's teardown)."""
+    deadline = time.time() + seconds
+    while not pred():
+        if time.time() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
 def host_traces(sid):
     """What a sandbox could leave on the host: cgroup dirs, processes whose
     cgroup names it, and mounts or loop devices naming it."""

@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import host_traces
+from conftest import host_traces, wait_until
 
 
 def test_create_returns_the_sandbox_object(sbxd):
@@ -149,8 +149,9 @@ def test_lifetime_expiry_stops_and_cleans_up(sbxd):
         time.sleep(0.2)
     s = sbxd.get(sid).json()
     assert s["status"] == "stopped" and s["stopReason"] == "timeout"
-    assert not os.path.exists(f"/proc/{pid}")
-    assert not os.path.exists(os.path.join(sbxd.state_dir, "sandboxes", sid))
+    # torn down after it was recorded stopped
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert wait_until(lambda: not os.path.exists(os.path.join(sbxd.state_dir, "sandboxes", sid)))
     assert wait_no_traces(sid) == []
 
 
@@ -178,11 +179,12 @@ def test_destroy_leaves_nothing_behind(sbxd):
     sbxd.sh(sid, "sleep 1000 & (setsid sleep 1001 &); dd if=/dev/zero of=f bs=1M count=10 2>/dev/null", timeout=5)
     assert host_traces(sid) != []  # the check sees a live sandbox
     assert sbxd.delete(sid).status_code == 204
-    assert not os.path.exists(f"/proc/{pid}")
-    assert not os.path.exists(os.path.join(sbxd.state_dir, "sandboxes", sid))
-    assert wait_no_traces(sid) == []
+    # gone for the API at once, torn down after the answer
     assert sbxd.get(sid).json()["status"] == "stopped"
     assert sbxd.delete(sid).status_code == 404
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert wait_until(lambda: not os.path.exists(os.path.join(sbxd.state_dir, "sandboxes", sid)))
+    assert wait_no_traces(sid) == []
     r = sbxd.req("POST", f"/sandboxes/{sid}/processes", json={"cmd": "true"})
     assert r.status_code == 409
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from conftest import Sbxd, host_traces
+from conftest import Sbxd, host_traces, wait_until
 
 
 def test_kill9_and_restart_keeps_everything(tmp_path):
@@ -76,7 +76,7 @@ def test_sandbox_that_expired_while_the_daemon_was_down_is_cleaned_up(tmp_path):
         while d.get(sid).json()["status"] != "stopped" and time.time() < deadline:
             time.sleep(0.1)
         assert d.get(sid).json()["status"] == "stopped"
-        assert not os.path.exists(os.path.join(d.state_dir, "sandboxes", sid))
+        assert wait_until(lambda: not os.path.exists(os.path.join(d.state_dir, "sandboxes", sid)))
     finally:
         d.cleanup()
         d.stop()

@@ -89,6 +89,9 @@ sbx_err_kind (const struct sbx_err *err)
     case ENAMETOOLONG:
     case ENOTTY:
       return SBX_E_INVALID;
+    case EMFILE: /* the daemon's descriptors are all in use (docs/architecture.md) */
+    case ENFILE:
+      return SBX_E_UNAVAILABLE;
     default:
       return SBX_E_INTERNAL;
     }

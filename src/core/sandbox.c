@@ -58,6 +58,8 @@
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
 #define DEFAULT_NOFILE 4096
+#define TEARDOWN_WORKERS 4 /* sandboxes torn down at once (teardown_main) */
+#define TEARDOWN_JOURNAL "destroying" /* in STATE/sandboxes/ID: its teardown is owed */
 
 struct sandbox {
   char id[SBX_ID_MAX];
@@ -80,11 +82,12 @@ struct sandbox {
   uint64_t cpu_sample_ns, cpu_sample_at;
   int refs;
   bool busy;                     /* a state change is in progress */
+  bool doomed;                   /* answered as gone (doom): its teardown is queued or under way */
+  struct sandbox *tnext;         /* in the teardown queue */
   char **env;                    /* the caller's environment (snapshots keep it); NULL: none */
   enum sbx_on_timeout on_timeout;
   bool auto_resume;
   bool memory_dropped;           /* paused by sbx_pause_files */
-  bool ending;                   /* being stopped: its ending hook or teardown runs */
   bool disk_ids0;                /* its disk holds the sandbox's own ids (idmapped layers): it can be copied */
   uint32_t n_layers;             /* snapshot layers below its disk: layer-N.img in its directory */
   struct sandbox *next;
@@ -121,6 +124,14 @@ struct sbx_engine {
   uint64_t disk_reserve;         /* bytes, when set */
   double disk_overcommit;
   uint64_t disk_pending;         /* bytes promised to creates not yet in the list */
+  /* teardowns (doom, teardown_main): a FIFO of doomed sandboxes and the
+     workers that empty it */
+  struct sandbox *tq_head, *tq_tail;
+  unsigned teardowns_pending;    /* doomed sandboxes, queued or being torn down */
+  pthread_cond_t tq_cond;
+  pthread_t teardown_threads[TEARDOWN_WORKERS];
+  int n_teardown_threads;
+  bool tq_stop;                  /* workers leave once the queue is empty */
 };
 
 void
@@ -129,11 +140,12 @@ sbx_engine_stats (struct sbx_engine *e, struct sbx_engine_stats *out)
   memset (out, 0, sizeof *out);
   pthread_mutex_lock (&e->lock);
   for (struct sandbox *s = e->list; s; s = s->next)
-    out->live++;
+    out->live += s->state != SBX_STOPPED && !s->doomed;
   out->spares = (unsigned) e->n_spares;
   out->spares_target = (unsigned) e->spares_target;
   out->spare_hits = e->spare_hits;
   out->spare_misses = e->spare_misses;
+  out->teardowns_pending = e->teardowns_pending;
   pthread_mutex_unlock (&e->lock);
 }
 
@@ -208,11 +220,31 @@ get (struct sbx_engine *e, const char *id, struct sbx_err *err)
   return s;
 }
 
+/* A stopped sandbox stays in the list for status queries (at most
+   STOPPED_KEEP of them) but keeps no descriptor: its directory's and its
+   pidfd are closed once the list's is the only reference left (no caller
+   can still be using them).  So the daemon holds two descriptors per
+   live sandbox and none per ended one.  Lock held. */
+static void
+close_if_done_locked (struct sbx_engine *e, struct sandbox *s)
+{
+  if (s->refs != 1 || s->state != SBX_STOPPED || s->doomed || (s->dirfd < 0 && s->pidfd < 0)
+      || find_locked (e, s->id) != s)
+    return;
+  if (s->pidfd >= 0)
+    close (s->pidfd);
+  if (s->dirfd >= 0)
+    close (s->dirfd);
+  s->pidfd = s->dirfd = -1;
+}
+
 static void
 put (struct sbx_engine *e, struct sandbox *s)
 {
   pthread_mutex_lock (&e->lock);
   bool last = --s->refs == 0;
+  if (!last)
+    close_if_done_locked (e, s);
   pthread_mutex_unlock (&e->lock);
   if (last)
     sandbox_free (s);
@@ -496,6 +528,21 @@ uid_slot_release (const char *owner, uint32_t slot)
   unlink (path);
 }
 
+/* Whether OWNER's range SLOT is still claimed for it (a file of an older
+   sbxd names no owner, and counts as anyone's).  A teardown resumed after
+   a crash may find its range released already, and perhaps claimed since
+   by someone else, whose network rules it must not touch. */
+static bool
+uid_slot_ours (const char *owner, uint32_t slot)
+{
+  char have[UID_SLOT_OWNER_MAX];
+  ssize_t n = slot < UID_SLOTS ? uid_slot_read (slot, have, NULL) : -1;
+  size_t len = strlen (owner);
+  if (len && owner[len - 1] == '\n')
+    len--;
+  return n == 0 || (n > 0 && (size_t) n == len && memcmp (have, owner, len) == 0);
+}
+
 static uid_t
 uid_base (uint32_t slot)
 {
@@ -541,7 +588,9 @@ cgroup_name (const char *id, char *buf, size_t n)
 /* ---- teardown ---- */
 
 /* Kill everything and remove every trace; called without the lock, with
-   s->busy set by the caller. */
+   s->busy set by the caller.  Every step may be repeated: a teardown cut
+   off by a crash is done again from the start (its directory, with the
+   journal in it, goes last). */
 static void
 teardown (struct sbx_engine *e, struct sandbox *s)
 {
@@ -560,11 +609,11 @@ teardown (struct sbx_engine *e, struct sandbox *s)
       close (s->disk_fd);
       s->disk_fd = -1;
     }
-  if (e->net && s->has_net)
-    sbx_net_forget (e->net, s->uid_slot);
-  s->has_net = false;
   char owner[UID_SLOT_OWNER_MAX];
   uid_slot_owner (e, s->id, owner);
+  if (e->net && s->has_net && uid_slot_ours (owner, s->uid_slot))
+    sbx_net_forget (e->net, s->uid_slot);
+  s->has_net = false;
   uid_slot_release (owner, s->uid_slot);
   char dir[PATH_MAX];
   sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
@@ -601,6 +650,7 @@ mark_stopped_locked (struct sbx_engine *e, struct sandbox *s, const char *reason
    so that the teardown can stop waiting for it. */
 struct ending {
   struct sbx_engine *e;
+  struct sandbox *s;
   char id[SBX_ID_MAX];
   char reason[32];
   pthread_mutex_t lock;
@@ -608,10 +658,15 @@ struct ending {
   bool done;
 };
 
+/* The sandbox whose ending hook this thread runs: the one caller whose
+   agent calls a doomed sandbox still answers (agent_connect). */
+static __thread const struct sandbox *ending_self;
+
 static void *
 ending_main (void *arg)
 {
   struct ending *en = arg;
+  ending_self = en->s;
   en->e->on_ending (en->e->event_ud, en->e, en->id, en->reason);
   pthread_mutex_lock (&en->lock);
   en->done = true;
@@ -651,6 +706,7 @@ ending_begin (struct sbx_engine *e, struct sandbox *s, const char *reason, pthre
   if (en == NULL)
     return false;
   en->e = e;
+  en->s = s;
   snprintf (en->id, sizeof en->id, "%s", s->id);
   snprintf (en->reason, sizeof en->reason, "%s", reason);
   pthread_mutex_init (&en->lock, NULL);
@@ -688,20 +744,78 @@ ending_end (pthread_t thread, struct ending *en)
   free (en);
 }
 
-/* Stop S for REASON; false if it was already stopping or stopped. */
-static bool
-stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
+/* ---- destroy: answered at once, torn down after ----
+
+   A destroy (a request, a timeout, a quota, a death) only dooms the
+   sandbox: under the lock it is marked, from then on every caller sees it
+   stopped (fill_info, agent_connect, begin_change), a journal file
+   (TEARDOWN_JOURNAL, holding the reason) is written in its directory, the
+   killed event goes out, and it joins the teardown queue.  That is the
+   whole cost on the caller's path, well under a millisecond; the teardown
+   itself (the ending hook, killing the cgroup and waiting for it to
+   empty, the id range, the network rules, the directory) takes tens of
+   milliseconds and is done by TEARDOWN_WORKERS threads, oldest first.
+
+   Until its teardown ends a doomed sandbox still holds what it holds: its
+   disk counts for disk admission and its id range stays claimed (its
+   internal state is still running or paused), and the released event
+   (SBX_EVENT_RELEASED) tells the service when its place on the machine is
+   free.  The journal survives the daemon: a daemon killed with teardowns
+   pending finds the journals when it opens (reattach) and queues them
+   again; the directory, and the journal with it, is the last thing a
+   teardown removes.  The journal is not synced, like the record: a host
+   crash ends the sandbox's processes anyway, and the start after it
+   cleans up a sandbox whose init is gone. */
+
+/* The state callers see. */
+static enum sbx_state
+state_seen (const struct sandbox *s)
 {
+  return s->doomed ? SBX_STOPPED : s->state;
+}
+
+static bool
+journal_write (struct sandbox *s, const char *reason)
+{
+  int fd = s->dirfd >= 0 ? openat (s->dirfd, TEARDOWN_JOURNAL, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+  bool ok = fd >= 0 && sbx_write_full (fd, reason, strlen (reason)) >= 0;
+  int e2 = errno;
+  if (fd >= 0)
+    close (fd);
+  if (!ok)
+    sbx_log_fields (SBX_LOG_WARN, "cannot journal a sandbox's teardown: tearing it down at once", "sandbox", s->id,
+                    "error", strerror (e2), NULL);
+  return ok;
+}
+
+/* The reason journaled in DIRFD into REASON (letters, digits and '_'
+   only: it comes from a file); false when there is no journal. */
+static bool
+journal_read (int dirfd, char reason[32])
+{
+  cleanup_close int fd = dirfd >= 0 ? openat (dirfd, TEARDOWN_JOURNAL, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+  if (fd < 0)
+    return false;
+  ssize_t n = sbx_read_full (fd, reason, 31);
+  n = n < 0 ? 0 : n;
+  reason[n] = '\0';
+  for (ssize_t i = 0; i < n; i++)
+    if (!((reason[i] >= 'a' && reason[i] <= 'z') || (reason[i] >= '0' && reason[i] <= '9') || reason[i] == '_'))
+      reason[i] = '_';
+  if (n == 0)
+    snprintf (reason, 32, "request");
+  return true;
+}
+
+/* Tear down doomed S (the queue's reference is handed over): the ending
+   hook, the teardown, then it is stopped for good and its resources are
+   released. */
+static void
+finish (struct sbx_engine *e, struct sandbox *s)
+{
+  char reason[32];
   pthread_mutex_lock (&e->lock);
-  while (s->busy)
-    pthread_cond_wait (&e->cond, &e->lock);
-  if (s->state == SBX_STOPPED)
-    {
-      pthread_mutex_unlock (&e->lock);
-      return false;
-    }
-  s->busy = true;
-  s->ending = true;
+  snprintf (reason, sizeof reason, "%s", s->reason ? s->reason : "request");
   pthread_mutex_unlock (&e->lock);
   pthread_t hook;
   struct ending *en;
@@ -710,11 +824,81 @@ stop_sandbox (struct sbx_engine *e, struct sandbox *s, const char *reason)
   if (hooked)
     ending_end (hook, en);
   pthread_mutex_lock (&e->lock);
+  int64_t end = s->end_ms; /* it ended when it was answered as gone */
   mark_stopped_locked (e, s, reason);
+  s->end_ms = end;
+  s->doomed = false;
   s->busy = false;
+  e->teardowns_pending--;
   pthread_cond_broadcast (&e->cond);
   pthread_mutex_unlock (&e->lock);
+  emit (e, s->id, SBX_EVENT_RELEASED, reason);
+  put (e, s);
+}
+
+static void
+enqueue_teardown (struct sbx_engine *e, struct sandbox *s)
+{
+  pthread_mutex_lock (&e->lock);
+  s->tnext = NULL;
+  if (e->tq_tail)
+    e->tq_tail->tnext = s;
+  else
+    e->tq_head = s;
+  e->tq_tail = s;
+  pthread_cond_signal (&e->tq_cond);
+  pthread_mutex_unlock (&e->lock);
+}
+
+static void *
+teardown_main (void *arg)
+{
+  struct sbx_engine *e = arg;
+  pthread_mutex_lock (&e->lock);
+  for (;;)
+    {
+      while (e->tq_head == NULL && !e->tq_stop)
+        pthread_cond_wait (&e->tq_cond, &e->lock);
+      struct sandbox *s = e->tq_head;
+      if (s == NULL)
+        break;
+      e->tq_head = s->tnext;
+      if (e->tq_head == NULL)
+        e->tq_tail = NULL;
+      pthread_mutex_unlock (&e->lock);
+      finish (e, s);
+      pthread_mutex_lock (&e->lock);
+    }
+  pthread_mutex_unlock (&e->lock);
+  return NULL;
+}
+
+/* Answer S as gone for REASON and queue its teardown; false if it was
+   stopped or doomed already. */
+static bool
+doom (struct sbx_engine *e, struct sandbox *s, const char *reason)
+{
+  pthread_mutex_lock (&e->lock);
+  while (s->busy && !s->doomed)
+    pthread_cond_wait (&e->cond, &e->lock);
+  if (s->doomed || s->state == SBX_STOPPED)
+    {
+      pthread_mutex_unlock (&e->lock);
+      return false;
+    }
+  s->doomed = s->busy = true;
+  free (s->reason);
+  s->reason = strdup (reason);
+  s->end_ms = sbx_wall_ms ();
+  s->refs++; /* the queue's */
+  e->teardowns_pending++;
+  pthread_mutex_unlock (&e->lock);
+  bool journaled = journal_write (s, reason);
   emit (e, s->id, SBX_EVENT_KILLED, reason);
+  if (journaled && e->n_teardown_threads > 0)
+    enqueue_teardown (e, s);
+  else
+    finish (e, s);
   return true;
 }
 
@@ -769,7 +953,7 @@ reaper_main (void *arg)
             {
               sbx_log_fields (SBX_LOG_WARN, "cannot pause a sandbox at its timeout: killing it", "sandbox",
                               victim->id, "error", err.msg, NULL);
-              stop_sandbox (e, victim, why);
+              doom (e, victim, why);
             }
           put (e, victim);
           pthread_mutex_lock (&e->lock);
@@ -778,7 +962,7 @@ reaper_main (void *arg)
         {
           victim->refs++;
           pthread_mutex_unlock (&e->lock);
-          stop_sandbox (e, victim, why);
+          doom (e, victim, why);
           put (e, victim);
           pthread_mutex_lock (&e->lock);
         }
@@ -1025,17 +1209,37 @@ reattach (struct sbx_engine *e, const char *id)
       sandbox_free (s);
       return;
     }
+  /* a teardown owed since before the daemon stopped (doom) */
+  char journaled[32];
+  bool doomed = journal_read (s->dirfd, journaled);
+  const char *why = doomed ? journaled : "died";
   if (!alive)
     {
-      sbx_log_fields (SBX_LOG_INFO, "sandbox's init is gone, cleaning up", "sandbox", id, NULL);
+      sbx_log_fields (SBX_LOG_INFO, doomed ? "finishing a sandbox's teardown" : "sandbox's init is gone, cleaning up",
+                      "sandbox", id, NULL);
       if (s->pidfd >= 0)
         close (s->pidfd);
       s->pidfd = -1;
       s->init_pid = 0;
       teardown (e, s);
       s->state = SBX_STOPPED;
-      s->reason = strdup ("died");
+      s->reason = strdup (why);
       e->n_stopped++;
+      if (s->dirfd >= 0)
+        close (s->dirfd); /* an ended sandbox keeps no descriptor (close_if_done_locked) */
+      s->dirfd = -1;
+    }
+  else if (doomed)
+    {
+      /* still running: torn down by the workers once they start, its
+         ending hook included */
+      sbx_log_fields (SBX_LOG_INFO, "finishing a sandbox's teardown", "sandbox", id, NULL);
+      s->doomed = s->busy = true;
+      s->reason = strdup (why);
+      s->end_ms = sbx_wall_ms ();
+      s->refs++; /* the queue's */
+      e->teardowns_pending++;
+      enqueue_teardown (e, s);
     }
   else
     {
@@ -1051,12 +1255,17 @@ reattach (struct sbx_engine *e, const char *id)
     pp = &(*pp)->next;
   s->next = *pp;
   *pp = s;
-  /* it ended while nobody watched: say so now, as the reaper would have */
+  /* it ended while nobody watched, or its end was not recorded yet: say
+     so now, as the reaper would have (the service ignores a killed event
+     it has recorded already) */
   if (!alive)
     {
       s->end_ms = sbx_wall_ms ();
-      emit (e, s->id, SBX_EVENT_KILLED, "died");
+      emit (e, s->id, SBX_EVENT_KILLED, why);
+      emit (e, s->id, SBX_EVENT_RELEASED, why);
     }
+  else if (doomed)
+    emit (e, s->id, SBX_EVENT_KILLED, why);
 }
 
 /* The uid ranges that some user namespace on the machine maps, one bit per
@@ -1188,6 +1397,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   pthread_condattr_t ca;
   pthread_condattr_init (&ca);
   pthread_cond_init (&e->cond, &ca);
+  pthread_cond_init (&e->tq_cond, NULL);
   e->on_event = cfg->on_event;
   e->event_ud = cfg->event_ud;
   e->on_ending = cfg->on_ending;
@@ -1253,7 +1463,8 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   sweep_uid_slots (e);
   /* the rules name this process's filter ports: renew them */
   for (struct sandbox *s = e->list; s; s = s->next)
-    if (e->net && s->has_net && s->state != SBX_STOPPED && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
+    if (e->net && s->has_net && state_seen (s) != SBX_STOPPED
+        && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
       sbx_log_fields (SBX_LOG_ERROR, "cannot renew the sandbox's network rules", "sandbox", s->id, "error", err->msg,
                       NULL);
 
@@ -1275,6 +1486,14 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   if (pthread_create (&e->spare_thread, NULL, spare_main, e) != 0)
     {
       sbx_failx (err, EAGAIN, "start spare thread");
+      goto fail;
+    }
+  for (int i = 0; i < TEARDOWN_WORKERS; i++)
+    if (pthread_create (&e->teardown_threads[e->n_teardown_threads], NULL, teardown_main, e) == 0)
+      e->n_teardown_threads++;
+  if (e->n_teardown_threads == 0)
+    {
+      sbx_failx (err, EAGAIN, "start teardown threads");
       goto fail;
     }
   if (pthread_create (&e->reaper, NULL, reaper_main, e) != 0)
@@ -1302,6 +1521,13 @@ sbx_engine_close (struct sbx_engine *e)
   pthread_cond_broadcast (&e->spare_cond);
   pthread_join (e->reaper, NULL);
   pthread_join (e->spare_thread, NULL);
+  /* teardowns already answered are finished, not left for the next start */
+  pthread_mutex_lock (&e->lock);
+  e->tq_stop = true;
+  pthread_cond_broadcast (&e->tq_cond);
+  pthread_mutex_unlock (&e->lock);
+  for (int i = 0; i < e->n_teardown_threads; i++)
+    pthread_join (e->teardown_threads[i], NULL);
   for (int i = 0; i < e->n_spares; i++)
     discard (e, e->spares[i]);
   while (e->list)
@@ -2045,10 +2271,38 @@ sbx_destroy_for (struct sbx_engine *e, const char *id, const char *reason, struc
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
-  bool stopped = stop_sandbox (e, s, reason);
+  bool stopped = doom (e, s, reason);
   put (e, s);
   if (!stopped)
     return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
+  return 0;
+}
+
+int
+sbx_teardown_wait (struct sbx_engine *e, const char *id, uint32_t timeout_ms, struct sbx_err *err)
+{
+  struct timespec until;
+  clock_gettime (CLOCK_REALTIME, &until);
+  until.tv_sec += timeout_ms / 1000;
+  until.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L)
+    {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+  pthread_mutex_lock (&e->lock);
+  struct sandbox *s = find_locked (e, id);
+  if (s)
+    s->refs++;
+  int r = 0;
+  while (s && s->doomed && r == 0)
+    r = pthread_cond_timedwait (&e->cond, &e->lock, &until);
+  bool pending = s && s->doomed;
+  pthread_mutex_unlock (&e->lock);
+  if (s)
+    put (e, s);
+  if (pending)
+    return sbx_failk (err, SBX_E_UNAVAILABLE, "sandbox %s is still being torn down", id);
   return 0;
 }
 
@@ -2058,11 +2312,11 @@ static int
 begin_change (struct sbx_engine *e, struct sandbox *s, unsigned mask, struct sbx_err *err)
 {
   pthread_mutex_lock (&e->lock);
-  while (s->busy)
+  while (s->busy && !s->doomed)
     pthread_cond_wait (&e->cond, &e->lock);
-  if (!(mask & (1u << s->state)))
+  if (s->doomed || !(mask & (1u << s->state)))
     {
-      enum sbx_state st = s->state;
+      enum sbx_state st = state_seen (s);
       pthread_mutex_unlock (&e->lock);
       if (st == SBX_STOPPED)
         return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
@@ -2178,7 +2432,7 @@ sbx_egress_log (struct sbx_engine *e, const char *id, uint64_t after, size_t lim
   /* under the engine's lock: the slot cannot be handed to another
      sandbox meanwhile (teardown forgets the log before the slot) */
   pthread_mutex_lock (&e->lock);
-  if (e->net && s->has_net && s->state != SBX_STOPPED)
+  if (e->net && s->has_net && state_seen (s) != SBX_STOPPED)
     r = sbx_net_egress_log (e->net, s->uid_slot, after, limit, out, n, dropped, err);
   pthread_mutex_unlock (&e->lock);
   put (e, s);
@@ -2415,7 +2669,10 @@ sbx_upper_open (struct sbx_engine *e, const char *id, int *fd, uint32_t *id_base
     return -1;
   int r = 0;
   *fd = -1;
-  if (s->state == SBX_STOPPED || s->disk_fd < 0)
+  pthread_mutex_lock (&e->lock);
+  bool stopped = state_seen (s) == SBX_STOPPED;
+  pthread_mutex_unlock (&e->lock);
+  if (stopped || s->disk_fd < 0)
     r = sbx_failk (err, SBX_E_STOPPED, "sandbox %s keeps no upper layer", id);
   else if ((*fd = openat (s->disk_fd, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
     r = sbx_fail (err, errno, "open the upper layer of %s", id);
@@ -2432,7 +2689,10 @@ sbx_set_cpu_weight (struct sbx_engine *e, const char *id, unsigned weight, struc
   if (s == NULL)
     return -1;
   int r = 0;
-  if (s->state != SBX_STOPPED)
+  pthread_mutex_lock (&e->lock);
+  bool stopped = state_seen (s) == SBX_STOPPED;
+  pthread_mutex_unlock (&e->lock);
+  if (!stopped)
     {
       char cg[128];
       cgroup_name (s->id, cg, sizeof cg);
@@ -2448,7 +2708,7 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   memset (info, 0, sizeof *info);
   memcpy (info->id, s->id, sizeof info->id);
   memcpy (info->template_name, s->template_name, sizeof info->template_name);
-  info->state = s->state;
+  info->state = state_seen (s);
   info->created_ms = s->created_ms;
   info->end_ms = s->end_ms;
   info->limits = s->limits;
@@ -2457,7 +2717,6 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
   info->on_timeout = s->on_timeout;
   info->auto_resume = s->auto_resume;
   info->memory_dropped = s->memory_dropped;
-  info->ending = s->ending;
   if (s->has_net)
     {
       struct sbx_err err;
@@ -2465,7 +2724,7 @@ fill_info (const struct sandbox *s, struct sbx_info *info)
       uint32_t addr, gw;
       sbx_net_addresses (s->uid_slot, &addr, &gw);
       struct in_addr ia = { htonl (addr) }, ig = { htonl (gw) };
-      if (info->has_network && s->state != SBX_STOPPED)
+      if (info->has_network && info->state != SBX_STOPPED)
         {
           inet_ntop (AF_INET, &ia, info->net_address, sizeof info->net_address);
           inet_ntop (AF_INET, &ig, info->net_gateway, sizeof info->net_gateway);
@@ -2539,7 +2798,7 @@ sbx_get_metrics (struct sbx_engine *e, const char *id, struct sbx_metrics *m, st
   struct sbx_cgroup_stats st;
   int r = -1;
   pthread_mutex_lock (&e->lock);
-  enum sbx_state state = s->state;
+  enum sbx_state state = state_seen (s);
   pthread_mutex_unlock (&e->lock);
   if (state == SBX_STOPPED)
     {
@@ -2618,7 +2877,7 @@ sbx_port_connect (struct sbx_engine *e, const char *id, uint16_t port, struct sb
   if (s == NULL)
     return -1;
   pthread_mutex_lock (&e->lock);
-  enum sbx_state st = s->state;
+  enum sbx_state st = state_seen (s);
   int nsfd = st == SBX_RUNNING && s->pidfd >= 0 ? fcntl (s->pidfd, F_DUPFD_CLOEXEC, 0) : -1;
   pthread_mutex_unlock (&e->lock);
   put (e, s);
@@ -2655,7 +2914,8 @@ static int
 agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
 {
   pthread_mutex_lock (&e->lock);
-  enum sbx_state st = s->state;
+  /* a doomed sandbox answers its ending hook only */
+  enum sbx_state st = ending_self == s ? s->state : state_seen (s);
   pthread_mutex_unlock (&e->lock);
   if (st == SBX_PAUSED)
     return sbx_failk (err, SBX_E_PAUSED, "sandbox is paused");

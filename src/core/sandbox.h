@@ -36,7 +36,12 @@ enum sbx_state { SBX_CREATING, SBX_RUNNING, SBX_PAUSED, SBX_STOPPED, SBX_ERROR }
 
 const char *sbx_state_name (enum sbx_state s);
 
-enum sbx_event_kind { SBX_EVENT_CREATED, SBX_EVENT_UPDATED, SBX_EVENT_PAUSED, SBX_EVENT_RESUMED, SBX_EVENT_KILLED };
+/* KILLED: the sandbox is gone for its callers (a destroy answered, its
+   timeout, its death); RELEASED follows it once the teardown is done and
+   what the sandbox held (processes, memory, disk, id range) is free: it
+   changes nothing a client sees. */
+enum sbx_event_kind { SBX_EVENT_CREATED, SBX_EVENT_UPDATED, SBX_EVENT_PAUSED, SBX_EVENT_RESUMED, SBX_EVENT_KILLED,
+                      SBX_EVENT_RELEASED };
 
 struct sbx_engine;
 
@@ -49,8 +54,9 @@ typedef void (*sbx_event_fn) (void *ud, struct sbx_engine *e, const char *id, en
    destroy, its timeout), before its disk goes: the last moment its files
    can be read (sbx_file_list, sbx_file_read).  A paused sandbox is thawed
    for it first.  Not called for a sandbox that died (its files went with
-   it).  It runs on a thread of its own; the teardown waits for it at most
-   SBX_ENDING_MS, then goes on, which ends the agent calls it still makes
+   it).  It runs after the destroy was answered (sbx_destroy), on a thread
+   of its own; the teardown worker waits for it at most SBX_ENDING_MS, then
+   goes on, which ends the agent calls it still makes
    (they fail) and waits for it to return. */
 typedef void (*sbx_ending_fn) (void *ud, struct sbx_engine *e, const char *id, const char *reason);
 #define SBX_ENDING_MS 30000u
@@ -87,7 +93,7 @@ void sbx_engine_close (struct sbx_engine *e);
 /* A consistent reading of the engine's counters, for the operator's
    metrics.  Counters only grow while the engine is open. */
 struct sbx_engine_stats {
-  unsigned live;             /* sandboxes in the list (any state) */
+  unsigned live;             /* sandboxes neither stopped nor destroyed */
   unsigned spares;           /* spares ready now */
   unsigned spares_target;    /* how many the pool aims to keep */
   uint64_t spare_hits;       /* creates that took a ready spare */
@@ -174,7 +180,6 @@ struct sbx_info {
   enum sbx_on_timeout on_timeout;
   bool auto_resume;
   bool memory_dropped;        /* paused by sbx_pause_files: nothing but its init is left */
-  bool ending;                /* being stopped (its state is still the last one) */
 };
 
 void sbx_info_free (struct sbx_info *info);
@@ -185,10 +190,23 @@ void sbx_info_free (struct sbx_info *info);
    with what the live sandboxes' disks may still take (see
    sbx_engine_config). */
 int sbx_create (struct sbx_engine *e, const struct sbx_create_opts *o, char id[SBX_ID_MAX], struct sbx_err *err);
+/* Destroy: the sandbox is stopped for every caller when this returns
+   (sbx_get_info says stopped, its agent answers no one, the killed event
+   has been sent), and its teardown (the ending hook, its processes,
+   cgroups, disk, id range, network) is journaled in its directory and
+   queued for a small pool of workers: it takes well under a millisecond.
+   Until the teardown is done the sandbox still counts for disk admission
+   and holds its id range; SBX_EVENT_RELEASED says when it is done.  A
+   daemon that stops with teardowns queued finishes them when the engine
+   opens again. */
 int sbx_destroy (struct sbx_engine *e, const char *id, struct sbx_err *err);
 /* sbx_destroy saying why: REASON (e.g. "quota") becomes the sandbox's
    stop reason and its killed event's; sbx_destroy's is "request". */
 int sbx_destroy_for (struct sbx_engine *e, const char *id, const char *reason, struct sbx_err *err);
+/* Wait, at most TIMEOUT_MS, until the teardown of destroyed sandbox ID is
+   done (its ending hook has returned, its resources are released): 0, at
+   once when none is pending; SBX_E_UNAVAILABLE past the time. */
+int sbx_teardown_wait (struct sbx_engine *e, const char *id, uint32_t timeout_ms, struct sbx_err *err);
 int sbx_set_timeout (struct sbx_engine *e, const char *id, uint32_t timeout_s, struct sbx_err *err);
 /* Replace the egress policy of a running or paused sandbox; takes effect
    at once.  INTERNET_ASKED as in sbx_create_opts. */

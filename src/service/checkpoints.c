@@ -682,8 +682,8 @@ sbx_artifacts_free (struct sbx_artifacts *a)
 
 
 /* Whether sandbox REC's /artifacts are its live files: its record says it
-   lives and the engine has it, not ending (an ending one's are being
-   kept, or gone). */
+   lives and the engine has it, not destroyed (a destroyed one's are being
+   kept, or gone, however its record reads yet). */
 static bool
 is_live (struct sbx_service *svc, const struct sbx_sandbox_rec *rec)
 {
@@ -694,15 +694,26 @@ is_live (struct sbx_service *svc, const struct sbx_sandbox_rec *rec)
   struct sbx_err err;
   if (sbx_get_info (sbx_service_engine (svc), rec->id, &info, &err) < 0)
     return false;
-  bool up = info.state != SBX_STOPPED && info.state != SBX_ERROR && !info.ending;
+  bool up = info.state != SBX_STOPPED && info.state != SBX_ERROR; /* a destroyed one reads stopped */
   sbx_info_free (&info);
   return up;
 }
 
-/* The kept set of sandbox ID: 1 and *C, or 0 when none. */
+/* The kept set of sandbox ID: 1 and *C, or 0 when none.  A sandbox
+   destroyed a moment ago may still be in its ending hook: with WAIT its
+   set is waited for (sbx_teardown_wait), so that a client who asks for
+   it after the destroy was answered finds it. */
 static int
-kept_set (struct sbx_service *svc, const char *org_id, const char *id, struct sbx_saved *c, struct sbx_err *err)
+kept_set (struct sbx_service *svc, const char *org_id, const char *id, bool wait, struct sbx_saved *c,
+          struct sbx_err *err)
 {
+  struct sbx_err werr;
+  if (wait && sbx_service_engine (svc)
+      && sbx_teardown_wait (sbx_service_engine (svc), id, SBX_ENDING_MS, &werr) < 0)
+    {
+      *err = werr;
+      return -1;
+    }
   struct sbx_saved *v;
   size_t n;
   if (sbx_store_saved_list (sbx_service_store (svc), org_id, "artifacts", id, &v, &n, err) < 0)
@@ -759,7 +770,7 @@ sbx_service_artifacts_list (struct sbx_service *svc, const struct sbx_sandbox_re
       return 0;
     }
   struct sbx_saved c;
-  int k = kept_set (svc, rec->org_id, rec->id, &c, err);
+  int k = kept_set (svc, rec->org_id, rec->id, true, &c, err);
   if (k <= 0)
     return k;
   out->kept = true;
@@ -797,7 +808,7 @@ sbx_service_artifacts_delete (struct sbx_service *svc, const struct sbx_sandbox_
   if (is_live (svc, rec))
     return sbx_failk (err, SBX_E_CONFLICT, "Sandbox is still running; its /artifacts are its own files");
   struct sbx_saved c;
-  int k = kept_set (svc, rec->org_id, rec->id, &c, err);
+  int k = kept_set (svc, rec->org_id, rec->id, true, &c, err);
   if (k < 0)
     return -1;
   if (k == 0)
@@ -852,7 +863,7 @@ sbx_service_artifact_open (struct sbx_service *svc, const struct sbx_sandbox_rec
   struct sbx_saved c;
   int k = 0;
   bool live = is_live (svc, rec);
-  if (!live && (k = kept_set (svc, rec->org_id, rec->id, &c, err)) < 0)
+  if (!live && (k = kept_set (svc, rec->org_id, rec->id, true, &c, err)) < 0)
     return -1;
   const char *rel = artifact_rel (path, k > 0 ? c.prefix : sto.prefix);
   if (rel == NULL)
@@ -933,7 +944,7 @@ sbx_service_artifacts_summary (struct sbx_service *svc, const struct sbx_sandbox
       return 1;
     }
   struct sbx_saved c;
-  int k = kept_set (svc, rec->org_id, rec->id, &c, err);
+  int k = kept_set (svc, rec->org_id, rec->id, false, &c, err);
   if (k <= 0)
     return k;
   out->kept = true;

@@ -415,6 +415,18 @@ step_set_locked (const char *id, const char *name)
   return true;
 }
 
+void
+sbx_place_ending (const char *id, bool ending)
+{
+  place_lock ();
+  struct step *s = step_find_locked (id);
+  if (ending)
+    step_set_locked (id, "ending");
+  else if (s && strcmp (s->name, "ending") == 0)
+    step_set_locked (id, NULL);
+  pthread_mutex_unlock (&P.lock);
+}
+
 /* ID's step NAME is over (unless another took its place). */
 static void
 step_clear (const char *id, const char *name)
@@ -502,6 +514,7 @@ job_main (void *arg)
       /* ended while it was being assigned */
       if (sbx_destroy (e, w->id, &err) < 0 && sbx_err_kind (&err) == SBX_E_NOT_FOUND)
         record_failed (w->svc, w->id, "stopped", "request");
+      sbx_teardown_wait (e, w->id, SBX_ENDING_MS + 30000, &err);
       step_clear (w->id, "ending");
     }
   job_free (w);
@@ -752,8 +765,12 @@ end_main (void *arg)
 {
   struct ender *en = arg;
   struct sbx_err err;
+  struct sbx_engine *e = sbx_service_engine (en->svc);
   if (sbx_service_destroy (en->svc, en->id, &err) < 0 && sbx_err_kind (&err) != SBX_E_STOPPED)
     sbx_log_fields (SBX_LOG_WARN, "end sandbox", "sandbox", en->id, "error", err.msg, NULL);
+  /* `ending` lasts until its teardown is done: its files are kept
+     (the ending hook) before seed 004 says `ended` */
+  sbx_teardown_wait (e, en->id, SBX_ENDING_MS + 30000, &err);
   place_lock ();
   step_set_locked (en->id, NULL);
   P.n_ending--;

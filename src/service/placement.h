@@ -34,6 +34,9 @@ void sbx_place_cancel (uint64_t ticket);
 void sbx_place_hold (const char *id, uint32_t memory_mb);
 /* ID stopped running (paused, ended): its place goes to the queue. */
 void sbx_place_release (const char *id);
+/* ID is being torn down (ENDING true: from its killed event) or is done
+   (false: its released event): seed 004 shows it `ending` meanwhile. */
+void sbx_place_ending (const char *id, bool ending);
 
 /* The second half of sbx_service_sandbox_create, for a placeholder RSV
    already taken (LIVE as it counted) and a place already given (TICKET):

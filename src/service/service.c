@@ -197,11 +197,21 @@ void
 sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_event_kind kind, const char *reason)
 {
   struct sbx_service *svc = ud;
+  /* a running sandbox holds a place on the machine; a paused one gives
+     it back (placement.c), and an ended one once its teardown has freed
+     what it held, so that creates are not admitted onto memory still in
+     use */
+  if (kind == SBX_EVENT_RELEASED)
+    {
+      sbx_place_release (id);
+      sbx_place_ending (id, false);
+      return;
+    }
+  if (kind == SBX_EVENT_KILLED)
+    sbx_place_ending (id, true); /* until its released event */
   sbx_log_fields (SBX_LOG_INFO, "sandbox", "sandbox", id, "change", type_names[kind] + strlen ("sandbox.lifecycle."),
                   "reason", reason, NULL);
-  /* a running sandbox holds a place on the machine; a paused or ended
-     one gives it back (placement.c) */
-  if (kind == SBX_EVENT_KILLED || kind == SBX_EVENT_PAUSED)
+  if (kind == SBX_EVENT_PAUSED)
     sbx_place_release (id);
   if (kind == SBX_EVENT_KILLED && svc)
     sbx_sampler_forget (svc->sampler, id);
@@ -217,6 +227,13 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
     {
       /* no record: a sandbox whose create is not recorded yet, or an
          orphan that start-up reconciliation removes */
+      sbx_info_free (&info);
+      return;
+    }
+  if (kind == SBX_EVENT_KILLED && strcmp (rec.status, "stopped") == 0)
+    {
+      /* recorded already: a teardown finished after a restart */
+      sbx_sandbox_rec_free (&rec);
       sbx_info_free (&info);
       return;
     }
