@@ -53,7 +53,9 @@
 #define UID_FIRST 100000u
 #define UID_SLOTS 30000u
 #define STOPPED_KEEP 256 /* stopped sandboxes remembered for status queries */
-#define SPARES_MAX 16
+#define SPARE_WORKERS 8     /* threads preparing spares at once */
+#define SPARE_IDLE_MS 5000  /* the pool halves after this long without a claim */
+#define SPARE_WINDOW_MS 2000 /* claims this recent size the pool */
 #define DEFAULT_MEMORY_MB 2048
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
@@ -108,12 +110,19 @@ struct sbx_engine {
   int n_stopped;
   pthread_t reaper;
   bool stop;
-  /* spares: sandboxes prepared up to the point where the template matters */
-  struct sandbox *spares[SPARES_MAX];
-  int n_spares, spares_target;
+  /* spares: sandboxes prepared up to the point where the template
+     matters (see "the spare pool" below) */
+  struct sandbox **spares;       /* spares_max slots */
+  int n_spares, spares_target, spares_min, spares_max;
+  int spares_preparing;          /* by the pool's workers, now */
+  int inline_preparing;          /* by creates that found no spare, now */
   uint64_t spare_hits, spare_misses;
+  uint64_t claims_recent[2];     /* claims in this and the previous window */
+  int64_t claims_window;         /* the window claims_recent[0] counts */
+  uint64_t last_claim_ns;
   pthread_cond_t spare_cond;
-  pthread_t spare_thread;
+  pthread_t spare_threads[SPARE_WORKERS];
+  int n_spare_threads;
   struct sbx_net *net; /* NULL: sandboxes have loopback only */
   /* disk admission (disk_admit) */
   bool disk_reserve_set;
@@ -159,6 +168,60 @@ emit (struct sbx_engine *e, const char *id, enum sbx_event_kind k, const char *r
 {
   if (e->on_event)
     e->on_event (e->event_ud, e, id, k, reason);
+}
+
+/* ---- where a create's time goes: one debug line per create, the
+   milliseconds of each phase ("create phases"), for the operator who
+   asks why creates are slow; costs a clock read per phase ---- */
+
+#define CLOCK_PHASES 12
+
+struct create_clock {
+  uint64_t last;
+  int n;
+  const char *name[CLOCK_PHASES];
+  uint64_t ns[CLOCK_PHASES];
+};
+
+static void
+clock_start (struct create_clock *c)
+{
+  c->n = 0;
+  c->last = sbx_now_ns ();
+}
+
+static void
+clock_mark (struct create_clock *c, const char *phase)
+{
+  uint64_t now = sbx_now_ns ();
+  if (c->n < CLOCK_PHASES)
+    {
+      c->name[c->n] = phase;
+      c->ns[c->n++] = now - c->last;
+    }
+  c->last = now;
+}
+
+static void
+clock_log (const struct create_clock *c, const char *what, const char *id, const char *spare)
+{
+  if (!sbx_log_enabled (SBX_LOG_DEBUG))
+    return;
+  char text[512];
+  size_t k = 0;
+  uint64_t total = 0;
+  for (int i = 0; i < c->n && k < sizeof text; i++)
+    {
+      total += c->ns[i];
+      int w = snprintf (text + k, sizeof text - k, "%s%s=%.3f", i ? " " : "", c->name[i], (double) c->ns[i] / 1e6);
+      k += w > 0 ? (size_t) w : 0;
+    }
+  char ms[32];
+  snprintf (ms, sizeof ms, "%.3f", (double) total / 1e6);
+  if (spare)
+    sbx_log_fields (SBX_LOG_DEBUG, what, "sandbox", id, "spare", spare, "total_ms", ms, "phases_ms", text, NULL);
+  else
+    sbx_log_fields (SBX_LOG_DEBUG, what, "sandbox", id, "total_ms", ms, "phases_ms", text, NULL);
 }
 
 /* ---- references ---- */
@@ -1132,6 +1195,11 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   pthread_condattr_t ca;
   pthread_condattr_init (&ca);
   pthread_cond_init (&e->cond, &ca);
+  pthread_condattr_t mono;
+  pthread_condattr_init (&mono);
+  pthread_condattr_setclock (&mono, CLOCK_MONOTONIC);
+  pthread_cond_init (&e->spare_cond, &mono);
+  pthread_condattr_destroy (&mono);
   e->on_event = cfg->on_event;
   e->event_ud = cfg->event_ud;
   e->on_ending = cfg->on_ending;
@@ -1204,12 +1272,29 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   sbx_log_fields (SBX_LOG_INFO, "disk admission", "free_mb", avail, "reserve_mb", reserve, "outstanding_mb",
                   outstanding, "promisable_mb", promisable, "overcommit", ratio, NULL);
 
-  e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
-  pthread_cond_init (&e->spare_cond, NULL);
-  if (pthread_create (&e->spare_thread, NULL, spare_main, e) != 0)
+  e->spares_max = cfg->spares < 0 ? 0 : cfg->spares_max > 0 ? cfg->spares_max : SBX_SPARES_MAX_DEFAULT;
+  if (e->spares_max > SBX_SPARES_MAX_CAP)
+    e->spares_max = SBX_SPARES_MAX_CAP;
+  e->spares_min = cfg->spares < 0 ? 0 : cfg->spares ? cfg->spares : SBX_SPARES_DEFAULT;
+  if (e->spares_min > e->spares_max)
+    e->spares_min = e->spares_max;
+  e->spares_target = e->spares_min;
+  e->last_claim_ns = sbx_now_ns ();
+  e->spares = calloc ((size_t) e->spares_max + 1, sizeof *e->spares);
+  if (e->spares == NULL)
     {
-      sbx_failx (err, EAGAIN, "start spare thread");
+      sbx_fail (err, ENOMEM, "spare pool");
       goto fail;
+    }
+  /* no workers when the pool may hold nothing */
+  for (int i = 0; i < SPARE_WORKERS && e->spares_max > 0; i++)
+    {
+      if (pthread_create (&e->spare_threads[i], NULL, spare_main, e) != 0)
+        {
+          sbx_failx (err, EAGAIN, "start spare threads");
+          goto fail;
+        }
+      e->n_spare_threads++;
     }
   if (pthread_create (&e->reaper, NULL, reaper_main, e) != 0)
     {
@@ -1219,6 +1304,16 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   *out = e;
   return 0;
 fail:
+  /* the workers that did start, and what they prepared */
+  pthread_mutex_lock (&e->lock);
+  e->stop = true;
+  pthread_mutex_unlock (&e->lock);
+  pthread_cond_broadcast (&e->spare_cond);
+  for (int i = 0; i < e->n_spare_threads; i++)
+    pthread_join (e->spare_threads[i], NULL);
+  for (int i = 0; i < e->n_spares; i++)
+    discard (e, e->spares[i]);
+  free (e->spares);
   if (e->init_fd >= 0)
     close (e->init_fd);
   sbx_net_close (e->net);
@@ -1235,9 +1330,11 @@ sbx_engine_close (struct sbx_engine *e)
   pthread_mutex_unlock (&e->lock);
   pthread_cond_broadcast (&e->spare_cond);
   pthread_join (e->reaper, NULL);
-  pthread_join (e->spare_thread, NULL);
+  for (int i = 0; i < e->n_spare_threads; i++)
+    pthread_join (e->spare_threads[i], NULL);
   for (int i = 0; i < e->n_spares; i++)
     discard (e, e->spares[i]);
+  free (e->spares);
   while (e->list)
     {
       struct sandbox *s = e->list;
@@ -1404,6 +1501,8 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   snprintf (s->template_name, sizeof s->template_name, "-");
   snprintf (s->default_user, sizeof s->default_user, "root");
   s->created_ms = s->end_ms = sbx_wall_ms ();
+  struct create_clock clk;
+  clock_start (&clk);
 
   char dir[PATH_MAX], root[PATH_MAX], cg[128];
   if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0
@@ -1427,17 +1526,23 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
     }
   char owner[UID_SLOT_OWNER_MAX];
   uid_slot_owner (e, s->id, owner);
-  if (uid_slot_claim (owner, &s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  if (uid_slot_claim (owner, &s->uid_slot, err) < 0)
     goto fail;
+  clock_mark (&clk, "dir_ids");
+  if (make_disk (s, dir, s->limits.disk_mb, err) < 0)
+    goto fail;
+  clock_mark (&clk, "disk");
   s->idmap_fd = sbx_isolate_layer_userns (uid_base (s->uid_slot), UID_RANGE, err);
   if (s->idmap_fd < 0)
     goto fail;
   s->agent_fd = bind_agent_socket (s->dirfd, err);
   if (s->agent_fd < 0)
     goto fail;
+  clock_mark (&clk, "userns_socket");
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
   if (sbx_cgroup_create (cg, &cl, err) < 0)
     goto fail;
+  clock_mark (&clk, "cgroup");
   struct sbx_isolate_spec spec = {
     .mountpoint = root,
     .agent_fd = s->agent_fd,
@@ -1450,6 +1555,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   };
   if (sbx_isolate_spawn (&spec, &s->proc, err) < 0)
     goto fail;
+  clock_mark (&clk, "spawn");
   s->init_pid = s->proc.pid;
   s->our_child = true;
   s->init_start = proc_start_time (s->init_pid);
@@ -1461,16 +1567,99 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
         goto fail;
       s->has_net = true;
       s->net.enabled = true;
+      clock_mark (&clk, "net_link");
     }
   pthread_mutex_lock (&e->lock);
   int r = save_locked (e, s, err); /* so a crash leaves nothing unknown behind */
   pthread_mutex_unlock (&e->lock);
   if (r < 0)
     goto fail;
+  clock_mark (&clk, "save");
+  clock_log (&clk, "prepare phases", s->id, NULL);
   return s;
 fail:
   discard (e, s);
   return NULL;
+}
+
+/* ---- the spare pool ----
+
+   Spares are sandboxes prepared up to the point where the template
+   matters (prepare): a create that takes one skips the disk format, the
+   cgroups with their attach (on v1 hierarchies a write to cgroup.procs
+   waits for an RCU grace period) and the clone into fresh namespaces.
+
+   SPARE_WORKERS threads prepare spares at once, so that what makes one
+   slow without keeping a CPU busy (grace periods, the disk's writes, the
+   wait for mkfs) overlaps.  The pool follows demand: every claim raises
+   its target to spares_min plus the claims of the last one or two
+   SPARE_WINDOW_MS windows, within spares_max, so a burst of N creates
+   finds about N spares the next time; after SPARE_IDLE_MS without a claim
+   the target halves, down to spares_min, and the workers discard the
+   spares above it (each holds a mounted disk, a process, a veth).
+
+   A create that finds the pool empty prepares its sandbox inline, on its
+   own thread, in parallel with the others.  While such creates run the
+   workers start no more than SPARE_WORKERS at once between them and the
+   creates (but always at least one), so that the refill does not take
+   the CPU from the creates that wait. */
+
+static void
+pool_discard_excess_locked (struct sbx_engine *e)
+{
+  while (e->n_spares > e->spares_target && !e->stop)
+    {
+      struct sandbox *s = e->spares[--e->n_spares];
+      pthread_mutex_unlock (&e->lock);
+      discard (e, s);
+      pthread_mutex_lock (&e->lock);
+    }
+}
+
+/* A claim (hit or miss) of a create that could use a spare; lock held. */
+static void
+pool_claimed_locked (struct sbx_engine *e)
+{
+  uint64_t now = sbx_now_ns ();
+  int64_t window = (int64_t) (now / ((uint64_t) SPARE_WINDOW_MS * 1000000));
+  if (window != e->claims_window)
+    {
+      e->claims_recent[1] = window == e->claims_window + 1 ? e->claims_recent[0] : 0;
+      e->claims_recent[0] = 0;
+      e->claims_window = window;
+    }
+  e->claims_recent[0]++;
+  e->last_claim_ns = now;
+  uint64_t want = (uint64_t) e->spares_min + e->claims_recent[0] + e->claims_recent[1];
+  if (want > (uint64_t) e->spares_max)
+    want = (uint64_t) e->spares_max;
+  if ((int) want > e->spares_target)
+    {
+      e->spares_target = (int) want;
+      char t[16];
+      snprintf (t, sizeof t, "%d", e->spares_target);
+      sbx_log_fields (SBX_LOG_DEBUG, "spare pool grows", "target", t, NULL);
+    }
+  pthread_cond_broadcast (&e->spare_cond);
+}
+
+/* Halve the target if nothing was claimed for SPARE_IDLE_MS; lock held.
+   Returns when to look again (monotonic ns), 0 for never. */
+static uint64_t
+pool_shrink_locked (struct sbx_engine *e)
+{
+  if (e->spares_target <= e->spares_min)
+    return 0;
+  uint64_t now = sbx_now_ns (), due = e->last_claim_ns + (uint64_t) SPARE_IDLE_MS * 1000000;
+  if (now < due)
+    return due;
+  e->spares_target = e->spares_target / 2 > e->spares_min ? e->spares_target / 2 : e->spares_min;
+  e->last_claim_ns = now; /* the next halving is another idle period away */
+  char t[16];
+  snprintf (t, sizeof t, "%d", e->spares_target);
+  sbx_log_fields (SBX_LOG_DEBUG, "spare pool shrinks", "target", t, NULL);
+  pthread_cond_broadcast (&e->spare_cond);
+  return now + (uint64_t) SPARE_IDLE_MS * 1000000;
 }
 
 static void *
@@ -1480,11 +1669,24 @@ spare_main (void *arg)
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
-      if (e->n_spares >= e->spares_target)
+      uint64_t wake = pool_shrink_locked (e);
+      pool_discard_excess_locked (e);
+      bool room = e->n_spares + e->spares_preparing < e->spares_target;
+      bool cpu = e->spares_preparing == 0 || e->spares_preparing + e->inline_preparing < SPARE_WORKERS;
+      if (e->stop || !room || !cpu)
         {
-          pthread_cond_wait (&e->spare_cond, &e->lock);
+          if (e->stop)
+            break;
+          if (wake)
+            {
+              struct timespec ts = { (time_t) (wake / 1000000000), (long) (wake % 1000000000) };
+              pthread_cond_timedwait (&e->spare_cond, &e->lock, &ts);
+            }
+          else
+            pthread_cond_wait (&e->spare_cond, &e->lock);
           continue;
         }
+      e->spares_preparing++;
       pthread_mutex_unlock (&e->lock);
       struct sbx_err err;
       struct sandbox *s = prepare (e, NULL, &err);
@@ -1494,7 +1696,8 @@ spare_main (void *arg)
           sleep (1); /* do not spin on a broken host */
         }
       pthread_mutex_lock (&e->lock);
-      if (s && e->stop)
+      e->spares_preparing--;
+      if (s && (e->stop || e->n_spares >= e->spares_max))
         {
           pthread_mutex_unlock (&e->lock);
           discard (e, s);
@@ -1717,6 +1920,8 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
         char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
   const char *template_name = man ? man->template_name : o->template_name;
+  struct create_clock clk;
+  clock_start (&clk);
   if (template_name == NULL || *template_name == '\0')
     return sbx_failk (err, SBX_E_INVALID, "a template is required");
   uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
@@ -1757,6 +1962,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     lim.pids_max = DEFAULT_PIDS;
   if (!lim.nofile)
     lim.nofile = DEFAULT_NOFILE;
+  clock_mark (&clk, "template");
   /* its disk must fit before a spare is claimed: one that does not stays
      a spare */
   if (disk_admit (e, lim.disk_mb, err) < 0)
@@ -1764,30 +1970,42 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       sbx_template_free (&t);
       return -1;
     }
+  clock_mark (&clk, "disk_admit");
 
   /* a spare if one is ready, else prepare one now; a sandbox whose id
      was chosen beforehand is always prepared now, since a spare's id is
      already its directory's, its cgroups' and its host name */
   struct sandbox *s = NULL;
+  pthread_mutex_lock (&e->lock);
   if (o->id == NULL)
     {
-      pthread_mutex_lock (&e->lock);
       s = e->n_spares ? e->spares[--e->n_spares] : NULL;
-      pthread_cond_signal (&e->spare_cond);
+      pool_claimed_locked (e);
     }
-  else
-    pthread_mutex_lock (&e->lock);
+  bool spare = s != NULL;
   if (s)
     e->spare_hits++;
   else
-    e->spare_misses++;
+    {
+      e->spare_misses++;
+      e->inline_preparing++;
+    }
   pthread_mutex_unlock (&e->lock);
-  if (s == NULL && (s = prepare (e, o->id, err)) == NULL)
+  if (s == NULL)
+    {
+      s = prepare (e, o->id, err);
+      pthread_mutex_lock (&e->lock);
+      e->inline_preparing--;
+      pthread_cond_broadcast (&e->spare_cond);
+      pthread_mutex_unlock (&e->lock);
+    }
+  if (s == NULL)
     {
       disk_release (e, lim.disk_mb);
       sbx_template_free (&t);
       return -1;
     }
+  clock_mark (&clk, spare ? "claim" : "prepare");
 
   snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
   snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
@@ -1836,10 +2054,12 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     }
   if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
+  clock_mark (&clk, "layers_disk");
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
   if (sbx_cgroup_create (cg, &cl, err) < 0
       || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
     goto fail;
+  clock_mark (&clk, "cgroup");
   env = init_env (&t, (const char *const *) s->env);
   if (env == NULL)
     {
@@ -1871,6 +2091,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
                               o->fs_rules, o->n_fs_rules, err)
       < 0)
     goto fail;
+  clock_mark (&clk, "boot_start");
   /* the overlay holds the layers now */
   for (size_t i = 0; i < n_layer_fds; i++)
     {
@@ -1883,8 +2104,10 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   if (s->has_net && (!s->net.enabled || s->net.n_allow || s->net.n_deny || s->net.n_domains)
       && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
     goto fail;
+  clock_mark (&clk, "net_rules");
   if (sbx_isolate_boot_wait (&s->proc, err) < 0)
     goto fail;
+  clock_mark (&clk, "boot_wait");
   free (env);
   env = NULL;
   /* the sandbox holds its disk and socket now (a template build keeps
@@ -1909,9 +2132,12 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   e->list = s;
   e->disk_pending -= (uint64_t) lim.disk_mb << 20; /* it counts in the list now */
   pthread_mutex_unlock (&e->lock);
+  clock_mark (&clk, "save");
   memcpy (id_out, s->id, SBX_ID_MAX);
   sbx_template_free (&t);
   emit (e, id_out, SBX_EVENT_CREATED, "request");
+  clock_mark (&clk, "event");
+  clock_log (&clk, "create phases", id_out, spare ? "yes" : "no");
   return 0;
 
 fail:
