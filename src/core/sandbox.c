@@ -98,6 +98,7 @@ struct sbx_engine {
   char state_dir[PATH_MAX];
   char sandboxes_dir[PATH_MAX];
   char fs_block_dir[PATH_MAX];   /* STATE/fsblock: what blocked paths are covered with */
+  char blank_dir[PATH_MAX];      /* STATE/blanks: formatted empty disks, one per size (make_disk) */
   char template_dir[PATH_MAX];
   int init_fd;
   sbx_event_fn on_event;
@@ -1229,6 +1230,14 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     }
   if (sbx_isolate_block_dir (e->fs_block_dir, err) < 0)
     goto fail;
+  /* blanks are made again by each start: a new version may format
+     differently */
+  if (sbx_path (e->blank_dir, sizeof e->blank_dir, "%s/blanks", e->state_dir) < 0
+      || sbx_rm_rf (e->blank_dir, err) < 0 || sbx_mkdir_p (e->blank_dir, 0700, err) < 0)
+    {
+      sbx_err_wrap (err, "blank disks in %s", e->state_dir);
+      goto fail;
+    }
   if (cfg->template_dir)
     sbx_path (e->template_dir, sizeof e->template_dir, "%s", cfg->template_dir);
   else
@@ -1436,10 +1445,49 @@ bind_agent_socket (int dirfd, struct sbx_err *err)
   return fd;
 }
 
-/* Format and mount a disk of SIZE_MB at DIR/disk.img with upper/ and
+/* An empty file system of SIZE_MB, formatted once per size and kept in
+   STATE/blanks, opened for reading.
+
+   Each disk is a copy of it rather than an mkfs of its own: mkfs costs a
+   fork, an exec and some milliseconds of CPU per disk, which a burst of
+   creates pays many times over, while the copy writes the blank's few
+   hundred KB of metadata (or shares them, where the file system can
+   reflink).  Every disk of a size then has the same file system UUID and
+   directory hash seed; nothing on the host looks a disk up by UUID (it is
+   mounted by loop device), and a hash seed known to a sandbox only lets
+   it slow its own directories.  Concurrent first creates of a size may
+   each format one: the last rename wins, and each is whole. */
+static int
+blank_open (struct sbx_engine *e, uint32_t size_mb, struct sbx_err *err)
+{
+  char path[PATH_MAX], tmp[PATH_MAX];
+  if (sbx_path (path, sizeof path, "%s/%u.img", e->blank_dir, size_mb) < 0)
+    return sbx_fail (err, errno, "blank disk path");
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd >= 0 || errno != ENOENT)
+    return fd >= 0 ? fd : sbx_fail (err, errno, "open %s", path);
+  if (sbx_path (tmp, sizeof tmp, "%s/%u.img.%ld", e->blank_dir, size_mb, (long) syscall (SYS_gettid)) < 0)
+    return sbx_fail (err, errno, "blank disk path");
+  unlink (tmp);
+  if (sbx_disk_format (tmp, size_mb, err) < 0)
+    {
+      unlink (tmp);
+      return -1;
+    }
+  if (rename (tmp, path) < 0)
+    {
+      sbx_fail (err, errno, "keep %s", path);
+      unlink (tmp);
+      return -1;
+    }
+  fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  return fd >= 0 ? fd : sbx_fail (err, errno, "open %s", path);
+}
+
+/* Make and mount a disk of SIZE_MB at DIR/disk.img with upper/ and
    work/. */
 static int
-make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err *err)
+make_disk (struct sbx_engine *e, struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err *err)
 {
   char image[PATH_MAX];
   if (sbx_path (image, sizeof image, "%s/disk.img", dir) < 0)
@@ -1450,7 +1498,14 @@ make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err 
       s->disk_fd = -1;
       unlink (image);
     }
-  if (sbx_disk_format (image, size_mb, err) < 0)
+  cleanup_close int blank = blank_open (e, size_mb, err);
+  if (blank < 0)
+    return -1;
+  cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  uint64_t bytes;
+  if (fd < 0)
+    return sbx_fail (err, errno, "create disk image %s", image);
+  if (sbx_disk_copy (blank, fd, &bytes, err) < 0)
     return -1;
   s->disk_fd = sbx_disk_mount (image, err);
   if (s->disk_fd < 0)
@@ -1529,7 +1584,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   if (uid_slot_claim (owner, &s->uid_slot, err) < 0)
     goto fail;
   clock_mark (&clk, "dir_ids");
-  if (make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  if (make_disk (e, s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
   clock_mark (&clk, "disk");
   s->idmap_fd = sbx_isolate_layer_userns (uid_base (s->uid_slot), UID_RANGE, err);
@@ -2052,7 +2107,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       if (sbx_net_policy_copy (&s->net, o->net ? o->net : &want, err) < 0)
         goto fail;
     }
-  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (e, s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
   clock_mark (&clk, "layers_disk");
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
