@@ -11,6 +11,9 @@ organisation's limit raised so that a burst of 100 fits), then measures:
     p50 and max of the single answers, over a few rounds (sandboxes
     destroyed and the spare pool given time to refill between rounds);
   - with --idle N, the single-create p50 again with N idle sandboxes alive.
+The first burst of a size finds the pool at its idle size; it grows with
+the demand (sbxd serve --spares-max), so the later rounds show a warm pool
+(spares_before: the spares ready as each round started).
 Numbers, not pass/fail.
 
 usage: bench_burst.py [--rounds R] [--idle N] [--spares-max M]
@@ -73,6 +76,13 @@ def bwrap_once(rootfs):
     subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", rootfs, "/", "--proc", "/proc",
                     "--dev", "/dev", "--tmpfs", "/tmp", "true"], check=True)
     return time.perf_counter() - t0
+
+
+def spares(d):
+    """Sandboxes prepared ahead (spares): directories no live one owns."""
+    dirs = set(os.listdir(os.path.join(d.state_dir, "sandboxes")))
+    live = {s["sandboxID"] for s in d.req("GET", "/sandboxes?status=running").json()}
+    return len(dirs - live)
 
 
 def single(d, rounds):
@@ -146,14 +156,16 @@ def main():
                          "bwrap_true_p50_ms": ms(pct(bw, 0.5)),
                          "create_over_bwrap": round(pct(one, 0.5) / pct(bw, 0.5), 2)}
         for n in (20, 100):
-            walls, alls = [], []
+            walls, alls, ready = [], [], []
             for _ in range(a.rounds):
-                time.sleep(2)  # the pool refills (and may shrink back)
+                time.sleep(3)  # the pool refills to what the last burst asked
+                ready.append(spares(d))
                 wall, each = burst(d, n)
                 walls.append(wall)
                 alls += each
             out[f"burst_{n}"] = {"wall_ms": [ms(w) for w in walls], "wall_p50_ms": ms(statistics.median(walls)),
-                                 "each_p50_ms": ms(pct(alls, 0.5)), "each_max_ms": ms(max(alls))}
+                                 "each_p50_ms": ms(pct(alls, 0.5)), "each_max_ms": ms(max(alls)),
+                                 "spares_before": ready}
         if a.idle:
             c = Client(d.port, d.key)
             idle = [c.create() for _ in range(a.idle)]

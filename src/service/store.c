@@ -115,6 +115,10 @@ static const char schema_sql[]
       "  agent_id TEXT NOT NULL DEFAULT '',"
       "  mode TEXT NOT NULL DEFAULT '');"
       "CREATE INDEX IF NOT EXISTS sandboxes_org_started ON sandboxes (org_id, started_ms);"
+      /* the live ones alone (S_SB_LIVE, every create): the stopped ones
+         an organisation has had grow without bound */
+      "CREATE INDEX IF NOT EXISTS sandboxes_org_live ON sandboxes (org_id)"
+      "  WHERE status IN ('running', 'paused', 'creating');"
       "CREATE TABLE IF NOT EXISTS sandbox_time ("
       "  sandbox_id TEXT NOT NULL,"
       "  org_id TEXT NOT NULL,"
