@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -110,6 +111,7 @@ struct sbx_engine {
   struct sandbox *list;
   int n_stopped;
   pthread_t reaper;
+  int reaper_wake;               /* eventfd: the engine closes */
   bool stop;
   /* spares: sandboxes prepared up to the point where the template
      matters (see "the spare pool" below) */
@@ -117,6 +119,7 @@ struct sbx_engine {
   int n_spares, spares_target, spares_min, spares_max;
   int spares_preparing;          /* by the pool's workers, now */
   int inline_preparing;          /* by creates that found no spare, now */
+  int spares_booting;            /* creates booting a spare they took, now */
   uint64_t spare_hits, spare_misses;
   uint64_t claims_recent[2];     /* claims in this and the previous window */
   int64_t claims_window;         /* the window claims_recent[0] counts */
@@ -734,21 +737,57 @@ static int pause_held (struct sbx_engine *e, struct sandbox *s, bool drop_memory
 static void *
 reaper_main (void *arg)
 {
+  /* The pidfds of the sandboxes that can die are polled together, with
+     one poll call made outside the engine's lock, up to 100 ms at a time:
+     a poll per sandbox under the lock, ten times a second, held every
+     create and exec back for a time that grew with the count.  A pidfd
+     reported readable is checked again under the lock (the list may have
+     changed meanwhile, and its number been reused). */
   struct sbx_engine *e = arg;
+  struct pollfd *pf = NULL;
+  size_t cap = 0;
+  bool again = false; /* the last round found a victim: look for more at once */
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
-      struct timespec ts;
-      clock_gettime (CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 100 * 1000000L;
-      if (ts.tv_nsec >= 1000000000L)
+      size_t n = 1;
+      for (struct sandbox *s = e->list; s; s = s->next)
+        n += !(s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING) && s->pidfd >= 0;
+      if (n > cap)
         {
-          ts.tv_sec++;
-          ts.tv_nsec -= 1000000000L;
+          struct pollfd *bigger = realloc (pf, n * 2 * sizeof *pf);
+          if (bigger)
+            {
+              pf = bigger;
+              cap = n * 2;
+            }
         }
-      pthread_cond_timedwait (&e->cond, &e->lock, &ts);
+      size_t k = 0;
+      if (cap)
+        {
+          pf[k++] = (struct pollfd) { e->reaper_wake, POLLIN, 0 };
+          for (struct sandbox *s = e->list; s && k < cap; s = s->next)
+            if (!(s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING) && s->pidfd >= 0)
+              pf[k++] = (struct pollfd) { s->pidfd, POLLIN, 0 };
+        }
+      pthread_mutex_unlock (&e->lock);
+      int ready = k ? poll (pf, (nfds_t) k, again ? 0 : 100) : (usleep (100000), 0);
+      pthread_mutex_lock (&e->lock);
+      again = false;
       if (e->stop)
         break;
+      /* the few pidfds reported (all are suspects if there are many) */
+      int reported_fds[16];
+      size_t n_reported = 0;
+      bool all_suspect = false;
+      for (size_t i = 1; ready > 0 && i < k; i++)
+        if (pf[i].revents)
+          {
+            if (n_reported < sizeof reported_fds / sizeof reported_fds[0])
+              reported_fds[n_reported++] = pf[i].fd;
+            else
+              all_suspect = true;
+          }
       int64_t now = sbx_wall_ms ();
       struct sandbox *victim = NULL;
       const char *why = NULL;
@@ -756,12 +795,16 @@ reaper_main (void *arg)
         {
           if (s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING)
             continue;
-          struct pollfd pf = { s->pidfd, POLLIN, 0 };
-          if (s->pidfd >= 0 && poll (&pf, 1, 0) == 1)
+          bool reported = all_suspect && s->pidfd >= 0;
+          for (size_t i = 0; i < n_reported && !reported; i++)
+            reported = reported_fds[i] == s->pidfd;
+          struct pollfd one = { s->pidfd, POLLIN, 0 };
+          if (reported && poll (&one, 1, 0) == 1)
             victim = s, why = "died";
           else if (s->state == SBX_RUNNING && s->end_ms <= now)
             victim = s, why = "timeout";
         }
+      again = victim != NULL;
       if (victim && strcmp (why, "timeout") == 0 && victim->on_timeout != SBX_ON_TIMEOUT_KILL)
         {
           /* paused at its end instead: it stays until resumed or killed */
@@ -792,6 +835,7 @@ reaper_main (void *arg)
         }
     }
   pthread_mutex_unlock (&e->lock);
+  free (pf);
   return NULL;
 }
 
@@ -1192,6 +1236,12 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   if (e == NULL)
     return sbx_fail (err, ENOMEM, "engine");
   e->init_fd = -1;
+  e->reaper_wake = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (e->reaper_wake < 0)
+    {
+      free (e);
+      return sbx_fail (err, errno, "eventfd");
+    }
   pthread_mutex_init (&e->lock, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init (&ca);
@@ -1325,6 +1375,7 @@ fail:
   free (e->spares);
   if (e->init_fd >= 0)
     close (e->init_fd);
+  close (e->reaper_wake);
   sbx_net_close (e->net);
   free (e);
   return -1;
@@ -1338,7 +1389,11 @@ sbx_engine_close (struct sbx_engine *e)
   pthread_cond_broadcast (&e->cond);
   pthread_mutex_unlock (&e->lock);
   pthread_cond_broadcast (&e->spare_cond);
+  uint64_t one = 1;
+  if (write (e->reaper_wake, &one, sizeof one) < 0)
+    sbx_log (SBX_LOG_WARN, "cannot wake the reaper: %s", strerror (errno));
   pthread_join (e->reaper, NULL);
+  close (e->reaper_wake);
   for (int i = 0; i < e->n_spare_threads; i++)
     pthread_join (e->spare_threads[i], NULL);
   for (int i = 0; i < e->n_spares; i++)
@@ -1657,7 +1712,9 @@ fail:
    own thread, in parallel with the others.  While such creates run the
    workers start no more than SPARE_WORKERS at once between them and the
    creates (but always at least one), so that the refill does not take
-   the CPU from the creates that wait. */
+   the CPU from the creates that wait.  Nor do they start one while a
+   create boots the spare it took, unless the pool is below half its
+   target: a create alone finds its refill done after it, not beside it. */
 
 static void
 pool_discard_excess_locked (struct sbx_engine *e)
@@ -1728,7 +1785,8 @@ spare_main (void *arg)
       pool_discard_excess_locked (e);
       bool room = e->n_spares + e->spares_preparing < e->spares_target;
       bool cpu = e->spares_preparing == 0 || e->spares_preparing + e->inline_preparing < SPARE_WORKERS;
-      if (e->stop || !room || !cpu)
+      bool quiet = e->spares_booting == 0 || e->n_spares * 2 < e->spares_target;
+      if (e->stop || !room || !cpu || !quiet)
         {
           if (e->stop)
             break;
@@ -2037,9 +2095,12 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       s = e->n_spares ? e->spares[--e->n_spares] : NULL;
       pool_claimed_locked (e);
     }
-  bool spare = s != NULL;
+  bool spare = s != NULL, booting = spare;
   if (s)
-    e->spare_hits++;
+    {
+      e->spare_hits++;
+      e->spares_booting++;
+    }
   else
     {
       e->spare_misses++;
@@ -2183,6 +2244,12 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       pthread_mutex_unlock (&e->lock);
       goto fail;
     }
+  if (booting)
+    {
+      booting = false; /* booted: the refill may start */
+      e->spares_booting--;
+      pthread_cond_broadcast (&e->spare_cond);
+    }
   s->next = e->list;
   e->list = s;
   e->disk_pending -= (uint64_t) lim.disk_mb << 20; /* it counts in the list now */
@@ -2196,6 +2263,13 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   return 0;
 
 fail:
+  if (booting)
+    {
+      pthread_mutex_lock (&e->lock);
+      e->spares_booting--;
+      pthread_cond_broadcast (&e->spare_cond);
+      pthread_mutex_unlock (&e->lock);
+    }
   for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
     if (layer_fds[i] >= 0)
       close (layer_fds[i]);
