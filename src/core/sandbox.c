@@ -865,6 +865,18 @@ struct disk_room {
   uint64_t avail, reserve, outstanding, promisable; /* bytes */
 };
 
+/* At most what the live sandboxes' disks may still take, without a
+   look at any image: their sizes; lock held. */
+static uint64_t
+disk_promised_locked (struct sbx_engine *e)
+{
+  uint64_t sum = e->disk_pending;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (s->state != SBX_STOPPED)
+      sum += (uint64_t) s->limits.disk_mb << 20;
+  return sum;
+}
+
 /* What the live sandboxes' disks may still take; lock held. */
 static uint64_t
 disk_outstanding_locked (struct sbx_engine *e)
@@ -885,7 +897,7 @@ disk_outstanding_locked (struct sbx_engine *e)
 }
 
 static int
-disk_room_locked (struct sbx_engine *e, struct disk_room *r, struct sbx_err *err)
+disk_room_locked (struct sbx_engine *e, struct disk_room *r, bool upper_bound, struct sbx_err *err)
 {
   struct statvfs sv;
   if (statvfs (e->sandboxes_dir, &sv) < 0)
@@ -899,7 +911,7 @@ disk_room_locked (struct sbx_engine *e, struct disk_room *r, struct sbx_err *err
       uint64_t min = (uint64_t) SBX_DISK_RESERVE_MIN_MB << 20;
       r->reserve = pct > min ? pct : min;
     }
-  r->outstanding = disk_outstanding_locked (e);
+  r->outstanding = upper_bound ? disk_promised_locked (e) : disk_outstanding_locked (e);
   double room = r->avail > r->reserve ? (double) (r->avail - r->reserve) * e->disk_overcommit : 0;
   double left = room - (double) r->outstanding;
   r->promisable = left <= 0 ? 0 : left >= 0x1p63 ? UINT64_MAX >> 1 : (uint64_t) left;
@@ -914,7 +926,12 @@ disk_admit (struct sbx_engine *e, uint32_t size_mb, struct sbx_err *err)
   uint64_t want = (uint64_t) size_mb << 20;
   struct disk_room r;
   pthread_mutex_lock (&e->lock);
-  int ok = disk_room_locked (e, &r, err);
+  /* first against every live disk counted whole, which needs no stat of
+     thousands of images under the lock; only when that does not fit,
+     against what the images really hold */
+  int ok = disk_room_locked (e, &r, true, err);
+  if (ok == 0 && want > r.promisable)
+    ok = disk_room_locked (e, &r, false, err);
   if (ok == 0 && want <= r.promisable)
     e->disk_pending += want;
   pthread_mutex_unlock (&e->lock);
@@ -1320,7 +1337,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
 
   /* what disk admission starts from, for the operator */
   struct disk_room room;
-  if (disk_room_locked (e, &room, err) < 0)
+  if (disk_room_locked (e, &room, false, err) < 0)
     goto fail;
   char avail[24], reserve[24], outstanding[24], promisable[24], ratio[24];
   snprintf (avail, sizeof avail, "%llu", (unsigned long long) (room.avail >> 20));
@@ -2568,7 +2585,7 @@ snapshot_held (struct sbx_engine *e, struct sandbox *s, const char *dir, uint64_
   uint64_t want = (uint64_t) st.st_blocks * 512;
   struct disk_room room;
   pthread_mutex_lock (&e->lock);
-  int rr = disk_room_locked (e, &room, err);
+  int rr = disk_room_locked (e, &room, false, err);
   pthread_mutex_unlock (&e->lock);
   if (rr < 0)
     return -1;
