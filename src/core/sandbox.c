@@ -57,6 +57,7 @@
 #define SPARE_WORKERS 8     /* threads preparing spares at once */
 #define SPARE_IDLE_MS 5000  /* the pool halves after this long without a claim */
 #define SPARE_WINDOW_MS 2000 /* claims this recent size the pool */
+#define SPARE_REFILL_DELAY_MS 20 /* a refill waits this long after a claim (see below) */
 #define DEFAULT_MEMORY_MB 2048
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
@@ -1730,8 +1731,10 @@ fail:
    workers start no more than SPARE_WORKERS at once between them and the
    creates (but always at least one), so that the refill does not take
    the CPU from the creates that wait.  Nor do they start one while a
-   create boots the spare it took, unless the pool is below half its
-   target: a create alone finds its refill done after it, not beside it. */
+   create boots the spare it took, or within SPARE_REFILL_DELAY_MS of a
+   claim, unless the pool is below half its target: on two cores a refill
+   beside a create (its boot, then its record and answer, about 5 ms)
+   doubled its time, so a create alone finds its refill done after it. */
 
 static void
 pool_discard_excess_locked (struct sbx_engine *e)
@@ -1802,7 +1805,11 @@ spare_main (void *arg)
       pool_discard_excess_locked (e);
       bool room = e->n_spares + e->spares_preparing < e->spares_target;
       bool cpu = e->spares_preparing == 0 || e->spares_preparing + e->inline_preparing < SPARE_WORKERS;
-      bool quiet = e->spares_booting == 0 || e->n_spares * 2 < e->spares_target;
+      uint64_t refill_at = e->last_claim_ns + (uint64_t) SPARE_REFILL_DELAY_MS * 1000000;
+      bool low = e->n_spares * 2 < e->spares_target;
+      bool quiet = low || (e->spares_booting == 0 && sbx_now_ns () >= refill_at);
+      if (room && cpu && !quiet && e->spares_booting == 0 && (wake == 0 || refill_at < wake))
+        wake = refill_at;
       if (e->stop || !room || !cpu || !quiet)
         {
           if (e->stop)
