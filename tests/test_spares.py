@@ -87,7 +87,7 @@ def test_burst_of_20_creates_all_run_then_the_pool_grows_and_shrinks(poold):
         for sid in ids:
             if sid:
                 d.delete(sid)
-    # idle: it halves every 5 s down to its idle size, discarding spares
+    # idle: it halves every 10 s down to its idle size, discarding spares
     seen = wait_spares(d, lambda n: n == MIN, 60)
     assert max(seen) <= CAP, seen
     time.sleep(1)

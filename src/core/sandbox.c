@@ -55,7 +55,7 @@
 #define UID_SLOTS 30000u
 #define STOPPED_KEEP 256 /* stopped sandboxes remembered for status queries */
 #define SPARE_WORKERS 8     /* threads preparing spares at once */
-#define SPARE_IDLE_MS 5000  /* the pool halves after this long without a claim */
+#define SPARE_IDLE_MS 10000 /* the pool halves after this long without a claim */
 #define SPARE_WINDOW_MS 2000 /* claims this recent size the pool */
 #define SPARE_REFILL_DELAY_MS 20 /* a refill waits this long after a claim (see below) */
 #define DEFAULT_MEMORY_MB 2048
