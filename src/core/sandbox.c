@@ -1697,10 +1697,9 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
       s->net.enabled = true;
       clock_mark (&clk, "net_link");
     }
-  pthread_mutex_lock (&e->lock);
-  int r = save_locked (e, s, err); /* so a crash leaves nothing unknown behind */
-  pthread_mutex_unlock (&e->lock);
-  if (r < 0)
+  /* so a crash leaves nothing unknown behind; without the engine's
+     lock, since S is no one else's yet */
+  if (save_locked (e, s, err) < 0)
     goto fail;
   clock_mark (&clk, "save");
   clock_log (&clk, "prepare phases", s->id, NULL);
@@ -2262,12 +2261,11 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   s->agent_fd = s->idmap_fd = -1;
   s->state = SBX_RUNNING;
 
-  pthread_mutex_lock (&e->lock);
+  /* S is in no list yet: its record is written without the engine's
+     lock, which a burst of creates would otherwise queue on */
   if (save_locked (e, s, err) < 0)
-    {
-      pthread_mutex_unlock (&e->lock);
-      goto fail;
-    }
+    goto fail;
+  pthread_mutex_lock (&e->lock);
   if (booting)
     {
       booting = false; /* booted: the refill may start */
