@@ -85,6 +85,17 @@ def spares(d):
     return len(dirs - live)
 
 
+def settle(d, limit=30):
+    """Wait until the pool stops changing (its refill would share the CPU
+    with what is measured next)."""
+    deadline, last, same = time.time() + limit, -1, 0
+    while time.time() < deadline and same < 4:
+        n = spares(d)
+        same = same + 1 if n == last else 0
+        last = n
+        time.sleep(0.25)
+
+
 def single(d, rounds):
     """ROUNDS creates one at a time, each destroyed before the next."""
     c = Client(d.port, d.key)
@@ -169,6 +180,7 @@ def main():
         if a.idle:
             c = Client(d.port, d.key)
             idle = [c.create() for _ in range(a.idle)]
+            settle(d)
             one = single(d, a.single)
             out[f"single_at_{a.idle}_idle"] = {"create_p50_ms": ms(pct(one, 0.5)),
                                                "create_p90_ms": ms(pct(one, 0.9)),
