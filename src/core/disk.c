@@ -35,7 +35,9 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
   if (ftruncate (fd, (off_t) size_mb << 20) < 0)
     return sbx_fail (err, errno, "size disk image %s", image);
   /* no journal: the disk lives no longer than the sandbox's processes, so
-     there is nothing to recover after a host crash */
+     there is nothing to recover after a host crash; no blocks reserved
+     for growing the file system, which never grows (4 MB less to write
+     per disk of 10 GB) */
   pid_t pid = fork ();
   if (pid < 0)
     return sbx_fail (err, errno, "fork mkfs");
@@ -44,7 +46,7 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
       int null = open ("/dev/null", O_RDWR);
       dup2 (null, 0);
       dup2 (null, 1);
-      execlp ("mkfs.ext4", "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E",
+      execlp ("mkfs.ext4", "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal,^resize_inode", "-E",
               "lazy_itable_init=1,nodiscard", image, (char *) NULL);
       _exit (127);
     }

@@ -85,9 +85,16 @@
    client tries again after a second). */
 #define NEW_CONN_RATE 200
 
+struct nft_job;
+
 struct sbx_net {
   pthread_mutex_t lock; /* the nft context */
   struct nft_ctx *nft;
+  /* nft_run's queue: the transactions waiting while one runs */
+  pthread_mutex_t q_lock;
+  pthread_cond_t q_done;
+  struct nft_job *q_head, **q_tail;
+  bool q_running;
   struct sbx_netproxy *proxy;
   struct sbx_cidr *ops;
   size_t n_ops;
@@ -141,6 +148,79 @@ cmd_add (struct cmd *c, const char *fmt, ...)
   c->len += (size_t) n;
 }
 
+/* One transaction of nft_run's queue. */
+struct nft_job {
+  const char *buf;
+  int r;
+  char msg[200];
+  bool done;
+  struct nft_job *next;
+};
+
+/* Run BUF alone; lock held. */
+static int
+nft_run_one (struct sbx_net *n, struct nft_job *j)
+{
+  j->r = nft_run_cmd_from_buffer (n->nft, j->buf);
+  if (j->r != 0)
+    {
+      const char *msg = nft_ctx_get_error_buffer (n->nft);
+      const char *nl = msg ? strchr (msg, '\n') : NULL;
+      snprintf (j->msg, sizeof j->msg, "%.*s", nl ? (int) (nl - msg) : 199, msg ? msg : "failed");
+    }
+  return j->r;
+}
+
+/* Run the jobs of LIST as one transaction, or each alone if that fails
+   (a transaction is all or nothing, so the failure is then told to the
+   job that caused it only). */
+static void
+nft_run_batch (struct sbx_net *n, struct nft_job *list)
+{
+  pthread_mutex_lock (&n->lock);
+  if (list->next)
+    {
+      size_t len = 0;
+      for (struct nft_job *j = list; j; j = j->next)
+        len += strlen (j->buf) + 1;
+      char *all = malloc (len + 1);
+      if (all)
+        {
+          size_t k = 0;
+          for (struct nft_job *j = list; j; j = j->next)
+            {
+              size_t m = strlen (j->buf);
+              memcpy (all + k, j->buf, m);
+              k += m;
+              all[k++] = '\n';
+            }
+          all[k] = '\0';
+          struct nft_job batch = { .buf = all };
+          int r = nft_run_one (n, &batch);
+          free (all);
+          if (r == 0)
+            {
+              for (struct nft_job *j = list; j; j = j->next)
+                j->r = 0;
+              pthread_mutex_unlock (&n->lock);
+              return;
+            }
+        }
+    }
+  for (struct nft_job *j = list; j; j = j->next)
+    nft_run_one (n, j);
+  pthread_mutex_unlock (&n->lock);
+}
+
+/* Run C's commands as one nftables transaction.
+
+   Transactions that arrive while one runs are queued, and the next to
+   run takes the whole queue as one transaction.  What an nftables call
+   costs is mostly fixed (the library reads the table's chains and sets
+   from the kernel before it evaluates a command, and the kernel checks
+   the table at each commit), and grows with the table, so a burst of
+   sandboxes made or destroyed together pays it once rather than once
+   each, one after the other. */
 static int
 nft_run (struct sbx_net *n, struct cmd *c, struct sbx_err *err)
 {
@@ -149,17 +229,38 @@ nft_run (struct sbx_net *n, struct cmd *c, struct sbx_err *err)
       free (c->buf);
       return sbx_failx (err, ENOMEM, "nftables rules");
     }
-  pthread_mutex_lock (&n->lock);
-  int r = nft_run_cmd_from_buffer (n->nft, c->buf);
-  if (r != 0)
+  struct nft_job job = { .buf = c->buf };
+  pthread_mutex_lock (&n->q_lock);
+  *n->q_tail = &job;
+  n->q_tail = &job.next;
+  while (!job.done)
     {
-      const char *msg = nft_ctx_get_error_buffer (n->nft);
-      const char *nl = msg ? strchr (msg, '\n') : NULL;
-      sbx_failx (err, EIO, "nftables: %.*s", nl ? (int) (nl - msg) : 200, msg ? msg : "failed");
+      if (n->q_running)
+        {
+          pthread_cond_wait (&n->q_done, &n->q_lock);
+          continue;
+        }
+      /* this thread runs the queue, its own job among it */
+      struct nft_job *list = n->q_head;
+      n->q_head = NULL;
+      n->q_tail = &n->q_head;
+      n->q_running = true;
+      pthread_mutex_unlock (&n->q_lock);
+      nft_run_batch (n, list);
+      pthread_mutex_lock (&n->q_lock);
+      for (struct nft_job *j = list, *next; j; j = next)
+        {
+          next = j->next; /* J lives on a waiting thread's stack */
+          j->done = true;
+        }
+      n->q_running = false;
+      pthread_cond_broadcast (&n->q_done);
     }
-  pthread_mutex_unlock (&n->lock);
+  pthread_mutex_unlock (&n->q_lock);
   free (c->buf);
-  return r != 0 ? -1 : 0;
+  if (job.r != 0)
+    return sbx_failx (err, EIO, "nftables: %s", job.msg);
+  return 0;
 }
 
 /* "{ a, b/n, ... }" of LIST, without entries inside another entry (an
@@ -423,6 +524,9 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
   if (n == NULL)
     return sbx_fail (err, ENOMEM, "network");
   pthread_mutex_init (&n->lock, NULL);
+  pthread_mutex_init (&n->q_lock, NULL);
+  pthread_cond_init (&n->q_done, NULL);
+  n->q_tail = &n->q_head;
   n->nflog_group = -1;
   n->stop_fd = -1;
   if (cfg->n_operator_allow)
@@ -500,6 +604,8 @@ sbx_net_close (struct sbx_net *n)
   if (n->nft)
     nft_ctx_free (n->nft);
   pthread_mutex_destroy (&n->lock);
+  pthread_mutex_destroy (&n->q_lock);
+  pthread_cond_destroy (&n->q_done);
   free (n->ops);
   free (n);
 }

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -53,7 +54,10 @@
 #define UID_FIRST 100000u
 #define UID_SLOTS 30000u
 #define STOPPED_KEEP 256 /* stopped sandboxes remembered for status queries */
-#define SPARES_MAX 16
+#define SPARE_WORKERS 8     /* threads preparing spares at once */
+#define SPARE_IDLE_MS 10000 /* the pool halves after this long without a claim */
+#define SPARE_WINDOW_MS 2000 /* claims this recent size the pool */
+#define SPARE_REFILL_DELAY_MS 20 /* a refill waits this long after a claim (see below) */
 #define DEFAULT_MEMORY_MB 2048
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
@@ -100,6 +104,7 @@ struct sbx_engine {
   char state_dir[PATH_MAX];
   char sandboxes_dir[PATH_MAX];
   char fs_block_dir[PATH_MAX];   /* STATE/fsblock: what blocked paths are covered with */
+  char blank_dir[PATH_MAX];      /* STATE/blanks: formatted empty disks, one per size (make_disk) */
   char template_dir[PATH_MAX];
   int init_fd;
   sbx_event_fn on_event;
@@ -111,13 +116,22 @@ struct sbx_engine {
   struct sandbox *list;
   int n_stopped;
   pthread_t reaper;
+  int reaper_wake;               /* eventfd: the engine closes */
   bool stop;
-  /* spares: sandboxes prepared up to the point where the template matters */
-  struct sandbox *spares[SPARES_MAX];
-  int n_spares, spares_target;
+  /* spares: sandboxes prepared up to the point where the template
+     matters (see "the spare pool" below) */
+  struct sandbox **spares;       /* spares_max slots */
+  int n_spares, spares_target, spares_min, spares_max;
+  int spares_preparing;          /* by the pool's workers, now */
+  int inline_preparing;          /* by creates that found no spare, now */
+  int spares_booting;            /* creates booting a spare they took, now */
   uint64_t spare_hits, spare_misses;
+  uint64_t claims_recent[2];     /* claims in this and the previous window */
+  int64_t claims_window;         /* the window claims_recent[0] counts */
+  uint64_t last_claim_ns;
   pthread_cond_t spare_cond;
-  pthread_t spare_thread;
+  pthread_t spare_threads[SPARE_WORKERS];
+  int n_spare_threads;
   struct sbx_net *net; /* NULL: sandboxes have loopback only */
   /* disk admission (disk_admit) */
   bool disk_reserve_set;
@@ -172,6 +186,60 @@ emit (struct sbx_engine *e, const char *id, enum sbx_event_kind k, const char *r
 {
   if (e->on_event)
     e->on_event (e->event_ud, e, id, k, reason);
+}
+
+/* ---- where a create's time goes: one debug line per create, the
+   milliseconds of each phase ("create phases"), for the operator who
+   asks why creates are slow; costs a clock read per phase ---- */
+
+#define CLOCK_PHASES 12
+
+struct create_clock {
+  uint64_t last;
+  int n;
+  const char *name[CLOCK_PHASES];
+  uint64_t ns[CLOCK_PHASES];
+};
+
+static void
+clock_start (struct create_clock *c)
+{
+  c->n = 0;
+  c->last = sbx_now_ns ();
+}
+
+static void
+clock_mark (struct create_clock *c, const char *phase)
+{
+  uint64_t now = sbx_now_ns ();
+  if (c->n < CLOCK_PHASES)
+    {
+      c->name[c->n] = phase;
+      c->ns[c->n++] = now - c->last;
+    }
+  c->last = now;
+}
+
+static void
+clock_log (const struct create_clock *c, const char *what, const char *id, const char *spare)
+{
+  if (!sbx_log_enabled (SBX_LOG_DEBUG))
+    return;
+  char text[512];
+  size_t k = 0;
+  uint64_t total = 0;
+  for (int i = 0; i < c->n && k < sizeof text; i++)
+    {
+      total += c->ns[i];
+      int w = snprintf (text + k, sizeof text - k, "%s%s=%.3f", i ? " " : "", c->name[i], (double) c->ns[i] / 1e6);
+      k += w > 0 ? (size_t) w : 0;
+    }
+  char ms[32];
+  snprintf (ms, sizeof ms, "%.3f", (double) total / 1e6);
+  if (spare)
+    sbx_log_fields (SBX_LOG_DEBUG, what, "sandbox", id, "spare", spare, "total_ms", ms, "phases_ms", text, NULL);
+  else
+    sbx_log_fields (SBX_LOG_DEBUG, what, "sandbox", id, "total_ms", ms, "phases_ms", text, NULL);
 }
 
 /* ---- references ---- */
@@ -910,21 +978,57 @@ static int pause_held (struct sbx_engine *e, struct sandbox *s, bool drop_memory
 static void *
 reaper_main (void *arg)
 {
+  /* The pidfds of the sandboxes that can die are polled together, with
+     one poll call made outside the engine's lock, up to 100 ms at a time:
+     a poll per sandbox under the lock, ten times a second, held every
+     create and exec back for a time that grew with the count.  A pidfd
+     reported readable is checked again under the lock (the list may have
+     changed meanwhile, and its number been reused). */
   struct sbx_engine *e = arg;
+  struct pollfd *pf = NULL;
+  size_t cap = 0;
+  bool again = false; /* the last round found a victim: look for more at once */
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
-      struct timespec ts;
-      clock_gettime (CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 100 * 1000000L;
-      if (ts.tv_nsec >= 1000000000L)
+      size_t n = 1;
+      for (struct sandbox *s = e->list; s; s = s->next)
+        n += !(s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING) && s->pidfd >= 0;
+      if (n > cap)
         {
-          ts.tv_sec++;
-          ts.tv_nsec -= 1000000000L;
+          struct pollfd *bigger = realloc (pf, n * 2 * sizeof *pf);
+          if (bigger)
+            {
+              pf = bigger;
+              cap = n * 2;
+            }
         }
-      pthread_cond_timedwait (&e->cond, &e->lock, &ts);
+      size_t k = 0;
+      if (cap)
+        {
+          pf[k++] = (struct pollfd) { e->reaper_wake, POLLIN, 0 };
+          for (struct sandbox *s = e->list; s && k < cap; s = s->next)
+            if (!(s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING) && s->pidfd >= 0)
+              pf[k++] = (struct pollfd) { s->pidfd, POLLIN, 0 };
+        }
+      pthread_mutex_unlock (&e->lock);
+      int ready = k ? poll (pf, (nfds_t) k, again ? 0 : 100) : (usleep (100000), 0);
+      pthread_mutex_lock (&e->lock);
+      again = false;
       if (e->stop)
         break;
+      /* the few pidfds reported (all are suspects if there are many) */
+      int reported_fds[16];
+      size_t n_reported = 0;
+      bool all_suspect = false;
+      for (size_t i = 1; ready > 0 && i < k; i++)
+        if (pf[i].revents)
+          {
+            if (n_reported < sizeof reported_fds / sizeof reported_fds[0])
+              reported_fds[n_reported++] = pf[i].fd;
+            else
+              all_suspect = true;
+          }
       int64_t now = sbx_wall_ms ();
       struct sandbox *victim = NULL;
       const char *why = NULL;
@@ -932,12 +1036,16 @@ reaper_main (void *arg)
         {
           if (s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING)
             continue;
-          struct pollfd pf = { s->pidfd, POLLIN, 0 };
-          if (s->pidfd >= 0 && poll (&pf, 1, 0) == 1)
+          bool reported = all_suspect && s->pidfd >= 0;
+          for (size_t i = 0; i < n_reported && !reported; i++)
+            reported = reported_fds[i] == s->pidfd;
+          struct pollfd one = { s->pidfd, POLLIN, 0 };
+          if (reported && poll (&one, 1, 0) == 1)
             victim = s, why = "died";
           else if (s->state == SBX_RUNNING && s->end_ms <= now)
             victim = s, why = "timeout";
         }
+      again = victim != NULL;
       if (victim && strcmp (why, "timeout") == 0 && victim->on_timeout != SBX_ON_TIMEOUT_KILL)
         {
           /* paused at its end instead: it stays until resumed or killed */
@@ -968,6 +1076,7 @@ reaper_main (void *arg)
         }
     }
   pthread_mutex_unlock (&e->lock);
+  free (pf);
   return NULL;
 }
 
@@ -997,6 +1106,18 @@ struct disk_room {
   uint64_t avail, reserve, outstanding, promisable; /* bytes */
 };
 
+/* At most what the live sandboxes' disks may still take, without a
+   look at any image: their sizes; lock held. */
+static uint64_t
+disk_promised_locked (struct sbx_engine *e)
+{
+  uint64_t sum = e->disk_pending;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (s->state != SBX_STOPPED)
+      sum += (uint64_t) s->limits.disk_mb << 20;
+  return sum;
+}
+
 /* What the live sandboxes' disks may still take; lock held. */
 static uint64_t
 disk_outstanding_locked (struct sbx_engine *e)
@@ -1017,7 +1138,7 @@ disk_outstanding_locked (struct sbx_engine *e)
 }
 
 static int
-disk_room_locked (struct sbx_engine *e, struct disk_room *r, struct sbx_err *err)
+disk_room_locked (struct sbx_engine *e, struct disk_room *r, bool upper_bound, struct sbx_err *err)
 {
   struct statvfs sv;
   if (statvfs (e->sandboxes_dir, &sv) < 0)
@@ -1031,7 +1152,7 @@ disk_room_locked (struct sbx_engine *e, struct disk_room *r, struct sbx_err *err
       uint64_t min = (uint64_t) SBX_DISK_RESERVE_MIN_MB << 20;
       r->reserve = pct > min ? pct : min;
     }
-  r->outstanding = disk_outstanding_locked (e);
+  r->outstanding = upper_bound ? disk_promised_locked (e) : disk_outstanding_locked (e);
   double room = r->avail > r->reserve ? (double) (r->avail - r->reserve) * e->disk_overcommit : 0;
   double left = room - (double) r->outstanding;
   r->promisable = left <= 0 ? 0 : left >= 0x1p63 ? UINT64_MAX >> 1 : (uint64_t) left;
@@ -1046,7 +1167,12 @@ disk_admit (struct sbx_engine *e, uint32_t size_mb, struct sbx_err *err)
   uint64_t want = (uint64_t) size_mb << 20;
   struct disk_room r;
   pthread_mutex_lock (&e->lock);
-  int ok = disk_room_locked (e, &r, err);
+  /* first against every live disk counted whole, which needs no stat of
+     thousands of images under the lock; only when that does not fit,
+     against what the images really hold */
+  int ok = disk_room_locked (e, &r, true, err);
+  if (ok == 0 && want > r.promisable)
+    ok = disk_room_locked (e, &r, false, err);
   if (ok == 0 && want <= r.promisable)
     e->disk_pending += want;
   pthread_mutex_unlock (&e->lock);
@@ -1393,11 +1519,22 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   if (e == NULL)
     return sbx_fail (err, ENOMEM, "engine");
   e->init_fd = -1;
+  e->reaper_wake = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (e->reaper_wake < 0)
+    {
+      free (e);
+      return sbx_fail (err, errno, "eventfd");
+    }
   pthread_mutex_init (&e->lock, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init (&ca);
   pthread_cond_init (&e->cond, &ca);
   pthread_cond_init (&e->tq_cond, NULL);
+  pthread_condattr_t mono;
+  pthread_condattr_init (&mono);
+  pthread_condattr_setclock (&mono, CLOCK_MONOTONIC);
+  pthread_cond_init (&e->spare_cond, &mono);
+  pthread_condattr_destroy (&mono);
   e->on_event = cfg->on_event;
   e->event_ud = cfg->event_ud;
   e->on_ending = cfg->on_ending;
@@ -1427,6 +1564,14 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     }
   if (sbx_isolate_block_dir (e->fs_block_dir, err) < 0)
     goto fail;
+  /* blanks are made again by each start: a new version may format
+     differently */
+  if (sbx_path (e->blank_dir, sizeof e->blank_dir, "%s/blanks", e->state_dir) < 0
+      || sbx_rm_rf (e->blank_dir, err) < 0 || sbx_mkdir_p (e->blank_dir, 0700, err) < 0)
+    {
+      sbx_err_wrap (err, "blank disks in %s", e->state_dir);
+      goto fail;
+    }
   if (cfg->template_dir)
     sbx_path (e->template_dir, sizeof e->template_dir, "%s", cfg->template_dir);
   else
@@ -1470,7 +1615,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
 
   /* what disk admission starts from, for the operator */
   struct disk_room room;
-  if (disk_room_locked (e, &room, err) < 0)
+  if (disk_room_locked (e, &room, false, err) < 0)
     goto fail;
   char avail[24], reserve[24], outstanding[24], promisable[24], ratio[24];
   snprintf (avail, sizeof avail, "%llu", (unsigned long long) (room.avail >> 20));
@@ -1481,12 +1626,29 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   sbx_log_fields (SBX_LOG_INFO, "disk admission", "free_mb", avail, "reserve_mb", reserve, "outstanding_mb",
                   outstanding, "promisable_mb", promisable, "overcommit", ratio, NULL);
 
-  e->spares_target = cfg->spares < 0 ? 0 : cfg->spares > SPARES_MAX ? SPARES_MAX : cfg->spares ? cfg->spares : 4;
-  pthread_cond_init (&e->spare_cond, NULL);
-  if (pthread_create (&e->spare_thread, NULL, spare_main, e) != 0)
+  e->spares_max = cfg->spares < 0 ? 0 : cfg->spares_max > 0 ? cfg->spares_max : SBX_SPARES_MAX_DEFAULT;
+  if (e->spares_max > SBX_SPARES_MAX_CAP)
+    e->spares_max = SBX_SPARES_MAX_CAP;
+  e->spares_min = cfg->spares < 0 ? 0 : cfg->spares ? cfg->spares : SBX_SPARES_DEFAULT;
+  if (e->spares_min > e->spares_max)
+    e->spares_min = e->spares_max;
+  e->spares_target = e->spares_min;
+  e->last_claim_ns = sbx_now_ns ();
+  e->spares = calloc ((size_t) e->spares_max + 1, sizeof *e->spares);
+  if (e->spares == NULL)
     {
-      sbx_failx (err, EAGAIN, "start spare thread");
+      sbx_fail (err, ENOMEM, "spare pool");
       goto fail;
+    }
+  /* no workers when the pool may hold nothing */
+  for (int i = 0; i < SPARE_WORKERS && e->spares_max > 0; i++)
+    {
+      if (pthread_create (&e->spare_threads[i], NULL, spare_main, e) != 0)
+        {
+          sbx_failx (err, EAGAIN, "start spare threads");
+          goto fail;
+        }
+      e->n_spare_threads++;
     }
   for (int i = 0; i < TEARDOWN_WORKERS; i++)
     if (pthread_create (&e->teardown_threads[e->n_teardown_threads], NULL, teardown_main, e) == 0)
@@ -1504,8 +1666,25 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   *out = e;
   return 0;
 fail:
+  /* the workers that did start, and what they prepared */
+  pthread_mutex_lock (&e->lock);
+  e->stop = true;
+  pthread_mutex_unlock (&e->lock);
+  pthread_cond_broadcast (&e->spare_cond);
+  for (int i = 0; i < e->n_spare_threads; i++)
+    pthread_join (e->spare_threads[i], NULL);
+  pthread_mutex_lock (&e->lock);
+  e->tq_stop = true;
+  pthread_cond_broadcast (&e->tq_cond);
+  pthread_mutex_unlock (&e->lock);
+  for (int i = 0; i < e->n_teardown_threads; i++)
+    pthread_join (e->teardown_threads[i], NULL);
+  for (int i = 0; i < e->n_spares; i++)
+    discard (e, e->spares[i]);
+  free (e->spares);
   if (e->init_fd >= 0)
     close (e->init_fd);
+  close (e->reaper_wake);
   sbx_net_close (e->net);
   free (e);
   return -1;
@@ -1519,8 +1698,13 @@ sbx_engine_close (struct sbx_engine *e)
   pthread_cond_broadcast (&e->cond);
   pthread_mutex_unlock (&e->lock);
   pthread_cond_broadcast (&e->spare_cond);
+  uint64_t one = 1;
+  if (write (e->reaper_wake, &one, sizeof one) < 0)
+    sbx_log (SBX_LOG_WARN, "cannot wake the reaper: %s", strerror (errno));
   pthread_join (e->reaper, NULL);
-  pthread_join (e->spare_thread, NULL);
+  close (e->reaper_wake);
+  for (int i = 0; i < e->n_spare_threads; i++)
+    pthread_join (e->spare_threads[i], NULL);
   /* teardowns already answered are finished, not left for the next start */
   pthread_mutex_lock (&e->lock);
   e->tq_stop = true;
@@ -1530,6 +1714,7 @@ sbx_engine_close (struct sbx_engine *e)
     pthread_join (e->teardown_threads[i], NULL);
   for (int i = 0; i < e->n_spares; i++)
     discard (e, e->spares[i]);
+  free (e->spares);
   while (e->list)
     {
       struct sandbox *s = e->list;
@@ -1651,10 +1836,49 @@ bind_agent_socket (int dirfd, struct sbx_err *err)
   return fd;
 }
 
-/* Format and mount a disk of SIZE_MB at DIR/disk.img with upper/ and
+/* An empty file system of SIZE_MB, formatted once per size and kept in
+   STATE/blanks, opened for reading.
+
+   Each disk is a copy of it rather than an mkfs of its own: mkfs costs a
+   fork, an exec and some milliseconds of CPU per disk, which a burst of
+   creates pays many times over, while the copy writes the blank's few
+   hundred KB of metadata (or shares them, where the file system can
+   reflink).  Every disk of a size then has the same file system UUID and
+   directory hash seed; nothing on the host looks a disk up by UUID (it is
+   mounted by loop device), and a hash seed known to a sandbox only lets
+   it slow its own directories.  Concurrent first creates of a size may
+   each format one: the last rename wins, and each is whole. */
+static int
+blank_open (struct sbx_engine *e, uint32_t size_mb, struct sbx_err *err)
+{
+  char path[PATH_MAX], tmp[PATH_MAX];
+  if (sbx_path (path, sizeof path, "%s/%u.img", e->blank_dir, size_mb) < 0)
+    return sbx_fail (err, errno, "blank disk path");
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd >= 0 || errno != ENOENT)
+    return fd >= 0 ? fd : sbx_fail (err, errno, "open %s", path);
+  if (sbx_path (tmp, sizeof tmp, "%s/%u.img.%ld", e->blank_dir, size_mb, (long) syscall (SYS_gettid)) < 0)
+    return sbx_fail (err, errno, "blank disk path");
+  unlink (tmp);
+  if (sbx_disk_format (tmp, size_mb, err) < 0)
+    {
+      unlink (tmp);
+      return -1;
+    }
+  if (rename (tmp, path) < 0)
+    {
+      sbx_fail (err, errno, "keep %s", path);
+      unlink (tmp);
+      return -1;
+    }
+  fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  return fd >= 0 ? fd : sbx_fail (err, errno, "open %s", path);
+}
+
+/* Make and mount a disk of SIZE_MB at DIR/disk.img with upper/ and
    work/. */
 static int
-make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err *err)
+make_disk (struct sbx_engine *e, struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err *err)
 {
   char image[PATH_MAX];
   if (sbx_path (image, sizeof image, "%s/disk.img", dir) < 0)
@@ -1665,7 +1889,14 @@ make_disk (struct sandbox *s, const char *dir, uint32_t size_mb, struct sbx_err 
       s->disk_fd = -1;
       unlink (image);
     }
-  if (sbx_disk_format (image, size_mb, err) < 0)
+  cleanup_close int blank = blank_open (e, size_mb, err);
+  if (blank < 0)
+    return -1;
+  cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  uint64_t bytes;
+  if (fd < 0)
+    return sbx_fail (err, errno, "create disk image %s", image);
+  if (sbx_disk_copy (blank, fd, &bytes, err) < 0)
     return -1;
   s->disk_fd = sbx_disk_mount (image, err);
   if (s->disk_fd < 0)
@@ -1716,6 +1947,8 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   snprintf (s->template_name, sizeof s->template_name, "-");
   snprintf (s->default_user, sizeof s->default_user, "root");
   s->created_ms = s->end_ms = sbx_wall_ms ();
+  struct create_clock clk;
+  clock_start (&clk);
 
   char dir[PATH_MAX], root[PATH_MAX], cg[128];
   if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0
@@ -1739,17 +1972,23 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
     }
   char owner[UID_SLOT_OWNER_MAX];
   uid_slot_owner (e, s->id, owner);
-  if (uid_slot_claim (owner, &s->uid_slot, err) < 0 || make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  if (uid_slot_claim (owner, &s->uid_slot, err) < 0)
     goto fail;
+  clock_mark (&clk, "dir_ids");
+  if (make_disk (e, s, dir, s->limits.disk_mb, err) < 0)
+    goto fail;
+  clock_mark (&clk, "disk");
   s->idmap_fd = sbx_isolate_layer_userns (uid_base (s->uid_slot), UID_RANGE, err);
   if (s->idmap_fd < 0)
     goto fail;
   s->agent_fd = bind_agent_socket (s->dirfd, err);
   if (s->agent_fd < 0)
     goto fail;
+  clock_mark (&clk, "userns_socket");
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
   if (sbx_cgroup_create (cg, &cl, err) < 0)
     goto fail;
+  clock_mark (&clk, "cgroup");
   struct sbx_isolate_spec spec = {
     .mountpoint = root,
     .agent_fd = s->agent_fd,
@@ -1763,6 +2002,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   };
   if (sbx_isolate_spawn (&spec, &s->proc, err) < 0)
     goto fail;
+  clock_mark (&clk, "spawn");
   s->init_pid = s->proc.pid;
   s->our_child = true;
   s->init_start = proc_start_time (s->init_pid);
@@ -1774,16 +2014,102 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
         goto fail;
       s->has_net = true;
       s->net.enabled = true;
+      clock_mark (&clk, "net_link");
     }
-  pthread_mutex_lock (&e->lock);
-  int r = save_locked (e, s, err); /* so a crash leaves nothing unknown behind */
-  pthread_mutex_unlock (&e->lock);
-  if (r < 0)
+  /* so a crash leaves nothing unknown behind; without the engine's
+     lock, since S is no one else's yet */
+  if (save_locked (e, s, err) < 0)
     goto fail;
+  clock_mark (&clk, "save");
+  clock_log (&clk, "prepare phases", s->id, NULL);
   return s;
 fail:
   discard (e, s);
   return NULL;
+}
+
+/* ---- the spare pool ----
+
+   Spares are sandboxes prepared up to the point where the template
+   matters (prepare): a create that takes one skips the disk format, the
+   cgroups with their attach (on v1 hierarchies a write to cgroup.procs
+   waits for an RCU grace period) and the clone into fresh namespaces.
+
+   SPARE_WORKERS threads prepare spares at once, so that what makes one
+   slow without keeping a CPU busy (grace periods, the disk's writes, the
+   wait for mkfs) overlaps.  The pool follows demand: every claim raises
+   its target to spares_min plus the claims of the last one or two
+   SPARE_WINDOW_MS windows, within spares_max, so a burst of N creates
+   finds about N spares the next time; after SPARE_IDLE_MS without a claim
+   the target halves, down to spares_min, and the workers discard the
+   spares above it (each holds a mounted disk, a process, a veth).
+
+   A create that finds the pool empty prepares its sandbox inline, on its
+   own thread, in parallel with the others.  While such creates run the
+   workers start no more than SPARE_WORKERS at once between them and the
+   creates (but always at least one), so that the refill does not take
+   the CPU from the creates that wait.  Nor do they start one while a
+   create boots the spare it took, or within SPARE_REFILL_DELAY_MS of a
+   claim, unless the pool is below half its target: on two cores a refill
+   beside a create (its boot, then its record and answer, about 5 ms)
+   doubled its time, so a create alone finds its refill done after it. */
+
+static void
+pool_discard_excess_locked (struct sbx_engine *e)
+{
+  while (e->n_spares > e->spares_target && !e->stop)
+    {
+      struct sandbox *s = e->spares[--e->n_spares];
+      pthread_mutex_unlock (&e->lock);
+      discard (e, s);
+      pthread_mutex_lock (&e->lock);
+    }
+}
+
+/* A claim (hit or miss) of a create that could use a spare; lock held. */
+static void
+pool_claimed_locked (struct sbx_engine *e)
+{
+  uint64_t now = sbx_now_ns ();
+  int64_t window = (int64_t) (now / ((uint64_t) SPARE_WINDOW_MS * 1000000));
+  if (window != e->claims_window)
+    {
+      e->claims_recent[1] = window == e->claims_window + 1 ? e->claims_recent[0] : 0;
+      e->claims_recent[0] = 0;
+      e->claims_window = window;
+    }
+  e->claims_recent[0]++;
+  e->last_claim_ns = now;
+  uint64_t want = (uint64_t) e->spares_min + e->claims_recent[0] + e->claims_recent[1];
+  if (want > (uint64_t) e->spares_max)
+    want = (uint64_t) e->spares_max;
+  if ((int) want > e->spares_target)
+    {
+      e->spares_target = (int) want;
+      char t[16];
+      snprintf (t, sizeof t, "%d", e->spares_target);
+      sbx_log_fields (SBX_LOG_DEBUG, "spare pool grows", "target", t, NULL);
+    }
+  pthread_cond_broadcast (&e->spare_cond);
+}
+
+/* Halve the target if nothing was claimed for SPARE_IDLE_MS; lock held.
+   Returns when to look again (monotonic ns), 0 for never. */
+static uint64_t
+pool_shrink_locked (struct sbx_engine *e)
+{
+  if (e->spares_target <= e->spares_min)
+    return 0;
+  uint64_t now = sbx_now_ns (), due = e->last_claim_ns + (uint64_t) SPARE_IDLE_MS * 1000000;
+  if (now < due)
+    return due;
+  e->spares_target = e->spares_target / 2 > e->spares_min ? e->spares_target / 2 : e->spares_min;
+  e->last_claim_ns = now; /* the next halving is another idle period away */
+  char t[16];
+  snprintf (t, sizeof t, "%d", e->spares_target);
+  sbx_log_fields (SBX_LOG_DEBUG, "spare pool shrinks", "target", t, NULL);
+  pthread_cond_broadcast (&e->spare_cond);
+  return now + (uint64_t) SPARE_IDLE_MS * 1000000;
 }
 
 static void *
@@ -1793,11 +2119,29 @@ spare_main (void *arg)
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
-      if (e->n_spares >= e->spares_target)
+      uint64_t wake = pool_shrink_locked (e);
+      pool_discard_excess_locked (e);
+      bool room = e->n_spares + e->spares_preparing < e->spares_target;
+      bool cpu = e->spares_preparing == 0 || e->spares_preparing + e->inline_preparing < SPARE_WORKERS;
+      uint64_t refill_at = e->last_claim_ns + (uint64_t) SPARE_REFILL_DELAY_MS * 1000000;
+      bool low = e->n_spares * 2 < e->spares_target;
+      bool quiet = low || (e->spares_booting == 0 && sbx_now_ns () >= refill_at);
+      if (room && cpu && !quiet && e->spares_booting == 0 && (wake == 0 || refill_at < wake))
+        wake = refill_at;
+      if (e->stop || !room || !cpu || !quiet)
         {
-          pthread_cond_wait (&e->spare_cond, &e->lock);
+          if (e->stop)
+            break;
+          if (wake)
+            {
+              struct timespec ts = { (time_t) (wake / 1000000000), (long) (wake % 1000000000) };
+              pthread_cond_timedwait (&e->spare_cond, &e->lock, &ts);
+            }
+          else
+            pthread_cond_wait (&e->spare_cond, &e->lock);
           continue;
         }
+      e->spares_preparing++;
       pthread_mutex_unlock (&e->lock);
       struct sbx_err err;
       struct sandbox *s = prepare (e, NULL, &err);
@@ -1807,7 +2151,8 @@ spare_main (void *arg)
           sleep (1); /* do not spin on a broken host */
         }
       pthread_mutex_lock (&e->lock);
-      if (s && e->stop)
+      e->spares_preparing--;
+      if (s && (e->stop || e->n_spares >= e->spares_max))
         {
           pthread_mutex_unlock (&e->lock);
           discard (e, s);
@@ -2030,6 +2375,8 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
         char id_out[SBX_ID_MAX], struct sbx_err *err)
 {
   const char *template_name = man ? man->template_name : o->template_name;
+  struct create_clock clk;
+  clock_start (&clk);
   if (template_name == NULL || *template_name == '\0')
     return sbx_failk (err, SBX_E_INVALID, "a template is required");
   uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
@@ -2073,6 +2420,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     lim.pids_max = DEFAULT_PIDS;
   if (!lim.nofile)
     lim.nofile = DEFAULT_NOFILE;
+  clock_mark (&clk, "template");
   /* its disk must fit before a spare is claimed: one that does not stays
      a spare */
   if (disk_admit (e, lim.disk_mb, err) < 0)
@@ -2080,30 +2428,45 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       sbx_template_free (&t);
       return -1;
     }
+  clock_mark (&clk, "disk_admit");
 
   /* a spare if one is ready, else prepare one now; a sandbox whose id
      was chosen beforehand is always prepared now, since a spare's id is
      already its directory's, its cgroups' and its host name */
   struct sandbox *s = NULL;
+  pthread_mutex_lock (&e->lock);
   if (o->id == NULL)
     {
-      pthread_mutex_lock (&e->lock);
       s = e->n_spares ? e->spares[--e->n_spares] : NULL;
-      pthread_cond_signal (&e->spare_cond);
+      pool_claimed_locked (e);
+    }
+  bool spare = s != NULL, booting = spare;
+  if (s)
+    {
+      e->spare_hits++;
+      e->spares_booting++;
     }
   else
-    pthread_mutex_lock (&e->lock);
-  if (s)
-    e->spare_hits++;
-  else
-    e->spare_misses++;
+    {
+      e->spare_misses++;
+      e->inline_preparing++;
+    }
   pthread_mutex_unlock (&e->lock);
-  if (s == NULL && (s = prepare (e, o->id, err)) == NULL)
+  if (s == NULL)
+    {
+      s = prepare (e, o->id, err);
+      pthread_mutex_lock (&e->lock);
+      e->inline_preparing--;
+      pthread_cond_broadcast (&e->spare_cond);
+      pthread_mutex_unlock (&e->lock);
+    }
+  if (s == NULL)
     {
       disk_release (e, lim.disk_mb);
       sbx_template_free (&t);
       return -1;
     }
+  clock_mark (&clk, spare ? "claim" : "prepare");
 
   snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
   snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
@@ -2153,12 +2516,14 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       if (sbx_net_policy_copy (&s->net, o->net ? o->net : &want, err) < 0)
         goto fail;
     }
-  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (s, dir, s->limits.disk_mb, err) < 0)
+  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (e, s, dir, s->limits.disk_mb, err) < 0)
     goto fail;
+  clock_mark (&clk, "layers_disk");
   struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
   if (sbx_cgroup_create (cg, &cl, err) < 0
       || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
     goto fail;
+  clock_mark (&clk, "cgroup");
   env = init_env (&t, (const char *const *) s->env, sbx_net_egress_ca_pem (e->net) != NULL && !o->keep_upper);
   if (env == NULL)
     {
@@ -2194,6 +2559,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
                               o->fs_rules, o->n_fs_rules, err)
       < 0)
     goto fail;
+  clock_mark (&clk, "boot_start");
   /* the overlay holds the layers now, the sandbox its volumes */
   for (size_t i = 0; i < n_layer_fds; i++)
     {
@@ -2212,8 +2578,10 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
                      || s->net.proxy)
       && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
     goto fail;
+  clock_mark (&clk, "net_rules");
   if (sbx_isolate_boot_wait (&s->proc, err) < 0)
     goto fail;
+  clock_mark (&clk, "boot_wait");
   free (env);
   env = NULL;
   /* the sandbox holds its disk and socket now (a template build keeps
@@ -2228,22 +2596,37 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   s->agent_fd = s->idmap_fd = -1;
   s->state = SBX_RUNNING;
 
-  pthread_mutex_lock (&e->lock);
+  /* S is in no list yet: its record is written without the engine's
+     lock, which a burst of creates would otherwise queue on */
   if (save_locked (e, s, err) < 0)
+    goto fail;
+  pthread_mutex_lock (&e->lock);
+  if (booting)
     {
-      pthread_mutex_unlock (&e->lock);
-      goto fail;
+      booting = false; /* booted: the refill may start */
+      e->spares_booting--;
+      pthread_cond_broadcast (&e->spare_cond);
     }
   s->next = e->list;
   e->list = s;
   e->disk_pending -= (uint64_t) lim.disk_mb << 20; /* it counts in the list now */
   pthread_mutex_unlock (&e->lock);
+  clock_mark (&clk, "save");
   memcpy (id_out, s->id, SBX_ID_MAX);
   sbx_template_free (&t);
   emit (e, id_out, SBX_EVENT_CREATED, "request");
+  clock_mark (&clk, "event");
+  clock_log (&clk, "create phases", id_out, spare ? "yes" : "no");
   return 0;
 
 fail:
+  if (booting)
+    {
+      pthread_mutex_lock (&e->lock);
+      e->spares_booting--;
+      pthread_cond_broadcast (&e->spare_cond);
+      pthread_mutex_unlock (&e->lock);
+    }
   for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
     if (layer_fds[i] >= 0)
       close (layer_fds[i]);
@@ -2573,7 +2956,7 @@ snapshot_held (struct sbx_engine *e, struct sandbox *s, const char *dir, uint64_
   uint64_t want = (uint64_t) st.st_blocks * 512;
   struct disk_room room;
   pthread_mutex_lock (&e->lock);
-  int rr = disk_room_locked (e, &room, err);
+  int rr = disk_room_locked (e, &room, false, err);
   pthread_mutex_unlock (&e->lock);
   if (rr < 0)
     return -1;

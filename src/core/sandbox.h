@@ -69,7 +69,11 @@ struct sbx_engine_config {
   void *event_ud;
   sbx_ending_fn on_ending;  /* may be NULL; its UD is event_ud */
   uint32_t max_timeout_s;   /* 0: 3600 */
-  int spares;               /* sandboxes prepared ahead of requests; 0: 4, <0: none */
+  int spares;               /* sandboxes prepared ahead of requests, at least (the pool's
+                               size when idle); 0: SBX_SPARES_DEFAULT, <0: none */
+  int spares_max;           /* the pool grows with demand up to this many; 0:
+                               SBX_SPARES_MAX_DEFAULT (at most SBX_SPARES_MAX_CAP;
+                               none at all when spares < 0) */
   const struct sbx_net_config *net; /* NULL: sandboxes get loopback only (netlink.h) */
   /* Disk admission (sbx_create): a create is admitted only while every
      live sandbox's disk can still grow to its full size in the state file
@@ -80,6 +84,9 @@ struct sbx_engine_config {
   double disk_overcommit;   /* promises may reach this many times the room; 0: 1 (never more than the room) */
 };
 
+#define SBX_SPARES_DEFAULT 4
+#define SBX_SPARES_MAX_DEFAULT 128
+#define SBX_SPARES_MAX_CAP 4096
 #define SBX_DEFAULT_DISK_MB 10240 /* seed 000: 10 GB */
 #define SBX_DISK_RESERVE_MIN_MB 1024 /* the default reserve: at least 1 GiB, */
 #define SBX_DISK_RESERVE_PCT 5       /* or 5% of the state file system if that is more */

@@ -61,6 +61,7 @@ usage (FILE *f)
          "             [--metrics-interval-ms MS]   (sandbox metrics history; default 5000)\n"
          "             [--metrics-token TOKEN]   (GET /metrics on --listen with Authorization: Bearer TOKEN)\n"
          "             [--metrics-listen ADDR:PORT]   (GET /metrics there, without a credential)\n"
+         "             [--spares-max N]   (spare sandboxes kept for bursts at most; default 128; 0: none)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -193,6 +194,7 @@ cmd_serve (int argc, char **argv)
                                         { "metrics-token", required_argument, NULL, 'G' },
                                         { "metrics-listen", required_argument, NULL, 'g' },
                                         { "egress-ca-file", required_argument, NULL, 'Y' },
+                                        { "spares-max", required_argument, NULL, 'p' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -215,10 +217,16 @@ cmd_serve (int argc, char **argv)
   uint32_t build_workers = SBX_BUILD_WORKERS;
   uint32_t metrics_interval_ms = SBX_SAMPLE_INTERVAL_MS;
   const char *metrics_token = NULL, *metrics_listen = NULL;
+  uint32_t spares_max = SBX_SPARES_MAX_DEFAULT;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
       {
+      case 'p':
+        /* the spare pool's cap; 0: no spares */
+        if (parse_u32 ("--spares-max", optarg, 0, SBX_SPARES_MAX_CAP, &spares_max) < 0)
+          return 2;
+        break;
       case 'd':
         if (parse_upstream (optarg, &net) < 0)
           {
@@ -460,7 +468,9 @@ cmd_serve (int argc, char **argv)
                                    .net = network ? &net : NULL,
                                    .disk_reserve_set = reserve_set,
                                    .disk_reserve_mb = reserve_mb,
-                                   .disk_overcommit = overcommit };
+                                   .disk_overcommit = overcommit,
+                                   .spares = spares_max ? 0 : -1,
+                                   .spares_max = (int) spares_max };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
     {
