@@ -4,12 +4,13 @@ nobody, handed to the creates they fit.  code_interpreter is the cheapest
 template with a start command (its server on port 49999)."""
 import os
 import re
+import subprocess
 import time
 
 import pytest
 import requests
 
-from conftest import Sbxd, host_traces, wait_until
+from conftest import SBXD, Sbxd, host_traces, wait_until
 from test_seed002 import cgroup_value
 
 TOKEN = "warm-metrics-token-0123456789"
@@ -206,3 +207,25 @@ def test_pooled_sandboxes_do_not_outlive_the_daemon(wd, tmp_path):
         assert d.req("GET", "/sandboxes").json() == []
     finally:
         d.stop()
+
+
+def test_a_pool_that_cannot_fill_retries_with_backoff(tmp_path):
+    d = Sbxd(str(tmp_path / "state")).start(args=["--warm", "no_such_template=2", "--metrics-token", TOKEN])
+    try:
+        time.sleep(3.5)
+        tries = d.logs().count("cannot prepare a warm sandbox")
+        # after 0, 1 and 3 s (the delay doubles), not a hot loop
+        assert 2 <= tries <= 3, d.logs()[-2000:]
+        assert metric(d, "sbxd_warm_failures_total", "no_such_template") == tries
+        assert metric(d, "sbxd_warm_ready", "no_such_template") == 0
+        assert d.create("base", timeout=30)  # the daemon serves meanwhile
+    finally:
+        d.cleanup()
+        d.stop()
+
+
+@pytest.mark.parametrize("arg", ["code_interpreter", "code_interpreter=0", "code_interpreter=17", "=1", "a b=1"])
+def test_a_malformed_warm_flag_is_refused(tmp_path, arg):
+    r = subprocess.run([SBXD, "serve", "--state-dir", str(tmp_path), "--warm", arg], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 2 and "--warm" in r.stderr, r.stderr
