@@ -43,6 +43,7 @@
 #include "../common/util.h"
 #include "../core/netproxy.h"
 #include "../service/telemetry.h"
+#include "../service/warm.h"
 
 #define METRICS_ORGS_MAX 100
 #define STR_(x) #x
@@ -193,6 +194,26 @@ render_engine (FILE *f, struct sbx_engine *engine)
   fprintf (f, "sbxd_spare_hits_total %llu\n", (unsigned long long) es.spare_hits);
   family (f, "sbxd_spare_misses_total", "counter", "Creates that found no spare and prepared their sandbox inline.");
   fprintf (f, "sbxd_spare_misses_total %llu\n", (unsigned long long) es.spare_misses);
+  struct sbx_warm_stat ws[SBX_WARM_TEMPLATES_MAX];
+  size_t nw = sbx_warm_stats (ws, SBX_WARM_TEMPLATES_MAX);
+  if (nw)
+    {
+      /* template names are [A-Za-z0-9._-] (template.c): nothing to escape */
+      family (f, "sbxd_warm_ready", "gauge", "Started sandboxes ready in a template's warm pool.");
+      for (size_t i = 0; i < nw; i++)
+        fprintf (f, "sbxd_warm_ready{template=\"%s\"} %u\n", ws[i].template_name, ws[i].ready);
+      family (f, "sbxd_warm_target", "gauge", "Started sandboxes a template's warm pool aims to keep.");
+      for (size_t i = 0; i < nw; i++)
+        fprintf (f, "sbxd_warm_target{template=\"%s\"} %u\n", ws[i].template_name, ws[i].target);
+      family (f, "sbxd_warm_claims_total", "counter", "Creates served from a template's warm pool.");
+      for (size_t i = 0; i < nw; i++)
+        fprintf (f, "sbxd_warm_claims_total{template=\"%s\"} %llu\n", ws[i].template_name,
+                 (unsigned long long) ws[i].claims);
+      family (f, "sbxd_warm_failures_total", "counter", "Warm sandboxes whose preparation failed.");
+      for (size_t i = 0; i < nw; i++)
+        fprintf (f, "sbxd_warm_failures_total{template=\"%s\"} %llu\n", ws[i].template_name,
+                 (unsigned long long) ws[i].failures);
+    }
   struct sbx_filter_decisions fd;
   sbx_filter_decisions (&fd);
   family (f, "sbxd_filter_decisions_total", "counter",

@@ -791,6 +791,16 @@ sbx_cgroup_set_cpu_weight (const char *name, unsigned weight, struct sbx_err *er
 }
 
 int
+sbx_cgroup_set_limits (const char *name, const struct sbx_cgroup_limits *lim, struct sbx_err *err)
+{
+  if (ensure_detected (err) < 0 || check_name (name, err) < 0)
+    return -1;
+  if ((layout.mode == SBX_CGROUP_V2 ? apply_limits_v2 (name, lim, err) : apply_limits_v1 (name, lim, err)) < 0)
+    return sbx_err_wrap (err, "limit cgroup %s", name);
+  return 0;
+}
+
+int
 sbx_cgroup_create (const char *name, const struct sbx_cgroup_limits *lim, struct sbx_err *err)
 {
   static const struct sbx_cgroup_limits unlimited;

@@ -41,6 +41,10 @@ enum sbx_cgroup_mode sbx_cgroup_mode (void);
 
 /* Create NAME (parents included) in every hierarchy and apply LIM. */
 int sbx_cgroup_create (const char *name, const struct sbx_cgroup_limits *lim, struct sbx_err *err);
+/* Apply LIM's non-zero fields to existing NAME, whose processes go on:
+   a lower memory limit makes the kernel reclaim (or kill, as a create
+   with it would have) down to it. */
+int sbx_cgroup_set_limits (const char *name, const struct sbx_cgroup_limits *lim, struct sbx_err *err);
 /* NAME's share of the CPU against its siblings when they all want it, in
    cgroup v2's cpu.weight units (default 100, clamped to 1..10000; v1's
    cpu.shares is 10.24 times that). */

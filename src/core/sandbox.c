@@ -3085,6 +3085,94 @@ sbx_set_cpu_weight (struct sbx_engine *e, const char *id, unsigned weight, struc
   return r;
 }
 
+static int agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req,
+                       const struct sbx_agent_bounds *b, sbx_agent_frame_fn fn, void *ud, struct sbx_err *err);
+
+int
+sbx_claim (struct sbx_engine *e, const char *id, const struct sbx_claim_opts *o, struct sbx_err *err)
+{
+  uint32_t timeout = o->timeout_s ? o->timeout_s : 300;
+  if (timeout > e->max_timeout_s)
+    return sbx_failk (err, SBX_E_INVALID, "timeout must be at most %u seconds", e->max_timeout_s);
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int r = begin_change (e, s, 1u << SBX_RUNNING, err);
+  if (r < 0)
+    {
+      put (e, s);
+      return -1;
+    }
+  char cg[128];
+  cgroup_name (s->id, cg, sizeof cg);
+  bool env_ok = true;
+  char **env = NULL;
+  struct sbx_net_policy net;
+  bool have_net = false;
+  if (o->env && *o->env)
+    {
+      /* init's environment first: what it has is what later commands get */
+      struct sbx_msg req;
+      sbx_msg_init (&req, SBX_REQ_SETENV);
+      for (const char *const *v = o->env; *v; v++)
+        sbx_msg_put_str (&req, SBX_T_ENV, *v);
+      r = agent_call (e, id, &req, &sbx_agent_plain, NULL, NULL, err);
+      sbx_msg_free (&req);
+      if (r == 0 && (env = env_merge (s->env, o->env, &env_ok)) == NULL && !env_ok)
+        r = sbx_fail (err, ENOMEM, "environment");
+    }
+  struct sbx_cgroup_limits cl = { (uint64_t) o->memory_mb << 20, o->cpu_millis, 0 };
+  if (r == 0 && (o->memory_mb || o->cpu_millis))
+    r = sbx_cgroup_set_limits (cg, &cl, err);
+  if (r == 0 && o->cpu_weight)
+    r = sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err);
+  if (r == 0 && o->net && s->has_net && e->net)
+    {
+      r = sbx_net_policy_copy (&net, o->net, err);
+      have_net = r == 0;
+      if (r == 0)
+        r = sbx_net_apply (e->net, s->uid_slot, o->net, err);
+    }
+  if (r == 0)
+    {
+      pthread_mutex_lock (&e->lock);
+      if (env)
+        {
+          sbx_strv_free (s->env);
+          s->env = env;
+          env = NULL;
+        }
+      if (have_net)
+        {
+          sbx_net_policy_free (&s->net);
+          s->net = net;
+          have_net = false;
+        }
+      if (s->has_net && (o->net || o->internet_asked))
+        {
+          s->net_asked_set = o->internet_asked != 0;
+          s->net_asked = o->internet_asked > 0;
+        }
+      if (o->memory_mb)
+        s->limits.memory_mb = o->memory_mb;
+      if (o->cpu_millis)
+        s->limits.cpu_millis = o->cpu_millis;
+      s->on_timeout = o->on_timeout;
+      s->auto_resume = o->auto_resume;
+      s->timeout_s = timeout;
+      s->created_ms = sbx_wall_ms ();
+      s->end_ms = s->created_ms + (int64_t) timeout * 1000;
+      r = save_locked (e, s, err);
+      pthread_mutex_unlock (&e->lock);
+    }
+  if (have_net)
+    sbx_net_policy_free (&net);
+  sbx_strv_free (env);
+  end_change (e, s);
+  put (e, s);
+  return r;
+}
+
 static void
 fill_info (const struct sandbox *s, struct sbx_info *info)
 {

@@ -263,6 +263,27 @@ int sbx_get_info (struct sbx_engine *e, const char *id, struct sbx_info *info, s
    it (cgroup cpu.weight units, 1..10000; a new sandbox has 100). */
 int sbx_set_cpu_weight (struct sbx_engine *e, const char *id, unsigned weight, struct sbx_err *err);
 
+/* What a create gives a sandbox that can also be given to one already
+   running: for a sandbox created ahead of its request (a caller's pool of
+   started sandboxes) when the request comes. */
+struct sbx_claim_opts {
+  uint32_t timeout_s;             /* 0: 300; its lifetime starts now */
+  const char *const *env;         /* NULL-terminated "KEY=VALUE" added to its base environment, may be NULL */
+  uint32_t cpu_millis, memory_mb; /* 0: keep its own */
+  const struct sbx_net_policy *net; /* NULL: keep its own */
+  int internet_asked;             /* as in sbx_create_opts */
+  unsigned cpu_weight;            /* as in sbx_create_opts; 0: keep */
+  enum sbx_on_timeout on_timeout;
+  bool auto_resume;
+};
+/* Give running sandbox ID what O says, as if it had been created with it
+   now: its created time and end become now and now + the timeout.  The
+   variables of ENV are set in the environment of every later command
+   (and kept by sbx_snapshot_take); processes already running keep the
+   environment they started with.  No event is sent (the caller records
+   the create).  Kind conflict when ID is not running. */
+int sbx_claim (struct sbx_engine *e, const char *id, const struct sbx_claim_opts *o, struct sbx_err *err);
+
 /* All sandboxes the engine knows (stopped ones included until forgotten),
    newest first. */
 int sbx_list (struct sbx_engine *e, struct sbx_info **infos, size_t *n, struct sbx_err *err);

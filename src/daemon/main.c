@@ -27,6 +27,7 @@
 #include "../api/server.h"
 #include "../service/store.h"
 #include "../service/outbound.h"
+#include "../service/warm.h"
 #include "../service/webhook.h"
 #include "../service/plans.h"
 #include "log_json.h"
@@ -55,6 +56,7 @@ usage (FILE *f)
          "             [--terminal-ttl SECONDS]   (seed 004's terminalUrl tokens)\n"
          "             [--storage-quota-mb MB]   (checkpoints and artifacts per organisation; 0: none)\n"
          "             [--capacity-sandboxes N] [--capacity-memory-mb MB]   (more wait queued)\n"
+         "             [--warm TEMPLATE=N]...   (N sandboxes of TEMPLATE kept created and started)\n"
          "             [--domain DOMAIN[:PORT]]   (sandbox ports at PORT-ID.DOMAIN)\n"
          "             [--tls-cert FILE --tls-key FILE]   (serve HTTPS)\n"
          "             [--build-workers N]   (template builds at once; default 1)\n"
@@ -195,6 +197,7 @@ cmd_serve (int argc, char **argv)
                                         { "metrics-listen", required_argument, NULL, 'g' },
                                         { "egress-ca-file", required_argument, NULL, 'Y' },
                                         { "spares-max", required_argument, NULL, 'p' },
+                                        { "warm", required_argument, NULL, 'w' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -218,6 +221,8 @@ cmd_serve (int argc, char **argv)
   uint32_t metrics_interval_ms = SBX_SAMPLE_INTERVAL_MS;
   const char *metrics_token = NULL, *metrics_listen = NULL;
   uint32_t spares_max = SBX_SPARES_MAX_DEFAULT;
+  struct sbx_warm_want warm[SBX_WARM_TEMPLATES_MAX];
+  size_t n_warm = 0;
   int c;
   while ((c = getopt_long (argc, argv, "l:s:t:", opts, NULL)) != -1)
     switch (c)
@@ -383,6 +388,16 @@ cmd_serve (int argc, char **argv)
            HTTPS whose TLS the filter terminates (request transforms) */
         net.egress_ca_file = optarg;
         break;
+      case 'w':
+        /* started warm pools (service/warm.c) */
+        if (n_warm == SBX_WARM_TEMPLATES_MAX || sbx_warm_parse (optarg, &warm[n_warm]) < 0)
+          {
+            fprintf (stderr, "sbxd: invalid --warm %s (want TEMPLATE=N, N from 1 to %d, at most %d of them)\n",
+                     optarg, SBX_WARM_COUNT_MAX, SBX_WARM_TEMPLATES_MAX);
+            return 2;
+          }
+        n_warm++;
+        break;
       case 'l':
         listen = optarg;
         break;
@@ -505,6 +520,10 @@ cmd_serve (int argc, char **argv)
     sbx_log_fields (SBX_LOG_ERROR, "cannot reconcile records with sandboxes", "error", err.msg, NULL);
   if (sbx_service_runs_recover (svc, &err) < 0)
     sbx_log_fields (SBX_LOG_ERROR, "cannot recover runs", "error", err.msg, NULL);
+  /* after the reconciliation, which destroys what an earlier daemon's
+     pools left (no record) */
+  if (sbx_warm_start (svc, warm, n_warm, &err) < 0)
+    sbx_log_fields (SBX_LOG_ERROR, "cannot keep warm pools", "error", err.msg, NULL);
   struct sbx_fairshare *fair = NULL;
   if (sbx_fairshare_start (store, engine, &fair, &err) < 0)
     sbx_log_fields (SBX_LOG_WARN, "cannot share the CPU between organisations", "error", err.msg, NULL);
@@ -565,6 +584,8 @@ cmd_serve (int argc, char **argv)
   while (!stop_requested)
     pause ();
   sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
+  /* first, so that no return below leaves them: nobody owns them */
+  sbx_warm_stop ();
   sbx_agents_stop (agents);
   sbx_metrics_stop (metrics);
   if (!sbx_http_stop (h))

@@ -821,6 +821,43 @@ handle_proc_req (int conn, const struct sbx_msg *req)
   close (conn);
 }
 
+/* Set variables of init's own environment, the base of every later
+   command's (build_env): a sandbox prepared ahead of its request gets the
+   environment its create asked for.  Every variable is checked before any
+   is set, so a bad request changes nothing.  Only the daemon reaches this
+   socket, and it sends this once per sandbox: what glibc's setenv keeps of
+   replaced values stays bounded by that one frame. */
+static void
+handle_setenv (int conn, const struct sbx_msg *req)
+{
+  char **vars = collect_strings (req, SBX_T_ENV);
+  if (vars == NULL)
+    {
+      sbx_msg_send_error (conn, EINVAL, "malformed environment");
+      return;
+    }
+  for (char **v = vars; *v; v++)
+    if (**v == '=' || strchr (*v, '=') == NULL)
+      {
+        sbx_msg_send_error (conn, EINVAL, "not KEY=VALUE: %.64s", *v);
+        free_strings (vars);
+        return;
+      }
+  for (char **v = vars; *v; v++)
+    {
+      char *eq = strchr (*v, '=');
+      *eq = '\0';
+      if (setenv (*v, eq + 1, 1) < 0)
+        {
+          sbx_msg_send_error (conn, errno, "setenv %.64s: %s", *v, strerror (errno));
+          free_strings (vars);
+          return;
+        }
+    }
+  free_strings (vars);
+  sbx_msg_send_ok (conn);
+}
+
 static void
 handle_file (int conn, struct sbx_msg *req)
 {
@@ -886,6 +923,10 @@ handle_conn (int conn)
       break;
     case SBX_REQ_PING:
       sbx_msg_send_ok (conn);
+      close (conn);
+      break;
+    case SBX_REQ_SETENV:
+      handle_setenv (conn, &req);
       close (conn);
       break;
     default:

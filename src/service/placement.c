@@ -365,6 +365,20 @@ sbx_place_hold (const char *id, uint32_t memory_mb)
 }
 
 void
+sbx_place_resize (const char *id, uint32_t memory_mb)
+{
+  place_lock ();
+  struct holder *h = holder_find_locked (id, 0);
+  if (h)
+    {
+      P.held_mb = P.held_mb - h->memory_mb + memory_mb;
+      h->memory_mb = memory_mb;
+    }
+  pump_locked ();
+  pthread_mutex_unlock (&P.lock);
+}
+
+void
 sbx_place_release (const char *id)
 {
   place_lock ();
@@ -552,6 +566,9 @@ create_now (struct sbx_service *svc, const struct sbx_org *org, const struct sbx
   uint32_t live;
   if (sbx_store_sandbox_reserve (st, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
     return -1;
+  int warm = sbx_service_create_warm (svc, org, spec, rsv, live, rec, err);
+  if (warm != 0)
+    return warm;
   uint64_t ticket;
   struct sbx_err e2;
   uint32_t memory_mb = spec->limits.memory_mb ? spec->limits.memory_mb : SBX_PLACE_DEFAULT_MEMORY_MB;

@@ -32,6 +32,9 @@ void sbx_place_bind (uint64_t ticket, const char *id, uint32_t memory_mb);
 void sbx_place_cancel (uint64_t ticket);
 /* ID runs (whether or not it asked): it holds a place from now on. */
 void sbx_place_hold (const char *id, uint32_t memory_mb);
+/* ID's place counts MEMORY_MB from now on (its limit changed); nothing
+   when it holds none. */
+void sbx_place_resize (const char *id, uint32_t memory_mb);
 /* ID stopped running (paused, ended): its place goes to the queue. */
 void sbx_place_release (const char *id);
 /* ID is being torn down (ENDING true: from its killed event) or is done
@@ -46,5 +49,12 @@ void sbx_place_ending (const char *id, bool ending);
 int sbx_service_create_reserved (struct sbx_service *svc, const struct sbx_org *org,
                                  const struct sbx_sandbox_spec *spec, const char *rsv, const char *want_id,
                                  uint32_t live, uint64_t ticket, struct sbx_sandbox_rec *rec, struct sbx_err *err);
+
+/* The same for a create that a warm pool (warm.h) can serve: 1 when a
+   pooled sandbox was claimed and recorded (REC), 0 when none fits (the
+   placeholder stays the caller's), -1 on failure (ERR; the placeholder
+   is dropped).  No place is asked for: the pooled sandbox holds its own. */
+int sbx_service_create_warm (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                             const char *rsv, uint32_t live, struct sbx_sandbox_rec *rec, struct sbx_err *err);
 
 #endif

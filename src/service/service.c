@@ -29,6 +29,7 @@
 #include "placement.h"
 #include "samples.h"
 #include "telemetry.h"
+#include "warm.h"
 #include "webhook.h"
 
 struct sbx_service {
@@ -359,6 +360,10 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
   uint32_t live; /* this create's placeholder included */
   if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
     return -1;
+  /* a warm pool's sandbox, started already, with the place it holds */
+  int warm = sbx_service_create_warm (svc, org, spec, rsv, live, rec, err);
+  if (warm != 0)
+    return warm < 0 ? -1 : 0;
   /* a place on the machine: at once, or after a bounded wait in the queue */
   uint64_t ticket;
   struct sbx_err e2;
@@ -487,6 +492,46 @@ create_reserved (struct sbx_service *svc, const struct sbx_org *org, const struc
       sbx_info_free (&info);
     }
   return 0;
+}
+
+int
+sbx_service_create_warm (struct sbx_service *svc, const struct sbx_org *org, const struct sbx_sandbox_spec *spec,
+                         const char *rsv, uint32_t live, struct sbx_sandbox_rec *rec, struct sbx_err *err)
+{
+  memset (rec, 0, sizeof *rec);
+  /* a template the organisation built is its own layer: never pooled */
+  char tree[64];
+  struct sbx_err e2;
+  if (sbx_builds_resolve (svc, org, spec->template_name, tree, sizeof tree, &e2) != 0)
+    return 0;
+  uint64_t t0 = sbx_now_ns ();
+  char id[SBX_ID_MAX];
+  if (sbx_warm_claim (svc, spec, svc->fair ? sbx_fairshare_weight (live) : 0, id) <= 0)
+    return 0;
+  struct sbx_info info;
+  if (sbx_service_storage_start (svc, org, id, spec, err) < 0 || sbx_get_info (svc->engine, id, &info, err) < 0)
+    {
+      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      sbx_destroy (svc->engine, id, &e2);
+      sbx_telemetry_observe (SBX_TM_CREATE, sbx_now_ns () - t0, err);
+      return -1;
+    }
+  snprintf (rec->org_id, sizeof rec->org_id, "%s", org->id);
+  snprintf (rec->agent_id, sizeof rec->agent_id, "%s", spec->agent_id ? spec->agent_id : "");
+  snprintf (rec->mode, sizeof rec->mode, "%s", spec->mode ? spec->mode : "");
+  rec->metadata_json = spec->metadata_json ? strdup (spec->metadata_json) : NULL;
+  record_from_info (&info, rec);
+  int r = record_change (svc, rsv, rec, &info, SBX_EVENT_CREATED, "request", err);
+  sbx_info_free (&info);
+  if (r < 0)
+    {
+      /* a sandbox nobody could be billed for must not run */
+      sbx_store_sandbox_record (svc->store, rsv, NULL, NULL, &e2);
+      sbx_destroy (svc->engine, id, &e2);
+      sbx_sandbox_rec_free (rec);
+    }
+  sbx_telemetry_observe (SBX_TM_CREATE, sbx_now_ns () - t0, r < 0 ? err : NULL);
+  return r < 0 ? -1 : 1;
 }
 
 int
