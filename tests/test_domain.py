@@ -482,14 +482,9 @@ def test_https_api_ports_and_websocket(tls_sbxd):
 
 # ---- the E2B SDK with E2B_DOMAIN alone ----
 
-def run_sdk_on_domain(tmp_path, script, timeout, node="node", node_args=()):
-    """Run the Node test SCRIPT (in tests/e2b) with the unmodified SDK
-    given E2B_DOMAIN and a key, nothing else, against a daemon of its own.
-    The SDK speaks HTTPS to api.DOMAIN and PORT-ID.DOMAIN: the daemon's own
-    TLS (--tls-cert, --tls-key) with the test's CA (NODE_EXTRA_CA_CERTS);
-    names under the domain resolve to loopback inside the Node process."""
-    e2b = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2b")
-    npm_ci(e2b)
+def tls_daemon(tmp_path):
+    """A daemon of its own with --domain and its own TLS (a certificate of
+    the test's CA): the daemon and the CA's file."""
     cert, key = make_cert(str(tmp_path))
     server = Sbxd(str(tmp_path / "state"))
     server.url = f"https://127.0.0.1:{server.port}"
@@ -500,13 +495,103 @@ def run_sdk_on_domain(tmp_path, script, timeout, node="node", node_args=()):
     finally:
         requests.get = orig_get
     server.req = lambda method, path, **kw: Sbxd.req(server, method, path, verify=cert, **kw)
+    return server, cert
+
+
+def test_killing_a_sandbox_ends_its_websockets_over_tls(tmp_path):
+    """An upgraded connection to a sandbox's port, through the daemon's
+    own TLS, ends when the sandbox is killed (it used to stay open until
+    the client gave up: libmicrohttpd did not pass the relay's close on)."""
+    import ssl
+    server, cert = tls_daemon(tmp_path)
+    try:
+        sid = server.create(timeout=300)
+        server.write(sid, "/tmp/ws.py", b"""
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8000)); s.listen(5)
+while True:
+    c, _ = s.accept(); c.recv(4096)
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n")
+    time.sleep(3600)
+""")
+        r = server.req("POST", f"/sandboxes/{sid}/processes",
+                       json={"cmd": "sh", "args": ["-c", "nohup python3 /tmp/ws.py >/dev/null 2>&1 &"]})
+        assert r.status_code == 200, r.text
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.check_hostname = False
+        for _ in range(3):   # the relay's close raced with libmicrohttpd: not every time
+            deadline = time.time() + 10
+            while True:
+                s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+                s.sendall(f"GET / HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+                head = s.recv(4096)
+                if head.startswith(b"HTTP/1.1 101") or time.time() > deadline:
+                    break
+                s.close()
+                time.sleep(0.2)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            # the server side ends (as when the sandbox is killed): so does the client's
+            assert server.req("POST", f"/sandboxes/{sid}/processes",
+                              json={"cmd": "pkill", "args": ["-f", "ws.py"]}).status_code == 200
+            s.settimeout(10)
+            try:
+                while s.recv(65536):
+                    pass
+            except ssl.SSLError:
+                pass   # an end without close_notify is an end too
+            except socket.timeout:
+                raise AssertionError("the upgraded connection outlived the sandbox's server by 10 s")
+            s.close()
+            r = server.req("POST", f"/sandboxes/{sid}/processes",
+                           json={"cmd": "sh", "args": ["-c", "nohup python3 /tmp/ws.py >/dev/null 2>&1 &"]})
+            assert r.status_code == 200, r.text
+        # and a kill ends the one open now
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+        time.sleep(1)
+        s.sendall(f"GET / HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 101")
+        assert server.req("DELETE", f"/sandboxes/{sid}").status_code == 204
+        s.settimeout(10)
+        try:
+            while s.recv(65536):
+                pass
+        except ssl.SSLError:
+            pass
+        except socket.timeout:
+            raise AssertionError("the upgraded connection outlived its sandbox by 10 s")
+    finally:
+        try:
+            server.cleanup()
+        finally:
+            server.stop()
+
+
+def run_sdk_on_domain(tmp_path, script, timeout, node="node", node_args=()):
+    """Run the Node test SCRIPT (in tests/e2b) with the unmodified SDK
+    given E2B_DOMAIN and a key, nothing else, against a daemon of its own.
+    The SDK speaks HTTPS to api.DOMAIN and PORT-ID.DOMAIN: the daemon's own
+    TLS (--tls-cert, --tls-key) with the test's CA (NODE_EXTRA_CA_CERTS);
+    names under the domain resolve to loopback inside the Node process."""
+    e2b = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2b")
+    npm_ci(e2b)
+    server, cert = tls_daemon(tmp_path)
     try:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("E2B_") and k.lower() not in ("http_proxy", "https_proxy")}
         env.update({"E2B_API_KEY": server.new_key(e2b=True), "E2B_DOMAIN": f"{DOMAIN}:{server.port}",
                     "NODE_EXTRA_CA_CERTS": cert, "NO_COLOR": "1"})
-        r = subprocess.run([node, *node_args, "--import", "./loopback-dns.mjs", "--test", "--test-reporter=spec",
-                            script], cwd=e2b, env=env, capture_output=True, text=True, timeout=timeout)
+        try:
+            r = subprocess.run([node, *node_args, "--import", "./loopback-dns.mjs", "--test",
+                                "--test-reporter=spec", script], cwd=e2b, env=env, capture_output=True, text=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+            raise AssertionError(f"{script} ran past {timeout} s:\n{out[-20000:]}\n--- sbxd log ---\n"
+                                 + server.logs()[-5000:]) from None
         assert r.returncode == 0, r.stdout[-20000:] + r.stderr[-5000:] + "\n--- sbxd log ---\n" + server.logs()[-5000:]
     finally:
         try:

@@ -658,6 +658,7 @@ struct pair {
   struct end e[2];                 /* 0: the client, 1: the sandbox */
   struct pipebuf to[2];            /* bytes waiting to be written to e[i] */
   struct MHD_UpgradeResponseHandle *urh;
+  int tls_fd;                      /* with TLS, the client's TCP socket (libmicrohttpd's), else -1 */
   bool closed;
   struct pair *prev, *next;        /* in the relay's list */
   struct pair *done_next;          /* closed in this round of the loop */
@@ -681,6 +682,12 @@ pair_close (struct relay *r, struct pair *pp)
   epoll_ctl (r->ep, EPOLL_CTL_DEL, pp->e[0].fd, NULL);
   epoll_ctl (r->ep, EPOLL_CTL_DEL, pp->e[1].fd, NULL);
   close (pp->e[1].fd);
+  /* libmicrohttpd (0.9.75) does not always end an upgraded TLS
+     connection on this close, which left clients of an ended sandbox
+     waiting for ever: the TCP socket is shut down first (libmicrohttpd
+     still closes it) */
+  if (pp->tls_fd >= 0)
+    shutdown (pp->tls_fd, SHUT_RDWR);
   MHD_upgrade_action (pp->urh, MHD_UPGRADE_ACTION_CLOSE);
 }
 
@@ -763,6 +770,13 @@ pair_pump (struct pair *pp)
           dst->shut = true;
         }
     }
+  /* Over when the sandbox's end is done and all it sent is delivered:
+     a half-close cannot reach a TLS client (libmicrohttpd's forwarding
+     of an upgraded TLS connection does not pass a shutdown on), and a
+     server that closed has nothing more to say; or when both ends are
+     done. */
+  if (pp->e[1].read_eof && pp->to[0].len == 0)
+    return false;
   return !(pp->e[0].read_eof && pp->e[1].read_eof && pp->to[0].len == 0 && pp->to[1].len == 0);
 }
 
@@ -815,7 +829,6 @@ static void
 upgraded (void *cls, struct MHD_Connection *c, void *con_cls, const char *extra_in, size_t extra_in_size,
           MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
 {
-  (void) c;
   (void) con_cls;
   struct proxy *px = cls;
   struct relay *r = px->h->relay;
@@ -847,6 +860,8 @@ upgraded (void *cls, struct MHD_Connection *c, void *con_cls, const char *extra_
   memcpy (pp->to[0].data, px->in + px->in_off, rest);
   pp->to[0].len = rest;
   pp->urh = urh;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info (c, MHD_CONNECTION_INFO_CONNECTION_FD);
+  pp->tls_fd = ci && ci->connect_fd != sock ? ci->connect_fd : -1;
   pp->e[0] = (struct end) { .pp = pp, .fd = sock };
   pp->e[1] = (struct end) { .pp = pp, .fd = px->fd };
   px->fd = -1; /* the pair's now */
