@@ -157,6 +157,8 @@ main (void)
              " && ln -s f.txt l && chown -h 1000:1000 l && mkfifo fifo && echo art > /artifacts/a.txt")
          == 0);
   CHECK (sbx_service_sandbox_kill (svc, &org, a.id, &err) == 0);
+  /* the kill is answered before the teardown, which keeps what it keeps */
+  CHECK (sbx_teardown_wait (eng, a.id, 30000, &err) == 0);
   struct sbx_saved c;
   CHECK (checkpoints_of (&org, a.id, &c) == 1);
   CHECK (c.files == 4 && c.size_bytes == 8); /* f.txt, d, d/g, l; not the FIFO */
@@ -181,6 +183,7 @@ main (void)
     fprintf (stderr, "restored: %s\n", o.text);
   /* the restore's records: none for a sandbox that did not ask to keep */
   CHECK (sbx_service_sandbox_kill (svc, &org, b.id, &err) == 0);
+  CHECK (sbx_teardown_wait (eng, b.id, 30000, &err) == 0);
   CHECK (checkpoints_of (&org, b.id, &c) == 0);
   sbx_sandbox_rec_free (&b);
 
