@@ -134,7 +134,9 @@ class Sbxd:
                         self.key = printed[0]
                         self.http.headers["Authorization"] = "Bearer " + self.key
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # not listening yet, or busy starting (a restart finishing
+                # teardowns on a loaded machine): ask again
                 time.sleep(0.05)
         raise RuntimeError("sbxd did not start")
 

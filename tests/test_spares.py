@@ -17,8 +17,14 @@ MIN = 4   # the pool's size when idle
 def spares(d):
     """Prepared sandboxes: the directories in STATE/sandboxes that no live
     sandbox owns (a spare is a directory with its disk, cgroups and a
-    waiting process)."""
-    dirs = set(os.listdir(os.path.join(d.state_dir, "sandboxes")))
+    waiting process), less those of destroyed sandboxes being torn down."""
+    root = os.path.join(d.state_dir, "sandboxes")
+    # a destroyed sandbox's directory stays, journaled, until its teardown ends
+    # (whose directory is renamed .gone-ID at its end, then removed: the
+    # journal is looked for first, the directory after)
+    dirs = {n for n in os.listdir(root)
+            if not n.startswith(".") and not os.path.exists(os.path.join(root, n, "destroying"))
+            and os.path.isdir(os.path.join(root, n))}
     live = {s["sandboxID"] for st in ("running", "paused")
             for s in d.req("GET", f"/sandboxes?status={st}").json()}
     return len(dirs - live)

@@ -64,6 +64,7 @@
 #define DEFAULT_NOFILE 4096
 #define TEARDOWN_WORKERS 4 /* sandboxes torn down at once (teardown_main) */
 #define TEARDOWN_JOURNAL "destroying" /* in STATE/sandboxes/ID: its teardown is owed */
+#define GONE_PREFIX ".gone-"         /* STATE/sandboxes/.gone-ID: a torn-down sandbox's directory being removed */
 
 struct sandbox {
   char id[SBX_ID_MAX];
@@ -683,8 +684,13 @@ teardown (struct sbx_engine *e, struct sandbox *s)
     sbx_net_forget (e->net, s->uid_slot);
   s->has_net = false;
   uid_slot_release (owner, s->uid_slot);
-  char dir[PATH_MAX];
+  /* the directory goes at once (renamed, then removed), so that it is
+     never seen half removed without its journal: a spare's directory, to
+     whoever counts them, or one a restart does not know what to make of */
+  char dir[PATH_MAX], gone[PATH_MAX];
   sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
+  if (sbx_path (gone, sizeof gone, "%s/" GONE_PREFIX "%s", e->sandboxes_dir, s->id) == 0 && rename (dir, gone) == 0)
+    snprintf (dir, sizeof dir, "%s", gone);
   if (sbx_rm_rf (dir, &err) < 0)
     sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's directory", "sandbox", s->id, "error", err.msg, NULL);
 }
@@ -1604,6 +1610,14 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   while ((de = readdir (d)) != NULL)
     if (sbx_id_wellformed (de->d_name))
       reattach (e, de->d_name);
+    else if (strncmp (de->d_name, GONE_PREFIX, strlen (GONE_PREFIX)) == 0)
+      {
+        /* a removal a stop cut short: its teardown was done */
+        char gone[PATH_MAX];
+        struct sbx_err rm_err;
+        if (sbx_path (gone, sizeof gone, "%s/%s", e->sandboxes_dir, de->d_name) == 0)
+          sbx_rm_rf (gone, &rm_err);
+      }
   closedir (d);
   sweep_uid_slots (e);
   /* the rules name this process's filter ports: renew them */
