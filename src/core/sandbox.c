@@ -1516,6 +1516,26 @@ sweep_uid_slots (struct sbx_engine *e)
   free (mapped);
 }
 
+/* Join the spare workers (E->stop set) and the teardown workers, which
+   first finish the teardowns already answered (not left for the next
+   start), and discard the spares. */
+static void
+workers_stop (struct sbx_engine *e)
+{
+  pthread_cond_broadcast (&e->spare_cond);
+  for (int i = 0; i < e->n_spare_threads; i++)
+    pthread_join (e->spare_threads[i], NULL);
+  pthread_mutex_lock (&e->lock);
+  e->tq_stop = true;
+  pthread_cond_broadcast (&e->tq_cond);
+  pthread_mutex_unlock (&e->lock);
+  for (int i = 0; i < e->n_teardown_threads; i++)
+    pthread_join (e->teardown_threads[i], NULL);
+  for (int i = 0; i < e->n_spares; i++)
+    discard (e, e->spares[i]);
+  free (e->spares);
+}
+
 int
 sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, struct sbx_err *err)
 {
@@ -1684,18 +1704,7 @@ fail:
   pthread_mutex_lock (&e->lock);
   e->stop = true;
   pthread_mutex_unlock (&e->lock);
-  pthread_cond_broadcast (&e->spare_cond);
-  for (int i = 0; i < e->n_spare_threads; i++)
-    pthread_join (e->spare_threads[i], NULL);
-  pthread_mutex_lock (&e->lock);
-  e->tq_stop = true;
-  pthread_cond_broadcast (&e->tq_cond);
-  pthread_mutex_unlock (&e->lock);
-  for (int i = 0; i < e->n_teardown_threads; i++)
-    pthread_join (e->teardown_threads[i], NULL);
-  for (int i = 0; i < e->n_spares; i++)
-    discard (e, e->spares[i]);
-  free (e->spares);
+  workers_stop (e);
   if (e->init_fd >= 0)
     close (e->init_fd);
   close (e->reaper_wake);
@@ -1717,18 +1726,7 @@ sbx_engine_close (struct sbx_engine *e)
     sbx_log (SBX_LOG_WARN, "cannot wake the reaper: %s", strerror (errno));
   pthread_join (e->reaper, NULL);
   close (e->reaper_wake);
-  for (int i = 0; i < e->n_spare_threads; i++)
-    pthread_join (e->spare_threads[i], NULL);
-  /* teardowns already answered are finished, not left for the next start */
-  pthread_mutex_lock (&e->lock);
-  e->tq_stop = true;
-  pthread_cond_broadcast (&e->tq_cond);
-  pthread_mutex_unlock (&e->lock);
-  for (int i = 0; i < e->n_teardown_threads; i++)
-    pthread_join (e->teardown_threads[i], NULL);
-  for (int i = 0; i < e->n_spares; i++)
-    discard (e, e->spares[i]);
-  free (e->spares);
+  workers_stop (e);
   while (e->list)
     {
       struct sandbox *s = e->list;
