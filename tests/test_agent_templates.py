@@ -106,13 +106,14 @@ def test_versions_tools_and_workspace(agentd):
                                 ("codex", "codex --version", "codex-cli 0.171.0")):
         sid = agentd.create(template)
         try:
-            r = agentd.sh(sid, f"{cmd} && stat -c '%n %U' workspace && id -un && git --version && "
+            # commands start in the workspace, the template's workdir
+            r = agentd.sh(sid, f"{cmd} && stat -c '%n %U' \"$(pwd)\" && id -un && git --version && "
                                "rg --version | head -1 && gcc --version | head -1 && make --version | head -1 && "
                                "node --version && npm --version")
             assert r["exitCode"] == 0, r
             lines = r["stdout"].splitlines()
             assert lines[0] == want, r
-            assert lines[1:3] == ["workspace user", "user"], r
+            assert lines[1:3] == ["/home/user/workspace user", "user"], r
             assert lines[3].startswith("git version") and lines[4].startswith("ripgrep"), r
             assert lines[5].startswith("gcc") and lines[6].startswith("GNU Make"), r
             assert lines[7].startswith("v18."), r

@@ -128,6 +128,8 @@ enum sbx_file_op {
 /* SBX_T_FLAGS bits of an EXEC request */
 #define SBX_EXEC_F_TIMEOUT_COMMAND 1u /* the timeout kills the command alone: what it started lives on
                                          (without it, the timeout kills the command's whole tree) */
+#define SBX_EXEC_F_CWD_DEFAULT 2u     /* SBX_T_CWD is the template's default, not asked for: a command
+                                         that cannot enter it starts in the user's home instead */
 
 enum sbx_file_type { SBX_FT_FILE = 1, SBX_FT_DIR = 2, SBX_FT_SYMLINK = 3, SBX_FT_OTHER = 4 };
 

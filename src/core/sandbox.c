@@ -70,6 +70,7 @@ struct sandbox {
   char id[SBX_ID_MAX];
   char template_name[64];
   char default_user[32];
+  char workdir[256];             /* the template's: where its default user's commands start ("": home) */
   enum sbx_state state;
   int64_t created_ms, end_ms;
   uint32_t timeout_s;
@@ -474,6 +475,8 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
                          (int) s->limits.disk_mb, "pids_max", (int) s->limits.pids_max, "nofile", (int) s->limits.nofile);
   if (j == NULL)
     return sbx_failx (err, ENOMEM, "encode sandbox record");
+  if (s->workdir[0])
+    json_object_set_new (j, "workdir", json_string (s->workdir));
   if (s->has_net)
     {
       json_t *net = net_state_json (&s->net);
@@ -1291,6 +1294,9 @@ reattach (struct sbx_engine *e, const char *id)
     }
   sbx_path (s->template_name, sizeof s->template_name, "%s", tmpl);
   sbx_path (s->default_user, sizeof s->default_user, "%s", user);
+  const char *wd = json_string_value (json_object_get (j, "workdir"));
+  if (wd && wd[0] == '/')
+    snprintf (s->workdir, sizeof s->workdir, "%s", wd);
   s->created_ms = created;
   s->end_ms = end;
   s->timeout_s = (uint32_t) timeout;
@@ -2482,6 +2488,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
 
   snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
   snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
+  snprintf (s->workdir, sizeof s->workdir, "%s", t.workdir);
   s->limits = lim;
   s->on_timeout = o->on_timeout;
   s->auto_resume = o->auto_resume;
@@ -3562,9 +3569,28 @@ exec_request (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *
     sbx_msg_put_str (req, SBX_T_ARG, *a);
   for (const char *const *v = o->env; v && *v; v++)
     sbx_msg_put_str (req, SBX_T_ENV, *v);
+  const char *user = user_or_default (e, id, o->user, ubuf);
+  uint32_t flags = o->timeout_command_only ? SBX_EXEC_F_TIMEOUT_COMMAND : 0;
   if (o->cwd && *o->cwd)
     sbx_msg_put_str (req, SBX_T_CWD, o->cwd);
-  sbx_msg_put_str (req, SBX_T_USER, user_or_default (e, id, o->user, ubuf));
+  else
+    {
+      /* the template's workdir, for its default user (E2B: "the last set
+         user and workdir in the template" are the sandbox's defaults);
+         other users start in their home */
+      char wd[256] = "";
+      pthread_mutex_lock (&e->lock);
+      struct sandbox *s = find_locked (e, id);
+      if (s && strcmp (user, s->default_user) == 0)
+        snprintf (wd, sizeof wd, "%s", s->workdir);
+      pthread_mutex_unlock (&e->lock);
+      if (wd[0] == '/' && wd[1] != '\0') /* "/", the spec format's default, means none */
+        {
+          sbx_msg_put_str (req, SBX_T_CWD, wd);
+          flags |= SBX_EXEC_F_CWD_DEFAULT;
+        }
+    }
+  sbx_msg_put_str (req, SBX_T_USER, user);
   if (o->tag)
     sbx_msg_put_str (req, SBX_T_TAG, o->tag);
   if (o->pty)
@@ -3576,8 +3602,8 @@ exec_request (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *
     sbx_msg_put_u32 (req, SBX_T_STDIN, 1);
   if (o->timeout_ms)
     sbx_msg_put_u32 (req, SBX_T_TIMEOUT, o->timeout_ms);
-  if (o->timeout_command_only)
-    sbx_msg_put_u32 (req, SBX_T_FLAGS, SBX_EXEC_F_TIMEOUT_COMMAND);
+  if (flags)
+    sbx_msg_put_u32 (req, SBX_T_FLAGS, flags);
 }
 
 int

@@ -129,6 +129,7 @@ struct spawn_req {
   char **argv;
   char **env;  /* per-request additions, "K=V" */
   char *cwd;
+  bool cwd_default; /* CWD is the template's default: the home if it cannot be entered */
   char *user;
   bool pty;
   uint32_t rows, cols;
@@ -237,6 +238,11 @@ exec_command (const struct spawn_req *r)
   /* a home the filesystem policy blocks (/root) is no reason to refuse a
      command that did not ask for it: start in / instead, as login does */
   int rc = chdir (cwd);
+  if (rc < 0 && r->cwd_default && cwd != u.home)
+    {
+      cwd = u.home;
+      rc = chdir (cwd);
+    }
   if (rc < 0 && cwd == u.home && errno == EACCES)
     {
       cwd = "/";
@@ -525,6 +531,7 @@ handle_exec (int conn, const struct sbx_msg *req)
   r.argv = collect_strings (req, SBX_T_ARG);
   r.env = collect_strings (req, SBX_T_ENV);
   r.cwd = sbx_msg_strdup (req, SBX_T_CWD);
+  r.cwd_default = (sbx_msg_u32 (req, SBX_T_FLAGS, 0) & SBX_EXEC_F_CWD_DEFAULT) != 0;
   r.user = sbx_msg_strdup (req, SBX_T_USER);
   r.keep_stdin = sbx_msg_u32 (req, SBX_T_STDIN, 0) != 0;
   const uint8_t *d;

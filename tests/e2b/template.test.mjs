@@ -94,7 +94,17 @@ describe('Template', () => {
 
     // the steps took effect in a sandbox of the template
     const sbx = await create(name)
-    // (commands start in the user's home, not in the template's WORKDIR)
+    // the last user and workdir of the template are the sandbox's defaults
+    // (E2B: "persisted as a default to the sandbox execution"); another
+    // user starts in its home, an explicit cwd wins
+    assert.equal((await sbx.commands.run('pwd')).stdout, '/home/user/app\n')
+    assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
+    assert.equal((await sbx.commands.run('pwd', { user: 'root' })).stdout, '/root\n')
+    assert.equal((await sbx.commands.run('pwd', { cwd: '/tmp' })).stdout, '/tmp\n')
+    // a workdir that is gone: its user starts in its home instead
+    await sbx.commands.run('mv /home/user/app /home/user/app.moved')
+    assert.equal((await sbx.commands.run('pwd')).stdout, '/home/user\n')
+    await sbx.commands.run('mv /home/user/app.moved /home/user/app')
     const r = await sbx.commands.run(
       'cd /home/user/app && cat made.txt hello.txt /etc/myconf/a.ini /etc/myconf/b.ini && readlink link.txt &&' +
         ' stat -c %U /opt/rootfile made.txt /etc/myconf/a.ini && echo "$GREETING $SECOND" &&' +
