@@ -511,8 +511,10 @@ import socket, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8000)); s.listen(5)
 while True:
-    c, _ = s.accept(); c.recv(4096)
+    c, _ = s.accept(); req = c.recv(4096)
     c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n")
+    if req.startswith(b"GET /bye"):
+        c.sendall(b"last words " * 20000); c.close(); continue
     time.sleep(3600)
 """)
         r = server.req("POST", f"/sandboxes/{sid}/processes",
@@ -548,6 +550,25 @@ while True:
             r = server.req("POST", f"/sandboxes/{sid}/processes",
                            json={"cmd": "sh", "args": ["-c", "nohup python3 /tmp/ws.py >/dev/null 2>&1 &"]})
             assert r.status_code == 200, r.text
+        # what the sandbox's side sends before it ends still arrives, whole
+        for _ in range(3):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+            s.sendall(f"GET /bye HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            s.settimeout(10)
+            got = b""
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    got += b
+            except ssl.SSLError:
+                pass
+            s.close()
+            body = got.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in got else b""
+            assert got.startswith(b"HTTP/1.1 101") and body == b"last words " * 20000, (len(got), got[:80])
         # and a kill ends the one open now
         s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
         time.sleep(1)

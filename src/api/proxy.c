@@ -55,8 +55,10 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "../common/log.h"
 #include "../common/util.h"
@@ -65,6 +67,12 @@
 #define BUF_MAX (64u << 10)   /* request bytes on their way to the sandbox */
 #define HEAD_MAX (32u << 10)  /* the sandbox's answer head */
 #define RELAY_BUF (32u << 10) /* each way, per upgraded connection */
+/* After the sandbox's end is done, the client gets RELAY_LINGER_MS to take
+   the rest and close; then the pair is closed, but while libmicrohttpd
+   still has bytes of it to forward (a slow TLS client) at most
+   RELAY_LINGER_MAX_MS in all. */
+#define RELAY_LINGER_MS 1000
+#define RELAY_LINGER_MAX_MS 10000
 #define RELAY_MAX 1024        /* upgraded connections at once */
 #define ENVD_PORT 49983
 #define INTERP_PORT 49999
@@ -659,6 +667,8 @@ struct pair {
   struct pipebuf to[2];            /* bytes waiting to be written to e[i] */
   struct MHD_UpgradeResponseHandle *urh;
   int tls_fd;                      /* with TLS, the client's TCP socket (libmicrohttpd's), else -1 */
+  uint64_t linger_ns;              /* the sandbox's end is done: when the pair ends (0: not yet) */
+  uint64_t linger_cap_ns;          /* and when it ends whatever libmicrohttpd still holds */
   bool closed;
   struct pair *prev, *next;        /* in the relay's list */
   struct pair *done_next;          /* closed in this round of the loop */
@@ -685,7 +695,7 @@ pair_close (struct relay *r, struct pair *pp)
   /* libmicrohttpd (0.9.75) does not always end an upgraded TLS
      connection on this close, which left clients of an ended sandbox
      waiting for ever: the TCP socket is shut down first (libmicrohttpd
-     still closes it) */
+     still closes it; what the kernel holds still goes out) */
   if (pp->tls_fd >= 0)
     shutdown (pp->tls_fd, SHUT_RDWR);
   MHD_upgrade_action (pp->urh, MHD_UPGRADE_ACTION_CLOSE);
@@ -770,13 +780,16 @@ pair_pump (struct pair *pp)
           dst->shut = true;
         }
     }
-  /* Over when the sandbox's end is done and all it sent is delivered:
-     a half-close cannot reach a TLS client (libmicrohttpd's forwarding
-     of an upgraded TLS connection does not pass a shutdown on), and a
-     server that closed has nothing more to say; or when both ends are
-     done. */
-  if (pp->e[1].read_eof && pp->to[0].len == 0)
-    return false;
+  /* The sandbox's end is done and all it sent is passed on: the client
+     has a while to take it and close (relay_main ends the pair then; a
+     half-close does not reach a TLS client, as libmicrohttpd's
+     forwarding of an upgraded TLS connection does not pass it on) */
+  if (pp->e[1].read_eof && pp->to[0].len == 0 && pp->linger_ns == 0)
+    {
+      uint64_t now = sbx_now_ns ();
+      pp->linger_ns = now + (uint64_t) RELAY_LINGER_MS * 1000000u;
+      pp->linger_cap_ns = now + (uint64_t) RELAY_LINGER_MAX_MS * 1000000u;
+    }
   return !(pp->e[0].read_eof && pp->e[1].read_eof && pp->to[0].len == 0 && pp->to[1].len == 0);
 }
 
@@ -787,7 +800,15 @@ relay_main (void *arg)
   struct epoll_event ev[64];
   for (;;)
     {
-      int n = epoll_wait (r->ep, ev, 64, -1);
+      /* the next end of a lingering pair */
+      uint64_t now = sbx_now_ns (), next = 0;
+      pthread_mutex_lock (&r->lock);
+      for (struct pair *pp = r->pairs; pp; pp = pp->next)
+        if (pp->linger_ns && !pp->closed && (next == 0 || pp->linger_ns < next))
+          next = pp->linger_ns;
+      pthread_mutex_unlock (&r->lock);
+      int wait_ms = next == 0 ? -1 : next <= now ? 0 : (int) ((next - now) / 1000000u) + 1;
+      int n = epoll_wait (r->ep, ev, 64, wait_ms);
       if (n < 0 && errno == EINTR)
         continue;
       if (n < 0)
@@ -815,8 +836,28 @@ relay_main (void *arg)
           pair_watch (r, pp, 0, EPOLL_CTL_MOD);
           pair_watch (r, pp, 1, EPOLL_CTL_MOD);
         }
+      /* lingering pairs whose time is up (a TLS one waits while
+         libmicrohttpd has not taken all it was given, up to a bound) */
+      now = sbx_now_ns ();
+      pthread_mutex_lock (&r->lock);
+      for (struct pair *pp = r->pairs; pp; pp = pp->next)
+        {
+          if (pp->closed || pp->linger_ns == 0 || now < pp->linger_ns)
+            continue;
+          int unread = 0;
+          if (pp->tls_fd >= 0 && ioctl (pp->e[0].fd, SIOCOUTQ, &unread) == 0 && unread > 0 && now < pp->linger_cap_ns)
+            {
+              pp->linger_ns = now + 20000000u; /* look again in 20 ms */
+              continue;
+            }
+          pp->linger_ns = 0;
+          pp->done_next = done;
+          done = pp;
+        }
+      pthread_mutex_unlock (&r->lock);
       while (done)
         {
+          pair_close (r, done); /* closed already, unless its linger ended */
           struct pair *next = done->done_next;
           pair_free (r, done);
           done = next;
