@@ -326,6 +326,22 @@ def test_churn_leaves_nothing_behind(scaled):
     assert rss1 - rss0 <= RSS_BOUND_MB, (rss0, rss1)
 
 
+def daemon_leftovers(d):
+    """Processes still running the daemon's program for D's state directory."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and d.state_dir.encode() in argv:
+            found.append(int(pid))
+    return found
+
+
 def test_teardowns_pending_when_killed_are_finished_at_the_next_start(tmp_path):
     d = Sbxd(str(tmp_path / "state")).start()
     raise_org_limit(d, 64)
@@ -342,6 +358,10 @@ def test_teardowns_pending_when_killed_are_finished_at_the_next_start(tmp_path):
         # of ms each), or this test would test nothing
         assert pending, "every teardown had finished before the kill"
         assert all(p.split("/")[-2] in ids for p in pending)
+        # nothing of the killed daemon lives on (its sandboxes' inits aside):
+        # no helper it forked (the user namespace holder of a spare being
+        # prepared once outlived it, deaf in pause())
+        assert wait_until(lambda: not daemon_leftovers(d), 5), daemon_leftovers(d)
         c.close()
         d.start()
         assert wait_until(lambda: not (sandbox_dirs(d) & set(ids)), 60), sandbox_dirs(d) & set(ids)

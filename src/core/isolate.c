@@ -1027,10 +1027,21 @@ sbx_isolate_layer_userns (uid_t base, uint32_t count, struct sbx_err *err)
      pipe's end of file would wait for every process that inherited the
      pipe from a concurrent fork) and calls only pause(), as this process
      has threads */
+  pid_t parent = getpid ();
   pid_t pid = (pid_t) syscall (SYS_clone, CLONE_NEWUSER | SIGCHLD, NULL, NULL, NULL, 0);
   if (pid == 0)
-    for (;;)
-      pause ();
+    {
+      /* it must not outlive a daemon killed meanwhile: killed with its
+         parent, and deaf to the daemon's SIGTERM handler it inherited
+         (which would only send it back to pause()) */
+      signal (SIGTERM, SIG_DFL);
+      signal (SIGINT, SIG_DFL);
+      prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+      if (getppid () != parent)
+        _exit (0);
+      for (;;)
+        pause ();
+    }
   if (pid < 0)
     return sbx_fail (err, errno, "clone a user namespace");
   char path[64], map[96];
