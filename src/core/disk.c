@@ -26,18 +26,25 @@
 
 #include "../common/util.h"
 
-int
-sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
+/* A sparse image of SIZE_MB at IMAGE (which must not exist), formatted
+   ext4 with mkfs.ext4 -q -F -m 0 and OPTS (NULL-terminated, at most 6);
+   KIND names it in errors. */
+static int
+make_ext4 (const char *image, uint32_t size_mb, const char *kind, const char *const *opts, struct sbx_err *err)
 {
-  cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0)
-    return sbx_fail (err, errno, "create disk image %s", image);
-  if (ftruncate (fd, (off_t) size_mb << 20) < 0)
-    return sbx_fail (err, errno, "size disk image %s", image);
-  /* no journal: the disk lives no longer than the sandbox's processes, so
-     there is nothing to recover after a host crash; no blocks reserved
-     for growing the file system, which never grows (4 MB less to write
-     per disk of 10 GB) */
+  {
+    cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return sbx_fail (err, errno, "create %s image %s", kind, image);
+    if (ftruncate (fd, (off_t) size_mb << 20) < 0)
+      return sbx_fail (err, errno, "size %s image %s", kind, image);
+  }
+  const char *argv[16] = { "mkfs.ext4", "-q", "-F", "-m", "0" };
+  size_t n = 5;
+  for (; *opts && n < 14; opts++)
+    argv[n++] = *opts;
+  argv[n++] = image;
+  argv[n] = NULL;
   pid_t pid = fork ();
   if (pid < 0)
     return sbx_fail (err, errno, "fork mkfs");
@@ -46,8 +53,7 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
       int null = open ("/dev/null", O_RDWR);
       dup2 (null, 0);
       dup2 (null, 1);
-      execlp ("mkfs.ext4", "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal,^resize_inode", "-E",
-              "lazy_itable_init=1,nodiscard", image, (char *) NULL);
+      execvp (argv[0], (char *const *) argv);
       _exit (127);
     }
   int status;
@@ -57,6 +63,18 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
   if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
     return sbx_failx (err, EIO, "mkfs.ext4 %s failed (status %d)", image, status);
   return 0;
+}
+
+int
+sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
+{
+  /* no journal: the disk lives no longer than the sandbox's processes, so
+     there is nothing to recover after a host crash; no blocks reserved
+     for growing the file system, which never grows (4 MB less to write
+     per disk of 10 GB) */
+  static const char *const opts[] = { "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard",
+                                      NULL };
+  return make_ext4 (image, size_mb, "disk", opts, err);
 }
 
 static int
@@ -181,31 +199,10 @@ sbx_disk_copy (int src, int dst, uint64_t *bytes, struct sbx_err *err)
 int
 sbx_disk_volume_format (const char *image, uint32_t size_mb, struct sbx_err *err)
 {
-  {
-    cleanup_close int fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-      return sbx_fail (err, errno, "create volume image %s", image);
-    if (ftruncate (fd, (off_t) size_mb << 20) < 0)
-      return sbx_fail (err, errno, "size volume image %s", image);
-  }
-  pid_t pid = fork ();
-  if (pid < 0)
-    return sbx_fail (err, errno, "fork mkfs");
-  if (pid == 0)
-    {
-      int null = open ("/dev/null", O_RDWR);
-      dup2 (null, 0);
-      dup2 (null, 1);
-      execlp ("mkfs.ext4", "mkfs.ext4", "-q", "-F", "-m", "0", "-E",
-              "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0", image, (char *) NULL);
-      _exit (127);
-    }
-  int status;
-  while (waitpid (pid, &status, 0) < 0)
-    if (errno != EINTR)
-      return sbx_fail (err, errno, "wait mkfs");
-  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
-    return sbx_failx (err, EIO, "mkfs.ext4 %s failed (status %d)", image, status);
+  static const char *const opts[] = { "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
+                                      NULL };
+  if (make_ext4 (image, size_mb, "volume", opts, err) < 0)
+    return -1;
   cleanup_close int m = sbx_disk_volume_mount (image, err);
   if (m < 0)
     return -1;
