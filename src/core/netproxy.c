@@ -2333,6 +2333,19 @@ tls_handshake (struct np_conn *c, bool *moved)
   return true;
 }
 
+/* C has moved RELAY_ROUNDS rounds: the others' turn, it goes on in the
+   loop's next pass over the ready list. */
+static void
+ready_later (struct np_conn *c)
+{
+  if (!c->queued)
+    {
+      c->queued = true;
+      c->next_ready = c->l->ready;
+      c->l->ready = c;
+    }
+}
+
 /* relay_step for a terminated connection: the same halves, filled by
    SSL_read and drained by SSL_write, the sockets moved by tls_pump. */
 static void
@@ -2343,12 +2356,7 @@ tls_step (struct np_conn *c)
     {
       if (round == RELAY_ROUNDS)
         {
-          if (!c->queued)
-            {
-              c->queued = true;
-              c->next_ready = c->l->ready;
-              c->l->ready = c;
-            }
+          ready_later (c);
           return;
         }
       bool moved = false, eof;
@@ -2482,12 +2490,7 @@ relay_step (struct np_conn *c)
     {
       if (round == RELAY_ROUNDS)
         {
-          if (!c->queued)
-            {
-              c->queued = true;
-              c->next_ready = c->l->ready;
-              c->l->ready = c;
-            }
+          ready_later (c);
           return;
         }
       bool moved = false;
