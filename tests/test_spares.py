@@ -1,5 +1,6 @@
 """The spare pool: a burst of concurrent creates all runs, the pool grows
 with the demand within --spares-max, and shrinks back when idle."""
+import datetime
 import os
 import subprocess
 import threading
@@ -8,7 +9,8 @@ import time
 import pytest
 import requests
 
-from conftest import SBXD, Sbxd
+from conftest import SBXD, Sbxd, free_port, wait_until
+from test_seed002 import cgroup_value
 
 CAP = 10  # --spares-max of the daemon under test
 MIN = 4   # the pool's size when idle
@@ -119,3 +121,66 @@ def test_spares_max_0_keeps_no_spares(tmp_path):
         d.stop()
     r = subprocess.run([SBXD, "serve", "--spares-max", "5000"], capture_output=True, text=True)
     assert r.returncode == 2 and "--spares-max" in r.stderr, r.stderr
+
+
+def scrape(d, name):
+    text = requests.get(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
+    """After a create of base the pool boots its spares for base; a create
+    of base takes one and gets what it asked (environment, limits, network)
+    from the running sandbox; other creates take a plain spare; the pool
+    follows the template asked for."""
+    d = Sbxd(str(tmp_path / "state"))
+    d.metrics_port = free_port()
+    d.start(args=["--metrics-listen", f"127.0.0.1:{d.metrics_port}"])
+    ids = []
+    try:
+        ids.append(d.create())
+        assert wait_until(lambda: scrape(d, "sbxd_spares_booted") >= 2, 30)
+        # nothing runs in a booted spare but its init
+        hits = scrape(d, "sbxd_spare_booted_hits_total")
+        time.sleep(3)
+        asked = time.time()
+        sid = d.create(envVars={"ASKED": "yes", "PATH": "/opt/x:/usr/bin:/bin"}, memoryMB=512, cpuCount=1,
+                       allowInternetAccess=False)
+        ids.append(sid)
+        assert scrape(d, "sbxd_spare_booted_hits_total") == hits + 1
+        out = d.sh(sid, 'echo "$ASKED $PATH"; hostname')
+        assert out["stdout"].split() == ["yes", "/opt/x:/usr/bin:/bin", sid], out
+        assert set(d.sh(sid, "ps -eo comm=")["stdout"].split()) - {"bash"} == {"ps", "sbx-init"}
+        mem = cgroup_value(sid, ["/sys/fs/cgroup/memory/sbxd/{sid}/memory.limit_in_bytes"],
+                           ["/sys/fs/cgroup/sbxd/{sid}/memory.max"])
+        assert int(mem) == 512 << 20
+        quota = cgroup_value(sid, ["/sys/fs/cgroup/cpu*/sbxd/{sid}/cpu.cfs_quota_us"],
+                             ["/sys/fs/cgroup/sbxd/{sid}/cpu.max"])
+        assert int(quota.split()[0]) == 100000, quota
+        got = d.get(sid).json()
+        assert got["memoryMB"] == 512 and got["cpuCount"] == 1 and got["allowInternetAccess"] is False, got
+        assert got["network"]["mode"] == "none", got
+        # its life starts at the claim, not at the boot
+        started = datetime.datetime.fromisoformat(got["startedAt"].replace("Z", "+00:00")).timestamp()
+        assert started >= asked - 1, (got["startedAt"], asked)
+        # what a boot alone gives goes the plain way
+        hits = scrape(d, "sbxd_spare_booted_hits_total")
+        ids.append(d.create(diskSizeMB=2048))
+        ids.append(d.create("python"))
+        assert scrape(d, "sbxd_spare_booted_hits_total") == hits
+        assert d.run(ids[-1], "python3", "-c", "print(6*7)")["stdout"] == "42\n"
+        # the pool now boots for python, and a create of it takes one
+        for sid in ids:
+            d.delete(sid)
+        ids = []
+        assert wait_until(lambda: scrape(d, "sbxd_spares_booted") >= 2, 30)
+        ids.append(d.create("python"))
+        assert scrape(d, "sbxd_spare_booted_hits_total") == hits + 1
+        assert d.run(ids[-1], "python3", "-c", "print(6*7)")["stdout"] == "42\n"
+    finally:
+        for sid in ids:
+            d.delete(sid)
+        d.stop()

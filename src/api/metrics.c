@@ -190,8 +190,12 @@ render_engine (FILE *f, struct sbx_engine *engine)
   fprintf (f, "sbxd_spares %u\n", es.spares);
   family (f, "sbxd_spares_target", "gauge", "Spare sandboxes the pool aims to keep.");
   fprintf (f, "sbxd_spares_target %u\n", es.spares_target);
+  family (f, "sbxd_spares_booted", "gauge", "Spare sandboxes booted ahead for the template last created.");
+  fprintf (f, "sbxd_spares_booted %u\n", es.spares_booted);
   family (f, "sbxd_spare_hits_total", "counter", "Creates that took a ready spare.");
   fprintf (f, "sbxd_spare_hits_total %llu\n", (unsigned long long) es.spare_hits);
+  family (f, "sbxd_spare_booted_hits_total", "counter", "Creates that took a spare booted ahead for their template.");
+  fprintf (f, "sbxd_spare_booted_hits_total %llu\n", (unsigned long long) es.spare_booted_hits);
   family (f, "sbxd_spare_misses_total", "counter", "Creates that found no spare and prepared their sandbox inline.");
   fprintf (f, "sbxd_spare_misses_total %llu\n", (unsigned long long) es.spare_misses);
   struct sbx_warm_stat ws[SBX_WARM_TEMPLATES_MAX];

@@ -58,6 +58,8 @@
 #define SPARE_IDLE_MS 10000 /* the pool halves after this long without a claim */
 #define SPARE_WINDOW_MS 2000 /* claims this recent size the pool */
 #define SPARE_REFILL_DELAY_MS 20 /* a refill waits this long after a claim (see below) */
+#define SPARE_BUSY_MS 250        /* creates came this recently: the pool refills gently (see below), */
+#define SPARE_BUSY_WORKERS 2     /* with this many workers at most */
 #define DEFAULT_MEMORY_MB 2048
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
@@ -97,6 +99,10 @@ struct sandbox {
   bool disk_ids0;                /* its disk holds the sandbox's own ids (idmapped layers): it can be copied */
   uint32_t n_layers;             /* snapshot layers below its disk: layer-N.img in its directory */
   struct sandbox *next;
+  /* a spare booted ahead for its template (boot_spare); BOOT_ROOTFS: the
+     template's tree it booted from, which a rebuild replaces */
+  bool booted;
+  char *boot_rootfs;
   /* until it boots: its disk, agent socket, layers' idmapping and waiting child */
   int disk_fd, agent_fd, idmap_fd;
   struct sbx_isolate_proc proc;
@@ -127,8 +133,11 @@ struct sbx_engine {
   int spares_preparing;          /* by the pool's workers, now */
   int inline_preparing;          /* by creates that found no spare, now */
   int spares_booting;            /* creates booting a spare they took, now */
-  uint64_t spare_hits, spare_misses;
+  int spares_booting_ahead;      /* workers preparing a spare to boot for boot_template, now */
+  uint64_t spare_hits, spare_misses, spare_booted_hits;
   uint64_t claims_recent[2];     /* claims in this and the previous window */
+  uint64_t other_recent[2];      /* of them, creates no spare booted for boot_template could serve */
+  char boot_template[64];        /* spares are booted ahead for this template ("": none yet) */
   int64_t claims_window;         /* the window claims_recent[0] counts */
   uint64_t last_claim_ns;
   pthread_cond_t spare_cond;
@@ -158,8 +167,11 @@ sbx_engine_stats (struct sbx_engine *e, struct sbx_engine_stats *out)
   for (struct sandbox *s = e->list; s; s = s->next)
     out->live += s->state != SBX_STOPPED && !s->doomed;
   out->spares = (unsigned) e->n_spares;
+  for (int i = 0; i < e->n_spares; i++)
+    out->spares_booted += e->spares[i]->booted;
   out->spares_target = (unsigned) e->spares_target;
   out->spare_hits = e->spare_hits;
+  out->spare_booted_hits = e->spare_booted_hits;
   out->spare_misses = e->spare_misses;
   out->teardowns_pending = e->teardowns_pending;
   pthread_mutex_unlock (&e->lock);
@@ -262,6 +274,7 @@ sandbox_free (struct sandbox *s)
   if (s->dirfd >= 0)
     close (s->dirfd);
   free (s->reason);
+  free (s->boot_rootfs);
   sbx_strv_free (s->env);
   sbx_net_policy_free (&s->net);
   free (s);
@@ -1217,6 +1230,9 @@ disk_release (struct sbx_engine *e, uint32_t size_mb)
 
 static void *spare_main (void *arg);
 static void discard (struct sbx_engine *e, struct sandbox *s);
+static int boot_spare (struct sbx_engine *e, struct sandbox *s, const char *name, struct sbx_err *err);
+static int booted_want_locked (const struct sbx_engine *e);
+static void booted_count_locked (const struct sbx_engine *e, int *hot, int *cold);
 
 static int
 load_init (struct sbx_engine *e, const char *path, struct sbx_err *err)
@@ -2077,31 +2093,68 @@ fail:
    beside a create (its boot, then its record and answer, about 5 ms)
    doubled its time, so a create alone finds its refill done after it. */
 
+/* The spare to discard first: one booted for a template the pool no
+   longer boots for, then one of the kind (booted for boot_template or
+   plain) the pool has more of than it wants; -1 if none should go.
+   EXCESS: the pool holds more than its target.  Lock held. */
+static int
+pool_victim_locked (struct sbx_engine *e, bool excess)
+{
+  int hot, cold, want = booted_want_locked (e);
+  booted_count_locked (e, &hot, &cold);
+  int plain = e->n_spares - hot - cold, plain_want = e->spares_target - want;
+  /* counting those being made: short of one kind and long of another,
+     the pool makes room for the kind it lacks (after a create of a new
+     template, a change of demand) */
+  int hot_all = hot + e->spares_booting_ahead, plain_all = plain + e->spares_preparing - e->spares_booting_ahead;
+  bool rebalance = (hot_all < want && (cold || plain > plain_want))
+                   || (plain_all < plain_want && (cold || hot > want));
+  if (!excess && !rebalance)
+    return -1;
+  int pick = -1;
+  for (int i = e->n_spares - 1; i >= 0; i--)
+    {
+      struct sandbox *c = e->spares[i];
+      bool is_hot = c->booted && strcmp (c->template_name, e->boot_template) == 0;
+      if (c->booted && !is_hot)
+        return i;
+      if (pick < 0 && (is_hot ? hot > want : plain > plain_want))
+        pick = i;
+    }
+  return excess && pick < 0 ? e->n_spares - 1 : pick;
+}
+
 static void
 pool_discard_excess_locked (struct sbx_engine *e)
 {
-  while (e->n_spares > e->spares_target && !e->stop)
+  int i;
+  while (!e->stop && (i = pool_victim_locked (e, e->n_spares > e->spares_target)) >= 0)
     {
-      struct sandbox *s = e->spares[--e->n_spares];
+      struct sandbox *s = e->spares[i];
+      e->spares[i] = e->spares[--e->n_spares];
       pthread_mutex_unlock (&e->lock);
       discard (e, s);
       pthread_mutex_lock (&e->lock);
     }
 }
 
-/* A claim (hit or miss) of a create that could use a spare; lock held. */
+/* A claim (hit or miss) of a create that could use a spare; OTHER: one
+   that a spare booted for boot_template could not serve.  Lock held. */
 static void
-pool_claimed_locked (struct sbx_engine *e)
+pool_claimed_locked (struct sbx_engine *e, bool other)
 {
   uint64_t now = sbx_now_ns ();
   int64_t window = (int64_t) (now / ((uint64_t) SPARE_WINDOW_MS * 1000000));
   if (window != e->claims_window)
     {
-      e->claims_recent[1] = window == e->claims_window + 1 ? e->claims_recent[0] : 0;
-      e->claims_recent[0] = 0;
+      bool next = window == e->claims_window + 1;
+      e->claims_recent[1] = next ? e->claims_recent[0] : 0;
+      e->other_recent[1] = next ? e->other_recent[0] : 0;
+      e->claims_recent[0] = e->other_recent[0] = 0;
       e->claims_window = window;
     }
   e->claims_recent[0]++;
+  e->other_recent[0] += other;
   e->last_claim_ns = now;
   uint64_t want = (uint64_t) e->spares_min + e->claims_recent[0] + e->claims_recent[1];
   if (want > (uint64_t) e->spares_max)
@@ -2144,11 +2197,17 @@ spare_main (void *arg)
     {
       uint64_t wake = pool_shrink_locked (e);
       pool_discard_excess_locked (e);
+      uint64_t now = sbx_now_ns ();
       bool room = e->n_spares + e->spares_preparing < e->spares_target;
-      bool cpu = e->spares_preparing == 0 || e->spares_preparing + e->inline_preparing < SPARE_WORKERS;
+      uint64_t busy_until = e->last_claim_ns + (uint64_t) SPARE_BUSY_MS * 1000000;
+      bool busy = now < busy_until && e->n_spares > 0;
+      int workers = busy ? SPARE_BUSY_WORKERS : SPARE_WORKERS;
+      bool cpu = e->spares_preparing == 0 || e->spares_preparing + e->inline_preparing < workers;
+      if (room && !cpu && busy && (wake == 0 || busy_until < wake))
+        wake = busy_until;
       uint64_t refill_at = e->last_claim_ns + (uint64_t) SPARE_REFILL_DELAY_MS * 1000000;
       bool low = e->n_spares * 2 < e->spares_target;
-      bool quiet = low || (e->spares_booting == 0 && sbx_now_ns () >= refill_at);
+      bool quiet = low || (e->spares_booting == 0 && now >= refill_at);
       if (room && cpu && !quiet && e->spares_booting == 0 && (wake == 0 || refill_at < wake))
         wake = refill_at;
       if (e->stop || !room || !cpu || !quiet)
@@ -2165,6 +2224,15 @@ spare_main (void *arg)
           continue;
         }
       e->spares_preparing++;
+      /* booted ahead for boot_template while fewer are than the pool wants */
+      int hot, cold;
+      booted_count_locked (e, &hot, &cold);
+      char boot_for[64] = "";
+      if (hot + e->spares_booting_ahead < booted_want_locked (e))
+        {
+          snprintf (boot_for, sizeof boot_for, "%s", e->boot_template);
+          e->spares_booting_ahead++;
+        }
       pthread_mutex_unlock (&e->lock);
       struct sbx_err err;
       struct sandbox *s = prepare (e, NULL, &err);
@@ -2173,7 +2241,20 @@ spare_main (void *arg)
           sbx_log_fields (SBX_LOG_WARN, "cannot prepare a spare sandbox", "error", err.msg, NULL);
           sleep (1); /* do not spin on a broken host */
         }
+      else if (boot_for[0] && boot_spare (e, s, boot_for, &err) < 0)
+        {
+          /* the pool boots for it no more until a create of it succeeds */
+          sbx_log_fields (SBX_LOG_WARN, "cannot boot a spare sandbox", "template", boot_for, "error", err.msg, NULL);
+          discard (e, s);
+          s = NULL;
+          pthread_mutex_lock (&e->lock);
+          if (strcmp (e->boot_template, boot_for) == 0)
+            e->boot_template[0] = '\0';
+          pthread_mutex_unlock (&e->lock);
+        }
       pthread_mutex_lock (&e->lock);
+      if (boot_for[0])
+        e->spares_booting_ahead--;
       e->spares_preparing--;
       if (s && (e->stop || e->n_spares >= e->spares_max))
         {
@@ -2356,6 +2437,369 @@ layers_mount (struct sbx_engine *e, struct sandbox *s, int snap_fd, uint32_t n, 
   return 0;
 }
 
+/* Fill the limits a create leaves at 0 from template T or the defaults. */
+static void
+template_limits (const struct sbx_template *t, struct sbx_limits *lim)
+{
+  if (!lim->cpu_millis)
+    lim->cpu_millis = t->cpu_count ? t->cpu_count * 1000 : DEFAULT_CPU_MILLIS;
+  if (!lim->memory_mb)
+    lim->memory_mb = t->memory_mb ? t->memory_mb : DEFAULT_MEMORY_MB;
+  if (!lim->disk_mb)
+    lim->disk_mb = t->disk_mb ? t->disk_mb : SBX_DEFAULT_DISK_MB;
+  if (!lim->pids_max)
+    lim->pids_max = DEFAULT_PIDS;
+  if (!lim->nofile)
+    lim->nofile = DEFAULT_NOFILE;
+}
+
+/* Whether a sandbox of limits LIM can come from a booted spare: what a
+   boot fixes (the disk a spare is prepared with, the pids and open-file
+   limits init starts under) is what every booted spare has. */
+static bool
+booted_limits_fit (const struct sbx_limits *lim)
+{
+  return lim->disk_mb == SBX_DEFAULT_DISK_MB && lim->pids_max == DEFAULT_PIDS && lim->nofile == DEFAULT_NOFILE;
+}
+
+/* Internet with no rules: what a sandbox's link starts with. */
+static bool
+net_plain (const struct sbx_net_policy *p)
+{
+  return p->enabled && !p->n_allow && !p->n_deny && !p->n_domains && !p->n_rules && !p->proxy;
+}
+
+/* Boot S, prepared (prepare), as a sandbox of template T with limits LIM
+   and what O asks at boot: environment, network policy, filesystem rules,
+   volumes, CPU weight, keep_upper; MAN and SNAP_FD: a snapshot's layers.
+   S's state is SBX_RUNNING after; on failure the caller discards S. */
+static int
+boot (struct sbx_engine *e, struct sandbox *s, const struct sbx_template *t, const struct sbx_limits *lim,
+      const struct sbx_create_opts *o, const struct manifest *man, int snap_fd, struct create_clock *clk,
+      struct sbx_err *err)
+{
+  snprintf (s->template_name, sizeof s->template_name, "%s", t->name);
+  snprintf (s->default_user, sizeof s->default_user, "%s", *t->user ? t->user : "root");
+  snprintf (s->workdir, sizeof s->workdir, "%s", t->workdir);
+  s->limits = *lim;
+  s->on_timeout = o->on_timeout;
+  s->auto_resume = o->auto_resume;
+  int r = -1;
+  int layer_fds[SBX_SNAPSHOT_LAYERS];
+  size_t n_layer_fds = 0;
+  for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
+    layer_fds[i] = -1;
+  int vol_fds[SBX_FS_MOUNTS_MAX];
+  for (size_t i = 0; i < SBX_FS_MOUNTS_MAX; i++)
+    vol_fds[i] = -1;
+  bool env_ok;
+  sbx_strv_free (s->env);
+  s->env = env_merge (man ? man->env : NULL, o->env, &env_ok);
+
+  char dir[PATH_MAX], cg[128];
+  char **env = NULL;
+  cleanup_close int tree_fd = -1;
+  cleanup_close int lock_fd = -1;
+  cgroup_name (s->id, cg, sizeof cg);
+  if (!env_ok)
+    {
+      sbx_fail (err, ENOMEM, "environment");
+      goto out;
+    }
+  if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0)
+    {
+      sbx_fail (err, errno, "sandbox path");
+      goto out;
+    }
+  if (man)
+    {
+      n_layer_fds = man->layers;
+      if (layers_mount (e, s, snap_fd, man->layers, layer_fds, err) < 0)
+        goto out;
+    }
+  if (s->has_net)
+    {
+      struct sbx_net_policy want = { .enabled = t->internet };
+      sbx_net_policy_free (&s->net);
+      s->net_asked_set = o->internet_asked != 0;
+      s->net_asked = o->internet_asked > 0;
+      if (sbx_net_policy_copy (&s->net, o->net ? o->net : &want, err) < 0)
+        goto out;
+    }
+  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (e, s, dir, s->limits.disk_mb, err) < 0)
+    goto out;
+  clock_mark (clk, "layers_disk");
+  struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
+  if (sbx_cgroup_create (cg, &cl, err) < 0
+      || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
+    goto out;
+  clock_mark (clk, "cgroup");
+  env = init_env (t, (const char *const *) s->env, sbx_net_egress_ca_pem (e->net) != NULL && !o->keep_upper);
+  if (env == NULL)
+    {
+      sbx_fail (err, ENOMEM, "environment");
+      goto out;
+    }
+  /* lock the tree first, then use it through the same directory fd: a
+     rebuild that retires it meanwhile cannot pull it from under us */
+  char tree[PATH_MAX];
+  if (sbx_path (tree, sizeof tree, "%s", t->rootfs) < 0 || strrchr (tree, '/') == NULL)
+    {
+      sbx_fail (err, EINVAL, "template path %s", t->rootfs);
+      goto out;
+    }
+  *strrchr (tree, '/') = '\0';
+  tree_fd = open (tree, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (tree_fd >= 0)
+    lock_fd = openat (tree_fd, ".inuse", O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (tree_fd < 0 || lock_fd < 0 || flock (lock_fd, LOCK_SH) < 0)
+    {
+      sbx_fail (err, errno, "lock template %s", t->name);
+      goto out;
+    }
+  uint32_t net_addr = 0, net_gw = 0;
+  if (s->has_net)
+    sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
+  for (size_t i = 0; i < o->n_volumes; i++)
+    if ((vol_fds[i] = sbx_disk_volume_mount (o->volume_images[i], err)) < 0)
+      goto out;
+  struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds,
+                                   vol_fds, o->volume_paths, o->n_volumes, o->keep_upper };
+  if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
+                              o->fs_rules, o->n_fs_rules, err)
+      < 0)
+    goto out;
+  clock_mark (clk, "boot_start");
+  /* the overlay holds the layers now, the sandbox its volumes */
+  for (size_t i = 0; i < n_layer_fds; i++)
+    {
+      close (layer_fds[i]);
+      layer_fds[i] = -1;
+    }
+  for (size_t i = 0; i < o->n_volumes; i++)
+    {
+      close (vol_fds[i]);
+      vol_fds[i] = -1;
+    }
+  /* The link was made with the plain internet rules; other rules are put
+     in place while the sandbox sets itself up.  Nothing of the caller's
+     runs in it before this function returns. */
+  if (s->has_net && !net_plain (&s->net) && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
+    goto out;
+  clock_mark (clk, "net_rules");
+  if (sbx_isolate_boot_wait (&s->proc, err) < 0)
+    goto out;
+  clock_mark (clk, "boot_wait");
+  /* the sandbox holds its disk and socket now (a template build keeps
+     the disk, whose upper layer it publishes: sbx_upper_open) */
+  if (!o->keep_upper)
+    {
+      close (s->disk_fd);
+      s->disk_fd = -1;
+    }
+  close (s->agent_fd);
+  close (s->idmap_fd);
+  s->agent_fd = s->idmap_fd = -1;
+  s->state = SBX_RUNNING;
+  r = 0;
+out:
+  for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
+    if (layer_fds[i] >= 0)
+      close (layer_fds[i]);
+  for (size_t i = 0; i < SBX_FS_MOUNTS_MAX; i++)
+    if (vol_fds[i] >= 0)
+      close (vol_fds[i]);
+  free (env);
+  return r;
+}
+
+/* ---- booted spares ----
+
+   Booting a spare (boot: the template's layers, /proc, /dev and /sys,
+   the masks, the sandbox's files, init's exec) is most of what a create
+   from a spare costs, about 4 ms here.  The pool therefore boots its
+   spares ahead for the template last created (boot_template) with
+   nothing asked (boot_spare), and a create of that template takes one
+   (take_booted) when it asks nothing a boot alone can give: no snapshot,
+   filesystem rules, volumes or chosen id, not a template build, the
+   default disk, pids and open-file limits.  What it may ask is given to
+   the running sandbox (claim_booted): its environment (init's, which
+   every later command gets: nothing of the template's runs before it),
+   CPU and memory limits, CPU weight and network policy.  The sandbox's
+   life starts at the claim; until then it is a spare, invisible, and one
+   that outlived a crash is removed at the next start like any spare.
+
+   The pool keeps plain spares too, for every other create: at least one,
+   and as many as such creates took lately (other_recent).  A spare
+   booted for a template the pool no longer boots for is discarded first
+   when the pool shrinks or needs room; one whose template was rebuilt
+   since is discarded when a create of it finds it. */
+
+/* How many spares to keep booted for boot_template; lock held. */
+static int
+booted_want_locked (const struct sbx_engine *e)
+{
+  if (!e->boot_template[0])
+    return 0;
+  uint64_t other = e->other_recent[0] + e->other_recent[1];
+  int plain = other + 1 < (uint64_t) e->spares_target ? (int) other + 1 : e->spares_target;
+  return e->spares_target - plain;
+}
+
+/* Spares booted for boot_template (HOT) and for another template; lock held. */
+static void
+booted_count_locked (const struct sbx_engine *e, int *hot, int *cold)
+{
+  *hot = *cold = 0;
+  for (int i = 0; i < e->n_spares; i++)
+    if (e->spares[i]->booted)
+      {
+        if (strcmp (e->spares[i]->template_name, e->boot_template) == 0)
+          (*hot)++;
+        else
+          (*cold)++;
+      }
+}
+
+/* Boot S, a spare just prepared, for template NAME as a create of it with
+   nothing asked would.  On failure the caller discards S. */
+static int
+boot_spare (struct sbx_engine *e, struct sandbox *s, const char *name, struct sbx_err *err)
+{
+  struct sbx_template t;
+  memset (&t, 0, sizeof t);
+  if (sbx_template_load (e->template_dir, name, &t, err) < 0)
+    return -1;
+  struct sbx_limits lim = { 0 };
+  template_limits (&t, &lim);
+  struct sbx_create_opts o = { .template_name = t.name };
+  struct create_clock clk;
+  clock_start (&clk);
+  int r = -1;
+  if (!booted_limits_fit (&lim))
+    sbx_failx (err, EINVAL, "template %s has a disk of its own size", t.name);
+  else if (boot (e, s, &t, &lim, &o, NULL, -1, &clk, err) == 0 && (s->boot_rootfs = strdup (t.rootfs)) != NULL)
+    {
+      s->booted = true;
+      clock_log (&clk, "spare boot phases", s->id, NULL);
+      r = 0;
+    }
+  else if (s->state == SBX_RUNNING)
+    sbx_fail (err, ENOMEM, "boot a spare");
+  sbx_template_free (&t);
+  return r;
+}
+
+static int agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err);
+static int agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req,
+                          const struct sbx_agent_bounds *b, sbx_agent_frame_fn fn, void *ud, struct sbx_err *err);
+
+/* Give S, booted for the create's template, what O asks beyond the
+   template's defaults (see above), and LIM.  On failure the caller
+   discards S. */
+static int
+claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_opts *o, const struct sbx_limits *lim,
+              struct sbx_err *err)
+{
+  struct pollfd pf = { s->pidfd, POLLIN, 0 };
+  if (s->pidfd < 0 || poll (&pf, 1, 0) != 0)
+    return sbx_failx (err, ESRCH, "the spare's init has ended");
+  char cg[128];
+  cgroup_name (s->id, cg, sizeof cg);
+  if (o->env && *o->env)
+    {
+      struct sbx_msg req;
+      sbx_msg_init (&req, SBX_REQ_SETENV);
+      for (const char *const *v = o->env; *v; v++)
+        sbx_msg_put_str (&req, SBX_T_ENV, *v);
+      int r = agent_call_on (e, s, &req, &sbx_agent_plain, NULL, NULL, err);
+      sbx_msg_free (&req);
+      if (r < 0)
+        return -1;
+      bool ok;
+      char **env = env_merge (NULL, o->env, &ok);
+      if (!ok)
+        return sbx_fail (err, ENOMEM, "environment");
+      sbx_strv_free (s->env);
+      s->env = env;
+    }
+  struct sbx_cgroup_limits cl = { lim->memory_mb != s->limits.memory_mb ? (uint64_t) lim->memory_mb << 20 : 0,
+                                  lim->cpu_millis != s->limits.cpu_millis ? lim->cpu_millis : 0, 0 };
+  if ((cl.memory_bytes || cl.cpu_millis) && sbx_cgroup_set_limits (cg, &cl, err) < 0)
+    return -1;
+  s->limits = *lim;
+  if (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0)
+    return -1;
+  if (s->has_net)
+    {
+      s->net_asked_set = o->internet_asked != 0;
+      s->net_asked = o->internet_asked > 0;
+      if (o->net && !(net_plain (o->net) && net_plain (&s->net)))
+        {
+          struct sbx_net_policy p;
+          if (sbx_net_policy_copy (&p, o->net, err) < 0)
+            return -1;
+          if (sbx_net_apply (e->net, s->uid_slot, &p, err) < 0)
+            {
+              sbx_net_policy_free (&p);
+              return -1;
+            }
+          sbx_net_policy_free (&s->net);
+          s->net = p;
+        }
+    }
+  s->on_timeout = o->on_timeout;
+  s->auto_resume = o->auto_resume;
+  return 0;
+}
+
+/* Take a spare booted for T and give it what O and LIM ask: 0 and *OUT,
+   or -1 when there is none (or it could not take them: then it is
+   discarded, and the create goes the plain way). */
+static int
+take_booted (struct sbx_engine *e, const struct sbx_template *t, const struct sbx_create_opts *o,
+             const struct sbx_limits *lim, struct sandbox **out)
+{
+  struct sandbox *stale[8];
+  size_t n_stale = 0;
+  struct sandbox *s = NULL;
+  pthread_mutex_lock (&e->lock);
+  for (int i = e->n_spares - 1; i >= 0 && s == NULL; i--)
+    {
+      struct sandbox *c = e->spares[i];
+      if (!c->booted || strcmp (c->template_name, t->name) != 0)
+        continue;
+      bool current = strcmp (c->boot_rootfs, t->rootfs) == 0;
+      if (current || n_stale < sizeof stale / sizeof stale[0])
+        {
+          e->spares[i] = e->spares[--e->n_spares];
+          if (current)
+            s = c;
+          else
+            stale[n_stale++] = c; /* booted from a tree since rebuilt */
+        }
+    }
+  pthread_mutex_unlock (&e->lock);
+  for (size_t i = 0; i < n_stale; i++)
+    discard (e, stale[i]);
+  if (s == NULL)
+    return -1;
+  struct sbx_err err;
+  if (claim_booted (e, s, o, lim, &err) < 0)
+    {
+      sbx_log_fields (SBX_LOG_WARN, "cannot take a booted spare", "sandbox", s->id, "error", err.msg, NULL);
+      discard (e, s);
+      return -1;
+    }
+  pthread_mutex_lock (&e->lock);
+  e->spare_hits++;
+  e->spare_booted_hits++;
+  pool_claimed_locked (e, false);
+  pthread_mutex_unlock (&e->lock);
+  *out = s;
+  return 0;
+}
+
 static int create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct manifest *man, int snap_fd,
                    char id_out[SBX_ID_MAX], struct sbx_err *err);
 
@@ -2433,16 +2877,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       if (!lim.disk_mb)
         lim.disk_mb = man->limits.disk_mb;
     }
-  if (!lim.cpu_millis)
-    lim.cpu_millis = t.cpu_count ? t.cpu_count * 1000 : DEFAULT_CPU_MILLIS;
-  if (!lim.memory_mb)
-    lim.memory_mb = t.memory_mb ? t.memory_mb : DEFAULT_MEMORY_MB;
-  if (!lim.disk_mb)
-    lim.disk_mb = t.disk_mb ? t.disk_mb : SBX_DEFAULT_DISK_MB;
-  if (!lim.pids_max)
-    lim.pids_max = DEFAULT_PIDS;
-  if (!lim.nofile)
-    lim.nofile = DEFAULT_NOFILE;
+  template_limits (&t, &lim);
   clock_mark (&clk, "template");
   /* its disk must fit before a spare is claimed: one that does not stays
      a spare */
@@ -2453,172 +2888,66 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     }
   clock_mark (&clk, "disk_admit");
 
-  /* a spare if one is ready, else prepare one now; a sandbox whose id
-     was chosen beforehand is always prepared now, since a spare's id is
-     already its directory's, its cgroups' and its host name */
+  /* A spare booted ahead for this template if the create asks nothing
+     that only a boot can give (boot_spare); else a spare if one is
+     ready, else one prepared now.  A sandbox whose id was chosen
+     beforehand is always prepared now, since a spare's id is already its
+     directory's, its cgroups' and its host name. */
+  bool bootable = man == NULL && o->id == NULL && o->n_fs_rules == 0 && o->n_volumes == 0 && !o->keep_upper
+                  && booted_limits_fit (&lim);
   struct sandbox *s = NULL;
-  pthread_mutex_lock (&e->lock);
-  if (o->id == NULL)
+  bool spare = false, booting = false;
+  if (bootable && take_booted (e, &t, o, &lim, &s) == 0)
     {
-      s = e->n_spares ? e->spares[--e->n_spares] : NULL;
-      pool_claimed_locked (e);
-    }
-  bool spare = s != NULL, booting = spare;
-  if (s)
-    {
-      e->spare_hits++;
-      e->spares_booting++;
+      spare = true;
+      clock_mark (&clk, "claim_booted");
     }
   else
     {
-      e->spare_misses++;
-      e->inline_preparing++;
-    }
-  pthread_mutex_unlock (&e->lock);
-  if (s == NULL)
-    {
-      s = prepare (e, o->id, err);
       pthread_mutex_lock (&e->lock);
-      e->inline_preparing--;
-      pthread_cond_broadcast (&e->spare_cond);
+      if (o->id == NULL)
+        {
+          for (int i = e->n_spares - 1; i >= 0 && s == NULL; i--)
+            if (!e->spares[i]->booted)
+              {
+                s = e->spares[i];
+                e->spares[i] = e->spares[--e->n_spares];
+              }
+          pool_claimed_locked (e, !bootable || strcmp (t.name, e->boot_template) != 0);
+        }
+      spare = booting = s != NULL;
+      if (s)
+        {
+          e->spare_hits++;
+          e->spares_booting++;
+        }
+      else
+        {
+          e->spare_misses++;
+          e->inline_preparing++;
+        }
       pthread_mutex_unlock (&e->lock);
+      if (s == NULL)
+        {
+          s = prepare (e, o->id, err);
+          pthread_mutex_lock (&e->lock);
+          e->inline_preparing--;
+          pthread_cond_broadcast (&e->spare_cond);
+          pthread_mutex_unlock (&e->lock);
+        }
+      if (s == NULL)
+        {
+          disk_release (e, lim.disk_mb);
+          sbx_template_free (&t);
+          return -1;
+        }
+      clock_mark (&clk, spare ? "claim" : "prepare");
+      if (boot (e, s, &t, &lim, o, man, snap_fd, &clk, err) < 0)
+        goto fail;
     }
-  if (s == NULL)
-    {
-      disk_release (e, lim.disk_mb);
-      sbx_template_free (&t);
-      return -1;
-    }
-  clock_mark (&clk, spare ? "claim" : "prepare");
-
-  snprintf (s->template_name, sizeof s->template_name, "%s", t.name);
-  snprintf (s->default_user, sizeof s->default_user, "%s", *t.user ? t.user : "root");
-  snprintf (s->workdir, sizeof s->workdir, "%s", t.workdir);
-  s->limits = lim;
-  s->on_timeout = o->on_timeout;
-  s->auto_resume = o->auto_resume;
-  int layer_fds[SBX_SNAPSHOT_LAYERS];
-  size_t n_layer_fds = 0;
-  for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
-    layer_fds[i] = -1;
-  int vol_fds[SBX_FS_MOUNTS_MAX];
-  for (size_t i = 0; i < SBX_FS_MOUNTS_MAX; i++)
-    vol_fds[i] = -1;
-  bool env_ok;
-  s->env = env_merge (man ? man->env : NULL, o->env, &env_ok);
   s->timeout_s = timeout;
   s->created_ms = sbx_wall_ms ();
   s->end_ms = s->created_ms + (int64_t) timeout * 1000;
-
-  char dir[PATH_MAX], cg[128];
-  char **env = NULL;
-  cleanup_close int tree_fd = -1;
-  cleanup_close int lock_fd = -1;
-  cgroup_name (s->id, cg, sizeof cg);
-  if (!env_ok)
-    {
-      sbx_fail (err, ENOMEM, "environment");
-      goto fail;
-    }
-  if (sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id) < 0)
-    {
-      sbx_fail (err, errno, "sandbox path");
-      goto fail;
-    }
-  if (man)
-    {
-      n_layer_fds = man->layers;
-      if (layers_mount (e, s, snap_fd, man->layers, layer_fds, err) < 0)
-        goto fail;
-    }
-  if (s->has_net)
-    {
-      struct sbx_net_policy want = { .enabled = t.internet };
-      sbx_net_policy_free (&s->net);
-      s->net_asked_set = o->internet_asked != 0;
-      s->net_asked = o->internet_asked > 0;
-      if (sbx_net_policy_copy (&s->net, o->net ? o->net : &want, err) < 0)
-        goto fail;
-    }
-  if (s->limits.disk_mb != SBX_DEFAULT_DISK_MB && make_disk (e, s, dir, s->limits.disk_mb, err) < 0)
-    goto fail;
-  clock_mark (&clk, "layers_disk");
-  struct sbx_cgroup_limits cl = { (uint64_t) s->limits.memory_mb << 20, s->limits.cpu_millis, s->limits.pids_max };
-  if (sbx_cgroup_create (cg, &cl, err) < 0
-      || (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0))
-    goto fail;
-  clock_mark (&clk, "cgroup");
-  env = init_env (&t, (const char *const *) s->env, sbx_net_egress_ca_pem (e->net) != NULL && !o->keep_upper);
-  if (env == NULL)
-    {
-      sbx_fail (err, ENOMEM, "environment");
-      goto fail;
-    }
-  /* lock the tree first, then use it through the same directory fd: a
-     rebuild that retires it meanwhile cannot pull it from under us */
-  char tree[PATH_MAX];
-  if (sbx_path (tree, sizeof tree, "%s", t.rootfs) < 0 || strrchr (tree, '/') == NULL)
-    {
-      sbx_fail (err, EINVAL, "template path %s", t.rootfs);
-      goto fail;
-    }
-  *strrchr (tree, '/') = '\0';
-  tree_fd = open (tree, O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (tree_fd >= 0)
-    lock_fd = openat (tree_fd, ".inuse", O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (tree_fd < 0 || lock_fd < 0 || flock (lock_fd, LOCK_SH) < 0)
-    {
-      sbx_fail (err, errno, "lock template %s", t.name);
-      goto fail;
-    }
-  uint32_t net_addr = 0, net_gw = 0;
-  if (s->has_net)
-    sbx_net_addresses (s->uid_slot, &net_addr, &net_gw);
-  for (size_t i = 0; i < o->n_volumes; i++)
-    if ((vol_fds[i] = sbx_disk_volume_mount (o->volume_images[i], err)) < 0)
-      goto fail;
-  struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds,
-                                   vol_fds, o->volume_paths, o->n_volumes, o->keep_upper };
-  if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
-                              o->fs_rules, o->n_fs_rules, err)
-      < 0)
-    goto fail;
-  clock_mark (&clk, "boot_start");
-  /* the overlay holds the layers now, the sandbox its volumes */
-  for (size_t i = 0; i < n_layer_fds; i++)
-    {
-      close (layer_fds[i]);
-      layer_fds[i] = -1;
-    }
-  for (size_t i = 0; i < o->n_volumes; i++)
-    {
-      close (vol_fds[i]);
-      vol_fds[i] = -1;
-    }
-  /* The link was made with the plain internet rules; other rules are put
-     in place while the sandbox sets itself up.  Nothing of the caller's
-     runs in it before this function returns. */
-  if (s->has_net && (!s->net.enabled || s->net.n_allow || s->net.n_deny || s->net.n_domains || s->net.n_rules
-                     || s->net.proxy)
-      && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
-    goto fail;
-  clock_mark (&clk, "net_rules");
-  if (sbx_isolate_boot_wait (&s->proc, err) < 0)
-    goto fail;
-  clock_mark (&clk, "boot_wait");
-  free (env);
-  env = NULL;
-  /* the sandbox holds its disk and socket now (a template build keeps
-     the disk, whose upper layer it publishes: sbx_upper_open) */
-  if (!o->keep_upper)
-    {
-      close (s->disk_fd);
-      s->disk_fd = -1;
-    }
-  close (s->agent_fd);
-  close (s->idmap_fd);
-  s->agent_fd = s->idmap_fd = -1;
-  s->state = SBX_RUNNING;
 
   /* S is in no list yet: its record is written without the engine's
      lock, which a burst of creates would otherwise queue on */
@@ -2631,6 +2960,12 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       e->spares_booting--;
       pthread_cond_broadcast (&e->spare_cond);
     }
+  if (bootable && strcmp (e->boot_template, t.name) != 0)
+    {
+      /* the pool boots its spares for the template last asked for */
+      snprintf (e->boot_template, sizeof e->boot_template, "%s", t.name);
+      pthread_cond_broadcast (&e->spare_cond);
+    }
   s->next = e->list;
   e->list = s;
   e->disk_pending -= (uint64_t) lim.disk_mb << 20; /* it counts in the list now */
@@ -2640,7 +2975,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
   sbx_template_free (&t);
   emit (e, id_out, SBX_EVENT_CREATED, "request");
   clock_mark (&clk, "event");
-  clock_log (&clk, "create phases", id_out, spare ? "yes" : "no");
+  clock_log (&clk, "create phases", id_out, s->booted ? "booted" : spare ? "yes" : "no");
   return 0;
 
 fail:
@@ -2651,13 +2986,6 @@ fail:
       pthread_cond_broadcast (&e->spare_cond);
       pthread_mutex_unlock (&e->lock);
     }
-  for (size_t i = 0; i < SBX_SNAPSHOT_LAYERS; i++)
-    if (layer_fds[i] >= 0)
-      close (layer_fds[i]);
-  for (size_t i = 0; i < SBX_FS_MOUNTS_MAX; i++)
-    if (vol_fds[i] >= 0)
-      close (vol_fds[i]);
-  free (env);
   sbx_template_free (&t);
   discard (e, s);
   disk_release (e, lim.disk_mb);
@@ -3442,19 +3770,22 @@ agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req, con
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
-  int r = -1;
-  cleanup_close int fd = agent_connect (e, s, err);
-  if (fd < 0)
-    goto out;
-  if (sbx_msg_send (fd, req) < 0)
-    {
-      sbx_fail (err, errno, "send to sandbox agent");
-      goto out;
-    }
-  r = sbx_agent_answer (fd, s->id, b, fn, ud, err);
-out:
+  int r = agent_call_on (e, s, req, b, fn, ud, err);
   put (e, s);
   return r;
+}
+
+/* agent_call to S, referenced by the caller (or no one's but its yet) */
+static int
+agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req, const struct sbx_agent_bounds *b,
+               sbx_agent_frame_fn fn, void *ud, struct sbx_err *err)
+{
+  cleanup_close int fd = agent_connect (e, s, err);
+  if (fd < 0)
+    return -1;
+  if (sbx_msg_send (fd, req) < 0)
+    return sbx_fail (err, errno, "send to sandbox agent");
+  return sbx_agent_answer (fd, s->id, b, fn, ud, err);
 }
 
 /* A frame of a stream that has begun must be whole in SBX_AGENT_FRAME_MS. */

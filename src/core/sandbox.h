@@ -103,7 +103,9 @@ struct sbx_engine_stats {
   unsigned live;             /* sandboxes neither stopped nor destroyed */
   unsigned spares;           /* spares ready now */
   unsigned spares_target;    /* how many the pool aims to keep */
+  unsigned spares_booted;    /* of the spares, those booted ahead for a template */
   uint64_t spare_hits;       /* creates that took a ready spare */
+  uint64_t spare_booted_hits; /* of them, those that took one booted ahead for their template */
   uint64_t spare_misses;     /* creates that prepared their sandbox inline */
   unsigned teardowns_pending; /* sandboxes answered as gone, still being torn down */
 };
