@@ -1,8 +1,9 @@
 """The two shipped templates: base and code_interpreter (alias
 code-interpreter-v1), and the template command line."""
 import subprocess
+import time
 
-from conftest import SBXD
+from conftest import SBXD, wait_until
 
 
 def test_template_list_shows_both(sbxd):
@@ -62,6 +63,9 @@ def test_removed_template_stays_until_its_last_sandbox_is_gone(tmp_path):
             os.environ["SBXD_TEMPLATE_DIR"] = d_env
     try:
         sid = d.create(template="mini")
+        # the spare pool has booted spares for mini meanwhile: they hold its
+        # tree too, until the pool finds it gone
+        time.sleep(2)
         r = subprocess.run([SBXD, "template", "rm", "mini"], env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert not (tdir / "mini").exists()
@@ -73,8 +77,11 @@ def test_removed_template_stays_until_its_last_sandbox_is_gone(tmp_path):
         subprocess.run([SBXD, "template", "gc"], env=env, check=True)
         assert os.listdir(tdir / ".retired") == retired  # still in use
         d.delete(sid)
-        subprocess.run([SBXD, "template", "gc"], env=env, check=True)
-        assert os.listdir(tdir / ".retired") == []
+
+        def collected():
+            subprocess.run([SBXD, "template", "gc"], env=env, check=True)
+            return os.listdir(tdir / ".retired") == []
+        assert wait_until(collected, 10, 0.5)
     finally:
         d.cleanup()
         d.stop()

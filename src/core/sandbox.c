@@ -60,6 +60,7 @@
 #define SPARE_REFILL_DELAY_MS 20 /* a refill waits this long after a claim (see below) */
 #define SPARE_BUSY_MS 250        /* creates came this recently: the pool refills gently (see below), */
 #define SPARE_BUSY_WORKERS 2     /* with this many workers at most */
+#define SPARE_CHECK_MS 1000      /* booted spares' templates are looked at this often (pool_check_booted_locked) */
 #define DEFAULT_MEMORY_MB 2048
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
@@ -99,10 +100,11 @@ struct sandbox {
   bool disk_ids0;                /* its disk holds the sandbox's own ids (idmapped layers): it can be copied */
   uint32_t n_layers;             /* snapshot layers below its disk: layer-N.img in its directory */
   struct sandbox *next;
-  /* a spare booted ahead for its template (boot_spare); BOOT_ROOTFS: the
-     template's tree it booted from, which a rebuild replaces */
+  /* a spare booted ahead for its template (boot_spare), and the identity
+     of the template's tree it booted from (a rebuild replaces the tree) */
   bool booted;
-  char *boot_rootfs;
+  dev_t boot_dev;
+  ino_t boot_ino;
   /* until it boots: its disk, agent socket, layers' idmapping and waiting child */
   int disk_fd, agent_fd, idmap_fd;
   struct sbx_isolate_proc proc;
@@ -137,6 +139,7 @@ struct sbx_engine {
   uint64_t spare_hits, spare_misses, spare_booted_hits;
   uint64_t claims_recent[2];     /* claims in this and the previous window */
   uint64_t other_recent[2];      /* of them, creates no spare booted for boot_template could serve */
+  uint64_t booted_checked_ns;    /* when booted spares' templates were last looked at */
   char boot_template[64];        /* spares are booted ahead for this template ("": none yet) */
   int64_t claims_window;         /* the window claims_recent[0] counts */
   uint64_t last_claim_ns;
@@ -274,7 +277,6 @@ sandbox_free (struct sandbox *s)
   if (s->dirfd >= 0)
     close (s->dirfd);
   free (s->reason);
-  free (s->boot_rootfs);
   sbx_strv_free (s->env);
   sbx_net_policy_free (&s->net);
   free (s);
@@ -2188,6 +2190,63 @@ pool_shrink_locked (struct sbx_engine *e)
   return now + (uint64_t) SPARE_IDLE_MS * 1000000;
 }
 
+/* Discard the booted spares whose template is gone or was rebuilt since
+   they booted (they would hold its retired tree: `sbxd template gc`
+   could not delete it), once every SPARE_CHECK_MS.  Lock held; returns
+   when to look again (monotonic ns), 0 for never. */
+static uint64_t
+pool_check_booted_locked (struct sbx_engine *e)
+{
+  uint64_t now = sbx_now_ns (), due = e->booted_checked_ns + (uint64_t) SPARE_CHECK_MS * 1000000;
+  bool any = false;
+  for (int i = 0; i < e->n_spares && !any; i++)
+    any = e->spares[i]->booted;
+  if (!any)
+    return 0;
+  if (now < due)
+    return due;
+  e->booted_checked_ns = now;
+  char names[4][64];
+  size_t n_names = 0;
+  for (int i = 0; i < e->n_spares && n_names < sizeof names / sizeof names[0]; i++)
+    {
+      struct sandbox *c = e->spares[i];
+      size_t k = 0;
+      while (k < n_names && strcmp (names[k], c->template_name) != 0)
+        k++;
+      if (c->booted && k == n_names)
+        snprintf (names[n_names++], sizeof names[0], "%s", c->template_name);
+    }
+  for (size_t k = 0; k < n_names && !e->stop; k++)
+    {
+      pthread_mutex_unlock (&e->lock);
+      struct sbx_template t;
+      memset (&t, 0, sizeof t);
+      bool there = sbx_template_load (e->template_dir, names[k], &t, NULL) == 0;
+      dev_t dev = t.rootfs_dev;
+      ino_t ino = t.rootfs_ino;
+      sbx_template_free (&t);
+      pthread_mutex_lock (&e->lock);
+      struct sandbox *stale[16];
+      size_t n_stale = 0;
+      for (int i = e->n_spares - 1; i >= 0 && n_stale < sizeof stale / sizeof stale[0]; i--)
+        {
+          struct sandbox *c = e->spares[i];
+          if (c->booted && strcmp (c->template_name, names[k]) == 0
+              && !(there && c->boot_dev == dev && c->boot_ino == ino))
+            {
+              e->spares[i] = e->spares[--e->n_spares];
+              stale[n_stale++] = c;
+            }
+        }
+      pthread_mutex_unlock (&e->lock);
+      for (size_t i = 0; i < n_stale; i++)
+        discard (e, stale[i]);
+      pthread_mutex_lock (&e->lock);
+    }
+  return now + (uint64_t) SPARE_CHECK_MS * 1000000;
+}
+
 static void *
 spare_main (void *arg)
 {
@@ -2195,7 +2254,9 @@ spare_main (void *arg)
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
-      uint64_t wake = pool_shrink_locked (e);
+      uint64_t wake = pool_shrink_locked (e), check = pool_check_booted_locked (e);
+      if (check && (wake == 0 || check < wake))
+        wake = check;
       pool_discard_excess_locked (e);
       uint64_t now = sbx_now_ns ();
       bool room = e->n_spares + e->spares_preparing < e->spares_target;
@@ -2678,14 +2739,14 @@ boot_spare (struct sbx_engine *e, struct sandbox *s, const char *name, struct sb
   int r = -1;
   if (!booted_limits_fit (&lim))
     sbx_failx (err, EINVAL, "template %s has a disk of its own size", t.name);
-  else if (boot (e, s, &t, &lim, &o, NULL, -1, &clk, err) == 0 && (s->boot_rootfs = strdup (t.rootfs)) != NULL)
+  else if (boot (e, s, &t, &lim, &o, NULL, -1, &clk, err) == 0)
     {
       s->booted = true;
+      s->boot_dev = t.rootfs_dev;
+      s->boot_ino = t.rootfs_ino;
       clock_log (&clk, "spare boot phases", s->id, NULL);
       r = 0;
     }
-  else if (s->state == SBX_RUNNING)
-    sbx_fail (err, ENOMEM, "boot a spare");
   sbx_template_free (&t);
   return r;
 }
@@ -2769,7 +2830,7 @@ take_booted (struct sbx_engine *e, const struct sbx_template *t, const struct sb
       struct sandbox *c = e->spares[i];
       if (!c->booted || strcmp (c->template_name, t->name) != 0)
         continue;
-      bool current = strcmp (c->boot_rootfs, t->rootfs) == 0;
+      bool current = c->boot_dev == t->rootfs_dev && c->boot_ino == t->rootfs_ino;
       if (current || n_stale < sizeof stale / sizeof stale[0])
         {
           e->spares[i] = e->spares[--e->n_spares];

@@ -1552,6 +1552,8 @@ sbx_template_load (const char *tmpl_dir, const char *name, struct sbx_template *
     return sbx_fail (err, errno, "template %s: rootfs", target);
   if (! S_ISDIR (st.st_mode))
     return sbx_failx (err, ENOTDIR, "template %s: rootfs is not a directory", target);
+  t->rootfs_dev = st.st_dev;
+  t->rootfs_ino = st.st_ino;
 
   strcpy (t->name, target);
   if (load_json (dfd, name, target, t, err) < 0)

@@ -18,12 +18,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "../common/error.h"
 
 struct sbx_template {
   char name[64];
   char rootfs[4096];   /* absolute path of the rootfs directory */
+  dev_t rootfs_dev;    /* and its identity: a rebuild or removal replaces it */
+  ino_t rootfs_ino;
   char **env;          /* NULL-terminated "KEY=VALUE" list, from the spec */
   char user[32];       /* default user of commands, e.g. "user" */
   char workdir[256];   /* default working directory, e.g. "/home/user" */
