@@ -21,7 +21,7 @@
  * init) is dropped and replaced.
  *
  * A create is served from the pool (sbx_warm_claim, called by service.c
- * once the organisation's placeholder is taken, before a place is asked
+ * once the organisation's place is held, before a place is asked
  * for: the pooled sandbox brings its own) when it asks for a template
  * with a pool, not one the organisation built, and nothing a running
  * sandbox cannot be given:
