@@ -499,6 +499,8 @@ sbx_service_create_warm (struct sbx_service *svc, const struct sbx_org *org, con
                          const char *rsv, uint32_t live, struct sbx_sandbox_rec *rec, struct sbx_err *err)
 {
   memset (rec, 0, sizeof *rec);
+  if (!sbx_warm_may_claim (spec))
+    return 0;
   /* a template the organisation built is its own layer: never pooled */
   char tree[64];
   struct sbx_err e2;

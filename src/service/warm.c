@@ -410,14 +410,20 @@ spec_can_be_warm (const struct sbx_sandbox_spec *spec)
          && spec->limits.pids_max == 0 && spec->limits.nofile == 0;
 }
 
-int
-sbx_warm_claim (struct sbx_service *svc, const struct sbx_sandbox_spec *spec, unsigned cpu_weight,
-                char id[SBX_ID_MAX])
+bool
+sbx_warm_may_claim (const struct sbx_sandbox_spec *spec)
 {
   pthread_mutex_lock (&W.lock);
   bool any = W.started && !W.stop && W.n > 0;
   pthread_mutex_unlock (&W.lock);
-  if (!any || !spec_can_be_warm (spec))
+  return any && spec_can_be_warm (spec);
+}
+
+int
+sbx_warm_claim (struct sbx_service *svc, const struct sbx_sandbox_spec *spec, unsigned cpu_weight,
+                char id[SBX_ID_MAX])
+{
+  if (!sbx_warm_may_claim (spec))
     return 0;
   struct sbx_engine *e = sbx_service_engine (svc);
   char name[64];
