@@ -560,6 +560,16 @@ struct held_place {
   char org_id[SBX_STORE_ID_MAX];
 };
 
+/* The WAL's checkpoints, on a thread of their own (see ckpt_main). */
+struct checkpointer {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  sqlite3 *db;   /* its own connection to the file */
+  int pages;     /* the WAL's length after the last commit */
+  bool stopping;
+};
+
 struct sbx_store {
   pthread_mutex_t lock;         /* held around every use of db and stmt[], and of held[] */
   sqlite3 *db;
@@ -567,6 +577,7 @@ struct sbx_store {
   struct held_place *held;      /* creates in progress; at most one per
                                    live place an organisation may have */
   size_t n_held, cap_held;
+  struct checkpointer *ckpt;    /* NULL: SQLite checkpoints in the committing call */
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -1022,11 +1033,110 @@ fail:
   return -1;
 }
 
+/* Checkpoints copy the WAL back into the database file (and, with
+   synchronous=NORMAL, sync both), every CKPT_PAGES pages of WAL.  SQLite
+   does that by default in the commit that passes the mark, while the
+   store's lock is held: every 100th create or so waited milliseconds for
+   it.  Here the commit only notes the WAL's length (wal_hook), and this
+   thread runs a passive checkpoint on a connection of its own, which
+   takes no lock a writer or a reader needs.  SQLite starts the WAL over
+   only once all of it is copied; under writes without a pause the thread
+   never catches up, so past CKPT_BEHIND pages the commit checkpoints
+   itself, as SQLite would, and the WAL stays bounded.  At close the last
+   connection checkpoints what is left. */
+#define CKPT_PAGES 1000
+#define CKPT_BEHIND (2 * CKPT_PAGES)
+
+static void *
+ckpt_main (void *arg)
+{
+  struct checkpointer *c = arg;
+  pthread_mutex_lock (&c->lock);
+  while (!c->stopping)
+    {
+      if (c->pages < CKPT_PAGES)
+        {
+          pthread_cond_wait (&c->cond, &c->lock);
+          continue;
+        }
+      c->pages = 0;
+      pthread_mutex_unlock (&c->lock);
+      /* a failed one (busy, out of space) is tried again at the next
+         mark, and by the last close */
+      sqlite3_wal_checkpoint_v2 (c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      pthread_mutex_lock (&c->lock);
+    }
+  pthread_mutex_unlock (&c->lock);
+  return NULL;
+}
+
+/* After each commit of the store's connection, with its lock held. */
+static int
+ckpt_wal_hook (void *arg, sqlite3 *db, const char *name, int pages)
+{
+  struct checkpointer *c = arg;
+  if (pages >= CKPT_BEHIND)
+    {
+      sqlite3_wal_checkpoint_v2 (db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      return SQLITE_OK;
+    }
+  pthread_mutex_lock (&c->lock);
+  c->pages = pages;
+  if (pages >= CKPT_PAGES)
+    pthread_cond_signal (&c->cond);
+  pthread_mutex_unlock (&c->lock);
+  return SQLITE_OK;
+}
+
+static void
+ckpt_stop (struct sbx_store *st)
+{
+  struct checkpointer *c = st->ckpt;
+  if (c == NULL)
+    return;
+  sqlite3_wal_hook (st->db, NULL, NULL);
+  pthread_mutex_lock (&c->lock);
+  c->stopping = true;
+  pthread_cond_signal (&c->cond);
+  pthread_mutex_unlock (&c->lock);
+  pthread_join (c->thread, NULL);
+  sqlite3_close (c->db);
+  pthread_cond_destroy (&c->cond);
+  pthread_mutex_destroy (&c->lock);
+  free (c);
+  st->ckpt = NULL;
+}
+
+/* Start the checkpointer of ST's file PATH; without one (no memory, no
+   thread, no second connection) SQLite's own automatic checkpoints stay. */
+static void
+ckpt_start (struct sbx_store *st, const char *path)
+{
+  struct checkpointer *c = calloc (1, sizeof *c);
+  if (c == NULL)
+    return;
+  pthread_mutex_init (&c->lock, NULL);
+  pthread_cond_init (&c->cond, NULL);
+  if (sqlite3_open_v2 (path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK
+      || sqlite3_busy_timeout (c->db, 1000) != SQLITE_OK || pthread_create (&c->thread, NULL, ckpt_main, c) != 0)
+    {
+      sqlite3_close (c->db);
+      pthread_cond_destroy (&c->cond);
+      pthread_mutex_destroy (&c->lock);
+      free (c);
+      return;
+    }
+  st->ckpt = c;
+  /* replaces SQLite's automatic checkpoints, which use the same hook */
+  sqlite3_wal_hook (st->db, ckpt_wal_hook, c);
+}
+
 void
 sbx_store_close (struct sbx_store *st)
 {
   if (st == NULL)
     return;
+  ckpt_stop (st);
   for (int i = 0; i < S_COUNT; i++)
     sqlite3_finalize (st->stmt[i]);
   /* The last connection to close checkpoints and removes the -wal file. */
@@ -1096,6 +1206,8 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
           goto fail;
         }
     }
+  if (strcmp (path, ":memory:") != 0)
+    ckpt_start (st, path);
   *out = st;
   return 0;
 
