@@ -334,6 +334,11 @@ void mcp_message_free (struct mcp_message *m);
 /* A sandbox object: the seed's fields and E2B's; WITH_TOKEN adds the
    envd access token (create and connect answers). */
 json_t *sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token);
+/* The same for a sandbox just created, whose ingress settings and volume
+   mounts the create knows (none unless HAS_INGRESS, HAS_MOUNTS): they are
+   not read back from the store. */
+json_t *sandbox_object_created (struct http_server *h, const struct sbx_sandbox_rec *r, bool has_ingress,
+                                bool has_mounts);
 
 /* the E2B dialect of the sandbox agent (e2b_envd.c) */
 int e2b_load_secret (struct http_server *h, struct sbx_err *err);
@@ -420,6 +425,9 @@ int body_network (struct MHD_Connection *c, json_t *b, bool always, struct sbx_n
 int body_ingress (struct MHD_Connection *c, json_t *b, struct sbx_ingress *in, bool *given, enum MHD_Result *ret);
 /* Add "network" and "allowInternetAccess" of live sandbox ID to OBJ. */
 void network_object (struct http_server *h, const char *id, json_t *obj);
+/* The same, reading its ingress settings only when WITH_INGRESS (false:
+   it has none). */
+void network_object_with (struct http_server *h, const char *id, json_t *obj, bool with_ingress);
 enum MHD_Result network_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, struct request *rq);
 
 /* ---- seed 004 (v1.c, terminal.c) ---- */

@@ -292,6 +292,12 @@ policy_json (const struct sbx_net_policy *p)
 void
 network_object (struct http_server *h, const char *id, json_t *obj)
 {
+  network_object_with (h, id, obj, true);
+}
+
+void
+network_object_with (struct http_server *h, const char *id, json_t *obj, bool with_ingress)
+{
   struct sbx_info info;
   struct sbx_err err;
   if (sbx_get_info (h->engine, id, &info, &err) < 0)
@@ -312,7 +318,7 @@ network_object (struct http_server *h, const char *id, json_t *obj)
   sbx_info_free (&info);
   /* who may reach its ports by host name, when the create said */
   struct sbx_ingress in;
-  if (sbx_store_ingress_get (h->store, id, &in, &err) == 0 && in.stored)
+  if (with_ingress && sbx_store_ingress_get (h->store, id, &in, &err) == 0 && in.stored)
     {
       json_t *net = json_object_get (obj, "network");
       if (net == NULL)

@@ -41,8 +41,9 @@
 
 static void lifecycle_object (struct http_server *h, const char *id, json_t *obj);
 
-json_t *
-sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token)
+static json_t *
+sandbox_object_of (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token, bool read_ingress,
+                   bool read_mounts)
 {
   char started[40], end[40];
   sbx_rfc3339 (r->started_ms, started, sizeof started);
@@ -62,14 +63,14 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
     json_object_set_new (j, "stopReason", json_string (r->stop_reason));
   if (j && (strcmp (r->status, "running") == 0 || strcmp (r->status, "paused") == 0))
     {
-      network_object (h, r->id, j);
+      network_object_with (h, r->id, j, read_ingress);
       lifecycle_object (h, r->id, j);
     }
   /* E2B's volumeMounts: [{name, path}] */
-  struct sbx_volume_mount_rec *vm;
-  size_t n_vm;
+  struct sbx_volume_mount_rec *vm = NULL;
+  size_t n_vm = 0;
   struct sbx_err verr;
-  if (j && sbx_service_volume_mounts (h->svc, r->id, &vm, &n_vm, &verr) == 0)
+  if (j && (!read_mounts || sbx_service_volume_mounts (h->svc, r->id, &vm, &n_vm, &verr) == 0))
     {
       json_t *arr = json_array ();
       for (size_t i = 0; i < n_vm; i++)
@@ -89,6 +90,18 @@ sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool wit
       json_object_set_new (j, "trafficAccessToken", json_string (token));
     }
   return j;
+}
+
+json_t *
+sandbox_object (struct http_server *h, const struct sbx_sandbox_rec *r, bool with_token)
+{
+  return sandbox_object_of (h, r, with_token, true, true);
+}
+
+json_t *
+sandbox_object_created (struct http_server *h, const struct sbx_sandbox_rec *r, bool has_ingress, bool has_mounts)
+{
+  return sandbox_object_of (h, r, true, has_ingress, has_mounts);
 }
 
 bool
@@ -130,6 +143,19 @@ send_sandbox (struct http_server *h, struct MHD_Connection *c, const char *id, u
   /* create and connect answers carry the envd access token */
   bool token = status == 201 || status == 200;
   enum MHD_Result r = send_json (c, status, sandbox_object (h, &rec, token));
+  sbx_sandbox_rec_free (&rec);
+  return r;
+}
+
+/* Answer 201 with the record of ID, just created (sandbox_object_created). */
+static enum MHD_Result
+send_created (struct http_server *h, struct MHD_Connection *c, const char *id, bool has_ingress, bool has_mounts)
+{
+  struct sbx_sandbox_rec rec;
+  struct sbx_err err;
+  if (sbx_store_sandbox_get (h->store, id, &rec, &err) < 0)
+    return send_fail (c, &err);
+  enum MHD_Result r = send_json (c, 201, sandbox_object_created (h, &rec, has_ingress, has_mounts));
   sbx_sandbox_rec_free (&rec);
   return r;
 }
@@ -275,7 +301,9 @@ create_sandbox (struct http_server *h, struct MHD_Connection *c, struct request 
       ret = send_error (c, 500, "cannot keep the network settings: %s", err.msg);
       goto out;
     }
-  ret = send_sandbox (h, c, id, 201);
+  /* what the create gave is not read back: with no ingress settings or
+     volumes given, it has none */
+  ret = send_created (h, c, id, ingress_given || from_snapshot, n_vols > 0 || from_snapshot);
 out:
   sbx_net_policy_free (&net);
   sbx_strv_free (env);

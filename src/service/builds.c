@@ -823,17 +823,129 @@ start_and_wait (struct sbx_engine *e, const char *id, const char *start, const c
                     SBX_BUILD_READY_MS / 1000, ready);
 }
 
+/* A template's start and ready commands, read from its template.json
+   once rather than on every create.  An entry is good while the
+   template.json that NAME resolves to is the same file (device, inode,
+   size and modification time): a rebuilt template is a new tree, a new
+   file.  Checking that costs one stat; reading it again, an open of the
+   template directory, a realpath, a read and a JSON parse. */
+#define START_CACHE_MAX 32
+
+struct start_entry {
+  char name[SBX_TMPL_NAME_MAX + 8];
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  char *start_cmd; /* NULL: none */
+  char *ready_cmd;
+};
+
+static struct {
+  pthread_mutex_t lock;
+  struct start_entry e[START_CACHE_MAX];
+  unsigned next; /* the entry replaced next when none is free */
+} start_cache = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static bool
+same_file (const struct start_entry *e, const struct stat *st)
+{
+  return e->dev == st->st_dev && e->ino == st->st_ino && e->size == st->st_size
+         && e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* TREE's start and ready commands into *START and *READY (malloc'd, NULL
+   when none); -1 when it is no template. */
+static int
+template_commands (const char *tree, char **start, char **ready)
+{
+  *start = *ready = NULL;
+  if (B.tmpl_dir[0] == '\0' || strlen (tree) >= sizeof start_cache.e[0].name)
+    return -1;
+  char path[PATH_MAX];
+  struct stat st;
+  bool known = snprintf (path, sizeof path, "%s/%s/template.json", B.tmpl_dir, tree) < (int) sizeof path
+               && strchr (tree, '/') == NULL && stat (path, &st) == 0;
+  if (known)
+    {
+      pthread_mutex_lock (&start_cache.lock);
+      for (unsigned i = 0; i < START_CACHE_MAX; i++)
+        {
+          struct start_entry *e = &start_cache.e[i];
+          if (e->name[0] && strcmp (e->name, tree) == 0 && same_file (e, &st))
+            {
+              *start = e->start_cmd ? strdup (e->start_cmd) : NULL;
+              *ready = e->ready_cmd ? strdup (e->ready_cmd) : NULL;
+              bool ok = (*start != NULL) == (e->start_cmd != NULL) && (*ready != NULL) == (e->ready_cmd != NULL);
+              pthread_mutex_unlock (&start_cache.lock);
+              if (ok)
+                return 0;
+              free (*start);
+              free (*ready);
+              *start = *ready = NULL;
+              return -1;
+            }
+        }
+      pthread_mutex_unlock (&start_cache.lock);
+    }
+  struct sbx_template t;
+  struct sbx_err e2;
+  if (sbx_template_load (B.tmpl_dir, tree, &t, &e2) < 0)
+    return -1;
+  *start = t.start_cmd && *t.start_cmd ? strdup (t.start_cmd) : NULL;
+  *ready = t.ready_cmd && *t.ready_cmd ? strdup (t.ready_cmd) : NULL;
+  bool whole = (*start != NULL) == (t.start_cmd && *t.start_cmd) && (*ready != NULL) == (t.ready_cmd && *t.ready_cmd);
+  sbx_template_free (&t);
+  if (!whole)
+    {
+      free (*start);
+      free (*ready);
+      *start = *ready = NULL;
+      return -1;
+    }
+  /* kept only when the file read is the one stat saw (a rebuild in
+     between makes the next create read it again) */
+  struct stat after;
+  if (!known || stat (path, &after) < 0 || after.st_ino != st.st_ino || after.st_dev != st.st_dev)
+    return 0;
+  char *sc = *start ? strdup (*start) : NULL, *rc = *ready ? strdup (*ready) : NULL;
+  if ((*start && sc == NULL) || (*ready && rc == NULL))
+    {
+      free (sc);
+      free (rc);
+      return 0;
+    }
+  pthread_mutex_lock (&start_cache.lock);
+  struct start_entry *slot = NULL;
+  for (unsigned i = 0; i < START_CACHE_MAX && slot == NULL; i++)
+    if (start_cache.e[i].name[0] == '\0' || strcmp (start_cache.e[i].name, tree) == 0)
+      slot = &start_cache.e[i];
+  if (slot == NULL)
+    slot = &start_cache.e[start_cache.next++ % START_CACHE_MAX];
+  free (slot->start_cmd);
+  free (slot->ready_cmd);
+  snprintf (slot->name, sizeof slot->name, "%s", tree);
+  slot->dev = st.st_dev;
+  slot->ino = st.st_ino;
+  slot->size = st.st_size;
+  slot->mtime = st.st_mtim;
+  slot->start_cmd = sc;
+  slot->ready_cmd = rc;
+  pthread_mutex_unlock (&start_cache.lock);
+  return 0;
+}
+
 int
 sbx_builds_started (struct sbx_service *svc, const char *id, const char *tree, struct sbx_err *err)
 {
-  struct sbx_template t;
-  struct sbx_err e2;
-  if (B.tmpl_dir[0] == '\0' || sbx_template_load (B.tmpl_dir, tree, &t, &e2) < 0)
+  char *start, *ready;
+  if (template_commands (tree, &start, &ready) < 0)
     return 0;
   int r = 0;
-  if (t.start_cmd && *t.start_cmd)
-    r = start_and_wait (sbx_service_engine (svc), id, t.start_cmd, t.ready_cmd, NULL, err);
-  sbx_template_free (&t);
+  if (start)
+    r = start_and_wait (sbx_service_engine (svc), id, start, ready, NULL, err);
+  free (start);
+  free (ready);
   return r;
 }
 
@@ -841,12 +953,12 @@ bool
 sbx_builds_has_start (struct sbx_service *svc, const char *tree)
 {
   (void) svc;
-  struct sbx_template t;
-  struct sbx_err e2;
-  if (B.tmpl_dir[0] == '\0' || sbx_template_load (B.tmpl_dir, tree, &t, &e2) < 0)
+  char *start, *ready;
+  if (template_commands (tree, &start, &ready) < 0)
     return false;
-  bool has = t.start_cmd && *t.start_cmd;
-  sbx_template_free (&t);
+  bool has = start != NULL;
+  free (start);
+  free (ready);
   return has;
 }
 

@@ -357,7 +357,7 @@ sbx_service_sandbox_create (struct sbx_service *svc, const struct sbx_org *org, 
       && sbx_service_checkpoint_check (svc, org, spec->checkpoint_id, err) < 0)
     return -1;
   char rsv[SBX_STORE_ID_MAX];
-  uint32_t live; /* this create's placeholder included */
+  uint32_t live; /* this create's held place included */
   if (sbx_store_sandbox_reserve (svc->store, org->id, org->max_sandboxes, spec->template_name, rsv, &live, err) < 0)
     return -1;
   /* a warm pool's sandbox, started already, with the place it holds */
@@ -499,6 +499,8 @@ sbx_service_create_warm (struct sbx_service *svc, const struct sbx_org *org, con
                          const char *rsv, uint32_t live, struct sbx_sandbox_rec *rec, struct sbx_err *err)
 {
   memset (rec, 0, sizeof *rec);
+  if (!sbx_warm_may_claim (spec))
+    return 0;
   /* a template the organisation built is its own layer: never pooled */
   char tree[64];
   struct sbx_err e2;

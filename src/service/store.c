@@ -553,10 +553,31 @@ static const char *const stmt_sql[S_COUNT] = {
   [S_TAG_LIST] = "SELECT tag, build_id, created_ms FROM template_tags WHERE template_id = ?1 ORDER BY created_ms, tag",
 };
 
+/* A place taken by sbx_store_sandbox_reserve for a create in progress:
+   held in memory, not written (see there). */
+struct held_place {
+  char id[SBX_STORE_ID_MAX];
+  char org_id[SBX_STORE_ID_MAX];
+};
+
+/* The WAL's checkpoints, on a thread of their own (see ckpt_main). */
+struct checkpointer {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  sqlite3 *db;   /* its own connection to the file */
+  int pages;     /* the WAL's length after the last commit */
+  bool stopping;
+};
+
 struct sbx_store {
-  pthread_mutex_t lock;         /* held around every use of db and stmt[] */
+  pthread_mutex_t lock;         /* held around every use of db and stmt[], and of held[] */
   sqlite3 *db;
   sqlite3_stmt *stmt[S_COUNT];
+  struct held_place *held;      /* creates in progress; at most one per
+                                   live place an organisation may have */
+  size_t n_held, cap_held;
+  struct checkpointer *ckpt;    /* NULL: SQLite checkpoints in the committing call */
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -1012,16 +1033,116 @@ fail:
   return -1;
 }
 
+/* Checkpoints copy the WAL back into the database file (and, with
+   synchronous=NORMAL, sync both), every CKPT_PAGES pages of WAL.  SQLite
+   does that by default in the commit that passes the mark, while the
+   store's lock is held: every 100th create or so waited milliseconds for
+   it.  Here the commit only notes the WAL's length (wal_hook), and this
+   thread runs a passive checkpoint on a connection of its own, which
+   takes no lock a writer or a reader needs.  SQLite starts the WAL over
+   only once all of it is copied; under writes without a pause the thread
+   never catches up, so past CKPT_BEHIND pages the commit checkpoints
+   itself, as SQLite would, and the WAL stays bounded.  At close the last
+   connection checkpoints what is left. */
+#define CKPT_PAGES 1000
+#define CKPT_BEHIND (2 * CKPT_PAGES)
+
+static void *
+ckpt_main (void *arg)
+{
+  struct checkpointer *c = arg;
+  pthread_mutex_lock (&c->lock);
+  while (!c->stopping)
+    {
+      if (c->pages < CKPT_PAGES)
+        {
+          pthread_cond_wait (&c->cond, &c->lock);
+          continue;
+        }
+      c->pages = 0;
+      pthread_mutex_unlock (&c->lock);
+      /* a failed one (busy, out of space) is tried again at the next
+         mark, and by the last close */
+      sqlite3_wal_checkpoint_v2 (c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      pthread_mutex_lock (&c->lock);
+    }
+  pthread_mutex_unlock (&c->lock);
+  return NULL;
+}
+
+/* After each commit of the store's connection, with its lock held. */
+static int
+ckpt_wal_hook (void *arg, sqlite3 *db, const char *name, int pages)
+{
+  struct checkpointer *c = arg;
+  if (pages >= CKPT_BEHIND)
+    {
+      sqlite3_wal_checkpoint_v2 (db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      return SQLITE_OK;
+    }
+  pthread_mutex_lock (&c->lock);
+  c->pages = pages;
+  if (pages >= CKPT_PAGES)
+    pthread_cond_signal (&c->cond);
+  pthread_mutex_unlock (&c->lock);
+  return SQLITE_OK;
+}
+
+static void
+ckpt_stop (struct sbx_store *st)
+{
+  struct checkpointer *c = st->ckpt;
+  if (c == NULL)
+    return;
+  sqlite3_wal_hook (st->db, NULL, NULL);
+  pthread_mutex_lock (&c->lock);
+  c->stopping = true;
+  pthread_cond_signal (&c->cond);
+  pthread_mutex_unlock (&c->lock);
+  pthread_join (c->thread, NULL);
+  sqlite3_close (c->db);
+  pthread_cond_destroy (&c->cond);
+  pthread_mutex_destroy (&c->lock);
+  free (c);
+  st->ckpt = NULL;
+}
+
+/* Start the checkpointer of ST's file PATH; without one (no memory, no
+   thread, no second connection) SQLite's own automatic checkpoints stay. */
+static void
+ckpt_start (struct sbx_store *st, const char *path)
+{
+  struct checkpointer *c = calloc (1, sizeof *c);
+  if (c == NULL)
+    return;
+  pthread_mutex_init (&c->lock, NULL);
+  pthread_cond_init (&c->cond, NULL);
+  if (sqlite3_open_v2 (path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK
+      || sqlite3_busy_timeout (c->db, 1000) != SQLITE_OK || pthread_create (&c->thread, NULL, ckpt_main, c) != 0)
+    {
+      sqlite3_close (c->db);
+      pthread_cond_destroy (&c->cond);
+      pthread_mutex_destroy (&c->lock);
+      free (c);
+      return;
+    }
+  st->ckpt = c;
+  /* replaces SQLite's automatic checkpoints, which use the same hook */
+  sqlite3_wal_hook (st->db, ckpt_wal_hook, c);
+}
+
 void
 sbx_store_close (struct sbx_store *st)
 {
   if (st == NULL)
     return;
+  ckpt_stop (st);
   for (int i = 0; i < S_COUNT; i++)
     sqlite3_finalize (st->stmt[i]);
   /* The last connection to close checkpoints and removes the -wal file. */
   sqlite3_close (st->db);
   pthread_mutex_destroy (&st->lock);
+  free (st->held);
   free (st);
 }
 
@@ -1085,6 +1206,8 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
           goto fail;
         }
     }
+  if (strcmp (path, ":memory:") != 0)
+    ckpt_start (st, path);
   *out = st;
   return 0;
 
@@ -1673,6 +1796,8 @@ sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const
   return 0;
 }
 
+static int count_live_locked (struct sbx_store *st, const char *org_id, uint64_t *n, struct sbx_err *err);
+
 int
 sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err)
 {
@@ -1680,13 +1805,10 @@ sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t
   if (org_id == NULL)
     return 0;
   cleanup_unlock struct sbx_store *locked = store_lock (st);
-  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE];
-  if (bind_check (st, bind_text (s, 1, org_id), err, "count sandboxes") < 0)
+  uint64_t live;
+  if (count_live_locked (st, org_id, &live, err) < 0)
     return -1;
-  int r = step_row (st, s, err, "count sandboxes");
-  if (r < 0)
-    return -1;
-  *n = r ? (uint32_t) sqlite3_column_int64 (s, 0) : 0;
+  *n = (uint32_t) live;
   return 0;
 }
 
@@ -2000,6 +2122,23 @@ event_add_tx (struct sbx_store *st, const struct sbx_event *ev, const char *id, 
   return 0;
 }
 
+/* The index of the place held under ID, or st->n_held; the caller holds
+   the lock. */
+static size_t
+held_find (struct sbx_store *st, const char *id)
+{
+  size_t i = 0;
+  while (i < st->n_held && strcmp (st->held[i].id, id) != 0)
+    i++;
+  return i;
+}
+
+static void
+held_drop (struct sbx_store *st, size_t i)
+{
+  st->held[i] = st->held[--st->n_held];
+}
+
 /* One transaction: delete record DROP_ID (may be NULL), save record R (may
    be NULL), and add event EV (may be NULL) with its deliveries. */
 static int
@@ -2018,11 +2157,19 @@ record_tx (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_r
   int64_t seq = 0;
 
   cleanup_unlock struct sbx_store *locked = store_lock (st);
+  /* a place held in memory is given back with no transaction, or as its
+     record commits (under the same lock, so no reserve counts neither) */
+  size_t held = drop_id ? held_find (st, drop_id) : st->n_held;
+  if (held < st->n_held && r == NULL && ev == NULL)
+    {
+      held_drop (st, held);
+      return 0;
+    }
   cleanup_rollback struct sbx_store *tx = NULL;
   if (run (st, S_BEGIN, err, "begin") < 0)
     return -1;
   tx = st;
-  if (drop_id)
+  if (drop_id && held == st->n_held)
     {
       cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_DELETE];
       if (bind_check (st, bind_text (s, 1, drop_id), err, "delete sandbox") < 0
@@ -2036,6 +2183,8 @@ record_tx (struct sbx_store *st, const char *drop_id, const struct sbx_sandbox_r
   if (run (st, S_COMMIT, err, "commit") < 0)
     return -1;
   tx = NULL;
+  if (held < st->n_held)
+    held_drop (st, held);
 
   /* Only a committed event gets its identity. */
   if (ev)
@@ -2062,13 +2211,50 @@ sbx_store_sandbox_record (struct sbx_store *st, const char *drop_id, const struc
   return record_tx (st, drop_id, r, ev, err);
 }
 
+/* ORG_ID's live records, and the places held for its creates in
+   progress, into *N; the caller holds the lock. */
+static int
+count_live_locked (struct sbx_store *st, const char *org_id, uint64_t *n, struct sbx_err *err)
+{
+  cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE];
+  if (bind_check (st, bind_text (s, 1, org_id), err, "count sandboxes") < 0)
+    return -1;
+  int rr = step_row (st, s, err, "count sandboxes");
+  if (rr < 0)
+    return -1;
+  *n = rr ? (uint64_t) sqlite3_column_int64 (s, 0) : 0;
+  for (size_t i = 0; i < st->n_held; i++)
+    if (strcmp (st->held[i].org_id, org_id) == 0)
+      ++*n;
+  return 0;
+}
+
+/* The place of a create in progress is held in memory, not written as a
+   placeholder record: one write transaction fewer per create (its record
+   is the first write), and nothing to clean after a crash (a sandbox
+   whose record was never written is destroyed at start).  The count and
+   the hold happen under the store's lock, as does the record's commit
+   that gives the place back, so concurrent creates never pass MAX. */
 int
 sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
                            char id[SBX_STORE_ID_MAX], uint32_t *live, struct sbx_err *err)
 {
+  (void) template_id;
   if (random_id (id, SBX_STORE_ID_MAX, "rsv_", err) < 0)
     return -1;
-  return sbx_store_sandbox_reserve_id (st, org_id, max, template_id, id, live, err);
+  cleanup_unlock struct sbx_store *locked = store_lock (st);
+  uint64_t n;
+  if (count_live_locked (st, org_id, &n, err) < 0)
+    return -1;
+  if (n >= max)
+    return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
+  struct held_place *h = sbx_grow (&st->held, &st->n_held, &st->cap_held, sizeof *st->held);
+  if (h == NULL)
+    return fail_nomem (err);
+  copy_str (h->id, sizeof h->id, id);
+  copy_str (h->org_id, sizeof h->org_id, org_id);
+  *live = (uint32_t) n + 1;
+  return 0;
 }
 
 int
@@ -2088,18 +2274,12 @@ sbx_store_sandbox_reserve_id (struct sbx_store *st, const char *org_id, uint32_t
   if (run (st, S_BEGIN, err, "begin") < 0)
     return -1;
   tx = st;
-  {
-    cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_LIVE];
-    if (bind_check (st, bind_text (s, 1, org_id), err, "count sandboxes") < 0)
-      return -1;
-    int rr = step_row (st, s, err, "count sandboxes");
-    if (rr < 0)
-      return -1;
-    uint64_t n = rr ? (uint64_t) sqlite3_column_int64 (s, 0) : 0;
-    if (n >= max)
-      return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
-    *live = (uint32_t) n + 1;
-  }
+  uint64_t n;
+  if (count_live_locked (st, org_id, &n, err) < 0)
+    return -1;
+  if (n >= max)
+    return sbx_failk (err, SBX_E_LIMIT, "concurrent sandbox limit reached (%u)", max);
+  *live = (uint32_t) n + 1;
   {
     /* a put would replace a record of that id: refuse instead */
     cleanup_reset sqlite3_stmt *s = st->stmt[S_SB_GET];

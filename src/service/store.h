@@ -118,17 +118,20 @@ int sbx_store_sandbox_get (struct sbx_store *st, const char *id, struct sbx_sand
 /* ORG's records, newest first; STATUS NULL for all. */
 int sbx_store_sandbox_list (struct sbx_store *st, const char *org_id, const char *status, struct sbx_sandbox_rec **v,
                             size_t *n, struct sbx_err *err);
-/* Take one of ORG's MAX concurrent sandboxes: in one transaction, count
-   its live records (creating, running, paused) and, below MAX, insert a
-   "creating" placeholder whose id ("rsv_...") is written to ID, and the
-   live records it makes (the placeholder included) to *LIVE.  At MAX it
-   fails with kind SBX_E_LIMIT.  The placeholder is replaced by the real
-   record (sbx_store_sandbox_record) or dropped when the create fails. */
+/* Take one of ORG's MAX concurrent sandboxes: count its live records
+   (creating, running, paused) and the places held for its creates in
+   progress and, below MAX, hold one more, in memory only, under an id
+   ("rsv_...") written to ID, and the count it makes (this one included)
+   to *LIVE.  At MAX it fails with kind SBX_E_LIMIT.  The place is given
+   back as the real record commits (sbx_store_sandbox_record with DROP_ID
+   = ID), or by sbx_store_sandbox_record (ID, NULL, NULL) when the create
+   fails. */
 int sbx_store_sandbox_reserve (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
                                char id[SBX_STORE_ID_MAX], uint32_t *live, struct sbx_err *err);
-/* The same with the placeholder's id given: a sandbox id chosen before
-   its create (sbx_new_id), so the record answers under it from the
-   start; the create's record replaces it (DROP_ID = the same id). */
+/* The same with the place's id given, written as a "creating"
+   placeholder record: a sandbox id chosen before its create
+   (sbx_new_id), so the record answers under it from the start; the
+   create's record replaces it (DROP_ID = the same id). */
 int sbx_store_sandbox_reserve_id (struct sbx_store *st, const char *org_id, uint32_t max, const char *template_id,
                                   const char *id, uint32_t *live, struct sbx_err *err);
 /* One transaction: delete record DROP_ID (may be NULL), save R (may be
@@ -144,7 +147,7 @@ int sbx_store_sandbox_list_live (struct sbx_store *st, struct sbx_sandbox_rec **
 int sbx_store_sandbox_list_by_agent (struct sbx_store *st, const char *org_id, const char *agent_id,
                                      const char *status, struct sbx_sandbox_rec **v, size_t *n, struct sbx_err *err);
 /* Running and paused sandboxes of ORG, and creates under way (their
-   placeholders). */
+   placeholders and the places held for them). */
 int sbx_store_sandbox_count_live (struct sbx_store *st, const char *org_id, uint32_t *n, struct sbx_err *err);
 /* Sandbox time of ORG between SINCE_MS and NOW_MS, in ms, into *MS: the
    part inside that window of the intervals its sandboxes ran (the ledger

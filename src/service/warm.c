@@ -21,7 +21,7 @@
  * init) is dropped and replaced.
  *
  * A create is served from the pool (sbx_warm_claim, called by service.c
- * once the organisation's placeholder is taken, before a place is asked
+ * once the organisation's place is held, before a place is asked
  * for: the pooled sandbox brings its own) when it asks for a template
  * with a pool, not one the organisation built, and nothing a running
  * sandbox cannot be given:
@@ -410,14 +410,20 @@ spec_can_be_warm (const struct sbx_sandbox_spec *spec)
          && spec->limits.pids_max == 0 && spec->limits.nofile == 0;
 }
 
-int
-sbx_warm_claim (struct sbx_service *svc, const struct sbx_sandbox_spec *spec, unsigned cpu_weight,
-                char id[SBX_ID_MAX])
+bool
+sbx_warm_may_claim (const struct sbx_sandbox_spec *spec)
 {
   pthread_mutex_lock (&W.lock);
   bool any = W.started && !W.stop && W.n > 0;
   pthread_mutex_unlock (&W.lock);
-  if (!any || !spec_can_be_warm (spec))
+  return any && spec_can_be_warm (spec);
+}
+
+int
+sbx_warm_claim (struct sbx_service *svc, const struct sbx_sandbox_spec *spec, unsigned cpu_weight,
+                char id[SBX_ID_MAX])
+{
+  if (!sbx_warm_may_claim (spec))
     return 0;
   struct sbx_engine *e = sbx_service_engine (svc);
   char name[64];

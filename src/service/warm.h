@@ -44,6 +44,10 @@ void sbx_warm_stop (void);
    limit.  The caller records it or destroys it. */
 int sbx_warm_claim (struct sbx_service *svc, const struct sbx_sandbox_spec *spec, unsigned cpu_weight,
                     char id[SBX_ID_MAX]);
+/* Whether a claim for SPEC could find anything (pools are kept, and
+   SPEC asks nothing a pooled sandbox cannot be given): a create
+   asks no more of the pools, nor of the store, when not. */
+bool sbx_warm_may_claim (const struct sbx_sandbox_spec *spec);
 
 /* One pool as the operator's metrics show it. */
 struct sbx_warm_stat {

@@ -486,6 +486,77 @@ test_sandbox_reserve_id (void)
   CHECK (n == 2);
 }
 
+/* A create's place is held in memory: it counts toward the limit beside
+   the records, writes nothing, and is given back by its record's commit
+   or by a drop. */
+static void
+test_sandbox_reserve_held (void)
+{
+  const char *org = "org_held";
+  struct sbx_sandbox_rec r0 = rec ("held0", org, "running", 100, NULL);
+  CHECK_OK (sbx_store_sandbox_put (st, &r0, err));
+  char a[SBX_STORE_ID_MAX], b[SBX_STORE_ID_MAX], c[SBX_STORE_ID_MAX];
+  uint32_t live = 0, n = 0;
+  CHECK_OK (sbx_store_sandbox_reserve (st, org, 3, "base", a, &live, err));
+  CHECK (live == 2 && strncmp (a, "rsv_", 4) == 0);
+  CHECK_OK (sbx_store_sandbox_reserve (st, org, 3, "base", b, &live, err));
+  CHECK (live == 3 && strcmp (a, b) != 0);
+  struct sbx_err e3 = { 0 };
+  CHECK (sbx_store_sandbox_reserve (st, org, 3, "base", c, &live, &e3) < 0 && e3.kind == SBX_E_LIMIT);
+  CHECK (sbx_store_sandbox_reserve_id (st, org, 3, "bun", "sbx_held00000000000001", &live, &e3) < 0
+         && e3.kind == SBX_E_LIMIT);
+  /* nothing written: not listed, not found */
+  struct sbx_sandbox_rec g;
+  CHECK_ERR (sbx_store_sandbox_get (st, a, &g, err), ENOENT);
+  struct sbx_sandbox_rec *v = NULL;
+  size_t nv = 0;
+  CHECK_OK (sbx_store_sandbox_list (st, org, NULL, &v, &nv, err));
+  CHECK (nv == 1);
+  sbx_sandbox_recs_free (v, nv);
+  CHECK_OK (sbx_store_sandbox_count_live (st, org, &n, err));
+  CHECK (n == 3);
+  /* A's record takes its place: still 3, and the record is there */
+  struct sbx_sandbox_rec ra = rec ("held1", org, "running", 200, NULL);
+  CHECK_OK (sbx_store_sandbox_record (st, a, &ra, NULL, err));
+  CHECK_OK (sbx_store_sandbox_count_live (st, org, &n, err));
+  CHECK (n == 3);
+  CHECK_OK (sbx_store_sandbox_get (st, "held1", &g, err));
+  sbx_sandbox_rec_free (&g);
+  /* B's create failed: its place is free again, once */
+  CHECK_OK (sbx_store_sandbox_record (st, b, NULL, NULL, err));
+  CHECK_OK (sbx_store_sandbox_record (st, b, NULL, NULL, err));
+  CHECK_OK (sbx_store_sandbox_count_live (st, org, &n, err));
+  CHECK (n == 2);
+  CHECK_OK (sbx_store_sandbox_reserve (st, org, 3, "base", c, &live, err));
+  CHECK (live == 3);
+  CHECK (sbx_store_sandbox_reserve (st, org, 3, "base", b, &live, &e3) < 0 && e3.kind == SBX_E_LIMIT);
+  CHECK_OK (sbx_store_sandbox_record (st, c, NULL, NULL, err));
+}
+
+/* The WAL is checkpointed by the store's own thread, not by the commits:
+   after many commits it has been copied back and restarted, so it stays
+   near the checkpoint mark (1000 pages) instead of growing with them. */
+static void
+test_wal_checkpoints (void)
+{
+  char wal[sizeof db_path + 8];
+  snprintf (wal, sizeof wal, "%s-wal", db_path);
+  char big[2048];
+  memset (big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  for (int i = 0; i < 6000; i++)
+    {
+      char id[32];
+      snprintf (id, sizeof id, "wal%d", i % 50);
+      struct sbx_sandbox_rec r = rec (id, "org_wal", i % 2 ? "running" : "stopped", 100 + i, big);
+      CHECK_OK (sbx_store_sandbox_record (st, NULL, &r, NULL, err));
+    }
+  struct stat sb;
+  CHECK (stat (wal, &sb) == 0);
+  /* 6000 commits of at least 2 pages each: 48 MB of WAL if never copied */
+  CHECK (sb.st_size < (off_t) 16 << 20);
+}
+
 /* Seed 002's agent_id and mode, and listing by agent. */
 static void
 test_sandbox_agents (void)
@@ -1766,6 +1837,8 @@ main (void)
   test_sandboxes ();
   test_sandbox_agents ();
   test_sandbox_reserve_id ();
+  test_sandbox_reserve_held ();
+  test_wal_checkpoints ();
   test_usage ();
   test_runs ();
   test_events ();
