@@ -154,6 +154,8 @@ def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
         out = d.sh(sid, 'echo "$ASKED $PATH"; hostname')
         assert out["stdout"].split() == ["yes", "/opt/x:/usr/bin:/bin", sid], out
         assert set(d.sh(sid, "ps -eo comm=")["stdout"].split()) - {"bash"} == {"ps", "sbx-init"}
+        # the pool's work runs below requests, but its sandboxes do not
+        assert d.sh(sid, "ps -o ni= -p 1,$$")["stdout"].split() == ["0", "0"]
         mem = cgroup_value(sid, ["/sys/fs/cgroup/memory/sbxd/{sid}/memory.limit_in_bytes"],
                            ["/sys/fs/cgroup/sbxd/{sid}/memory.max"])
         assert int(mem) == 512 << 20
@@ -172,6 +174,7 @@ def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
         ids.append(d.create("python"))
         assert scrape(d, "sbxd_spare_booted_hits_total") == hits
         assert d.run(ids[-1], "python3", "-c", "print(6*7)")["stdout"] == "42\n"
+        assert d.sh(ids[-1], "ps -o ni= -p 1,$$")["stdout"].split() == ["0", "0"]
         # the pool now boots for python, and a create of it takes one
         for sid in ids:
             d.delete(sid)

@@ -1177,6 +1177,10 @@ sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p,
     }
   close (steal_fd (&child_end));
   p->pid = pid;
+  /* a sandbox runs at the normal priority whichever thread made it (the
+     spare pool's run below it); from inside its user namespace it could
+     not raise its priority back */
+  setpriority (PRIO_PROCESS, (id_t) pid, 0);
   p->sock = parent_end;
   if (write_map (pid, "uid_map", s->uid_base, s->uid_count, err) < 0
       || write_map (pid, "gid_map", s->uid_base, s->uid_count, err) < 0

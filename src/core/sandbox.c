@@ -29,6 +29,7 @@
 #include <sys/file.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -951,6 +952,7 @@ static void *
 teardown_main (void *arg)
 {
   struct sbx_engine *e = arg;
+  sbx_thread_bulk (true); /* after the answer: requests come first */
   pthread_mutex_lock (&e->lock);
   for (;;)
     {
@@ -2251,6 +2253,9 @@ static void *
 spare_main (void *arg)
 {
   struct sbx_engine *e = arg;
+  /* background work: a request's own work comes first under load (the
+     sandboxes it makes run at their normal priority: sbx_isolate_spawn) */
+  sbx_thread_bulk (true);
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
@@ -2739,13 +2744,20 @@ boot_spare (struct sbx_engine *e, struct sandbox *s, const char *name, struct sb
   int r = -1;
   if (!booted_limits_fit (&lim))
     sbx_failx (err, EINVAL, "template %s has a disk of its own size", t.name);
-  else if (boot (e, s, &t, &lim, &o, NULL, -1, &clk, err) == 0)
+  else
     {
-      s->booted = true;
-      s->boot_dev = t.rootfs_dev;
-      s->boot_ino = t.rootfs_ino;
-      clock_log (&clk, "spare boot phases", s->id, NULL);
-      r = 0;
+      /* booted in the background, below requests; once booted it runs
+         like any sandbox */
+      setpriority (PRIO_PROCESS, (id_t) s->init_pid, SBX_BULK_NICE);
+      if (boot (e, s, &t, &lim, &o, NULL, -1, &clk, err) == 0)
+        {
+          setpriority (PRIO_PROCESS, (id_t) s->init_pid, 0);
+          s->booted = true;
+          s->boot_dev = t.rootfs_dev;
+          s->boot_ino = t.rootfs_ino;
+          clock_log (&clk, "spare boot phases", s->id, NULL);
+          r = 0;
+        }
     }
   sbx_template_free (&t);
   return r;
