@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from conftest import Sbxd  # noqa: E402
+from conftest import Sbxd, free_port  # noqa: E402
 from test_scale import journals, no_leftovers, raise_org_limit, settle, stable_counts  # noqa: E402
 
 BODY = json.dumps({"templateID": "base", "timeout": 600})
@@ -48,6 +47,10 @@ BODY = json.dumps({"templateID": "base", "timeout": 600})
 # its bound ("Measuring the churn"), per 10,000 cycles.
 RSS_BOUND_KIB_PER_10K = 4096
 IDLE_LIMIT_S = 180  # how long to wait for the daemon to be idle again
+# The API's request handler threads are started on demand; those above
+# the four kept idle end after 30 s without a request (HANDLER_IDLE_S in
+# src/api/server.c): the thread count is read once they have.
+HANDLER_IDLE_S = 31
 # the kinds of leftovers() findings, by their first words
 KINDS = ("dir", "mount", "loop", "cgroup", "process", "id range", "link", "chain", "map element")
 
@@ -56,10 +59,10 @@ class Client:
     """One keep-alive connection to the daemon (http.client: little work
     per call, so the numbers are the daemon's)."""
 
-    def __init__(self, port, key, token=None):
+    def __init__(self, port, key):
         self.port = port
         self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.h = {"Authorization": "Bearer " + (token or key), "Content-Type": "application/json"}
+        self.h = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
 
     def call(self, method, path, body=None):
         self.c.request(method, path, body=body, headers=self.h)
@@ -102,11 +105,28 @@ def rss_kib(pid):
     return 0
 
 
-def pool(d, token):
-    """The spare pool's size and target, from GET /metrics."""
-    c = Client(d.port, None, token)
+def thread_names(pid):
+    """The daemon's threads by name (what grew, when the count did)."""
+    names = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                k = f.read().strip()
+        except OSError:
+            continue
+        names[k] = names.get(k, 0) + 1
+    return dict(sorted(names.items()))
+
+
+def pool(metrics_port):
+    """The spare pool's size and target, from GET /metrics on the
+    daemon's metrics address (answered by a thread of its own, so that
+    asking does not keep the API's request handlers awake)."""
+    c = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=30)
     try:
-        st, b = c.call("GET", "/metrics")
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        st, b = r.status, r.read()
     finally:
         c.close()
     if st != 200:
@@ -119,15 +139,17 @@ def pool(d, token):
     return got["sbxd_spares"], got["sbxd_spares_target"]
 
 
-def idle(d, token, idle_size):
-    """Wait until the daemon is idle again: no teardown pending, the pool
-    at IDLE_SIZE spares and aiming at no more, the sandbox directories
-    holding still for a second, then its descriptor and thread counts
+def idle(d, metrics_port, idle_size, quiet_since):
+    """Wait until the daemon is idle again, then read its RSS, descriptors
+    and threads: no teardown pending, the pool at IDLE_SIZE spares and
+    aiming at no more, the sandbox directories holding still for a
+    second, HANDLER_IDLE_S passed since the last API request at
+    QUIET_SINCE (time.time()), then the descriptor and thread counts
     holding still.  Returns what it read and how long it waited."""
     t0 = time.time()
     deadline = t0 + IDLE_LIMIT_S
     while True:
-        spares, target = pool(d, token)
+        spares, target = pool(metrics_port)
         if spares == target == idle_size and not journals(d):
             break
         if time.time() > deadline:
@@ -135,18 +157,23 @@ def idle(d, token, idle_size):
                                f" {len(journals(d))} teardowns pending")
         time.sleep(0.5)
     dirs = settle(d, None, max(10, deadline - time.time()))
+    time.sleep(max(0, quiet_since + HANDLER_IDLE_S - time.time()))
     fds, threads, _ = stable_counts(d)
-    return {"rss_kib": rss_kib(d.proc.pid), "fds": fds, "threads": threads, "spares": len(dirs),
+    return {"rss_kib": rss_kib(d.proc.pid), "fds": fds, "threads": threads,
+            "threads_by_name": thread_names(d.proc.pid), "spares": len(dirs),
             "waited_s": round(time.time() - t0, 1)}
 
 
 def churn(d, n, workers):
     """N create/destroy cycles, WORKERS at once; each worker's own
     connection.  Returns the made (id, uid slot) pairs, the create and
-    delete times, the failures and the wall time."""
-    made, creates, deletes, errors = [], [], [], []
+    delete times, the failures, the daemon's RSS after every tenth of
+    the cycles ([cycles, KiB]: busy, so the spare pool's size varies, but
+    a steady climb shows) and the wall time."""
+    made, creates, deletes, errors, rss = [], [], [], [], []
     lock = threading.Lock()
     left = [n]
+    every = max(1, n // 10)
 
     def worker():
         c = Client(d.port, d.key)
@@ -170,6 +197,8 @@ def churn(d, n, workers):
                     with lock:
                         creates.append(t1 - t0)
                         deletes.append(t3 - t2)
+                        if len(creates) % every == 0:
+                            rss.append([len(creates), rss_kib(d.proc.pid)])
                 except Exception as e:  # noqa: BLE001 - counted and reported
                     with lock:
                         errors.append(str(e))
@@ -183,7 +212,7 @@ def churn(d, n, workers):
         t.start()
     for t in ts:
         t.join()
-    return made, creates, deletes, errors, time.perf_counter() - t0
+    return made, creates, deletes, errors, rss, time.perf_counter() - t0
 
 
 def main():
@@ -193,35 +222,45 @@ def main():
     ap.add_argument("--cycles", type=int, default=default_n)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--out", default=None, help="also write churn.json there")
+    ap.add_argument("--spares-max", type=int, default=-1,
+                    help="the daemon's --spares-max (default: twice the workers; 0: the daemon's own default)")
+    ap.add_argument("--warmup", type=int, default=-1, help="cycles before the start is read (default: twice the workers)")
     a = ap.parse_args()
     n, w = max(1, a.cycles), max(1, a.workers)
     tmp = tempfile.mkdtemp(prefix="sbxd-bench-churn-")
-    token = os.urandom(16).hex()
+    metrics_port = free_port()
     d = None
     try:
         # its sandboxes write nothing: promise their 10 GB disks many times over
-        d = Sbxd(os.path.join(tmp, "state")).start(args=["--disk-overcommit", "200", "--metrics-token", token])
+        # W cycles at once never take more than W spares at a time; a larger
+        # cap only makes the pool's way back to its idle size longer (it
+        # halves every 10 s)
+        spares_max = 2 * w if a.spares_max < 0 else a.spares_max
+        warmup = 2 * w if a.warmup < 0 else a.warmup
+        args = ["--disk-overcommit", "200", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+        d = Sbxd(os.path.join(tmp, "state")).start(args=args + (["--spares-max", str(spares_max)] if spares_max else []))
         raise_org_limit(d, 4 * w)
-        _, idle_size = pool(d, token)  # the target before any create: the pool's idle size
-        made, _, _, errors, _ = churn(d, 2 * w, w)  # warm-up
-        if errors:
-            raise RuntimeError(f"warm-up: {len(errors)} of {2 * w} cycles failed: {errors[0]}")
-        start = idle(d, token, idle_size)
-        made, creates, deletes, errors, wall = churn(d, n, w)
-        end = idle(d, token, idle_size)
+        _, idle_size = pool(metrics_port)  # the target before any create: the pool's idle size
+        if warmup:
+            _, _, _, errors, _, _ = churn(d, warmup, w)
+            if errors:
+                raise RuntimeError(f"warm-up: {len(errors)} of {warmup} cycles failed: {errors[0]}")
+        start = idle(d, metrics_port, idle_size, time.time())
+        made, creates, deletes, errors, rss, wall = churn(d, n, w)
+        end = idle(d, metrics_port, idle_size, time.time())
         found = no_leftovers(d, [m[0] for m in made], {m[1] for m in made})
         by_kind = {k: sum(1 for x in found if x.startswith(k + " ")) for k in KINDS}
         growth = end["rss_kib"] - start["rss_kib"]
         per_1k = round(growth * 1000 / len(creates), 1) if creates else None
         out = {
-            "cycles": n, "workers": w, "done": len(creates), "failed": len(errors),
+            "cycles": n, "workers": w, "spares_max": spares_max or None, "warmup": warmup, "done": len(creates), "failed": len(errors),
             "first_error": errors[0] if errors else None,
             "wall_s": round(wall, 1), "cycles_per_s": round(len(creates) / wall, 1),
             "create_p50_ms": ms(pct(creates, 0.5)), "create_p90_ms": ms(pct(creates, 0.9)),
             "delete_p50_ms": ms(pct(deletes, 0.5)), "delete_p90_ms": ms(pct(deletes, 0.9)),
             "start": start, "end": end,
             "fds_delta": end["fds"] - start["fds"], "threads_delta": end["threads"] - start["threads"],
-            "rss_growth_kib": growth, "rss_growth_kib_per_1000": per_1k,
+            "rss_kib_during": rss, "rss_growth_kib": growth, "rss_growth_kib_per_1000": per_1k,
             "rss_bound_kib_per_10000": RSS_BOUND_KIB_PER_10K,
             "rss_within_bound": growth <= RSS_BOUND_KIB_PER_10K * max(n, 10000) / 10000,
             "leftovers": len(found), "leftovers_by_kind": by_kind, "first_leftovers": found[:5],
