@@ -12,19 +12,27 @@ connection of its own.  It prints:
     end, each read once the daemon is idle again: no teardown pending
     (they run after DELETE answers), the spare pool back at its idle size
     (it grows with the demand and halves after 10 s without a create, so
-    this takes tens of seconds; the JSON says how long) and the sandbox
-    directories and the descriptor count holding still.  The start is
-    read after a warm-up of a few cycles (W at a time), so that what the
-    first concurrent requests make once (the store's cache, handler
-    threads) is not counted as growth;
-  - the RSS growth, in KiB and per 1,000 cycles, and whether it was
-    within RSS_BOUND_KIB_PER_10K (stated in docs/operations.md);
+    this takes tens of seconds; the JSON says how long), the sandbox
+    directories holding still, the request handler threads the load
+    started ended (30 s after their last request), and the descriptor
+    count holding still.  The pool is asked on a metrics address of its
+    own (--metrics-listen), whose thread is the daemon's whatever the
+    load: it is counted at both ends.  The daemon's spare cap is 2W
+    (--spares-max: W cycles at once take at most W spares at a time, and
+    a larger cap only lengthens the way back to the idle size).  The
+    start is read after a warm-up of 2W cycles (--warmup), so that what
+    the first concurrent requests make once (handler threads, the store's
+    first pages) is not counted as growth;
+  - the RSS growth, in KiB and per 1,000 cycles, the climb per 1,000
+    cycles in the churn's second half (from the RSS read during it), and
+    whether the growth was within RSS_BOUND_KIB (stated in
+    docs/operations.md);
   - what the churn's sandboxes left on the host, by kind (directories,
     mounts, loop devices, cgroups, processes, id-range files, veths,
     nftables chains and map elements: tests/test_scale.py's leftovers()).
 Numbers, not pass/fail (the exit status is 0 whatever they are).
 
-usage: bench_churn.py [--cycles N] [--workers W] [--out DIR]
+usage: bench_churn.py [--cycles N] [--workers W] [--out DIR] [--spares-max M] [--warmup K]
 """
 import argparse
 import http.client
@@ -43,9 +51,12 @@ from conftest import Sbxd, free_port  # noqa: E402
 from test_scale import journals, no_leftovers, raise_org_limit, settle, stable_counts  # noqa: E402
 
 BODY = json.dumps({"templateID": "base", "timeout": 600})
-# The daemon's RSS growth over the churn that docs/operations.md states as
-# its bound ("Measuring the churn"), per 10,000 cycles.
-RSS_BOUND_KIB_PER_10K = 4096
+# The daemon's RSS growth over a churn of up to 10,000 cycles that
+# docs/operations.md states as its bound ("Measuring the churn"), pro rata
+# beyond: what is bounded by design (the 256 stopped sandboxes the core
+# remembers, SQLite's page cache, the allocator's arenas) fills within the
+# first few hundred cycles, so growth past it is a leak.
+RSS_BOUND_KIB = 16384
 IDLE_LIMIT_S = 180  # how long to wait for the daemon to be idle again
 # The API's request handler threads are started on demand; those above
 # the four kept idle end after 30 s without a request (HANDLER_IDLE_S in
@@ -252,6 +263,11 @@ def main():
         by_kind = {k: sum(1 for x in found if x.startswith(k + " ")) for k in KINDS}
         growth = end["rss_kib"] - start["rss_kib"]
         per_1k = round(growth * 1000 / len(creates), 1) if creates else None
+        # the climb in the churn's second half, when the bounded things are full
+        late = None
+        if len(rss) >= 4:
+            a, b = rss[len(rss) // 2 - 1], rss[-1]
+            late = round((b[1] - a[1]) * 1000 / (b[0] - a[0]), 1)
         out = {
             "cycles": n, "workers": w, "spares_max": spares_max or None, "warmup": warmup, "done": len(creates), "failed": len(errors),
             "first_error": errors[0] if errors else None,
@@ -261,8 +277,9 @@ def main():
             "start": start, "end": end,
             "fds_delta": end["fds"] - start["fds"], "threads_delta": end["threads"] - start["threads"],
             "rss_kib_during": rss, "rss_growth_kib": growth, "rss_growth_kib_per_1000": per_1k,
-            "rss_bound_kib_per_10000": RSS_BOUND_KIB_PER_10K,
-            "rss_within_bound": growth <= RSS_BOUND_KIB_PER_10K * max(n, 10000) / 10000,
+            "rss_growth_late_kib_per_1000": late,
+            "rss_bound_kib": round(RSS_BOUND_KIB * max(n, 10000) / 10000),
+            "rss_within_bound": growth <= RSS_BOUND_KIB * max(n, 10000) / 10000,
             "leftovers": len(found), "leftovers_by_kind": by_kind, "first_leftovers": found[:5],
         }
         line = json.dumps({"churn": out})
