@@ -7,7 +7,8 @@ Starts a daemon of its own on a fresh state directory and runs N cycles
 sandbox, W at a time (--workers, 8), each worker on a keep-alive
 connection of its own.  It prints:
   - cycles done, failures (and the first error), wall seconds, cycles/s,
-    create and delete p50/p90 during the churn;
+    create and delete p50/p90 during the churn, and how many creates took
+    a spare (spare_hits) or prepared their sandbox inline (spare_misses);
   - the daemon's RSS, descriptors and threads at the start and at the
     end, each read once the daemon is idle again: no teardown pending
     (they run after DELETE answers), the spare pool back at its idle size
@@ -129,7 +130,7 @@ def thread_names(pid):
     return dict(sorted(names.items()))
 
 
-def pool(metrics_port):
+def pool(metrics_port, counters=None):
     """The spare pool's size and target, from GET /metrics on the
     daemon's metrics address (answered by a thread of its own, so that
     asking does not keep the API's request handlers awake)."""
@@ -145,8 +146,10 @@ def pool(metrics_port):
     got = {}
     for line in b.decode().splitlines():
         k, _, v = line.partition(" ")
-        if k in ("sbxd_spares", "sbxd_spares_target"):
-            got[k] = int(v)
+        if k in ("sbxd_spares", "sbxd_spares_target", "sbxd_spare_hits_total", "sbxd_spare_misses_total"):
+            got[k] = int(float(v))
+    if counters is not None:
+        counters.update(hits=got.get("sbxd_spare_hits_total"), misses=got.get("sbxd_spare_misses_total"))
     return got["sbxd_spares"], got["sbxd_spares_target"]
 
 
@@ -159,8 +162,9 @@ def idle(d, metrics_port, idle_size, quiet_since):
     holding still.  Returns what it read and how long it waited."""
     t0 = time.time()
     deadline = t0 + IDLE_LIMIT_S
+    counters = {}
     while True:
-        spares, target = pool(metrics_port)
+        spares, target = pool(metrics_port, counters)
         if spares == target == idle_size and not journals(d):
             break
         if time.time() > deadline:
@@ -172,6 +176,7 @@ def idle(d, metrics_port, idle_size, quiet_since):
     fds, threads, _ = stable_counts(d)
     return {"rss_kib": rss_kib(d.proc.pid), "fds": fds, "threads": threads,
             "threads_by_name": thread_names(d.proc.pid), "spares": len(dirs),
+            "spare_hits": counters["hits"], "spare_misses": counters["misses"],
             "waited_s": round(time.time() - t0, 1)}
 
 
@@ -266,14 +271,16 @@ def main():
         # the climb in the churn's second half, when the bounded things are full
         late = None
         if len(rss) >= 4:
-            a, b = rss[len(rss) // 2 - 1], rss[-1]
-            late = round((b[1] - a[1]) * 1000 / (b[0] - a[0]), 1)
+            mid, last = rss[len(rss) // 2 - 1], rss[-1]
+            late = round((last[1] - mid[1]) * 1000 / (last[0] - mid[0]), 1)
         out = {
             "cycles": n, "workers": w, "spares_max": spares_max or None, "warmup": warmup, "done": len(creates), "failed": len(errors),
             "first_error": errors[0] if errors else None,
             "wall_s": round(wall, 1), "cycles_per_s": round(len(creates) / wall, 1),
             "create_p50_ms": ms(pct(creates, 0.5)), "create_p90_ms": ms(pct(creates, 0.9)),
             "delete_p50_ms": ms(pct(deletes, 0.5)), "delete_p90_ms": ms(pct(deletes, 0.9)),
+            "spare_hits": end["spare_hits"] - start["spare_hits"],
+            "spare_misses": end["spare_misses"] - start["spare_misses"],
             "start": start, "end": end,
             "fds_delta": end["fds"] - start["fds"], "threads_delta": end["threads"] - start["threads"],
             "rss_kib_during": rss, "rss_growth_kib": growth, "rss_growth_kib_per_1000": per_1k,
