@@ -247,12 +247,12 @@ def main():
     metrics_port = free_port()
     d = None
     try:
-        # its sandboxes write nothing: promise their 10 GB disks many times over
         # W cycles at once never take more than W spares at a time; a larger
         # cap only makes the pool's way back to its idle size longer (it
         # halves every 10 s)
         spares_max = 2 * w if a.spares_max < 0 else a.spares_max
         warmup = 2 * w if a.warmup < 0 else a.warmup
+        # its sandboxes write nothing: promise their 10 GB disks many times over
         args = ["--disk-overcommit", "200", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
         d = Sbxd(os.path.join(tmp, "state")).start(args=args + (["--spares-max", str(spares_max)] if spares_max else []))
         raise_org_limit(d, 4 * w)
