@@ -1,6 +1,7 @@
 """The spare pool: a burst of concurrent creates all runs, the pool grows
 with the demand within --spares-max, and shrinks back when idle."""
 import datetime
+import glob
 import os
 import subprocess
 import threading
@@ -183,6 +184,20 @@ def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
         ids.append(d.create("python"))
         assert scrape(d, "sbxd_spare_booted_hits_total") == hits + 1
         assert d.run(ids[-1], "python3", "-c", "print(6*7)")["stdout"] == "42\n"
+        # a daemon that dies (kill -9) takes its booted spares with it, not
+        # the sandboxes it gave out
+        assert wait_until(lambda: scrape(d, "sbxd_spares_booted") >= 2, 30)
+        live = set(ids)
+        root = os.path.join(d.state_dir, "sandboxes")
+        spare_ids = {n for n in os.listdir(root) if n.startswith("sbx")} - live
+        d.kill9()
+
+        def procs(sid):
+            return sum(len(open(p).read().split()) for p in glob.glob(f"/sys/fs/cgroup/*/sbxd/{sid}/cgroup.procs"))
+        assert wait_until(lambda: not any(procs(s) for s in spare_ids), 10), \
+            {s: procs(s) for s in spare_ids if procs(s)}
+        assert all(procs(s) for s in live)
+        d.start()
     finally:
         for sid in ids:
             d.delete(sid)

@@ -43,7 +43,8 @@ enum sbx_msg_type {
   SBX_REQ_EOF = 11,  /* end of file content */
   SBX_REQ_WATCH = 12, /* watch a directory: EV_OK, then EV_FSEVENT until hang-up */
   SBX_REQ_SETENV = 13, /* SBX_T_ENV "KEY=VALUE", repeated: set in the base environment of later commands
-                          (processes already running keep theirs); EV_OK */
+                          (processes already running keep theirs); EV_OK.  It also tells a booted
+                          spare's init that it is claimed (it no longer dies with the daemon) */
   /* events and answers */
   SBX_EV_START = 64,
   SBX_EV_STDOUT = 65,

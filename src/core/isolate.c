@@ -92,6 +92,7 @@ struct boot_header {
   uint32_t n_volumes;        /* volume mounts passed after the two fds */
   uint32_t vol_len;          /* bytes of their paths, NUL-separated, after the rules */
   uint32_t no_egress_ca;     /* the spec's egress CA is not installed (a layer build) */
+  uint32_t ahead;            /* booted ahead of its claim: keeps its parent-death signal */
 };
 
 #define BOOT_FDS_MAX (2 + SBX_FS_MOUNTS_MAX)
@@ -864,7 +865,8 @@ child_main (const struct sbx_isolate_spec *s, int sync)
   int ovl = recv_boot (sync, &h, &lock_fd);
   if (ovl < 0)
     _exit (0); /* the daemon abandoned this spare */
-  /* booting: from now on the sandbox outlives the daemon */
+  /* booting: from now on the sandbox outlives the daemon, unless it boots
+     ahead of its claim (then init clears it when claimed) */
   prctl (PR_SET_PDEATHSIG, 0, 0, 0, 0);
   if (h.env_len > sizeof boot_env_buf || sbx_read_full (sync, boot_env_buf, h.env_len) != (ssize_t) h.env_len)
     child_fail ("receive the environment");
@@ -1003,6 +1005,10 @@ child_main (const struct sbx_isolate_spec *s, int sync)
       child_fail ("%s", err.msg);
     }
   drop_capabilities ();
+  /* set last: a change of ids clears it; an exec (no set-id, no file
+     capabilities) keeps it */
+  if (h.ahead && prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+    child_fail ("keep the parent-death signal");
   static char *const argv[] = { "sbx-init", NULL };
   syscall (SYS_execveat, init_fd, "", argv, boot_env, AT_EMPTY_PATH);
   child_fail ("exec sbx-init");
@@ -1257,7 +1263,7 @@ sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, co
     if ((fds[n_fds] = idmapped_clone (disk->volume_fds[n_fds - 2], "", disk->userns_fd, false, "a volume", err)) < 0)
       goto out;
   struct boot_header h = { nofile, (uint32_t) len, net_addr, net_gw, (uint32_t) fs_len, (uint32_t) disk->n_volumes,
-                           (uint32_t) vol_len, disk->layer_build };
+                           (uint32_t) vol_len, disk->layer_build, disk->ahead };
   if (send_boot (p->sock, fds, n_fds, &h, flat, len, fs, fs_len, vol, vol_len) < 0)
     sbx_fail (err, errno, "pass the root file system");
   else

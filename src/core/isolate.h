@@ -61,6 +61,10 @@ struct sbx_isolate_disk {
   /* the writable disk becomes a template layer (a build): nothing of
      this daemon's goes into it (the egress CA is not installed) */
   bool layer_build;
+  /* booted ahead of its claim (a booted spare): until its init is told it
+     is claimed (SBX_REQ_SETENV) it dies with the daemon's thread that
+     made it, as a spare waiting to boot does */
+  bool ahead;
 };
 
 /* The user namespace every layer of a sandbox is idmapped with: ids

@@ -67,6 +67,7 @@
 #define DEFAULT_PIDS 1024
 #define DEFAULT_NOFILE 4096
 #define TEARDOWN_WORKERS 4 /* sandboxes torn down at once (teardown_main) */
+#define TEARDOWN_BACKLOG 32 /* doomed sandboxes waiting or being torn down, at most, before a destroy waits (doom) */
 #define TEARDOWN_JOURNAL "destroying" /* in STATE/sandboxes/ID: its teardown is owed */
 #define GONE_PREFIX ".gone-"         /* STATE/sandboxes/.gone-ID: a torn-down sandbox's directory being removed */
 
@@ -759,6 +760,7 @@ struct ending {
 /* The sandbox whose ending hook this thread runs: the one caller whose
    agent calls a doomed sandbox still answers (agent_connect). */
 static __thread const struct sandbox *ending_self;
+static __thread bool teardown_thread; /* one of teardown_main's */
 
 static void *
 ending_main (void *arg)
@@ -952,7 +954,7 @@ static void *
 teardown_main (void *arg)
 {
   struct sbx_engine *e = arg;
-  sbx_thread_bulk (true); /* after the answer: requests come first */
+  teardown_thread = true; /* what it does never waits for the backlog it works off (doom) */
   pthread_mutex_lock (&e->lock);
   for (;;)
     {
@@ -995,7 +997,17 @@ doom (struct sbx_engine *e, struct sandbox *s, const char *reason)
   bool journaled = journal_write (s, reason);
   emit (e, s->id, SBX_EVENT_KILLED, reason);
   if (journaled && e->n_teardown_threads > 0)
-    enqueue_teardown (e, s);
+    {
+      enqueue_teardown (e, s);
+      /* a caller that destroys faster than the workers tear down waits
+         here until the backlog is back under its bound: what doomed
+         sandboxes hold (disks, mounts, memory) stays bounded however long
+         the churn, where it used to grow by hundreds a minute */
+      pthread_mutex_lock (&e->lock);
+      while (e->teardowns_pending > TEARDOWN_BACKLOG && !e->tq_stop && !teardown_thread && ending_self == NULL)
+        pthread_cond_wait (&e->cond, &e->lock);
+      pthread_mutex_unlock (&e->lock);
+    }
   else
     finish (e, s);
   return true;
@@ -2541,7 +2553,7 @@ net_plain (const struct sbx_net_policy *p)
    S's state is SBX_RUNNING after; on failure the caller discards S. */
 static int
 boot (struct sbx_engine *e, struct sandbox *s, const struct sbx_template *t, const struct sbx_limits *lim,
-      const struct sbx_create_opts *o, const struct manifest *man, int snap_fd, struct create_clock *clk,
+      const struct sbx_create_opts *o, const struct manifest *man, int snap_fd, bool ahead, struct create_clock *clk,
       struct sbx_err *err)
 {
   snprintf (s->template_name, sizeof s->template_name, "%s", t->name);
@@ -2630,7 +2642,7 @@ boot (struct sbx_engine *e, struct sandbox *s, const struct sbx_template *t, con
     if ((vol_fds[i] = sbx_disk_volume_mount (o->volume_images[i], err)) < 0)
       goto out;
   struct sbx_isolate_disk disk = { s->idmap_fd, s->disk_fd, layer_fds, n_layer_fds,
-                                   vol_fds, o->volume_paths, o->n_volumes, o->keep_upper };
+                                   vol_fds, o->volume_paths, o->n_volumes, o->keep_upper, ahead };
   if (sbx_isolate_boot_start (&s->proc, tree_fd, lock_fd, &disk, env, s->limits.nofile, net_addr, net_gw,
                               o->fs_rules, o->n_fs_rules, err)
       < 0)
@@ -2749,7 +2761,7 @@ boot_spare (struct sbx_engine *e, struct sandbox *s, const char *name, struct sb
       /* booted in the background, below requests; once booted it runs
          like any sandbox */
       setpriority (PRIO_PROCESS, (id_t) s->init_pid, SBX_BULK_NICE);
-      if (boot (e, s, &t, &lim, &o, NULL, -1, &clk, err) == 0)
+      if (boot (e, s, &t, &lim, &o, NULL, -1, true, &clk, err) == 0)
         {
           setpriority (PRIO_PROCESS, (id_t) s->init_pid, 0);
           s->booted = true;
@@ -2779,16 +2791,18 @@ claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_o
     return sbx_failx (err, ESRCH, "the spare's init has ended");
   char cg[128];
   cgroup_name (s->id, cg, sizeof cg);
+  /* always sent, with the environment asked if any: it tells init it is
+     claimed, so that it outlives the daemon from now on (boot) */
+  struct sbx_msg req;
+  sbx_msg_init (&req, SBX_REQ_SETENV);
+  for (const char *const *v = o->env; v && *v; v++)
+    sbx_msg_put_str (&req, SBX_T_ENV, *v);
+  int r = agent_call_on (e, s, &req, &sbx_agent_plain, NULL, NULL, err);
+  sbx_msg_free (&req);
+  if (r < 0)
+    return -1;
   if (o->env && *o->env)
     {
-      struct sbx_msg req;
-      sbx_msg_init (&req, SBX_REQ_SETENV);
-      for (const char *const *v = o->env; *v; v++)
-        sbx_msg_put_str (&req, SBX_T_ENV, *v);
-      int r = agent_call_on (e, s, &req, &sbx_agent_plain, NULL, NULL, err);
-      sbx_msg_free (&req);
-      if (r < 0)
-        return -1;
       bool ok;
       char **env = env_merge (NULL, o->env, &ok);
       if (!ok)
@@ -3015,7 +3029,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
           return -1;
         }
       clock_mark (&clk, spare ? "claim" : "prepare");
-      if (boot (e, s, &t, &lim, o, man, snap_fd, &clk, err) < 0)
+      if (boot (e, s, &t, &lim, o, man, snap_fd, false, &clk, err) < 0)
         goto fail;
     }
   s->timeout_s = timeout;

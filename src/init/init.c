@@ -837,6 +837,9 @@ handle_proc_req (int conn, const struct sbx_msg *req)
 static void
 handle_setenv (int conn, const struct sbx_msg *req)
 {
+  /* a booted spare is claimed with this (maybe empty) request: from now
+     on the sandbox outlives the daemon (isolate.c, "ahead") */
+  prctl (PR_SET_PDEATHSIG, 0);
   char **vars = collect_strings (req, SBX_T_ENV);
   if (vars == NULL)
     {
