@@ -19,7 +19,6 @@ Numbers, not pass/fail.
 usage: bench_burst.py [--rounds R] [--idle N] [--spares-max M]
 """
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -32,43 +31,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
 
 from conftest import SBXD, Sbxd  # noqa: E402
+from benchlib import Client, ms, pct  # noqa: E402
 
 BODY = json.dumps({"templateID": "base", "timeout": 600})
-
-
-class Client:
-    """One keep-alive connection to the daemon (http.client: no pool to
-    warm, little work per call, so the numbers are the daemon's)."""
-
-    def __init__(self, port, key):
-        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.h = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
-        self.c.connect()
-
-    def call(self, method, path, body=None):
-        self.c.request(method, path, body=body, headers=self.h)
-        r = self.c.getresponse()
-        return r.status, r.read()
-
-    def create(self):
-        st, b = self.call("POST", "/sandboxes", BODY)
-        if st != 201:
-            raise RuntimeError(f"create: {st} {b[:200]!r}")
-        return json.loads(b)["sandboxID"]
-
-    def close(self):
-        self.c.close()
-
-
-def pct(v, p):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(len(v) * p))]
-
-
-def ms(x):
-    return round(x * 1000, 2)
 
 
 def bwrap_once(rootfs):
@@ -98,7 +66,7 @@ def settle(d, limit=30):
 
 def single(d, rounds):
     """ROUNDS creates one at a time, each destroyed before the next."""
-    c = Client(d.port, d.key)
+    c = Client(d.port, d.key, BODY)
     t = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -112,7 +80,7 @@ def single(d, rounds):
 
 def burst(d, n):
     """N concurrent creates; returns (wall, [each]) and destroys them."""
-    clients = [Client(d.port, d.key) for _ in range(n)]
+    clients = [Client(d.port, d.key, BODY) for _ in range(n)]
     each, ids, errors = [0.0] * n, [None] * n, []
     go = threading.Barrier(n + 1)
 
@@ -178,7 +146,7 @@ def main():
                                  "each_p50_ms": ms(pct(alls, 0.5)), "each_max_ms": ms(max(alls)),
                                  "spares_before": ready}
         if a.idle:
-            c = Client(d.port, d.key)
+            c = Client(d.port, d.key, BODY)
             idle = [c.create() for _ in range(a.idle)]
             settle(d)
             one = single(d, a.single)

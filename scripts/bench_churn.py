@@ -47,8 +47,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
 
 from conftest import Sbxd, free_port  # noqa: E402
+from benchlib import Client, ms, pct  # noqa: E402
 from test_scale import journals, no_leftovers, raise_org_limit, settle, stable_counts  # noqa: E402
 
 BODY = json.dumps({"templateID": "base", "timeout": 600})
@@ -65,48 +67,6 @@ IDLE_LIMIT_S = 180  # how long to wait for the daemon to be idle again
 HANDLER_IDLE_S = 31
 # the kinds of leftovers() findings, by their first words
 KINDS = ("dir", "mount", "loop", "cgroup", "process", "id range", "link", "chain", "map element")
-
-
-class Client:
-    """One keep-alive connection to the daemon (http.client: little work
-    per call, so the numbers are the daemon's)."""
-
-    def __init__(self, port, key):
-        self.port = port
-        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.h = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
-
-    def call(self, method, path, body=None):
-        self.c.request(method, path, body=body, headers=self.h)
-        r = self.c.getresponse()
-        return r.status, r.read()
-
-    def create(self):
-        st, b = self.call("POST", "/sandboxes", BODY)
-        if st != 201:
-            raise RuntimeError(f"create: HTTP {st}: {b[:300].decode(errors='replace')}")
-        return json.loads(b)["sandboxID"]
-
-    def delete(self, sid):
-        st, b = self.call("DELETE", f"/sandboxes/{sid}")
-        if st != 204:
-            raise RuntimeError(f"destroy: HTTP {st}: {b[:300].decode(errors='replace')}")
-
-    def reopen(self):
-        self.c.close()
-        self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-
-    def close(self):
-        self.c.close()
-
-
-def pct(v, q):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(q * len(v)))] if v else None
-
-
-def ms(s):
-    return None if s is None else round(s * 1000, 2)
 
 
 def rss_kib(pid):
@@ -192,7 +152,7 @@ def churn(d, n, workers):
     every = max(1, n // 10)
 
     def worker():
-        c = Client(d.port, d.key)
+        c = Client(d.port, d.key, BODY)
         try:
             while True:
                 with lock:

@@ -37,7 +37,6 @@ saved as --burst-json, create latency against concurrency
 usage: bench_scale.py [--n N] [--out DIR] [--burst-json FILE] [--probes K] [--workers W]
 """
 import argparse
-import http.client
 import json
 import os
 import random
@@ -50,61 +49,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
 
 from conftest import SBXD, Sbxd  # noqa: E402
+from benchlib import Client, ms, pct  # noqa: E402
 
 BODY = json.dumps({"templateID": "base", "timeout": 7200})
 ORG_CAP = 10000  # SBX_PLAN_MAX_SANDBOXES_CAP
-
-
-class Client:
-    """One keep-alive connection (http.client: the numbers are the
-    daemon's, not a client library's)."""
-
-    def __init__(self, port, key):
-        self.port = port
-        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        self.h = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
-
-    def call(self, method, path, body=None):
-        try:
-            self.c.request(method, path, body=body, headers=self.h)
-        except (BrokenPipeError, ConnectionResetError):
-            # the daemon closed the kept-alive connection (--conn-timeout):
-            # nothing was sent, so once more on a new one
-            self.c.close()
-            self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self.c.request(method, path, body=body, headers=self.h)
-        r = self.c.getresponse()
-        return r.status, r.read()
-
-    def create(self):
-        st, b = self.call("POST", "/sandboxes", BODY)
-        if st != 201:
-            raise RuntimeError(f"create: HTTP {st}: {b[:300].decode(errors='replace')}")
-        return json.loads(b)["sandboxID"]
-
-    def exec_true(self, sid):
-        st, b = self.call("POST", f"/sandboxes/{sid}/processes", json.dumps({"cmd": "true"}))
-        if st != 200 or json.loads(b).get("exitCode") != 0:
-            raise RuntimeError(f"exec: HTTP {st}: {b[:300].decode(errors='replace')}")
-
-    def delete(self, sid):
-        st, b = self.call("DELETE", f"/sandboxes/{sid}")
-        if st not in (200, 204):
-            raise RuntimeError(f"destroy: HTTP {st}: {b[:300].decode(errors='replace')}")
-
-    def close(self):
-        self.c.close()
-
-
-def pct(v, q):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(q * len(v)))] if v else None
-
-
-def ms(s):
-    return None if s is None else round(s * 1000, 2)
 
 
 def timed(fn, *a):
@@ -161,14 +112,14 @@ def cgroup_bytes(ids):
 def sample(d, probe_key, idle, base):
     """The measurements at len(IDLE) idle sandboxes."""
     n = len(idle)
-    probe = Client(d.port, probe_key)
+    probe = Client(d.port, probe_key, BODY)
     creates, execs = [], []
     for _ in range(ARGS.probes):
         t, sid = timed(probe.create)
         creates.append(t)
         probe.delete(sid)
     if idle:
-        ex = Client(d.port, d.key)
+        ex = Client(d.port, d.key, BODY)
         for sid in random.sample(idle, min(ARGS.probes, n)) * (1 + ARGS.probes // max(1, n)):
             t, _ = timed(ex.exec_true, sid)
             execs.append(t)
@@ -204,7 +155,7 @@ def ramp_to(d, idle, target, stop):
     lock = threading.Lock()
 
     def worker():
-        c = Client(d.port, d.key)
+        c = Client(d.port, d.key, BODY)
         try:
             while True:
                 with lock:
@@ -339,7 +290,7 @@ def main():
             print(f"bench_scale: the ramp stopped at {len(idle)} of {n} idle sandboxes: {stop[0]}", file=sys.stderr)
         # all reachable?
         check = idle if len(idle) <= 500 else random.sample(idle, 500)
-        ex = Client(d.port, d.key)
+        ex = Client(d.port, d.key, BODY)
         unreachable = []
         for sid in check:
             try:
@@ -347,11 +298,11 @@ def main():
             except Exception as e:  # noqa: BLE001
                 unreachable.append(f"{sid}: {e}")
                 ex.close()
-                ex = Client(d.port, d.key)
+                ex = Client(d.port, d.key, BODY)
         ex.close()
         result["reachable"] = {"checked": len(check), "failed": len(unreachable), "first_errors": unreachable[:3]}
         # destroy, one at a time
-        c = Client(d.port, d.key)
+        c = Client(d.port, d.key, BODY)
         times = []
         for sid in list(idle):
             t, _ = timed(c.delete, sid)
@@ -374,13 +325,13 @@ def main():
     finally:
         if d:
             try:
-                c = Client(d.port, d.key)
+                c = Client(d.port, d.key, BODY)
                 for sid in idle:
                     try:
                         c.delete(sid)
                     except Exception:  # noqa: BLE001
                         c.close()
-                        c = Client(d.port, d.key)
+                        c = Client(d.port, d.key, BODY)
                 c.close()
             finally:
                 d.stop()
