@@ -3,6 +3,7 @@ files and its running processes are still there and controllable."""
 import base64
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -330,3 +331,21 @@ def test_kill9_during_creates_leaves_nothing_behind(tmp_path):
         if d.proc and d.proc.poll() is None:
             d.cleanup()
             d.stop()
+
+
+def test_sigterm_on_any_thread_stops_the_daemon(tmp_path):
+    """No thread blocks SIGTERM, so the kernel may run its handler on any of
+    them: the daemon stops all the same (it once slept on in pause() until
+    the SIGKILL after it, leaving its spares' id ranges and directories)."""
+    import ctypes
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        pid = d.proc.pid
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        assert tids
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(234, pid, tids[-1], signal.SIGTERM) == 0  # tgkill
+        d.proc.wait(timeout=15)
+        assert "stopping; sandboxes keep running" in d.logs()
+    finally:
+        d.stop()

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/log.h"
@@ -581,8 +582,14 @@ cmd_serve (int argc, char **argv)
   struct sigaction act = { .sa_handler = on_signal };
   sigaction (SIGINT, &act, NULL);
   sigaction (SIGTERM, &act, NULL);
+  /* not pause(): no thread blocks these signals, so the kernel may run
+     the handler on another thread, and this one would sleep on (a
+     SIGTERM once went unanswered until the SIGKILL that followed it) */
   while (!stop_requested)
-    pause ();
+    {
+      struct timespec tick = { 0, 100000000 };
+      nanosleep (&tick, NULL);
+    }
   sbx_log (SBX_LOG_INFO, "stopping; sandboxes keep running");
   /* first, so that no return below leaves them: nobody owns them */
   sbx_warm_stop ();
