@@ -67,7 +67,7 @@
 #define DEFAULT_PIDS 1024
 #define DEFAULT_NOFILE 4096
 #define TEARDOWN_WORKERS 4 /* sandboxes torn down at once (teardown_main) */
-#define TEARDOWN_BACKLOG 32 /* doomed sandboxes waiting or being torn down, at most, before a destroy waits (doom) */
+#define TEARDOWN_BACKLOG 64 /* doomed sandboxes waiting or being torn down, at most, before a destroy waits (doom) */
 #define TEARDOWN_JOURNAL "destroying" /* in STATE/sandboxes/ID: its teardown is owed */
 #define GONE_PREFIX ".gone-"         /* STATE/sandboxes/.gone-ID: a torn-down sandbox's directory being removed */
 
