@@ -53,6 +53,7 @@ sys.path.insert(0, HERE)
 
 from conftest import SBXD, Sbxd  # noqa: E402
 from benchlib import Client, ms, pct  # noqa: E402
+from loadgen import settle  # noqa: E402
 
 BODY = json.dumps({"templateID": "base", "timeout": 7200})
 ORG_CAP = 10000  # SBX_PLAN_MAX_SANDBOXES_CAP
@@ -276,7 +277,11 @@ def main():
             if point > n:
                 continue
             ramp_to(d, idle, point, stop)
-            time.sleep(1)  # settle: the spares refill, the memory counters catch up
+            # settle: the ramp grew the spare pool, whose refill would share
+            # the CPU with the probes (it took exec from 5 to 14 ms at 300
+            # idle); the daemon's CPU standing still says it is done, and the
+            # memory counters catch up meanwhile
+            settle(d.proc.pid)
             try:
                 result["points"].append(sample(d, probe_key, idle, base))
             except Exception as e:  # noqa: BLE001 - the message is the result
