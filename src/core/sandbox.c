@@ -2847,28 +2847,21 @@ static int
 take_booted (struct sbx_engine *e, const struct sbx_template *t, const struct sbx_create_opts *o,
              const struct sbx_limits *lim, struct sandbox **out)
 {
-  struct sandbox *stale[8];
-  size_t n_stale = 0;
   struct sandbox *s = NULL;
   pthread_mutex_lock (&e->lock);
+  /* one booted from a tree since rebuilt is left to the pool, which
+     discards it (pool_check_booted_locked) */
   for (int i = e->n_spares - 1; i >= 0 && s == NULL; i--)
     {
       struct sandbox *c = e->spares[i];
-      if (!c->booted || strcmp (c->template_name, t->name) != 0)
-        continue;
-      bool current = c->boot_dev == t->rootfs_dev && c->boot_ino == t->rootfs_ino;
-      if (current || n_stale < sizeof stale / sizeof stale[0])
+      if (c->booted && strcmp (c->template_name, t->name) == 0 && c->boot_dev == t->rootfs_dev
+          && c->boot_ino == t->rootfs_ino)
         {
           e->spares[i] = e->spares[--e->n_spares];
-          if (current)
-            s = c;
-          else
-            stale[n_stale++] = c; /* booted from a tree since rebuilt */
+          s = c;
         }
     }
   pthread_mutex_unlock (&e->lock);
-  for (size_t i = 0; i < n_stale; i++)
-    discard (e, stale[i]);
   if (s == NULL)
     return -1;
   struct sbx_err err;
