@@ -91,6 +91,10 @@
 #define DNS_INFLIGHT_OWN 16          /* ... of which always there */
 #define DNS_INFLIGHT_SHARED 2048     /* all sandboxes: the rest */
 #define DNS_RATE 200                 /* per sandbox: queries a second, in bursts of twice that */
+#define DNS_WAITING 256              /* per sandbox: UDP queries read and waiting for their turn */
+#define DNS_WAITING_BYTES 65536      /* ... and their bytes */
+#define DNS_INTAKE 4096              /* UDP queries read in one turn of the DNS loop, at most */
+#define DNS_TURNS 128                /* ... and served, one sandbox after another */
 #define CONNS_PER_SANDBOX 256        /* per sandbox: TCP connections, DNS and relayed */
 #define CONNS_OWN 32                 /* ... of which always there */
 #define CONNS_SHARED 2048            /* all sandboxes: the rest */
@@ -868,6 +872,20 @@ struct np_sandbox {
   unsigned n_queries;         /* DNS queries waiting for the upstream */
   double tokens;              /* DNS query rate: a token bucket */
   uint64_t refill_ns;         /* 0: full */
+  /* UDP queries read and waiting for their turn (dns_udp_ready): only the
+     DNS loop's thread touches these.  A sandbox with waiting queries is in
+     the loop's turns, holding a reference. */
+  struct np_waiting *waiting, *waiting_tail;
+  unsigned n_waiting;
+  size_t waiting_bytes;
+  struct np_sandbox *turn_next;
+};
+
+struct np_waiting {
+  struct np_waiting *next;
+  struct sockaddr_in from;
+  size_t len;
+  uint8_t msg[];
 };
 
 /* A capacity shared by the sandboxes: a sandbox may hold up to CAP, of
@@ -958,6 +976,7 @@ struct np_loop {
   struct np_conn *dead_conns;
   struct np_query *dead_queries;
   struct np_conn *ready;  /* relayed connections with more to move */
+  struct np_sandbox *turns, *turns_tail; /* the DNS loop: sandboxes with waiting queries */
   uint8_t *rx, *tx;      /* the DNS loop: DNS_MSG_MAX + 1 bytes each */
 };
 
@@ -1874,21 +1893,15 @@ fail:
   query_finish (x, NULL, 0);
 }
 
-/* Query Q (LEN bytes) from SRC over UDP (FROM) or from the TCP
-   connection CLIENT: answered here, sent upstream, or dropped.  Returns
-   false when dropped (a TCP client is then closed). */
+/* Query Q (LEN bytes) of SB, over UDP from FROM or from the TCP
+   connection CLIENT: answered here, sent upstream, or dropped.  Takes a
+   reference to SB that the caller holds.  Returns false when dropped (a
+   TCP client is then closed). */
 static bool
-dns_query (struct np_loop *l, const uint8_t *q, size_t len, const struct sockaddr_in *from, struct np_conn *client)
+dns_query (struct np_loop *l, struct np_sandbox *sb, const uint8_t *q, size_t len, const struct sockaddr_in *from,
+           struct np_conn *client)
 {
   struct sbx_netproxy *p = l->p;
-  struct np_sandbox *sb;
-  pthread_mutex_lock (&p->lock);
-  sb = client ? client->sb : find_sandbox (p, ntohl (from->sin_addr.s_addr));
-  if (sb)
-    sb->refs++;
-  pthread_mutex_unlock (&p->lock);
-  if (sb == NULL)
-    return false; /* an unknown source: dropped */
   ldns_pkt_rcode rcode;
   char name[SBX_NETPROXY_NAME_MAX + 2];
   bool allowed;
@@ -1911,22 +1924,137 @@ dns_query (struct np_loop *l, const uint8_t *q, size_t len, const struct sockadd
   return true;
 }
 
+/* UDP queries are read as fast as they come and served in turns, one
+   query of each sandbox with queries waiting after another (dns_turns).
+   All sandboxes send to one socket, whose queue is first come, first
+   served: served in the order they arrive, a sandbox's flood of queries
+   stood in front of every other sandbox's, for as long as the flood took
+   to serve (tens of milliseconds under fifty hostile sandboxes).  Reading
+   is cheap next to serving (a judgement, often a socket and a send
+   upstream), so the socket's queue stays short.  What a sandbox sends
+   beyond DNS_WAITING queries waiting gets SERVFAIL at once, as a query
+   over its rate does. */
 static void
 dns_udp_ready (struct np_watch *w, uint32_t events)
 {
   (void) events;
   struct np_loop *l = container_of (w, struct np_loop, udp);
-  /* a bounded batch: the loop has other work too */
-  for (int i = 0; i < 64; i++)
+  struct sbx_netproxy *p = l->p;
+  for (int i = 0; i < DNS_INTAKE; i++)
     {
       struct sockaddr_in from;
       socklen_t fl = sizeof from;
       ssize_t k = recvfrom (w->fd, l->rx, DNS_MSG_MAX + 1, MSG_TRUNC, (struct sockaddr *) &from, &fl);
       if (k < 0)
         break;
-      if ((size_t) k <= DNS_MSG_MAX && fl == sizeof from && from.sin_family == AF_INET)
-        dns_query (l, l->rx, (size_t) k, &from, NULL);
+      if ((size_t) k > DNS_MSG_MAX || fl != sizeof from || from.sin_family != AF_INET)
+        continue;
+      pthread_mutex_lock (&p->lock);
+      struct np_sandbox *sb = find_sandbox (p, ntohl (from.sin_addr.s_addr));
+      struct np_waiting *q = NULL;
+      bool refused = false;
+      if (sb == NULL)
+        ; /* an unknown source: dropped */
+      else if (sb->n_waiting >= DNS_WAITING || sb->waiting_bytes + (size_t) k > DNS_WAITING_BYTES)
+        {
+          record_locked (sb, "dns", 0, 0, "", false, "quota: queries waiting");
+          refused = true;
+        }
+      else if ((q = malloc (sizeof *q + (size_t) k)) != NULL)
+        {
+          q->next = NULL;
+          q->from = from;
+          q->len = (size_t) k;
+          memcpy (q->msg, l->rx, (size_t) k);
+          if (sb->waiting == NULL)
+            {
+              sb->refs++; /* the turns' */
+              sb->waiting = q;
+              sb->turn_next = NULL;
+              if (l->turns_tail)
+                l->turns_tail->turn_next = sb;
+              else
+                l->turns = sb;
+              l->turns_tail = sb;
+            }
+          else
+            sb->waiting_tail->next = q;
+          sb->waiting_tail = q;
+          sb->n_waiting++;
+          sb->waiting_bytes += (size_t) k;
+        }
+      pthread_mutex_unlock (&p->lock);
+      if (refused && k >= 12 && !(l->rx[2] & 0x80))
+        {
+          size_t n = make_reply (l->rx, (size_t) k, LDNS_RCODE_SERVFAIL, l->tx);
+          sendto (p->udp_fd, l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) &from, sizeof from);
+        }
     }
+}
+
+/* Takes the first waiting query of the first sandbox in L's turns, and a
+   reference to the sandbox for it; the sandbox goes to the end of the
+   turns, or leaves them (its turns' reference passes to the query).
+   Under the mutex.  NULL: no turns. */
+static struct np_waiting *
+turn_take_locked (struct np_loop *l, struct np_sandbox **sbp)
+{
+  struct np_sandbox *sb = l->turns;
+  if (sb == NULL)
+    return NULL;
+  struct np_waiting *q = sb->waiting;
+  sb->waiting = q->next;
+  sb->n_waiting--;
+  sb->waiting_bytes -= q->len;
+  l->turns = sb->turn_next;
+  if (l->turns == NULL)
+    l->turns_tail = NULL;
+  sb->turn_next = NULL;
+  if (sb->waiting)
+    {
+      sb->refs++;
+      if (l->turns_tail)
+        l->turns_tail->turn_next = sb;
+      else
+        l->turns = sb;
+      l->turns_tail = sb;
+    }
+  else
+    sb->waiting_tail = NULL;
+  *sbp = sb;
+  return q;
+}
+
+/* Serves up to DNS_TURNS waiting UDP queries, a sandbox at a time. */
+static void
+dns_turns (struct np_loop *l)
+{
+  struct sbx_netproxy *p = l->p;
+  for (int i = 0; i < DNS_TURNS && l->turns; i++)
+    {
+      struct np_sandbox *sb;
+      pthread_mutex_lock (&p->lock);
+      struct np_waiting *q = turn_take_locked (l, &sb);
+      pthread_mutex_unlock (&p->lock);
+      dns_query (l, sb, q->msg, q->len, &q->from, NULL);
+      free (q);
+    }
+}
+
+/* The loop stops: the queries still waiting are dropped. */
+static void
+dns_turns_drop (struct np_loop *l)
+{
+  struct sbx_netproxy *p = l->p;
+  pthread_mutex_lock (&p->lock);
+  struct np_sandbox *sb;
+  struct np_waiting *q;
+  while ((q = turn_take_locked (l, &sb)) != NULL)
+    {
+      sandbox_unref_locked (sb);
+      free (q);
+    }
+  pthread_mutex_unlock (&p->lock);
 }
 
 /* ------------------------------------------------------- DNS over TCP */
@@ -2027,7 +2155,10 @@ conn_dns_ready (struct np_watch *w, uint32_t events)
           size_t len = c->in_len;
           c->in = NULL;
           c->in_off = c->in_len = 0;
-          if (!dns_query (c->l, q, len, NULL, c))
+          pthread_mutex_lock (&c->l->p->lock);
+          c->sb->refs++;
+          pthread_mutex_unlock (&c->l->p->lock);
+          if (!dns_query (c->l, c->sb, q, len, NULL, c))
             conn_end (c);
           free (q);
         }
@@ -3132,10 +3263,11 @@ static void *
 loop_main (void *arg)
 {
   struct np_loop *l = arg;
+  pthread_setname_np (pthread_self (), l->kind == CONN_DNS ? "sbx-dns" : "sbx-filter");
   struct epoll_event ev[64];
   for (;;)
     {
-      int n = epoll_wait (l->ep, ev, 64, l->ready ? 0 : timers_wait_ms (l));
+      int n = epoll_wait (l->ep, ev, 64, l->ready || l->turns ? 0 : timers_wait_ms (l));
       if (n < 0 && errno != EINTR)
         break;
       bool stop = false;
@@ -3149,10 +3281,12 @@ loop_main (void *arg)
         }
       timers_run (l);
       relay_run_ready (l);
+      dns_turns (l);
       loop_reap (l);
       if (stop)
         break;
     }
+  dns_turns_drop (l);
   return NULL;
 }
 /* ------------------------------------------------------------------ API */

@@ -1293,6 +1293,86 @@ test_dns_bounds (void)
   ok ("dns bounds: no descriptor left open");
 }
 
+/* The time the kernel put REPLY's datagram on FD's queue (loopback: when
+   the proxy sent it), in ns; 0: no reply within WAIT_MS. */
+static uint64_t
+next_reply_at (int fd, int wait_ms, struct reply *out)
+{
+  uint8_t r[1500];
+  char ctl[CMSG_SPACE (sizeof (struct timespec))];
+  struct iovec iov = { r, sizeof r };
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl };
+  struct pollfd pfd = { fd, POLLIN, 0 };
+  memset (out, 0, sizeof *out);
+  if (poll (&pfd, 1, wait_ms) != 1)
+    return 0;
+  read_reply (r, recvmsg (fd, &m, 0), out);
+  for (struct cmsghdr *c = CMSG_FIRSTHDR (&m); c; c = CMSG_NXTHDR (&m, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS)
+      {
+        struct timespec ts;
+        memcpy (&ts, CMSG_DATA (c), sizeof ts);
+        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+      }
+  return 0;
+}
+
+/* Turns: sandbox A sends 200 queries at once, then sandbox B one.  B's is
+   answered before most of A's, although it came last: waiting queries
+   are served a sandbox at a time, not in the order they came (the
+   socket's).  AAAA queries are answered by the proxy itself, so only the
+   serving orders them; the kernel's receive timestamps tell the order in
+   which the answers were sent. */
+static void
+test_dns_turns (void)
+{
+  int fds_before = count_fds ();
+  struct upstream u;
+  upstream_open (&u);
+  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = u.port,
+                                     .limits = { .dns_rate = 10000 } };
+  struct sbx_netproxy *p = NULL;
+  struct sbx_err err = { 0 };
+  CHECK (sbx_netproxy_start (&cfg, &p, &err) == 0);
+  if (p == NULL)
+    return;
+  uint16_t dport = sbx_netproxy_dns_port (p);
+  struct sbx_net_policy open = { .enabled = true };
+  uint32_t a_ip = IP (127, 0, 0, 3), b_ip = IP (127, 0, 0, 4);
+  CHECK (sbx_netproxy_set (p, a_ip, &open, &err) == 0 && sbx_netproxy_set (p, b_ip, &open, &err) == 0);
+  int a = sandbox_socket (a_ip, dport), b = sandbox_socket (b_ip, dport), on = 1, big = 1 << 20;
+  CHECK (a >= 0 && b >= 0);
+  CHECK (setsockopt (a, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) == 0
+         && setsockopt (b, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) == 0
+         && setsockopt (a, SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+  enum { N = 200 };
+  for (uint16_t id = 1; id <= N; id++)
+    send_query (a, "example.com", 28, id);
+  send_query (b, "example.com", 28, 1000);
+  struct reply r;
+  uint64_t b_at = next_reply_at (b, 2000, &r);
+  CHECK (b_at != 0 && r.id == 1000 && r.rcode == 0);
+  int got = 0, after_b = 0;
+  for (int i = 0; i < N; i++)
+    {
+      uint64_t at = next_reply_at (a, 2000, &r);
+      got += at != 0 && r.rcode == 0;
+      after_b += at > b_at;
+    }
+  CHECK (got == N);
+  CHECK (after_b >= N / 4);
+  if (after_b < N / 4)
+    fprintf (stderr, "dns turns: %d of A's %d answers came after B's\n", after_b, N);
+  ok ("dns turns: a sandbox's query is served before another's earlier flood of them, which is answered too");
+
+  close (a);
+  close (b);
+  sbx_netproxy_stop (p);
+  upstream_close (&u);
+  CHECK (count_fds () == fds_before);
+  ok ("dns turns: no descriptor left open");
+}
+
 /* Request transforms: a head rewritten, the rules' keys matched. */
 static void
 test_head_rewrite (void)
@@ -1346,6 +1426,7 @@ main (void)
   test_egress_rules ();
   test_dns ();
   test_dns_bounds ();
+  test_dns_turns ();
   printf ("%d checks passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }
