@@ -796,6 +796,7 @@ pair_pump (struct pair *pp)
 static void *
 relay_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-portrelay");
   struct relay *r = arg;
   struct epoll_event ev[64];
   for (;;)

@@ -257,6 +257,7 @@ struct resumer {
 static void *
 resumer_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-resumer");
   struct resumer *rs = arg;
   struct epoll_event ev[64];
   for (;;)

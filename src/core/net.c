@@ -436,6 +436,7 @@ nflog_packet (const struct nlmsghdr *nlh, void *data)
 static void *
 nflog_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-nflog");
   struct sbx_net *n = arg;
   static const size_t cap = 65536;
   char *buf = malloc (cap);

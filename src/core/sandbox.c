@@ -765,6 +765,7 @@ static __thread bool teardown_thread; /* one of teardown_main's */
 static void *
 ending_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-ending");
   struct ending *en = arg;
   ending_self = en->s;
   en->e->on_ending (en->e->event_ud, en->e, en->id, en->reason);
@@ -953,6 +954,7 @@ enqueue_teardown (struct sbx_engine *e, struct sandbox *s)
 static void *
 teardown_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-teardown");
   struct sbx_engine *e = arg;
   teardown_thread = true; /* what it does never waits for the backlog it works off (doom) */
   pthread_mutex_lock (&e->lock);
@@ -1021,6 +1023,7 @@ static int pause_held (struct sbx_engine *e, struct sandbox *s, bool drop_memory
 static void *
 reaper_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-reaper");
   /* The pidfds of the sandboxes that can die are polled together, with
      one poll call made outside the engine's lock, up to 100 ms at a time:
      a poll per sandbox under the lock, ten times a second, held every
@@ -2264,6 +2267,7 @@ pool_check_booted_locked (struct sbx_engine *e)
 static void *
 spare_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-spare");
   struct sbx_engine *e = arg;
   /* background work: a request's own work comes first under load (the
      sandboxes it makes run at their normal priority: sbx_isolate_spawn) */

@@ -1608,6 +1608,7 @@ build_one (struct job *j)
 static void *
 worker (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-build");
   (void) arg;
   pthread_mutex_lock (&B.lock);
   for (;;)

@@ -129,6 +129,7 @@ weigh (struct sbx_fairshare *f)
 static void *
 worker_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-fairshare");
   struct sbx_fairshare *f = arg;
   pthread_mutex_lock (&f->lock);
   for (;;)

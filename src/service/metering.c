@@ -121,6 +121,7 @@ meter_pass (struct sbx_meter *m)
 static void *
 meter_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-meter");
   struct sbx_meter *m = arg;
   pthread_mutex_lock (&m->lock);
   while (!m->stopping)

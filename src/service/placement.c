@@ -856,6 +856,7 @@ sbx_service_sandbox_end (struct sbx_service *svc, const struct sbx_org *org, con
 static void *
 place_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-place");
   (void) arg;
   place_lock ();
   while (!P.stop)

@@ -204,6 +204,7 @@ sample_all (struct sbx_sampler *s)
 static void *
 sampler_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-sampler");
   struct sbx_sampler *s = arg;
   pthread_mutex_lock (&s->lock);
   while (!s->stopping)

@@ -1050,6 +1050,7 @@ fail:
 static void *
 ckpt_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-checkpoint");
   struct checkpointer *c = arg;
   pthread_mutex_lock (&c->lock);
   while (!c->stopping)

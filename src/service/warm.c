@@ -222,6 +222,7 @@ check_pools (void)
 static void *
 warm_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-warm");
   (void) arg;
   size_t last = 0;
   uint64_t next_check = sbx_now_ns () + (uint64_t) WARM_CHECK_MS * 1000000u;

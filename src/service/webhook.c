@@ -204,6 +204,7 @@ deliver_one (struct sbx_webhooks *wh, struct sbx_delivery *d, struct sbx_webhook
 static void *
 worker_main (void *arg)
 {
+  pthread_setname_np (pthread_self (), "sbx-webhook");
   struct sbx_webhooks *wh = arg;
   for (;;)
     {
