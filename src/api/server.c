@@ -1301,19 +1301,20 @@ on_mhd_log (void *cls, const char *fmt, va_list ap)
 /* Raise the descriptor limit to the hard one (first to NOFILE_WANT when
    the hard one is lower and the process may), and split it; the
    connection limit.  The budget (docs/architecture.md, "Descriptors"):
-   - a live sandbox holds NOFILE_PER_SANDBOX (its directory and its
-     pidfd), an ended one none; one being prepared (a spare) or torn down
-     holds a few more for a moment;
+   - a live sandbox holds NOFILE_PER_SANDBOX (its pidfd; its directory
+     is opened when needed), an ended one none; one being prepared (a
+     spare) or torn down holds a few more for a moment;
    - a connection holds its socket, and while it streams or is proxied a
      pipe's end or a socket more (NOFILE_PER_CONN counts two);
    - the daemon itself (the store, logs, epoll sets, templates, builds,
      the filters' sockets) at most NOFILE_FIXED.
-   Connections get a quarter of the limit, at most CONN_MAX: at 65536 that
-   is 16384 connections, and the rest holds the daemon and about 24,000
-   live sandboxes.  A limit that cannot hold SBX_NOFILE_SANDBOXES
+   Connections get a fifth of the limit, at most CONN_MAX: at 65536 that
+   is 13107 connections, and the rest holds the daemon and about 38,000
+   live sandboxes; at 20,000 (a hard limit the daemon may not raise on
+   some machines) 4,000 connections and about 10,900 sandboxes.  A limit that cannot hold SBX_NOFILE_SANDBOXES
    sandboxes besides is logged as a warning naming how many it holds; past
    it a create fails with EMFILE, which is "unavailable" (503). */
-#define NOFILE_PER_SANDBOX 2
+#define NOFILE_PER_SANDBOX 1
 #define NOFILE_PER_CONN 2
 #define NOFILE_FIXED 1024
 #define SBX_NOFILE_SANDBOXES 10000 /* the idle sandboxes one machine is meant to hold */
@@ -1335,7 +1336,7 @@ raise_nofile (void)
       if (setrlimit (RLIMIT_NOFILE, &want) == 0)
         rl.rlim_cur = want.rlim_cur;
     }
-  rlim_t conns = rl.rlim_cur / 4;
+  rlim_t conns = rl.rlim_cur / 5;
   conns = conns > CONN_MAX ? CONN_MAX : conns < 64 ? 64 : conns;
   rlim_t used = conns * NOFILE_PER_CONN + NOFILE_FIXED;
   rlim_t sandboxes = rl.rlim_cur > used ? (rl.rlim_cur - used) / NOFILE_PER_SANDBOX : 0;

@@ -83,8 +83,7 @@ struct sandbox {
   char *reason;
   pid_t init_pid;
   unsigned long long init_start; /* start time of init, guards pid reuse */
-  int pidfd;
-  int dirfd;                     /* O_PATH fd of STATE/sandboxes/ID */
+  int pidfd;                     /* its only descriptor while it lives (sandbox_dir) */
   uint32_t uid_slot;
   bool our_child;                /* created by this process: we reap it */
   bool has_net;                  /* a veth and rules exist for its slot */
@@ -115,6 +114,7 @@ struct sandbox {
 struct sbx_engine {
   char state_dir[PATH_MAX];
   char sandboxes_dir[PATH_MAX];
+  int sandboxes_fd;              /* O_PATH of sandboxes_dir */
   char fs_block_dir[PATH_MAX];   /* STATE/fsblock: what blocked paths are covered with */
   char blank_dir[PATH_MAX];      /* STATE/blanks: formatted empty disks, one per size (make_disk) */
   char template_dir[PATH_MAX];
@@ -276,8 +276,6 @@ sandbox_free (struct sandbox *s)
     close (s->proc.sock);
   if (s->pidfd >= 0)
     close (s->pidfd);
-  if (s->dirfd >= 0)
-    close (s->dirfd);
   free (s->reason);
   sbx_strv_free (s->env);
   sbx_net_policy_free (&s->net);
@@ -308,21 +306,28 @@ get (struct sbx_engine *e, const char *id, struct sbx_err *err)
 }
 
 /* A stopped sandbox stays in the list for status queries (at most
-   STOPPED_KEEP of them) but keeps no descriptor: its directory's and its
-   pidfd are closed once the list's is the only reference left (no caller
-   can still be using them).  So the daemon holds two descriptors per
-   live sandbox and none per ended one.  Lock held. */
+   STOPPED_KEEP of them) but keeps no descriptor: its pidfd is closed once
+   the list's is the only reference left (no caller can still be using
+   it).  So the daemon holds one descriptor per live sandbox (sandbox_dir)
+   and none per ended one.  Lock held. */
 static void
 close_if_done_locked (struct sbx_engine *e, struct sandbox *s)
 {
-  if (s->refs != 1 || s->state != SBX_STOPPED || s->doomed || (s->dirfd < 0 && s->pidfd < 0)
-      || find_locked (e, s->id) != s)
+  if (s->refs != 1 || s->state != SBX_STOPPED || s->doomed || s->pidfd < 0 || find_locked (e, s->id) != s)
     return;
-  if (s->pidfd >= 0)
-    close (s->pidfd);
-  if (s->dirfd >= 0)
-    close (s->dirfd);
-  s->pidfd = s->dirfd = -1;
+  close (s->pidfd);
+  s->pidfd = -1;
+}
+
+/* S's directory, STATE/sandboxes/ID, as a new O_PATH descriptor; -1 with
+   errno set.  Opened when needed rather than held: the daemon's hard
+   RLIMIT_NOFILE may be as low as 20,000 where it cannot raise it, and a
+   held descriptor per sandbox halved the sandboxes that fit beside their
+   pidfds.  An open is a few microseconds next to what it serves. */
+static int
+sandbox_dir (const struct sbx_engine *e, const struct sandbox *s)
+{
+  return openat (e->sandboxes_fd, s->id, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
 static void
@@ -482,7 +487,6 @@ net_state_load (const json_t *j, struct sbx_net_policy *p, struct sbx_err *err)
 static int
 save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
 {
-  (void) e;
   json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:i, s:{s:i, s:i, s:i, s:i, s:i}}", "id",
                          s->id, "template", s->template_name, "user", s->default_user, "state",
                          sbx_state_name (s->state), "created_ms", (json_int_t) s->created_ms, "end_ms",
@@ -516,7 +520,8 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   json_decref (j);
   if (text == NULL)
     return sbx_failx (err, ENOMEM, "encode sandbox record");
-  cleanup_close int fd = openat (s->dirfd, "sandbox.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  cleanup_close int dfd = sandbox_dir (e, s);
+  cleanup_close int fd = dfd < 0 ? -1 : openat (dfd, "sandbox.json.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
   /* no fsync: a host crash ends the sandbox's processes anyway, and the
@@ -526,9 +531,9 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   /* exchanged, not renamed over: ext4 flushes a file renamed over another
      (auto_da_alloc), which made this write a fifth of a create's time in
      the engine; the record is whole at every moment either way */
-  if (renameat2 (s->dirfd, "sandbox.json.tmp", s->dirfd, "sandbox.json", RENAME_EXCHANGE) == 0)
-    unlinkat (s->dirfd, "sandbox.json.tmp", 0);
-  else if (errno != ENOENT || renameat (s->dirfd, "sandbox.json.tmp", s->dirfd, "sandbox.json") < 0)
+  if (renameat2 (dfd, "sandbox.json.tmp", dfd, "sandbox.json", RENAME_EXCHANGE) == 0)
+    unlinkat (dfd, "sandbox.json.tmp", 0);
+  else if (errno != ENOENT || renameat (dfd, "sandbox.json.tmp", dfd, "sandbox.json") < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
   return 0;
 }
@@ -876,9 +881,10 @@ state_seen (const struct sandbox *s)
 }
 
 static bool
-journal_write (struct sandbox *s, const char *reason)
+journal_write (struct sbx_engine *e, struct sandbox *s, const char *reason)
 {
-  int fd = s->dirfd >= 0 ? openat (s->dirfd, TEARDOWN_JOURNAL, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+  cleanup_close int dfd = sandbox_dir (e, s);
+  int fd = dfd >= 0 ? openat (dfd, TEARDOWN_JOURNAL, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
   bool ok = fd >= 0 && sbx_write_full (fd, reason, strlen (reason)) >= 0;
   int e2 = errno;
   if (fd >= 0)
@@ -996,7 +1002,7 @@ doom (struct sbx_engine *e, struct sandbox *s, const char *reason)
   s->refs++; /* the queue's */
   e->teardowns_pending++;
   pthread_mutex_unlock (&e->lock);
-  bool journaled = journal_write (s, reason);
+  bool journaled = journal_write (e, s, reason);
   emit (e, s->id, SBX_EVENT_KILLED, reason);
   if (journaled && e->n_teardown_threads > 0)
     {
@@ -1176,7 +1182,9 @@ disk_outstanding_locked (struct sbx_engine *e)
       uint64_t size = (uint64_t) s->limits.disk_mb << 20, used = 0;
       struct stat st;
       /* an image that cannot be looked at counts whole */
-      if (s->dirfd >= 0 && fstatat (s->dirfd, "disk.img", &st, AT_SYMLINK_NOFOLLOW) == 0)
+      char image[SBX_ID_MAX + 16];
+      snprintf (image, sizeof image, "%s/disk.img", s->id);
+      if (fstatat (e->sandboxes_fd, image, &st, AT_SYMLINK_NOFOLLOW) == 0)
         used = (uint64_t) st.st_blocks * 512;
       sum += size > used ? size - used : 0;
     }
@@ -1305,7 +1313,7 @@ reattach (struct sbx_engine *e, const char *id)
       json_decref (j);
       return;
     }
-  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
+  s->pidfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
   s->refs = 1;
   sbx_path (s->id, sizeof s->id, "%s", id);
   const char *tmpl = NULL, *user = NULL, *state = NULL;
@@ -1365,14 +1373,13 @@ reattach (struct sbx_engine *e, const char *id)
   s->state = strcmp (state, "paused") == 0 ? SBX_PAUSED : SBX_RUNNING;
   json_decref (j);
 
-  sbx_path (path, sizeof path, "%s/%s", e->sandboxes_dir, id);
-  s->dirfd = open (path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  cleanup_close int dfd = sandbox_dir (e, s);
   s->pidfd = (int) syscall (SYS_pidfd_open, pid, 0);
   /* the pid must still be the same process: check after pidfd_open */
   /* a spare (state creating) never outlives the daemon that made it */
   /* a zombie (nobody reaped it while we were away) has exited too */
   struct pollfd pf = { s->pidfd, POLLIN, 0 };
-  bool alive = s->dirfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare
+  bool alive = dfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare
                && poll (&pf, 1, 0) == 0;
   if (!alive && s->pidfd >= 0 && proc_start_time (pid) != s->init_start)
     {
@@ -1389,7 +1396,7 @@ reattach (struct sbx_engine *e, const char *id)
     }
   /* a teardown owed since before the daemon stopped (doom) */
   char journaled[32];
-  bool doomed = journal_read (s->dirfd, journaled);
+  bool doomed = journal_read (dfd, journaled);
   const char *why = doomed ? journaled : "died";
   if (!alive)
     {
@@ -1403,9 +1410,6 @@ reattach (struct sbx_engine *e, const char *id)
       s->state = SBX_STOPPED;
       s->reason = strdup (why);
       e->n_stopped++;
-      if (s->dirfd >= 0)
-        close (s->dirfd); /* an ended sandbox keeps no descriptor (close_if_done_locked) */
-      s->dirfd = -1;
     }
   else if (doomed)
     {
@@ -1590,7 +1594,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   struct sbx_engine *e = calloc (1, sizeof *e);
   if (e == NULL)
     return sbx_fail (err, ENOMEM, "engine");
-  e->init_fd = -1;
+  e->init_fd = e->sandboxes_fd = -1;
   e->reaper_wake = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (e->reaper_wake < 0)
     {
@@ -1629,6 +1633,12 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     }
   if (sbx_mkdir_p (e->sandboxes_dir, 0700, err) < 0)
     goto fail;
+  e->sandboxes_fd = open (e->sandboxes_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (e->sandboxes_fd < 0)
+    {
+      sbx_fail (err, errno, "open %s", e->sandboxes_dir);
+      goto fail;
+    }
   if (sbx_path (e->fs_block_dir, sizeof e->fs_block_dir, "%s/fsblock", e->state_dir) < 0)
     {
       sbx_fail (err, errno, "state directory %s", e->state_dir);
@@ -1753,6 +1763,8 @@ fail:
   workers_stop (e);
   if (e->init_fd >= 0)
     close (e->init_fd);
+  if (e->sandboxes_fd >= 0)
+    close (e->sandboxes_fd);
   close (e->reaper_wake);
   sbx_net_close (e->net);
   free (e);
@@ -1780,6 +1792,7 @@ sbx_engine_close (struct sbx_engine *e)
       sandbox_free (s);
     }
   close (e->init_fd);
+  close (e->sandboxes_fd);
   sbx_net_close (e->net);
   free (e);
 }
@@ -1877,8 +1890,11 @@ init_env (const struct sbx_template *t, const char *const *extra, bool trust)
 }
 
 static int
-bind_agent_socket (int dirfd, struct sbx_err *err)
+bind_agent_socket (const struct sbx_engine *e, const struct sandbox *s, struct sbx_err *err)
 {
+  cleanup_close int dirfd = sandbox_dir (e, s);
+  if (dirfd < 0)
+    return sbx_fail (err, errno, "open the directory of %s", s->id);
   int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return sbx_fail (err, errno, "agent socket");
@@ -1992,7 +2008,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
       sbx_fail (err, ENOMEM, "create sandbox");
       return NULL;
     }
-  s->pidfd = s->dirfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
+  s->pidfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
   s->refs = 1;
   s->state = SBX_CREATING;
   s->uid_slot = UINT32_MAX;
@@ -2022,12 +2038,6 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
       sbx_fail (err, errno, "create %s", dir);
       goto fail;
     }
-  s->dirfd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (s->dirfd < 0)
-    {
-      sbx_fail (err, errno, "open %s", dir);
-      goto fail;
-    }
   char owner[UID_SLOT_OWNER_MAX];
   uid_slot_owner (e, s->id, owner);
   if (uid_slot_claim (owner, &s->uid_slot, err) < 0)
@@ -2039,7 +2049,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   s->idmap_fd = sbx_isolate_layer_userns (uid_base (s->uid_slot), UID_RANGE, err);
   if (s->idmap_fd < 0)
     goto fail;
-  s->agent_fd = bind_agent_socket (s->dirfd, err);
+  s->agent_fd = bind_agent_socket (e, s, err);
   if (s->agent_fd < 0)
     goto fail;
   clock_mark (&clk, "userns_socket");
@@ -2508,7 +2518,9 @@ layers_mount (struct sbx_engine *e, struct sandbox *s, int snap_fd, uint32_t n, 
     {
       char name[32], image[PATH_MAX];
       snprintf (name, sizeof name, "layer-%u.img", i);
-      if (linkat (snap_fd, name, s->dirfd, name, 0) < 0)
+      char in_dir[SBX_ID_MAX + 32];
+      snprintf (in_dir, sizeof in_dir, "%s/%s", s->id, name);
+      if (linkat (snap_fd, name, e->sandboxes_fd, in_dir, 0) < 0)
         return sbx_fail (err, errno, "link snapshot layer %u", i);
       s->n_layers = i + 1;
       if (sbx_path (image, sizeof image, "%s/%s/%s", e->sandboxes_dir, s->id, name) < 0)
@@ -3384,7 +3396,8 @@ snapshot_held (struct sbx_engine *e, struct sandbox *s, const char *dir, uint64_
   if (s->n_layers + 1 > SBX_SNAPSHOT_LAYERS)
     return sbx_failk (err, SBX_E_LIMIT, "a snapshot holds at most %d layers; this sandbox starts from %u",
                       SBX_SNAPSHOT_LAYERS, s->n_layers);
-  cleanup_close int src = openat (s->dirfd, "disk.img", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  cleanup_close int sdir = sandbox_dir (e, s);
+  cleanup_close int src = sdir < 0 ? -1 : openat (sdir, "disk.img", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   struct stat st;
   if (src < 0 || fstat (src, &st) < 0)
     return sbx_fail (err, errno, "open the disk of %s", s->id);
@@ -3448,7 +3461,7 @@ snapshot_held (struct sbx_engine *e, struct sandbox *s, const char *dir, uint64_
       char from[32], to[32];
       snprintf (from, sizeof from, "layer-%u.img", i);
       snprintf (to, sizeof to, "layer-%u.img", i + 1);
-      if (linkat (s->dirfd, from, dfd, to, 0) < 0)
+      if (linkat (sdir, from, dfd, to, 0) < 0)
         {
           sbx_fail (err, errno, "link snapshot layer %u", i);
           goto fail;
@@ -3828,11 +3841,14 @@ agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
     return sbx_failk (err, SBX_E_PAUSED, "sandbox is paused");
   if (st != SBX_RUNNING)
     return sbx_failk (err, SBX_E_STOPPED, "sandbox is not running");
+  cleanup_close int dfd = sandbox_dir (e, s);
+  if (dfd < 0)
+    return sbx_fail (err, errno, "connect to the agent of %s", s->id);
   int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return sbx_fail (err, errno, "socket");
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  snprintf (sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/agent.sock", s->dirfd);
+  snprintf (sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/agent.sock", dfd);
   /* an agent that stops reading cannot hold a sender forever either */
   struct timeval tv = { SBX_AGENT_FRAME_MS / 1000, 0 };
   if (connect (fd, (struct sockaddr *) &sa, sizeof sa) < 0
