@@ -62,6 +62,7 @@
 #define SPARE_BUSY_MS 250        /* creates came this recently: the pool refills gently (see below), */
 #define SPARE_BUSY_WORKERS 2     /* with this many workers at most */
 #define SPARE_CHECK_MS 1000      /* booted spares' templates are looked at this often (pool_check_booted_locked) */
+#define ID_CHAINS 16384 /* the id index's chains: under one sandbox each up to ten thousand */
 #define DEFAULT_MEMORY_MB 2048
 #define DEFAULT_CPU_MILLIS 2000
 #define DEFAULT_PIDS 1024
@@ -101,6 +102,7 @@ struct sandbox {
   bool disk_ids0;                /* its disk holds the sandbox's own ids (idmapped layers): it can be copied */
   uint32_t n_layers;             /* snapshot layers below its disk: layer-N.img in its directory */
   struct sandbox *next;
+  struct sandbox *id_next;       /* in its chain of the engine's id index */
   /* a spare booted ahead for its template (boot_spare), and the identity
      of the template's tree it booted from (a rebuild replaces the tree) */
   bool booted;
@@ -126,6 +128,7 @@ struct sbx_engine {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   struct sandbox *list;
+  struct sandbox *by_id[ID_CHAINS]; /* the list again, by id (find_locked) */
   int n_stopped;
   pthread_t reaper;
   int reaper_wake;               /* eventfd: the engine closes */
@@ -282,11 +285,46 @@ sandbox_free (struct sandbox *s)
   free (s);
 }
 
-/* Find and reference a sandbox; caller holds e->lock. */
+/* The engine's list is indexed by id, so that finding a sandbox costs
+   the same at ten thousand as at ten: a walk of the list compared every
+   id before it, under the engine's lock, for each request and for each
+   sandbox at every pass of the metrics sampler. */
+static struct sandbox **
+id_chain (struct sbx_engine *e, const char *id)
+{
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *) id; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  return &e->by_id[h % ID_CHAINS];
+}
+
+/* S joins the index (it has joined the list).  Lock held. */
+static void
+id_index_add_locked (struct sbx_engine *e, struct sandbox *s)
+{
+  struct sandbox **chain = id_chain (e, s->id);
+  s->id_next = *chain;
+  *chain = s;
+}
+
+/* S leaves the index (it leaves the list).  Lock held. */
+static void
+id_index_del_locked (struct sbx_engine *e, struct sandbox *s)
+{
+  for (struct sandbox **pp = id_chain (e, s->id); *pp; pp = &(*pp)->id_next)
+    if (*pp == s)
+      {
+        *pp = s->id_next;
+        return;
+      }
+}
+
+/* Find a sandbox of the list (the newest of that id); caller holds
+   e->lock. */
 static struct sandbox *
 find_locked (struct sbx_engine *e, const char *id)
 {
-  for (struct sandbox *s = e->list; s; s = s->next)
+  for (struct sandbox *s = *id_chain (e, id); s; s = s->id_next)
     if (strcmp (s->id, id) == 0)
       return s;
   return NULL;
@@ -744,6 +782,7 @@ mark_stopped_locked (struct sbx_engine *e, struct sandbox *s, const char *reason
     {
       struct sandbox *old = *last;
       *last = old->next;
+      id_index_del_locked (e, old);
       e->n_stopped--;
       if (--old->refs == 0)
         sandbox_free (old);
@@ -1437,6 +1476,7 @@ reattach (struct sbx_engine *e, const char *id)
     pp = &(*pp)->next;
   s->next = *pp;
   *pp = s;
+  id_index_add_locked (e, s);
   /* it ended while nobody watched, or its end was not recorded yet: say
      so now, as the reaper would have (the service ignores a killed event
      it has recorded already) */
@@ -1789,6 +1829,7 @@ sbx_engine_close (struct sbx_engine *e)
     {
       struct sandbox *s = e->list;
       e->list = s->next;
+      id_index_del_locked (e, s);
       sandbox_free (s);
     }
   close (e->init_fd);
@@ -3064,6 +3105,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     }
   s->next = e->list;
   e->list = s;
+  id_index_add_locked (e, s);
   e->disk_pending -= (uint64_t) lim.disk_mb << 20; /* it counts in the list now */
   pthread_mutex_unlock (&e->lock);
   clock_mark (&clk, "save");

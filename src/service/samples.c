@@ -24,10 +24,10 @@
  * paused sandboxes have none either), so its history has a gap; the
  * first sample after the resume averages its CPU over that gap.
  *
- * The histories are found by a linear search of an array under one
- * mutex: a sandbox's lookup costs a comparison per live sandbox, nothing
- * next to the cgroup reads, and nothing here holds the mutex while
- * reading a cgroup.
+ * The histories are kept in an array sorted by id, under one mutex, and
+ * found by a binary search: a linear one cost a comparison per live
+ * sandbox for each sandbox of each pass, a fifth of a core at 3,500
+ * sandboxes.  Nothing here holds the mutex while reading a cgroup.
  */
 #include "samples.h"
 
@@ -60,21 +60,44 @@ struct sbx_sampler {
   size_t n_h, cap_h;
 };
 
+/* Where ID is or would go in the sorted histories. */
+static size_t
+place (const struct sbx_sampler *s, const char *id, bool *found)
+{
+  size_t lo = 0, hi = s->n_h;
+  while (lo < hi)
+    {
+      size_t mid = lo + (hi - lo) / 2;
+      int c = strcmp (s->h[mid].id, id);
+      if (c == 0)
+        {
+          *found = true;
+          return mid;
+        }
+      if (c < 0)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+  *found = false;
+  return lo;
+}
+
 static struct history *
 find (struct sbx_sampler *s, const char *id)
 {
-  for (size_t i = 0; i < s->n_h; i++)
-    if (strcmp (s->h[i].id, id) == 0)
-      return &s->h[i];
-  return NULL;
+  bool found;
+  size_t i = place (s, id, &found);
+  return found ? &s->h[i] : NULL;
 }
 
 static struct history *
 find_or_add (struct sbx_sampler *s, const char *id)
 {
-  struct history *h = find (s, id);
-  if (h)
-    return h;
+  bool found;
+  size_t at = place (s, id, &found);
+  if (found)
+    return &s->h[at];
   if (s->n_h == s->cap_h)
     {
       size_t cap = s->cap_h ? s->cap_h * 2 : 16;
@@ -84,17 +107,20 @@ find_or_add (struct sbx_sampler *s, const char *id)
       s->h = nh;
       s->cap_h = cap;
     }
-  h = &s->h[s->n_h++];
+  memmove (&s->h[at + 1], &s->h[at], (s->n_h - at) * sizeof *s->h);
+  s->n_h++;
+  struct history *h = &s->h[at];
   memset (h, 0, sizeof *h);
   snprintf (h->id, sizeof h->id, "%s", id);
   return h;
 }
 
+/* The history at I goes; the rest stay in order. */
 static void
 drop_at (struct sbx_sampler *s, size_t i)
 {
   sbx_sample_ring_free (&s->h[i].ring);
-  s->h[i] = s->h[--s->n_h];
+  memmove (&s->h[i], &s->h[i + 1], (--s->n_h - i) * sizeof *s->h);
 }
 
 static int
@@ -187,15 +213,18 @@ sample_all (struct sbx_sampler *s)
     dropped += !s->h[i].seen;
   if (dropped && s->store)
     b.gone = calloc (dropped, sizeof *b.gone);
-  for (size_t i = 0; i < s->n_h;)
+  /* the unseen go in one sweep that keeps the order */
+  size_t kept = 0;
+  for (size_t i = 0; i < s->n_h; i++)
     if (s->h[i].seen)
-      i++;
+      s->h[kept++] = s->h[i];
     else
       {
         if (b.gone)
           snprintf (b.gone[b.n_gone++], SBX_ID_MAX, "%s", s->h[i].id);
-        drop_at (s, i);
+        sbx_sample_ring_free (&s->h[i].ring);
       }
+  s->n_h = kept;
   pthread_mutex_unlock (&s->lock);
   sbx_list_free (infos, n);
   batch_write (s, &b);
@@ -299,12 +328,10 @@ sbx_sampler_forget (struct sbx_sampler *s, const char *id)
   if (s == NULL)
     return;
   pthread_mutex_lock (&s->lock);
-  for (size_t i = 0; i < s->n_h; i++)
-    if (strcmp (s->h[i].id, id) == 0)
-      {
-        drop_at (s, i);
-        break;
-      }
+  bool found;
+  size_t i = place (s, id, &found);
+  if (found)
+    drop_at (s, i);
   pthread_mutex_unlock (&s->lock);
   struct batch b = { .gone = s->store ? calloc (1, sizeof *b.gone) : NULL };
   if (b.gone)
