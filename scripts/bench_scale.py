@@ -25,8 +25,10 @@ raised to N), until N are alive (N: --n, else SBXD_BENCH_SCALE_N, else
 Where a create fails before N, the ramp stops: the JSON says the count
 reached and the error, and so does a line on stderr.  After the ramp
 every sandbox (at most 500 picked at random when there are more) runs
-`true` (are they all reachable?), then all are destroyed one at a time,
-each DELETE timed (destroy p50, p90, max).
+`true` (are they all reachable?); the daemon is restarted with all of
+them (restart: seconds until the API answers again, and 20 picked at
+random run `true` after); then all are destroyed one at a time, each
+DELETE timed (destroy p50, p90, max).
 
 Plots (gnuplot, next to the JSON in --out): create and exec p50 against
 the idle count (scale_latency.png), memory per idle sandbox against the
@@ -306,6 +308,25 @@ def main():
                 ex = Client(d.port, d.key, BODY)
         ex.close()
         result["reachable"] = {"checked": len(check), "failed": len(unreachable), "first_errors": unreachable[:3]}
+        # a restart with all of them: how long until the API answers again
+        # (each sandbox taken back, the network rules renewed), and do they
+        # still run commands?
+        d.stop()
+        t0 = time.time()
+        d.start(args=["--disk-overcommit", "1000"], wait_s=1800)
+        answering_s = round(time.time() - t0, 1)
+        again = random.sample(idle, min(20, len(idle)))
+        ex = Client(d.port, d.key, BODY)
+        failed = 0
+        for sid in again:
+            try:
+                ex.exec_true(sid)
+            except Exception:  # noqa: BLE001
+                failed += 1
+                ex.close()
+                ex = Client(d.port, d.key, BODY)
+        ex.close()
+        result["restart"] = {"answering_s": answering_s, "checked": len(again), "failed": failed}
         # destroy, one at a time
         c = Client(d.port, d.key, BODY)
         times = []

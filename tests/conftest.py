@@ -101,13 +101,14 @@ class Sbxd:
         self.key = None
 
     # -- process control --
-    def start(self, env=None, args=None, suite_disk=True):
+    def start(self, env=None, args=None, suite_disk=True, wait_s=20):
         """Start `sbxd serve`; ARGS are added to its command line.  Unless
         ARGS name one, the sandboxes' DNS goes to a closed port on the
         host's loopback, so that no test sends anything off this machine.
         SUITE_DISK adds SUITE_DISK_ARGS unless ARGS say --disk-overcommit;
         False leaves the daemon's own default.  SUITE_METRICS_ARGS are
-        added unless ARGS say --metrics-interval-ms."""
+        added unless ARGS say --metrics-interval-ms.  It must answer within
+        WAIT_S seconds."""
         self.log = open(self.log_path, "ab")
         out = open(self.out_path, "wb")
         args = list(args or [])
@@ -122,7 +123,7 @@ class Sbxd:
             [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir] + args,
             stdout=out, stderr=self.log, env=env)
         out.close()
-        deadline = time.time() + 20
+        deadline = time.time() + wait_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sbxd exited: {open(self.log_path).read()}")

@@ -665,12 +665,15 @@ def test_put_cuts_an_open_flow(netd, peers):
 
 
 def test_rules_survive_a_daemon_restart(peers, tmp_path):
-    """kill -9 of the daemon: the sandbox keeps its rules (they live in the
-    kernel), and the restarted daemon's filters take over its DNS and its
-    name rules (their ports change)."""
+    """kill -9 of the daemon: the sandboxes keep their rules (they live in
+    the kernel), and the restarted daemon's filters take over their DNS
+    and name rules (their ports change).  The restart renews all
+    sandboxes' rules in one transaction: each keeps its own."""
     d = Sbxd(str(tmp_path / "state")).start(args=["--dns-upstream", UPSTREAM])
     try:
         sid = create(d, **MODES["domain"])["sandboxID"]
+        cidr = create(d, **MODES["cidr"])["sandboxID"]
+        none = create(d, **MODES["none"])["sandboxID"]
         fetch_ok(d, sid, "http://allowed.test/", HTTP10)
         d.kill9()
         d.start(args=["--dns-upstream", UPSTREAM])
@@ -679,6 +682,8 @@ def test_rules_survive_a_daemon_restart(peers, tmp_path):
         fetch_ok(d, sid, "https://allowed.test/", HTTPS10, "-k")
         fetch_fails(d, sid, f"http://{WEB2}/", f"addr={WEB2}")
         fetch_fails(d, sid, "http://other.test/", "host=other.test")
+        fetch_ok(d, cidr, f"http://{WEB2}/", f"host={WEB2} addr={WEB2}\n")
+        fetch_fails(d, none, f"http://{WEB2}/", f"addr={WEB2}")
         d.cleanup()
     finally:
         d.stop()

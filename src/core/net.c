@@ -633,8 +633,20 @@ cmd_slot_flush (struct cmd *c, uint32_t slot)
   cmd_add (c, "flush chain inet sbxd o%u\nflush chain inet sbxd i%u\nflush chain inet sbxd n%u\n", slot, slot, slot);
 }
 
-static int apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure,
-                  struct sbx_err *err);
+static int apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct cmd *c,
+                        struct sbx_err *err);
+
+static int
+apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct sbx_err *err)
+{
+  struct cmd c = { 0 };
+  if (apply_build (n, slot, p, ensure, &c, err) < 0)
+    {
+      free (c.buf);
+      return -1;
+    }
+  return nft_run (n, &c, err);
+}
 
 int
 sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
@@ -646,6 +658,38 @@ int
 sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
 {
   return apply (n, slot, p, true, err);
+}
+
+/* At most this many sandboxes' rules in one transaction of
+   sbx_net_reapply_many. */
+#define REAPPLY_BATCH 256
+
+/* One transaction per sandbox made a start with thousands of sandboxes
+   take minutes (3,480: four minutes): the kernel checks the whole table
+   at each commit, so each costs more the more sandboxes there are.  In
+   transactions of REAPPLY_BATCH sandboxes it is a second or two; a
+   transaction that fails is all or nothing, so its sandboxes are then
+   renewed one at a time, and each that fails is told to FAILED. */
+void
+sbx_net_reapply_many (struct sbx_net *n, size_t count, const uint32_t *slots, const struct sbx_net_policy *const *ps,
+                      void (*failed) (void *ud, size_t i, const char *msg), void *ud)
+{
+  for (size_t first = 0; first < count; first += REAPPLY_BATCH)
+    {
+      size_t end = count - first > REAPPLY_BATCH ? first + REAPPLY_BATCH : count;
+      struct cmd c = { 0 };
+      struct sbx_err err;
+      bool built = true;
+      for (size_t i = first; i < end && built; i++)
+        built = apply_build (n, slots[i], ps[i], true, &c, &err) == 0;
+      if (built && nft_run (n, &c, &err) == 0)
+        continue;
+      if (!built)
+        free (c.buf);
+      for (size_t i = first; i < end; i++)
+        if (apply (n, slots[i], ps[i], true, &err) < 0)
+          failed (ud, i, err.msg);
+    }
 }
 
 /* A rule of chain KIND<SLOT> that logs the first packet of a new
@@ -666,7 +710,8 @@ cmd_log_end (struct sbx_net *n, struct cmd *c, char why)
 }
 
 static int
-apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct sbx_err *err)
+apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct cmd *cp,
+             struct sbx_err *err)
 {
   uint32_t addr, gw;
   sbx_net_addresses (slot, &addr, &gw);
@@ -677,14 +722,13 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
   ip_str (addr, addrs, sizeof addrs);
   uint16_t dns = sbx_netproxy_dns_port (n->proxy), tcp = sbx_netproxy_tcp_port (n->proxy);
   const char *reject = "reject with icmpx type admin-prohibited";
-  struct cmd c = { 0 };
   if (ensure)
-    cmd_slot_ensure (&c, slot);
-  cmd_slot_flush (&c, slot);
+    cmd_slot_ensure (cp, slot);
+  cmd_slot_flush (cp, slot);
   /* only the sandbox's own address: never another's (the kernel already
      refuses a foreign source without CAP_NET_ADMIN; this does not rely on it) */
-  cmd_add (&c, "add rule inet sbxd o%u ip saddr != %s drop\n", slot, addrs);
-  cmd_add (&c, "add rule inet sbxd i%u ip saddr != %s drop\n", slot, addrs);
+  cmd_add (cp, "add rule inet sbxd o%u ip saddr != %s drop\n", slot, addrs);
+  cmd_add (cp, "add rule inet sbxd i%u ip saddr != %s drop\n", slot, addrs);
   /* each verdict below comes twice when logging: a rule that logs (it
      cannot also decide, as its rate limit would skip the verdict too),
      then the same match with the verdict */
@@ -693,65 +737,65 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
     {
       if (log)
         {
-          cmd_log_start (&c, 'o', slot);
-          cmd_log_end (n, &c, 'N');
-          cmd_log_start (&c, 'i', slot);
-          cmd_log_end (n, &c, 'N');
+          cmd_log_start (cp, 'o', slot);
+          cmd_log_end (n, cp, 'N');
+          cmd_log_start (cp, 'i', slot);
+          cmd_log_end (n, cp, 'N');
         }
-      cmd_add (&c, "add rule inet sbxd o%u %s\n", slot, reject);
-      cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
-      return nft_run (n, &c, err);
+      cmd_add (cp, "add rule inet sbxd o%u %s\n", slot, reject);
+      cmd_add (cp, "add rule inet sbxd i%u %s\n", slot, reject);
+      return 0;
     }
   /* out: the platform's denials first, unless an operator range allows */
   for (int pass = log ? 0 : 1; pass < 2; pass++)
     {
       if (pass == 0)
-        cmd_log_start (&c, 'o', slot);
+        cmd_log_start (cp, 'o', slot);
       else
-        cmd_add (&c, "add rule inet sbxd o%u", slot);
-      cmd_add (&c, " ip daddr @platform");
+        cmd_add (cp, "add rule inet sbxd o%u", slot);
+      cmd_add (cp, " ip daddr @platform");
       if (n->n_ops)
         {
-          cmd_add (&c, " ip daddr != ");
-          cmd_set (&c, n->ops, n->n_ops);
+          cmd_add (cp, " ip daddr != ");
+          cmd_set (cp, n->ops, n->n_ops);
         }
       if (pass == 0)
-        cmd_log_end (n, &c, 'P');
+        cmd_log_end (n, cp, 'P');
       else
-        cmd_add (&c, " %s\n", reject);
+        cmd_add (cp, " %s\n", reject);
     }
   for (int pass = log ? 0 : 1; pass < 2 && p->n_allow; pass++)
     {
       if (pass == 0)
-        cmd_log_start (&c, 'o', slot);
+        cmd_log_start (cp, 'o', slot);
       else
-        cmd_add (&c, "add rule inet sbxd o%u", slot);
-      cmd_add (&c, " ip daddr ");
-      cmd_set (&c, p->allow, p->n_allow);
+        cmd_add (cp, "add rule inet sbxd o%u", slot);
+      cmd_add (cp, " ip daddr ");
+      cmd_set (cp, p->allow, p->n_allow);
       if (pass == 0)
-        cmd_log_end (n, &c, 'A');
+        cmd_log_end (n, cp, 'A');
       else
-        cmd_add (&c, " accept\n");
+        cmd_add (cp, " accept\n");
     }
   for (int pass = log ? 0 : 1; pass < 2 && p->n_deny; pass++)
     {
       if (pass == 0)
-        cmd_log_start (&c, 'o', slot);
+        cmd_log_start (cp, 'o', slot);
       else
-        cmd_add (&c, "add rule inet sbxd o%u", slot);
-      cmd_add (&c, " ip daddr ");
-      cmd_set (&c, p->deny, p->n_deny);
+        cmd_add (cp, "add rule inet sbxd o%u", slot);
+      cmd_add (cp, " ip daddr ");
+      cmd_set (cp, p->deny, p->n_deny);
       if (pass == 0)
-        cmd_log_end (n, &c, 'D');
+        cmd_log_end (n, cp, 'D');
       else
-        cmd_add (&c, " %s\n", reject);
+        cmd_add (cp, " %s\n", reject);
     }
   if (log)
     {
-      cmd_log_start (&c, 'o', slot);
-      cmd_log_end (n, &c, 'I');
+      cmd_log_start (cp, 'o', slot);
+      cmd_log_end (n, cp, 'I');
     }
-  cmd_add (&c, "add rule inet sbxd o%u accept\n", slot);
+  cmd_add (cp, "add rule inet sbxd o%u accept\n", slot);
   /* in: only what was redirected to the filters (single values rather
      than sets: anonymous sets are kernel objects of their own, made and
      freed with every change) */
@@ -762,52 +806,52 @@ apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool en
      others' queries and connections would be lost there.  Dropped here,
      per sandbox, it costs the others nothing. */
   unsigned pps = 4 * sbx_netproxy_dns_rate (n->proxy);
-  cmd_add (&c, "add rule inet sbxd i%u udp dport %u limit rate over %u/second burst %u packets drop\n", slot, dns, pps,
+  cmd_add (cp, "add rule inet sbxd i%u udp dport %u limit rate over %u/second burst %u packets drop\n", slot, dns, pps,
            2 * pps);
-  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
+  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
            slot, dns, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
-  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
+  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
            slot, tcp, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
-  cmd_add (&c, "add rule inet sbxd i%u udp dport %u ct status dnat accept\n", slot, dns);
-  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, dns);
-  cmd_add (&c, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
+  cmd_add (cp, "add rule inet sbxd i%u udp dport %u ct status dnat accept\n", slot, dns);
+  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, dns);
+  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
   if (log)
     {
-      cmd_log_start (&c, 'i', slot);
-      cmd_log_end (n, &c, 'H');
+      cmd_log_start (cp, 'i', slot);
+      cmd_log_end (n, cp, 'H');
     }
-  cmd_add (&c, "add rule inet sbxd i%u %s\n", slot, reject);
+  cmd_add (cp, "add rule inet sbxd i%u %s\n", slot, reject);
   /* nat: DNS to the gateway, and web traffic when names decide */
-  cmd_add (&c, "add rule inet sbxd n%u ip daddr %s udp dport 53 redirect to :%u\n", slot, gws, dns);
-  cmd_add (&c, "add rule inet sbxd n%u ip daddr %s tcp dport 53 redirect to :%u\n", slot, gws, dns);
+  cmd_add (cp, "add rule inet sbxd n%u ip daddr %s udp dport 53 redirect to :%u\n", slot, gws, dns);
+  cmd_add (cp, "add rule inet sbxd n%u ip daddr %s tcp dport 53 redirect to :%u\n", slot, gws, dns);
   if (p->proxy)
     {
       /* every TCP connection goes through the filter, which judges it as
          the rules above would and carries it through the proxy */
-      cmd_add (&c, "add rule inet sbxd n%u ip daddr != %s meta l4proto tcp redirect to :%u\n", slot, gws, tcp);
-      return nft_run (n, &c, err);
+      cmd_add (cp, "add rule inet sbxd n%u ip daddr != %s meta l4proto tcp redirect to :%u\n", slot, gws, tcp);
+      return 0;
     }
   /* web traffic, whatever allows it, when requests are transformed
      (HTTP, and HTTPS: the filter terminates TLS for the hosts with rules
      and lets the others pass by their server name) */
   if (p->n_rules)
     {
-      cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
-      cmd_add (&c, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
+      cmd_add (cp, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+      cmd_add (cp, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
     }
   if (p->n_domains && p->n_deny)
     {
       /* addresses allowed by address rules go straight out */
       if (p->n_allow)
         {
-          cmd_add (&c, "add rule inet sbxd n%u ip daddr ", slot);
-          cmd_set (&c, p->allow, p->n_allow);
-          cmd_add (&c, " return\n");
+          cmd_add (cp, "add rule inet sbxd n%u ip daddr ", slot);
+          cmd_set (cp, p->allow, p->n_allow);
+          cmd_add (cp, " return\n");
         }
-      cmd_add (&c, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
-      cmd_add (&c, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
+      cmd_add (cp, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
+      cmd_add (cp, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
     }
-  return nft_run (n, &c, err);
+  return 0;
 }
 
 /* ---- rtnetlink ---- */

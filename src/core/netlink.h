@@ -50,6 +50,11 @@ int sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx
    run, whose chains may be gone. */
 int sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
 int sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *policy, struct sbx_err *err);
+/* sbx_net_reapply for COUNT slots at once (at start: in few
+   transactions); FAILED(UD, I, MESSAGE) for each I that could not be. */
+void sbx_net_reapply_many (struct sbx_net *n, size_t count, const uint32_t *slots,
+                           const struct sbx_net_policy *const *policies,
+                           void (*failed) (void *ud, size_t i, const char *msg), void *ud);
 /* Remove SLOT's rules, filter state (its egress log too) and link; quiet
    if already gone. */
 void sbx_net_forget (struct sbx_net *n, uint32_t slot);

@@ -1490,6 +1490,42 @@ reattach (struct sbx_engine *e, const char *id)
     emit (e, s->id, SBX_EVENT_KILLED, why);
 }
 
+static void
+reapply_failed (void *ud, size_t i, const char *msg)
+{
+  struct sandbox **which = ud;
+  sbx_log_fields (SBX_LOG_ERROR, "cannot renew the sandbox's network rules", "sandbox", which[i]->id, "error", msg,
+                  NULL);
+}
+
+/* At start: the network rules of every sandbox still running, renewed
+   (they name the filters' ports, which are this process's), in few
+   transactions (sbx_net_reapply_many). */
+static int
+reapply_all (struct sbx_engine *e)
+{
+  size_t n = 0;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    n += e->net && s->has_net && state_seen (s) != SBX_STOPPED;
+  if (n == 0)
+    return 0;
+  cleanup_free struct sandbox **which = calloc (n, sizeof *which);
+  cleanup_free uint32_t *slots = calloc (n, sizeof *slots);
+  cleanup_free const struct sbx_net_policy **ps = calloc (n, sizeof *ps);
+  if (which == NULL || slots == NULL || ps == NULL)
+    return -1;
+  size_t k = 0;
+  for (struct sandbox *s = e->list; s; s = s->next)
+    if (e->net && s->has_net && state_seen (s) != SBX_STOPPED)
+      {
+        which[k] = s;
+        slots[k] = s->uid_slot;
+        ps[k++] = &s->net;
+      }
+  sbx_net_reapply_many (e->net, n, slots, ps, reapply_failed, which);
+  return 0;
+}
+
 /* The uid ranges that some user namespace on the machine maps, one bit per
    slot: those of every live sandbox, of every instance, and of sandboxes
    being prepared (whose first process waits in its namespaces).  NULL
@@ -1737,11 +1773,11 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
   closedir (d);
   sweep_uid_slots (e);
   /* the rules name this process's filter ports: renew them */
-  for (struct sandbox *s = e->list; s; s = s->next)
-    if (e->net && s->has_net && state_seen (s) != SBX_STOPPED
-        && sbx_net_reapply (e->net, s->uid_slot, &s->net, err) < 0)
-      sbx_log_fields (SBX_LOG_ERROR, "cannot renew the sandbox's network rules", "sandbox", s->id, "error", err->msg,
-                      NULL);
+  if (reapply_all (e) < 0)
+    {
+      sbx_fail (err, ENOMEM, "renew the sandboxes' network rules");
+      goto fail;
+    }
 
   /* what disk admission starts from, for the operator */
   struct disk_room room;
