@@ -1934,6 +1934,18 @@ dns_query (struct np_loop *l, struct np_sandbox *sb, const uint8_t *q, size_t le
    upstream), so the socket's queue stays short.  What a sandbox sends
    beyond DNS_WAITING queries waiting gets SERVFAIL at once, as a query
    over its rate does. */
+/* SB takes its place at the end of L's turns. */
+static void
+turns_append (struct np_loop *l, struct np_sandbox *sb)
+{
+  sb->turn_next = NULL;
+  if (l->turns_tail)
+    l->turns_tail->turn_next = sb;
+  else
+    l->turns = sb;
+  l->turns_tail = sb;
+}
+
 static void
 dns_udp_ready (struct np_watch *w, uint32_t events)
 {
@@ -1970,12 +1982,7 @@ dns_udp_ready (struct np_watch *w, uint32_t events)
             {
               sb->refs++; /* the turns' */
               sb->waiting = q;
-              sb->turn_next = NULL;
-              if (l->turns_tail)
-                l->turns_tail->turn_next = sb;
-              else
-                l->turns = sb;
-              l->turns_tail = sb;
+              turns_append (l, sb);
             }
           else
             sb->waiting_tail->next = q;
@@ -2009,15 +2016,10 @@ turn_take_locked (struct np_loop *l, struct np_sandbox **sbp)
   l->turns = sb->turn_next;
   if (l->turns == NULL)
     l->turns_tail = NULL;
-  sb->turn_next = NULL;
   if (sb->waiting)
     {
       sb->refs++;
-      if (l->turns_tail)
-        l->turns_tail->turn_next = sb;
-      else
-        l->turns = sb;
-      l->turns_tail = sb;
+      turns_append (l, sb);
     }
   else
     sb->waiting_tail = NULL;

@@ -1195,6 +1195,46 @@ ms_since (uint64_t t0)
   return (sbx_now_ns () - t0) / 1000000;
 }
 
+/* A proxy with LIMITS forwarding to a scripted upstream, and two open
+   sandboxes at 127.0.0.FIRST and the next address, with a socket each
+   connected to its DNS port. */
+struct two {
+  struct upstream u;
+  struct sbx_netproxy *p;
+  uint32_t a_ip, b_ip;
+  int a, b;
+};
+
+static bool
+two_open (struct two *t, struct sbx_netproxy_limits limits, uint8_t first)
+{
+  upstream_open (&t->u);
+  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = t->u.port, .limits = limits };
+  struct sbx_err err = { 0 };
+  t->p = NULL;
+  CHECK (sbx_netproxy_start (&cfg, &t->p, &err) == 0);
+  if (t->p == NULL)
+    return false;
+  uint16_t dport = sbx_netproxy_dns_port (t->p);
+  struct sbx_net_policy open = { .enabled = true };
+  t->a_ip = IP (127, 0, 0, first);
+  t->b_ip = IP (127, 0, 0, first + 1);
+  CHECK (sbx_netproxy_set (t->p, t->a_ip, &open, &err) == 0 && sbx_netproxy_set (t->p, t->b_ip, &open, &err) == 0);
+  t->a = sandbox_socket (t->a_ip, dport);
+  t->b = sandbox_socket (t->b_ip, dport);
+  CHECK (t->a >= 0 && t->b >= 0);
+  return true;
+}
+
+static void
+two_close (struct two *t)
+{
+  close (t->a);
+  close (t->b);
+  sbx_netproxy_stop (t->p);
+  upstream_close (&t->u);
+}
+
 /* The bounds per sandbox: queries waiting for the upstream, and the
    query rate.  Sandbox A (127.0.0.1) asks names the upstream never
    answers; sandbox B (127.0.0.2) is served meanwhile. */
@@ -1202,21 +1242,12 @@ static void
 test_dns_bounds (void)
 {
   int fds_before = count_fds ();
-  struct upstream u;
-  upstream_open (&u);
-  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = u.port,
-                                     .limits = { .dns_inflight = 4, .dns_rate = 50 } };
-  struct sbx_netproxy *p = NULL;
-  struct sbx_err err = { 0 };
-  CHECK (sbx_netproxy_start (&cfg, &p, &err) == 0);
-  if (p == NULL)
+  struct two t;
+  if (!two_open (&t, (struct sbx_netproxy_limits) { .dns_inflight = 4, .dns_rate = 50 }, 1))
     return;
-  uint16_t dport = sbx_netproxy_dns_port (p);
-  struct sbx_net_policy open = { .enabled = true };
-  uint32_t a_ip = IP (127, 0, 0, 1), b_ip = IP (127, 0, 0, 2);
-  CHECK (sbx_netproxy_set (p, a_ip, &open, &err) == 0 && sbx_netproxy_set (p, b_ip, &open, &err) == 0);
-  int a = sandbox_socket (a_ip, dport), b = sandbox_socket (b_ip, dport);
-  CHECK (a >= 0 && b >= 0);
+  struct sbx_netproxy *p = t.p;
+  uint32_t a_ip = t.a_ip, b_ip = t.b_ip;
+  int a = t.a, b = t.b;
 
   for (uint16_t id = 1; id <= 4; id++)
     send_query (a, "slow.example.com", 1, id);
@@ -1285,10 +1316,7 @@ test_dns_bounds (void)
   CHECK (inflight && rate == (size_t) refused);
   ok ("egress log: queries over a bound are recorded as denied, with the bound");
 
-  close (a);
-  close (b);
-  sbx_netproxy_stop (p);
-  upstream_close (&u);
+  two_close (&t);
   CHECK (count_fds () == fds_before);
   ok ("dns bounds: no descriptor left open");
 }
@@ -1327,21 +1355,10 @@ static void
 test_dns_turns (void)
 {
   int fds_before = count_fds ();
-  struct upstream u;
-  upstream_open (&u);
-  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = u.port,
-                                     .limits = { .dns_rate = 10000 } };
-  struct sbx_netproxy *p = NULL;
-  struct sbx_err err = { 0 };
-  CHECK (sbx_netproxy_start (&cfg, &p, &err) == 0);
-  if (p == NULL)
+  struct two t;
+  if (!two_open (&t, (struct sbx_netproxy_limits) { .dns_rate = 10000 }, 3))
     return;
-  uint16_t dport = sbx_netproxy_dns_port (p);
-  struct sbx_net_policy open = { .enabled = true };
-  uint32_t a_ip = IP (127, 0, 0, 3), b_ip = IP (127, 0, 0, 4);
-  CHECK (sbx_netproxy_set (p, a_ip, &open, &err) == 0 && sbx_netproxy_set (p, b_ip, &open, &err) == 0);
-  int a = sandbox_socket (a_ip, dport), b = sandbox_socket (b_ip, dport), on = 1, big = 1 << 20;
-  CHECK (a >= 0 && b >= 0);
+  int a = t.a, b = t.b, on = 1, big = 1 << 20;
   CHECK (setsockopt (a, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) == 0
          && setsockopt (b, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) == 0
          && setsockopt (a, SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
@@ -1365,10 +1382,7 @@ test_dns_turns (void)
     fprintf (stderr, "dns turns: %d of A's %d answers came after B's\n", after_b, N);
   ok ("dns turns: a sandbox's query is served before another's earlier flood of them, which is answered too");
 
-  close (a);
-  close (b);
-  sbx_netproxy_stop (p);
-  upstream_close (&u);
+  two_close (&t);
   CHECK (count_fds () == fds_before);
   ok ("dns turns: no descriptor left open");
 }
