@@ -306,10 +306,10 @@ cmd_serve (int argc, char **argv)
           char *end;
           errno = 0;
           overcommit = strtod (optarg, &end);
-          if (end == optarg || *end || errno || !(overcommit > 0 && overcommit <= 1000))
+          if (end == optarg || *end || errno || !(overcommit > 0 && overcommit <= 10000))
             {
               fprintf (stderr,
-                       "sbxd: invalid --disk-overcommit %s (want a ratio above 0 and at most 1000;"
+                       "sbxd: invalid --disk-overcommit %s (want a ratio above 0 and at most 10000;"
                        " 1: never promise more disk than there is)\n",
                        optarg);
               return 2;
