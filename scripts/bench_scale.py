@@ -61,7 +61,7 @@ BODY = json.dumps({"templateID": "base", "timeout": 7200})
 ORG_CAP = 10000  # SBX_PLAN_MAX_SANDBOXES_CAP
 # idle sandboxes write nothing: their disks are promised many times over
 # (the ramp stops with the daemon's own error where even that does not fit)
-DAEMON_ARGS = ["--disk-overcommit", "1000", "--metrics-interval-ms", "5000"]
+DAEMON_ARGS = ["--disk-overcommit", "10000", "--metrics-interval-ms", "5000"]
 
 
 def timed(fn, *a):
