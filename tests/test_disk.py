@@ -328,7 +328,7 @@ def test_restart_counts_live_disks_and_flags_move_the_limit(diskd):
 
 
 def test_bad_disk_flags_are_refused(diskd):
-    for args in (["--disk-overcommit", "0"], ["--disk-overcommit", "x"], ["--disk-overcommit", "1001"],
+    for args in (["--disk-overcommit", "0"], ["--disk-overcommit", "x"], ["--disk-overcommit", "10001"],
                  ["--disk-reserve-mb", "-1"], ["--disk-reserve-mb", "lots"]):
         r = subprocess.run([SBXD, "serve", "--state-dir", diskd.state_dir, "--listen", "127.0.0.1:1"]
                            + args, capture_output=True, text=True, timeout=30)
