@@ -127,15 +127,20 @@ fake_engine (const char *dir, fake_agent_fn fn, void *ud)
   s->timeout_s = 3600;
   s->refs = 1; /* never dropped: never freed */
   s->pidfd = s->disk_fd = s->agent_fd = s->idmap_fd = s->proc.sock = -1;
-  s->dirfd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  /* its directory, DIR/FAKE_ID, is where the engine looks (sandbox_dir) */
+  char sdir[PATH_MAX];
+  snprintf (sdir, sizeof sdir, "%s/%s", dir, FAKE_ID);
+  e->sandboxes_fd = open (dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
   e->list = s;
+  id_index_add_locked (e, s);
 
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  snprintf (sa.sun_path, sizeof sa.sun_path, "%s/agent.sock", dir);
+  snprintf (sa.sun_path, sizeof sa.sun_path, "%s/agent.sock", sdir);
   unlink (sa.sun_path);
   fake_listen_fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   pthread_t th;
-  if (s->dirfd < 0 || fake_listen_fd < 0 || bind (fake_listen_fd, (struct sockaddr *) &sa, sizeof sa) < 0
+  if ((mkdir (sdir, 0700) < 0 && errno != EEXIST) || e->sandboxes_fd < 0 || fake_listen_fd < 0
+      || bind (fake_listen_fd, (struct sockaddr *) &sa, sizeof sa) < 0
       || listen (fake_listen_fd, 128) < 0 || pthread_create (&th, NULL, fake_accept_main, NULL) != 0)
     {
       perror ("fake sandbox");
