@@ -332,14 +332,20 @@ def main():
         # destroy, one at a time
         c = Client(d.port, d.key, BODY)
         times = []
+        refused = []  # a sandbox that ended by itself meanwhile: which, and what the API says of it
         for sid in list(idle):
-            t, _ = timed(c.delete, sid)
-            times.append(t)
+            try:
+                t, _ = timed(c.delete, sid)
+                times.append(t)
+            except RuntimeError as e:
+                st, b = c.call("GET", f"/sandboxes/{sid}")
+                refused.append(f"{sid}: {e}; GET: HTTP {st} {b[:200].decode(errors='replace')}")
             idle.remove(sid)
         c.close()
         result["destroy"] = {"count": len(times), "p50_ms": ms(pct(times, 0.5)), "p90_ms": ms(pct(times, 0.9)),
                              "max_ms": ms(max(times) if times else None),
-                             "all_s": round(sum(times), 2)}
+                             "all_s": round(sum(times), 2), "refused": len(refused),
+                             "first_refused": refused[:3]}
         burst_path = ARGS.burst_json or os.path.join(ARGS.out, "burst.json")
         burst = None
         if os.path.exists(burst_path):

@@ -10,6 +10,7 @@ nothing of the host comes out and nothing half made stays behind.
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -278,6 +279,25 @@ def test_artifacts_kept_after_timeout(srv):
     while "timeout" not in srv.logs() and time.time() < deadline:
         time.sleep(0.2)
     assert "timeout" in srv.logs()
+
+
+def test_artifacts_of_sandboxes_destroyed_together_are_each_kept(srv):
+    """Destroys that come together are torn down together (their ending
+    hooks side by side, their network rules in one transaction): each
+    sandbox's set is still its own."""
+    n = 8
+    with ThreadPoolExecutor(n) as pool:
+        sids = list(pool.map(lambda _: srv.create(), range(n)))
+    for sid in sids:
+        root(srv, sid, f"mkdir /artifacts && echo {sid} > /artifacts/who.txt")
+    with ThreadPoolExecutor(n) as pool:
+        codes = list(pool.map(lambda sid: srv.delete(sid).status_code, sids))
+    assert codes == [204] * n
+    for sid in sids:
+        a = artifacts(srv, sid)
+        assert a["kept"] is True and [i["path"] for i in a["items"]] == ["who.txt"], a
+        assert download(srv, sid, "who.txt").content == f"{sid}\n".encode()
+        assert not os.path.exists(os.path.join(srv.state_dir, "sandboxes", sid))
 
 
 def test_nothing_kept_without_artifacts(srv):

@@ -1011,38 +1011,85 @@ sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err
   return 0;
 }
 
+/* SLOT's removal: its chains and map entries are ensured first, so that
+   the deletions cannot fail on what is gone. */
+static void
+cmd_slot_forget (struct cmd *c, uint32_t slot)
+{
+  static const char kinds[] = "oin";
+  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
+  cmd_slot_ensure (c, slot);
+  cmd_slot_flush (c, slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
+}
+
+static void
+forget_rules_failed (uint32_t slot, const char *msg)
+{
+  char s[16];
+  snprintf (s, sizeof s, "%u", slot);
+  sbx_log_fields (SBX_LOG_WARN, "cannot remove a network slot's rules", "slot", s, "error", msg, NULL);
+}
+
+/* Like the renewal at start (sbx_net_reapply_many), removals go in
+   transactions of REAPPLY_BATCH slots: one each made thousands of
+   sandboxes destroyed together go at a few a second, a transaction
+   costing about 80 ms with 5,000 sandboxes' chains in the table. */
+void
+sbx_net_forget_many (struct sbx_net *n, size_t count, const uint32_t *slots)
+{
+  for (size_t i = 0; i < count; i++)
+    {
+      uint32_t addr, gw;
+      sbx_net_addresses (slots[i], &addr, &gw);
+      sbx_netproxy_remove (n->proxy, addr);
+    }
+  for (size_t first = 0; first < count; first += REAPPLY_BATCH)
+    {
+      size_t end = count - first > REAPPLY_BATCH ? first + REAPPLY_BATCH : count;
+      struct cmd c = { 0 };
+      struct sbx_err err;
+      for (size_t i = first; i < end; i++)
+        cmd_slot_forget (&c, slots[i]);
+      if (nft_run (n, &c, &err) == 0)
+        continue;
+      if (end - first == 1)
+        {
+          forget_rules_failed (slots[first], err.msg);
+          continue;
+        }
+      for (size_t i = first; i < end; i++)
+        {
+          struct cmd one = { 0 };
+          cmd_slot_forget (&one, slots[i]);
+          if (nft_run (n, &one, &err) < 0)
+            forget_rules_failed (slots[i], err.msg);
+        }
+    }
+  struct sbx_err err;
+  struct mnl_socket *nl = nl_open (&err);
+  if (nl == NULL)
+    {
+      sbx_log_fields (SBX_LOG_WARN, "cannot delete network links", "error", err.msg, NULL);
+      return;
+    }
+  for (size_t i = 0; i < count; i++)
+    {
+      char name[IFNAMSIZ];
+      snprintf (name, sizeof name, SBX_NET_IFPREFIX "%u", slots[i]);
+      if (link_delete (nl, name, &err) < 0 && err.code != ENODEV)
+        sbx_log_fields (SBX_LOG_WARN, "cannot delete a network link", "link", name, "error", err.msg, NULL);
+    }
+  mnl_socket_close (nl);
+}
+
 void
 sbx_net_forget (struct sbx_net *n, uint32_t slot)
 {
-  uint32_t addr, gw;
-  sbx_net_addresses (slot, &addr, &gw);
-  sbx_netproxy_remove (n->proxy, addr);
-  struct sbx_err err;
-  struct cmd c = { 0 };
-  static const char kinds[] = "oin";
-  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
-  /* ensured first, so that the deletions cannot fail on what is gone */
-  cmd_slot_ensure (&c, slot);
-  cmd_slot_flush (&c, slot);
-  for (int k = 0; k < 3; k++)
-    cmd_add (&c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
-  for (int k = 0; k < 3; k++)
-    cmd_add (&c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
-  if (nft_run (n, &c, &err) < 0)
-    {
-      char s[16];
-      snprintf (s, sizeof s, "%u", slot);
-      sbx_log_fields (SBX_LOG_WARN, "cannot remove a network slot's rules", "slot", s, "error", err.msg, NULL);
-    }
-  char name[IFNAMSIZ];
-  snprintf (name, sizeof name, SBX_NET_IFPREFIX "%u", slot);
-  struct mnl_socket *nl = nl_open (&err);
-  if (nl)
-    {
-      if (link_delete (nl, name, &err) < 0 && err.code != ENODEV)
-        sbx_log_fields (SBX_LOG_WARN, "cannot delete a network link", "link", name, "error", err.msg, NULL);
-      mnl_socket_close (nl);
-    }
+  sbx_net_forget_many (n, 1, &slot);
 }
 
 int

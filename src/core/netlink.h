@@ -58,6 +58,8 @@ void sbx_net_reapply_many (struct sbx_net *n, size_t count, const uint32_t *slot
 /* Remove SLOT's rules, filter state (its egress log too) and link; quiet
    if already gone. */
 void sbx_net_forget (struct sbx_net *n, uint32_t slot);
+/* sbx_net_forget for COUNT slots at once (in few transactions). */
+void sbx_net_forget_many (struct sbx_net *n, size_t count, const uint32_t *slots);
 /* The egress log of SLOT's sandbox: as sbx_egress_log (sandbox.h). */
 int sbx_net_egress_log (struct sbx_net *n, uint32_t slot, uint64_t after, size_t limit, struct sbx_egress_record **out,
                         size_t *count, uint64_t *dropped, struct sbx_err *err);

@@ -68,6 +68,7 @@
 #define DEFAULT_PIDS 1024
 #define DEFAULT_NOFILE 4096
 #define TEARDOWN_WORKERS 4 /* sandboxes torn down at once (teardown_main) */
+#define TEARDOWN_TAKE 32    /* sandboxes one worker tears down together, at most (teardown_main) */
 #define TEARDOWN_BACKLOG 64 /* doomed sandboxes waiting or being torn down, at most, before a destroy waits (doom) */
 #define TEARDOWN_JOURNAL "destroying" /* in STATE/sandboxes/ID: its teardown is owed */
 #define GONE_PREFIX ".gone-"         /* STATE/sandboxes/.gone-ID: a torn-down sandbox's directory being removed */
@@ -160,6 +161,7 @@ struct sbx_engine {
   /* teardowns (doom, teardown_main): a FIFO of doomed sandboxes and the
      workers that empty it */
   struct sandbox *tq_head, *tq_tail;
+  size_t tq_len;
   unsigned teardowns_pending;    /* doomed sandboxes, queued or being torn down */
   pthread_cond_t tq_cond;
   pthread_t teardown_threads[TEARDOWN_WORKERS];
@@ -724,43 +726,78 @@ cgroup_name (const char *id, char *buf, size_t n)
 
 /* ---- teardown ---- */
 
-/* Kill everything and remove every trace; called without the lock, with
-   s->busy set by the caller.  Every step may be repeated: a teardown cut
-   off by a crash is done again from the start (its directory, with the
-   journal in it, goes last). */
+/* Kill everything and remove every trace of the N sandboxes of SS;
+   called without the lock, with their s->busy set by the caller.  Every
+   step may be repeated: a teardown cut off by a crash is done again from
+   the start (its directory, with the journal in it, goes last).  All are
+   killed before any is waited for, and their network rules go in one
+   nftables transaction: what a transaction costs grows with the table,
+   and thousands of sandboxes destroyed one transaction each went at a
+   few a second. */
+static void
+teardown_many (struct sbx_engine *e, struct sandbox *const *ss, size_t n)
+{
+  struct sbx_err err;
+  for (size_t i = 0; i < n; i++)
+    if (ss[i]->init_pid > 0 && ss[i]->pidfd >= 0)
+      syscall (SYS_pidfd_send_signal, ss[i]->pidfd, SIGKILL, NULL, 0);
+  uint32_t one, *slots = n > 1 ? calloc (n, sizeof *slots) : &one;
+  size_t n_slots = 0;
+  for (size_t i = 0; i < n; i++)
+    {
+      struct sandbox *s = ss[i];
+      char cg[128];
+      cgroup_name (s->id, cg, sizeof cg);
+      if (sbx_cgroup_destroy (cg, 10000, &err) < 0)
+        sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's cgroups", "sandbox", s->id, "error", err.msg, NULL);
+      if (s->our_child && s->init_pid > 0)
+        waitpid (s->init_pid, NULL, 0);
+      if (s->disk_fd >= 0)
+        {
+          /* a kept disk (keep_upper): its loop device goes with the last use */
+          close (s->disk_fd);
+          s->disk_fd = -1;
+        }
+      char owner[UID_SLOT_OWNER_MAX];
+      uid_slot_owner (e, s->id, owner);
+      if (e->net && s->has_net && uid_slot_ours (owner, s->uid_slot))
+        {
+          if (slots)
+            slots[n_slots++] = s->uid_slot;
+          else
+            sbx_net_forget (e->net, s->uid_slot); /* no memory for the batch */
+        }
+      s->has_net = false;
+    }
+  if (n_slots > 0)
+    sbx_net_forget_many (e->net, n_slots, slots);
+  if (slots != &one)
+    free (slots);
+  for (size_t i = 0; i < n; i++)
+    {
+      struct sandbox *s = ss[i];
+      char owner[UID_SLOT_OWNER_MAX];
+      uid_slot_owner (e, s->id, owner);
+      uid_slot_release (owner, s->uid_slot);
+      /* the directory goes at once (renamed, then removed), so that it is
+         never seen half removed without its journal: a spare's directory,
+         to whoever counts them, or one a restart does not know what to
+         make of */
+      char dir[PATH_MAX], gone[PATH_MAX];
+      sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
+      if (sbx_path (gone, sizeof gone, "%s/" GONE_PREFIX "%s", e->sandboxes_dir, s->id) == 0
+          && rename (dir, gone) == 0)
+        snprintf (dir, sizeof dir, "%s", gone);
+      if (sbx_rm_rf (dir, &err) < 0)
+        sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's directory", "sandbox", s->id, "error", err.msg,
+                        NULL);
+    }
+}
+
 static void
 teardown (struct sbx_engine *e, struct sandbox *s)
 {
-  char cg[128];
-  struct sbx_err err;
-  cgroup_name (s->id, cg, sizeof cg);
-  if (s->init_pid > 0 && s->pidfd >= 0)
-    syscall (SYS_pidfd_send_signal, s->pidfd, SIGKILL, NULL, 0);
-  if (sbx_cgroup_destroy (cg, 10000, &err) < 0)
-    sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's cgroups", "sandbox", s->id, "error", err.msg, NULL);
-  if (s->our_child && s->init_pid > 0)
-    waitpid (s->init_pid, NULL, 0);
-  if (s->disk_fd >= 0)
-    {
-      /* a kept disk (keep_upper): its loop device goes with the last use */
-      close (s->disk_fd);
-      s->disk_fd = -1;
-    }
-  char owner[UID_SLOT_OWNER_MAX];
-  uid_slot_owner (e, s->id, owner);
-  if (e->net && s->has_net && uid_slot_ours (owner, s->uid_slot))
-    sbx_net_forget (e->net, s->uid_slot);
-  s->has_net = false;
-  uid_slot_release (owner, s->uid_slot);
-  /* the directory goes at once (renamed, then removed), so that it is
-     never seen half removed without its journal: a spare's directory, to
-     whoever counts them, or one a restart does not know what to make of */
-  char dir[PATH_MAX], gone[PATH_MAX];
-  sbx_path (dir, sizeof dir, "%s/%s", e->sandboxes_dir, s->id);
-  if (sbx_path (gone, sizeof gone, "%s/" GONE_PREFIX "%s", e->sandboxes_dir, s->id) == 0 && rename (dir, gone) == 0)
-    snprintf (dir, sizeof dir, "%s", gone);
-  if (sbx_rm_rf (dir, &err) < 0)
-    sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's directory", "sandbox", s->id, "error", err.msg, NULL);
+  teardown_many (e, &s, 1);
 }
 
 /* Mark S stopped and forget the oldest stopped ones; lock held. */
@@ -796,6 +833,7 @@ struct ending {
   struct sandbox *s;
   char id[SBX_ID_MAX];
   char reason[32];
+  pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t cond;
   bool done;
@@ -820,13 +858,14 @@ ending_main (void *arg)
   return NULL;
 }
 
-/* Give the ending hook its chance before S is torn down (s->busy held):
-   a paused sandbox is thawed (it will never run again, and its agent
-   must answer), then the hook runs for at most SBX_ENDING_MS.  Past that
-   the teardown goes on; killing the sandbox ends the hook's agent calls,
-   and it is waited for after the teardown (END_THREAD). */
+/* Start the ending hook of S before it is torn down (s->busy held): a
+   paused sandbox is thawed (it will never run again, and its agent must
+   answer), then the hook runs on a thread of its own; ending_wait gives
+   it until a deadline.  Past that the teardown goes on; killing the
+   sandbox ends the hook's agent calls, and it is joined after the
+   teardown (ending_end). */
 static bool
-ending_begin (struct sbx_engine *e, struct sandbox *s, const char *reason, pthread_t *thread, struct ending **out)
+ending_begin (struct sbx_engine *e, struct sandbox *s, const char *reason, struct ending **out)
 {
   *out = NULL;
   if (e->on_ending == NULL || strcmp (reason, "died") == 0)
@@ -860,30 +899,33 @@ ending_begin (struct sbx_engine *e, struct sandbox *s, const char *reason, pthre
   pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
   pthread_cond_init (&en->cond, &ca);
   pthread_condattr_destroy (&ca);
-  if (pthread_create (thread, NULL, ending_main, en) != 0)
+  if (pthread_create (&en->thread, NULL, ending_main, en) != 0)
     {
       pthread_cond_destroy (&en->cond);
       pthread_mutex_destroy (&en->lock);
       free (en);
       return false;
     }
-  struct timespec until;
-  clock_gettime (CLOCK_MONOTONIC, &until);
-  until.tv_sec += SBX_ENDING_MS / 1000;
-  pthread_mutex_lock (&en->lock);
-  while (!en->done && pthread_cond_timedwait (&en->cond, &en->lock, &until) != ETIMEDOUT)
-    ;
-  if (!en->done)
-    sbx_log_fields (SBX_LOG_WARN, "sandbox's ending hook ran out of time: tearing it down", "sandbox", s->id, NULL);
-  pthread_mutex_unlock (&en->lock);
   *out = en;
   return true;
 }
 
+/* Wait for the hook of EN until UNTIL (CLOCK_MONOTONIC). */
 static void
-ending_end (pthread_t thread, struct ending *en)
+ending_wait (struct ending *en, const struct timespec *until)
 {
-  pthread_join (thread, NULL);
+  pthread_mutex_lock (&en->lock);
+  while (!en->done && pthread_cond_timedwait (&en->cond, &en->lock, until) != ETIMEDOUT)
+    ;
+  if (!en->done)
+    sbx_log_fields (SBX_LOG_WARN, "sandbox's ending hook ran out of time: tearing it down", "sandbox", en->id, NULL);
+  pthread_mutex_unlock (&en->lock);
+}
+
+static void
+ending_end (struct ending *en)
+{
+  pthread_join (en->thread, NULL);
   pthread_cond_destroy (&en->cond);
   pthread_mutex_destroy (&en->lock);
   free (en);
@@ -953,33 +995,54 @@ journal_read (int dirfd, char reason[32])
   return true;
 }
 
-/* Tear down doomed S (the queue's reference is handed over): the ending
-   hook, the teardown, then it is stopped for good and its resources are
-   released. */
+/* Tear down the N doomed sandboxes of SS (the queue's references are
+   handed over): their ending hooks, the teardown, then each is stopped
+   for good and its resources are released. */
+static void
+finish_many (struct sbx_engine *e, struct sandbox *const *ss, size_t n)
+{
+  struct ending *hooks[TEARDOWN_TAKE];
+  for (size_t i = 0; i < n; i++)
+    {
+      char reason[32];
+      pthread_mutex_lock (&e->lock);
+      snprintf (reason, sizeof reason, "%s", ss[i]->reason ? ss[i]->reason : "request");
+      pthread_mutex_unlock (&e->lock);
+      ending_begin (e, ss[i], reason, &hooks[i]);
+    }
+  /* the hooks run side by side, each for at most SBX_ENDING_MS */
+  struct timespec until;
+  clock_gettime (CLOCK_MONOTONIC, &until);
+  until.tv_sec += SBX_ENDING_MS / 1000;
+  for (size_t i = 0; i < n; i++)
+    if (hooks[i])
+      ending_wait (hooks[i], &until);
+  teardown_many (e, ss, n);
+  for (size_t i = 0; i < n; i++)
+    {
+      struct sandbox *s = ss[i];
+      if (hooks[i])
+        ending_end (hooks[i]);
+      pthread_mutex_lock (&e->lock);
+      char reason[32];
+      snprintf (reason, sizeof reason, "%s", s->reason ? s->reason : "request");
+      int64_t end = s->end_ms; /* it ended when it was answered as gone */
+      mark_stopped_locked (e, s, reason);
+      s->end_ms = end;
+      s->doomed = false;
+      s->busy = false;
+      e->teardowns_pending--;
+      pthread_cond_broadcast (&e->cond);
+      pthread_mutex_unlock (&e->lock);
+      emit (e, s->id, SBX_EVENT_RELEASED, reason);
+      put (e, s);
+    }
+}
+
 static void
 finish (struct sbx_engine *e, struct sandbox *s)
 {
-  char reason[32];
-  pthread_mutex_lock (&e->lock);
-  snprintf (reason, sizeof reason, "%s", s->reason ? s->reason : "request");
-  pthread_mutex_unlock (&e->lock);
-  pthread_t hook;
-  struct ending *en;
-  bool hooked = ending_begin (e, s, reason, &hook, &en);
-  teardown (e, s);
-  if (hooked)
-    ending_end (hook, en);
-  pthread_mutex_lock (&e->lock);
-  int64_t end = s->end_ms; /* it ended when it was answered as gone */
-  mark_stopped_locked (e, s, reason);
-  s->end_ms = end;
-  s->doomed = false;
-  s->busy = false;
-  e->teardowns_pending--;
-  pthread_cond_broadcast (&e->cond);
-  pthread_mutex_unlock (&e->lock);
-  emit (e, s->id, SBX_EVENT_RELEASED, reason);
-  put (e, s);
+  finish_many (e, &s, 1);
 }
 
 static void
@@ -992,6 +1055,7 @@ enqueue_teardown (struct sbx_engine *e, struct sandbox *s)
   else
     e->tq_head = s;
   e->tq_tail = s;
+  e->tq_len++;
   pthread_cond_signal (&e->tq_cond);
   pthread_mutex_unlock (&e->lock);
 }
@@ -1007,14 +1071,25 @@ teardown_main (void *arg)
     {
       while (e->tq_head == NULL && !e->tq_stop)
         pthread_cond_wait (&e->tq_cond, &e->lock);
-      struct sandbox *s = e->tq_head;
-      if (s == NULL)
+      if (e->tq_head == NULL)
         break;
-      e->tq_head = s->tnext;
+      /* a share of the queue: when it is long, several at once (one
+         transaction for their network rules, teardown_many), spread over
+         the workers */
+      size_t want = (e->tq_len + (size_t) e->n_teardown_threads - 1) / (size_t) e->n_teardown_threads;
+      want = want < 1 ? 1 : want > TEARDOWN_TAKE ? TEARDOWN_TAKE : want;
+      struct sandbox *batch[TEARDOWN_TAKE];
+      size_t n = 0;
+      while (n < want && e->tq_head)
+        {
+          batch[n++] = e->tq_head;
+          e->tq_head = e->tq_head->tnext;
+          e->tq_len--;
+        }
       if (e->tq_head == NULL)
         e->tq_tail = NULL;
       pthread_mutex_unlock (&e->lock);
-      finish (e, s);
+      finish_many (e, batch, n);
       pthread_mutex_lock (&e->lock);
     }
   pthread_mutex_unlock (&e->lock);
