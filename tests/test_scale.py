@@ -301,6 +301,36 @@ def test_destroy_is_answered_before_the_teardown_and_gone_for_the_api(scaled):
     c.close()
 
 
+def mount_devices(path):
+    """The st_dev (major:minor) of every mount listed in the mountinfo PATH."""
+    with open(path) as f:
+        return {line.split()[2] for line in f}
+
+
+def test_a_sandbox_makes_few_file_system_instances(scaled):
+    """Each file system instance a sandbox mounts is a superblock, and the
+    kernel gives every memory cgroup a slot for each superblock's shrinker
+    there has been: per sandbox, a few more instances cost about a MiB
+    more at 10,000 sandboxes (docs/architecture.md, "Memory per idle
+    sandbox").  Its own are its root (overlay), /proc, /sys, /dev and
+    /dev/pts; the masks and /dev/shm make none."""
+    d = scaled
+    c = Clients(d)
+    sid, _ = create(c, d)
+    with open(os.path.join(d.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+        pid = json.load(f)["init_pid"]
+    own = mount_devices(f"/proc/{pid}/mountinfo") - mount_devices("/proc/self/mountinfo")
+    r = c.req("POST", f"/sandboxes/{sid}/processes", json={"cmd": "bash", "args": ["-c", (
+        "ls /sys/firmware /proc/acpi; echo data > /dev/shm/f && cat /dev/shm/f && stat -c %a /dev/shm")]})
+    timed_delete(c, sid)
+    c.close()
+    assert len(own) <= 5, own
+    out = r.json()
+    for masked in ("/sys/firmware", "/proc/acpi"):
+        assert f"cannot open directory '{masked}': Permission denied" in out["stderr"], out
+    assert out["stdout"].split() == ["data", "1777"], out
+
+
 def test_churn_leaves_nothing_behind(scaled):
     d = scaled
     c = Clients(d)

@@ -24,7 +24,8 @@ struct sbx_isolate_spec {
   const char *hostname;
   const char *cgroup_name;
   const char *fs_block_dir;    /* holds "dir" and "file", mode 000, owned by the host's root: what
-                                  blocked paths are covered with (sbx_isolate_block_dir) */
+                                  blocked paths and the masked directories of /proc and /sys are
+                                  covered with (sbx_isolate_block_dir); NULL: masks are tmpfs */
   const char *egress_ca_pem;   /* the egress CA (netproxy.h) the sandbox trusts, PEM; NULL: none */
 };
 
