@@ -155,6 +155,23 @@ def test_lifetime_expiry_stops_and_cleans_up(sbxd):
     assert wait_no_traces(sid) == []
 
 
+def test_sandboxes_whose_init_is_killed_are_recorded_died_and_cleaned_up(sbxd):
+    """The reaper learns of an init's death from the kernel (its pidfd):
+    three killed at once from the host all end as died; a fourth, left
+    alone, still runs."""
+    sids = [sbxd.create() for _ in range(4)]
+    pids = [init_pid(sbxd, sid) for sid in sids]
+    for pid in pids[:3]:
+        os.kill(pid, 9)
+    for sid in sids[:3]:
+        assert wait_until(lambda: sbxd.get(sid).json()["status"] == "stopped", 10), sbxd.get(sid).json()
+        assert sbxd.get(sid).json()["stopReason"] == "died"
+        assert wait_until(lambda: not os.path.exists(os.path.join(sbxd.state_dir, "sandboxes", sid)))
+        assert wait_no_traces(sid) == []
+    assert sbxd.sh(sids[3], "echo alive")["stdout"] == "alive\n"
+    assert sbxd.delete(sids[3]).status_code == 204
+
+
 def wait_no_traces(sid, seconds=5):
     deadline = time.time() + seconds
     while True:

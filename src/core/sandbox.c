@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sched.h>
@@ -86,6 +87,8 @@ struct sandbox {
   pid_t init_pid;
   unsigned long long init_start; /* start time of init, guards pid reuse */
   int pidfd;                     /* its only descriptor while it lives (sandbox_dir) */
+  bool watched;                  /* its pidfd is in the reaper's epoll set */
+  bool init_gone;                /* the reaper saw its pidfd readable: its init died */
   uint32_t uid_slot;
   bool our_child;                /* created by this process: we reap it */
   bool has_net;                  /* a veth and rules exist for its slot */
@@ -1144,69 +1147,61 @@ static void *
 reaper_main (void *arg)
 {
   pthread_setname_np (pthread_self (), "sbx-reaper");
-  /* The pidfds of the sandboxes that can die are polled together, with
-     one poll call made outside the engine's lock, up to 100 ms at a time:
-     a poll per sandbox under the lock, ten times a second, held every
-     create and exec back for a time that grew with the count.  A pidfd
-     reported readable is checked again under the lock (the list may have
-     changed meanwhile, and its number been reused). */
+  /* Each sandbox's pidfd is added to an epoll set once (by the walk
+     below, the first time it sees it), one-shot: the kernel reports an
+     init's death once, and the sandbox keeps it (init_gone).  Polling
+     every pidfd ten times a second cost a seventh of a core at 6,800
+     sandboxes.  A reported pidfd is checked again under the lock (its
+     number may name another sandbox's by then).  Every 100 ms a walk of
+     the list finds timeouts. */
   struct sbx_engine *e = arg;
-  struct pollfd *pf = NULL;
-  size_t cap = 0;
+  int ep = epoll_create1 (EPOLL_CLOEXEC);
+  struct epoll_event wake = { .events = EPOLLIN, .data.fd = e->reaper_wake };
+  if (ep < 0 || epoll_ctl (ep, EPOLL_CTL_ADD, e->reaper_wake, &wake) < 0)
+    sbx_log (SBX_LOG_WARN, "reaper: no epoll set (%s): deaths are found by polling", strerror (errno));
   bool again = false; /* the last round found a victim: look for more at once */
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
-      size_t n = 1;
-      for (struct sandbox *s = e->list; s; s = s->next)
-        n += !(s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING) && s->pidfd >= 0;
-      if (n > cap)
-        {
-          struct pollfd *bigger = realloc (pf, n * 2 * sizeof *pf);
-          if (bigger)
-            {
-              pf = bigger;
-              cap = n * 2;
-            }
-        }
-      size_t k = 0;
-      if (cap)
-        {
-          pf[k++] = (struct pollfd) { e->reaper_wake, POLLIN, 0 };
-          for (struct sandbox *s = e->list; s && k < cap; s = s->next)
-            if (!(s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING) && s->pidfd >= 0)
-              pf[k++] = (struct pollfd) { s->pidfd, POLLIN, 0 };
-        }
       pthread_mutex_unlock (&e->lock);
-      int ready = k ? poll (pf, (nfds_t) k, again ? 0 : 100) : (usleep (100000), 0);
+      struct epoll_event evs[64];
+      int ready = ep >= 0 ? epoll_wait (ep, evs, 64, again ? 0 : 100) : (usleep (again ? 0 : 100000), 0);
       pthread_mutex_lock (&e->lock);
       again = false;
       if (e->stop)
         break;
-      /* the few pidfds reported (all are suspects if there are many) */
-      int reported_fds[16];
+      int reported_fds[64];
       size_t n_reported = 0;
-      bool all_suspect = false;
-      for (size_t i = 1; ready > 0 && i < k; i++)
-        if (pf[i].revents)
-          {
-            if (n_reported < sizeof reported_fds / sizeof reported_fds[0])
-              reported_fds[n_reported++] = pf[i].fd;
-            else
-              all_suspect = true;
-          }
+      for (int i = 0; i < ready; i++)
+        if (evs[i].data.fd != e->reaper_wake)
+          reported_fds[n_reported++] = evs[i].data.fd;
       int64_t now = sbx_wall_ms ();
       struct sandbox *victim = NULL;
       const char *why = NULL;
-      for (struct sandbox *s = e->list; s && !victim; s = s->next)
+      for (struct sandbox *s = e->list; s; s = s->next)
         {
-          if (s->busy || s->state == SBX_STOPPED || s->state == SBX_CREATING)
+          if (s->state == SBX_STOPPED || s->pidfd < 0)
             continue;
-          bool reported = all_suspect && s->pidfd >= 0;
-          for (size_t i = 0; i < n_reported && !reported; i++)
-            reported = reported_fds[i] == s->pidfd;
-          struct pollfd one = { s->pidfd, POLLIN, 0 };
-          if (reported && poll (&one, 1, 0) == 1)
+          for (size_t i = 0; i < n_reported; i++)
+            if (reported_fds[i] == s->pidfd)
+              {
+                struct pollfd one = { s->pidfd, POLLIN, 0 };
+                s->init_gone |= poll (&one, 1, 0) == 1;
+              }
+          if (!s->watched)
+            {
+              struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.fd = s->pidfd };
+              s->watched = ep >= 0 && epoll_ctl (ep, EPOLL_CTL_ADD, s->pidfd, &ev) == 0;
+              if (!s->watched)
+                {
+                  /* no room in the set: looked at on every walk */
+                  struct pollfd one = { s->pidfd, POLLIN, 0 };
+                  s->init_gone |= poll (&one, 1, 0) == 1;
+                }
+            }
+          if (victim || s->busy || s->state == SBX_CREATING)
+            continue;
+          if (s->init_gone)
             victim = s, why = "died";
           else if (s->state == SBX_RUNNING && s->end_ms <= now)
             victim = s, why = "timeout";
@@ -1242,7 +1237,8 @@ reaper_main (void *arg)
         }
     }
   pthread_mutex_unlock (&e->lock);
-  free (pf);
+  if (ep >= 0)
+    close (ep);
   return NULL;
 }
 
