@@ -33,6 +33,7 @@ FD_SLACK = 8          # descriptors (a spare being prepared, the store's journal
 FDS_PER_SPARE = 6     # what one more prepared spare holds (its disk, agent socket, idmapping, ...)
 THREAD_SLACK = 2
 RSS_BOUND_MB = 64     # the daemon's growth over the churn (its store's cache, allocator slack)
+LOOPS_KEEP = 128      # free loop devices the daemon keeps for the next disks (sandbox.c)
 
 
 def raise_org_limit(d, n):
@@ -245,6 +246,8 @@ def test_many_idle_sandboxes_all_answer_and_exec(scaled):
     ids = [m[0] for m in made]
     t_create = time.time() - t0
     spares = len(settle(d, c)) - MANY
+    used_loops = set(loop_devices(d.state_dir))
+    assert len(used_loops) >= MANY, len(used_loops)
     fds, threads, rss = stable_counts(d)
     # the old select() loop refused every connection past descriptor 1024
     assert fds > 1024, fds
@@ -276,6 +279,30 @@ def test_many_idle_sandboxes_all_answer_and_exec(scaled):
           f" with {PARALLEL} at once), torn down {t_teardown:.1f} s later")
     c.close()
     assert no_leftovers(d, ids, {m[1] for m in made}) == []
+    # their loop devices, free now, are removed but for the LOOPS_KEEP
+    # most recently freed (about 45 ms each, in the background)
+    assert wait_until(lambda: len(free_loops(used_loops)) <= LOOPS_KEEP, 180), len(free_loops(used_loops))
+
+
+def loop_devices(state_dir):
+    """The loop devices whose backing file lies in STATE_DIR: {number: file}."""
+    found = {}
+    for name in os.listdir("/sys/block"):
+        if name.startswith("loop"):
+            try:
+                with open(f"/sys/block/{name}/loop/backing_file") as f:
+                    path = f.read().strip()
+            except OSError:
+                continue
+            if path.startswith(state_dir + "/"):
+                found[int(name[4:])] = path
+    return found
+
+
+def free_loops(numbers):
+    """Those of NUMBERS that exist and are attached to nothing."""
+    return [n for n in numbers if os.path.exists(f"/sys/block/loop{n}")
+            and not os.path.exists(f"/sys/block/loop{n}/loop/backing_file")]
 
 
 def test_destroy_is_answered_before_the_teardown_and_gone_for_the_api(scaled):

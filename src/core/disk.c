@@ -78,7 +78,7 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
 }
 
 static int
-loop_attach (int image_fd, bool read_only, char *dev, size_t n, struct sbx_err *err)
+loop_attach (int image_fd, bool read_only, char *dev, size_t n, int *loop_nr, struct sbx_err *err)
 {
   cleanup_close int ctl = open ("/dev/loop-control", O_RDWR | O_CLOEXEC);
   if (ctl < 0)
@@ -101,7 +101,10 @@ loop_attach (int image_fd, bool read_only, char *dev, size_t n, struct sbx_err *
       cfg.fd = (uint32_t) image_fd;
       cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
       if (ioctl (lfd, LOOP_CONFIGURE, &cfg) == 0)
-        return lfd;
+        {
+          *loop_nr = nr;
+          return lfd;
+        }
       int e = errno;
       close (lfd);
       if (e != EBUSY) /* another process took it first: try the next */
@@ -111,13 +114,14 @@ loop_attach (int image_fd, bool read_only, char *dev, size_t n, struct sbx_err *
 }
 
 static int
-disk_mount (const char *image, bool read_only, struct sbx_err *err)
+disk_mount (const char *image, bool read_only, int *loop_nr, struct sbx_err *err)
 {
   cleanup_close int ifd = open (image, (read_only ? O_RDONLY : O_RDWR) | O_NOFOLLOW | O_CLOEXEC);
   if (ifd < 0)
     return sbx_fail (err, errno, "open disk image %s", image);
   char dev[64];
-  cleanup_close int lfd = loop_attach (ifd, read_only, dev, sizeof dev, err);
+  int nr_unused;
+  cleanup_close int lfd = loop_attach (ifd, read_only, dev, sizeof dev, loop_nr ? loop_nr : &nr_unused, err);
   if (lfd < 0)
     return -1;
   cleanup_close int fs = (int) syscall (SYS_fsopen, "ext4", FSOPEN_CLOEXEC);
@@ -138,15 +142,24 @@ disk_mount (const char *image, bool read_only, struct sbx_err *err)
 }
 
 int
-sbx_disk_mount (const char *image, struct sbx_err *err)
+sbx_disk_mount (const char *image, int *loop_nr, struct sbx_err *err)
 {
-  return disk_mount (image, false, err);
+  return disk_mount (image, false, loop_nr, err);
 }
 
 int
 sbx_disk_mount_ro (const char *image, struct sbx_err *err)
 {
-  return disk_mount (image, true, err);
+  return disk_mount (image, true, NULL, err);
+}
+
+int
+sbx_disk_loop_remove (int loop_nr)
+{
+  cleanup_close int ctl = open ("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0 || ioctl (ctl, LOOP_CTL_REMOVE, loop_nr) < 0)
+    return -errno;
+  return 0;
 }
 
 /* Copy SRC into DST (empty) as it is, holes included.  FICLONE shares the
@@ -258,9 +271,9 @@ sbx_disk_volume_mount (const char *image, struct sbx_err *err)
     return sbx_failx (err, EINVAL, "volume image %s is not a file", image);
   pthread_mutex_lock (&volume_lock);
   char dev[64];
-  int lfd = loop_find (&st, dev, sizeof dev);
+  int lfd = loop_find (&st, dev, sizeof dev), nr;
   if (lfd < 0)
-    lfd = loop_attach (ifd, false, dev, sizeof dev, err);
+    lfd = loop_attach (ifd, false, dev, sizeof dev, &nr, err);
   int mfd = -1;
   if (lfd >= 0)
     {

@@ -17,8 +17,13 @@
 /* Create IMAGE as a sparse file of SIZE_MB and format it (mkfs.ext4). */
 int sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err);
 /* Attach IMAGE to a free loop device and mount it detached.  Returns the
-   mount fd (O_CLOEXEC) or -1. */
-int sbx_disk_mount (const char *image, struct sbx_err *err);
+   mount fd (O_CLOEXEC) or -1; *LOOP_NR (if not NULL) gets the loop
+   device's number.  The device clears itself with the last use of the
+   mount, and stays, free, for the next attach. */
+int sbx_disk_mount (const char *image, int *loop_nr, struct sbx_err *err);
+/* Remove free loop device LOOP_NR (LOOP_CTL_REMOVE; it takes tens of
+   milliseconds).  0, or -EBUSY when it is in use again. */
+int sbx_disk_loop_remove (int loop_nr);
 /* The same, read-only (loop device and file system): a snapshot's layer,
    which many sandboxes mount at once. */
 int sbx_disk_mount_ro (const char *image, struct sbx_err *err);
