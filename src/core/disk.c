@@ -77,6 +77,7 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
   return make_ext4 (image, size_mb, "disk", opts, err);
 }
 
+/* *LOOP_NR (if not NULL) gets the device's number. */
 static int
 loop_attach (int image_fd, bool read_only, char *dev, size_t n, int *loop_nr, struct sbx_err *err)
 {
@@ -102,7 +103,8 @@ loop_attach (int image_fd, bool read_only, char *dev, size_t n, int *loop_nr, st
       cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
       if (ioctl (lfd, LOOP_CONFIGURE, &cfg) == 0)
         {
-          *loop_nr = nr;
+          if (loop_nr)
+            *loop_nr = nr;
           return lfd;
         }
       int e = errno;
@@ -120,8 +122,7 @@ disk_mount (const char *image, bool read_only, int *loop_nr, struct sbx_err *err
   if (ifd < 0)
     return sbx_fail (err, errno, "open disk image %s", image);
   char dev[64];
-  int nr_unused;
-  cleanup_close int lfd = loop_attach (ifd, read_only, dev, sizeof dev, loop_nr ? loop_nr : &nr_unused, err);
+  cleanup_close int lfd = loop_attach (ifd, read_only, dev, sizeof dev, loop_nr, err);
   if (lfd < 0)
     return -1;
   cleanup_close int fs = (int) syscall (SYS_fsopen, "ext4", FSOPEN_CLOEXEC);
@@ -271,9 +272,9 @@ sbx_disk_volume_mount (const char *image, struct sbx_err *err)
     return sbx_failx (err, EINVAL, "volume image %s is not a file", image);
   pthread_mutex_lock (&volume_lock);
   char dev[64];
-  int lfd = loop_find (&st, dev, sizeof dev), nr;
+  int lfd = loop_find (&st, dev, sizeof dev);
   if (lfd < 0)
-    lfd = loop_attach (ifd, false, dev, sizeof dev, &nr, err);
+    lfd = loop_attach (ifd, false, dev, sizeof dev, NULL, err);
   int mfd = -1;
   if (lfd >= 0)
     {

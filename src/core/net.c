@@ -661,35 +661,75 @@ sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *
 }
 
 /* At most this many sandboxes' rules in one transaction of
-   sbx_net_reapply_many. */
-#define REAPPLY_BATCH 256
+   nft_run_batched. */
+#define NFT_BATCH 256
 
-/* One transaction per sandbox made a start with thousands of sandboxes
-   take minutes (3,480: four minutes): the kernel checks the whole table
-   at each commit, so each costs more the more sandboxes there are.  In
-   transactions of REAPPLY_BATCH sandboxes it is a second or two; a
-   transaction that fails is all or nothing, so its sandboxes are then
-   renewed one at a time, and each that fails is told to FAILED. */
-void
-sbx_net_reapply_many (struct sbx_net *n, size_t count, const uint32_t *slots, const struct sbx_net_policy *const *ps,
-                      void (*failed) (void *ud, size_t i, const char *msg), void *ud)
+/* Run the commands BUILD writes for items 0 .. COUNT-1 in transactions
+   of NFT_BATCH items.  A transaction is all or nothing, so the items
+   of one that fails are run one at a time, and each that fails is told
+   to FAILED.  One transaction per sandbox made a start with thousands of
+   sandboxes take minutes (3,480: four minutes), and destroying thousands
+   go at a few a second: the kernel checks the whole table at each
+   commit, so each costs more the more sandboxes there are (about 80 ms
+   with 5,000 sandboxes' chains).  In batches it is a second or two. */
+static void
+nft_run_batched (struct sbx_net *n, size_t count, int (*build) (void *ud, size_t i, struct cmd *c, struct sbx_err *err),
+                 void (*failed) (void *ud, size_t i, const char *msg), void *ud)
 {
-  for (size_t first = 0; first < count; first += REAPPLY_BATCH)
+  for (size_t first = 0; first < count; first += NFT_BATCH)
     {
-      size_t end = count - first > REAPPLY_BATCH ? first + REAPPLY_BATCH : count;
+      size_t end = count - first > NFT_BATCH ? first + NFT_BATCH : count;
       struct cmd c = { 0 };
       struct sbx_err err;
       bool built = true;
       for (size_t i = first; i < end && built; i++)
-        built = apply_build (n, slots[i], ps[i], true, &c, &err) == 0;
+        built = build (ud, i, &c, &err) == 0;
       if (built && nft_run (n, &c, &err) == 0)
         continue;
       if (!built)
         free (c.buf);
       for (size_t i = first; i < end; i++)
-        if (apply (n, slots[i], ps[i], true, &err) < 0)
-          failed (ud, i, err.msg);
+        {
+          struct cmd one = { 0 };
+          if (build (ud, i, &one, &err) < 0)
+            {
+              free (one.buf);
+              failed (ud, i, err.msg);
+            }
+          else if (nft_run (n, &one, &err) < 0)
+            failed (ud, i, err.msg);
+        }
     }
+}
+
+struct reapply_batch {
+  struct sbx_net *n;
+  const uint32_t *slots;
+  const struct sbx_net_policy *const *ps;
+  void (*failed) (void *ud, size_t i, const char *msg);
+  void *ud;
+};
+
+static int
+reapply_build (void *ud, size_t i, struct cmd *c, struct sbx_err *err)
+{
+  struct reapply_batch *b = ud;
+  return apply_build (b->n, b->slots[i], b->ps[i], true, c, err);
+}
+
+static void
+reapply_failed (void *ud, size_t i, const char *msg)
+{
+  struct reapply_batch *b = ud;
+  b->failed (b->ud, i, msg);
+}
+
+void
+sbx_net_reapply_many (struct sbx_net *n, size_t count, const uint32_t *slots, const struct sbx_net_policy *const *ps,
+                      void (*failed) (void *ud, size_t i, const char *msg), void *ud)
+{
+  struct reapply_batch b = { n, slots, ps, failed, ud };
+  nft_run_batched (n, count, reapply_build, reapply_failed, &b);
 }
 
 /* A rule of chain KIND<SLOT> that logs the first packet of a new
@@ -1011,11 +1051,13 @@ sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err
   return 0;
 }
 
-/* SLOT's removal: its chains and map entries are ensured first, so that
-   the deletions cannot fail on what is gone. */
-static void
-cmd_slot_forget (struct cmd *c, uint32_t slot)
+/* The removal of SLOTS[I]: its chains and map entries are ensured first,
+   so that the deletions cannot fail on what is gone. */
+static int
+forget_build (void *ud, size_t i, struct cmd *c, struct sbx_err *err)
 {
+  (void) err;
+  uint32_t slot = ((const uint32_t *) ud)[i];
   static const char kinds[] = "oin";
   static const char *const maps[] = { "out_map", "in_map", "nat_map" };
   cmd_slot_ensure (c, slot);
@@ -1024,20 +1066,17 @@ cmd_slot_forget (struct cmd *c, uint32_t slot)
     cmd_add (c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
   for (int k = 0; k < 3; k++)
     cmd_add (c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
+  return 0;
 }
 
 static void
-forget_rules_failed (uint32_t slot, const char *msg)
+forget_failed (void *ud, size_t i, const char *msg)
 {
   char s[16];
-  snprintf (s, sizeof s, "%u", slot);
+  snprintf (s, sizeof s, "%u", ((const uint32_t *) ud)[i]);
   sbx_log_fields (SBX_LOG_WARN, "cannot remove a network slot's rules", "slot", s, "error", msg, NULL);
 }
 
-/* Like the renewal at start (sbx_net_reapply_many), removals go in
-   transactions of REAPPLY_BATCH slots: one each made thousands of
-   sandboxes destroyed together go at a few a second, a transaction
-   costing about 80 ms with 5,000 sandboxes' chains in the table. */
 void
 sbx_net_forget_many (struct sbx_net *n, size_t count, const uint32_t *slots)
 {
@@ -1047,28 +1086,7 @@ sbx_net_forget_many (struct sbx_net *n, size_t count, const uint32_t *slots)
       sbx_net_addresses (slots[i], &addr, &gw);
       sbx_netproxy_remove (n->proxy, addr);
     }
-  for (size_t first = 0; first < count; first += REAPPLY_BATCH)
-    {
-      size_t end = count - first > REAPPLY_BATCH ? first + REAPPLY_BATCH : count;
-      struct cmd c = { 0 };
-      struct sbx_err err;
-      for (size_t i = first; i < end; i++)
-        cmd_slot_forget (&c, slots[i]);
-      if (nft_run (n, &c, &err) == 0)
-        continue;
-      if (end - first == 1)
-        {
-          forget_rules_failed (slots[first], err.msg);
-          continue;
-        }
-      for (size_t i = first; i < end; i++)
-        {
-          struct cmd one = { 0 };
-          cmd_slot_forget (&one, slots[i]);
-          if (nft_run (n, &one, &err) < 0)
-            forget_rules_failed (slots[i], err.msg);
-        }
-    }
+  nft_run_batched (n, count, forget_build, forget_failed, (void *) slots);
   struct sbx_err err;
   struct mnl_socket *nl = nl_open (&err);
   if (nl == NULL)
