@@ -155,9 +155,14 @@ class Diskd(Sbxd):
     def settle(self):
         """Wait until the spare sandboxes are all made (4 of them) and the
         disks of sandboxes deleted before are all given back: what can be
-        promised reads the same three times in a row."""
+        promised reads the same three times in a row.  A sandbox being
+        torn down (its journal, `destroying`, in its directory) still holds
+        its disk: teardowns go several at a time, so the promise can stand
+        still for a while before they all end."""
         deadline = time.time() + 30
-        while len(self.sandbox_dirs()) - len(self.sandbox_ids_live()) < 4:
+        while (len(self.sandbox_dirs()) - len(self.sandbox_ids_live()) < 4
+               or any(os.path.exists(os.path.join(self.state_dir, "sandboxes", x, "destroying"))
+                      for x in self.sandbox_dirs())):
             assert time.time() < deadline, self.sandbox_dirs()
             time.sleep(0.1)
         seen = []
