@@ -116,12 +116,35 @@ sbx_read_file_at (int dirfd, const char *path, char **out, size_t max, struct sb
   cleanup_close int fd = openat (dirfd, path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return sbx_fail (err, errno, "open %s", path);
-  cleanup_free char *buf = malloc (max + 1);
+  /* sized by the file when it says (a small file must not cost a
+     buffer of MAX: at 1 MiB that is an mmap and an munmap, whose TLB
+     shootdown interrupts every core the daemon runs on), grown if it
+     grows meanwhile */
+  struct stat st;
+  size_t cap = max;
+  if (fstat (fd, &st) == 0 && S_ISREG (st.st_mode) && (uint64_t) st.st_size < max)
+    cap = st.st_size < 4096 ? 4096 : (size_t) st.st_size + 1; /* /proc's files say 0 */
+  if (cap > max)
+    cap = max;
+  cleanup_free char *buf = malloc (cap + 1);
   if (buf == NULL)
     return sbx_fail (err, ENOMEM, "read %s", path);
-  ssize_t n = sbx_read_full (fd, buf, max);
-  if (n < 0)
-    return sbx_fail (err, errno, "read %s", path);
+  size_t n = 0;
+  for (;;)
+    {
+      ssize_t k = sbx_read_full (fd, buf + n, cap - n);
+      if (k < 0)
+        return sbx_fail (err, errno, "read %s", path);
+      n += (size_t) k;
+      if (n < cap || cap == max)
+        break;
+      size_t more = cap * 2 < max ? cap * 2 : max;
+      char *b = realloc (buf, more + 1);
+      if (b == NULL)
+        return sbx_fail (err, ENOMEM, "read %s", path);
+      buf = b;
+      cap = more;
+    }
   buf[n] = '\0';
   *out = steal_pointer (&buf);
   return 0;

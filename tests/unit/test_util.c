@@ -1,0 +1,145 @@
+/*
+ * test_util.c - tests of the shared helpers (src/common/util.c) that the
+ * other unit programs do not reach through their own code.
+ *
+ * sbx_read_file_at: a small file whole, a file past MAX cut at MAX, a
+ * file of MAX exactly, an empty file, a file that grows between the
+ * size the kernel reports and the read (a FIFO's writer here, whose size
+ * reads 0), and /proc's files, which report a size of 0.  No root; well
+ * under a second.
+ *
+ *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -O2 -Isrc -o /tmp/test_util tests/unit/test_util.c \
+ *     src/common/error.c src/common/util.c -lpthread && /tmp/test_util
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+
+#include "check.h"
+
+static char dir[] = "/tmp/sbxd-test-util-XXXXXX";
+
+/* A file NAME in DIR of LEN bytes, byte i being 'a' + i % 26. */
+static void
+make_file (const char *name, size_t len)
+{
+  char path[128];
+  snprintf (path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen (path, "we");
+  if (f == NULL)
+    abort ();
+  for (size_t i = 0; i < len; i++)
+    fputc ('a' + (int) (i % 26), f);
+  fclose (f);
+}
+
+static bool
+pattern (const char *s, size_t len)
+{
+  for (size_t i = 0; i < len; i++)
+    if (s[i] != 'a' + (int) (i % 26))
+      return false;
+  return s[len] == '\0';
+}
+
+static void
+test_sizes (void)
+{
+  int dfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  struct sbx_err err;
+  char *text = NULL;
+  struct {
+    const char *name;
+    size_t len, max, want;
+  } cases[] = {
+    { "small", 727, 1u << 20, 727 },         /* a template.json */
+    { "empty", 0, 1u << 20, 0 },
+    { "exact", 5000, 5000, 5000 },
+    { "over", 9000, 5000, 5000 },            /* cut at MAX */
+    { "big", 300000, 1u << 20, 300000 },     /* past the first guess */
+    { "page", 4096, 1u << 20, 4096 },
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    {
+      make_file (cases[i].name, cases[i].len);
+      text = NULL;
+      CHECK (sbx_read_file_at (dfd, cases[i].name, &text, cases[i].max, &err) == 0);
+      CHECK (text && strlen (text) == cases[i].want && pattern (text, cases[i].want));
+      free (text);
+    }
+  text = NULL;
+  CHECK (sbx_read_file_at (dfd, "missing", &text, 100, &err) < 0 && err.code == ENOENT && text == NULL);
+  close (dfd);
+}
+
+/* /proc reports 0 for the size of its files: they are read whole all the
+   same, past the first 4 KiB. */
+static void
+test_proc (void)
+{
+  struct sbx_err err;
+  char *text = NULL;
+  CHECK (sbx_read_file_at (AT_FDCWD, "/proc/self/status", &text, 1u << 20, &err) == 0);
+  CHECK (text && strstr (text, "VmRSS:") && strstr (text, "voluntary_ctxt_switches"));
+  free (text);
+  text = NULL;
+  /* /proc/self/smaps runs well past 4 KiB (a score of lines per mapping) */
+  CHECK (sbx_read_file_at (AT_FDCWD, "/proc/self/smaps", &text, 1u << 22, &err) == 0);
+  CHECK (text && strlen (text) > 4096 && text[strlen (text) - 1] == '\n');
+  free (text);
+}
+
+/* A FIFO: no size to go by, and what is written arrives in pieces. */
+static void
+test_fifo (void)
+{
+  char path[128];
+  snprintf (path, sizeof path, "%s/fifo", dir);
+  if (mkfifo (path, 0600) < 0)
+    abort ();
+  pid_t pid = fork ();
+  if (pid == 0)
+    {
+      int fd = open (path, O_WRONLY);
+      char chunk[3000];
+      for (int i = 0; i < 5; i++)
+        {
+          memset (chunk, 'x', sizeof chunk);
+          if (write (fd, chunk, sizeof chunk) != (ssize_t) sizeof chunk)
+            _exit (1);
+          usleep (10000);
+        }
+      _exit (0);
+    }
+  struct sbx_err err;
+  char *text = NULL;
+  CHECK (sbx_read_file_at (AT_FDCWD, path, &text, 10000, &err) == 0);
+  CHECK (text && strlen (text) == 10000 && strspn (text, "x") == 10000);
+  free (text);
+  int status;
+  waitpid (pid, &status, 0);
+}
+
+int
+main (void)
+{
+  if (mkdtemp (dir) == NULL)
+    abort ();
+  test_sizes ();
+  test_proc ();
+  test_fifo ();
+  char cmd[128];
+  snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system (cmd) != 0)
+    fprintf (stderr, "cannot remove %s\n", dir);
+  printf ("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
