@@ -17,6 +17,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -161,6 +163,34 @@ sbx_disk_loop_remove (int loop_nr)
   if (ctl < 0 || ioctl (ctl, LOOP_CTL_REMOVE, loop_nr) < 0)
     return -errno;
   return 0;
+}
+
+void
+sbx_disk_loops_each (void (*fn) (int loop_nr, const char *backing, void *ud), void *ud)
+{
+  DIR *d = opendir ("/sys/block");
+  if (d == NULL)
+    return;
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL)
+    {
+      char *end;
+      if (strncmp (de->d_name, "loop", 4) != 0 || de->d_name[4] < '0' || de->d_name[4] > '9')
+        continue;
+      long nr = strtol (de->d_name + 4, &end, 10);
+      if (*end != '\0' || nr > INT32_MAX)
+        continue;
+      char path[300], backing[PATH_MAX + 16];
+      snprintf (path, sizeof path, "/sys/block/%s/loop/backing_file", de->d_name);
+      cleanup_close int fd = open (path, O_RDONLY | O_CLOEXEC); /* only while bound */
+      ssize_t n = fd < 0 ? -1 : sbx_read_full (fd, backing, sizeof backing - 1);
+      if (n <= 0)
+        continue;
+      backing[n] = '\0';
+      backing[strcspn (backing, "\n")] = '\0';
+      fn ((int) nr, backing, ud);
+    }
+  closedir (d);
 }
 
 /* Copy SRC into DST (empty) as it is, holes included.  FICLONE shares the

@@ -24,6 +24,10 @@ int sbx_disk_mount (const char *image, int *loop_nr, struct sbx_err *err);
 /* Remove free loop device LOOP_NR (LOOP_CTL_REMOVE; it takes tens of
    milliseconds).  0, or -EBUSY when it is in use again. */
 int sbx_disk_loop_remove (int loop_nr);
+/* Call FN for every loop device bound to a file, with its number and
+   the file's path as the kernel shows it (/sys/block/loopN/loop/
+   backing_file; " (deleted)" after it once unlinked). */
+void sbx_disk_loops_each (void (*fn) (int loop_nr, const char *backing, void *ud), void *ud);
 /* The same, read-only (loop device and file system): a snapshot's layer,
    which many sandboxes mount at once. */
 int sbx_disk_mount_ro (const char *image, struct sbx_err *err);

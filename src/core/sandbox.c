@@ -769,6 +769,51 @@ loop_released (struct sbx_engine *e, struct sandbox *s)
   s->loop_nr = -1;
 }
 
+/* At start: the loop devices of the disks of the sandboxes re-attached
+   (their disks stayed mounted while no daemon ran) are known by their
+   backing files, STATE/sandboxes/ID/disk.img, so that they are counted
+   free when those sandboxes end like those of sandboxes made since. */
+struct adopt {
+  struct sbx_engine *e;
+  char dir[PATH_MAX]; /* sandboxes_dir, resolved as the kernel shows it */
+  size_t len;
+  unsigned found;
+};
+
+static void
+adopt_loop (int nr, const char *backing, void *ud)
+{
+  struct adopt *a = ud;
+  char id[SBX_ID_MAX];
+  const char *rest = backing + a->len;
+  size_t n = strncmp (backing, a->dir, a->len) == 0 && *rest == '/' ? strcspn (rest + 1, "/") : 0;
+  if (n == 0 || n >= sizeof id || strcmp (rest + 1 + n, "/disk.img") != 0)
+    return;
+  memcpy (id, rest + 1, n);
+  id[n] = '\0';
+  struct sandbox *s = find_locked (a->e, id);
+  if (s && s->state != SBX_STOPPED && s->loop_nr < 0)
+    {
+      s->loop_nr = nr;
+      a->found++;
+    }
+}
+
+static void
+adopt_loops (struct sbx_engine *e)
+{
+  struct adopt a = { .e = e };
+  if (realpath (e->sandboxes_dir, a.dir) == NULL)
+    return;
+  a.len = strlen (a.dir);
+  pthread_mutex_lock (&e->lock);
+  sbx_disk_loops_each (adopt_loop, &a);
+  pthread_mutex_unlock (&e->lock);
+  char n[16];
+  snprintf (n, sizeof n, "%u", a.found);
+  sbx_log_fields (SBX_LOG_DEBUG, "loop devices of re-attached disks", "count", n, NULL);
+}
+
 static void *
 loops_main (void *arg)
 {
@@ -1917,6 +1962,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
           sbx_rm_rf (gone, &rm_err);
       }
   closedir (d);
+  adopt_loops (e);
   sweep_uid_slots (e);
   /* the rules name this process's filter ports: renew them */
   if (reapply_all (e) < 0)
