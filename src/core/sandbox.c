@@ -3079,6 +3079,11 @@ claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_o
     return sbx_failx (err, ESRCH, "the spare's init has ended");
   char cg[128];
   cgroup_name (s->id, cg, sizeof cg);
+  /* its share of the CPU first: the call below waits for its init, which
+     at a spare's share among busy sandboxes got the CPU tens of
+     milliseconds late (the create under load took 40 ms) */
+  if (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0)
+    return -1;
   /* always sent, with the environment asked if any: it tells init it is
      claimed, so that it outlives the daemon from now on (boot) */
   struct sbx_msg req;
@@ -3103,8 +3108,6 @@ claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_o
   if ((cl.memory_bytes || cl.cpu_millis) && sbx_cgroup_set_limits (cg, &cl, err) < 0)
     return -1;
   s->limits = *lim;
-  if (o->cpu_weight && sbx_cgroup_set_cpu_weight (cg, o->cpu_weight, err) < 0)
-    return -1;
   if (s->has_net)
     {
       s->net_asked_set = o->internet_asked != 0;
