@@ -328,13 +328,37 @@ sbx_budget_give (struct sbx_budget *b, size_t n)
   __atomic_fetch_sub (&b->used, n, __ATOMIC_RELAXED);
 }
 
+static __thread bool bulk;      /* asked for (sbx_thread_bulk) */
+static __thread unsigned held;  /* sbx_thread_hold_begin's depth */
+static __thread bool lowered;   /* at SBX_BULK_NICE now */
+
+/* The priority the thread should have now: bulk unless it holds a lock.
+   Best effort: a thread left at its priority only loses the fairness. */
+static void
+thread_nice_apply (void)
+{
+  bool want = bulk && held == 0;
+  if (want != lowered && setpriority (PRIO_PROCESS, (id_t) gettid (), want ? SBX_BULK_NICE : 0) == 0)
+    lowered = want;
+}
+
 void
 sbx_thread_bulk (bool on)
 {
-  static __thread bool bulk;
-  if (bulk == on)
-    return;
-  /* best effort: a thread left at its priority only loses the fairness */
-  if (setpriority (PRIO_PROCESS, (id_t) gettid (), on ? SBX_BULK_NICE : 0) == 0)
-    bulk = on;
+  bulk = on;
+  thread_nice_apply ();
+}
+
+void
+sbx_thread_hold_begin (void)
+{
+  if (held++ == 0 && lowered)
+    thread_nice_apply ();
+}
+
+void
+sbx_thread_hold_end (void)
+{
+  if (held > 0 && --held == 0 && bulk)
+    thread_nice_apply ();
 }

@@ -88,5 +88,12 @@ bool sbx_start_detached (void *(*fn) (void *), void *arg);
    the thread its normal priority back. */
 #define SBX_BULK_NICE 10
 void sbx_thread_bulk (bool on);
+/* Between these (they nest) a bulk thread runs at the normal priority:
+   around a lock that requests wait for.  Preempted there at nice 10 on
+   a busy machine, it held the lock, and the creates behind it, for tens
+   of milliseconds (a priority inversion: nice is not inherited through a
+   mutex). */
+void sbx_thread_hold_begin (void);
+void sbx_thread_hold_end (void);
 
 #endif

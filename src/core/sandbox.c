@@ -820,6 +820,7 @@ loops_main (void *arg)
   pthread_setname_np (pthread_self (), "sbx-loops");
   struct sbx_engine *e = arg;
   sbx_thread_bulk (true);
+  sbx_thread_hold_begin (); /* the engine's lock, at the normal priority */
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
@@ -831,11 +832,14 @@ loops_main (void *arg)
       int nr = e->loops_free[0];
       memmove (e->loops_free, e->loops_free + 1, --e->n_loops_free * sizeof *e->loops_free);
       pthread_mutex_unlock (&e->lock);
+      sbx_thread_hold_end ();
       /* -EBUSY: attached again since (by a create of ours, or anyone's) */
       sbx_disk_loop_remove (nr);
+      sbx_thread_hold_begin ();
       pthread_mutex_lock (&e->lock);
     }
   pthread_mutex_unlock (&e->lock);
+  sbx_thread_hold_end ();
   return NULL;
 }
 
@@ -2551,9 +2555,6 @@ spare_main (void *arg)
 {
   pthread_setname_np (pthread_self (), "sbx-spare");
   struct sbx_engine *e = arg;
-  /* background work: a request's own work comes first under load (the
-     sandboxes it makes run at their normal priority: sbx_isolate_spawn) */
-  sbx_thread_bulk (true);
   pthread_mutex_lock (&e->lock);
   while (!e->stop)
     {
@@ -2598,6 +2599,12 @@ spare_main (void *arg)
           e->spares_booting_ahead++;
         }
       pthread_mutex_unlock (&e->lock);
+      /* background work: a request's own work comes first under load (the
+         sandboxes it makes run at their normal priority:
+         sbx_isolate_spawn), but only while it holds no lock: preempted
+         at the bulk priority with the engine's lock held, a worker
+         would keep every create behind it waiting */
+      sbx_thread_bulk (true);
       struct sbx_err err;
       struct sandbox *s = prepare (e, NULL, &err);
       if (s == NULL)
@@ -2616,6 +2623,7 @@ spare_main (void *arg)
             e->boot_template[0] = '\0';
           pthread_mutex_unlock (&e->lock);
         }
+      sbx_thread_bulk (false);
       pthread_mutex_lock (&e->lock);
       if (boot_for[0])
         e->spares_booting_ahead--;

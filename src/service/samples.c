@@ -24,8 +24,9 @@
  * thousand sandboxes a second each pass.  So the passes keep to a share
  * of one core (PASS_SHARE): after a pass of T, the next waits at least
  * T / PASS_SHARE, longer than the interval once there are thousands of
- * sandboxes; and the thread runs at the priority of bulk work
- * (sbx_thread_bulk), behind requests.
+ * sandboxes; and the reading runs at the priority of bulk work
+ * (sbx_thread_bulk), behind requests, the locked bookkeeping after it at
+ * the normal one.
  *
  * A paused sandbox gets no samples (its processes are frozen; E2B's
  * paused sandboxes have none either), so its history has a gap; the
@@ -193,11 +194,26 @@ sample_all (struct sbx_sampler *s)
   /* without memory for the batch the pass still samples; the store
      misses this pass */
   struct batch b = { .rows = s->store && n ? calloc (n, sizeof *b.rows) : NULL };
+  /* the reading first, at the bulk priority; the locks after, at the
+     normal one (sbx_thread_hold_begin says why) */
+  struct sbx_sample *got = n ? calloc (n, sizeof *got) : NULL;
+  if (n && got == NULL)
+    {
+      /* this pass is skipped, the histories kept */
+      free (b.rows);
+      sbx_list_free (infos, n);
+      return;
+    }
+  sbx_thread_bulk (true);
+  for (size_t i = 0; i < n; i++)
+    if (infos[i].state != SBX_RUNNING || take (s, infos[i].id, &got[i], &err) < 0)
+      got[i].at_ms = -1;
+  sbx_thread_bulk (false);
   for (size_t i = 0; i < n; i++)
     {
       enum sbx_state st = infos[i].state;
-      struct sbx_sample sample;
-      bool have = st == SBX_RUNNING && take (s, infos[i].id, &sample, &err) == 0;
+      struct sbx_sample sample = got[i];
+      bool have = sample.at_ms >= 0;
       if (st != SBX_RUNNING && st != SBX_PAUSED)
         continue;
       pthread_mutex_lock (&s->lock);
@@ -235,6 +251,7 @@ sample_all (struct sbx_sampler *s)
       }
   s->n_h = kept;
   pthread_mutex_unlock (&s->lock);
+  free (got);
   sbx_list_free (infos, n);
   batch_write (s, &b);
 }
@@ -244,7 +261,6 @@ sampler_main (void *arg)
 {
   pthread_setname_np (pthread_self (), "sbx-sampler");
   struct sbx_sampler *s = arg;
-  sbx_thread_bulk (true);
   uint64_t wait_ms = s->interval_ms;
   pthread_mutex_lock (&s->lock);
   while (!s->stopping)

@@ -586,7 +586,10 @@ static void
 store_unlockp (struct sbx_store **st)
 {
   if (*st)
-    pthread_mutex_unlock (&(*st)->lock);
+    {
+      pthread_mutex_unlock (&(*st)->lock);
+      sbx_thread_hold_end ();
+    }
 }
 
 /* "unused": the guard does its work in its cleanup only. */
@@ -595,6 +598,7 @@ store_unlockp (struct sbx_store **st)
 static struct sbx_store *
 store_lock (struct sbx_store *st)
 {
+  sbx_thread_hold_begin (); /* before it waits: the holder may be bulk too */
   pthread_mutex_lock (&st->lock);
   return st;
 }
@@ -789,6 +793,7 @@ sbx_store_random_id (char *buf, size_t size, const char *prefix, struct sbx_err 
 sqlite3 *
 sbx_store_db_lock (struct sbx_store *st)
 {
+  sbx_thread_hold_begin ();
   pthread_mutex_lock (&st->lock);
   return st->db;
 }
@@ -797,6 +802,7 @@ void
 sbx_store_db_unlock (struct sbx_store *st)
 {
   pthread_mutex_unlock (&st->lock);
+  sbx_thread_hold_end ();
 }
 
 static void

@@ -5,8 +5,13 @@
  * sbx_read_file_at: a small file whole, a file past MAX cut at MAX, a
  * file of MAX exactly, an empty file, a file that grows between the
  * size the kernel reports and the read (a FIFO's writer here, whose size
- * reads 0), and /proc's files, which report a size of 0.  No root; well
- * under a second.
+ * reads 0), and /proc's files, which report a size of 0.
+ *
+ * sbx_thread_bulk and sbx_thread_hold_begin/end: a bulk thread runs at
+ * SBX_BULK_NICE but at the normal priority while it holds a lock, holds
+ * nesting, and a bulk asked inside a hold takes effect at its end (as
+ * root: raising a priority back needs CAP_SYS_NICE).  Well under a
+ * second.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -O2 -Isrc -o /tmp/test_util tests/unit/test_util.c \
  *     src/common/error.c src/common/util.c -lpthread && /tmp/test_util
@@ -16,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -128,6 +134,48 @@ test_fifo (void)
   waitpid (pid, &status, 0);
 }
 
+static int
+my_nice (void)
+{
+  errno = 0;
+  return getpriority (PRIO_PROCESS, (id_t) gettid ());
+}
+
+static void
+test_priorities (void)
+{
+  if (geteuid () != 0)
+    {
+      fprintf (stderr, "test_priorities: skipped (not root)\n");
+      return;
+    }
+  CHECK (my_nice () == 0);
+  sbx_thread_bulk (true);
+  CHECK (my_nice () == SBX_BULK_NICE);
+  sbx_thread_hold_begin ();
+  CHECK (my_nice () == 0);
+  sbx_thread_hold_begin ();
+  sbx_thread_hold_end ();
+  CHECK (my_nice () == 0); /* still held once */
+  sbx_thread_hold_end ();
+  CHECK (my_nice () == SBX_BULK_NICE);
+  sbx_thread_bulk (false);
+  CHECK (my_nice () == 0);
+  /* a hold outside bulk work changes nothing */
+  sbx_thread_hold_begin ();
+  CHECK (my_nice () == 0);
+  /* bulk asked while holding: from the end of the hold */
+  sbx_thread_bulk (true);
+  CHECK (my_nice () == 0);
+  sbx_thread_hold_end ();
+  CHECK (my_nice () == SBX_BULK_NICE);
+  /* an unmatched end is ignored */
+  sbx_thread_hold_end ();
+  CHECK (my_nice () == SBX_BULK_NICE);
+  sbx_thread_bulk (false);
+  CHECK (my_nice () == 0);
+}
+
 int
 main (void)
 {
@@ -136,6 +184,7 @@ main (void)
   test_sizes ();
   test_proc ();
   test_fifo ();
+  test_priorities ();
   char cmd[128];
   snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
   if (system (cmd) != 0)
