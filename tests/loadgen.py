@@ -20,7 +20,11 @@ The well-behaved organisation is measured three times: "empty" (no other
 sandbox), "quiet" (the 50 hostile sandboxes exist but are idle, so the
 ratios tell what their floods cost rather than what 50 more sandboxes
 cost) and "load" (the floods have run for SBXD_LOAD_HOLD seconds, 10 by
-default).  SBXD_LOAD_KINDS (default dns,conn,output,idle) picks the
+default).  Its client runs at nice -10 while it measures, and the hostile
+output client at nice 10: each stands for a client on a machine of its
+own, so that the figures are the daemon's and not the turn the measuring
+process gets on the two cores the floods share.
+SBXD_LOAD_KINDS (default dns,conn,output,idle) picks the
 floods, to see what each one costs.  The daemon's memory (VmRSS) is
 sampled throughout.  All traffic stays on
 loopback and in the test network namespaces of netpeers.py: the hostile
@@ -197,6 +201,7 @@ for _ in range(n):
 print(json.dumps(out))
 """
 
+CLIENT_NICE = -10  # the measuring thread's (measure)
 GOOD_NET = {"allowOut": ["allowed.test"], "denyOut": ["0.0.0.0/0"]}
 
 
@@ -240,6 +245,20 @@ def measure(good, sid, rounds):
     """The well-behaved organisation's p50s: create (POST answered; the
     sandbox is deleted after), exec `true`, and a DNS answer inside its
     sandbox.  Failures are counted, not timed."""
+    # this thread stands for a client on a machine of its own: it runs
+    # above the other processes here (Linux's nice is per thread) so that
+    # the time measured is the daemon's, not this thread's turn on the
+    # two cores the floods share, as the hostile client runs below them
+    # (OUTPUT_FLOODER)
+    nice0 = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, CLIENT_NICE)
+    try:
+        return _measure(good, sid, rounds)
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, nice0)
+
+
+def _measure(good, sid, rounds):
     creates, execs, failures, errors = [], [], 0, []
     for _ in range(rounds):
         t = time.monotonic()
