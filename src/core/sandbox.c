@@ -1193,8 +1193,10 @@ teardown_main (void *arg)
         break;
       /* a share of the queue: when it is long, several at once (one
          transaction for their network rules, teardown_many), spread over
-         the workers */
-      size_t want = (e->tq_len + (size_t) e->n_teardown_threads - 1) / (size_t) e->n_teardown_threads;
+         the workers (of TEARDOWN_WORKERS, not of n_teardown_threads:
+         that counts them as they start, and is 0 when the first takes
+         the teardowns a restart found owed) */
+      size_t want = (e->tq_len + TEARDOWN_WORKERS - 1) / TEARDOWN_WORKERS;
       want = want < 1 ? 1 : want > TEARDOWN_TAKE ? TEARDOWN_TAKE : want;
       struct sandbox *batch[TEARDOWN_TAKE];
       size_t n = 0;
