@@ -240,6 +240,31 @@ def test_startup_sweep_releases_id_ranges_whose_owner_is_gone(tmp_path):
         d.stop()
 
 
+def test_processes_of_a_sandbox_whose_directory_was_removed_end_before_its_range_is_freed(tmp_path):
+    """A sandbox directory removed from outside while the daemon was down:
+    its processes run on with its uid range, which must not go to another
+    sandbox while they do.  The next start ends them with its cgroup,
+    then releases the range (it released the range and left them running)."""
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = d.create(timeout=600)
+        with open(os.path.join(d.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+            rec = json.load(f)
+        init, slot = rec["init_pid"], rec["uid_slot"]
+        d.stop()  # its sandboxes keep running
+        assert os.path.exists(f"/proc/{init}")
+        assert slot in mapped_slots() and slot in range_files()
+        subprocess.run(["rm", "-rf", os.path.join(d.state_dir, "sandboxes", sid)], check=True)
+        d.start(args=d.args)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{init}"), 10), "its init still runs"
+        assert slot not in mapped_slots()
+        assert wait_until(lambda: slot not in range_files(), 10), range_files().get(slot)
+        assert wait_until(lambda: host_traces(sid) == [], 10), host_traces(sid)
+    finally:
+        d.cleanup()
+        d.stop()
+
+
 def test_kill9_during_creates_leaves_nothing_behind(tmp_path):
     """kill -9 while sandboxes are being created (and once between creates),
     again and again: after a restart and the destruction of what survived,

@@ -1769,11 +1769,29 @@ uid_slot_held_locked (struct sbx_engine *e, uint32_t slot)
   return false;
 }
 
+/* NAME, an entry of UID_SLOT_DIR, as a range no sandbox of E holds:
+   its owner's length (OWNER filled, ST if not NULL), or -1 for anything
+   else. */
+static ssize_t
+slot_entry (struct sbx_engine *e, const char *name, uint32_t *slot, char owner[UID_SLOT_OWNER_MAX], struct stat *st)
+{
+  char *end;
+  unsigned long k = strtoul (name, &end, 10);
+  if (name[0] < '0' || name[0] > '9' || *end != '\0' || k >= UID_SLOTS)
+    return -1;
+  *slot = (uint32_t) k;
+  if (uid_slot_held_locked (e, *slot)) /* no other thread runs yet */
+    return -1;
+  return uid_slot_read (*slot, owner, st);
+}
+
 /* After re-attaching: release the uid ranges (and the network rules and
    link of their slot) whose owner is gone.  A range that names a sandbox
    of this state directory is ours, and stale unless a sandbox we
    re-attached holds it: a crash can leave one claimed for a sandbox whose
-   record was never written.  Another instance's range is stale once its
+   record was never written, and a directory removed from outside leaves
+   its sandbox's processes running (they are ended with its cgroup first).
+   No range is released while a user namespace maps it.  Another instance's range is stale once its
    sandbox's directory is gone and no user namespace maps it; so is a
    range without an owner (written by an older sbxd) that nothing maps,
    after a grace period in which it may be being claimed.  Runs before the
@@ -1784,39 +1802,69 @@ sweep_uid_slots (struct sbx_engine *e)
   DIR *d = opendir (UID_SLOT_DIR);
   if (d == NULL)
     return;
-  uint8_t *mapped = NULL;
-  bool scanned = false;
   size_t dlen = strlen (e->sandboxes_dir);
   struct dirent *de;
+  /* first, the ranges of ours that no sandbox holds: their processes may
+     live on (their directory removed under them from outside).  They
+     end with their cgroups, all before the look at which ranges are
+     mapped below */
   while ((de = readdir (d)) != NULL)
     {
-      char *end;
-      unsigned long k = strtoul (de->d_name, &end, 10);
-      if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end != '\0' || k >= UID_SLOTS)
-        continue;
-      uint32_t slot = (uint32_t) k;
-      if (uid_slot_held_locked (e, slot)) /* no other thread runs yet */
-        continue;
+      uint32_t slot;
+      char owner[UID_SLOT_OWNER_MAX];
+      ssize_t n = slot_entry (e, de->d_name, &slot, owner, NULL);
+      struct sandbox *live;
+      if (n > (ssize_t) dlen && memcmp (owner, e->sandboxes_dir, dlen) == 0 && owner[dlen] == '/'
+          && sbx_id_wellformed (owner + dlen + 1)
+          && !((live = find_locked (e, owner + dlen + 1)) && live->state != SBX_STOPPED))
+        {
+          char cg[128];
+          struct sbx_err err;
+          cgroup_name (owner + dlen + 1, cg, sizeof cg);
+          if (sbx_cgroup_destroy (cg, 5000, &err) < 0)
+            sbx_log_fields (SBX_LOG_WARN, "cannot end the processes of a sandbox without a record", "sandbox",
+                            owner + dlen + 1, "error", err.msg, NULL);
+        }
+    }
+  rewinddir (d);
+  uint8_t *mapped = NULL;
+  bool scanned = false;
+  int waited_ms = 0; /* for processes ended above, at most 2 s in all */
+  while ((de = readdir (d)) != NULL)
+    {
+      uint32_t slot;
       char owner[UID_SLOT_OWNER_MAX];
       struct stat st;
-      ssize_t n = uid_slot_read (slot, owner, &st);
+      ssize_t n = slot_entry (e, de->d_name, &slot, owner, &st);
       if (n < 0)
         continue;
       bool ours = (size_t) n > dlen && memcmp (owner, e->sandboxes_dir, dlen) == 0 && owner[dlen] == '/'
                   && strchr (owner + dlen + 1, '/') == NULL;
-      if (!ours)
+      if (!ours && time (NULL) - st.st_mtime < UID_SLOT_GRACE_S)
+        continue;
+      if (!ours && n > 0 && access (owner, F_OK) == 0)
+        continue;
+      /* a range some process still maps is never handed out again */
+      if (!scanned)
         {
-          if (time (NULL) - st.st_mtime < UID_SLOT_GRACE_S)
-            continue;
-          if (n > 0 && access (owner, F_OK) == 0)
-            continue;
-          if (!scanned)
-            {
-              mapped = mapped_uid_slots ();
-              scanned = true;
-            }
-          if (mapped == NULL || (mapped[slot / 8] & (1u << (slot % 8))))
-            continue;
+          mapped = mapped_uid_slots ();
+          scanned = true;
+        }
+      /* processes just ended above map theirs until their parent (the
+         host's init, since their daemon is gone) reaps them */
+      while (ours && mapped && (mapped[slot / 8] & (1u << (slot % 8))) && waited_ms < 2000)
+        {
+          usleep (50000);
+          waited_ms += 50;
+          free (mapped);
+          mapped = mapped_uid_slots ();
+        }
+      if (mapped == NULL || (mapped[slot / 8] & (1u << (slot % 8))))
+        {
+          if (ours)
+            sbx_log_fields (SBX_LOG_WARN, "an id range still in use by processes of no sandbox: kept", "slot",
+                            de->d_name, "owner", owner, NULL);
+          continue;
         }
       sbx_log_fields (SBX_LOG_INFO, "releasing an id range whose sandbox is gone", "slot", de->d_name, "owner",
                       n > 0 ? owner : "-", NULL);
