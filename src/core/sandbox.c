@@ -1790,11 +1790,11 @@ slot_entry (struct sbx_engine *e, const char *name, uint32_t *slot, char owner[U
    of this state directory is ours, and stale unless a sandbox we
    re-attached holds it: a crash can leave one claimed for a sandbox whose
    record was never written, and a directory removed from outside leaves
-   its sandbox's processes running (they are ended with its cgroup first).
-   No range is released while a user namespace maps it.  Another instance's range is stale once its
-   sandbox's directory is gone and no user namespace maps it; so is a
-   range without an owner (written by an older sbxd) that nothing maps,
-   after a grace period in which it may be being claimed.  Runs before the
+   its sandbox's processes running (they are ended with its cgroup
+   first).  Another instance's range is stale once its sandbox's
+   directory is gone; so is a range without an owner (written by an
+   older sbxd), after a grace period in which it may be being claimed.
+   No range is released while a user namespace maps it.  Runs before the
    spare thread starts, so none of ours is being claimed. */
 static void
 sweep_uid_slots (struct sbx_engine *e)
