@@ -94,7 +94,7 @@
 #define DNS_WAITING 256              /* per sandbox: UDP queries read and waiting for their turn */
 #define DNS_WAITING_BYTES 65536      /* ... and their bytes */
 #define DNS_INTAKE 4096              /* UDP queries read in one turn of the DNS loop, at most */
-#define DNS_TURNS 128                /* ... and served, one sandbox after another */
+#define DNS_TURNS 16                 /* ... and served, one sandbox after another, before the socket is read again */
 #define CONNS_PER_SANDBOX 256        /* per sandbox: TCP connections, DNS and relayed */
 #define CONNS_OWN 32                 /* ... of which always there */
 #define CONNS_SHARED 2048            /* all sandboxes: the rest */
