@@ -1769,6 +1769,18 @@ uid_slot_held_locked (struct sbx_engine *e, uint32_t slot)
   return false;
 }
 
+/* The sandbox id in OWNER (of length N), a range's owner, when it names
+   a sandbox of E's state directory (SANDBOXES_DIR/ID); else NULL. */
+static const char *
+slot_owner_ours (struct sbx_engine *e, const char *owner, ssize_t n)
+{
+  size_t dlen = strlen (e->sandboxes_dir);
+  if (n <= (ssize_t) dlen || memcmp (owner, e->sandboxes_dir, dlen) != 0 || owner[dlen] != '/'
+      || strchr (owner + dlen + 1, '/') != NULL)
+    return NULL;
+  return owner + dlen + 1;
+}
+
 /* NAME, an entry of UID_SLOT_DIR, as a range no sandbox of E holds:
    its owner's length (OWNER filled, ST if not NULL), or -1 for anything
    else. */
@@ -1802,7 +1814,6 @@ sweep_uid_slots (struct sbx_engine *e)
   DIR *d = opendir (UID_SLOT_DIR);
   if (d == NULL)
     return;
-  size_t dlen = strlen (e->sandboxes_dir);
   struct dirent *de;
   /* first, the ranges of ours that no sandbox holds: their processes may
      live on (their directory removed under them from outside).  They
@@ -1813,17 +1824,16 @@ sweep_uid_slots (struct sbx_engine *e)
       uint32_t slot;
       char owner[UID_SLOT_OWNER_MAX];
       ssize_t n = slot_entry (e, de->d_name, &slot, owner, NULL);
+      const char *id = n < 0 ? NULL : slot_owner_ours (e, owner, n);
       struct sandbox *live;
-      if (n > (ssize_t) dlen && memcmp (owner, e->sandboxes_dir, dlen) == 0 && owner[dlen] == '/'
-          && sbx_id_wellformed (owner + dlen + 1)
-          && !((live = find_locked (e, owner + dlen + 1)) && live->state != SBX_STOPPED))
+      if (id && sbx_id_wellformed (id) && !((live = find_locked (e, id)) && live->state != SBX_STOPPED))
         {
           char cg[128];
           struct sbx_err err;
-          cgroup_name (owner + dlen + 1, cg, sizeof cg);
+          cgroup_name (id, cg, sizeof cg);
           if (sbx_cgroup_destroy (cg, 5000, &err) < 0)
-            sbx_log_fields (SBX_LOG_WARN, "cannot end the processes of a sandbox without a record", "sandbox",
-                            owner + dlen + 1, "error", err.msg, NULL);
+            sbx_log_fields (SBX_LOG_WARN, "cannot end the processes of a sandbox without a record", "sandbox", id,
+                            "error", err.msg, NULL);
         }
     }
   rewinddir (d);
@@ -1838,8 +1848,7 @@ sweep_uid_slots (struct sbx_engine *e)
       ssize_t n = slot_entry (e, de->d_name, &slot, owner, &st);
       if (n < 0)
         continue;
-      bool ours = (size_t) n > dlen && memcmp (owner, e->sandboxes_dir, dlen) == 0 && owner[dlen] == '/'
-                  && strchr (owner + dlen + 1, '/') == NULL;
+      bool ours = slot_owner_ours (e, owner, n) != NULL;
       if (!ours && time (NULL) - st.st_mtime < UID_SLOT_GRACE_S)
         continue;
       if (!ours && n > 0 && access (owner, F_OK) == 0)
