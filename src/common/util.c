@@ -224,6 +224,52 @@ sbx_random_bytes (void *buf, size_t n)
   return 0;
 }
 
+unsigned long long
+sbx_proc_stat_start (const char *stat)
+{
+  /* the command name, in parentheses, may hold blanks and ')': the
+     fields counted start after the last ')'.  No strtok: the boots of
+     concurrent creates read their inits' start times at once, and
+     strtok's one hidden position let a thread count on through another
+     thread's line (a start time recorded wrong, so a later start took a
+     live sandbox for a dead one and cleaned it up) */
+  const char *p = strrchr (stat, ')');
+  if (p == NULL)
+    return 0;
+  p++;
+  for (int field = 3; field < 22; field++) /* past fields 3 to 21 */
+    {
+      while (*p == ' ')
+        p++;
+      p = strchr (p, ' ');
+      if (p == NULL)
+        return 0;
+    }
+  while (*p == ' ')
+    p++;
+  if (*p < '0' || *p > '9')
+    return 0;
+  errno = 0;
+  unsigned long long start = strtoull (p, NULL, 10);
+  return errno ? 0 : start;
+}
+
+unsigned long long
+sbx_proc_start_time (pid_t pid)
+{
+  char path[64], buf[1024];
+  snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = sbx_read_full (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  return sbx_proc_stat_start (buf);
+}
+
 int
 sbx_path (char *buf, size_t n, const char *fmt, ...)
 {

@@ -47,6 +47,13 @@ int64_t sbx_wall_ms (void);       /* CLOCK_REALTIME in ms */
 /* Fill BUF with N random bytes from getrandom(2). */
 int sbx_random_bytes (void *buf, size_t n);
 
+/* When process PID started (field 22 of /proc/PID/stat, in clock ticks
+   since boot): with its pid, what names one process for good.  0 when
+   there is no such process.  Safe in any thread.  sbx_proc_stat_start
+   reads it from the text STAT of such a file (NUL-terminated). */
+unsigned long long sbx_proc_start_time (pid_t pid);
+unsigned long long sbx_proc_stat_start (const char *stat);
+
 
 
 /* snprintf into BUF for paths; returns -1 (ENAMETOOLONG) on truncation. */

@@ -700,36 +700,6 @@ uid_base (uint32_t slot)
   return UID_FIRST + slot * UID_RANGE;
 }
 
-/* ---- process identity ---- */
-
-static unsigned long long
-proc_start_time (pid_t pid)
-{
-  char path[64], buf[1024];
-  snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  ssize_t n = read (fd, buf, sizeof buf - 1);
-  close (fd);
-  if (n <= 0)
-    return 0;
-  buf[n] = '\0';
-  char *p = strrchr (buf, ')'); /* the command name may hold spaces */
-  if (p == NULL)
-    return 0;
-  unsigned long long start = 0;
-  /* field 22 is starttime; after ')' come fields 3.. */
-  int field = 2;
-  for (char *tok = strtok (p + 1, " "); tok; tok = strtok (NULL, " "))
-    if (++field == 22)
-      {
-        start = strtoull (tok, NULL, 10);
-        break;
-      }
-  return start;
-}
-
 static void
 cgroup_name (const char *id, char *buf, size_t n)
 {
@@ -1606,9 +1576,12 @@ reattach (struct sbx_engine *e, const char *id)
   /* a spare (state creating) never outlives the daemon that made it */
   /* a zombie (nobody reaped it while we were away) has exited too */
   struct pollfd pf = { s->pidfd, POLLIN, 0 };
-  bool alive = dfd >= 0 && s->pidfd >= 0 && proc_start_time (pid) == s->init_start && !was_spare
-               && poll (&pf, 1, 0) == 0;
-  if (!alive && s->pidfd >= 0 && proc_start_time (pid) != s->init_start)
+  bool same = s->pidfd >= 0 && sbx_proc_start_time (pid) == s->init_start;
+  bool alive = dfd >= 0 && same && !was_spare && poll (&pf, 1, 0) == 0;
+  /* for the log: a live sandbox taken for a dead one is lost, so say why */
+  const char *gone = dfd < 0 ? "its directory cannot be opened" : s->pidfd < 0 ? "no process has its pid"
+                     : !same ? "its pid is another process's" : "it has ended";
+  if (!alive && s->pidfd >= 0 && !same)
     {
       /* the pid is another process's now: never signal it */
       close (s->pidfd);
@@ -1628,7 +1601,7 @@ reattach (struct sbx_engine *e, const char *id)
   if (!alive)
     {
       sbx_log_fields (SBX_LOG_INFO, doomed ? "finishing a sandbox's teardown" : "sandbox's init is gone, cleaning up",
-                      "sandbox", id, NULL);
+                      "sandbox", id, "init", gone, NULL);
       if (s->pidfd >= 0)
         close (s->pidfd);
       s->pidfd = -1;
@@ -2408,7 +2381,7 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
   clock_mark (&clk, "spawn");
   s->init_pid = s->proc.pid;
   s->our_child = true;
-  s->init_start = proc_start_time (s->init_pid);
+  s->init_start = sbx_proc_start_time (s->init_pid);
   s->pidfd = (int) syscall (SYS_pidfd_open, s->init_pid, 0);
   if (e->net)
     {

@@ -10,14 +10,23 @@
  * sbx_thread_bulk and sbx_thread_hold_begin/end: a bulk thread runs at
  * SBX_BULK_NICE but at the normal priority while it holds a lock, holds
  * nesting, and a bulk asked inside a hold takes effect at its end (as
- * root: raising a priority back needs CAP_SYS_NICE).  Well under a
- * second.
+ * root: raising a priority back needs CAP_SYS_NICE).
+ *
+ * sbx_proc_stat_start and sbx_proc_start_time: lines whose command name
+ * holds blanks and ')', cut short, or not numbers; a process that is
+ * gone; and threads reading the start times of different processes at
+ * once, each of which must always read its own (creates boot side by
+ * side and record their inits' start times; a parser with one hidden
+ * position, strtok's, gave a thread another's field now and then).
+ * About a second.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -O2 -Isrc -o /tmp/test_util tests/unit/test_util.c \
  *     src/common/error.c src/common/util.c -lpthread && /tmp/test_util
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +185,105 @@ test_priorities (void)
   CHECK (my_nice () == 0);
 }
 
+static void
+test_stat_parse (void)
+{
+  /* field 3 is S, fields 4 to 21 the numbers 4 to 21, field 22 4242 */
+  const char *tail = " S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 4242 23 24\n";
+  char line[256];
+  snprintf (line, sizeof line, "12 (sbx-init)%s", tail);
+  CHECK (sbx_proc_stat_start (line) == 4242);
+  snprintf (line, sizeof line, "12 (a) b (c) 7 8)%s", tail);
+  CHECK (sbx_proc_stat_start (line) == 4242);
+  snprintf (line, sizeof line, "12 (x)  S  4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21  99 23");
+  CHECK (sbx_proc_stat_start (line) == 99);
+  CHECK (sbx_proc_stat_start ("12 (x) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21") == 0);
+  CHECK (sbx_proc_stat_start ("12 (x) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 ") == 0);
+  CHECK (sbx_proc_stat_start ("12 (x) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 -5 23") == 0);
+  CHECK (sbx_proc_stat_start ("12 (x) S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 99999999999999999999999 23")
+         == 0);
+  CHECK (sbx_proc_stat_start ("12 x S 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 4242 23") == 0);
+  CHECK (sbx_proc_stat_start ("") == 0);
+}
+
+#define STARTERS 4
+#define READS 20000
+
+struct starter {
+  pid_t pid;
+  unsigned long long start;
+  int wrong;
+};
+
+static void *
+read_start (void *arg)
+{
+  struct starter *st = arg;
+  for (int i = 0; i < READS; i++)
+    if (sbx_proc_start_time (st->pid) != st->start)
+      st->wrong++;
+  return NULL;
+}
+
+static void
+test_start_times (void)
+{
+  /* what ps(1) reads, for this process */
+  unsigned long long mine = 0;
+  FILE *f = fopen ("/proc/self/stat", "re");
+  if (f)
+    {
+      char buf[1024] = "";
+      if (fgets (buf, sizeof buf, f))
+        {
+          char *p = strrchr (buf, ')');
+          int field = 2;
+          for (char *save = NULL, *tok = p ? strtok_r (p + 1, " ", &save) : NULL; tok;
+               tok = strtok_r (NULL, " ", &save))
+            if (++field == 22)
+              mine = strtoull (tok, NULL, 10);
+        }
+      fclose (f);
+    }
+  CHECK (mine > 0 && sbx_proc_start_time (getpid ()) == mine);
+  /* processes started a few clock ticks apart, so that their start
+     times differ */
+  struct starter st[STARTERS];
+  for (int i = 0; i < STARTERS; i++)
+    {
+      st[i].pid = fork ();
+      if (st[i].pid == 0)
+        {
+          pause ();
+          _exit (0);
+        }
+      st[i].start = sbx_proc_start_time (st[i].pid);
+      st[i].wrong = 0;
+      usleep (30000);
+    }
+  for (int i = 1; i < STARTERS; i++)
+    CHECK (st[i].start > st[i - 1].start && st[0].start >= mine);
+  pthread_t th[STARTERS];
+  for (int i = 0; i < STARTERS; i++)
+    pthread_create (&th[i], NULL, read_start, &st[i]);
+  for (int i = 0; i < STARTERS; i++)
+    pthread_join (th[i], NULL);
+  for (int i = 0; i < STARTERS; i++)
+    {
+      if (st[i].wrong)
+        fprintf (stderr, "start time of %d read wrong %d times in %d\n", (int) st[i].pid, st[i].wrong, READS);
+      CHECK (st[i].wrong == 0);
+    }
+  /* gone (reaped): no start time */
+  pid_t gone = st[0].pid;
+  for (int i = 0; i < STARTERS; i++)
+    {
+      kill (st[i].pid, SIGKILL);
+      waitpid (st[i].pid, NULL, 0);
+    }
+  CHECK (sbx_proc_start_time (gone) == 0);
+}
+
 int
 main (void)
 {
@@ -185,6 +293,8 @@ main (void)
   test_proc ();
   test_fifo ();
   test_priorities ();
+  test_stat_parse ();
+  test_start_times ();
   char cmd[128];
   snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
   if (system (cmd) != 0)
