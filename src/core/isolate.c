@@ -48,9 +48,11 @@
 #include <net/route.h>
 #include <sys/ioctl.h>
 #include <sched.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -1043,29 +1045,45 @@ write_map (pid_t pid, const char *file, uid_t base, uint32_t count, struct sbx_e
   return sbx_write_file_at (AT_FDCWD, path, map, err);
 }
 
+/* The body of sbx_isolate_layer_userns's child, which shares the
+   daemon's memory: raw system calls only, on its own stack, with every
+   signal blocked (SIGKILL ends it).  PARENT is the daemon's pid. */
+static int
+userns_holder (void *parent)
+{
+  /* it must not outlive a daemon killed meanwhile */
+  syscall (SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  if (syscall (SYS_getppid) != (long) (intptr_t) parent)
+    syscall (SYS_exit, 0);
+  for (;;)
+    syscall (SYS_ppoll, NULL, 0, NULL, NULL, 0);
+  return 0;
+}
+
 int
 sbx_isolate_layer_userns (uid_t base, uint32_t count, struct sbx_err *err)
 {
   /* a child that only holds the namespace while its maps are written and
      it is opened, then is killed: it waits for nothing it could miss (a
      pipe's end of file would wait for every process that inherited the
-     pipe from a concurrent fork) and calls only pause(), as this process
-     has threads */
-  pid_t parent = getpid ();
-  pid_t pid = (pid_t) syscall (SYS_clone, CLONE_NEWUSER | SIGCHLD, NULL, NULL, NULL, 0);
-  if (pid == 0)
-    {
-      /* it must not outlive a daemon killed meanwhile: killed with its
-         parent, and deaf to the daemon's SIGTERM handler it inherited
-         (which would only send it back to pause()) */
-      signal (SIGTERM, SIG_DFL);
-      signal (SIGINT, SIG_DFL);
-      prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-      if (getppid () != parent)
-        _exit (0);
-      for (;;)
-        pause ();
-    }
+     pipe from a concurrent fork).
+     It shares this process's memory (CLONE_VM) rather than copying it: a
+     copy of the daemon's page tables, then the copy-on-write faults of
+     every thread and the child's unmapping, was the largest part of the
+     CPU a burst of creates used (a second copy remains: the sandbox's
+     own, in sbx_isolate_spawn).  So it runs only raw system calls on a
+     stack of its own (this frame's, which outlives it), and every signal
+     is blocked across the clone, so that no handler of the daemon's ever
+     runs in it.  A small stack: a few calls deep. */
+  char stack[8192] __attribute__ ((aligned (64)));
+  sigset_t all, old;
+  sigfillset (&all);
+  pthread_sigmask (SIG_SETMASK, &all, &old);
+  pid_t pid = clone (userns_holder, stack + sizeof stack, CLONE_VM | CLONE_NEWUSER | SIGCHLD,
+                     (void *) (intptr_t) getpid ());
+  int clone_errno = errno;
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+  errno = clone_errno;
   if (pid < 0)
     return sbx_fail (err, errno, "clone a user namespace");
   char path[64], map[96];
