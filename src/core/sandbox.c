@@ -1733,6 +1733,13 @@ mapped_uid_slots (void)
   return bits;
 }
 
+/* Whether SLOT's bit is set in BITS, of mapped_uid_slots. */
+static bool
+slot_mapped (const uint8_t *bits, uint32_t slot)
+{
+  return (bits[slot / 8] & (1u << (slot % 8))) != 0;
+}
+
 static bool
 uid_slot_held_locked (struct sbx_engine *e, uint32_t slot)
 {
@@ -1834,14 +1841,14 @@ sweep_uid_slots (struct sbx_engine *e)
         }
       /* processes just ended above map theirs until their parent (the
          host's init, since their daemon is gone) reaps them */
-      while (ours && mapped && (mapped[slot / 8] & (1u << (slot % 8))) && waited_ms < 2000)
+      while (ours && mapped && slot_mapped (mapped, slot) && waited_ms < 2000)
         {
           usleep (50000);
           waited_ms += 50;
           free (mapped);
           mapped = mapped_uid_slots ();
         }
-      if (mapped == NULL || (mapped[slot / 8] & (1u << (slot % 8))))
+      if (mapped == NULL || slot_mapped (mapped, slot))
         {
           if (ours)
             sbx_log_fields (SBX_LOG_WARN, "an id range still in use by processes of no sandbox: kept", "slot",
