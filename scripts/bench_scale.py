@@ -271,11 +271,13 @@ def main():
         # the metrics sampler at its default interval (5 s), not the test
         # suite's 1 s: each pass reads every sandbox's cgroup
         d = Sbxd(os.path.join(tmp, "state")).start(args=DAEMON_ARGS)
+        # no monthly sandbox hours either: 10,000 sandboxes use up the
+        # scale plan's 5,000 in half an hour, and the quota ends them
         subprocess.run([SBXD, "orgs", "set", "default", "--plan", "scale", "--max-sandboxes", str(n),
-                        "--state-dir", d.state_dir], check=True, capture_output=True)
+                        "--monthly-hours", "0", "--state-dir", d.state_dir], check=True, capture_output=True)
         probe_key = d.new_key(org="bench-probe")
         subprocess.run([SBXD, "orgs", "set", "bench-probe", "--plan", "scale", "--max-sandboxes", "20",
-                        "--state-dir", d.state_dir], check=True, capture_output=True)
+                        "--monthly-hours", "0", "--state-dir", d.state_dir], check=True, capture_output=True)
         time.sleep(1)  # the first spares
         st = proc_status(d.proc.pid)
         base = {"rss_kb": st["VmRSS"], "avail_kb": mem_available_kb(), "fds": st["fds"]}
