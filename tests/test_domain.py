@@ -522,19 +522,27 @@ while True:
         assert r.status_code == 200, r.text
         ctx = ssl.create_default_context(cafile=cert)
         ctx.check_hostname = False
-        for _ in range(3):   # the relay's close raced with libmicrohttpd: not every time
+
+        def upgrade(path):
+            """An upgraded connection to the sandbox's server, once it listens
+            (it was just started: a 502 until then); the socket and what came
+            first"""
             deadline = time.time() + 10
             while True:
                 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
-                s.sendall(f"GET / HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\n"
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\n"
                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                           "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+                s.settimeout(10)
                 head = s.recv(4096)
                 if head.startswith(b"HTTP/1.1 101") or time.time() > deadline:
-                    break
+                    assert head.startswith(b"HTTP/1.1 101"), head
+                    return s, head
                 s.close()
                 time.sleep(0.2)
-            assert head.startswith(b"HTTP/1.1 101"), head
+
+        for _ in range(3):   # the relay's close raced with libmicrohttpd: not every time
+            s, _ = upgrade("/")
             # the server side ends (as when the sandbox is killed): so does the client's
             assert server.req("POST", f"/sandboxes/{sid}/processes",
                               json={"cmd": "pkill", "args": ["-f", "ws.py"]}).status_code == 200
@@ -552,12 +560,8 @@ while True:
             assert r.status_code == 200, r.text
         # what the sandbox's side sends before it ends still arrives, whole
         for _ in range(3):
-            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
-            s.sendall(f"GET /bye HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\n"
-                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                      "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-            s.settimeout(10)
-            got = b""
+            # (the server was restarted above: this waits until it listens)
+            s, got = upgrade("/bye")
             try:
                 while True:
                     b = s.recv(65536)
@@ -570,11 +574,7 @@ while True:
             body = got.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in got else b""
             assert got.startswith(b"HTTP/1.1 101") and body == b"last words " * 20000, (len(got), got[:80])
         # and a kill ends the one open now
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
-        time.sleep(1)
-        s.sendall(f"GET / HTTP/1.1\r\nHost: 8000-{sid}.{DOMAIN}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        assert s.recv(4096).startswith(b"HTTP/1.1 101")
+        s, _ = upgrade("/")
         assert server.req("DELETE", f"/sandboxes/{sid}").status_code == 204
         s.settimeout(10)
         try:
