@@ -284,7 +284,13 @@ def _measure(good, sid, rounds):
             failures += 1
             errors.append(f"exec {r.status_code} {r.text[:200]}")
     r = good.run(sid, "python3", "-c", DNS_PROBE, "allowed.test", str(rounds * 2))
-    dns = json.loads(r.json()["stdout"]) if r.status_code == 200 and r.json().get("exitCode") == 0 else []
+    ok = r.status_code == 200 and r.json().get("exitCode") == 0
+    dns = json.loads(r.json()["stdout"]) if ok else []
+    if not ok:
+        # the probe itself did not end well: what the exec answered
+        j = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        errors.append(f"dns probe: {r.status_code} exit {j.get('exitCode')} "
+                      f"{(j.get('stderr') or j.get('message') or r.text)[-300:]}")
     answered = [x for x in dns if not isinstance(x, str)]
     if len(answered) < rounds * 2:
         failures += rounds * 2 - len(answered)
