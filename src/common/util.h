@@ -94,6 +94,14 @@ bool sbx_start_detached (void *(*fn) (void *), void *arg);
    the calling thread only (Linux's nice is per thread); ON false gives
    the thread its normal priority back. */
 #define SBX_BULK_NICE 10
+/* The filters' loops (DNS, HTTP/TLS), which every sandbox's traffic
+   shares, run above the normal priority: a loop that waits for the CPU
+   behind floods lets the shared DNS socket's queue overflow, and the
+   kernel then drops every sandbox's queries alike (measured under the
+   hostile load: half the loop's time spent waiting to run, hundreds of
+   thousands of queries dropped, a well-behaved sandbox's unanswered for a
+   minute).  What they do is bounded per sandbox by the filters' quotas. */
+#define SBX_FILTER_NICE (-10)
 void sbx_thread_bulk (bool on);
 /* Between these (they nest) a bulk thread runs at the normal priority:
    around a lock that requests wait for.  Preempted there at nice 10 on

@@ -3266,6 +3266,8 @@ loop_main (void *arg)
 {
   struct np_loop *l = arg;
   pthread_setname_np (pthread_self (), l->kind == CONN_DNS ? "sbx-dns" : "sbx-filter");
+  /* best effort: without CAP_SYS_NICE it runs at the normal priority */
+  setpriority (PRIO_PROCESS, (id_t) gettid (), SBX_FILTER_NICE);
   struct epoll_event ev[64];
   for (;;)
     {
