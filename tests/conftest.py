@@ -101,14 +101,14 @@ class Sbxd:
         self.key = None
 
     # -- process control --
-    def start(self, env=None, args=None, suite_disk=True, wait_s=20):
+    def start(self, env=None, args=None, suite_disk=True, wait_s=20, wait=True):
         """Start `sbxd serve`; ARGS are added to its command line.  Unless
         ARGS name one, the sandboxes' DNS goes to a closed port on the
         host's loopback, so that no test sends anything off this machine.
         SUITE_DISK adds SUITE_DISK_ARGS unless ARGS say --disk-overcommit;
         False leaves the daemon's own default.  SUITE_METRICS_ARGS are
         added unless ARGS say --metrics-interval-ms.  It must answer within
-        WAIT_S seconds."""
+        WAIT_S seconds, unless WAIT is false."""
         self.log = open(self.log_path, "ab")
         out = open(self.out_path, "wb")
         args = list(args or [])
@@ -123,6 +123,8 @@ class Sbxd:
             [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir] + args,
             stdout=out, stderr=self.log, env=env)
         out.close()
+        if not wait:
+            return self
         deadline = time.time() + wait_s
         while time.time() < deadline:
             if self.proc.poll() is not None:

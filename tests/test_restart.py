@@ -374,3 +374,21 @@ def test_sigterm_on_any_thread_stops_the_daemon(tmp_path):
         assert "stopping; sandboxes keep running" in d.logs()
     finally:
         d.stop()
+
+
+def test_sigterm_while_starting_stops_the_daemon(tmp_path):
+    """A SIGTERM that comes while the daemon starts (here: at its first
+    log line) stops it as one after the start does, not by the signal's
+    default action (the handler was once set only after the API
+    answered, and a SIGTERM right after the first answer killed it)."""
+    d = Sbxd(str(tmp_path / "state")).start(wait=False)
+    try:
+        deadline = time.time() + 20
+        while not os.path.getsize(d.log_path) and time.time() < deadline:
+            time.sleep(0.001)
+        assert os.path.getsize(d.log_path), "the daemon logged nothing"
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=30) == 0, d.logs()
+        assert "stopping; sandboxes keep running" in d.logs()
+    finally:
+        d.stop()

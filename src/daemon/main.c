@@ -434,6 +434,12 @@ cmd_serve (int argc, char **argv)
   if (log_json)
     sbx_log_set_sink (sbx_log_json_sink, NULL);
   signal (SIGPIPE, SIG_IGN);
+  /* before any of the start's work: a SIGTERM while the daemon starts
+     (or right after the API first answers) stops it at the end of the
+     start, through the same orderly stop, instead of killing it */
+  struct sigaction act = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
+  sigaction (SIGINT, &act, NULL);
+  sigaction (SIGTERM, &act, NULL);
   /* buffers of a MiB and more (outputs, bodies) are mappings of their
      own, so their memory goes back to the system when they are freed */
   mallopt (M_MMAP_THRESHOLD, 1 << 20);
@@ -579,9 +585,6 @@ cmd_serve (int argc, char **argv)
   char url[96];
   snprintf (url, sizeof url, "%s://%s", tls_cert ? "https" : "http", listen);
   sbx_log_fields (SBX_LOG_INFO, "listening", "url", url, "state_dir", state, NULL);
-  struct sigaction act = { .sa_handler = on_signal };
-  sigaction (SIGINT, &act, NULL);
-  sigaction (SIGTERM, &act, NULL);
   /* not pause(): no thread blocks these signals, so the kernel may run
      the handler on another thread, and this one would sleep on (a
      SIGTERM once went unanswered until the SIGKILL that followed it) */
