@@ -392,3 +392,149 @@ def test_sigterm_while_starting_stops_the_daemon(tmp_path):
         assert "stopping; sandboxes keep running" in d.logs()
     finally:
         d.stop()
+
+
+def daemon_tag(state_dir):
+    """The name of a daemon's nftables chains and sets: FNV-1a of its
+    state directory (net.c, owner_tag)."""
+    h = 2166136261
+    for b in os.path.realpath(state_dir).encode():
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return "%08x" % h
+
+
+def nft_table():
+    return subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
+
+
+def nft_set(name):
+    r = subprocess.run(["nft", "list", "set", "inet", "sbxd", name], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def uid_slot(d, sid):
+    with open(os.path.join(d.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+        return json.load(f)["uid_slot"]
+
+
+# A DNS query to the sandbox's name server (the gateway, redirected to the
+# daemon's DNS filter): prints "answered" when any answer comes back.
+DNS_PROBE = r"""
+import socket
+ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+q = b'\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01'
+s.sendto(q, (ns, 53))
+print('answered' if s.recvfrom(512)[0][:2] == b'\x12\x34' else 'wrong')
+"""
+
+
+def loopback_dns():
+    """A name server on loopback (the daemon's upstream) that answers every
+    query NXDOMAIN: its port."""
+    import socket
+    import threading
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            q, peer = sock.recvfrom(512)
+            if len(q) >= 12:
+                sock.sendto(q[:2] + b"\x81\x83" + q[4:], peer)
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+def test_plain_sandboxes_share_their_daemons_rules(tmp_path):
+    """A sandbox with the default policy has no chains of its own: it is an
+    element of its daemon's sets, and the daemon's chains carry its rules;
+    one with a policy of its own has its chains.  The daemon's chains stay
+    while sandboxes it left running use them (and work after it starts
+    again), and go with it when it stops with none."""
+    d = Sbxd(str(tmp_path / "state")).start(args=["--dns-upstream", f"127.0.0.1:{loopback_dns()}"])
+    tag = daemon_tag(d.state_dir)
+    try:
+        plain = [d.create(timeout=600) for _ in range(3)]
+        custom = d.create(timeout=600, network={"denyOut": ["192.0.2.0/24"]})
+        table = nft_table()
+        assert f"chain po_{tag} {{" in table and f"chain pi_{tag} {{" in table and f"chain pn_{tag} {{" in table
+        assert f"@own_{tag} jump po_{tag}" in table
+        own = nft_set(f"own_{tag}")
+        for sid in plain + [custom]:
+            assert f'"sbxh{uid_slot(d, sid)}" . ' in own, (sid, own)
+        for sid in plain:
+            assert f"chain o{uid_slot(d, sid)} {{" not in table
+        k = uid_slot(d, custom)
+        assert f"chain o{k} {{" in table and f"jump pi_{tag}" in table
+        for sid in plain + [custom]:
+            assert d.py(sid, DNS_PROBE)["stdout"].strip() == "answered"
+
+        d.stop()  # the sandboxes keep running, and with them the rules
+        assert f"chain po_{tag} {{" in nft_table()
+        assert os.path.exists(f"/run/sbxd/nft/{tag}")
+        d.start(args=d.args)
+        for sid in plain + [custom]:
+            assert d.py(sid, DNS_PROBE)["stdout"].strip() == "answered"
+        # back to the default policy: its chains go
+        assert d.req("PUT", f"/sandboxes/{custom}/network", json={}).status_code in (200, 204)
+        assert f"chain o{k} {{" not in nft_table()
+        d.cleanup()
+    finally:
+        d.stop()
+    table = nft_table()
+    assert f"po_{tag}" not in table and f"own_{tag}" not in table and f"chain o{k} {{" not in table
+    assert not os.path.exists(f"/run/sbxd/nft/{tag}")
+
+
+def plant_tag(tag, element=None):
+    """Chains and sets as a daemon of TAG leaves them (with ELEMENT, a
+    sandbox it left running, in its set)."""
+    cmds = [f"add set inet sbxd own_{tag} {{ type ifname . ipv4_addr; }}",
+            f"add set inet sbxd gw_{tag} {{ type ifname . ipv4_addr; }}"]
+    cmds += [f"add chain inet sbxd p{k}_{tag}" for k in "oin"]
+    cmds += [f"add rule inet sbxd po_{tag} accept"]
+    if element:
+        cmds += [f"add element inet sbxd own_{tag} {{ {element} }}"]
+    subprocess.run(["nft", "-f", "-"], check=True, text=True, input="\n".join(cmds) + "\n")
+
+
+def test_a_gone_daemons_rules_go_once_no_sandbox_uses_them(tmp_path):
+    """At start a daemon removes the chains and sets of a daemon that is gone
+    (its lock file is free) and left no sandbox in its set; it keeps those
+    of a daemon that runs (holds its lock) or left sandboxes running, and
+    sends their sandboxes to them."""
+    import fcntl
+    gone, running, left = "0badc0de", "0badc0e0", "0badc0e1"
+    d = Sbxd(str(tmp_path / "state"))
+    os.makedirs("/run/sbxd/nft", exist_ok=True)
+    held = open(f"/run/sbxd/nft/{running}", "w")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        plant_tag(gone)
+        plant_tag(running)
+        plant_tag(left, '"sbxh32767" . 10.201.255.254')
+        d.start()
+        table = nft_table()
+        assert f"po_{gone}" not in table and nft_set(f"own_{gone}") is None
+        assert not os.path.exists(f"/run/sbxd/nft/{gone}")
+        for t in (running, left):
+            assert f"chain po_{t} {{" in table and f"@own_{t} jump po_{t}" in table
+        # the sandbox it left is gone too: at the next stop its rules go
+        subprocess.run(["nft", "flush", "set", "inet", "sbxd", f"own_{left}"], check=True)
+        d.stop()
+        table = nft_table()
+        assert f"po_{left}" not in table and f"chain po_{running} {{" in table
+        # and the running one's, once it is gone
+        fcntl.flock(held, fcntl.LOCK_UN)
+        d.start()
+        d.stop()
+        assert f"po_{running}" not in nft_table()
+    finally:
+        held.close()
+        d.stop()
+        # whatever is left of the planted tags goes at a start and stop
+        for t in (gone, running, left):
+            subprocess.run(["nft", "flush", "set", "inet", "sbxd", f"own_{t}"], capture_output=True)
+        d.start()
+        d.stop()

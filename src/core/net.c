@@ -3,42 +3,70 @@
  * nftables rules that enforce its egress policy (libnftables).
  *
  * The table "inet sbxd" is shared by every sbxd on the machine.  Its base
- * chains send what crosses a host-side veth ("sbxh*") to the chains of
- * that sandbox's slot through three verdict maps, and drop what belongs to
- * no known sandbox:
+ * chains take what crosses a host-side veth ("sbxh*") and drop what
+ * belongs to no known sandbox:
  *
  *   forward:  replies into a sandbox pass, nothing else enters one; IPv6
- *             from a sandbox is dropped; the rest goes to o<slot>:
- *             platform-denied ranges (minus operator ranges) rejected,
- *             then allowOut accepted, then denyOut rejected, then accepted.
+ *             from a sandbox is dropped; the rest goes to the sandbox's
+ *             out rules: platform-denied ranges (minus operator ranges)
+ *             rejected, then allowOut accepted, then denyOut rejected,
+ *             then accepted.
  *   input:    nothing from a sandbox reaches the host except what was
- *             redirected to the DNS or HTTP/TLS filter (i<slot>), at a
- *             bounded rate per sandbox (UDP goes to i<slot> even when
+ *             redirected to the DNS or HTTP/TLS filter (its in rules), at
+ *             a bounded rate per sandbox (UDP goes to them even when
  *             established, for that bound).
- *   prerouting (nat): n<slot> redirects DNS sent to the gateway to the
- *             DNS filter and, for policies with domains, TCP 80 and 443 to
- *             the HTTP/TLS filter; with request transforms TCP 80 and 443 too;
- *             with an egress proxy every TCP connection (the filter then
- *             judges each by the rules of o<slot>).
+ *   prerouting (nat): DNS sent to the gateway goes to the DNS filter and,
+ *             for policies with domains, TCP 80 and 443 to the HTTP/TLS
+ *             filter; with request transforms TCP 80 and 443 too; with an
+ *             egress proxy every TCP connection (the filter then judges
+ *             each by the out rules).
  *   postrouting (nat): sandbox traffic leaving the host is masqueraded.
+ *
+ * Nearly every sandbox has the plain policy (internet, no lists), so the
+ * rules of plain sandboxes are not theirs but their daemon's: chains
+ * po_TAG, pi_TAG and pn_TAG, where TAG names the daemon by its state
+ * directory, and the sandbox is only an element of that daemon's sets
+ * own_TAG (its interface and address) and gw_TAG (its interface and
+ * gateway).  The base chains jump to the dispatch chains, which hold one
+ * rule per daemon: a packet whose interface and source address are an
+ * element of own_TAG goes to that daemon's chains (a forged source
+ * matches none and is dropped).  The per-sandbox bounds of those chains
+ * are meters (dynamic sets keyed by interface, one per rule).  A sandbox
+ * with any other policy has chains of its own, o<slot>, i<slot> and
+ * n<slot>, reached through verdict maps keyed by interface before the
+ * dispatch.
+ *
+ * Why: a chain per sandbox made every change cost more the more
+ * sandboxes there were.  libnftables reads every chain of the table
+ * before it evaluates a command that names one, and a verdict-map
+ * element that jumps makes the kernel check every chain reachable from
+ * the base chains at each commit: about 80 ms a transaction with 5,000
+ * sandboxes.  Adding a set element is neither, so a plain sandbox's
+ * rules cost the same at 10,000 sandboxes as at one.
  *
  * Every change is one nftables transaction, so a sandbox never runs with
  * half its rules.  Rules are re-evaluated for every packet a sandbox
  * sends, established connections included, so a tightened policy also
  * cuts connections that are open.
  *
+ * A daemon holds the lock file RUN_DIR/nft/TAG while it runs.  Starting
+ * and stopping, under the lock RUN_DIR/nft/lock, it rewrites the dispatch
+ * chains for the daemons whose chains are in the table, and removes the
+ * chains and sets of a daemon that is gone and has no sandbox left in
+ * own_TAG (its own, when it stops with none).
+ *
  * The egress audit log (net.h) learns the kernel's decisions on direct
- * connections through NFLOG: before each verdict of o<slot> and before
- * the final reject of i<slot>, a rule logs the first packet of a new
- * connection attempt (ct state new, not yet confirmed: a rejected
- * attempt is never confirmed, so each one is logged; an accepted flow
- * only once), at most LOG_RATE a second per rule and sandbox, to this
- * daemon's NFLOG group with a prefix naming the rule ("sbxd:D": denyOut,
- * ...).  A thread reads them (libnetfilter_log over libmnl) and hands
- * them to netproxy.c, which keeps the logs.  Several sbxd may share the
- * machine: each takes the first free group from NFLOG_GROUP_BASE on (the
- * kernel lets one socket bind a group) and names it in its own slots'
- * rules, which are renewed when it restarts.
+ * connections through NFLOG: before each verdict of the out rules and
+ * before the final reject of the in rules, a rule logs the first packet
+ * of a new connection attempt (ct state new, not yet confirmed: a
+ * rejected attempt is never confirmed, so each one is logged; an
+ * accepted flow only once), at most LOG_RATE a second per rule and
+ * sandbox, to this daemon's NFLOG group with a prefix naming the rule
+ * ("sbxd:D": denyOut, ...).  A thread reads them (libnetfilter_log over
+ * libmnl) and hands them to netproxy.c, which keeps the logs.  Several
+ * sbxd may share the machine: each takes the first free group from
+ * NFLOG_GROUP_BASE on (the kernel lets one socket bind a group) and names
+ * it in its own rules, which are renewed when it restarts.
  */
 #include "netlink.h"
 
@@ -59,6 +87,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,6 +100,8 @@
 #define POOL_BASE 0x0ac80000u /* 10.200.0.0/15: a /30 per slot */
 #define POOL_SLOTS 32768u
 #define RUN_DIR "/run/sbxd"
+#define NFT_DIR RUN_DIR "/nft"
+#define TAG_LEN 8 /* hex digits */
 
 /* NFLOG groups tried, in order, until one is free: one per sbxd. */
 #define NFLOG_GROUP_BASE 23504 /* 0x5bd0 */
@@ -79,7 +110,7 @@
 /* The kernel's own limit, per logging rule and sandbox: above the log's
    (SBX_EGRESS_RATE, SBX_EGRESS_BURST), so that what it lets through and
    the log cannot keep is counted as dropped. */
-#define LOG_LIMIT "limit rate 100/second burst 400 packets"
+#define LOG_RATE "limit rate 100/second burst 400 packets"
 /* New TCP connections a second from one sandbox to each of the filters,
    in bursts of twice that: beyond it the kernel drops the SYN (the
    client tries again after a second). */
@@ -104,6 +135,12 @@ struct sbx_net {
   int stop_fd;
   pthread_t nflog_thread;
   bool nflog_started;
+  /* this daemon's chains and sets (see above), and the lock that says
+     it runs; the other daemons' tags found at start */
+  char tag[TAG_LEN + 1];
+  int tag_fd;
+  char (*others)[TAG_LEN + 1];
+  size_t n_others;
 };
 
 void
@@ -297,6 +334,9 @@ static const char base_rules[]
       "add chain inet sbxd input { type filter hook input priority filter; policy accept; }\n"
       "add chain inet sbxd prerouting { type nat hook prerouting priority dstnat; policy accept; }\n"
       "add chain inet sbxd postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
+      "add chain inet sbxd dispatch_o\n"
+      "add chain inet sbxd dispatch_i\n"
+      "add chain inet sbxd dispatch_n\n"
       "flush chain inet sbxd forward\n"
       "flush chain inet sbxd input\n"
       "flush chain inet sbxd prerouting\n"
@@ -305,15 +345,397 @@ static const char base_rules[]
       "add rule inet sbxd forward oifname \"sbxh*\" drop\n"
       "add rule inet sbxd forward iifname \"sbxh*\" meta nfproto ipv6 drop\n"
       "add rule inet sbxd forward iifname \"sbxh*\" iifname vmap @out_map\n"
+      "add rule inet sbxd forward iifname \"sbxh*\" jump dispatch_o\n"
       "add rule inet sbxd forward iifname \"sbxh*\" drop\n"
       "add rule inet sbxd input iifname \"sbxh*\" meta nfproto ipv6 drop\n"
-      /* UDP goes on to the sandbox's chain even when established: its
-         DNS to the filter is one long flow, and that chain bounds its rate */
+      /* UDP goes on to the sandbox's rules even when established: its
+         DNS to the filter is one long flow, and those rules bound its rate */
       "add rule inet sbxd input iifname \"sbxh*\" ct state established,related meta l4proto != udp accept\n"
       "add rule inet sbxd input iifname \"sbxh*\" iifname vmap @in_map\n"
+      "add rule inet sbxd input iifname \"sbxh*\" jump dispatch_i\n"
       "add rule inet sbxd input iifname \"sbxh*\" drop\n"
       "add rule inet sbxd prerouting iifname \"sbxh*\" iifname vmap @nat_map\n"
+      "add rule inet sbxd prerouting iifname \"sbxh*\" jump dispatch_n\n"
       "add rule inet sbxd postrouting iifname \"sbxh*\" oifname != \"sbxh*\" masquerade\n";
+
+/* ---- the rules ---- */
+
+#define REJECT "reject with icmpx type admin-prohibited"
+
+/* The meters of a daemon's chains, one per rule that bounds a rate: a
+   bucket per sandbox, keyed by its interface (DNS over UDP and TCP, new
+   connections to the HTTP/TLS filter, and the three log rules). */
+static const char *const meters[] = { "mu", "mt", "mc", "lp", "li", "lh" };
+#define N_METERS (sizeof meters / sizeof meters[0])
+
+/* A rule of CHAIN that logs the first packet of a new connection
+   attempt, for the egress log: cmd_log_start, the match (if any),
+   cmd_log_end with WHY, the verdict that follows.  The connection state
+   comes first: the packets of established flows, nearly all of them,
+   skip the rest of the rule at once.  METER: the meter of a daemon's
+   chain that bounds it per sandbox; NULL in a sandbox's own chain. */
+static void
+cmd_log_start (struct cmd *c, const char *chain)
+{
+  cmd_add (c, "add rule inet sbxd %s ct state new ct status ! confirmed", chain);
+}
+
+static void
+cmd_log_end (struct sbx_net *n, struct cmd *c, const char *meter, char why)
+{
+  if (meter)
+    cmd_add (c, " update @%s_%s { iifname " LOG_RATE " }", meter, n->tag);
+  else
+    cmd_add (c, " " LOG_RATE);
+  cmd_add (c, " log group %d snaplen %d prefix \"sbxd:%c\"\n", n->nflog_group, NFLOG_SNAPLEN, why);
+}
+
+/* The out rules every sandbox with a network begins with, in CHAIN: the
+   platform's denials, unless an operator range allows (METER: as in
+   cmd_log_end). */
+static void
+cmd_out_platform (struct sbx_net *n, struct cmd *c, const char *chain, const char *meter)
+{
+  for (int pass = n->nflog_group >= 0 ? 0 : 1; pass < 2; pass++)
+    {
+      if (pass == 0)
+        cmd_log_start (c, chain);
+      else
+        cmd_add (c, "add rule inet sbxd %s", chain);
+      cmd_add (c, " ip daddr @platform");
+      if (n->n_ops)
+        {
+          cmd_add (c, " ip daddr != ");
+          cmd_set (c, n->ops, n->n_ops);
+        }
+      if (pass == 0)
+        cmd_log_end (n, c, meter, 'P');
+      else
+        cmd_add (c, " " REJECT "\n");
+    }
+}
+
+/* A daemon's tag: a hash of its state directory, so that a restart
+   finds its chains again. */
+static void
+owner_tag (const char *owner, char tag[TAG_LEN + 1])
+{
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *) owner; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  snprintf (tag, TAG_LEN + 1, "%08x", h);
+}
+
+/* TAG's sets and chains, declared (each a no-op where it exists). */
+static void
+cmd_tag_declare (struct cmd *c, const char *tag)
+{
+  cmd_add (c, "add set inet sbxd own_%s { type ifname . ipv4_addr; }\n", tag);
+  cmd_add (c, "add set inet sbxd gw_%s { type ifname . ipv4_addr; }\n", tag);
+  /* a bucket lasts a minute after the sandbox's last packet; room for
+     every slot */
+  for (size_t k = 0; k < N_METERS; k++)
+    cmd_add (c, "add set inet sbxd %s_%s { type ifname; flags dynamic,timeout; timeout 1m; size %u; }\n", meters[k],
+             tag, 2 * POOL_SLOTS);
+  for (const char *k = "oin"; *k; k++)
+    cmd_add (c, "add chain inet sbxd p%c_%s\n", *k, tag);
+}
+
+/* TAG's sets and chains removed (declared first, so that none can be
+   missing; the dispatch chains no longer name them). */
+static void
+cmd_tag_remove (struct cmd *c, const char *tag)
+{
+  cmd_tag_declare (c, tag);
+  for (const char *k = "oin"; *k; k++)
+    cmd_add (c, "flush chain inet sbxd p%c_%s\ndelete chain inet sbxd p%c_%s\n", *k, tag, *k, tag);
+  cmd_add (c, "delete set inet sbxd own_%s\ndelete set inet sbxd gw_%s\n", tag, tag);
+  for (size_t k = 0; k < N_METERS; k++)
+    cmd_add (c, "delete set inet sbxd %s_%s\n", meters[k], tag);
+}
+
+/* This daemon's chains, rewritten: the rules of its plain sandboxes,
+   and the in and nat rules its other sandboxes' chains jump to. */
+static void
+cmd_tag_rules (struct sbx_net *n, struct cmd *c)
+{
+  const char *t = n->tag;
+  uint16_t dns = sbx_netproxy_dns_port (n->proxy), tcp = sbx_netproxy_tcp_port (n->proxy);
+  bool log = n->nflog_group >= 0;
+  char chain[16];
+  for (const char *k = "oin"; *k; k++)
+    cmd_add (c, "flush chain inet sbxd p%c_%s\n", *k, t);
+  /* out */
+  snprintf (chain, sizeof chain, "po_%s", t);
+  cmd_out_platform (n, c, chain, "lp");
+  if (log)
+    {
+      cmd_log_start (c, chain);
+      cmd_log_end (n, c, "li", 'I');
+    }
+  cmd_add (c, "add rule inet sbxd %s accept\n", chain);
+  /* in: only what was redirected to the filters (single values rather
+     than sets: anonymous sets are kernel objects of their own).  First
+     each sandbox's own bound on what reaches the filters' sockets,
+     which all sandboxes share: a flood beyond a few times the DNS
+     filter's rate (beyond which it answers SERVFAIL anyway) would fill
+     the shared UDP socket's buffer and the listeners' queues, and
+     others' queries and connections would be lost there.  Dropped here,
+     per sandbox, it costs the others nothing. */
+  snprintf (chain, sizeof chain, "pi_%s", t);
+  unsigned pps = 4 * sbx_netproxy_dns_rate (n->proxy);
+  cmd_add (c, "add rule inet sbxd %s udp dport %u update @mu_%s { iifname limit rate over %u/second burst %u packets } drop\n",
+           chain, dns, t, pps, 2 * pps);
+  cmd_add (c,
+           "add rule inet sbxd %s tcp dport %u ct state new update @mt_%s { iifname limit rate over %u/second burst %u "
+           "packets } drop\n",
+           chain, dns, t, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
+  cmd_add (c,
+           "add rule inet sbxd %s tcp dport %u ct state new update @mc_%s { iifname limit rate over %u/second burst %u "
+           "packets } drop\n",
+           chain, tcp, t, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
+  cmd_add (c, "add rule inet sbxd %s udp dport %u ct status dnat accept\n", chain, dns);
+  cmd_add (c, "add rule inet sbxd %s tcp dport %u ct status dnat accept\n", chain, dns);
+  cmd_add (c, "add rule inet sbxd %s tcp dport %u ct status dnat accept\n", chain, tcp);
+  if (log)
+    {
+      cmd_log_start (c, chain);
+      cmd_log_end (n, c, "lh", 'H');
+    }
+  cmd_add (c, "add rule inet sbxd %s " REJECT "\n", chain);
+  /* nat: DNS to the gateway */
+  cmd_add (c, "add rule inet sbxd pn_%s iifname . ip daddr @gw_%s udp dport 53 redirect to :%u\n", t, t, dns);
+  cmd_add (c, "add rule inet sbxd pn_%s iifname . ip daddr @gw_%s tcp dport 53 redirect to :%u\n", t, t, dns);
+}
+
+/* The dispatch chains, rewritten for the daemons of TAGS: a sandbox in
+   own_TAG goes to TAG's chains. */
+static void
+cmd_dispatch (struct cmd *c, char (*tags)[TAG_LEN + 1], size_t n_tags)
+{
+  for (const char *k = "oin"; *k; k++)
+    {
+      cmd_add (c, "flush chain inet sbxd dispatch_%c\n", *k);
+      for (size_t i = 0; i < n_tags; i++)
+        cmd_add (c, "add rule inet sbxd dispatch_%c iifname . ip saddr @own_%s jump p%c_%s\n", *k, tags[i], *k,
+                 tags[i]);
+    }
+}
+
+/* Run a listing command; its output, allocated, in *OUT (NULL if the
+   command failed: the object is not there). */
+static void
+nft_list (struct sbx_net *n, const char *cmd, char **out)
+{
+  pthread_mutex_lock (&n->lock);
+  *out = nft_run_cmd_from_buffer (n->nft, cmd) == 0 ? strdup (nft_ctx_get_output_buffer (n->nft)) : NULL;
+  pthread_mutex_unlock (&n->lock);
+}
+
+/* Does own_TAG hold a sandbox? (Yes when it cannot be told.) */
+static bool
+tag_has_sandboxes (struct sbx_net *n, const char *tag)
+{
+  char cmd[64], *out;
+  snprintf (cmd, sizeof cmd, "list set inet sbxd own_%s", tag);
+  nft_list (n, cmd, &out);
+  bool has = out == NULL || strstr (out, "elements") != NULL;
+  free (out);
+  return has;
+}
+
+/* Hold NFT_DIR/NAME: its descriptor, or -1 (errno EWOULDBLOCK: another
+   holds it; WAIT: until it is free). */
+static int
+lock_file (const char *name, bool wait)
+{
+  char path[128];
+  snprintf (path, sizeof path, NFT_DIR "/%s", name);
+  int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0 && flock (fd, LOCK_EX | (wait ? 0 : LOCK_NB)) < 0)
+    {
+      int e = errno;
+      close (fd);
+      errno = e;
+      return -1;
+    }
+  return fd;
+}
+
+/* Bring the daemons' chains in order, under NFT_DIR/lock: the dispatch
+   chains rewritten for the daemons whose chains are in the table, those
+   of a daemon that is gone removed once it has no sandbox left; this
+   daemon's own declared and rewritten (OURS, at start, after PREFIX,
+   the base rules), or removed when it has no sandbox left (at stop). */
+static int
+tags_sync (struct sbx_net *n, bool ours, const struct cmd *prefix, struct sbx_err *err)
+{
+  int lock = lock_file ("lock", true);
+  if (lock < 0)
+    return sbx_fail (err, errno, "lock " NFT_DIR "/lock");
+  /* under that lock: a daemon that removes a gone one's chains holds
+     its lock file until it has removed that too */
+  if (ours && n->tag_fd < 0 && (n->tag_fd = lock_file (n->tag, false)) < 0)
+    {
+      sbx_fail (err, errno, "lock " NFT_DIR "/%s (another sbxd's state directory has this one's tag)", n->tag);
+      close (lock);
+      return -1;
+    }
+  char *chains;
+  nft_list (n, "list chains inet", &chains);
+  size_t cap = 1;
+  for (const char *p = chains; p && (p = strstr (p, "chain po_")); p++)
+    cap++;
+  char (*keep)[TAG_LEN + 1] = calloc (cap, sizeof *keep);
+  char (*gone)[TAG_LEN + 1] = calloc (cap, sizeof *gone);
+  int *gone_fd = calloc (cap, sizeof *gone_fd);
+  size_t n_keep = 0, n_gone = 0;
+  int r = -1;
+  if (keep == NULL || gone == NULL || gone_fd == NULL)
+    {
+      sbx_fail (err, ENOMEM, "nftables rules");
+      goto out;
+    }
+  if (ours)
+    memcpy (keep[n_keep++], n->tag, TAG_LEN + 1);
+  for (const char *p = chains; p && (p = strstr (p, "chain po_")); p++)
+    {
+      char tag[TAG_LEN + 1];
+      snprintf (tag, sizeof tag, "%.*s", TAG_LEN, p + strlen ("chain po_"));
+      if (strlen (tag) != TAG_LEN || strspn (tag, "0123456789abcdef") != TAG_LEN)
+        continue;
+      if (strcmp (tag, n->tag) == 0)
+        {
+          if (!ours)
+            {
+              gone_fd[n_gone] = -1;
+              memcpy (gone[n_gone++], tag, sizeof tag);
+            }
+          continue;
+        }
+      /* its daemon is gone when its lock is free; its chains stay while
+         sandboxes it left running are in its set */
+      int fd = lock_file (tag, false);
+      if (fd >= 0 && !tag_has_sandboxes (n, tag))
+        {
+          gone_fd[n_gone] = fd;
+          memcpy (gone[n_gone++], tag, sizeof tag);
+          continue;
+        }
+      if (fd >= 0)
+        close (fd);
+      memcpy (keep[n_keep++], tag, sizeof tag);
+    }
+  struct cmd c = { 0 };
+  if (prefix)
+    cmd_add (&c, "%s", prefix->buf);
+  if (ours)
+    {
+      cmd_tag_declare (&c, n->tag);
+      cmd_tag_rules (n, &c);
+    }
+  cmd_dispatch (&c, keep, n_keep);
+  for (size_t i = 0; i < n_gone; i++)
+    cmd_tag_remove (&c, gone[i]);
+  r = nft_run (n, &c, err);
+  for (size_t i = 0; r == 0 && i < n_gone; i++)
+    {
+      char path[128];
+      snprintf (path, sizeof path, NFT_DIR "/%s", gone[i]);
+      unlink (path);
+    }
+  /* the others', for sbx_net_forget_stale */
+  if (r == 0 && ours)
+    {
+      free (n->others);
+      n->others = keep;
+      n->n_others = n_keep;
+      keep = NULL;
+    }
+out:
+  for (size_t i = 0; gone_fd && i < n_gone; i++)
+    if (gone_fd[i] >= 0)
+      close (gone_fd[i]);
+  free (gone_fd);
+  free (gone);
+  free (keep);
+  free (chains);
+  close (lock);
+  return r;
+}
+
+/* SLOT's elements of TAG's sets (own, gw) added, and with DEL removed
+   again (so that a removal cannot fail on what is gone). */
+static void
+cmd_members (struct cmd *c, const char *tag, uint32_t slot, bool del)
+{
+  uint32_t ip[2];
+  sbx_net_addresses (slot, &ip[0], &ip[1]);
+  static const char *const sets[] = { "own", "gw" };
+  for (int pass = 0; pass < (del ? 2 : 1); pass++)
+    for (int k = 0; k < 2; k++)
+      {
+        char a[INET_ADDRSTRLEN];
+        ip_str (ip[k], a, sizeof a);
+        cmd_add (c, "%s element inet sbxd %s_%s { \"" SBX_NET_IFPREFIX "%u\" . %s }\n", pass ? "delete" : "add",
+                 sets[k], tag, slot, a);
+      }
+}
+
+/* The slot's three chains and its map entries, ensured. */
+static void
+cmd_slot_ensure (struct cmd *c, uint32_t slot)
+{
+  static const char kinds[] = "oin";
+  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "add chain inet sbxd %c%u\n", kinds[k], slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "add element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" : jump %c%u }\n", maps[k], slot, kinds[k],
+             slot);
+}
+
+static void
+cmd_slot_flush (struct cmd *c, uint32_t slot)
+{
+  cmd_add (c, "flush chain inet sbxd o%u\nflush chain inet sbxd i%u\nflush chain inet sbxd n%u\n", slot, slot, slot);
+}
+
+/* The slot's own chains and map entries removed (ensured first, so that
+   the deletions cannot fail on what is gone). */
+static void
+cmd_slot_remove (struct cmd *c, uint32_t slot)
+{
+  static const char kinds[] = "oin";
+  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
+  cmd_slot_ensure (c, slot);
+  cmd_slot_flush (c, slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
+  for (int k = 0; k < 3; k++)
+    cmd_add (c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
+}
+
+static int apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct cmd *c,
+                        struct sbx_err *err);
+
+static int
+apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
+{
+  struct cmd c = { 0 };
+  if (apply_build (n, slot, p, &c, err) < 0)
+    {
+      free (c.buf);
+      return -1;
+    }
+  return nft_run (n, &c, err);
+}
+
+int
+sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
+{
+  return apply (n, slot, p, err);
+}
 
 /* Turn on IPv4 forwarding.  If it was off, remember that (machine-wide,
    for every sbxd) and forward nothing but sandbox traffic, so the host
@@ -530,6 +952,7 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
   n->q_tail = &n->q_head;
   n->nflog_group = -1;
   n->stop_fd = -1;
+  n->tag_fd = -1;
   if (cfg->n_operator_allow)
     {
       n->ops = calloc (cfg->n_operator_allow, sizeof *n->ops);
@@ -550,15 +973,6 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
   bool guard = false;
   if (enable_forwarding (&guard, err) < 0)
     goto fail;
-  struct cmd c = { 0 };
-  cmd_add (&c, "%s", base_rules);
-  cmd_add (&c, "add element inet sbxd platform ");
-  cmd_set (&c, sbx_net_platform_deny, sbx_net_platform_deny_count);
-  cmd_add (&c, "\n");
-  if (guard)
-    cmd_add (&c, "add rule inet sbxd forward iifname != \"sbxh*\" oifname != \"sbxh*\" drop\n");
-  if (nft_run (n, &c, err) < 0)
-    goto fail;
   struct sbx_netproxy_config pc = {
     .upstream_ip = cfg->dns_upstream_ip ? cfg->dns_upstream_ip : resolv_conf_nameserver (),
     .upstream_port = cfg->dns_upstream_port,
@@ -573,6 +987,27 @@ sbx_net_open (const struct sbx_net_config *cfg, struct sbx_net **out, struct sbx
   if (sbx_netproxy_start (&pc, &n->proxy, err) < 0)
     goto fail;
   nflog_start (n);
+  /* this daemon's chains name the filters' ports and its NFLOG group */
+  owner_tag (cfg->owner ? cfg->owner : "", n->tag);
+  if (sbx_mkdir_p (NFT_DIR, 0700, err) < 0)
+    goto fail;
+  struct cmd base = { 0 };
+  cmd_add (&base, "%s", base_rules);
+  cmd_add (&base, "add element inet sbxd platform ");
+  cmd_set (&base, sbx_net_platform_deny, sbx_net_platform_deny_count);
+  cmd_add (&base, "\n");
+  if (guard)
+    cmd_add (&base, "add rule inet sbxd forward iifname != \"sbxh*\" oifname != \"sbxh*\" drop\n");
+  if (base.oom)
+    {
+      free (base.buf);
+      sbx_failx (err, ENOMEM, "nftables rules");
+      goto fail;
+    }
+  int r = tags_sync (n, true, &base, err);
+  free (base.buf);
+  if (r < 0)
+    goto fail;
   *out = n;
   return 0;
 fail:
@@ -591,6 +1026,16 @@ sbx_net_close (struct sbx_net *n)
 {
   if (n == NULL)
     return;
+  /* this daemon's chains go with it unless sandboxes it leaves running
+     use them */
+  if (n->tag_fd >= 0 && !tag_has_sandboxes (n, n->tag))
+    {
+      struct sbx_err err;
+      if (tags_sync (n, false, NULL, &err) < 0)
+        sbx_log_fields (SBX_LOG_WARN, "cannot remove this daemon's network rules", "error", err.msg, NULL);
+    }
+  if (n->tag_fd >= 0)
+    close (n->tag_fd);
   if (n->nflog_started)
     {
       eventfd_write (n->stop_fd, 1);
@@ -608,56 +1053,8 @@ sbx_net_close (struct sbx_net *n)
   pthread_mutex_destroy (&n->q_lock);
   pthread_cond_destroy (&n->q_done);
   free (n->ops);
+  free (n->others);
   free (n);
-}
-
-/* The slot's three chains and its map entries, ensured.  (Commands that
-   name objects make libnftables read them all from the kernel first,
-   which costs more the more sandboxes there are: the create path, where
-   they exist already, leaves this out.) */
-static void
-cmd_slot_ensure (struct cmd *c, uint32_t slot)
-{
-  static const char kinds[] = "oin";
-  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
-  for (int k = 0; k < 3; k++)
-    cmd_add (c, "add chain inet sbxd %c%u\n", kinds[k], slot);
-  for (int k = 0; k < 3; k++)
-    cmd_add (c, "add element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" : jump %c%u }\n", maps[k], slot, kinds[k],
-             slot);
-}
-
-static void
-cmd_slot_flush (struct cmd *c, uint32_t slot)
-{
-  cmd_add (c, "flush chain inet sbxd o%u\nflush chain inet sbxd i%u\nflush chain inet sbxd n%u\n", slot, slot, slot);
-}
-
-static int apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct cmd *c,
-                        struct sbx_err *err);
-
-static int
-apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct sbx_err *err)
-{
-  struct cmd c = { 0 };
-  if (apply_build (n, slot, p, ensure, &c, err) < 0)
-    {
-      free (c.buf);
-      return -1;
-    }
-  return nft_run (n, &c, err);
-}
-
-int
-sbx_net_apply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
-{
-  return apply (n, slot, p, false, err);
-}
-
-int
-sbx_net_reapply (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct sbx_err *err)
-{
-  return apply (n, slot, p, true, err);
 }
 
 /* At most this many sandboxes' rules in one transaction of
@@ -714,7 +1111,7 @@ static int
 reapply_build (void *ud, size_t i, struct cmd *c, struct sbx_err *err)
 {
   struct reapply_batch *b = ud;
-  return apply_build (b->n, b->slots[i], b->ps[i], true, c, err);
+  return apply_build (b->n, b->slots[i], b->ps[i], c, err);
 }
 
 static void
@@ -732,38 +1129,28 @@ sbx_net_reapply_many (struct sbx_net *n, size_t count, const uint32_t *slots, co
   nft_run_batched (n, count, reapply_build, reapply_failed, &b);
 }
 
-/* A rule of chain KIND<SLOT> that logs the first packet of a new
-   connection attempt, for the egress log: cmd_log_start, the match (if
-   any), cmd_log_end with WHY, the verdict that follows.  The connection
-   state comes first: the packets of established flows, nearly all of
-   them, skip the rest of the rule at once. */
-static void
-cmd_log_start (struct cmd *c, char kind, uint32_t slot)
-{
-  cmd_add (c, "add rule inet sbxd %c%u ct state new ct status ! confirmed", kind, slot);
-}
-
-static void
-cmd_log_end (struct sbx_net *n, struct cmd *c, char why)
-{
-  cmd_add (c, " " LOG_LIMIT " log group %d snaplen %d prefix \"sbxd:%c\"\n", n->nflog_group, NFLOG_SNAPLEN, why);
-}
-
+/* SLOT's rules for policy P: a plain sandbox is an element of this
+   daemon's sets, with no chain of its own (any it had are removed);
+   another gets its chains, which jump to this daemon's for what they
+   share. */
 static int
-apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, bool ensure, struct cmd *cp,
-             struct sbx_err *err)
+apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, struct cmd *cp, struct sbx_err *err)
 {
   uint32_t addr, gw;
   sbx_net_addresses (slot, &addr, &gw);
   if (sbx_netproxy_set (n->proxy, addr, p, err) < 0)
     return -1;
-  char gws[INET_ADDRSTRLEN], addrs[INET_ADDRSTRLEN];
+  cmd_members (cp, n->tag, slot, false);
+  if (sbx_net_policy_plain (p))
+    {
+      cmd_slot_remove (cp, slot);
+      return 0;
+    }
+  char gws[INET_ADDRSTRLEN], addrs[INET_ADDRSTRLEN], chain[16];
   ip_str (gw, gws, sizeof gws);
   ip_str (addr, addrs, sizeof addrs);
-  uint16_t dns = sbx_netproxy_dns_port (n->proxy), tcp = sbx_netproxy_tcp_port (n->proxy);
-  const char *reject = "reject with icmpx type admin-prohibited";
-  if (ensure)
-    cmd_slot_ensure (cp, slot);
+  uint16_t tcp = sbx_netproxy_tcp_port (n->proxy);
+  cmd_slot_ensure (cp, slot);
   cmd_slot_flush (cp, slot);
   /* only the sandbox's own address: never another's (the kernel already
      refuses a foreign source without CAP_NET_ADMIN; this does not rely on it) */
@@ -773,97 +1160,61 @@ apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, b
      cannot also decide, as its rate limit would skip the verdict too),
      then the same match with the verdict */
   bool log = n->nflog_group >= 0;
+  snprintf (chain, sizeof chain, "o%u", slot);
   if (!p->enabled)
     {
       if (log)
         {
-          cmd_log_start (cp, 'o', slot);
-          cmd_log_end (n, cp, 'N');
-          cmd_log_start (cp, 'i', slot);
-          cmd_log_end (n, cp, 'N');
+          cmd_log_start (cp, chain);
+          cmd_log_end (n, cp, NULL, 'N');
+          snprintf (chain, sizeof chain, "i%u", slot);
+          cmd_log_start (cp, chain);
+          cmd_log_end (n, cp, NULL, 'N');
         }
-      cmd_add (cp, "add rule inet sbxd o%u %s\n", slot, reject);
-      cmd_add (cp, "add rule inet sbxd i%u %s\n", slot, reject);
+      cmd_add (cp, "add rule inet sbxd o%u " REJECT "\n", slot);
+      cmd_add (cp, "add rule inet sbxd i%u " REJECT "\n", slot);
+      cmd_add (cp, "add rule inet sbxd n%u accept\n", slot);
       return 0;
     }
   /* out: the platform's denials first, unless an operator range allows */
-  for (int pass = log ? 0 : 1; pass < 2; pass++)
-    {
-      if (pass == 0)
-        cmd_log_start (cp, 'o', slot);
-      else
-        cmd_add (cp, "add rule inet sbxd o%u", slot);
-      cmd_add (cp, " ip daddr @platform");
-      if (n->n_ops)
-        {
-          cmd_add (cp, " ip daddr != ");
-          cmd_set (cp, n->ops, n->n_ops);
-        }
-      if (pass == 0)
-        cmd_log_end (n, cp, 'P');
-      else
-        cmd_add (cp, " %s\n", reject);
-    }
+  cmd_out_platform (n, cp, chain, NULL);
   for (int pass = log ? 0 : 1; pass < 2 && p->n_allow; pass++)
     {
       if (pass == 0)
-        cmd_log_start (cp, 'o', slot);
+        cmd_log_start (cp, chain);
       else
-        cmd_add (cp, "add rule inet sbxd o%u", slot);
+        cmd_add (cp, "add rule inet sbxd %s", chain);
       cmd_add (cp, " ip daddr ");
       cmd_set (cp, p->allow, p->n_allow);
       if (pass == 0)
-        cmd_log_end (n, cp, 'A');
+        cmd_log_end (n, cp, NULL, 'A');
       else
         cmd_add (cp, " accept\n");
     }
   for (int pass = log ? 0 : 1; pass < 2 && p->n_deny; pass++)
     {
       if (pass == 0)
-        cmd_log_start (cp, 'o', slot);
+        cmd_log_start (cp, chain);
       else
-        cmd_add (cp, "add rule inet sbxd o%u", slot);
+        cmd_add (cp, "add rule inet sbxd %s", chain);
       cmd_add (cp, " ip daddr ");
       cmd_set (cp, p->deny, p->n_deny);
       if (pass == 0)
-        cmd_log_end (n, cp, 'D');
+        cmd_log_end (n, cp, NULL, 'D');
       else
-        cmd_add (cp, " %s\n", reject);
+        cmd_add (cp, " " REJECT "\n");
     }
   if (log)
     {
-      cmd_log_start (cp, 'o', slot);
-      cmd_log_end (n, cp, 'I');
+      cmd_log_start (cp, chain);
+      cmd_log_end (n, cp, NULL, 'I');
     }
-  cmd_add (cp, "add rule inet sbxd o%u accept\n", slot);
-  /* in: only what was redirected to the filters (single values rather
-     than sets: anonymous sets are kernel objects of their own, made and
-     freed with every change) */
-  /* first each sandbox's own bound on what reaches the filters'
-     sockets, which all sandboxes share: a flood beyond a few times the
-     DNS filter's rate (beyond which it answers SERVFAIL anyway) would
-     fill the shared UDP socket's buffer and the listeners' queues, and
-     others' queries and connections would be lost there.  Dropped here,
-     per sandbox, it costs the others nothing. */
-  unsigned pps = 4 * sbx_netproxy_dns_rate (n->proxy);
-  cmd_add (cp, "add rule inet sbxd i%u udp dport %u limit rate over %u/second burst %u packets drop\n", slot, dns, pps,
-           2 * pps);
-  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
-           slot, dns, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
-  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct state new limit rate over %u/second burst %u packets drop\n",
-           slot, tcp, NEW_CONN_RATE, 2 * NEW_CONN_RATE);
-  cmd_add (cp, "add rule inet sbxd i%u udp dport %u ct status dnat accept\n", slot, dns);
-  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, dns);
-  cmd_add (cp, "add rule inet sbxd i%u tcp dport %u ct status dnat accept\n", slot, tcp);
-  if (log)
-    {
-      cmd_log_start (cp, 'i', slot);
-      cmd_log_end (n, cp, 'H');
-    }
-  cmd_add (cp, "add rule inet sbxd i%u %s\n", slot, reject);
-  /* nat: DNS to the gateway, and web traffic when names decide */
-  cmd_add (cp, "add rule inet sbxd n%u ip daddr %s udp dport 53 redirect to :%u\n", slot, gws, dns);
-  cmd_add (cp, "add rule inet sbxd n%u ip daddr %s tcp dport 53 redirect to :%u\n", slot, gws, dns);
+  cmd_add (cp, "add rule inet sbxd %s accept\n", chain);
+  /* in: as every sandbox's with a network */
+  cmd_add (cp, "add rule inet sbxd i%u jump pi_%s\n", slot, n->tag);
+  /* nat: DNS to the gateway as every sandbox's, then web traffic when
+     names decide */
+  cmd_add (cp, "add rule inet sbxd n%u jump pn_%s\n", slot, n->tag);
   if (p->proxy)
     {
       /* every TCP connection goes through the filter, which judges it as
@@ -886,7 +1237,7 @@ apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, b
         {
           cmd_add (cp, "add rule inet sbxd n%u ip daddr ", slot);
           cmd_set (cp, p->allow, p->n_allow);
-          cmd_add (cp, " return\n");
+          cmd_add (cp, " accept\n");
         }
       cmd_add (cp, "add rule inet sbxd n%u tcp dport 80 redirect to :%u\n", slot, tcp);
       cmd_add (cp, "add rule inet sbxd n%u tcp dport 443 redirect to :%u\n", slot, tcp);
@@ -1043,7 +1394,7 @@ sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err
   if (r < 0)
     return -1;
   struct sbx_net_policy internet = { .enabled = true };
-  if (sbx_net_reapply (n, slot, &internet, err) < 0)
+  if (apply (n, slot, &internet, err) < 0)
     {
       sbx_net_forget (n, slot);
       return -1;
@@ -1051,21 +1402,20 @@ sbx_net_link_create (struct sbx_net *n, uint32_t slot, pid_t pid, struct sbx_err
   return 0;
 }
 
-/* The removal of SLOTS[I]: its chains and map entries are ensured first,
-   so that the deletions cannot fail on what is gone. */
+struct forget_batch {
+  struct sbx_net *n;
+  const uint32_t *slots;
+};
+
+/* The removal of SLOTS[I]: its elements of this daemon's sets, and its
+   own chains if it had any. */
 static int
 forget_build (void *ud, size_t i, struct cmd *c, struct sbx_err *err)
 {
   (void) err;
-  uint32_t slot = ((const uint32_t *) ud)[i];
-  static const char kinds[] = "oin";
-  static const char *const maps[] = { "out_map", "in_map", "nat_map" };
-  cmd_slot_ensure (c, slot);
-  cmd_slot_flush (c, slot);
-  for (int k = 0; k < 3; k++)
-    cmd_add (c, "delete element inet sbxd %s { \"" SBX_NET_IFPREFIX "%u\" }\n", maps[k], slot);
-  for (int k = 0; k < 3; k++)
-    cmd_add (c, "delete chain inet sbxd %c%u\n", kinds[k], slot);
+  struct forget_batch *b = ud;
+  cmd_members (c, b->n->tag, b->slots[i], true);
+  cmd_slot_remove (c, b->slots[i]);
   return 0;
 }
 
@@ -1073,7 +1423,7 @@ static void
 forget_failed (void *ud, size_t i, const char *msg)
 {
   char s[16];
-  snprintf (s, sizeof s, "%u", ((const uint32_t *) ud)[i]);
+  snprintf (s, sizeof s, "%u", ((struct forget_batch *) ud)->slots[i]);
   sbx_log_fields (SBX_LOG_WARN, "cannot remove a network slot's rules", "slot", s, "error", msg, NULL);
 }
 
@@ -1086,7 +1436,8 @@ sbx_net_forget_many (struct sbx_net *n, size_t count, const uint32_t *slots)
       sbx_net_addresses (slots[i], &addr, &gw);
       sbx_netproxy_remove (n->proxy, addr);
     }
-  nft_run_batched (n, count, forget_build, forget_failed, (void *) slots);
+  struct forget_batch b = { n, slots };
+  nft_run_batched (n, count, forget_build, forget_failed, &b);
   struct sbx_err err;
   struct mnl_socket *nl = nl_open (&err);
   if (nl == NULL)
@@ -1108,6 +1459,23 @@ void
 sbx_net_forget (struct sbx_net *n, uint32_t slot)
 {
   sbx_net_forget_many (n, 1, &slot);
+}
+
+void
+sbx_net_forget_stale (struct sbx_net *n, uint32_t slot)
+{
+  sbx_net_forget (n, slot);
+  /* another daemon's sandbox, gone: its elements would send a new
+     sandbox of the slot to that daemon's chains */
+  for (size_t i = 0; i < n->n_others; i++)
+    if (strcmp (n->others[i], n->tag) != 0)
+      {
+        struct cmd c = { 0 };
+        struct sbx_err err;
+        cmd_members (&c, n->others[i], slot, true);
+        if (nft_run (n, &c, &err) < 0)
+          sbx_log_fields (SBX_LOG_DEBUG, "cannot remove a slot from another daemon's set", "error", err.msg, NULL);
+      }
 }
 
 int

@@ -105,6 +105,8 @@ bool sbx_net_platform_denied (uint32_t ip);
 extern const struct sbx_cidr sbx_net_platform_deny[];
 extern const size_t sbx_net_platform_deny_count;
 
+/* Is P the default (internet on, no lists, no rules, no proxy)? */
+bool sbx_net_policy_plain (const struct sbx_net_policy *p);
 /* Does the policy deny every address not allowed (a 0.0.0.0/0 deny)? */
 bool sbx_net_policy_deny_all (const struct sbx_net_policy *p);
 /* Is NAME (any case, final dot or not) allowed by one of p->domains? */

@@ -492,6 +492,12 @@ nomem:
 }
 
 bool
+sbx_net_policy_plain (const struct sbx_net_policy *p)
+{
+  return p->enabled && !p->n_allow && !p->n_deny && !p->n_domains && !p->n_rules && !p->proxy;
+}
+
+bool
 sbx_net_policy_deny_all (const struct sbx_net_policy *p)
 {
   if (!p->enabled)

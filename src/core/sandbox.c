@@ -1858,7 +1858,7 @@ sweep_uid_slots (struct sbx_engine *e)
       sbx_log_fields (SBX_LOG_INFO, "releasing an id range whose sandbox is gone", "slot", de->d_name, "owner",
                       n > 0 ? owner : "-", NULL);
       if (e->net)
-        sbx_net_forget (e->net, slot);
+        sbx_net_forget_stale (e->net, slot);
       char path[64];
       snprintf (path, sizeof path, UID_SLOT_DIR "/%u", slot);
       unlink (path);
@@ -1979,6 +1979,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
       nc = *cfg->net;
       if (nc.tls_dir == NULL && sbx_path (tls_dir, sizeof tls_dir, "%s/egress-ca", e->state_dir) == 0)
         nc.tls_dir = tls_dir;
+      nc.owner = e->state_dir;
     }
   if (cfg->net && sbx_net_open (&nc, &e->net, err) < 0)
     {
@@ -2875,13 +2876,6 @@ booted_limits_fit (const struct sbx_limits *lim)
   return lim->disk_mb == SBX_DEFAULT_DISK_MB && lim->pids_max == DEFAULT_PIDS && lim->nofile == DEFAULT_NOFILE;
 }
 
-/* Internet with no rules: what a sandbox's link starts with. */
-static bool
-net_plain (const struct sbx_net_policy *p)
-{
-  return p->enabled && !p->n_allow && !p->n_deny && !p->n_domains && !p->n_rules && !p->proxy;
-}
-
 /* Boot S, prepared (prepare), as a sandbox of template T with limits LIM
    and what O asks at boot: environment, network policy, filesystem rules,
    volumes, CPU weight, keep_upper; MAN and SNAP_FD: a snapshot's layers.
@@ -2997,7 +2991,7 @@ boot (struct sbx_engine *e, struct sandbox *s, const struct sbx_template *t, con
   /* The link was made with the plain internet rules; other rules are put
      in place while the sandbox sets itself up.  Nothing of the caller's
      runs in it before this function returns. */
-  if (s->has_net && !net_plain (&s->net) && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
+  if (s->has_net && !sbx_net_policy_plain (&s->net) && sbx_net_apply (e->net, s->uid_slot, &s->net, err) < 0)
     goto out;
   clock_mark (clk, "net_rules");
   if (sbx_isolate_boot_wait (&s->proc, err) < 0)
@@ -3159,7 +3153,7 @@ claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_o
     {
       s->net_asked_set = o->internet_asked != 0;
       s->net_asked = o->internet_asked > 0;
-      if (o->net && !(net_plain (o->net) && net_plain (&s->net)))
+      if (o->net && !(sbx_net_policy_plain (o->net) && sbx_net_policy_plain (&s->net)))
         {
           struct sbx_net_policy p;
           if (sbx_net_policy_copy (&p, o->net, err) < 0)
