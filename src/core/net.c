@@ -390,11 +390,12 @@ cmd_log_end (struct sbx_net *n, struct cmd *c, const char *meter, char why)
   cmd_add (c, " log group %d snaplen %d prefix \"sbxd:%c\"\n", n->nflog_group, NFLOG_SNAPLEN, why);
 }
 
-/* The out rules every sandbox with a network begins with, in CHAIN: the
-   platform's denials, unless an operator range allows (METER: as in
-   cmd_log_end). */
+/* A verdict of CHAIN on the addresses of LIST (N_LIST of them; NULL:
+   the platform's denials, unless an operator range allows), after a
+   rule that logs it as WHY when logging (METER: as in cmd_log_end). */
 static void
-cmd_out_platform (struct sbx_net *n, struct cmd *c, const char *chain, const char *meter)
+cmd_out_verdict (struct sbx_net *n, struct cmd *c, const char *chain, const char *meter,
+                 const struct sbx_cidr *list, size_t n_list, char why, const char *verdict)
 {
   for (int pass = n->nflog_group >= 0 ? 0 : 1; pass < 2; pass++)
     {
@@ -402,16 +403,24 @@ cmd_out_platform (struct sbx_net *n, struct cmd *c, const char *chain, const cha
         cmd_log_start (c, chain);
       else
         cmd_add (c, "add rule inet sbxd %s", chain);
-      cmd_add (c, " ip daddr @platform");
-      if (n->n_ops)
+      if (list)
         {
-          cmd_add (c, " ip daddr != ");
-          cmd_set (c, n->ops, n->n_ops);
+          cmd_add (c, " ip daddr ");
+          cmd_set (c, list, n_list);
+        }
+      else
+        {
+          cmd_add (c, " ip daddr @platform");
+          if (n->n_ops)
+            {
+              cmd_add (c, " ip daddr != ");
+              cmd_set (c, n->ops, n->n_ops);
+            }
         }
       if (pass == 0)
-        cmd_log_end (n, c, meter, 'P');
+        cmd_log_end (n, c, meter, why);
       else
-        cmd_add (c, " " REJECT "\n");
+        cmd_add (c, " %s\n", verdict);
     }
 }
 
@@ -467,7 +476,7 @@ cmd_tag_rules (struct sbx_net *n, struct cmd *c)
     cmd_add (c, "flush chain inet sbxd p%c_%s\n", *k, t);
   /* out */
   snprintf (chain, sizeof chain, "po_%s", t);
-  cmd_out_platform (n, c, chain, "lp");
+  cmd_out_verdict (n, c, chain, "lp", NULL, 0, 'P', REJECT);
   if (log)
     {
       cmd_log_start (c, chain);
@@ -1176,34 +1185,13 @@ apply_build (struct sbx_net *n, uint32_t slot, const struct sbx_net_policy *p, s
       cmd_add (cp, "add rule inet sbxd n%u accept\n", slot);
       return 0;
     }
-  /* out: the platform's denials first, unless an operator range allows */
-  cmd_out_platform (n, cp, chain, NULL);
-  for (int pass = log ? 0 : 1; pass < 2 && p->n_allow; pass++)
-    {
-      if (pass == 0)
-        cmd_log_start (cp, chain);
-      else
-        cmd_add (cp, "add rule inet sbxd %s", chain);
-      cmd_add (cp, " ip daddr ");
-      cmd_set (cp, p->allow, p->n_allow);
-      if (pass == 0)
-        cmd_log_end (n, cp, NULL, 'A');
-      else
-        cmd_add (cp, " accept\n");
-    }
-  for (int pass = log ? 0 : 1; pass < 2 && p->n_deny; pass++)
-    {
-      if (pass == 0)
-        cmd_log_start (cp, chain);
-      else
-        cmd_add (cp, "add rule inet sbxd %s", chain);
-      cmd_add (cp, " ip daddr ");
-      cmd_set (cp, p->deny, p->n_deny);
-      if (pass == 0)
-        cmd_log_end (n, cp, NULL, 'D');
-      else
-        cmd_add (cp, " " REJECT "\n");
-    }
+  /* out: the platform's denials first, unless an operator range
+     allows; then allowOut, then denyOut */
+  cmd_out_verdict (n, cp, chain, NULL, NULL, 0, 'P', REJECT);
+  if (p->n_allow)
+    cmd_out_verdict (n, cp, chain, NULL, p->allow, p->n_allow, 'A', "accept");
+  if (p->n_deny)
+    cmd_out_verdict (n, cp, chain, NULL, p->deny, p->n_deny, 'D', REJECT);
   if (log)
     {
       cmd_log_start (cp, chain);
