@@ -136,11 +136,12 @@ struct sbx_net {
   pthread_t nflog_thread;
   bool nflog_started;
   /* this daemon's chains and sets (see above), and the lock that says
-     it runs; the other daemons' tags found at start */
+     it runs; the tags whose chains were kept at start, this one's among
+     them */
   char tag[TAG_LEN + 1];
   int tag_fd;
-  char (*others)[TAG_LEN + 1];
-  size_t n_others;
+  char (*kept)[TAG_LEN + 1];
+  size_t n_kept;
 };
 
 void
@@ -532,22 +533,23 @@ cmd_dispatch (struct cmd *c, char (*tags)[TAG_LEN + 1], size_t n_tags)
 }
 
 /* Run a listing command; its output, allocated, in *OUT (NULL if the
-   command failed: the object is not there). */
-static void
-nft_list (struct sbx_net *n, const char *cmd, char **out)
+   command failed, the object not being there among the causes). */
+static char *
+nft_list (struct sbx_net *n, const char *cmd)
 {
   pthread_mutex_lock (&n->lock);
-  *out = nft_run_cmd_from_buffer (n->nft, cmd) == 0 ? strdup (nft_ctx_get_output_buffer (n->nft)) : NULL;
+  char *out = nft_run_cmd_from_buffer (n->nft, cmd) == 0 ? strdup (nft_ctx_get_output_buffer (n->nft)) : NULL;
   pthread_mutex_unlock (&n->lock);
+  return out;
 }
 
 /* Does own_TAG hold a sandbox? (Yes when it cannot be told.) */
 static bool
 tag_has_sandboxes (struct sbx_net *n, const char *tag)
 {
-  char cmd[64], *out;
+  char cmd[64];
   snprintf (cmd, sizeof cmd, "list set inet sbxd own_%s", tag);
-  nft_list (n, cmd, &out);
+  char *out = nft_list (n, cmd);
   bool has = out == NULL || strstr (out, "elements") != NULL;
   free (out);
   return has;
@@ -590,10 +592,16 @@ tags_sync (struct sbx_net *n, bool ours, const struct cmd *prefix, struct sbx_er
       close (lock);
       return -1;
     }
-  char *chains;
-  nft_list (n, "list chains inet", &chains);
+  /* (it lists nothing, successfully, before the table exists; a failure
+     would drop the other daemons from the dispatch chains) */
+  char *chains = nft_list (n, "list chains inet");
+  if (chains == NULL)
+    {
+      close (lock);
+      return sbx_failx (err, EIO, "nftables: cannot list the chains");
+    }
   size_t cap = 1;
-  for (const char *p = chains; p && (p = strstr (p, "chain po_")); p++)
+  for (const char *p = chains; (p = strstr (p, "chain po_")); p++)
     cap++;
   char (*keep)[TAG_LEN + 1] = calloc (cap, sizeof *keep);
   char (*gone)[TAG_LEN + 1] = calloc (cap, sizeof *gone);
@@ -607,7 +615,7 @@ tags_sync (struct sbx_net *n, bool ours, const struct cmd *prefix, struct sbx_er
     }
   if (ours)
     memcpy (keep[n_keep++], n->tag, TAG_LEN + 1);
-  for (const char *p = chains; p && (p = strstr (p, "chain po_")); p++)
+  for (const char *p = chains; (p = strstr (p, "chain po_")); p++)
     {
       char tag[TAG_LEN + 1];
       snprintf (tag, sizeof tag, "%.*s", TAG_LEN, p + strlen ("chain po_"));
@@ -653,12 +661,12 @@ tags_sync (struct sbx_net *n, bool ours, const struct cmd *prefix, struct sbx_er
       snprintf (path, sizeof path, NFT_DIR "/%s", gone[i]);
       unlink (path);
     }
-  /* the others', for sbx_net_forget_stale */
+  /* the tags kept, for sbx_net_forget_stale */
   if (r == 0 && ours)
     {
-      free (n->others);
-      n->others = keep;
-      n->n_others = n_keep;
+      free (n->kept);
+      n->kept = keep;
+      n->n_kept = n_keep;
       keep = NULL;
     }
 out:
@@ -1062,7 +1070,7 @@ sbx_net_close (struct sbx_net *n)
   pthread_mutex_destroy (&n->q_lock);
   pthread_cond_destroy (&n->q_done);
   free (n->ops);
-  free (n->others);
+  free (n->kept);
   free (n);
 }
 
@@ -1455,12 +1463,12 @@ sbx_net_forget_stale (struct sbx_net *n, uint32_t slot)
   sbx_net_forget (n, slot);
   /* another daemon's sandbox, gone: its elements would send a new
      sandbox of the slot to that daemon's chains */
-  for (size_t i = 0; i < n->n_others; i++)
-    if (strcmp (n->others[i], n->tag) != 0)
+  for (size_t i = 0; i < n->n_kept; i++)
+    if (strcmp (n->kept[i], n->tag) != 0)
       {
         struct cmd c = { 0 };
         struct sbx_err err;
-        cmd_members (&c, n->others[i], slot, true);
+        cmd_members (&c, n->kept[i], slot, true);
         if (nft_run (n, &c, &err) < 0)
           sbx_log_fields (SBX_LOG_DEBUG, "cannot remove a slot from another daemon's set", "error", err.msg, NULL);
       }
