@@ -479,8 +479,9 @@ def test_plain_sandboxes_share_their_daemons_rules(tmp_path):
         # back to the default policy: its chains go
         assert d.req("PUT", f"/sandboxes/{custom}/network", json={}).status_code in (200, 204)
         assert f"chain o{k} {{" not in nft_table()
-        d.cleanup()
     finally:
+        if d.proc.poll() is None:
+            d.cleanup()
         d.stop()
     table = nft_table()
     assert f"po_{tag}" not in table and f"own_{tag}" not in table and f"chain o{k} {{" not in table
