@@ -112,8 +112,11 @@ def test_file_errors(sbxd, sandbox):
 
 
 def test_pause_freezes_and_resume_continues(sbxd, sandbox):
-    r = sbxd.run(sandbox, "bash", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done",
-                 background=True)
+    # the counter is renamed into place: a read between a plain write's
+    # truncation and its write (or a pause there) would find it empty
+    r = sbxd.run(sandbox, "bash", "-c",
+                 "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; "
+                 "sleep 0.05; done", background=True)
     assert r["pid"] > 0
     time.sleep(0.5)
     assert sbxd.req("POST", f"/sandboxes/{sandbox}/pause").status_code == 204

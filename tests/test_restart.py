@@ -17,7 +17,8 @@ def test_kill9_and_restart_keeps_everything(tmp_path):
         b = d.create(timeout=600)
         d.write(a, "/home/user/keep.txt", "kept across restarts")
         r = d.run(a, "bash", background=True,
-                  args=["-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; echo tick $i; sleep 0.1; done"])
+                  args=["-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; "
+                        "echo tick $i; sleep 0.1; done"])   # renamed into place: never read empty
         pid = r["pid"]
         assert d.req("POST", f"/sandboxes/{b}/pause").status_code == 204
         time.sleep(0.5)
