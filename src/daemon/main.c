@@ -565,22 +565,25 @@ cmd_serve (int argc, char **argv)
                                 .tls_cert = tls_cert,
                                 .tls_key = tls_key,
                                 .metrics_token = metrics_token };
-  struct http_server *h = sbx_http_start (&hc, &err);
-  if (h == NULL)
-    {
-      sbx_log_fields (SBX_LOG_ERROR, "cannot listen", "addr", listen, "error", err.msg, NULL);
-      sbx_engine_close (engine);
-      return 1;
-    }
+  /* before the API: once the API answers, so does the metrics address */
   struct sbx_metrics_listener *metrics = NULL;
   if (metrics_listen)
     {
       if ((metrics = sbx_metrics_listen ((struct sockaddr *) &metrics_sa, engine, store, &err)) == NULL)
         {
           sbx_log_fields (SBX_LOG_ERROR, "cannot listen for metrics", "addr", metrics_listen, "error", err.msg, NULL);
+          sbx_engine_close (engine);
           return 1;
         }
       sbx_log_fields (SBX_LOG_INFO, "serving metrics", "url", metrics_listen, NULL);
+    }
+  struct http_server *h = sbx_http_start (&hc, &err);
+  if (h == NULL)
+    {
+      sbx_log_fields (SBX_LOG_ERROR, "cannot listen", "addr", listen, "error", err.msg, NULL);
+      sbx_metrics_stop (metrics);
+      sbx_engine_close (engine);
+      return 1;
     }
   char url[96];
   snprintf (url, sizeof url, "%s://%s", tls_cert ? "https" : "http", listen);
