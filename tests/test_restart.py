@@ -172,6 +172,10 @@ def plant(slot, owner, age_s=0):
     return path
 
 
+def nft_table():
+    return subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
+
+
 def nft_slot_rules(slot):
     """What the shared nftables table holds for SLOT: its chains and map entries."""
     found = []
@@ -179,8 +183,7 @@ def nft_slot_rules(slot):
         r = subprocess.run(["nft", "list", "chain", "inet", "sbxd", f"{kind}{slot}"], capture_output=True)
         if r.returncode == 0:
             found.append(f"chain {kind}{slot}")
-    maps = subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
-    if f'"sbxh{slot}"' in maps:
+    if f'"sbxh{slot}"' in nft_table():
         found.append(f"map entry sbxh{slot}")
     if subprocess.run(["ip", "link", "show", f"sbxh{slot}"], capture_output=True).returncode == 0:
         found.append(f"link sbxh{slot}")
@@ -402,10 +405,6 @@ def daemon_tag(state_dir):
     for b in os.path.realpath(state_dir).encode():
         h = ((h ^ b) * 16777619) & 0xFFFFFFFF
     return "%08x" % h
-
-
-def nft_table():
-    return subprocess.run(["nft", "list", "table", "inet", "sbxd"], capture_output=True, text=True).stdout
 
 
 def nft_set(name):
