@@ -202,3 +202,70 @@ def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
         for sid in ids:
             d.delete(sid)
         d.stop()
+
+
+def children(pid):
+    """(pid, comm, state) of PID's children."""
+    out = []
+    for p in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = open(p).read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        f = text[text.rindex(")") + 2:].split()
+        if int(f[1]) == pid:
+            out.append((int(p.split("/")[2]), comm, f[0]))
+    return out
+
+
+def spawner_of(d):
+    got = [p for p, comm, _ in children(d.proc.pid) if comm == "sbx-spawner"]
+    assert len(got) == 1, children(d.proc.pid)
+    return got[0]
+
+
+def test_sandboxes_are_cloned_by_the_spawner_which_a_kill_does_not_stop(tmp_path):
+    """Sandboxes are cloned from the spawner, a helper process of the
+    daemon, which the kernel reaps them for (no zombies).  Killed, it is
+    started again at the next create; the sandboxes it made go on, the
+    spares it made and that had not booted are replaced, and the creates
+    after it all work.  It ends with the daemon."""
+    d = Sbxd(str(tmp_path / "state")).start()
+    ids = []
+    try:
+        ids.append(d.create())
+        sp = spawner_of(d)
+        # the sandbox, and the spares (booted, or waiting in a copy of the spawner)
+        kids = children(sp)
+        assert any(comm == "sbx-init" for _, comm, _ in kids), kids
+        assert all(comm in ("sbx-init", "sbx-spawner") or comm.startswith("memfd:") for _, comm, _ in kids), kids
+        assert not [p for p, comm, _ in children(d.proc.pid) if comm != "sbx-spawner"], children(d.proc.pid)
+        # a sandbox destroyed leaves no zombie behind
+        gone = d.create()
+        d.delete(gone)
+        assert wait_until(lambda: not [k for k in children(sp) if k[2] == "Z"], 10), children(sp)
+        assert wait_until(lambda: spares(d) >= MIN, 30)
+        os.kill(sp, 9)
+        # a zombie until the daemon next needs it
+        assert wait_until(lambda: (sp, "sbx-spawner", "Z") in children(d.proc.pid), 10), children(d.proc.pid)
+        # more creates than the pool held, each running
+        for _ in range(MIN + 4):
+            sid = d.create()
+            ids.append(sid)
+            assert d.run(sid, "true")["exitCode"] == 0
+        assert d.run(ids[0], "true")["exitCode"] == 0  # made before the kill
+        again = spawner_of(d)
+        assert again != sp
+        logs = d.logs()
+        assert "the spawner has ended; starting another" in logs
+        # the spares that died with it were set aside, booted or not
+        assert "cannot take a booted spare" in logs and "a spare's process has ended; discarding it" in logs
+        for sid in ids:
+            d.delete(sid)
+        ids = []
+    finally:
+        for sid in ids:
+            d.delete(sid)
+        d.stop()
+    assert wait_until(lambda: not os.path.exists(f"/proc/{again}"), 10)

@@ -35,15 +35,25 @@ struct sbx_isolate_spec {
 #define SBX_ISOLATE_CA_FILE "/usr/local/share/ca-certificates/sbxd-egress-ca.crt"
 #define SBX_ISOLATE_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
+/* The helper process sandboxes are cloned from (isolate.c says why).
+   Start it from a thread that lives as long as the engine: it is a fork
+   of this process, taken at that moment.  Stop ends it; the spares it
+   made and that have not booted end with it. */
+struct sbx_isolate_spawner;
+int sbx_isolate_spawner_start (struct sbx_isolate_spawner **out, struct sbx_err *err);
+void sbx_isolate_spawner_stop (struct sbx_isolate_spawner *sp);
+
 /* A spawned child that waits for its root file system. */
 struct sbx_isolate_proc {
-  pid_t pid; /* host pid; the child of the caller */
+  pid_t pid; /* host pid; the spawner's child, reaped by the kernel, not the caller's */
   int sock;
 };
 
-/* Phase one: clone into new namespaces, map ids, enter the cgroup.  The
-   child then waits, so that this costly part can be done ahead of time. */
-int sbx_isolate_spawn (const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p, struct sbx_err *err);
+/* Phase one: clone into new namespaces (from SP), map ids, enter the
+   cgroup.  The child then waits, so that this costly part can be done
+   ahead of time.  *PIDFD gets a pidfd of it, the caller's to close. */
+int sbx_isolate_spawn (struct sbx_isolate_spawner *sp, const struct sbx_isolate_spec *s, struct sbx_isolate_proc *p,
+                       int *pidfd, struct sbx_err *err);
 /* The writable disk of a sandbox (a mount holding upper/ and work/) and
    the read-only layers below it (mounts each holding upper/, newest
    first), from a snapshot; all of them store the sandbox's own ids (0 is
@@ -86,8 +96,10 @@ int sbx_isolate_boot (struct sbx_isolate_proc *p, int tree_fd, int lock_fd, cons
    paths are covered with: an empty directory "dir" and an empty file
    "file", both mode 000 and owned by the host's root. */
 int sbx_isolate_block_dir (const char *dir, struct sbx_err *err);
-/* Kill a spawned child that will not be booted (or failed to boot). */
-void sbx_isolate_abort (struct sbx_isolate_proc *p);
+/* Kill a spawned child that will not be booted (or failed to boot), and
+   wait for its end; PIDFD is the pidfd sbx_isolate_spawn gave (-1: it
+   is not signalled). */
+void sbx_isolate_abort (struct sbx_isolate_proc *p, int pidfd);
 /* sbx_isolate_boot in two halves, so that the caller can work while the
    child sets itself up: hand over, then wait for sbx-init to run. */
 int sbx_isolate_boot_start (struct sbx_isolate_proc *p, int tree_fd, int lock_fd,

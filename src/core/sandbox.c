@@ -92,7 +92,6 @@ struct sandbox {
   bool watched;                  /* its pidfd is in the reaper's epoll set */
   bool init_gone;                /* the reaper saw its pidfd readable: its init died */
   uint32_t uid_slot;
-  bool our_child;                /* created by this process: we reap it */
   bool has_net;                  /* a veth and rules exist for its slot */
   bool net_asked_set, net_asked; /* whether the client asked for internet access, as it said it */
   struct sbx_net_policy net;
@@ -127,6 +126,7 @@ struct sbx_engine {
   char blank_dir[PATH_MAX];      /* STATE/blanks: formatted empty disks, one per size (make_disk) */
   char template_dir[PATH_MAX];
   int init_fd;
+  struct sbx_isolate_spawner *spawner; /* sandboxes are cloned there */
   sbx_event_fn on_event;
   void *event_ud;
   sbx_ending_fn on_ending;
@@ -837,8 +837,6 @@ teardown_many (struct sbx_engine *e, struct sandbox *const *ss, size_t n)
       cgroup_name (s->id, cg, sizeof cg);
       if (sbx_cgroup_destroy (cg, 10000, &err) < 0)
         sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's cgroups", "sandbox", s->id, "error", err.msg, NULL);
-      if (s->our_child && s->init_pid > 0)
-        waitpid (s->init_pid, NULL, 0);
       if (s->disk_fd >= 0)
         {
           /* a kept disk (keep_upper): its loop device goes with the last use */
@@ -1970,6 +1968,9 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     sbx_template_dir (e->template_dir, sizeof e->template_dir);
   if (load_init (e, cfg->init_path, err) < 0)
     goto fail;
+  /* before the threads below: a fork of this process (isolate.h) */
+  if (sbx_isolate_spawner_start (&e->spawner, err) < 0)
+    goto fail;
   /* the egress CA lives in the state directory (root only), unless the
      caller put it elsewhere */
   struct sbx_net_config nc = { 0 };
@@ -2074,6 +2075,7 @@ fail:
   e->stop = true;
   pthread_mutex_unlock (&e->lock);
   workers_stop (e);
+  sbx_isolate_spawner_stop (e->spawner);
   if (e->init_fd >= 0)
     close (e->init_fd);
   if (e->sandboxes_fd >= 0)
@@ -2106,6 +2108,7 @@ sbx_engine_close (struct sbx_engine *e)
       id_index_del_locked (e, s);
       sandbox_free (s);
     }
+  sbx_isolate_spawner_stop (e->spawner);
   close (e->init_fd);
   close (e->sandboxes_fd);
   sbx_net_close (e->net);
@@ -2303,12 +2306,11 @@ make_disk (struct sbx_engine *e, struct sandbox *s, const char *dir, uint32_t si
 static void
 discard (struct sbx_engine *e, struct sandbox *s)
 {
-  sbx_isolate_abort (&s->proc);
+  sbx_isolate_abort (&s->proc, s->pidfd);
   s->init_pid = 0;
   if (s->pidfd >= 0)
     close (s->pidfd);
   s->pidfd = -1;
-  s->our_child = false;
   teardown (e, s);
   sandbox_free (s);
 }
@@ -2384,13 +2386,11 @@ prepare (struct sbx_engine *e, const char *want_id, struct sbx_err *err)
     .fs_block_dir = e->fs_block_dir,
     .egress_ca_pem = sbx_net_egress_ca_pem (e->net),
   };
-  if (sbx_isolate_spawn (&spec, &s->proc, err) < 0)
+  if (sbx_isolate_spawn (e->spawner, &spec, &s->proc, &s->pidfd, err) < 0)
     goto fail;
   clock_mark (&clk, "spawn");
   s->init_pid = s->proc.pid;
-  s->our_child = true;
   s->init_start = sbx_proc_start_time (s->init_pid);
-  s->pidfd = (int) syscall (SYS_pidfd_open, s->init_pid, 0);
   if (e->net)
     {
       /* the link and the default rules (internet, no rules) */
@@ -2640,8 +2640,8 @@ spare_main (void *arg)
         }
       pthread_mutex_unlock (&e->lock);
       /* background work: a request's own work comes first under load (the
-         sandboxes it makes run at their normal priority:
-         sbx_isolate_spawn), but only while it holds no lock: preempted
+         sandboxes it makes run at their normal priority: the spawner,
+         which clones them, runs at it), but only while it holds no lock: preempted
          at the bulk priority with the engine's lock held, a worker
          would keep every create behind it waiting */
       sbx_thread_bulk (true);
@@ -3108,6 +3108,14 @@ static int agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_er
 static int agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req,
                           const struct sbx_agent_bounds *b, sbx_agent_frame_fn fn, void *ud, struct sbx_err *err);
 
+/* S's process has ended (a spare whose spawner was killed, say). */
+static bool
+process_ended (const struct sandbox *s)
+{
+  struct pollfd pf = { s->pidfd, POLLIN, 0 };
+  return s->pidfd < 0 || poll (&pf, 1, 0) != 0;
+}
+
 /* Give S, booted for the create's template, what O asks beyond the
    template's defaults (see above), and LIM.  On failure the caller
    discards S. */
@@ -3115,8 +3123,7 @@ static int
 claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_opts *o, const struct sbx_limits *lim,
               struct sbx_err *err)
 {
-  struct pollfd pf = { s->pidfd, POLLIN, 0 };
-  if (s->pidfd < 0 || poll (&pf, 1, 0) != 0)
+  if (process_ended (s))
     return sbx_failx (err, ESRCH, "the spare's init has ended");
   char cg[128];
   cgroup_name (s->id, cg, sizeof cg);
@@ -3316,14 +3323,22 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
     }
   else
     {
+      struct sandbox *ended = NULL; /* spares whose process has gone */
       pthread_mutex_lock (&e->lock);
       if (o->id == NULL)
         {
           for (int i = e->n_spares - 1; i >= 0 && s == NULL; i--)
             if (!e->spares[i]->booted)
               {
-                s = e->spares[i];
+                struct sandbox *c = e->spares[i];
                 e->spares[i] = e->spares[--e->n_spares];
+                if (process_ended (c))
+                  {
+                    c->next = ended;
+                    ended = c;
+                  }
+                else
+                  s = c;
               }
           pool_claimed_locked (e, !bootable || strcmp (t.name, e->boot_template) != 0);
         }
@@ -3339,6 +3354,13 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
           e->inline_preparing++;
         }
       pthread_mutex_unlock (&e->lock);
+      while (ended)
+        {
+          struct sandbox *c = ended;
+          ended = c->next;
+          sbx_log_fields (SBX_LOG_WARN, "a spare's process has ended; discarding it", "sandbox", c->id, NULL);
+          discard (e, c);
+        }
       if (s == NULL)
         {
           s = prepare (e, o->id, err);
