@@ -82,6 +82,8 @@ sbx_disk_format (const char *image, uint32_t size_mb, struct sbx_err *err)
   return make_ext4 (image, size_mb, "disk", opts, err);
 }
 
+#define LOOP_TRIES 2048
+
 /* *LOOP_NR (if not NULL) gets the device's number. */
 static int
 loop_attach (int image_fd, bool read_only, char *dev, size_t n, int *loop_nr, struct sbx_err *err)
@@ -89,7 +91,13 @@ loop_attach (int image_fd, bool read_only, char *dev, size_t n, int *loop_nr, st
   cleanup_close int ctl = open ("/dev/loop-control", O_RDWR | O_CLOEXEC);
   if (ctl < 0)
     return sbx_fail (err, errno, "open /dev/loop-control");
-  for (int tries = 0; tries < 64; tries++)
+  /* LOOP_CTL_GET_FREE names the lowest free device without taking it, so
+     the attaches of a burst are all handed the same one and all but one
+     lose the race (EBUSY) and ask again: an attach may lose once to every
+     other attach in flight (at most the request threads, the pool's and
+     the builders', a few hundred).  64 tries failed a burst of 100
+     creates with "no free loop device". */
+  for (int tries = 0; tries < LOOP_TRIES; tries++)
     {
       int nr = ioctl (ctl, LOOP_CTL_GET_FREE);
       if (nr < 0)
