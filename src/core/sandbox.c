@@ -3108,12 +3108,20 @@ static int agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_er
 static int agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req,
                           const struct sbx_agent_bounds *b, sbx_agent_frame_fn fn, void *ud, struct sbx_err *err);
 
-/* S's process has ended (a spare whose spawner was killed, say). */
+/* S's process has ended (a spare whose spawner was killed, say), or does
+   within WITHIN_MS. */
+#define SPARE_RETRIES 8 /* spares a create takes that turn out dead, at most */
+static bool
+process_ends (const struct sandbox *s, int within_ms)
+{
+  struct pollfd pf = { s->pidfd, POLLIN, 0 };
+  return s->pidfd < 0 || poll (&pf, 1, within_ms) != 0;
+}
+
 static bool
 process_ended (const struct sandbox *s)
 {
-  struct pollfd pf = { s->pidfd, POLLIN, 0 };
-  return s->pidfd < 0 || poll (&pf, 1, 0) != 0;
+  return process_ends (s, 0);
 }
 
 /* Give S, booted for the create's template, what O asks beyond the
@@ -3322,63 +3330,83 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
       clock_mark (&clk, "claim_booted");
     }
   else
-    {
-      struct sandbox *ended = NULL; /* spares whose process has gone */
-      pthread_mutex_lock (&e->lock);
-      if (o->id == NULL)
-        {
-          for (int i = e->n_spares - 1; i >= 0 && s == NULL; i--)
-            if (!e->spares[i]->booted)
-              {
-                struct sandbox *c = e->spares[i];
-                e->spares[i] = e->spares[--e->n_spares];
-                if (process_ended (c))
-                  {
-                    c->next = ended;
-                    ended = c;
-                  }
-                else
-                  s = c;
-              }
-          pool_claimed_locked (e, !bootable || strcmp (t.name, e->boot_template) != 0);
-        }
-      spare = booting = s != NULL;
-      if (s)
-        {
-          e->spare_hits++;
-          e->spares_booting++;
-        }
-      else
-        {
-          e->spare_misses++;
-          e->inline_preparing++;
-        }
-      pthread_mutex_unlock (&e->lock);
-      while (ended)
-        {
-          struct sandbox *c = ended;
-          ended = c->next;
-          sbx_log_fields (SBX_LOG_WARN, "a spare's process has ended; discarding it", "sandbox", c->id, NULL);
-          discard (e, c);
-        }
-      if (s == NULL)
-        {
-          s = prepare (e, o->id, err);
-          pthread_mutex_lock (&e->lock);
-          e->inline_preparing--;
-          pthread_cond_broadcast (&e->spare_cond);
-          pthread_mutex_unlock (&e->lock);
-        }
-      if (s == NULL)
-        {
-          disk_release (e, lim.disk_mb);
-          sbx_template_free (&t);
-          return -1;
-        }
-      clock_mark (&clk, spare ? "claim" : "prepare");
-      if (boot (e, s, &t, &lim, o, man, snap_fd, false, &clk, err) < 0)
-        goto fail;
-    }
+    for (int tries = 0;; tries++)
+      {
+        struct sandbox *ended = NULL; /* spares whose process has gone */
+        pthread_mutex_lock (&e->lock);
+        if (o->id == NULL)
+          {
+            for (int i = e->n_spares - 1; i >= 0 && s == NULL; i--)
+              if (!e->spares[i]->booted)
+                {
+                  struct sandbox *c = e->spares[i];
+                  e->spares[i] = e->spares[--e->n_spares];
+                  if (process_ended (c))
+                    {
+                      c->next = ended;
+                      ended = c;
+                    }
+                  else
+                    s = c;
+                }
+            pool_claimed_locked (e, !bootable || strcmp (t.name, e->boot_template) != 0);
+          }
+        spare = booting = s != NULL;
+        if (s)
+          {
+            e->spare_hits++;
+            e->spares_booting++;
+          }
+        else
+          {
+            e->spare_misses++;
+            e->inline_preparing++;
+          }
+        pthread_mutex_unlock (&e->lock);
+        while (ended)
+          {
+            struct sandbox *c = ended;
+            ended = c->next;
+            sbx_log_fields (SBX_LOG_WARN, "a spare's process has ended; discarding it", "sandbox", c->id, NULL);
+            discard (e, c);
+          }
+        if (s == NULL)
+          {
+            s = prepare (e, o->id, err);
+            pthread_mutex_lock (&e->lock);
+            e->inline_preparing--;
+            pthread_cond_broadcast (&e->spare_cond);
+            pthread_mutex_unlock (&e->lock);
+          }
+        if (s == NULL)
+          {
+            disk_release (e, lim.disk_mb);
+            sbx_template_free (&t);
+            return -1;
+          }
+        clock_mark (&clk, spare ? "claim" : "prepare");
+        if (boot (e, s, &t, &lim, o, man, snap_fd, false, &clk, err) == 0)
+          break;
+        /* a spare whose process ended under it (its spawner was killed, and
+           the spares waiting in it with it), seen as a handover to a
+           closed socket: another, or one prepared now.  A setup that
+           fails answers with its reason instead, and fails the create. */
+        if (!spare || tries == SPARE_RETRIES || (err->code != EPIPE && err->code != ECONNRESET)
+            || !process_ends (s, 1000))
+          goto fail;
+        sbx_log_fields (SBX_LOG_WARN, "a spare's process ended as it booted; taking another", "sandbox", s->id,
+                        "error", err->msg, NULL);
+        if (booting)
+          {
+            pthread_mutex_lock (&e->lock);
+            e->spares_booting--;
+            pthread_cond_broadcast (&e->spare_cond);
+            pthread_mutex_unlock (&e->lock);
+            booting = false;
+          }
+        discard (e, s);
+        s = NULL;
+      }
   s->timeout_s = timeout;
   s->created_ms = sbx_wall_ms ();
   s->end_ms = s->created_ms + (int64_t) timeout * 1000;
