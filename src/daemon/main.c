@@ -65,6 +65,7 @@ usage (FILE *f)
          "             [--metrics-token TOKEN]   (GET /metrics on --listen with Authorization: Bearer TOKEN)\n"
          "             [--metrics-listen ADDR:PORT]   (GET /metrics there, without a credential)\n"
          "             [--spares-max N]   (spare sandboxes kept for bursts at most; default 128; 0: none)\n"
+         "             [--spares-min N]   (spare sandboxes kept when idle; default 4, at most --spares-max)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -198,6 +199,7 @@ cmd_serve (int argc, char **argv)
                                         { "metrics-listen", required_argument, NULL, 'g' },
                                         { "egress-ca-file", required_argument, NULL, 'Y' },
                                         { "spares-max", required_argument, NULL, 'p' },
+                                        { "spares-min", required_argument, NULL, 'j' },
                                         { "warm", required_argument, NULL, 'w' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
@@ -221,7 +223,8 @@ cmd_serve (int argc, char **argv)
   uint32_t build_workers = SBX_BUILD_WORKERS;
   uint32_t metrics_interval_ms = SBX_SAMPLE_INTERVAL_MS;
   const char *metrics_token = NULL, *metrics_listen = NULL;
-  uint32_t spares_max = SBX_SPARES_MAX_DEFAULT;
+  uint32_t spares_max = SBX_SPARES_MAX_DEFAULT, spares_min = SBX_SPARES_DEFAULT;
+  bool spares_min_set = false;
   struct sbx_warm_want warm[SBX_WARM_TEMPLATES_MAX];
   size_t n_warm = 0;
   int c;
@@ -232,6 +235,12 @@ cmd_serve (int argc, char **argv)
         /* the spare pool's cap; 0: no spares */
         if (parse_u32 ("--spares-max", optarg, 0, SBX_SPARES_MAX_CAP, &spares_max) < 0)
           return 2;
+        break;
+      case 'j':
+        /* the pool's idle size: a burst of up to N creates finds N spares */
+        if (parse_u32 ("--spares-min", optarg, 1, SBX_SPARES_MAX_CAP, &spares_min) < 0)
+          return 2;
+        spares_min_set = true;
         break;
       case 'd':
         if (parse_upstream (optarg, &net) < 0)
@@ -417,6 +426,11 @@ cmd_serve (int argc, char **argv)
       fprintf (stderr, "sbxd: --tls-cert and --tls-key go together\n");
       return 2;
     }
+  if (spares_min_set && spares_min > spares_max)
+    {
+      fprintf (stderr, "sbxd: --spares-min %u is over --spares-max %u\n", spares_min, spares_max);
+      return 2;
+    }
   struct sockaddr_in sa;
   if (parse_listen (listen, &sa) < 0)
     {
@@ -491,7 +505,7 @@ cmd_serve (int argc, char **argv)
                                    .disk_reserve_set = reserve_set,
                                    .disk_reserve_mb = reserve_mb,
                                    .disk_overcommit = overcommit,
-                                   .spares = spares_max ? 0 : -1,
+                                   .spares = spares_max ? (int) spares_min : -1,
                                    .spares_max = (int) spares_max };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
