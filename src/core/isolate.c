@@ -102,6 +102,79 @@ struct boot_header {
 
 #define BOOT_FDS_MAX (2 + SBX_FS_MOUNTS_MAX)
 
+/* Send N bytes of BUF and the NFDS (at most BOOT_FDS_MAX) descriptors FDS
+   on SOCK as one message. */
+static ssize_t
+send_with_fds (int sock, const void *buf, size_t n, const int *fds, size_t nfds)
+{
+  struct iovec iov = { (void *) buf, n };
+  union {
+    char buf[CMSG_SPACE (BOOT_FDS_MAX * sizeof (int))];
+    struct cmsghdr align;
+  } u;
+  memset (&u, 0, sizeof u);
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+  if (nfds > 0)
+    {
+      m.msg_control = u.buf;
+      m.msg_controllen = CMSG_SPACE (nfds * sizeof (int));
+      struct cmsghdr *c = CMSG_FIRSTHDR (&m);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN (nfds * sizeof (int));
+      memcpy (CMSG_DATA (c), fds, nfds * sizeof (int));
+    }
+  ssize_t r;
+  do
+    r = sendmsg (sock, &m, MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+/* One packet from SOCK into BUF (at most N bytes) and up to MAXFDS
+   descriptors into FDS (*NFDS of them, close-on-exec).  A packet cut
+   short (MSG_TRUNC, MSG_CTRUNC) closes what came and fails with EMSGSIZE. */
+static ssize_t
+recv_with_fds (int sock, void *buf, size_t n, int *fds, size_t maxfds, size_t *nfds)
+{
+  struct iovec iov = { buf, n };
+  union {
+    char buf[CMSG_SPACE (BOOT_FDS_MAX * sizeof (int))];
+    struct cmsghdr align;
+  } u;
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+  ssize_t r;
+  do
+    r = recvmsg (sock, &m, MSG_CMSG_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  *nfds = 0;
+  if (r < 0)
+    return r;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR (&m); c; c = CMSG_NXTHDR (&m, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+      {
+        size_t k = (c->cmsg_len - CMSG_LEN (0)) / sizeof (int);
+        for (size_t i = 0; i < k; i++)
+          {
+            int fd;
+            memcpy (&fd, CMSG_DATA (c) + i * sizeof (int), sizeof fd);
+            if (*nfds < maxfds)
+              fds[(*nfds)++] = fd;
+            else
+              close (fd);
+          }
+      }
+  if (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+    {
+      for (size_t i = 0; i < *nfds; i++)
+        close (fds[i]);
+      *nfds = 0;
+      errno = EMSGSIZE;
+      return -1;
+    }
+  return r;
+}
+
 /* Send the root file system fd, the template lock and the volumes (N_FDS
    in all) with the boot header, then the environment as NUL-separated
    strings, then the filesystem rules, then the volumes' paths. */
@@ -109,20 +182,7 @@ static int
 send_boot (int sock, const int *fds, size_t n_fds, const struct boot_header *h, const char *env, size_t env_len,
            const char *fs, size_t fs_len, const char *vol, size_t vol_len)
 {
-  struct iovec iov = { (void *) h, sizeof *h };
-  union {
-    char buf[CMSG_SPACE (BOOT_FDS_MAX * sizeof (int))];
-    struct cmsghdr align;
-  } u;
-  memset (&u, 0, sizeof u);
-  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                        .msg_controllen = CMSG_SPACE (n_fds * sizeof (int)) };
-  struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN (n_fds * sizeof (int));
-  memcpy (CMSG_DATA (c), fds, n_fds * sizeof (int));
-  if (sendmsg (sock, &msg, MSG_NOSIGNAL) != (ssize_t) sizeof *h)
+  if (send_with_fds (sock, h, sizeof *h, fds, n_fds) != (ssize_t) sizeof *h)
     return -1;
   if (sbx_write_full (sock, env, env_len) < 0)
     return -1;
@@ -1242,78 +1302,6 @@ struct sbx_isolate_spawner {
   int sock;             /* -1: none running (start another) */
   pid_t pid;
 };
-
-/* Send N bytes of BUF and the NFDS descriptors FDS on SOCK as one packet. */
-static ssize_t
-send_with_fds (int sock, const void *buf, size_t n, const int *fds, size_t nfds)
-{
-  struct iovec iov = { (void *) buf, n };
-  union {
-    char buf[CMSG_SPACE (3 * sizeof (int))];
-    struct cmsghdr align;
-  } u;
-  memset (&u, 0, sizeof u);
-  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
-  if (nfds > 0)
-    {
-      m.msg_control = u.buf;
-      m.msg_controllen = CMSG_SPACE (nfds * sizeof (int));
-      struct cmsghdr *c = CMSG_FIRSTHDR (&m);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN (nfds * sizeof (int));
-      memcpy (CMSG_DATA (c), fds, nfds * sizeof (int));
-    }
-  ssize_t r;
-  do
-    r = sendmsg (sock, &m, MSG_NOSIGNAL);
-  while (r < 0 && errno == EINTR);
-  return r;
-}
-
-/* One packet from SOCK into BUF (at most N bytes) and up to MAXFDS
-   descriptors into FDS (*NFDS of them, close-on-exec).  A packet cut
-   short (MSG_TRUNC, MSG_CTRUNC) closes what came and fails with EMSGSIZE. */
-static ssize_t
-recv_with_fds (int sock, void *buf, size_t n, int *fds, size_t maxfds, size_t *nfds)
-{
-  struct iovec iov = { buf, n };
-  union {
-    char buf[CMSG_SPACE (3 * sizeof (int))];
-    struct cmsghdr align;
-  } u;
-  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
-  ssize_t r;
-  do
-    r = recvmsg (sock, &m, MSG_CMSG_CLOEXEC);
-  while (r < 0 && errno == EINTR);
-  *nfds = 0;
-  if (r < 0)
-    return r;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR (&m); c; c = CMSG_NXTHDR (&m, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-      {
-        size_t k = (c->cmsg_len - CMSG_LEN (0)) / sizeof (int);
-        for (size_t i = 0; i < k; i++)
-          {
-            int fd;
-            memcpy (&fd, CMSG_DATA (c) + i * sizeof (int), sizeof fd);
-            if (*nfds < maxfds)
-              fds[(*nfds)++] = fd;
-            else
-              close (fd);
-          }
-      }
-  if (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
-    {
-      for (size_t i = 0; i < *nfds; i++)
-        close (fds[i]);
-      *nfds = 0;
-      errno = EMSGSIZE;
-      return -1;
-    }
-  return r;
-}
 
 /* The spec a request carries (strings point into BUF), or false when it
    is not well formed. */
