@@ -35,10 +35,9 @@ struct sbx_isolate_spec {
 #define SBX_ISOLATE_CA_FILE "/usr/local/share/ca-certificates/sbxd-egress-ca.crt"
 #define SBX_ISOLATE_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
-/* The helper process sandboxes are cloned from (isolate.c says why).
-   Start it from a thread that lives as long as the engine: it is a fork
-   of this process, taken at that moment.  Stop ends it; the spares it
-   made and that have not booted end with it. */
+/* The helper process sandboxes are cloned from (isolate.c says why): a
+   fork of this process that ends when stopped or when this process ends.
+   The children it made that have not booted end with it. */
 struct sbx_isolate_spawner;
 int sbx_isolate_spawner_start (struct sbx_isolate_spawner **out, struct sbx_err *err);
 void sbx_isolate_spawner_stop (struct sbx_isolate_spawner *sp);

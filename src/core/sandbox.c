@@ -1968,7 +1968,8 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     sbx_template_dir (e->template_dir, sizeof e->template_dir);
   if (load_init (e, cfg->init_path, err) < 0)
     goto fail;
-  /* before the threads below: a fork of this process (isolate.h) */
+  /* a fork of this process (isolate.h): before the threads below, while
+     it is small */
   if (sbx_isolate_spawner_start (&e->spawner, err) < 0)
     goto fail;
   /* the egress CA lives in the state directory (root only), unless the
