@@ -3109,9 +3109,10 @@ static int agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_er
 static int agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req,
                           const struct sbx_agent_bounds *b, sbx_agent_frame_fn fn, void *ud, struct sbx_err *err);
 
+#define SPARE_RETRIES 8 /* spares a create takes that turn out dead, at most */
+
 /* S's process has ended (a spare whose spawner was killed, say), or does
    within WITHIN_MS. */
-#define SPARE_RETRIES 8 /* spares a create takes that turn out dead, at most */
 static bool
 process_ends (const struct sandbox *s, int within_ms)
 {
