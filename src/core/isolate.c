@@ -1093,6 +1093,12 @@ child_main (const struct sbx_isolate_spec *s, int sync)
      capabilities) keeps it */
   if (h.ahead && prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
     child_fail ("keep the parent-death signal");
+  /* the spawner may have ended before the signal was armed again (the
+     daemon killed while this spare booted), and would never send it: the
+     daemon's end of the sync socket, closed, says the daemon is gone */
+  struct pollfd gone = { sync, POLLRDHUP, 0 };
+  if (h.ahead && poll (&gone, 1, 0) > 0 && (gone.revents & (POLLHUP | POLLRDHUP)))
+    _exit (0);
   static char *const argv[] = { "sbx-init", NULL };
   syscall (SYS_execveat, init_fd, "", argv, boot_env, AT_EMPTY_PATH);
   child_fail ("exec sbx-init");
