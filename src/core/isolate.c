@@ -131,11 +131,12 @@ send_with_fds (int sock, const void *buf, size_t n, const int *fds, size_t nfds)
   return r;
 }
 
-/* One packet from SOCK into BUF (at most N bytes) and up to MAXFDS
-   descriptors into FDS (*NFDS of them, close-on-exec).  A packet cut
-   short (MSG_TRUNC, MSG_CTRUNC) closes what came and fails with EMSGSIZE. */
+/* One message from SOCK into BUF (at most N bytes; FLAGS: recvmsg's, such
+   as MSG_WAITALL) and up to MAXFDS descriptors into FDS (*NFDS of them,
+   close-on-exec).  A message cut short (MSG_TRUNC, MSG_CTRUNC) closes what
+   came and fails with EMSGSIZE. */
 static ssize_t
-recv_with_fds (int sock, void *buf, size_t n, int *fds, size_t maxfds, size_t *nfds)
+recv_with_fds (int sock, void *buf, size_t n, int *fds, size_t maxfds, size_t *nfds, int flags)
 {
   struct iovec iov = { buf, n };
   union {
@@ -145,7 +146,7 @@ recv_with_fds (int sock, void *buf, size_t n, int *fds, size_t maxfds, size_t *n
   struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
   ssize_t r;
   do
-    r = recvmsg (sock, &m, MSG_CMSG_CLOEXEC);
+    r = recvmsg (sock, &m, MSG_CMSG_CLOEXEC | flags);
   while (r < 0 && errno == EINTR);
   *nfds = 0;
   if (r < 0)
@@ -196,24 +197,11 @@ static int boot_volume_fds[SBX_FS_MOUNTS_MAX];
 static int
 recv_boot (int sock, struct boot_header *h, int *lock_fd)
 {
-  struct iovec iov = { h, sizeof *h };
-  union {
-    char buf[CMSG_SPACE (BOOT_FDS_MAX * sizeof (int))];
-    struct cmsghdr align;
-  } u;
-  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
-  ssize_t n;
-  do
-    n = recvmsg (sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-  while (n < 0 && errno == EINTR);
-  if (n != (ssize_t) sizeof *h)
-    return -1;
-  struct cmsghdr *c = CMSG_FIRSTHDR (&msg);
-  if (c == NULL || c->cmsg_type != SCM_RIGHTS || h->n_volumes > SBX_FS_MOUNTS_MAX
-      || c->cmsg_len != CMSG_LEN ((2 + h->n_volumes) * sizeof (int)))
-    return -1;
   int fds[BOOT_FDS_MAX];
-  memcpy (fds, CMSG_DATA (c), (2 + h->n_volumes) * sizeof (int));
+  size_t n_fds;
+  if (recv_with_fds (sock, h, sizeof *h, fds, BOOT_FDS_MAX, &n_fds, MSG_WAITALL) != (ssize_t) sizeof *h
+      || h->n_volumes > SBX_FS_MOUNTS_MAX || n_fds != 2 + h->n_volumes)
+    return -1;
   *lock_fd = fds[1];
   for (uint32_t i = 0; i < h->n_volumes; i++)
     boot_volume_fds[i] = fds[2 + i];
@@ -1361,7 +1349,7 @@ spawner_main (int sock)
     {
       int fds[3];
       size_t nfds;
-      ssize_t n = recv_with_fds (sock, buf, sizeof buf, fds, 3, &nfds);
+      ssize_t n = recv_with_fds (sock, buf, sizeof buf, fds, 3, &nfds, 0);
       if (n == 0 || (n < 0 && errno != EMSGSIZE))
         _exit (0); /* the daemon has gone */
       struct spawn_rep rep = { 0, EINVAL };
@@ -1490,7 +1478,7 @@ spawner_call (struct sbx_isolate_spawner *sp, const struct sbx_isolate_spec *s, 
           return -1;
         }
       if (send_with_fds (sp->sock, buf, off, fds, 3) == (ssize_t) off)
-        n = recv_with_fds (sp->sock, &rep, sizeof rep, pidfd, 1, &got);
+        n = recv_with_fds (sp->sock, &rep, sizeof rep, pidfd, 1, &got, 0);
       if (n == (ssize_t) sizeof rep)
         break;
       sbx_log_fields (SBX_LOG_WARN, "the spawner has ended; starting another", "error",

@@ -3111,6 +3111,16 @@ static int agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct 
 
 #define SPARE_RETRIES 8 /* spares a create takes that turn out dead, at most */
 
+/* A spare claimed by a create did not boot: the refill may start. */
+static void
+spare_boot_failed (struct sbx_engine *e)
+{
+  pthread_mutex_lock (&e->lock);
+  e->spares_booting--;
+  pthread_cond_broadcast (&e->spare_cond);
+  pthread_mutex_unlock (&e->lock);
+}
+
 /* S's process has ended (a spare whose spawner was killed, say), or does
    within WITHIN_MS. */
 static bool
@@ -3399,13 +3409,8 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
         sbx_log_fields (SBX_LOG_WARN, "a spare's process ended as it booted; taking another", "sandbox", s->id,
                         "error", err->msg, NULL);
         if (booting)
-          {
-            pthread_mutex_lock (&e->lock);
-            e->spares_booting--;
-            pthread_cond_broadcast (&e->spare_cond);
-            pthread_mutex_unlock (&e->lock);
-            booting = false;
-          }
+          spare_boot_failed (e);
+        booting = false;
         discard (e, s);
         s = NULL;
       }
@@ -3445,12 +3450,7 @@ create (struct sbx_engine *e, const struct sbx_create_opts *o, const struct mani
 
 fail:
   if (booting)
-    {
-      pthread_mutex_lock (&e->lock);
-      e->spares_booting--;
-      pthread_cond_broadcast (&e->spare_cond);
-      pthread_mutex_unlock (&e->lock);
-    }
+    spare_boot_failed (e);
   sbx_template_free (&t);
   discard (e, s);
   disk_release (e, lim.disk_mb);
