@@ -1132,7 +1132,7 @@ def test_kill9_keeps_keys_sandboxes_events_and_webhooks(tmp_path):
         assert d.req("POST", f"/sandboxes/{a2}/connect", json={}).json()["status"] == "running"
         # and new events reach the webhook once, after the old ones
         assert d.delete(a2).status_code == 204
-        rec.wait(n + 1, 15)
+        rec.wait(n + 2, 15)
         time.sleep(0.5)
         new = [json.loads(g["body"]) for g in rec.received()[n:]]
         assert [(e["type"], e["sandboxId"]) for e in new] == [("sandbox.lifecycle.resumed", a2),

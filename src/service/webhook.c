@@ -54,6 +54,7 @@ struct sbx_webhooks {
   struct sbx_outbound outbound; /* what the operator opened */
   pthread_mutex_t lock;
   pthread_cond_t cond;
+  bool kicked; /* an event was queued since the worker last looked */
   bool stop;
   pthread_t thread;
 };
@@ -208,8 +209,12 @@ worker_main (void *arg)
   struct sbx_webhooks *wh = arg;
   for (;;)
     {
+      /* clear the kick before looking, so that an event queued from
+         here on (even while a delivery is being recorded) wakes the
+         wait below instead of waiting for its timeout */
       pthread_mutex_lock (&wh->lock);
       bool stop = wh->stop;
+      wh->kicked = false;
       pthread_mutex_unlock (&wh->lock);
       if (stop)
         break;
@@ -246,7 +251,7 @@ worker_main (void *arg)
           ts.tv_nsec -= 1000000000L;
         }
       pthread_mutex_lock (&wh->lock);
-      if (!wh->stop)
+      if (!wh->stop && !wh->kicked)
         pthread_cond_timedwait (&wh->cond, &wh->lock, &ts);
       pthread_mutex_unlock (&wh->lock);
     }
@@ -288,6 +293,7 @@ void
 sbx_webhooks_kick (struct sbx_webhooks *wh)
 {
   pthread_mutex_lock (&wh->lock);
+  wh->kicked = true;
   pthread_cond_signal (&wh->cond);
   pthread_mutex_unlock (&wh->lock);
 }
