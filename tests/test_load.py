@@ -8,8 +8,9 @@ What it asserts:
     own, and the per-address cap is not what stops them);
   * every create and exec of the well-behaved organisation succeeds
     meanwhile, and at least 90% of its DNS queries are answered (the rest
-    were lost in the kernel's shared receive queue, which no per-sandbox
-    bound in the daemon reaches; a resolver asks again);
+    were lost in a receive queue the daemon does not bound per sandbox:
+    the DNS socket its slot shares with others, or the upstream's; a
+    resolver asks again);
   * the daemon's resident memory stays under RSS_BOUND_MIB throughout;
   * every output-flood answer is cut at the cap and says so.
 Its latencies, quiet and under the floods, and their ratios are printed

@@ -636,6 +636,36 @@ def test_delete_removes_the_sandbox_link(netd):
         assert not re.search(rf"\b{re.escape(addr)}\b", rules), rules
 
 
+def udp_ports(pid):
+    """{port: sockets on 0.0.0.0} of the UDP sockets process PID holds."""
+    out = subprocess.run(["ss", "-uanpH"], capture_output=True, text=True).stdout
+    held = {}
+    for line in out.splitlines():
+        addr, port = line.split()[3].rsplit(":", 1)
+        if f"pid={pid}," in line and addr == "0.0.0.0":
+            held[int(port)] = held.get(int(port), 0) + 1
+    return held
+
+
+DNS_SOCKS = 64  # SBX_DNS_SOCKS (src/core/netproxy_internal.h)
+
+
+def test_dns_queries_queue_in_their_slots_socket(netd):
+    """The DNS filter's port is held by a group of sockets, and the kernel
+    puts each sandbox's queries in its slot's (tests/unit/test_netproxy.c
+    checks the steering): a flood queues apart from most sandboxes'
+    queries.  A fixed number of descriptors, none per sandbox; queries
+    over UDP and TCP are answered."""
+    held = udp_ports(netd.proc.pid)
+    assert list(held.values()) == [DNS_SOCKS], held
+    sb = create(netd)
+    sid, gw = sb["sandboxID"], sb["network"]["gateway"]
+    assert dns_in_sandbox(netd, sid, gw, "allowed.test") == [0, [WEB1]]
+    assert dns_in_sandbox(netd, sid, gw, "allowed.test", tcp=True) == [0, [WEB1]]
+    assert udp_ports(netd.proc.pid) == held
+    assert netd.delete(sid).status_code == 204
+
+
 def test_put_cuts_an_open_flow(netd, peers):
     """Rules hold for every packet, not only for new connections: a UDP
     flow that was let through stops the moment a PUT denies it."""

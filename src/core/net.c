@@ -487,10 +487,11 @@ cmd_tag_rules (struct sbx_net *n, struct cmd *c)
   /* in: only what was redirected to the filters (single values rather
      than sets: anonymous sets are kernel objects of their own).  First
      each sandbox's own bound on what reaches the filters' sockets,
-     which all sandboxes share: a flood beyond a few times the DNS
-     filter's rate (beyond which it answers SERVFAIL anyway) would fill
-     the shared UDP socket's buffer and the listeners' queues, and
-     others' queries and connections would be lost there.  Dropped here,
+     which sandboxes share: a flood beyond a few times the DNS filter's
+     rate (beyond which it answers SERVFAIL anyway) would fill the UDP
+     socket's buffer that its slot shares with others (netproxy.c,
+     dns_socks_bind) and the listeners' queues, and others' queries and
+     connections would be lost there.  Dropped here,
      per sandbox, it costs the others nothing. */
   snprintf (chain, sizeof chain, "pi_%s", t);
   unsigned pps = 4 * sbx_netproxy_dns_rate (n->proxy);

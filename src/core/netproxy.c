@@ -4,7 +4,8 @@
  *
  * Threads: two, each an event loop (epoll) that serves everything of its
  * kind without blocking:
- *   - the DNS loop reads the UDP socket, accepts TCP DNS connections on
+ *   - the DNS loop reads the UDP sockets (a group of SBX_DNS_SOCKS: see
+ *     dns_socks_bind), accepts TCP DNS connections on
  *     the same port number and reads their queries; a query that goes
  *     upstream gets a socket of its own (UDP: a fresh source port, the
  *     answer matched by the connected address and the id; TCP: a
@@ -70,6 +71,7 @@
 #include <string.h>
 #include <strings.h>
 #include <stddef.h>
+#include <linux/filter.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -93,8 +95,8 @@
 #define DNS_RATE 200                 /* per sandbox: queries a second, in bursts of twice that */
 #define DNS_WAITING 256              /* per sandbox: UDP queries read and waiting for their turn */
 #define DNS_WAITING_BYTES 65536      /* ... and their bytes */
-#define DNS_INTAKE 4096              /* UDP queries read in one turn of the DNS loop, at most */
-#define DNS_TURNS 16                 /* ... and served, one sandbox after another, before the socket is read again */
+#define DNS_SOCK_INTAKE 256          /* UDP queries read from one of the DNS sockets in one turn, at most */
+#define DNS_TURNS 16                 /* ... and served, one sandbox after another, before they are read again */
 #define CONNS_PER_SANDBOX 256        /* per sandbox: TCP connections, DNS and relayed */
 #define CONNS_OWN 32                 /* ... of which always there */
 #define CONNS_SHARED 2048            /* all sandboxes: the rest */
@@ -113,7 +115,7 @@ _Static_assert (TLS_PAIR_BUF >= HELLO_MAX, "the ClientHello goes into the pair a
 #define CONNECT_TIMEOUT_MS 10000
 #define DNS_TCP_IDLE_MS 10000
 #define UPSTREAM_UDP_TIMEOUT_MS 2000 /* per try; one retry */
-#define DNS_UDP_RCVBUF (8 << 20)   /* the shared query socket's buffer, bytes */
+#define DNS_UDP_RCVBUF (512 << 10) /* each query socket's buffer, bytes (SBX_DNS_SOCKS of them) */
 #define UPSTREAM_TCP_TIMEOUT_MS 5000
 #define ACCEPT_PAUSE_MS 100          /* accepting again after EMFILE and the like */
 #define DNS_MSG_MAX 65535
@@ -958,6 +960,13 @@ struct np_watch {
 
 enum { T_UDP_TRY, T_TCP_UPSTREAM, T_DNS_IDLE, T_HELLO, T_CONNECT, T_PAUSE, T_TLS, T_KINDS };
 
+/* One of the DNS port's UDP sockets (sbx_netproxy_start), watched by the
+   DNS loop. */
+struct np_udp {
+  struct np_watch w;
+  struct np_loop *l;
+};
+
 enum conn_kind { CONN_DNS, CONN_RELAY };
 
 struct np_conn;
@@ -972,7 +981,7 @@ struct np_loop {
   enum conn_kind kind;   /* of the connections accepted on LISTEN */
   struct np_watch listen;
   struct np_timer listen_pause; /* accepting again after EMFILE and the like */
-  struct np_watch udp;   /* the DNS loop: queries over UDP */
+  struct np_udp udp[SBX_DNS_SOCKS]; /* the DNS loop: queries over UDP */
   struct np_conn *dead_conns;
   struct np_query *dead_queries;
   struct np_conn *ready;  /* relayed connections with more to move */
@@ -1177,7 +1186,8 @@ struct sbx_netproxy {
   struct sockaddr_in upstream;
   struct sbx_cidr *ops;
   size_t n_ops;
-  int udp_fd, dns_tcp_fd, tcp_fd, stop_fd;
+  int udp_fds[SBX_DNS_SOCKS]; /* the DNS port's, one group (dns_socks_bind) */
+  int dns_tcp_fd, tcp_fd, stop_fd;
   uint16_t dns_port, tcp_port;
   unsigned dns_rate, hello_timeout_ms;
   struct np_loop dns, relay;
@@ -1710,7 +1720,7 @@ query_finish (struct np_query *q, const uint8_t *ans, size_t len)
         }
     }
   else
-    sendto (p->udp_fd, ans, len, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) &q->from, sizeof q->from);
+    sendto (p->udp_fds[0], ans, len, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) &q->from, sizeof q->from);
   query_end (q);
 }
 
@@ -1846,7 +1856,7 @@ query_start (struct np_loop *l, struct np_sandbox *sb, const uint8_t *q, size_t 
       if (client)
         conn_dns_answer (client, l->tx, n);
       else
-        sendto (p->udp_fd, l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) from, sizeof *from);
+        sendto (p->udp_fds[0], l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) from, sizeof *from);
       return;
     }
   x->l = l;
@@ -1920,20 +1930,21 @@ dns_query (struct np_loop *l, struct np_sandbox *sb, const uint8_t *q, size_t le
   if (client)
     conn_dns_answer (client, l->tx, n);
   else
-    sendto (p->udp_fd, l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) from, sizeof *from);
+    sendto (p->udp_fds[0], l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) from, sizeof *from);
   return true;
 }
 
 /* UDP queries are read as fast as they come and served in turns, one
    query of each sandbox with queries waiting after another (dns_turns).
-   All sandboxes send to one socket, whose queue is first come, first
-   served: served in the order they arrive, a sandbox's flood of queries
-   stood in front of every other sandbox's, for as long as the flood took
-   to serve (tens of milliseconds under fifty hostile sandboxes).  Reading
-   is cheap next to serving (a judgement, often a socket and a send
-   upstream), so the socket's queue stays short.  What a sandbox sends
-   beyond DNS_WAITING queries waiting gets SERVFAIL at once, as a query
-   over its rate does. */
+   A socket's queue is first come, first served: served in the order they
+   arrive, a sandbox's flood of queries stood in front of every other
+   sandbox's in its socket, for as long as the flood took to serve (tens
+   of milliseconds under fifty hostile sandboxes).  Reading is cheap next
+   to serving (a judgement, often a socket and a send upstream), so the
+   sockets' queues stay short; each socket is read DNS_SOCK_INTAKE queries
+   at a time, so a flood in one delays the reading of the others by that
+   much at most.  What a sandbox sends beyond DNS_WAITING queries waiting
+   gets SERVFAIL at once, as a query over its rate does. */
 /* SB takes its place at the end of L's turns. */
 static void
 turns_append (struct np_loop *l, struct np_sandbox *sb)
@@ -1950,9 +1961,9 @@ static void
 dns_udp_ready (struct np_watch *w, uint32_t events)
 {
   (void) events;
-  struct np_loop *l = container_of (w, struct np_loop, udp);
+  struct np_loop *l = container_of (w, struct np_udp, w)->l;
   struct sbx_netproxy *p = l->p;
-  for (int i = 0; i < DNS_INTAKE; i++)
+  for (int i = 0; i < DNS_SOCK_INTAKE; i++)
     {
       struct sockaddr_in from;
       socklen_t fl = sizeof from;
@@ -1994,7 +2005,7 @@ dns_udp_ready (struct np_watch *w, uint32_t events)
       if (refused && k >= 12 && !(l->rx[2] & 0x80))
         {
           size_t n = make_reply (l->rx, (size_t) k, LDNS_RCODE_SERVFAIL, l->tx);
-          sendto (p->udp_fd, l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) &from, sizeof from);
+          sendto (p->udp_fds[0], l->tx, n, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *) &from, sizeof from);
         }
     }
 }
@@ -3317,10 +3328,79 @@ bind_any (int type, uint16_t port, uint16_t *got, struct sbx_err *err)
   return steal_fd (&fd);
 }
 
-/* The epoll set of a loop accepting KIND connections on LISTEN_FD (and,
-   for the DNS loop, reading UDP_FD). */
+/* The DNS port's UDP sockets: SBX_DNS_SOCKS sockets in one SO_REUSEPORT
+   group on 0.0.0.0:<ephemeral>, and the kernel puts each query in the one
+   sbx_dns_steer names for its sender.  All sandboxes' queries in one
+   socket queued as they came: a sandbox's flood filled the queue in front
+   of everyone's queries, and when the loop fell behind (a CPU taken by
+   floods) the kernel dropped every sandbox's alike.  Now a flood fills its
+   own sender's socket (and its slot-mates', one in SBX_DNS_SOCKS), the
+   loop reads every socket a bounded number of queries at a time, and
+   what overflows is the flood's.  A fixed number of descriptors, not one
+   per sandbox (docs/architecture.md, "Descriptors"). */
+const struct sock_fprog *
+sbx_dns_steer (void)
+{
+  /* sandboxes' addresses are four apart (a /30 each, net.c): the
+     source address over four, modulo the sockets, is the sandbox's slot
+     modulo the sockets, so neighbours in the pool land apart */
+  static struct sock_filter code[] = {
+    { BPF_LD | BPF_W | BPF_ABS, 0, 0, (uint32_t) SKF_NET_OFF + 12 }, /* the IPv4 source address */
+    { BPF_ALU | BPF_RSH | BPF_K, 0, 0, 2 },
+    { BPF_ALU | BPF_MOD | BPF_K, 0, 0, SBX_DNS_SOCKS },
+    { BPF_RET | BPF_A, 0, 0, 0 },
+  };
+  static const struct sock_fprog prog = { sizeof code / sizeof code[0], code };
+  return &prog;
+}
+
+static void
+dns_socks_close (struct sbx_netproxy *p)
+{
+  for (int i = 0; i < SBX_DNS_SOCKS; i++)
+    if (p->udp_fds[i] >= 0)
+      {
+        close (p->udp_fds[i]);
+        p->udp_fds[i] = -1;
+      }
+}
+
+/* Binds the group; its port in p->dns_port. */
 static int
-loop_init (struct sbx_netproxy *p, struct np_loop *l, enum conn_kind kind, int listen_fd, int udp_fd,
+dns_socks_bind (struct sbx_netproxy *p, struct sbx_err *err)
+{
+  for (int i = 0; i < SBX_DNS_SOCKS; i++)
+    {
+      cleanup_close int fd = socket (AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd < 0)
+        return sbx_fail (err, errno, "netproxy: socket");
+      int one = 1;
+      if (setsockopt (fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        return sbx_fail (err, errno, "netproxy: SO_REUSEPORT");
+      struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (i ? p->dns_port : 0) };
+      if (bind (fd, (struct sockaddr *) &a, sizeof a) < 0)
+        return sbx_fail (err, errno, "netproxy: bind 0.0.0.0:%u", i ? p->dns_port : 0);
+      socklen_t al = sizeof a;
+      if (i == 0 && getsockname (fd, (struct sockaddr *) &a, &al) < 0)
+        return sbx_fail (err, errno, "netproxy: getsockname");
+      if (i == 0)
+        p->dns_port = ntohs (a.sin_port);
+      /* deep enough for the bursts the per-sandbox kernel bound lets
+         through (net.c) from the sandboxes that share it */
+      int rcv = DNS_UDP_RCVBUF;
+      if (setsockopt (fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
+        setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+      p->udp_fds[i] = steal_fd (&fd);
+    }
+  if (setsockopt (p->udp_fds[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, sbx_dns_steer (), sizeof (struct sock_fprog)) < 0)
+    return sbx_fail (err, errno, "netproxy: SO_ATTACH_REUSEPORT_CBPF");
+  return 0;
+}
+
+/* The epoll set of a loop accepting KIND connections on LISTEN_FD (and,
+   for the DNS loop, reading UDP_FDS, SBX_DNS_SOCKS of them). */
+static int
+loop_init (struct sbx_netproxy *p, struct np_loop *l, enum conn_kind kind, int listen_fd, const int *udp_fds,
            struct sbx_err *err)
 {
   static const unsigned ms[T_KINDS] = { [T_UDP_TRY] = UPSTREAM_UDP_TIMEOUT_MS, [T_TCP_UPSTREAM] = UPSTREAM_TCP_TIMEOUT_MS,
@@ -3332,21 +3412,23 @@ loop_init (struct sbx_netproxy *p, struct np_loop *l, enum conn_kind kind, int l
     l->timers[k].ns = (k == T_HELLO ? p->hello_timeout_ms : ms[k]) * MS;
   l->listen = (struct np_watch) { .fd = listen_fd, .ready = listen_ready };
   l->listen_pause.fire = listen_resume;
-  l->udp = (struct np_watch) { .fd = udp_fd, .ready = dns_udp_ready };
+  for (int i = 0; i < SBX_DNS_SOCKS && udp_fds; i++)
+    l->udp[i] = (struct np_udp) { .w = { .fd = udp_fds[i], .ready = dns_udp_ready }, .l = l };
   l->ep = epoll_create1 (EPOLL_CLOEXEC);
   if (l->ep < 0)
     return sbx_fail (err, errno, "netproxy: epoll_create1");
   struct epoll_event stop = { .events = EPOLLIN, .data.ptr = NULL };
   if (epoll_ctl (l->ep, EPOLL_CTL_ADD, p->stop_fd, &stop) < 0 || watch_set (l, &l->listen, EPOLLIN) < 0)
     return sbx_fail (err, errno, "netproxy: epoll_ctl");
-  if (udp_fd >= 0)
+  if (udp_fds)
     {
       l->rx = malloc (DNS_MSG_MAX + 1);
       l->tx = malloc (DNS_MSG_MAX + 1);
       if (l->rx == NULL || l->tx == NULL)
         return sbx_fail (err, ENOMEM, "netproxy");
-      if (watch_set (l, &l->udp, EPOLLIN) < 0)
-        return sbx_fail (err, errno, "netproxy: epoll_ctl");
+      for (int i = 0; i < SBX_DNS_SOCKS; i++)
+        if (watch_set (l, &l->udp[i].w, EPOLLIN) < 0)
+          return sbx_fail (err, errno, "netproxy: epoll_ctl");
     }
   return 0;
 }
@@ -3368,10 +3450,11 @@ proxy_free (struct sbx_netproxy *p)
       free (loops[i]->rx);
       free (loops[i]->tx);
     }
-  int *fds[] = { &p->udp_fd, &p->dns_tcp_fd, &p->tcp_fd, &p->stop_fd };
+  int *fds[] = { &p->dns_tcp_fd, &p->tcp_fd, &p->stop_fd };
   for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
     if (*fds[i] >= 0)
       close (*fds[i]);
+  dns_socks_close (p);
   pthread_mutex_destroy (&p->lock);
   free (p);
 }
@@ -3417,7 +3500,9 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
   struct sbx_netproxy *p = calloc (1, sizeof *p);
   if (p == NULL)
     return sbx_fail (err, ENOMEM, "netproxy");
-  p->udp_fd = p->dns_tcp_fd = p->tcp_fd = p->stop_fd = p->dns.ep = p->relay.ep = -1;
+  p->dns_tcp_fd = p->tcp_fd = p->stop_fd = p->dns.ep = p->relay.ep = -1;
+  for (int i = 0; i < SBX_DNS_SOCKS; i++)
+    p->udp_fds[i] = -1;
   pthread_mutex_init (&p->lock, NULL);
   set_limits (p, &cfg->limits);
   p->upstream.sin_family = AF_INET;
@@ -3445,17 +3530,8 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
   for (int tries = 0; tries < 32 && p->dns_tcp_fd < 0; tries++)
     {
       struct sbx_err e = { 0 };
-      if (p->udp_fd >= 0)
-        close (p->udp_fd);
-      p->udp_fd = bind_any (SOCK_DGRAM, 0, &p->dns_port, err);
-      /* every sandbox's queries arrive on this one socket: a buffer deep
-         enough for the bursts the per-sandbox kernel bound lets through
-         (a few thousand queries), so that another sandbox's query is not
-         dropped while the loop catches up */
-      int rcv = DNS_UDP_RCVBUF;
-      if (p->udp_fd >= 0 && setsockopt (p->udp_fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
-        setsockopt (p->udp_fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
-      if (p->udp_fd < 0)
+      dns_socks_close (p);
+      if (dns_socks_bind (p, err) < 0)
         goto fail;
       uint16_t same;
       p->dns_tcp_fd = bind_any (SOCK_STREAM, p->dns_port, &same, &e);
@@ -3475,8 +3551,8 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
       sbx_fail (err, errno, "netproxy: eventfd");
       goto fail;
     }
-  if (loop_init (p, &p->dns, CONN_DNS, p->dns_tcp_fd, p->udp_fd, err) < 0
-      || loop_init (p, &p->relay, CONN_RELAY, p->tcp_fd, -1, err) < 0)
+  if (loop_init (p, &p->dns, CONN_DNS, p->dns_tcp_fd, p->udp_fds, err) < 0
+      || loop_init (p, &p->relay, CONN_RELAY, p->tcp_fd, NULL, err) < 0)
     goto fail;
   int e = pthread_create (&p->dns.thread, NULL, loop_main, &p->dns);
   if (e != 0)

@@ -14,6 +14,14 @@
 
 #include "net.h"
 
+struct sock_fprog;
+
+/* The DNS filter's UDP sockets (netproxy.c, dns_socks_bind): how many,
+   and the program that picks one for a query by its sender's address
+   (SO_ATTACH_REUSEPORT_CBPF), the sandbox's slot modulo their number. */
+#define SBX_DNS_SOCKS 64
+const struct sock_fprog *sbx_dns_steer (void);
+
 /* Longest name the parsers give (RFC 1035: 253 characters without the
    final dot); NAME buffers should hold SBX_NETPROXY_NAME_MAX + 1 bytes. */
 #define SBX_NETPROXY_NAME_MAX 253

@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
 #include <poll.h>
@@ -1404,6 +1405,84 @@ test_dns_turns (void)
   ok ("dns turns: no descriptor left open");
 }
 
+/* How many UDP sockets hold 0.0.0.0:PORT (/proc/net/udp). */
+static int
+udp_port_count (uint16_t port)
+{
+  char line[512];
+  FILE *f = fopen ("/proc/net/udp", "re");
+  int n = 0;
+  while (f && fgets (line, sizeof line, f))
+    {
+      unsigned addr, lport; /* the local address, as the kernel prints it */
+      n += sscanf (line, " %*u: %x:%x", &addr, &lport) == 2 && addr == 0 && lport == port;
+    }
+  if (f)
+    fclose (f);
+  return n;
+}
+
+/* The DNS port's sockets: the proxy holds SBX_DNS_SOCKS of them, and the
+   program it steers queries with puts every query of a sender in the same
+   one, the sender's slot (address over four) modulo their number: checked
+   on a group of our own with that program, sending from twice as many
+   addresses as sockets. */
+static void
+test_dns_steer (void)
+{
+  int fds_before = count_fds ();
+  struct two t;
+  if (!two_open (&t, (struct sbx_netproxy_limits) { 0 }, 9))
+    return;
+  CHECK (udp_port_count (sbx_netproxy_dns_port (t.p)) == SBX_DNS_SOCKS);
+  two_close (&t);
+  CHECK (count_fds () == fds_before);
+  ok ("dns steer: the proxy holds its UDP sockets, and closes them");
+
+  int g[SBX_DNS_SOCKS], one = 1;
+  uint16_t port = 0;
+  for (int i = 0; i < SBX_DNS_SOCKS; i++)
+    {
+      g[i] = socket (AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_ANY) };
+      socklen_t al = sizeof a;
+      CHECK (g[i] >= 0 && setsockopt (g[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0
+             && bind (g[i], (struct sockaddr *) &a, sizeof a) == 0 && getsockname (g[i], (struct sockaddr *) &a, &al) == 0);
+      port = ntohs (a.sin_port);
+    }
+  CHECK (setsockopt (g[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, sbx_dns_steer (), sizeof (struct sock_fprog)) == 0);
+  int wrong = 0, lost = 0;
+  for (uint32_t slot = 0; slot < 2 * SBX_DNS_SOCKS; slot++)
+    {
+      uint32_t src = IP (127, 0, 2, 0) + slot * 4 + 2; /* as net.c numbers sandboxes */
+      for (int k = 0; k < 3; k++)
+        {
+          int c = sandbox_socket (src, port);
+          CHECK (c >= 0 && send (c, "q", 1, 0) == 1);
+          close (c);
+          int want = (int) (((IP (127, 0, 2, 0) >> 2) + slot) % SBX_DNS_SOCKS), got = -1;
+          for (int tries = 0; tries < 100 && got < 0; tries++)
+            {
+              char b;
+              for (int i = 0; i < SBX_DNS_SOCKS && got < 0; i++)
+                if (recv (g[i], &b, 1, 0) == 1)
+                  got = i;
+              if (got < 0)
+                usleep (1000);
+            }
+          wrong += got >= 0 && got != want;
+          lost += got < 0;
+        }
+    }
+  CHECK (wrong == 0 && lost == 0);
+  if (wrong || lost)
+    fprintf (stderr, "dns steer: %d of %d queries in another socket than their slot's, %d not received\n", wrong,
+             6 * SBX_DNS_SOCKS, lost);
+  for (int i = 0; i < SBX_DNS_SOCKS; i++)
+    close (g[i]);
+  ok ("dns steer: every query of a sandbox goes to its slot's socket");
+}
+
 /* Request transforms: a head rewritten, the rules' keys matched. */
 static void
 test_head_rewrite (void)
@@ -1458,6 +1537,7 @@ main (void)
   test_dns ();
   test_dns_bounds ();
   test_dns_turns ();
+  test_dns_steer ();
   printf ("%d checks passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }
