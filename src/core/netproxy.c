@@ -3306,16 +3306,17 @@ loop_main (void *arg)
 }
 /* ------------------------------------------------------------------ API */
 
-/* A socket of TYPE bound to 0.0.0.0:PORT (0: any); its port in *GOT. */
+/* A socket of TYPE, with the socket option REUSE (SO_REUSEADDR or
+   SO_REUSEPORT) set, bound to 0.0.0.0:PORT (0: any); its port in *GOT. */
 static int
-bind_any (int type, uint16_t port, uint16_t *got, struct sbx_err *err)
+bind_any (int type, int reuse, uint16_t port, uint16_t *got, struct sbx_err *err)
 {
   cleanup_close int fd = socket (AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return sbx_fail (err, errno, "netproxy: socket");
   int one = 1;
-  if (setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
-    return sbx_fail (err, errno, "netproxy: SO_REUSEADDR");
+  if (setsockopt (fd, SOL_SOCKET, reuse, &one, sizeof one) < 0)
+    return sbx_fail (err, errno, "netproxy: %s", reuse == SO_REUSEPORT ? "SO_REUSEPORT" : "SO_REUSEADDR");
   struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (port), .sin_addr.s_addr = htonl (INADDR_ANY) };
   if (bind (fd, (struct sockaddr *) &a, sizeof a) < 0)
     return sbx_fail (err, errno, "netproxy: bind 0.0.0.0:%u", port);
@@ -3371,26 +3372,16 @@ dns_socks_bind (struct sbx_netproxy *p, struct sbx_err *err)
 {
   for (int i = 0; i < SBX_DNS_SOCKS; i++)
     {
-      cleanup_close int fd = socket (AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      /* the first takes a port, the others join it */
+      int fd = bind_any (SOCK_DGRAM, SO_REUSEPORT, i ? p->dns_port : 0, &p->dns_port, err);
       if (fd < 0)
-        return sbx_fail (err, errno, "netproxy: socket");
-      int one = 1;
-      if (setsockopt (fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
-        return sbx_fail (err, errno, "netproxy: SO_REUSEPORT");
-      struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons (i ? p->dns_port : 0) };
-      if (bind (fd, (struct sockaddr *) &a, sizeof a) < 0)
-        return sbx_fail (err, errno, "netproxy: bind 0.0.0.0:%u", i ? p->dns_port : 0);
-      socklen_t al = sizeof a;
-      if (i == 0 && getsockname (fd, (struct sockaddr *) &a, &al) < 0)
-        return sbx_fail (err, errno, "netproxy: getsockname");
-      if (i == 0)
-        p->dns_port = ntohs (a.sin_port);
+        return -1;
+      p->udp_fds[i] = fd;
       /* deep enough for the bursts the per-sandbox kernel bound lets
          through (net.c) from the sandboxes that share it */
       int rcv = DNS_UDP_RCVBUF;
       if (setsockopt (fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
         setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
-      p->udp_fds[i] = steal_fd (&fd);
     }
   if (setsockopt (p->udp_fds[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, sbx_dns_steer (), sizeof (struct sock_fprog)) < 0)
     return sbx_fail (err, errno, "netproxy: SO_ATTACH_REUSEPORT_CBPF");
@@ -3534,7 +3525,7 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
       if (dns_socks_bind (p, err) < 0)
         goto fail;
       uint16_t same;
-      p->dns_tcp_fd = bind_any (SOCK_STREAM, p->dns_port, &same, &e);
+      p->dns_tcp_fd = bind_any (SOCK_STREAM, SO_REUSEADDR, p->dns_port, &same, &e);
       if (p->dns_tcp_fd < 0 && (e.code != EADDRINUSE || tries == 31))
         {
           if (err)
@@ -3542,7 +3533,7 @@ sbx_netproxy_start (const struct sbx_netproxy_config *cfg, struct sbx_netproxy *
           goto fail;
         }
     }
-  p->tcp_fd = bind_any (SOCK_STREAM, 0, &p->tcp_port, err);
+  p->tcp_fd = bind_any (SOCK_STREAM, SO_REUSEADDR, 0, &p->tcp_port, err);
   if (p->tcp_fd < 0)
     goto fail;
   p->stop_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
