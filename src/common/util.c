@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -386,6 +389,34 @@ thread_nice_apply (void)
   bool want = bulk && held == 0;
   if (want != lowered && setpriority (PRIO_PROCESS, (id_t) gettid (), want ? SBX_BULK_NICE : 0) == 0)
     lowered = want;
+}
+
+/* glibc has no sched_setattr, and <linux/sched/types.h> (the kernel's
+   struct sched_attr) clashes with <sched.h>; this is the kernel's first
+   version of the structure (SCHED_ATTR_SIZE_VER0, 48 bytes). */
+struct sbx_sched_attr {
+  uint32_t size;
+  uint32_t sched_policy;
+  uint64_t sched_flags;
+  int32_t sched_nice;
+  uint32_t sched_priority;
+  uint64_t sched_runtime;
+  uint64_t sched_deadline;
+  uint64_t sched_period;
+};
+
+int
+sbx_thread_deadline (uint64_t runtime_ns, uint64_t period_ns)
+{
+  struct sbx_sched_attr a = {
+    .size = sizeof a,
+    .sched_policy = SCHED_DEADLINE,
+    .sched_flags = SCHED_FLAG_RECLAIM | SCHED_FLAG_RESET_ON_FORK,
+    .sched_runtime = runtime_ns,
+    .sched_deadline = period_ns,
+    .sched_period = period_ns,
+  };
+  return syscall (SYS_sched_setattr, 0, &a, 0) == 0 ? 0 : -errno;
 }
 
 void

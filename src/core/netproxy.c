@@ -83,6 +83,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 #include "egress.h"
 #include "egress_tls.h"
@@ -3279,6 +3280,13 @@ loop_main (void *arg)
   pthread_setname_np (pthread_self (), l->kind == CONN_DNS ? "sbx-dns" : "sbx-filter");
   /* best effort: without CAP_SYS_NICE it runs at the normal priority */
   setpriority (PRIO_PROCESS, (id_t) gettid (), SBX_FILTER_NICE);
+  if (l->kind == CONN_DNS)
+    {
+      int rc = sbx_thread_deadline (SBX_DNS_RUNTIME_NS, SBX_DNS_PERIOD_NS);
+      if (rc != 0)
+        sbx_log (SBX_LOG_WARN, "the DNS filter runs at nice %d: the kernel refused it a deadline reservation (%s)",
+                 SBX_FILTER_NICE, strerror (-rc));
+    }
   struct epoll_event ev[64];
   for (;;)
     {
