@@ -65,6 +65,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <search.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1195,8 +1196,10 @@ struct sbx_netproxy {
 
   pthread_mutex_t lock;
   bool stopping;
-  struct np_sandbox **sb;
-  size_t n_sb, cap_sb;
+  /* The sandboxes by address: glibc's balanced tree (tsearch), as every
+     DNS query and connection looks its sandbox up, under the lock; a
+     list scanned whole cost a pointer chase per sandbox each time. */
+  void *sb;
   struct np_conn *conns;
   struct np_pool conn_pool, query_pool;
   unsigned hello_cap;
@@ -1204,13 +1207,20 @@ struct sbx_netproxy {
   struct np_query *queries; /* the DNS loop's (no lock) */
 };
 
+static int
+sandbox_cmp (const void *a, const void *b)
+{
+  uint32_t x = ((const struct np_sandbox *) a)->ip, y = ((const struct np_sandbox *) b)->ip;
+  return x < y ? -1 : x > y;
+}
+
+/* Under the mutex. */
 static struct np_sandbox *
 find_sandbox (struct sbx_netproxy *p, uint32_t ip)
 {
-  for (size_t i = 0; i < p->n_sb; i++)
-    if (p->sb[i]->ip == ip)
-      return p->sb[i];
-  return NULL;
+  struct np_sandbox key = { .ip = ip };
+  struct np_sandbox **found = tfind (&key, &p->sb, sandbox_cmp);
+  return found ? *found : NULL;
 }
 
 static void
@@ -1223,6 +1233,13 @@ sandbox_free (struct np_sandbox *sb)
       sbx_egress_ring_free (&sb->log);
       free (sb);
     }
+}
+
+/* tdestroy's: the table's sandboxes at the end. */
+static void
+sandbox_free_node (void *sb)
+{
+  sandbox_free (sb);
 }
 
 /* Under the mutex. */
@@ -3436,9 +3453,8 @@ loop_init (struct sbx_netproxy *p, struct np_loop *l, enum conn_kind kind, int l
 static void
 proxy_free (struct sbx_netproxy *p)
 {
-  for (size_t i = 0; i < p->n_sb; i++)
-    sandbox_free (p->sb[i]);
-  free (p->sb);
+  tdestroy (p->sb, sandbox_free_node);
+  p->sb = NULL;
   free (p->ops);
   sbx_egress_tls_close (p->tls);
   struct np_loop *loops[] = { &p->dns, &p->relay };
@@ -3613,18 +3629,17 @@ sbx_netproxy_set (struct sbx_netproxy *p, uint32_t sandbox_ip, const struct sbx_
   if (sb == NULL)
     {
       sb = calloc (1, sizeof *sb);
-      struct np_sandbox **slot = sb ? sbx_grow (&p->sb, &p->n_sb, &p->cap_sb, sizeof *p->sb) : NULL;
-      if (slot == NULL)
+      if (sb)
+        sb->ip = sandbox_ip;
+      if (sb == NULL || tsearch (sb, &p->sb, sandbox_cmp) == NULL)
         {
           pthread_mutex_unlock (&p->lock);
           free (sb);
           sbx_net_policy_free (&copy);
           return sbx_fail (err, ENOMEM, "netproxy: add a sandbox");
         }
-      sb->ip = sandbox_ip;
       sb->refs = 1; /* the table's */
       sb->policy = copy;
-      *slot = sb;
       pthread_mutex_unlock (&p->lock);
       return 0;
     }
@@ -3648,19 +3663,17 @@ sbx_netproxy_remove (struct sbx_netproxy *p, uint32_t sandbox_ip)
   if (p == NULL)
     return;
   pthread_mutex_lock (&p->lock);
-  for (size_t i = 0; i < p->n_sb; i++)
-    if (p->sb[i]->ip == sandbox_ip)
-      {
-        struct np_sandbox *sb = p->sb[i];
-        p->sb[i] = p->sb[--p->n_sb];
-        sb->removed = true;
-        for (struct np_conn *c = p->conns; c; c = c->next)
-          if (c->sb == sb)
-            conn_kill (c);
-        /* freed now, or by its last query or connection as it ends */
-        sandbox_unref_locked (sb);
-        break;
-      }
+  struct np_sandbox *sb = find_sandbox (p, sandbox_ip);
+  if (sb)
+    {
+      tdelete (sb, &p->sb, sandbox_cmp);
+      sb->removed = true;
+      for (struct np_conn *c = p->conns; c; c = c->next)
+        if (c->sb == sb)
+          conn_kill (c);
+      /* freed now, or by its last query or connection as it ends */
+      sandbox_unref_locked (sb);
+    }
   pthread_mutex_unlock (&p->lock);
 }
 

@@ -1520,6 +1520,58 @@ test_head_rewrite (void)
   sbx_net_policy_free (&p);
 }
 
+/* The proxy's table of sandboxes (a tree by address): thousands added in
+   an order that is not their addresses', a third removed, some added
+   again; each address finds its own sandbox (its own egress log) and a
+   removed one finds none.  ASan checks that the table frees them all. */
+static void
+test_sandbox_table (void)
+{
+  enum { N = 3000 };
+  struct sbx_netproxy_config cfg = { .upstream_ip = INADDR_LOOPBACK, .upstream_port = 9 };
+  struct sbx_netproxy *p = NULL;
+  struct sbx_err err = { 0 };
+  CHECK (sbx_netproxy_start (&cfg, &p, &err) == 0);
+  if (p == NULL)
+    return;
+  struct sbx_cidr deny_all = { 0, 0 };
+  struct sbx_net_policy pol = { .enabled = true, .deny = &deny_all, .n_deny = 1 };
+  /* the i-th sandbox: slot k = i * 7 mod N (7 and N coprime), at
+     100.64.0.0 + 4k + 2 as the daemon gives them */
+#define TABLE_IP(i) (IP (100, 64, 0, 0) + 4u * (uint32_t) (((i) * 7) % N) + 2u)
+  bool all_set = true;
+  for (int i = 0; i < N; i++)
+    all_set &= sbx_netproxy_set (p, TABLE_IP (i), &pol, &err) == 0;
+  CHECK (all_set);
+  for (int i = 0; i < N; i++)
+    sbx_netproxy_record_packet (p, TABLE_IP (i), SBX_KRULE_DENY, "tcp", IP (203, 0, 113, 5), (uint16_t) (i + 1));
+  for (int i = 0; i < N; i += 3)
+    sbx_netproxy_remove (p, TABLE_IP (i));
+  sbx_netproxy_remove (p, IP (100, 64, 0, 1)); /* none there */
+  for (int i = 0; i < N; i += 30)
+    CHECK (sbx_netproxy_set (p, TABLE_IP (i), &pol, &err) == 0); /* a new sandbox at that address */
+  for (int i = 1; i < N; i += 3) /* an update keeps the sandbox (and its log) */
+    CHECK (sbx_netproxy_set (p, TABLE_IP (i), &pol, &err) == 0);
+  int wrong = 0;
+  for (int i = 0; i < N; i++)
+    {
+      struct sbx_egress_record *rec = NULL;
+      uint64_t dropped = 0;
+      size_t n = log_of (p, TABLE_IP (i), 0, &rec, &dropped);
+      if (i % 3 == 0)
+        wrong += n != 0; /* removed, or removed and added again */
+      else
+        wrong += n != 1 || rec[0].port != i + 1;
+      free (rec);
+    }
+  CHECK (wrong == 0);
+  if (wrong)
+    fprintf (stderr, "sandbox table: %d of %d addresses found the wrong log\n", wrong, N);
+#undef TABLE_IP
+  sbx_netproxy_stop (p);
+  ok ("sandbox table: thousands added, removed and added again, each found by its address");
+}
+
 int
 main (void)
 {
@@ -1538,6 +1590,7 @@ main (void)
   test_dns_bounds ();
   test_dns_turns ();
   test_dns_steer ();
+  test_sandbox_table ();
   printf ("%d checks passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }
