@@ -108,8 +108,8 @@ bool sbx_start_detached (void *(*fn) (void *), void *arg);
    up to the kernel's real-time share of a core (95% by default).  A
    deadline thread is run ahead of every normal thread when it wakes, so
    a sandbox's query no longer waits for a core behind the floods' threads
-   (measured under the hostile load on two cores: DNS p50 1 to 3 ms, 6 to
-   25 ms at nice -10 alone); its share of the CPU stays about what nice
+   (measured under the hostile load on two cores: DNS p50 1.3 to 1.5 ms, 4.7
+   to 26 ms at nice -10 alone); its share of the CPU stays about what nice
    -10 gave it, and what it does is bounded per sandbox by the filters'
    quotas.  The reservation is small so that many daemons on one machine
    fit the kernel's admission test; without the privilege, or refused,
