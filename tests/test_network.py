@@ -19,9 +19,7 @@ leak fails.  Timeouts inside sandboxes are short (3 s).
 """
 import ipaddress
 import json
-import os
 import re
-import struct
 import subprocess
 import time
 
@@ -666,52 +664,6 @@ def test_dns_queries_queue_in_their_slots_socket(netd):
     assert dns_in_sandbox(netd, sid, gw, "allowed.test", tcp=True) == [0, [WEB1]]
     assert udp_ports(netd.proc.pid) == held
     assert netd.delete(sid).status_code == 204
-
-
-SCHED_DEADLINE, SCHED_FLAG_RECLAIM = 6, 0x02
-SYS_SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}
-
-
-def sched_attr(tid):
-    """(policy, flags, nice, runtime, deadline, period) of thread TID, by
-    sched_getattr(2), which Python does not wrap."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(48)
-    if libc.syscall(SYS_SCHED_GETATTR[os.uname().machine], tid, buf, 48, 0) != 0:
-        raise OSError(ctypes.get_errno(), "sched_getattr")
-    _size, policy, flags, nice, _prio, runtime, deadline, period = struct.unpack("=IIQiIQQQ", buf.raw)
-    return policy, flags, nice, runtime, deadline, period
-
-
-def threads_named(pid, name):
-    """The ids of PID's threads called NAME (short-lived ones may end
-    while they are listed)."""
-    found = []
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/comm") as f:
-                if f.read().strip() == name:
-                    found.append(int(t))
-        except FileNotFoundError:
-            pass
-    return found
-
-
-def test_dns_filter_runs_under_a_deadline_reservation(netd):
-    """The DNS filter's loop is a SCHED_DEADLINE thread (0.5 ms of every
-    10 ms reserved, unused CPU reclaimed, threads it starts back to the
-    normal policy), so a query does not wait for a core behind other
-    sandboxes' floods; the HTTP/TLS filter's loop runs at nice -10."""
-    (dns,) = threads_named(netd.proc.pid, "sbx-dns")
-    policy, flags, _nice, runtime, deadline, period = sched_attr(dns)
-    assert (policy, runtime, deadline, period) == (SCHED_DEADLINE, 500_000, 10_000_000, 10_000_000)
-    assert flags & SCHED_FLAG_RECLAIM
-    assert os.sched_getscheduler(dns) == SCHED_DEADLINE | os.SCHED_RESET_ON_FORK
-    (flt,) = threads_named(netd.proc.pid, "sbx-filter")
-    assert os.sched_getscheduler(flt) == os.SCHED_OTHER
-    assert os.getpriority(os.PRIO_PROCESS, flt) == -10
-    assert "refused it a deadline reservation" not in netd.logs()
 
 
 def test_put_cuts_an_open_flow(netd, peers):
