@@ -700,10 +700,12 @@ uid_base (uint32_t slot)
   return UID_FIRST + slot * UID_RANGE;
 }
 
+#define SANDBOXES_CGROUP "sbxd" /* every sandbox's cgroup is one of its children */
+
 static void
 cgroup_name (const char *id, char *buf, size_t n)
 {
-  sbx_path (buf, n, "sbxd/%s", id);
+  sbx_path (buf, n, SANDBOXES_CGROUP "/%s", id);
 }
 
 /* ---- teardown ---- */
@@ -1893,6 +1895,19 @@ workers_stop (struct sbx_engine *e)
   free (e->spares);
 }
 
+/* The weight of the cgroup above every sandbox's (SBX_SANDBOXES_CPU_WEIGHT).
+   Best effort: without it the sandboxes only compete with the daemon as
+   equals. */
+static void
+sandboxes_weigh (unsigned weight)
+{
+  struct sbx_err err;
+  if (sbx_cgroup_create (SANDBOXES_CGROUP, NULL, &err) < 0
+      || sbx_cgroup_set_cpu_weight (SANDBOXES_CGROUP, weight, &err) < 0)
+    sbx_log_fields (SBX_LOG_WARN, "cannot weigh the sandboxes' CPU against the host's processes", "error", err.msg,
+                    NULL);
+}
+
 int
 sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, struct sbx_err *err)
 {
@@ -1968,6 +1983,7 @@ sbx_engine_open (const struct sbx_engine_config *cfg, struct sbx_engine **out, s
     sbx_template_dir (e->template_dir, sizeof e->template_dir);
   if (load_init (e, cfg->init_path, err) < 0)
     goto fail;
+  sandboxes_weigh (cfg->sandboxes_cpu_weight ? cfg->sandboxes_cpu_weight : SBX_SANDBOXES_CPU_WEIGHT);
   /* a fork of this process (isolate.h): before the threads below, while
      it is small */
   if (sbx_isolate_spawner_start (&e->spawner, err) < 0)

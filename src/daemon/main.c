@@ -66,6 +66,8 @@ usage (FILE *f)
          "             [--metrics-listen ADDR:PORT]   (GET /metrics there, without a credential)\n"
          "             [--spares-max N]   (spare sandboxes kept for bursts at most; default 128; 0: none)\n"
          "             [--spares-min N]   (spare sandboxes kept when idle; default 4, at most --spares-max)\n"
+         "             [--sandboxes-cpu-weight W]   (all sandboxes' CPU weight against the host's processes,\n"
+         "                                           100 as a nice-0 process; default 12, 1 to 10000)\n"
          "  sbxd template build NAME [--spec-dir DIR] [--template-dir DIR]\n"
          "  sbxd template list [--template-dir DIR]\n"
          "  sbxd template rm NAME [--template-dir DIR]\n"
@@ -201,6 +203,7 @@ cmd_serve (int argc, char **argv)
                                         { "spares-max", required_argument, NULL, 'p' },
                                         { "spares-min", required_argument, NULL, 'j' },
                                         { "warm", required_argument, NULL, 'w' },
+                                        { "sandboxes-cpu-weight", required_argument, NULL, 'U' },
                                         { NULL, 0, NULL, 0 } };
   /* seed 002's approved images: --image replaces the defaults */
   const char *images[65] = { NULL };
@@ -225,6 +228,7 @@ cmd_serve (int argc, char **argv)
   const char *metrics_token = NULL, *metrics_listen = NULL;
   uint32_t spares_max = SBX_SPARES_MAX_DEFAULT, spares_min = SBX_SPARES_DEFAULT;
   bool spares_min_set = false;
+  uint32_t sandboxes_weight = SBX_SANDBOXES_CPU_WEIGHT;
   struct sbx_warm_want warm[SBX_WARM_TEMPLATES_MAX];
   size_t n_warm = 0;
   int c;
@@ -241,6 +245,10 @@ cmd_serve (int argc, char **argv)
         if (parse_u32 ("--spares-min", optarg, 1, SBX_SPARES_MAX_CAP, &spares_min) < 0)
           return 2;
         spares_min_set = true;
+        break;
+      case 'U':
+        if (parse_u32 ("--sandboxes-cpu-weight", optarg, 1, 10000, &sandboxes_weight) < 0)
+          return 2;
         break;
       case 'd':
         if (parse_upstream (optarg, &net) < 0)
@@ -506,7 +514,8 @@ cmd_serve (int argc, char **argv)
                                    .disk_reserve_mb = reserve_mb,
                                    .disk_overcommit = overcommit,
                                    .spares = spares_max ? (int) spares_min : -1,
-                                   .spares_max = (int) spares_max };
+                                   .spares_max = (int) spares_max,
+                                   .sandboxes_cpu_weight = sandboxes_weight };
   struct sbx_engine *engine;
   if (sbx_engine_open (&cfg, &engine, &err) < 0)
     {
