@@ -331,7 +331,8 @@ def test_destroy_is_answered_before_the_teardown_and_gone_for_the_api(scaled):
     c = Clients(d)
     sid, slot = create(c, d)
     timed_delete(c, sid)
-    # recorded stopped, with its killed event, by the time DELETE answered
+    # stopped, with its killed event, for the first read after DELETE
+    # answered (the store records it after the answer, and a read waits)
     assert c.req("GET", f"/sandboxes/{sid}").json()["status"] == "stopped"
     assert c.req("DELETE", f"/sandboxes/{sid}").status_code == 404
     r = c.req("POST", f"/sandboxes/{sid}/processes", json={"cmd": "true"})

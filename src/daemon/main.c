@@ -643,6 +643,7 @@ cmd_serve (int argc, char **argv)
   sbx_sampler_stop (sampler);
   sbx_builds_stop ();
   sbx_service_placement_stop ();
+  sbx_store_flush (store); /* ends recorded after their answers kick the workers below */
   sbx_service_set_fairshare (svc, NULL);
   sbx_fairshare_stop (fair);
   sbx_engine_close (engine);

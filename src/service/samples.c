@@ -354,6 +354,17 @@ sbx_sampler_stop (struct sbx_sampler *s)
   free (s);
 }
 
+/* The stored samples of the sandbox named in UD (freed here). */
+static void
+forget_stored (struct sbx_store *st, void *ud)
+{
+  char (*gone)[SBX_ID_MAX] = ud;
+  struct sbx_err err;
+  if (sbx_store_samples_put (st, NULL, 0, gone, 1, &err) < 0)
+    sbx_log_fields (SBX_LOG_WARN, "cannot drop metrics samples", "sandbox", gone[0], "error", err.msg, NULL);
+  free (gone);
+}
+
 void
 sbx_sampler_forget (struct sbx_sampler *s, const char *id)
 {
@@ -365,12 +376,12 @@ sbx_sampler_forget (struct sbx_sampler *s, const char *id)
   if (found)
     drop_at (s, i);
   pthread_mutex_unlock (&s->lock);
-  struct batch b = { .gone = s->store ? calloc (1, sizeof *b.gone) : NULL };
-  if (b.gone)
+  /* its stored samples go after the answer of the destroy that ends it */
+  char (*gone)[SBX_ID_MAX] = s->store ? calloc (1, sizeof *gone) : NULL;
+  if (gone)
     {
-      snprintf (b.gone[0], SBX_ID_MAX, "%s", id);
-      b.n_gone = 1;
-      batch_write (s, &b);
+      snprintf (gone[0], SBX_ID_MAX, "%s", id);
+      sbx_store_later (s->store, forget_stored, gone);
     }
 }
 

@@ -61,6 +61,8 @@ sbx_service_open (struct sbx_store *store, struct sbx_service **out, struct sbx_
 void
 sbx_service_close (struct sbx_service *svc)
 {
+  if (svc && svc->store)
+    sbx_store_flush (svc->store); /* its records of ends use SVC */
   if (svc)
     sbx_saves_free (svc->saves);
   free (svc);
@@ -194,6 +196,39 @@ record_change (struct sbx_service *svc, const char *drop_id, const struct sbx_sa
   return ret;
 }
 
+/* A change the engine reported, with what it knew of the sandbox then. */
+struct engine_change {
+  struct sbx_service *svc;
+  struct sbx_info info;
+  enum sbx_event_kind kind;
+  char reason[64];
+};
+
+/* Record change C (freed here) in the sandbox's record and its event. */
+static void
+record_engine_change (struct sbx_store *st, void *ud)
+{
+  struct engine_change *c = ud;
+  struct sbx_sandbox_rec rec;
+  struct sbx_err err;
+  if (sbx_store_sandbox_get (st, c->info.id, &rec, &err) < 0)
+    ; /* no record: a sandbox whose create is not recorded yet, or an
+         orphan that start-up reconciliation removes */
+  else
+    {
+      /* a killed one recorded already: a teardown finished after a restart */
+      if (!(c->kind == SBX_EVENT_KILLED && strcmp (rec.status, "stopped") == 0))
+        {
+          record_from_info (&c->info, &rec);
+          if (record_change (c->svc, NULL, &rec, &c->info, c->kind, c->reason, &err) < 0)
+            sbx_log_fields (SBX_LOG_ERROR, "record sandbox change", "sandbox", c->info.id, "error", err.msg, NULL);
+        }
+      sbx_sandbox_rec_free (&rec);
+    }
+  sbx_info_free (&c->info);
+  free (c);
+}
+
 void
 sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_event_kind kind, const char *reason)
 {
@@ -219,32 +254,26 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
   /* a create records its sandbox itself, with what only the service knows */
   if (svc == NULL || kind == SBX_EVENT_CREATED)
     return;
-  struct sbx_info info;
+  struct engine_change *c = calloc (1, sizeof *c);
   struct sbx_err err;
-  if (sbx_get_info (e, id, &info, &err) < 0)
-    return;
-  struct sbx_sandbox_rec rec;
-  if (sbx_store_sandbox_get (svc->store, id, &rec, &err) < 0)
+  if (c == NULL || sbx_get_info (e, id, &c->info, &err) < 0)
     {
-      /* no record: a sandbox whose create is not recorded yet, or an
-         orphan that start-up reconciliation removes */
-      sbx_info_free (&info);
-      return;
-    }
-  if (kind == SBX_EVENT_KILLED && strcmp (rec.status, "stopped") == 0)
-    {
-      /* recorded already: a teardown finished after a restart */
-      sbx_sandbox_rec_free (&rec);
-      sbx_info_free (&info);
+      free (c);
       return;
     }
   if (kind == SBX_EVENT_RESUMED)
-    sbx_place_hold (id, info.limits.memory_mb); /* resumed without asking for a place first */
-  record_from_info (&info, &rec);
-  if (record_change (svc, NULL, &rec, &info, kind, reason, &err) < 0)
-    sbx_log_fields (SBX_LOG_ERROR, "record sandbox change", "sandbox", id, "error", err.msg, NULL);
-  sbx_sandbox_rec_free (&rec);
-  sbx_info_free (&info);
+    sbx_place_hold (id, c->info.limits.memory_mb); /* resumed without asking for a place first */
+  c->svc = svc;
+  c->kind = kind;
+  snprintf (c->reason, sizeof c->reason, "%s", reason ? reason : "");
+  /* A sandbox's end is recorded after the answer: the destroy's caller
+     does not wait for the transaction (about half its time), and
+     whoever reads the store next sees it done (sbx_store_later).  The
+     engine's teardown journal keeps the end if the daemon dies first. */
+  if (kind == SBX_EVENT_KILLED)
+    sbx_store_later (svc->store, record_engine_change, c);
+  else
+    record_engine_change (svc->store, c);
 }
 
 /* ---- start-up ---- */

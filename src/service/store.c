@@ -570,6 +570,25 @@ struct checkpointer {
   bool stopping;
 };
 
+/* One piece of work handed over by sbx_store_later. */
+struct later {
+  struct later *next;
+  sbx_store_later_fn fn;
+  void *ud;
+};
+
+/* The work sbx_store_later queues, done by a thread of its own; whoever
+   takes the store's lock first waits for it (or does it), so that no one
+   reads the store as it was before. */
+struct laters {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct later *head, **tail;
+  unsigned pending;             /* queued or being done */
+  pthread_t thread;
+  bool started, stopping;
+};
+
 struct sbx_store {
   pthread_mutex_t lock;         /* held around every use of db and stmt[], and of held[] */
   sqlite3 *db;
@@ -578,6 +597,7 @@ struct sbx_store {
                                    live place an organisation may have */
   size_t n_held, cap_held;
   struct checkpointer *ckpt;    /* NULL: SQLite checkpoints in the committing call */
+  struct laters later;
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -595,9 +615,12 @@ store_unlockp (struct sbx_store **st)
 /* "unused": the guard does its work in its cleanup only. */
 #define cleanup_unlock __attribute__ ((cleanup (store_unlockp), unused))
 
+static void later_settle (struct sbx_store *st);
+
 static struct sbx_store *
 store_lock (struct sbx_store *st)
 {
+  later_settle (st);
   sbx_thread_hold_begin (); /* before it waits: the holder may be bulk too */
   pthread_mutex_lock (&st->lock);
   return st;
@@ -793,6 +816,7 @@ sbx_store_random_id (char *buf, size_t size, const char *prefix, struct sbx_err 
 sqlite3 *
 sbx_store_db_lock (struct sbx_store *st)
 {
+  later_settle (st);
   sbx_thread_hold_begin ();
   pthread_mutex_lock (&st->lock);
   return st->db;
@@ -1138,11 +1162,142 @@ ckpt_start (struct sbx_store *st, const char *path)
   sqlite3_wal_hook (st->db, ckpt_wal_hook, c);
 }
 
+/* ---- work after the answer (sbx_store_later) ---- */
+
+#define LATER_MAX 64 /* queued at most; past it the caller does its own */
+
+/* The store whose queued work this thread is doing: its own use of the
+   store must not wait for that work. */
+static __thread const struct sbx_store *doing_later;
+
+static void
+later_do (struct sbx_store *st, struct later *w)
+{
+  const struct sbx_store *outer = doing_later;
+  doing_later = st;
+  w->fn (st, w->ud);
+  doing_later = outer;
+  free (w);
+  pthread_mutex_lock (&st->later.lock);
+  __atomic_store_n (&st->later.pending, st->later.pending - 1, __ATOMIC_RELEASE);
+  pthread_cond_broadcast (&st->later.cond);
+  pthread_mutex_unlock (&st->later.lock);
+}
+
+/* Take the next queued piece; called with later.lock held. */
+static struct later *
+later_take (struct laters *l)
+{
+  struct later *w = l->head;
+  if (w)
+    {
+      l->head = w->next;
+      if (l->head == NULL)
+        l->tail = &l->head;
+    }
+  return w;
+}
+
+/* Until no queued work is left: do what is queued, wait for what another
+   thread is doing. */
+static void
+later_settle (struct sbx_store *st)
+{
+  struct laters *l = &st->later;
+  if (doing_later == st || __atomic_load_n (&l->pending, __ATOMIC_ACQUIRE) == 0)
+    return;
+  pthread_mutex_lock (&l->lock);
+  while (l->pending > 0)
+    {
+      struct later *w = later_take (l);
+      if (w == NULL)
+        {
+          pthread_cond_wait (&l->cond, &l->lock);
+          continue;
+        }
+      pthread_mutex_unlock (&l->lock);
+      later_do (st, w);
+      pthread_mutex_lock (&l->lock);
+    }
+  pthread_mutex_unlock (&l->lock);
+}
+
+static void *
+later_main (void *arg)
+{
+  struct sbx_store *st = arg;
+  struct laters *l = &st->later;
+  pthread_setname_np (pthread_self (), "sbx-later");
+  pthread_mutex_lock (&l->lock);
+  while (!l->stopping)
+    {
+      struct later *w = later_take (l);
+      if (w == NULL)
+        {
+          pthread_cond_wait (&l->cond, &l->lock);
+          continue;
+        }
+      pthread_mutex_unlock (&l->lock);
+      later_do (st, w);
+      pthread_mutex_lock (&l->lock);
+    }
+  pthread_mutex_unlock (&l->lock);
+  return NULL;
+}
+
+void
+sbx_store_later (struct sbx_store *st, sbx_store_later_fn fn, void *ud)
+{
+  struct laters *l = &st->later;
+  struct later *w = malloc (sizeof *w);
+  pthread_mutex_lock (&l->lock);
+  if (w && !l->started && !l->stopping)
+    l->started = pthread_create (&l->thread, NULL, later_main, st) == 0;
+  if (w == NULL || !l->started || l->stopping || l->pending >= LATER_MAX)
+    {
+      /* done now instead, after what was queued before it */
+      pthread_mutex_unlock (&l->lock);
+      free (w);
+      fn (st, ud);
+      return;
+    }
+  *w = (struct later) { .fn = fn, .ud = ud };
+  *l->tail = w;
+  l->tail = &w->next;
+  __atomic_store_n (&l->pending, l->pending + 1, __ATOMIC_RELEASE);
+  pthread_cond_broadcast (&l->cond);
+  pthread_mutex_unlock (&l->lock);
+}
+
+void
+sbx_store_flush (struct sbx_store *st)
+{
+  later_settle (st);
+}
+
+/* Stop the thread; what is still queued is done by the caller. */
+static void
+later_stop (struct sbx_store *st)
+{
+  struct laters *l = &st->later;
+  pthread_mutex_lock (&l->lock);
+  l->stopping = true;
+  pthread_cond_broadcast (&l->cond);
+  bool started = l->started;
+  pthread_mutex_unlock (&l->lock);
+  if (started)
+    pthread_join (l->thread, NULL);
+  later_settle (st);
+  pthread_cond_destroy (&l->cond);
+  pthread_mutex_destroy (&l->lock);
+}
+
 void
 sbx_store_close (struct sbx_store *st)
 {
   if (st == NULL)
     return;
+  later_stop (st);
   ckpt_stop (st);
   for (int i = 0; i < S_COUNT; i++)
     sqlite3_finalize (st->stmt[i]);
@@ -1174,6 +1329,9 @@ sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err)
   if (st == NULL)
     return fail_nomem (err);
   pthread_mutex_init (&st->lock, NULL);
+  pthread_mutex_init (&st->later.lock, NULL);
+  pthread_cond_init (&st->later.cond, NULL);
+  st->later.tail = &st->later.head;
 
   /* NOMUTEX: the connection is only used under st->lock. */
   int rc = sqlite3_open_v2 (path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);

@@ -24,7 +24,18 @@ struct sbx_store;
 struct sbx_event;
 
 int sbx_store_open (const char *path, struct sbx_store **out, struct sbx_err *err);
+/* Does what sbx_store_later queued first. */
 void sbx_store_close (struct sbx_store *st);
+
+/* FN (ST, UD), which writes to the store, done after the caller returns:
+   by a thread of the store's, or by whoever uses the store first, which
+   waits for it, so every read sees it done.  For writes a request need
+   not wait for (a destroy's killed event).  FN runs exactly once; it is
+   run at once when it cannot be queued (LATER_MAX pieces are already). */
+typedef void (*sbx_store_later_fn) (struct sbx_store *st, void *ud);
+void sbx_store_later (struct sbx_store *st, sbx_store_later_fn fn, void *ud);
+/* Returns once what sbx_store_later queued before is done. */
+void sbx_store_flush (struct sbx_store *st);
 
 /* ---- organisations ---- */
 

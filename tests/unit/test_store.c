@@ -8,7 +8,9 @@
  * clear, WAL file included), sandbox records (by agent too), runs and
  * their bounds, events and their filters,
  * webhooks, the delivery queue (per-webhook order, retries, final states),
- * persistence across close and reopen and across kill -9, a second
+ * work done after the answer (sbx_store_later: the next read waits for
+ * it, and closing does what is queued), persistence across close and
+ * reopen and across kill -9, a second
  * connection on the same file, and a small concurrency run.  No root, no network; a second or so.
  *
  *   gcc -std=c17 -D_GNU_SOURCE -Wall -Wextra -Wformat=2 -O2 -Isrc -o /tmp/test_store \
@@ -1644,6 +1646,69 @@ test_concurrency (void)
   sbx_deliveries_free (d, n);
 }
 
+/* ---- work after the answer (sbx_store_later) ---- */
+
+static int later_runs;
+
+/* Record the sandbox named in UD stopped, slowly. */
+static void
+later_stop_one (struct sbx_store *s, void *ud)
+{
+  char *id = ud;
+  struct timespec ts = { 0, 20 * 1000000L };
+  nanosleep (&ts, NULL);
+  struct sbx_sandbox_rec r = rec (id, org_a.id, "stopped", 1000, NULL);
+  struct sbx_err e = { 0 };
+  if (sbx_store_sandbox_put (s, &r, &e) < 0)
+    fprintf (stderr, "later: %s\n", e.msg);
+  __atomic_add_fetch (&later_runs, 1, __ATOMIC_SEQ_CST);
+  free (id);
+}
+
+static void
+test_later (void)
+{
+  /* queued: the caller goes on at once, and the next read waits for it */
+  struct sbx_sandbox_rec r = rec ("later0", org_a.id, "running", 1000, NULL);
+  CHECK_OK (sbx_store_sandbox_put (st, &r, err));
+  struct timespec t0, t1;
+  clock_gettime (CLOCK_MONOTONIC, &t0);
+  sbx_store_later (st, later_stop_one, strdup ("later0"));
+  clock_gettime (CLOCK_MONOTONIC, &t1);
+  CHECK ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 15);
+  struct sbx_sandbox_rec g;
+  CHECK_OK (sbx_store_sandbox_get (st, "later0", &g, err));
+  CHECK (strcmp (g.status, "stopped") == 0);
+  sbx_sandbox_rec_free (&g);
+  CHECK (later_runs == 1);
+
+  /* more than are queued at most: the rest are done by the caller; each
+     exactly once, and every one of them written once the store closes */
+  later_runs = 0;
+  for (int i = 0; i < 100; i++)
+    {
+      char id[32];
+      snprintf (id, sizeof id, "later%d", i + 1);
+      sbx_store_later (st, later_stop_one, strdup (id));
+    }
+  sbx_store_close (st);
+  CHECK (later_runs == 100);
+  st = open_store ();
+  for (int i = 0; i < 100; i++)
+    {
+      char id[32];
+      snprintf (id, sizeof id, "later%d", i + 1);
+      CHECK_OK (sbx_store_sandbox_get (st, id, &g, err));
+      CHECK (strcmp (g.status, "stopped") == 0);
+      sbx_sandbox_rec_free (&g);
+    }
+  /* and sbx_store_flush waits for what is queued */
+  later_runs = 0;
+  sbx_store_later (st, later_stop_one, strdup ("later0"));
+  sbx_store_flush (st);
+  CHECK (later_runs == 1);
+}
+
 /* A daemon killed with SIGKILL right after its writes loses none of
    them.  The store is closed around the fork: an SQLite connection must
    not cross one. */
@@ -1852,6 +1917,7 @@ main (void)
   test_migration ();
   test_migration_v2 ();
   test_concurrency ();
+  test_later ();
   test_kill9 ();
   check_no_plain_keys ("end");
   sbx_store_close (st);
