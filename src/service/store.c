@@ -1198,16 +1198,15 @@ later_take (struct laters *l)
   return w;
 }
 
-/* Until no queued work is left: do what is queued, wait for what another
-   thread is doing. */
+/* Do what is queued, and wait for more: the store's thread (THREAD)
+   until it is stopped, a user of the store until nothing is queued or
+   being done. */
 static void
-later_settle (struct sbx_store *st)
+later_work (struct sbx_store *st, bool thread)
 {
   struct laters *l = &st->later;
-  if (doing_later == st || __atomic_load_n (&l->pending, __ATOMIC_ACQUIRE) == 0)
-    return;
   pthread_mutex_lock (&l->lock);
-  while (l->pending > 0)
+  while (thread ? !l->stopping : l->pending > 0)
     {
       struct later *w = later_take (l);
       if (w == NULL)
@@ -1222,26 +1221,18 @@ later_settle (struct sbx_store *st)
   pthread_mutex_unlock (&l->lock);
 }
 
+static void
+later_settle (struct sbx_store *st)
+{
+  if (doing_later != st && __atomic_load_n (&st->later.pending, __ATOMIC_ACQUIRE) > 0)
+    later_work (st, false);
+}
+
 static void *
 later_main (void *arg)
 {
-  struct sbx_store *st = arg;
-  struct laters *l = &st->later;
   pthread_setname_np (pthread_self (), "sbx-later");
-  pthread_mutex_lock (&l->lock);
-  while (!l->stopping)
-    {
-      struct later *w = later_take (l);
-      if (w == NULL)
-        {
-          pthread_cond_wait (&l->cond, &l->lock);
-          continue;
-        }
-      pthread_mutex_unlock (&l->lock);
-      later_do (st, w);
-      pthread_mutex_lock (&l->lock);
-    }
-  pthread_mutex_unlock (&l->lock);
+  later_work (arg, true);
   return NULL;
 }
 
