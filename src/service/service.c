@@ -219,6 +219,8 @@ record_engine_change (struct sbx_store *st, void *ud)
       /* a killed one recorded already: a teardown finished after a restart */
       if (!(c->kind == SBX_EVENT_KILLED && strcmp (rec.status, "stopped") == 0))
         {
+          if (c->kind == SBX_EVENT_RESUMED) /* resumed without asking for a place first */
+            sbx_place_hold (c->info.id, c->info.limits.memory_mb);
           record_from_info (&c->info, &rec);
           if (record_change (c->svc, NULL, &rec, &c->info, c->kind, c->reason, &err) < 0)
             sbx_log_fields (SBX_LOG_ERROR, "record sandbox change", "sandbox", c->info.id, "error", err.msg, NULL);
@@ -261,13 +263,11 @@ sbx_service_on_change (void *ud, struct sbx_engine *e, const char *id, enum sbx_
       free (c);
       return;
     }
-  if (kind == SBX_EVENT_RESUMED)
-    sbx_place_hold (id, c->info.limits.memory_mb); /* resumed without asking for a place first */
   c->svc = svc;
   c->kind = kind;
   snprintf (c->reason, sizeof c->reason, "%s", reason ? reason : "");
   /* A sandbox's end is recorded after the answer: the destroy's caller
-     does not wait for the transaction (about half its time), and
+     does not wait for the transaction (about a third of its time), and
      whoever reads the store next sees it done (sbx_store_later).  The
      engine's teardown journal keeps the end if the daemon dies first. */
   if (kind == SBX_EVENT_KILLED)
