@@ -59,6 +59,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -1232,6 +1233,8 @@ static void *
 later_main (void *arg)
 {
   pthread_setname_np (pthread_self (), "sbx-later");
+  /* at the normal priority, whatever its creator's: requests wait for it */
+  setpriority (PRIO_PROCESS, (id_t) gettid (), 0);
   later_work (arg, true);
   return NULL;
 }
