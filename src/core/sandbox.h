@@ -92,8 +92,8 @@ struct sbx_engine_config {
    on a busy host all the sandboxes together weigh an eighth of one
    daemon thread, so that the daemon answering a well-behaved tenant is not
    queued behind other tenants' floods (measured under the hostile load
-   on two cores: create p50 0.8x to 3.7x its quiet value, median 1.7x;
-   7.7x to 11.6x at 100).
+   on two cores: create p50 0.75x to 3.7x its quiet value, median 1.5x
+   in eleven runs; 7.7x to 11.6x at 100).
    The weight only matters while the CPUs are all busy. */
 #define SBX_SANDBOXES_CPU_WEIGHT 12
 #define SBX_SPARES_MAX_DEFAULT 128
