@@ -24,14 +24,24 @@ from conftest import SBXD, Sbxd
 SPIN = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < {s}: pass\nprint(time.process_time())"
 
 
-def cpu_weight(sid):
-    """The sandbox's weight in cgroup v2 units, from whichever hierarchy
-    has the cpu controller (v1's cpu.shares is 10.24 times it)."""
-    for path in glob.glob(f"/sys/fs/cgroup/cpu*/sbxd/{sid}/cpu.shares"):
+def cgroup_weight(name, new=None):
+    """Cgroup NAME's weight in cgroup v2 units, from whichever hierarchy
+    has the cpu controller (v1's cpu.shares is 10.24 times it); with NEW,
+    set to that first."""
+    for path in glob.glob(f"/sys/fs/cgroup/cpu*/{name}/cpu.shares"):
+        if new is not None:
+            open(path, "w").write(str(new * 1024 // 100))
         return round(int(open(path).read()) * 100 / 1024)
-    for path in glob.glob(f"/sys/fs/cgroup/sbxd/{sid}/cpu.weight"):
+    for path in glob.glob(f"/sys/fs/cgroup/{name}/cpu.weight"):
+        if new is not None:
+            open(path, "w").write(str(new))
         return int(open(path).read())
     pytest.skip("no cpu controller for sandboxes on this host")
+
+
+def cpu_weight(sid):
+    """The sandbox's weight."""
+    return cgroup_weight(f"sbxd/{sid}")
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +101,6 @@ def test_each_organisation_weighs_the_same(sbxd):
             sbxd.delete(sid)
 
 
-def sandboxes_weight():
-    """The weight of the cgroup above every sandbox's, in cgroup v2 units."""
-    for path in glob.glob("/sys/fs/cgroup/cpu*/sbxd/cpu.shares"):
-        return round(int(open(path).read()) * 100 / 1024)
-    for path in glob.glob("/sys/fs/cgroup/sbxd/cpu.weight"):
-        return int(open(path).read())
-    pytest.skip("no cpu controller for sandboxes on this host")
-
-
-def set_sandboxes_weight(w):
-    for path in glob.glob("/sys/fs/cgroup/cpu*/sbxd/cpu.shares"):
-        open(path, "w").write(str(w * 1024 // 100))
-        return
-    for path in glob.glob("/sys/fs/cgroup/sbxd/cpu.weight"):
-        open(path, "w").write(str(w))
-
-
-HOST_SPIN = "import os, time\nos.sched_setaffinity(0, {{0}})\nt = time.monotonic()\nwhile time.monotonic() - t < {s}: pass"
 PINNED_SPIN = ("import os, time\nos.sched_setaffinity(0, {{0}})\nt = time.monotonic()\n"
                "while time.monotonic() - t < {s}: pass\nprint(time.process_time())")
 
@@ -119,9 +111,9 @@ def test_the_sandboxes_together_weigh_less_than_a_host_process(sbxd):
     queued behind other tenants' floods (scripts/bench_load.py measures
     it).  Here a sandbox and a process of the host spin on the same CPU:
     the sandbox gets about 12/112 of it, where equal weights gave half."""
-    assert sandboxes_weight() == 12
+    assert cgroup_weight("sbxd") == 12
     sid = sbxd.create()
-    host = subprocess.Popen(["python3", "-c", HOST_SPIN.format(s=6)])
+    host = subprocess.Popen(["python3", "-c", PINNED_SPIN.format(s=6)], stdout=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
         r = sbxd.run(sid, "python3", "-c", PINNED_SPIN.format(s=4))
@@ -141,7 +133,7 @@ def test_the_operator_sets_the_sandboxes_weight(tmp_path):
     d = Sbxd(str(tmp_path / "state"))
     try:
         d.start(args=["--sandboxes-cpu-weight", "50"])
-        assert sandboxes_weight() == 50
+        assert cgroup_weight("sbxd") == 50
     finally:
         d.stop()
-        set_sandboxes_weight(12)  # the default, as the other tests' daemons have it
+        cgroup_weight("sbxd", 12)  # the default, as the other tests' daemons have it

@@ -211,10 +211,9 @@ record_engine_change (struct sbx_store *st, void *ud)
   struct engine_change *c = ud;
   struct sbx_sandbox_rec rec;
   struct sbx_err err;
-  if (sbx_store_sandbox_get (st, c->info.id, &rec, &err) < 0)
-    ; /* no record: a sandbox whose create is not recorded yet, or an
-         orphan that start-up reconciliation removes */
-  else
+  /* (no record: a sandbox whose create is not recorded yet, or an
+     orphan that start-up reconciliation removes) */
+  if (sbx_store_sandbox_get (st, c->info.id, &rec, &err) == 0)
     {
       /* a killed one recorded already: a teardown finished after a restart */
       if (!(c->kind == SBX_EVENT_KILLED && strcmp (rec.status, "stopped") == 0))
