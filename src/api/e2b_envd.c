@@ -643,13 +643,13 @@ fs_event_json (int type, const char *name)
                     fs_event_names[type >= 1 && type <= 5 ? type : 0]);
 }
 
-/* WatchDir: a stream of envelopes fed by sbx_watch from a worker thread. */
+/* WatchDir: a stream of envelopes fed by sbx_watch_run from a worker
+   thread.  The watch is armed before the stream's start envelope, which
+   the SDK waits for: a change made once watchDir returned is reported. */
 struct watch_stream {
   struct sbx_engine *engine;
   char id[SBX_ID_MAX];
-  char user[64];
-  char *path;
-  bool recursive;
+  struct sbx_watcher *watcher;
   int fd;
 };
 
@@ -668,11 +668,9 @@ watch_stream_main (void *arg)
 {
   struct watch_stream *w = arg;
   struct sbx_err err;
-  int r = sbx_watch (w->engine, w->id, w->path, *w->user ? w->user : NULL, w->recursive, 5000, watch_stream_event, w,
-                     &err);
+  int r = sbx_watch_run (w->watcher, 5000, watch_stream_event, w, &err);
   end_stream (w->fd, w->engine, w->id, r < 0 ? -1 : 0, &err);
   close (w->fd);
-  free (w->path);
   free (w);
   return NULL;
 }
@@ -739,28 +737,30 @@ watch_dir_stream (struct http_server *h, struct MHD_Connection *c, struct reques
       json_decref (b);
       return stream_error (c, 400, msg);
     }
+  struct sbx_watcher *watcher;
+  int armed = sbx_watch_open (h->engine, id, path, *user ? user : NULL, json_is_true (json_object_get (b, "recursive")),
+                              &watcher, &err);
+  json_decref (b);
+  if (armed < 0)
+    return stream_error (c, status_of (&err), err.msg);
   int fds[2];
   struct watch_stream *w = calloc (1, sizeof *w);
   if (w == NULL || pipe2 (fds, O_CLOEXEC) < 0)
     {
       free (w);
-      json_decref (b);
+      sbx_watch_close (watcher);
       return connect_error (c, 500, "cannot start watch");
     }
   w->engine = h->engine;
   snprintf (w->id, sizeof w->id, "%s", id);
-  snprintf (w->user, sizeof w->user, "%s", user);
-  w->path = strdup (path);
-  w->recursive = json_is_true (json_object_get (b, "recursive"));
+  w->watcher = watcher;
   w->fd = fds[1];
-  json_decref (b);
-  /* the SDK waits for the start event before it returns the handle */
   write_envelope (w->fd, 0, json_pack ("{s:{}}", "start"));
   if (!sbx_start_detached (watch_stream_main, w))
     {
       close (fds[0]);
       close (fds[1]);
-      free (w->path);
+      sbx_watch_close (watcher);
       free (w);
       return connect_error (c, 500, "cannot start watch");
     }
@@ -793,11 +793,8 @@ static pthread_mutex_t watchers_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct watcher *watchers;
 
 struct watcher_job {
-  struct sbx_engine *engine;
+  struct sbx_watcher *watcher;
   struct watcher *w;
-  char user[64];
-  char *path;
-  bool recursive;
 };
 
 static int
@@ -832,8 +829,7 @@ watcher_main (void *arg)
 {
   struct watcher_job *j = arg;
   struct sbx_err err;
-  int r = sbx_watch (j->engine, j->w->sandbox, j->path, *j->user ? j->user : NULL, j->recursive, 200, watcher_event,
-                     j, &err);
+  int r = sbx_watch_run (j->watcher, 200, watcher_event, j, &err);
   pthread_mutex_lock (&watchers_lock);
   j->w->done = true;
   if (r < 0 && j->w->error_status == 0)
@@ -848,7 +844,6 @@ watcher_main (void *arg)
       free (j->w);
     }
   pthread_mutex_unlock (&watchers_lock);
-  free (j->path);
   free (j);
   return NULL;
 }
@@ -865,12 +860,19 @@ watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, c
         return connect_error (c, 400, "path is required");
       if (!is_dir_or_answer (h, c, id, path, user, &ret))
         return ret;
+      struct sbx_err err;
+      struct sbx_watcher *watcher;
+      if (sbx_watch_open (h->engine, id, path, *user ? user : NULL, json_is_true (json_object_get (b, "recursive")),
+                          &watcher, &err)
+          < 0)
+        return connect_error (c, status_of (&err), err.msg);
       struct watcher *w = calloc (1, sizeof *w);
       struct watcher_job *j = calloc (1, sizeof *j);
       if (w == NULL || j == NULL)
         {
           free (w);
           free (j);
+          sbx_watch_close (watcher);
           return connect_error (c, 500, "out of memory");
         }
       unsigned char rnd[8];
@@ -879,11 +881,11 @@ watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, c
                 rnd[5], rnd[6], rnd[7]);
       snprintf (w->sandbox, sizeof w->sandbox, "%s", id);
       w->events = json_array ();
-      j->engine = h->engine;
+      char wid[sizeof w->wid];
+      memcpy (wid, w->wid, sizeof wid);
+      j->watcher = watcher;
       j->w = w;
-      snprintf (j->user, sizeof j->user, "%s", user);
-      j->path = strdup (path);
-      j->recursive = json_is_true (json_object_get (b, "recursive"));
+      /* listed before the thread runs, which may free it once removed */
       pthread_mutex_lock (&watchers_lock);
       w->next = watchers;
       watchers = w;
@@ -891,14 +893,19 @@ watcher_call (struct http_server *h, struct MHD_Connection *c, const char *id, c
       if (!sbx_start_detached (watcher_main, j))
         {
           pthread_mutex_lock (&watchers_lock);
-          w->done = true;
+          struct watcher **pp = &watchers;
+          while (*pp != w)
+            pp = &(*pp)->next;
+          *pp = w->next;
           pthread_mutex_unlock (&watchers_lock);
-          free (j->path);
+          sbx_watch_close (watcher);
+          json_decref (w->events);
+          free (w);
           free (j);
+          return connect_error (c, 500, "cannot start watch");
         }
-      /* give the watch a moment to be in place before the caller acts */
-      usleep (20000);
-      return send_json (c, 200, json_pack ("{s:s}", "watcherId", w->wid));
+      /* the watch was armed before sbx_watch_open returned */
+      return send_json (c, 200, json_pack ("{s:s}", "watcherId", wid));
     }
   const char *wid = json_str (b, "watcherId");
   if (wid == NULL)

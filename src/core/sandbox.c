@@ -5030,34 +5030,71 @@ sbx_file_write (struct sbx_engine *e, const char *id, const char *path, const ch
   return sbx_file_writer_finish (w, out, err);
 }
 
+struct sbx_watcher {
+  struct sbx_engine *e;
+  struct sandbox *s;
+  int fd;
+};
+
+void
+sbx_watch_close (struct sbx_watcher *w)
+{
+  if (w == NULL)
+    return;
+  close (w->fd);
+  put (w->e, w->s);
+  free (w);
+}
+
 int
-sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
-           uint32_t keepalive_ms, sbx_watch_fn fn, void *ud, struct sbx_err *err)
+sbx_watch_open (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
+                struct sbx_watcher **out, struct sbx_err *err)
 {
   struct sandbox *s = get (e, id, err);
   if (s == NULL)
     return -1;
+  struct sbx_watcher *w = calloc (1, sizeof *w);
+  int fd = agent_connect (e, s, err);
+  if (w == NULL || fd < 0)
+    {
+      if (w == NULL)
+        sbx_fail (err, ENOMEM, "watch %s", path);
+      if (fd >= 0)
+        close (fd);
+      free (w);
+      put (e, s);
+      return -1;
+    }
+  *w = (struct sbx_watcher) { e, s, fd };
   struct sbx_msg req;
   file_req (e, id, &req, 0, path, user);
   req.type = SBX_REQ_WATCH;
   sbx_msg_put_u32 (&req, SBX_T_FLAGS, recursive ? SBX_FILE_F_RECURSIVE : 0);
+  int r = sbx_msg_send (fd, &req);
+  sbx_msg_free (&req);
+  if (r < 0)
+    sbx_fail (err, errno, "send to sandbox agent");
+  else
+    /* the first answer says whether the watch is in place */
+    r = sbx_agent_answer (fd, s->id, &sbx_agent_plain, NULL, NULL, err);
+  if (r < 0)
+    {
+      sbx_watch_close (w);
+      return -1;
+    }
+  *out = w;
+  return 0;
+}
+
+int
+sbx_watch_run (struct sbx_watcher *w, uint32_t keepalive_ms, sbx_watch_fn fn, void *ud, struct sbx_err *err)
+{
   int r = -1;
-  cleanup_close int fd = agent_connect (e, s, err);
   struct sbx_msg m;
   sbx_msg_init (&m, 0);
-  if (fd < 0)
-    goto out;
-  if (sbx_msg_send (fd, &req) < 0)
-    {
-      sbx_fail (err, errno, "send to sandbox agent");
-      goto out;
-    }
-  /* the first answer says whether the watch is in place */
-  if (sbx_agent_answer (fd, s->id, &sbx_agent_plain, NULL, NULL, err) < 0)
-    goto out;
   for (;;)
     {
-      struct pollfd pf = { fd, POLLIN, 0 };
+      struct pollfd pf = { w->fd, POLLIN, 0 };
       int pr = poll (&pf, 1, keepalive_ms ? (int) keepalive_ms : -1);
       if (pr < 0 && errno == EINTR)
         continue;
@@ -5070,13 +5107,13 @@ sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *u
             }
           continue;
         }
-      if (sbx_agent_recv (fd, s->id, frame_deadline (), &m, err) < 0)
+      if (sbx_agent_recv (w->fd, w->s->id, frame_deadline (), &m, err) < 0)
         break;
       if (m.type != SBX_EV_FSEVENT)
         continue;
       int type;
       cleanup_free char *name = NULL;
-      if (sbx_agent_fs_event (&m, s->id, &type, &name, err) < 0)
+      if (sbx_agent_fs_event (&m, w->s->id, &type, &name, err) < 0)
         break;
       if (fn (type, name, ud) < 0)
         {
@@ -5084,9 +5121,7 @@ sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *u
           break;
         }
     }
-out:
   sbx_msg_free (&m);
-  sbx_msg_free (&req);
-  put (e, s);
+  sbx_watch_close (w);
   return r;
 }

@@ -458,13 +458,18 @@ int sbx_file_reader_open (struct sbx_engine *e, const char *id, const char *path
 int sbx_file_reader_stream (struct sbx_file_reader *r, sbx_data_fn fn, void *ud, struct sbx_err *err);
 void sbx_file_reader_close (struct sbx_file_reader *r);
 
-/* Watch a directory: FN gets each change (TYPE an enum sbx_fs_event, NAME
-   relative to PATH), and a call with TYPE 0 after KEEPALIVE_MS of quiet;
-   the watch ends when FN returns a negative value (0 is returned) or the
-   sandbox goes away (-1). */
+/* Watch a directory.  sbx_watch_open returns once the watch is in place
+   inside the sandbox (changes made after it are reported); sbx_watch_run
+   then calls FN with each change (TYPE an enum sbx_fs_event, NAME relative
+   to PATH), and with TYPE 0 after KEEPALIVE_MS of quiet, until FN returns
+   a negative value (0 is returned) or the sandbox goes away (-1); it
+   closes the watcher.  sbx_watch_close drops a watcher never run. */
+struct sbx_watcher;
 typedef int (*sbx_watch_fn) (int type, const char *name, void *ud);
-int sbx_watch (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
-               uint32_t keepalive_ms, sbx_watch_fn fn, void *ud, struct sbx_err *err);
+int sbx_watch_open (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
+                    struct sbx_watcher **w, struct sbx_err *err);
+int sbx_watch_run (struct sbx_watcher *w, uint32_t keepalive_ms, sbx_watch_fn fn, void *ud, struct sbx_err *err);
+void sbx_watch_close (struct sbx_watcher *w);
 
 /* Write (atomic replace): open, push chunks, finish.  Abandoning a writer
    (sbx_file_writer_abort) leaves the old file as it was. */

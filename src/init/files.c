@@ -696,11 +696,26 @@ struct watch_dir {
 static struct watch_dir *watches;
 static int n_watches;
 
+static int
+watch_send (int conn, const char *name, uint32_t type)
+{
+  struct sbx_msg m;
+  sbx_msg_init (&m, SBX_EV_FSEVENT);
+  sbx_msg_put_str (&m, SBX_T_NAME, name);
+  sbx_msg_put_u32 (&m, SBX_T_TYPE, type);
+  int r = sbx_msg_send (conn, &m);
+  sbx_msg_free (&m);
+  return r;
+}
+
 /* Watch DFD (a directory known as REL); with RECURSIVE, its
    subdirectories too.  The watch is added through /proc/self/fd so that
-   the directory is the one already resolved inside the root. */
+   the directory is the one already resolved inside the root.  A directory
+   that appeared while watched is added with REPORT, the connection: what
+   was made in it before its watch was in place (mkdir d && echo x > d/f)
+   is reported on it as created, and a file with data as written too. */
 static void
-watch_add (int ifd, int dfd, const char *rel, bool recursive, int level)
+watch_add (int ifd, int dfd, const char *rel, bool recursive, int level, int report)
 {
   if (n_watches >= WATCH_MAX || level > 32)
     return;
@@ -729,12 +744,20 @@ watch_add (int ifd, int dfd, const char *rel, bool recursive, int level)
     {
       if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
         continue;
+      char crel[1024];
+      snprintf (crel, sizeof crel, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
+      struct stat st;
+      if (report >= 0 && strncmp (e->d_name, ".sbxd-", 6) != 0
+          && fstatat (dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        {
+          watch_send (report, crel, SBX_FS_CREATE);
+          if (S_ISREG (st.st_mode) && st.st_size > 0)
+            watch_send (report, crel, SBX_FS_WRITE);
+        }
       int cfd = openat (dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (cfd < 0)
         continue;
-      char crel[1024];
-      snprintf (crel, sizeof crel, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
-      watch_add (ifd, cfd, crel, true, level + 1);
+      watch_add (ifd, cfd, crel, true, level + 1, report);
       close (cfd);
     }
   closedir (d);
@@ -760,7 +783,7 @@ op_watch (int conn, const char *path, bool recursive)
   watches = calloc (WATCH_MAX, sizeof *watches);
   if (ifd < 0 || watches == NULL)
     return sbx_msg_send_error (conn, errno, "watch %s: %s", path, strerror (errno));
-  watch_add (ifd, dfd, "", recursive, 0);
+  watch_add (ifd, dfd, "", recursive, 0, -1);
   if (n_watches == 0)
     return sbx_msg_send_error (conn, errno, "watch %s: %s", path, strerror (errno));
   if (sbx_msg_send_ok (conn) < 0)
@@ -807,24 +830,21 @@ op_watch (int conn, const char *path, bool recursive)
             type = SBX_FS_WRITE;
           char name[2048];
           snprintf (name, sizeof name, "%s%s%s", rel, *rel ? "/" : "", ev->name);
+          if (watch_send (conn, name, type) < 0)
+            return 0;
           if (recursive && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)))
             {
-              /* a new directory: watch it too */
+              /* a new directory: watch it too, after its own event */
               int cfd = openat (dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
               if (cfd >= 0)
                 {
-                  watch_add (ifd, cfd, name, true, 1);
+                  int level = 1;
+                  for (const char *c = name; *c; c++)
+                    level += *c == '/';
+                  watch_add (ifd, cfd, name, true, level, conn);
                   close (cfd);
                 }
             }
-          struct sbx_msg m;
-          sbx_msg_init (&m, SBX_EV_FSEVENT);
-          sbx_msg_put_str (&m, SBX_T_NAME, name);
-          sbx_msg_put_u32 (&m, SBX_T_TYPE, type);
-          int r = sbx_msg_send (conn, &m);
-          sbx_msg_free (&m);
-          if (r < 0)
-            return 0;
         }
     }
 }
