@@ -174,8 +174,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       sbx_attach (engine, FAKE_ID, 42, 0, on_event, &n, &err);
       break;
     case 9:
-      sbx_watch (engine, FAKE_ID, "/home/user", NULL, true, 0, on_fs_event, &n, &err);
-      break;
+      {
+        struct sbx_watcher *w;
+        if (sbx_watch_open (engine, FAKE_ID, "/home/user", NULL, true, &w, &err) == 0)
+          sbx_watch_run (w, 0, on_fs_event, &n, &err);
+        break;
+      }
     case 10:
       if (sbx_file_write (engine, FAKE_ID, "/home/user/w", NULL, "hello", 5, &en, &err) == 0)
         {
