@@ -13,6 +13,12 @@ import time
 import requests
 
 
+def new_sandbox(d):
+    r = d.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 300})
+    assert r.status_code == 201, r.text
+    return r.json()["sandboxID"], r.json()["envdAccessToken"]
+
+
 def connect(d, sid, token, method, body):
     return requests.post(d.url + "/filesystem.Filesystem/" + method, json=body, timeout=60,
                          headers={"E2b-Sandbox-Id": sid, "X-Access-Token": token,
@@ -25,9 +31,7 @@ DEEP = "/home/user/w/" + "/".join(c * 250 for c in "abcd")
 
 
 def test_watcher_queue_is_bounded_and_overflow_is_its_error(sbxd):
-    r = sbxd.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 300})
-    assert r.status_code == 201, r.text
-    sid, token = r.json()["sandboxID"], r.json()["envdAccessToken"]
+    sid, token = new_sandbox(sbxd)
     try:
         assert sbxd.sh(sid, f"mkdir -p {DEEP}")["exitCode"] == 0
         r = connect(sbxd, sid, token, "CreateWatcher", {"path": "/home/user/w", "recursive": True})
@@ -113,12 +117,9 @@ def collect(stream, want):
 
 
 def test_watch_dir_is_armed_before_its_start_message(sbxd):
-    r = sbxd.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 300})
-    assert r.status_code == 201, r.text
-    sid, token = r.json()["sandboxID"], r.json()["envdAccessToken"]
+    sid, token = new_sandbox(sbxd)
     try:
         make_tree(sbxd, sid)
-        want = {f"d{i}/x" for i in range(1, DIRS + 1)}
         want = {f"create:d{i}/x" for i in range(1, DIRS + 1)}
         with watch_dir(sbxd, sid, token, TREE) as r:
             assert r.status_code == 200, r.text
@@ -132,9 +133,7 @@ def test_watch_dir_is_armed_before_its_start_message(sbxd):
 
 
 def test_create_watcher_is_armed_when_it_answers(sbxd):
-    r = sbxd.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 300})
-    assert r.status_code == 201, r.text
-    sid, token = r.json()["sandboxID"], r.json()["envdAccessToken"]
+    sid, token = new_sandbox(sbxd)
     try:
         make_tree(sbxd, sid)
         r = connect(sbxd, sid, token, "CreateWatcher", {"path": TREE, "recursive": True})
@@ -158,9 +157,7 @@ def test_watch_dir_reports_what_is_made_in_a_new_directory_at_once(sbxd):
     """A directory made and filled at once (mkdir d && echo y > d/f) gets
     its own watch only after its creation is seen: what is already in it
     then is reported as created, and a file with data as written."""
-    r = sbxd.req("POST", "/sandboxes", json={"templateID": "base", "timeout": 300})
-    assert r.status_code == 201, r.text
-    sid, token = r.json()["sandboxID"], r.json()["envdAccessToken"]
+    sid, token = new_sandbox(sbxd)
     try:
         assert sbxd.sh(sid, "mkdir /home/user/n")["exitCode"] == 0
         n = 300
