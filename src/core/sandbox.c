@@ -3130,6 +3130,7 @@ boot_spare (struct sbx_engine *e, struct sandbox *s, const char *name, struct sb
 }
 
 static int agent_connect (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err);
+static int agent_send (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req, struct sbx_err *err);
 static int agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req,
                           const struct sbx_agent_bounds *b, sbx_agent_frame_fn fn, void *ud, struct sbx_err *err);
 
@@ -3194,12 +3195,9 @@ claim_booted (struct sbx_engine *e, struct sandbox *s, const struct sbx_create_o
   sbx_msg_init (&req, SBX_REQ_SETENV);
   for (const char *const *v = o->env; v && *v; v++)
     sbx_msg_put_str (&req, SBX_T_ENV, *v);
-  cleanup_close int fd = agent_connect (e, s, err);
-  int r = fd < 0 ? -1 : sbx_msg_send (fd, &req);
+  cleanup_close int fd = agent_send (e, s, &req, err);
   sbx_msg_free (&req);
-  if (fd >= 0 && r < 0)
-    sbx_fail (err, errno, "send to sandbox agent");
-  if (r < 0)
+  if (fd < 0)
     return -1;
   if (o->env && *o->env)
     {
@@ -4286,17 +4284,63 @@ agent_call (struct sbx_engine *e, const char *id, const struct sbx_msg *req, con
   return r;
 }
 
+/* Connect to S's agent and send REQ: the connection, or -1 with ERR. */
+static int
+agent_send (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req, struct sbx_err *err)
+{
+  int fd = agent_connect (e, s, err);
+  if (fd >= 0 && sbx_msg_send (fd, req) < 0)
+    {
+      sbx_fail (err, errno, "send to sandbox agent");
+      close (fd);
+      return -1;
+    }
+  return fd;
+}
+
 /* agent_call to S, referenced by the caller (or no one's but its yet) */
 static int
 agent_call_on (struct sbx_engine *e, struct sandbox *s, const struct sbx_msg *req, const struct sbx_agent_bounds *b,
                sbx_agent_frame_fn fn, void *ud, struct sbx_err *err)
 {
-  cleanup_close int fd = agent_connect (e, s, err);
+  cleanup_close int fd = agent_send (e, s, req, err);
   if (fd < 0)
     return -1;
-  if (sbx_msg_send (fd, req) < 0)
-    return sbx_fail (err, errno, "send to sandbox agent");
   return sbx_agent_answer (fd, s->id, b, fn, ud, err);
+}
+
+/* A request's own connection to a sandbox's agent, with the sandbox held
+   until it closes: what a file reader, a file writer and a watcher keep. */
+struct agent_conn {
+  struct sbx_engine *e;
+  struct sandbox *s;
+  int fd;
+};
+
+/* Hold sandbox ID and send REQ to its agent: 0, or -1 with ERR and
+   nothing held. */
+static int
+agent_conn_open (struct sbx_engine *e, const char *id, const struct sbx_msg *req, struct agent_conn *c,
+                 struct sbx_err *err)
+{
+  struct sandbox *s = get (e, id, err);
+  if (s == NULL)
+    return -1;
+  int fd = agent_send (e, s, req, err);
+  if (fd < 0)
+    {
+      put (e, s);
+      return -1;
+    }
+  *c = (struct agent_conn) { e, s, fd };
+  return 0;
+}
+
+static void
+agent_conn_close (struct agent_conn *c)
+{
+  close (c->fd);
+  put (c->e, c->s);
 }
 
 /* A frame of a stream that has begun must be whole in SBX_AGENT_FRAME_MS. */
@@ -4464,16 +4508,9 @@ sbx_exec (struct sbx_engine *e, const char *id, const struct sbx_exec_opts *o, s
     return -1;
   struct sbx_msg req;
   exec_request (e, id, o, &req);
-  int r = -1;
-  cleanup_close int fd = agent_connect (e, s, err);
-  if (fd >= 0)
-    {
-      if (sbx_msg_send (fd, &req) < 0)
-        sbx_fail (err, errno, "send to sandbox agent");
-      else
-        r = stream_events (fd, s->id, o->keepalive_ms, fn, ud, err);
-    }
+  cleanup_close int fd = agent_send (e, s, &req, err);
   sbx_msg_free (&req);
+  int r = fd < 0 ? -1 : stream_events (fd, s->id, o->keepalive_ms, fn, ud, err);
   put (e, s);
   return r;
 }
@@ -4507,14 +4544,9 @@ sbx_exec_stream (struct sbx_engine *e, const char *id, const struct sbx_exec_opt
     }
   struct sbx_msg req;
   exec_request (e, id, o, &req);
-  ps->fd = agent_connect (e, ps->s, err);
-  int r = -1;
-  if (ps->fd >= 0 && sbx_msg_send (ps->fd, &req) < 0)
-    sbx_fail (err, errno, "send to sandbox agent");
-  else if (ps->fd >= 0)
-    r = 0;
+  ps->fd = agent_send (e, ps->s, &req, err);
   sbx_msg_free (&req);
-  if (r < 0)
+  if (ps->fd < 0)
     {
       sbx_proc_stream_close (ps);
       return -1;
@@ -4577,16 +4609,9 @@ sbx_attach (struct sbx_engine *e, const char *id, uint32_t pid, uint32_t keepali
   struct sbx_msg req;
   sbx_msg_init (&req, SBX_REQ_ATTACH);
   sbx_msg_put_u32 (&req, SBX_T_PID, pid);
-  int r = -1;
-  cleanup_close int fd = agent_connect (e, s, err);
-  if (fd >= 0)
-    {
-      if (sbx_msg_send (fd, &req) < 0)
-        sbx_fail (err, errno, "send to sandbox agent");
-      else
-        r = stream_events (fd, s->id, keepalive_ms, fn, ud, err);
-    }
+  cleanup_close int fd = agent_send (e, s, &req, err);
   sbx_msg_free (&req);
+  int r = fd < 0 ? -1 : stream_events (fd, s->id, keepalive_ms, fn, ud, err);
   put (e, s);
   return r;
 }
@@ -4762,9 +4787,7 @@ sbx_file_list (struct sbx_engine *e, const char *id, const char *path, const cha
 }
 
 struct sbx_file_reader {
-  struct sbx_engine *e;
-  struct sandbox *s;
-  int fd;
+  struct agent_conn c;
   uint64_t max;
 };
 
@@ -4773,31 +4796,20 @@ sbx_file_reader_open (struct sbx_engine *e, const char *id, const char *path, co
                       struct sbx_entry *st, struct sbx_file_reader **out, struct sbx_err *err)
 {
   memset (st, 0, sizeof *st);
-  struct sandbox *s = get (e, id, err);
-  if (s == NULL)
-    return -1;
   struct sbx_file_reader *rd = calloc (1, sizeof *rd);
-  int fd = agent_connect (e, s, err);
-  if (rd == NULL || fd < 0)
-    {
-      if (rd == NULL)
-        sbx_fail (err, ENOMEM, "read %s", path);
-      if (fd >= 0)
-        close (fd);
-      free (rd);
-      put (e, s);
-      return -1;
-    }
-  *rd = (struct sbx_file_reader) { e, s, fd, max_size };
+  if (rd == NULL)
+    return sbx_fail (err, ENOMEM, "read %s", path);
+  rd->max = max_size;
   struct sbx_msg req;
   file_req (e, id, &req, SBX_FILE_READ, path, user);
-  int r = sbx_msg_send (fd, &req);
+  int r = agent_conn_open (e, id, &req, &rd->c, err);
   sbx_msg_free (&req);
   if (r < 0)
-    sbx_fail (err, errno, "send to sandbox agent");
-  else
-    r = sbx_agent_read_begin (fd, s->id, max_size, st, err);
-  if (r < 0)
+    {
+      free (rd);
+      return -1;
+    }
+  if (sbx_agent_read_begin (rd->c.fd, rd->c.s->id, max_size, st, err) < 0)
     {
       sbx_file_reader_close (rd);
       return -1;
@@ -4809,7 +4821,7 @@ sbx_file_reader_open (struct sbx_engine *e, const char *id, const char *path, co
 int
 sbx_file_reader_stream (struct sbx_file_reader *rd, sbx_data_fn fn, void *ud, struct sbx_err *err)
 {
-  int r = sbx_agent_read_data (rd->fd, rd->s->id, rd->max, fn, ud, err);
+  int r = sbx_agent_read_data (rd->c.fd, rd->c.s->id, rd->max, fn, ud, err);
   sbx_file_reader_close (rd);
   return r;
 }
@@ -4817,8 +4829,7 @@ sbx_file_reader_stream (struct sbx_file_reader *rd, sbx_data_fn fn, void *ud, st
 void
 sbx_file_reader_close (struct sbx_file_reader *rd)
 {
-  close (rd->fd);
-  put (rd->e, rd->s);
+  agent_conn_close (&rd->c);
   free (rd);
 }
 
@@ -4844,9 +4855,7 @@ sbx_file_read (struct sbx_engine *e, const char *id, const char *path, const cha
 }
 
 struct sbx_file_writer {
-  struct sbx_engine *e;
-  struct sandbox *s;
-  int fd;
+  struct agent_conn c;
 };
 
 static void owner_put (struct sbx_msg *req, const struct sbx_file_owner *o);
@@ -4867,15 +4876,9 @@ writer_open (struct sbx_engine *e, const char *id, const char *path, const char 
                           "metadata keys are 1 to %u bytes and values at most %u bytes (key %.64s)",
                           SBX_META_KEY_MAX, SBX_META_VALUE_MAX, meta[i].key);
     }
-  struct sandbox *s = get (e, id, err);
-  if (s == NULL)
-    return -1;
-  int fd = agent_connect (e, s, err);
-  if (fd < 0)
-    {
-      put (e, s);
-      return -1;
-    }
+  struct sbx_file_writer *w = calloc (1, sizeof *w);
+  if (w == NULL)
+    return sbx_fail (err, ENOMEM, "write %s", path);
   struct sbx_msg req;
   file_req (e, id, &req, SBX_FILE_WRITE, path, user);
   sbx_msg_put_u32 (&req, SBX_T_FLAGS, flags);
@@ -4891,18 +4894,13 @@ writer_open (struct sbx_engine *e, const char *id, const char *path, const char 
       memcpy (field + kl + 1, meta[i].value, vl);
       sbx_msg_put (&req, SBX_T_META, field, kl + 1 + vl);
     }
-  int r = sbx_msg_send (fd, &req);
+  int r = agent_conn_open (e, id, &req, &w->c, err);
   sbx_msg_free (&req);
-  struct sbx_file_writer *w = calloc (1, sizeof *w);
-  if (r < 0 || w == NULL)
+  if (r < 0)
     {
-      sbx_fail (err, r < 0 ? errno : ENOMEM, "send to sandbox agent");
       free (w);
-      close (fd);
-      put (e, s);
       return -1;
     }
-  *w = (struct sbx_file_writer) { e, s, fd };
   *out = w;
   return 0;
 }
@@ -4964,13 +4962,13 @@ static int
 writer_error (struct sbx_file_writer *w, struct sbx_err *err)
 {
   int saved = errno;
-  struct pollfd pf = { w->fd, POLLIN, 0 };
+  struct pollfd pf = { w->c.fd, POLLIN, 0 };
   if (poll (&pf, 1, 0) == 1)
     {
       struct sbx_msg m;
       sbx_msg_init (&m, 0);
       struct sbx_err rerr;
-      if (sbx_agent_recv (w->fd, w->s->id, frame_deadline (), &m, &rerr) == 0 && m.type == SBX_EV_ERROR)
+      if (sbx_agent_recv (w->c.fd, w->c.s->id, frame_deadline (), &m, &rerr) == 0 && m.type == SBX_EV_ERROR)
         {
           sbx_agent_error (&m, err);
           sbx_msg_free (&m);
@@ -4993,7 +4991,7 @@ sbx_file_writer_push (struct sbx_file_writer *w, const void *data, size_t len, s
       struct sbx_msg m;
       sbx_msg_init (&m, SBX_REQ_DATA);
       sbx_msg_put (&m, SBX_T_DATA, p, n);
-      int r = sbx_msg_send (w->fd, &m);
+      int r = sbx_msg_send (w->c.fd, &m);
       sbx_msg_free (&m);
       if (r < 0)
         return writer_error (w, err);
@@ -5006,8 +5004,7 @@ sbx_file_writer_push (struct sbx_file_writer *w, const void *data, size_t len, s
 static void
 writer_close (struct sbx_file_writer *w)
 {
-  close (w->fd);
-  put (w->e, w->s);
+  agent_conn_close (&w->c);
   free (w);
 }
 
@@ -5016,7 +5013,7 @@ sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct
 {
   struct sbx_msg m;
   sbx_msg_init (&m, SBX_REQ_EOF);
-  int r = sbx_msg_send (w->fd, &m);
+  int r = sbx_msg_send (w->c.fd, &m);
   sbx_msg_free (&m);
   if (r < 0)
     {
@@ -5025,7 +5022,7 @@ sbx_file_writer_finish (struct sbx_file_writer *w, struct sbx_entry *out, struct
       return r;
     }
   struct sbx_agent_one one = { 0 };
-  r = sbx_agent_answer (w->fd, w->s->id, &sbx_agent_plain, sbx_agent_one_entry, &one, err);
+  r = sbx_agent_answer (w->c.fd, w->c.s->id, &sbx_agent_plain, sbx_agent_one_entry, &one, err);
   if (r == 0 && out)
     *out = one.en;
   else
@@ -5057,9 +5054,7 @@ sbx_file_write (struct sbx_engine *e, const char *id, const char *path, const ch
 }
 
 struct sbx_watcher {
-  struct sbx_engine *e;
-  struct sandbox *s;
-  int fd;
+  struct agent_conn c;
 };
 
 void
@@ -5067,8 +5062,7 @@ sbx_watch_close (struct sbx_watcher *w)
 {
   if (w == NULL)
     return;
-  close (w->fd);
-  put (w->e, w->s);
+  agent_conn_close (&w->c);
   free (w);
 }
 
@@ -5076,34 +5070,22 @@ int
 sbx_watch_open (struct sbx_engine *e, const char *id, const char *path, const char *user, bool recursive,
                 struct sbx_watcher **out, struct sbx_err *err)
 {
-  struct sandbox *s = get (e, id, err);
-  if (s == NULL)
-    return -1;
   struct sbx_watcher *w = calloc (1, sizeof *w);
-  int fd = agent_connect (e, s, err);
-  if (w == NULL || fd < 0)
-    {
-      if (w == NULL)
-        sbx_fail (err, ENOMEM, "watch %s", path);
-      if (fd >= 0)
-        close (fd);
-      free (w);
-      put (e, s);
-      return -1;
-    }
-  *w = (struct sbx_watcher) { e, s, fd };
+  if (w == NULL)
+    return sbx_fail (err, ENOMEM, "watch %s", path);
   struct sbx_msg req;
   file_req (e, id, &req, 0, path, user);
   req.type = SBX_REQ_WATCH;
   sbx_msg_put_u32 (&req, SBX_T_FLAGS, recursive ? SBX_FILE_F_RECURSIVE : 0);
-  int r = sbx_msg_send (fd, &req);
+  int r = agent_conn_open (e, id, &req, &w->c, err);
   sbx_msg_free (&req);
   if (r < 0)
-    sbx_fail (err, errno, "send to sandbox agent");
-  else
-    /* the first answer says whether the watch is in place */
-    r = sbx_agent_answer (fd, s->id, &sbx_agent_plain, NULL, NULL, err);
-  if (r < 0)
+    {
+      free (w);
+      return -1;
+    }
+  /* the first answer says whether the watch is in place */
+  if (sbx_agent_answer (w->c.fd, w->c.s->id, &sbx_agent_plain, NULL, NULL, err) < 0)
     {
       sbx_watch_close (w);
       return -1;
@@ -5120,7 +5102,7 @@ sbx_watch_run (struct sbx_watcher *w, uint32_t keepalive_ms, sbx_watch_fn fn, vo
   sbx_msg_init (&m, 0);
   for (;;)
     {
-      struct pollfd pf = { w->fd, POLLIN, 0 };
+      struct pollfd pf = { w->c.fd, POLLIN, 0 };
       int pr = poll (&pf, 1, keepalive_ms ? (int) keepalive_ms : -1);
       if (pr < 0 && errno == EINTR)
         continue;
@@ -5133,13 +5115,13 @@ sbx_watch_run (struct sbx_watcher *w, uint32_t keepalive_ms, sbx_watch_fn fn, vo
             }
           continue;
         }
-      if (sbx_agent_recv (w->fd, w->s->id, frame_deadline (), &m, err) < 0)
+      if (sbx_agent_recv (w->c.fd, w->c.s->id, frame_deadline (), &m, err) < 0)
         break;
       if (m.type != SBX_EV_FSEVENT)
         continue;
       int type;
       cleanup_free char *name = NULL;
-      if (sbx_agent_fs_event (&m, w->s->id, &type, &name, err) < 0)
+      if (sbx_agent_fs_event (&m, w->c.s->id, &type, &name, err) < 0)
         break;
       if (fn (type, name, ud) < 0)
         {
