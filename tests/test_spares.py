@@ -156,6 +156,12 @@ def scrape(d, name):
     raise AssertionError(f"{name} not in the scrape")
 
 
+def policies(d, sid):
+    """The scheduling policies of SID's init and of a command in SID."""
+    out = d.sh(sid, "chrt -p 1; chrt -p $$")["stdout"]
+    return [line.split(": ", 1)[1] for line in out.splitlines() if "policy" in line]
+
+
 def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
     """After a create of base the pool boots its spares for base; a create
     of base takes one and gets what it asked (environment, limits, network)
@@ -181,6 +187,10 @@ def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
         assert set(d.sh(sid, "ps -eo comm=")["stdout"].split()) - {"bash"} == {"ps", "sbx-init"}
         # the pool's work runs below requests, but its sandboxes do not
         assert d.sh(sid, "ps -o ni= -p 1,$$")["stdout"].split() == ["0", "0"]
+        # init answered the claim under a deadline and went back to the
+        # normal policy itself: the flag that came with the deadline stays
+        # (init may not clear it), and what runs in the sandbox has neither
+        assert policies(d, sid) == ["SCHED_OTHER|SCHED_RESET_ON_FORK", "SCHED_OTHER"]
         mem = cgroup_value(sid, ["/sys/fs/cgroup/memory/sbxd/{sid}/memory.limit_in_bytes"],
                            ["/sys/fs/cgroup/sbxd/{sid}/memory.max"])
         assert int(mem) == 512 << 20
@@ -200,6 +210,7 @@ def test_spares_are_booted_ahead_for_the_template_last_created(tmp_path):
         assert scrape(d, "sbxd_spare_booted_hits_total") == hits
         assert d.run(ids[-1], "python3", "-c", "print(6*7)")["stdout"] == "42\n"
         assert d.sh(ids[-1], "ps -o ni= -p 1,$$")["stdout"].split() == ["0", "0"]
+        assert policies(d, ids[-1]) == ["SCHED_OTHER", "SCHED_OTHER"]
         # the pool now boots for python, and a create of it takes one
         for sid in ids:
             d.delete(sid)

@@ -406,7 +406,7 @@ struct sbx_sched_attr {
 };
 
 int
-sbx_thread_deadline (uint64_t runtime_ns, uint64_t period_ns)
+sbx_task_deadline (pid_t tid, uint64_t runtime_ns, uint64_t period_ns)
 {
   struct sbx_sched_attr a = {
     .size = sizeof a,
@@ -416,6 +416,21 @@ sbx_thread_deadline (uint64_t runtime_ns, uint64_t period_ns)
     .sched_deadline = period_ns,
     .sched_period = period_ns,
   };
+  return syscall (SYS_sched_setattr, tid, &a, 0) == 0 ? 0 : -errno;
+}
+
+int
+sbx_thread_deadline (uint64_t runtime_ns, uint64_t period_ns)
+{
+  return sbx_task_deadline (0, runtime_ns, period_ns);
+}
+
+int
+sbx_thread_normal (void)
+{
+  /* without the privilege a thread may not clear the flag its deadline
+     set, so it keeps it: what it starts gets the normal policy anyway */
+  struct sbx_sched_attr a = { .size = sizeof a, .sched_policy = SCHED_OTHER, .sched_flags = SCHED_FLAG_RESET_ON_FORK };
   return syscall (SYS_sched_setattr, 0, &a, 0) == 0 ? 0 : -errno;
 }
 
