@@ -428,6 +428,11 @@ sbx_thread_deadline (uint64_t runtime_ns, uint64_t period_ns)
 int
 sbx_thread_normal (void)
 {
+  int p = sched_getscheduler (0);
+  if (p < 0)
+    return -errno;
+  if ((p & ~SCHED_RESET_ON_FORK) != SCHED_DEADLINE)
+    return 0;
   /* without the privilege a thread may not clear the flag its deadline
      set, so it keeps it: what it starts gets the normal policy anyway */
   struct sbx_sched_attr a = { .size = sizeof a, .sched_policy = SCHED_OTHER, .sched_flags = SCHED_FLAG_RESET_ON_FORK };

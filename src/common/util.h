@@ -122,8 +122,9 @@ bool sbx_start_detached (void *(*fn) (void *), void *arg);
 int sbx_thread_deadline (uint64_t runtime_ns, uint64_t period_ns);
 /* The same for the thread TID of any process (0: the calling thread). */
 int sbx_task_deadline (pid_t tid, uint64_t runtime_ns, uint64_t period_ns);
-/* The calling thread back under the normal policy at nice 0, from a
-   deadline set by either.  0, or -errno. */
+/* The calling thread back under the normal policy at nice 0 if it is
+   under a deadline (set by either); otherwise nothing changes.  0, or
+   -errno. */
 int sbx_thread_normal (void);
 void sbx_thread_bulk (bool on);
 /* Between these (they nest) a bulk thread runs at the normal priority:
