@@ -1,8 +1,12 @@
 """benchlib.py: what the create benchmarks share (bench_burst.py,
 bench_scale.py, bench_churn.py): a keep-alive client of the E2B dialect
-and the percentiles they print."""
+and the percentiles they print; and, run as a script (`benchlib.py
+quiet`), a wait until the host is quiet, which scripts/bench does before
+its first measurement."""
 import http.client
 import json
+import sys
+import time
 
 
 class Client:
@@ -63,3 +67,34 @@ def pct(v, q):
 def ms(s):
     """Seconds S in milliseconds, two decimals."""
     return None if s is None else round(s * 1000, 2)
+
+
+def host_busy(window_s):
+    """The host's busy fraction of all its cores over WINDOW_S seconds
+    (/proc/stat: everything but idle and iowait)."""
+    def ticks():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)
+    b0, t0 = ticks()
+    time.sleep(window_s)
+    b1, t1 = ticks()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def host_quiet(limit_s=120, below=0.05, hold=2):
+    """Wait until the host's CPUs are busy less than BELOW for HOLD
+    seconds in a row, at most LIMIT_S: what ran before (the test suite's
+    last sandboxes going away; the kernel frees network namespaces in a
+    worker of its own, in batches) would otherwise be measured as sbxd's.
+    Returns the seconds waited and the busy fraction of the first second."""
+    start, first, calm = time.time(), None, 0
+    while time.time() - start < limit_s and calm < hold:
+        busy = host_busy(1.0)
+        first = busy if first is None else first
+        calm = calm + 1 if busy < below else 0
+    return {"waited_s": round(time.time() - start, 1), "busy_first_s": round(first, 3), "quiet": calm >= hold}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["quiet"]:
+    print(json.dumps({"host_quiet": host_quiet()}), flush=True)
