@@ -84,9 +84,9 @@ def host_busy(window_s):
 
 def host_quiet(limit_s=120, below=0.05, hold=2):
     """Wait until the host's CPUs are busy less than BELOW for HOLD
-    seconds in a row, at most LIMIT_S: what ran before (the test suite's
-    last sandboxes going away; the kernel frees network namespaces in a
-    worker of its own, in batches) would otherwise be measured as sbxd's.
+    seconds in a row, at most LIMIT_S: what ran before (the test suite,
+    and what the kernel may still be freeing of its sandboxes) would
+    otherwise be measured as sbxd's.
     Returns the seconds waited and the busy fraction of the first second."""
     start, first, calm = time.time(), None, 0
     while time.time() - start < limit_s and calm < hold:
