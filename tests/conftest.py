@@ -45,6 +45,12 @@ SUITE_DISK_ARGS = ["--disk-overcommit", "16"]
 # second for a sample taken after what it did (Sbxd.metrics_after).
 SUITE_METRICS_ARGS = ["--metrics-interval-ms", "1000"]
 
+# The suite's daemons keep 4 spare sandboxes when idle, not the default
+# 100 (sized for a burst of 100 creates): hundreds of daemons start and
+# stop in a run, and each spare is a network namespace the kernel frees
+# in a worker of its own.  test_spares.py checks the default.
+SUITE_POOL_MIN = 4
+
 
 def sample_time(m):
     """A metrics sample's time, unix seconds with its milliseconds."""
@@ -101,14 +107,16 @@ class Sbxd:
         self.key = None
 
     # -- process control --
-    def start(self, env=None, args=None, suite_disk=True, wait_s=20, wait=True):
+    def start(self, env=None, args=None, suite_disk=True, suite_pool=True, wait_s=20, wait=True):
         """Start `sbxd serve`; ARGS are added to its command line.  Unless
         ARGS name one, the sandboxes' DNS goes to a closed port on the
         host's loopback, so that no test sends anything off this machine.
         SUITE_DISK adds SUITE_DISK_ARGS unless ARGS say --disk-overcommit;
         False leaves the daemon's own default.  SUITE_METRICS_ARGS are
-        added unless ARGS say --metrics-interval-ms.  It must answer within
-        WAIT_S seconds, unless WAIT is false."""
+        added unless ARGS say --metrics-interval-ms.  SUITE_POOL keeps
+        SUITE_POOL_MIN spares when idle unless ARGS say --spares-min (or a
+        --spares-max below it); False leaves the daemon's default.  It must
+        answer within WAIT_S seconds, unless WAIT is false."""
         self.log = open(self.log_path, "ab")
         out = open(self.out_path, "wb")
         args = list(args or [])
@@ -118,6 +126,9 @@ class Sbxd:
             args += SUITE_DISK_ARGS
         if "--metrics-interval-ms" not in args:
             args += SUITE_METRICS_ARGS
+        if suite_pool and "--spares-min" not in args and (
+                "--spares-max" not in args or int(args[args.index("--spares-max") + 1]) >= SUITE_POOL_MIN):
+            args += ["--spares-min", str(SUITE_POOL_MIN)]
         self.args = args
         self.proc = subprocess.Popen(
             [SBXD, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state_dir] + args,

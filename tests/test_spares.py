@@ -130,7 +130,7 @@ def test_spares_max_0_keeps_no_spares(tmp_path):
 
 def test_spares_min_is_the_pools_idle_size(tmp_path):
     """--spares-min N: the pool holds N when idle, and goes back to N (not
-    to the default 4) after a burst has grown it."""
+    to the suite's 4) after a burst has grown it."""
     d = Sbxd(str(tmp_path / "state")).start(args=["--spares-min", "12", "--spares-max", "30"])
     subprocess.run([SBXD, "orgs", "set", "default", "--max-sandboxes", "40", "--state-dir", d.state_dir],
                    check=True, capture_output=True)
@@ -146,6 +146,44 @@ def test_spares_min_is_the_pools_idle_size(tmp_path):
     finally:
         d.cleanup()
         d.stop()
+
+
+def test_default_pool_is_sized_for_a_burst_of_100(tmp_path):
+    """Without --spares-min the pool keeps 100 spares when idle (sized for
+    the burst of 100 creates the benchmark measures), and a burst of
+    concurrent creates takes spares: none is prepared inline."""
+    d = Sbxd(str(tmp_path / "state"))
+    d.metrics_port = free_port()
+    d.start(args=["--metrics-listen", f"127.0.0.1:{d.metrics_port}"], suite_pool=False)
+    subprocess.run([SBXD, "orgs", "set", "default", "--max-sandboxes", "40", "--state-dir", d.state_dir],
+                   check=True, capture_output=True)
+    try:
+        assert scrape(d, "sbxd_spares_target") == 100
+        wait_spares(d, lambda n: n == 100, 60)
+        time.sleep(2)
+        assert spares(d) == 100
+        misses = scrape(d, "sbxd_spare_misses_total")
+        ids, errors = [], []
+
+        def one():
+            try:
+                ids.append(d.create())
+            except Exception as e:  # noqa: BLE001 - asserted below
+                errors.append(e)
+
+        ts = [threading.Thread(target=one) for _ in range(30)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors and len(ids) == 30, errors
+        assert scrape(d, "sbxd_spare_misses_total") == misses
+        assert d.run(ids[-1], "true")["exitCode"] == 0
+    finally:
+        d.cleanup()
+        d.stop()
+    # the stop discarded every spare: nothing of them is left on disk
+    assert os.listdir(os.path.join(d.state_dir, "sandboxes")) == []
 
 
 def scrape(d, name):
