@@ -181,7 +181,7 @@ def main():
         ready = spares(d)
         wall, each = burst(d, 100)
         out["first_burst_100_spares_min_4"] = {"wall_ms": ms(wall), "each_p50_ms": ms(pct(each, 0.5)),
-                                                 "each_max_ms": ms(max(each)), "spares_before": ready}
+                                               "each_max_ms": ms(max(each)), "spares_before": ready}
         print(json.dumps({"burst": out}))
     finally:
         if d:
