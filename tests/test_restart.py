@@ -67,6 +67,34 @@ def test_kill9_and_restart_keeps_everything(tmp_path):
         d.stop()
 
 
+def test_a_record_that_shrinks_is_kept_whole_across_a_restart(tmp_path):
+    """A sandbox's record file is written over its previous bytes: one
+    shorter than before (a long network policy replaced by a short one)
+    must not keep the old tail, or the restarted daemon cannot read it
+    and loses the sandbox."""
+    d = Sbxd(str(tmp_path / "state")).start()
+    try:
+        sid = d.create(timeout=600)
+        long_rules = [f"198.51.100.{i}/32" for i in range(1, 60)]
+        # each record file is written every other save: two long ones, so
+        # that the short one goes over a long one whichever comes first
+        for rules in (long_rules, long_rules, ["198.51.100.2/32"]):
+            r = d.req("PUT", f"/sandboxes/{sid}/network", json={"denyOut": rules})
+            assert r.status_code == 204, r.text
+        with open(os.path.join(d.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+            rec = json.load(f)   # whole: no tail of the longer record before
+        assert rec["network"]["deny"] == ["198.51.100.2"], rec
+
+        d.kill9()
+        d.start()
+        assert sid in d.sandbox_ids()
+        assert d.get(sid).json()["status"] == "running"
+        assert d.run(sid, "true")["exitCode"] == 0
+    finally:
+        d.cleanup()
+        d.stop()
+
+
 def test_sandbox_that_expired_while_the_daemon_was_down_is_cleaned_up(tmp_path):
     d = Sbxd(str(tmp_path / "state")).start()
     try:

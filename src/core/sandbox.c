@@ -574,15 +574,19 @@ save_locked (struct sbx_engine *e, struct sandbox *s, struct sbx_err *err)
   if (text == NULL)
     return sbx_failx (err, ENOMEM, "encode sandbox record");
   cleanup_close int dfd = sandbox_dir (e, s);
-  /* the temporary file is kept between saves, emptied and written again:
-     making a new inode made a create's save take 0.3 to 0.7 ms while the
-     spare pool made its own files; reusing one, 0.1 to 0.2 ms */
+  /* the temporary file is kept between saves and written again: making a
+     new inode made a create's save take 0.3 to 0.7 ms while the spare
+     pool made its own files; reusing one, 0.1 to 0.2 ms.  It is written
+     over and then cut to the record's length, never emptied first: ext4
+     flushes a file emptied by a truncation when it is closed
+     (auto_da_alloc), which was half of a save (0.08 ms; 0.04 without) */
   cleanup_close int fd = dfd < 0 ? -1 : openat (dfd, "sandbox.json.tmp", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0 || ftruncate (fd, 0) < 0)
+  if (fd < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
   /* no fsync: a host crash ends the sandbox's processes anyway, and the
      exchange keeps the record whole */
-  if (sbx_write_full (fd, text, strlen (text)) < 0)
+  size_t len = strlen (text);
+  if (sbx_write_full (fd, text, len) < 0 || ftruncate (fd, (off_t) len) < 0)
     return sbx_fail (err, errno, "write record of %s", s->id);
   /* exchanged, not renamed over: ext4 flushes a file renamed over another
      (auto_da_alloc), which made this write a fifth of a create's time in
