@@ -272,6 +272,39 @@ def test_startup_sweep_releases_id_ranges_whose_owner_is_gone(tmp_path):
         d.stop()
 
 
+def test_spares_of_a_killed_daemon_whose_directory_is_gone_leave_no_cgroups(tmp_path):
+    """A daemon killed with spares: their inits end with it (a spare is
+    nobody's yet), their cgroups stay, empty.  When its state directory is
+    gone before it starts again, another instance's start releases their
+    id ranges once nothing maps them, and must remove those cgroups too:
+    nothing else ever would (it released the ranges and left the cgroups,
+    one per hierarchy, for good)."""
+    a = Sbxd(str(tmp_path / "a")).start()
+    b = Sbxd(str(tmp_path / "b"))
+    try:
+        sandboxes = os.path.join(a.state_dir, "sandboxes")
+        assert wait_until(lambda: sum(1 for sid in os.listdir(sandboxes) if host_traces(sid)) >= 2, 10)
+        a.kill9()
+        spares = os.listdir(sandboxes)
+        assert sum(1 for sid in spares if host_traces(sid)) >= 2, spares
+        subprocess.run(["rm", "-rf", a.state_dir], check=True)
+        ours = [slot for slot, (owner, _) in range_files().items() if owner.startswith(sandboxes + "/")]
+        # the spares' processes end with their daemon, a little after it
+        assert wait_until(lambda: not set(ours) & mapped_slots(), 10), set(ours) & mapped_slots()
+        old = time.time() - 120   # past the grace of a range being claimed
+        for slot in ours:
+            os.utime(os.path.join(IDMAP, str(slot)), (old, old))
+        b.start()
+        assert not [o for o, _ in range_files().values() if o.startswith(sandboxes + "/")], range_files()
+        left = {sid: host_traces(sid) for sid in spares if host_traces(sid)}
+        assert left == {}, left
+    finally:
+        b.stop()
+        if os.path.isdir(a.state_dir):   # failed before its removal: its start removes its spares
+            a.start()
+            a.stop()
+
+
 def test_processes_of_a_sandbox_whose_directory_was_removed_end_before_its_range_is_freed(tmp_path):
     """A sandbox directory removed from outside while the daemon was down:
     its processes run on with its uid range, which must not go to another

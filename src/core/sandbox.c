@@ -1798,8 +1798,9 @@ slot_entry (struct sbx_engine *e, const char *name, uint32_t *slot, char owner[U
    record was never written, and a directory removed from outside leaves
    its sandbox's processes running (they are ended with its cgroup
    first).  Another instance's range is stale once its sandbox's
-   directory is gone; so is a range without an owner (written by an
-   older sbxd), after a grace period in which it may be being claimed.
+   directory is gone (its sandbox's cgroups go with it); so is a range
+   without an owner (written by an older sbxd), after a grace period in
+   which it may be being claimed.
    No range is released while a user namespace maps it.  Runs before the
    spare thread starts, so none of ours is being claimed. */
 static void
@@ -1871,6 +1872,21 @@ sweep_uid_slots (struct sbx_engine *e)
         }
       sbx_log_fields (SBX_LOG_INFO, "releasing an id range whose sandbox is gone", "slot", de->d_name, "owner",
                       n > 0 ? owner : "-", NULL);
+      /* another instance's sandbox, gone with its directory, may have
+         left its cgroups: a killed daemon's spares (their inits end with
+         it) when its directory is removed before it starts again.  No
+         process maps the range, so they are empty, and nothing else
+         would ever remove them */
+      const char *gone = !ours && n > 0 ? strrchr (owner, '/') : NULL;
+      if (gone && sbx_id_wellformed (gone + 1))
+        {
+          char cg[128];
+          struct sbx_err err;
+          cgroup_name (gone + 1, cg, sizeof cg);
+          if (sbx_cgroup_destroy (cg, 1000, &err) < 0)
+            sbx_log_fields (SBX_LOG_WARN, "cannot remove the cgroups of a gone sandbox", "sandbox", gone + 1, "error",
+                            err.msg, NULL);
+        }
       if (e->net)
         sbx_net_forget_stale (e->net, slot);
       char path[64];
