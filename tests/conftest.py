@@ -292,3 +292,59 @@ def sandbox(sbxd):
     sid = sbxd.create()
     yield sid
     sbxd.delete(sid)
+
+
+# ---- the whole run leaves the machine as it found it ----
+#
+# Each test checks what its own sandboxes leave; this checks the machine
+# once more after the last test, when every daemon of the run has
+# stopped, for what no single test looks at: a sandbox of one daemon that
+# another's start-up sweep was meant to clear (a killed daemon's spares
+# once left their cgroups behind that way, found only by looking at the
+# machine after a run).  What was there before the run is not counted.
+
+def machine_sandbox_traces():
+    """What sandboxes leave on the machine: their cgroups (every
+    hierarchy), uid range files, host-side links, init processes and loop
+    devices of a state directory's disks."""
+    traces = set()
+    for hier in os.listdir("/sys/fs/cgroup"):
+        parent = os.path.join("/sys/fs/cgroup", hier, "sbxd")
+        if os.path.isdir(parent):
+            traces.update(f"cgroup {hier}/{n}" for n in os.listdir(parent) if n.startswith("sbx"))
+    if os.path.isdir("/run/sbxd/idmap"):
+        traces.update(f"id range {n}" for n in os.listdir("/run/sbxd/idmap"))
+    traces.update(f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("sbxh"))
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == "sbx-init":
+                traces.add(f"init {pid}")
+        except OSError:
+            pass
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    traces.update(f"loop {line.split(':')[0]}" for line in loops.splitlines() if "/sandboxes/sbx" in line)
+    return traces
+
+
+def pytest_sessionstart(session):
+    session.config.sbxd_traces_before = machine_sandbox_traces()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "sbxd_traces_before", None)
+    if before is None or session.config.option.collectonly:
+        return
+    # a stopped daemon's last teardowns and the kernel's reaping settle first
+    wait_until(lambda: not machine_sandbox_traces() - before, 15, 0.5)
+    left = machine_sandbox_traces() - before
+    if left:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = f"the run left {len(left)} sandbox traces on the machine: " + ", ".join(sorted(left)[:40])
+        if tr:
+            tr.ensure_newline()
+            tr.write_sep("!", "the machine is not as the run found it", red=True)
+            tr.write_line(msg, red=True)
+        else:
+            print(msg)
+        if session.exitstatus == 0:
+            session.exitstatus = 1
