@@ -301,7 +301,9 @@ def sandbox(sbxd):
 # stopped, for what no single test looks at: a sandbox of one daemon that
 # another's start-up sweep was meant to clear (a killed daemon's spares
 # once left their cgroups behind that way, found only by looking at the
-# machine after a run).  What was there before the run is not counted.
+# machine after a run).  What was there before the run is not counted;
+# what a daemon outside the run makes meanwhile is (run the suite on a
+# machine whose own sbxd is idle or stopped).
 
 def machine_sandbox_traces():
     """What sandboxes leave on the machine: their cgroups (every
