@@ -721,6 +721,18 @@ cgroup_name (const char *id, char *buf, size_t n)
   sbx_path (buf, n, SANDBOXES_CGROUP "/%s", id);
 }
 
+/* End what runs in sandbox ID's cgroups and remove them, waiting up to
+   TIMEOUT_MS; a failure is logged as WHAT. */
+static void
+cgroups_destroy (const char *id, int timeout_ms, const char *what)
+{
+  char cg[128];
+  struct sbx_err err;
+  cgroup_name (id, cg, sizeof cg);
+  if (sbx_cgroup_destroy (cg, timeout_ms, &err) < 0)
+    sbx_log_fields (SBX_LOG_WARN, what, "sandbox", id, "error", err.msg, NULL);
+}
+
 /* ---- teardown ---- */
 
 /* ---- free loop devices ----
@@ -848,10 +860,7 @@ teardown_many (struct sbx_engine *e, struct sandbox *const *ss, size_t n)
   for (size_t i = 0; i < n; i++)
     {
       struct sandbox *s = ss[i];
-      char cg[128];
-      cgroup_name (s->id, cg, sizeof cg);
-      if (sbx_cgroup_destroy (cg, 10000, &err) < 0)
-        sbx_log_fields (SBX_LOG_WARN, "cannot remove the sandbox's cgroups", "sandbox", s->id, "error", err.msg, NULL);
+      cgroups_destroy (s->id, 10000, "cannot remove the sandbox's cgroups");
       if (s->disk_fd >= 0)
         {
           /* a kept disk (keep_upper): its loop device goes with the last use */
@@ -1822,14 +1831,7 @@ sweep_uid_slots (struct sbx_engine *e)
       const char *id = n < 0 ? NULL : slot_owner_ours (e, owner, n);
       struct sandbox *live;
       if (id && sbx_id_wellformed (id) && !((live = find_locked (e, id)) && live->state != SBX_STOPPED))
-        {
-          char cg[128];
-          struct sbx_err err;
-          cgroup_name (id, cg, sizeof cg);
-          if (sbx_cgroup_destroy (cg, 5000, &err) < 0)
-            sbx_log_fields (SBX_LOG_WARN, "cannot end the processes of a sandbox without a record", "sandbox", id,
-                            "error", err.msg, NULL);
-        }
+        cgroups_destroy (id, 5000, "cannot end the processes of a sandbox without a record");
     }
   rewinddir (d);
   uint8_t *mapped = NULL;
@@ -1879,14 +1881,7 @@ sweep_uid_slots (struct sbx_engine *e)
          would ever remove them */
       const char *gone = !ours && n > 0 ? strrchr (owner, '/') : NULL;
       if (gone && sbx_id_wellformed (gone + 1))
-        {
-          char cg[128];
-          struct sbx_err err;
-          cgroup_name (gone + 1, cg, sizeof cg);
-          if (sbx_cgroup_destroy (cg, 1000, &err) < 0)
-            sbx_log_fields (SBX_LOG_WARN, "cannot remove the cgroups of a gone sandbox", "sandbox", gone + 1, "error",
-                            err.msg, NULL);
-        }
+        cgroups_destroy (gone + 1, 1000, "cannot remove the cgroups of a gone sandbox");
       if (e->net)
         sbx_net_forget_stale (e->net, slot);
       char path[64];
