@@ -305,15 +305,25 @@ def sandbox(sbxd):
 # what a daemon outside the run makes meanwhile is (run the suite on a
 # machine whose own sbxd is idle or stopped).
 
+def cgroup_mounts():
+    """The directories where this host's cgroup hierarchies (v1 and v2) are mounted."""
+    out = []
+    for line in open("/proc/self/mountinfo"):
+        pre, _, post = line.partition(" - ")
+        if post.split()[0] in ("cgroup", "cgroup2"):
+            out.append(pre.split()[4])
+    return out
+
+
 def machine_sandbox_traces():
     """What sandboxes leave on the machine: their cgroups (every
-    hierarchy), uid range files, host-side links, init processes and loop
-    devices of a state directory's disks."""
+    hierarchy, v1 or v2), uid range files, host-side links, init processes
+    and loop devices of a state directory's disks."""
     traces = set()
-    for hier in os.listdir("/sys/fs/cgroup"):
-        parent = os.path.join("/sys/fs/cgroup", hier, "sbxd")
+    for mnt in cgroup_mounts():
+        parent = os.path.join(mnt, "sbxd")
         if os.path.isdir(parent):
-            traces.update(f"cgroup {hier}/{n}" for n in os.listdir(parent) if n.startswith("sbx"))
+            traces.update(f"cgroup {parent}/{n}" for n in os.listdir(parent) if n.startswith("sbx"))
     if os.path.isdir("/run/sbxd/idmap"):
         traces.update(f"id range {n}" for n in os.listdir("/run/sbxd/idmap"))
     traces.update(f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("sbxh"))

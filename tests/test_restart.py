@@ -296,7 +296,7 @@ def test_spares_of_a_killed_daemon_whose_directory_is_gone_leave_no_cgroups(tmp_
             os.utime(os.path.join(IDMAP, str(slot)), (old, old))
         b.start()
         assert not [o for o, _ in range_files().values() if o.startswith(sandboxes + "/")], range_files()
-        left = {sid: host_traces(sid) for sid in spares if host_traces(sid)}
+        left = {sid: t for sid in spares if (t := host_traces(sid))}
         assert left == {}, left
     finally:
         b.stop()

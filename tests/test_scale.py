@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import SBXD, Sbxd, wait_until
+from conftest import SBXD, Sbxd, cgroup_mounts, wait_until
 
 MANY = 1100           # more than 1024 descriptors allow at 1 per sandbox (the old select() loop)
 FDS_PER_SANDBOX = 1.1  # a live sandbox holds its pidfd only (docs/architecture.md, "Descriptors")
@@ -132,16 +132,6 @@ def stable_counts(d):
         last = now
         time.sleep(0.25)
     return last
-
-
-def cgroup_mounts():
-    """The directories where this host's cgroup hierarchies (v1 and v2) are mounted."""
-    out = []
-    for line in open("/proc/self/mountinfo"):
-        pre, _, post = line.partition(" - ")
-        if post.split()[0] in ("cgroup", "cgroup2"):
-            out.append(pre.split()[4])
-    return out
 
 
 def leftovers(d, ids, slots):
